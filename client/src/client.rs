@@ -1,0 +1,228 @@
+//! The `Client` handle and its retry loop: the one place that decides where an RPC goes
+//! (the leader, or one named node), how long it may take, and whether to try again.
+//! The operations themselves (`tollgate.rs`, `admin.rs`) are thin wrappers over `call`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::{Response, Status};
+
+use crate::config::{normalise_endpoint, ClientConfig, FailMode};
+use crate::error::{is_retryable, Error};
+use crate::local::LocalCap;
+use crate::pool::{leader_hint, Auth, Pool, Rpc};
+
+/// Most attempts one operation makes, whatever the deadline: bounds the work a single
+/// call causes when every node keeps answering UNAVAILABLE. With the default backoff,
+/// 32 attempts span well over the default 5 s deadline, so the deadline usually ends first.
+pub const ATTEMPTS_MAX: u32 = 32;
+
+/// A handle to a Tollgate cluster. Cheap to clone: clones share connections, the
+/// remembered leader and the fail-open allowance.
+///
+/// Connections open on first use and belong to the tokio runtime that first used them,
+/// so use one client within one runtime.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) shared: Arc<Shared>,
+    auth: Auth,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: ClientConfig,
+    pub(crate) pool: Pool,
+    pub(crate) local: Option<LocalCap>,
+}
+
+/// Where a call goes.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// The leader, found by trying endpoints and following hints.
+    Leader,
+    /// Exactly this node (normalised address); hints are not followed.
+    Node(&'a str),
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.shared.pool.endpoints())
+            .field("leader", &self.shared.pool.leader())
+            .field("fail_mode", &self.shared.config.fail_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Builds a client. Connects to nothing yet (connections open on first use), so it
+    /// needs no runtime and fails only on a bad config.
+    pub fn new(config: ClientConfig) -> Result<Client, Error> {
+        let endpoints = config.validate()?;
+        let auth = Auth::new(config.token.as_deref())?;
+        let local = match config.fail_mode {
+            FailMode::Closed => None,
+            FailMode::Open { local_cap } => Some(LocalCap::new(local_cap)),
+        };
+        let pool = Pool::new(endpoints, config.attempt_timeout);
+        Ok(Client {
+            shared: Arc::new(Shared {
+                config,
+                pool,
+                local,
+            }),
+            auth,
+        })
+    }
+
+    /// The same client (connections, leader, fail-open allowance) sending another token,
+    /// e.g. the admin token for setup and a tenant's token for reservations.
+    pub fn with_token(&self, token: Option<&str>) -> Result<Client, Error> {
+        Ok(Client {
+            shared: Arc::clone(&self.shared),
+            auth: Auth::new(token)?,
+        })
+    }
+
+    /// The node this client currently believes is the leader (`http://host:port`).
+    pub fn leader(&self) -> Option<String> {
+        self.shared.pool.leader()
+    }
+
+    /// The config this client was built from.
+    pub fn config(&self) -> &ClientConfig {
+        &self.shared.config
+    }
+
+    /// Runs one RPC against the leader with the client's policy: tries endpoints until
+    /// one answers, follows `tollgate-leader` hints, retries retryable failures with
+    /// backoff inside the deadline and at most [`ATTEMPTS_MAX`] times.
+    ///
+    /// `f` is called once per attempt and must send the *same* request each time (same
+    /// request id), so a retry is never a second effect:
+    ///
+    /// ```no_run
+    /// # async fn example(client: tollgate_client::Client) -> Result<(), tollgate_client::Error> {
+    /// use tollgate_client::v1;
+    /// let request = v1::ListTenantsRequest {};
+    /// let tenants = client
+    ///     .call(|rpc| async move { rpc.admin().list_tenants(request).await })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Non-retryable statuses come back at once as the matching [`Error`]; running out of
+    /// time or attempts returns [`Error::Unavailable`] naming the nodes tried and the last
+    /// error.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnMut(Rpc) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.run(Target::Leader, f).await
+    }
+
+    /// Like [`call`](Self::call) but against exactly the node at `addr` (`host:port`):
+    /// retries transient failures within the deadline, never follows leader hints. For
+    /// per-node questions such as `Cluster.Status`.
+    pub async fn call_node<T, F, Fut>(&self, addr: &str, f: F) -> Result<T, Error>
+    where
+        F: FnMut(Rpc) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let addr = normalise_endpoint(addr)?;
+        self.run(Target::Node(&addr), f).await
+    }
+
+    async fn run<T, F, Fut>(&self, target: Target<'_>, mut f: F) -> Result<T, Error>
+    where
+        F: FnMut(Rpc) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let config = &self.shared.config;
+        let pool = &self.shared.pool;
+        let deadline = Instant::now() + config.deadline;
+        let mut attempts: u32 = 0;
+        let mut backoff_step: u32 = 0;
+        let mut tried: Vec<String> = Vec::new();
+        let mut error_last = String::from("no attempt was made");
+        // Follow a hint without pausing once; a second hint in a row means the cluster is
+        // mid-election, so pause as for any other failure.
+        let mut hint_just_followed = false;
+
+        while attempts < ATTEMPTS_MAX {
+            let Some(attempt_time_left) = time_left(deadline) else {
+                break;
+            };
+            attempts += 1;
+            let addr = match target {
+                Target::Leader => pool.pick(),
+                Target::Node(addr) => addr.to_owned(),
+            };
+            if !tried.contains(&addr) {
+                tried.push(addr.clone());
+            }
+            let rpc = pool.rpc(&addr, &self.auth)?;
+            let attempt_timeout = attempt_time_left.min(config.attempt_timeout);
+            let status = match tokio::time::timeout(attempt_timeout, f(rpc)).await {
+                Ok(Ok(response)) => {
+                    if let Target::Leader = target {
+                        // Followers refuse every leader-only call, so an answer means leader.
+                        pool.set_leader(&addr);
+                    }
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) if !is_retryable(status.code()) => {
+                    return Err(Error::from_status(&status));
+                }
+                Ok(Err(status)) => status,
+                Err(_elapsed) => Status::deadline_exceeded(format!(
+                    "no answer within {} ms",
+                    attempt_timeout.as_millis()
+                )),
+            };
+            error_last = format!("{addr}: {:?}: {}", status.code(), status.message());
+            tracing::debug!(attempt = attempts, error = %error_last, "tollgate call failed, retrying");
+
+            if let Target::Leader = target {
+                match leader_hint(status.metadata()) {
+                    Some(hint) if hint != addr => {
+                        pool.set_leader(&hint);
+                        if !hint_just_followed {
+                            hint_just_followed = true;
+                            continue;
+                        }
+                    }
+                    _ => pool.forget_leader(&addr),
+                }
+            }
+            hint_just_followed = false;
+
+            let Some(pause_time_left) = time_left(deadline) else {
+                break;
+            };
+            let delay = config
+                .backoff
+                .delay(backoff_step, &mut rand::rng())
+                .min(pause_time_left);
+            backoff_step = backoff_step.saturating_add(1);
+            tokio::time::sleep(delay).await;
+        }
+
+        Err(Error::Unavailable {
+            reason: format!(
+                "no answer within the {} ms deadline after {attempts} attempt(s) (at most {ATTEMPTS_MAX}); tried {}; last error: {error_last}",
+                config.deadline.as_millis(),
+                tried.join(", "),
+            ),
+        })
+    }
+}
+
+/// Time until `deadline`, or `None` once it has passed.
+fn time_left(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
+}

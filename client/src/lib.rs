@@ -1,0 +1,93 @@
+//! The Rust client that agent workers embed to ask a Tollgate cluster before they spend.
+//!
+//! Before every LLM or tool call, [`Client::reserve`] the estimated spend; the cluster
+//! grants it against every limit that applies, or denies it with the reason. After the
+//! call, [`Reservation::commit`] what was actually spent (or [`Reservation::release`] if
+//! the call did not happen). The client finds the leader, follows its hints, reuses
+//! connections and retries with the same request id, so a retry is never a second charge.
+//! When the cluster cannot be reached within the deadline it fails closed (an
+//! [`Error::Unavailable`] that says why), unless configured to fail open up to a local cap.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tollgate_client::{Amounts, Client, ClientConfig, Error, ReserveRequest};
+//!
+//! # struct Usage { total_tokens: u64, cost_micros: u64 }
+//! # async fn call_llm(_prompt: &str) -> Usage { Usage { total_tokens: 0, cost_micros: 0 } }
+//! # async fn search(_query: &str) -> Vec<String> { Vec::new() }
+//! /// Attempts one call site makes before it gives up on a rate limit.
+//! const DENIED_RETRIES_MAX: u32 = 3;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Error> {
+//!     let client = Client::new(ClientConfig {
+//!         token: Some(std::env::var("TOLLGATE_TOKEN").unwrap_or_default()),
+//!         ..ClientConfig::new(["10.0.0.1:7001", "10.0.0.2:7001", "10.0.0.3:7001"])
+//!     })?;
+//!
+//!     // An LLM call: reserve the worst case (prompt + max output tokens, at list price),
+//!     // then commit what the provider's response says was used.
+//!     let request = ReserveRequest::new("acme", "support-bot", "llm:gpt-x")
+//!         .tokens(4_000)
+//!         .cost_micros(60_000) // $0.06
+//!         .ttl(Duration::from_secs(120));
+//!     let mut attempt = 0;
+//!     let reservation = loop {
+//!         match client.reserve(request.clone()).await {
+//!             Ok(reservation) => break reservation,
+//!             // A rate limit says when the same request would fit: wait that long.
+//!             Err(Error::Denied { retry_after: Some(wait), .. }) if attempt < DENIED_RETRIES_MAX => {
+//!                 attempt += 1;
+//!                 tokio::time::sleep(wait).await;
+//!             }
+//!             // A budget, a freeze, a trip or an outage: do not make the call.
+//!             Err(error) => return Err(error),
+//!         }
+//!     };
+//!     let usage = call_llm("Summarise the ticket").await;
+//!     let committed = reservation
+//!         .commit(Amounts { tokens: usage.total_tokens, cost_micros: usage.cost_micros, calls: 1 })
+//!         .await?;
+//!     if committed.overrun {
+//!         tracing::warn!("the LLM call spent more than estimated");
+//!     }
+//!
+//!     // A tool call: one call, no tokens (the estimate's calls default to 1).
+//!     let reservation = client.reserve(ReserveRequest::new("acme", "support-bot", "search")).await?;
+//!     let _hits = search("order 1234").await;
+//!     reservation.commit(Amounts::new(0, 0, 1)).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Everything else (the Admin and Cluster services, or any RPC with this client's
+//! leader-following and retry policy) goes through [`Client::call`], [`Client::call_node`]
+//! and the typed wrappers built on them.
+#![warn(missing_docs)]
+
+mod admin;
+mod client;
+mod config;
+mod error;
+mod local;
+mod pool;
+mod reservation;
+mod tollgate;
+mod types;
+
+pub use admin::{AuditExport, AUDIT_QUERY_RECORDS_MAX};
+pub use client::{Client, ATTEMPTS_MAX};
+pub use config::{
+    normalise_endpoint, Backoff, ClientConfig, FailMode, ATTEMPT_TIMEOUT_DEFAULT,
+    BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, DEADLINE_DEFAULT, ENDPOINTS_MAX,
+};
+pub use error::{is_retryable, Error};
+pub use pool::{leader_hint, Auth, AuthChannel, Rpc, CHANNELS_MAX};
+pub use reservation::Reservation;
+pub use tollgate::RESERVATIONS_LIST_MAX;
+/// The wire types (`tollgate.v1`), re-exported so callers need no direct dependency.
+pub use tollgate_proto::v1;
+pub use types::{
+    new_request_id, scope_to_string, Amounts, Applied, CommitInfo, Dimension, Remaining,
+    ReserveRequest, TTL_DEFAULT,
+};

@@ -1,0 +1,294 @@
+//! The reservation guard: spend held by the cluster (or, failing open, by this process)
+//! until the caller commits what was spent or releases it. A guard that is dropped
+//! without either releases in the background, so an early return or a `?` never leaves
+//! a hold behind for longer than it takes one RPC.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tollgate_proto::v1;
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::types::{duration_ms, new_request_id, Amounts, Applied, CommitInfo, Remaining};
+
+/// Spend held against every limit that applies, until [`commit`](Self::commit),
+/// [`release`](Self::release), or expiry. Dropping it releases it in the background.
+#[derive(Debug)]
+#[must_use = "a reservation holds budget until it is committed or released"]
+pub struct Reservation {
+    client: Client,
+    tenant: String,
+    request_id: String,
+    estimate: Amounts,
+    expires_at_ms: u64,
+    tightest: Option<Remaining>,
+    origin: Origin,
+    /// Set once commit, release or abandon has been asked for: `Drop` then does nothing.
+    settled: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// Granted by the cluster.
+    Cluster {
+        reservation_id: u64,
+        applied: Applied,
+    },
+    /// Granted by this process while failing open; the cluster never heard of it.
+    Local,
+}
+
+impl Reservation {
+    pub(crate) fn cluster(
+        client: Client,
+        tenant: String,
+        request_id: String,
+        estimate: Amounts,
+        granted: v1::Granted,
+        applied: Applied,
+    ) -> Reservation {
+        Reservation {
+            client,
+            tenant,
+            request_id,
+            estimate,
+            expires_at_ms: granted.expires_at_ms,
+            tightest: granted.tightest.map(Remaining::from),
+            origin: Origin::Cluster {
+                reservation_id: granted.reservation_id,
+                applied,
+            },
+            settled: false,
+        }
+    }
+
+    pub(crate) fn local(
+        client: Client,
+        tenant: String,
+        request_id: String,
+        estimate: Amounts,
+        ttl: Duration,
+    ) -> Reservation {
+        debug_assert!(
+            client.shared.local.is_some(),
+            "local reservation without fail-open"
+        );
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(duration_ms)
+            .unwrap_or(0);
+        Reservation {
+            client,
+            tenant,
+            request_id,
+            estimate,
+            expires_at_ms: now_ms.saturating_add(duration_ms(ttl)),
+            tightest: None,
+            origin: Origin::Local,
+            settled: false,
+        }
+    }
+
+    /// The cluster's id for this reservation; `None` for a local one.
+    pub fn reservation_id(&self) -> Option<u64> {
+        match self.origin {
+            Origin::Cluster { reservation_id, .. } => Some(reservation_id),
+            Origin::Local => None,
+        }
+    }
+
+    /// True when granted locally because the cluster was unreachable and the client fails
+    /// open ([`FailMode::Open`](crate::FailMode::Open)). No limit of the cluster was checked.
+    pub fn is_local(&self) -> bool {
+        matches!(self.origin, Origin::Local)
+    }
+
+    /// When the hold expires and is charged at its estimate, unix milliseconds (the
+    /// leader's clock; this process's clock for a local reservation).
+    pub fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+
+    /// What remains of the tightest limit after this grant; `None` when no limit applies
+    /// or the reservation is local.
+    pub fn tightest(&self) -> Option<&Remaining> {
+        self.tightest.as_ref()
+    }
+
+    /// Where the grant was applied in the Raft log; `None` for a local reservation.
+    pub fn applied(&self) -> Option<Applied> {
+        match self.origin {
+            Origin::Cluster { applied, .. } => Some(applied),
+            Origin::Local => None,
+        }
+    }
+
+    /// The request id the reservation was made with.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The tenant that pays.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The estimate held.
+    pub fn estimate(&self) -> Amounts {
+        self.estimate
+    }
+
+    /// Records what the call actually spent and ends the hold. Spend above the estimate
+    /// is charged anyway and flagged as an overrun.
+    ///
+    /// If this fails (e.g. the cluster stays unreachable past the deadline) the hold is
+    /// *not* released: it expires and is charged at its estimate, because the call did
+    /// happen.
+    pub async fn commit(self, actual: Amounts) -> Result<CommitInfo, Error> {
+        self.commit_with_id(new_request_id(), actual).await
+    }
+
+    /// [`commit`](Self::commit) with a caller-chosen request id (for replaying histories).
+    pub async fn commit_with_id(
+        mut self,
+        request_id: String,
+        actual: Amounts,
+    ) -> Result<CommitInfo, Error> {
+        self.settled = true;
+        match self.origin {
+            Origin::Cluster { reservation_id, .. } => {
+                self.client
+                    .commit_reservation(request_id, &self.tenant, reservation_id, actual)
+                    .await
+            }
+            Origin::Local => {
+                if let Some(local) = &self.client.shared.local {
+                    local.settle(self.estimate, actual);
+                }
+                Ok(CommitInfo {
+                    overrun: !actual.fits_within(self.estimate),
+                    late: false,
+                    applied: None,
+                })
+            }
+        }
+    }
+
+    /// Ends the hold without charging anything: the call did not happen. Returns where the
+    /// release was applied (`None` for a local reservation). A release after expiry is
+    /// refused by the cluster with [`Error::FailedPrecondition`] and the expiry charge stands.
+    pub async fn release(self) -> Result<Option<Applied>, Error> {
+        self.release_with_id(new_request_id()).await
+    }
+
+    /// [`release`](Self::release) with a caller-chosen request id.
+    pub async fn release_with_id(mut self, request_id: String) -> Result<Option<Applied>, Error> {
+        self.settled = true;
+        match self.origin {
+            Origin::Cluster { reservation_id, .. } => self
+                .client
+                .release_reservation(request_id, &self.tenant, reservation_id)
+                .await
+                .map(Some),
+            Origin::Local => {
+                if let Some(local) = &self.client.shared.local {
+                    local.give_back(self.estimate);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Walks away without committing or releasing, as a worker that died would: the hold
+    /// expires and the tenant's expiry policy applies (charged at the estimate by default).
+    /// For simulators and tests. Returns the reservation id.
+    pub fn abandon(mut self) -> Option<u64> {
+        self.settled = true;
+        self.reservation_id()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let reservation_id = match self.origin {
+            Origin::Local => {
+                if let Some(local) = &self.client.shared.local {
+                    local.give_back(self.estimate);
+                }
+                return;
+            }
+            Origin::Cluster { reservation_id, .. } => reservation_id,
+        };
+        // Drop cannot await; hand the release to the runtime if there is one. Without a
+        // runtime nothing can be sent, and the hold simply expires.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                reservation_id,
+                tenant = %self.tenant,
+                "reservation dropped outside a tokio runtime; it will expire and be charged per the tenant's expiry policy"
+            );
+            return;
+        };
+        let client = self.client.clone();
+        let tenant = std::mem::take(&mut self.tenant);
+        runtime.spawn(async move {
+            let outcome = client
+                .release_reservation(new_request_id(), &tenant, reservation_id)
+                .await;
+            if let Err(error) = outcome {
+                tracing::warn!(reservation_id, %tenant, %error, "background release of a dropped reservation failed; it will expire");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientConfig, FailMode};
+
+    #[test]
+    fn dropping_a_reservation_without_a_runtime_does_not_panic() {
+        let client = Client::new(ClientConfig::new(["127.0.0.1:1"])).unwrap();
+        let reservation = Reservation::cluster(
+            client,
+            "acme".into(),
+            new_request_id(),
+            Amounts::new(1, 1, 1),
+            v1::Granted {
+                reservation_id: 42,
+                expires_at_ms: 0,
+                tightest: None,
+            },
+            Applied::default(),
+        );
+        drop(reservation);
+    }
+
+    #[test]
+    fn dropping_a_local_reservation_gives_the_estimate_back() {
+        let config = ClientConfig {
+            fail_mode: FailMode::Open {
+                local_cap: Amounts::new(10, 10, 10),
+            },
+            ..ClientConfig::new(["127.0.0.1:1"])
+        };
+        let client = Client::new(config).unwrap();
+        let local = || client.shared.local.as_ref().unwrap();
+        local().try_hold(Amounts::new(5, 5, 1)).unwrap();
+        let reservation = Reservation::local(
+            client.clone(),
+            "acme".into(),
+            new_request_id(),
+            Amounts::new(5, 5, 1),
+            Duration::from_secs(1),
+        );
+        assert!(reservation.is_local());
+        assert_eq!(reservation.reservation_id(), None);
+        drop(reservation);
+        assert_eq!(local().used(), Amounts::ZERO);
+    }
+}

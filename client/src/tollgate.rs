@@ -1,0 +1,265 @@
+//! What agent workers call: reserve, commit, release, record, and the two queries.
+//! Each is one `Client::call` plus the translation between wire and client types; the
+//! fail-open decision is made here, on `Unavailable` from reserve and nothing else.
+
+use tollgate_proto::v1;
+use tollgate_proto::v1::reserve_response::Decision;
+use tollgate_proto::v1::trip_cause::Cause;
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::reservation::Reservation;
+use crate::types::{
+    new_request_id, scope_to_string, Amounts, Applied, CommitInfo, Dimension, ReserveRequest,
+};
+
+/// Most reservations one `reservations` query asks for; the server may cap lower.
+pub const RESERVATIONS_LIST_MAX: u32 = 10_000;
+
+impl Client {
+    /// Reserves the estimate against every limit that applies to (tenant, agent, tool).
+    ///
+    /// `Ok` is a guard: commit the actual spend or release it. A denial is an error:
+    /// [`Error::Denied`] (with `retry_after` for rate limits), [`Error::Frozen`] or
+    /// [`Error::Tripped`]. When the cluster cannot be reached within the deadline this
+    /// returns [`Error::Unavailable`], or a local reservation if the client fails open.
+    pub async fn reserve(&self, request: ReserveRequest) -> Result<Reservation, Error> {
+        self.reserve_with_id(new_request_id(), request).await
+    }
+
+    /// [`reserve`](Self::reserve) with a caller-chosen request id: sending the same id
+    /// again returns the first answer (for replaying histories and cross-process retries).
+    pub async fn reserve_with_id(
+        &self,
+        request_id: String,
+        request: ReserveRequest,
+    ) -> Result<Reservation, Error> {
+        let wire = request.to_wire(&request_id);
+        let outcome = self
+            .call(|rpc| {
+                let wire = wire.clone();
+                async move { rpc.tollgate().reserve(wire).await }
+            })
+            .await;
+        match outcome {
+            Ok(response) => self.decide(request, request_id, response),
+            Err(Error::Unavailable { reason }) => self.fail_open(request, request_id, reason),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn decide(
+        &self,
+        request: ReserveRequest,
+        request_id: String,
+        response: v1::ReserveResponse,
+    ) -> Result<Reservation, Error> {
+        match response.decision {
+            Some(Decision::Granted(granted)) => Ok(Reservation::cluster(
+                self.clone(),
+                request.tenant,
+                request_id,
+                request.estimate,
+                granted,
+                Applied::from(response.applied),
+            )),
+            Some(Decision::Denied(denied)) => Err(Error::Denied {
+                scope: scope_to_string(denied.scope.as_ref()),
+                limit_id: denied.limit_id,
+                dimension: Dimension::from(denied.dimension),
+                remaining: denied.remaining,
+                retry_after: denied.retry_after_ms.map(std::time::Duration::from_millis),
+            }),
+            Some(Decision::Frozen(frozen)) => Err(Error::Frozen {
+                agent: Some(frozen.agent).filter(|agent| !agent.is_empty()),
+            }),
+            Some(Decision::Tripped(tripped)) => Err(Error::Tripped {
+                cause: describe_trip(tripped.cause.as_ref()),
+                until_ms: tripped.until_ms,
+            }),
+            None => Err(Error::Internal(
+                "reserve answered without a decision".into(),
+            )),
+        }
+    }
+
+    fn fail_open(
+        &self,
+        request: ReserveRequest,
+        request_id: String,
+        reason: String,
+    ) -> Result<Reservation, Error> {
+        let Some(local) = &self.shared.local else {
+            return Err(Error::Unavailable { reason });
+        };
+        if let Err(why_not) = local.try_hold(request.estimate) {
+            return Err(Error::Unavailable {
+                reason: format!("{reason}; {why_not}"),
+            });
+        }
+        tracing::warn!(
+            tenant = %request.tenant,
+            agent = %request.agent,
+            tool = %request.tool,
+            estimate = %request.estimate,
+            %reason,
+            "tollgate unreachable: failing open with a local reservation"
+        );
+        Ok(Reservation::local(
+            self.clone(),
+            request.tenant,
+            request_id,
+            request.estimate,
+            request.ttl,
+        ))
+    }
+
+    /// Commits `actual` spend for a reservation known only by id (the guard's
+    /// [`Reservation::commit`] calls this). Retries reuse `request_id`.
+    pub async fn commit_reservation(
+        &self,
+        request_id: String,
+        tenant: &str,
+        reservation_id: u64,
+        actual: Amounts,
+    ) -> Result<CommitInfo, Error> {
+        let wire = v1::CommitRequest {
+            request_id,
+            tenant: tenant.to_owned(),
+            reservation_id,
+            actual: Some(actual.into()),
+        };
+        let response = self
+            .call(|rpc| {
+                let wire = wire.clone();
+                async move { rpc.tollgate().commit(wire).await }
+            })
+            .await?;
+        Ok(CommitInfo {
+            overrun: response.overrun,
+            late: response.late,
+            applied: Some(Applied::from(response.applied)),
+        })
+    }
+
+    /// Releases a reservation known only by id (the guard's [`Reservation::release`] calls
+    /// this). Retries reuse `request_id`.
+    pub async fn release_reservation(
+        &self,
+        request_id: String,
+        tenant: &str,
+        reservation_id: u64,
+    ) -> Result<Applied, Error> {
+        let wire = v1::ReleaseRequest {
+            request_id,
+            tenant: tenant.to_owned(),
+            reservation_id,
+        };
+        let response = self
+            .call(|rpc| {
+                let wire = wire.clone();
+                async move { rpc.tollgate().release(wire).await }
+            })
+            .await?;
+        Ok(Applied::from(response.applied))
+    }
+
+    /// Records spend that happened without a reservation (e.g. reported late). Always
+    /// charged, never denied.
+    pub async fn record(
+        &self,
+        tenant: &str,
+        agent: &str,
+        tool: &str,
+        actual: Amounts,
+    ) -> Result<Applied, Error> {
+        self.record_with_id(new_request_id(), tenant, agent, tool, actual)
+            .await
+    }
+
+    /// [`record`](Self::record) with a caller-chosen request id.
+    pub async fn record_with_id(
+        &self,
+        request_id: String,
+        tenant: &str,
+        agent: &str,
+        tool: &str,
+        actual: Amounts,
+    ) -> Result<Applied, Error> {
+        let wire = v1::RecordRequest {
+            request_id,
+            tenant: tenant.to_owned(),
+            agent: agent.to_owned(),
+            tool: tool.to_owned(),
+            actual: Some(actual.into()),
+        };
+        let response = self
+            .call(|rpc| {
+                let wire = wire.clone();
+                async move { rpc.tollgate().record(wire).await }
+            })
+            .await?;
+        Ok(Applied::from(response.applied))
+    }
+
+    /// Usage and remaining of every limit that applies to the tenant, narrowed to an agent
+    /// and a tool when given. Linearizable: answered by the leader.
+    pub async fn usage(
+        &self,
+        tenant: &str,
+        agent: Option<&str>,
+        tool: Option<&str>,
+    ) -> Result<v1::UsageResponse, Error> {
+        let wire = v1::UsageRequest {
+            tenant: tenant.to_owned(),
+            agent: agent.unwrap_or_default().to_owned(),
+            tool: tool.unwrap_or_default().to_owned(),
+        };
+        self.call(|rpc| {
+            let wire = wire.clone();
+            async move { rpc.tollgate().get_usage(wire).await }
+        })
+        .await
+    }
+
+    /// Reservations in flight for the tenant (or one agent), at most `limit` of them
+    /// (capped at [`RESERVATIONS_LIST_MAX`]).
+    pub async fn reservations(
+        &self,
+        tenant: &str,
+        agent: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<v1::Reservation>, Error> {
+        let wire = v1::ListReservationsRequest {
+            tenant: tenant.to_owned(),
+            agent: agent.unwrap_or_default().to_owned(),
+            limit: limit.min(RESERVATIONS_LIST_MAX),
+        };
+        let response = self
+            .call(|rpc| {
+                let wire = wire.clone();
+                async move { rpc.tollgate().list_reservations(wire).await }
+            })
+            .await?;
+        Ok(response.reservations)
+    }
+}
+
+/// A trip cause in words, e.g. `repetition: fingerprint "ab12" seen 20 times`.
+fn describe_trip(cause: Option<&v1::TripCause>) -> String {
+    match cause.and_then(|c| c.cause.as_ref()) {
+        Some(Cause::Repetition(r)) => {
+            format!(
+                "repetition: fingerprint {:?} seen {} times",
+                r.fingerprint, r.count
+            )
+        }
+        Some(Cause::Velocity(v)) => {
+            format!(
+                "velocity: spent {} against a recent baseline of {}",
+                v.spent, v.baseline
+            )
+        }
+        None => "unknown cause".into(),
+    }
+}

@@ -1,0 +1,357 @@
+//! The client's own domain types, converted from and to the wire types at the edge so
+//! callers do not build protobuf messages for the hot path (reserve, commit).
+
+use std::fmt;
+use std::time::Duration;
+
+use tollgate_proto::v1;
+
+/// Reservation TTL when the caller does not set one: long enough for a slow LLM call,
+/// short enough that a dead worker's hold does not linger.
+pub const TTL_DEFAULT: Duration = Duration::from_secs(60);
+
+/// Spend in every dimension. Cost is integer micro-units of the tenant's currency
+/// (1 USD = 1_000_000), never floating point.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Amounts {
+    /// Tokens (LLM input + output).
+    pub tokens: u64,
+    /// Cost in micro-units of the tenant's currency.
+    pub cost_micros: u64,
+    /// Calls, usually 1.
+    pub calls: u64,
+}
+
+impl Amounts {
+    /// Nothing in any dimension.
+    pub const ZERO: Amounts = Amounts {
+        tokens: 0,
+        cost_micros: 0,
+        calls: 0,
+    };
+
+    /// Amounts from their three dimensions.
+    pub const fn new(tokens: u64, cost_micros: u64, calls: u64) -> Amounts {
+        Amounts {
+            tokens,
+            cost_micros,
+            calls,
+        }
+    }
+
+    /// `self + other` in every dimension, or `None` if any dimension overflows.
+    pub fn checked_add(self, other: Amounts) -> Option<Amounts> {
+        Some(Amounts {
+            tokens: self.tokens.checked_add(other.tokens)?,
+            cost_micros: self.cost_micros.checked_add(other.cost_micros)?,
+            calls: self.calls.checked_add(other.calls)?,
+        })
+    }
+
+    /// `self - other` in every dimension, stopping at zero.
+    pub fn saturating_sub(self, other: Amounts) -> Amounts {
+        Amounts {
+            tokens: self.tokens.saturating_sub(other.tokens),
+            cost_micros: self.cost_micros.saturating_sub(other.cost_micros),
+            calls: self.calls.saturating_sub(other.calls),
+        }
+    }
+
+    /// True when every dimension of `self` is at most the same dimension of `other`.
+    pub fn fits_within(self, other: Amounts) -> bool {
+        self.tokens <= other.tokens
+            && self.cost_micros <= other.cost_micros
+            && self.calls <= other.calls
+    }
+}
+
+impl fmt::Display for Amounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} tokens, {} cost micros, {} calls",
+            self.tokens, self.cost_micros, self.calls
+        )
+    }
+}
+
+impl From<Amounts> for v1::Amounts {
+    fn from(a: Amounts) -> Self {
+        v1::Amounts {
+            tokens: a.tokens,
+            cost_micros: a.cost_micros,
+            calls: a.calls,
+        }
+    }
+}
+
+impl From<v1::Amounts> for Amounts {
+    fn from(a: v1::Amounts) -> Self {
+        Amounts {
+            tokens: a.tokens,
+            cost_micros: a.cost_micros,
+            calls: a.calls,
+        }
+    }
+}
+
+/// What a limit counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dimension {
+    /// LLM tokens.
+    Tokens,
+    /// Cost in micro-units.
+    Cost,
+    /// Calls.
+    Calls,
+    /// Reservations in flight.
+    Concurrency,
+    /// A dimension this client does not know (a newer server).
+    Unknown(i32),
+}
+
+impl From<i32> for Dimension {
+    fn from(wire: i32) -> Self {
+        match v1::Dimension::try_from(wire) {
+            Ok(v1::Dimension::Tokens) => Dimension::Tokens,
+            Ok(v1::Dimension::Cost) => Dimension::Cost,
+            Ok(v1::Dimension::Calls) => Dimension::Calls,
+            Ok(v1::Dimension::Concurrency) => Dimension::Concurrency,
+            Ok(v1::Dimension::Unspecified) | Err(_) => Dimension::Unknown(wire),
+        }
+    }
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dimension::Tokens => f.write_str("tokens"),
+            Dimension::Cost => f.write_str("cost"),
+            Dimension::Calls => f.write_str("calls"),
+            Dimension::Concurrency => f.write_str("concurrency"),
+            Dimension::Unknown(wire) => write!(f, "dimension #{wire}"),
+        }
+    }
+}
+
+/// A limit's scope as people write it: `tenant`, `each-agent`, `agent:NAME`,
+/// `tool-per-agent:TOOL`, `tool-tenant:TOOL`.
+pub fn scope_to_string(scope: Option<&v1::Scope>) -> String {
+    use v1::scope::Scope;
+    match scope.and_then(|s| s.scope.as_ref()) {
+        Some(Scope::Tenant(_)) => "tenant".into(),
+        Some(Scope::EachAgent(_)) => "each-agent".into(),
+        Some(Scope::Agent(agent)) => format!("agent:{agent}"),
+        Some(Scope::ToolPerAgent(tool)) => format!("tool-per-agent:{tool}"),
+        Some(Scope::ToolTenant(tool)) => format!("tool-tenant:{tool}"),
+        None => "unknown-scope".into(),
+    }
+}
+
+/// Where in the Raft log a mutation was applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Applied {
+    /// Raft log index of the entry.
+    pub log_index: u64,
+    /// Raft term of the entry.
+    pub term: u64,
+    /// The leader's timestamp of the entry, unix milliseconds.
+    pub at_ms: u64,
+}
+
+impl From<Option<v1::Applied>> for Applied {
+    /// A server always sends `applied` on mutations; a missing one reads as all zeros
+    /// (log index 0 is never a real entry) rather than turning a success into an error.
+    fn from(applied: Option<v1::Applied>) -> Self {
+        let a = applied.unwrap_or_default();
+        Applied {
+            log_index: a.log_index,
+            term: a.term,
+            at_ms: a.at_ms,
+        }
+    }
+}
+
+/// What remains of one limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remaining {
+    /// The limit's id.
+    pub limit_id: String,
+    /// What it counts.
+    pub dimension: Dimension,
+    /// What remains; negative after overruns.
+    pub remaining: i64,
+}
+
+impl From<v1::LimitRemaining> for Remaining {
+    fn from(r: v1::LimitRemaining) -> Self {
+        Remaining {
+            limit_id: r.limit_id,
+            dimension: Dimension::from(r.dimension),
+            remaining: r.remaining,
+        }
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// Actual spend exceeded the estimate in some dimension (charged anyway, audited).
+    pub overrun: bool,
+    /// The reservation had already expired; the expiry charge was trued up to the actual.
+    pub late: bool,
+    /// Where the commit was applied; `None` for a local (fail-open) reservation.
+    pub applied: Option<Applied>,
+}
+
+/// A reservation to ask for: who spends, on what, and the estimate.
+///
+/// Built with [`ReserveRequest::new`] and the setters; the estimate starts at 0 tokens,
+/// 0 cost and 1 call, the TTL at [`TTL_DEFAULT`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReserveRequest {
+    /// The tenant (organisation) that pays.
+    pub tenant: String,
+    /// The agent that spends.
+    pub agent: String,
+    /// What the call is for, e.g. `llm:gpt-x`, `search`.
+    pub tool: String,
+    /// The estimated spend, held until commit, release or expiry.
+    pub estimate: Amounts,
+    /// How long the hold lasts without a commit or release.
+    pub ttl: Duration,
+    /// Hash of tool + normalised arguments, for repetition (runaway) detection.
+    pub fingerprint: Option<String>,
+}
+
+impl ReserveRequest {
+    /// A request for one call by `agent` of `tenant` on `tool`.
+    pub fn new(
+        tenant: impl Into<String>,
+        agent: impl Into<String>,
+        tool: impl Into<String>,
+    ) -> Self {
+        ReserveRequest {
+            tenant: tenant.into(),
+            agent: agent.into(),
+            tool: tool.into(),
+            estimate: Amounts {
+                tokens: 0,
+                cost_micros: 0,
+                calls: 1,
+            },
+            ttl: TTL_DEFAULT,
+            fingerprint: None,
+        }
+    }
+
+    /// Sets the estimated tokens.
+    pub fn tokens(mut self, tokens: u64) -> Self {
+        self.estimate.tokens = tokens;
+        self
+    }
+
+    /// Sets the estimated cost in micro-units.
+    pub fn cost_micros(mut self, cost_micros: u64) -> Self {
+        self.estimate.cost_micros = cost_micros;
+        self
+    }
+
+    /// Sets the estimated calls (default 1).
+    pub fn calls(mut self, calls: u64) -> Self {
+        self.estimate.calls = calls;
+        self
+    }
+
+    /// Sets the whole estimate at once.
+    pub fn estimate(mut self, estimate: Amounts) -> Self {
+        self.estimate = estimate;
+        self
+    }
+
+    /// Sets how long the hold lasts without a commit or release.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the fingerprint used for repetition detection.
+    pub fn fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
+        self.fingerprint = Some(fingerprint.into());
+        self
+    }
+
+    pub(crate) fn to_wire(&self, request_id: &str) -> v1::ReserveRequest {
+        v1::ReserveRequest {
+            request_id: request_id.to_owned(),
+            tenant: self.tenant.clone(),
+            agent: self.agent.clone(),
+            tool: self.tool.clone(),
+            estimate: Some(self.estimate.into()),
+            ttl_ms: duration_ms(self.ttl),
+            fingerprint: self.fingerprint.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A duration in whole milliseconds, saturating (the server rejects absurd TTLs).
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A fresh request id: 128 random bits as 32 lowercase hex digits. One per logical
+/// operation, reused on every retry of it, so the cluster applies it once.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_unique() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn reserve_request_defaults_to_one_call_and_default_ttl() {
+        let request = ReserveRequest::new("acme", "bot", "search");
+        assert_eq!(request.estimate, Amounts::new(0, 0, 1));
+        assert_eq!(request.ttl, TTL_DEFAULT);
+        let wire = request.tokens(5).fingerprint("f").to_wire("id-1");
+        assert_eq!(wire.request_id, "id-1");
+        assert_eq!(
+            wire.estimate,
+            Some(v1::Amounts {
+                tokens: 5,
+                cost_micros: 0,
+                calls: 1
+            })
+        );
+        assert_eq!(wire.ttl_ms, 60_000);
+        assert_eq!(wire.fingerprint, "f");
+    }
+
+    #[test]
+    fn amounts_arithmetic_is_checked() {
+        let max = Amounts::new(u64::MAX, 0, 0);
+        assert_eq!(max.checked_add(Amounts::new(1, 0, 0)), None);
+        assert_eq!(
+            Amounts::new(1, 2, 3).saturating_sub(Amounts::new(5, 1, 3)),
+            Amounts::new(0, 1, 0)
+        );
+        assert!(Amounts::new(1, 2, 3).fits_within(Amounts::new(1, 2, 3)));
+        assert!(!Amounts::new(1, 2, 4).fits_within(Amounts::new(1, 2, 3)));
+    }
+}

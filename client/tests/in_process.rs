@@ -1,0 +1,504 @@
+//! The client against tiny in-process gRPC nodes with canned behaviour: proves leader
+//! following, same-id retries, background release of dropped guards, per-node status and
+//! failing closed, without a real cluster. Tests wait on notifications, never on sleeps.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tollgate_client::v1;
+use tollgate_client::v1::cluster_server::{Cluster, ClusterServer};
+use tollgate_client::v1::tollgate_server::{Tollgate, TollgateServer};
+use tollgate_client::{Amounts, Backoff, Client, ClientConfig, Error, FailMode, ReserveRequest};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+/// Upper bound on waiting for a notification; only reached if the behaviour is broken.
+const NOTIFICATION_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// What a fake node saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Reserve {
+        request_id: String,
+        authorization: Option<String>,
+    },
+    Commit {
+        request_id: String,
+        reservation_id: u64,
+    },
+    Release {
+        reservation_id: u64,
+    },
+}
+
+enum Role {
+    /// Refuses everything, naming the leader.
+    Follower { leader: String },
+    /// Answers UNAVAILABLE without a hint `unavailable_first` times, then grants.
+    Leader { unavailable_first: AtomicU32 },
+}
+
+struct FakeNode {
+    addr: String,
+    role: Role,
+    seen: mpsc::UnboundedSender<Seen>,
+}
+
+impl FakeNode {
+    fn refuse(&self) -> Result<(), Status> {
+        match &self.role {
+            Role::Follower { leader } => {
+                let mut status = Status::unavailable("not the leader");
+                status
+                    .metadata_mut()
+                    .insert(tollgate_proto::LEADER_METADATA_KEY, leader.parse().unwrap());
+                Err(status)
+            }
+            Role::Leader { unavailable_first } => {
+                let refused = unavailable_first
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if refused {
+                    Err(Status::unavailable("election in progress"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// Shared by the two services of one fake node (the orphan rule forbids impls on `Arc`).
+#[derive(Clone)]
+struct Node(Arc<FakeNode>);
+
+impl std::ops::Deref for Node {
+    type Target = FakeNode;
+    fn deref(&self) -> &FakeNode {
+        &self.0
+    }
+}
+
+fn applied() -> Option<v1::Applied> {
+    Some(v1::Applied {
+        log_index: 7,
+        term: 2,
+        at_ms: 1_000,
+    })
+}
+
+#[tonic::async_trait]
+impl Tollgate for Node {
+    async fn reserve(
+        &self,
+        request: Request<v1::ReserveRequest>,
+    ) -> Result<Response<v1::ReserveResponse>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let request = request.into_inner();
+        let _ = self.seen.send(Seen::Reserve {
+            request_id: request.request_id.clone(),
+            authorization,
+        });
+        self.refuse()?;
+        let estimate = request.estimate.unwrap_or_default();
+        let decision = if estimate.tokens > 1_000 {
+            v1::reserve_response::Decision::Denied(v1::DeniedByLimit {
+                limit_id: "tpm".into(),
+                scope: Some(v1::Scope {
+                    scope: Some(v1::scope::Scope::Agent(request.agent)),
+                }),
+                dimension: v1::Dimension::Tokens as i32,
+                remaining: 1_000,
+                retry_after_ms: Some(1_500),
+            })
+        } else {
+            v1::reserve_response::Decision::Granted(v1::Granted {
+                reservation_id: 42,
+                expires_at_ms: 61_000,
+                tightest: Some(v1::LimitRemaining {
+                    limit_id: "daily".into(),
+                    dimension: v1::Dimension::Cost as i32,
+                    remaining: 900,
+                }),
+            })
+        };
+        Ok(Response::new(v1::ReserveResponse {
+            decision: Some(decision),
+            applied: applied(),
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<v1::CommitRequest>,
+    ) -> Result<Response<v1::CommitResponse>, Status> {
+        let request = request.into_inner();
+        let _ = self.seen.send(Seen::Commit {
+            request_id: request.request_id,
+            reservation_id: request.reservation_id,
+        });
+        self.refuse()?;
+        Ok(Response::new(v1::CommitResponse {
+            overrun: true,
+            late: false,
+            applied: applied(),
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        let _ = self.seen.send(Seen::Release {
+            reservation_id: request.into_inner().reservation_id,
+        });
+        self.refuse()?;
+        Ok(Response::new(v1::ReleaseResponse { applied: applied() }))
+    }
+
+    async fn record(
+        &self,
+        _: Request<v1::RecordRequest>,
+    ) -> Result<Response<v1::RecordResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn get_usage(
+        &self,
+        _: Request<v1::UsageRequest>,
+    ) -> Result<Response<v1::UsageResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn list_reservations(
+        &self,
+        _: Request<v1::ListReservationsRequest>,
+    ) -> Result<Response<v1::ListReservationsResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for Node {
+    async fn status(
+        &self,
+        _: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let role = match self.role {
+            Role::Follower { .. } => "follower",
+            Role::Leader { .. } => "leader",
+        };
+        Ok(Response::new(v1::StatusResponse {
+            addr: self.addr.clone(),
+            role: role.into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        _: Request<v1::AddLearnerRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn change_membership(
+        &self,
+        _: Request<v1::ChangeMembershipRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+}
+
+/// Binds 127.0.0.1:0 first so the address is known before the role is chosen.
+async fn bind() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    (listener, addr)
+}
+
+/// Serves a fake node on `listener` until the test's runtime ends.
+fn serve(
+    listener: tokio::net::TcpListener,
+    addr: String,
+    role: Role,
+) -> mpsc::UnboundedReceiver<Seen> {
+    let (seen, receiver) = mpsc::unbounded_channel();
+    let node = Node(Arc::new(FakeNode { addr, role, seen }));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TollgateServer::new(node.clone()))
+            .add_service(ClusterServer::new(node))
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    receiver
+}
+
+async fn leader(unavailable_first: u32) -> (String, mpsc::UnboundedReceiver<Seen>) {
+    let (listener, addr) = bind().await;
+    let seen = serve(
+        listener,
+        addr.clone(),
+        Role::Leader {
+            unavailable_first: AtomicU32::new(unavailable_first),
+        },
+    );
+    (addr, seen)
+}
+
+async fn follower_of(leader: &str) -> (String, mpsc::UnboundedReceiver<Seen>) {
+    let (listener, addr) = bind().await;
+    let seen = serve(
+        listener,
+        addr.clone(),
+        Role::Follower {
+            leader: leader.to_owned(),
+        },
+    );
+    (addr, seen)
+}
+
+fn fast_config(endpoints: &[&str]) -> ClientConfig {
+    ClientConfig {
+        deadline: Duration::from_secs(3),
+        attempt_timeout: Duration::from_millis(500),
+        backoff: Backoff {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(50),
+        },
+        ..ClientConfig::new(endpoints.iter().copied())
+    }
+}
+
+async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(NOTIFICATION_WAIT_MAX, seen.recv())
+        .await
+        .expect("node saw nothing in time")
+        .expect("node stopped")
+}
+
+/// An address nothing listens on: bound, then closed.
+fn dead_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn follower_hint_leads_the_client_to_the_leader_and_it_stays_there() {
+    let (leader_addr, mut leader_seen) = leader(0).await;
+    let (follower_addr, mut follower_seen) = follower_of(&leader_addr).await;
+    let client = Client::new(ClientConfig {
+        token: Some("t0ken".into()),
+        ..fast_config(&[&follower_addr])
+    })
+    .unwrap();
+
+    let reservation = client
+        .reserve(ReserveRequest::new("acme", "bot", "llm:x").tokens(100))
+        .await
+        .unwrap();
+    assert_eq!(reservation.reservation_id(), Some(42));
+    assert!(!reservation.is_local());
+    assert_eq!(reservation.expires_at_ms(), 61_000);
+    assert_eq!(reservation.tightest().unwrap().remaining, 900);
+    assert_eq!(reservation.applied().unwrap().log_index, 7);
+    assert_eq!(client.leader(), Some(format!("http://{leader_addr}")));
+
+    let Seen::Reserve {
+        request_id: at_follower,
+        ..
+    } = next(&mut follower_seen).await
+    else {
+        panic!()
+    };
+    let Seen::Reserve {
+        request_id: at_leader,
+        authorization,
+    } = next(&mut leader_seen).await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        at_follower, at_leader,
+        "the hint is followed with the same request id"
+    );
+    assert_eq!(authorization.as_deref(), Some("Bearer t0ken"));
+
+    let info = reservation.commit(Amounts::new(120, 5, 1)).await.unwrap();
+    assert!(info.overrun);
+    assert_eq!(info.applied.unwrap().term, 2);
+    assert!(matches!(
+        next(&mut leader_seen).await,
+        Seen::Commit {
+            reservation_id: 42,
+            ..
+        }
+    ));
+    assert!(
+        follower_seen.try_recv().is_err(),
+        "the remembered leader is asked directly"
+    );
+}
+
+#[tokio::test]
+async fn retries_after_unavailable_reuse_the_same_request_id() {
+    let (leader_addr, mut seen) = leader(2).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+
+    let reservation = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..3)
+        .map(|_| match seen.try_recv() {
+            Ok(Seen::Reserve { request_id, .. }) => request_id,
+            other => panic!("expected a reserve, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[1], ids[2]);
+    assert_eq!(reservation.request_id(), ids[0]);
+    reservation.abandon();
+}
+
+#[tokio::test]
+async fn explicit_request_id_is_sent_as_given() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let reservation = client
+        .reserve_with_id(
+            "replay-1".into(),
+            ReserveRequest::new("acme", "bot", "search"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(next(&mut seen).await, Seen::Reserve { request_id, .. } if request_id == "replay-1")
+    );
+    reservation
+        .commit_with_id("replay-2".into(), Amounts::new(0, 0, 1))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next(&mut seen).await, Seen::Commit { request_id, .. } if request_id == "replay-2")
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_guard_releases_in_the_background() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let reservation = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+
+    drop(reservation);
+    assert_eq!(next(&mut seen).await, Seen::Release { reservation_id: 42 });
+}
+
+#[tokio::test]
+async fn denial_names_the_limit_and_when_to_retry() {
+    let (leader_addr, _seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let error = client
+        .reserve(ReserveRequest::new("acme", "bot", "llm:x").tokens(5_000))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        Error::Denied {
+            limit_id: "tpm".into(),
+            scope: "agent:bot".into(),
+            dimension: tollgate_client::Dimension::Tokens,
+            remaining: 1_000,
+            retry_after: Some(Duration::from_millis(1_500)),
+        }
+    );
+}
+
+#[tokio::test]
+async fn status_goes_to_the_node_asked_not_the_leader() {
+    let (leader_addr, _leader_seen) = leader(0).await;
+    let (follower_addr, _follower_seen) = follower_of(&leader_addr).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+
+    let status = client.status(&follower_addr).await.unwrap();
+    assert_eq!(status.role, "follower");
+    assert_eq!(status.addr, follower_addr);
+}
+
+#[tokio::test]
+async fn fails_closed_within_the_deadline_when_nothing_listens() {
+    let addr = dead_addr();
+    let deadline = Duration::from_millis(300);
+    let client = Client::new(ClientConfig {
+        deadline,
+        ..fast_config(&[&addr])
+    })
+    .unwrap();
+
+    let started = Instant::now();
+    let error = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+
+    let Error::Unavailable { reason } = &error else {
+        panic!("expected Unavailable, got {error:?}")
+    };
+    assert!(
+        reason.contains(&addr),
+        "reason names the endpoint tried: {reason}"
+    );
+    assert!(reason.contains("last error"), "{reason}");
+    // Generous slack for a loaded machine; the point is "bounded by the deadline", not precision.
+    assert!(
+        elapsed < deadline + Duration::from_secs(1),
+        "took {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn fails_open_up_to_the_local_cap_then_closed() {
+    let addr = dead_addr();
+    let client = Client::new(ClientConfig {
+        deadline: Duration::from_millis(100),
+        fail_mode: FailMode::Open {
+            local_cap: Amounts::new(100, 1_000_000, 10),
+        },
+        ..fast_config(&[&addr])
+    })
+    .unwrap();
+    let request = ReserveRequest::new("acme", "bot", "llm:x").tokens(60);
+
+    let first = client.reserve(request.clone()).await.unwrap();
+    assert!(first.is_local());
+    assert_eq!(first.reservation_id(), None);
+    let over_cap = client.reserve(request.clone()).await.unwrap_err();
+    assert!(
+        matches!(&over_cap, Error::Unavailable { reason } if reason.contains("fail-open local cap exhausted")),
+        "{over_cap:?}"
+    );
+
+    assert_eq!(
+        first.release().await.unwrap(),
+        None,
+        "a local release does no RPC"
+    );
+    let second = client.reserve(request.clone()).await.unwrap();
+    let info = second.commit(Amounts::new(90, 0, 1)).await.unwrap();
+    assert!(info.overrun && info.applied.is_none());
+    // 90 of 100 tokens are spent: 60 more do not fit.
+    assert!(matches!(
+        client.reserve(request).await,
+        Err(Error::Unavailable { .. })
+    ));
+}
