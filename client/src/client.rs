@@ -173,7 +173,7 @@ impl Client {
                     }
                     return Ok(response.into_inner());
                 }
-                Ok(Err(status)) if !is_retryable(status.code()) => {
+                Ok(Err(status)) if !is_retryable(&status) => {
                     return Err(Error::from_status(&status));
                 }
                 Ok(Err(status)) => status,

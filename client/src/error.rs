@@ -82,7 +82,7 @@ impl Error {
             Code::FailedPrecondition => Error::FailedPrecondition(message),
             Code::ResourceExhausted => Error::Exhausted(message),
             Code::AlreadyExists => Error::RequestIdReused(message),
-            code if is_retryable(code) => Error::Unavailable {
+            code if is_retryable(status) => Error::Unavailable {
                 reason: format!("{code:?}: {message}"),
             },
             code => Error::Internal(format!("{code:?}: {message}")),
@@ -90,19 +90,26 @@ impl Error {
     }
 }
 
-/// Codes worth retrying with the same request id: the request may not have arrived, may
+/// Statuses worth retrying with the same request id: the request may not have arrived, may
 /// have been cut off, or hit a node that is not the leader. tonic reports some transport
-/// failures as UNKNOWN, so that is retried too; a retry is always safe because the
-/// request id makes it idempotent.
-pub fn is_retryable(code: Code) -> bool {
-    matches!(
-        code,
+/// failures as UNKNOWN, and a connection torn down mid-call (a node killed) as INTERNAL with
+/// an h2 protocol error, so those are retried too; a retry is always safe because the request
+/// id makes it idempotent. An INTERNAL status the server itself sent is not retried.
+pub fn is_retryable(status: &Status) -> bool {
+    match status.code() {
         Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Aborted
-            | Code::Unknown
-    )
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Aborted
+        | Code::Unknown => true,
+        Code::Internal => is_transport_failure(status.message()),
+        _ => false,
+    }
+}
+
+/// How tonic words an INTERNAL status that came from the HTTP/2 connection, not the server.
+fn is_transport_failure(message: &str) -> bool {
+    message.starts_with("h2 protocol error") || message.contains("transport error")
 }
 
 #[cfg(test)]
@@ -157,8 +164,13 @@ mod tests {
             Code::Cancelled,
             Code::Unknown,
         ] {
-            assert!(is_retryable(code), "{code:?}");
+            assert!(is_retryable(&Status::new(code, "msg")), "{code:?}");
         }
+        let torn_down = Status::internal("h2 protocol error: http2 error");
+        assert!(
+            is_retryable(&torn_down),
+            "a connection cut mid-call is retried"
+        );
         for code in [
             Code::InvalidArgument,
             Code::NotFound,
@@ -168,7 +180,7 @@ mod tests {
             Code::AlreadyExists,
             Code::Internal,
         ] {
-            assert!(!is_retryable(code), "{code:?}");
+            assert!(!is_retryable(&Status::new(code, "msg")), "{code:?}");
         }
     }
 
