@@ -6,7 +6,8 @@ pub mod v1 {
     tonic::include_proto!("tollgate.v1");
 
     /// The encoded file descriptor set, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tollgate_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("tollgate_descriptor");
 }
 
 /// Response metadata key that carries the leader's address on UNAVAILABLE.

@@ -1,0 +1,310 @@
+//! Ledger throughput and memory at scale: 1,000,000 agents over 10,000 tenants, each tenant
+//! with a tenant budget, a per-agent rate, a per-agent concurrency limit and a tool budget.
+//! Times reserve+commit pairs on random agents (fixed seed). The last line is the result:
+//! `ledger reserve+commit: <N> ns/op (1000000 agents)`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tollgate_server::ledger::*;
+
+const TENANTS: usize = 10_000;
+const AGENTS_PER_TENANT: usize = 100;
+const AGENTS: usize = TENANTS * AGENTS_PER_TENANT;
+const PAIRS_DEFAULT: usize = 300_000;
+/// Pairs run before timing: enough to fill the dedup window (`PAIR_STEP_MS` apart), so the
+/// timed pairs run in steady state, forgetting as many answers as they remember.
+const WARMUP_PAIRS: usize = (DEDUP_WINDOW_MS / PAIR_STEP_MS) as usize + 10_000;
+/// Time between pairs: 250 pairs/s, 150,000 pairs (300,000 answers) in the dedup window.
+const PAIR_STEP_MS: u64 = 4;
+
+/// Counts live heap bytes while enabled (memory phases only, so timing is not skewed).
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            LIVE_BYTES.fetch_add(layout.size() as isize, Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTING.load(Relaxed) {
+            LIVE_BYTES.fetch_sub(layout.size() as isize, Relaxed);
+        }
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn tenant_id(t: usize) -> TenantId {
+    TenantId::new(format!("tenant-{t:05}")).unwrap()
+}
+
+fn agent_id(a: usize) -> AgentId {
+    AgentId::new(format!("agent-{a:03}")).unwrap()
+}
+
+fn spec(id: &str, scope: Scope, dimension: Dimension, kind: LimitKind) -> LimitSpec {
+    LimitSpec {
+        id: LimitId::new(id).unwrap(),
+        scope,
+        dimension,
+        kind,
+    }
+}
+
+struct Clock {
+    now_ms: u64,
+    requests: u64,
+}
+
+impl Clock {
+    fn tick(&mut self) -> u64 {
+        self.now_ms += 1;
+        self.now_ms
+    }
+
+    fn request(&mut self) -> RequestId {
+        self.requests += 1;
+        RequestId::new(format!("req-{:09}", self.requests)).unwrap()
+    }
+}
+
+/// Tenants with their limits, and `agents_per_tenant` agents each created by a record;
+/// always `AGENTS` records in all, so ledgers with few and many agents hold the same
+/// number of audit records. Answers are then forgotten (time passes the dedup window).
+fn build(agents_per_tenant: usize, clock: &mut Clock) -> Ledger {
+    let mut ledger = Ledger::new();
+    let llm = ToolId::new("llm:gpt-x").unwrap();
+    for t in 0..TENANTS {
+        let tenant = tenant_id(t);
+        let at = clock.tick();
+        let out = ledger.apply(
+            at,
+            &Command::PutTenant {
+                request_id: clock.request(),
+                tenant: tenant.clone(),
+                policy: TenantPolicy::default(),
+            },
+        );
+        assert_eq!(out, Outcome::Done);
+        let limits = [
+            spec(
+                "tenant-monthly-cost",
+                Scope::Tenant,
+                Dimension::Cost,
+                LimitKind::Budget {
+                    window: Window::Month,
+                    amount: AMOUNT_MAX,
+                },
+            ),
+            spec(
+                "agent-calls-per-minute",
+                Scope::EachAgent,
+                Dimension::Calls,
+                LimitKind::Rate {
+                    amount: 600,
+                    period_ms: 60_000,
+                    burst: 100,
+                },
+            ),
+            spec(
+                "agent-parallel",
+                Scope::EachAgent,
+                Dimension::Concurrency,
+                LimitKind::Concurrency { max: 10 },
+            ),
+            spec(
+                "llm-daily-tokens",
+                Scope::ToolTenant(llm.clone()),
+                Dimension::Tokens,
+                LimitKind::Budget {
+                    window: Window::Day,
+                    amount: AMOUNT_MAX,
+                },
+            ),
+        ];
+        for limit in limits {
+            let at = clock.tick();
+            let out = ledger.apply(
+                at,
+                &Command::PutLimit {
+                    request_id: clock.request(),
+                    tenant: tenant.clone(),
+                    limit,
+                },
+            );
+            assert_eq!(out, Outcome::Done);
+        }
+    }
+    let records_per_agent = AGENTS_PER_TENANT / agents_per_tenant;
+    for t in 0..TENANTS {
+        let tenant = tenant_id(t);
+        for a in 0..AGENTS_PER_TENANT {
+            let at = clock.tick();
+            let cmd = Command::Record {
+                request_id: clock.request(),
+                tenant: tenant.clone(),
+                agent: agent_id(a / records_per_agent),
+                tool: llm.clone(),
+                actual: Amounts {
+                    tokens: 10,
+                    cost_micros: 10,
+                    calls: 1,
+                },
+            };
+            assert_eq!(ledger.apply(at, &cmd), Outcome::Recorded);
+        }
+    }
+    clock.now_ms += DEDUP_WINDOW_MS;
+    ledger.apply(clock.now_ms, &Command::Tick);
+    assert_eq!(ledger.stats().dedup_entries, 0);
+    ledger
+}
+
+fn main() {
+    // `LEDGER_BENCH_PAIRS` overrides the number of timed pairs (e.g. 0 to profile the build).
+    let pairs_timed: usize = std::env::var("LEDGER_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PAIRS_DEFAULT);
+    let mut clock = Clock {
+        // 2024-03-10 00:00:00 UTC
+        now_ms: 1_710_028_800_000,
+        requests: 0,
+    };
+
+    // Memory: the same commands over 10,000 agents and over 1,000,000 agents; the
+    // difference is what the extra agents cost.
+    COUNTING.store(true, Relaxed);
+    let few = build(1, &mut clock);
+    let live_few = LIVE_BYTES.load(Relaxed);
+    drop(few);
+    let rss_before = rss_bytes();
+    let live_before = LIVE_BYTES.load(Relaxed);
+    let started = Instant::now();
+    let mut ledger = build(AGENTS_PER_TENANT, &mut clock);
+    let build_s = started.elapsed().as_secs_f64();
+    let live_many = LIVE_BYTES.load(Relaxed) - live_before;
+    let rss_after = rss_bytes();
+    COUNTING.store(false, Relaxed);
+    let stats = ledger.stats();
+    assert_eq!(stats.agents as usize, AGENTS);
+    let marginal = (live_many - live_few) as f64 / (AGENTS - TENANTS) as f64;
+    println!(
+        "ledger build: {TENANTS} tenants, {} agents, {} audit records in {build_s:.2} s",
+        stats.agents, stats.audit_records_retained
+    );
+    println!(
+        "ledger memory: {marginal:.0} bytes/agent (live heap, marginal); whole ledger {} MiB live heap, RSS +{} MiB ({:.0} bytes/agent incl. {} audit records)",
+        live_many / (1 << 20),
+        (rss_after.saturating_sub(rss_before)) / (1 << 20),
+        rss_after.saturating_sub(rss_before) as f64 / AGENTS as f64,
+        stats.audit_records_retained,
+    );
+
+    // Commands are built before timing: the ledger's cost is measured, not the harness's.
+    let mut rng = StdRng::seed_from_u64(0x7011_6a7e);
+    let llm = ToolId::new("llm:gpt-x").unwrap();
+    let estimate = Amounts {
+        tokens: 500,
+        cost_micros: 1_000,
+        calls: 1,
+    };
+    let actual = Amounts {
+        tokens: 420,
+        cost_micros: 900,
+        calls: 1,
+    };
+    let first_id = match ledger.apply(
+        clock.tick(),
+        &Command::Reserve {
+            request_id: clock.request(),
+            tenant: tenant_id(0),
+            agent: agent_id(0),
+            tool: llm.clone(),
+            estimate,
+            ttl_ms: 60_000,
+            fingerprint: None,
+        },
+    ) {
+        Outcome::Granted { reservation_id, .. } => reservation_id.0 + 1,
+        other => panic!("{other:?}"),
+    };
+    let pairs: Vec<(Command, Command)> = (0..WARMUP_PAIRS + pairs_timed)
+        .map(|i| {
+            let tenant = tenant_id(rng.random_range(0..TENANTS));
+            let agent = agent_id(rng.random_range(0..AGENTS_PER_TENANT));
+            let reserve = Command::Reserve {
+                request_id: clock.request(),
+                tenant: tenant.clone(),
+                agent,
+                tool: llm.clone(),
+                estimate,
+                ttl_ms: 60_000,
+                fingerprint: None,
+            };
+            let commit = Command::Commit {
+                request_id: clock.request(),
+                tenant,
+                reservation_id: ReservationId(first_id + i as u64),
+                actual,
+            };
+            (reserve, commit)
+        })
+        .collect();
+
+    let run = |ledger: &mut Ledger, pairs: &[(Command, Command)], clock: &mut Clock| {
+        for (reserve, commit) in pairs {
+            clock.now_ms += PAIR_STEP_MS;
+            let at = clock.now_ms;
+            let granted = ledger.apply(at, reserve);
+            debug_assert!(matches!(granted, Outcome::Granted { .. }), "{granted:?}");
+            let committed = ledger.apply(at, commit);
+            assert!(
+                matches!(committed, Outcome::Committed { late: false, .. }),
+                "{granted:?} then {committed:?}"
+            );
+        }
+    };
+    run(&mut ledger, &pairs[..WARMUP_PAIRS], &mut clock);
+    let started = Instant::now();
+    run(&mut ledger, &pairs[WARMUP_PAIRS..], &mut clock);
+    let elapsed = started.elapsed();
+    assert!(ledger.stats().reservations_in_flight <= 1);
+    let ns_per_pair = elapsed.as_nanos() / pairs_timed.max(1) as u128;
+    println!(
+        "ledger reserve+commit: {ns_per_pair} ns/op ({} agents)",
+        ledger.stats().agents
+    );
+    // Freeing a million agents one by one takes longer than the run; the OS does it at once.
+    std::mem::forget(ledger);
+    std::mem::forget(pairs);
+}

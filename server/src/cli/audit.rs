@@ -1,0 +1,454 @@
+//! The audit trail from the operator's side: query it, export it as JSON lines, and verify
+//! its hash chain, on the cluster or in an exported file (offline, with the ledger's own
+//! `verify_chain`, so the file is checked by the same code that built the chain).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+use tollgate_client::{v1, AUDIT_QUERY_RECORDS_MAX};
+
+use super::render;
+use super::{failed, out, out_json, AuditCommand, AuditFilterArgs, Ops};
+use crate::ledger::{verify_chain, AuditError, AuditRecord, ChainHead};
+
+/// Records verified at once when checking a file: memory stays bounded however long the
+/// export. Consecutive chunks overlap by one record, so every link is checked.
+const VERIFY_CHUNK_RECORDS: usize = 10_000;
+
+pub async fn audit(ops: &Ops, command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Query {
+            filter,
+            after_seq,
+            limit,
+        } => query(ops, filter, after_seq, limit).await,
+        AuditCommand::Export { filter, out } => export(ops, filter, out.as_deref()).await,
+        AuditCommand::Verify { file: Some(file) } => verify_file(ops.json, &file),
+        AuditCommand::Verify { file: None } => verify_cluster(ops).await,
+    }
+}
+
+fn wire_query(
+    filter: AuditFilterArgs,
+    after_seq: Option<u64>,
+    limit: u32,
+) -> v1::AuditQueryRequest {
+    v1::AuditQueryRequest {
+        tenant: filter.tenant.unwrap_or_default(),
+        agent: filter.agent.unwrap_or_default(),
+        from_ms: filter.from_ms,
+        to_ms: filter.to_ms,
+        after_seq,
+        limit,
+    }
+}
+
+async fn query(
+    ops: &Ops,
+    filter: AuditFilterArgs,
+    after_seq: Option<u64>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    if limit > AUDIT_QUERY_RECORDS_MAX {
+        bail!(
+            "--limit {limit} is above AUDIT_QUERY_RECORDS_MAX ({AUDIT_QUERY_RECORDS_MAX}); \
+             page with --after-seq, or use audit export"
+        );
+    }
+    let records = ops
+        .client
+        .query_audit(wire_query(filter, after_seq, limit))
+        .await
+        .map_err(|e| failed("could not query the audit trail", e))?;
+    if ops.json {
+        let values = records
+            .iter()
+            .map(record_json)
+            .collect::<anyhow::Result<Vec<Value>>>()?;
+        return out_json(&Value::Array(values));
+    }
+    if records.is_empty() {
+        return out("no audit records match\n");
+    }
+    let mut text = render::audit_table(&records).render();
+    if let Some(last) = records
+        .last()
+        .filter(|_| limit > 0 && records.len() >= limit as usize)
+    {
+        text.push_str(&format!(
+            "(first {} matching records; for the next page: --after-seq {})\n",
+            records.len(),
+            last.seq
+        ));
+    }
+    out(&text)
+}
+
+/// A record as the server wrote it (its `json` field: the ledger's record, hashes in hex).
+fn record_json(record: &v1::AuditRecord) -> anyhow::Result<Value> {
+    serde_json::from_str(&record.json)
+        .with_context(|| format!("audit record seq {} came with unreadable JSON", record.seq))
+}
+
+async fn export(ops: &Ops, filter: AuditFilterArgs, path: Option<&Path>) -> anyhow::Result<()> {
+    // A file is written under a temporary name and renamed when complete, so a file with
+    // the asked-for name is never a silently truncated export.
+    let partial = path.map(|path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".partial");
+        std::path::PathBuf::from(name)
+    });
+    let sink: Box<dyn Write> = match &partial {
+        Some(partial) => Box::new(
+            File::create(partial)
+                .with_context(|| format!("could not create {}", partial.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let mut sink = BufWriter::new(sink);
+    let mut stream = match ops.client.export_audit(wire_query(filter, None, 0)).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            if let Some(partial) = &partial {
+                // Nothing was written: leave no empty file behind.
+                let _ = std::fs::remove_file(partial);
+            }
+            return Err(failed("could not start the audit export", error));
+        }
+    };
+    let mut records_written: u64 = 0;
+    let result = async {
+        while let Some(record) = stream.next().await.map_err(|e| {
+            failed(
+                format!("audit export interrupted after {records_written} records"),
+                e,
+            )
+        })? {
+            if record.json.is_empty() {
+                bail!("audit record seq {} came without its JSON", record.seq);
+            }
+            sink.write_all(record.json.as_bytes())?;
+            sink.write_all(b"\n")?;
+            records_written += 1;
+        }
+        sink.flush()?;
+        anyhow::Ok(())
+    }
+    .await;
+    match (result, path, partial) {
+        (Ok(()), Some(path), Some(partial)) => {
+            drop(sink);
+            std::fs::rename(&partial, path).with_context(|| {
+                format!(
+                    "could not rename {} to {}",
+                    partial.display(),
+                    path.display()
+                )
+            })?;
+            eprintln!(
+                "exported {records_written} audit records to {}",
+                path.display()
+            );
+            Ok(())
+        }
+        (Ok(()), _, _) => Ok(()),
+        // A reader that went away (`| head`) is not a failure of the export.
+        (Err(error), None, _) if is_broken_pipe(&error) => Ok(()),
+        (Err(error), _, partial) => {
+            let kept = partial
+                .map(|partial| format!("; the incomplete export is in {}", partial.display()))
+                .unwrap_or_default();
+            Err(error.context(format!("audit export failed{kept}")))
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+async fn verify_cluster(ops: &Ops) -> anyhow::Result<()> {
+    let response = ops
+        .client
+        .verify_audit()
+        .await
+        .map_err(|e| failed("could not verify the audit trail", e))?;
+    let hash = hex::encode(&response.head_hash);
+    if ops.json {
+        out_json(&json!({
+            "ok": response.ok,
+            "error": Some(&response.error).filter(|e| !e.is_empty()),
+            "records_checked": response.records_checked,
+            "head_seq": response.head_seq,
+            "head_hash": hash,
+        }))?;
+    }
+    if !response.ok {
+        bail!(
+            "the cluster's audit chain does not verify: {}",
+            response.error
+        );
+    }
+    if !ops.json {
+        out(&render::render_fields(&[
+            ("audit chain", "intact (verified on the leader)".into()),
+            ("records checked", response.records_checked.to_string()),
+            ("head seq", response.head_seq.to_string()),
+            ("head hash", hash),
+        ]))?;
+    }
+    Ok(())
+}
+
+/// What a file verification found.
+#[derive(Debug, PartialEq, Eq)]
+struct FileVerified {
+    records: u64,
+    first_seq: u64,
+    head: ChainHead,
+}
+
+pub fn verify_file(json: bool, path: &Path) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
+    let verified = match verify_lines(BufReader::new(file), &path.display().to_string()) {
+        Ok(verified) => verified,
+        Err(VerifyFileError::Chain(error)) => {
+            let seq = broken_seq(&error);
+            if json {
+                out_json(&json!({ "ok": false, "error": error.to_string(), "broken_seq": seq }))?;
+            }
+            let hint = match error {
+                AuditError::SeqGap { .. } | AuditError::BrokenLink { .. } => {
+                    "\nhint: an export filtered by --tenant or --agent does not chain; verify a \
+                     full, unfiltered export (tollgate audit export --out FILE)"
+                }
+                _ => "",
+            };
+            bail!("{}: audit chain broken: {error}{hint}", path.display());
+        }
+        Err(VerifyFileError::Input(error)) => return Err(error),
+    };
+    let hash = hex::encode(verified.head.hash);
+    if json {
+        return out_json(&json!({
+            "ok": true,
+            "records_checked": verified.records,
+            "first_seq": verified.first_seq,
+            "head_seq": verified.head.seq,
+            "head_hash": hash,
+        }));
+    }
+    out(&render::render_fields(&[
+        ("audit chain", format!("intact ({})", path.display())),
+        ("records checked", verified.records.to_string()),
+        (
+            "seq range",
+            format!("{}..={}", verified.first_seq, verified.head.seq),
+        ),
+        ("head seq", verified.head.seq.to_string()),
+        ("head hash", hash),
+    ]))
+}
+
+/// The seq of the record where the chain breaks.
+fn broken_seq(error: &AuditError) -> u64 {
+    match error {
+        AuditError::HashMismatch { seq }
+        | AuditError::BrokenLink { seq, .. }
+        | AuditError::SeqGap { seq, .. }
+        | AuditError::HeadMismatch { seq, .. } => *seq,
+        AuditError::BadGenesis => 1,
+    }
+}
+
+#[derive(Debug)]
+enum VerifyFileError {
+    /// The file could not be read or a line is not an audit record.
+    Input(anyhow::Error),
+    /// The records do not form an unbroken chain.
+    Chain(AuditError),
+}
+
+/// Parses JSON lines (blank lines skipped) into audit records and verifies the chain in
+/// overlapping chunks of [`VERIFY_CHUNK_RECORDS`].
+fn verify_lines(reader: impl BufRead, name: &str) -> Result<FileVerified, VerifyFileError> {
+    let mut chunk: Vec<AuditRecord> = Vec::with_capacity(VERIFY_CHUNK_RECORDS);
+    let mut records: u64 = 0;
+    let mut first_seq: Option<u64> = None;
+    let mut head = ChainHead::default();
+    for (index, line) in reader.lines().enumerate() {
+        let line_number = index + 1;
+        let line = line
+            .with_context(|| format!("could not read {name} line {line_number}"))
+            .map_err(VerifyFileError::Input)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: AuditRecord = serde_json::from_str(&line)
+            .with_context(|| {
+                format!(
+                    "{name} line {line_number} is not an audit record as `audit export` writes it"
+                )
+            })
+            .map_err(VerifyFileError::Input)?;
+        first_seq.get_or_insert(record.seq);
+        records += 1;
+        chunk.push(record);
+        if chunk.len() == VERIFY_CHUNK_RECORDS {
+            head = verify_chain(&chunk).map_err(VerifyFileError::Chain)?;
+            // Keep the last record: the next chunk must link to it.
+            chunk.drain(..chunk.len() - 1);
+        }
+    }
+    let Some(first_seq) = first_seq else {
+        return Err(VerifyFileError::Input(anyhow!(
+            "{name} holds no audit records"
+        )));
+    };
+    if chunk.len() > 1 || records == 1 {
+        head = verify_chain(&chunk).map_err(VerifyFileError::Chain)?;
+    }
+    Ok(FileVerified {
+        records,
+        first_seq,
+        head,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Amounts, AuditEvent, GENESIS_PREV_HASH};
+
+    /// A valid chain of `count` records from seq 1, as `audit export` would write it.
+    fn chain(count: u64) -> Vec<AuditRecord> {
+        let mut records: Vec<AuditRecord> = Vec::new();
+        for seq in 1..=count {
+            let prev_hash = records.last().map_or(GENESIS_PREV_HASH, |r| r.hash);
+            let mut record = AuditRecord {
+                seq,
+                at_ms: 1_714_564_800_000 + seq,
+                tenant: None,
+                agent: None,
+                tool: None,
+                request_id: None,
+                reservation_id: None,
+                event: AuditEvent::Freeze,
+                amounts: Amounts::default(),
+                prev_hash,
+                hash: [0; 32],
+            };
+            record.hash = record.compute_hash();
+            records.push(record);
+        }
+        records
+    }
+
+    fn lines(records: &[AuditRecord]) -> String {
+        records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect()
+    }
+
+    #[test]
+    fn an_unaltered_export_verifies_with_its_head() {
+        let records = chain(5);
+        let verified = verify_lines(lines(&records).as_bytes(), "export.jsonl").unwrap();
+        assert_eq!(
+            verified,
+            FileVerified {
+                records: 5,
+                first_seq: 1,
+                head: ChainHead {
+                    seq: 5,
+                    hash: records[4].hash
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn chunks_overlap_so_a_break_at_a_chunk_boundary_is_found() {
+        let count = VERIFY_CHUNK_RECORDS as u64 * 2 + 1;
+        let mut records = chain(count);
+        let verified = verify_lines(lines(&records).as_bytes(), "f").unwrap();
+        assert_eq!(verified.head.seq, count);
+        assert_eq!(verified.records, count);
+        // The first record of the second chunk no longer links to the last of the first.
+        let boundary = VERIFY_CHUNK_RECORDS;
+        records[boundary].prev_hash = [7; 32];
+        records[boundary].hash = records[boundary].compute_hash();
+        match verify_lines(lines(&records).as_bytes(), "f") {
+            Err(VerifyFileError::Chain(error)) => {
+                assert_eq!(broken_seq(&error), boundary as u64 + 1)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_altered_record_is_reported_with_its_seq() {
+        let mut records = chain(4);
+        records[2].amounts.cost_micros = 1;
+        match verify_lines(lines(&records).as_bytes(), "f") {
+            Err(VerifyFileError::Chain(error)) => assert_eq!(broken_seq(&error), 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_filtered_export_does_not_chain() {
+        let records = chain(5);
+        let filtered = [records[0].clone(), records[2].clone()];
+        assert!(matches!(
+            verify_lines(lines(&filtered).as_bytes(), "f"),
+            Err(VerifyFileError::Chain(AuditError::SeqGap { seq: 3, .. }))
+        ));
+    }
+
+    #[test]
+    fn a_single_record_and_a_tail_verify_but_garbage_and_nothing_do_not() {
+        let records = chain(3);
+        let tail = verify_lines(lines(&records[1..]).as_bytes(), "f").unwrap();
+        assert_eq!((tail.first_seq, tail.head.seq), (2, 3));
+        let one = verify_lines(lines(&records[2..]).as_bytes(), "f").unwrap();
+        assert_eq!(one.head.seq, 3);
+        let with_blank = format!("\n{}\n", lines(&records));
+        assert_eq!(verify_lines(with_blank.as_bytes(), "f").unwrap().records, 3);
+        assert!(matches!(
+            verify_lines("".as_bytes(), "f"),
+            Err(VerifyFileError::Input(_))
+        ));
+        let garbage = verify_lines("{\"seq\": 1}\n".as_bytes(), "f.jsonl").unwrap_err();
+        match garbage {
+            VerifyFileError::Input(error) => {
+                assert!(error.to_string().contains("f.jsonl line 1"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn audit_records_render_as_a_table() {
+        let record = v1::AuditRecord {
+            seq: 7,
+            at_ms: 1_714_564_800_000,
+            tenant: "acme".into(),
+            event_json: r#"{"Commit":{"overrun":true,"late":false}}"#.into(),
+            ..v1::AuditRecord::default()
+        };
+        let text: String = render::audit_table(&[record]).render();
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("7    2024-05-01T12:00:00.000Z  acme"),
+            "{row}"
+        );
+        assert!(row.contains("Commit(late=false, overrun=true)"), "{row}");
+    }
+}

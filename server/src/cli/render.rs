@@ -1,0 +1,581 @@
+//! How the wire types look to a person (aligned tables, short descriptions) and to a script
+//! (`serde_json` values; the proto types do not derive `Serialize`). Pure: builds strings
+//! and values, prints nothing.
+
+use serde_json::{json, Value};
+use tollgate_client::{scope_to_string, v1, Applied, Dimension};
+
+use super::parse::{format_duration_ms, format_time_ms};
+
+/// Spaces between table columns.
+const TABLE_COLUMN_GAP: usize = 2;
+/// Hex digits of a hash shown in tables; `--json` shows all of them.
+pub const HASH_HEX_SHORT: usize = 12;
+
+/// Rows under a header, printed with each column as wide as its widest cell.
+#[derive(Debug)]
+pub struct Table {
+    headers: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&'static str]) -> Table {
+        Table {
+            headers: headers.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; it must have one cell per header.
+    pub fn row(&mut self, cells: Vec<String>) {
+        assert_eq!(cells.len(), self.headers.len(), "one cell per column");
+        self.rows
+            .push(cells.into_iter().map(|cell| printable(&cell)).collect());
+    }
+
+    /// The header and the rows, left-aligned, one line each, no trailing spaces.
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let header: Vec<String> = self.headers.iter().map(|h| (*h).to_owned()).collect();
+        let mut text = String::new();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (cell, width) in row.iter().zip(&widths) {
+                line.push_str(cell);
+                let pad = width - cell.chars().count() + TABLE_COLUMN_GAP;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+            text.push_str(line.trim_end());
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// A cell that cannot break the table: control characters (newlines, escapes from a
+/// hostile name) become `?`.
+fn printable(cell: &str) -> String {
+    cell.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// `key  value` lines with the values aligned, for one object (a policy, a summary).
+pub fn render_fields(fields: &[(&str, String)]) -> String {
+    let width = fields
+        .iter()
+        .map(|(key, _)| key.chars().count())
+        .max()
+        .unwrap_or(0);
+    fields
+        .iter()
+        .map(|(key, value)| format!("{key:width$}  {}\n", printable(value)))
+        .collect()
+}
+
+/// `-` for an absent value, so no cell is empty.
+pub fn or_dash(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// `seq:first-12-hex-digits`, or `0:-` before the first record.
+pub fn chain_head_short(seq: u64, hash: &[u8]) -> String {
+    let hex = hex::encode(hash);
+    let short = hex.get(..HASH_HEX_SHORT).unwrap_or(&hex);
+    if short.is_empty() {
+        format!("{seq}:-")
+    } else {
+        format!("{seq}:{short}")
+    }
+}
+
+pub fn dimension_name(wire: i32) -> String {
+    Dimension::from(wire).to_string()
+}
+
+pub fn window_name(wire: i32) -> String {
+    match v1::Window::try_from(wire) {
+        Ok(v1::Window::Lifetime) => "lifetime".into(),
+        Ok(v1::Window::Hour) => "hour".into(),
+        Ok(v1::Window::Day) => "day".into(),
+        Ok(v1::Window::Week) => "week".into(),
+        Ok(v1::Window::Month) => "month".into(),
+        Ok(v1::Window::Unspecified) | Err(_) => format!("window #{wire}"),
+    }
+}
+
+pub fn expiry_name(wire: i32) -> String {
+    match v1::ExpiryPolicy::try_from(wire) {
+        Ok(v1::ExpiryPolicy::Charge | v1::ExpiryPolicy::Unspecified) => "charge".into(),
+        Ok(v1::ExpiryPolicy::Release) => "release".into(),
+        Err(_) => format!("expiry #{wire}"),
+    }
+}
+
+/// A limit's kind in a few words (`budget/day`, `rate/1m burst 10`, `concurrency`) and
+/// its amount (the budget, the rate per period, the most in flight).
+pub fn limit_kind(limit: &v1::Limit) -> (String, Option<u64>) {
+    use v1::limit::Kind;
+    match &limit.kind {
+        Some(Kind::Budget(budget)) => (
+            format!("budget/{}", window_name(budget.window)),
+            Some(budget.amount),
+        ),
+        Some(Kind::Rate(rate)) => (
+            format!(
+                "rate/{} burst {}",
+                format_duration_ms(rate.period_ms),
+                rate.burst
+            ),
+            Some(rate.amount),
+        ),
+        Some(Kind::Concurrency(concurrency)) => ("concurrency".into(), Some(concurrency.max)),
+        None => ("unknown kind".into(), None),
+    }
+}
+
+pub fn limits_table(limits: &[v1::Limit]) -> Table {
+    let mut table = Table::new(&["ID", "SCOPE", "DIMENSION", "KIND", "AMOUNT"]);
+    for limit in limits {
+        let (kind, amount) = limit_kind(limit);
+        table.row(vec![
+            limit.id.clone(),
+            scope_to_string(limit.scope.as_ref()),
+            dimension_name(limit.dimension),
+            kind,
+            or_dash(amount),
+        ]);
+    }
+    table
+}
+
+pub fn limit_json(limit: &v1::Limit) -> Value {
+    use v1::limit::Kind;
+    let mut value = json!({
+        "id": limit.id,
+        "scope": scope_to_string(limit.scope.as_ref()),
+        "dimension": dimension_name(limit.dimension),
+    });
+    let kind = match &limit.kind {
+        Some(Kind::Budget(budget)) => json!({
+            "kind": "budget", "window": window_name(budget.window), "amount": budget.amount,
+        }),
+        Some(Kind::Rate(rate)) => json!({
+            "kind": "rate", "amount": rate.amount, "period_ms": rate.period_ms,
+            "burst": rate.burst,
+        }),
+        Some(Kind::Concurrency(concurrency)) => {
+            json!({ "kind": "concurrency", "max": concurrency.max })
+        }
+        None => json!({ "kind": Value::Null }),
+    };
+    if let (Some(object), Value::Object(kind)) = (value.as_object_mut(), kind) {
+        object.extend(kind);
+    }
+    value
+}
+
+/// A policy as `key  value` lines: what trips an agent and for how long.
+pub fn policy_fields(policy: &v1::TenantPolicy) -> Vec<(&'static str, String)> {
+    let repetition = if policy.repeat_max == 0 {
+        "off".to_owned()
+    } else {
+        format!(
+            "trip after {} identical fingerprints within {}",
+            policy.repeat_max,
+            format_duration_ms(policy.repeat_window_ms)
+        )
+    };
+    let velocity = if policy.velocity_factor == 0 {
+        "off".to_owned()
+    } else {
+        format!(
+            "trip at {}x the recent rate of {} within {} (not below {})",
+            policy.velocity_factor,
+            dimension_name(policy.velocity_dimension),
+            format_duration_ms(policy.velocity_window_ms),
+            policy.velocity_floor
+        )
+    };
+    let cooldown = if policy.trip_cooldown_ms == 0 {
+        "none: a trip lasts until reset-trip".to_owned()
+    } else {
+        format_duration_ms(policy.trip_cooldown_ms)
+    };
+    vec![
+        ("expiry", expiry_name(policy.expiry)),
+        ("repetition", repetition),
+        ("velocity", velocity),
+        ("trip cool-down", cooldown),
+    ]
+}
+
+pub fn policy_json(policy: &v1::TenantPolicy) -> Value {
+    json!({
+        "expiry": expiry_name(policy.expiry),
+        "repeat_max": policy.repeat_max,
+        "repeat_window_ms": policy.repeat_window_ms,
+        "velocity_factor": policy.velocity_factor,
+        "velocity_window_ms": policy.velocity_window_ms,
+        "velocity_dimension": dimension_name(policy.velocity_dimension),
+        "velocity_floor": policy.velocity_floor,
+        "trip_cooldown_ms": policy.trip_cooldown_ms,
+    })
+}
+
+pub fn applied_json(applied: Applied) -> Value {
+    json!({ "log_index": applied.log_index, "term": applied.term, "at_ms": applied.at_ms })
+}
+
+/// Why an agent is tripped, e.g. `repetition: fingerprint "ab12" seen 20 times`, and until
+/// when.
+pub fn describe_trip(tripped: &v1::Tripped) -> String {
+    use v1::trip_cause::Cause;
+    let cause = match tripped.cause.as_ref().and_then(|c| c.cause.as_ref()) {
+        Some(Cause::Repetition(r)) => format!(
+            "repetition: fingerprint {:?} seen {} times",
+            r.fingerprint, r.count
+        ),
+        Some(Cause::Velocity(v)) => format!(
+            "velocity: spent {} against a recent baseline of {}",
+            v.spent, v.baseline
+        ),
+        None => "unknown cause".into(),
+    };
+    match tripped.until_ms {
+        Some(until_ms) => format!("{cause}; until {}", format_time_ms(until_ms)),
+        None => format!("{cause}; until an operator runs reset-trip"),
+    }
+}
+
+pub fn tripped_json(tripped: &v1::Tripped) -> Value {
+    use v1::trip_cause::Cause;
+    let cause = match tripped.cause.as_ref().and_then(|c| c.cause.as_ref()) {
+        Some(Cause::Repetition(r)) => {
+            json!({ "repetition": { "fingerprint": r.fingerprint, "count": r.count } })
+        }
+        Some(Cause::Velocity(v)) => {
+            json!({ "velocity": { "spent": v.spent, "baseline": v.baseline } })
+        }
+        None => Value::Null,
+    };
+    json!({ "cause": cause, "until_ms": tripped.until_ms })
+}
+
+pub fn usage_table(usage: &[v1::LimitUsage]) -> Table {
+    let mut table = Table::new(&[
+        "LIMIT",
+        "SCOPE",
+        "DIMENSION",
+        "KIND",
+        "AMOUNT",
+        "USED",
+        "HELD",
+        "REMAINING",
+        "WINDOW-START",
+    ]);
+    for row in usage {
+        let limit = row.limit.clone().unwrap_or_default();
+        let (kind, amount) = limit_kind(&limit);
+        table.row(vec![
+            limit.id.clone(),
+            scope_to_string(limit.scope.as_ref()),
+            dimension_name(limit.dimension),
+            kind,
+            or_dash(amount),
+            row.used.to_string(),
+            row.held.to_string(),
+            row.remaining.to_string(),
+            or_dash(row.window_start_ms.map(format_time_ms)),
+        ]);
+    }
+    table
+}
+
+pub fn usage_json(row: &v1::LimitUsage) -> Value {
+    json!({
+        "limit": row.limit.as_ref().map(limit_json),
+        "agent": Some(&row.agent).filter(|agent| !agent.is_empty()),
+        "used": row.used,
+        "held": row.held,
+        "remaining": row.remaining,
+        "window_start_ms": row.window_start_ms,
+    })
+}
+
+pub fn reservations_table(reservations: &[v1::Reservation]) -> Table {
+    let mut table = Table::new(&[
+        "ID", "AGENT", "TOOL", "TOKENS", "COST", "CALLS", "GRANTED", "EXPIRES",
+    ]);
+    for r in reservations {
+        let estimate = r.estimate.unwrap_or_default();
+        table.row(vec![
+            r.reservation_id.to_string(),
+            r.agent.clone(),
+            r.tool.clone(),
+            estimate.tokens.to_string(),
+            estimate.cost_micros.to_string(),
+            estimate.calls.to_string(),
+            format_time_ms(r.granted_at_ms),
+            format_time_ms(r.expires_at_ms),
+        ]);
+    }
+    table
+}
+
+pub fn reservation_json(r: &v1::Reservation) -> Value {
+    json!({
+        "reservation_id": r.reservation_id,
+        "tenant": r.tenant,
+        "agent": r.agent,
+        "tool": r.tool,
+        "estimate": amounts_json(r.estimate.as_ref()),
+        "granted_at_ms": r.granted_at_ms,
+        "expires_at_ms": r.expires_at_ms,
+    })
+}
+
+pub fn amounts_json(amounts: Option<&v1::Amounts>) -> Value {
+    let a = amounts.copied().unwrap_or_default();
+    json!({ "tokens": a.tokens, "cost_micros": a.cost_micros, "calls": a.calls })
+}
+
+pub fn members_table(members: &[v1::Member]) -> Table {
+    let mut table = Table::new(&["NODE", "ADDR", "ROLE"]);
+    for member in members {
+        let role = if member.voter { "voter" } else { "learner" };
+        table.row(vec![
+            member.node_id.to_string(),
+            member.addr.clone(),
+            role.to_owned(),
+        ]);
+    }
+    table
+}
+
+pub fn member_json(member: &v1::Member) -> Value {
+    json!({ "node_id": member.node_id, "addr": member.addr, "voter": member.voter })
+}
+
+pub fn status_json(asked_addr: &str, status: &v1::StatusResponse) -> Value {
+    json!({
+        "addr": asked_addr,
+        "reachable": true,
+        "node_id": status.node_id,
+        "advertised_addr": status.addr,
+        "role": status.role,
+        "term": status.term,
+        "leader_id": status.leader_id,
+        "leader_addr": Some(&status.leader_addr).filter(|addr| !addr.is_empty()),
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "last_log_index": status.last_log_index,
+        "snapshot_index": status.snapshot_index,
+        "chain_head_seq": status.chain_head_seq,
+        "chain_head_hash": hex::encode(&status.chain_head_hash),
+        "reservations_in_flight": status.reservations_in_flight,
+        "members": status.members.iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+/// An audit event (the ledger's `AuditEvent` as JSON) in one short line:
+/// `"Grant"` → `Grant`, `{"Commit":{"late":false,"overrun":true}}` →
+/// `Commit(late=false, overrun=true)`. Text that is not JSON is shown as it is.
+pub fn describe_event(event_json: &str) -> String {
+    match serde_json::from_str::<Value>(event_json) {
+        Ok(value) => compact(&value),
+        Err(_) => event_json.to_owned(),
+    }
+}
+
+fn compact(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        // serde's externally tagged enum variant: {"Variant": content}.
+        Value::Object(map)
+            if map.len() == 1 && map.keys().all(|k| k.starts_with(char::is_uppercase)) =>
+        {
+            map.iter()
+                .map(|(variant, content)| format!("{variant}({})", compact(content)))
+                .collect()
+        }
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, field)| format!("{key}={}", compact(field)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(compact).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+pub fn audit_table(records: &[v1::AuditRecord]) -> Table {
+    let mut table = Table::new(&[
+        "SEQ",
+        "TIME",
+        "TENANT",
+        "AGENT",
+        "TOOL",
+        "EVENT",
+        "TOKENS",
+        "COST",
+        "CALLS",
+        "RESERVATION",
+        "REQUEST-ID",
+    ]);
+    let text = |value: &str| {
+        if value.is_empty() {
+            "-".to_owned()
+        } else {
+            value.to_owned()
+        }
+    };
+    for record in records {
+        let amounts = record.amounts.unwrap_or_default();
+        table.row(vec![
+            record.seq.to_string(),
+            format_time_ms(record.at_ms),
+            text(&record.tenant),
+            text(&record.agent),
+            text(&record.tool),
+            describe_event(&record.event_json),
+            amounts.tokens.to_string(),
+            amounts.cost_micros.to_string(),
+            amounts.calls.to_string(),
+            or_dash(record.reservation_id),
+            text(&record.request_id),
+        ]);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_to_the_widest_cell() {
+        let mut table = Table::new(&["NODE", "ADDR", "ROLE"]);
+        table.row(vec!["1".into(), "127.0.0.1:7001".into(), "leader".into()]);
+        table.row(vec!["22".into(), "n2:7001".into(), "follower".into()]);
+        assert_eq!(
+            table.render(),
+            "NODE  ADDR            ROLE\n\
+             1     127.0.0.1:7001  leader\n\
+             22    n2:7001         follower\n"
+        );
+    }
+
+    #[test]
+    fn tables_have_no_trailing_spaces_and_survive_hostile_cells() {
+        let mut table = Table::new(&["A", "B"]);
+        table.row(vec!["x\ny\x1b[31m".into(), String::new()]);
+        let text = table.render();
+        assert_eq!(text, "A         B\nx?y?[31m\n");
+        assert!(text.lines().all(|line| !line.ends_with(' ')));
+        assert_eq!(Table::new(&["A", "BB"]).render(), "A  BB\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "one cell per column")]
+    fn a_row_needs_one_cell_per_column() {
+        Table::new(&["A", "B"]).row(vec!["1".into()]);
+    }
+
+    #[test]
+    fn fields_align_their_values() {
+        let text = render_fields(&[("expiry", "charge".into()), ("velocity", "off".into())]);
+        assert_eq!(text, "expiry    charge\nvelocity  off\n");
+    }
+
+    #[test]
+    fn chain_heads_are_short() {
+        assert_eq!(chain_head_short(57, &[0xab; 32]), "57:abababababab");
+        assert_eq!(chain_head_short(0, &[]), "0:-");
+        assert_eq!(chain_head_short(3, &[0x01, 0x02]), "3:0102");
+    }
+
+    #[test]
+    fn limits_describe_their_kind_and_amount() {
+        use v1::limit::Kind;
+        let limit = |kind| v1::Limit {
+            id: "l".into(),
+            scope: Some(super::super::parse::parse_scope("tool:llm:gpt-x").unwrap()),
+            dimension: v1::Dimension::Tokens.into(),
+            kind: Some(kind),
+        };
+        let rate = limit(Kind::Rate(v1::Rate {
+            amount: 100_000,
+            period_ms: 60_000,
+            burst: 10,
+        }));
+        assert_eq!(
+            limit_kind(&rate),
+            ("rate/1m burst 10".to_owned(), Some(100_000))
+        );
+        assert_eq!(
+            limit_json(&rate),
+            json!({"id": "l", "scope": "tool-per-agent:llm:gpt-x", "dimension": "tokens",
+                   "kind": "rate", "amount": 100_000, "period_ms": 60_000, "burst": 10})
+        );
+        let budget = limit(Kind::Budget(v1::Budget {
+            window: v1::Window::Day.into(),
+            amount: 5,
+        }));
+        assert_eq!(limit_kind(&budget), ("budget/day".to_owned(), Some(5)));
+        let table = limits_table(&[budget]).render();
+        assert!(
+            table.contains("tool-per-agent:llm:gpt-x  tokens     budget/day  5"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn audit_events_read_as_one_short_line() {
+        assert_eq!(describe_event(r#""Grant""#), "Grant");
+        assert_eq!(
+            describe_event(r#"{"Commit":{"overrun":true,"late":false}}"#),
+            "Commit(late=false, overrun=true)"
+        );
+        assert_eq!(
+            describe_event(r#"{"Expire":{"charged":true}}"#),
+            "Expire(charged=true)"
+        );
+        assert_eq!(describe_event(r#"{"Deny":"Frozen"}"#), "Deny(Frozen)");
+        assert_eq!(
+            describe_event(r#"{"LimitDelete":"daily"}"#),
+            "LimitDelete(daily)"
+        );
+        assert_eq!(describe_event("not json"), "not json");
+    }
+
+    #[test]
+    fn trips_say_why_and_until_when() {
+        let tripped = v1::Tripped {
+            cause: Some(v1::TripCause {
+                cause: Some(v1::trip_cause::Cause::Repetition(v1::Repetition {
+                    fingerprint: "ab12".into(),
+                    count: 20,
+                })),
+            }),
+            until_ms: None,
+        };
+        assert_eq!(
+            describe_trip(&tripped),
+            "repetition: fingerprint \"ab12\" seen 20 times; until an operator runs reset-trip"
+        );
+        assert_eq!(
+            tripped_json(&tripped),
+            json!({"cause": {"repetition": {"fingerprint": "ab12", "count": 20}}, "until_ms": null})
+        );
+    }
+}

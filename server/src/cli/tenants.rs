@@ -1,0 +1,225 @@
+//! Tenants, limits, the kill switch, and the tenant-facing reads (usage, reservations).
+
+use serde_json::{json, Value};
+
+use super::parse::limit_dimension;
+use super::render::{self, render_fields};
+use super::{failed, out, out_json, FreezeArgs, LimitCommand, Ops, TenantCommand};
+
+pub async fn tenant(ops: &Ops, command: TenantCommand) -> anyhow::Result<()> {
+    match command {
+        TenantCommand::Put { name, policy } => {
+            let applied = ops
+                .client
+                .put_tenant(&name, policy.to_wire())
+                .await
+                .map_err(|e| failed(format!("could not put tenant {name:?}"), e))?;
+            ops.applied(&format!("tenant {name:?} put"), applied)
+        }
+        TenantCommand::Get { name } => {
+            let response = ops
+                .client
+                .get_tenant(&name)
+                .await
+                .map_err(|e| failed(format!("could not get tenant {name:?}"), e))?;
+            let policy = response.policy.unwrap_or_default();
+            if ops.json {
+                return out_json(&json!({
+                    "tenant": name,
+                    "policy": render::policy_json(&policy),
+                    "limits": response.limits.iter().map(render::limit_json).collect::<Vec<_>>(),
+                }));
+            }
+            let mut fields = vec![("tenant", name.clone())];
+            fields.extend(render::policy_fields(&policy));
+            let mut text = render_fields(&fields);
+            text.push('\n');
+            if response.limits.is_empty() {
+                text.push_str("no limits: every reservation is granted\n");
+            } else {
+                text.push_str(&render::limits_table(&response.limits).render());
+            }
+            out(&text)
+        }
+        TenantCommand::List => {
+            let tenants = ops
+                .client
+                .list_tenants()
+                .await
+                .map_err(|e| failed("could not list tenants", e))?;
+            if ops.json {
+                return out_json(&json!(tenants));
+            }
+            let mut table = render::Table::new(&["TENANT"]);
+            for tenant in tenants {
+                table.row(vec![tenant]);
+            }
+            out(&table.render())
+        }
+    }
+}
+
+pub async fn limit(ops: &Ops, command: LimitCommand) -> anyhow::Result<()> {
+    match command {
+        LimitCommand::Put {
+            tenant,
+            id,
+            scope,
+            dimension,
+            kind,
+        } => {
+            // Flag mistakes are caught here, before anything is sent.
+            let kind = kind.to_wire().map_err(anyhow::Error::msg)?;
+            let dimension = limit_dimension(&kind, dimension).map_err(anyhow::Error::msg)?;
+            let limit = tollgate_client::v1::Limit {
+                id: id.clone(),
+                scope: Some(scope),
+                dimension: dimension.into(),
+                kind: Some(kind),
+            };
+            let applied = ops.client.put_limit(&tenant, limit).await.map_err(|e| {
+                failed(
+                    format!("could not put limit {id:?} of tenant {tenant:?}"),
+                    e,
+                )
+            })?;
+            ops.applied(&format!("limit {id:?} of tenant {tenant:?} put"), applied)
+        }
+        LimitCommand::Delete { tenant, id } => {
+            let applied = ops.client.delete_limit(&tenant, &id).await.map_err(|e| {
+                failed(
+                    format!("could not delete limit {id:?} of tenant {tenant:?}"),
+                    e,
+                )
+            })?;
+            ops.applied(
+                &format!("limit {id:?} of tenant {tenant:?} deleted"),
+                applied,
+            )
+        }
+        LimitCommand::List { tenant } => {
+            let limits = ops.client.list_limits(&tenant).await.map_err(|e| {
+                failed(format!("could not list the limits of tenant {tenant:?}"), e)
+            })?;
+            if ops.json {
+                return out_json(&Value::Array(
+                    limits.iter().map(render::limit_json).collect(),
+                ));
+            }
+            if limits.is_empty() {
+                return out(&format!("tenant {tenant:?} has no limits\n"));
+            }
+            out(&render::limits_table(&limits).render())
+        }
+    }
+}
+
+pub async fn freeze(ops: &Ops, args: FreezeArgs, frozen: bool) -> anyhow::Result<()> {
+    let FreezeArgs { tenant, agent } = args;
+    let who = match &agent {
+        Some(agent) => format!("agent {agent:?} of tenant {tenant:?}"),
+        None => format!("tenant {tenant:?}"),
+    };
+    let (verb, done) = if frozen {
+        ("freeze", "frozen")
+    } else {
+        ("unfreeze", "unfrozen")
+    };
+    let result = if frozen {
+        ops.client.freeze(&tenant, agent.as_deref()).await
+    } else {
+        ops.client.unfreeze(&tenant, agent.as_deref()).await
+    };
+    let applied = result.map_err(|e| failed(format!("could not {verb} {who}"), e))?;
+    ops.applied(&format!("{who} {done}"), applied)
+}
+
+pub async fn reset_trip(ops: &Ops, tenant: &str, agent: &str) -> anyhow::Result<()> {
+    let who = format!("agent {agent:?} of tenant {tenant:?}");
+    let applied = ops
+        .client
+        .reset_trip(tenant, agent)
+        .await
+        .map_err(|e| failed(format!("could not reset the trip of {who}"), e))?;
+    ops.applied(&format!("trip of {who} reset"), applied)
+}
+
+pub async fn usage(
+    ops: &Ops,
+    tenant: &str,
+    agent: Option<&str>,
+    tool: Option<&str>,
+) -> anyhow::Result<()> {
+    let response = ops
+        .client
+        .usage(tenant, agent, tool)
+        .await
+        .map_err(|e| failed(format!("could not get the usage of tenant {tenant:?}"), e))?;
+    if ops.json {
+        let mut value = json!({
+            "tenant": tenant,
+            "usage": response.usage.iter().map(render::usage_json).collect::<Vec<_>>(),
+        });
+        if let (Some(agent), Some(object)) = (agent, value.as_object_mut()) {
+            object.insert(
+                "agent".into(),
+                json!({
+                    "name": agent,
+                    "frozen": response.agent_frozen,
+                    "tripped": response.agent_tripped.as_ref().map(render::tripped_json),
+                }),
+            );
+        }
+        return out_json(&value);
+    }
+    let mut text = if response.usage.is_empty() {
+        "no limits apply\n".to_owned()
+    } else {
+        render::usage_table(&response.usage).render()
+    };
+    if let Some(agent) = agent {
+        let tripped = response
+            .agent_tripped
+            .as_ref()
+            .map_or_else(|| "no".to_owned(), render::describe_trip);
+        let frozen = if response.agent_frozen { "yes" } else { "no" };
+        text.push_str(&format!(
+            "\nagent {agent:?}: frozen: {frozen}; tripped: {tripped}\n"
+        ));
+    }
+    out(&text)
+}
+
+pub async fn reservations(
+    ops: &Ops,
+    tenant: &str,
+    agent: Option<&str>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let reservations = ops
+        .client
+        .reservations(tenant, agent, limit)
+        .await
+        .map_err(|e| {
+            failed(
+                format!("could not list the reservations of tenant {tenant:?}"),
+                e,
+            )
+        })?;
+    if ops.json {
+        return out_json(&Value::Array(
+            reservations.iter().map(render::reservation_json).collect(),
+        ));
+    }
+    if reservations.is_empty() {
+        return out("no reservations in flight\n");
+    }
+    let mut text = render::reservations_table(&reservations).render();
+    if limit > 0 && u32::try_from(reservations.len()).is_ok_and(|shown| shown >= limit) {
+        text.push_str(&format!(
+            "(the oldest {}; there may be more: raise --limit)\n",
+            reservations.len()
+        ));
+    }
+    out(&text)
+}

@@ -1,0 +1,313 @@
+//! `tollgate.v1.Admin`: limits, tenants, the kill switch and the audit trail, for operators.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tollgate_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, applied};
+use super::{propose, read_linearizable, rejection_status};
+use crate::ledger::{AuditFilter, AuditRecord, Command};
+use crate::node::Node;
+
+/// Most audit records one QueryAudit call returns; page with `after_seq` for more.
+pub const AUDIT_PAGE_RECORDS_MAX: usize = 10_000;
+/// Records read from the ledger per step of an export stream, so that the read lock is held
+/// briefly however large the export.
+const AUDIT_EXPORT_CHUNK_RECORDS: usize = 1_000;
+
+pub struct AdminService {
+    pub node: Arc<Node>,
+}
+
+fn admin_response(result: &crate::raft::proposer::AppliedOutcome) -> Response<pb::AdminResponse> {
+    Response::new(pb::AdminResponse {
+        applied: Some(applied(result)),
+    })
+}
+
+fn audit_filter(request: &pb::AuditQueryRequest, limit_max: usize) -> Result<AuditFilter, Status> {
+    let limit = match request.limit {
+        0 => limit_max,
+        n => usize::try_from(n).unwrap_or(usize::MAX).min(limit_max),
+    };
+    Ok(AuditFilter {
+        tenant: if request.tenant.is_empty() {
+            None
+        } else {
+            Some(convert::tenant(&request.tenant)?)
+        },
+        agent: convert::optional_agent(&request.agent)?,
+        from_ms: request.from_ms,
+        to_ms: request.to_ms,
+        after_seq: request.after_seq,
+        limit,
+    })
+}
+
+pub fn audit_record_to_pb(record: &AuditRecord) -> pb::AuditRecord {
+    let text = |value: Option<String>| value.unwrap_or_default();
+    pb::AuditRecord {
+        seq: record.seq,
+        at_ms: record.at_ms,
+        tenant: text(record.tenant.as_ref().map(ToString::to_string)),
+        agent: text(record.agent.as_ref().map(ToString::to_string)),
+        tool: text(record.tool.as_ref().map(ToString::to_string)),
+        request_id: text(record.request_id.as_ref().map(ToString::to_string)),
+        reservation_id: record.reservation_id.map(|id| id.0),
+        event_json: serde_json::to_string(&record.event).unwrap_or_default(),
+        amounts: Some(convert::amounts_to_pb(&record.amounts)),
+        prev_hash: record.prev_hash.to_vec(),
+        hash: record.hash.to_vec(),
+        json: serde_json::to_string(record).unwrap_or_default(),
+    }
+}
+
+type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn put_tenant(
+        &self,
+        request: Request<pb::PutTenantRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let request = request.into_inner();
+        let command = Command::PutTenant {
+            request_id: convert::request_id(&request.request_id)?,
+            tenant: convert::tenant(&request.tenant)?,
+            policy: convert::policy(request.policy)?,
+        };
+        Ok(admin_response(
+            &propose(&self.node, command, "put_tenant").await?,
+        ))
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let tenant = convert::tenant(&request.into_inner().tenant)?;
+        let response = read_linearizable(&self.node, |applied| {
+            let policy = applied
+                .ledger
+                .policy(&tenant)
+                .map_err(|r| rejection_status(&r))?;
+            let limits = applied
+                .ledger
+                .limits(&tenant)
+                .map_err(|r| rejection_status(&r))?;
+            Ok(pb::GetTenantResponse {
+                policy: Some(convert::policy_to_pb(&policy)),
+                limits: limits.iter().map(convert::limit_to_pb).collect(),
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let tenants = read_linearizable(&self.node, |applied| Ok(applied.ledger.tenants())).await?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: tenants.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn put_limit(
+        &self,
+        request: Request<pb::PutLimitRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let request = request.into_inner();
+        let command = Command::PutLimit {
+            request_id: convert::request_id(&request.request_id)?,
+            tenant: convert::tenant(&request.tenant)?,
+            limit: convert::limit(request.limit)?,
+        };
+        Ok(admin_response(
+            &propose(&self.node, command, "put_limit").await?,
+        ))
+    }
+
+    async fn delete_limit(
+        &self,
+        request: Request<pb::DeleteLimitRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let request = request.into_inner();
+        let command = Command::DeleteLimit {
+            request_id: convert::request_id(&request.request_id)?,
+            tenant: convert::tenant(&request.tenant)?,
+            limit_id: convert::limit_id(&request.limit_id)?,
+        };
+        Ok(admin_response(
+            &propose(&self.node, command, "delete_limit").await?,
+        ))
+    }
+
+    async fn list_limits(
+        &self,
+        request: Request<pb::ListLimitsRequest>,
+    ) -> Result<Response<pb::ListLimitsResponse>, Status> {
+        let tenant = convert::tenant(&request.get_ref().tenant)?;
+        // A tenant may read its own limits; only the admin may change them.
+        self.node.auth.for_tenant(request.metadata(), &tenant)?;
+        let limits = read_linearizable(&self.node, |applied| {
+            applied
+                .ledger
+                .limits(&tenant)
+                .map_err(|r| rejection_status(&r))
+        })
+        .await?;
+        Ok(Response::new(pb::ListLimitsResponse {
+            limits: limits.iter().map(convert::limit_to_pb).collect(),
+        }))
+    }
+
+    async fn freeze(
+        &self,
+        request: Request<pb::FreezeRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let request = request.into_inner();
+        let command = Command::Freeze {
+            request_id: convert::request_id(&request.request_id)?,
+            tenant: convert::tenant(&request.tenant)?,
+            agent: convert::optional_agent(&request.agent)?,
+        };
+        Ok(admin_response(
+            &propose(&self.node, command, "freeze").await?,
+        ))
+    }
+
+    async fn unfreeze(
+        &self,
+        request: Request<pb::FreezeRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let request = request.into_inner();
+        let command = Command::Unfreeze {
+            request_id: convert::request_id(&request.request_id)?,
+            tenant: convert::tenant(&request.tenant)?,
+            agent: convert::optional_agent(&request.agent)?,
+        };
+        Ok(admin_response(
+            &propose(&self.node, command, "unfreeze").await?,
+        ))
+    }
+
+    async fn reset_trip(
+        &self,
+        request: Request<pb::ResetTripRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let request = request.into_inner();
+        let command = Command::ResetTrip {
+            request_id: convert::request_id(&request.request_id)?,
+            tenant: convert::tenant(&request.tenant)?,
+            agent: convert::agent(&request.agent)?,
+        };
+        Ok(admin_response(
+            &propose(&self.node, command, "reset_trip").await?,
+        ))
+    }
+
+    async fn query_audit(
+        &self,
+        request: Request<pb::AuditQueryRequest>,
+    ) -> Result<Response<pb::AuditQueryResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let filter = audit_filter(request.get_ref(), AUDIT_PAGE_RECORDS_MAX)?;
+        let records =
+            read_linearizable(&self.node, |applied| Ok(applied.ledger.audit(&filter))).await?;
+        Ok(Response::new(pb::AuditQueryResponse {
+            records: records.iter().map(audit_record_to_pb).collect(),
+        }))
+    }
+
+    type ExportAuditStream = AuditStream;
+
+    async fn export_audit(
+        &self,
+        request: Request<pb::AuditQueryRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let mut filter = audit_filter(request.get_ref(), usize::MAX)?;
+        let mut remaining = filter.limit;
+        // The barrier is taken once, before the first record: the export is at least as new as
+        // the call, and pages after it follow the log as it grows.
+        read_linearizable(&self.node, |_| Ok(())).await?;
+        let node = self.node.clone();
+        let stream = async_stream_records(move || {
+            if remaining == 0 {
+                return Vec::new();
+            }
+            filter.limit = remaining.min(AUDIT_EXPORT_CHUNK_RECORDS);
+            let page = crate::raft::state_machine::read_applied(&node.applied)
+                .ledger
+                .audit(&filter);
+            remaining = remaining.saturating_sub(page.len());
+            if let Some(last) = page.last() {
+                filter.after_seq = Some(last.seq);
+            }
+            page
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<pb::AuditVerifyRequest>,
+    ) -> Result<Response<pb::AuditVerifyResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let response = read_linearizable(&self.node, |applied| {
+            let checked = applied.ledger.stats().audit_records_retained;
+            Ok(match applied.ledger.verify_audit() {
+                Ok(head) => pb::AuditVerifyResponse {
+                    ok: true,
+                    error: String::new(),
+                    head_seq: head.seq,
+                    head_hash: head.hash.to_vec(),
+                    records_checked: checked,
+                },
+                Err(error) => pb::AuditVerifyResponse {
+                    ok: false,
+                    error: error.to_string(),
+                    records_checked: checked,
+                    ..Default::default()
+                },
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+}
+
+/// Streams pages from `next_page` until an empty one; the bounded channel makes a slow reader
+/// slow the reading down instead of piling records up in memory.
+fn async_stream_records(
+    mut next_page: impl FnMut() -> Vec<AuditRecord> + Send + 'static,
+) -> impl Stream<Item = Result<pb::AuditRecord, Status>> + Send {
+    let (sender, receiver) = tokio::sync::mpsc::channel(AUDIT_EXPORT_CHUNK_RECORDS);
+    tokio::spawn(async move {
+        loop {
+            let page = next_page();
+            if page.is_empty() {
+                return;
+            }
+            for record in page {
+                if sender.send(Ok(audit_record_to_pb(&record))).await.is_err() {
+                    return; // the reader went away
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}

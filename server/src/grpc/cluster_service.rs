@@ -1,0 +1,149 @@
+//! `tollgate.v1.Cluster`: the Raft group's state and membership, for operators.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use openraft::BasicNode;
+use tollgate_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::not_leader;
+use crate::node::Node;
+use crate::raft::state_machine::read_applied;
+use crate::raft::NodeId;
+
+/// Most voters a cluster may be changed to: Raft groups beyond seven only get slower.
+pub const VOTERS_MAX: usize = 7;
+
+pub struct ClusterService {
+    pub node: Arc<Node>,
+}
+
+fn membership_error(
+    node: &Node,
+    error: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>,
+) -> Status {
+    use openraft::error::{ClientWriteError, RaftError};
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => not_leader(node),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Status::failed_precondition(e.to_string())
+        }
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+fn members_to_pb(membership: &openraft::Membership<NodeId, BasicNode>) -> Vec<pb::Member> {
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, node)| pb::Member {
+            node_id: *id,
+            addr: node.addr.clone(),
+            voter: voters.contains(id),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let committed = self
+            .node
+            .raft
+            .with_raft_state(|state| state.committed)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (chain_head, stats) = {
+            let applied = read_applied(&self.node.applied);
+            (applied.ledger.chain_head(), applied.ledger.stats())
+        };
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let role = format!("{:?}", metrics.state).to_lowercase();
+        Ok(Response::new(pb::StatusResponse {
+            node_id: self.node.id,
+            addr: self.node.addr.clone(),
+            role,
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            leader_addr: self.node.leader_addr().unwrap_or_default(),
+            commit_index: committed.map_or(0, |id| id.index),
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            members: members_to_pb(metrics.membership_config.membership()),
+            chain_head_seq: chain_head.seq,
+            chain_head_hash: chain_head.hash.to_vec(),
+            reservations_in_flight: stats.reservations_in_flight,
+            snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let request = request.into_inner();
+        if request.addr.parse::<std::net::SocketAddr>().is_err() && !request.addr.contains(':') {
+            return Err(Status::invalid_argument(format!(
+                "addr {:?} is not host:port",
+                request.addr
+            )));
+        }
+        // Blocking: returns once the learner has caught up, by log or by snapshot.
+        let response = self
+            .node
+            .raft
+            .add_learner(request.node_id, BasicNode::new(request.addr), true)
+            .await
+            .map_err(|e| membership_error(&self.node, e))?;
+        Ok(Response::new(pb::MembershipResponse {
+            members: response
+                .membership
+                .as_ref()
+                .map(members_to_pb)
+                .unwrap_or_default(),
+            applied: Some(pb::Applied {
+                log_index: response.log_id.index,
+                term: response.log_id.leader_id.term,
+                at_ms: 0,
+            }),
+        }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.node.auth.for_admin(request.metadata())?;
+        let voters: BTreeSet<NodeId> = request.into_inner().voters.into_iter().collect();
+        if voters.is_empty() || voters.len() > VOTERS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a cluster needs 1 to {VOTERS_MAX} voters, not {}",
+                voters.len()
+            )));
+        }
+        let response = self
+            .node
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| membership_error(&self.node, e))?;
+        Ok(Response::new(pb::MembershipResponse {
+            members: response
+                .membership
+                .as_ref()
+                .map(members_to_pb)
+                .unwrap_or_default(),
+            applied: Some(pb::Applied {
+                log_index: response.log_id.index,
+                term: response.log_id.leader_id.term,
+                at_ms: 0,
+            }),
+        }))
+    }
+}

@@ -1,0 +1,322 @@
+//! Translation between the wire format (`tollgate_proto::v1`) and the ledger's own types.
+//! Input is validated here, before it can reach the log; errors say which field is wrong.
+
+use tollgate_proto::v1 as pb;
+use tonic::Status;
+
+use crate::ledger::{
+    AgentId, Amounts, DenyReason, Dimension, ExpiryPolicy, LimitId, LimitKind, LimitSpec,
+    LimitUsage, RequestId, ReservationView, Scope, TenantId, TenantPolicy, ToolId, TripCause,
+    Window,
+};
+use crate::raft::proposer::AppliedOutcome;
+
+pub fn invalid(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message)
+}
+
+pub fn tenant(value: &str) -> Result<TenantId, Status> {
+    TenantId::new(value).map_err(|e| invalid(format!("tenant: {e}")))
+}
+
+pub fn agent(value: &str) -> Result<AgentId, Status> {
+    AgentId::new(value).map_err(|e| invalid(format!("agent: {e}")))
+}
+
+/// An empty string means "none" for optional agent fields.
+pub fn optional_agent(value: &str) -> Result<Option<AgentId>, Status> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        agent(value).map(Some)
+    }
+}
+
+pub fn tool(value: &str) -> Result<ToolId, Status> {
+    ToolId::new(value).map_err(|e| invalid(format!("tool: {e}")))
+}
+
+pub fn optional_tool(value: &str) -> Result<Option<ToolId>, Status> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        tool(value).map(Some)
+    }
+}
+
+pub fn request_id(value: &str) -> Result<RequestId, Status> {
+    RequestId::new(value).map_err(|e| invalid(format!("request_id: {e}")))
+}
+
+pub fn limit_id(value: &str) -> Result<LimitId, Status> {
+    LimitId::new(value).map_err(|e| invalid(format!("limit id: {e}")))
+}
+
+pub fn amounts(value: Option<pb::Amounts>, what: &str) -> Result<Amounts, Status> {
+    let value = value.ok_or_else(|| invalid(format!("{what} is missing")))?;
+    let amounts = Amounts {
+        tokens: value.tokens,
+        cost_micros: value.cost_micros,
+        calls: value.calls,
+    };
+    amounts.validate(what).map_err(|e| invalid(e.0))?;
+    Ok(amounts)
+}
+
+pub fn amounts_to_pb(value: &Amounts) -> pb::Amounts {
+    pb::Amounts {
+        tokens: value.tokens,
+        cost_micros: value.cost_micros,
+        calls: value.calls,
+    }
+}
+
+pub fn applied(value: &AppliedOutcome) -> pb::Applied {
+    pb::Applied {
+        log_index: value.log_index,
+        term: value.term,
+        at_ms: value.at_ms,
+    }
+}
+
+pub fn dimension(value: i32) -> Result<Dimension, Status> {
+    match pb::Dimension::try_from(value) {
+        Ok(pb::Dimension::Tokens) => Ok(Dimension::Tokens),
+        Ok(pb::Dimension::Cost) => Ok(Dimension::Cost),
+        Ok(pb::Dimension::Calls) => Ok(Dimension::Calls),
+        Ok(pb::Dimension::Concurrency) => Ok(Dimension::Concurrency),
+        Ok(pb::Dimension::Unspecified) | Err(_) => Err(invalid(format!(
+            "dimension {value} is not one of tokens, cost, calls, concurrency"
+        ))),
+    }
+}
+
+pub fn dimension_to_pb(value: Dimension) -> i32 {
+    match value {
+        Dimension::Tokens => pb::Dimension::Tokens,
+        Dimension::Cost => pb::Dimension::Cost,
+        Dimension::Calls => pb::Dimension::Calls,
+        Dimension::Concurrency => pb::Dimension::Concurrency,
+    }
+    .into()
+}
+
+fn window(value: i32) -> Result<Window, Status> {
+    match pb::Window::try_from(value) {
+        Ok(pb::Window::Lifetime) => Ok(Window::Lifetime),
+        Ok(pb::Window::Hour) => Ok(Window::Hour),
+        Ok(pb::Window::Day) => Ok(Window::Day),
+        Ok(pb::Window::Week) => Ok(Window::Week),
+        Ok(pb::Window::Month) => Ok(Window::Month),
+        Ok(pb::Window::Unspecified) | Err(_) => Err(invalid(format!(
+            "window {value} is not one of lifetime, hour, day, week, month"
+        ))),
+    }
+}
+
+fn window_to_pb(value: Window) -> i32 {
+    match value {
+        Window::Lifetime => pb::Window::Lifetime,
+        Window::Hour => pb::Window::Hour,
+        Window::Day => pb::Window::Day,
+        Window::Week => pb::Window::Week,
+        Window::Month => pb::Window::Month,
+    }
+    .into()
+}
+
+pub fn scope(value: Option<pb::Scope>) -> Result<Scope, Status> {
+    use pb::scope::Scope as S;
+    match value.and_then(|scope| scope.scope) {
+        Some(S::Tenant(_)) => Ok(Scope::Tenant),
+        Some(S::EachAgent(_)) => Ok(Scope::EachAgent),
+        Some(S::Agent(name)) => Ok(Scope::Agent(agent(&name)?)),
+        Some(S::ToolPerAgent(name)) => Ok(Scope::ToolPerAgent(tool(&name)?)),
+        Some(S::ToolTenant(name)) => Ok(Scope::ToolTenant(tool(&name)?)),
+        None => Err(invalid("limit scope is missing")),
+    }
+}
+
+pub fn scope_to_pb(value: &Scope) -> pb::Scope {
+    use pb::scope::Scope as S;
+    let scope = match value {
+        Scope::Tenant => S::Tenant(pb::Empty {}),
+        Scope::EachAgent => S::EachAgent(pb::Empty {}),
+        Scope::Agent(name) => S::Agent(name.to_string()),
+        Scope::ToolPerAgent(name) => S::ToolPerAgent(name.to_string()),
+        Scope::ToolTenant(name) => S::ToolTenant(name.to_string()),
+    };
+    pb::Scope { scope: Some(scope) }
+}
+
+pub fn limit(value: Option<pb::Limit>) -> Result<LimitSpec, Status> {
+    use pb::limit::Kind;
+    let value = value.ok_or_else(|| invalid("limit is missing"))?;
+    let kind = match value.kind {
+        Some(Kind::Budget(budget)) => LimitKind::Budget {
+            window: window(budget.window)?,
+            amount: budget.amount,
+        },
+        Some(Kind::Rate(rate)) => LimitKind::Rate {
+            amount: rate.amount,
+            period_ms: rate.period_ms,
+            burst: rate.burst,
+        },
+        Some(Kind::Concurrency(concurrency)) => LimitKind::Concurrency {
+            max: concurrency.max,
+        },
+        None => {
+            return Err(invalid(
+                "limit kind (budget, rate or concurrency) is missing",
+            ))
+        }
+    };
+    Ok(LimitSpec {
+        id: limit_id(&value.id)?,
+        scope: scope(value.scope)?,
+        dimension: dimension(value.dimension)?,
+        kind,
+    })
+}
+
+pub fn limit_to_pb(value: &LimitSpec) -> pb::Limit {
+    use pb::limit::Kind;
+    let kind = match value.kind {
+        LimitKind::Budget { window, amount } => Kind::Budget(pb::Budget {
+            window: window_to_pb(window),
+            amount,
+        }),
+        LimitKind::Rate {
+            amount,
+            period_ms,
+            burst,
+        } => Kind::Rate(pb::Rate {
+            amount,
+            period_ms,
+            burst,
+        }),
+        LimitKind::Concurrency { max } => Kind::Concurrency(pb::Concurrency { max }),
+    };
+    pb::Limit {
+        id: value.id.to_string(),
+        scope: Some(scope_to_pb(&value.scope)),
+        dimension: dimension_to_pb(value.dimension),
+        kind: Some(kind),
+    }
+}
+
+pub fn policy(value: Option<pb::TenantPolicy>) -> Result<TenantPolicy, Status> {
+    let Some(value) = value else {
+        return Ok(TenantPolicy::default());
+    };
+    let expiry = match pb::ExpiryPolicy::try_from(value.expiry) {
+        Ok(pb::ExpiryPolicy::Unspecified | pb::ExpiryPolicy::Charge) => ExpiryPolicy::Charge,
+        Ok(pb::ExpiryPolicy::Release) => ExpiryPolicy::Release,
+        Err(_) => {
+            return Err(invalid(format!(
+                "expiry policy {} is unknown",
+                value.expiry
+            )))
+        }
+    };
+    let velocity_dimension = if value.velocity_dimension == 0 {
+        TenantPolicy::default().velocity_dimension
+    } else {
+        dimension(value.velocity_dimension)?
+    };
+    Ok(TenantPolicy {
+        expiry,
+        repeat_max: value.repeat_max,
+        repeat_window_ms: value.repeat_window_ms,
+        velocity_factor: value.velocity_factor,
+        velocity_window_ms: value.velocity_window_ms,
+        velocity_dimension,
+        velocity_floor: value.velocity_floor,
+        trip_cooldown_ms: value.trip_cooldown_ms,
+    })
+}
+
+pub fn policy_to_pb(value: &TenantPolicy) -> pb::TenantPolicy {
+    let expiry = match value.expiry {
+        ExpiryPolicy::Charge => pb::ExpiryPolicy::Charge,
+        ExpiryPolicy::Release => pb::ExpiryPolicy::Release,
+    };
+    pb::TenantPolicy {
+        expiry: expiry.into(),
+        repeat_max: value.repeat_max,
+        repeat_window_ms: value.repeat_window_ms,
+        velocity_factor: value.velocity_factor,
+        velocity_window_ms: value.velocity_window_ms,
+        velocity_dimension: dimension_to_pb(value.velocity_dimension),
+        velocity_floor: value.velocity_floor,
+        trip_cooldown_ms: value.trip_cooldown_ms,
+    }
+}
+
+pub fn trip_cause_to_pb(value: &TripCause) -> pb::TripCause {
+    use pb::trip_cause::Cause;
+    let cause = match value {
+        TripCause::Repetition { fingerprint, count } => Cause::Repetition(pb::Repetition {
+            fingerprint: fingerprint.clone(),
+            count: *count,
+        }),
+        TripCause::Velocity { spent, baseline } => Cause::Velocity(pb::Velocity {
+            spent: *spent,
+            baseline: *baseline,
+        }),
+    };
+    pb::TripCause { cause: Some(cause) }
+}
+
+pub fn denial_to_pb(value: &DenyReason) -> pb::reserve_response::Decision {
+    use pb::reserve_response::Decision;
+    match value {
+        DenyReason::Limit {
+            limit_id,
+            scope,
+            dimension,
+            remaining,
+            retry_after_ms,
+        } => Decision::Denied(pb::DeniedByLimit {
+            limit_id: limit_id.to_string(),
+            scope: Some(scope_to_pb(scope)),
+            dimension: dimension_to_pb(*dimension),
+            remaining: *remaining,
+            retry_after_ms: *retry_after_ms,
+        }),
+        DenyReason::Frozen { agent } => Decision::Frozen(pb::Frozen {
+            agent: agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+        }),
+        DenyReason::Tripped { cause, until_ms } => Decision::Tripped(pb::Tripped {
+            cause: Some(trip_cause_to_pb(cause)),
+            until_ms: *until_ms,
+        }),
+    }
+}
+
+pub fn usage_to_pb(value: &LimitUsage) -> pb::LimitUsage {
+    pb::LimitUsage {
+        limit: Some(limit_to_pb(&value.limit)),
+        agent: value
+            .agent
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        used: value.used,
+        held: value.held,
+        remaining: value.remaining,
+        window_start_ms: value.window_start_ms,
+    }
+}
+
+pub fn reservation_to_pb(value: &ReservationView) -> pb::Reservation {
+    pb::Reservation {
+        reservation_id: value.reservation_id.0,
+        tenant: value.tenant.to_string(),
+        agent: value.agent.to_string(),
+        tool: value.tool.to_string(),
+        estimate: Some(amounts_to_pb(&value.estimate)),
+        granted_at_ms: value.granted_at_ms,
+        expires_at_ms: value.expires_at_ms,
+    }
+}

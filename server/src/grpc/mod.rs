@@ -1,0 +1,157 @@
+//! The gRPC edge: validates and translates requests, proposes commands, reads the ledger
+//! after a linearizable barrier, and maps every outcome to one status. Decides nothing.
+
+mod admin_service;
+mod cluster_service;
+pub mod convert;
+mod raft_service;
+mod tollgate_service;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tollgate_proto::v1 as pb;
+use tonic::Status;
+
+use crate::ledger::{Command, Rejection};
+use crate::node::Node;
+use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
+use crate::raft::proposer::{AppliedOutcome, ProposeError};
+use crate::raft::state_machine::{read_applied, Applied};
+
+/// Largest client or admin request a node decodes: ids are at most 128 bytes, so a reserve is
+/// well under 1 KiB; anything near this bound is garbage or an attack.
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// Largest response (audit pages, usage lists).
+pub const RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Serves every service on `listener` until `stopped` turns true.
+pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let reflection = match reflection {
+        Ok(reflection) => reflection,
+        Err(error) => {
+            tracing::error!(%error, "reflection service could not be built");
+            return;
+        }
+    };
+    let tollgate = pb::tollgate_server::TollgateServer::new(tollgate_service::TollgateService {
+        node: node.clone(),
+    })
+    .max_decoding_message_size(REQUEST_BYTES_MAX)
+    .max_encoding_message_size(RESPONSE_BYTES_MAX);
+    let admin =
+        pb::admin_server::AdminServer::new(admin_service::AdminService { node: node.clone() })
+            .max_decoding_message_size(REQUEST_BYTES_MAX)
+            .max_encoding_message_size(RESPONSE_BYTES_MAX);
+    let cluster = pb::cluster_server::ClusterServer::new(cluster_service::ClusterService {
+        node: node.clone(),
+    })
+    .max_decoding_message_size(REQUEST_BYTES_MAX)
+    .max_encoding_message_size(RESPONSE_BYTES_MAX);
+    let raft = pb::raft_server::RaftServer::new(raft_service::RaftService { node: node.clone() })
+        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(tollgate)
+        .add_service(admin)
+        .add_service(cluster)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(node = node.id, %error, "gRPC server stopped");
+    }
+}
+
+/// UNAVAILABLE, with the leader's address in the `tollgate-leader` metadata when known, so a
+/// client can go straight there.
+fn not_leader(node: &Node) -> Status {
+    let leader = node.leader_addr();
+    let message = match &leader {
+        Some(addr) => format!(
+            "node {} is not the leader; the leader is at {addr}",
+            node.id
+        ),
+        None => format!(
+            "node {} is not the leader and knows of none (election?)",
+            node.id
+        ),
+    };
+    let mut status = Status::unavailable(message);
+    if let Some(addr) = leader.and_then(|addr| addr.parse().ok()) {
+        status
+            .metadata_mut()
+            .insert(tollgate_proto::LEADER_METADATA_KEY, addr);
+    }
+    status
+}
+
+pub fn rejection_status(rejection: &Rejection) -> Status {
+    match rejection {
+        Rejection::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+        Rejection::NotFound(m) => Status::not_found(m.clone()),
+        Rejection::PermissionDenied(m) => Status::permission_denied(m.clone()),
+        Rejection::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+        Rejection::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
+        Rejection::RequestIdReused(m) => {
+            Status::already_exists(format!("request id reused with a different payload: {m}"))
+        }
+    }
+}
+
+/// Validates, proposes and waits for the command to be applied. Bad input never reaches the
+/// log; a rejection by the ledger comes back as its status.
+async fn propose(
+    node: &Node,
+    command: Command,
+    op: &'static str,
+) -> Result<AppliedOutcome, Status> {
+    let started = Instant::now();
+    command
+        .validate()
+        .map_err(|e| Status::invalid_argument(e.0))?;
+    let result = node.proposer.propose(command).await;
+    metrics::histogram!("tollgate_propose_seconds", "op" => op).record(started.elapsed());
+    match result {
+        Ok(applied) => match &applied.outcome {
+            crate::ledger::Outcome::Rejected(rejection) => Err(rejection_status(rejection)),
+            _ => Ok(applied),
+        },
+        Err(ProposeError::NotLeader { .. }) => Err(not_leader(node)),
+        Err(ProposeError::Overloaded) => Err(Status::resource_exhausted(
+            ProposeError::Overloaded.to_string(),
+        )),
+        Err(ProposeError::Raft(message)) => Err(Status::unavailable(message)),
+    }
+}
+
+/// Runs `read` on the ledger once this node is sure it is the leader and has applied every
+/// entry committed before the call began (openraft's read index): never a stale answer.
+async fn read_linearizable<T>(
+    node: &Node,
+    read: impl FnOnce(&Applied) -> Result<T, Status>,
+) -> Result<T, Status> {
+    match node.raft.ensure_linearizable().await {
+        Ok(_) => read(&read_applied(&node.applied)),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::CheckIsLeaderError::ForwardToLeader(_),
+        )) => Err(not_leader(node)),
+        Err(error) => Err(Status::unavailable(format!("read barrier: {error}"))),
+    }
+}

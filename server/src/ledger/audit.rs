@@ -1,0 +1,461 @@
+//! The audit trail: every decision, hash-chained so any replica can prove it unaltered.
+//!
+//! `hash = SHA-256(prev_hash || postcard(record without its hash))`, genesis `prev_hash` is
+//! 32 zero bytes. Postcard is endian-independent, so every replica computes the same chain
+//! head. Memory keeps the newest `AUDIT_RECORDS_RETAINED_MAX` records; older ones are
+//! dropped from memory (the raft layer may export them first) but the chain continues.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{
+    AgentId, Amounts, AuditFilter, ChainHead, DenyReason, LimitId, LimitSpec, RequestId,
+    ReservationId, TenantId, ToolId, TripCause,
+};
+
+/// Audit records kept in memory (a ring): at ~300 bytes each, about 300 MB at most.
+pub const AUDIT_RECORDS_RETAINED_MAX: usize = 1_000_000;
+/// Most records one audit query returns; page with `AuditFilter::after_seq`.
+pub const AUDIT_QUERY_RECORDS_MAX: usize = 10_000;
+/// The hash the first record of the trail links to.
+pub const GENESIS_PREV_HASH: [u8; 32] = [0; 32];
+
+/// What was decided.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AuditEvent {
+    Grant,
+    Deny(DenyReason),
+    /// `overrun`: actual above the estimate in some dimension; `late`: after the expiry.
+    Commit {
+        overrun: bool,
+        late: bool,
+    },
+    Release,
+    /// `charged`: the estimate was charged (policy `Charge`), else released.
+    Expire {
+        charged: bool,
+    },
+    Record,
+    TenantPut,
+    LimitPut(LimitSpec),
+    LimitDelete(LimitId),
+    Freeze,
+    Unfreeze,
+    Trip(TripCause),
+    TripReset,
+}
+
+/// A decision as written in the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub tenant: Option<TenantId>,
+    pub agent: Option<AgentId>,
+    pub tool: Option<ToolId>,
+    pub request_id: Option<RequestId>,
+    pub reservation_id: Option<ReservationId>,
+    pub event: AuditEvent,
+    pub amounts: Amounts,
+    #[serde(with = "hash_hex")]
+    pub prev_hash: [u8; 32],
+    #[serde(with = "hash_hex")]
+    pub hash: [u8; 32],
+}
+
+/// The record without its hash, field for field in the order of `AuditRecord`: the
+/// canonical bytes that are hashed. `prev_hash` comes last, so a record's link is the last
+/// 32 bytes of its body.
+#[derive(Serialize)]
+struct HashedBody<'a> {
+    seq: u64,
+    at_ms: u64,
+    tenant: Option<&'a TenantId>,
+    agent: Option<&'a AgentId>,
+    tool: Option<&'a ToolId>,
+    request_id: Option<&'a RequestId>,
+    reservation_id: Option<ReservationId>,
+    event: &'a AuditEvent,
+    amounts: &'a Amounts,
+    prev_hash: &'a [u8; 32],
+}
+
+/// `HashedBody` decoded back (postcard encodes `Option<&T>` and `Option<T>` alike).
+#[derive(Deserialize)]
+struct DecodedBody {
+    seq: u64,
+    at_ms: u64,
+    tenant: Option<TenantId>,
+    agent: Option<AgentId>,
+    tool: Option<ToolId>,
+    request_id: Option<RequestId>,
+    reservation_id: Option<ReservationId>,
+    event: AuditEvent,
+    amounts: Amounts,
+    prev_hash: [u8; 32],
+}
+
+/// SHA-256(prev_hash || body).
+fn chain_hash(prev_hash: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    let mut sha = Sha256::new();
+    sha.update(prev_hash);
+    sha.update(body);
+    sha.finalize().into()
+}
+
+impl AuditRecord {
+    /// Recomputes this record's hash from its contents and `prev_hash`.
+    pub fn compute_hash(&self) -> [u8; 32] {
+        let body = HashedBody {
+            seq: self.seq,
+            at_ms: self.at_ms,
+            tenant: self.tenant.as_ref(),
+            agent: self.agent.as_ref(),
+            tool: self.tool.as_ref(),
+            request_id: self.request_id.as_ref(),
+            reservation_id: self.reservation_id,
+            event: &self.event,
+            amounts: &self.amounts,
+            prev_hash: &self.prev_hash,
+        };
+        let mut sha = Sha256::new();
+        sha.update(self.prev_hash);
+        // Serializing into a hasher cannot fail: it has no capacity to run out of.
+        let _ = postcard::serialize_with_flavor(&body, Sha256Flavor(&mut sha));
+        sha.finalize().into()
+    }
+}
+
+/// Feeds postcard's output straight into SHA-256: no buffer, no allocation.
+struct Sha256Flavor<'a>(&'a mut Sha256);
+
+impl postcard::ser_flavors::Flavor for Sha256Flavor<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.update(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.update([data]);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why a chain does not verify, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit record seq {seq}: stored hash does not match its contents (altered record)")]
+    HashMismatch { seq: u64 },
+    #[error("audit record seq {seq}: prev_hash does not match the hash of record seq {prev_seq} (broken link)")]
+    BrokenLink { seq: u64, prev_seq: u64 },
+    #[error("audit record seq {seq} follows seq {prev_seq}; expected seq {expected} (missing or reordered record)")]
+    SeqGap {
+        seq: u64,
+        prev_seq: u64,
+        expected: u64,
+    },
+    #[error("audit record seq 1 must link to the genesis hash (32 zero bytes)")]
+    BadGenesis,
+    #[error("the newest retained record (seq {seq}) does not match the ledger's chain head (seq {head_seq})")]
+    HeadMismatch { seq: u64, head_seq: u64 },
+}
+
+/// Verifies an exported sequence of records (e.g. read back from JSON lines): sequence
+/// numbers are consecutive, each hash recomputes, and each record links to the previous
+/// one. The first record may link to anything (older records may have been dropped)
+/// unless it is seq 1, which must link to genesis. Returns the head: the last record's seq
+/// and hash (the default head for no records).
+pub fn verify_chain(records: &[AuditRecord]) -> Result<ChainHead, AuditError> {
+    verify_records(records.iter())
+}
+
+fn verify_records<'a>(
+    records: impl Iterator<Item = &'a AuditRecord>,
+) -> Result<ChainHead, AuditError> {
+    let mut head: Option<ChainHead> = None;
+    for record in records {
+        match head {
+            None if record.seq == 1 && record.prev_hash != GENESIS_PREV_HASH => {
+                return Err(AuditError::BadGenesis);
+            }
+            None => {}
+            Some(prev) => {
+                let expected = prev.seq.saturating_add(1);
+                if record.seq != expected {
+                    return Err(AuditError::SeqGap {
+                        seq: record.seq,
+                        prev_seq: prev.seq,
+                        expected,
+                    });
+                }
+                if record.prev_hash != prev.hash {
+                    return Err(AuditError::BrokenLink {
+                        seq: record.seq,
+                        prev_seq: prev.seq,
+                    });
+                }
+            }
+        }
+        if record.compute_hash() != record.hash {
+            return Err(AuditError::HashMismatch { seq: record.seq });
+        }
+        head = Some(ChainHead {
+            seq: record.seq,
+            hash: record.hash,
+        });
+    }
+    Ok(head.unwrap_or_default())
+}
+
+/// The facts of one decision, borrowed (no clones); the log adds seq, time and the chain.
+pub struct Fact<'a> {
+    pub tenant: Option<&'a TenantId>,
+    pub agent: Option<&'a AgentId>,
+    pub tool: Option<&'a ToolId>,
+    pub request_id: Option<&'a RequestId>,
+    pub reservation_id: Option<ReservationId>,
+    pub event: AuditEvent,
+    pub amounts: Amounts,
+}
+
+impl<'a> Fact<'a> {
+    /// A fact about a tenant only (admin decisions on the tenant).
+    pub fn tenant(tenant: &'a TenantId, request_id: &'a RequestId, event: AuditEvent) -> Self {
+        Fact {
+            tenant: Some(tenant),
+            agent: None,
+            tool: None,
+            request_id: Some(request_id),
+            reservation_id: None,
+            event,
+            amounts: Amounts::default(),
+        }
+    }
+}
+
+/// A retained record as kept in memory: its canonical bytes (what is hashed), its hash,
+/// and keys to find it without decoding. One allocation per record instead of one per id,
+/// and about half the memory of an `AuditRecord`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredRecord {
+    seq: u64,
+    at_ms: u64,
+    /// xxh3 of the tenant and agent ids (0: none), to skip records a query filters out;
+    /// matches are confirmed on the decoded record.
+    tenant_key: u64,
+    agent_key: u64,
+    hash: [u8; 32],
+    body: Box<[u8]>,
+}
+
+impl StoredRecord {
+    fn prev_hash(&self) -> [u8; 32] {
+        let mut prev = [0u8; 32];
+        if let Some(tail) = self.body.len().checked_sub(32).map(|at| &self.body[at..]) {
+            prev.copy_from_slice(tail);
+        }
+        prev
+    }
+
+    fn decode(&self) -> Option<AuditRecord> {
+        let b: DecodedBody = postcard::from_bytes(&self.body).ok()?;
+        Some(AuditRecord {
+            seq: b.seq,
+            at_ms: b.at_ms,
+            tenant: b.tenant,
+            agent: b.agent,
+            tool: b.tool,
+            request_id: b.request_id,
+            reservation_id: b.reservation_id,
+            event: b.event,
+            amounts: b.amounts,
+            prev_hash: b.prev_hash,
+            hash: self.hash,
+        })
+    }
+}
+
+fn id_key(id: Option<&str>) -> u64 {
+    id.map_or(0, |id| xxh3_64(id.as_bytes()))
+}
+
+/// The retained records and the chain head.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLog {
+    records: VecDeque<StoredRecord>,
+    head: ChainHead,
+}
+
+impl AuditLog {
+    pub fn head(&self) -> ChainHead {
+        self.head
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Appends a record at `at_ms` and returns its seq. Drops the oldest retained record
+    /// beyond `AUDIT_RECORDS_RETAINED_MAX`.
+    pub fn append(&mut self, at_ms: u64, fact: Fact<'_>) -> u64 {
+        debug_assert!(
+            self.records.back().is_none_or(|last| last.at_ms <= at_ms),
+            "audit time runs backwards"
+        );
+        let seq = self.head.seq.saturating_add(1);
+        let body = HashedBody {
+            seq,
+            at_ms,
+            tenant: fact.tenant,
+            agent: fact.agent,
+            tool: fact.tool,
+            request_id: fact.request_id,
+            reservation_id: fact.reservation_id,
+            event: &fact.event,
+            amounts: &fact.amounts,
+            prev_hash: &self.head.hash,
+        };
+        // Serializing plain data into a Vec cannot fail but for memory.
+        let body = postcard::to_extend(&body, Vec::with_capacity(BODY_BYTES_TYPICAL))
+            .unwrap_or_default()
+            .into_boxed_slice();
+        let hash = chain_hash(&self.head.hash, &body);
+        self.head = ChainHead { seq, hash };
+        if self.records.len() >= AUDIT_RECORDS_RETAINED_MAX {
+            self.records.pop_front();
+        }
+        self.records.push_back(StoredRecord {
+            seq,
+            at_ms,
+            tenant_key: id_key(fact.tenant.map(|t| t.as_str())),
+            agent_key: id_key(fact.agent.map(|a| a.as_str())),
+            hash,
+            body,
+        });
+        seq
+    }
+
+    /// Re-hashes the retained records from the oldest one's `prev_hash` and checks that the
+    /// result is the chain head.
+    pub fn verify(&self) -> Result<ChainHead, AuditError> {
+        let mut previous: Option<&StoredRecord> = None;
+        for record in &self.records {
+            let prev_hash = record.prev_hash();
+            match previous {
+                None if record.seq == 1 && prev_hash != GENESIS_PREV_HASH => {
+                    return Err(AuditError::BadGenesis);
+                }
+                None => {}
+                Some(prev) => {
+                    let expected = prev.seq.saturating_add(1);
+                    if record.seq != expected {
+                        return Err(AuditError::SeqGap {
+                            seq: record.seq,
+                            prev_seq: prev.seq,
+                            expected,
+                        });
+                    }
+                    if prev_hash != prev.hash {
+                        return Err(AuditError::BrokenLink {
+                            seq: record.seq,
+                            prev_seq: prev.seq,
+                        });
+                    }
+                }
+            }
+            if chain_hash(&prev_hash, &record.body) != record.hash {
+                return Err(AuditError::HashMismatch { seq: record.seq });
+            }
+            previous = Some(record);
+        }
+        if let Some(last) = previous {
+            if last.seq != self.head.seq || last.hash != self.head.hash {
+                return Err(AuditError::HeadMismatch {
+                    seq: last.seq,
+                    head_seq: self.head.seq,
+                });
+            }
+        }
+        Ok(self.head)
+    }
+
+    /// Retained records matching the filter, oldest first. Sequence numbers and times are
+    /// monotonic in the ring, so `after_seq` and `from_ms` start by binary search; the
+    /// tenant and agent filters then scan forward, decoding only likely matches.
+    pub fn query(&self, filter: &AuditFilter) -> Vec<AuditRecord> {
+        let limit = if filter.limit == 0 {
+            AUDIT_QUERY_RECORDS_MAX
+        } else {
+            filter.limit.min(AUDIT_QUERY_RECORDS_MAX)
+        };
+        let mut start = 0;
+        if let Some(after) = filter.after_seq {
+            start = start.max(self.records.partition_point(|r| r.seq <= after));
+        }
+        if let Some(from) = filter.from_ms {
+            start = start.max(self.records.partition_point(|r| r.at_ms < from));
+        }
+        let tenant_key = filter.tenant.as_ref().map(|t| id_key(Some(t.as_str())));
+        let agent_key = filter.agent.as_ref().map(|a| id_key(Some(a.as_str())));
+        self.records
+            .range(start..)
+            .take_while(|r| filter.to_ms.is_none_or(|to| r.at_ms <= to))
+            .filter(|r| tenant_key.is_none_or(|k| k == r.tenant_key))
+            .filter(|r| agent_key.is_none_or(|k| k == r.agent_key))
+            .filter_map(StoredRecord::decode)
+            .filter(|r| filter.tenant.is_none() || r.tenant == filter.tenant)
+            .filter(|r| filter.agent.is_none() || r.agent == filter.agent)
+            .take(limit)
+            .collect()
+    }
+
+    /// Structural checks for snapshots and debug builds (hashes are checked by `verify`).
+    pub fn check(&self) -> Result<(), String> {
+        if self.records.len() > AUDIT_RECORDS_RETAINED_MAX {
+            return Err("more audit records than AUDIT_RECORDS_RETAINED_MAX".into());
+        }
+        if let Some(last) = self.records.back() {
+            if last.seq != self.head.seq || last.hash != self.head.hash {
+                return Err("audit chain head does not match the newest record".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Most record bodies fit this; longer ones (long ids, limit specs) grow the buffer.
+const BODY_BYTES_TYPICAL: usize = 192;
+
+/// Hashes as lowercase hex in human-readable formats (JSON lines), raw bytes otherwise.
+mod hash_hex {
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(hash: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&hex::encode(hash))
+        } else {
+            hash.serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        if d.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(text.as_bytes(), &mut hash)
+                .map_err(|e| D::Error::custom(format!("hash is not 64 hex digits: {e}")))?;
+            Ok(hash)
+        } else {
+            <[u8; 32]>::deserialize(d)
+        }
+    }
+}

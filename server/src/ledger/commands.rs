@@ -1,0 +1,895 @@
+//! What each command does to the ledger: reserve, commit, release, record, expire, admin.
+//!
+//! Every function checks everything that can reject before it changes anything, so a
+//! `Rejected` outcome leaves the state as it was. Every decision appends an audit record.
+
+use super::audit::{AuditEvent, Fact};
+use super::limits::{self, is_per_agent, AgentCounter, Counter, Verdict, LIMITS_PER_TENANT_MAX};
+use super::runaway;
+use super::state::{Agent, Reservation, Tenant, Tombstone};
+use super::{
+    AgentId, Amounts, Command, DenyReason, ExpiryPolicy, Ledger, LimitId, LimitSpec, Outcome,
+    Rejection, RequestId, ReservationId, TenantId, TenantPolicy, ToolId,
+};
+
+/// Most tenants the ledger holds.
+pub const TENANTS_MAX: usize = 100_000;
+/// Most agents over all tenants. Agents are created on first use and never deleted, so
+/// this bounds the memory a stream of new agent names can take (~200 bytes each).
+pub const AGENTS_MAX: usize = 2_000_000;
+/// Most agents in one tenant, so one tenant cannot take every agent slot.
+pub const AGENTS_PER_TENANT_MAX: usize = 1_000_000;
+/// Most reservations in flight over all tenants.
+pub const RESERVATIONS_IN_FLIGHT_MAX: usize = 1_000_000;
+/// Most reservations in flight in one tenant.
+pub const RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX: usize = 100_000;
+/// How long an expired reservation is remembered for a late commit: one hour, the longest
+/// TTL. A commit later than that is rejected NOT_FOUND; the expiry charge stands.
+pub const EXPIRED_RETENTION_MS: u64 = 3_600_000;
+/// Most expired reservations remembered; beyond it the oldest is forgotten first.
+pub const EXPIRED_TOMBSTONES_MAX: usize = 1_000_000;
+
+fn not_found(message: String) -> Outcome {
+    Outcome::Rejected(Rejection::NotFound(message))
+}
+
+fn exhausted(message: String) -> Outcome {
+    Outcome::Rejected(Rejection::ResourceExhausted(message))
+}
+
+pub(super) fn unknown_tenant(tenant: &TenantId) -> Outcome {
+    not_found(format!(
+        "tenant {tenant} does not exist; create it with PutTenant"
+    ))
+}
+
+/// Checks the agent bounds before a new agent is created.
+fn agent_room(agents_total: usize, tenant: &TenantId, tenant_agents: usize) -> Option<Outcome> {
+    if agents_total >= AGENTS_MAX {
+        return Some(exhausted(format!(
+            "the ledger holds AGENTS_MAX ({AGENTS_MAX}) agents"
+        )));
+    }
+    if tenant_agents >= AGENTS_PER_TENANT_MAX {
+        return Some(exhausted(format!(
+            "tenant {tenant} has AGENTS_PER_TENANT_MAX ({AGENTS_PER_TENANT_MAX}) agents"
+        )));
+    }
+    None
+}
+
+/// The fields of a `Reserve` command.
+pub(super) struct ReserveRequest<'a> {
+    pub request_id: &'a RequestId,
+    pub tenant: &'a TenantId,
+    pub agent: &'a AgentId,
+    pub tool: &'a ToolId,
+    pub estimate: &'a Amounts,
+    pub ttl_ms: u64,
+    pub fingerprint: Option<&'a str>,
+}
+
+impl<'a> ReserveRequest<'a> {
+    fn fact(&self, event: AuditEvent) -> Fact<'a> {
+        Fact {
+            tenant: Some(self.tenant),
+            agent: Some(self.agent),
+            tool: Some(self.tool),
+            request_id: Some(self.request_id),
+            reservation_id: None,
+            event,
+            amounts: *self.estimate,
+        }
+    }
+}
+
+/// Ranks the limits that would not hold, to name one in the denial: a budget or
+/// concurrency limit (waiting will not help) before any rate, the first in limit-id order;
+/// among rates, the one with the longest wait (never, if larger than its burst).
+fn worse_denial(candidate: (bool, &Verdict), current: (bool, &Verdict)) -> bool {
+    let (candidate_is_rate, candidate) = candidate;
+    let (current_is_rate, current) = current;
+    match (candidate_is_rate, current_is_rate) {
+        (_, false) => false,
+        (false, true) => true,
+        (true, true) => {
+            candidate.retry_after_ms.unwrap_or(u64::MAX)
+                > current.retry_after_ms.unwrap_or(u64::MAX)
+        }
+    }
+}
+
+/// Applies `f` to the counter of each limit the reservation still holds (limits deleted
+/// or reset since are skipped: their counters started afresh without this hold).
+fn for_each_hold(
+    tenant: &mut Tenant,
+    agent: &AgentId,
+    holds: &[u64],
+    mut f: impl FnMut(&LimitSpec, &mut Counter),
+) {
+    let Tenant { limits, agents, .. } = tenant;
+    let mut agent = agents.get_mut(agent);
+    for &generation in holds {
+        let Some(entry) = limits.iter_mut().find(|l| l.generation == generation) else {
+            continue;
+        };
+        if is_per_agent(&entry.spec.scope) {
+            let Some(agent) = agent.as_deref_mut() else {
+                continue;
+            };
+            let Some(index) = agent.counter_index(generation) else {
+                continue;
+            };
+            f(&entry.spec, &mut agent.counters[index].counter);
+        } else {
+            f(&entry.spec, &mut entry.counter);
+        }
+    }
+}
+
+/// Applies `f` to the counter of every limit that applies to (agent, tool), creating the
+/// agent's counters as needed (records, which are charged without a hold).
+fn for_each_applicable(
+    tenant: &mut Tenant,
+    agent_id: &AgentId,
+    tool: &ToolId,
+    mut f: impl FnMut(&LimitSpec, &mut Counter),
+) {
+    let Tenant { limits, agents, .. } = tenant;
+    let Some(agent) = agents.get_mut(agent_id) else {
+        return;
+    };
+    let applicable = limits::applicable(limits, agent_id, Some(tool));
+    make_counter_room(agent, limits, &applicable);
+    for index in applicable.iter() {
+        let entry = &mut limits[index];
+        let counter = if is_per_agent(&entry.spec.scope) {
+            agent_counter(agent, entry.generation, &entry.spec)
+        } else {
+            &mut entry.counter
+        };
+        f(&entry.spec, counter);
+    }
+}
+
+/// Before new per-agent counters are pushed: drops counters of limits no longer in force
+/// and reserves exactly the room needed, so an agent's counters stay a tight array.
+fn make_counter_room(
+    agent: &mut Agent,
+    limits: &[limits::LimitEntry],
+    applicable: &limits::Applicable,
+) {
+    let missing = applicable
+        .iter()
+        .filter(|&i| {
+            is_per_agent(&limits[i].spec.scope)
+                && agent.counter_index(limits[i].generation).is_none()
+        })
+        .count();
+    if missing > 0 {
+        agent
+            .counters
+            .retain(|c| limits.iter().any(|l| l.generation == c.generation));
+        agent.counters.reserve_exact(missing);
+    }
+}
+
+fn agent_counter<'a>(agent: &'a mut Agent, generation: u64, spec: &LimitSpec) -> &'a mut Counter {
+    let index = match agent.counter_index(generation) {
+        Some(index) => index,
+        None => {
+            agent.counters.push(AgentCounter {
+                generation,
+                counter: Counter::fresh(&spec.kind),
+            });
+            agent.counters.len() - 1
+        }
+    };
+    &mut agent.counters[index].counter
+}
+
+impl Ledger {
+    /// Executes a validated command whose request id is not remembered.
+    pub(super) fn execute(&mut self, now_ms: u64, cmd: &Command) -> Outcome {
+        // Commit and release look at the reservation's owner first; an unknown tenant must
+        // be NOT_FOUND before that. Every other command finds its tenant itself.
+        if let Command::Commit { tenant, .. } | Command::Release { tenant, .. } = cmd {
+            if !self.tenants.contains_key(tenant) {
+                return unknown_tenant(tenant);
+            }
+        }
+        match cmd {
+            Command::Reserve {
+                request_id,
+                tenant,
+                agent,
+                tool,
+                estimate,
+                ttl_ms,
+                fingerprint,
+            } => self.reserve(
+                now_ms,
+                &ReserveRequest {
+                    request_id,
+                    tenant,
+                    agent,
+                    tool,
+                    estimate,
+                    ttl_ms: *ttl_ms,
+                    fingerprint: fingerprint.as_deref(),
+                },
+            ),
+            Command::Commit {
+                request_id,
+                tenant,
+                reservation_id,
+                actual,
+            } => self.commit(now_ms, request_id, tenant, *reservation_id, actual),
+            Command::Release {
+                request_id,
+                tenant,
+                reservation_id,
+            } => self.release(now_ms, request_id, tenant, *reservation_id),
+            Command::Record {
+                request_id,
+                tenant,
+                agent,
+                tool,
+                actual,
+            } => self.record(now_ms, request_id, tenant, agent, tool, actual),
+            Command::PutTenant {
+                request_id,
+                tenant,
+                policy,
+            } => self.put_tenant(now_ms, request_id, tenant, policy),
+            Command::PutLimit {
+                request_id,
+                tenant,
+                limit,
+            } => self.put_limit(now_ms, request_id, tenant, limit),
+            Command::DeleteLimit {
+                request_id,
+                tenant,
+                limit_id,
+            } => self.delete_limit(now_ms, request_id, tenant, limit_id),
+            Command::Freeze {
+                request_id,
+                tenant,
+                agent,
+            } => self.freeze(now_ms, request_id, tenant, agent.as_ref(), true),
+            Command::Unfreeze {
+                request_id,
+                tenant,
+                agent,
+            } => self.freeze(now_ms, request_id, tenant, agent.as_ref(), false),
+            Command::ResetTrip {
+                request_id,
+                tenant,
+                agent,
+            } => self.reset_trip(now_ms, request_id, tenant, agent),
+            Command::Tick => Outcome::Done,
+        }
+    }
+
+    fn reserve(&mut self, now_ms: u64, r: &ReserveRequest<'_>) -> Outcome {
+        let Some(tenant) = self.tenants.get_mut(r.tenant) else {
+            return unknown_tenant(r.tenant);
+        };
+        if self.reservations.len() >= RESERVATIONS_IN_FLIGHT_MAX {
+            return exhausted(format!(
+                "the ledger holds RESERVATIONS_IN_FLIGHT_MAX ({RESERVATIONS_IN_FLIGHT_MAX}) reservations in flight"
+            ));
+        }
+        if tenant.in_flight.len() >= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX {
+            return exhausted(format!(
+                "tenant {} has RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX ({RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX}) reservations in flight",
+                r.tenant
+            ));
+        }
+        let agent_is_new = !tenant.agents.contains_key(r.agent);
+        if agent_is_new {
+            if let Some(rejected) = agent_room(self.agents_total, r.tenant, tenant.agents.len()) {
+                return rejected;
+            }
+        }
+        // From here on every path is a decision, recorded in the audit trail.
+        if tenant.frozen {
+            return self.deny(now_ms, r, DenyReason::Frozen { agent: None });
+        }
+        if agent_is_new {
+            tenant.agents.insert(r.agent.clone(), Agent::default());
+            self.agents_total += 1;
+        }
+        let Tenant {
+            policy,
+            limits,
+            agents,
+            in_flight,
+            ..
+        } = tenant;
+        let Some(agent) = agents.get_mut(r.agent) else {
+            return not_found(format!("agent {} vanished", r.agent));
+        };
+        if agent.frozen {
+            let agent = Some(r.agent.clone());
+            return self.deny(now_ms, r, DenyReason::Frozen { agent });
+        }
+        if agent.runaway.is_some() || runaway::tracks(policy, r.fingerprint) {
+            let state = agent.runaway.get_or_insert_with(Default::default);
+            if let runaway::Verdict::Tripped {
+                cause,
+                until_ms,
+                new,
+            } = state.check(policy, r.fingerprint, r.estimate, now_ms)
+            {
+                if new {
+                    self.audit
+                        .append(now_ms, r.fact(AuditEvent::Trip(cause.clone())));
+                }
+                return self.deny(now_ms, r, DenyReason::Tripped { cause, until_ms });
+            }
+        }
+
+        let applicable = limits::applicable(limits, r.agent, Some(r.tool));
+        let mut denial: Option<(usize, Verdict)> = None;
+        let mut tightest: Option<(usize, i64)> = None;
+        for index in applicable.iter() {
+            let entry = &limits[index];
+            let counter = if is_per_agent(&entry.spec.scope) {
+                agent
+                    .counter_index(entry.generation)
+                    .map(|i| &agent.counters[i].counter)
+            } else {
+                Some(&entry.counter)
+            };
+            let verdict = limits::evaluate(&entry.spec, counter, r.estimate, now_ms);
+            let is_rate = matches!(entry.spec.kind, super::LimitKind::Rate { .. });
+            if !verdict.fits {
+                let replace = denial.as_ref().is_none_or(|(current, current_verdict)| {
+                    let current_is_rate =
+                        matches!(limits[*current].spec.kind, super::LimitKind::Rate { .. });
+                    worse_denial((is_rate, &verdict), (current_is_rate, current_verdict))
+                });
+                if replace {
+                    denial = Some((index, verdict));
+                }
+                continue;
+            }
+            let capacity = limits::capacity(&entry.spec.kind);
+            let tighter = tightest.is_none_or(|(current, remaining)| {
+                limits::tighter(
+                    (verdict.remaining_after, capacity),
+                    (remaining, limits::capacity(&limits[current].spec.kind)),
+                )
+            });
+            if tighter {
+                tightest = Some((index, verdict.remaining_after));
+            }
+        }
+        if let Some((index, verdict)) = denial {
+            let spec = &limits[index].spec;
+            let reason = DenyReason::Limit {
+                limit_id: spec.id.clone(),
+                scope: spec.scope.clone(),
+                dimension: spec.dimension,
+                remaining: verdict.remaining_now,
+                retry_after_ms: verdict.retry_after_ms,
+            };
+            return self.deny(now_ms, r, reason);
+        }
+
+        // Granted: hold the estimate against every applicable limit.
+        make_counter_room(agent, limits, &applicable);
+        let mut holds = Vec::with_capacity(applicable.iter().count());
+        for index in applicable.iter() {
+            let entry = &mut limits[index];
+            let counter = if is_per_agent(&entry.spec.scope) {
+                agent_counter(agent, entry.generation, &entry.spec)
+            } else {
+                &mut entry.counter
+            };
+            limits::hold(&entry.spec, counter, r.estimate, now_ms);
+            holds.push(entry.generation);
+        }
+        if let Some(state) = agent.runaway.as_deref_mut() {
+            state.note_spend(policy, r.estimate, now_ms);
+        }
+        self.reservations_issued = self.reservations_issued.saturating_add(1);
+        let id = self.reservations_issued;
+        let expires_at_ms = now_ms.saturating_add(r.ttl_ms);
+        in_flight.insert(id);
+        self.by_expiry.insert((expires_at_ms, id));
+        self.reservations.insert(
+            id,
+            Reservation {
+                tenant: r.tenant.clone(),
+                agent: r.agent.clone(),
+                tool: r.tool.clone(),
+                estimate: *r.estimate,
+                granted_at_ms: now_ms,
+                expires_at_ms,
+                holds: holds.into_boxed_slice(),
+            },
+        );
+        let tightest =
+            tightest.map(|(index, remaining)| limits::remaining_of(&limits[index].spec, remaining));
+        let reservation_id = ReservationId(id);
+        let mut fact = r.fact(AuditEvent::Grant);
+        fact.reservation_id = Some(reservation_id);
+        self.audit.append(now_ms, fact);
+        Outcome::Granted {
+            reservation_id,
+            expires_at_ms,
+            tightest,
+        }
+    }
+
+    fn deny(&mut self, now_ms: u64, r: &ReserveRequest<'_>, reason: DenyReason) -> Outcome {
+        self.audit
+            .append(now_ms, r.fact(AuditEvent::Deny(reason.clone())));
+        Outcome::Denied(reason)
+    }
+
+    /// Whose reservation this is, for the tenant check; None if unknown.
+    fn owner_check(
+        &self,
+        tenant: &TenantId,
+        id: u64,
+        reservation_tenant: &TenantId,
+    ) -> Option<Outcome> {
+        (reservation_tenant != tenant).then(|| {
+            Outcome::Rejected(Rejection::PermissionDenied(format!(
+                "reservation {} belongs to another tenant, not {tenant}",
+                ReservationId(id)
+            )))
+        })
+    }
+
+    fn unknown_reservation(&self, id: u64) -> Outcome {
+        if id == 0 || id > self.reservations_issued {
+            not_found(format!(
+                "reservation {} was never issued",
+                ReservationId(id)
+            ))
+        } else {
+            not_found(format!(
+                "reservation {} has ended: it was committed, released, or expired more than EXPIRED_RETENTION_MS ({EXPIRED_RETENTION_MS} ms) ago",
+                ReservationId(id)
+            ))
+        }
+    }
+
+    fn commit(
+        &mut self,
+        now_ms: u64,
+        request_id: &RequestId,
+        tenant_id: &TenantId,
+        reservation_id: ReservationId,
+        actual: &Amounts,
+    ) -> Outcome {
+        let id = reservation_id.0;
+        if let Some(reservation) = self.reservations.get(&id) {
+            if let Some(denied) = self.owner_check(tenant_id, id, &reservation.tenant) {
+                return denied;
+            }
+            let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+                return unknown_tenant(tenant_id);
+            };
+            let Some(reservation) = self.reservations.remove(&id) else {
+                return self.unknown_reservation(id);
+            };
+            self.by_expiry.remove(&(reservation.expires_at_ms, id));
+            tenant.in_flight.remove(&id);
+            let estimate = reservation.estimate;
+            for_each_hold(
+                tenant,
+                &reservation.agent,
+                &reservation.holds,
+                |spec, counter| {
+                    limits::settle(spec, counter, &estimate, Some(actual), now_ms);
+                },
+            );
+            let overrun = actual.exceeds(&estimate);
+            self.audit.append(
+                now_ms,
+                Fact {
+                    tenant: Some(&reservation.tenant),
+                    agent: Some(&reservation.agent),
+                    tool: Some(&reservation.tool),
+                    request_id: Some(request_id),
+                    reservation_id: Some(reservation_id),
+                    event: AuditEvent::Commit {
+                        overrun,
+                        late: false,
+                    },
+                    amounts: *actual,
+                },
+            );
+            return Outcome::Committed {
+                reservation_id,
+                overrun,
+                late: false,
+            };
+        }
+        if let Some(tombstone) = self.tombstones.get(&id) {
+            if let Some(denied) = self.owner_check(tenant_id, id, &tombstone.reservation.tenant) {
+                return denied;
+            }
+            let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+                return unknown_tenant(tenant_id);
+            };
+            let Some(tombstone) = self.tombstones.remove(&id) else {
+                return self.unknown_reservation(id);
+            };
+            self.tombstones_by_time
+                .remove(&(tombstone.expired_at_ms, id));
+            let reservation = tombstone.reservation;
+            let estimate = reservation.estimate;
+            for_each_hold(
+                tenant,
+                &reservation.agent,
+                &reservation.holds,
+                |spec, counter| {
+                    if tombstone.charged {
+                        limits::true_up(
+                            spec,
+                            counter,
+                            &estimate,
+                            actual,
+                            tombstone.expired_at_ms,
+                            now_ms,
+                        );
+                    } else {
+                        limits::charge(spec, counter, actual, now_ms);
+                    }
+                },
+            );
+            let overrun = actual.exceeds(&estimate);
+            self.audit.append(
+                now_ms,
+                Fact {
+                    tenant: Some(&reservation.tenant),
+                    agent: Some(&reservation.agent),
+                    tool: Some(&reservation.tool),
+                    request_id: Some(request_id),
+                    reservation_id: Some(reservation_id),
+                    event: AuditEvent::Commit {
+                        overrun,
+                        late: true,
+                    },
+                    amounts: *actual,
+                },
+            );
+            return Outcome::Committed {
+                reservation_id,
+                overrun,
+                late: true,
+            };
+        }
+        self.unknown_reservation(id)
+    }
+
+    fn release(
+        &mut self,
+        now_ms: u64,
+        request_id: &RequestId,
+        tenant_id: &TenantId,
+        reservation_id: ReservationId,
+    ) -> Outcome {
+        let id = reservation_id.0;
+        if let Some(reservation) = self.reservations.get(&id) {
+            if let Some(denied) = self.owner_check(tenant_id, id, &reservation.tenant) {
+                return denied;
+            }
+            let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+                return unknown_tenant(tenant_id);
+            };
+            let Some(reservation) = self.reservations.remove(&id) else {
+                return self.unknown_reservation(id);
+            };
+            self.by_expiry.remove(&(reservation.expires_at_ms, id));
+            tenant.in_flight.remove(&id);
+            let estimate = reservation.estimate;
+            for_each_hold(
+                tenant,
+                &reservation.agent,
+                &reservation.holds,
+                |spec, counter| {
+                    limits::settle(spec, counter, &estimate, None, now_ms);
+                },
+            );
+            self.audit.append(
+                now_ms,
+                Fact {
+                    tenant: Some(&reservation.tenant),
+                    agent: Some(&reservation.agent),
+                    tool: Some(&reservation.tool),
+                    request_id: Some(request_id),
+                    reservation_id: Some(reservation_id),
+                    event: AuditEvent::Release,
+                    amounts: estimate,
+                },
+            );
+            return Outcome::Released { reservation_id };
+        }
+        if let Some(tombstone) = self.tombstones.get(&id) {
+            if let Some(denied) = self.owner_check(tenant_id, id, &tombstone.reservation.tenant) {
+                return denied;
+            }
+            let what = if tombstone.charged {
+                "its estimate was charged and the charge stands"
+            } else {
+                "its hold was released"
+            };
+            return Outcome::Rejected(Rejection::FailedPrecondition(format!(
+                "reservation {reservation_id} expired at {} ms; {what}; commit it if the call happened",
+                tombstone.expired_at_ms
+            )));
+        }
+        self.unknown_reservation(id)
+    }
+
+    fn record(
+        &mut self,
+        now_ms: u64,
+        request_id: &RequestId,
+        tenant_id: &TenantId,
+        agent_id: &AgentId,
+        tool: &ToolId,
+        actual: &Amounts,
+    ) -> Outcome {
+        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+            return unknown_tenant(tenant_id);
+        };
+        if !tenant.agents.contains_key(agent_id) {
+            if let Some(rejected) = agent_room(self.agents_total, tenant_id, tenant.agents.len()) {
+                return rejected;
+            }
+            tenant.agents.insert(agent_id.clone(), Agent::default());
+            self.agents_total += 1;
+        }
+        for_each_applicable(tenant, agent_id, tool, |spec, counter| {
+            limits::charge(spec, counter, actual, now_ms);
+        });
+        let policy = &tenant.policy;
+        if let Some(agent) = tenant.agents.get_mut(agent_id) {
+            if agent.runaway.is_some() || runaway::tracks(policy, None) {
+                agent
+                    .runaway
+                    .get_or_insert_with(Default::default)
+                    .note_spend(policy, actual, now_ms);
+            }
+        }
+        self.audit.append(
+            now_ms,
+            Fact {
+                tenant: Some(tenant_id),
+                agent: Some(agent_id),
+                tool: Some(tool),
+                request_id: Some(request_id),
+                reservation_id: None,
+                event: AuditEvent::Record,
+                amounts: *actual,
+            },
+        );
+        Outcome::Recorded
+    }
+
+    /// Ends a reservation whose TTL has passed, at its expiry time (log order decides).
+    pub(super) fn expire(&mut self, id: u64, expires_at_ms: u64) {
+        self.by_expiry.remove(&(expires_at_ms, id));
+        let Some(reservation) = self.reservations.remove(&id) else {
+            debug_assert!(false, "expiry index names an unknown reservation");
+            return;
+        };
+        let Some(tenant) = self.tenants.get_mut(&reservation.tenant) else {
+            debug_assert!(false, "reservation of an unknown tenant");
+            return;
+        };
+        tenant.in_flight.remove(&id);
+        let charged = tenant.policy.expiry == ExpiryPolicy::Charge;
+        let estimate = reservation.estimate;
+        let charge = charged.then_some(estimate);
+        for_each_hold(
+            tenant,
+            &reservation.agent,
+            &reservation.holds,
+            |spec, counter| {
+                limits::settle(spec, counter, &estimate, charge.as_ref(), expires_at_ms);
+            },
+        );
+        self.audit.append(
+            expires_at_ms,
+            Fact {
+                tenant: Some(&reservation.tenant),
+                agent: Some(&reservation.agent),
+                tool: Some(&reservation.tool),
+                request_id: None,
+                reservation_id: Some(ReservationId(id)),
+                event: AuditEvent::Expire { charged },
+                amounts: estimate,
+            },
+        );
+        self.tombstones.insert(
+            id,
+            Tombstone {
+                reservation,
+                expired_at_ms: expires_at_ms,
+                charged,
+            },
+        );
+        self.tombstones_by_time.insert((expires_at_ms, id));
+        while self.tombstones.len() > EXPIRED_TOMBSTONES_MAX {
+            self.forget_oldest_tombstone();
+        }
+    }
+
+    pub(super) fn forget_oldest_tombstone(&mut self) {
+        if let Some((_, id)) = self.tombstones_by_time.pop_first() {
+            self.tombstones.remove(&id);
+        }
+    }
+
+    fn put_tenant(
+        &mut self,
+        now_ms: u64,
+        request_id: &RequestId,
+        tenant_id: &TenantId,
+        policy: &TenantPolicy,
+    ) -> Outcome {
+        match self.tenants.get_mut(tenant_id) {
+            Some(tenant) => tenant.policy = policy.clone(),
+            None => {
+                if self.tenants.len() >= TENANTS_MAX {
+                    return exhausted(format!(
+                        "the ledger holds TENANTS_MAX ({TENANTS_MAX}) tenants"
+                    ));
+                }
+                self.tenants
+                    .insert(tenant_id.clone(), Tenant::new(policy.clone()));
+            }
+        }
+        self.audit.append(
+            now_ms,
+            Fact::tenant(tenant_id, request_id, AuditEvent::TenantPut),
+        );
+        Outcome::Done
+    }
+
+    fn put_limit(
+        &mut self,
+        now_ms: u64,
+        request_id: &RequestId,
+        tenant_id: &TenantId,
+        spec: &LimitSpec,
+    ) -> Outcome {
+        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+            return unknown_tenant(tenant_id);
+        };
+        match tenant.limits.binary_search_by(|l| l.spec.id.cmp(&spec.id)) {
+            Ok(index) => {
+                let entry = &mut tenant.limits[index];
+                if !limits::keeps_counters(&entry.spec, spec) {
+                    tenant.generation_last = tenant.generation_last.saturating_add(1);
+                    entry.generation = tenant.generation_last;
+                    entry.counter = Counter::fresh(&spec.kind);
+                }
+                entry.spec = spec.clone();
+            }
+            Err(index) => {
+                if tenant.limits.len() >= LIMITS_PER_TENANT_MAX {
+                    return exhausted(format!(
+                        "tenant {tenant_id} has LIMITS_PER_TENANT_MAX ({LIMITS_PER_TENANT_MAX}) limits"
+                    ));
+                }
+                tenant.generation_last = tenant.generation_last.saturating_add(1);
+                tenant.limits.insert(
+                    index,
+                    limits::LimitEntry {
+                        spec: spec.clone(),
+                        generation: tenant.generation_last,
+                        counter: Counter::fresh(&spec.kind),
+                    },
+                );
+            }
+        }
+        self.audit.append(
+            now_ms,
+            Fact::tenant(tenant_id, request_id, AuditEvent::LimitPut(spec.clone())),
+        );
+        Outcome::Done
+    }
+
+    fn delete_limit(
+        &mut self,
+        now_ms: u64,
+        request_id: &RequestId,
+        tenant_id: &TenantId,
+        limit_id: &LimitId,
+    ) -> Outcome {
+        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+            return unknown_tenant(tenant_id);
+        };
+        let Ok(index) = tenant.limits.binary_search_by(|l| l.spec.id.cmp(limit_id)) else {
+            return not_found(format!("tenant {tenant_id} has no limit {limit_id}"));
+        };
+        tenant.limits.remove(index);
+        self.audit.append(
+            now_ms,
+            Fact::tenant(
+                tenant_id,
+                request_id,
+                AuditEvent::LimitDelete(limit_id.clone()),
+            ),
+        );
+        Outcome::Done
+    }
+
+    fn freeze(
+        &mut self,
+        now_ms: u64,
+        request_id: &RequestId,
+        tenant_id: &TenantId,
+        agent_id: Option<&AgentId>,
+        frozen: bool,
+    ) -> Outcome {
+        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+            return unknown_tenant(tenant_id);
+        };
+        match agent_id {
+            None => tenant.frozen = frozen,
+            Some(agent_id) => match tenant.agents.get_mut(agent_id) {
+                Some(agent) => agent.frozen = frozen,
+                None if !frozen => {
+                    return not_found(format!("tenant {tenant_id} has no agent {agent_id}"));
+                }
+                None => {
+                    // Freezing an agent before its first call is allowed: the kill switch
+                    // must work on a name an operator has just seen in a log.
+                    if let Some(rejected) =
+                        agent_room(self.agents_total, tenant_id, tenant.agents.len())
+                    {
+                        return rejected;
+                    }
+                    let agent = Agent {
+                        frozen: true,
+                        ..Agent::default()
+                    };
+                    tenant.agents.insert(agent_id.clone(), agent);
+                    self.agents_total += 1;
+                }
+            },
+        }
+        let event = if frozen {
+            AuditEvent::Freeze
+        } else {
+            AuditEvent::Unfreeze
+        };
+        let mut fact = Fact::tenant(tenant_id, request_id, event);
+        fact.agent = agent_id;
+        self.audit.append(now_ms, fact);
+        Outcome::Done
+    }
+
+    fn reset_trip(
+        &mut self,
+        now_ms: u64,
+        request_id: &RequestId,
+        tenant_id: &TenantId,
+        agent_id: &AgentId,
+    ) -> Outcome {
+        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+            return unknown_tenant(tenant_id);
+        };
+        let Some(agent) = tenant.agents.get_mut(agent_id) else {
+            return not_found(format!("tenant {tenant_id} has no agent {agent_id}"));
+        };
+        if let Some(state) = agent.runaway.as_deref_mut() {
+            state.reset();
+        }
+        let mut fact = Fact::tenant(tenant_id, request_id, AuditEvent::TripReset);
+        fact.agent = Some(agent_id);
+        self.audit.append(now_ms, fact);
+        Outcome::Done
+    }
+}

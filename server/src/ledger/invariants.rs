@@ -1,0 +1,256 @@
+//! The ledger's invariants, checked in full: after every command in debug builds (while
+//! the state is small enough for it to be cheap) and on every restored snapshot.
+
+use std::collections::HashMap;
+
+use super::commands::{
+    AGENTS_MAX, AGENTS_PER_TENANT_MAX, EXPIRED_TOMBSTONES_MAX, RESERVATIONS_IN_FLIGHT_MAX,
+    RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX, TENANTS_MAX,
+};
+use super::dedup::DEDUP_ENTRIES_MAX;
+use super::limits::{is_per_agent, Counter, LIMITS_PER_TENANT_MAX};
+use super::{AgentId, Ledger, LimitKind};
+
+/// Above this many reservations or agents, debug builds skip the full check after each
+/// command (it is O(state)); property tests stay far below it.
+const DEBUG_CHECK_STATE_MAX: usize = 512;
+
+fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
+    if condition {
+        Ok(())
+    } else {
+        Err(message())
+    }
+}
+
+impl Ledger {
+    pub(super) fn debug_check_invariants(&self) {
+        if cfg!(debug_assertions)
+            && self.reservations.len() <= DEBUG_CHECK_STATE_MAX
+            && self.agents_total <= DEBUG_CHECK_STATE_MAX
+        {
+            if let Err(broken) = self.check_invariants() {
+                panic!("ledger invariant broken: {broken}");
+            }
+        }
+    }
+
+    /// Every invariant of the state; O(state).
+    pub(super) fn check_invariants(&self) -> Result<(), String> {
+        ensure(self.tenants.len() <= TENANTS_MAX, || {
+            "more than TENANTS_MAX tenants".into()
+        })?;
+        ensure(
+            self.reservations.len() <= RESERVATIONS_IN_FLIGHT_MAX,
+            || "more than RESERVATIONS_IN_FLIGHT_MAX reservations".into(),
+        )?;
+        ensure(self.tombstones.len() <= EXPIRED_TOMBSTONES_MAX, || {
+            "more than EXPIRED_TOMBSTONES_MAX tombstones".into()
+        })?;
+        ensure(self.dedup_order.len() <= DEDUP_ENTRIES_MAX, || {
+            "more than DEDUP_ENTRIES_MAX answers".into()
+        })?;
+
+        // Reservations and their indexes agree.
+        ensure(self.by_expiry.len() == self.reservations.len(), || {
+            "expiry index and reservations differ in size".into()
+        })?;
+        for (&id, r) in &self.reservations {
+            ensure(id >= 1 && id <= self.reservations_issued, || {
+                format!("reservation r{id} was never issued")
+            })?;
+            ensure(self.by_expiry.contains(&(r.expires_at_ms, id)), || {
+                format!("reservation r{id} missing from the expiry index")
+            })?;
+            ensure(r.expires_at_ms > self.now_ms, || {
+                format!("reservation r{id} should have expired")
+            })?;
+            let tenant = self
+                .tenants
+                .get(&r.tenant)
+                .ok_or_else(|| format!("reservation r{id} of unknown tenant {}", r.tenant))?;
+            ensure(tenant.in_flight.contains(&id), || {
+                format!("reservation r{id} missing from its tenant's index")
+            })?;
+            ensure(tenant.agents.contains_key(&r.agent), || {
+                format!("reservation r{id} of unknown agent {}", r.agent)
+            })?;
+        }
+        ensure(
+            self.tombstones_by_time.len() == self.tombstones.len(),
+            || "tombstone index and tombstones differ in size".into(),
+        )?;
+        for (&id, t) in &self.tombstones {
+            ensure(
+                self.tombstones_by_time.contains(&(t.expired_at_ms, id)),
+                || format!("tombstone r{id} missing from its index"),
+            )?;
+            ensure(!self.reservations.contains_key(&id), || {
+                format!("reservation r{id} both in flight and expired")
+            })?;
+        }
+
+        let mut agents_total = 0usize;
+        let mut in_flight_total = 0usize;
+        let mut requests_total = 0usize;
+        for (tenant_id, tenant) in &self.tenants {
+            agents_total += tenant.agents.len();
+            in_flight_total += tenant.in_flight.len();
+            requests_total += tenant.requests.len();
+            ensure(tenant.agents.len() <= AGENTS_PER_TENANT_MAX, || {
+                format!("tenant {tenant_id} has more than AGENTS_PER_TENANT_MAX agents")
+            })?;
+            ensure(
+                tenant.in_flight.len() <= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX,
+                || format!("tenant {tenant_id} has too many reservations in flight"),
+            )?;
+            ensure(tenant.limits.len() <= LIMITS_PER_TENANT_MAX, || {
+                format!("tenant {tenant_id} has more than LIMITS_PER_TENANT_MAX limits")
+            })?;
+            for pair in tenant.limits.windows(2) {
+                ensure(pair[0].spec.id < pair[1].spec.id, || {
+                    format!("tenant {tenant_id}: limits not sorted by unique id")
+                })?;
+            }
+            for (i, entry) in tenant.limits.iter().enumerate() {
+                ensure(
+                    entry.generation >= 1 && entry.generation <= tenant.generation_last,
+                    || {
+                        format!(
+                            "tenant {tenant_id}: limit {} has a future generation",
+                            entry.spec.id
+                        )
+                    },
+                )?;
+                ensure(
+                    tenant.limits[..i]
+                        .iter()
+                        .all(|o| o.generation != entry.generation),
+                    || format!("tenant {tenant_id}: two limits share a generation"),
+                )?;
+                ensure(entry.counter.matches(&entry.spec.kind), || {
+                    format!(
+                        "tenant {tenant_id}: limit {} has a counter of another kind",
+                        entry.spec.id
+                    )
+                })?;
+            }
+            for id in &tenant.in_flight {
+                ensure(
+                    self.reservations
+                        .get(id)
+                        .is_some_and(|r| r.tenant == *tenant_id),
+                    || format!("tenant {tenant_id} indexes reservation r{id} it does not own"),
+                )?;
+            }
+
+            // Held amounts and in-flight counts equal the sums over reservations in flight.
+            let mut expected: HashMap<(u64, Option<&AgentId>), (u128, u64)> = HashMap::new();
+            for id in &tenant.in_flight {
+                let Some(r) = self.reservations.get(id) else {
+                    continue;
+                };
+                for &generation in r.holds.iter() {
+                    let Some(entry) = tenant.limits.iter().find(|l| l.generation == generation)
+                    else {
+                        continue;
+                    };
+                    let subject = is_per_agent(&entry.spec.scope).then_some(&r.agent);
+                    let sum = expected.entry((generation, subject)).or_default();
+                    sum.0 += u128::from(r.estimate.get(entry.spec.dimension));
+                    sum.1 += 1;
+                }
+            }
+            let check = |generation: u64,
+                         subject: Option<&AgentId>,
+                         kind: &LimitKind,
+                         counter: &Counter|
+             -> Result<(), String> {
+                let (held_sum, count) = expected
+                    .get(&(generation, subject))
+                    .copied()
+                    .unwrap_or_default();
+                match (kind, counter) {
+                    (LimitKind::Budget { .. }, Counter::Budget { held, .. }) => ensure(
+                        u128::from(*held) == held_sum.min(u128::from(u64::MAX)),
+                        || {
+                            format!(
+                                "tenant {tenant_id}: budget generation {generation} of {subject:?} holds {held}, reservations sum to {held_sum}"
+                            )
+                        },
+                    ),
+                    (LimitKind::Concurrency { .. }, Counter::Concurrency { in_flight }) => {
+                        ensure(*in_flight == count, || {
+                            format!(
+                                "tenant {tenant_id}: concurrency generation {generation} of {subject:?} counts {in_flight}, {count} reservations hold it"
+                            )
+                        })
+                    }
+                    _ => Ok(()),
+                }
+            };
+            for entry in &tenant.limits {
+                if is_per_agent(&entry.spec.scope) {
+                    continue;
+                }
+                check(entry.generation, None, &entry.spec.kind, &entry.counter)?;
+            }
+            for (agent_id, agent) in &tenant.agents {
+                for (i, c) in agent.counters.iter().enumerate() {
+                    ensure(
+                        agent.counters[..i]
+                            .iter()
+                            .all(|o| o.generation != c.generation),
+                        || format!("agent {agent_id}: two counters share a generation"),
+                    )?;
+                    let Some(entry) = tenant.limits.iter().find(|l| l.generation == c.generation)
+                    else {
+                        continue;
+                    };
+                    check(c.generation, Some(agent_id), &entry.spec.kind, &c.counter)?;
+                }
+            }
+            for &(generation, subject) in expected.keys() {
+                if let Some(agent_id) = subject {
+                    let has_counter = tenant
+                        .agents
+                        .get(agent_id)
+                        .is_some_and(|a| a.counter_index(generation).is_some());
+                    ensure(has_counter, || {
+                        format!("agent {agent_id} holds generation {generation} without a counter")
+                    })?;
+                }
+            }
+        }
+        ensure(agents_total == self.agents_total, || {
+            format!(
+                "agents counted {} but {agents_total} exist",
+                self.agents_total
+            )
+        })?;
+        ensure(agents_total <= AGENTS_MAX, || {
+            "more than AGENTS_MAX agents".into()
+        })?;
+        ensure(in_flight_total == self.reservations.len(), || {
+            "tenants index a different number of reservations than are in flight".into()
+        })?;
+        ensure(requests_total == self.dedup_order.len(), || {
+            "remembered answers and their order differ in size".into()
+        })?;
+        let mut previous_at_ms = 0;
+        for (at_ms, tenant, request_id) in &self.dedup_order {
+            ensure(
+                self.tenants
+                    .get(tenant)
+                    .and_then(|t| t.requests.get(request_id))
+                    .is_some_and(|e| e.at_ms == *at_ms),
+                || format!("answer order names a forgotten request {request_id}"),
+            )?;
+            ensure(*at_ms >= previous_at_ms, || {
+                "answers out of time order".into()
+            })?;
+            previous_at_ms = *at_ms;
+        }
+        self.audit.check()
+    }
+}

@@ -1,0 +1,389 @@
+//! The ledger: every rule of SPEC.md, as a deterministic state machine.
+//!
+//! No I/O, no async, no clock, no openraft types. Time comes in with each command (the
+//! leader's timestamp from the log), so replicas fed the same commands reach the same state
+//! and the same audit chain head, bit for bit. It must never read a clock, a random number
+//! or a hash map's iteration order into its state, answers, snapshots or audit trail.
+//!
+//! Decisions where SPEC.md is silent (see also DATA_MODEL.md):
+//! - Tenants are created by `PutTenant`; any other command on an unknown tenant is
+//!   NOT_FOUND. Agents are created on their first reserve, record or freeze, never deleted.
+//! - Scopes: `Agent(name)` replaces, for that agent, the `EachAgent` limits of the same
+//!   dimension and class (budget, rate, concurrency). A reserve is checked against every
+//!   limit that applies and held against all of them, or none.
+//! - Time: `apply` uses `max(at_ms, now_ms())`, so time never runs backwards. Before the
+//!   command, reservations whose `expires_at_ms <= at` expire in (expires_at, id) order, each
+//!   at its own expiry time (its charge lands in the window of that time).
+//! - Rejections change nothing but time: an invalid command (INVALID_ARGUMENT) changes
+//!   nothing at all; a command rejected by state still lets time advance (expiries, the
+//!   forgetting of old answers), which is the log's doing, not the command's.
+//! - Idempotency: the first answer to (tenant, request_id) is remembered for
+//!   `DEDUP_WINDOW_MS` (at most `DEDUP_ENTRIES_MAX`, oldest forgotten first); a retry with
+//!   the same payload gets it back and changes nothing, with another payload it is
+//!   `RequestIdReused`. Rejections are not remembered: they changed nothing, a retry
+//!   re-evaluates. Denials are remembered: they are decisions.
+//! - Expiry: a tenant's policy charges (default) or releases the estimate; a commit within
+//!   `EXPIRED_RETENTION_MS` after expiry trues the charge to the actual (flagged late), a
+//!   release after expiry is FAILED_PRECONDITION, later either is NOT_FOUND.
+//! - A commit charges the limits its reservation holds (those still in force); limits added
+//!   while it was in flight are not charged by it.
+//! - Changing a limit keeps its counters if only its cap changes (budget amount, rate burst,
+//!   concurrency max); any other change starts it afresh, and holds on the old one lapse.
+
+mod audit;
+mod commands;
+mod dedup;
+mod invariants;
+mod limits;
+mod rate;
+mod runaway;
+mod snapshot;
+mod state;
+mod types;
+mod validate;
+mod window;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+pub use audit::{
+    verify_chain, AuditError, AuditEvent, AuditRecord, AUDIT_QUERY_RECORDS_MAX,
+    AUDIT_RECORDS_RETAINED_MAX, GENESIS_PREV_HASH,
+};
+pub use commands::{
+    AGENTS_MAX, AGENTS_PER_TENANT_MAX, EXPIRED_RETENTION_MS, EXPIRED_TOMBSTONES_MAX,
+    RESERVATIONS_IN_FLIGHT_MAX, RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX, TENANTS_MAX,
+};
+pub use dedup::{DEDUP_ENTRIES_MAX, DEDUP_WINDOW_MS};
+pub use limits::LIMITS_PER_TENANT_MAX;
+pub use runaway::{FINGERPRINTS_PER_AGENT_MAX, VELOCITY_DECAY_WINDOWS_MAX, VELOCITY_EWMA_SHIFT};
+pub use snapshot::{SnapshotError, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC};
+pub use types::*;
+pub use validate::{
+    RUNAWAY_WINDOW_MS_MAX, TRIP_COOLDOWN_MS_MAX, VELOCITY_FACTOR_MAX, VELOCITY_WINDOW_MS_MIN,
+};
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use audit::AuditLog;
+use state::{sorted_map, Reservation, Tenant, Tombstone};
+
+/// Most reservations one `reservations` query returns.
+pub const RESERVATIONS_QUERY_MAX: usize = 10_000;
+
+/// Usage of one limit for one subject (the agent, for per-agent scopes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitUsage {
+    pub limit: LimitSpec,
+    /// The agent whose counter this is, for per-agent scopes; None for tenant-wide ones.
+    pub agent: Option<AgentId>,
+    /// Committed spend in the current window (budgets); the level of the bucket (rates);
+    /// reservations in flight (concurrency).
+    pub used: u64,
+    /// Held by reservations in flight (budgets); 0 otherwise.
+    pub held: u64,
+    /// What a new reservation could still take; negative after overruns.
+    pub remaining: i64,
+    /// Start of the current calendar window, for windowed budgets.
+    pub window_start_ms: Option<u64>,
+}
+
+/// A reservation in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationView {
+    pub reservation_id: ReservationId,
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub tool: ToolId,
+    pub estimate: Amounts,
+    pub granted_at_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub frozen: bool,
+    /// Set while the agent is tripped: the cause and when its cool-down ends (None: reset only).
+    pub tripped: Option<(TripCause, Option<u64>)>,
+}
+
+/// The head of the audit hash chain: the sequence number and hash of the newest record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct ChainHead {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub tenant: Option<TenantId>,
+    pub agent: Option<AgentId>,
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+    /// Only records with a larger sequence number (for paging).
+    pub after_seq: Option<u64>,
+    pub limit: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerStats {
+    pub tenants: u64,
+    pub agents: u64,
+    pub reservations_in_flight: u64,
+    pub dedup_entries: u64,
+    pub audit_records_retained: u64,
+}
+
+/// The state machine. `Clone` and `PartialEq` compare whole states (tests, snapshots).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// The time of the last applied command; never decreases.
+    now_ms: u64,
+    #[serde(with = "sorted_map")]
+    tenants: HashMap<TenantId, Tenant>,
+    /// Reservation ids are 1, 2, 3, ... in log order; this is the last one issued.
+    reservations_issued: u64,
+    #[serde(with = "sorted_map")]
+    reservations: HashMap<u64, Reservation>,
+    /// Expired reservations remembered for late commits.
+    #[serde(with = "sorted_map")]
+    tombstones: HashMap<u64, Tombstone>,
+    /// Remembered answers (in each tenant's `requests`), oldest first, for forgetting:
+    /// (answered at ms, tenant, request id).
+    dedup_order: VecDeque<(u64, TenantId, RequestId)>,
+    audit: AuditLog,
+    /// Derived indexes and counts, rebuilt on restore.
+    #[serde(skip)]
+    by_expiry: BTreeSet<(u64, u64)>,
+    #[serde(skip)]
+    tombstones_by_time: BTreeSet<(u64, u64)>,
+    #[serde(skip)]
+    agents_total: usize,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one command at the leader's time. Before the command, expires every
+    /// reservation whose `expires_at_ms <= at_ms` (in (expires_at, id) order), and uses
+    /// `at = max(at_ms, now_ms())` so time never runs backwards.
+    pub fn apply(&mut self, at_ms: u64, cmd: &Command) -> Outcome {
+        if let Err(invalid) = cmd.validate() {
+            return Outcome::Rejected(Rejection::InvalidArgument(invalid.0));
+        }
+        let now_ms = at_ms.max(self.now_ms);
+        self.advance(now_ms);
+        let outcome = match (cmd.tenant(), cmd.request_id()) {
+            (Some(tenant), Some(request_id)) => {
+                let payload = dedup::payload_hash(cmd);
+                match self.remembered(tenant, request_id, payload) {
+                    Some(answer) => answer,
+                    None => {
+                        let outcome = self.execute(now_ms, cmd);
+                        if !matches!(outcome, Outcome::Rejected(_)) {
+                            self.remember(tenant, request_id, payload, &outcome, now_ms);
+                        }
+                        outcome
+                    }
+                }
+            }
+            _ => self.execute(now_ms, cmd),
+        };
+        self.debug_check_invariants();
+        outcome
+    }
+
+    /// Moves time to `now_ms`: expiries first, then forgetting tombstones and answers that
+    /// have outlived their retention.
+    fn advance(&mut self, now_ms: u64) {
+        while let Some(&(expires_at_ms, id)) = self.by_expiry.first() {
+            if expires_at_ms > now_ms {
+                break;
+            }
+            self.expire(id, expires_at_ms);
+        }
+        while let Some(&(expired_at_ms, _)) = self.tombstones_by_time.first() {
+            if expired_at_ms.saturating_add(EXPIRED_RETENTION_MS) > now_ms {
+                break;
+            }
+            self.forget_oldest_tombstone();
+        }
+        self.forget_requests_before(now_ms);
+        self.now_ms = now_ms;
+    }
+
+    /// The time of the last applied command.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    fn tenant(&self, tenant: &TenantId) -> Result<&Tenant, Rejection> {
+        self.tenants.get(tenant).ok_or_else(|| {
+            Rejection::NotFound(format!(
+                "tenant {tenant} does not exist; create it with PutTenant"
+            ))
+        })
+    }
+
+    /// Usage of the limits in force. With an agent: every limit that applies to it (and to
+    /// `tool` if given; without a tool, every tool limit too), with that agent's counters,
+    /// even if the agent has never called (its counters are then fresh). Without an agent:
+    /// the tenant-wide limits (`Tenant`, `ToolTenant`) and each `Agent(name)` override with
+    /// its agent's counter; `EachAgent` and `ToolPerAgent` limits are listed by `limits`
+    /// and reported per agent only, since a tenant may have a million agents.
+    pub fn usage(
+        &self,
+        tenant: &TenantId,
+        agent: Option<&AgentId>,
+        tool: Option<&ToolId>,
+    ) -> Result<Vec<LimitUsage>, Rejection> {
+        let t = self.tenant(tenant)?;
+        let row = |entry: &limits::LimitEntry, agent_id: Option<&AgentId>| {
+            let counter = match agent_id {
+                Some(agent_id) => t.agents.get(agent_id).and_then(|a| {
+                    a.counter_index(entry.generation)
+                        .map(|i| &a.counters[i].counter)
+                }),
+                None => Some(&entry.counter),
+            };
+            let (used, held, remaining, window_start_ms) =
+                limits::usage(&entry.spec, counter, self.now_ms);
+            LimitUsage {
+                limit: entry.spec.clone(),
+                agent: agent_id.cloned(),
+                used,
+                held,
+                remaining,
+                window_start_ms,
+            }
+        };
+        let rows = match agent {
+            Some(agent_id) => limits::applicable(&t.limits, agent_id, tool)
+                .iter()
+                .map(|index| {
+                    let entry = &t.limits[index];
+                    let per_agent = limits::is_per_agent(&entry.spec.scope);
+                    row(entry, per_agent.then_some(agent_id))
+                })
+                .collect(),
+            None => t
+                .limits
+                .iter()
+                .filter_map(|entry| match &entry.spec.scope {
+                    Scope::Tenant => Some(row(entry, None)),
+                    Scope::ToolTenant(t) if tool.is_none_or(|tool| tool == t) => {
+                        Some(row(entry, None))
+                    }
+                    Scope::Agent(agent_id) => Some(row(entry, Some(agent_id))),
+                    _ => None,
+                })
+                .collect(),
+        };
+        Ok(rows)
+    }
+
+    /// Reservations in flight of the tenant (and agent), oldest first, at most `limit`
+    /// (0 or above `RESERVATIONS_QUERY_MAX` means `RESERVATIONS_QUERY_MAX`).
+    pub fn reservations(
+        &self,
+        tenant: &TenantId,
+        agent: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<ReservationView>, Rejection> {
+        let t = self.tenant(tenant)?;
+        let limit = if limit == 0 {
+            RESERVATIONS_QUERY_MAX
+        } else {
+            limit.min(RESERVATIONS_QUERY_MAX)
+        };
+        Ok(t.in_flight
+            .iter()
+            .filter_map(|id| self.reservations.get(id).map(|r| (*id, r)))
+            .filter(|(_, r)| agent.is_none_or(|a| *a == r.agent))
+            .take(limit)
+            .map(|(id, r)| ReservationView {
+                reservation_id: ReservationId(id),
+                tenant: r.tenant.clone(),
+                agent: r.agent.clone(),
+                tool: r.tool.clone(),
+                estimate: r.estimate,
+                granted_at_ms: r.granted_at_ms,
+                expires_at_ms: r.expires_at_ms,
+            })
+            .collect())
+    }
+
+    /// The limits in force, sorted by id.
+    pub fn limits(&self, tenant: &TenantId) -> Result<Vec<LimitSpec>, Rejection> {
+        Ok(self
+            .tenant(tenant)?
+            .limits
+            .iter()
+            .map(|l| l.spec.clone())
+            .collect())
+    }
+
+    pub fn policy(&self, tenant: &TenantId) -> Result<TenantPolicy, Rejection> {
+        Ok(self.tenant(tenant)?.policy.clone())
+    }
+
+    /// Every tenant, sorted.
+    pub fn tenants(&self) -> Vec<TenantId> {
+        let mut tenants: Vec<TenantId> = self.tenants.keys().cloned().collect();
+        tenants.sort_unstable();
+        tenants
+    }
+
+    /// Whether the agent is frozen and whether it is tripped (as of `now_ms()`).
+    pub fn agent_status(
+        &self,
+        tenant: &TenantId,
+        agent: &AgentId,
+    ) -> Result<AgentStatus, Rejection> {
+        let t = self.tenant(tenant)?;
+        let a = t
+            .agents
+            .get(agent)
+            .ok_or_else(|| Rejection::NotFound(format!("tenant {tenant} has no agent {agent}")))?;
+        let tripped = a
+            .runaway
+            .as_deref()
+            .and_then(|r| r.trip_at(self.now_ms))
+            .map(|trip| (trip.cause.clone(), trip.until_ms));
+        Ok(AgentStatus {
+            frozen: a.frozen,
+            tripped,
+        })
+    }
+
+    /// Retained audit records matching the filter, oldest first, at most `filter.limit`
+    /// (0 or above `AUDIT_QUERY_RECORDS_MAX` means `AUDIT_QUERY_RECORDS_MAX`).
+    pub fn audit(&self, filter: &AuditFilter) -> Vec<AuditRecord> {
+        self.audit.query(filter)
+    }
+
+    pub fn chain_head(&self) -> ChainHead {
+        self.audit.head()
+    }
+
+    /// Re-hashes the retained records, starting from the oldest one's `prev_hash`.
+    pub fn verify_audit(&self) -> Result<ChainHead, AuditError> {
+        self.audit.verify()
+    }
+
+    pub fn stats(&self) -> LedgerStats {
+        LedgerStats {
+            tenants: self.tenants.len() as u64,
+            agents: self.agents_total as u64,
+            reservations_in_flight: self.reservations.len() as u64,
+            dedup_entries: self.dedup_order.len() as u64,
+            audit_records_retained: self.audit.len() as u64,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Snapshots: the whole ledger as deterministic bytes, for Raft log compaction.
+//!
+//! Layout: `SNAPSHOT_MAGIC` (8 bytes) | format version (u32 LE) | body length (u64 LE) |
+//! xxh3-64 of the body (u64 LE) | body (postcard of the ledger, hash maps sorted by key,
+//! derived indexes left out). The same state always gives the same bytes.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::Ledger;
+
+/// Bump on any change to the shape of the ledger's state or of the types in the log.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// The first bytes of every ledger snapshot.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
+const HEADER_BYTES: usize = 8 + 4 + 8 + 8;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot is {len} bytes, shorter than its {HEADER_BYTES}-byte header")]
+    Truncated { len: usize },
+    #[error("not a ledger snapshot: the first 8 bytes are not {:?}", String::from_utf8_lossy(&SNAPSHOT_MAGIC))]
+    BadMagic,
+    #[error(
+        "snapshot format version {found} is not supported; this build reads version {supported}"
+    )]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("snapshot body is {actual} bytes but its header says {declared}")]
+    LengthMismatch { declared: u64, actual: u64 },
+    #[error("snapshot body checksum mismatch: the bytes are corrupt")]
+    ChecksumMismatch,
+    #[error("snapshot body does not decode: {0}")]
+    Decode(String),
+    #[error("snapshot decodes to an inconsistent ledger: {0}")]
+    Inconsistent(String),
+}
+
+impl Ledger {
+    /// The whole state as versioned, deterministic bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        // Serializing plain data into a Vec has no failure mode but allocation.
+        let body = postcard::to_allocvec(self).unwrap_or_default();
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len());
+        bytes.extend_from_slice(&SNAPSHOT_MAGIC);
+        bytes.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&xxh3_64(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+
+    /// Rebuilds a ledger from `snapshot` bytes. Rejects wrong magic, other versions, corrupt
+    /// or inconsistent data with an error saying which; never panics.
+    pub fn restore(bytes: &[u8]) -> Result<Ledger, SnapshotError> {
+        let (header, body) = bytes
+            .split_at_checked(HEADER_BYTES)
+            .ok_or(SnapshotError::Truncated { len: bytes.len() })?;
+        let truncated = || SnapshotError::Truncated { len: bytes.len() };
+        if header[..8] != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let version = u32::from_le_bytes(header[8..12].try_into().map_err(|_| truncated())?);
+        if version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion {
+                found: version,
+                supported: SNAPSHOT_FORMAT_VERSION,
+            });
+        }
+        let declared = u64::from_le_bytes(header[12..20].try_into().map_err(|_| truncated())?);
+        if declared != body.len() as u64 {
+            return Err(SnapshotError::LengthMismatch {
+                declared,
+                actual: body.len() as u64,
+            });
+        }
+        let checksum = u64::from_le_bytes(header[20..28].try_into().map_err(|_| truncated())?);
+        if checksum != xxh3_64(body) {
+            return Err(SnapshotError::ChecksumMismatch);
+        }
+        let (mut ledger, rest): (Ledger, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(SnapshotError::Decode(format!(
+                "{} bytes left over after the ledger",
+                rest.len()
+            )));
+        }
+        ledger
+            .rebuild_indexes()
+            .map_err(SnapshotError::Inconsistent)?;
+        ledger
+            .check_invariants()
+            .map_err(SnapshotError::Inconsistent)?;
+        Ok(ledger)
+    }
+
+    /// Rebuilds what the snapshot leaves out: expiry and tombstone indexes, each tenant's
+    /// reservations in flight, the agent count.
+    fn rebuild_indexes(&mut self) -> Result<(), String> {
+        self.by_expiry = self
+            .reservations
+            .iter()
+            .map(|(&id, r)| (r.expires_at_ms, id))
+            .collect();
+        self.tombstones_by_time = self
+            .tombstones
+            .iter()
+            .map(|(&id, t)| (t.expired_at_ms, id))
+            .collect();
+        for tenant in self.tenants.values_mut() {
+            tenant.in_flight.clear();
+        }
+        for (&id, r) in &self.reservations {
+            let tenant = self
+                .tenants
+                .get_mut(&r.tenant)
+                .ok_or_else(|| format!("reservation r{id} of unknown tenant {}", r.tenant))?;
+            tenant.in_flight.insert(id);
+        }
+        self.agents_total = self.tenants.values().map(|t| t.agents.len()).sum();
+        Ok(())
+    }
+}

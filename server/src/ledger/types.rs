@@ -1,0 +1,403 @@
+//! The ledger's vocabulary: ids, amounts, limits, commands and outcomes.
+//!
+//! These types travel through the Raft log (serde), so changing their shape changes the log
+//! and snapshot format: bump `SNAPSHOT_FORMAT_VERSION` when you do.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest id (tenant, agent, tool, limit, request, fingerprint) a client may send, in bytes;
+/// longer ids are rejected before they reach the log.
+pub const ID_BYTES_MAX: usize = 128;
+/// Largest single amount (tokens, cost micros, calls, or a limit's amount) accepted on input:
+/// 10^15 (a billion USD in micros). Sums of such amounts cannot overflow u64 for a long time,
+/// and the ledger still saturates.
+pub const AMOUNT_MAX: u64 = 1_000_000_000_000_000;
+/// Shortest reservation TTL: a call that completes faster than this is not a real call.
+pub const TTL_MS_MIN: u64 = 100;
+/// Longest reservation TTL: one hour. A reservation is a hold on live budget; longer holds
+/// starve other agents and are almost always a bug in the caller.
+pub const TTL_MS_MAX: u64 = 3_600_000;
+/// Longest rate period a limit may use: one week.
+pub const RATE_PERIOD_MS_MAX: u64 = 7 * 86_400_000;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks length and characters; the one way to build this id from input.
+            pub fn new(value: impl Into<String>) -> Result<Self, InvalidInput> {
+                let value = value.into();
+                validate_id(stringify!($name), &value)?;
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// Rechecks an id that arrived through serde, which does not run `new`.
+            pub fn validate(&self) -> Result<(), InvalidInput> {
+                validate_id(stringify!($name), &self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An organisation or account; isolated from every other tenant.
+    TenantId
+);
+id_type!(
+    /// One autonomous actor of a tenant (e.g. `support-bot`); many workers may run it.
+    AgentId
+);
+id_type!(
+    /// What a call is for: `llm:gpt-x`, `search`, `db:orders.write`.
+    ToolId
+);
+id_type!(
+    /// The operator's name for a limit, unique within its tenant.
+    LimitId
+);
+id_type!(
+    /// Client-chosen id of a mutating request; a retry with the same id has no second effect.
+    RequestId
+);
+
+/// Ids are printable ASCII without spaces, 1 to `ID_BYTES_MAX` bytes: they appear in logs,
+/// metrics labels and audit exports, where control characters would do harm.
+pub(super) fn validate_id(kind: &'static str, value: &str) -> Result<(), InvalidInput> {
+    if value.is_empty() {
+        return Err(InvalidInput(format!("{kind} is empty")));
+    }
+    if value.len() > ID_BYTES_MAX {
+        return Err(InvalidInput(format!(
+            "{kind} is {} bytes, longer than ID_BYTES_MAX ({ID_BYTES_MAX})",
+            value.len()
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(InvalidInput(format!(
+            "{kind} contains {c:?}; ids are printable ASCII without spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// Bad input, found without looking at state: maps to INVALID_ARGUMENT.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+/// Issued by the ledger, unique for the life of the cluster (a sequence number in log order).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+pub struct ReservationId(pub u64);
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// What a call spends. `cost_micros` is integer micro-units of the tenant's currency
+/// (1 USD = 1_000_000); never floating point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Amounts {
+    pub tokens: u64,
+    pub cost_micros: u64,
+    pub calls: u64,
+}
+
+impl Amounts {
+    pub fn get(&self, dimension: Dimension) -> u64 {
+        match dimension {
+            Dimension::Tokens => self.tokens,
+            Dimension::Cost => self.cost_micros,
+            Dimension::Calls => self.calls,
+            // A reservation occupies one slot of concurrency, whatever it spends.
+            Dimension::Concurrency => 1,
+        }
+    }
+
+    pub fn validate(&self, what: &str) -> Result<(), InvalidInput> {
+        for (name, value) in [
+            ("tokens", self.tokens),
+            ("cost_micros", self.cost_micros),
+            ("calls", self.calls),
+        ] {
+            if value > AMOUNT_MAX {
+                return Err(InvalidInput(format!(
+                    "{what}.{name} is {value}, above AMOUNT_MAX ({AMOUNT_MAX})"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Dimension {
+    Tokens,
+    Cost,
+    Calls,
+    /// Reservations in flight; only concurrency limits use it.
+    Concurrency,
+}
+
+/// A budget's accounting window. Calendar windows are UTC and reset at their boundary;
+/// weeks start on Monday 00:00 UTC (ISO 8601).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Window {
+    Lifetime,
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LimitKind {
+    /// At most `amount` of committed + held spend in the window.
+    Budget { window: Window, amount: u64 },
+    /// A smooth rate of `amount` per `period_ms`, allowing bursts up to `burst` (GCRA).
+    Rate {
+        amount: u64,
+        period_ms: u64,
+        burst: u64,
+    },
+    /// At most `max` reservations in flight.
+    Concurrency { max: u64 },
+}
+
+/// Where a limit attaches. A call is made by (tenant, agent, tool).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// The tenant as a whole: every call of every agent counts.
+    Tenant,
+    /// Every agent of the tenant, each separately (the default for agents).
+    EachAgent,
+    /// One named agent; replaces the `EachAgent` limits of the same dimension and kind.
+    Agent(AgentId),
+    /// A tool, counted for each agent separately.
+    ToolPerAgent(ToolId),
+    /// A tool, summed over the whole tenant.
+    ToolTenant(ToolId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LimitSpec {
+    pub id: LimitId,
+    pub scope: Scope,
+    pub dimension: Dimension,
+    pub kind: LimitKind,
+}
+
+/// What happens to a reservation that outlives its TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ExpiryPolicy {
+    /// Charge the estimate: the call may have happened and its worker died (fail safe).
+    #[default]
+    Charge,
+    /// Release the hold: nothing is charged.
+    Release,
+}
+
+/// A tenant's settings for expiry and runaway detection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TenantPolicy {
+    pub expiry: ExpiryPolicy,
+    /// Trip an agent when the same fingerprint is reserved this many times within
+    /// `repeat_window_ms`. 0 turns repetition detection off.
+    pub repeat_max: u32,
+    pub repeat_window_ms: u64,
+    /// Trip an agent when its spend in `velocity_window_ms` exceeds `velocity_factor` times
+    /// its own recent average per window and also `velocity_floor`. 0 turns it off.
+    pub velocity_factor: u32,
+    pub velocity_window_ms: u64,
+    pub velocity_dimension: Dimension,
+    pub velocity_floor: u64,
+    /// A tripped agent is let through again after this long; 0 means only an operator's
+    /// reset does.
+    pub trip_cooldown_ms: u64,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        Self {
+            expiry: ExpiryPolicy::Charge,
+            repeat_max: 20,
+            repeat_window_ms: 60_000,
+            velocity_factor: 0,
+            velocity_window_ms: 60_000,
+            velocity_dimension: Dimension::Cost,
+            velocity_floor: 1_000_000,
+            trip_cooldown_ms: 0,
+        }
+    }
+}
+
+/// A request to change the ledger. Every variant but `Tick` carries the client's request id
+/// and the tenant it acts for (the tenant its credentials belong to).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Command {
+    Reserve {
+        request_id: RequestId,
+        tenant: TenantId,
+        agent: AgentId,
+        tool: ToolId,
+        estimate: Amounts,
+        ttl_ms: u64,
+        /// A hash of tool + normalised arguments, for repetition detection.
+        fingerprint: Option<String>,
+    },
+    Commit {
+        request_id: RequestId,
+        tenant: TenantId,
+        reservation_id: ReservationId,
+        actual: Amounts,
+    },
+    Release {
+        request_id: RequestId,
+        tenant: TenantId,
+        reservation_id: ReservationId,
+    },
+    /// Spend that happened without a reservation; always charged, never denied.
+    Record {
+        request_id: RequestId,
+        tenant: TenantId,
+        agent: AgentId,
+        tool: ToolId,
+        actual: Amounts,
+    },
+    /// Creates the tenant or changes its policy.
+    PutTenant {
+        request_id: RequestId,
+        tenant: TenantId,
+        policy: TenantPolicy,
+    },
+    /// Creates or replaces the limit with this id.
+    PutLimit {
+        request_id: RequestId,
+        tenant: TenantId,
+        limit: LimitSpec,
+    },
+    DeleteLimit {
+        request_id: RequestId,
+        tenant: TenantId,
+        limit_id: LimitId,
+    },
+    /// The kill switch: freezes the tenant (agent = None) or one agent.
+    Freeze {
+        request_id: RequestId,
+        tenant: TenantId,
+        agent: Option<AgentId>,
+    },
+    Unfreeze {
+        request_id: RequestId,
+        tenant: TenantId,
+        agent: Option<AgentId>,
+    },
+    ResetTrip {
+        request_id: RequestId,
+        tenant: TenantId,
+        agent: AgentId,
+    },
+    /// Carries only the leader's time: drives expiry and window resets when no one calls.
+    Tick,
+}
+
+/// Why a reservation was denied.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DenyReason {
+    /// A limit would not hold. `remaining` may be negative after overruns.
+    Limit {
+        limit_id: LimitId,
+        scope: Scope,
+        dimension: Dimension,
+        remaining: i64,
+        /// For rate limits: when the same request would fit. None: never (larger than the
+        /// burst), or not a rate limit.
+        retry_after_ms: Option<u64>,
+    },
+    /// The tenant (agent = None) or the agent is frozen by an operator.
+    Frozen { agent: Option<AgentId> },
+    /// The agent tripped runaway detection.
+    Tripped {
+        cause: TripCause,
+        /// When the cool-down lets it through again; None: only a reset does.
+        until_ms: Option<u64>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TripCause {
+    /// The same fingerprint `count` times within the repetition window.
+    Repetition { fingerprint: String, count: u32 },
+    /// Spend `spent` in the velocity window against a recent average of `baseline`.
+    Velocity { spent: u64, baseline: u64 },
+}
+
+/// What remains of one limit, from the caller's point of view.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Remaining {
+    pub limit_id: LimitId,
+    pub dimension: Dimension,
+    pub remaining: i64,
+}
+
+/// The answer to a command. Errors that depend on state are `Rejected` and change nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    Granted {
+        reservation_id: ReservationId,
+        expires_at_ms: u64,
+        /// The limit with the least remaining (relative to its amount), if any applies.
+        tightest: Option<Remaining>,
+    },
+    Denied(DenyReason),
+    Committed {
+        reservation_id: ReservationId,
+        /// Actual exceeded the estimate in some dimension.
+        overrun: bool,
+        /// The reservation had expired; the expiry charge was trued up to the actual.
+        late: bool,
+    },
+    Released {
+        reservation_id: ReservationId,
+    },
+    Recorded,
+    /// An admin command or a tick took effect.
+    Done,
+    Rejected(Rejection),
+}
+
+/// A command that could not take effect; maps to one gRPC status each.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A bound of the ledger (tenants, agents, limits, reservations in flight) is reached.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// The request id was used before with a different payload.
+    #[error("request id reused with a different payload: {0}")]
+    RequestIdReused(String),
+}

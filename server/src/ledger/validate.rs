@@ -1,0 +1,215 @@
+//! Stateless validation of commands: everything that can be decided without the ledger's
+//! state, so the gRPC layer rejects it before it reaches the log. `Ledger::apply` checks
+//! again, because serde builds ids and amounts without running their constructors.
+
+use super::types::validate_id;
+use super::{
+    Amounts, Command, Dimension, InvalidInput, LimitKind, LimitSpec, RequestId, Scope, TenantId,
+    TenantPolicy, AMOUNT_MAX, RATE_PERIOD_MS_MAX, TTL_MS_MAX, TTL_MS_MIN,
+};
+
+/// Longest repetition or velocity window a policy may use: one day. Runaway detection is
+/// about minutes; a day-long window is a budget, and budgets exist for that.
+pub const RUNAWAY_WINDOW_MS_MAX: u64 = 86_400_000;
+/// Shortest velocity window: one second, so the average per window means something.
+pub const VELOCITY_WINDOW_MS_MIN: u64 = 1_000;
+/// Largest velocity factor: beyond 10_000x the detector would never fire.
+pub const VELOCITY_FACTOR_MAX: u32 = 10_000;
+/// Longest trip cool-down: 30 days; longer is "reset only" (0).
+pub const TRIP_COOLDOWN_MS_MAX: u64 = 30 * 86_400_000;
+
+fn fail<T>(message: String) -> Result<T, InvalidInput> {
+    Err(InvalidInput(message))
+}
+
+impl Command {
+    /// Checks ids, amounts, TTL, limits and policies; looks at nothing but the command.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if let Some(request_id) = self.request_id() {
+            request_id.validate()?;
+        }
+        if let Some(tenant) = self.tenant() {
+            tenant.validate()?;
+        }
+        match self {
+            Command::Reserve {
+                agent,
+                tool,
+                estimate,
+                ttl_ms,
+                fingerprint,
+                ..
+            } => {
+                agent.validate()?;
+                tool.validate()?;
+                estimate.validate("estimate")?;
+                if !(TTL_MS_MIN..=TTL_MS_MAX).contains(ttl_ms) {
+                    return fail(format!(
+                        "ttl_ms is {ttl_ms}; it must be within TTL_MS_MIN ({TTL_MS_MIN}) and TTL_MS_MAX ({TTL_MS_MAX})"
+                    ));
+                }
+                if let Some(fingerprint) = fingerprint {
+                    validate_id("fingerprint", fingerprint)?;
+                }
+                Ok(())
+            }
+            Command::Commit { actual, .. } => actual.validate("actual"),
+            Command::Release { .. } => Ok(()),
+            Command::Record {
+                agent,
+                tool,
+                actual,
+                ..
+            } => {
+                agent.validate()?;
+                tool.validate()?;
+                actual.validate("actual")
+            }
+            Command::PutTenant { policy, .. } => policy.validate(),
+            Command::PutLimit { limit, .. } => limit.validate(),
+            Command::DeleteLimit { limit_id, .. } => limit_id.validate(),
+            Command::Freeze { agent, .. } | Command::Unfreeze { agent, .. } => {
+                agent.as_ref().map_or(Ok(()), |a| a.validate())
+            }
+            Command::ResetTrip { agent, .. } => agent.validate(),
+            Command::Tick => Ok(()),
+        }
+    }
+
+    /// The client's request id; None for `Tick`.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        match self {
+            Command::Reserve { request_id, .. }
+            | Command::Commit { request_id, .. }
+            | Command::Release { request_id, .. }
+            | Command::Record { request_id, .. }
+            | Command::PutTenant { request_id, .. }
+            | Command::PutLimit { request_id, .. }
+            | Command::DeleteLimit { request_id, .. }
+            | Command::Freeze { request_id, .. }
+            | Command::Unfreeze { request_id, .. }
+            | Command::ResetTrip { request_id, .. } => Some(request_id),
+            Command::Tick => None,
+        }
+    }
+
+    /// The tenant the command acts for; None for `Tick`.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Command::Reserve { tenant, .. }
+            | Command::Commit { tenant, .. }
+            | Command::Release { tenant, .. }
+            | Command::Record { tenant, .. }
+            | Command::PutTenant { tenant, .. }
+            | Command::PutLimit { tenant, .. }
+            | Command::DeleteLimit { tenant, .. }
+            | Command::Freeze { tenant, .. }
+            | Command::Unfreeze { tenant, .. }
+            | Command::ResetTrip { tenant, .. } => Some(tenant),
+            Command::Tick => None,
+        }
+    }
+}
+
+fn check_amount(what: &str, value: u64) -> Result<(), InvalidInput> {
+    if value == 0 || value > AMOUNT_MAX {
+        return fail(format!(
+            "{what} is {value}; it must be within 1 and AMOUNT_MAX ({AMOUNT_MAX})"
+        ));
+    }
+    Ok(())
+}
+
+impl LimitSpec {
+    /// A limit is sane: ids valid, amounts in 1..=AMOUNT_MAX, rate periods in
+    /// 1..=RATE_PERIOD_MS_MAX, and concurrency limits exactly on `Dimension::Concurrency`.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        self.id.validate()?;
+        match &self.scope {
+            Scope::Tenant | Scope::EachAgent => {}
+            Scope::Agent(agent) => agent.validate()?,
+            Scope::ToolPerAgent(tool) | Scope::ToolTenant(tool) => tool.validate()?,
+        }
+        let is_concurrency_kind = matches!(self.kind, LimitKind::Concurrency { .. });
+        if is_concurrency_kind != (self.dimension == Dimension::Concurrency) {
+            return fail(format!(
+                "limit {}: concurrency limits count Dimension::Concurrency, and only they may",
+                self.id
+            ));
+        }
+        match self.kind {
+            LimitKind::Budget { amount, .. } => check_amount("budget amount", amount),
+            LimitKind::Rate {
+                amount,
+                period_ms,
+                burst,
+            } => {
+                check_amount("rate amount", amount)?;
+                check_amount("rate burst", burst)?;
+                if !(1..=RATE_PERIOD_MS_MAX).contains(&period_ms) {
+                    return fail(format!(
+                        "rate period_ms is {period_ms}; it must be within 1 and RATE_PERIOD_MS_MAX ({RATE_PERIOD_MS_MAX})"
+                    ));
+                }
+                Ok(())
+            }
+            LimitKind::Concurrency { max } => check_amount("concurrency max", max),
+        }
+    }
+}
+
+impl TenantPolicy {
+    /// A policy is sane: windows within bounds, a repetition count of 0 (off) or at least
+    /// 2, velocity on a spend dimension, a bounded cool-down.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if self.repeat_max == 1 {
+            return fail(
+                "repeat_max is 1, which would trip on every fingerprint; use 0 (off) or >= 2"
+                    .into(),
+            );
+        }
+        if !(1..=RUNAWAY_WINDOW_MS_MAX).contains(&self.repeat_window_ms) {
+            return fail(format!(
+                "repeat_window_ms is {}; it must be within 1 and RUNAWAY_WINDOW_MS_MAX ({RUNAWAY_WINDOW_MS_MAX})",
+                self.repeat_window_ms
+            ));
+        }
+        if !(VELOCITY_WINDOW_MS_MIN..=RUNAWAY_WINDOW_MS_MAX).contains(&self.velocity_window_ms) {
+            return fail(format!(
+                "velocity_window_ms is {}; it must be within VELOCITY_WINDOW_MS_MIN ({VELOCITY_WINDOW_MS_MIN}) and RUNAWAY_WINDOW_MS_MAX ({RUNAWAY_WINDOW_MS_MAX})",
+                self.velocity_window_ms
+            ));
+        }
+        if self.velocity_factor > VELOCITY_FACTOR_MAX {
+            return fail(format!(
+                "velocity_factor is {}, above VELOCITY_FACTOR_MAX ({VELOCITY_FACTOR_MAX})",
+                self.velocity_factor
+            ));
+        }
+        if self.velocity_dimension == Dimension::Concurrency {
+            return fail("velocity_dimension must be tokens, cost or calls".into());
+        }
+        if self.velocity_floor > AMOUNT_MAX {
+            return fail(format!(
+                "velocity_floor is {}, above AMOUNT_MAX ({AMOUNT_MAX})",
+                self.velocity_floor
+            ));
+        }
+        if self.trip_cooldown_ms > TRIP_COOLDOWN_MS_MAX {
+            return fail(format!(
+                "trip_cooldown_ms is {}, above TRIP_COOLDOWN_MS_MAX ({TRIP_COOLDOWN_MS_MAX})",
+                self.trip_cooldown_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Amounts {
+    /// True if any dimension of `self` exceeds `other`.
+    pub(super) fn exceeds(&self, other: &Amounts) -> bool {
+        self.tokens > other.tokens
+            || self.cost_micros > other.cost_micros
+            || self.calls > other.calls
+    }
+}

@@ -1,0 +1,226 @@
+//! Real nodes in one process, on loopback: the cluster of `tollgate dev`, of the integration
+//! tests and of the simulator. One helper, so that every one of them builds clusters alike.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::auth::Auth;
+use crate::clock::Clock;
+use crate::node::{Node, NodeConfig, RunningNode};
+use crate::raft::network::Partition;
+use crate::raft::NodeId;
+
+/// Most nodes a local cluster runs: enough for five voters and a learner or two.
+pub const LOCAL_NODES_MAX: u64 = 7;
+
+#[derive(Clone, Debug)]
+pub struct LocalClusterOptions {
+    pub nodes: u64,
+    pub data_dir: PathBuf,
+    /// Port of node 1, the others following; None picks free ports.
+    pub base_port: Option<u16>,
+    /// Short heartbeats and elections, for tests that kill leaders.
+    pub fast_elections: bool,
+    pub clock: Clock,
+    pub snapshot_after_entries: u64,
+    pub log_entries_kept_after_snapshot: u64,
+    pub tick_interval: Duration,
+    pub auth: Auth,
+    /// Shared by the nodes: isolate one to cut it off from the others.
+    pub partition: Partition,
+}
+
+impl LocalClusterOptions {
+    pub fn new(nodes: u64, data_dir: PathBuf) -> Self {
+        let defaults = NodeConfig::new(0, ([127, 0, 0, 1], 0).into(), PathBuf::new());
+        Self {
+            nodes,
+            data_dir,
+            base_port: None,
+            fast_elections: false,
+            clock: Clock::system(),
+            snapshot_after_entries: defaults.snapshot_after_entries,
+            log_entries_kept_after_snapshot: defaults.log_entries_kept_after_snapshot,
+            tick_interval: defaults.tick_interval,
+            auth: Auth::default(),
+            partition: Partition::default(),
+        }
+    }
+}
+
+pub struct LocalCluster {
+    options: LocalClusterOptions,
+    configs: BTreeMap<NodeId, NodeConfig>,
+    running: BTreeMap<NodeId, RunningNode>,
+}
+
+/// Asks the OS for a free loopback port. The port is released before the node binds it; on
+/// loopback, in tests, the window for someone else to take it is negligible.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn port_for(options: &LocalClusterOptions, id: NodeId) -> anyhow::Result<u16> {
+    match options.base_port {
+        Some(base) => u16::try_from(id - 1)
+            .ok()
+            .and_then(|offset| base.checked_add(offset))
+            .context("port out of range"),
+        None => free_port(),
+    }
+}
+
+impl LocalCluster {
+    /// Starts `options.nodes` voters; node 1 initialises the cluster on first start.
+    pub async fn start(options: LocalClusterOptions) -> anyhow::Result<Self> {
+        if options.nodes == 0 || options.nodes > LOCAL_NODES_MAX {
+            bail!(
+                "a local cluster has 1 to {LOCAL_NODES_MAX} nodes, not {}",
+                options.nodes
+            );
+        }
+        let mut peers = BTreeMap::new();
+        for id in 1..=options.nodes {
+            peers.insert(id, format!("127.0.0.1:{}", port_for(&options, id)?));
+        }
+        let mut cluster = Self {
+            options,
+            configs: BTreeMap::new(),
+            running: BTreeMap::new(),
+        };
+        for (id, addr) in &peers {
+            let mut config = cluster.config(*id, addr)?;
+            config.peers = peers.clone();
+            cluster.configs.insert(*id, config);
+        }
+        for id in peers.keys() {
+            cluster.restart(*id).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn config(&self, id: NodeId, addr: &str) -> anyhow::Result<NodeConfig> {
+        let listen: SocketAddr = addr.parse()?;
+        let mut config =
+            NodeConfig::new(id, listen, self.options.data_dir.join(format!("node-{id}")));
+        config.clock = self.options.clock.clone();
+        config.snapshot_after_entries = self.options.snapshot_after_entries;
+        config.log_entries_kept_after_snapshot = self.options.log_entries_kept_after_snapshot;
+        config.auth = self.options.auth.clone();
+        config.partition = self.options.partition.clone();
+        config.tick_interval = self.options.tick_interval;
+        if self.options.fast_elections {
+            config.heartbeat_interval = Duration::from_millis(50);
+            config.election_timeout_min = Duration::from_millis(200);
+            config.election_timeout_max = Duration::from_millis(400);
+        }
+        Ok(config)
+    }
+
+    /// Every node's address, in id order: the endpoints a client is given.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.configs
+            .values()
+            .map(|c| c.listen.to_string())
+            .collect()
+    }
+
+    pub fn addr(&self, id: NodeId) -> Option<String> {
+        self.configs.get(&id).map(|c| c.listen.to_string())
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.configs.keys().copied().collect()
+    }
+
+    pub fn running_ids(&self) -> Vec<NodeId> {
+        self.running.keys().copied().collect()
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&Arc<Node>> {
+        self.running.get(&id).map(|running| &running.node)
+    }
+
+    /// Cuts the node off from every other node (it keeps running and serving clients).
+    pub fn isolate(&self, id: NodeId) {
+        self.options.partition.isolate(id);
+    }
+
+    pub fn heal(&self, id: NodeId) {
+        self.options.partition.heal(id);
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.options.clock
+    }
+
+    /// Stops a node as a crash would, from the cluster's point of view: it stops answering.
+    /// Its data stays, so `restart` brings it back with what it had acknowledged.
+    pub async fn stop(&mut self, id: NodeId) {
+        if let Some(running) = self.running.remove(&id) {
+            running.shutdown().await;
+        }
+    }
+
+    /// Starts a stopped node (or a new one added with `add_node`) on its data directory.
+    pub async fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
+        if self.running.contains_key(&id) {
+            return Ok(());
+        }
+        let config = self
+            .configs
+            .get(&id)
+            .cloned()
+            .with_context(|| format!("no node {id}"))?;
+        let running = RunningNode::start(config).await?;
+        self.running.insert(id, running);
+        Ok(())
+    }
+
+    /// Starts a new, empty node that is not a member: join it with add-learner and promote it.
+    pub async fn add_node(&mut self, id: NodeId) -> anyhow::Result<String> {
+        if self.configs.contains_key(&id) || id == 0 || id > LOCAL_NODES_MAX {
+            bail!("node id {id} is taken or out of 1..={LOCAL_NODES_MAX}");
+        }
+        let addr = format!("127.0.0.1:{}", port_for(&self.options, id)?);
+        let config = self.config(id, &addr)?;
+        self.configs.insert(id, config);
+        self.restart(id).await?;
+        Ok(addr)
+    }
+
+    /// The node that all running nodes agree leads, once they do.
+    pub async fn leader(&self, timeout: Duration) -> anyhow::Result<NodeId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let leaders: Vec<Option<NodeId>> = self
+                .running
+                .values()
+                .map(|r| r.node.raft.metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(leader)) = leaders.first() {
+                if self.running.contains_key(leader) && leaders.iter().all(|l| l == &Some(*leader))
+                {
+                    return Ok(*leader);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no agreed leader within {timeout:?}: {leaders:?}");
+            }
+            // Polling raft metrics; an election has no event we could wait on across nodes.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in self.running_ids() {
+            self.stop(id).await;
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! `tollgate`: run a node (`serve`), a local three-node cluster with a demo (`dev`), or operate
+//! a cluster (status, limits, freeze, usage, audit...), in the manner of `etcdctl`.
+
+use clap::{Parser, Subcommand};
+use tollgate_server::cli::{self, OpsCommand, Target};
+use tollgate_server::config::ServeArgs;
+use tollgate_server::dev::{self, DevArgs};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "The spend and rate-limit authority for AI agents")]
+struct Cli {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of a cluster.
+    Serve(ServeArgs),
+    /// Run a three-node cluster on 127.0.0.1:7001-7003 with example tenants, and a demo.
+    Dev(DevArgs),
+    /// Exit 0 if the node at --addr answers gRPC health checks as serving (for containers).
+    Health {
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        addr: String,
+    },
+    #[command(flatten)]
+    Ops(OpsCommand),
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let json = std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            tollgate_server::node::serve_until_signal(args.resolve()?).await
+        }
+        Command::Dev(args) => {
+            init_logging();
+            dev::run(args).await
+        }
+        Command::Health { addr } => cli::health(&addr).await,
+        Command::Ops(command) => cli::run(cli.target, command).await,
+    }
+}

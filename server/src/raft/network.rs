@@ -1,0 +1,200 @@
+//! Raft traffic between nodes: openraft's messages, postcard-encoded, over the internal
+//! `tollgate.v1.Raft` gRPC service. One lazily connected channel per peer, reused for every
+//! RPC of a replication stream; the server side lives in `grpc::raft_service`.
+
+use std::collections::BTreeSet;
+use std::error::Error;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tollgate_proto::v1::raft_client::RaftClient;
+use tollgate_proto::v1::RaftPayload;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{NodeId, TypeConfig};
+
+/// Largest Raft message between nodes, either way: room for a full append batch or a
+/// snapshot chunk, far above what a client request may carry.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long to wait for a TCP connection to a peer before calling it unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Nodes cut off from every other node: Raft messages to or from them are dropped as if the
+/// network were down. Empty in production; tests and the simulator share one set between the
+/// nodes of a local cluster to partition it without touching the host's network.
+#[derive(Clone, Debug, Default)]
+pub struct Partition {
+    isolated: Arc<RwLock<BTreeSet<NodeId>>>,
+}
+
+impl Partition {
+    pub fn isolate(&self, node: NodeId) {
+        self.isolated
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node);
+    }
+
+    pub fn heal(&self, node: NodeId) {
+        self.isolated
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&node);
+    }
+
+    fn cuts(&self, from: NodeId, to: NodeId) -> bool {
+        let isolated = self.isolated.read().unwrap_or_else(|e| e.into_inner());
+        isolated.contains(&from) || isolated.contains(&to)
+    }
+}
+
+pub struct NetworkFactory {
+    pub from: NodeId,
+    pub partition: Partition,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection::new(self.from, target, &node.addr, self.partition.clone())
+    }
+}
+
+pub struct PeerConnection {
+    from: NodeId,
+    target: NodeId,
+    client: Result<RaftClient<Channel>, String>,
+    partition: Partition,
+}
+
+impl PeerConnection {
+    fn new(from: NodeId, target: NodeId, addr: &str, partition: Partition) -> Self {
+        let client = Endpoint::from_shared(format!("http://{addr}"))
+            .map(|endpoint| {
+                let channel = endpoint
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                RaftClient::new(channel)
+                    .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            })
+            .map_err(|e| format!("peer {target} has a bad address {addr:?}: {e}"));
+        Self {
+            from,
+            target,
+            client,
+            partition,
+        }
+    }
+
+    /// Sends one message and decodes the peer's `Result<Resp, RaftError<..>>`.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: Error + DeserializeOwned,
+    {
+        if self.partition.cuts(self.from, self.target) {
+            let text = Text(format!("partitioned from node {}", self.target));
+            return Err(RPCError::Unreachable(Unreachable::new(&text)));
+        }
+        let client = match &mut self.client {
+            Ok(client) => client,
+            Err(message) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&Text(
+                    message.clone(),
+                ))))
+            }
+        };
+        let data = postcard::to_allocvec(request).map_err(|e| NetworkError::new(&e))?;
+        let mut request = tonic::Request::new(RaftPayload { data });
+        request.set_timeout(option.hard_ttl());
+        let response = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let payload = response.map_err(|status| status_to_rpc_error(&status))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            postcard::from_bytes(&payload.into_inner().data).map_err(|e| NetworkError::new(&e))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+/// A peer that cannot be reached gets backed off (Unreachable); anything else is retried.
+fn status_to_rpc_error<E: Error>(
+    status: &tonic::Status,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    let text = Text(format!("{}: {}", status.code(), status.message()));
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&text))
+        }
+        _ => RPCError::Network(NetworkError::new(&text)),
+    }
+}
+
+#[derive(Debug)]
+struct Text<T>(T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Text<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T: std::fmt::Display + std::fmt::Debug> Error for Text<T> {}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &request, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::Snapshot, &request, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &request, &option).await
+    }
+}
