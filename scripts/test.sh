@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command of the README: everything CI checks, in the order a failure is cheapest.
+# One `cargo build` of the workspace serves every step after it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build"
+cargo build --workspace --all-targets --locked
+
+echo "== unit, property and cluster tests"
+# Cluster tests start three real nodes each; two at a time fit two cores.
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --workspace --locked
+
+echo "== runaway scenarios against an embedded three-node cluster"
+# Two seeds in CI; more on demand: cargo run -p tollgate-sim -- run simulator/scenarios/*.toml --seeds 20
+cargo run -q -p tollgate-sim --locked -- run simulator/scenarios/*.toml --seeds "${TOLLGATE_SIM_SEEDS:-2}"

@@ -1,0 +1,302 @@
+//! Every bad-input class of SPEC.md gets its gRPC status over the wire, and changes nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{client_for, tenant_with_budget, tokens_budget, TestCluster, LEADER_WAIT};
+use tollgate_client::v1;
+use tollgate_client::v1::admin_client::AdminClient;
+use tollgate_client::v1::tollgate_client::TollgateClient;
+use tollgate_server::auth::Auth;
+use tollgate_server::ledger::TenantId;
+use tonic::transport::Channel;
+use tonic::Code;
+
+async fn raw(addr: &str) -> TollgateClient<Channel> {
+    TollgateClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn reserve(
+    request_id: &str,
+    tenant: &str,
+    agent: &str,
+    tokens: u64,
+    ttl_ms: u64,
+) -> v1::ReserveRequest {
+    v1::ReserveRequest {
+        request_id: request_id.into(),
+        tenant: tenant.into(),
+        agent: agent.into(),
+        tool: "llm".into(),
+        estimate: Some(v1::Amounts {
+            tokens,
+            cost_micros: 0,
+            calls: 1,
+        }),
+        ttl_ms,
+        fingerprint: String::new(),
+    }
+}
+
+fn granted_id(response: v1::ReserveResponse) -> u64 {
+    match response.decision {
+        Some(v1::reserve_response::Decision::Granted(granted)) => granted.reservation_id,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+/// What a bad request must not change: usage and the audit chain head.
+async fn fingerprint_of_state(test: &TestCluster) -> (v1::UsageResponse, u64, Vec<u8>) {
+    let usage = test.client.usage("acme", None, None).await.unwrap();
+    let verified = test.client.verify_audit().await.unwrap();
+    (usage, verified.head_seq, verified.head_hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_input_gets_its_status_and_changes_nothing() {
+    let test = TestCluster::start_with(3, |options| {
+        options.clock = tollgate_server::clock::Clock::shifted();
+    })
+    .await;
+    tenant_with_budget(&test.client, "acme", 1_000).await;
+    tenant_with_budget(&test.client, "globex", 1_000).await;
+    let leader = test.cluster.leader(LEADER_WAIT).await.unwrap();
+    let mut tollgate = raw(&test.cluster.addr(leader).unwrap()).await;
+
+    // A reservation of another tenant, and one that will expire.
+    let other_tenants = granted_id(
+        tollgate
+            .reserve(reserve("g-1", "globex", "bot", 10, 60_000))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let expiring = granted_id(
+        tollgate
+            .reserve(reserve("a-1", "acme", "bot", 10, 1_000))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    test.cluster.clock().advance_ms(5_000);
+    // Any entry stamped after the advance expires it, in log order.
+    test.client
+        .record("acme", "bot", "llm", tollgate_client::Amounts::new(0, 0, 0))
+        .await
+        .unwrap();
+    let before = fingerprint_of_state(&test).await;
+
+    let long_id = "x".repeat(200);
+    let cases: Vec<(&str, v1::ReserveRequest, Code)> = vec![
+        (
+            "empty request id",
+            reserve("", "acme", "bot", 1, 1_000),
+            Code::InvalidArgument,
+        ),
+        (
+            "oversized agent id",
+            reserve("r-1", "acme", &long_id, 1, 1_000),
+            Code::InvalidArgument,
+        ),
+        (
+            "control character in an id",
+            reserve("r-2", "acme", "bo\nt", 1, 1_000),
+            Code::InvalidArgument,
+        ),
+        (
+            "overflowing amount",
+            reserve("r-3", "acme", "bot", u64::MAX, 1_000),
+            Code::InvalidArgument,
+        ),
+        (
+            "ttl of zero",
+            reserve("r-4", "acme", "bot", 1, 0),
+            Code::InvalidArgument,
+        ),
+        (
+            "ttl of days",
+            reserve("r-5", "acme", "bot", 1, 2 * 86_400_000),
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown tenant",
+            reserve("r-6", "initech", "bot", 1, 1_000),
+            Code::NotFound,
+        ),
+    ];
+    for (what, request, code) in cases {
+        let status = tollgate.reserve(request).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(!status.message().is_empty(), "{what}: the error says why");
+    }
+
+    let commit = |request_id: &str, tenant: &str, reservation_id: u64| v1::CommitRequest {
+        request_id: request_id.into(),
+        tenant: tenant.into(),
+        reservation_id,
+        actual: Some(v1::Amounts {
+            tokens: 1,
+            cost_micros: 0,
+            calls: 1,
+        }),
+    };
+    let status = tollgate
+        .commit(commit("c-1", "acme", 987_654))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::NotFound,
+        "unknown reservation: {status:?}"
+    );
+    let status = tollgate
+        .commit(commit("c-2", "acme", other_tenants))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "another tenant's: {status:?}"
+    );
+    let status = tollgate
+        .release(v1::ReleaseRequest {
+            request_id: "rel-1".into(),
+            tenant: "acme".into(),
+            reservation_id: expiring,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "release after expiry: {status:?}"
+    );
+    let status = tollgate
+        .commit(v1::CommitRequest {
+            actual: None,
+            ..commit("c-3", "acme", other_tenants)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "missing actual: {status:?}"
+    );
+
+    assert_eq!(
+        fingerprint_of_state(&test).await,
+        before,
+        "bad input changed the state"
+    );
+
+    // The same request id with another payload is an error, not a second effect.
+    tollgate
+        .reserve(reserve("dup", "acme", "bot", 5, 60_000))
+        .await
+        .unwrap();
+    let status = tollgate
+        .reserve(reserve("dup", "acme", "bot", 6, 60_000))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::AlreadyExists,
+        "reused request id: {status:?}"
+    );
+
+    // A follower does not answer: UNAVAILABLE, naming the leader.
+    let follower = test
+        .cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let mut at_follower = raw(&test.cluster.addr(follower).unwrap()).await;
+    let status = at_follower
+        .reserve(reserve("f-1", "acme", "bot", 1, 1_000))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let hint = status
+        .metadata()
+        .get(tollgate_proto::LEADER_METADATA_KEY)
+        .unwrap();
+    assert_eq!(hint.to_str().unwrap(), test.cluster.addr(leader).unwrap());
+    let status = at_follower
+        .get_usage(v1::UsageRequest {
+            tenant: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unavailable,
+        "no stale reads from a follower"
+    );
+    test.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_credentials_cannot_touch_another_tenant() {
+    let tokens = BTreeMap::from([
+        (TenantId::new("acme").unwrap(), "acme-secret".to_string()),
+        (
+            TenantId::new("globex").unwrap(),
+            "globex-secret".to_string(),
+        ),
+    ]);
+    let test = TestCluster::start_with(3, |options| {
+        options.auth = Auth::new("admin-secret", &tokens);
+    })
+    .await;
+    let admin = client_for(&test.cluster, Some("admin-secret"));
+    tenant_with_budget(&admin, "acme", 1_000).await;
+    tenant_with_budget(&admin, "globex", 1_000).await;
+    let acme = client_for(&test.cluster, Some("acme-secret"));
+
+    let granted = acme
+        .reserve(tollgate_client::ReserveRequest::new("acme", "bot", "llm").tokens(5))
+        .await
+        .expect("a tenant spends its own budget");
+    granted.release().await.unwrap();
+    let spend_other = acme
+        .reserve(tollgate_client::ReserveRequest::new("globex", "bot", "llm").tokens(5))
+        .await;
+    assert!(
+        matches!(
+            spend_other,
+            Err(tollgate_client::Error::PermissionDenied(_))
+        ),
+        "{spend_other:?}"
+    );
+    let read_other = acme.usage("globex", None, None).await;
+    assert!(
+        matches!(read_other, Err(tollgate_client::Error::PermissionDenied(_))),
+        "{read_other:?}"
+    );
+    let admin_op = acme
+        .put_limit("acme", tokens_budget("tokens", 1_000_000))
+        .await;
+    assert!(
+        matches!(admin_op, Err(tollgate_client::Error::PermissionDenied(_))),
+        "{admin_op:?}"
+    );
+
+    let leader = test.cluster.leader(LEADER_WAIT).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", test.cluster.addr(leader).unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = AdminClient::new(channel)
+        .list_tenants(v1::ListTenantsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "no token, no answer");
+    test.cluster.shutdown().await;
+}

@@ -1,0 +1,113 @@
+//! Shared set-up of the integration tests: a real cluster on loopback and a client for it.
+
+#![allow(dead_code)] // each test binary uses part of this module
+
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tollgate_client::v1;
+use tollgate_client::{Client, ClientConfig};
+use tollgate_server::local_cluster::{LocalCluster, LocalClusterOptions};
+
+/// How long any test waits for an election before it calls the cluster broken.
+pub const LEADER_WAIT: Duration = Duration::from_secs(15);
+
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub client: Client,
+    _dir: TempDir,
+}
+
+impl TestCluster {
+    pub async fn start(nodes: u64) -> Self {
+        Self::start_with(nodes, |_| {}).await
+    }
+
+    pub async fn start_with(nodes: u64, adjust: impl FnOnce(&mut LocalClusterOptions)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut options = LocalClusterOptions::new(nodes, dir.path().to_path_buf());
+        options.fast_elections = true;
+        adjust(&mut options);
+        let cluster = LocalCluster::start(options).await.expect("cluster starts");
+        cluster
+            .leader(LEADER_WAIT)
+            .await
+            .expect("a leader is elected");
+        let client = client_for(&cluster, None);
+        Self {
+            cluster,
+            client,
+            _dir: dir,
+        }
+    }
+}
+
+pub fn client_for(cluster: &LocalCluster, token: Option<&str>) -> Client {
+    let mut config = ClientConfig::new(cluster.endpoints());
+    config.token = token.map(str::to_string);
+    // Longer than any election here, so that a failover is retried through, not reported.
+    config.deadline = Duration::from_secs(20);
+    Client::new(config).expect("client")
+}
+
+pub fn tokens_budget(id: &str, amount: u64) -> v1::Limit {
+    v1::Limit {
+        id: id.into(),
+        scope: Some(v1::Scope {
+            scope: Some(v1::scope::Scope::Tenant(v1::Empty {})),
+        }),
+        dimension: v1::Dimension::Tokens.into(),
+        kind: Some(v1::limit::Kind::Budget(v1::Budget {
+            window: v1::Window::Lifetime.into(),
+            amount,
+        })),
+    }
+}
+
+/// A tenant with one lifetime token budget over the whole tenant.
+pub async fn tenant_with_budget(client: &Client, tenant: &str, tokens: u64) {
+    client.put_tenant(tenant, None).await.expect("put tenant");
+    client
+        .put_limit(tenant, tokens_budget("tokens", tokens))
+        .await
+        .expect("put limit");
+}
+
+/// Committed tokens of the tenant's `tokens` budget, read linearizably.
+pub async fn used_tokens(client: &Client, tenant: &str) -> (u64, u64) {
+    let usage = client.usage(tenant, None, None).await.expect("usage");
+    let budget = usage
+        .usage
+        .iter()
+        .find(|u| u.limit.as_ref().is_some_and(|l| l.id == "tokens"))
+        .expect("the tokens budget is reported");
+    (budget.used, budget.held)
+}
+
+/// Waits until every running node has applied the same index, then returns each node's
+/// status. Polls: replication has no event a test could wait on from outside.
+pub async fn converged_statuses(
+    cluster: &LocalCluster,
+    client: &Client,
+) -> Vec<v1::StatusResponse> {
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        let mut statuses = Vec::new();
+        for id in cluster.running_ids() {
+            let addr = cluster.addr(id).expect("address");
+            if let Ok(status) = client.status(&addr).await {
+                statuses.push(status);
+            }
+        }
+        let complete = statuses.len() == cluster.running_ids().len();
+        let applied: Vec<u64> = statuses.iter().map(|s| s.applied_index).collect();
+        if complete && applied.windows(2).all(|w| w[0] == w[1]) {
+            return statuses;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes did not converge: applied indexes {applied:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
