@@ -54,15 +54,16 @@ impl Ledger {
         tenant: &TenantId,
         request_id: &RequestId,
         payload: u128,
-    ) -> Option<Outcome> {
+    ) -> Option<(Outcome, u64)> {
         let entry = self.tenants.get(tenant)?.requests.get(request_id)?;
         if entry.payload == payload {
-            Some(entry.outcome.clone())
+            Some((entry.outcome.clone(), entry.position))
         } else {
-            Some(Outcome::Rejected(Rejection::RequestIdReused(format!(
+            let reused = Rejection::RequestIdReused(format!(
                 "request {request_id} of tenant {tenant} was first sent at {} ms with another payload",
                 entry.at_ms
-            ))))
+            ));
+            Some((Outcome::Rejected(reused), entry.position))
         }
     }
 
@@ -73,6 +74,7 @@ impl Ledger {
         payload: u128,
         outcome: &Outcome,
         now_ms: u64,
+        position: u64,
     ) {
         while self.dedup_order.len() >= DEDUP_ENTRIES_MAX {
             self.forget_oldest_request();
@@ -83,6 +85,7 @@ impl Ledger {
         let entry = DedupEntry {
             payload,
             at_ms: now_ms,
+            position,
             outcome: outcome.clone(),
         };
         let previous = tenant.requests.insert(request_id.clone(), entry);

@@ -174,12 +174,23 @@ impl Ledger {
     /// reservation whose `expires_at_ms <= at_ms` (in (expires_at, id) order), and uses
     /// `at = max(at_ms, now_ms())` so time never runs backwards.
     pub fn apply(&mut self, at_ms: u64, cmd: &Command) -> Outcome {
+        self.apply_at(at_ms, 0, cmd).0
+    }
+
+    /// `apply` for a command at `position` in the log (its Raft log index). Returns the
+    /// outcome and the position where it first took effect: `position` itself, or for a
+    /// retry the position of the first answer, so that every answer to one request names
+    /// the same place in the history.
+    pub fn apply_at(&mut self, at_ms: u64, position: u64, cmd: &Command) -> (Outcome, u64) {
         if let Err(invalid) = cmd.validate() {
-            return Outcome::Rejected(Rejection::InvalidArgument(invalid.0));
+            return (
+                Outcome::Rejected(Rejection::InvalidArgument(invalid.0)),
+                position,
+            );
         }
         let now_ms = at_ms.max(self.now_ms);
         self.advance(now_ms);
-        let outcome = match (cmd.tenant(), cmd.request_id()) {
+        let answer = match (cmd.tenant(), cmd.request_id()) {
             (Some(tenant), Some(request_id)) => {
                 let payload = dedup::payload_hash(cmd);
                 match self.remembered(tenant, request_id, payload) {
@@ -187,16 +198,16 @@ impl Ledger {
                     None => {
                         let outcome = self.execute(now_ms, cmd);
                         if !matches!(outcome, Outcome::Rejected(_)) {
-                            self.remember(tenant, request_id, payload, &outcome, now_ms);
+                            self.remember(tenant, request_id, payload, &outcome, now_ms, position);
                         }
-                        outcome
+                        (outcome, position)
                     }
                 }
             }
-            _ => self.execute(now_ms, cmd),
+            _ => (self.execute(now_ms, cmd), position),
         };
         self.debug_check_invariants();
-        outcome
+        answer
     }
 
     /// Moves time to `now_ms`: expiries first, then forgetting tombstones and answers that

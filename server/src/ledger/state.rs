@@ -91,6 +91,8 @@ pub struct DedupEntry {
     /// xxh3-128 of the command's postcard bytes: a retry must carry the same payload.
     pub payload: u128,
     pub at_ms: u64,
+    /// Where the first answer was given (the Raft log index), returned with every retry.
+    pub position: u64,
     pub outcome: Outcome,
 }
 

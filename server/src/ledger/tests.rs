@@ -1191,6 +1191,20 @@ fn retry_returns_first_answer_and_changes_nothing() {
 }
 
 #[test]
+fn retry_names_the_log_position_of_the_first_answer() {
+    let mut h = Harness::new();
+    let reserve = h.reserve_cmd("bot", "llm", cost(1), 60_000);
+    let (first, first_position) = h.ledger.apply_at(h.now_ms, 40, &reserve);
+    assert!(matches!(first, Outcome::Granted { .. }), "{first:?}");
+    assert_eq!(first_position, 40);
+    h.advance(1_000);
+    // The retry travels in a later entry, but its answer is the one given at entry 40.
+    assert_eq!(h.ledger.apply_at(h.now_ms, 57, &reserve), (first, 40));
+    let fresh = h.reserve_cmd("bot", "llm", cost(1), 60_000);
+    assert_eq!(h.ledger.apply_at(h.now_ms, 58, &fresh).1, 58);
+}
+
+#[test]
 fn retry_of_a_denied_request_returns_the_same_denial() {
     let mut h = Harness::new();
     h.put_limit(

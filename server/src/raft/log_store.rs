@@ -181,7 +181,18 @@ fn write_meta<T: Serialize>(
     key: &'static str,
     value: Option<&T>,
 ) -> Result<(), Fault> {
-    let txn = begin_durable_write(db)?;
+    write_meta_with(db, key, value, Durability::Immediate)
+}
+
+/// Writes one meta value (or removes it) in its own transaction of the given durability.
+fn write_meta_with<T: Serialize>(
+    db: &Database,
+    key: &'static str,
+    value: Option<&T>,
+    durability: Durability,
+) -> Result<(), Fault> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)?;
     {
         let mut table = txn.open_table(META_TABLE)?;
         match value {
@@ -288,12 +299,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
     }
 
+    /// Saved without an fsync of its own: openraft calls this before every apply, and a
+    /// durable write here would cost each Raft round a second fsync on every node. Losing it
+    /// in a crash is safe (openraft's `save_committed` is optional): a restarted node then
+    /// applies from the older committed id and learns the rest from the leader. It becomes
+    /// durable with the next appended entry's transaction anyway.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
         self.blocking(StorageIOError::write, move |db| {
-            write_meta(db, META_KEY_COMMITTED, committed.as_ref())
+            write_meta_with(db, META_KEY_COMMITTED, committed.as_ref(), Durability::None)
         })
         .await
     }

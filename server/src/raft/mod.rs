@@ -36,10 +36,11 @@ pub struct Batch {
     pub commands: Vec<Command>,
 }
 
-/// The outcome of each command of a batch, in order.
+/// The outcome of each command of a batch, in order, with the log index where each first
+/// took effect (an earlier entry's for a retried request).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchOutcome {
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Vec<(Outcome, u64)>,
 }
 
 pub type Raft = openraft::Raft<TypeConfig>;

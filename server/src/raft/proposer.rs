@@ -22,7 +22,9 @@ pub const BATCH_COMMANDS_MAX: usize = 1_024;
 /// Entries proposed and not yet applied.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 16;
 
-/// Where in the log a command was applied, and what the ledger answered.
+/// What the ledger answered, and where: `log_index` is the entry where the request first
+/// took effect (for a retry, the first attempt's); `term` and `at_ms` are those of the entry
+/// that carried this attempt.
 #[derive(Clone, Debug)]
 pub struct AppliedOutcome {
     pub outcome: Outcome,
@@ -77,7 +79,11 @@ impl Proposer {
 }
 
 async fn run(raft: Raft, clock: Clock, mut receiver: mpsc::Receiver<Proposal>) {
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    let in_flight_max = std::env::var("TOLLGATE_EXPERIMENT_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BATCHES_IN_FLIGHT_MAX);
+    let in_flight = Arc::new(Semaphore::new(in_flight_max));
     let mut at_ms_last = 0;
     let mut batch = Vec::with_capacity(BATCH_COMMANDS_MAX);
     loop {
@@ -102,11 +108,10 @@ async fn run(raft: Raft, clock: Clock, mut receiver: mpsc::Receiver<Proposal>) {
             drop(permit);
             match result {
                 Ok(response) => {
-                    let log_index = response.log_id.index;
                     let term = response.log_id.leader_id.term;
                     let outcomes = response.data.outcomes;
                     debug_assert_eq!(outcomes.len(), replies.len());
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    for (reply, (outcome, log_index)) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(Ok(AppliedOutcome {
                             outcome,
                             log_index,

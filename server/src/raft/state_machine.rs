@@ -191,7 +191,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let outcomes = batch
                         .commands
                         .iter()
-                        .map(|command| applied.ledger.apply(batch.at_ms, command))
+                        .map(|command| {
+                            applied
+                                .ledger
+                                .apply_at(batch.at_ms, entry.log_id.index, command)
+                        })
                         .collect();
                     BatchOutcome { outcomes }
                 }
