@@ -1,0 +1,584 @@
+//! Load client of the compose fault test (tests/compose/run.sh).
+//!
+//! `setup` creates the test tenants and their limits on a fresh cluster and writes the
+//! budgets the checker holds the cluster to. `run` is one client process: a few workers that
+//! reserve, commit, release, abandon and record against the published ports until the
+//! duration ends, writing every answer as one JSON line of `tollgate_sim::history` the moment
+//! it arrives, so a process killed with SIGKILL leaves its history up to that instant.
+//! This program decides nothing about correctness; `compose_check` does.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use rand::Rng;
+use tollgate_client::v1;
+use tollgate_client::v1::reserve_response::Decision;
+use tollgate_client::{new_request_id, Amounts, Client, ClientConfig, Error};
+use tollgate_server::ledger::Dimension;
+use tollgate_sim::history::{BudgetSpec, Event, Op, OpResult};
+
+/// The tenants of the test and their lifetime cost budgets (micro-units). At the ~300
+/// operations a second of two busy cores, `t-tight` runs out within seconds and spends the
+/// rest of the run at its limit, `t-mid` runs out during the second half of a three-minute
+/// run, `t-wide` never: grants race a budget's edge in every phase of the fault schedule.
+const TENANT_BUDGETS_COST_MICROS: [(&str, u64); 3] = [
+    ("t-tight", 3_000_000),
+    ("t-mid", 30_000_000),
+    ("t-wide", 1_000_000_000_000),
+];
+/// Id of each tenant's budget limit.
+const BUDGET_LIMIT_ID: &str = "cost-lifetime";
+/// A second budget, on tokens, for `t-mid`: a reservation must fit both.
+const TOKENS_LIMIT_ID: &str = "tokens-lifetime";
+const TOKENS_BUDGET_T_MID: u64 = 9_000_000;
+/// Reservations in flight per agent of `t-mid`: adds concurrency denials to the mix.
+const CONCURRENCY_PER_AGENT_MAX: u64 = 4;
+const AGENTS: [&str; 4] = ["planner", "coder", "searcher", "summariser"];
+const TOOLS: [&str; 3] = ["llm:gpt-x", "search", "db:orders.read"];
+/// Reservation TTL: short, so abandoned reservations and those of killed clients expire (and
+/// are charged) during the run, and long enough that most commits beat it across a failover.
+const RESERVATION_TTL_MS: u64 = 8_000;
+/// Longest pause between a grant and its commit or release (the "LLM call").
+const CALL_MS_MAX: u64 = 40;
+/// Times an operation whose answer was lost is sent again with the same request id.
+const AMBIGUOUS_RETRIES_MAX: u32 = 2;
+const AMBIGUOUS_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Pause after a denial, so a worker at an exhausted budget does not spin.
+const DENIED_PAUSE: Duration = Duration::from_millis(25);
+/// How long `setup` keeps trying while the new cluster elects its first leader.
+const SETUP_DEADLINE: Duration = Duration::from_secs(90);
+/// Most workers one process runs.
+const WORKERS_MAX: usize = 64;
+
+#[derive(Parser)]
+#[command(about = "Load client of the compose fault test")]
+struct Cli {
+    /// The cluster's published ports, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
+    endpoints: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates the test tenants and limits; writes the budgets for the checker.
+    Setup {
+        #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+        /// Where to write the budgets (JSON).
+        #[arg(long)]
+        budgets: PathBuf,
+    },
+    /// One client process: drives load until --duration-s ends.
+    Run {
+        /// Unique among all client processes of the run (histories are merged).
+        #[arg(long)]
+        client_id: u64,
+        #[arg(long)]
+        duration_s: u64,
+        /// Concurrent workers in this process.
+        #[arg(long, default_value_t = 6)]
+        workers: usize,
+        /// Where to append this client's history (JSON lines).
+        #[arg(long)]
+        history: PathBuf,
+        /// `TENANT=TOKEN` for every test tenant, comma separated.
+        #[arg(
+            long,
+            env = "COMPOSE_TENANT_TOKENS",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        tenant_tokens: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup {
+            admin_token,
+            budgets,
+        } => setup(&cli.endpoints, &admin_token, &budgets).await,
+        Command::Run {
+            client_id,
+            duration_s,
+            workers,
+            history,
+            tenant_tokens,
+        } => {
+            if workers == 0 || workers > WORKERS_MAX {
+                bail!("--workers {workers}: between 1 and {WORKERS_MAX} (WORKERS_MAX)");
+            }
+            let tenants = parse_tenant_tokens(&tenant_tokens)?;
+            let log = HistoryLog::create(&history)?;
+            run(
+                &cli.endpoints,
+                client_id,
+                Duration::from_secs(duration_s),
+                workers,
+                tenants,
+                log,
+            )
+            .await
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn budget_limit(id: &str, dimension: v1::Dimension, amount: u64) -> v1::Limit {
+    v1::Limit {
+        id: id.to_owned(),
+        scope: Some(v1::Scope {
+            scope: Some(v1::scope::Scope::Tenant(v1::Empty {})),
+        }),
+        dimension: dimension.into(),
+        kind: Some(v1::limit::Kind::Budget(v1::Budget {
+            window: v1::Window::Lifetime.into(),
+            amount,
+        })),
+    }
+}
+
+/// Every limit of the test, by tenant.
+fn limits() -> Vec<(&'static str, v1::Limit)> {
+    let mut limits: Vec<(&'static str, v1::Limit)> = TENANT_BUDGETS_COST_MICROS
+        .iter()
+        .map(|&(tenant, amount)| {
+            (
+                tenant,
+                budget_limit(BUDGET_LIMIT_ID, v1::Dimension::Cost, amount),
+            )
+        })
+        .collect();
+    limits.push((
+        "t-mid",
+        budget_limit(TOKENS_LIMIT_ID, v1::Dimension::Tokens, TOKENS_BUDGET_T_MID),
+    ));
+    limits.push((
+        "t-mid",
+        v1::Limit {
+            id: "concurrency-per-agent".into(),
+            scope: Some(v1::Scope {
+                scope: Some(v1::scope::Scope::EachAgent(v1::Empty {})),
+            }),
+            dimension: v1::Dimension::Concurrency.into(),
+            kind: Some(v1::limit::Kind::Concurrency(v1::Concurrency {
+                max: CONCURRENCY_PER_AGENT_MAX,
+            })),
+        },
+    ));
+    limits
+}
+
+fn budget_specs() -> Vec<BudgetSpec> {
+    let mut specs: Vec<BudgetSpec> = TENANT_BUDGETS_COST_MICROS
+        .iter()
+        .map(|&(tenant, amount)| BudgetSpec {
+            tenant: tenant.into(),
+            limit_id: BUDGET_LIMIT_ID.into(),
+            dimension: Dimension::Cost,
+            amount,
+        })
+        .collect();
+    specs.push(BudgetSpec {
+        tenant: "t-mid".into(),
+        limit_id: TOKENS_LIMIT_ID.into(),
+        dimension: Dimension::Tokens,
+        amount: TOKENS_BUDGET_T_MID,
+    });
+    specs
+}
+
+fn client(endpoints: &[String], token: &str) -> anyhow::Result<Client> {
+    let config = ClientConfig {
+        token: Some(token.to_owned()),
+        ..ClientConfig::new(endpoints.iter().cloned())
+    };
+    Client::new(config).context("client config")
+}
+
+/// Retries `f` until it succeeds or the setup deadline passes: the cluster may still be
+/// electing its first leader when setup starts.
+async fn until_ok<T, F, Fut>(what: &str, started: Instant, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    loop {
+        match f().await {
+            Ok(value) => return Ok(value),
+            Err(Error::Unavailable { reason }) if started.elapsed() < SETUP_DEADLINE => {
+                eprintln!("setup: {what}: cluster not ready ({reason}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => bail!("setup: {what}: {error}"),
+        }
+    }
+}
+
+async fn setup(endpoints: &[String], admin_token: &str, budgets: &Path) -> anyhow::Result<()> {
+    let admin = client(endpoints, admin_token)?;
+    let started = Instant::now();
+    for (tenant, _) in TENANT_BUDGETS_COST_MICROS {
+        until_ok(&format!("put tenant {tenant}"), started, || {
+            admin.put_tenant(tenant, None)
+        })
+        .await?;
+    }
+    for (tenant, limit) in limits() {
+        let what = format!("put limit {} of {tenant}", limit.id);
+        until_ok(&what, started, || admin.put_limit(tenant, limit.clone())).await?;
+    }
+    let text = serde_json::to_string_pretty(&budget_specs())?;
+    std::fs::write(budgets, text).with_context(|| format!("writing {}", budgets.display()))?;
+    println!(
+        "setup: {} tenants, {} limits; budgets in {}",
+        TENANT_BUDGETS_COST_MICROS.len(),
+        limits().len(),
+        budgets.display()
+    );
+    Ok(())
+}
+
+fn parse_tenant_tokens(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let tenants: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(tenant, token)| (tenant.to_owned(), token.to_owned()))
+                .with_context(|| format!("tenant token {pair:?} is not TENANT=TOKEN"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if tenants.is_empty() {
+        bail!("no tenant tokens: set --tenant-tokens or COMPOSE_TENANT_TOKENS");
+    }
+    Ok(tenants)
+}
+
+/// This client's history on disk: one line per answer, flushed at once, so SIGKILL loses
+/// at most the operations still in flight (which the checker treats as never answered).
+#[derive(Clone)]
+struct HistoryLog {
+    out: Arc<Mutex<BufWriter<File>>>,
+}
+
+impl HistoryLog {
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            out: Arc::new(Mutex::new(BufWriter::new(file))),
+        })
+    }
+
+    fn write(&self, event: &Event) {
+        let mut line = serde_json::to_vec(event).expect("an event always serialises");
+        line.push(b'\n');
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        // One write and one flush per line: a kill never leaves half of a line behind
+        // another's. A full disk ends the run loudly rather than losing answers quietly.
+        if let Err(error) = out.write_all(&line).and_then(|()| out.flush()) {
+            eprintln!("history write failed: {error}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// One worker's view: its clients per tenant and where its answers go.
+struct Worker {
+    client_id: u64,
+    tenants: Vec<(String, Client)>,
+    log: HistoryLog,
+}
+
+/// The outcome of one attempt at an operation, as the history records it.
+fn failed(error: &Error) -> OpResult {
+    let code = match error {
+        // The answer was lost: the operation may have taken effect.
+        Error::Unavailable { .. } | Error::Internal(_) => {
+            return OpResult::Ambiguous {
+                error: error.to_string(),
+            }
+        }
+        Error::Invalid(_) => "INVALID_ARGUMENT",
+        Error::NotFound(_) => "NOT_FOUND",
+        Error::PermissionDenied(_) => "PERMISSION_DENIED",
+        Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+        Error::Exhausted(_) => "RESOURCE_EXHAUSTED",
+        Error::RequestIdReused(_) => "ALREADY_EXISTS",
+        Error::Denied { .. } | Error::Frozen { .. } | Error::Tripped { .. } => "DENIED",
+    };
+    OpResult::Rejected {
+        code: code.into(),
+        message: error.to_string(),
+    }
+}
+
+fn reserve_result(response: &v1::ReserveResponse) -> OpResult {
+    let log_index = response.applied.map_or(0, |a| a.log_index);
+    match &response.decision {
+        Some(Decision::Granted(granted)) => OpResult::Granted {
+            reservation_id: granted.reservation_id,
+            log_index,
+        },
+        Some(Decision::Denied(denied)) => OpResult::Denied {
+            reason: format!("limit {}", denied.limit_id),
+            log_index,
+        },
+        Some(Decision::Frozen(_)) => OpResult::Denied {
+            reason: "frozen".into(),
+            log_index,
+        },
+        Some(Decision::Tripped(_)) => OpResult::Denied {
+            reason: "tripped".into(),
+            log_index,
+        },
+        None => OpResult::Ambiguous {
+            error: "reserve answered without a decision".into(),
+        },
+    }
+}
+
+impl Worker {
+    /// Sends `op` under one request id until it gets a definite answer or runs out of
+    /// retries; every attempt is an event. Returns the last result.
+    async fn perform(&self, client: &Client, op: Op) -> OpResult {
+        let request_id = new_request_id();
+        let mut attempt = 0;
+        loop {
+            let invoked_ms = now_ms();
+            let result = self.send(client, &request_id, &op).await;
+            self.log.write(&Event {
+                client: self.client_id,
+                request_id: request_id.clone(),
+                op: op.clone(),
+                invoked_ms,
+                completed_ms: now_ms().max(invoked_ms),
+                result: result.clone(),
+            });
+            let ambiguous = matches!(result, OpResult::Ambiguous { .. });
+            if !ambiguous || attempt >= AMBIGUOUS_RETRIES_MAX {
+                return result;
+            }
+            attempt += 1;
+            tokio::time::sleep(AMBIGUOUS_RETRY_PAUSE).await;
+        }
+    }
+
+    async fn send(&self, client: &Client, request_id: &str, op: &Op) -> OpResult {
+        match op {
+            Op::Reserve {
+                tenant,
+                agent,
+                tool,
+                tokens,
+                cost_micros,
+                calls,
+                ttl_ms,
+            } => {
+                let wire = v1::ReserveRequest {
+                    request_id: request_id.to_owned(),
+                    tenant: tenant.clone(),
+                    agent: agent.clone(),
+                    tool: tool.clone(),
+                    estimate: Some(Amounts::new(*tokens, *cost_micros, *calls).into()),
+                    ttl_ms: *ttl_ms,
+                    fingerprint: String::new(),
+                };
+                // The raw call, not `Client::reserve`: a denial's log index matters to the
+                // checker, and the guard would release a reservation this test abandons.
+                let response = client
+                    .call(|rpc| {
+                        let wire = wire.clone();
+                        async move { rpc.tollgate().reserve(wire).await }
+                    })
+                    .await;
+                match response {
+                    Ok(response) => reserve_result(&response),
+                    Err(error) => failed(&error),
+                }
+            }
+            Op::Commit {
+                tenant,
+                reservation_id,
+                tokens,
+                cost_micros,
+                calls,
+            } => {
+                let actual = Amounts::new(*tokens, *cost_micros, *calls);
+                match client
+                    .commit_reservation(request_id.to_owned(), tenant, *reservation_id, actual)
+                    .await
+                {
+                    Ok(info) => OpResult::Done {
+                        log_index: info.applied.map_or(0, |a| a.log_index),
+                    },
+                    Err(error) => failed(&error),
+                }
+            }
+            Op::Release {
+                tenant,
+                reservation_id,
+            } => match client
+                .release_reservation(request_id.to_owned(), tenant, *reservation_id)
+                .await
+            {
+                Ok(applied) => OpResult::Done {
+                    log_index: applied.log_index,
+                },
+                Err(error) => failed(&error),
+            },
+            Op::Record {
+                tenant,
+                agent,
+                tool,
+                tokens,
+                cost_micros,
+                calls,
+            } => {
+                let actual = Amounts::new(*tokens, *cost_micros, *calls);
+                match client
+                    .record_with_id(request_id.to_owned(), tenant, agent, tool, actual)
+                    .await
+                {
+                    Ok(applied) => OpResult::Done {
+                        log_index: applied.log_index,
+                    },
+                    Err(error) => failed(&error),
+                }
+            }
+        }
+    }
+
+    /// One agent call: reserve, "call", then commit (mostly), release, or abandon; or, now
+    /// and then, a record of spend made without a reservation.
+    async fn step(&self) {
+        // Draw everything up front: the thread-local rng must not live across an await.
+        let (
+            tenant_index,
+            agent,
+            tool,
+            tokens,
+            cost_micros,
+            is_record,
+            call_ms,
+            settle,
+            actual_pct,
+        ) = {
+            let mut rng = rand::rng();
+            (
+                rng.random_range(0..self.tenants.len()),
+                AGENTS[rng.random_range(0..AGENTS.len())],
+                TOOLS[rng.random_range(0..TOOLS.len())],
+                rng.random_range(100..4_000u64),
+                rng.random_range(1_000..20_000u64),
+                rng.random_ratio(1, 20),
+                rng.random_range(0..=CALL_MS_MAX),
+                rng.random_range(0..100u32),
+                // Actual spend 50%..120% of the estimate: about a fifth of commits overrun.
+                rng.random_range(50..=120u64),
+            )
+        };
+        let (tenant, client) = &self.tenants[tenant_index];
+        if is_record {
+            let op = Op::Record {
+                tenant: tenant.clone(),
+                agent: agent.into(),
+                tool: tool.into(),
+                tokens: tokens / 10,
+                cost_micros: cost_micros / 10,
+                calls: 1,
+            };
+            self.perform(client, op).await;
+            return;
+        }
+        let reserve = Op::Reserve {
+            tenant: tenant.clone(),
+            agent: agent.into(),
+            tool: tool.into(),
+            tokens,
+            cost_micros,
+            calls: 1,
+            ttl_ms: RESERVATION_TTL_MS,
+        };
+        let reservation_id = match self.perform(client, reserve).await {
+            OpResult::Granted { reservation_id, .. } => reservation_id,
+            OpResult::Denied { .. } => {
+                tokio::time::sleep(DENIED_PAUSE).await;
+                return;
+            }
+            // Lost answers keep whatever they held until the TTL: the fail-safe default.
+            _ => return,
+        };
+        tokio::time::sleep(Duration::from_millis(call_ms)).await;
+        let op = match settle {
+            // Abandoned: the worker "died" after its call; the reservation expires, charged.
+            0..=4 => return,
+            5..=19 => Op::Release {
+                tenant: tenant.clone(),
+                reservation_id,
+            },
+            _ => Op::Commit {
+                tenant: tenant.clone(),
+                reservation_id,
+                tokens: tokens * actual_pct / 100,
+                cost_micros: cost_micros * actual_pct / 100,
+                calls: 1,
+            },
+        };
+        self.perform(client, op).await;
+    }
+}
+
+async fn run(
+    endpoints: &[String],
+    client_id: u64,
+    duration: Duration,
+    workers: usize,
+    tenants: Vec<(String, String)>,
+    log: HistoryLog,
+) -> anyhow::Result<()> {
+    // One connection pool shared by every tenant's credentials, as one agent host would.
+    let (_, first_token) = &tenants[0];
+    let base = client(endpoints, first_token)?;
+    let tenant_clients: Vec<(String, Client)> = tenants
+        .iter()
+        .map(|(tenant, token)| Ok((tenant.clone(), base.with_token(Some(token))?)))
+        .collect::<Result<_, Error>>()?;
+    let end = Instant::now() + duration;
+    let mut tasks = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let worker = Worker {
+            client_id,
+            tenants: tenant_clients.clone(),
+            log: log.clone(),
+        };
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                worker.step().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.context("worker panicked")?;
+    }
+    eprintln!("client {client_id}: done");
+    Ok(())
+}
