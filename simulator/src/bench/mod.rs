@@ -1,0 +1,345 @@
+//! `tollgate-sim bench`: reserve-then-commit pairs from C concurrent clients for a fixed
+//! time, against Tollgate (an embedded three-node durable cluster, or `--cluster`), etcd or
+//! Redis, closed loop or open loop, on a hot or a spread workload; and the snapshot scenario
+//! (memory per agent, snapshot build and install, restart with a million agents).
+//!
+//! Open loop sends at fixed intended times and measures each reserve from its intended send
+//! time, not from when it was actually sent: a stalled system is charged for the requests
+//! it delayed (no coordinated omission).
+
+pub mod alloc;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod systems;
+
+/// The generated client of the etcd KV API subset in `bench/etcd/kv.proto`.
+pub mod etcd_pb {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("etcdserverpb");
+}
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::time::Instant;
+use tollgate_server::local_cluster::{LocalCluster, LocalClusterOptions};
+
+use stats::{CpuSample, LatencySummary, WorkerStats};
+use systems::{Driver, Key, OpError, System, WorkerState, Workload};
+
+/// Most concurrent clients one run drives (each is a task; bounds memory and sockets).
+pub const CLIENTS_MAX: usize = 4_096;
+/// Most connections one run opens per node.
+pub const CONNECTIONS_MAX: usize = 64;
+/// Longest run, in seconds.
+pub const DURATION_S_MAX: f64 = 3_600.0;
+/// Nodes of the embedded cluster.
+pub const EMBEDDED_NODES: u64 = 3;
+/// How long to wait for the embedded cluster to elect a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each client sends its next pair as soon as the last one is done.
+    Closed,
+    /// Pairs are due at a fixed total rate (`--rate`), spread over the clients.
+    Open,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Memory per agent, snapshot build + install on a new node, and restart, with
+    /// `--agents` agents (default 1,000,000 for this scenario).
+    Snapshot,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The system to drive.
+    #[arg(long, value_enum, default_value = "tollgate")]
+    pub system: System,
+    /// Its nodes (host:port, comma-separated); without it, an embedded three-node durable
+    /// Tollgate cluster in this process.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster: Option<Vec<String>>,
+    /// Admin token for a Tollgate --cluster with authentication on.
+    #[arg(long, env = "TOLLGATE_TOKEN")]
+    pub token: Option<String>,
+    /// Concurrent clients; a comma-separated list runs once per value.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    pub clients: Vec<usize>,
+    /// Connections (per node) the clients share; at most one per client.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds run before measuring starts.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    #[arg(long, value_enum, default_value = "closed")]
+    pub mode: Mode,
+    /// Open loop: offered pairs per second, over all clients.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    #[arg(long, value_enum, default_value = "hot")]
+    pub workload: Workload,
+    /// Spread workload: agents drawn from (each with its own budget). Snapshot scenario:
+    /// agents loaded (default 1,000,000).
+    #[arg(long)]
+    pub agents: Option<u64>,
+    /// Server processes whose CPU to count (pids, comma-separated); without it an external
+    /// run reports this client's CPU only.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+    /// A label for this run in the table and JSON (default: the system's name).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Writes the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Runs a scenario instead of the pair benchmark.
+    #[arg(long, value_enum)]
+    pub scenario: Option<Scenario>,
+}
+
+/// One run's figures; the JSON of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    pub label: String,
+    pub system: System,
+    pub workload: Workload,
+    pub mode: Mode,
+    pub clients: usize,
+    pub connections: usize,
+    pub duration_s: f64,
+    pub offered_rate: Option<f64>,
+    pub pairs: u64,
+    pub throughput_pairs_s: f64,
+    pub denied: u64,
+    pub errors: u64,
+    pub missed: u64,
+    pub conflicts: u64,
+    pub error_last: Option<String>,
+    pub reserve: LatencySummary,
+    pub commit: LatencySummary,
+    /// CPU microseconds per pair: this process (client, plus the servers when embedded).
+    pub cpu_client_us_per_pair: f64,
+    /// CPU microseconds per pair of the named server processes, if any were named.
+    pub cpu_servers_us_per_pair: Option<f64>,
+    /// What the CPU figures cover, in words.
+    pub cpu_scope: String,
+}
+
+pub async fn main(args: BenchArgs) -> anyhow::Result<bool> {
+    if let Some(Scenario::Snapshot) = args.scenario {
+        return scenario::snapshot(&args).await;
+    }
+    systems::check_target(args.system, args.cluster.as_deref())?;
+    if !(0.0..=DURATION_S_MAX).contains(&args.duration) || args.warmup < 0.0 {
+        bail!("--duration must be within 0..={DURATION_S_MAX} s and --warmup not negative");
+    }
+    if args.mode == Mode::Open && args.rate.is_none_or(|r| r <= 0.0) {
+        bail!("--mode open needs --rate PAIRS_PER_SECOND above 0");
+    }
+    for &clients in &args.clients {
+        if clients == 0 || clients > CLIENTS_MAX {
+            bail!("--clients must be within 1..={CLIENTS_MAX}, not {clients}");
+        }
+    }
+    if args.connections == 0 || args.connections > CONNECTIONS_MAX {
+        bail!("--connections must be within 1..={CONNECTIONS_MAX}");
+    }
+    let agents = args.agents.unwrap_or(100_000).max(1);
+
+    // The embedded cluster lives as long as every run of this call.
+    let mut embedded: Option<(LocalCluster, tempfile::TempDir)> = None;
+    let endpoints = match &args.cluster {
+        Some(endpoints) => endpoints.clone(),
+        None => {
+            let (cluster, dir) = start_embedded().await?;
+            let endpoints = cluster.endpoints();
+            embedded = Some((cluster, dir));
+            endpoints
+        }
+    };
+    let cpu_scope = match (&embedded, args.server_pids.is_empty()) {
+        (Some(_), _) => "this process: client and the three embedded nodes".to_owned(),
+        (None, true) => "client only (no --server-pids given)".to_owned(),
+        (None, false) => format!(
+            "client process, and server pids {:?} separately",
+            args.server_pids
+        ),
+    };
+
+    let mut results = Vec::new();
+    for &clients in &args.clients {
+        let connections = args.connections.min(clients);
+        let drivers =
+            systems::connect(args.system, &endpoints, args.token.as_deref(), connections).await?;
+        systems::setup(&drivers[0], args.workload).await?;
+        let result = run_once(&args, clients, drivers, agents, &cpu_scope).await?;
+        eprintln!("{}", report::line(&result));
+        results.push(result);
+    }
+    println!("{}", report::table(&results));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&results)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some((cluster, _dir)) = embedded {
+        cluster.shutdown().await;
+    }
+    Ok(results.iter().all(|r| r.pairs > 0))
+}
+
+/// A three-node cluster of real nodes on loopback, each with its durable log on disk.
+pub async fn start_embedded() -> anyhow::Result<(LocalCluster, tempfile::TempDir)> {
+    // In $TMPDIR (or /tmp): point TMPDIR at a disk if /tmp is a tmpfs, where fsync is free.
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-")
+        .tempdir()
+        .context("creating a data directory")?;
+    let options = LocalClusterOptions::new(EMBEDDED_NODES, dir.path().into());
+    let cluster = LocalCluster::start(options).await?;
+    cluster.leader(LEADER_WAIT).await?;
+    Ok((cluster, dir))
+}
+
+/// When a worker's `k`-th pair is due, open loop: worker `w` of `c` sends at
+/// `(w + k * c) / rate` seconds after the start, so the clients together offer `rate`.
+fn due(start: Instant, rate: f64, clients: usize, worker: usize, k: u64) -> Instant {
+    let slot = worker as f64 + k as f64 * clients as f64;
+    start + Duration::from_secs_f64(slot / rate)
+}
+
+async fn run_once(
+    args: &BenchArgs,
+    clients: usize,
+    drivers: Vec<Driver>,
+    agents: u64,
+    cpu_scope: &str,
+) -> anyhow::Result<RunResult> {
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let measure_until = measure_from + Duration::from_secs_f64(args.duration);
+    let drivers = Arc::new(drivers);
+    let mut tasks = Vec::with_capacity(clients);
+    for worker in 0..clients {
+        let drivers = Arc::clone(&drivers);
+        let mode = args.mode;
+        let rate = args.rate.unwrap_or(0.0);
+        let workload = args.workload;
+        tasks.push(tokio::spawn(async move {
+            let driver = &drivers[worker % drivers.len()];
+            let mut rng = StdRng::seed_from_u64(worker as u64);
+            let mut state = WorkerState::default();
+            let mut stats = WorkerStats::default();
+            let mut k: u64 = 0;
+            loop {
+                let now = Instant::now();
+                let intended = match mode {
+                    Mode::Closed => now.max(start),
+                    Mode::Open => due(start, rate, clients, worker, k),
+                };
+                k += 1;
+                if intended >= measure_until {
+                    break;
+                }
+                if now >= measure_until {
+                    // Open loop, fallen behind: what is still due was never sent.
+                    stats.missed += 1;
+                    continue;
+                }
+                // Only a due time in the future is slept for: tokio's timer would otherwise
+                // round even a past deadline up to its next millisecond tick.
+                if intended > now {
+                    tokio::time::sleep_until(intended).await;
+                }
+                let measured = intended >= measure_from;
+                let key = Key::new(workload, worker, rng.random_range(0..agents));
+                let held = match driver.reserve(workload, worker, &mut state, &key).await {
+                    Ok(held) => held,
+                    Err(error) => {
+                        if measured {
+                            count_error(&mut stats, error);
+                        }
+                        continue;
+                    }
+                };
+                let reserved = Instant::now();
+                let result = driver.commit(&mut state, held).await;
+                let committed = Instant::now();
+                if !measured {
+                    continue;
+                }
+                stats.reserve.record(reserved - intended);
+                match result {
+                    Ok(()) => {
+                        stats.commit.record(committed - reserved);
+                        stats.pairs += 1;
+                    }
+                    Err(error) => count_error(&mut stats, error),
+                }
+            }
+            stats.conflicts = state.conflicts;
+            stats
+        }));
+    }
+    tokio::time::sleep_until(measure_from).await;
+    let cpu_before = CpuSample::take(&args.server_pids);
+    tokio::time::sleep_until(measure_until).await;
+    let cpu_after = CpuSample::take(&args.server_pids);
+    let mut total = WorkerStats::default();
+    for task in tasks {
+        total.merge(task.await.context("a bench worker panicked")?);
+    }
+    let pairs = total.pairs.max(1) as f64;
+    let cpu_client_us_per_pair = (cpu_after.self_s - cpu_before.self_s) * 1e6 / pairs;
+    let cpu_servers_us_per_pair = match (cpu_before.servers_s, cpu_after.servers_s) {
+        (Some(before), Some(after)) => Some((after - before) * 1e6 / pairs),
+        _ => None,
+    };
+    Ok(RunResult {
+        label: args
+            .label
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", args.system).to_lowercase()),
+        system: args.system,
+        workload: args.workload,
+        mode: args.mode,
+        clients,
+        connections: drivers.len(),
+        duration_s: args.duration,
+        offered_rate: args.rate.filter(|_| args.mode == Mode::Open),
+        pairs: total.pairs,
+        throughput_pairs_s: total.pairs as f64 / args.duration.max(1e-9),
+        denied: total.denied,
+        errors: total.errors,
+        missed: total.missed,
+        conflicts: total.conflicts,
+        error_last: total.error_last.clone(),
+        reserve: total.reserve.summary(),
+        commit: total.commit.summary(),
+        cpu_client_us_per_pair,
+        cpu_servers_us_per_pair,
+        cpu_scope: cpu_scope.to_owned(),
+    })
+}
+
+fn count_error(stats: &mut WorkerStats, error: OpError) {
+    match error {
+        OpError::Denied => stats.denied += 1,
+        OpError::Failed(message) => {
+            stats.errors += 1;
+            stats.error_last = Some(message);
+        }
+    }
+}

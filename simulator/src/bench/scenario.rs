@@ -1,0 +1,287 @@
+//! `tollgate-sim bench --scenario snapshot`: the figures that need a million agents.
+//!
+//! 1. Memory per agent, in the ledger alone: the heap bytes that `N` agents cost beyond the
+//!    same `N` records made by one agent (so the dedup table and audit trail, which any `N`
+//!    calls fill alike, are not counted as agents' cost), and the all-in figure beside it.
+//! 2. An embedded three-node durable cluster loaded with `N` agents through the client (one
+//!    `Record` each); the process's resident memory per agent per replica.
+//! 3. Snapshot built on the leader (triggered, timed until openraft reports it).
+//! 4. A fourth, empty node added as a learner: timed until it has installed the snapshot and
+//!    caught up with the leader.
+//! 5. That node restarted on its data directory: timed until it has caught up again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tollgate_client::{Amounts, Client, ClientConfig};
+use tollgate_server::ledger::{
+    AgentId, Amounts as LedgerAmounts, Command, Dimension, Ledger, LimitId, LimitKind,
+    LimitSpec, RequestId, Scope, TenantId, TenantPolicy, ToolId, Window,
+};
+use tollgate_server::local_cluster::LocalCluster;
+
+use super::{alloc, stats, systems, BenchArgs};
+
+/// Agents the scenario loads unless `--agents` says otherwise.
+pub const AGENTS_DEFAULT: u64 = 1_000_000;
+/// Concurrent loaders of the cluster.
+const LOADERS: usize = 256;
+/// The node the scenario adds.
+const NEW_NODE: u64 = 4;
+/// Longest the scenario waits for a snapshot, an install or a restart.
+const STEP_WAIT: Duration = Duration::from_secs(300);
+const POLL: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Default, Serialize)]
+pub struct SnapshotResult {
+    pub agents: u64,
+    /// Heap bytes per agent beyond one agent making the same calls (counted allocator).
+    pub ledger_bytes_per_agent: f64,
+    /// All heap bytes of the ledger per agent, dedup table and audit trail included.
+    pub ledger_bytes_per_agent_all_in: f64,
+    /// Resident memory growth of this process while loading, per agent per replica
+    /// (three nodes in one process; includes allocator slack, dedup and audit).
+    pub cluster_rss_bytes_per_agent_per_replica: f64,
+    pub load_s: f64,
+    pub load_records_s: f64,
+    pub snapshot_bytes: u64,
+    pub snapshot_build_s: f64,
+    pub snapshot_install_s: f64,
+    pub snapshot_build_and_install_s: f64,
+    pub restart_s: f64,
+}
+
+fn id<T>(made: Result<T, tollgate_server::ledger::InvalidInput>) -> anyhow::Result<T> {
+    made.map_err(|e| anyhow::anyhow!("{}", e.0))
+}
+
+/// Heap bytes a ledger grows by when `agents` records are applied, one per agent (or all
+/// by the same agent when `one_agent`).
+fn ledger_growth(agents: u64, one_agent: bool) -> anyhow::Result<i64> {
+    let tenant = id(TenantId::new(systems::TENANT))?;
+    let tool = id(ToolId::new("llm:bench"))?;
+    let mut ledger = Ledger::new();
+    let at_ms = 1_800_000_000_000;
+    let setup = [
+        Command::PutTenant {
+            request_id: id(RequestId::new("setup-tenant"))?,
+            tenant: tenant.clone(),
+            policy: TenantPolicy::default(),
+        },
+        Command::PutLimit {
+            request_id: id(RequestId::new("setup-limit"))?,
+            tenant: tenant.clone(),
+            limit: LimitSpec {
+                id: id(LimitId::new("budget"))?,
+                scope: Scope::EachAgent,
+                dimension: Dimension::Cost,
+                kind: LimitKind::Budget {
+                    window: Window::Lifetime,
+                    amount: systems::BUDGET_AMOUNT,
+                },
+            },
+        },
+    ];
+    for command in &setup {
+        ledger.apply(at_ms, command);
+    }
+    alloc::start_counting();
+    let before = alloc::live_bytes();
+    for i in 0..agents {
+        let agent = if one_agent { 0 } else { i };
+        let command = Command::Record {
+            request_id: id(RequestId::new(format!("r{i:09}")))?,
+            tenant: tenant.clone(),
+            agent: id(AgentId::new(format!("a{agent:09}")))?,
+            tool: tool.clone(),
+            actual: LedgerAmounts {
+                tokens: systems::ACTUAL.tokens,
+                cost_micros: systems::ACTUAL.cost_micros,
+                calls: systems::ACTUAL.calls,
+            },
+        };
+        // Records a millisecond apart: all within the dedup window, as in a busy minute.
+        ledger.apply(at_ms + i / 1_000, &command);
+    }
+    let grown = alloc::live_bytes() - before;
+    alloc::stop_counting();
+    drop(ledger);
+    Ok(grown)
+}
+
+pub async fn snapshot(args: &BenchArgs) -> anyhow::Result<bool> {
+    let agents = args.agents.unwrap_or(AGENTS_DEFAULT).max(1);
+    let mut result = SnapshotResult {
+        agents,
+        ..Default::default()
+    };
+    if !alloc::installed() {
+        bail!("the counting allocator is not installed in this binary");
+    }
+
+    eprintln!("ledger memory: {agents} agents vs one agent making {agents} records...");
+    let spread = ledger_growth(agents, false)?;
+    let single = ledger_growth(agents, true)?;
+    result.ledger_bytes_per_agent = (spread - single) as f64 / agents as f64;
+    result.ledger_bytes_per_agent_all_in = spread as f64 / agents as f64;
+
+    eprintln!("starting an embedded three-node durable cluster...");
+    let (mut cluster, _dir) = super::start_embedded().await?;
+    let mut config = ClientConfig::new(cluster.endpoints());
+    config.deadline = Duration::from_secs(60);
+    let client = Client::new(config)?;
+    let drivers = vec![super::systems::Driver::Tollgate(client.clone())];
+    systems::setup(&drivers[0], systems::Workload::Spread).await?;
+
+    eprintln!("loading {agents} agents (one record each, {LOADERS} loaders)...");
+    let rss_before = stats::rss_self_bytes();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for loader in 0..LOADERS as u64 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = loader;
+            while i < agents {
+                client
+                    .record(
+                        systems::TENANT,
+                        &format!("a{i:09}"),
+                        "llm:bench",
+                        Amounts::new(90, 900, 1),
+                    )
+                    .await
+                    .with_context(|| format!("recording for agent {i}"))?;
+                i += LOADERS as u64;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    result.load_s = started.elapsed().as_secs_f64();
+    result.load_records_s = agents as f64 / result.load_s;
+    let leader = cluster.leader(STEP_WAIT).await?;
+    // Every replica has applied everything once the followers catch up; give them a moment.
+    wait_caught_up(&cluster, leader, &[1, 2, 3]).await?;
+    let rss_after = stats::rss_self_bytes();
+    result.cluster_rss_bytes_per_agent_per_replica =
+        rss_after.saturating_sub(rss_before) as f64 / (agents as f64 * 3.0);
+    eprintln!(
+        "loaded in {:.1} s ({:.0} records/s)",
+        result.load_s, result.load_records_s
+    );
+
+    eprintln!("building a snapshot on the leader (node {leader})...");
+    let node = cluster.node(leader).context("leader gone")?.clone();
+    let applied = last_applied(&cluster, leader).unwrap_or(0);
+    let started = Instant::now();
+    node.raft
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| anyhow::anyhow!("triggering a snapshot: {e}"))?;
+    wait_for(|| {
+        let metrics = node.raft.metrics();
+        let snapshot = metrics.borrow().snapshot.map(|s| s.index).unwrap_or(0);
+        snapshot >= applied
+    })
+    .await
+    .context("the snapshot was not built")?;
+    result.snapshot_build_s = started.elapsed().as_secs_f64();
+    result.snapshot_bytes = std::fs::metadata(_dir.path().join(format!("node-{leader}/snapshot.bin")))
+        .map(|m| m.len())
+        .unwrap_or(0);
+
+    eprintln!("adding node {NEW_NODE} as a learner: snapshot transfer and install...");
+    let addr = cluster.add_node(NEW_NODE).await?;
+    let target = last_applied(&cluster, leader).unwrap_or(0);
+    let started = Instant::now();
+    client
+        .add_learner(NEW_NODE, &addr)
+        .await
+        .context("adding the learner")?;
+    wait_for(|| last_applied(&cluster, NEW_NODE).unwrap_or(0) >= target)
+        .await
+        .context("the new node did not catch up")?;
+    result.snapshot_install_s = started.elapsed().as_secs_f64();
+    result.snapshot_build_and_install_s = result.snapshot_build_s + result.snapshot_install_s;
+
+    eprintln!("restarting node {NEW_NODE}...");
+    cluster.stop(NEW_NODE).await;
+    let target = last_applied(&cluster, leader).unwrap_or(0);
+    let started = Instant::now();
+    cluster.restart(NEW_NODE).await?;
+    wait_for(|| last_applied(&cluster, NEW_NODE).unwrap_or(0) >= target)
+        .await
+        .context("the restarted node did not catch up")?;
+    result.restart_s = started.elapsed().as_secs_f64();
+
+    println!("{}", render(&result));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    cluster.shutdown().await;
+    Ok(true)
+}
+
+fn render(r: &SnapshotResult) -> String {
+    let check = |ok: bool| if ok { "reached" } else { "NOT reached" };
+    format!(
+        "agents                                   {}\n\
+         ledger bytes per agent (marginal)        {:.0}   goal <= 300: {}\n\
+         ledger bytes per agent (all-in)          {:.0}\n\
+         cluster RSS per agent per replica        {:.0}\n\
+         load                                     {:.1} s ({:.0} records/s)\n\
+         snapshot size                            {:.1} MB\n\
+         snapshot build                           {:.2} s\n\
+         snapshot transfer + install (new node)   {:.2} s\n\
+         build + install                          {:.2} s   goal <= 10 s: {}\n\
+         restart of that node until caught up     {:.2} s   goal <= 5 s: {}",
+        r.agents,
+        r.ledger_bytes_per_agent,
+        check(r.ledger_bytes_per_agent <= 300.0),
+        r.ledger_bytes_per_agent_all_in,
+        r.cluster_rss_bytes_per_agent_per_replica,
+        r.load_s,
+        r.load_records_s,
+        r.snapshot_bytes as f64 / 1e6,
+        r.snapshot_build_s,
+        r.snapshot_install_s,
+        r.snapshot_build_and_install_s,
+        check(r.snapshot_build_and_install_s <= 10.0),
+        r.restart_s,
+        check(r.restart_s <= 5.0),
+    )
+}
+
+fn last_applied(cluster: &LocalCluster, id: u64) -> Option<u64> {
+    let node = cluster.node(id)?;
+    let metrics = node.raft.metrics();
+    let applied = metrics.borrow().last_applied.map(|l| l.index);
+    applied
+}
+
+async fn wait_caught_up(cluster: &LocalCluster, leader: u64, ids: &[u64]) -> anyhow::Result<()> {
+    let target = last_applied(cluster, leader).unwrap_or(0);
+    wait_for(|| {
+        ids.iter()
+            .all(|&id| last_applied(cluster, id).unwrap_or(0) >= target)
+    })
+    .await
+}
+
+/// Polls `done` until it holds; openraft's metrics are the only view of another node's
+/// progress from outside it.
+async fn wait_for(mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STEP_WAIT;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("not done within {STEP_WAIT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The table a person reads at a glance, and the failures with the command that replays
+//! them.
+
+use std::fmt::Write;
+
+use crate::evaluate::{fmt_amount, fmt_ms, ScenarioResult};
+
+/// The results as a fixed-width table, one line per scenario and seed.
+pub fn table(results: &[ScenarioResult]) -> String {
+    let header = [
+        "scenario",
+        "seed",
+        "outcome",
+        "spend at cutoff / budget",
+        "calls after 1st repeat",
+        "time to cutoff",
+        "cut off by",
+        "well-behaved served",
+        "history",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for r in results {
+        let m = &r.metrics;
+        let dim = m.budget_dimension.as_str();
+        let spend = match &m.cutoff {
+            Some(c) => format!(
+                "{} / {} ({:.0}%)",
+                fmt_amount(dim, c.spend),
+                fmt_amount(dim, m.budget_amount),
+                c.spend as f64 * 100.0 / m.budget_amount.max(1) as f64
+            ),
+            None => format!("no cutoff / {}", fmt_amount(dim, m.budget_amount)),
+        };
+        let served = if m.well_behaved_calls == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.0}% ({}/{})",
+                m.well_behaved_grants as f64 * 100.0 / m.well_behaved_calls as f64,
+                m.well_behaved_grants,
+                m.well_behaved_calls
+            )
+        };
+        let history = if r.history.violations.is_empty() {
+            format!("{} ops ok", r.history.ops)
+        } else {
+            format!("{} VIOLATIONS", r.history.violations.len())
+        };
+        rows.push(vec![
+            r.scenario.clone(),
+            r.seed.to_string(),
+            if r.passed { "PASS" } else { "FAIL" }.into(),
+            spend,
+            m.calls_after_first_repeat
+                .map_or("-".into(), |n| n.to_string()),
+            m.time_to_cutoff_ms.map_or("-".into(), fmt_ms),
+            m.cutoff.as_ref().map_or("-".into(), |c| c.reason.clone()),
+            served,
+            history,
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|row| row[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (n, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        if n == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            let _ = writeln!(out, "{}", rule.join("  "));
+        }
+    }
+    out
+}
+
+/// Each failed expectation, and how to replay the run.
+pub fn failures(results: &[ScenarioResult]) -> String {
+    let mut out = String::new();
+    for r in results.iter().filter(|r| !r.passed) {
+        let _ = writeln!(out, "FAIL {} (seed {}):", r.scenario, r.seed);
+        for check in r.checks.iter().filter(|c| c.ok == Some(false)) {
+            let _ = writeln!(out, "  - {}: {}", check.name, check.detail);
+        }
+        for violation in r.history.violations.iter().take(10) {
+            let _ = writeln!(out, "  - history: {violation}");
+        }
+        let _ = writeln!(
+            out,
+            "  replay: cargo run -p tollgate-sim -- run {} --seed {}",
+            r.path, r.seed
+        );
+    }
+    out
+}
+
+/// Every expectation of every run, for `--verbose`.
+pub fn details(results: &[ScenarioResult]) -> String {
+    let mut out = String::new();
+    for r in results {
+        let _ = writeln!(
+            out,
+            "{} (seed {}, {} ms wall):",
+            r.scenario, r.seed, r.wall_ms
+        );
+        for check in &r.checks {
+            let mark = match check.ok {
+                Some(true) => "ok  ",
+                Some(false) => "FAIL",
+                None => "skip",
+            };
+            let _ = writeln!(out, "  {mark} {}: {}", check.name, check.detail);
+        }
+    }
+    out
+}
