@@ -9,7 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../bench/etcd");
     tonic_prost_build::configure()
         .build_server(false)
-        .compile_protos(&[proto_dir.join("kv.proto")], &[proto_dir.clone()])?;
-    println!("cargo:rerun-if-changed={}", proto_dir.join("kv.proto").display());
+        .compile_protos(
+            &[proto_dir.join("kv.proto")],
+            std::slice::from_ref(&proto_dir),
+        )?;
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_dir.join("kv.proto").display()
+    );
     Ok(())
 }

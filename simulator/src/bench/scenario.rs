@@ -16,8 +16,8 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tollgate_client::{Amounts, Client, ClientConfig};
 use tollgate_server::ledger::{
-    AgentId, Amounts as LedgerAmounts, Command, Dimension, Ledger, LimitId, LimitKind,
-    LimitSpec, RequestId, Scope, TenantId, TenantPolicy, ToolId, Window,
+    AgentId, Amounts as LedgerAmounts, Command, Dimension, Ledger, LimitId, LimitKind, LimitSpec,
+    RequestId, Scope, TenantId, TenantPolicy, ToolId, Window,
 };
 use tollgate_server::local_cluster::LocalCluster;
 
@@ -127,12 +127,12 @@ pub async fn snapshot(args: &BenchArgs) -> anyhow::Result<bool> {
     result.ledger_bytes_per_agent_all_in = spread as f64 / agents as f64;
 
     eprintln!("starting an embedded three-node durable cluster...");
-    let (mut cluster, _dir) = super::start_embedded().await?;
+    let (mut cluster, dir) = super::start_embedded().await?;
     let mut config = ClientConfig::new(cluster.endpoints());
     config.deadline = Duration::from_secs(60);
     let client = Client::new(config)?;
-    let drivers = vec![super::systems::Driver::Tollgate(client.clone())];
-    systems::setup(&drivers[0], systems::Workload::Spread).await?;
+    let driver = systems::Driver::Tollgate(client.clone());
+    systems::setup(&driver, systems::Workload::Spread).await?;
 
     eprintln!("loading {agents} agents (one record each, {LOADERS} loaders)...");
     let rss_before = stats::rss_self_bytes();
@@ -190,9 +190,10 @@ pub async fn snapshot(args: &BenchArgs) -> anyhow::Result<bool> {
     .await
     .context("the snapshot was not built")?;
     result.snapshot_build_s = started.elapsed().as_secs_f64();
-    result.snapshot_bytes = std::fs::metadata(_dir.path().join(format!("node-{leader}/snapshot.bin")))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    result.snapshot_bytes =
+        std::fs::metadata(dir.path().join(format!("node-{leader}/snapshot.bin")))
+            .map(|m| m.len())
+            .unwrap_or(0);
 
     eprintln!("adding node {NEW_NODE} as a learner: snapshot transfer and install...");
     let addr = cluster.add_node(NEW_NODE).await?;

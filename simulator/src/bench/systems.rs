@@ -239,7 +239,10 @@ pub async fn setup(driver: &Driver, workload: Workload) -> anyhow::Result<()> {
             };
             kv.txn(pb::TxnRequest {
                 compare: Vec::new(),
-                success: vec![delete(prefix, range_end), delete(b"res/".to_vec(), b"res0".to_vec())],
+                success: vec![
+                    delete(prefix, range_end),
+                    delete(b"res/".to_vec(), b"res0".to_vec()),
+                ],
                 failure: Vec::new(),
             })
             .await
@@ -375,7 +378,9 @@ impl Driver {
                     .await
                     .map_err(|e| OpError::Failed(e.to_string()))?;
                 if committed != 1 {
-                    return Err(OpError::Failed(format!("reservation {reservation} is gone")));
+                    return Err(OpError::Failed(format!(
+                        "reservation {reservation} is gone"
+                    )));
                 }
                 Ok(())
             }
@@ -477,10 +482,13 @@ async fn etcd_cas(
             return Ok(true);
         }
         // Lost the race: the failure branch read the current value.
-        let current = response.responses.into_iter().find_map(|r| match r.response {
-            Some(pb::response_op::Response::ResponseRange(range)) => Some(range),
-            _ => None,
-        });
+        let current = response
+            .responses
+            .into_iter()
+            .find_map(|r| match r.response {
+                Some(pb::response_op::Response::ResponseRange(range)) => Some(range),
+                _ => None,
+            });
         match current.and_then(|range| range.kvs.into_iter().next()) {
             Some(kv) => {
                 mod_revision = kv.mod_revision;

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Tollgate against what users would pick instead, on this machine, in one run:
+#   - Tollgate: three nodes (release build, separate processes, durable log), loopback;
+#   - etcd: three nodes (Debian's etcd-server), reserve and commit as compare-and-swap
+#     transactions on the budget key;
+#   - Redis: one server (Debian's redis-server, no persistence), reserve and commit as Lua.
+# The same client process (tollgate-sim bench) drives each with the same workload at
+# concurrency 1, 16, 64 and 256 (hot budget), and 64 on the spread workload. Prints a table
+# and, last, `ratio vs etcd: X, vs redis: Y` (Tollgate pairs/s over the peer's, hot, 64).
+#
+#   bench/compare.sh            # ~4 minutes
+#   bench/compare.sh --quick    # ~1.5 minutes, shorter runs
+# Every process it starts is stopped on exit (trap), and its data directories removed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DURATION=10
+WARMUP=1
+CONCURRENCY="1,16,64,256"
+for arg in "$@"; do
+  case "$arg" in
+    --quick) DURATION=3; WARMUP=0.5 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (try --quick)" >&2; exit 2 ;;
+  esac
+done
+
+# Loopback ports; data on the same disk as the work tree (never a tmpfs: fsync must cost).
+TG_PORTS=(17101 17102 17103)
+ETCD_CLIENT_PORTS=(17201 17202 17203)
+ETCD_PEER_PORTS=(17211 17212 17213)
+REDIS_PORT=17301
+WORK="$(mktemp -d "$ROOT/target/bench-compare.XXXXXX")"
+PIDS=()
+
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+log() { printf '== %s\n' "$*" >&2; }
+
+install_if_missing() {
+  local missing=()
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v etcdctl >/dev/null || missing+=(etcd-client)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+wait_port() { # host port seconds
+  local deadline=$((SECONDS + $3))
+  until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+    ((SECONDS < deadline)) || { echo "nothing listens on $1:$2" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
+install_if_missing
+log "building tollgate and tollgate-sim (release)"
+(cd "$ROOT" && cargo build --release -q -p tollgate-server -p tollgate-sim)
+TOLLGATE="$ROOT/target/release/tollgate"
+SIM="$ROOT/target/release/tollgate-sim"
+
+log "starting Tollgate (3 nodes)"
+TG_PEERS="1=127.0.0.1:${TG_PORTS[0]},2=127.0.0.1:${TG_PORTS[1]},3=127.0.0.1:${TG_PORTS[2]}"
+TG_PIDS=()
+for i in 0 1 2; do
+  id=$((i + 1))
+  RUST_LOG=warn "$TOLLGATE" serve --id "$id" --listen "127.0.0.1:${TG_PORTS[$i]}" \
+    --peers "$TG_PEERS" --data-dir "$WORK/tollgate-$id" >"$WORK/tollgate-$id.log" 2>&1 &
+  PIDS+=($!); TG_PIDS+=($!)
+done
+
+log "starting etcd (3 nodes)"
+ETCD_CLUSTER="e1=http://127.0.0.1:${ETCD_PEER_PORTS[0]},e2=http://127.0.0.1:${ETCD_PEER_PORTS[1]},e3=http://127.0.0.1:${ETCD_PEER_PORTS[2]}"
+ETCD_PIDS=()
+for i in 0 1 2; do
+  name="e$((i + 1))"
+  etcd --name "$name" --data-dir "$WORK/etcd-$name" \
+    --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}" \
+    --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}" \
+    --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
+    --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
+    --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new \
+    --initial-cluster-token tollgate-bench --log-level warn --logger zap \
+    >"$WORK/etcd-$name.log" 2>&1 &
+  PIDS+=($!); ETCD_PIDS+=($!)
+done
+
+log "starting Redis (no persistence)"
+mkdir -p "$WORK/redis"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --dir "$WORK/redis" --daemonize no >"$WORK/redis.log" 2>&1 &
+PIDS+=($!); REDIS_PIDS=($!)
+
+for port in "${TG_PORTS[@]}" "${ETCD_CLIENT_PORTS[@]}" "$REDIS_PORT"; do
+  wait_port 127.0.0.1 "$port" 30
+done
+ETCD_ENDPOINTS="$(printf '127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}")"
+ETCD_ENDPOINTS="${ETCD_ENDPOINTS%,}"
+# etcd forwards proposals from followers to its leader: give the client the leader.
+ETCD_LEADER=""
+for _ in $(seq 1 100); do
+  ETCD_LEADER="$(ETCDCTL_API=3 etcdctl --endpoints="$ETCD_ENDPOINTS" endpoint status 2>/dev/null \
+    | awk -F', ' '$5 == "true" { print $1 }' | sed 's#^http://##' | head -n 1)" || true
+  [[ -n "$ETCD_LEADER" ]] && break
+  sleep 0.2
+done
+[[ -n "$ETCD_LEADER" ]] || { echo "etcd elected no leader; see $WORK/etcd-*.log" >&2; exit 1; }
+log "etcd leader: $ETCD_LEADER"
+
+join() { local IFS=,; echo "$*"; }
+TG_ENDPOINTS="$(printf '127.0.0.1:%s,' "${TG_PORTS[@]}")"; TG_ENDPOINTS="${TG_ENDPOINTS%,}"
+
+bench() { # system endpoints pids workload clients out
+  log "$1: $4 workload, clients $5, ${DURATION} s each"
+  "$SIM" bench --system "$1" --cluster "$2" --server-pids "$3" --workload "$4" \
+    --clients "$5" --duration "$DURATION" --warmup "$WARMUP" --json "$6"
+}
+
+bench tollgate "$TG_ENDPOINTS" "$(join "${TG_PIDS[@]}")" hot "$CONCURRENCY" "$WORK/tollgate-hot.json"
+bench etcd "$ETCD_LEADER" "$(join "${ETCD_PIDS[@]}")" hot "$CONCURRENCY" "$WORK/etcd-hot.json"
+bench redis "127.0.0.1:$REDIS_PORT" "$(join "${REDIS_PIDS[@]}")" hot "$CONCURRENCY" "$WORK/redis-hot.json"
+bench tollgate "$TG_ENDPOINTS" "$(join "${TG_PIDS[@]}")" spread 64 "$WORK/tollgate-spread.json"
+bench etcd "$ETCD_LEADER" "$(join "${ETCD_PIDS[@]}")" spread 64 "$WORK/etcd-spread.json"
+bench redis "127.0.0.1:$REDIS_PORT" "$(join "${REDIS_PIDS[@]}")" spread 64 "$WORK/redis-spread.json"
+
+python3 "$ROOT/bench/table.py" "$WORK"/{tollgate,etcd,redis}-{hot,spread}.json
