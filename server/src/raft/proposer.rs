@@ -22,7 +22,7 @@ pub const BATCH_COMMANDS_MAX: usize = 1_024;
 /// Entries proposed and not yet applied. Few on purpose: openraft 0.9 appends each entry to
 /// the log with its own fsync while its core waits, so entries in flight queue behind one
 /// another's fsyncs. With 4, commands that arrive meanwhile pile up into the next, larger
-/// entry (bench/PERFORMANCE.md: 16 gave 385 pairs/s at 64 clients, 4 gave 1,579).
+/// entry (README, Performance: 16 gave 385 pairs/s at 64 clients, 4 gave 1,579).
 pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
 
 /// What the ledger answered, and where: `log_index` is the entry where the request first
