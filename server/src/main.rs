@@ -7,7 +7,11 @@ use tollgate_server::config::ServeArgs;
 use tollgate_server::dev::{self, DevArgs};
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "The spend and rate-limit authority for AI agents")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "The spend and rate-limit authority for AI agents"
+)]
 struct Cli {
     #[command(flatten)]
     target: Target,
@@ -35,7 +39,9 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let json = std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
