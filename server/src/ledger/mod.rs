@@ -5,7 +5,7 @@
 //! and the same audit chain head, bit for bit. It must never read a clock, a random number
 //! or a hash map's iteration order into its state, answers, snapshots or audit trail.
 //!
-//! Decisions where SPEC.md is silent (see also DATA_MODEL.md):
+//! Decisions where SPEC.md is silent (see also ARCHITECTURE.md, "Ledger data model"):
 //! - Tenants are created by `PutTenant`; any other command on an unknown tenant is
 //!   NOT_FOUND. Agents are created on their first reserve, record or freeze, never deleted.
 //! - Scopes: `Agent(name)` replaces, for that agent, the `EachAgent` limits of the same
