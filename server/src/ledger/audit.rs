@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::state::Scratch;
 use super::{
     AgentId, Amounts, AuditFilter, ChainHead, DenyReason, LimitId, LimitSpec, RequestId,
     ReservationId, TenantId, ToolId, TripCause,
@@ -293,6 +294,9 @@ fn id_key(id: Option<&str>) -> u64 {
 pub struct AuditLog {
     records: VecDeque<StoredRecord>,
     head: ChainHead,
+    /// Where each body is encoded before it is copied into an allocation of its exact size.
+    #[serde(skip)]
+    scratch: Scratch,
 }
 
 impl AuditLog {
@@ -325,9 +329,11 @@ impl AuditLog {
             prev_hash: &self.head.hash,
         };
         // Serializing plain data into a Vec cannot fail but for memory.
-        let body = postcard::to_extend(&body, Vec::with_capacity(BODY_BYTES_TYPICAL))
-            .unwrap_or_default()
-            .into_boxed_slice();
+        let mut scratch = std::mem::take(&mut self.scratch.0);
+        scratch.clear();
+        let scratch = postcard::to_extend(&body, scratch).unwrap_or_default();
+        let body = Box::<[u8]>::from(scratch.as_slice());
+        self.scratch.0 = scratch;
         let hash = chain_hash(&self.head.hash, &body);
         self.head = ChainHead { seq, hash };
         if self.records.len() >= AUDIT_RECORDS_RETAINED_MAX {
@@ -431,9 +437,6 @@ impl AuditLog {
         Ok(())
     }
 }
-
-/// Most record bodies fit this; longer ones (long ids, limit specs) grow the buffer.
-const BODY_BYTES_TYPICAL: usize = 192;
 
 /// Hashes as lowercase hex in human-readable formats (JSON lines), raw bytes otherwise.
 mod hash_hex {

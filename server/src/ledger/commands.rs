@@ -103,7 +103,7 @@ fn worse_denial(candidate: (bool, &Verdict), current: (bool, &Verdict)) -> bool 
 /// or reset since are skipped: their counters started afresh without this hold).
 fn for_each_hold(
     tenant: &mut Tenant,
-    agent: &AgentId,
+    agent: u32,
     holds: &[u64],
     mut f: impl FnMut(&LimitSpec, &mut Counter),
 ) {
@@ -131,12 +131,12 @@ fn for_each_hold(
 /// agent's counters as needed (records, which are charged without a hold).
 fn for_each_applicable(
     tenant: &mut Tenant,
-    agent_id: &AgentId,
+    (agent_index, agent_id): (u32, &AgentId),
     tool: &ToolId,
     mut f: impl FnMut(&LimitSpec, &mut Counter),
 ) {
     let Tenant { limits, agents, .. } = tenant;
-    let Some(agent) = agents.get_mut(agent_id) else {
+    let Some(agent) = agents.get_mut(agent_index) else {
         return;
     };
     let applicable = limits::applicable(limits, agent_id, Some(tool));
@@ -189,19 +189,28 @@ fn agent_counter<'a>(agent: &'a mut Agent, generation: u64, spec: &LimitSpec) ->
 }
 
 impl Ledger {
-    /// Executes a validated command whose request id is not remembered.
-    pub(super) fn execute(&mut self, now_ms: u64, cmd: &Command) -> Outcome {
-        // Commit and release look at the reservation's owner first; an unknown tenant must
-        // be NOT_FOUND before that. Every other command finds its tenant itself.
-        if let Command::Commit { tenant, .. } | Command::Release { tenant, .. } = cmd {
-            if !self.tenants.contains_key(tenant) {
-                return unknown_tenant(tenant);
-            }
-        }
+    /// Executes a validated command whose request id is not remembered. `tenant` is the
+    /// index of the command's tenant, None if it does not exist (yet).
+    pub(super) fn execute(&mut self, now_ms: u64, cmd: &Command, tenant: Option<u32>) -> Outcome {
+        let (t, tenant_id) = match (cmd, tenant, cmd.tenant()) {
+            (Command::Tick, _, _) => return Outcome::Done,
+            (
+                Command::PutTenant {
+                    request_id,
+                    tenant: tenant_id,
+                    policy,
+                },
+                _,
+                _,
+            ) => return self.put_tenant(now_ms, request_id, tenant_id, tenant, policy),
+            (_, Some(t), Some(tenant_id)) => (t, tenant_id),
+            // Every other command acts on an existing tenant.
+            (_, _, tenant_id) => return tenant_id.map_or(Outcome::Done, unknown_tenant),
+        };
         match cmd {
             Command::Reserve {
                 request_id,
-                tenant,
+                tenant: _,
                 agent,
                 tool,
                 estimate,
@@ -209,9 +218,10 @@ impl Ledger {
                 fingerprint,
             } => self.reserve(
                 now_ms,
+                t,
                 &ReserveRequest {
                     request_id,
-                    tenant,
+                    tenant: tenant_id,
                     agent,
                     tool,
                     estimate,
@@ -221,58 +231,45 @@ impl Ledger {
             ),
             Command::Commit {
                 request_id,
-                tenant,
                 reservation_id,
                 actual,
-            } => self.commit(now_ms, request_id, tenant, *reservation_id, actual),
+                ..
+            } => self.commit(now_ms, request_id, (t, tenant_id), *reservation_id, actual),
             Command::Release {
                 request_id,
-                tenant,
                 reservation_id,
-            } => self.release(now_ms, request_id, tenant, *reservation_id),
+                ..
+            } => self.release(now_ms, request_id, (t, tenant_id), *reservation_id),
             Command::Record {
                 request_id,
-                tenant,
                 agent,
                 tool,
                 actual,
-            } => self.record(now_ms, request_id, tenant, agent, tool, actual),
-            Command::PutTenant {
-                request_id,
-                tenant,
-                policy,
-            } => self.put_tenant(now_ms, request_id, tenant, policy),
+                ..
+            } => self.record(now_ms, request_id, (t, tenant_id), agent, tool, actual),
             Command::PutLimit {
-                request_id,
-                tenant,
-                limit,
-            } => self.put_limit(now_ms, request_id, tenant, limit),
+                request_id, limit, ..
+            } => self.put_limit(now_ms, request_id, (t, tenant_id), limit),
             Command::DeleteLimit {
                 request_id,
-                tenant,
                 limit_id,
-            } => self.delete_limit(now_ms, request_id, tenant, limit_id),
+                ..
+            } => self.delete_limit(now_ms, request_id, (t, tenant_id), limit_id),
             Command::Freeze {
-                request_id,
-                tenant,
-                agent,
-            } => self.freeze(now_ms, request_id, tenant, agent.as_ref(), true),
+                request_id, agent, ..
+            } => self.freeze(now_ms, request_id, (t, tenant_id), agent.as_ref(), true),
             Command::Unfreeze {
-                request_id,
-                tenant,
-                agent,
-            } => self.freeze(now_ms, request_id, tenant, agent.as_ref(), false),
+                request_id, agent, ..
+            } => self.freeze(now_ms, request_id, (t, tenant_id), agent.as_ref(), false),
             Command::ResetTrip {
-                request_id,
-                tenant,
-                agent,
-            } => self.reset_trip(now_ms, request_id, tenant, agent),
-            Command::Tick => Outcome::Done,
+                request_id, agent, ..
+            } => self.reset_trip(now_ms, request_id, (t, tenant_id), agent),
+            Command::PutTenant { .. } | Command::Tick => Outcome::Done,
         }
     }
 
-    fn reserve(&mut self, now_ms: u64, r: &ReserveRequest<'_>) -> Outcome {
-        let Some(tenant) = self.tenants.get_mut(r.tenant) else {
+    fn reserve(&mut self, now_ms: u64, t: u32, r: &ReserveRequest<'_>) -> Outcome {
+        let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(r.tenant);
         };
         if self.reservations.len() >= RESERVATIONS_IN_FLIGHT_MAX {
@@ -286,8 +283,8 @@ impl Ledger {
                 r.tenant
             ));
         }
-        let agent_is_new = !tenant.agents.contains_key(r.agent);
-        if agent_is_new {
+        let existing = tenant.agents.find(r.agent.as_str());
+        if existing.is_none() {
             if let Some(rejected) = agent_room(self.agents_total, r.tenant, tenant.agents.len()) {
                 return rejected;
             }
@@ -296,10 +293,13 @@ impl Ledger {
         if tenant.frozen {
             return self.deny(now_ms, r, DenyReason::Frozen { agent: None });
         }
-        if agent_is_new {
-            tenant.agents.insert(r.agent.clone(), Agent::default());
-            self.agents_total += 1;
-        }
+        let agent_index = match existing {
+            Some(index) => index,
+            None => {
+                self.agents_total += 1;
+                tenant.agents.push(Agent::new(r.agent.clone()))
+            }
+        };
         let Tenant {
             policy,
             limits,
@@ -307,7 +307,7 @@ impl Ledger {
             in_flight,
             ..
         } = tenant;
-        let Some(agent) = agents.get_mut(r.agent) else {
+        let Some(agent) = agents.get_mut(agent_index) else {
             return not_found(format!("agent {} vanished", r.agent));
         };
         if agent.frozen {
@@ -402,8 +402,8 @@ impl Ledger {
         self.reservations.insert(
             id,
             Reservation {
-                tenant: r.tenant.clone(),
-                agent: r.agent.clone(),
+                tenant: t,
+                agent: agent_index,
                 tool: r.tool.clone(),
                 estimate: *r.estimate,
                 granted_at_ms: now_ms,
@@ -433,11 +433,11 @@ impl Ledger {
     /// Whose reservation this is, for the tenant check; None if unknown.
     fn owner_check(
         &self,
-        tenant: &TenantId,
+        (t, tenant): (u32, &TenantId),
         id: u64,
-        reservation_tenant: &TenantId,
+        reservation_tenant: u32,
     ) -> Option<Outcome> {
-        (reservation_tenant != tenant).then(|| {
+        (reservation_tenant != t).then(|| {
             Outcome::Rejected(Rejection::PermissionDenied(format!(
                 "reservation {} belongs to another tenant, not {tenant}",
                 ReservationId(id)
@@ -463,16 +463,16 @@ impl Ledger {
         &mut self,
         now_ms: u64,
         request_id: &RequestId,
-        tenant_id: &TenantId,
+        (t, tenant_id): (u32, &TenantId),
         reservation_id: ReservationId,
         actual: &Amounts,
     ) -> Outcome {
         let id = reservation_id.0;
         if let Some(reservation) = self.reservations.get(&id) {
-            if let Some(denied) = self.owner_check(tenant_id, id, &reservation.tenant) {
+            if let Some(denied) = self.owner_check((t, tenant_id), id, reservation.tenant) {
                 return denied;
             }
-            let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+            let Some(tenant) = self.tenants.get_mut(t) else {
                 return unknown_tenant(tenant_id);
             };
             let Some(reservation) = self.reservations.remove(&id) else {
@@ -483,7 +483,7 @@ impl Ledger {
             let estimate = reservation.estimate;
             for_each_hold(
                 tenant,
-                &reservation.agent,
+                reservation.agent,
                 &reservation.holds,
                 |spec, counter| {
                     limits::settle(spec, counter, &estimate, Some(actual), now_ms);
@@ -493,8 +493,8 @@ impl Ledger {
             self.audit.append(
                 now_ms,
                 Fact {
-                    tenant: Some(&reservation.tenant),
-                    agent: Some(&reservation.agent),
+                    tenant: Some(&tenant.id),
+                    agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
                     tool: Some(&reservation.tool),
                     request_id: Some(request_id),
                     reservation_id: Some(reservation_id),
@@ -512,10 +512,11 @@ impl Ledger {
             };
         }
         if let Some(tombstone) = self.tombstones.get(&id) {
-            if let Some(denied) = self.owner_check(tenant_id, id, &tombstone.reservation.tenant) {
+            if let Some(denied) = self.owner_check((t, tenant_id), id, tombstone.reservation.tenant)
+            {
                 return denied;
             }
-            let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+            let Some(tenant) = self.tenants.get_mut(t) else {
                 return unknown_tenant(tenant_id);
             };
             let Some(tombstone) = self.tombstones.remove(&id) else {
@@ -527,7 +528,7 @@ impl Ledger {
             let estimate = reservation.estimate;
             for_each_hold(
                 tenant,
-                &reservation.agent,
+                reservation.agent,
                 &reservation.holds,
                 |spec, counter| {
                     if tombstone.charged {
@@ -548,8 +549,8 @@ impl Ledger {
             self.audit.append(
                 now_ms,
                 Fact {
-                    tenant: Some(&reservation.tenant),
-                    agent: Some(&reservation.agent),
+                    tenant: Some(&tenant.id),
+                    agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
                     tool: Some(&reservation.tool),
                     request_id: Some(request_id),
                     reservation_id: Some(reservation_id),
@@ -573,15 +574,15 @@ impl Ledger {
         &mut self,
         now_ms: u64,
         request_id: &RequestId,
-        tenant_id: &TenantId,
+        (t, tenant_id): (u32, &TenantId),
         reservation_id: ReservationId,
     ) -> Outcome {
         let id = reservation_id.0;
         if let Some(reservation) = self.reservations.get(&id) {
-            if let Some(denied) = self.owner_check(tenant_id, id, &reservation.tenant) {
+            if let Some(denied) = self.owner_check((t, tenant_id), id, reservation.tenant) {
                 return denied;
             }
-            let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+            let Some(tenant) = self.tenants.get_mut(t) else {
                 return unknown_tenant(tenant_id);
             };
             let Some(reservation) = self.reservations.remove(&id) else {
@@ -592,7 +593,7 @@ impl Ledger {
             let estimate = reservation.estimate;
             for_each_hold(
                 tenant,
-                &reservation.agent,
+                reservation.agent,
                 &reservation.holds,
                 |spec, counter| {
                     limits::settle(spec, counter, &estimate, None, now_ms);
@@ -601,8 +602,8 @@ impl Ledger {
             self.audit.append(
                 now_ms,
                 Fact {
-                    tenant: Some(&reservation.tenant),
-                    agent: Some(&reservation.agent),
+                    tenant: Some(&tenant.id),
+                    agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
                     tool: Some(&reservation.tool),
                     request_id: Some(request_id),
                     reservation_id: Some(reservation_id),
@@ -613,7 +614,8 @@ impl Ledger {
             return Outcome::Released { reservation_id };
         }
         if let Some(tombstone) = self.tombstones.get(&id) {
-            if let Some(denied) = self.owner_check(tenant_id, id, &tombstone.reservation.tenant) {
+            if let Some(denied) = self.owner_check((t, tenant_id), id, tombstone.reservation.tenant)
+            {
                 return denied;
             }
             let what = if tombstone.charged {
@@ -633,26 +635,31 @@ impl Ledger {
         &mut self,
         now_ms: u64,
         request_id: &RequestId,
-        tenant_id: &TenantId,
+        (t, tenant_id): (u32, &TenantId),
         agent_id: &AgentId,
         tool: &ToolId,
         actual: &Amounts,
     ) -> Outcome {
-        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+        let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
-        if !tenant.agents.contains_key(agent_id) {
-            if let Some(rejected) = agent_room(self.agents_total, tenant_id, tenant.agents.len()) {
-                return rejected;
+        let agent_index = match tenant.agents.find(agent_id.as_str()) {
+            Some(index) => index,
+            None => {
+                if let Some(rejected) =
+                    agent_room(self.agents_total, tenant_id, tenant.agents.len())
+                {
+                    return rejected;
+                }
+                self.agents_total += 1;
+                tenant.agents.push(Agent::new(agent_id.clone()))
             }
-            tenant.agents.insert(agent_id.clone(), Agent::default());
-            self.agents_total += 1;
-        }
-        for_each_applicable(tenant, agent_id, tool, |spec, counter| {
+        };
+        for_each_applicable(tenant, (agent_index, agent_id), tool, |spec, counter| {
             limits::charge(spec, counter, actual, now_ms);
         });
         let policy = &tenant.policy;
-        if let Some(agent) = tenant.agents.get_mut(agent_id) {
+        if let Some(agent) = tenant.agents.get_mut(agent_index) {
             if agent.runaway.is_some() || runaway::tracks(policy, None) {
                 agent
                     .runaway
@@ -682,7 +689,7 @@ impl Ledger {
             debug_assert!(false, "expiry index names an unknown reservation");
             return;
         };
-        let Some(tenant) = self.tenants.get_mut(&reservation.tenant) else {
+        let Some(tenant) = self.tenants.get_mut(reservation.tenant) else {
             debug_assert!(false, "reservation of an unknown tenant");
             return;
         };
@@ -692,7 +699,7 @@ impl Ledger {
         let charge = charged.then_some(estimate);
         for_each_hold(
             tenant,
-            &reservation.agent,
+            reservation.agent,
             &reservation.holds,
             |spec, counter| {
                 limits::settle(spec, counter, &estimate, charge.as_ref(), expires_at_ms);
@@ -701,8 +708,8 @@ impl Ledger {
         self.audit.append(
             expires_at_ms,
             Fact {
-                tenant: Some(&reservation.tenant),
-                agent: Some(&reservation.agent),
+                tenant: Some(&tenant.id),
+                agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
                 tool: Some(&reservation.tool),
                 request_id: None,
                 reservation_id: Some(ReservationId(id)),
@@ -735,9 +742,10 @@ impl Ledger {
         now_ms: u64,
         request_id: &RequestId,
         tenant_id: &TenantId,
+        tenant: Option<u32>,
         policy: &TenantPolicy,
     ) -> Outcome {
-        match self.tenants.get_mut(tenant_id) {
+        match tenant.and_then(|t| self.tenants.get_mut(t)) {
             Some(tenant) => tenant.policy = policy.clone(),
             None => {
                 if self.tenants.len() >= TENANTS_MAX {
@@ -746,7 +754,7 @@ impl Ledger {
                     ));
                 }
                 self.tenants
-                    .insert(tenant_id.clone(), Tenant::new(policy.clone()));
+                    .push(Tenant::new(tenant_id.clone(), policy.clone()));
             }
         }
         self.audit.append(
@@ -760,10 +768,10 @@ impl Ledger {
         &mut self,
         now_ms: u64,
         request_id: &RequestId,
-        tenant_id: &TenantId,
+        (t, tenant_id): (u32, &TenantId),
         spec: &LimitSpec,
     ) -> Outcome {
-        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+        let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
         match tenant.limits.binary_search_by(|l| l.spec.id.cmp(&spec.id)) {
@@ -804,10 +812,10 @@ impl Ledger {
         &mut self,
         now_ms: u64,
         request_id: &RequestId,
-        tenant_id: &TenantId,
+        (t, tenant_id): (u32, &TenantId),
         limit_id: &LimitId,
     ) -> Outcome {
-        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+        let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
         let Ok(index) = tenant.limits.binary_search_by(|l| l.spec.id.cmp(limit_id)) else {
@@ -829,17 +837,21 @@ impl Ledger {
         &mut self,
         now_ms: u64,
         request_id: &RequestId,
-        tenant_id: &TenantId,
+        (t, tenant_id): (u32, &TenantId),
         agent_id: Option<&AgentId>,
         frozen: bool,
     ) -> Outcome {
-        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+        let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
         match agent_id {
             None => tenant.frozen = frozen,
-            Some(agent_id) => match tenant.agents.get_mut(agent_id) {
-                Some(agent) => agent.frozen = frozen,
+            Some(agent_id) => match tenant.agents.find(agent_id.as_str()) {
+                Some(index) => {
+                    if let Some(agent) = tenant.agents.get_mut(index) {
+                        agent.frozen = frozen;
+                    }
+                }
                 None if !frozen => {
                     return not_found(format!("tenant {tenant_id} has no agent {agent_id}"));
                 }
@@ -851,11 +863,9 @@ impl Ledger {
                     {
                         return rejected;
                     }
-                    let agent = Agent {
-                        frozen: true,
-                        ..Agent::default()
-                    };
-                    tenant.agents.insert(agent_id.clone(), agent);
+                    let mut agent = Agent::new(agent_id.clone());
+                    agent.frozen = true;
+                    tenant.agents.push(agent);
                     self.agents_total += 1;
                 }
             },
@@ -875,13 +885,17 @@ impl Ledger {
         &mut self,
         now_ms: u64,
         request_id: &RequestId,
-        tenant_id: &TenantId,
+        (t, tenant_id): (u32, &TenantId),
         agent_id: &AgentId,
     ) -> Outcome {
-        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+        let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
-        let Some(agent) = tenant.agents.get_mut(agent_id) else {
+        let Some(agent) = tenant
+            .agents
+            .find(agent_id.as_str())
+            .and_then(|index| tenant.agents.get_mut(index))
+        else {
             return not_found(format!("tenant {tenant_id} has no agent {agent_id}"));
         };
         if let Some(state) = agent.runaway.as_deref_mut() {

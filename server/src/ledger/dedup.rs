@@ -4,10 +4,10 @@
 //! record either); the same id with another payload is `RequestIdReused`. Answers are kept
 //! per tenant (so lookups borrow, never allocate) and forgotten in the order they were given.
 
-use xxhash_rust::xxh3::Xxh3Default;
+use xxhash_rust::xxh3::xxh3_128;
 
-use super::state::DedupEntry;
-use super::{Command, Ledger, Outcome, Rejection, RequestId, TenantId};
+use super::state::{DedupEntry, RequestKey};
+use super::{Command, Ledger, Outcome, Rejection, RequestId};
 
 /// How long an answer is remembered: 10 minutes. It must cover a client's retries across a
 /// leader change (election timeouts are seconds) with a wide margin; a retry after that is
@@ -18,32 +18,15 @@ pub const DEDUP_WINDOW_MS: u64 = 600_000;
 pub const DEDUP_ENTRIES_MAX: usize = 2_000_000;
 
 /// xxh3-128 of the command's postcard encoding (deterministic and endian-independent),
-/// streamed: no buffer.
-pub fn payload_hash(cmd: &Command) -> u128 {
-    let mut hasher = Xxh3Default::new();
-    // Serializing into a hasher cannot fail: it has no capacity to run out of.
-    let _ = postcard::serialize_with_flavor(cmd, Xxh3Flavor(&mut hasher));
-    hasher.digest128()
-}
-
-struct Xxh3Flavor<'a>(&'a mut Xxh3Default);
-
-impl postcard::ser_flavors::Flavor for Xxh3Flavor<'_> {
-    type Output = ();
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.update(data);
-        Ok(())
-    }
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.update(&[data]);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
+/// encoded into `scratch` (reused, so no allocation once it has grown) and hashed at once.
+pub fn payload_hash(scratch: &mut Vec<u8>, cmd: &Command) -> u128 {
+    scratch.clear();
+    // Serializing plain data into a Vec cannot fail but for memory; an encoding cut short
+    // would still hash the same on every replica.
+    let bytes = postcard::to_extend(cmd, std::mem::take(scratch)).unwrap_or_default();
+    let hash = xxh3_128(&bytes);
+    *scratch = bytes;
+    hash
 }
 
 impl Ledger {
@@ -51,17 +34,18 @@ impl Ledger {
     /// for a new request.
     pub(super) fn remembered(
         &self,
-        tenant: &TenantId,
+        tenant: u32,
         request_id: &RequestId,
         payload: u128,
     ) -> Option<(Outcome, u64)> {
-        let entry = self.tenants.get(tenant)?.requests.get(request_id)?;
+        let t = self.tenants.get(tenant)?;
+        let entry = t.requests.get(request_id.as_str())?;
         if entry.payload == payload {
             Some((entry.outcome.clone(), entry.position))
         } else {
             let reused = Rejection::RequestIdReused(format!(
-                "request {request_id} of tenant {tenant} was first sent at {} ms with another payload",
-                entry.at_ms
+                "request {request_id} of tenant {} was first sent at {} ms with another payload",
+                t.id, entry.at_ms
             ));
             Some((Outcome::Rejected(reused), entry.position))
         }
@@ -69,7 +53,7 @@ impl Ledger {
 
     pub(super) fn remember(
         &mut self,
-        tenant_id: &TenantId,
+        tenant: u32,
         request_id: &RequestId,
         payload: u128,
         outcome: &Outcome,
@@ -79,7 +63,7 @@ impl Ledger {
         while self.dedup_order.len() >= DEDUP_ENTRIES_MAX {
             self.forget_oldest_request();
         }
-        let Some(tenant) = self.tenants.get_mut(tenant_id) else {
+        let Some(t) = self.tenants.get_mut(tenant) else {
             return;
         };
         let entry = DedupEntry {
@@ -88,10 +72,10 @@ impl Ledger {
             position,
             outcome: outcome.clone(),
         };
-        let previous = tenant.requests.insert(request_id.clone(), entry);
+        let key = RequestKey(request_id.as_str().into());
+        let previous = t.requests.insert(key.clone(), entry);
         debug_assert!(previous.is_none(), "an answer was remembered twice");
-        self.dedup_order
-            .push_back((now_ms, tenant_id.clone(), request_id.clone()));
+        self.dedup_order.push_back((now_ms, tenant, key));
     }
 
     /// Forgets answers given `DEDUP_WINDOW_MS` or more before `now_ms`.
@@ -106,7 +90,7 @@ impl Ledger {
 
     fn forget_oldest_request(&mut self) {
         if let Some((_, tenant, request_id)) = self.dedup_order.pop_front() {
-            if let Some(t) = self.tenants.get_mut(&tenant) {
+            if let Some(t) = self.tenants.get_mut(tenant) {
                 t.requests.remove(&request_id);
             }
         }

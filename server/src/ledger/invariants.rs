@@ -9,7 +9,7 @@ use super::commands::{
 };
 use super::dedup::DEDUP_ENTRIES_MAX;
 use super::limits::{is_per_agent, Counter, LIMITS_PER_TENANT_MAX};
-use super::{AgentId, Ledger, LimitKind};
+use super::{Ledger, LimitKind};
 
 /// Above this many reservations or agents, debug builds skip the full check after each
 /// command (it is O(state)); property tests stay far below it.
@@ -67,13 +67,13 @@ impl Ledger {
             })?;
             let tenant = self
                 .tenants
-                .get(&r.tenant)
-                .ok_or_else(|| format!("reservation r{id} of unknown tenant {}", r.tenant))?;
+                .get(r.tenant)
+                .ok_or_else(|| format!("reservation r{id} of unknown tenant #{}", r.tenant))?;
             ensure(tenant.in_flight.contains(&id), || {
                 format!("reservation r{id} missing from its tenant's index")
             })?;
-            ensure(tenant.agents.contains_key(&r.agent), || {
-                format!("reservation r{id} of unknown agent {}", r.agent)
+            ensure(tenant.agents.get(r.agent).is_some(), || {
+                format!("reservation r{id} of unknown agent #{}", r.agent)
             })?;
         }
         ensure(
@@ -81,6 +81,12 @@ impl Ledger {
             || "tombstone index and tombstones differ in size".into(),
         )?;
         for (&id, t) in &self.tombstones {
+            ensure(
+                self.tenants
+                    .get(t.reservation.tenant)
+                    .is_some_and(|tenant| tenant.agents.get(t.reservation.agent).is_some()),
+                || format!("tombstone r{id} of an unknown tenant or agent"),
+            )?;
             ensure(
                 self.tombstones_by_time.contains(&(t.expired_at_ms, id)),
                 || format!("tombstone r{id} missing from its index"),
@@ -93,7 +99,8 @@ impl Ledger {
         let mut agents_total = 0usize;
         let mut in_flight_total = 0usize;
         let mut requests_total = 0usize;
-        for (tenant_id, tenant) in &self.tenants {
+        for (t, tenant) in self.tenants.iter().enumerate() {
+            let tenant_id = &tenant.id;
             agents_total += tenant.agents.len();
             in_flight_total += tenant.in_flight.len();
             requests_total += tenant.requests.len();
@@ -139,13 +146,13 @@ impl Ledger {
                 ensure(
                     self.reservations
                         .get(id)
-                        .is_some_and(|r| r.tenant == *tenant_id),
+                        .is_some_and(|r| r.tenant as usize == t),
                     || format!("tenant {tenant_id} indexes reservation r{id} it does not own"),
                 )?;
             }
 
             // Held amounts and in-flight counts equal the sums over reservations in flight.
-            let mut expected: HashMap<(u64, Option<&AgentId>), (u128, u64)> = HashMap::new();
+            let mut expected: HashMap<(u64, Option<u32>), (u128, u64)> = HashMap::new();
             for id in &tenant.in_flight {
                 let Some(r) = self.reservations.get(id) else {
                     continue;
@@ -155,14 +162,14 @@ impl Ledger {
                     else {
                         continue;
                     };
-                    let subject = is_per_agent(&entry.spec.scope).then_some(&r.agent);
+                    let subject = is_per_agent(&entry.spec.scope).then_some(r.agent);
                     let sum = expected.entry((generation, subject)).or_default();
                     sum.0 += u128::from(r.estimate.get(entry.spec.dimension));
                     sum.1 += 1;
                 }
             }
             let check = |generation: u64,
-                         subject: Option<&AgentId>,
+                         subject: Option<u32>,
                          kind: &LimitKind,
                          counter: &Counter|
              -> Result<(), String> {
@@ -195,7 +202,8 @@ impl Ledger {
                 }
                 check(entry.generation, None, &entry.spec.kind, &entry.counter)?;
             }
-            for (agent_id, agent) in &tenant.agents {
+            for (a, agent) in (0u32..).zip(tenant.agents.iter()) {
+                let agent_id = &agent.id;
                 for (i, c) in agent.counters.iter().enumerate() {
                     ensure(
                         agent.counters[..i]
@@ -207,17 +215,17 @@ impl Ledger {
                     else {
                         continue;
                     };
-                    check(c.generation, Some(agent_id), &entry.spec.kind, &c.counter)?;
+                    check(c.generation, Some(a), &entry.spec.kind, &c.counter)?;
                 }
             }
             for &(generation, subject) in expected.keys() {
-                if let Some(agent_id) = subject {
-                    let has_counter = tenant
-                        .agents
-                        .get(agent_id)
-                        .is_some_and(|a| a.counter_index(generation).is_some());
+                if let Some(agent_index) = subject {
+                    let agent = tenant.agents.get(agent_index);
+                    let has_counter = agent.is_some_and(|a| a.counter_index(generation).is_some());
                     ensure(has_counter, || {
-                        format!("agent {agent_id} holds generation {generation} without a counter")
+                        format!(
+                            "agent #{agent_index} holds generation {generation} without a counter"
+                        )
                     })?;
                 }
             }
@@ -241,10 +249,10 @@ impl Ledger {
         for (at_ms, tenant, request_id) in &self.dedup_order {
             ensure(
                 self.tenants
-                    .get(tenant)
+                    .get(*tenant)
                     .and_then(|t| t.requests.get(request_id))
                     .is_some_and(|e| e.at_ms == *at_ms),
-                || format!("answer order names a forgotten request {request_id}"),
+                || format!("answer order names a forgotten request {}", request_id.0),
             )?;
             ensure(*at_ms >= previous_at_ms, || {
                 "answers out of time order".into()

@@ -35,6 +35,7 @@ mod commands;
 mod dedup;
 mod invariants;
 mod limits;
+mod names;
 mod rate;
 mod runaway;
 mod snapshot;
@@ -65,12 +66,13 @@ pub use validate::{
     RUNAWAY_WINDOW_MS_MAX, TRIP_COOLDOWN_MS_MAX, VELOCITY_FACTOR_MAX, VELOCITY_WINDOW_MS_MIN,
 };
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use audit::AuditLog;
-use state::{sorted_map, Reservation, Tenant, Tombstone};
+use names::Interned;
+use state::{sorted_map, FastMap, RequestKey, Reservation, Scratch, Tenant, Tombstone};
 
 /// Most reservations one `reservations` query returns.
 pub const RESERVATIONS_QUERY_MAX: usize = 10_000;
@@ -143,18 +145,18 @@ pub struct LedgerStats {
 pub struct Ledger {
     /// The time of the last applied command; never decreases.
     now_ms: u64,
-    #[serde(with = "sorted_map")]
-    tenants: HashMap<TenantId, Tenant>,
+    /// In creation order; reservations and answers refer to them by index.
+    tenants: Interned<Tenant>,
     /// Reservation ids are 1, 2, 3, ... in log order; this is the last one issued.
     reservations_issued: u64,
     #[serde(with = "sorted_map")]
-    reservations: HashMap<u64, Reservation>,
+    reservations: FastMap<u64, Reservation>,
     /// Expired reservations remembered for late commits.
     #[serde(with = "sorted_map")]
-    tombstones: HashMap<u64, Tombstone>,
+    tombstones: FastMap<u64, Tombstone>,
     /// Remembered answers (in each tenant's `requests`), oldest first, for forgetting:
-    /// (answered at ms, tenant, request id).
-    dedup_order: VecDeque<(u64, TenantId, RequestId)>,
+    /// (answered at ms, tenant index, request id).
+    dedup_order: VecDeque<(u64, u32, RequestKey)>,
     audit: AuditLog,
     /// Derived indexes and counts, rebuilt on restore.
     #[serde(skip)]
@@ -163,6 +165,9 @@ pub struct Ledger {
     tombstones_by_time: BTreeSet<(u64, u64)>,
     #[serde(skip)]
     agents_total: usize,
+    /// Encoding buffer for payload hashes.
+    #[serde(skip)]
+    scratch: Scratch,
 }
 
 impl Ledger {
@@ -191,20 +196,27 @@ impl Ledger {
         let now_ms = at_ms.max(self.now_ms);
         self.advance(now_ms);
         let answer = match (cmd.tenant(), cmd.request_id()) {
-            (Some(tenant), Some(request_id)) => {
-                let payload = dedup::payload_hash(cmd);
-                match self.remembered(tenant, request_id, payload) {
+            (Some(tenant_id), Some(request_id)) => {
+                let tenant = self.tenants.find(tenant_id.as_str());
+                let payload = dedup::payload_hash(&mut self.scratch.0, cmd);
+                match tenant.and_then(|t| self.remembered(t, request_id, payload)) {
                     Some(answer) => answer,
                     None => {
-                        let outcome = self.execute(now_ms, cmd);
+                        let outcome = self.execute(now_ms, cmd, tenant);
                         if !matches!(outcome, Outcome::Rejected(_)) {
-                            self.remember(tenant, request_id, payload, &outcome, now_ms, position);
+                            // PutTenant may just have created the tenant.
+                            let tenant = tenant.or_else(|| self.tenants.find(tenant_id.as_str()));
+                            if let Some(tenant) = tenant {
+                                self.remember(
+                                    tenant, request_id, payload, &outcome, now_ms, position,
+                                );
+                            }
                         }
                         (outcome, position)
                     }
                 }
             }
-            _ => (self.execute(now_ms, cmd), position),
+            _ => (self.execute(now_ms, cmd, None), position),
         };
         self.debug_check_invariants();
         answer
@@ -235,7 +247,8 @@ impl Ledger {
     }
 
     fn tenant(&self, tenant: &TenantId) -> Result<&Tenant, Rejection> {
-        self.tenants.get(tenant).ok_or_else(|| {
+        let index = self.tenants.find(tenant.as_str());
+        index.map(|i| &self.tenants[i]).ok_or_else(|| {
             Rejection::NotFound(format!(
                 "tenant {tenant} does not exist; create it with PutTenant"
             ))
@@ -257,7 +270,7 @@ impl Ledger {
         let t = self.tenant(tenant)?;
         let row = |entry: &limits::LimitEntry, agent_id: Option<&AgentId>| {
             let counter = match agent_id {
-                Some(agent_id) => t.agents.get(agent_id).and_then(|a| {
+                Some(agent_id) => t.agent(agent_id).and_then(|a| {
                     a.counter_index(entry.generation)
                         .map(|i| &a.counters[i].counter)
                 }),
@@ -313,15 +326,23 @@ impl Ledger {
         } else {
             limit.min(RESERVATIONS_QUERY_MAX)
         };
+        let agent = match agent {
+            Some(agent) => match t.agents.find(agent.as_str()) {
+                Some(index) => Some(index),
+                // An agent that never called has no reservations.
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
         Ok(t.in_flight
             .iter()
             .filter_map(|id| self.reservations.get(id).map(|r| (*id, r)))
-            .filter(|(_, r)| agent.is_none_or(|a| *a == r.agent))
+            .filter(|(_, r)| agent.is_none_or(|a| a == r.agent))
             .take(limit)
             .map(|(id, r)| ReservationView {
                 reservation_id: ReservationId(id),
-                tenant: r.tenant.clone(),
-                agent: r.agent.clone(),
+                tenant: t.id.clone(),
+                agent: t.agents[r.agent].id.clone(),
                 tool: r.tool.clone(),
                 estimate: r.estimate,
                 granted_at_ms: r.granted_at_ms,
@@ -346,7 +367,7 @@ impl Ledger {
 
     /// Every tenant, sorted.
     pub fn tenants(&self) -> Vec<TenantId> {
-        let mut tenants: Vec<TenantId> = self.tenants.keys().cloned().collect();
+        let mut tenants: Vec<TenantId> = self.tenants.iter().map(|t| t.id.clone()).collect();
         tenants.sort_unstable();
         tenants
     }
@@ -359,8 +380,7 @@ impl Ledger {
     ) -> Result<AgentStatus, Rejection> {
         let t = self.tenant(tenant)?;
         let a = t
-            .agents
-            .get(agent)
+            .agent(agent)
             .ok_or_else(|| Rejection::NotFound(format!("tenant {tenant} has no agent {agent}")))?;
         let tripped = a
             .runaway

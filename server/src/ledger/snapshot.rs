@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::Ledger;
 
 /// Bump on any change to the shape of the ledger's state or of the types in the log.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8;
@@ -106,17 +106,17 @@ impl Ledger {
             .iter()
             .map(|(&id, t)| (t.expired_at_ms, id))
             .collect();
-        for tenant in self.tenants.values_mut() {
+        for tenant in self.tenants.iter_mut() {
             tenant.in_flight.clear();
         }
         for (&id, r) in &self.reservations {
             let tenant = self
                 .tenants
-                .get_mut(&r.tenant)
-                .ok_or_else(|| format!("reservation r{id} of unknown tenant {}", r.tenant))?;
+                .get_mut(r.tenant)
+                .ok_or_else(|| format!("reservation r{id} of unknown tenant #{}", r.tenant))?;
             tenant.in_flight.insert(id);
         }
-        self.agents_total = self.tenants.values().map(|t| t.agents.len()).sum();
+        self.agents_total = self.tenants.iter().map(|t| t.agents.len()).sum();
         Ok(())
     }
 }

@@ -2,52 +2,75 @@
 //! remembered answers. Plain data; the rules that change them live in `commands.rs`.
 //!
 //! Hash maps are for lookups only: nothing iterates them into an output, a snapshot or the
-//! audit trail without sorting first (`sorted_map`), so `RandomState` never leaks.
+//! audit trail without sorting first (`sorted_map`), so their random seeds never leak.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::limits::{AgentCounter, LimitEntry};
+use super::names::{Interned, Named};
 use super::runaway::Runaway;
-use super::{AgentId, Amounts, Outcome, RequestId, TenantId, TenantPolicy, ToolId};
+use super::{AgentId, Amounts, Outcome, TenantId, TenantPolicy, ToolId};
+
+/// The ledger's hash maps: foldhash is several times faster than SipHash on short ids, and
+/// its per-process random seeds keep flooding a map with colliding ids impractical.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tenant {
+    pub id: TenantId,
     pub policy: TenantPolicy,
     pub frozen: bool,
     /// Sorted by limit id, so decisions visit limits in one deterministic order.
     pub limits: Vec<LimitEntry>,
     /// The last limit generation issued in this tenant (see `LimitEntry::generation`).
     pub generation_last: u64,
-    #[serde(with = "sorted_map")]
-    pub agents: HashMap<AgentId, Agent>,
+    /// In creation order; reservations and answers refer to them by index.
+    pub agents: Interned<Agent>,
     /// Remembered answers by request id (see `dedup.rs`).
     #[serde(with = "sorted_map")]
-    pub requests: HashMap<RequestId, DedupEntry>,
+    pub requests: FastMap<RequestKey, DedupEntry>,
     /// Ids of this tenant's reservations in flight; derived, rebuilt on restore.
     #[serde(skip)]
     pub in_flight: BTreeSet<u64>,
 }
 
 impl Tenant {
-    pub fn new(policy: TenantPolicy) -> Self {
+    pub fn new(id: TenantId, policy: TenantPolicy) -> Self {
         Tenant {
+            id,
             policy,
             frozen: false,
             limits: Vec::new(),
             generation_last: 0,
-            agents: HashMap::new(),
-            requests: HashMap::new(),
+            agents: Interned::default(),
+            requests: FastMap::default(),
             in_flight: BTreeSet::new(),
         }
+    }
+
+    /// The agent named `agent`, if it has called (or been frozen).
+    pub fn agent(&self, agent: &AgentId) -> Option<&Agent> {
+        self.agents
+            .find(agent.as_str())
+            .map(|index| &self.agents[index])
+    }
+}
+
+impl Named for Tenant {
+    fn name(&self) -> &str {
+        self.id.as_str()
     }
 }
 
 /// An agent: created on its first reserve or record (or freeze), never deleted. Kept small:
 /// a million of them must fit in a few hundred MB.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Agent {
+    pub id: AgentId,
     /// Counters of the per-agent limits this agent has used, keyed by limit generation.
     pub counters: Vec<AgentCounter>,
     pub runaway: Option<Box<Runaway>>,
@@ -55,6 +78,15 @@ pub struct Agent {
 }
 
 impl Agent {
+    pub fn new(id: AgentId) -> Self {
+        Agent {
+            id,
+            counters: Vec::new(),
+            runaway: None,
+            frozen: false,
+        }
+    }
+
     pub fn counter_index(&self, generation: u64) -> Option<usize> {
         self.counters
             .iter()
@@ -62,11 +94,19 @@ impl Agent {
     }
 }
 
+impl Named for Agent {
+    fn name(&self) -> &str {
+        self.id.as_str()
+    }
+}
+
 /// A reservation in flight: what it holds and against which limit generations.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
-    pub tenant: TenantId,
-    pub agent: AgentId,
+    /// Index of the tenant in `Ledger::tenants`.
+    pub tenant: u32,
+    /// Index of the agent in its tenant's `agents`.
+    pub agent: u32,
     pub tool: ToolId,
     pub estimate: Amounts,
     pub granted_at_ms: u64,
@@ -85,6 +125,29 @@ pub struct Tombstone {
     pub charged: bool,
 }
 
+/// A remembered request id, shared by its tenant's `requests` and the ledger's
+/// `dedup_order`: one allocation per answer instead of two. Serialized as a string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey(pub Arc<str>);
+
+impl Borrow<str> for RequestKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for RequestKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|key| RequestKey(key.into()))
+    }
+}
+
 /// The first answer to a request, for retries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupEntry {
@@ -96,15 +159,40 @@ pub struct DedupEntry {
     pub outcome: Outcome,
 }
 
+/// A reusable encoding buffer. Not state: every `Scratch` equals every other, a clone
+/// starts empty, and snapshots skip it.
+#[derive(Default)]
+pub struct Scratch(pub Vec<u8>);
+
+impl Clone for Scratch {
+    fn clone(&self) -> Self {
+        Scratch::default()
+    }
+}
+
+impl PartialEq for Scratch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Scratch {}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch")
+    }
+}
+
 /// Serializes a hash map as a list of pairs sorted by key: deterministic bytes.
 pub mod sorted_map {
     use std::collections::HashMap;
-    use std::hash::Hash;
+    use std::hash::{BuildHasher, Hash};
 
     use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<K, V, S>(map: &HashMap<K, V>, s: S) -> Result<S::Ok, S::Error>
+    pub fn serialize<K, V, H, S>(map: &HashMap<K, V, H>, s: S) -> Result<S::Ok, S::Error>
     where
         K: Serialize + Ord,
         V: Serialize,
@@ -115,14 +203,15 @@ pub mod sorted_map {
         s.collect_seq(entries)
     }
 
-    pub fn deserialize<'de, K, V, D>(d: D) -> Result<HashMap<K, V>, D::Error>
+    pub fn deserialize<'de, K, V, H, D>(d: D) -> Result<HashMap<K, V, H>, D::Error>
     where
         K: Deserialize<'de> + Eq + Hash + Ord,
         V: Deserialize<'de>,
+        H: BuildHasher + Default,
         D: Deserializer<'de>,
     {
         let entries: Vec<(K, V)> = Vec::deserialize(d)?;
-        let mut map = HashMap::with_capacity(entries.len());
+        let mut map = HashMap::with_capacity_and_hasher(entries.len(), H::default());
         let mut previous: Option<&K> = None;
         for (key, _) in &entries {
             if previous.is_some_and(|p| p >= key) {

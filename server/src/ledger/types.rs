@@ -86,10 +86,13 @@ pub(super) fn validate_id(kind: &'static str, value: &str) -> Result<(), Invalid
             value.len()
         )));
     }
-    if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(InvalidInput(format!(
-            "{kind} contains {c:?}; ids are printable ASCII without spaces"
-        )));
+    // Bytes first (fast, vectorizable); chars only to name the culprit.
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(InvalidInput(format!(
+                "{kind} contains {c:?}; ids are printable ASCII without spaces"
+            )));
+        }
     }
     Ok(())
 }

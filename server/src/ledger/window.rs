@@ -31,20 +31,28 @@ pub fn window_start_ms(window: Window, now_ms: u64) -> u64 {
     }
 }
 
+/// The last second the `time` crate (and so this function's contract) knows as a date:
+/// 9999-12-31T23:59:59Z. Beyond it a month degrades to a day.
+const CALENDAR_SECONDS_MAX: u64 = 253_402_300_799;
+
+/// The first day of the month, in integers (Howard Hinnant's `civil_from_days`, on the
+/// proleptic Gregorian calendar as the `time` crate uses): this runs on every decision
+/// that touches a monthly budget, several times per reservation.
 fn month_start_ms(now_ms: u64) -> u64 {
-    let day_start_ms = now_ms - now_ms % DAY_MS;
-    let Ok(now_s) = i64::try_from(now_ms / 1000) else {
-        return day_start_ms;
-    };
-    let Ok(now) = time::OffsetDateTime::from_unix_timestamp(now_s) else {
-        return day_start_ms;
-    };
-    let Ok(first_day) = now.date().replace_day(1) else {
-        return day_start_ms;
-    };
-    let start_s = first_day.midnight().assume_utc().unix_timestamp();
-    // start_s <= now_s, so the product cannot overflow; saturate anyway.
-    u64::try_from(start_s).map_or(day_start_ms, |s| s.saturating_mul(1000))
+    let days = now_ms / DAY_MS;
+    if now_ms / 1000 > CALENDAR_SECONDS_MAX {
+        return days * DAY_MS;
+    }
+    // Days since 0000-03-01, in 400-year eras of 146,097 days; years start in March so
+    // the leap day is the last of the year.
+    let shifted = days + 719_468;
+    let day_of_era = shifted % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day_of_month_0 = day_of_year - (153 * month_index + 2) / 5;
+    (days - day_of_month_0) * DAY_MS
 }
 
 #[cfg(test)]
@@ -122,6 +130,46 @@ pub(crate) mod tests {
             window_start_ms(Window::Month, utc_ms(2023, 2, 28, 23, 59, 59, 999)),
             utc_ms(2023, 2, 1, 0, 0, 0, 0)
         );
+    }
+
+    /// The month start as the `time` crate computes it (the reference for the integer one).
+    fn month_start_by_time_ms(now_ms: u64) -> u64 {
+        let day_start_ms = now_ms - now_ms % DAY_MS;
+        let Ok(now) = time::OffsetDateTime::from_unix_timestamp((now_ms / 1000) as i64) else {
+            return day_start_ms;
+        };
+        let first_day = now.date().replace_day(1).unwrap();
+        let start_s = first_day.midnight().assume_utc().unix_timestamp();
+        u64::try_from(start_s).unwrap() * 1000
+    }
+
+    #[test]
+    fn month_start_agrees_with_the_calendar_of_the_time_crate() {
+        let mut now_ms = 0u64;
+        // Every day from 1970 to beyond 9999, at a time of day that moves with the day.
+        while now_ms < 260_000_000_000_000 {
+            assert_eq!(
+                month_start_ms(now_ms),
+                month_start_by_time_ms(now_ms),
+                "{now_ms}"
+            );
+            now_ms += DAY_MS + 3_599_999;
+        }
+        for now_ms in [
+            CALENDAR_SECONDS_MAX * 1000,
+            CALENDAR_SECONDS_MAX * 1000 + 999,
+            (CALENDAR_SECONDS_MAX + 1) * 1000,
+            utc_ms(2000, 2, 29, 12, 0, 0, 0),
+            utc_ms(2100, 3, 1, 0, 0, 0, 0),
+            utc_ms(2100, 2, 28, 23, 59, 59, 999),
+            u64::MAX,
+        ] {
+            assert_eq!(
+                month_start_ms(now_ms),
+                month_start_by_time_ms(now_ms),
+                "{now_ms}"
+            );
+        }
     }
 
     #[test]

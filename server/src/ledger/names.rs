@@ -1,0 +1,132 @@
+//! Interning: tenants and agents live in lists in creation order and are referred to by
+//! their index there, so reservations, remembered answers and their queues carry a `u32`
+//! instead of a copy of a name. Neither tenants nor agents are ever deleted, so an index
+//! stays valid for the life of the ledger.
+//!
+//! The name → index lookup is derived data: never serialized, rebuilt on restore, and its
+//! random seed never reaches an output (snapshots serialize the list in creation order).
+
+use std::hash::BuildHasher;
+
+use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+use super::state::FastMap;
+
+/// Something with a unique name in its list.
+pub trait Named {
+    fn name(&self) -> &str;
+}
+
+/// A list of named items that only grows, with a lookup by name. The lookup is keyed by a
+/// seeded 64-bit hash of the name, so each name is stored once (in its item); two names
+/// with the same hash take consecutive keys, and every lookup confirms the name.
+#[derive(Clone, Debug)]
+pub struct Interned<T> {
+    items: Vec<T>,
+    by_hash: FastMap<u64, u32>,
+    seed: foldhash::fast::RandomState,
+}
+
+impl<T> Default for Interned<T> {
+    fn default() -> Self {
+        Interned {
+            items: Vec::new(),
+            by_hash: FastMap::default(),
+            seed: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
+impl<T: Named> Interned<T> {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.items.iter_mut()
+    }
+
+    pub fn get(&self, index: u32) -> Option<&T> {
+        self.items.get(index as usize)
+    }
+
+    pub fn get_mut(&mut self, index: u32) -> Option<&mut T> {
+        self.items.get_mut(index as usize)
+    }
+
+    /// The index of the item named `name`. Probes at most `len + 1` keys.
+    pub fn find(&self, name: &str) -> Option<u32> {
+        let mut key = self.seed.hash_one(name);
+        for _ in 0..=self.by_hash.len() {
+            let &index = self.by_hash.get(&key)?;
+            if self.items[index as usize].name() == name {
+                return Some(index);
+            }
+            key = key.wrapping_add(1);
+        }
+        None
+    }
+
+    /// Appends an item whose name is not in the list yet; returns its index. The caller
+    /// bounds the list (the ledger's limits are far below `u32::MAX`).
+    pub fn push(&mut self, item: T) -> u32 {
+        debug_assert!(self.find(item.name()).is_none(), "name interned twice");
+        let index = u32::try_from(self.items.len()).unwrap_or(u32::MAX);
+        let mut key = self.seed.hash_one(item.name());
+        while self.by_hash.contains_key(&key) {
+            key = key.wrapping_add(1);
+        }
+        self.by_hash.insert(key, index);
+        self.items.push(item);
+        index
+    }
+}
+
+impl<T: Named> std::ops::Index<u32> for Interned<T> {
+    type Output = T;
+
+    fn index(&self, index: u32) -> &T {
+        &self.items[index as usize]
+    }
+}
+
+/// Equal lists are equal; the lookup is derived from the list (and seeded at random).
+impl<T: PartialEq> PartialEq for Interned<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.items == other.items
+    }
+}
+
+/// Serialized as the list alone, in creation order: deterministic bytes.
+impl<T: Serialize> Serialize for Interned<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.items.serialize(s)
+    }
+}
+
+/// Rebuilds the lookup; a repeated name is a decoding error.
+impl<'de, T: Named + Deserialize<'de>> Deserialize<'de> for Interned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let items: Vec<T> = Vec::deserialize(d)?;
+        if u32::try_from(items.len()).is_err() {
+            return Err(D::Error::custom("more names than u32 indexes"));
+        }
+        let mut interned = Interned::default();
+        interned.by_hash.reserve(items.len());
+        interned.items.reserve_exact(items.len());
+        for item in items {
+            if interned.find(item.name()).is_some() {
+                return Err(D::Error::custom(format!(
+                    "name {} appears twice",
+                    item.name()
+                )));
+            }
+            interned.push(item);
+        }
+        Ok(interned)
+    }
+}
