@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_proto::v1 as pb;
+use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
 use crate::ledger::{Command, Rejection};
@@ -62,15 +62,18 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stopped: watch::R
     let raft = pb::raft_server::RaftServer::new(raft_service::RaftService { node: node.clone() })
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    // With a listener of our own, the builder's `tcp_nodelay` is ignored: set it on the
+    // incoming stream, or Nagle holds back small answers until the peer's delayed ACK
+    // (~40 ms on Linux), which was the p99 of every operation.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health)
         .add_service(reflection)
         .add_service(tollgate)
         .add_service(admin)
         .add_service(cluster)
         .add_service(raft)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         })
         .await;
