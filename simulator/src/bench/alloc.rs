@@ -1,9 +1,12 @@
 //! A global allocator that can count live heap bytes, for the memory-per-agent figure.
 //!
-//! Counting is off until `start_counting` (one relaxed load per allocation otherwise), so the
-//! pair benchmark runs at the system allocator's speed.
+//! It allocates with mimalloc, as the `tollgate` binary does, so embedded nodes behave like
+//! real ones. Counting is off until `start_counting` (one relaxed load per allocation
+//! otherwise), so the pair benchmark runs at the allocator's own speed.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 pub struct CountingAlloc;
@@ -39,33 +42,33 @@ pub fn installed() -> bool {
     moved
 }
 
-// SAFETY: every call is forwarded to `System` unchanged; only a counter is updated beside it.
+// SAFETY: every call is forwarded to `MiMalloc` unchanged; only a counter is updated beside it.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
         }
-        unsafe { System.alloc(layout) }
+        unsafe { MiMalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         }
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { MiMalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
         }
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { MiMalloc.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
         }
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
