@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{converged_statuses, tenant_with_budget, used_tokens, TestCluster, LEADER_WAIT};
+use common::{
+    assert_chain_heads_agree, converged_statuses, tenant_with_budget, used_tokens, TestCluster,
+    LEADER_WAIT,
+};
 use tollgate_client::{new_request_id, Amounts, Error, ReserveRequest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,14 +201,7 @@ async fn leader_killed_during_load_loses_no_acknowledged_operation() {
 
     test.cluster.restart(leader).await.unwrap();
     let statuses = converged_statuses(&test.cluster, &test.client).await;
-    let heads: Vec<_> = statuses
-        .iter()
-        .map(|s| (s.chain_head_seq, s.chain_head_hash.clone()))
-        .collect();
-    assert!(
-        heads.windows(2).all(|w| w[0] == w[1]),
-        "chain heads differ: {heads:?}"
-    );
+    assert_chain_heads_agree(&statuses);
     test.cluster.shutdown().await;
 }
 
@@ -294,14 +290,7 @@ async fn fourth_node_joins_as_learner_then_voter_and_catches_up_by_snapshot() {
         joined.snapshot_index > 0,
         "node 4 caught up by snapshot: {joined:?}"
     );
-    let heads: Vec<_> = statuses
-        .iter()
-        .map(|s| (s.chain_head_seq, s.chain_head_hash.clone()))
-        .collect();
-    assert!(
-        heads.windows(2).all(|w| w[0] == w[1]),
-        "chain heads differ: {heads:?}"
-    );
+    assert_chain_heads_agree(&statuses);
 
     // The new voter counts: with node 4 in, losing two of the original three loses quorum
     // only if node 4 did not vote. Stop one original node and the cluster still serves.
@@ -333,14 +322,7 @@ async fn follower_cut_off_and_brought_back_converges() {
     test.cluster.heal(follower);
 
     let statuses = converged_statuses(&test.cluster, &test.client).await;
-    let heads: Vec<_> = statuses
-        .iter()
-        .map(|s| (s.chain_head_seq, s.chain_head_hash.clone()))
-        .collect();
-    assert!(
-        heads.windows(2).all(|w| w[0] == w[1]),
-        "chain heads differ: {heads:?}"
-    );
+    assert_chain_heads_agree(&statuses);
     // Once the follower has caught up, losing the leader still leaves a majority that has it all.
     test.cluster.stop(leader).await;
     assert_eq!(used_tokens(&test.client, "acme").await.0, spent);

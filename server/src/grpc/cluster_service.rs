@@ -45,6 +45,57 @@ fn members_to_pb(membership: &openraft::Membership<NodeId, BasicNode>) -> Vec<pb
         .collect()
 }
 
+/// The answer to a membership change: the members after it, and the log entry that made it.
+fn membership_response(
+    response: openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+) -> Response<pb::MembershipResponse> {
+    Response::new(pb::MembershipResponse {
+        members: response
+            .membership
+            .as_ref()
+            .map(members_to_pb)
+            .unwrap_or_default(),
+        applied: Some(pb::Applied {
+            log_index: response.log_id.index,
+            term: response.log_id.leader_id.term,
+            at_ms: 0,
+        }),
+    })
+}
+
+/// Longest peer address accepted: a DNS name (253) and a port.
+pub const PEER_ADDR_BYTES_MAX: usize = 260;
+
+/// Checks that `addr` is `host:port`: a host of DNS-name or IP characters, a port 1-65535.
+fn check_peer_addr(addr: &str) -> Result<(), Status> {
+    let invalid = |why: &str| {
+        let shown: String = addr.chars().take(64).collect();
+        Err(Status::invalid_argument(format!(
+            "addr {shown:?} is not host:port ({why})"
+        )))
+    };
+    if addr.len() > PEER_ADDR_BYTES_MAX {
+        return invalid(&format!("longer than {PEER_ADDR_BYTES_MAX} bytes"));
+    }
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return invalid("no port");
+    };
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+        return invalid("the port is not 1-65535");
+    }
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    if !host_ok {
+        return invalid("the host is not a name or an address");
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     async fn status(
@@ -88,12 +139,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         self.node.auth.for_admin(request.metadata())?;
         let request = request.into_inner();
-        if request.addr.parse::<std::net::SocketAddr>().is_err() && !request.addr.contains(':') {
-            return Err(Status::invalid_argument(format!(
-                "addr {:?} is not host:port",
-                request.addr
-            )));
-        }
+        check_peer_addr(&request.addr)?;
         // Blocking: returns once the learner has caught up, by log or by snapshot.
         let response = self
             .node
@@ -101,18 +147,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .add_learner(request.node_id, BasicNode::new(request.addr), true)
             .await
             .map_err(|e| membership_error(&self.node, e))?;
-        Ok(Response::new(pb::MembershipResponse {
-            members: response
-                .membership
-                .as_ref()
-                .map(members_to_pb)
-                .unwrap_or_default(),
-            applied: Some(pb::Applied {
-                log_index: response.log_id.index,
-                term: response.log_id.leader_id.term,
-                at_ms: 0,
-            }),
-        }))
+        Ok(membership_response(response))
     }
 
     async fn change_membership(
@@ -133,17 +168,39 @@ impl pb::cluster_server::Cluster for ClusterService {
             .change_membership(voters, false)
             .await
             .map_err(|e| membership_error(&self.node, e))?;
-        Ok(Response::new(pb::MembershipResponse {
-            members: response
-                .membership
-                .as_ref()
-                .map(members_to_pb)
-                .unwrap_or_default(),
-            applied: Some(pb::Applied {
-                log_index: response.log_id.index,
-                term: response.log_id.leader_id.term,
-                at_ms: 0,
-            }),
-        }))
+        Ok(membership_response(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses_must_be_host_and_port() {
+        for good in [
+            "127.0.0.1:7001",
+            "[::1]:7001",
+            "node2:7002",
+            "tg-3.example.com:443",
+        ] {
+            assert!(check_peer_addr(good).is_ok(), "{good}");
+        }
+        let long = format!("{}:1", "a".repeat(PEER_ADDR_BYTES_MAX));
+        for bad in [
+            "",
+            "node2",
+            "node2:",
+            "node2:0",
+            "node2:70000",
+            ":7001",
+            "a b:1",
+            "x:y",
+            &long,
+        ] {
+            let error = check_peer_addr(bad).expect_err(bad);
+            assert_eq!(error.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(error.message().contains("is not host:port"), "{bad}");
+        }
     }
 }

@@ -111,3 +111,26 @@ pub async fn converged_statuses(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Asserts that every node reports the same audit chain head: same seq, same hash.
+pub fn assert_chain_heads_agree(statuses: &[v1::StatusResponse]) {
+    let heads: Vec<_> = statuses
+        .iter()
+        .map(|s| {
+            (
+                s.node_id,
+                s.chain_head_seq,
+                s.chain_head_hash
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            )
+        })
+        .collect();
+    assert!(
+        heads
+            .windows(2)
+            .all(|w| (w[0].1, &w[0].2) == (w[1].1, &w[1].2)),
+        "chain heads differ (node, seq, hash): {heads:?}"
+    );
+}
