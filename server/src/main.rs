@@ -54,12 +54,26 @@ fn init_logging() {
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A node stops at the first panic instead of limping on: a panic inside a task (the state
+/// machine's, say) would otherwise end that task alone and leave a node that answers health
+/// checks but never applies another entry. Stopped, it is restarted by its supervisor
+/// (`restart: unless-stopped` in docker-compose.yml) and catches up from its log and peers.
+fn crash_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(%info, "panic: stopping the node");
+        std::process::abort();
+    }));
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
             init_logging();
+            crash_on_panic();
             tollgate_server::node::serve_until_signal(args.resolve()?).await
         }
         Command::Dev(args) => {
