@@ -4,16 +4,14 @@
 //! Hash maps are for lookups only: nothing iterates them into an output, a snapshot or the
 //! audit trail without sorting first (`sorted_map`), so their random seeds never leak.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::limits::{AgentCounter, LimitEntry};
 use super::names::{Interned, Named};
 use super::runaway::Runaway;
-use super::{AgentId, Amounts, Outcome, TenantId, TenantPolicy, ToolId};
+use super::{AgentId, Amounts, TenantId, TenantPolicy, ToolId};
 
 /// The ledger's hash maps: foldhash is several times faster than SipHash on short ids, and
 /// its per-process random seeds keep flooding a map with colliding ids impractical.
@@ -30,9 +28,6 @@ pub struct Tenant {
     pub generation_last: u64,
     /// In creation order; reservations and answers refer to them by index.
     pub agents: Interned<Agent>,
-    /// Remembered answers by request id (see `dedup.rs`).
-    #[serde(with = "sorted_map")]
-    pub requests: FastMap<RequestKey, DedupEntry>,
     /// Ids of this tenant's reservations in flight; derived, rebuilt on restore.
     #[serde(skip)]
     pub in_flight: BTreeSet<u64>,
@@ -47,7 +42,6 @@ impl Tenant {
             limits: Vec::new(),
             generation_last: 0,
             agents: Interned::default(),
-            requests: FastMap::default(),
             in_flight: BTreeSet::new(),
         }
     }
@@ -125,38 +119,14 @@ pub struct Tombstone {
     pub charged: bool,
 }
 
-/// A remembered request id, shared by its tenant's `requests` and the ledger's
-/// `dedup_order`: one allocation per answer instead of two. Serialized as a string.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestKey(pub Arc<str>);
+/// A run of bytes in a `VecDeque<u8>`, serialized as a sequence of bytes without copying
+/// them out first (postcard writes it exactly as a `Vec<u8>` or `Box<[u8]>`).
+pub struct DequeBytes<'a>(pub std::collections::vec_deque::Iter<'a, u8>);
 
-impl Borrow<str> for RequestKey {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Serialize for RequestKey {
+impl Serialize for DequeBytes<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.collect_seq(self.0.clone())
     }
-}
-
-impl<'de> Deserialize<'de> for RequestKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(|key| RequestKey(key.into()))
-    }
-}
-
-/// The first answer to a request, for retries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DedupEntry {
-    /// xxh3-128 of the command's postcard bytes: a retry must carry the same payload.
-    pub payload: u128,
-    pub at_ms: u64,
-    /// Where the first answer was given (the Raft log index), returned with every retry.
-    pub position: u64,
-    pub outcome: Outcome,
 }
 
 /// A reusable encoding buffer. Not state: every `Scratch` equals every other, a clone
