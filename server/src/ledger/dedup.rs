@@ -31,6 +31,9 @@ pub const DEDUP_ENTRIES_MAX: usize = 2_000_000;
 /// silently turn into a wrong answer).
 const OUTCOME_BYTES_MAX: usize = 4_096;
 
+/// The index is never shrunk below room for this many answers.
+const INDEX_ENTRIES_MIN: usize = 1_024;
+
 /// xxh3-128 of the command's postcard encoding (deterministic and endian-independent),
 /// encoded into `scratch` (reused, so no allocation once it has grown) and hashed at once.
 pub fn payload_hash(scratch: &mut Vec<u8>, cmd: &Command) -> u128 {
@@ -213,6 +216,17 @@ impl Answers {
         let len = len.min(self.bytes.len());
         self.bytes.drain(..len);
         self.bytes_forgotten = self.bytes_forgotten.saturating_add(len as u64);
+    }
+
+    /// Shrinks the index once it is mostly empty (after a burst of answers has been
+    /// forgotten), so the index of the answers in the window stays small and warm in the
+    /// cache. Amortized O(1): it shrinks only after the entries fell to a quarter of what
+    /// the index was sized for, and leaves room to double again.
+    fn shrink_if_sparse(&mut self) {
+        let len = self.index.len().max(INDEX_ENTRIES_MIN);
+        if self.index.capacity() / 4 > len {
+            self.index.shrink_to(len.saturating_mul(2), |&(h, _)| h);
+        }
     }
 
     /// Structural checks (invariant 4): the index and the ring agree, every answer names
@@ -420,11 +434,16 @@ impl Ledger {
 
     /// Forgets answers given `DEDUP_WINDOW_MS` or more before `now_ms`.
     pub(super) fn forget_requests_before(&mut self, now_ms: u64) {
+        let mut forgotten = false;
         while let Some(at_ms) = self.answers.oldest_at_ms() {
             if at_ms.saturating_add(DEDUP_WINDOW_MS) > now_ms {
                 break;
             }
             self.answers.pop_front();
+            forgotten = true;
+        }
+        if forgotten {
+            self.answers.shrink_if_sparse();
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::limits::{AgentCounter, LimitEntry};
 use super::names::{Interned, Named};
@@ -60,13 +61,22 @@ impl Named for Tenant {
     }
 }
 
+/// Per-agent counters kept inside the agent before they spill to the heap: a tenant
+/// typically has a per-agent rate and a per-agent concurrency limit.
+pub const AGENT_COUNTERS_INLINE: usize = 2;
+/// Held limit generations kept inside a reservation before they spill to the heap.
+pub const HOLDS_INLINE: usize = 4;
+
 /// An agent: created on its first reserve or record (or freeze), never deleted. Kept small:
 /// a million of them must fit in a few hundred MB.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Agent {
     pub id: AgentId,
     /// Counters of the per-agent limits this agent has used, keyed by limit generation.
-    pub counters: Vec<AgentCounter>,
+    /// The first `AGENT_COUNTERS_INLINE` live inside the agent: no allocation, and no
+    /// second cache miss after the one that reached the agent.
+    #[serde(with = "inline_seq")]
+    pub counters: SmallVec<[AgentCounter; AGENT_COUNTERS_INLINE]>,
     pub runaway: Option<Box<Runaway>>,
     pub frozen: bool,
 }
@@ -75,7 +85,7 @@ impl Agent {
     pub fn new(id: AgentId) -> Self {
         Agent {
             id,
-            counters: Vec::new(),
+            counters: SmallVec::new(),
             runaway: None,
             frozen: false,
         }
@@ -105,8 +115,10 @@ pub struct Reservation {
     pub estimate: Amounts,
     pub granted_at_ms: u64,
     pub expires_at_ms: u64,
-    /// Generations of the limits held; a limit since deleted or reset is skipped.
-    pub holds: Box<[u64]>,
+    /// Generations of the limits held; a limit since deleted or reset is skipped. The
+    /// first `HOLDS_INLINE` live inside the reservation (no allocation per grant).
+    #[serde(with = "inline_seq")]
+    pub holds: SmallVec<[u64; HOLDS_INLINE]>,
 }
 
 /// An expired reservation, kept for a while so a late commit trues the expiry up or down
@@ -151,6 +163,30 @@ impl Eq for Scratch {}
 impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Scratch")
+    }
+}
+
+/// Serializes a `SmallVec` as a plain sequence: the same bytes as a `Vec` or a boxed slice.
+pub mod inline_seq {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use smallvec::{Array, SmallVec};
+
+    pub fn serialize<A, S>(items: &SmallVec<A>, s: S) -> Result<S::Ok, S::Error>
+    where
+        A: Array,
+        A::Item: Serialize,
+        S: Serializer,
+    {
+        s.collect_seq(items.iter())
+    }
+
+    pub fn deserialize<'de, A, D>(d: D) -> Result<SmallVec<A>, D::Error>
+    where
+        A: Array,
+        A::Item: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Vec::<A::Item>::deserialize(d).map(SmallVec::from_vec)
     }
 }
 
