@@ -63,6 +63,15 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// CPU time this thread has run, in ns (the first field of /proc/thread-self/schedstat;
+/// 0 where unavailable). On a shared machine it is steadier than wall time.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn tenant_id(t: usize) -> TenantId {
     TenantId::new(format!("tenant-{t:05}")).unwrap()
 }
@@ -295,11 +304,17 @@ fn main() {
         }
     };
     run(&mut ledger, &pairs[..WARMUP_PAIRS], &mut clock);
+    let cpu_started_ns = thread_cpu_ns();
     let started = Instant::now();
     run(&mut ledger, &pairs[WARMUP_PAIRS..], &mut clock);
     let elapsed = started.elapsed();
+    let cpu_ns = thread_cpu_ns().saturating_sub(cpu_started_ns);
     assert!(ledger.stats().reservations_in_flight <= 1);
     let ns_per_pair = elapsed.as_nanos() / pairs_timed.max(1) as u128;
+    println!(
+        "ledger reserve+commit CPU time: {} ns/op (this thread's CPU time over the same pairs)",
+        cpu_ns / pairs_timed.max(1) as u64
+    );
     println!(
         "ledger reserve+commit: {ns_per_pair} ns/op ({} agents)",
         ledger.stats().agents

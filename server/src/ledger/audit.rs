@@ -7,11 +7,12 @@
 
 use std::collections::VecDeque;
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::state::Scratch;
+use super::state::{DequeBytes, Scratch};
 use super::{
     AgentId, Amounts, AuditFilter, ChainHead, DenyReason, LimitId, LimitSpec, RequestId,
     ReservationId, TenantId, ToolId, TripCause,
@@ -243,10 +244,10 @@ impl<'a> Fact<'a> {
     }
 }
 
-/// A retained record as kept in memory: its canonical bytes (what is hashed), its hash,
-/// and keys to find it without decoding. One allocation per record instead of one per id,
-/// and about half the memory of an `AuditRecord`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A retained record as kept in memory: its hash and keys to find it without decoding;
+/// its canonical bytes (what is hashed) are in `AuditLog::bodies`, starting at `body_at`.
+/// No allocation per record, and the bodies are written and dropped in sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct StoredRecord {
     seq: u64,
     at_ms: u64,
@@ -255,34 +256,35 @@ struct StoredRecord {
     tenant_key: u64,
     agent_key: u64,
     hash: [u8; 32],
-    body: Box<[u8]>,
+    /// Where its body starts, counted from the first byte this ring ever held.
+    body_at: u64,
+    body_len: u32,
 }
 
-impl StoredRecord {
-    fn prev_hash(&self) -> [u8; 32] {
-        let mut prev = [0u8; 32];
-        if let Some(tail) = self.body.len().checked_sub(32).map(|at| &self.body[at..]) {
-            prev.copy_from_slice(tail);
-        }
-        prev
-    }
+fn decode(body: &[u8], hash: [u8; 32]) -> Option<AuditRecord> {
+    let b: DecodedBody = postcard::from_bytes(body).ok()?;
+    Some(AuditRecord {
+        seq: b.seq,
+        at_ms: b.at_ms,
+        tenant: b.tenant,
+        agent: b.agent,
+        tool: b.tool,
+        request_id: b.request_id,
+        reservation_id: b.reservation_id,
+        event: b.event,
+        amounts: b.amounts,
+        prev_hash: b.prev_hash,
+        hash,
+    })
+}
 
-    fn decode(&self) -> Option<AuditRecord> {
-        let b: DecodedBody = postcard::from_bytes(&self.body).ok()?;
-        Some(AuditRecord {
-            seq: b.seq,
-            at_ms: b.at_ms,
-            tenant: b.tenant,
-            agent: b.agent,
-            tool: b.tool,
-            request_id: b.request_id,
-            reservation_id: b.reservation_id,
-            event: b.event,
-            amounts: b.amounts,
-            prev_hash: b.prev_hash,
-            hash: self.hash,
-        })
+/// The link of a body: its last 32 bytes.
+fn prev_hash_of(body: &[u8]) -> [u8; 32] {
+    let mut prev = [0u8; 32];
+    if let Some(tail) = body.len().checked_sub(32).map(|at| &body[at..]) {
+        prev.copy_from_slice(tail);
     }
+    prev
 }
 
 fn id_key(id: Option<&str>) -> u64 {
@@ -290,12 +292,15 @@ fn id_key(id: Option<&str>) -> u64 {
 }
 
 /// The retained records and the chain head.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct AuditLog {
     records: VecDeque<StoredRecord>,
+    /// The bodies of `records`, back to back, in the same order.
+    bodies: VecDeque<u8>,
+    /// Bytes dropped from the front of `bodies` so far; local bookkeeping, not serialized.
+    bodies_dropped: u64,
     head: ChainHead,
-    /// Where each body is encoded before it is copied into an allocation of its exact size.
-    #[serde(skip)]
+    /// Where each body is encoded and hashed before it is copied into `bodies`.
     scratch: Scratch,
 }
 
@@ -306,6 +311,39 @@ impl AuditLog {
 
     pub fn len(&self) -> usize {
         self.records.len()
+    }
+
+    /// The range of the record's body in `bodies`.
+    fn body_range(&self, record: &StoredRecord) -> Option<std::ops::Range<usize>> {
+        let start = usize::try_from(record.body_at.checked_sub(self.bodies_dropped)?).ok()?;
+        let end = start.checked_add(usize::try_from(record.body_len).ok()?)?;
+        (end <= self.bodies.len()).then_some(start..end)
+    }
+
+    /// Copies the record's body into `out` (queries and verification only).
+    fn body_into(&self, record: &StoredRecord, out: &mut Vec<u8>) {
+        out.clear();
+        if let Some(range) = self.body_range(record) {
+            out.extend(self.bodies.range(range));
+        }
+    }
+
+    fn push(&mut self, record: StoredRecord, body: &[u8]) {
+        if self.records.len() >= AUDIT_RECORDS_RETAINED_MAX {
+            if let Some(oldest) = self.records.pop_front() {
+                let len = usize::try_from(oldest.body_len)
+                    .unwrap_or(usize::MAX)
+                    .min(self.bodies.len());
+                self.bodies.drain(..len);
+                self.bodies_dropped = self.bodies_dropped.saturating_add(len as u64);
+            }
+        }
+        debug_assert_eq!(
+            record.body_at,
+            self.bodies_dropped + self.bodies.len() as u64
+        );
+        self.bodies.extend(body);
+        self.records.push_back(record);
     }
 
     /// Appends a record at `at_ms` and returns its seq. Drops the oldest retained record
@@ -332,21 +370,20 @@ impl AuditLog {
         let mut scratch = std::mem::take(&mut self.scratch.0);
         scratch.clear();
         let scratch = postcard::to_extend(&body, scratch).unwrap_or_default();
-        let body = Box::<[u8]>::from(scratch.as_slice());
-        self.scratch.0 = scratch;
-        let hash = chain_hash(&self.head.hash, &body);
+        let hash = chain_hash(&self.head.hash, &scratch);
         self.head = ChainHead { seq, hash };
-        if self.records.len() >= AUDIT_RECORDS_RETAINED_MAX {
-            self.records.pop_front();
-        }
-        self.records.push_back(StoredRecord {
+        let record = StoredRecord {
             seq,
             at_ms,
             tenant_key: id_key(fact.tenant.map(|t| t.as_str())),
             agent_key: id_key(fact.agent.map(|a| a.as_str())),
             hash,
-            body,
-        });
+            body_at: self.bodies_dropped.saturating_add(self.bodies.len() as u64),
+            // A body holds a few ids of at most ID_BYTES_MAX and integers: far below 4 GB.
+            body_len: u32::try_from(scratch.len()).unwrap_or(u32::MAX),
+        };
+        self.push(record, &scratch);
+        self.scratch.0 = scratch;
         seq
     }
 
@@ -354,8 +391,10 @@ impl AuditLog {
     /// result is the chain head.
     pub fn verify(&self) -> Result<ChainHead, AuditError> {
         let mut previous: Option<&StoredRecord> = None;
+        let mut body = Vec::new();
         for record in &self.records {
-            let prev_hash = record.prev_hash();
+            self.body_into(record, &mut body);
+            let prev_hash = prev_hash_of(&body);
             match previous {
                 None if record.seq == 1 && prev_hash != GENESIS_PREV_HASH => {
                     return Err(AuditError::BadGenesis);
@@ -378,7 +417,7 @@ impl AuditLog {
                     }
                 }
             }
-            if chain_hash(&prev_hash, &record.body) != record.hash {
+            if chain_hash(&prev_hash, &body) != record.hash {
                 return Err(AuditError::HashMismatch { seq: record.seq });
             }
             previous = Some(record);
@@ -412,12 +451,16 @@ impl AuditLog {
         }
         let tenant_key = filter.tenant.as_ref().map(|t| id_key(Some(t.as_str())));
         let agent_key = filter.agent.as_ref().map(|a| id_key(Some(a.as_str())));
+        let mut body = Vec::new();
         self.records
             .range(start..)
             .take_while(|r| filter.to_ms.is_none_or(|to| r.at_ms <= to))
             .filter(|r| tenant_key.is_none_or(|k| k == r.tenant_key))
             .filter(|r| agent_key.is_none_or(|k| k == r.agent_key))
-            .filter_map(StoredRecord::decode)
+            .filter_map(|r| {
+                self.body_into(r, &mut body);
+                decode(&body, r.hash)
+            })
             .filter(|r| filter.tenant.is_none() || r.tenant == filter.tenant)
             .filter(|r| filter.agent.is_none() || r.agent == filter.agent)
             .take(limit)
@@ -434,7 +477,129 @@ impl AuditLog {
                 return Err("audit chain head does not match the newest record".into());
             }
         }
+        // The bodies are back to back, in order, and fill `bodies` exactly.
+        let mut body_at = self.bodies_dropped;
+        for record in &self.records {
+            if record.body_at != body_at {
+                return Err(format!("audit record {}: body misplaced", record.seq));
+            }
+            body_at = body_at.saturating_add(u64::from(record.body_len));
+        }
+        if body_at != self.bodies_dropped.saturating_add(self.bodies.len() as u64) {
+            return Err("audit bodies and records differ in size".into());
+        }
         Ok(())
+    }
+}
+
+/// Equal when they retain the same records (bookkeeping aside) and the same head.
+impl PartialEq for AuditLog {
+    fn eq(&self, other: &Self) -> bool {
+        let same_record = |a: &StoredRecord, b: &StoredRecord| {
+            (
+                a.seq,
+                a.at_ms,
+                a.tenant_key,
+                a.agent_key,
+                a.hash,
+                a.body_len,
+            ) == (
+                b.seq,
+                b.at_ms,
+                b.tenant_key,
+                b.agent_key,
+                b.hash,
+                b.body_len,
+            ) && match (self.body_range(a), other.body_range(b)) {
+                (Some(ra), Some(rb)) => self.bodies.range(ra).eq(other.bodies.range(rb)),
+                _ => false,
+            }
+        };
+        self.head == other.head
+            && self.records.len() == other.records.len()
+            && self
+                .records
+                .iter()
+                .zip(&other.records)
+                .all(|(a, b)| same_record(a, b))
+    }
+}
+
+impl Eq for AuditLog {}
+
+/// A retained record as serialized: its fields and its body (no ring offsets).
+#[derive(Serialize)]
+struct StoredOut<'a> {
+    seq: u64,
+    at_ms: u64,
+    tenant_key: u64,
+    agent_key: u64,
+    hash: &'a [u8; 32],
+    body: DequeBytes<'a>,
+}
+
+#[derive(Deserialize)]
+struct StoredIn {
+    seq: u64,
+    at_ms: u64,
+    tenant_key: u64,
+    agent_key: u64,
+    hash: [u8; 32],
+    body: Vec<u8>,
+}
+
+struct RecordsOut<'a>(&'a AuditLog);
+
+impl Serialize for RecordsOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let log = self.0;
+        s.collect_seq(log.records.iter().map(|r| StoredOut {
+            seq: r.seq,
+            at_ms: r.at_ms,
+            tenant_key: r.tenant_key,
+            agent_key: r.agent_key,
+            hash: &r.hash,
+            body: DequeBytes(log.bodies.range(log.body_range(r).unwrap_or_default())),
+        }))
+    }
+}
+
+/// Serialized as the retained records (each with its body) and then the head.
+impl Serialize for AuditLog {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (RecordsOut(self), self.head).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditLog {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (records, head): (Vec<StoredIn>, ChainHead) = Deserialize::deserialize(d)?;
+        if records.len() > AUDIT_RECORDS_RETAINED_MAX {
+            return Err(D::Error::custom(
+                "more audit records than AUDIT_RECORDS_RETAINED_MAX",
+            ));
+        }
+        let mut log = AuditLog {
+            head,
+            ..AuditLog::default()
+        };
+        log.bodies
+            .reserve(records.iter().map(|r| r.body.len()).sum::<usize>());
+        for r in records {
+            let body_len = u32::try_from(r.body.len())
+                .map_err(|_| D::Error::custom("an audit record body is too long"))?;
+            let record = StoredRecord {
+                seq: r.seq,
+                at_ms: r.at_ms,
+                tenant_key: r.tenant_key,
+                agent_key: r.agent_key,
+                hash: r.hash,
+                body_at: log.bodies.len() as u64,
+                body_len,
+            };
+            log.push(record, &r.body);
+        }
+        Ok(log)
     }
 }
 

@@ -3,6 +3,8 @@
 //! Every function checks everything that can reject before it changes anything, so a
 //! `Rejected` outcome leaves the state as it was. Every decision appends an audit record.
 
+use smallvec::SmallVec;
+
 use super::audit::{AuditEvent, Fact};
 use super::limits::{self, is_per_agent, AgentCounter, Counter, Verdict, LIMITS_PER_TENANT_MAX};
 use super::runaway;
@@ -380,7 +382,7 @@ impl Ledger {
 
         // Granted: hold the estimate against every applicable limit.
         make_counter_room(agent, limits, &applicable);
-        let mut holds = Vec::with_capacity(applicable.iter().count());
+        let mut holds = SmallVec::new();
         for index in applicable.iter() {
             let entry = &mut limits[index];
             let counter = if is_per_agent(&entry.spec.scope) {
@@ -408,7 +410,7 @@ impl Ledger {
                 estimate: *r.estimate,
                 granted_at_ms: now_ms,
                 expires_at_ms,
-                holds: holds.into_boxed_slice(),
+                holds,
             },
         );
         let tightest =

@@ -1,21 +1,38 @@
 //! Exactly once: the first answer to each (tenant, request id), for retries.
 //!
 //! A retry with the same payload gets the first answer back and changes nothing (no audit
-//! record either); the same id with another payload is `RequestIdReused`. Answers are kept
-//! per tenant (so lookups borrow, never allocate) and forgotten in the order they were given.
+//! record either); the same id with another payload is `RequestIdReused`. Answers live in
+//! one ring in the order they were given (fixed-size entries, with their request ids and
+//! encoded outcomes back to back in one byte ring) and one hash index over all tenants, so
+//! remembering and forgetting are sequential pushes and pops plus one index update: no
+//! allocation per answer, and forgetting the oldest never touches a cold tenant.
 
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use serde::de::Error;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::state::{DedupEntry, RequestKey};
-use super::{Command, Ledger, Outcome, Rejection, RequestId};
+use super::state::DequeBytes;
+use super::{Command, Ledger, Outcome, Rejection, RequestId, ID_BYTES_MAX};
 
 /// How long an answer is remembered: 10 minutes. It must cover a client's retries across a
 /// leader change (election timeouts are seconds) with a wide margin; a retry after that is
 /// a new request.
 pub const DEDUP_WINDOW_MS: u64 = 600_000;
-/// Most answers remembered over all tenants (~300 bytes each: ~600 MB at most); beyond it
-/// the oldest is forgotten first, even within its window.
+/// Most answers remembered over all tenants (~150 bytes each with their index: ~300 MB at
+/// most); beyond it the oldest is forgotten first, even within its window.
 pub const DEDUP_ENTRIES_MAX: usize = 2_000_000;
+/// Longest encoded outcome remembered. Outcomes hold a few ids (each at most
+/// `ID_BYTES_MAX`) and integers, so real ones are far below it; a longer one is not
+/// remembered (a retry would then be executed again, which a bound violation must not
+/// silently turn into a wrong answer).
+const OUTCOME_BYTES_MAX: usize = 4_096;
+
+/// The index is never shrunk below room for this many answers.
+const INDEX_ENTRIES_MIN: usize = 1_024;
 
 /// xxh3-128 of the command's postcard encoding (deterministic and endian-independent),
 /// encoded into `scratch` (reused, so no allocation once it has grown) and hashed at once.
@@ -29,6 +46,345 @@ pub fn payload_hash(scratch: &mut Vec<u8>, cmd: &Command) -> u128 {
     hash
 }
 
+/// One remembered answer. Its request id and then its encoded outcome are in
+/// `Answers::bytes`, starting at `bytes_at`.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// xxh3-128 of the command's postcard bytes: a retry must carry the same payload.
+    pub payload: u128,
+    pub at_ms: u64,
+    /// Where the first answer was given (the Raft log index), returned with every retry.
+    pub position: u64,
+    /// Seeded hash of (tenant, request id), the index's key; derived, never serialized.
+    key_hash: u64,
+    /// Where its bytes start, counted from the first byte this ring ever held.
+    bytes_at: u64,
+    /// Index of the tenant in `Ledger::tenants`.
+    pub tenant: u32,
+    request_id_len: u16,
+    outcome_len: u16,
+}
+
+/// The remembered answers, oldest first, with an index by (tenant, request id).
+#[derive(Clone, Default)]
+pub struct Answers {
+    entries: VecDeque<Answer>,
+    /// Request ids and encoded outcomes of `entries`, in the same order.
+    bytes: VecDeque<u8>,
+    /// Answers and bytes forgotten from the front so far: the first entry's sequence
+    /// number and the first byte's offset. Local bookkeeping, never serialized.
+    entries_forgotten: u64,
+    bytes_forgotten: u64,
+    /// (key hash, sequence number) of every entry. Its iteration order is never used.
+    index: HashTable<(u64, u64)>,
+    seed: foldhash::fast::RandomState,
+    /// Where an outcome is encoded before it is copied into `bytes`.
+    scratch: Vec<u8>,
+}
+
+impl Answers {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// When the oldest answer was given.
+    pub fn oldest_at_ms(&self) -> Option<u64> {
+        self.entries.front().map(|a| a.at_ms)
+    }
+
+    fn key_hash(&self, tenant: u32, request_id: &str) -> u64 {
+        self.seed.hash_one((tenant, request_id))
+    }
+
+    fn get(&self, seq: u64) -> Option<&Answer> {
+        let at = usize::try_from(seq.checked_sub(self.entries_forgotten)?).ok()?;
+        self.entries.get(at)
+    }
+
+    /// The byte range of the answer's request id and of its outcome in `bytes`.
+    fn ranges(&self, answer: &Answer) -> Option<(usize, usize, usize)> {
+        let start = usize::try_from(answer.bytes_at.checked_sub(self.bytes_forgotten)?).ok()?;
+        let middle = start.checked_add(usize::from(answer.request_id_len))?;
+        let end = middle.checked_add(usize::from(answer.outcome_len))?;
+        (end <= self.bytes.len()).then_some((start, middle, end))
+    }
+
+    fn request_id_is(&self, answer: &Answer, request_id: &str) -> bool {
+        self.ranges(answer).is_some_and(|(start, middle, _)| {
+            self.bytes
+                .range(start..middle)
+                .eq(request_id.as_bytes().iter())
+        })
+    }
+
+    /// The answer remembered for (tenant, request id).
+    pub fn find(&self, tenant: u32, request_id: &str) -> Option<&Answer> {
+        let hash = self.key_hash(tenant, request_id);
+        let &(_, seq) = self.index.find(hash, |&(h, seq)| {
+            h == hash
+                && self
+                    .get(seq)
+                    .is_some_and(|a| a.tenant == tenant && self.request_id_is(a, request_id))
+        })?;
+        self.get(seq)
+    }
+
+    /// The outcome of a remembered answer, decoded (retries only).
+    pub fn outcome(&self, answer: &Answer) -> Option<Outcome> {
+        let (_, middle, end) = self.ranges(answer)?;
+        let bytes: Vec<u8> = self.bytes.range(middle..end).copied().collect();
+        postcard::from_bytes(&bytes).ok()
+    }
+
+    fn request_id(&self, answer: &Answer) -> Option<Vec<u8>> {
+        let (start, middle, _) = self.ranges(answer)?;
+        Some(self.bytes.range(start..middle).copied().collect())
+    }
+
+    /// Remembers an answer not remembered yet. Forgets the oldest ones first while
+    /// `DEDUP_ENTRIES_MAX` are remembered.
+    pub fn push(
+        &mut self,
+        tenant: u32,
+        request_id: &str,
+        payload: u128,
+        outcome: &Outcome,
+        at_ms: u64,
+        position: u64,
+    ) {
+        while self.entries.len() >= DEDUP_ENTRIES_MAX {
+            self.pop_front();
+        }
+        debug_assert!(self.find(tenant, request_id).is_none(), "remembered twice");
+        debug_assert!(self.entries.back().is_none_or(|a| a.at_ms <= at_ms));
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        // Serializing plain data into a Vec cannot fail but for memory.
+        let scratch = postcard::to_extend(outcome, scratch).unwrap_or_default();
+        let lengths = (
+            u16::try_from(request_id.len()).ok(),
+            u16::try_from(scratch.len()).ok(),
+        );
+        let (Some(request_id_len), Some(outcome_len)) = lengths else {
+            debug_assert!(false, "request id or outcome too long to remember");
+            self.scratch = scratch;
+            return;
+        };
+        if usize::from(request_id_len) > ID_BYTES_MAX
+            || usize::from(outcome_len) > OUTCOME_BYTES_MAX
+        {
+            debug_assert!(false, "request id or outcome too long to remember");
+            self.scratch = scratch;
+            return;
+        }
+        let key_hash = self.key_hash(tenant, request_id);
+        let bytes_at = self.bytes_forgotten.saturating_add(self.bytes.len() as u64);
+        self.bytes.extend(request_id.as_bytes());
+        self.bytes.extend(scratch.iter());
+        self.scratch = scratch;
+        let seq = self
+            .entries_forgotten
+            .saturating_add(self.entries.len() as u64);
+        self.index
+            .insert_unique(key_hash, (key_hash, seq), |&(h, _)| h);
+        self.entries.push_back(Answer {
+            payload,
+            at_ms,
+            position,
+            key_hash,
+            bytes_at,
+            tenant,
+            request_id_len,
+            outcome_len,
+        });
+    }
+
+    /// Forgets the oldest answer.
+    pub fn pop_front(&mut self) {
+        let Some(oldest) = self.entries.pop_front() else {
+            return;
+        };
+        let seq = self.entries_forgotten;
+        self.entries_forgotten = self.entries_forgotten.saturating_add(1);
+        match self.index.find_entry(oldest.key_hash, |&(_, s)| s == seq) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => debug_assert!(false, "answer missing from the index"),
+        }
+        let len = usize::from(oldest.request_id_len) + usize::from(oldest.outcome_len);
+        let len = len.min(self.bytes.len());
+        self.bytes.drain(..len);
+        self.bytes_forgotten = self.bytes_forgotten.saturating_add(len as u64);
+    }
+
+    /// Shrinks the index once it is mostly empty (after a burst of answers has been
+    /// forgotten), so the index of the answers in the window stays small and warm in the
+    /// cache. Amortized O(1): it shrinks only after the entries fell to a quarter of what
+    /// the index was sized for, and leaves room to double again.
+    fn shrink_if_sparse(&mut self) {
+        let len = self.index.len().max(INDEX_ENTRIES_MIN);
+        if self.index.capacity() / 4 > len {
+            self.index.shrink_to(len.saturating_mul(2), |&(h, _)| h);
+        }
+    }
+
+    /// Structural checks (invariant 4): the index and the ring agree, every answer names
+    /// an existing tenant, decodes, and answers are in time order.
+    pub fn check(&self, tenants: usize) -> Result<(), String> {
+        if self.entries.len() > DEDUP_ENTRIES_MAX {
+            return Err("more than DEDUP_ENTRIES_MAX answers".into());
+        }
+        if self.index.len() != self.entries.len() {
+            return Err("answer index and answers differ in size".into());
+        }
+        let mut bytes_at = self.bytes_forgotten;
+        let mut previous_at_ms = 0;
+        for (seq, answer) in (self.entries_forgotten..).zip(&self.entries) {
+            if answer.bytes_at != bytes_at {
+                return Err(format!("answer #{seq}: its bytes are not where expected"));
+            }
+            bytes_at = bytes_at
+                .saturating_add(u64::from(answer.request_id_len))
+                .saturating_add(u64::from(answer.outcome_len));
+            if answer.tenant as usize >= tenants {
+                return Err(format!(
+                    "answer #{seq} of unknown tenant #{}",
+                    answer.tenant
+                ));
+            }
+            if answer.at_ms < previous_at_ms {
+                return Err("answers out of time order".into());
+            }
+            previous_at_ms = answer.at_ms;
+            let request_id = self
+                .request_id(answer)
+                .and_then(|id| String::from_utf8(id).ok())
+                .ok_or_else(|| format!("answer #{seq}: its request id is not readable"))?;
+            if self.find(answer.tenant, &request_id).map(|a| a.bytes_at) != Some(answer.bytes_at) {
+                return Err(format!(
+                    "answer to request {request_id} missing from the index"
+                ));
+            }
+            if answer.key_hash != self.key_hash(answer.tenant, &request_id) {
+                return Err(format!("answer to request {request_id} has a stale key"));
+            }
+            if self.outcome(answer).is_none() {
+                return Err(format!("answer to request {request_id} does not decode"));
+            }
+        }
+        if bytes_at != self.bytes_forgotten.saturating_add(self.bytes.len() as u64) {
+            return Err("answer bytes and answers differ in size".into());
+        }
+        Ok(())
+    }
+}
+
+/// Equal when they remember the same answers in the same order (bookkeeping aside).
+impl PartialEq for Answers {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries.len() == other.entries.len()
+            && self.entries.iter().zip(&other.entries).all(|(a, b)| {
+                a.payload == b.payload
+                    && a.at_ms == b.at_ms
+                    && a.position == b.position
+                    && a.tenant == b.tenant
+                    && a.request_id_len == b.request_id_len
+                    && a.outcome_len == b.outcome_len
+                    && match (self.ranges(a), other.ranges(b)) {
+                        (Some((sa, _, ea)), Some((sb, _, eb))) => {
+                            self.bytes.range(sa..ea).eq(other.bytes.range(sb..eb))
+                        }
+                        _ => false,
+                    }
+            })
+    }
+}
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answers")
+            .field("len", &self.entries.len())
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// One answer as serialized: no offsets, hashes or sequence numbers, which are local.
+#[derive(Serialize)]
+struct AnswerOut<'a> {
+    at_ms: u64,
+    tenant: u32,
+    request_id: DequeBytes<'a>,
+    payload: u128,
+    position: u64,
+    outcome: DequeBytes<'a>,
+}
+
+#[derive(Deserialize)]
+struct AnswerIn {
+    at_ms: u64,
+    tenant: u32,
+    request_id: Vec<u8>,
+    payload: u128,
+    position: u64,
+    outcome: Vec<u8>,
+}
+
+/// Serialized as the answers in the order given: deterministic bytes.
+impl Serialize for Answers {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.entries.iter().map(|a| {
+            let (start, middle, end) = self.ranges(a).unwrap_or_default();
+            AnswerOut {
+                at_ms: a.at_ms,
+                tenant: a.tenant,
+                request_id: DequeBytes(self.bytes.range(start..middle)),
+                payload: a.payload,
+                position: a.position,
+                outcome: DequeBytes(self.bytes.range(middle..end)),
+            }
+        }))
+    }
+}
+
+/// Rebuilds the index; a repeated request id, a bad id or an outcome that does not decode
+/// is a decoding error.
+impl<'de> Deserialize<'de> for Answers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire: Vec<AnswerIn> = Vec::deserialize(d)?;
+        if wire.len() > DEDUP_ENTRIES_MAX {
+            return Err(D::Error::custom("more than DEDUP_ENTRIES_MAX answers"));
+        }
+        let mut answers = Answers::default();
+        answers.index.reserve(wire.len(), |&(h, _)| h);
+        for a in wire {
+            let request_id = String::from_utf8(a.request_id)
+                .map_err(|_| D::Error::custom("a request id is not UTF-8"))
+                .and_then(|id| RequestId::new(id).map_err(D::Error::custom))?;
+            let outcome: Outcome = postcard::from_bytes(&a.outcome)
+                .map_err(|e| D::Error::custom(format!("a remembered outcome: {e}")))?;
+            if answers.find(a.tenant, request_id.as_str()).is_some() {
+                return Err(D::Error::custom(format!(
+                    "request {request_id} remembered twice"
+                )));
+            }
+            if answers.entries.back().is_some_and(|b| b.at_ms > a.at_ms) {
+                return Err(D::Error::custom("answers out of time order"));
+            }
+            answers.push(
+                a.tenant,
+                request_id.as_str(),
+                a.payload,
+                &outcome,
+                a.at_ms,
+                a.position,
+            );
+        }
+        Ok(answers)
+    }
+}
+
 impl Ledger {
     /// The remembered answer for a retry, `RequestIdReused` for another payload, or None
     /// for a new request.
@@ -39,16 +395,22 @@ impl Ledger {
         payload: u128,
     ) -> Option<(Outcome, u64)> {
         let t = self.tenants.get(tenant)?;
-        let entry = t.requests.get(request_id.as_str())?;
-        if entry.payload == payload {
-            Some((entry.outcome.clone(), entry.position))
-        } else {
-            let reused = Rejection::RequestIdReused(format!(
+        let entry = self.answers.find(tenant, request_id.as_str())?;
+        let outcome = if entry.payload != payload {
+            Outcome::Rejected(Rejection::RequestIdReused(format!(
                 "request {request_id} of tenant {} was first sent at {} ms with another payload",
                 t.id, entry.at_ms
-            ));
-            Some((Outcome::Rejected(reused), entry.position))
-        }
+            )))
+        } else {
+            // Outcomes are checked to decode on restore and were encoded by this code, so
+            // the fallback is unreachable; it still answers the same on every replica.
+            self.answers.outcome(entry).unwrap_or_else(|| {
+                Outcome::Rejected(Rejection::FailedPrecondition(format!(
+                    "the first answer to request {request_id} cannot be read back"
+                )))
+            })
+        };
+        Some((outcome, entry.position))
     }
 
     pub(super) fn remember(
@@ -60,39 +422,28 @@ impl Ledger {
         now_ms: u64,
         position: u64,
     ) {
-        while self.dedup_order.len() >= DEDUP_ENTRIES_MAX {
-            self.forget_oldest_request();
-        }
-        let Some(t) = self.tenants.get_mut(tenant) else {
-            return;
-        };
-        let entry = DedupEntry {
+        self.answers.push(
+            tenant,
+            request_id.as_str(),
             payload,
-            at_ms: now_ms,
+            outcome,
+            now_ms,
             position,
-            outcome: outcome.clone(),
-        };
-        let key = RequestKey(request_id.as_str().into());
-        let previous = t.requests.insert(key.clone(), entry);
-        debug_assert!(previous.is_none(), "an answer was remembered twice");
-        self.dedup_order.push_back((now_ms, tenant, key));
+        );
     }
 
     /// Forgets answers given `DEDUP_WINDOW_MS` or more before `now_ms`.
     pub(super) fn forget_requests_before(&mut self, now_ms: u64) {
-        while let Some(&(at_ms, _, _)) = self.dedup_order.front() {
+        let mut forgotten = false;
+        while let Some(at_ms) = self.answers.oldest_at_ms() {
             if at_ms.saturating_add(DEDUP_WINDOW_MS) > now_ms {
                 break;
             }
-            self.forget_oldest_request();
+            self.answers.pop_front();
+            forgotten = true;
         }
-    }
-
-    fn forget_oldest_request(&mut self) {
-        if let Some((_, tenant, request_id)) = self.dedup_order.pop_front() {
-            if let Some(t) = self.tenants.get_mut(tenant) {
-                t.requests.remove(&request_id);
-            }
+        if forgotten {
+            self.answers.shrink_if_sparse();
         }
     }
 }

@@ -47,7 +47,7 @@ impl Ledger {
         ensure(self.tombstones.len() <= EXPIRED_TOMBSTONES_MAX, || {
             "more than EXPIRED_TOMBSTONES_MAX tombstones".into()
         })?;
-        ensure(self.dedup_order.len() <= DEDUP_ENTRIES_MAX, || {
+        ensure(self.answers.len() <= DEDUP_ENTRIES_MAX, || {
             "more than DEDUP_ENTRIES_MAX answers".into()
         })?;
 
@@ -98,12 +98,10 @@ impl Ledger {
 
         let mut agents_total = 0usize;
         let mut in_flight_total = 0usize;
-        let mut requests_total = 0usize;
         for (t, tenant) in self.tenants.iter().enumerate() {
             let tenant_id = &tenant.id;
             agents_total += tenant.agents.len();
             in_flight_total += tenant.in_flight.len();
-            requests_total += tenant.requests.len();
             ensure(tenant.agents.len() <= AGENTS_PER_TENANT_MAX, || {
                 format!("tenant {tenant_id} has more than AGENTS_PER_TENANT_MAX agents")
             })?;
@@ -242,23 +240,7 @@ impl Ledger {
         ensure(in_flight_total == self.reservations.len(), || {
             "tenants index a different number of reservations than are in flight".into()
         })?;
-        ensure(requests_total == self.dedup_order.len(), || {
-            "remembered answers and their order differ in size".into()
-        })?;
-        let mut previous_at_ms = 0;
-        for (at_ms, tenant, request_id) in &self.dedup_order {
-            ensure(
-                self.tenants
-                    .get(*tenant)
-                    .and_then(|t| t.requests.get(request_id))
-                    .is_some_and(|e| e.at_ms == *at_ms),
-                || format!("answer order names a forgotten request {}", request_id.0),
-            )?;
-            ensure(*at_ms >= previous_at_ms, || {
-                "answers out of time order".into()
-            })?;
-            previous_at_ms = *at_ms;
-        }
+        self.answers.check(self.tenants.len())?;
         self.audit.check()
     }
 }

@@ -66,13 +66,13 @@ pub use validate::{
     RUNAWAY_WINDOW_MS_MAX, TRIP_COOLDOWN_MS_MAX, VELOCITY_FACTOR_MAX, VELOCITY_WINDOW_MS_MIN,
 };
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use audit::AuditLog;
 use names::Interned;
-use state::{sorted_map, FastMap, RequestKey, Reservation, Scratch, Tenant, Tombstone};
+use state::{sorted_map, FastMap, Reservation, Scratch, Tenant, Tombstone};
 
 /// Most reservations one `reservations` query returns.
 pub const RESERVATIONS_QUERY_MAX: usize = 10_000;
@@ -154,9 +154,8 @@ pub struct Ledger {
     /// Expired reservations remembered for late commits.
     #[serde(with = "sorted_map")]
     tombstones: FastMap<u64, Tombstone>,
-    /// Remembered answers (in each tenant's `requests`), oldest first, for forgetting:
-    /// (answered at ms, tenant index, request id).
-    dedup_order: VecDeque<(u64, u32, RequestKey)>,
+    /// Remembered answers, oldest first, with their index (see `dedup.rs`).
+    answers: dedup::Answers,
     audit: AuditLog,
     /// Derived indexes and counts, rebuilt on restore.
     #[serde(skip)]
@@ -413,7 +412,7 @@ impl Ledger {
             tenants: self.tenants.len() as u64,
             agents: self.agents_total as u64,
             reservations_in_flight: self.reservations.len() as u64,
-            dedup_entries: self.dedup_order.len() as u64,
+            dedup_entries: self.answers.len() as u64,
             audit_records_retained: self.audit.len() as u64,
         }
     }

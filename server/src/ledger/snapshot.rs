@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::Ledger;
 
 /// Bump on any change to the shape of the ledger's state or of the types in the log.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8;

@@ -4,16 +4,15 @@
 //! Hash maps are for lookups only: nothing iterates them into an output, a snapshot or the
 //! audit trail without sorting first (`sorted_map`), so their random seeds never leak.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::limits::{AgentCounter, LimitEntry};
 use super::names::{Interned, Named};
 use super::runaway::Runaway;
-use super::{AgentId, Amounts, Outcome, TenantId, TenantPolicy, ToolId};
+use super::{AgentId, Amounts, TenantId, TenantPolicy, ToolId};
 
 /// The ledger's hash maps: foldhash is several times faster than SipHash on short ids, and
 /// its per-process random seeds keep flooding a map with colliding ids impractical.
@@ -30,9 +29,6 @@ pub struct Tenant {
     pub generation_last: u64,
     /// In creation order; reservations and answers refer to them by index.
     pub agents: Interned<Agent>,
-    /// Remembered answers by request id (see `dedup.rs`).
-    #[serde(with = "sorted_map")]
-    pub requests: FastMap<RequestKey, DedupEntry>,
     /// Ids of this tenant's reservations in flight; derived, rebuilt on restore.
     #[serde(skip)]
     pub in_flight: BTreeSet<u64>,
@@ -47,7 +43,6 @@ impl Tenant {
             limits: Vec::new(),
             generation_last: 0,
             agents: Interned::default(),
-            requests: FastMap::default(),
             in_flight: BTreeSet::new(),
         }
     }
@@ -66,13 +61,22 @@ impl Named for Tenant {
     }
 }
 
+/// Per-agent counters kept inside the agent before they spill to the heap: a tenant
+/// typically has a per-agent rate and a per-agent concurrency limit.
+pub const AGENT_COUNTERS_INLINE: usize = 2;
+/// Held limit generations kept inside a reservation before they spill to the heap.
+pub const HOLDS_INLINE: usize = 4;
+
 /// An agent: created on its first reserve or record (or freeze), never deleted. Kept small:
 /// a million of them must fit in a few hundred MB.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Agent {
     pub id: AgentId,
     /// Counters of the per-agent limits this agent has used, keyed by limit generation.
-    pub counters: Vec<AgentCounter>,
+    /// The first `AGENT_COUNTERS_INLINE` live inside the agent: no allocation, and no
+    /// second cache miss after the one that reached the agent.
+    #[serde(with = "inline_seq")]
+    pub counters: SmallVec<[AgentCounter; AGENT_COUNTERS_INLINE]>,
     pub runaway: Option<Box<Runaway>>,
     pub frozen: bool,
 }
@@ -81,7 +85,7 @@ impl Agent {
     pub fn new(id: AgentId) -> Self {
         Agent {
             id,
-            counters: Vec::new(),
+            counters: SmallVec::new(),
             runaway: None,
             frozen: false,
         }
@@ -111,8 +115,10 @@ pub struct Reservation {
     pub estimate: Amounts,
     pub granted_at_ms: u64,
     pub expires_at_ms: u64,
-    /// Generations of the limits held; a limit since deleted or reset is skipped.
-    pub holds: Box<[u64]>,
+    /// Generations of the limits held; a limit since deleted or reset is skipped. The
+    /// first `HOLDS_INLINE` live inside the reservation (no allocation per grant).
+    #[serde(with = "inline_seq")]
+    pub holds: SmallVec<[u64; HOLDS_INLINE]>,
 }
 
 /// An expired reservation, kept for a while so a late commit trues the expiry up or down
@@ -125,38 +131,14 @@ pub struct Tombstone {
     pub charged: bool,
 }
 
-/// A remembered request id, shared by its tenant's `requests` and the ledger's
-/// `dedup_order`: one allocation per answer instead of two. Serialized as a string.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestKey(pub Arc<str>);
+/// A run of bytes in a `VecDeque<u8>`, serialized as a sequence of bytes without copying
+/// them out first (postcard writes it exactly as a `Vec<u8>` or `Box<[u8]>`).
+pub struct DequeBytes<'a>(pub std::collections::vec_deque::Iter<'a, u8>);
 
-impl Borrow<str> for RequestKey {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Serialize for RequestKey {
+impl Serialize for DequeBytes<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.collect_seq(self.0.clone())
     }
-}
-
-impl<'de> Deserialize<'de> for RequestKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(|key| RequestKey(key.into()))
-    }
-}
-
-/// The first answer to a request, for retries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DedupEntry {
-    /// xxh3-128 of the command's postcard bytes: a retry must carry the same payload.
-    pub payload: u128,
-    pub at_ms: u64,
-    /// Where the first answer was given (the Raft log index), returned with every retry.
-    pub position: u64,
-    pub outcome: Outcome,
 }
 
 /// A reusable encoding buffer. Not state: every `Scratch` equals every other, a clone
@@ -181,6 +163,30 @@ impl Eq for Scratch {}
 impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Scratch")
+    }
+}
+
+/// Serializes a `SmallVec` as a plain sequence: the same bytes as a `Vec` or a boxed slice.
+pub mod inline_seq {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use smallvec::{Array, SmallVec};
+
+    pub fn serialize<A, S>(items: &SmallVec<A>, s: S) -> Result<S::Ok, S::Error>
+    where
+        A: Array,
+        A::Item: Serialize,
+        S: Serializer,
+    {
+        s.collect_seq(items.iter())
+    }
+
+    pub fn deserialize<'de, A, D>(d: D) -> Result<SmallVec<A>, D::Error>
+    where
+        A: Array,
+        A::Item: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Vec::<A::Item>::deserialize(d).map(SmallVec::from_vec)
     }
 }
 
