@@ -3,10 +3,11 @@
 //! Times reserve+commit pairs on random agents (fixed seed). The last line is the result:
 //! `ledger reserve+commit: <N> ns/op (1000000 agents)`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
 use std::time::Instant;
 
+use mimalloc::MiMalloc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tollgate_server::ledger::*;
@@ -21,7 +22,8 @@ const WARMUP_PAIRS: usize = (DEDUP_WINDOW_MS / PAIR_STEP_MS) as usize + 10_000;
 /// Time between pairs: 250 pairs/s, 150,000 pairs (300,000 answers) in the dedup window.
 const PAIR_STEP_MS: u64 = 4;
 
-/// Counts live heap bytes while enabled (memory phases only, so timing is not skewed).
+/// Counts live heap bytes while enabled (memory phases only, so timing is not skewed). Allocates
+/// with mimalloc, as the `tollgate` binary does.
 struct Counting;
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
@@ -32,21 +34,21 @@ unsafe impl GlobalAlloc for Counting {
         if COUNTING.load(Relaxed) {
             LIVE_BYTES.fetch_add(layout.size() as isize, Relaxed);
         }
-        unsafe { System.alloc(layout) }
+        unsafe { MiMalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if COUNTING.load(Relaxed) {
             LIVE_BYTES.fetch_sub(layout.size() as isize, Relaxed);
         }
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { MiMalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if COUNTING.load(Relaxed) {
             LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
         }
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 
