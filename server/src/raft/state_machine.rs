@@ -191,10 +191,13 @@ impl StateMachine {
         self.publish(last_log_id, &tmp)
     }
 
-    /// Writes `bytes` to the temporary file, with an fsync; `publish` then renames it.
+    /// Writes `bytes` to a temporary file of its own (a build and an install may write at
+    /// the same time), with an fsync; `publish` then renames it.
     fn write_temp(&self, bytes: &[u8]) -> std::io::Result<PathBuf> {
         use std::io::Write;
-        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.{write}.tmp"));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
@@ -510,6 +513,14 @@ mod tests {
         sm
     }
 
+    fn assert_no_temporary_files(dir: &Path) {
+        let names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [SNAPSHOT_FILE], "temporary files left behind");
+    }
+
     fn snapshot_data(bytes: Vec<u8>) -> Box<Cursor<Vec<u8>>> {
         Box::new(Cursor::new(bytes))
     }
@@ -647,7 +658,7 @@ mod tests {
                 std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap(),
                 file_before
             );
-            assert!(!dir.path().join(format!("{SNAPSHOT_FILE}.tmp")).exists());
+            assert_no_temporary_files(dir.path());
         }
     }
 
@@ -669,6 +680,6 @@ mod tests {
         .unwrap();
         let current = node.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta(40));
-        assert!(!dir.path().join(format!("{SNAPSHOT_FILE}.tmp")).exists());
+        assert_no_temporary_files(dir.path());
     }
 }
