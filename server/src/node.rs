@@ -17,7 +17,7 @@ use crate::auth::Auth;
 use crate::clock::Clock;
 use crate::ledger::Command;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{NetworkFactory, Partition};
+use crate::raft::network::{NetworkFactory, Partition, RAFT_MESSAGE_BYTES_MAX};
 use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::{SharedApplied, StateMachine};
 use crate::raft::{NodeId, Raft};
@@ -99,6 +99,10 @@ impl Node {
     }
 }
 
+/// Largest snapshot chunk sent to a peer: a quarter of `RAFT_MESSAGE_BYTES_MAX`, leaving
+/// room for the chunk's metadata and encoding.
+const SNAPSHOT_CHUNK_BYTES: u64 = (RAFT_MESSAGE_BYTES_MAX / 4) as u64;
+
 /// A started node; dropping it does not stop it, `shutdown` does.
 pub struct RunningNode {
     pub node: Arc<Node>,
@@ -112,7 +116,12 @@ impl RunningNode {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let log_store = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
-        let state_machine = StateMachine::open(&config.data_dir)?;
+        // Restoring a large snapshot takes seconds of CPU: off the async runtime, which other
+        // nodes of a local cluster share.
+        let dir = config.data_dir.clone();
+        let state_machine = tokio::task::spawn_blocking(move || StateMachine::open(&dir))
+            .await
+            .context("opening the state machine")??;
         let applied = state_machine.shared();
 
         let listener = TcpListener::bind(config.listen)
@@ -126,8 +135,14 @@ impl RunningNode {
             heartbeat_interval: millis(config.heartbeat_interval),
             election_timeout_min: millis(config.election_timeout_min),
             election_timeout_max: millis(config.election_timeout_max),
-            // A snapshot of a million agents takes longer than the 200 ms default per chunk.
-            install_snapshot_timeout: 10_000,
+            // A snapshot of a million agents is ~300 MB: chunks of a quarter of the largest
+            // Raft message (not openraft's 3 MiB) make tens of round trips instead of a
+            // hundred, and a chunk still decodes in tens of ms. The last chunk waits for the
+            // install (decode, checks, fsync): seconds on a loaded machine, far longer than
+            // the 200 ms default; a timeout makes the leader start the whole transfer again,
+            // so the margin is wide.
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            install_snapshot_timeout: 30_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
             max_in_snapshot_log_to_keep: config.log_entries_kept_after_snapshot,
             ..Default::default()

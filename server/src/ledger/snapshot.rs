@@ -37,15 +37,30 @@ pub enum SnapshotError {
 impl Ledger {
     /// The whole state as versioned, deterministic bytes.
     pub fn snapshot(&self) -> Vec<u8> {
+        self.snapshot_into(Vec::new())
+    }
+
+    /// Appends the snapshot to `out` and returns it: the caller's own header goes first
+    /// with no copy of the (large) body. The body is encoded in place after a header whose
+    /// length and checksum are filled in once it is known.
+    pub fn snapshot_into(&self, mut out: Vec<u8>) -> Vec<u8> {
+        let start = out.len();
+        out.extend_from_slice(&SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&[0; 16]);
+        let body_start = out.len();
+        debug_assert_eq!(body_start - start, HEADER_BYTES);
         // Serializing plain data into a Vec has no failure mode but allocation.
-        let body = postcard::to_allocvec(self).unwrap_or_default();
-        let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len());
-        bytes.extend_from_slice(&SNAPSHOT_MAGIC);
-        bytes.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&xxh3_64(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
-        bytes
+        let mut out = postcard::to_extend(self, out).unwrap_or_default();
+        if out.len() < body_start {
+            return Vec::new();
+        }
+        let body = &out[body_start..];
+        let body_bytes = (body.len() as u64).to_le_bytes();
+        let checksum = xxh3_64(body).to_le_bytes();
+        out[start + 12..start + 20].copy_from_slice(&body_bytes);
+        out[start + 20..start + 28].copy_from_slice(&checksum);
+        out
     }
 
     /// Rebuilds a ledger from `snapshot` bytes. Rejects wrong magic, other versions, corrupt

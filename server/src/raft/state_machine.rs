@@ -4,20 +4,26 @@
 //! written to `snapshot.bin` in the data directory (temporary file, fsync, rename) before
 //! openraft is told it exists. On start the ledger is restored from that file and openraft
 //! re-applies the log after it. This module never decides anything: it only feeds the ledger.
+//!
+//! A snapshot (the file, and what travels to another node) is an envelope: a small header
+//! with openraft's metadata, then the ledger's own snapshot bytes as they are (see
+//! `encode_envelope`). The ledger's part is never copied into another encoding, so a
+//! snapshot of hundreds of MB is encoded, written, sent and decoded without extra copies;
+//! only the file is kept (not a copy in memory), and it is read again when openraft sends it.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::{BatchOutcome, NodeId, TypeConfig};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, SnapshotError};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
@@ -43,50 +49,134 @@ impl Default for Applied {
 /// A std lock: it is never held across an `.await`.
 pub type SharedApplied = Arc<RwLock<Applied>>;
 
-/// The bytes of a snapshot: openraft's metadata and the ledger's own versioned snapshot.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta<NodeId, BasicNode>,
-    ledger: Vec<u8>,
+/// The first bytes of every snapshot envelope (file or transfer).
+pub const ENVELOPE_MAGIC: [u8; 8] = *b"TGRAFTSN";
+/// Bump on any change to the envelope's header (the ledger's part has its own version).
+pub const ENVELOPE_FORMAT_VERSION: u32 = 1;
+/// magic (8) | version (u32 LE) | metadata length (u32 LE) | xxh3-64 of the metadata (u64 LE).
+const ENVELOPE_HEADER_BYTES: usize = 8 + 4 + 4 + 8;
+/// Longest metadata accepted: a membership of a handful of nodes takes well under 1 KiB.
+pub const ENVELOPE_META_BYTES_MAX: usize = 64 * 1024;
+
+/// Why snapshot bytes were refused. The ledger's own part is checked by `Ledger::restore`.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("snapshot is {len} bytes, shorter than its header")]
+    Truncated { len: usize },
+    #[error("not a Tollgate snapshot: the first 8 bytes are not {:?}", String::from_utf8_lossy(&ENVELOPE_MAGIC))]
+    BadMagic,
+    #[error(
+        "snapshot envelope version {found} is not supported; this build reads version {supported}"
+    )]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("snapshot metadata is {len} bytes, more than ENVELOPE_META_BYTES_MAX ({ENVELOPE_META_BYTES_MAX})")]
+    MetaTooLong { len: usize },
+    #[error("snapshot metadata checksum mismatch: the bytes are corrupt")]
+    MetaChecksumMismatch,
+    #[error("snapshot metadata does not decode: {0}")]
+    MetaDecode(String),
+    #[error("snapshot {found} was received as snapshot {expected}")]
+    MetaMismatch { found: String, expected: String },
+    #[error(transparent)]
+    Ledger(#[from] SnapshotError),
 }
 
-#[derive(Clone)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, BasicNode>,
-    bytes: Arc<Vec<u8>>,
+/// The envelope of `ledger` at `meta`: header, metadata, then the ledger's snapshot, encoded
+/// in place after them.
+fn encode_envelope(meta: &SnapshotMeta<NodeId, BasicNode>, ledger: &Ledger) -> Vec<u8> {
+    // Serializing plain data into a Vec has no failure mode but allocation.
+    let meta_bytes = postcard::to_allocvec(meta).unwrap_or_default();
+    let mut out = Vec::with_capacity(ENVELOPE_HEADER_BYTES + meta_bytes.len());
+    out.extend_from_slice(&ENVELOPE_MAGIC);
+    out.extend_from_slice(&ENVELOPE_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&xxh3_64(&meta_bytes).to_le_bytes());
+    out.extend_from_slice(&meta_bytes);
+    ledger.snapshot_into(out)
+}
+
+/// Splits an envelope into its metadata and the ledger's snapshot bytes (not yet checked:
+/// `Ledger::restore` does that).
+fn decode_envelope(
+    bytes: &[u8],
+) -> Result<(SnapshotMeta<NodeId, BasicNode>, &[u8]), EnvelopeError> {
+    let truncated = || EnvelopeError::Truncated { len: bytes.len() };
+    let (header, rest) = bytes
+        .split_at_checked(ENVELOPE_HEADER_BYTES)
+        .ok_or_else(truncated)?;
+    if header[..8] != ENVELOPE_MAGIC {
+        return Err(EnvelopeError::BadMagic);
+    }
+    let field = |at: usize, len: usize| -> Result<u64, EnvelopeError> {
+        let mut le = [0u8; 8];
+        le[..len].copy_from_slice(header.get(at..at + len).ok_or_else(truncated)?);
+        Ok(u64::from_le_bytes(le))
+    };
+    let version = field(8, 4)? as u32;
+    if version != ENVELOPE_FORMAT_VERSION {
+        return Err(EnvelopeError::UnsupportedVersion {
+            found: version,
+            supported: ENVELOPE_FORMAT_VERSION,
+        });
+    }
+    let meta_len = usize::try_from(field(12, 4)?).unwrap_or(usize::MAX);
+    if meta_len > ENVELOPE_META_BYTES_MAX {
+        return Err(EnvelopeError::MetaTooLong { len: meta_len });
+    }
+    let (meta_bytes, ledger) = rest.split_at_checked(meta_len).ok_or_else(truncated)?;
+    if field(16, 8)? != xxh3_64(meta_bytes) {
+        return Err(EnvelopeError::MetaChecksumMismatch);
+    }
+    let meta =
+        postcard::from_bytes(meta_bytes).map_err(|e| EnvelopeError::MetaDecode(e.to_string()))?;
+    Ok((meta, ledger))
+}
+
+/// The ledger and metadata in `bytes`, fully checked: envelope, then the ledger's checksum,
+/// decoding and invariants. CPU-bound for a large snapshot: call it off the async runtime.
+fn restore_envelope(
+    bytes: &[u8],
+) -> Result<(SnapshotMeta<NodeId, BasicNode>, Ledger), EnvelopeError> {
+    let (meta, ledger) = decode_envelope(bytes)?;
+    Ok((meta, Ledger::restore(ledger)?))
 }
 
 #[derive(Clone)]
 pub struct StateMachine {
     applied: SharedApplied,
     dir: PathBuf,
-    current: Arc<RwLock<Option<StoredSnapshot>>>,
+    /// The last log id of the snapshot in `snapshot.bin`; held while the file is replaced,
+    /// so a build that finishes after a newer install never puts an older snapshot back.
+    persisted: Arc<Mutex<Option<LogId<NodeId>>>>,
 }
 
 impl StateMachine {
     /// Opens the state machine in `dir`, restoring the ledger from the newest snapshot there.
+    /// CPU-bound for a large snapshot: call it off the async runtime.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(SNAPSHOT_FILE);
         let mut applied = Applied::default();
-        let mut current = None;
         if path.exists() {
+            let started = std::time::Instant::now();
             let bytes = std::fs::read(&path)
                 .map_err(|e| anyhow::anyhow!("reading snapshot {}: {e}", path.display()))?;
-            let file: SnapshotFile = postcard::from_bytes(&bytes)
-                .map_err(|e| anyhow::anyhow!("decoding snapshot {}: {e}", path.display()))?;
-            applied.ledger = Ledger::restore(&file.ledger)
+            let (meta, ledger) = restore_envelope(&bytes)
                 .map_err(|e| anyhow::anyhow!("restoring snapshot {}: {e}", path.display()))?;
-            applied.last_applied = file.meta.last_log_id;
-            applied.membership = file.meta.last_membership.clone();
-            current = Some(StoredSnapshot {
-                meta: file.meta,
-                bytes: Arc::new(bytes),
-            });
+            applied.ledger = ledger;
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership;
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                bytes = bytes.len(),
+                elapsed_ms = started.elapsed().as_millis(),
+                "snapshot restored"
+            );
         }
+        let persisted = applied.last_applied;
         Ok(Self {
             applied: Arc::new(RwLock::new(applied)),
             dir: dir.to_path_buf(),
-            current: Arc::new(RwLock::new(current)),
+            persisted: Arc::new(Mutex::new(persisted)),
         })
     }
 
@@ -94,26 +184,72 @@ impl StateMachine {
         self.applied.clone()
     }
 
-    /// Writes the snapshot durably before anyone may rely on it.
-    fn persist(&self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Makes `bytes` (a snapshot at `last_log_id`, already checked) the snapshot file,
+    /// durably, unless the file already holds a newer one. Blocking.
+    fn persist(&self, last_log_id: Option<LogId<NodeId>>, bytes: &[u8]) -> std::io::Result<()> {
+        let tmp = self.write_temp(bytes)?;
+        self.publish(last_log_id, &tmp)
+    }
+
+    /// Writes `bytes` to a temporary file of its own (a build and an install may write at
+    /// the same time), with an fsync; `publish` then renames it.
+    fn write_temp(&self, bytes: &[u8]) -> std::io::Result<PathBuf> {
         use std::io::Write;
-        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.{write}.tmp"));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        Ok(tmp)
     }
 
-    fn store(&self, meta: SnapshotMeta<NodeId, BasicNode>, bytes: Vec<u8>) -> Snapshot<TypeConfig> {
-        let bytes = Arc::new(bytes);
-        let snapshot = Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
-        };
-        *write_lock(&self.current) = Some(StoredSnapshot { meta, bytes });
-        snapshot
+    /// Renames the temporary file over the snapshot file (and fsyncs the directory), unless
+    /// the snapshot file is newer than `last_log_id`: then the temporary file is removed.
+    fn publish(&self, last_log_id: Option<LogId<NodeId>>, tmp: &Path) -> std::io::Result<()> {
+        let mut persisted = lock_mutex(&self.persisted);
+        if *persisted > last_log_id {
+            tracing::info!(
+                ?last_log_id,
+                newer = ?*persisted,
+                "snapshot not written: the file holds a newer one"
+            );
+            return std::fs::remove_file(tmp);
+        }
+        std::fs::rename(tmp, self.dir.join(SNAPSHOT_FILE))?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        *persisted = last_log_id;
+        Ok(())
     }
+
+    /// The snapshot file's bytes and metadata, read again from disk (no copy is kept in
+    /// memory). Blocking.
+    fn read_current(&self) -> std::io::Result<Option<Snapshot<TypeConfig>>> {
+        // Held so that the file is not replaced while it is read.
+        let _persisted = lock_mutex(&self.persisted);
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (meta, _) = decode_envelope(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+/// Why a received snapshot was not installed.
+enum InstallFailure {
+    Refused(EnvelopeError),
+    Write(std::io::Error),
+}
+
+fn lock_mutex<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -132,36 +268,46 @@ pub fn read_applied(applied: &SharedApplied) -> std::sync::RwLockReadGuard<'_, A
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let (meta, ledger) = {
-            let applied = read_lock(&self.applied);
-            let last = applied.last_applied;
-            let snapshot_id = match last {
-                Some(id) => format!(
-                    "{}-{}-{}",
-                    id.leader_id.term, id.leader_id.node_id, id.index
-                ),
-                None => "empty".to_string(),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: last,
-                last_membership: applied.membership.clone(),
-                snapshot_id,
-            };
-            (meta, applied.ledger.snapshot())
-        };
-        let bytes = postcard::to_allocvec(&SnapshotFile {
-            meta: meta.clone(),
-            ledger,
-        })
-        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let this = self.clone();
-        let signature = meta.signature();
-        let bytes = tokio::task::spawn_blocking(move || this.persist(&bytes).map(|()| bytes))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &e))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "snapshot built");
-        Ok(self.store(meta, bytes))
+        // Encoding a large ledger takes seconds: off the async runtime. Applies wait for the
+        // read lock meanwhile; the file is written after it is released.
+        let started = std::time::Instant::now();
+        let (meta, written) = tokio::task::spawn_blocking(move || {
+            let (meta, bytes) = {
+                let applied = read_lock(&this.applied);
+                let last = applied.last_applied;
+                let snapshot_id = match last {
+                    Some(id) => format!(
+                        "{}-{}-{}",
+                        id.leader_id.term, id.leader_id.node_id, id.index
+                    ),
+                    None => "empty".to_string(),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: last,
+                    last_membership: applied.membership.clone(),
+                    snapshot_id,
+                };
+                let bytes = encode_envelope(&meta, &applied.ledger);
+                (meta, bytes)
+            };
+            let written = this.persist(meta.last_log_id, &bytes).map(|()| bytes);
+            (meta, written)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let bytes =
+            written.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = bytes.len(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "snapshot built"
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
     }
 }
 
@@ -224,34 +370,316 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
+        let started = std::time::Instant::now();
         let bytes = snapshot.into_inner();
-        let file: SnapshotFile = postcard::from_bytes(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let ledger = Ledger::restore(&file.ledger)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let bytes_len = bytes.len();
         let this = self.clone();
-        let signature = meta.signature();
-        let bytes = tokio::task::spawn_blocking(move || this.persist(&bytes).map(|()| bytes))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &e))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
-        {
+        let expected = meta.clone();
+        // Checking and decoding the ledger (CPU) and writing the file (mostly the disk) run
+        // side by side, off the async runtime. The file replaces the old one only once the
+        // ledger has passed every check, and the ledger in memory only once the file is
+        // durable: a failed install changes nothing.
+        let installed = tokio::task::spawn_blocking(move || {
+            let (written, restored) = std::thread::scope(|scope| {
+                let writer = scope.spawn(|| this.write_temp(&bytes));
+                let restored = restore_envelope(&bytes).and_then(|(found, ledger)| {
+                    if found == expected {
+                        Ok(ledger)
+                    } else {
+                        Err(EnvelopeError::MetaMismatch {
+                            found: found.snapshot_id,
+                            expected: expected.snapshot_id.clone(),
+                        })
+                    }
+                });
+                let written = writer
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("snapshot writer panicked")));
+                (written, restored)
+            });
+            let ledger = match restored {
+                Ok(ledger) => ledger,
+                Err(e) => {
+                    if let Ok(tmp) = written {
+                        let _ = std::fs::remove_file(tmp);
+                    }
+                    return Err(InstallFailure::Refused(e));
+                }
+            };
+            written
+                .and_then(|tmp| this.publish(expected.last_log_id, &tmp))
+                .map_err(InstallFailure::Write)?;
+            Ok(ledger)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let ledger = installed.map_err(|failure| match failure {
+            InstallFailure::Refused(e) => StorageIOError::read_snapshot(Some(meta.signature()), &e),
+            InstallFailure::Write(e) => StorageIOError::write_snapshot(Some(meta.signature()), &e),
+        })?;
+        let replaced = {
             let mut applied = write_lock(&self.applied);
-            applied.ledger = ledger;
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
-        }
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "snapshot installed");
-        self.store(meta.clone(), bytes);
+            std::mem::replace(&mut applied.ledger, ledger)
+        };
+        // Freeing a large ledger takes a while: not under the lock, not on the runtime.
+        tokio::task::spawn_blocking(move || drop(replaced));
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = bytes_len,
+            elapsed_ms = started.elapsed().as_millis(),
+            "snapshot installed"
+        );
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(read_lock(&self.current).as_ref().map(|stored| Snapshot {
-            meta: stored.meta.clone(),
-            snapshot: Box::new(Cursor::new(stored.bytes.as_ref().clone())),
-        }))
+        let this = self.clone();
+        let current = tokio::task::spawn_blocking(move || this.read_current())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(current)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::ledger::{AgentId, Amounts, Command, RequestId, TenantId, TenantPolicy, ToolId};
+
+    const AT_MS: u64 = 1_800_000_000_000;
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn meta(index: u64) -> SnapshotMeta<NodeId, BasicNode> {
+        SnapshotMeta {
+            last_log_id: Some(log_id(2, index)),
+            last_membership: StoredMembership::new(
+                Some(log_id(1, 1)),
+                Membership::new(vec![[1, 2, 3].into()], None),
+            ),
+            snapshot_id: format!("2-1-{index}"),
+        }
+    }
+
+    /// A ledger with a tenant and `agents` agents, one record each.
+    fn ledger(agents: u64) -> Ledger {
+        let tenant = TenantId::new("acme").unwrap();
+        let mut ledger = Ledger::new();
+        ledger.apply(
+            AT_MS,
+            &Command::PutTenant {
+                request_id: RequestId::new("setup").unwrap(),
+                tenant: tenant.clone(),
+                policy: TenantPolicy::default(),
+            },
+        );
+        for i in 0..agents {
+            ledger.apply(
+                AT_MS + i,
+                &Command::Record {
+                    request_id: RequestId::new(format!("r{i}")).unwrap(),
+                    tenant: tenant.clone(),
+                    agent: AgentId::new(format!("a{i}")).unwrap(),
+                    tool: ToolId::new("llm:x").unwrap(),
+                    actual: Amounts {
+                        tokens: 10,
+                        cost_micros: 100,
+                        calls: 1,
+                    },
+                },
+            );
+        }
+        ledger
+    }
+
+    /// A state machine in a fresh directory holding `ledger` at `meta`, not yet persisted.
+    fn machine(dir: &Path, ledger: Ledger, meta: &SnapshotMeta<NodeId, BasicNode>) -> StateMachine {
+        let sm = StateMachine::open(dir).unwrap();
+        {
+            let mut applied = write_lock(&sm.applied);
+            applied.ledger = ledger;
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+        }
+        sm
+    }
+
+    fn assert_no_temporary_files(dir: &Path) {
+        let names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [SNAPSHOT_FILE], "temporary files left behind");
+    }
+
+    fn snapshot_data(bytes: Vec<u8>) -> Box<Cursor<Vec<u8>>> {
+        Box::new(Cursor::new(bytes))
+    }
+
+    #[test]
+    fn envelope_round_trips_metadata_and_ledger() {
+        let original = ledger(20);
+        let bytes = encode_envelope(&meta(9), &original);
+        assert_eq!(bytes[..8], ENVELOPE_MAGIC);
+        let (found, restored) = restore_envelope(&bytes).unwrap();
+        assert_eq!(found, meta(9));
+        assert_eq!(restored, original);
+        // The ledger's part is its own snapshot, byte for byte.
+        let (_, ledger_bytes) = decode_envelope(&bytes).unwrap();
+        assert_eq!(ledger_bytes, original.snapshot().as_slice());
+    }
+
+    #[test]
+    fn envelope_rejects_bad_bytes_with_the_reason() {
+        let bytes = encode_envelope(&meta(9), &ledger(3));
+        let err = |bytes: &[u8]| restore_envelope(bytes).map(|_| ()).unwrap_err();
+
+        assert_eq!(err(&bytes[..10]), EnvelopeError::Truncated { len: 10 });
+        assert_eq!(
+            err(b"TGLEDGER and more bytes than a header"),
+            EnvelopeError::BadMagic
+        );
+
+        let mut other_version = bytes.clone();
+        other_version[8..12].copy_from_slice(&(ENVELOPE_FORMAT_VERSION + 1).to_le_bytes());
+        assert_eq!(
+            err(&other_version),
+            EnvelopeError::UnsupportedVersion {
+                found: ENVELOPE_FORMAT_VERSION + 1,
+                supported: ENVELOPE_FORMAT_VERSION
+            }
+        );
+
+        let mut huge_meta = bytes.clone();
+        huge_meta[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            err(&huge_meta),
+            EnvelopeError::MetaTooLong {
+                len: u32::MAX as usize
+            }
+        );
+
+        let mut long_meta = bytes.clone();
+        let past_end = (bytes.len() - ENVELOPE_HEADER_BYTES + 1) as u32;
+        long_meta[12..16].copy_from_slice(&past_end.to_le_bytes());
+        if (past_end as usize) <= ENVELOPE_META_BYTES_MAX {
+            assert_eq!(
+                err(&long_meta),
+                EnvelopeError::Truncated {
+                    len: long_meta.len()
+                }
+            );
+        }
+
+        let mut corrupt_meta = bytes.clone();
+        corrupt_meta[ENVELOPE_HEADER_BYTES] ^= 1;
+        assert_eq!(err(&corrupt_meta), EnvelopeError::MetaChecksumMismatch);
+
+        let mut corrupt_ledger = bytes.clone();
+        let last = corrupt_ledger.len() - 1;
+        corrupt_ledger[last] ^= 1;
+        assert_eq!(
+            err(&corrupt_ledger),
+            EnvelopeError::Ledger(SnapshotError::ChecksumMismatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn built_snapshot_installs_on_another_node_and_survives_restart() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let mut leader = machine(leader_dir.path(), ledger(50), &meta(60));
+        let built = leader.build_snapshot().await.unwrap();
+        assert_eq!(built.meta, meta(60));
+        let sent = leader.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(sent.meta, meta(60));
+        assert_eq!(sent.snapshot.get_ref(), built.snapshot.get_ref());
+
+        let follower_dir = tempfile::tempdir().unwrap();
+        let mut follower = StateMachine::open(follower_dir.path()).unwrap();
+        assert!(follower.get_current_snapshot().await.unwrap().is_none());
+        follower
+            .install_snapshot(&sent.meta, sent.snapshot)
+            .await
+            .unwrap();
+        let expected = read_lock(&leader.applied).ledger.clone();
+        {
+            let applied = read_lock(&follower.applied);
+            assert_eq!(applied.ledger, expected);
+            assert_eq!(applied.last_applied, meta(60).last_log_id);
+            assert_eq!(applied.membership, meta(60).last_membership);
+        }
+        drop(follower);
+
+        let mut reopened = StateMachine::open(follower_dir.path()).unwrap();
+        assert_eq!(read_lock(&reopened.applied).ledger, expected);
+        let (last, membership) = reopened.applied_state().await.unwrap();
+        assert_eq!(last, meta(60).last_log_id);
+        assert_eq!(membership, meta(60).last_membership);
+        let current = reopened.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta(60));
+    }
+
+    #[tokio::test]
+    async fn failed_install_leaves_state_and_file_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = machine(dir.path(), ledger(5), &meta(10));
+        node.build_snapshot().await.unwrap();
+        let file_before = std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        let ledger_before = read_lock(&node.applied).ledger.clone();
+
+        let newer = encode_envelope(&meta(30), &ledger(8));
+        let mut corrupt = newer.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        let attempts = [
+            (meta(30), corrupt, "checksum"),
+            (meta(31), newer.clone(), "was received as snapshot 2-1-31"),
+            (meta(30), newer[..newer.len() / 2].to_vec(), "header says"),
+        ];
+        for (meta, bytes, reason) in attempts {
+            let error = node
+                .install_snapshot(&meta, snapshot_data(bytes))
+                .await
+                .unwrap_err();
+            assert!(error.to_string().contains(reason), "{error}");
+            let applied = read_lock(&node.applied);
+            assert_eq!(applied.ledger, ledger_before);
+            assert_eq!(applied.last_applied, Some(log_id(2, 10)));
+            assert_eq!(
+                std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap(),
+                file_before
+            );
+            assert_no_temporary_files(dir.path());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_older_snapshot_never_replaces_a_newer_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = StateMachine::open(dir.path()).unwrap();
+        node.install_snapshot(
+            &meta(40),
+            snapshot_data(encode_envelope(&meta(40), &ledger(4))),
+        )
+        .await
+        .unwrap();
+        // A build that read the state before the install finishes after it.
+        node.persist(
+            meta(20).last_log_id,
+            &encode_envelope(&meta(20), &ledger(2)),
+        )
+        .unwrap();
+        let current = node.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta(40));
+        assert_no_temporary_files(dir.path());
     }
 }

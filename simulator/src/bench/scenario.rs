@@ -199,7 +199,13 @@ pub async fn snapshot(args: &BenchArgs) -> anyhow::Result<bool> {
     let addr = cluster.add_node(NEW_NODE).await?;
     let target = last_applied(&cluster, leader).unwrap_or(0);
     let started = Instant::now();
-    client
+    // One attempt that waits as long as the step: the server's add-learner blocks until the
+    // learner has caught up, and each retry is a new membership entry, which restarts the
+    // leader's replication streams and with them the snapshot transfer from its first byte.
+    let mut admin_config = ClientConfig::new(cluster.endpoints());
+    admin_config.deadline = STEP_WAIT;
+    admin_config.attempt_timeout = STEP_WAIT;
+    Client::new(admin_config)?
         .add_learner(NEW_NODE, &addr)
         .await
         .context("adding the learner")?;
