@@ -71,6 +71,9 @@ pub struct LogStore {
     /// Appended entries whose transaction has not committed yet, by index. Readers look
     /// here first; the writer removes an entry once it is durable.
     unflushed: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// The newest committed log id openraft gave `save_committed`, not yet written; the
+    /// next write transaction carries it.
+    committed_unsaved: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
     writer: Arc<Writer>,
 }
 
@@ -139,6 +142,7 @@ impl LogStore {
         Ok(LogStore {
             db,
             unflushed: Arc::default(),
+            committed_unsaved: Arc::default(),
             writer: Arc::new(writer),
         })
     }
@@ -289,32 +293,44 @@ fn write_meta<T: Serialize>(
     key: &'static str,
     value: Option<&T>,
 ) -> Result<(), Fault> {
-    write_meta_with(db, key, value, Durability::Immediate)
-}
-
-/// Writes one meta value (or removes it) in its own transaction of the given durability.
-fn write_meta_with<T: Serialize>(
-    db: &Database,
-    key: &'static str,
-    value: Option<&T>,
-    durability: Durability,
-) -> Result<(), Fault> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(durability)?;
-    {
-        let mut table = txn.open_table(META_TABLE)?;
-        match value {
-            Some(value) => {
-                let bytes = encode(value, || format!("the {key}"))?;
-                table.insert(key, bytes.as_slice())?;
-            }
-            None => {
-                table.remove(key)?;
-            }
-        }
-    }
+    let txn = begin_durable_write(db)?;
+    put_meta(&txn, key, value)?;
     txn.commit()?;
     Ok(())
+}
+
+/// Puts one meta value (or removes it, for `None`) in `txn`.
+fn put_meta<T: Serialize>(
+    txn: &redb::WriteTransaction,
+    key: &'static str,
+    value: Option<&T>,
+) -> Result<(), Fault> {
+    let mut table = txn.open_table(META_TABLE)?;
+    match value {
+        Some(value) => {
+            let bytes = encode(value, || format!("the {key}"))?;
+            table.insert(key, bytes.as_slice())?;
+        }
+        None => {
+            table.remove(key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts the committed log id saved since the last write, if any, in `txn`.
+fn put_committed(
+    txn: &redb::WriteTransaction,
+    committed_unsaved: &Mutex<Option<Option<LogId<NodeId>>>>,
+) -> Result<(), Fault> {
+    let unsaved = committed_unsaved
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    match unsaved {
+        Some(committed) => put_meta(txn, META_KEY_COMMITTED, committed.as_ref()),
+        None => Ok(()),
+    }
 }
 
 /// Encodes entries on the calling task, so the writer thread holds redb's write lock only
@@ -429,25 +445,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
     }
 
-    /// Queued without an fsync of its own and not waited for: openraft calls this before
-    /// every apply, and a durable write here, or waiting behind the leader's own fsync, would
-    /// cost each Raft round. Losing it in a crash is safe (openraft's `save_committed` is
-    /// optional): a restarted node then applies from the older committed id and learns the
-    /// rest from the leader. It becomes durable with the next appended entry's transaction.
+    /// Kept in memory until the next write transaction (an append, a truncate or a purge)
+    /// carries it: openraft calls this before every apply, and a transaction of its own
+    /// would cost every node a redb commit per Raft round. Losing it in a crash is safe
+    /// (openraft's `save_committed` is optional): a restarted node then applies from the older
+    /// committed id and learns the rest from the leader.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let write: Write = Box::new(move |db| {
-            if let Err(fault) =
-                write_meta_with(db, META_KEY_COMMITTED, committed.as_ref(), Durability::None)
-            {
-                tracing::warn!(%fault, "saving the committed log id failed");
-            }
-        });
-        self.queue(write)
-            .await
-            .map_err(|fault| StorageIOError::write(AnyError::new(&fault)).into())
+        *self
+            .committed_unsaved
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -472,6 +483,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.unflushed()
             .extend(entries.into_iter().map(|e| (e.log_id.index, e)));
         let unflushed = Arc::clone(&self.unflushed);
+        let committed_unsaved = Arc::clone(&self.committed_unsaved);
         let write: Write = Box::new(move |db| {
             // All entries of one call share one transaction, so one fsync: this is how
             // concurrent proposals batched by openraft share the cost of durability.
@@ -483,6 +495,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         table.insert(index, bytes.as_slice())?;
                     }
                 }
+                put_committed(&txn, &committed_unsaved)?;
                 txn.commit()?;
                 Ok(())
             })();
@@ -507,12 +520,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Waits for every earlier write, so no queued append can write a truncated entry back.
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.unflushed().retain(|&index, _| index < log_id.index);
+        let committed_unsaved = Arc::clone(&self.committed_unsaved);
         self.write(StorageIOError::write_logs, move |db| {
             let txn = begin_durable_write(db)?;
             {
                 let mut table = txn.open_table(LOG_TABLE)?;
                 table.retain_in(log_id.index.., |_, _| false)?;
             }
+            put_committed(&txn, &committed_unsaved)?;
             txn.commit()?;
             Ok(())
         })
@@ -520,6 +535,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let committed_unsaved = Arc::clone(&self.committed_unsaved);
         self.write(StorageIOError::write_logs, move |db| {
             let txn = begin_durable_write(db)?;
             {
@@ -533,6 +549,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut log = txn.open_table(LOG_TABLE)?;
                 log.retain_in(..=log_id.index, |_, _| false)?;
             }
+            put_committed(&txn, &committed_unsaved)?;
             txn.commit()?;
             Ok(())
         })
