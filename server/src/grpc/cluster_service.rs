@@ -140,6 +140,28 @@ impl pb::cluster_server::Cluster for ClusterService {
         self.node.auth.for_admin(request.metadata())?;
         let request = request.into_inner();
         check_peer_addr(&request.addr)?;
+        // A retry (the client's attempt timed out while the learner caught up) must not
+        // append another membership entry: that restarts replication to the learner, and
+        // with it a snapshot transfer, so a large snapshot would never arrive.
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let current = metrics.membership_config.membership();
+        if let Some(member) = current.get_node(&request.node_id) {
+            if member.addr != request.addr {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is already a member, at {}",
+                    request.node_id, member.addr
+                )));
+            }
+            let log_id = metrics.membership_config.log_id().unwrap_or_default();
+            return Ok(Response::new(pb::MembershipResponse {
+                members: members_to_pb(current),
+                applied: Some(pb::Applied {
+                    log_index: log_id.index,
+                    term: log_id.leader_id.term,
+                    at_ms: 0,
+                }),
+            }));
+        }
         // Blocking: returns once the learner has caught up, by log or by snapshot.
         let response = self
             .node
