@@ -16,9 +16,22 @@ const TENANTS: usize = 10_000;
 const AGENTS_PER_TENANT: usize = 100;
 const AGENTS: usize = TENANTS * AGENTS_PER_TENANT;
 const PAIRS_DEFAULT: usize = 300_000;
-/// Pairs run before timing: enough to fill the dedup window (`PAIR_STEP_MS` apart), so the
-/// timed pairs run in steady state, forgetting as many answers as they remember.
-const WARMUP_PAIRS: usize = (DEDUP_WINDOW_MS / PAIR_STEP_MS) as usize + 10_000;
+/// Pairs run before timing: enough to fill the dedup window (`PAIR_STEP_MS` apart) and to
+/// replace every retained audit record (two per pair), so the timed pairs run in steady
+/// state: forgetting as many answers and records as they add, with rings that have stopped
+/// growing (the build's records are smaller than a grant's or a commit's).
+const WARMUP_PAIRS: usize = max(
+    (DEDUP_WINDOW_MS / PAIR_STEP_MS) as usize,
+    AUDIT_RECORDS_RETAINED_MAX / 2,
+) + 10_000;
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
 /// Time between pairs: 250 pairs/s, 150,000 pairs (300,000 answers) in the dedup window.
 const PAIR_STEP_MS: u64 = 4;
 
