@@ -2,27 +2,18 @@
 //!
 //! It must never acknowledge a write (return from `save_vote`, call the `append` callback)
 //! before the redb transaction holding it has committed with an fsync: Raft's safety rests on it.
-//!
-//! `append` does not wait for that fsync (openraft's contract: return once the entries are
-//! readable, call the callback once they are durable). The entries wait in `unflushed`,
-//! where readers find them, while one writer thread commits every write in call order. So a
-//! leader sends an entry to its followers while its own fsync runs, as Raft allows, and a
-//! round costs about one fsync instead of the leader's and then a follower's.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
 
 use super::{NodeId, TypeConfig};
 
@@ -35,9 +26,6 @@ const META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta
 const META_KEY_VOTE: &str = "vote";
 const META_KEY_COMMITTED: &str = "committed";
 const META_KEY_LAST_PURGED: &str = "last_purged_log_id";
-/// Writes queued for the writer thread; `append` waits for room beyond it (openraft keeps
-/// few appends outstanding: the proposer bounds entries in flight).
-const WRITES_QUEUED_MAX: usize = 256;
 
 /// Why the log file could not be opened; the path tells the operator which file to look at.
 #[derive(Debug, thiserror::Error)]
@@ -54,64 +42,13 @@ pub enum LogStoreError {
         #[source]
         source: redb::Error,
     },
-    #[error("cannot start the writer thread of the Raft log {path}")]
-    Writer {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
 }
 
-/// The Raft log store. Clones share one database, one writer and the unflushed entries:
-/// openraft's replication tasks read through clones while the Raft core writes through the
-/// original.
+/// The Raft log store. Clones share one database: openraft's replication tasks read through
+/// clones while the Raft core writes through the original.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    /// Appended entries whose transaction has not committed yet, by index. Readers look
-    /// here first; the writer removes an entry once it is durable.
-    unflushed: Arc<Mutex<BTreeMap<u64, Entry>>>,
-    /// The newest committed log id openraft gave `save_committed`, not yet written; the
-    /// next write transaction carries it.
-    committed_unsaved: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
-    writer: Arc<Writer>,
-}
-
-/// A write for the writer thread: runs on the database, in the order writes were queued.
-type Write = Box<dyn FnOnce(&Database) + Send>;
-
-/// The thread that runs every write, one after another. Dropping the last handle closes the
-/// queue and joins the thread once the queued writes are done, so the database file is
-/// closed when the store is (a node restarted in the same process reopens it at once).
-struct Writer {
-    queue: Option<mpsc::Sender<Write>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(db: Arc<Database>) -> io::Result<Writer> {
-        let (queue, mut writes) = mpsc::channel::<Write>(WRITES_QUEUED_MAX);
-        let thread = std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || {
-                while let Some(write) = writes.blocking_recv() {
-                    write(&db);
-                }
-            })?;
-        Ok(Writer {
-            queue: Some(queue),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.queue.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 impl LogStore {
@@ -134,21 +71,11 @@ impl LogStore {
             path: path.to_path_buf(),
             source,
         })?;
-        let db = Arc::new(db);
-        let writer = Writer::start(Arc::clone(&db)).map_err(|source| LogStoreError::Writer {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(LogStore {
-            db,
-            unflushed: Arc::default(),
-            committed_unsaved: Arc::default(),
-            writer: Arc::new(writer),
-        })
+        Ok(LogStore { db: Arc::new(db) })
     }
 
-    /// Runs `op` on a blocking thread: redb reads block, and must not stall a runtime
-    /// worker. `to_storage_error` says which Raft state the failure concerns.
+    /// Runs `op` on a blocking thread: redb reads and fsyncs block, and must not stall a
+    /// runtime worker. `to_storage_error` says which Raft state the failure concerns.
     async fn blocking<T, F>(
         &self,
         to_storage_error: fn(AnyError) -> StorageIOError<NodeId>,
@@ -165,43 +92,6 @@ impl LogStore {
             Ok(Err(fault)) => Err(to_storage_error(AnyError::new(&fault)).into()),
             Err(join_error) => Err(to_storage_error(AnyError::new(&join_error)).into()),
         }
-    }
-
-    /// Queues `write` behind every earlier write; waits only for room in the queue.
-    async fn queue(&self, write: Write) -> Result<(), Fault> {
-        let queue = self.writer.queue.as_ref().ok_or(Fault::WriterGone)?;
-        queue.send(write).await.map_err(|_| Fault::WriterGone)
-    }
-
-    /// Runs `op` on the writer thread, after every earlier write, and waits for it.
-    async fn write<T, F>(
-        &self,
-        to_storage_error: fn(AnyError) -> StorageIOError<NodeId>,
-        op: F,
-    ) -> Result<T, StorageError<NodeId>>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, Fault> + Send + 'static,
-    {
-        let (done, result) = oneshot::channel();
-        let queued = self
-            .queue(Box::new(move |db| {
-                let _ = done.send(op(db));
-            }))
-            .await;
-        let result = match queued {
-            Ok(()) => result.await.unwrap_or(Err(Fault::WriterGone)),
-            Err(fault) => Err(fault),
-        };
-        result.map_err(|fault| to_storage_error(AnyError::new(&fault)).into())
-    }
-
-    fn unflushed(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
-        // The map holds plain data and no code panics while holding it; a poisoned lock
-        // still guards a consistent map.
-        self.unflushed
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -224,8 +114,6 @@ enum Fault {
     },
     #[error("the entry stored under index {index_key} claims index {index_entry}: the log file is damaged")]
     IndexMismatch { index_key: u64, index_entry: u64 },
-    #[error("the log's writer thread has stopped")]
-    WriterGone,
 }
 
 /// redb returns one error type per operation; all of them fold into `redb::Error`.
@@ -293,50 +181,38 @@ fn write_meta<T: Serialize>(
     key: &'static str,
     value: Option<&T>,
 ) -> Result<(), Fault> {
-    let txn = begin_durable_write(db)?;
-    put_meta(&txn, key, value)?;
+    write_meta_with(db, key, value, Durability::Immediate)
+}
+
+/// Writes one meta value (or removes it) in its own transaction of the given durability.
+fn write_meta_with<T: Serialize>(
+    db: &Database,
+    key: &'static str,
+    value: Option<&T>,
+    durability: Durability,
+) -> Result<(), Fault> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)?;
+    {
+        let mut table = txn.open_table(META_TABLE)?;
+        match value {
+            Some(value) => {
+                let bytes = encode(value, || format!("the {key}"))?;
+                table.insert(key, bytes.as_slice())?;
+            }
+            None => {
+                table.remove(key)?;
+            }
+        }
+    }
     txn.commit()?;
     Ok(())
 }
 
-/// Puts one meta value (or removes it, for `None`) in `txn`.
-fn put_meta<T: Serialize>(
-    txn: &redb::WriteTransaction,
-    key: &'static str,
-    value: Option<&T>,
-) -> Result<(), Fault> {
-    let mut table = txn.open_table(META_TABLE)?;
-    match value {
-        Some(value) => {
-            let bytes = encode(value, || format!("the {key}"))?;
-            table.insert(key, bytes.as_slice())?;
-        }
-        None => {
-            table.remove(key)?;
-        }
-    }
-    Ok(())
-}
-
-/// Puts the committed log id saved since the last write, if any, in `txn`.
-fn put_committed(
-    txn: &redb::WriteTransaction,
-    committed_unsaved: &Mutex<Option<Option<LogId<NodeId>>>>,
-) -> Result<(), Fault> {
-    let unsaved = committed_unsaved
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take();
-    match unsaved {
-        Some(committed) => put_meta(txn, META_KEY_COMMITTED, committed.as_ref()),
-        None => Ok(()),
-    }
-}
-
-/// Encodes entries on the calling task, so the writer thread holds redb's write lock only
+/// Encodes entries on the calling task, so the blocking thread holds redb's write lock only
 /// for the I/O.
-fn encode_entries(entries: &[Entry]) -> Result<Vec<(u64, Vec<u8>)>, Fault> {
-    let mut rows: Vec<(u64, Vec<u8>)> = Vec::with_capacity(entries.len());
+fn encode_entries(entries: impl IntoIterator<Item = Entry>) -> Result<Vec<(u64, Vec<u8>)>, Fault> {
+    let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
     for entry in entries {
         let index = entry.log_id.index;
         if let Some((index_previous, _)) = rows.last() {
@@ -348,7 +224,7 @@ fn encode_entries(entries: &[Entry]) -> Result<Vec<(u64, Vec<u8>)>, Fault> {
         }
         rows.push((
             index,
-            encode(entry, || format!("the log entry at index {index}"))?,
+            encode(&entry, || format!("the log entry at index {index}"))?,
         ));
     }
     Ok(rows)
@@ -369,32 +245,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
-        // Unflushed entries first: the writer removes one only after its commit, so an entry
-        // missed here is already in the file when the file is read below.
-        let unflushed: Vec<Entry> = self
-            .unflushed()
-            .range(bounds)
-            .map(|(_, e)| e.clone())
-            .collect();
-        let first_unflushed = unflushed.first().map(|e| e.log_id.index);
-        let mut entries = self
-            .blocking(StorageIOError::read_logs, move |db| {
-                let txn = db.begin_read()?;
-                let table = txn.open_table(LOG_TABLE)?;
-                let mut entries = Vec::new();
-                for row in table.range(bounds)? {
-                    let (key, value) = row?;
-                    // The unflushed entries are the newer ones from their first index on.
-                    if first_unflushed.is_some_and(|first| key.value() >= first) {
-                        break;
-                    }
-                    entries.push(decode_entry(key.value(), value.value())?);
-                }
-                Ok(entries)
-            })
-            .await?;
-        entries.extend(unflushed);
-        Ok(entries)
+        self.blocking(StorageIOError::read_logs, move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(LOG_TABLE)?;
+            let mut entries = Vec::new();
+            for row in table.range(bounds)? {
+                let (key, value) = row?;
+                entries.push(decode_entry(key.value(), value.value())?);
+            }
+            Ok(entries)
+        })
+        .await
     }
 }
 
@@ -402,30 +263,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let last_unflushed = self.unflushed().values().next_back().map(|e| e.log_id);
-        let state = self
-            .blocking(StorageIOError::read_logs, |db| {
-                let txn = db.begin_read()?;
-                let meta = txn.open_table(META_TABLE)?;
-                let last_purged_log_id: Option<LogId<NodeId>> =
-                    get_meta(&meta, META_KEY_LAST_PURGED)?;
-                let log = txn.open_table(LOG_TABLE)?;
-                let last_log_id = match log.last()? {
-                    Some((key, value)) => Some(decode_entry(key.value(), value.value())?.log_id),
-                    // An empty log still has a last log id if it was purged: Raft must not
-                    // forget how far the log reached.
-                    None => last_purged_log_id,
-                };
-                Ok(LogState {
-                    last_purged_log_id,
-                    last_log_id,
-                })
+        self.blocking(StorageIOError::read_logs, |db| {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META_TABLE)?;
+            let last_purged_log_id: Option<LogId<NodeId>> = get_meta(&meta, META_KEY_LAST_PURGED)?;
+            let log = txn.open_table(LOG_TABLE)?;
+            let last_log_id = match log.last()? {
+                Some((key, value)) => Some(decode_entry(key.value(), value.value())?.log_id),
+                // An empty log still has a last log id if it was purged: Raft must not
+                // forget how far the log reached.
+                None => last_purged_log_id,
+            };
+            Ok(LogState {
+                last_purged_log_id,
+                last_log_id,
             })
-            .await?;
-        Ok(LogState {
-            last_log_id: last_unflushed.or(state.last_log_id),
-            ..state
         })
+        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -434,7 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let vote = *vote;
-        self.write(StorageIOError::write_vote, move |db| {
+        self.blocking(StorageIOError::write_vote, move |db| {
             write_meta(db, META_KEY_VOTE, Some(&vote))
         })
         .await
@@ -445,20 +299,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
     }
 
-    /// Kept in memory until the next write transaction (an append, a truncate or a purge)
-    /// carries it: openraft calls this before every apply, and a transaction of its own
-    /// would cost every node a redb commit per Raft round. Losing it in a crash is safe
-    /// (openraft's `save_committed` is optional): a restarted node then applies from the older
-    /// committed id and learns the rest from the leader.
+    /// Saved without an fsync of its own: openraft calls this before every apply, and a
+    /// durable write here would cost each Raft round a second fsync on every node. Losing it
+    /// in a crash is safe (openraft's `save_committed` is optional): a restarted node then
+    /// applies from the older committed id and learns the rest from the leader. It becomes
+    /// durable with the next appended entry's transaction anyway.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        *self
-            .committed_unsaved
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(committed);
-        Ok(())
+        self.blocking(StorageIOError::write, move |db| {
+            write_meta_with(db, META_KEY_COMMITTED, committed.as_ref(), Durability::None)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -475,59 +328,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let rows = encode_entries(&entries)
-            .map_err(|fault| StorageIOError::write_logs(AnyError::new(&fault)))?;
-        let written: Vec<LogId<NodeId>> = entries.iter().map(|e| e.log_id).collect();
-        // Readable from now on, durable once the writer has committed them.
-        self.unflushed()
-            .extend(entries.into_iter().map(|e| (e.log_id.index, e)));
-        let unflushed = Arc::clone(&self.unflushed);
-        let committed_unsaved = Arc::clone(&self.committed_unsaved);
-        let write: Write = Box::new(move |db| {
+        let result = match encode_entries(entries) {
             // All entries of one call share one transaction, so one fsync: this is how
             // concurrent proposals batched by openraft share the cost of durability.
-            let result = (|| -> Result<(), Fault> {
-                let txn = begin_durable_write(db)?;
-                {
-                    let mut table = txn.open_table(LOG_TABLE)?;
-                    for (index, bytes) in &rows {
-                        table.insert(index, bytes.as_slice())?;
+            Ok(rows) => {
+                self.blocking(StorageIOError::write_logs, move |db| {
+                    let txn = begin_durable_write(db)?;
+                    {
+                        let mut table = txn.open_table(LOG_TABLE)?;
+                        for (index, bytes) in &rows {
+                            table.insert(index, bytes.as_slice())?;
+                        }
                     }
-                }
-                put_committed(&txn, &committed_unsaved)?;
-                txn.commit()?;
-                Ok(())
-            })();
-            if result.is_ok() {
-                // Only entries still as written: a truncate and a new append may have
-                // replaced some meanwhile, and those are not durable yet.
-                let mut unflushed = unflushed.lock().unwrap_or_else(|p| p.into_inner());
-                for log_id in &written {
-                    if unflushed.get(&log_id.index).map(|e| e.log_id) == Some(*log_id) {
-                        unflushed.remove(&log_id.index);
-                    }
-                }
+                    txn.commit()?;
+                    Ok(())
+                })
+                .await
             }
-            // Only now, after the commit returned, may openraft count these as persisted.
-            callback.log_io_completed(result.map_err(|fault| io::Error::other(fault.to_string())));
-        });
-        self.queue(write)
-            .await
-            .map_err(|fault| StorageIOError::write_logs(AnyError::new(&fault)).into())
+            Err(fault) => Err(StorageIOError::write_logs(AnyError::new(&fault)).into()),
+        };
+        // Only now, after the commit returned, may openraft count these entries as persisted.
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(error) => callback.log_io_completed(Err(io::Error::other(error.to_string()))),
+        }
+        result
     }
 
-    /// Waits for every earlier write, so no queued append can write a truncated entry back.
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.unflushed().retain(|&index, _| index < log_id.index);
-        let committed_unsaved = Arc::clone(&self.committed_unsaved);
-        self.write(StorageIOError::write_logs, move |db| {
+        self.blocking(StorageIOError::write_logs, move |db| {
             let txn = begin_durable_write(db)?;
             {
                 let mut table = txn.open_table(LOG_TABLE)?;
                 table.retain_in(log_id.index.., |_, _| false)?;
             }
-            put_committed(&txn, &committed_unsaved)?;
             txn.commit()?;
             Ok(())
         })
@@ -535,8 +369,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let committed_unsaved = Arc::clone(&self.committed_unsaved);
-        self.write(StorageIOError::write_logs, move |db| {
+        self.blocking(StorageIOError::write_logs, move |db| {
             let txn = begin_durable_write(db)?;
             {
                 // The purge point and the deletion commit together: after a crash the log
@@ -549,7 +382,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut log = txn.open_table(LOG_TABLE)?;
                 log.retain_in(..=log_id.index, |_, _| false)?;
             }
-            put_committed(&txn, &committed_unsaved)?;
             txn.commit()?;
             Ok(())
         })
@@ -600,78 +432,6 @@ mod tests {
 
         let error = store.try_get_log_entries(..).await.unwrap_err();
         assert!(error.to_string().contains("claims index 7"), "{error}");
-    }
-
-    fn entry(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 0), index),
-            payload: openraft::EntryPayload::Blank,
-        }
-    }
-
-    fn entries_in_file(store: &LogStore) -> Vec<u64> {
-        let txn = store.db.begin_read().unwrap();
-        let table = txn.open_table(LOG_TABLE).unwrap();
-        let keys = table.iter().unwrap().map(|row| row.unwrap().0.value());
-        keys.collect()
-    }
-
-    /// Appended entries are readable before their fsync, and a truncate waits for the
-    /// queued append, so the truncated entries never come back from the file.
-    #[tokio::test]
-    async fn appends_are_readable_before_durable_and_truncate_keeps_order() {
-        use openraft::storage::RaftLogStorageExt;
-
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
-        let mut store = LogStore::open(&path).unwrap();
-        // Hold the writer until the test lets it go.
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        store
-            .queue(Box::new(move |_| {
-                let _ = gate.recv();
-            }))
-            .await
-            .unwrap();
-
-        let mut appender = store.clone();
-        let first = tokio::spawn(async move {
-            appender
-                .blocking_append([entry(1, 1), entry(1, 2), entry(1, 3)])
-                .await
-        });
-        while store
-            .get_log_state()
-            .await
-            .unwrap()
-            .last_log_id
-            .map(|id| id.index)
-            != Some(3)
-        {
-            tokio::task::yield_now().await;
-        }
-        let mut reader = store.get_log_reader().await;
-        let read = reader.try_get_log_entries(1..4).await.unwrap();
-        assert_eq!(read, vec![entry(1, 1), entry(1, 2), entry(1, 3)]);
-        assert!(entries_in_file(&store).is_empty(), "nothing is durable yet");
-        assert!(!first.is_finished(), "no callback before the commit");
-
-        let mut truncater = store.clone();
-        let truncate = tokio::spawn(async move { truncater.truncate(entry(1, 2).log_id).await });
-        release.send(()).unwrap();
-        first.await.unwrap().unwrap();
-        truncate.await.unwrap().unwrap();
-        assert_eq!(entries_in_file(&store), vec![1]);
-        store
-            .blocking_append([entry(2, 2), entry(2, 3)])
-            .await
-            .unwrap();
-        drop((store, reader));
-
-        let mut reopened = LogStore::open(&path).unwrap();
-        let read = reopened.try_get_log_entries(..).await.unwrap();
-        assert_eq!(read, vec![entry(1, 1), entry(2, 2), entry(2, 3)]);
-        assert!(reopened.unflushed().is_empty());
     }
 
     #[test]
