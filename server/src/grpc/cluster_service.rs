@@ -47,17 +47,14 @@ fn members_to_pb(membership: &openraft::Membership<NodeId, BasicNode>) -> Vec<pb
 
 /// The answer to a membership change: the members after it, and the log entry that made it.
 fn membership_response(
-    response: openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+    membership: Option<&openraft::Membership<NodeId, BasicNode>>,
+    log_id: openraft::LogId<NodeId>,
 ) -> Response<pb::MembershipResponse> {
     Response::new(pb::MembershipResponse {
-        members: response
-            .membership
-            .as_ref()
-            .map(members_to_pb)
-            .unwrap_or_default(),
+        members: membership.map(members_to_pb).unwrap_or_default(),
         applied: Some(pb::Applied {
-            log_index: response.log_id.index,
-            term: response.log_id.leader_id.term,
+            log_index: log_id.index,
+            term: log_id.leader_id.term,
             at_ms: 0,
         }),
     })
@@ -153,14 +150,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 )));
             }
             let log_id = metrics.membership_config.log_id().unwrap_or_default();
-            return Ok(Response::new(pb::MembershipResponse {
-                members: members_to_pb(current),
-                applied: Some(pb::Applied {
-                    log_index: log_id.index,
-                    term: log_id.leader_id.term,
-                    at_ms: 0,
-                }),
-            }));
+            return Ok(membership_response(Some(current), log_id));
         }
         // Blocking: returns once the learner has caught up, by log or by snapshot.
         let response = self
@@ -169,7 +159,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             .add_learner(request.node_id, BasicNode::new(request.addr), true)
             .await
             .map_err(|e| membership_error(&self.node, e))?;
-        Ok(membership_response(response))
+        Ok(membership_response(
+            response.membership.as_ref(),
+            response.log_id,
+        ))
     }
 
     async fn change_membership(
@@ -190,7 +183,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             .change_membership(voters, false)
             .await
             .map_err(|e| membership_error(&self.node, e))?;
-        Ok(membership_response(response))
+        Ok(membership_response(
+            response.membership.as_ref(),
+            response.log_id,
+        ))
     }
 }
 
