@@ -115,7 +115,7 @@ impl RunningNode {
     pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let log_store = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
+        let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
         // Restoring a large snapshot takes seconds of CPU: off the async runtime, which other
         // nodes of a local cluster share.
         let dir = config.data_dir.clone();

@@ -1,4 +1,4 @@
-//! The redb log store against openraft's storage suite, and across a restart.
+//! The log store against openraft's storage suite, and across a restart.
 //!
 //! The suite also needs a state machine; the real one lives in `raft::state_machine`. The one
 //! here only records what the suite checks (last applied, membership, snapshot), in memory.
@@ -26,7 +26,7 @@ fn log_store_passes_openraft_storage_suite() {
 #[tokio::test]
 async fn entries_vote_committed_and_purge_point_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("raft.redb");
+    let path = dir.path().join("raft-log");
     let entries: Vec<Entry<TypeConfig>> = vec![
         entry(1, 1, EntryPayload::Blank),
         entry(
@@ -74,7 +74,7 @@ async fn entries_vote_committed_and_purge_point_survive_reopen() {
 #[tokio::test]
 async fn reader_clone_sees_entries_once_append_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = LogStore::open(&dir.path().join("raft.redb")).unwrap();
+    let mut store = LogStore::open(&dir.path().join("raft-log")).unwrap();
     let mut reader = store.get_log_reader().await;
 
     store
@@ -105,7 +105,7 @@ impl StoreBuilder<TypeConfig, LogStore, MemStateMachine, TempDir> for TempStoreB
     async fn build(&self) -> Result<(TempDir, LogStore, MemStateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
         let store =
-            LogStore::open(&dir.path().join("raft.redb")).map_err(|e| StorageIOError::write(&e))?;
+            LogStore::open(&dir.path().join("raft-log")).map_err(|e| StorageIOError::write(&e))?;
         Ok((dir, store, MemStateMachine::default()))
     }
 }

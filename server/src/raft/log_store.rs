@@ -1,241 +1,200 @@
-//! The durable Raft log: entries, vote, committed and last purged log id, in one redb file.
+//! The durable Raft log: entries, vote, committed and purge point, in a write-ahead log of
+//! chunk files (`raft-log`, the WAL that openraft's author wrote for it).
 //!
-//! It must never acknowledge a write (return from `save_vote`, call the `append` callback)
-//! before the redb transaction holding it has committed with an fsync: Raft's safety rests on it.
+//! Every write goes to the WAL's in-memory buffer on the caller's task and then to its flush
+//! thread, which writes and `fdatasync`s in order. The log never acknowledges a write (returns
+//! from `save_vote`, calls the `append` callback) before the flush thread has synced it:
+//! Raft's safety rests on it. The committed log id is written without a sync of its own: it
+//! reaches the file at once and becomes durable with the next synced write.
+//!
+//! Reads are served from the WAL's payload cache (every entry not yet in a closed, synced
+//! chunk, and the newest closed ones up to `CACHE_BYTES_MAX`); older entries are read back
+//! with `pread`, which only a follower far behind needs.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use openraft::{
+    AnyError, EntryPayload, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
+};
+use raft_log::api::raft_log_writer::RaftLogWriter;
+use raft_log::codeq::{Decode, Encode};
+use raft_log::RaftLog;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use super::{NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 
-/// Log entries by index, each a postcard-encoded `Entry`.
-const LOG_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// The few values that are not entries, each postcard-encoded under one of the keys below.
-const META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-const META_KEY_VOTE: &str = "vote";
-const META_KEY_COMMITTED: &str = "committed";
-const META_KEY_LAST_PURGED: &str = "last_purged_log_id";
+/// Largest chunk file. Only closed chunks can be deleted after a purge or evicted from the
+/// payload cache, so this bounds both the disk kept beyond the purge point and the memory
+/// held by entries of the open chunk.
+pub const CHUNK_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Entry payloads of closed chunks kept in memory for replication, at most.
+pub const CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Entries kept in the payload cache, at most (beyond those of the open chunk).
+pub const CACHE_ENTRIES_MAX: usize = 65_536;
+/// Bytes queued for the flush thread before a writer waits for it.
+pub const FLUSH_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Buffer used to replay chunk files when the log is opened.
+const REPLAY_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-/// Why the log file could not be opened; the path tells the operator which file to look at.
+/// Why the log could not be opened; the path tells the operator which directory to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum LogStoreError {
-    #[error("cannot open the Raft log file {path}")]
+    #[error("cannot open the Raft log in {path}")]
     Open {
         path: PathBuf,
         #[source]
-        source: redb::DatabaseError,
-    },
-    #[error("cannot create the Raft log tables in {path}")]
-    CreateTables {
-        path: PathBuf,
-        #[source]
-        source: redb::Error,
+        source: io::Error,
     },
 }
 
-/// The Raft log store. Clones share one database: openraft's replication tasks read through
-/// clones while the Raft core writes through the original.
+/// The Raft log store. Clones share one log: openraft's replication tasks read through clones
+/// while the Raft core writes through the original. The lock is held only to touch memory
+/// (and, for entries no longer cached, to `pread` them), never across an fsync.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    log: Arc<Mutex<RaftLog<WalTypes>>>,
+}
+
+/// The WAL's types: every value is stored as its postcard encoding.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WalTypes;
+
+impl raft_log::Types for WalTypes {
+    type LogId = Stored<LogId<NodeId>>;
+    /// The postcard encoding of the entry's payload: the cache then counts exact bytes.
+    type LogPayload = Vec<u8>;
+    type Vote = Stored<Vote<NodeId>>;
+    type Callback = Flushed;
+    type UserData = Stored<()>;
+
+    fn log_index(log_id: &Self::LogId) -> u64 {
+        log_id.0.index
+    }
+
+    fn payload_size(payload: &Self::LogPayload) -> u64 {
+        payload.len() as u64
+    }
+}
+
+/// A value stored in the WAL as its length-prefixed postcard encoding.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stored<T>(pub T);
+
+impl<T: Serialize> Encode for Stored<T> {
+    fn encode<W: io::Write>(&self, w: W) -> Result<usize, io::Error> {
+        postcard::to_stdvec(&self.0)
+            .map_err(io::Error::other)?
+            .encode(w)
+    }
+}
+
+impl<T: DeserializeOwned> Decode for Stored<T> {
+    fn decode<R: io::Read>(r: R) -> Result<Self, io::Error> {
+        let bytes = Vec::<u8>::decode(r)?;
+        postcard::from_bytes(&bytes)
+            .map(Stored)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// Who is told when a write is on disk.
+pub enum Flushed {
+    /// openraft, for appended entries.
+    Raft(LogFlushed<TypeConfig>),
+    /// A task of ours waiting for its write (vote, truncation, purge).
+    Waiter(oneshot::Sender<io::Result<()>>),
+}
+
+impl raft_log::Callback for Flushed {
+    fn send(self, result: Result<(), io::Error>) {
+        match self {
+            Flushed::Raft(callback) => callback.log_io_completed(result),
+            Flushed::Waiter(sender) => {
+                let _ = sender.send(result);
+            }
+        }
+    }
 }
 
 impl LogStore {
-    /// Opens the log at `path`, creating the file and its tables if they do not exist.
+    /// Opens the log in directory `path`, creating it if it does not exist, and replays it.
     pub fn open(path: &Path) -> Result<LogStore, LogStoreError> {
-        let db = Database::create(path).map_err(|source| LogStoreError::Open {
+        let error = |source| LogStoreError::Open {
             path: path.to_path_buf(),
             source,
-        })?;
-        // Creating the tables up front lets every later read transaction open them
-        // unconditionally: a missing table then means a damaged file, not a fresh one.
-        let create_tables = || -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            txn.open_table(LOG_TABLE)?;
-            txn.open_table(META_TABLE)?;
-            txn.commit()?;
-            Ok(())
         };
-        create_tables().map_err(|source| LogStoreError::CreateTables {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(LogStore { db: Arc::new(db) })
+        std::fs::create_dir_all(path).map_err(error)?;
+        let dir = path
+            .to_str()
+            .ok_or_else(|| error(io::Error::other("the path is not UTF-8")))?;
+        let mut config = raft_log::Config::new(dir);
+        config.wal.chunk_max_size = Some(CHUNK_BYTES_MAX);
+        config.wal.read_buffer_size = Some(REPLAY_BUFFER_BYTES);
+        config.wal.flush_queue_max_bytes = Some(FLUSH_QUEUE_BYTES_MAX);
+        // openraft waits for each append's sync before it sends the next, so waiting for more
+        // writes to share a sync would only add latency.
+        config.wal.flush_batch_wait = Some(Duration::ZERO);
+        config.log_cache_capacity = Some(CACHE_BYTES_MAX);
+        config.log_cache_max_items = Some(CACHE_ENTRIES_MAX);
+        let log = RaftLog::open(Arc::new(config)).map_err(error)?;
+        Ok(LogStore {
+            log: Arc::new(Mutex::new(log)),
+        })
     }
 
-    /// Runs `op` on a blocking thread: redb reads and fsyncs block, and must not stall a
-    /// runtime worker. `to_storage_error` says which Raft state the failure concerns.
-    async fn blocking<T, F>(
+    fn lock(&self) -> MutexGuard<'_, RaftLog<WalTypes>> {
+        // A panic aborts the node (see `main`), so a poisoned lock is never observed in
+        // service; tests may still see one, and the log itself stays consistent.
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes with `write`, then waits until the flush thread has synced it.
+    async fn write_synced(
         &self,
         to_storage_error: fn(AnyError) -> StorageIOError<NodeId>,
-        op: F,
-    ) -> Result<T, StorageError<NodeId>>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, Fault> + Send + 'static,
-    {
-        let db = Arc::clone(&self.db);
-        let joined = tokio::task::spawn_blocking(move || op(&db)).await;
-        match joined {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(fault)) => Err(to_storage_error(AnyError::new(&fault)).into()),
-            Err(join_error) => Err(to_storage_error(AnyError::new(&join_error)).into()),
-        }
+        write: impl FnOnce(&mut RaftLog<WalTypes>) -> io::Result<()>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let (sender, synced) = oneshot::channel();
+        let sent = {
+            let mut log = self.lock();
+            write(&mut log).and_then(|()| log.flush(true, Some(Flushed::Waiter(sender))))
+        };
+        let result = match sent {
+            Ok(()) => synced
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("the log's flush thread stopped"))),
+            Err(error) => Err(error),
+        };
+        result.map_err(|error| to_storage_error(AnyError::new(&error)).into())
     }
 }
 
-/// What went wrong below openraft; it only ever reaches openraft as an `AnyError` source.
-#[derive(Debug, thiserror::Error)]
-enum Fault {
-    #[error(transparent)]
-    Redb(#[from] redb::Error),
-    #[error("cannot encode {record}")]
-    Encode {
-        record: String,
-        #[source]
-        source: postcard::Error,
-    },
-    #[error("{record} does not decode: the log file is damaged or was written by another version")]
-    Decode {
-        record: String,
-        #[source]
-        source: postcard::Error,
-    },
-    #[error("the entry stored under index {index_key} claims index {index_entry}: the log file is damaged")]
-    IndexMismatch { index_key: u64, index_entry: u64 },
-}
-
-/// redb returns one error type per operation; all of them fold into `redb::Error`.
-macro_rules! fault_from_redb {
-    ($($error:ty),+) => {
-        $(impl From<$error> for Fault {
-            fn from(error: $error) -> Self {
-                Fault::Redb(error.into())
-            }
-        })+
-    };
-}
-fault_from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
-
-fn encode<T: Serialize>(value: &T, record: impl FnOnce() -> String) -> Result<Vec<u8>, Fault> {
-    postcard::to_stdvec(value).map_err(|source| Fault::Encode {
-        record: record(),
-        source,
+fn decode_entry(log_id: Stored<LogId<NodeId>>, payload: &[u8]) -> Result<Entry, io::Error> {
+    let payload: EntryPayload<TypeConfig> = postcard::from_bytes(payload).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the log entry at index {} does not decode: {e}",
+                log_id.0.index
+            ),
+        )
+    })?;
+    Ok(Entry {
+        log_id: log_id.0,
+        payload,
     })
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8], record: impl FnOnce() -> String) -> Result<T, Fault> {
-    postcard::from_bytes(bytes).map_err(|source| Fault::Decode {
-        record: record(),
-        source,
-    })
-}
-
-/// Decodes the entry stored under `index`, and checks it is the entry that belongs there.
-fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, Fault> {
-    let entry: Entry = decode(bytes, || format!("the log entry at index {index}"))?;
-    if entry.log_id.index != index {
-        return Err(Fault::IndexMismatch {
-            index_key: index,
-            index_entry: entry.log_id.index,
-        });
-    }
-    Ok(entry)
-}
-
-fn get_meta<T: DeserializeOwned>(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &'static str,
-) -> Result<Option<T>, Fault> {
-    let Some(guard) = table.get(key)? else {
-        return Ok(None);
-    };
-    decode(guard.value(), || format!("the stored {key}")).map(Some)
-}
-
-fn read_meta<T: DeserializeOwned>(db: &Database, key: &'static str) -> Result<Option<T>, Fault> {
-    let txn = db.begin_read()?;
-    get_meta(&txn.open_table(META_TABLE)?, key)
-}
-
-/// Writes one meta value (or removes it, for `None`) in its own durable transaction.
-fn write_meta<T: Serialize>(
-    db: &Database,
-    key: &'static str,
-    value: Option<&T>,
-) -> Result<(), Fault> {
-    write_meta_with(db, key, value, Durability::Immediate)
-}
-
-/// Writes one meta value (or removes it) in its own transaction of the given durability.
-fn write_meta_with<T: Serialize>(
-    db: &Database,
-    key: &'static str,
-    value: Option<&T>,
-    durability: Durability,
-) -> Result<(), Fault> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(durability)?;
-    {
-        let mut table = txn.open_table(META_TABLE)?;
-        match value {
-            Some(value) => {
-                let bytes = encode(value, || format!("the {key}"))?;
-                table.insert(key, bytes.as_slice())?;
-            }
-            None => {
-                table.remove(key)?;
-            }
-        }
-    }
-    txn.commit()?;
-    Ok(())
-}
-
-/// Encodes entries on the calling task, so the blocking thread holds redb's write lock only
-/// for the I/O.
-fn encode_entries(entries: impl IntoIterator<Item = Entry>) -> Result<Vec<(u64, Vec<u8>)>, Fault> {
-    let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
-    for entry in entries {
-        let index = entry.log_id.index;
-        if let Some((index_previous, _)) = rows.last() {
-            debug_assert_eq!(
-                index_previous.checked_add(1),
-                Some(index),
-                "appended entries leave a hole"
-            );
-        }
-        rows.push((
-            index,
-            encode(&entry, || format!("the log entry at index {index}"))?,
-        ));
-    }
-    Ok(rows)
-}
-
-/// A write transaction whose commit returns only once the data is on disk. redb's default is
-/// already `Immediate`; saying it here keeps the promise from depending on a default.
-fn begin_durable_write(db: &Database) -> Result<redb::WriteTransaction, Fault> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    Ok(txn)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -243,19 +202,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
-        let bounds: (Bound<u64>, Bound<u64>) =
-            (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(StorageIOError::read_logs, move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(LOG_TABLE)?;
-            let mut entries = Vec::new();
-            for row in table.range(bounds)? {
-                let (key, value) = row?;
-                entries.push(decode_entry(key.value(), value.value())?);
-            }
-            Ok(entries)
-        })
-        .await
+        let from = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let log = self.lock();
+        log.read(from, to)
+            .map(|read| read.and_then(|(log_id, payload)| decode_entry(log_id, &payload)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
     }
 }
 
@@ -263,23 +224,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        self.blocking(StorageIOError::read_logs, |db| {
-            let txn = db.begin_read()?;
-            let meta = txn.open_table(META_TABLE)?;
-            let last_purged_log_id: Option<LogId<NodeId>> = get_meta(&meta, META_KEY_LAST_PURGED)?;
-            let log = txn.open_table(LOG_TABLE)?;
-            let last_log_id = match log.last()? {
-                Some((key, value)) => Some(decode_entry(key.value(), value.value())?.log_id),
-                // An empty log still has a last log id if it was purged: Raft must not
-                // forget how far the log reached.
-                None => last_purged_log_id,
-            };
-            Ok(LogState {
-                last_purged_log_id,
-                last_log_id,
-            })
+        let log = self.lock();
+        let state = log.log_state();
+        Ok(LogState {
+            last_purged_log_id: state.purged().map(|id| id.0),
+            // The WAL keeps `last` at the purge point once every entry is purged: Raft must
+            // not forget how far the log reached.
+            last_log_id: state.last().map(|id| id.0),
         })
-        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -288,35 +240,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let vote = *vote;
-        self.blocking(StorageIOError::write_vote, move |db| {
-            write_meta(db, META_KEY_VOTE, Some(&vote))
+        self.write_synced(StorageIOError::write_vote, |log| {
+            log.save_vote(Stored(vote)).map(drop)
         })
         .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.blocking(StorageIOError::read_vote, |db| read_meta(db, META_KEY_VOTE))
-            .await
+        Ok(self.lock().log_state().vote().map(|vote| vote.0))
     }
 
-    /// Saved without an fsync of its own: openraft calls this before every apply, and a
-    /// durable write here would cost each Raft round a second fsync on every node. Losing it
-    /// in a crash is safe (openraft's `save_committed` is optional): a restarted node then
-    /// applies from the older committed id and learns the rest from the leader. It becomes
-    /// durable with the next appended entry's transaction anyway.
+    /// Written without a sync of its own: openraft calls this before every apply, and a sync
+    /// here would cost each Raft round a second fsync on every node. The record reaches the
+    /// file at once (it survives the process), and the disk with the next synced write.
+    /// Losing it in a crash of the machine is safe (openraft's `save_committed` is optional):
+    /// a restarted node then applies from the older committed id and learns the rest from the
+    /// leader.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        self.blocking(StorageIOError::write, move |db| {
-            write_meta_with(db, META_KEY_COMMITTED, committed.as_ref(), Durability::None)
-        })
-        .await
+        let Some(committed) = committed.map(Stored) else {
+            return Ok(());
+        };
+        let mut log = self.lock();
+        // The WAL refuses a committed id beyond its last entry or behind the one it holds.
+        // Neither happens in a running node, but saving it is optional: keep what is stored.
+        let state = log.log_state();
+        if Some(&committed) > state.last() || Some(&committed) <= state.committed() {
+            return Ok(());
+        }
+        log.commit(committed)
+            .and_then(|_| log.flush(false, None))
+            .map_err(|e| StorageIOError::write(AnyError::new(&e)).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        self.blocking(StorageIOError::read, |db| read_meta(db, META_KEY_COMMITTED))
-            .await
+        Ok(self.lock().log_state().committed().map(|id| id.0))
     }
 
     async fn append<I>(
@@ -328,62 +288,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let result = match encode_entries(entries) {
-            // All entries of one call share one transaction, so one fsync: this is how
-            // concurrent proposals batched by openraft share the cost of durability.
-            Ok(rows) => {
-                self.blocking(StorageIOError::write_logs, move |db| {
-                    let txn = begin_durable_write(db)?;
-                    {
-                        let mut table = txn.open_table(LOG_TABLE)?;
-                        for (index, bytes) in &rows {
-                            table.insert(index, bytes.as_slice())?;
-                        }
-                    }
-                    txn.commit()?;
-                    Ok(())
-                })
-                .await
-            }
-            Err(fault) => Err(StorageIOError::write_logs(AnyError::new(&fault)).into()),
-        };
-        // Only now, after the commit returned, may openraft count these entries as persisted.
-        match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(error) => callback.log_io_completed(Err(io::Error::other(error.to_string()))),
-        }
-        result
+        // Encoded before the lock is taken, so readers wait only for the copy into the WAL.
+        let rows = entries
+            .into_iter()
+            .map(|entry| {
+                postcard::to_stdvec(&entry.payload)
+                    .map(|payload| (Stored(entry.log_id), payload))
+                    .map_err(io::Error::other)
+            })
+            .collect::<Result<Vec<_>, _>>();
+        // All entries of one call share one sync: this is how concurrent proposals batched by
+        // openraft share the cost of durability. The callback runs once they are on disk.
+        let result = rows.and_then(|rows| {
+            let mut log = self.lock();
+            // Entries at or below the purge point are applied and gone; openraft never sends
+            // one, but its storage suite does after purging a hole, and the WAL would refuse
+            // it as a log id moving backwards. Storing it would change nothing readable.
+            let purged = log.log_state().purged().map(|id| id.0.index);
+            log.append(
+                rows.into_iter()
+                    .filter(|(log_id, _)| purged.is_none_or(|purged| log_id.0.index > purged)),
+            )?;
+            log.flush(true, Some(Flushed::Raft(callback)))
+        });
+        result.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.blocking(StorageIOError::write_logs, move |db| {
-            let txn = begin_durable_write(db)?;
-            {
-                let mut table = txn.open_table(LOG_TABLE)?;
-                table.retain_in(log_id.index.., |_, _| false)?;
-            }
-            txn.commit()?;
-            Ok(())
+        self.write_synced(StorageIOError::write_logs, |log| {
+            log.truncate(log_id.index).map(drop)
         })
         .await
     }
 
+    /// The purge record is synced before any chunk file it empties is deleted (the WAL
+    /// orders the deletion behind the sync), so after a crash the log never claims a purge
+    /// point its entries disagree with.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.blocking(StorageIOError::write_logs, move |db| {
-            let txn = begin_durable_write(db)?;
-            {
-                // The purge point and the deletion commit together: after a crash the log
-                // never claims a purge point its entries disagree with.
-                let mut meta = txn.open_table(META_TABLE)?;
-                let previous: Option<LogId<NodeId>> = get_meta(&meta, META_KEY_LAST_PURGED)?;
-                debug_assert!(previous <= Some(log_id), "purge moves backwards");
-                let bytes = encode(&log_id, || "the last purged log id".to_owned())?;
-                meta.insert(META_KEY_LAST_PURGED, bytes.as_slice())?;
-                let mut log = txn.open_table(LOG_TABLE)?;
-                log.retain_in(..=log_id.index, |_, _| false)?;
-            }
-            txn.commit()?;
-            Ok(())
+        self.write_synced(StorageIOError::write_logs, |log| {
+            log.purge(Stored(log_id)).map(drop)
         })
         .await
     }
@@ -393,52 +336,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn undecodable_entry_is_an_error_not_a_panic() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
-        let mut store = LogStore::open(&path).unwrap();
-        {
-            let txn = store.db.begin_write().unwrap();
-            {
-                let mut table = txn.open_table(LOG_TABLE).unwrap();
-                table.insert(1, [0xff_u8; 3].as_slice()).unwrap();
-            }
-            txn.commit().unwrap();
-        }
-
-        let error = store.try_get_log_entries(0..10).await.unwrap_err();
-        assert!(error.to_string().contains("index 1"), "{error}");
-        assert!(store.get_log_state().await.is_err());
-    }
-
-    #[tokio::test]
-    async fn entry_under_the_wrong_index_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = LogStore::open(&dir.path().join("raft.redb")).unwrap();
-        let entry = Entry {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), 7),
-            payload: openraft::EntryPayload::Blank,
-        };
-        let bytes = postcard::to_stdvec(&entry).unwrap();
-        {
-            let txn = store.db.begin_write().unwrap();
-            {
-                let mut table = txn.open_table(LOG_TABLE).unwrap();
-                table.insert(3, bytes.as_slice()).unwrap();
-            }
-            txn.commit().unwrap();
-        }
-
-        let error = store.try_get_log_entries(..).await.unwrap_err();
-        assert!(error.to_string().contains("claims index 7"), "{error}");
-    }
-
     #[test]
     fn open_names_the_path_it_could_not_open() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("missing-dir").join("raft.redb");
+        let blocker = dir.path().join("a-file");
+        std::fs::write(&blocker, b"not a directory").unwrap();
+        let path = blocker.join("raft-log");
         let error = LogStore::open(&path).err().expect("open must fail");
-        assert!(error.to_string().contains("missing-dir"), "{error}");
+        assert!(error.to_string().contains("a-file"), "{error}");
+    }
+
+    #[test]
+    fn a_damaged_payload_is_an_error_not_a_panic() {
+        let log_id = Stored(LogId::new(openraft::CommittedLeaderId::new(1, 0), 7));
+        let error = decode_entry(log_id, &[0xff, 0xff, 0xff]).unwrap_err();
+        assert!(error.to_string().contains("index 7"), "{error}");
     }
 }

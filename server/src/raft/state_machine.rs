@@ -1,6 +1,6 @@
 //! The Raft state machine: applies committed batches to the ledger, in log order.
 //!
-//! The ledger lives in memory; durability comes from the log (redb) plus the newest snapshot,
+//! The ledger lives in memory; durability comes from the log (the raft-log WAL) plus the newest snapshot,
 //! written to `snapshot.bin` in the data directory (temporary file, fsync, rename) before
 //! openraft is told it exists. On start the ledger is restored from that file and openraft
 //! re-applies the log after it. This module never decides anything: it only feeds the ledger.
