@@ -115,6 +115,9 @@ impl Client {
     /// Non-retryable statuses come back at once as the matching [`Error`]; running out of
     /// time or attempts returns [`Error::Unavailable`] naming the nodes tried and the last
     /// error.
+    ///
+    /// The `Rpc` handed to `f` sends unary calls; only the client's own reserve, commit,
+    /// release and record are coalesced into `Batch` calls.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: FnMut(Rpc) -> Fut,

@@ -5,6 +5,8 @@
 //! call, [`Reservation::commit`] what was actually spent (or [`Reservation::release`] if
 //! the call did not happen). The client finds the leader, follows its hints, reuses
 //! connections and retries with the same request id, so a retry is never a second charge.
+//! Concurrent reserves, commits, releases and records leave together in one `Batch` RPC per
+//! node ([`ClientConfig::coalesce`], on by default), each with its own answer and retries.
 //! When the cluster cannot be reached within the deadline it fails closed (an
 //! [`Error::Unavailable`] that says why), unless configured to fail open up to a local cap.
 //!
