@@ -115,12 +115,28 @@ impl Client {
     /// Non-retryable statuses come back at once as the matching [`Error`]; running out of
     /// time or attempts returns [`Error::Unavailable`] naming the nodes tried and the last
     /// error.
+    ///
+    /// The `Rpc` handed to `f` sends unary calls; only the client's own reserve, commit,
+    /// release and record are coalesced into `Batch` calls.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: FnMut(Rpc) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.run(Target::Leader, f).await
+        self.run(Target::Leader, false, f).await
+    }
+
+    /// [`call`](Self::call) for reserve, commit, release and record: the `Rpc` handed to `f`
+    /// coalesces them with concurrent ones into one `Batch` RPC when the config says so
+    /// ([`ClientConfig::coalesce`]). Retries and leader-following are the same: each
+    /// operation gets its own answer, and a retry resends the same request (same id).
+    pub(crate) async fn call_op<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnMut(Rpc) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.run(Target::Leader, self.shared.config.coalesce, f)
+            .await
     }
 
     /// Like [`call`](Self::call) but against exactly the node at `addr` (`host:port`):
@@ -132,10 +148,10 @@ impl Client {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let addr = normalise_endpoint(addr)?;
-        self.run(Target::Node(&addr), f).await
+        self.run(Target::Node(&addr), false, f).await
     }
 
-    async fn run<T, F, Fut>(&self, target: Target<'_>, mut f: F) -> Result<T, Error>
+    async fn run<T, F, Fut>(&self, target: Target<'_>, coalesce: bool, mut f: F) -> Result<T, Error>
     where
         F: FnMut(Rpc) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -163,7 +179,7 @@ impl Client {
             if !tried.contains(&addr) {
                 tried.push(addr.clone());
             }
-            let rpc = pool.rpc(&addr, &self.auth)?;
+            let rpc = pool.rpc(&addr, &self.auth, coalesce)?;
             let attempt_timeout = attempt_time_left.min(config.attempt_timeout);
             let status = match tokio::time::timeout(attempt_timeout, f(rpc)).await {
                 Ok(Ok(response)) => {

@@ -38,11 +38,16 @@ pub struct ClientConfig {
     pub backoff: Backoff,
     /// What `reserve` does when the cluster cannot be reached.
     pub fail_mode: FailMode,
+    /// Send concurrent reserve, commit, release and record calls to a node as one `Batch`
+    /// RPC (default `true`): a lone call leaves at once, concurrent ones share one HTTP/2
+    /// request. Each still gets its own answer, retries and deadline. Turn it off to send
+    /// one unary RPC per call, e.g. against nodes older than `Batch`.
+    pub coalesce: bool,
 }
 
 impl ClientConfig {
     /// A config for these endpoints with the defaults: no token, 5 s deadline, 1 s per
-    /// attempt, 20..500 ms backoff, fail closed.
+    /// attempt, 20..500 ms backoff, fail closed, coalescing on.
     pub fn new<I, S>(endpoints: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -55,6 +60,7 @@ impl ClientConfig {
             attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
             backoff: Backoff::default(),
             fail_mode: FailMode::Closed,
+            coalesce: true,
         }
     }
 

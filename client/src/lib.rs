@@ -5,6 +5,8 @@
 //! call, [`Reservation::commit`] what was actually spent (or [`Reservation::release`] if
 //! the call did not happen). The client finds the leader, follows its hints, reuses
 //! connections and retries with the same request id, so a retry is never a second charge.
+//! Concurrent reserves, commits, releases and records leave together in one `Batch` RPC per
+//! node ([`ClientConfig::coalesce`], on by default), each with its own answer and retries.
 //! When the cluster cannot be reached within the deadline it fails closed (an
 //! [`Error::Unavailable`] that says why), unless configured to fail open up to a local cap.
 //!
@@ -67,6 +69,7 @@
 
 mod admin;
 mod client;
+mod coalescer;
 mod config;
 mod error;
 mod local;
@@ -77,12 +80,13 @@ mod types;
 
 pub use admin::{AuditExport, AUDIT_QUERY_RECORDS_MAX};
 pub use client::{Client, ATTEMPTS_MAX};
+pub use coalescer::{COALESCER_BATCHES_IN_FLIGHT_MAX, COALESCER_QUEUE_OPS_MAX};
 pub use config::{
     normalise_endpoint, Backoff, ClientConfig, FailMode, ATTEMPT_TIMEOUT_DEFAULT,
     BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, DEADLINE_DEFAULT, ENDPOINTS_MAX,
 };
 pub use error::{is_retryable, Error};
-pub use pool::{leader_hint, Auth, AuthChannel, Rpc, CHANNELS_MAX};
+pub use pool::{leader_hint, Auth, AuthChannel, Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};
 pub use reservation::Reservation;
 pub use tollgate::RESERVATIONS_LIST_MAX;
 /// The wire types (`tollgate.v1`), re-exported so callers need no direct dependency.

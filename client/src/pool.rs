@@ -1,11 +1,13 @@
 //! Connections and the leader: one lazily-connected tonic `Channel` per address, cached
-//! for the life of the client, and the address believed to be the leader. This module
-//! never retries or sleeps; the retry loop in `client.rs` decides what to try next.
+//! for the life of the client, with the coalescers that batch operations to that address
+//! (one per token), and the address believed to be the leader. This module never retries
+//! or sleeps; the retry loop in `client.rs` decides what to try next.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tollgate_proto::v1;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::cluster_client::ClusterClient;
 use tollgate_proto::v1::tollgate_client::TollgateClient;
@@ -14,20 +16,25 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+use tonic::{Request, Response, Status};
 
+use crate::coalescer::Coalescer;
 use crate::config::normalise_endpoint;
 use crate::error::Error;
 
 /// Most channels one client caches. Addresses come from the config and from leader hints;
 /// a cluster has a handful of nodes, so this only bounds churn from a misbehaving cluster.
 pub const CHANNELS_MAX: usize = 32;
+/// Most coalescers per address, one per token sent to it (a client and its
+/// [`with_token`](crate::Client::with_token) clones); beyond it the oldest is dropped and ends
+/// once its queued operations are sent.
+pub const COALESCERS_PER_CHANNEL_MAX: usize = 8;
 
 /// A channel that adds `authorization: Bearer <token>` to every request.
 pub type AuthChannel = InterceptedService<Channel, Auth>;
 
 /// Adds the configured bearer token to each request.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Auth {
     header: Option<AsciiMetadataValue>,
 }
@@ -63,6 +70,8 @@ impl Interceptor for Auth {
 pub struct Rpc {
     channel: AuthChannel,
     addr: Arc<str>,
+    /// Set when this attempt's operations go through the node's coalescer.
+    coalescer: Option<Coalescer>,
 }
 
 impl Rpc {
@@ -90,6 +99,51 @@ impl Rpc {
     pub fn addr(&self) -> &str {
         &self.addr
     }
+
+    /// One reserve: in the node's next `Batch` when this attempt coalesces, else a unary
+    /// `Reserve`. Either way the answer is the unary call's.
+    pub(crate) async fn reserve(
+        &self,
+        request: v1::ReserveRequest,
+    ) -> Result<Response<v1::ReserveResponse>, Status> {
+        match &self.coalescer {
+            Some(coalescer) => coalescer.submit(request).await,
+            None => self.tollgate().reserve(request).await,
+        }
+    }
+
+    /// One commit, coalesced like [`reserve`](Self::reserve).
+    pub(crate) async fn commit(
+        &self,
+        request: v1::CommitRequest,
+    ) -> Result<Response<v1::CommitResponse>, Status> {
+        match &self.coalescer {
+            Some(coalescer) => coalescer.submit(request).await,
+            None => self.tollgate().commit(request).await,
+        }
+    }
+
+    /// One release, coalesced like [`reserve`](Self::reserve).
+    pub(crate) async fn release(
+        &self,
+        request: v1::ReleaseRequest,
+    ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        match &self.coalescer {
+            Some(coalescer) => coalescer.submit(request).await,
+            None => self.tollgate().release(request).await,
+        }
+    }
+
+    /// One record, coalesced like [`reserve`](Self::reserve).
+    pub(crate) async fn record(
+        &self,
+        request: v1::RecordRequest,
+    ) -> Result<Response<v1::RecordResponse>, Status> {
+        match &self.coalescer {
+            Some(coalescer) => coalescer.submit(request).await,
+            None => self.tollgate().record(request).await,
+        }
+    }
 }
 
 /// The leader's address from an UNAVAILABLE status, normalised; `None` when the node
@@ -108,7 +162,8 @@ pub fn leader_hint(metadata: &MetadataMap) -> Option<String> {
 pub(crate) struct Pool {
     /// Normalised, deduplicated, never empty.
     endpoints: Vec<String>,
-    connect_timeout: Duration,
+    /// Time to connect, and time one batch RPC may take: the client's attempt timeout.
+    attempt_timeout: Duration,
     state: Mutex<PoolState>,
 }
 
@@ -116,18 +171,57 @@ struct PoolState {
     leader: Option<String>,
     /// Which endpoint to try next while no leader is known: round robin.
     endpoint_next: usize,
-    channels: HashMap<String, Channel>,
+    channels: HashMap<String, Connection>,
+}
+
+/// What the pool keeps per address.
+struct Connection {
+    channel: Channel,
+    /// Created on the first coalesced operation with each token; at most
+    /// `COALESCERS_PER_CHANNEL_MAX`, oldest first.
+    coalescers: Vec<(Auth, Coalescer)>,
+}
+
+impl Connection {
+    /// The live coalescer for `auth`, started if there is none (or its task has ended,
+    /// e.g. with the runtime that started it).
+    fn coalescer(
+        &mut self,
+        auth: &Auth,
+        channel: &AuthChannel,
+        batch_timeout: Duration,
+    ) -> Coalescer {
+        self.coalescers
+            .retain(|(_, coalescer)| !coalescer.is_closed());
+        if let Some((_, coalescer)) = self.coalescers.iter().find(|(a, _)| a == auth) {
+            return coalescer.clone();
+        }
+        if self.coalescers.len() >= COALESCERS_PER_CHANNEL_MAX {
+            self.coalescers.remove(0);
+        }
+        let client = TollgateClient::new(channel.clone());
+        let coalescer = Coalescer::start(
+            move |request| {
+                let mut client = client.clone();
+                async move { client.batch(request).await.map(Response::into_inner) }
+            },
+            batch_timeout,
+        );
+        self.coalescers.push((auth.clone(), coalescer.clone()));
+        debug_assert!(self.coalescers.len() <= COALESCERS_PER_CHANNEL_MAX);
+        coalescer
+    }
 }
 
 impl Pool {
-    pub(crate) fn new(endpoints: Vec<String>, connect_timeout: Duration) -> Pool {
+    pub(crate) fn new(endpoints: Vec<String>, attempt_timeout: Duration) -> Pool {
         assert!(
             !endpoints.is_empty(),
             "config validation guarantees endpoints"
         );
         Pool {
             endpoints,
-            connect_timeout,
+            attempt_timeout,
             state: Mutex::new(PoolState {
                 leader: None,
                 endpoint_next: 0,
@@ -179,44 +273,60 @@ impl Pool {
         }
     }
 
-    /// The cached channel to `addr`, created (not connected) on first use. Must run inside
-    /// a tokio runtime: tonic spawns the channel's worker task.
-    pub(crate) fn rpc(&self, addr: &str, auth: &Auth) -> Result<Rpc, Error> {
+    /// The cached channel to `addr`, created (not connected) on first use, and, when
+    /// `coalesce`, the coalescer for (`addr`, `auth`), started on first use. Must run inside
+    /// a tokio runtime: tonic spawns the channel's worker task, and a coalescer is a task.
+    pub(crate) fn rpc(&self, addr: &str, auth: &Auth, coalesce: bool) -> Result<Rpc, Error> {
         let mut state = self.state();
-        let channel = match state.channels.get(addr) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = Endpoint::from_shared(addr.to_owned())
-                    .map_err(|e| Error::Invalid(format!("address {addr:?}: {e}")))?
-                    .connect_timeout(self.connect_timeout)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                if state.channels.len() >= CHANNELS_MAX {
-                    // Prefer dropping a hint-learned address over a configured one.
-                    let victim = state
-                        .channels
-                        .keys()
-                        .find(|k| !self.endpoints.contains(k))
-                        .or_else(|| state.channels.keys().next())
-                        .cloned();
-                    if let Some(victim) = victim {
-                        state.channels.remove(&victim);
-                    }
+        if !state.channels.contains_key(addr) {
+            let channel = Endpoint::from_shared(addr.to_owned())
+                .map_err(|e| Error::Invalid(format!("address {addr:?}: {e}")))?
+                .connect_timeout(self.attempt_timeout)
+                .tcp_nodelay(true)
+                .connect_lazy();
+            if state.channels.len() >= CHANNELS_MAX {
+                // Prefer dropping a hint-learned address over a configured one.
+                let victim = state
+                    .channels
+                    .keys()
+                    .find(|k| !self.endpoints.contains(k))
+                    .or_else(|| state.channels.keys().next())
+                    .cloned();
+                if let Some(victim) = victim {
+                    state.channels.remove(&victim);
                 }
-                state.channels.insert(addr.to_owned(), channel.clone());
-                channel
             }
-        };
+            let connection = Connection {
+                channel,
+                coalescers: Vec::new(),
+            };
+            state.channels.insert(addr.to_owned(), connection);
+        }
         debug_assert!(state.channels.len() <= CHANNELS_MAX);
+        let Some(connection) = state.channels.get_mut(addr) else {
+            unreachable!("inserted above");
+        };
+        let channel = InterceptedService::new(connection.channel.clone(), auth.clone());
+        let coalescer =
+            coalesce.then(|| connection.coalescer(auth, &channel, self.attempt_timeout));
         Ok(Rpc {
-            channel: InterceptedService::new(channel, auth.clone()),
+            channel,
             addr: Arc::from(addr),
+            coalescer,
         })
     }
 
     #[cfg(test)]
     fn channels_len(&self) -> usize {
         self.state().channels.len()
+    }
+
+    #[cfg(test)]
+    fn coalescers_len(&self, addr: &str) -> usize {
+        self.state()
+            .channels
+            .get(addr)
+            .map_or(0, |connection| connection.coalescers.len())
     }
 }
 
@@ -277,12 +387,46 @@ mod tests {
     async fn channels_are_reused_and_bounded() {
         let pool = Pool::new(vec!["http://a:1".into()], Duration::from_secs(1));
         let auth = Auth::default();
-        pool.rpc("http://a:1", &auth).unwrap();
-        pool.rpc("http://a:1", &auth).unwrap();
+        pool.rpc("http://a:1", &auth, false).unwrap();
+        pool.rpc("http://a:1", &auth, true).unwrap();
         assert_eq!(pool.channels_len(), 1);
         for port in 0..(CHANNELS_MAX as u16 * 2) {
-            pool.rpc(&format!("http://h:{}", port + 10), &auth).unwrap();
+            pool.rpc(&format!("http://h:{}", port + 10), &auth, true)
+                .unwrap();
         }
         assert_eq!(pool.channels_len(), CHANNELS_MAX);
+    }
+
+    #[tokio::test]
+    async fn one_coalescer_per_token_and_address_bounded() {
+        let pool = Pool::new(vec!["http://a:1".into()], Duration::from_secs(1));
+        let auth = Auth::new(Some("t-0")).unwrap();
+        assert!(pool
+            .rpc("http://a:1", &auth, false)
+            .unwrap()
+            .coalescer
+            .is_none());
+        let first = pool
+            .rpc("http://a:1", &auth, true)
+            .unwrap()
+            .coalescer
+            .unwrap();
+        let again = pool
+            .rpc("http://a:1", &auth, true)
+            .unwrap()
+            .coalescer
+            .unwrap();
+        assert!(
+            first.same_queue(&again),
+            "one coalescer per (address, token)"
+        );
+        for token in 1..(COALESCERS_PER_CHANNEL_MAX * 2) {
+            let auth = Auth::new(Some(&format!("t-{token}"))).unwrap();
+            pool.rpc("http://a:1", &auth, true).unwrap();
+        }
+        assert_eq!(
+            pool.coalescers_len("http://a:1"),
+            COALESCERS_PER_CHANNEL_MAX
+        );
     }
 }

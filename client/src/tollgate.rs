@@ -1,6 +1,8 @@
 //! What agent workers call: reserve, commit, release, record, and the two queries.
 //! Each is one `Client::call` plus the translation between wire and client types; the
-//! fail-open decision is made here, on `Unavailable` from reserve and nothing else.
+//! fail-open decision is made here, on `Unavailable` from reserve and nothing else. The four
+//! operations go through `call_op`, which coalesces concurrent ones into one `Batch` RPC
+//! (`ClientConfig::coalesce`); the queries are unary.
 
 use tollgate_proto::v1;
 use tollgate_proto::v1::reserve_response::Decision;
@@ -36,9 +38,9 @@ impl Client {
     ) -> Result<Reservation, Error> {
         let wire = request.to_wire(&request_id);
         let outcome = self
-            .call(|rpc| {
+            .call_op(|rpc| {
                 let wire = wire.clone();
-                async move { rpc.tollgate().reserve(wire).await }
+                async move { rpc.reserve(wire).await }
             })
             .await;
         match outcome {
@@ -130,9 +132,9 @@ impl Client {
             actual: Some(actual.into()),
         };
         let response = self
-            .call(|rpc| {
+            .call_op(|rpc| {
                 let wire = wire.clone();
-                async move { rpc.tollgate().commit(wire).await }
+                async move { rpc.commit(wire).await }
             })
             .await?;
         Ok(CommitInfo {
@@ -156,9 +158,9 @@ impl Client {
             reservation_id,
         };
         let response = self
-            .call(|rpc| {
+            .call_op(|rpc| {
                 let wire = wire.clone();
-                async move { rpc.tollgate().release(wire).await }
+                async move { rpc.release(wire).await }
             })
             .await?;
         Ok(Applied::from(response.applied))
@@ -194,9 +196,9 @@ impl Client {
             actual: Some(actual.into()),
         };
         let response = self
-            .call(|rpc| {
+            .call_op(|rpc| {
                 let wire = wire.clone();
-                async move { rpc.tollgate().record(wire).await }
+                async move { rpc.record(wire).await }
             })
             .await?;
         Ok(Applied::from(response.applied))

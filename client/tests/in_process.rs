@@ -1,6 +1,7 @@
 //! The client against tiny in-process gRPC nodes with canned behaviour: proves leader
 //! following, same-id retries, background release of dropped guards, per-node status and
-//! failing closed, without a real cluster. Tests wait on notifications, never on sleeps.
+//! failing closed, without a real cluster, through coalesced `Batch` calls (the default) and
+//! through unary calls. Tests wait on notifications, never on sleeps.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -44,6 +45,9 @@ struct FakeNode {
     addr: String,
     role: Role,
     seen: mpsc::UnboundedSender<Seen>,
+    /// `Batch` calls received, and the operations they carried.
+    batches: AtomicU32,
+    batched_ops: AtomicU32,
 }
 
 impl FakeNode {
@@ -168,6 +172,59 @@ impl Tollgate for Node {
         Err(Status::unimplemented("not in this fake"))
     }
 
+    /// Answers each operation as its unary call does, as the real server does.
+    async fn batch(
+        &self,
+        request: Request<v1::BatchRequest>,
+    ) -> Result<Response<v1::BatchResponse>, Status> {
+        use v1::batch_op::Op;
+        use v1::batch_result::Result as Answer;
+        let (metadata, _, request) = request.into_parts();
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.batched_ops
+            .fetch_add(request.ops.len() as u32, Ordering::SeqCst);
+        fn unary<T>(metadata: &tonic::metadata::MetadataMap, message: T) -> Request<T> {
+            Request::from_parts(metadata.clone(), Default::default(), message)
+        }
+        let mut results = Vec::with_capacity(request.ops.len());
+        for op in request.ops {
+            let answer = match op.op {
+                Some(Op::Reserve(r)) => self
+                    .reserve(unary(&metadata, r))
+                    .await
+                    .map(|r| Answer::Reserve(r.into_inner())),
+                Some(Op::Commit(r)) => self
+                    .commit(unary(&metadata, r))
+                    .await
+                    .map(|r| Answer::Commit(r.into_inner())),
+                Some(Op::Release(r)) => self
+                    .release(unary(&metadata, r))
+                    .await
+                    .map(|r| Answer::Release(r.into_inner())),
+                Some(Op::Record(r)) => self
+                    .record(unary(&metadata, r))
+                    .await
+                    .map(|r| Answer::Record(r.into_inner())),
+                None => Err(Status::invalid_argument("empty op")),
+            };
+            let answer = answer.unwrap_or_else(|status| {
+                Answer::Error(v1::BatchError {
+                    code: status.code().into(),
+                    message: status.message().to_owned(),
+                    leader: status
+                        .metadata()
+                        .get(tollgate_proto::LEADER_METADATA_KEY)
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default(),
+                })
+            });
+            results.push(v1::BatchResult {
+                result: Some(answer),
+            });
+        }
+        Ok(Response::new(v1::BatchResponse { results }))
+    }
+
     async fn get_usage(
         &self,
         _: Request<v1::UsageRequest>,
@@ -227,33 +284,44 @@ fn serve(
     listener: tokio::net::TcpListener,
     addr: String,
     role: Role,
-) -> mpsc::UnboundedReceiver<Seen> {
+) -> (Node, mpsc::UnboundedReceiver<Seen>) {
     let (seen, receiver) = mpsc::unbounded_channel();
-    let node = Node(Arc::new(FakeNode { addr, role, seen }));
+    let node = Node(Arc::new(FakeNode {
+        addr,
+        role,
+        seen,
+        batches: AtomicU32::new(0),
+        batched_ops: AtomicU32::new(0),
+    }));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TollgateServer::new(node.clone()))
-            .add_service(ClusterServer::new(node))
+            .add_service(ClusterServer::new(node.clone()))
             .serve_with_incoming(TcpIncoming::from(listener)),
     );
-    receiver
+    (node, receiver)
 }
 
 async fn leader(unavailable_first: u32) -> (String, mpsc::UnboundedReceiver<Seen>) {
+    let (addr, _node, seen) = leader_node(unavailable_first).await;
+    (addr, seen)
+}
+
+async fn leader_node(unavailable_first: u32) -> (String, Node, mpsc::UnboundedReceiver<Seen>) {
     let (listener, addr) = bind().await;
-    let seen = serve(
+    let (node, seen) = serve(
         listener,
         addr.clone(),
         Role::Leader {
             unavailable_first: AtomicU32::new(unavailable_first),
         },
     );
-    (addr, seen)
+    (addr, node, seen)
 }
 
 async fn follower_of(leader: &str) -> (String, mpsc::UnboundedReceiver<Seen>) {
     let (listener, addr) = bind().await;
-    let seen = serve(
+    let (_node, seen) = serve(
         listener,
         addr.clone(),
         Role::Follower {
@@ -290,10 +358,20 @@ fn dead_addr() -> String {
 
 #[tokio::test]
 async fn follower_hint_leads_the_client_to_the_leader_and_it_stays_there() {
-    let (leader_addr, mut leader_seen) = leader(0).await;
+    follower_hint_is_followed(true).await;
+}
+
+#[tokio::test]
+async fn follower_hint_is_followed_without_coalescing_too() {
+    follower_hint_is_followed(false).await;
+}
+
+async fn follower_hint_is_followed(coalesce: bool) {
+    let (leader_addr, leader_node, mut leader_seen) = leader_node(0).await;
     let (follower_addr, mut follower_seen) = follower_of(&leader_addr).await;
     let client = Client::new(ClientConfig {
         token: Some("t0ken".into()),
+        coalesce,
         ..fast_config(&[&follower_addr])
     })
     .unwrap();
@@ -343,6 +421,44 @@ async fn follower_hint_leads_the_client_to_the_leader_and_it_stays_there() {
         follower_seen.try_recv().is_err(),
         "the remembered leader is asked directly"
     );
+    let batched_ops = leader_node.batched_ops.load(Ordering::SeqCst);
+    assert_eq!(
+        batched_ops,
+        if coalesce { 2 } else { 0 },
+        "reserve and commit"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_operations_each_get_their_own_answer_through_batches() {
+    const CALLERS: u32 = 64;
+    let (leader_addr, leader_node, _seen) = leader_node(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let mut callers = Vec::new();
+    for caller in 0..CALLERS {
+        let client = client.clone();
+        callers.push(tokio::spawn(async move {
+            // Over 1,000 tokens the fake denies: half the callers are denied, half granted.
+            let tokens = if caller % 2 == 0 { 10 } else { 5_000 };
+            let outcome = client
+                .reserve(ReserveRequest::new("acme", "bot", "llm:x").tokens(tokens))
+                .await;
+            (caller, outcome)
+        }));
+    }
+    for caller in callers {
+        let (caller, outcome) = caller.await.unwrap();
+        match outcome {
+            Ok(reservation) if caller % 2 == 0 => {
+                reservation.abandon();
+            }
+            Err(Error::Denied { limit_id, .. }) if caller % 2 == 1 => assert_eq!(limit_id, "tpm"),
+            other => panic!("caller {caller}: {other:?}"),
+        }
+    }
+    assert_eq!(leader_node.batched_ops.load(Ordering::SeqCst), CALLERS);
+    let batches = leader_node.batches.load(Ordering::SeqCst);
+    assert!((1..=CALLERS).contains(&batches), "{batches} batches");
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Every bad-input class of SPEC.md gets its gRPC status over the wire, and changes nothing.
+//! Every bad-input class of SPEC.md gets its gRPC status over the wire, and changes nothing;
+//! in a `Batch`, each bad operation gets its own status and the others go through.
 
 mod common;
 
@@ -298,5 +299,166 @@ async fn a_tenants_credentials_cannot_touch_another_tenant() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "no token, no answer");
+    test.cluster.shutdown().await;
+}
+
+fn batch_of(ops: Vec<v1::batch_op::Op>) -> v1::BatchRequest {
+    v1::BatchRequest {
+        ops: ops
+            .into_iter()
+            .map(|op| v1::BatchOp { op: Some(op) })
+            .collect(),
+    }
+}
+
+/// The error of one batch result, as (code, message, leader hint).
+fn batch_error(result: &v1::BatchResult) -> (Code, &str, &str) {
+    match &result.result {
+        Some(v1::batch_result::Result::Error(error)) => (
+            Code::from(error.code),
+            error.message.as_str(),
+            error.leader.as_str(),
+        ),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_operation_and_a_bad_one_fails_alone() {
+    use v1::batch_op::Op;
+    use v1::batch_result::Result as Answer;
+    let test = TestCluster::start(3).await;
+    tenant_with_budget(&test.client, "acme", 1_000).await;
+    let leader = test.cluster.leader(LEADER_WAIT).await.unwrap();
+    let mut tollgate = raw(&test.cluster.addr(leader).unwrap()).await;
+
+    let record = |request_id: &str, tokens: u64| v1::RecordRequest {
+        request_id: request_id.into(),
+        tenant: "acme".into(),
+        agent: "bot".into(),
+        tool: "llm".into(),
+        actual: Some(v1::Amounts {
+            tokens,
+            cost_micros: 0,
+            calls: 1,
+        }),
+    };
+    let results = tollgate
+        .batch(batch_of(vec![
+            Op::Reserve(reserve("b-1", "acme", "bot", 10, 60_000)),
+            Op::Reserve(reserve("b-2", "acme", "bot", 10, 0)),
+            Op::Commit(v1::CommitRequest {
+                request_id: "b-3".into(),
+                tenant: "acme".into(),
+                reservation_id: 987_654,
+                actual: Some(v1::Amounts::default()),
+            }),
+            Op::Record(record("b-4", 5)),
+            Op::Reserve(reserve("b-5", "initech", "bot", 1, 1_000)),
+        ]))
+        .await
+        .expect("a batch with bad operations is answered")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 5, "one result per operation, in order");
+    let granted = match &results[0].result {
+        Some(Answer::Reserve(response)) => granted_id(response.clone()),
+        other => panic!("b-1: {other:?}"),
+    };
+    assert_eq!(
+        batch_error(&results[1]).0,
+        Code::InvalidArgument,
+        "ttl of zero"
+    );
+    assert_eq!(
+        batch_error(&results[2]).0,
+        Code::NotFound,
+        "unknown reservation"
+    );
+    assert!(
+        matches!(results[3].result, Some(Answer::Record(_))),
+        "b-4: {:?}",
+        results[3]
+    );
+    let (code, message, _) = batch_error(&results[4]);
+    assert_eq!(code, Code::NotFound, "unknown tenant");
+    assert!(message.contains("initech"), "{message}");
+
+    // The reservation granted in the batch is the ledger's like any other: commit it in
+    // another batch, beside an empty operation.
+    let results = tollgate
+        .batch(v1::BatchRequest {
+            ops: vec![
+                v1::BatchOp {
+                    op: Some(Op::Commit(v1::CommitRequest {
+                        request_id: "b-6".into(),
+                        tenant: "acme".into(),
+                        reservation_id: granted,
+                        actual: Some(v1::Amounts {
+                            tokens: 7,
+                            cost_micros: 0,
+                            calls: 1,
+                        }),
+                    })),
+                },
+                v1::BatchOp { op: None },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(
+        matches!(results[0].result, Some(Answer::Commit(_))),
+        "{results:?}"
+    );
+    assert_eq!(batch_error(&results[1]).0, Code::InvalidArgument);
+    let usage = test.client.usage("acme", None, None).await.unwrap();
+    let budget = &usage.usage[0];
+    assert_eq!(
+        (budget.used, budget.held),
+        (5 + 7, 0),
+        "the record and the commit, nothing of the bad operations"
+    );
+
+    // Too many operations, or none: refused as a whole, and nothing changes.
+    let before = fingerprint_of_state(&test).await;
+    let too_many = (0..=tollgate_proto::BATCH_OPS_MAX)
+        .map(|i| Op::Record(record(&format!("many-{i}"), 1)))
+        .collect();
+    let status = tollgate.batch(batch_of(too_many)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("BATCH_OPS_MAX"), "{status:?}");
+    let status = tollgate.batch(batch_of(Vec::new())).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        fingerprint_of_state(&test).await,
+        before,
+        "a refused batch changed the state"
+    );
+
+    // A follower answers every operation UNAVAILABLE, naming the leader.
+    let follower = test
+        .cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let mut at_follower = raw(&test.cluster.addr(follower).unwrap()).await;
+    let results = at_follower
+        .batch(batch_of(vec![
+            Op::Record(record("f-1", 1)),
+            Op::Record(record("f-2", 1)),
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let leader_addr = test.cluster.addr(leader).unwrap();
+    for result in &results {
+        let (code, _, hint) = batch_error(result);
+        assert_eq!(code, Code::Unavailable);
+        assert_eq!(hint, leader_addr);
+    }
     test.cluster.shutdown().await;
 }

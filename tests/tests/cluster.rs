@@ -36,6 +36,10 @@ async fn two_hundred_concurrent_clients_never_overspend_a_budget() {
     const CLIENTS: u64 = 200;
     let test = TestCluster::start(3).await;
     tenant_with_budget(&test.client, "acme", BUDGET_TOKENS).await;
+    assert!(
+        test.client.config().coalesce,
+        "the default: concurrent reserves and commits leave in shared Batch calls"
+    );
 
     let committed = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();

@@ -23,7 +23,10 @@ use crate::raft::proposer::{AppliedOutcome, ProposeError};
 use crate::raft::state_machine::{read_applied, Applied};
 
 /// Largest client or admin request a node decodes: ids are at most 128 bytes, so a reserve is
-/// well under 1 KiB; anything near this bound is garbage or an attack.
+/// well under 1 KiB; anything near this bound is garbage or an attack. The Tollgate service
+/// decodes up to `tollgate_proto::BATCH_REQUEST_BYTES_MAX` (1 MiB) instead, for `Batch`:
+/// tonic bounds message size per service, not per method, so its unary calls share that
+/// bound (and their fields are still checked one by one).
 pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 /// Largest response (audit pages, usage lists).
 pub const RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -48,7 +51,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stopped: watch::R
     let tollgate = pb::tollgate_server::TollgateServer::new(tollgate_service::TollgateService {
         node: node.clone(),
     })
-    .max_decoding_message_size(REQUEST_BYTES_MAX)
+    .max_decoding_message_size(tollgate_proto::BATCH_REQUEST_BYTES_MAX)
     .max_encoding_message_size(RESPONSE_BYTES_MAX);
     let admin =
         pb::admin_server::AdminServer::new(admin_service::AdminService { node: node.clone() })

@@ -1,15 +1,22 @@
 //! `tollgate.v1.Tollgate`: what agent workers call, with their tenant's credentials.
+//!
+//! Each mutating operation (reserve, commit, release, record) is one function here, shared by
+//! its unary RPC and by `Batch`: convert, authorise for the operation's tenant, propose, and
+//! map the outcome to the response or a status. A batch runs those functions concurrently so
+//! its operations land in the same Raft entries, and answers each on its own.
 
 use std::sync::Arc;
 
+use futures::future::join_all;
 use tollgate_proto::v1 as pb;
+use tollgate_proto::{BATCH_OPS_MAX, LEADER_METADATA_KEY};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, applied};
 use super::{propose, read_linearizable, rejection_status};
 use crate::ledger::{Command, DenyReason, Outcome, ReservationId};
 use crate::node::Node;
-
 /// Most reservations one ListReservations call returns.
 pub const RESERVATIONS_LISTED_MAX: usize = 10_000;
 
@@ -40,118 +47,226 @@ fn count_decision(op: &'static str, outcome: &Outcome) {
         .increment(1);
 }
 
+/// Validates the batch as a whole: at least one operation, at most [`BATCH_OPS_MAX`].
+fn check_batch_len(ops: usize) -> Result<(), Status> {
+    if ops == 0 {
+        return Err(convert::invalid("batch has no operations"));
+    }
+    if ops > BATCH_OPS_MAX {
+        return Err(convert::invalid(format!(
+            "batch has {ops} operations, more than BATCH_OPS_MAX ({BATCH_OPS_MAX}); nothing was done"
+        )));
+    }
+    Ok(())
+}
+
+async fn reserve(
+    node: &Node,
+    metadata: &MetadataMap,
+    request: pb::ReserveRequest,
+) -> Result<pb::ReserveResponse, Status> {
+    let tenant = convert::tenant(&request.tenant)?;
+    node.auth.for_tenant(metadata, &tenant)?;
+    let command = Command::Reserve {
+        request_id: convert::request_id(&request.request_id)?,
+        tenant,
+        agent: convert::agent(&request.agent)?,
+        tool: convert::tool(&request.tool)?,
+        estimate: convert::amounts(request.estimate, "estimate")?,
+        ttl_ms: request.ttl_ms,
+        fingerprint: (!request.fingerprint.is_empty()).then_some(request.fingerprint),
+    };
+    let result = propose(node, command, "reserve").await?;
+    count_decision("reserve", &result.outcome);
+    let decision = match &result.outcome {
+        Outcome::Granted {
+            reservation_id,
+            expires_at_ms,
+            tightest,
+        } => pb::reserve_response::Decision::Granted(pb::Granted {
+            reservation_id: reservation_id.0,
+            expires_at_ms: *expires_at_ms,
+            tightest: tightest.as_ref().map(|t| pb::LimitRemaining {
+                limit_id: t.limit_id.to_string(),
+                dimension: convert::dimension_to_pb(t.dimension),
+                remaining: t.remaining,
+            }),
+        }),
+        Outcome::Denied(reason) => convert::denial_to_pb(reason),
+        other => return Err(unexpected(other)),
+    };
+    Ok(pb::ReserveResponse {
+        decision: Some(decision),
+        applied: Some(applied(&result)),
+    })
+}
+
+async fn commit(
+    node: &Node,
+    metadata: &MetadataMap,
+    request: pb::CommitRequest,
+) -> Result<pb::CommitResponse, Status> {
+    let tenant = convert::tenant(&request.tenant)?;
+    node.auth.for_tenant(metadata, &tenant)?;
+    let command = Command::Commit {
+        request_id: convert::request_id(&request.request_id)?,
+        tenant,
+        reservation_id: ReservationId(request.reservation_id),
+        actual: convert::amounts(request.actual, "actual")?,
+    };
+    let result = propose(node, command, "commit").await?;
+    count_decision("commit", &result.outcome);
+    match result.outcome {
+        Outcome::Committed { overrun, late, .. } => Ok(pb::CommitResponse {
+            overrun,
+            late,
+            applied: Some(applied(&result)),
+        }),
+        ref other => Err(unexpected(other)),
+    }
+}
+
+async fn release(
+    node: &Node,
+    metadata: &MetadataMap,
+    request: pb::ReleaseRequest,
+) -> Result<pb::ReleaseResponse, Status> {
+    let tenant = convert::tenant(&request.tenant)?;
+    node.auth.for_tenant(metadata, &tenant)?;
+    let command = Command::Release {
+        request_id: convert::request_id(&request.request_id)?,
+        tenant,
+        reservation_id: ReservationId(request.reservation_id),
+    };
+    let result = propose(node, command, "release").await?;
+    count_decision("release", &result.outcome);
+    match result.outcome {
+        Outcome::Released { .. } => Ok(pb::ReleaseResponse {
+            applied: Some(applied(&result)),
+        }),
+        ref other => Err(unexpected(other)),
+    }
+}
+
+async fn record(
+    node: &Node,
+    metadata: &MetadataMap,
+    request: pb::RecordRequest,
+) -> Result<pb::RecordResponse, Status> {
+    let tenant = convert::tenant(&request.tenant)?;
+    node.auth.for_tenant(metadata, &tenant)?;
+    let command = Command::Record {
+        request_id: convert::request_id(&request.request_id)?,
+        tenant,
+        agent: convert::agent(&request.agent)?,
+        tool: convert::tool(&request.tool)?,
+        actual: convert::amounts(request.actual, "actual")?,
+    };
+    let result = propose(node, command, "record").await?;
+    count_decision("record", &result.outcome);
+    match result.outcome {
+        Outcome::Recorded => Ok(pb::RecordResponse {
+            applied: Some(applied(&result)),
+        }),
+        ref other => Err(unexpected(other)),
+    }
+}
+
+/// One operation of a batch, answered exactly as its unary call would be; its failure is its
+/// own result, never the batch's.
+async fn batch_op(node: &Node, metadata: &MetadataMap, op: pb::BatchOp) -> pb::BatchResult {
+    use pb::batch_op::Op;
+    use pb::batch_result::Result as Answer;
+    let answer = match op.op {
+        Some(Op::Reserve(request)) => reserve(node, metadata, request).await.map(Answer::Reserve),
+        Some(Op::Commit(request)) => commit(node, metadata, request).await.map(Answer::Commit),
+        Some(Op::Release(request)) => release(node, metadata, request).await.map(Answer::Release),
+        Some(Op::Record(request)) => record(node, metadata, request).await.map(Answer::Record),
+        None => Err(convert::invalid(
+            "batch operation is empty: expected one of reserve, commit, release, record",
+        )),
+    };
+    pb::BatchResult {
+        result: Some(answer.unwrap_or_else(|status| Answer::Error(batch_error(&status)))),
+    }
+}
+
+/// A status as one operation's error, keeping the leader hint of a not-leader status.
+fn batch_error(status: &Status) -> pb::BatchError {
+    pb::BatchError {
+        code: status.code().into(),
+        message: status.message().to_owned(),
+        leader: status
+            .metadata()
+            .get(LEADER_METADATA_KEY)
+            .and_then(|leader| leader.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::tollgate_server::Tollgate for TollgateService {
     async fn reserve(
         &self,
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
-        let tenant = convert::tenant(&request.get_ref().tenant)?;
-        self.node.auth.for_tenant(request.metadata(), &tenant)?;
-        let request = request.into_inner();
-        let command = Command::Reserve {
-            request_id: convert::request_id(&request.request_id)?,
-            tenant,
-            agent: convert::agent(&request.agent)?,
-            tool: convert::tool(&request.tool)?,
-            estimate: convert::amounts(request.estimate, "estimate")?,
-            ttl_ms: request.ttl_ms,
-            fingerprint: (!request.fingerprint.is_empty()).then_some(request.fingerprint),
-        };
-        let result = propose(&self.node, command, "reserve").await?;
-        count_decision("reserve", &result.outcome);
-        let decision = match &result.outcome {
-            Outcome::Granted {
-                reservation_id,
-                expires_at_ms,
-                tightest,
-            } => pb::reserve_response::Decision::Granted(pb::Granted {
-                reservation_id: reservation_id.0,
-                expires_at_ms: *expires_at_ms,
-                tightest: tightest.as_ref().map(|t| pb::LimitRemaining {
-                    limit_id: t.limit_id.to_string(),
-                    dimension: convert::dimension_to_pb(t.dimension),
-                    remaining: t.remaining,
-                }),
-            }),
-            Outcome::Denied(reason) => convert::denial_to_pb(reason),
-            other => return Err(unexpected(other)),
-        };
-        Ok(Response::new(pb::ReserveResponse {
-            decision: Some(decision),
-            applied: Some(applied(&result)),
-        }))
+        let (metadata, _, request) = request.into_parts();
+        reserve(&self.node, &metadata, request)
+            .await
+            .map(Response::new)
     }
 
     async fn commit(
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let tenant = convert::tenant(&request.get_ref().tenant)?;
-        self.node.auth.for_tenant(request.metadata(), &tenant)?;
-        let request = request.into_inner();
-        let command = Command::Commit {
-            request_id: convert::request_id(&request.request_id)?,
-            tenant,
-            reservation_id: ReservationId(request.reservation_id),
-            actual: convert::amounts(request.actual, "actual")?,
-        };
-        let result = propose(&self.node, command, "commit").await?;
-        count_decision("commit", &result.outcome);
-        match result.outcome {
-            Outcome::Committed { overrun, late, .. } => Ok(Response::new(pb::CommitResponse {
-                overrun,
-                late,
-                applied: Some(applied(&result)),
-            })),
-            ref other => Err(unexpected(other)),
-        }
+        let (metadata, _, request) = request.into_parts();
+        commit(&self.node, &metadata, request)
+            .await
+            .map(Response::new)
     }
 
     async fn release(
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let tenant = convert::tenant(&request.get_ref().tenant)?;
-        self.node.auth.for_tenant(request.metadata(), &tenant)?;
-        let request = request.into_inner();
-        let command = Command::Release {
-            request_id: convert::request_id(&request.request_id)?,
-            tenant,
-            reservation_id: ReservationId(request.reservation_id),
-        };
-        let result = propose(&self.node, command, "release").await?;
-        count_decision("release", &result.outcome);
-        match result.outcome {
-            Outcome::Released { .. } => Ok(Response::new(pb::ReleaseResponse {
-                applied: Some(applied(&result)),
-            })),
-            ref other => Err(unexpected(other)),
-        }
+        let (metadata, _, request) = request.into_parts();
+        release(&self.node, &metadata, request)
+            .await
+            .map(Response::new)
     }
 
     async fn record(
         &self,
         request: Request<pb::RecordRequest>,
     ) -> Result<Response<pb::RecordResponse>, Status> {
-        let tenant = convert::tenant(&request.get_ref().tenant)?;
-        self.node.auth.for_tenant(request.metadata(), &tenant)?;
-        let request = request.into_inner();
-        let command = Command::Record {
-            request_id: convert::request_id(&request.request_id)?,
-            tenant,
-            agent: convert::agent(&request.agent)?,
-            tool: convert::tool(&request.tool)?,
-            actual: convert::amounts(request.actual, "actual")?,
-        };
-        let result = propose(&self.node, command, "record").await?;
-        count_decision("record", &result.outcome);
-        match result.outcome {
-            Outcome::Recorded => Ok(Response::new(pb::RecordResponse {
-                applied: Some(applied(&result)),
-            })),
-            ref other => Err(unexpected(other)),
-        }
+        let (metadata, _, request) = request.into_parts();
+        record(&self.node, &metadata, request)
+            .await
+            .map(Response::new)
+    }
+
+    /// Every operation is started before any is awaited, so all of them reach the proposer's
+    /// queue together and share its next entries.
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        check_batch_len(request.ops.len())?;
+        metrics::histogram!("tollgate_batch_ops").record(request.ops.len() as f64);
+        let node = &*self.node;
+        let metadata = &metadata;
+        let results = join_all(
+            request
+                .ops
+                .into_iter()
+                .map(|op| batch_op(node, metadata, op)),
+        )
+        .await;
+        debug_assert!(results.len() <= BATCH_OPS_MAX);
+        Ok(Response::new(pb::BatchResponse { results }))
     }
 
     async fn get_usage(

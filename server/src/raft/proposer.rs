@@ -19,6 +19,8 @@ use crate::ledger::{Command, Outcome};
 pub const QUEUE_COMMANDS_MAX: usize = 16_384;
 /// Commands in one Raft entry.
 pub const BATCH_COMMANDS_MAX: usize = 1_024;
+// A client's full `Tollgate.Batch` fits one entry.
+const _: () = assert!(tollgate_proto::BATCH_OPS_MAX <= BATCH_COMMANDS_MAX);
 /// Entries proposed and not yet applied. Few on purpose: openraft 0.9 appends each entry to
 /// the log with its own fsync while its core waits, so entries in flight queue behind one
 /// another's fsyncs. With 4, commands that arrive meanwhile pile up into the next, larger

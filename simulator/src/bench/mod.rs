@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// Concurrent clients; a comma-separated list runs once per value.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     pub clients: Vec<usize>,
+    /// Tollgate: send each reserve and commit as its own unary RPC instead of coalescing
+    /// concurrent ones into shared `Batch` calls (the client's default), to compare the two.
+    #[arg(long)]
+    pub no_coalesce: bool,
     /// Connections (per node) the clients share; at most one per client.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
@@ -99,7 +103,8 @@ pub struct BenchArgs {
     /// run reports this client's CPU only.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
-    /// A label for this run in the table and JSON (default: the system's name).
+    /// A label for this run in the table and JSON (default: the system's name, and
+    /// `tollgate-unary` with `--no-coalesce`).
     #[arg(long)]
     pub label: Option<String>,
     /// Writes the results as JSON to this file.
@@ -119,6 +124,8 @@ pub struct RunResult {
     pub mode: Mode,
     pub clients: usize,
     pub connections: usize,
+    /// Tollgate: whether the client coalesced operations into `Batch` calls.
+    pub coalesce: bool,
     pub duration_s: f64,
     pub offered_rate: Option<f64>,
     pub pairs: u64,
@@ -182,8 +189,14 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<bool> {
     let mut results = Vec::new();
     for &clients in &args.clients {
         let connections = args.connections.min(clients);
-        let drivers =
-            systems::connect(args.system, &endpoints, args.token.as_deref(), connections).await?;
+        let drivers = systems::connect(
+            args.system,
+            &endpoints,
+            args.token.as_deref(),
+            connections,
+            !args.no_coalesce,
+        )
+        .await?;
         systems::setup(&drivers[0], args.workload).await?;
         let result = run_once(&args, clients, drivers, agents, &cpu_scope).await?;
         eprintln!("{}", report::line(&result));
@@ -308,15 +321,19 @@ async fn run_once(
         _ => None,
     };
     Ok(RunResult {
-        label: args
-            .label
-            .clone()
-            .unwrap_or_else(|| format!("{:?}", args.system).to_lowercase()),
+        label: args.label.clone().unwrap_or_else(|| {
+            let system = format!("{:?}", args.system).to_lowercase();
+            match (args.system, args.no_coalesce) {
+                (System::Tollgate, true) => format!("{system}-unary"),
+                _ => system,
+            }
+        }),
         system: args.system,
         workload: args.workload,
         mode: args.mode,
         clients,
         connections: drivers.len(),
+        coalesce: args.system == System::Tollgate && !args.no_coalesce,
         duration_s: args.duration,
         offered_rate: args.rate.filter(|_| args.mode == Mode::Open),
         pairs: total.pairs,

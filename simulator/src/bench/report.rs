@@ -24,7 +24,7 @@ pub fn line(r: &RunResult) -> String {
 pub fn table(results: &[RunResult]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<10} {:<6} {:<6} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}\n",
+        "{:<14} {:<6} {:<6} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}\n",
         "system",
         "work",
         "mode",
@@ -42,7 +42,7 @@ pub fn table(results: &[RunResult]) -> String {
     ));
     for r in results {
         out.push_str(&format!(
-            "{:<10} {:<6} {:<6} {:>7} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9.1} {:>9} {:>7}\n",
+            "{:<14} {:<6} {:<6} {:>7} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9.1} {:>9} {:>7}\n",
             r.label,
             format!("{:?}", r.workload).to_lowercase(),
             format!("{:?}", r.mode).to_lowercase(),

@@ -156,12 +156,14 @@ redis.call('HINCRBY', KEYS[1], 'used', tonumber(ARGV[1]))
 return 1
 ";
 
-/// Connects `connections` drivers to `endpoints`.
+/// Connects `connections` drivers to `endpoints`; Tollgate's clients coalesce concurrent
+/// operations into `Batch` calls when `coalesce` (the client's default).
 pub async fn connect(
     system: System,
     endpoints: &[String],
     token: Option<&str>,
     connections: usize,
+    coalesce: bool,
 ) -> anyhow::Result<Vec<Driver>> {
     let mut drivers = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -170,6 +172,7 @@ pub async fn connect(
                 let mut config = ClientConfig::new(endpoints.to_vec());
                 config.token = token.map(str::to_owned);
                 config.deadline = DEADLINE;
+                config.coalesce = coalesce;
                 // Each client has its own pool: one HTTP/2 connection per node per client.
                 Driver::Tollgate(Client::new(config)?)
             }
