@@ -33,6 +33,7 @@
 mod audit;
 mod commands;
 mod dedup;
+mod encode;
 mod invariants;
 mod limits;
 mod names;
