@@ -114,10 +114,10 @@ fn encode_body(out: &mut Vec<u8>, body: &HashedBody<'_>) {
     };
     encode::varint(out, body.seq);
     encode::varint(out, body.at_ms);
-    encode::opt_str(out, body.tenant.map(|t| t.as_str()));
-    encode::opt_str(out, body.agent.map(|a| a.as_str()));
-    encode::opt_str(out, body.tool.map(|t| t.as_str()));
-    encode::opt_str(out, body.request_id.map(|r| r.as_str()));
+    encode::opt_str(out, body.tenant.map(|t| t.as_bytes()));
+    encode::opt_str(out, body.agent.map(|a| a.as_bytes()));
+    encode::opt_str(out, body.tool.map(|t| t.as_bytes()));
+    encode::opt_str(out, body.request_id.map(|r| r.as_bytes()));
     match body.reservation_id {
         None => out.push(0),
         Some(id) => {
@@ -317,8 +317,8 @@ fn prev_hash_of(body: &[u8]) -> [u8; 32] {
     prev
 }
 
-fn id_key(id: Option<&str>) -> u64 {
-    id.map_or(0, |id| xxh3_64(id.as_bytes()))
+fn id_key(id: Option<&[u8]>) -> u64 {
+    id.map_or(0, xxh3_64)
 }
 
 /// The retained records and the chain head.
@@ -404,8 +404,8 @@ impl AuditLog {
         let record = StoredRecord {
             seq,
             at_ms,
-            tenant_key: id_key(fact.tenant.map(|t| t.as_str())),
-            agent_key: id_key(fact.agent.map(|a| a.as_str())),
+            tenant_key: id_key(fact.tenant.map(|t| t.as_bytes())),
+            agent_key: id_key(fact.agent.map(|a| a.as_bytes())),
             hash,
             body_at: self.bodies_dropped.saturating_add(self.bodies.len() as u64),
             // A body holds a few ids of at most ID_BYTES_MAX and integers: far below 4 GB.
@@ -478,8 +478,8 @@ impl AuditLog {
         if let Some(from) = filter.from_ms {
             start = start.max(self.records.partition_point(|r| r.at_ms < from));
         }
-        let tenant_key = filter.tenant.as_ref().map(|t| id_key(Some(t.as_str())));
-        let agent_key = filter.agent.as_ref().map(|a| id_key(Some(a.as_str())));
+        let tenant_key = filter.tenant.as_ref().map(|t| id_key(Some(t.as_bytes())));
+        let agent_key = filter.agent.as_ref().map(|a| id_key(Some(a.as_bytes())));
         let mut body = Vec::new();
         self.records
             .range(start..)

@@ -285,7 +285,7 @@ impl Ledger {
                 r.tenant
             ));
         }
-        let existing = tenant.agents.find(r.agent.as_str());
+        let existing = tenant.agents.find(r.agent.as_bytes());
         if existing.is_none() {
             if let Some(rejected) = agent_room(self.agents_total, r.tenant, tenant.agents.len()) {
                 return rejected;
@@ -645,7 +645,7 @@ impl Ledger {
         let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
-        let agent_index = match tenant.agents.find(agent_id.as_str()) {
+        let agent_index = match tenant.agents.find(agent_id.as_bytes()) {
             Some(index) => index,
             None => {
                 if let Some(rejected) =
@@ -848,7 +848,7 @@ impl Ledger {
         };
         match agent_id {
             None => tenant.frozen = frozen,
-            Some(agent_id) => match tenant.agents.find(agent_id.as_str()) {
+            Some(agent_id) => match tenant.agents.find(agent_id.as_bytes()) {
                 Some(index) => {
                     if let Some(agent) = tenant.agents.get_mut(index) {
                         agent.frozen = frozen;
@@ -895,7 +895,7 @@ impl Ledger {
         };
         let Some(agent) = tenant
             .agents
-            .find(agent_id.as_str())
+            .find(agent_id.as_bytes())
             .and_then(|index| tenant.agents.get_mut(index))
         else {
             return not_found(format!("tenant {tenant_id} has no agent {agent_id}"));

@@ -92,7 +92,7 @@ impl Answers {
         self.entries.front().map(|a| a.at_ms)
     }
 
-    fn key_hash(&self, tenant: u32, request_id: &str) -> u64 {
+    fn key_hash(&self, tenant: u32, request_id: &[u8]) -> u64 {
         self.seed.hash_one((tenant, request_id))
     }
 
@@ -104,16 +104,15 @@ impl Answers {
         (end <= self.bytes.len()).then_some((start, middle, end))
     }
 
-    fn request_id_is(&self, answer: &Answer, request_id: &str) -> bool {
+    fn request_id_is(&self, answer: &Answer, request_id: &[u8]) -> bool {
         self.ranges(answer).is_some_and(|(start, middle, _)| {
-            self.bytes
-                .range(start..middle)
-                .eq(request_id.as_bytes().iter())
+            middle - start == request_id.len()
+                && self.bytes.range(start..middle).eq(request_id.iter())
         })
     }
 
     /// The answer remembered for (tenant, request id).
-    pub fn find(&self, tenant: u32, request_id: &str) -> Option<&Answer> {
+    pub fn find(&self, tenant: u32, request_id: &[u8]) -> Option<&Answer> {
         let hash = self.key_hash(tenant, request_id);
         let &short = self.index.find(hash, |&short| {
             self.get_short(short).is_some_and(|a| {
@@ -146,7 +145,7 @@ impl Answers {
     pub fn push(
         &mut self,
         tenant: u32,
-        request_id: &str,
+        request_id: &[u8],
         payload: u128,
         outcome: &Outcome,
         at_ms: u64,
@@ -178,7 +177,7 @@ impl Answers {
         }
         let key_hash = self.key_hash(tenant, request_id);
         let bytes_at = self.bytes_forgotten.saturating_add(self.bytes.len() as u64);
-        self.bytes.extend(request_id.as_bytes());
+        self.bytes.extend(request_id);
         self.bytes.extend(scratch.iter());
         self.scratch = scratch;
         let seq = self
@@ -278,12 +277,16 @@ impl Answers {
                 .request_id(answer)
                 .and_then(|id| String::from_utf8(id).ok())
                 .ok_or_else(|| format!("answer #{seq}: its request id is not readable"))?;
-            if self.find(answer.tenant, &request_id).map(|a| a.bytes_at) != Some(answer.bytes_at) {
+            if self
+                .find(answer.tenant, request_id.as_bytes())
+                .map(|a| a.bytes_at)
+                != Some(answer.bytes_at)
+            {
                 return Err(format!(
                     "answer to request {request_id} missing from the index"
                 ));
             }
-            if answer.key_hash != self.key_hash(answer.tenant, &request_id) {
+            if answer.key_hash != self.key_hash(answer.tenant, request_id.as_bytes()) {
                 return Err(format!("answer to request {request_id} has a stale key"));
             }
             if self.outcome(answer).is_none() {
@@ -389,7 +392,7 @@ impl<'de> Deserialize<'de> for Answers {
                 .and_then(|id| RequestId::new(id).map_err(D::Error::custom))?;
             let outcome: Outcome = postcard::from_bytes(&a.outcome)
                 .map_err(|e| D::Error::custom(format!("a remembered outcome: {e}")))?;
-            if answers.find(a.tenant, request_id.as_str()).is_some() {
+            if answers.find(a.tenant, request_id.as_bytes()).is_some() {
                 return Err(D::Error::custom(format!(
                     "request {request_id} remembered twice"
                 )));
@@ -399,7 +402,7 @@ impl<'de> Deserialize<'de> for Answers {
             }
             answers.push(
                 a.tenant,
-                request_id.as_str(),
+                request_id.as_bytes(),
                 a.payload,
                 &outcome,
                 a.at_ms,
@@ -420,7 +423,7 @@ impl Ledger {
         payload: u128,
     ) -> Option<(Outcome, u64)> {
         let t = self.tenants.get(tenant)?;
-        let entry = self.answers.find(tenant, request_id.as_str())?;
+        let entry = self.answers.find(tenant, request_id.as_bytes())?;
         let outcome = if entry.payload != payload {
             Outcome::Rejected(Rejection::RequestIdReused(format!(
                 "request {request_id} of tenant {} was first sent at {} ms with another payload",
@@ -449,7 +452,7 @@ impl Ledger {
     ) {
         self.answers.push(
             tenant,
-            request_id.as_str(),
+            request_id.as_bytes(),
             payload,
             outcome,
             now_ms,

@@ -33,14 +33,14 @@ pub fn varint_i64(out: &mut Vec<u8>, value: i64) {
 
 /// Appends a string as postcard does: its length as a varint, then its bytes.
 #[inline]
-pub fn str(out: &mut Vec<u8>, value: &str) {
+pub fn str(out: &mut Vec<u8>, value: &[u8]) {
     varint(out, value.len() as u64);
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
 }
 
 /// Appends an `Option<&str>`: a 0 byte, or a 1 byte and the string.
 #[inline]
-pub fn opt_str(out: &mut Vec<u8>, value: Option<&str>) {
+pub fn opt_str(out: &mut Vec<u8>, value: Option<&[u8]>) {
     match value {
         None => out.push(0),
         Some(value) => {
@@ -89,7 +89,7 @@ pub fn outcome(out: &mut Vec<u8>, outcome: &Outcome) {
                 None => out.push(0),
                 Some(r) => {
                     out.push(1);
-                    str(out, r.limit_id.as_str());
+                    str(out, r.limit_id.as_bytes());
                     out.push(dimension(r.dimension));
                     varint_i64(out, r.remaining);
                 }
@@ -128,13 +128,13 @@ pub fn command(out: &mut Vec<u8>, cmd: &Command) {
             fingerprint,
         } => {
             out.push(0);
-            str(out, request_id.as_str());
-            str(out, tenant.as_str());
-            str(out, agent.as_str());
-            str(out, tool.as_str());
+            str(out, request_id.as_bytes());
+            str(out, tenant.as_bytes());
+            str(out, agent.as_bytes());
+            str(out, tool.as_bytes());
             amounts(out, estimate);
             varint(out, *ttl_ms);
-            opt_str(out, fingerprint.as_deref());
+            opt_str(out, fingerprint.as_deref().map(str::as_bytes));
         }
         Command::Commit {
             request_id,
@@ -143,8 +143,8 @@ pub fn command(out: &mut Vec<u8>, cmd: &Command) {
             actual,
         } => {
             out.push(1);
-            str(out, request_id.as_str());
-            str(out, tenant.as_str());
+            str(out, request_id.as_bytes());
+            str(out, tenant.as_bytes());
             varint(out, reservation_id.0);
             amounts(out, actual);
         }
@@ -154,8 +154,8 @@ pub fn command(out: &mut Vec<u8>, cmd: &Command) {
             reservation_id,
         } => {
             out.push(2);
-            str(out, request_id.as_str());
-            str(out, tenant.as_str());
+            str(out, request_id.as_bytes());
+            str(out, tenant.as_bytes());
             varint(out, reservation_id.0);
         }
         Command::Record {
@@ -166,10 +166,10 @@ pub fn command(out: &mut Vec<u8>, cmd: &Command) {
             actual,
         } => {
             out.push(3);
-            str(out, request_id.as_str());
-            str(out, tenant.as_str());
-            str(out, agent.as_str());
-            str(out, tool.as_str());
+            str(out, request_id.as_bytes());
+            str(out, tenant.as_bytes());
+            str(out, agent.as_bytes());
+            str(out, tool.as_bytes());
             amounts(out, actual);
         }
         _ => postcard_into(out, cmd),

@@ -34,6 +34,7 @@ mod audit;
 mod commands;
 mod dedup;
 mod encode;
+mod idtext;
 mod invariants;
 mod limits;
 mod names;
@@ -197,7 +198,7 @@ impl Ledger {
         self.advance(now_ms);
         let answer = match (cmd.tenant(), cmd.request_id()) {
             (Some(tenant_id), Some(request_id)) => {
-                let tenant = self.tenants.find(tenant_id.as_str());
+                let tenant = self.tenants.find(tenant_id.as_bytes());
                 let payload = dedup::payload_hash(&mut self.scratch.0, cmd);
                 match tenant.and_then(|t| self.remembered(t, request_id, payload)) {
                     Some(answer) => answer,
@@ -205,7 +206,7 @@ impl Ledger {
                         let outcome = self.execute(now_ms, cmd, tenant);
                         if !matches!(outcome, Outcome::Rejected(_)) {
                             // PutTenant may just have created the tenant.
-                            let tenant = tenant.or_else(|| self.tenants.find(tenant_id.as_str()));
+                            let tenant = tenant.or_else(|| self.tenants.find(tenant_id.as_bytes()));
                             if let Some(tenant) = tenant {
                                 self.remember(
                                     tenant, request_id, payload, &outcome, now_ms, position,
@@ -247,7 +248,7 @@ impl Ledger {
     }
 
     fn tenant(&self, tenant: &TenantId) -> Result<&Tenant, Rejection> {
-        let index = self.tenants.find(tenant.as_str());
+        let index = self.tenants.find(tenant.as_bytes());
         index.map(|i| &self.tenants[i]).ok_or_else(|| {
             Rejection::NotFound(format!(
                 "tenant {tenant} does not exist; create it with PutTenant"
@@ -327,7 +328,7 @@ impl Ledger {
             limit.min(RESERVATIONS_QUERY_MAX)
         };
         let agent = match agent {
-            Some(agent) => match t.agents.find(agent.as_str()) {
+            Some(agent) => match t.agents.find(agent.as_bytes()) {
                 Some(index) => Some(index),
                 // An agent that never called has no reservations.
                 None => return Ok(Vec::new()),

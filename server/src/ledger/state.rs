@@ -50,14 +50,14 @@ impl Tenant {
     /// The agent named `agent`, if it has called (or been frozen).
     pub fn agent(&self, agent: &AgentId) -> Option<&Agent> {
         self.agents
-            .find(agent.as_str())
+            .find(agent.as_bytes())
             .map(|index| &self.agents[index])
     }
 }
 
 impl Named for Tenant {
-    fn name(&self) -> &str {
-        self.id.as_str()
+    fn name(&self) -> &[u8] {
+        self.id.as_bytes()
     }
 }
 
@@ -99,8 +99,8 @@ impl Agent {
 }
 
 impl Named for Agent {
-    fn name(&self) -> &str {
-        self.id.as_str()
+    fn name(&self) -> &[u8] {
+        self.id.as_bytes()
     }
 }
 
