@@ -279,7 +279,7 @@ impl Ledger {
                 "the ledger holds RESERVATIONS_IN_FLIGHT_MAX ({RESERVATIONS_IN_FLIGHT_MAX}) reservations in flight"
             ));
         }
-        if tenant.in_flight.len() >= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX {
+        if tenant.in_flight as usize >= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX {
             return exhausted(format!(
                 "tenant {} has RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX ({RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX}) reservations in flight",
                 r.tenant
@@ -399,7 +399,8 @@ impl Ledger {
         self.reservations_issued = self.reservations_issued.saturating_add(1);
         let id = self.reservations_issued;
         let expires_at_ms = now_ms.saturating_add(r.ttl_ms);
-        in_flight.insert(id);
+        *in_flight = in_flight.saturating_add(1);
+        self.in_flight.insert((t, id));
         self.by_expiry.insert((expires_at_ms, id));
         self.reservations.insert(
             id,
@@ -481,7 +482,8 @@ impl Ledger {
                 return self.unknown_reservation(id);
             };
             self.by_expiry.remove(&(reservation.expires_at_ms, id));
-            tenant.in_flight.remove(&id);
+            tenant.in_flight = tenant.in_flight.saturating_sub(1);
+            self.in_flight.remove(&(t, id));
             let estimate = reservation.estimate;
             for_each_hold(
                 tenant,
@@ -591,7 +593,8 @@ impl Ledger {
                 return self.unknown_reservation(id);
             };
             self.by_expiry.remove(&(reservation.expires_at_ms, id));
-            tenant.in_flight.remove(&id);
+            tenant.in_flight = tenant.in_flight.saturating_sub(1);
+            self.in_flight.remove(&(t, id));
             let estimate = reservation.estimate;
             for_each_hold(
                 tenant,
@@ -695,7 +698,8 @@ impl Ledger {
             debug_assert!(false, "reservation of an unknown tenant");
             return;
         };
-        tenant.in_flight.remove(&id);
+        tenant.in_flight = tenant.in_flight.saturating_sub(1);
+        self.in_flight.remove(&(reservation.tenant, id));
         let charged = tenant.policy.expiry == ExpiryPolicy::Charge;
         let estimate = reservation.estimate;
         let charge = charged.then_some(estimate);

@@ -4,7 +4,7 @@
 //! Hash maps are for lookups only: nothing iterates them into an output, a snapshot or the
 //! audit trail without sorting first (`sorted_map`), so their random seeds never leak.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -29,9 +29,10 @@ pub struct Tenant {
     pub generation_last: u64,
     /// In creation order; reservations and answers refer to them by index.
     pub agents: Interned<Agent>,
-    /// Ids of this tenant's reservations in flight; derived, rebuilt on restore.
+    /// How many of the ledger's reservations in flight are this tenant's (they are listed
+    /// in `Ledger::in_flight`); derived, rebuilt on restore.
     #[serde(skip)]
-    pub in_flight: BTreeSet<u64>,
+    pub in_flight: u32,
 }
 
 impl Tenant {
@@ -43,7 +44,7 @@ impl Tenant {
             limits: Vec::new(),
             generation_last: 0,
             agents: Interned::default(),
-            in_flight: BTreeSet::new(),
+            in_flight: 0,
         }
     }
 
