@@ -4,7 +4,7 @@
 //! `ledger reserve+commit: <N> ns/op (1000000 agents)`.
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use mimalloc::MiMalloc;
@@ -32,20 +32,26 @@ const fn max(a: usize, b: usize) -> usize {
         b
     }
 }
+/// Warm-up pairs (the last ones, in steady state) whose allocations are counted.
+const ALLOCATION_COUNT_PAIRS: usize = 10_000;
 /// Time between pairs: 250 pairs/s, 150,000 pairs (300,000 answers) in the dedup window.
 const PAIR_STEP_MS: u64 = 4;
 
-/// Counts live heap bytes while enabled (memory phases only, so timing is not skewed). Allocates
-/// with mimalloc, as the `tollgate` binary does.
+/// Counts live heap bytes and allocations while enabled (memory phases and the allocation
+/// count before timing only, so timing is not skewed). Allocates with mimalloc, as the
+/// `tollgate` binary does.
 struct Counting;
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+/// Allocations and reallocations while counting.
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.load(Relaxed) {
             LIVE_BYTES.fetch_add(layout.size() as isize, Relaxed);
+            ALLOCATIONS.fetch_add(1, Relaxed);
         }
         unsafe { MiMalloc.alloc(layout) }
     }
@@ -60,6 +66,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if COUNTING.load(Relaxed) {
             LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+            ALLOCATIONS.fetch_add(1, Relaxed);
         }
         unsafe { MiMalloc.realloc(ptr, layout, new_size) }
     }
@@ -318,7 +325,17 @@ fn main() {
             );
         }
     };
-    run(&mut ledger, &pairs[..WARMUP_PAIRS], &mut clock);
+    // The last warm-up pairs run in steady state: count their allocations.
+    let (warmup, counted) = pairs[..WARMUP_PAIRS].split_at(WARMUP_PAIRS - ALLOCATION_COUNT_PAIRS);
+    run(&mut ledger, warmup, &mut clock);
+    ALLOCATIONS.store(0, Relaxed);
+    COUNTING.store(true, Relaxed);
+    run(&mut ledger, counted, &mut clock);
+    COUNTING.store(false, Relaxed);
+    println!(
+        "ledger reserve+commit allocations: {:.2} per pair (last {ALLOCATION_COUNT_PAIRS} warm-up pairs)",
+        ALLOCATIONS.load(Relaxed) as f64 / ALLOCATION_COUNT_PAIRS as f64
+    );
     let cpu_started_ns = thread_cpu_ns();
     let started = Instant::now();
     run(&mut ledger, &pairs[WARMUP_PAIRS..], &mut clock);

@@ -279,13 +279,13 @@ impl Ledger {
                 "the ledger holds RESERVATIONS_IN_FLIGHT_MAX ({RESERVATIONS_IN_FLIGHT_MAX}) reservations in flight"
             ));
         }
-        if tenant.in_flight.len() >= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX {
+        if tenant.in_flight as usize >= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX {
             return exhausted(format!(
                 "tenant {} has RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX ({RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX}) reservations in flight",
                 r.tenant
             ));
         }
-        let existing = tenant.agents.find(r.agent.as_str());
+        let existing = tenant.agents.find(r.agent.as_bytes());
         if existing.is_none() {
             if let Some(rejected) = agent_room(self.agents_total, r.tenant, tenant.agents.len()) {
                 return rejected;
@@ -399,7 +399,8 @@ impl Ledger {
         self.reservations_issued = self.reservations_issued.saturating_add(1);
         let id = self.reservations_issued;
         let expires_at_ms = now_ms.saturating_add(r.ttl_ms);
-        in_flight.insert(id);
+        *in_flight = in_flight.saturating_add(1);
+        self.in_flight.insert((t, id));
         self.by_expiry.insert((expires_at_ms, id));
         self.reservations.insert(
             id,
@@ -481,7 +482,8 @@ impl Ledger {
                 return self.unknown_reservation(id);
             };
             self.by_expiry.remove(&(reservation.expires_at_ms, id));
-            tenant.in_flight.remove(&id);
+            tenant.in_flight = tenant.in_flight.saturating_sub(1);
+            self.in_flight.remove(&(t, id));
             let estimate = reservation.estimate;
             for_each_hold(
                 tenant,
@@ -591,7 +593,8 @@ impl Ledger {
                 return self.unknown_reservation(id);
             };
             self.by_expiry.remove(&(reservation.expires_at_ms, id));
-            tenant.in_flight.remove(&id);
+            tenant.in_flight = tenant.in_flight.saturating_sub(1);
+            self.in_flight.remove(&(t, id));
             let estimate = reservation.estimate;
             for_each_hold(
                 tenant,
@@ -645,7 +648,7 @@ impl Ledger {
         let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
-        let agent_index = match tenant.agents.find(agent_id.as_str()) {
+        let agent_index = match tenant.agents.find(agent_id.as_bytes()) {
             Some(index) => index,
             None => {
                 if let Some(rejected) =
@@ -695,7 +698,8 @@ impl Ledger {
             debug_assert!(false, "reservation of an unknown tenant");
             return;
         };
-        tenant.in_flight.remove(&id);
+        tenant.in_flight = tenant.in_flight.saturating_sub(1);
+        self.in_flight.remove(&(reservation.tenant, id));
         let charged = tenant.policy.expiry == ExpiryPolicy::Charge;
         let estimate = reservation.estimate;
         let charge = charged.then_some(estimate);
@@ -848,7 +852,7 @@ impl Ledger {
         };
         match agent_id {
             None => tenant.frozen = frozen,
-            Some(agent_id) => match tenant.agents.find(agent_id.as_str()) {
+            Some(agent_id) => match tenant.agents.find(agent_id.as_bytes()) {
                 Some(index) => {
                     if let Some(agent) = tenant.agents.get_mut(index) {
                         agent.frozen = frozen;
@@ -895,7 +899,7 @@ impl Ledger {
         };
         let Some(agent) = tenant
             .agents
-            .find(agent_id.as_str())
+            .find(agent_id.as_bytes())
             .and_then(|index| tenant.agents.get_mut(index))
         else {
             return not_found(format!("tenant {tenant_id} has no agent {agent_id}"));

@@ -15,6 +15,7 @@ use serde::de::Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::encode;
 use super::state::DequeBytes;
 use super::{Command, Ledger, Outcome, Rejection, RequestId, ID_BYTES_MAX};
 
@@ -38,12 +39,8 @@ const INDEX_ENTRIES_MIN: usize = 1_024;
 /// encoded into `scratch` (reused, so no allocation once it has grown) and hashed at once.
 pub fn payload_hash(scratch: &mut Vec<u8>, cmd: &Command) -> u128 {
     scratch.clear();
-    // Serializing plain data into a Vec cannot fail but for memory; an encoding cut short
-    // would still hash the same on every replica.
-    let bytes = postcard::to_extend(cmd, std::mem::take(scratch)).unwrap_or_default();
-    let hash = xxh3_128(&bytes);
-    *scratch = bytes;
-    hash
+    encode::command(scratch, cmd);
+    xxh3_128(scratch)
 }
 
 /// One remembered answer. Its request id and then its encoded outcome are in
@@ -56,7 +53,7 @@ pub struct Answer {
     /// Where the first answer was given (the Raft log index), returned with every retry.
     pub position: u64,
     /// Seeded hash of (tenant, request id), the index's key; derived, never serialized.
-    key_hash: u64,
+    pub(super) key_hash: u64,
     /// Where its bytes start, counted from the first byte this ring ever held.
     bytes_at: u64,
     /// Index of the tenant in `Ledger::tenants`.
@@ -75,8 +72,11 @@ pub struct Answers {
     /// number and the first byte's offset. Local bookkeeping, never serialized.
     entries_forgotten: u64,
     bytes_forgotten: u64,
-    /// (key hash, sequence number) of every entry. Its iteration order is never used.
-    index: HashTable<(u64, u64)>,
+    /// The sequence number of every entry, truncated to 32 bits (unambiguous: fewer than
+    /// 2^32 entries are ever remembered at once), keyed by the entry's `key_hash`: 4 bytes
+    /// a slot, so the index of a full window stays small in the cache. Its iteration order
+    /// is never used.
+    index: HashTable<u32>,
     seed: foldhash::fast::RandomState,
     /// Where an outcome is encoded before it is copied into `bytes`.
     scratch: Vec<u8>,
@@ -92,13 +92,8 @@ impl Answers {
         self.entries.front().map(|a| a.at_ms)
     }
 
-    fn key_hash(&self, tenant: u32, request_id: &str) -> u64 {
+    fn key_hash(&self, tenant: u32, request_id: &[u8]) -> u64 {
         self.seed.hash_one((tenant, request_id))
-    }
-
-    fn get(&self, seq: u64) -> Option<&Answer> {
-        let at = usize::try_from(seq.checked_sub(self.entries_forgotten)?).ok()?;
-        self.entries.get(at)
     }
 
     /// The byte range of the answer's request id and of its outcome in `bytes`.
@@ -109,24 +104,28 @@ impl Answers {
         (end <= self.bytes.len()).then_some((start, middle, end))
     }
 
-    fn request_id_is(&self, answer: &Answer, request_id: &str) -> bool {
+    fn request_id_is(&self, answer: &Answer, request_id: &[u8]) -> bool {
         self.ranges(answer).is_some_and(|(start, middle, _)| {
-            self.bytes
-                .range(start..middle)
-                .eq(request_id.as_bytes().iter())
+            middle - start == request_id.len()
+                && self.bytes.range(start..middle).eq(request_id.iter())
         })
     }
 
     /// The answer remembered for (tenant, request id).
-    pub fn find(&self, tenant: u32, request_id: &str) -> Option<&Answer> {
+    pub fn find(&self, tenant: u32, request_id: &[u8]) -> Option<&Answer> {
         let hash = self.key_hash(tenant, request_id);
-        let &(_, seq) = self.index.find(hash, |&(h, seq)| {
-            h == hash
-                && self
-                    .get(seq)
-                    .is_some_and(|a| a.tenant == tenant && self.request_id_is(a, request_id))
+        let &short = self.index.find(hash, |&short| {
+            self.get_short(short).is_some_and(|a| {
+                a.key_hash == hash && a.tenant == tenant && self.request_id_is(a, request_id)
+            })
         })?;
-        self.get(seq)
+        self.get_short(short)
+    }
+
+    /// The entry whose sequence number truncates to `short`.
+    fn get_short(&self, short: u32) -> Option<&Answer> {
+        self.entries
+            .get(short.wrapping_sub(self.entries_forgotten as u32) as usize)
     }
 
     /// The outcome of a remembered answer, decoded (retries only).
@@ -146,7 +145,7 @@ impl Answers {
     pub fn push(
         &mut self,
         tenant: u32,
-        request_id: &str,
+        request_id: &[u8],
         payload: u128,
         outcome: &Outcome,
         at_ms: u64,
@@ -159,8 +158,7 @@ impl Answers {
         debug_assert!(self.entries.back().is_none_or(|a| a.at_ms <= at_ms));
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        // Serializing plain data into a Vec cannot fail but for memory.
-        let scratch = postcard::to_extend(outcome, scratch).unwrap_or_default();
+        encode::outcome(&mut scratch, outcome);
         let lengths = (
             u16::try_from(request_id.len()).ok(),
             u16::try_from(scratch.len()).ok(),
@@ -179,14 +177,21 @@ impl Answers {
         }
         let key_hash = self.key_hash(tenant, request_id);
         let bytes_at = self.bytes_forgotten.saturating_add(self.bytes.len() as u64);
-        self.bytes.extend(request_id.as_bytes());
+        self.bytes.extend(request_id);
         self.bytes.extend(scratch.iter());
         self.scratch = scratch;
         let seq = self
             .entries_forgotten
             .saturating_add(self.entries.len() as u64);
-        self.index
-            .insert_unique(key_hash, (key_hash, seq), |&(h, _)| h);
+        let Answers {
+            entries,
+            entries_forgotten,
+            index,
+            ..
+        } = self;
+        index.insert_unique(key_hash, seq as u32, |&short| {
+            key_of(entries, *entries_forgotten, short)
+        });
         self.entries.push_back(Answer {
             payload,
             at_ms,
@@ -206,7 +211,10 @@ impl Answers {
         };
         let seq = self.entries_forgotten;
         self.entries_forgotten = self.entries_forgotten.saturating_add(1);
-        match self.index.find_entry(oldest.key_hash, |&(_, s)| s == seq) {
+        match self
+            .index
+            .find_entry(oldest.key_hash, |&short| short == seq as u32)
+        {
             Ok(entry) => {
                 entry.remove();
             }
@@ -225,7 +233,15 @@ impl Answers {
     fn shrink_if_sparse(&mut self) {
         let len = self.index.len().max(INDEX_ENTRIES_MIN);
         if self.index.capacity() / 4 > len {
-            self.index.shrink_to(len.saturating_mul(2), |&(h, _)| h);
+            let Answers {
+                entries,
+                entries_forgotten,
+                index,
+                ..
+            } = self;
+            index.shrink_to(len.saturating_mul(2), |&short| {
+                key_of(entries, *entries_forgotten, short)
+            });
         }
     }
 
@@ -261,12 +277,16 @@ impl Answers {
                 .request_id(answer)
                 .and_then(|id| String::from_utf8(id).ok())
                 .ok_or_else(|| format!("answer #{seq}: its request id is not readable"))?;
-            if self.find(answer.tenant, &request_id).map(|a| a.bytes_at) != Some(answer.bytes_at) {
+            if self
+                .find(answer.tenant, request_id.as_bytes())
+                .map(|a| a.bytes_at)
+                != Some(answer.bytes_at)
+            {
                 return Err(format!(
                     "answer to request {request_id} missing from the index"
                 ));
             }
-            if answer.key_hash != self.key_hash(answer.tenant, &request_id) {
+            if answer.key_hash != self.key_hash(answer.tenant, request_id.as_bytes()) {
                 return Err(format!("answer to request {request_id} has a stale key"));
             }
             if self.outcome(answer).is_none() {
@@ -278,6 +298,13 @@ impl Answers {
         }
         Ok(())
     }
+}
+
+/// The key hash of the entry whose sequence number truncates to `short` (for rehashing the
+/// index; every entry in it is in `entries`).
+fn key_of(entries: &VecDeque<Answer>, entries_forgotten: u64, short: u32) -> u64 {
+    let at = short.wrapping_sub(entries_forgotten as u32) as usize;
+    entries.get(at).map_or(0, |a| a.key_hash)
 }
 
 /// Equal when they remember the same answers in the same order (bookkeeping aside).
@@ -357,14 +384,15 @@ impl<'de> Deserialize<'de> for Answers {
             return Err(D::Error::custom("more than DEDUP_ENTRIES_MAX answers"));
         }
         let mut answers = Answers::default();
-        answers.index.reserve(wire.len(), |&(h, _)| h);
+        // The index is empty: nothing is rehashed.
+        answers.index.reserve(wire.len(), |_| 0);
         for a in wire {
             let request_id = String::from_utf8(a.request_id)
                 .map_err(|_| D::Error::custom("a request id is not UTF-8"))
                 .and_then(|id| RequestId::new(id).map_err(D::Error::custom))?;
             let outcome: Outcome = postcard::from_bytes(&a.outcome)
                 .map_err(|e| D::Error::custom(format!("a remembered outcome: {e}")))?;
-            if answers.find(a.tenant, request_id.as_str()).is_some() {
+            if answers.find(a.tenant, request_id.as_bytes()).is_some() {
                 return Err(D::Error::custom(format!(
                     "request {request_id} remembered twice"
                 )));
@@ -374,7 +402,7 @@ impl<'de> Deserialize<'de> for Answers {
             }
             answers.push(
                 a.tenant,
-                request_id.as_str(),
+                request_id.as_bytes(),
                 a.payload,
                 &outcome,
                 a.at_ms,
@@ -395,7 +423,7 @@ impl Ledger {
         payload: u128,
     ) -> Option<(Outcome, u64)> {
         let t = self.tenants.get(tenant)?;
-        let entry = self.answers.find(tenant, request_id.as_str())?;
+        let entry = self.answers.find(tenant, request_id.as_bytes())?;
         let outcome = if entry.payload != payload {
             Outcome::Rejected(Rejection::RequestIdReused(format!(
                 "request {request_id} of tenant {} was first sent at {} ms with another payload",
@@ -424,7 +452,7 @@ impl Ledger {
     ) {
         self.answers.push(
             tenant,
-            request_id.as_str(),
+            request_id.as_bytes(),
             payload,
             outcome,
             now_ms,

@@ -69,7 +69,7 @@ impl Ledger {
                 .tenants
                 .get(r.tenant)
                 .ok_or_else(|| format!("reservation r{id} of unknown tenant #{}", r.tenant))?;
-            ensure(tenant.in_flight.contains(&id), || {
+            ensure(self.in_flight.contains(&(r.tenant, id)), || {
                 format!("reservation r{id} missing from its tenant's index")
             })?;
             ensure(tenant.agents.get(r.agent).is_some(), || {
@@ -101,14 +101,21 @@ impl Ledger {
         for (t, tenant) in self.tenants.iter().enumerate() {
             let tenant_id = &tenant.id;
             agents_total += tenant.agents.len();
-            in_flight_total += tenant.in_flight.len();
+            let t_index = u32::try_from(t).unwrap_or(u32::MAX);
+            let in_flight = self.in_flight_of(t_index).count();
+            ensure(in_flight == tenant.in_flight as usize, || {
+                format!(
+                    "tenant {tenant_id} counts {} reservations in flight, {in_flight} are listed",
+                    tenant.in_flight
+                )
+            })?;
+            in_flight_total += in_flight;
             ensure(tenant.agents.len() <= AGENTS_PER_TENANT_MAX, || {
                 format!("tenant {tenant_id} has more than AGENTS_PER_TENANT_MAX agents")
             })?;
-            ensure(
-                tenant.in_flight.len() <= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX,
-                || format!("tenant {tenant_id} has too many reservations in flight"),
-            )?;
+            ensure(in_flight <= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX, || {
+                format!("tenant {tenant_id} has too many reservations in flight")
+            })?;
             ensure(tenant.limits.len() <= LIMITS_PER_TENANT_MAX, || {
                 format!("tenant {tenant_id} has more than LIMITS_PER_TENANT_MAX limits")
             })?;
@@ -140,10 +147,10 @@ impl Ledger {
                     )
                 })?;
             }
-            for id in &tenant.in_flight {
+            for id in self.in_flight_of(t_index) {
                 ensure(
                     self.reservations
-                        .get(id)
+                        .get(&id)
                         .is_some_and(|r| r.tenant as usize == t),
                     || format!("tenant {tenant_id} indexes reservation r{id} it does not own"),
                 )?;
@@ -151,8 +158,8 @@ impl Ledger {
 
             // Held amounts and in-flight counts equal the sums over reservations in flight.
             let mut expected: HashMap<(u64, Option<u32>), (u128, u64)> = HashMap::new();
-            for id in &tenant.in_flight {
-                let Some(r) = self.reservations.get(id) else {
+            for id in self.in_flight_of(t_index) {
+                let Some(r) = self.reservations.get(&id) else {
                     continue;
                 };
                 for &generation in r.holds.iter() {
@@ -236,6 +243,9 @@ impl Ledger {
         })?;
         ensure(agents_total <= AGENTS_MAX, || {
             "more than AGENTS_MAX agents".into()
+        })?;
+        ensure(self.in_flight.len() == self.reservations.len(), || {
+            "the in-flight index and the reservations differ in size".into()
         })?;
         ensure(in_flight_total == self.reservations.len(), || {
             "tenants index a different number of reservations than are in flight".into()

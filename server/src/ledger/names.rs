@@ -8,22 +8,21 @@
 
 use std::hash::BuildHasher;
 
+use hashbrown::HashTable;
 use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
-
-use super::state::FastMap;
 
 /// Something with a unique name in its list.
 pub trait Named {
-    fn name(&self) -> &str;
+    fn name(&self) -> &[u8];
 }
 
-/// A list of named items that only grows, with a lookup by name. The lookup is keyed by a
-/// seeded 64-bit hash of the name, so each name is stored once (in its item); two names
-/// with the same hash take consecutive keys, and every lookup confirms the name.
-#[derive(Clone, Debug)]
+/// A list of named items that only grows, with a lookup by name: a hash table of item
+/// indexes (4 bytes a slot) under a seeded hash of the name, so each name is stored once,
+/// in its item (inline when short, see `idtext.rs`); a lookup confirms the name there.
+#[derive(Clone)]
 pub struct Interned<T> {
     items: Vec<T>,
-    by_hash: FastMap<u64, u32>,
+    by_name: HashTable<u32>,
     seed: foldhash::fast::RandomState,
 }
 
@@ -31,9 +30,15 @@ impl<T> Default for Interned<T> {
     fn default() -> Self {
         Interned {
             items: Vec::new(),
-            by_hash: FastMap::default(),
+            by_name: HashTable::new(),
             seed: foldhash::fast::RandomState::default(),
         }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Interned<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.items.fmt(f)
     }
 }
 
@@ -58,17 +63,16 @@ impl<T: Named> Interned<T> {
         self.items.get_mut(index as usize)
     }
 
-    /// The index of the item named `name`. Probes at most `len + 1` keys.
-    pub fn find(&self, name: &str) -> Option<u32> {
-        let mut key = self.seed.hash_one(name);
-        for _ in 0..=self.by_hash.len() {
-            let &index = self.by_hash.get(&key)?;
-            if self.items[index as usize].name() == name {
-                return Some(index);
-            }
-            key = key.wrapping_add(1);
-        }
-        None
+    /// The index of the item named `name`.
+    pub fn find(&self, name: &[u8]) -> Option<u32> {
+        let hash = self.seed.hash_one(name);
+        self.by_name
+            .find(hash, |&index| {
+                self.items
+                    .get(index as usize)
+                    .is_some_and(|item| item.name() == name)
+            })
+            .copied()
     }
 
     /// Appends an item whose name is not in the list yet; returns its index. The caller
@@ -76,12 +80,18 @@ impl<T: Named> Interned<T> {
     pub fn push(&mut self, item: T) -> u32 {
         debug_assert!(self.find(item.name()).is_none(), "name interned twice");
         let index = u32::try_from(self.items.len()).unwrap_or(u32::MAX);
-        let mut key = self.seed.hash_one(item.name());
-        while self.by_hash.contains_key(&key) {
-            key = key.wrapping_add(1);
-        }
-        self.by_hash.insert(key, index);
-        self.items.push(item);
+        let Interned {
+            items,
+            by_name,
+            seed,
+        } = self;
+        let hash = seed.hash_one(item.name());
+        by_name.insert_unique(hash, index, |&i| {
+            items
+                .get(i as usize)
+                .map_or(0, |item| seed.hash_one(item.name()))
+        });
+        items.push(item);
         index
     }
 }
@@ -116,13 +126,14 @@ impl<'de, T: Named + Deserialize<'de>> Deserialize<'de> for Interned<T> {
             return Err(D::Error::custom("more names than u32 indexes"));
         }
         let mut interned = Interned::default();
-        interned.by_hash.reserve(items.len());
+        // Empty: nothing is rehashed.
+        interned.by_name.reserve(items.len(), |_| 0);
         interned.items.reserve_exact(items.len());
         for item in items {
             if interned.find(item.name()).is_some() {
                 return Err(D::Error::custom(format!(
                     "name {} appears twice",
-                    item.name()
+                    String::from_utf8_lossy(item.name())
                 )));
             }
             interned.push(item);

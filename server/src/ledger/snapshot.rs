@@ -122,14 +122,16 @@ impl Ledger {
             .map(|(&id, t)| (t.expired_at_ms, id))
             .collect();
         for tenant in self.tenants.iter_mut() {
-            tenant.in_flight.clear();
+            tenant.in_flight = 0;
         }
+        self.in_flight.clear();
         for (&id, r) in &self.reservations {
             let tenant = self
                 .tenants
                 .get_mut(r.tenant)
                 .ok_or_else(|| format!("reservation r{id} of unknown tenant #{}", r.tenant))?;
-            tenant.in_flight.insert(id);
+            tenant.in_flight = tenant.in_flight.saturating_add(1);
+            self.in_flight.insert((r.tenant, id));
         }
         self.agents_total = self.tenants.iter().map(|t| t.agents.len()).sum();
         Ok(())

@@ -4,7 +4,7 @@
 //! Hash maps are for lookups only: nothing iterates them into an output, a snapshot or the
 //! audit trail without sorting first (`sorted_map`), so their random seeds never leak.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -29,9 +29,10 @@ pub struct Tenant {
     pub generation_last: u64,
     /// In creation order; reservations and answers refer to them by index.
     pub agents: Interned<Agent>,
-    /// Ids of this tenant's reservations in flight; derived, rebuilt on restore.
+    /// How many of the ledger's reservations in flight are this tenant's (they are listed
+    /// in `Ledger::in_flight`); derived, rebuilt on restore.
     #[serde(skip)]
-    pub in_flight: BTreeSet<u64>,
+    pub in_flight: u32,
 }
 
 impl Tenant {
@@ -43,21 +44,21 @@ impl Tenant {
             limits: Vec::new(),
             generation_last: 0,
             agents: Interned::default(),
-            in_flight: BTreeSet::new(),
+            in_flight: 0,
         }
     }
 
     /// The agent named `agent`, if it has called (or been frozen).
     pub fn agent(&self, agent: &AgentId) -> Option<&Agent> {
         self.agents
-            .find(agent.as_str())
+            .find(agent.as_bytes())
             .map(|index| &self.agents[index])
     }
 }
 
 impl Named for Tenant {
-    fn name(&self) -> &str {
-        self.id.as_str()
+    fn name(&self) -> &[u8] {
+        self.id.as_bytes()
     }
 }
 
@@ -99,8 +100,8 @@ impl Agent {
 }
 
 impl Named for Agent {
-    fn name(&self) -> &str {
-        self.id.as_str()
+    fn name(&self) -> &[u8] {
+        self.id.as_bytes()
     }
 }
 

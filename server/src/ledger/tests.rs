@@ -1980,3 +1980,228 @@ fn queries_report_usage_reservations_limits_and_status() {
     );
     assert_eq!(stats.audit_records_retained, h.ledger.chain_head().seq);
 }
+
+/// Guarantee 5 across versions: a fixed mix of every command (grants, denials, overruns,
+/// releases, records, expiries, late commits, retries, reused ids, freezes, trips, limit
+/// changes) gives the answers, chain head and snapshot bytes that the code before the
+/// hand-written encodings and the compact indexes gave, bit for bit. The constants were
+/// printed by that code; a change here means replicas of two builds would disagree.
+#[test]
+fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
+    let mut ledger = Ledger::new();
+    let mut now_ms = t0();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let tenants = ["acme", "globex", "initech"];
+    let agents = [
+        "a",
+        "bot-7",
+        "support-bot",
+        "an-agent-with-a-name-longer-than-most",
+    ];
+    let tools = ["llm:gpt-x", "search"];
+    let mut outcomes = Vec::new();
+    let mut requests = 0u64;
+    let request_id = |n: &mut u64| {
+        *n += 1;
+        request(&format!("r-{n}"))
+    };
+    for (i, t) in tenants.iter().enumerate() {
+        let policy = TenantPolicy {
+            expiry: if i == 1 {
+                ExpiryPolicy::Release
+            } else {
+                ExpiryPolicy::Charge
+            },
+            repeat_max: 3,
+            ..TenantPolicy::default()
+        };
+        let specs = [
+            (
+                "budget",
+                Scope::Tenant,
+                Dimension::Cost,
+                budget(Window::Day, 200_000),
+            ),
+            (
+                "rate",
+                Scope::EachAgent,
+                Dimension::Calls,
+                LimitKind::Rate {
+                    amount: 30,
+                    period_ms: 60_000,
+                    burst: 5,
+                },
+            ),
+            (
+                "conc",
+                Scope::EachAgent,
+                Dimension::Concurrency,
+                LimitKind::Concurrency { max: 3 },
+            ),
+            (
+                "bot-rate",
+                Scope::Agent(agent("bot-7")),
+                Dimension::Calls,
+                LimitKind::Rate {
+                    amount: 120,
+                    period_ms: 60_000,
+                    burst: 20,
+                },
+            ),
+            (
+                "llm-tokens",
+                Scope::ToolPerAgent(tool("llm:gpt-x")),
+                Dimension::Tokens,
+                budget(Window::Hour, 50_000),
+            ),
+            (
+                "search-tenant",
+                Scope::ToolTenant(tool("search")),
+                Dimension::Calls,
+                budget(Window::Lifetime, 400),
+            ),
+        ];
+        outcomes.push(ledger.apply(
+            now_ms,
+            &Command::PutTenant {
+                request_id: request_id(&mut requests),
+                tenant: tenant(t),
+                policy,
+            },
+        ));
+        for (id, scope, dimension, kind) in specs {
+            outcomes.push(ledger.apply(
+                now_ms,
+                &Command::PutLimit {
+                    request_id: request_id(&mut requests),
+                    tenant: tenant(t),
+                    limit: LimitSpec {
+                        id: limit_id(id),
+                        scope,
+                        dimension,
+                        kind,
+                    },
+                },
+            ));
+        }
+    }
+    let mut granted: Vec<(usize, u64)> = Vec::new();
+    let mut sent: Vec<(u64, Command)> = Vec::new();
+    for step in 0..3_000u64 {
+        now_ms += next(5_000);
+        let t = next(tenants.len() as u64) as usize;
+        let amounts = Amounts {
+            tokens: next(3_000),
+            cost_micros: next(4_000),
+            calls: 1,
+        };
+        let cmd = match next(20) {
+            0..=7 => Command::Reserve {
+                request_id: request_id(&mut requests),
+                tenant: tenant(tenants[t]),
+                agent: agent(agents[next(agents.len() as u64) as usize]),
+                tool: tool(tools[next(2) as usize]),
+                estimate: amounts,
+                ttl_ms: 100 + next(20_000),
+                fingerprint: (next(4) == 0).then(|| format!("fp-{}", next(3))),
+            },
+            8..=11 if !granted.is_empty() => {
+                let (t, id) = granted.swap_remove(next(granted.len() as u64) as usize);
+                Command::Commit {
+                    request_id: request_id(&mut requests),
+                    tenant: tenant(tenants[t]),
+                    reservation_id: ReservationId(id),
+                    actual: amounts,
+                }
+            }
+            12 if !granted.is_empty() => {
+                let (t, id) = granted.swap_remove(next(granted.len() as u64) as usize);
+                Command::Release {
+                    request_id: request_id(&mut requests),
+                    tenant: tenant(tenants[t]),
+                    reservation_id: ReservationId(id),
+                }
+            }
+            13 | 14 => Command::Record {
+                request_id: request_id(&mut requests),
+                tenant: tenant(tenants[t]),
+                agent: agent(agents[next(agents.len() as u64) as usize]),
+                tool: tool(tools[next(2) as usize]),
+                actual: amounts,
+            },
+            15 if !sent.is_empty() => {
+                // A retry, sometimes with another payload.
+                let (_, cmd) = sent[next(sent.len() as u64) as usize].clone();
+                match (cmd, next(3)) {
+                    (
+                        Command::Commit {
+                            request_id,
+                            tenant,
+                            reservation_id,
+                            ..
+                        },
+                        0,
+                    ) => Command::Commit {
+                        request_id,
+                        tenant,
+                        reservation_id,
+                        actual: amounts,
+                    },
+                    (cmd, _) => cmd,
+                }
+            }
+            16 => Command::Freeze {
+                request_id: request_id(&mut requests),
+                tenant: tenant(tenants[t]),
+                agent: (next(2) == 0).then(|| agent(agents[next(agents.len() as u64) as usize])),
+            },
+            17 => Command::Unfreeze {
+                request_id: request_id(&mut requests),
+                tenant: tenant(tenants[t]),
+                agent: (next(2) == 0).then(|| agent(agents[next(agents.len() as u64) as usize])),
+            },
+            18 => Command::ResetTrip {
+                request_id: request_id(&mut requests),
+                tenant: tenant(tenants[t]),
+                agent: agent(agents[next(agents.len() as u64) as usize]),
+            },
+            _ => Command::Commit {
+                // A late or unknown commit.
+                request_id: request_id(&mut requests),
+                tenant: tenant(tenants[t]),
+                reservation_id: ReservationId(next(step + 2)),
+                actual: amounts,
+            },
+        };
+        let outcome = ledger.apply(now_ms, &cmd);
+        if let Outcome::Granted { reservation_id, .. } = &outcome {
+            granted.push((t, reservation_id.0));
+        }
+        sent.push((now_ms, cmd));
+        outcomes.push(outcome);
+    }
+    ledger.verify_audit().unwrap();
+    let outcomes = xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&outcomes).unwrap());
+    let head = ledger.chain_head();
+    let snapshot = xxhash_rust::xxh3::xxh3_64(&ledger.snapshot());
+    println!(
+        "outcomes {outcomes:#018x} head {} {} snapshot {snapshot:#018x}",
+        head.seq,
+        hex::encode(head.hash)
+    );
+    assert_eq!(outcomes, 0xbcf7_78f1_fac9_c7dd);
+    assert_eq!(
+        (head.seq, hex::encode(head.hash).as_str()),
+        (
+            2295,
+            "2e5e22d10b081cf41982557703e61421c4c31141b61fae028a5f86f620411db5"
+        )
+    );
+    assert_eq!(snapshot, 0xce81_4f73_1942_0aff);
+}

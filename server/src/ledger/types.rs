@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use super::idtext::IdText;
+
 /// Longest id (tenant, agent, tool, limit, request, fingerprint) a client may send, in bytes;
 /// longer ids are rejected before they reach the log.
 pub const ID_BYTES_MAX: usize = 128;
@@ -25,29 +27,41 @@ macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        pub struct $name(String);
+        pub struct $name(IdText);
 
         impl $name {
             /// Checks length and characters; the one way to build this id from input.
             pub fn new(value: impl Into<String>) -> Result<Self, InvalidInput> {
                 let value = value.into();
                 validate_id(stringify!($name), &value)?;
-                Ok(Self(value))
+                Ok(Self(IdText::from(value)))
             }
 
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.as_str()
+            }
+
+            /// The id's bytes (printable ASCII once validated); no UTF-8 check.
+            pub fn as_bytes(&self) -> &[u8] {
+                self.0.as_bytes()
             }
 
             /// Rechecks an id that arrived through serde, which does not run `new`.
             pub fn validate(&self) -> Result<(), InvalidInput> {
-                validate_id(stringify!($name), &self.0)
+                let bytes = self.0.as_bytes();
+                if !bytes.is_empty()
+                    && bytes.len() <= ID_BYTES_MAX
+                    && bytes.iter().all(|b| b.is_ascii_graphic())
+                {
+                    return Ok(());
+                }
+                validate_id(stringify!($name), self.0.as_str())
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.0.as_str())
             }
         }
     };
