@@ -139,6 +139,11 @@ impl LocalCluster {
         self.configs.keys().copied().collect()
     }
 
+    /// A node other than `id` (the lowest such id), e.g. a follower once `id` leads.
+    pub fn other_than(&self, id: NodeId) -> Option<NodeId> {
+        self.configs.keys().copied().find(|other| *other != id)
+    }
+
     pub fn running_ids(&self) -> Vec<NodeId> {
         self.running.keys().copied().collect()
     }

@@ -210,12 +210,7 @@ async fn each_bad_input_gets_its_status_and_changes_nothing() {
     );
 
     // A follower does not answer: UNAVAILABLE, naming the leader.
-    let follower = test
-        .cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = test.cluster.other_than(leader).unwrap();
     let mut at_follower = raw(&test.cluster.addr(follower).unwrap()).await;
     let status = at_follower
         .reserve(reserve("f-1", "acme", "bot", 1, 1_000))
@@ -438,12 +433,7 @@ async fn a_batch_answers_each_operation_and_a_bad_one_fails_alone() {
     );
 
     // A follower answers every operation UNAVAILABLE, naming the leader.
-    let follower = test
-        .cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = test.cluster.other_than(leader).unwrap();
     let mut at_follower = raw(&test.cluster.addr(follower).unwrap()).await;
     let results = at_follower
         .batch(batch_of(vec![

@@ -324,12 +324,7 @@ async fn follower_cut_off_and_brought_back_converges() {
     .await;
     tenant_with_budget(&test.client, "acme", 1_000_000).await;
     let leader = test.cluster.leader(LEADER_WAIT).await.unwrap();
-    let follower = test
-        .cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = test.cluster.other_than(leader).unwrap();
     test.cluster.isolate(follower);
     let spent = spend(&test.client, "acme", 60, 4).await;
     test.cluster.heal(follower);
