@@ -17,8 +17,11 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tollgate_proto::v1;
 use tollgate_proto::v1::batch_op::Op;
 use tollgate_proto::v1::batch_result::Result as Answer;
+use tollgate_proto::v1::tollgate_client::TollgateClient;
 use tollgate_proto::{BATCH_OPS_MAX, BATCH_REQUEST_BYTES_MAX, LEADER_METADATA_KEY};
 use tonic::{Code, Response, Status};
+
+use crate::pool::AuthChannel;
 
 /// Batches one coalescer has sent and not yet had answered. Few on purpose, as in the
 /// server's proposer: while they are out, operations pile up into the next, larger batch.
@@ -37,13 +40,18 @@ pub(crate) trait Coalesced {
     fn into_op(self) -> Op;
     /// The response if `answer` is of this operation's kind.
     fn from_answer(answer: Answer) -> Option<Self::Response>;
+    /// The operation as its own unary RPC, when the client does not coalesce.
+    fn unary(
+        self,
+        client: TollgateClient<AuthChannel>,
+    ) -> impl Future<Output = Result<Response<Self::Response>, Status>> + Send;
 }
 
 macro_rules! coalesced {
-    ($request:ty, $response:ty, $variant:ident, $name:literal) => {
+    ($request:ty, $response:ty, $variant:ident, $method:ident) => {
         impl Coalesced for $request {
             type Response = $response;
-            const NAME: &'static str = $name;
+            const NAME: &'static str = stringify!($method);
             fn into_op(self) -> Op {
                 Op::$variant(self)
             }
@@ -53,14 +61,20 @@ macro_rules! coalesced {
                     _ => None,
                 }
             }
+            fn unary(
+                self,
+                mut client: TollgateClient<AuthChannel>,
+            ) -> impl Future<Output = Result<Response<$response>, Status>> + Send {
+                async move { client.$method(self).await }
+            }
         }
     };
 }
 
-coalesced!(v1::ReserveRequest, v1::ReserveResponse, Reserve, "reserve");
-coalesced!(v1::CommitRequest, v1::CommitResponse, Commit, "commit");
-coalesced!(v1::ReleaseRequest, v1::ReleaseResponse, Release, "release");
-coalesced!(v1::RecordRequest, v1::RecordResponse, Record, "record");
+coalesced!(v1::ReserveRequest, v1::ReserveResponse, Reserve, reserve);
+coalesced!(v1::CommitRequest, v1::CommitResponse, Commit, commit);
+coalesced!(v1::ReleaseRequest, v1::ReleaseResponse, Release, release);
+coalesced!(v1::RecordRequest, v1::RecordResponse, Record, record);
 
 type Reply = oneshot::Sender<Result<Answer, Status>>;
 
@@ -238,9 +252,19 @@ async fn send_batch<S, Fut>(
         ))),
     };
     drop(permit);
-    match result {
-        Ok(response) if response.results.len() == ops_len => {
-            for (reply, result) in replies.into_iter().zip(response.results) {
+    let results = result.and_then(|response| {
+        if response.results.len() == ops_len {
+            Ok(response.results)
+        } else {
+            Err(Status::internal(format!(
+                "the server answered {} results to a batch of {ops_len} operations",
+                response.results.len()
+            )))
+        }
+    });
+    match results {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
                 let answer = result
                     .result
                     .ok_or_else(|| Status::internal("the server's batch result is empty"));
@@ -248,17 +272,9 @@ async fn send_batch<S, Fut>(
                 let _ = reply.send(answer);
             }
         }
-        Ok(response) => {
-            let status = Status::internal(format!(
-                "the server answered {} results to a batch of {ops_len} operations",
-                response.results.len()
-            ));
-            for reply in replies {
-                let _ = reply.send(Err(status.clone()));
-            }
-        }
-        // The whole RPC failed (transport, timeout, a status for the batch): every operation
-        // in it gets that status, metadata and leader hint included.
+        // The whole RPC failed (transport, timeout, a status for the batch) or its answer
+        // does not match it: every operation in it gets that status, metadata and leader
+        // hint included.
         Err(status) => {
             for reply in replies {
                 let _ = reply.send(Err(status.clone()));

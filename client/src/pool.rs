@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tollgate_proto::v1;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::cluster_client::ClusterClient;
 use tollgate_proto::v1::tollgate_client::TollgateClient;
@@ -18,7 +17,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::coalescer::Coalescer;
+use crate::coalescer::{Coalesced, Coalescer};
 use crate::config::normalise_endpoint;
 use crate::error::Error;
 
@@ -100,48 +99,15 @@ impl Rpc {
         &self.addr
     }
 
-    /// One reserve: in the node's next `Batch` when this attempt coalesces, else a unary
-    /// `Reserve`. Either way the answer is the unary call's.
-    pub(crate) async fn reserve(
+    /// One reserve, commit, release or record: in the node's next `Batch` when this attempt
+    /// coalesces, else its unary RPC. Either way the answer is the unary call's.
+    pub(crate) async fn send<R: Coalesced>(
         &self,
-        request: v1::ReserveRequest,
-    ) -> Result<Response<v1::ReserveResponse>, Status> {
+        request: R,
+    ) -> Result<Response<R::Response>, Status> {
         match &self.coalescer {
             Some(coalescer) => coalescer.submit(request).await,
-            None => self.tollgate().reserve(request).await,
-        }
-    }
-
-    /// One commit, coalesced like [`reserve`](Self::reserve).
-    pub(crate) async fn commit(
-        &self,
-        request: v1::CommitRequest,
-    ) -> Result<Response<v1::CommitResponse>, Status> {
-        match &self.coalescer {
-            Some(coalescer) => coalescer.submit(request).await,
-            None => self.tollgate().commit(request).await,
-        }
-    }
-
-    /// One release, coalesced like [`reserve`](Self::reserve).
-    pub(crate) async fn release(
-        &self,
-        request: v1::ReleaseRequest,
-    ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        match &self.coalescer {
-            Some(coalescer) => coalescer.submit(request).await,
-            None => self.tollgate().release(request).await,
-        }
-    }
-
-    /// One record, coalesced like [`reserve`](Self::reserve).
-    pub(crate) async fn record(
-        &self,
-        request: v1::RecordRequest,
-    ) -> Result<Response<v1::RecordResponse>, Status> {
-        match &self.coalescer {
-            Some(coalescer) => coalescer.submit(request).await,
-            None => self.tollgate().record(request).await,
+            None => request.unary(self.tollgate()).await,
         }
     }
 }

@@ -40,7 +40,7 @@ impl Client {
         let outcome = self
             .call_op(|rpc| {
                 let wire = wire.clone();
-                async move { rpc.reserve(wire).await }
+                async move { rpc.send(wire).await }
             })
             .await;
         match outcome {
@@ -134,7 +134,7 @@ impl Client {
         let response = self
             .call_op(|rpc| {
                 let wire = wire.clone();
-                async move { rpc.commit(wire).await }
+                async move { rpc.send(wire).await }
             })
             .await?;
         Ok(CommitInfo {
@@ -160,7 +160,7 @@ impl Client {
         let response = self
             .call_op(|rpc| {
                 let wire = wire.clone();
-                async move { rpc.release(wire).await }
+                async move { rpc.send(wire).await }
             })
             .await?;
         Ok(Applied::from(response.applied))
@@ -198,7 +198,7 @@ impl Client {
         let response = self
             .call_op(|rpc| {
                 let wire = wire.clone();
-                async move { rpc.record(wire).await }
+                async move { rpc.send(wire).await }
             })
             .await?;
         Ok(Applied::from(response.applied))
