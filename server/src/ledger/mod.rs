@@ -34,7 +34,6 @@ mod audit;
 mod commands;
 mod dedup;
 mod encode;
-mod idtext;
 mod invariants;
 mod limits;
 mod names;

@@ -18,7 +18,7 @@ pub trait Named {
 
 /// A list of named items that only grows, with a lookup by name: a hash table of item
 /// indexes (4 bytes a slot) under a seeded hash of the name, so each name is stored once,
-/// in its item (inline when short, see `idtext.rs`); a lookup confirms the name there.
+/// in its item (inline when short: ids are `CompactString`s); a lookup confirms the name there.
 #[derive(Clone)]
 pub struct Interned<T> {
     items: Vec<T>,

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use super::idtext::IdText;
+use compact_str::CompactString;
 
 /// Longest id (tenant, agent, tool, limit, request, fingerprint) a client may send, in bytes;
 /// longer ids are rejected before they reach the log.
@@ -27,14 +27,14 @@ macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        pub struct $name(IdText);
+        pub struct $name(CompactString);
 
         impl $name {
             /// Checks length and characters; the one way to build this id from input.
             pub fn new(value: impl Into<String>) -> Result<Self, InvalidInput> {
                 let value = value.into();
                 validate_id(stringify!($name), &value)?;
-                Ok(Self(IdText::from(value)))
+                Ok(Self(CompactString::from(value)))
             }
 
             pub fn as_str(&self) -> &str {
