@@ -4,8 +4,11 @@
 //! record either); the same id with another payload is `RequestIdReused`. Answers live in
 //! one ring in the order they were given (fixed-size entries, with their request ids and
 //! encoded outcomes back to back in one byte ring) and one hash index over all tenants, so
-//! remembering and forgetting are sequential pushes and pops plus one index update: no
-//! allocation per answer, and forgetting the oldest never touches a cold tenant.
+//! remembering is sequential pushes plus one index insert, and forgetting is a sequential
+//! pop: no allocation per answer, and forgetting the oldest never touches a cold tenant or
+//! a random slot of the index. The index keeps the slots of forgotten answers until it is
+//! full (they can never match: see `Answers::index`) and then drops them all in one
+//! sequential sweep.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -72,10 +75,13 @@ pub struct Answers {
     /// number and the first byte's offset. Local bookkeeping, never serialized.
     entries_forgotten: u64,
     bytes_forgotten: u64,
-    /// The sequence number of every entry, truncated to 32 bits (unambiguous: fewer than
-    /// 2^32 entries are ever remembered at once), keyed by the entry's `key_hash`: 4 bytes
-    /// a slot, so the index of a full window stays small in the cache. Its iteration order
-    /// is never used.
+    /// The sequence number of every entry, truncated to 32 bits, keyed by the entry's
+    /// `key_hash`: 4 bytes a slot, so the index of a full window stays small in the cache.
+    /// Its iteration order is never used. It may also hold the numbers of forgotten
+    /// entries (stale slots): `get_short` finds no entry for them, since they lie below
+    /// `entries_forgotten` by less than the index's capacity, far less than 2^32.
+    /// `make_room` drops them before the table would rehash, so a rehash only ever sees
+    /// live entries and their true hashes.
     index: HashTable<u32>,
     seed: foldhash::fast::RandomState,
     /// Where an outcome is encoded before it is copied into `bytes`.
@@ -176,6 +182,7 @@ impl Answers {
             return;
         }
         let key_hash = self.key_hash(tenant, request_id);
+        self.make_room();
         let bytes_at = self.bytes_forgotten.saturating_add(self.bytes.len() as u64);
         self.bytes.extend(request_id);
         self.bytes.extend(scratch.iter());
@@ -204,26 +211,40 @@ impl Answers {
         });
     }
 
-    /// Forgets the oldest answer.
+    /// Forgets the oldest answer. Its slot in the index goes stale and is dropped by the
+    /// next sweep (`make_room`): probing for it here would cost a cache miss per answer.
     pub fn pop_front(&mut self) {
         let Some(oldest) = self.entries.pop_front() else {
             return;
         };
-        let seq = self.entries_forgotten;
         self.entries_forgotten = self.entries_forgotten.saturating_add(1);
-        match self
-            .index
-            .find_entry(oldest.key_hash, |&short| short == seq as u32)
-        {
-            Ok(entry) => {
-                entry.remove();
-            }
-            Err(_) => debug_assert!(false, "answer missing from the index"),
-        }
         let len = usize::from(oldest.request_id_len) + usize::from(oldest.outcome_len);
         let len = len.min(self.bytes.len());
         self.bytes.drain(..len);
         self.bytes_forgotten = self.bytes_forgotten.saturating_add(len as u64);
+    }
+
+    /// Before an insert: once the index has no room left, drops its stale slots (one
+    /// sequential sweep over the table), so that if it must still grow or rehash, every
+    /// slot it moves is live. Amortized O(1) per answer: a sweep follows at least as many
+    /// inserts as the live entries it keeps, since the table only grows when they fill
+    /// half of it.
+    fn make_room(&mut self) {
+        if self.index.len() >= self.index.capacity() {
+            self.drop_stale();
+        }
+    }
+
+    /// Removes the index slots of forgotten entries.
+    fn drop_stale(&mut self) {
+        let Answers {
+            entries,
+            entries_forgotten,
+            index,
+            ..
+        } = self;
+        let forgotten = *entries_forgotten as u32;
+        index.retain(|short| (short.wrapping_sub(forgotten) as usize) < entries.len());
     }
 
     /// Shrinks the index once it is mostly empty (after a burst of answers has been
@@ -231,8 +252,9 @@ impl Answers {
     /// cache. Amortized O(1): it shrinks only after the entries fell to a quarter of what
     /// the index was sized for, and leaves room to double again.
     fn shrink_if_sparse(&mut self) {
-        let len = self.index.len().max(INDEX_ENTRIES_MIN);
+        let len = self.entries.len().max(INDEX_ENTRIES_MIN);
         if self.index.capacity() / 4 > len {
+            self.drop_stale();
             let Answers {
                 entries,
                 entries_forgotten,
@@ -251,8 +273,9 @@ impl Answers {
         if self.entries.len() > DEDUP_ENTRIES_MAX {
             return Err("more than DEDUP_ENTRIES_MAX answers".into());
         }
-        if self.index.len() != self.entries.len() {
-            return Err("answer index and answers differ in size".into());
+        // Every entry is found through the index below; the rest of it is stale slots.
+        if self.index.len() < self.entries.len() {
+            return Err("the answer index holds fewer slots than there are answers".into());
         }
         let mut bytes_at = self.bytes_forgotten;
         let mut previous_at_ms = 0;
@@ -301,7 +324,7 @@ impl Answers {
 }
 
 /// The key hash of the entry whose sequence number truncates to `short` (for rehashing the
-/// index; every entry in it is in `entries`).
+/// index, which then holds live entries only: see `Answers::make_room`).
 fn key_of(entries: &VecDeque<Answer>, entries_forgotten: u64, short: u32) -> u64 {
     let at = short.wrapping_sub(entries_forgotten as u32) as usize;
     entries.get(at).map_or(0, |a| a.key_hash)
@@ -472,6 +495,47 @@ impl Ledger {
         }
         if forgotten {
             self.answers.shrink_if_sparse();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer_for(seq: u64) -> Outcome {
+        Outcome::Granted {
+            reservation_id: super::super::ReservationId(seq),
+            expires_at_ms: seq,
+            tightest: None,
+        }
+    }
+
+    /// A window of answers sliding over many times its length: the index sweeps its stale
+    /// slots many times over, yet every live answer is found with its outcome, no forgotten
+    /// one is, and the index stays within a few times the window.
+    #[test]
+    fn a_sliding_window_finds_every_live_answer_and_no_forgotten_one() {
+        const WINDOW: u64 = 1_000;
+        let mut answers = Answers::default();
+        let id = |seq: u64| format!("req-{seq}");
+        for seq in 0..20 * WINDOW {
+            answers.push(0, id(seq).as_bytes(), 0, &answer_for(seq), seq, seq);
+            while answers.oldest_at_ms().is_some_and(|at| at + WINDOW <= seq) {
+                answers.pop_front();
+            }
+            assert!(answers.index.len() <= 4 * answers.len() + INDEX_ENTRIES_MIN);
+            if seq % 997 == 0 {
+                answers.check(1).unwrap();
+                let oldest = seq + 1 - WINDOW.min(seq + 1);
+                for live in oldest..=seq {
+                    let found = answers.find(0, id(live).as_bytes()).unwrap();
+                    assert_eq!(answers.outcome(found), Some(answer_for(live)));
+                }
+                for forgotten in oldest.saturating_sub(WINDOW)..oldest {
+                    assert!(answers.find(0, id(forgotten).as_bytes()).is_none());
+                }
+            }
         }
     }
 }
