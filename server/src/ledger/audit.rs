@@ -5,15 +5,14 @@
 //! head. Memory keeps the newest `AUDIT_RECORDS_RETAINED_MAX` records; older ones are
 //! dropped from memory (the raft layer may export them first) but the chain continues.
 
-use std::collections::VecDeque;
-
 use serde::de::Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::encode;
-use super::state::{DequeBytes, Scratch};
+use super::ring::Ring;
+use super::state::{RingBytes, Scratch};
 use super::{
     AgentId, Amounts, AuditFilter, ChainHead, DenyReason, LimitId, LimitSpec, RequestId,
     ReservationId, TenantId, ToolId, TripCause,
@@ -277,7 +276,7 @@ impl<'a> Fact<'a> {
 /// A retained record as kept in memory: its hash and keys to find it without decoding;
 /// its canonical bytes (what is hashed) are in `AuditLog::bodies`, starting at `body_at`.
 /// No allocation per record, and the bodies are written and dropped in sequence.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct StoredRecord {
     seq: u64,
     at_ms: u64,
@@ -324,9 +323,9 @@ fn id_key(id: Option<&[u8]>) -> u64 {
 /// The retained records and the chain head.
 #[derive(Clone, Debug, Default)]
 pub struct AuditLog {
-    records: VecDeque<StoredRecord>,
+    records: Ring<StoredRecord>,
     /// The bodies of `records`, back to back, in the same order.
-    bodies: VecDeque<u8>,
+    bodies: Ring<u8>,
     /// Bytes dropped from the front of `bodies` so far; local bookkeeping, not serialized.
     bodies_dropped: u64,
     head: ChainHead,
@@ -354,7 +353,9 @@ impl AuditLog {
     fn body_into(&self, record: &StoredRecord, out: &mut Vec<u8>) {
         out.clear();
         if let Some(range) = self.body_range(record) {
-            out.extend(self.bodies.range(range));
+            for slice in self.bodies.slices(range) {
+                out.extend_from_slice(slice);
+            }
         }
     }
 
@@ -364,7 +365,7 @@ impl AuditLog {
                 let len = usize::try_from(oldest.body_len)
                     .unwrap_or(usize::MAX)
                     .min(self.bodies.len());
-                self.bodies.drain(..len);
+                self.bodies.drop_front(len);
                 self.bodies_dropped = self.bodies_dropped.saturating_add(len as u64);
             }
         }
@@ -372,7 +373,7 @@ impl AuditLog {
             record.body_at,
             self.bodies_dropped + self.bodies.len() as u64
         );
-        self.bodies.extend(body);
+        self.bodies.extend_from_slice(body);
         self.records.push_back(record);
     }
 
@@ -421,7 +422,7 @@ impl AuditLog {
     pub fn verify(&self) -> Result<ChainHead, AuditError> {
         let mut previous: Option<&StoredRecord> = None;
         let mut body = Vec::new();
-        for record in &self.records {
+        for record in self.records.iter() {
             self.body_into(record, &mut body);
             let prev_hash = prev_hash_of(&body);
             match previous {
@@ -482,7 +483,7 @@ impl AuditLog {
         let agent_key = filter.agent.as_ref().map(|a| id_key(Some(a.as_bytes())));
         let mut body = Vec::new();
         self.records
-            .range(start..)
+            .range(start..self.records.len())
             .take_while(|r| filter.to_ms.is_none_or(|to| r.at_ms <= to))
             .filter(|r| tenant_key.is_none_or(|k| k == r.tenant_key))
             .filter(|r| agent_key.is_none_or(|k| k == r.agent_key))
@@ -508,7 +509,7 @@ impl AuditLog {
         }
         // The bodies are back to back, in order, and fill `bodies` exactly.
         let mut body_at = self.bodies_dropped;
-        for record in &self.records {
+        for record in self.records.iter() {
             if record.body_at != body_at {
                 return Err(format!("audit record {}: body misplaced", record.seq));
             }
@@ -549,7 +550,7 @@ impl PartialEq for AuditLog {
             && self
                 .records
                 .iter()
-                .zip(&other.records)
+                .zip(other.records.iter())
                 .all(|(a, b)| same_record(a, b))
     }
 }
@@ -564,7 +565,7 @@ struct StoredOut<'a> {
     tenant_key: u64,
     agent_key: u64,
     hash: &'a [u8; 32],
-    body: DequeBytes<'a>,
+    body: RingBytes<'a>,
 }
 
 #[derive(Deserialize)]
@@ -588,7 +589,7 @@ impl Serialize for RecordsOut<'_> {
             tenant_key: r.tenant_key,
             agent_key: r.agent_key,
             hash: &r.hash,
-            body: DequeBytes(log.bodies.range(log.body_range(r).unwrap_or_default())),
+            body: RingBytes(&log.bodies, log.body_range(r).unwrap_or_default()),
         }))
     }
 }
@@ -612,8 +613,6 @@ impl<'de> Deserialize<'de> for AuditLog {
             head,
             ..AuditLog::default()
         };
-        log.bodies
-            .reserve(records.iter().map(|r| r.body.len()).sum::<usize>());
         for r in records {
             let body_len = u32::try_from(r.body.len())
                 .map_err(|_| D::Error::custom("an audit record body is too long"))?;

@@ -10,7 +10,6 @@
 //! full (they can never match: see `Answers::index`) and then drops them all in one
 //! sequential sweep.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
@@ -19,7 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::encode;
-use super::state::DequeBytes;
+use super::ring::Ring;
+use super::state::RingBytes;
 use super::{Command, Ledger, Outcome, Rejection, RequestId, ID_BYTES_MAX};
 
 /// How long an answer is remembered: 10 minutes. It must cover a client's retries across a
@@ -48,7 +48,7 @@ pub fn payload_hash(scratch: &mut Vec<u8>, cmd: &Command) -> u128 {
 
 /// One remembered answer. Its request id and then its encoded outcome are in
 /// `Answers::bytes`, starting at `bytes_at`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Answer {
     /// xxh3-128 of the command's postcard bytes: a retry must carry the same payload.
     pub payload: u128,
@@ -68,9 +68,9 @@ pub struct Answer {
 /// The remembered answers, oldest first, with an index by (tenant, request id).
 #[derive(Clone, Default)]
 pub struct Answers {
-    entries: VecDeque<Answer>,
+    entries: Ring<Answer>,
     /// Request ids and encoded outcomes of `entries`, in the same order.
-    bytes: VecDeque<u8>,
+    bytes: Ring<u8>,
     /// Answers and bytes forgotten from the front so far: the first entry's sequence
     /// number and the first byte's offset. Local bookkeeping, never serialized.
     entries_forgotten: u64,
@@ -184,8 +184,8 @@ impl Answers {
         let key_hash = self.key_hash(tenant, request_id);
         self.make_room();
         let bytes_at = self.bytes_forgotten.saturating_add(self.bytes.len() as u64);
-        self.bytes.extend(request_id);
-        self.bytes.extend(scratch.iter());
+        self.bytes.extend_from_slice(request_id);
+        self.bytes.extend_from_slice(&scratch);
         self.scratch = scratch;
         let seq = self
             .entries_forgotten
@@ -220,7 +220,7 @@ impl Answers {
         self.entries_forgotten = self.entries_forgotten.saturating_add(1);
         let len = usize::from(oldest.request_id_len) + usize::from(oldest.outcome_len);
         let len = len.min(self.bytes.len());
-        self.bytes.drain(..len);
+        self.bytes.drop_front(len);
         self.bytes_forgotten = self.bytes_forgotten.saturating_add(len as u64);
     }
 
@@ -279,7 +279,7 @@ impl Answers {
         }
         let mut bytes_at = self.bytes_forgotten;
         let mut previous_at_ms = 0;
-        for (seq, answer) in (self.entries_forgotten..).zip(&self.entries) {
+        for (seq, answer) in (self.entries_forgotten..).zip(self.entries.iter()) {
             if answer.bytes_at != bytes_at {
                 return Err(format!("answer #{seq}: its bytes are not where expected"));
             }
@@ -325,7 +325,7 @@ impl Answers {
 
 /// The key hash of the entry whose sequence number truncates to `short` (for rehashing the
 /// index, which then holds live entries only: see `Answers::make_room`).
-fn key_of(entries: &VecDeque<Answer>, entries_forgotten: u64, short: u32) -> u64 {
+fn key_of(entries: &Ring<Answer>, entries_forgotten: u64, short: u32) -> u64 {
     let at = short.wrapping_sub(entries_forgotten as u32) as usize;
     entries.get(at).map_or(0, |a| a.key_hash)
 }
@@ -334,7 +334,7 @@ fn key_of(entries: &VecDeque<Answer>, entries_forgotten: u64, short: u32) -> u64
 impl PartialEq for Answers {
     fn eq(&self, other: &Self) -> bool {
         self.entries.len() == other.entries.len()
-            && self.entries.iter().zip(&other.entries).all(|(a, b)| {
+            && self.entries.iter().zip(other.entries.iter()).all(|(a, b)| {
                 a.payload == b.payload
                     && a.at_ms == b.at_ms
                     && a.position == b.position
@@ -365,10 +365,10 @@ impl std::fmt::Debug for Answers {
 struct AnswerOut<'a> {
     at_ms: u64,
     tenant: u32,
-    request_id: DequeBytes<'a>,
+    request_id: RingBytes<'a>,
     payload: u128,
     position: u64,
-    outcome: DequeBytes<'a>,
+    outcome: RingBytes<'a>,
 }
 
 #[derive(Deserialize)]
@@ -389,10 +389,10 @@ impl Serialize for Answers {
             AnswerOut {
                 at_ms: a.at_ms,
                 tenant: a.tenant,
-                request_id: DequeBytes(self.bytes.range(start..middle)),
+                request_id: RingBytes(&self.bytes, start..middle),
                 payload: a.payload,
                 position: a.position,
-                outcome: DequeBytes(self.bytes.range(middle..end)),
+                outcome: RingBytes(&self.bytes, middle..end),
             }
         }))
     }

@@ -38,6 +38,7 @@ mod invariants;
 mod limits;
 mod names;
 mod rate;
+mod ring;
 mod runaway;
 mod snapshot;
 mod state;

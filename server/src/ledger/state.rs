@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 
 use super::limits::{AgentCounter, LimitEntry};
 use super::names::{Interned, Named};
+use super::ring::Ring;
 use super::runaway::Runaway;
 use super::{AgentId, Amounts, TenantId, TenantPolicy, ToolId};
 
@@ -132,13 +133,14 @@ pub struct Tombstone {
     pub charged: bool,
 }
 
-/// A run of bytes in a `VecDeque<u8>`, serialized as a sequence of bytes without copying
-/// them out first (postcard writes it exactly as a `Vec<u8>` or `Box<[u8]>`).
-pub struct DequeBytes<'a>(pub std::collections::vec_deque::Iter<'a, u8>);
+/// A run of bytes in a `Ring<u8>`, serialized as a sequence of bytes without copying them
+/// out first (postcard writes it exactly as a `Vec<u8>` or `Box<[u8]>`). An out-of-bounds
+/// range is empty.
+pub struct RingBytes<'a>(pub &'a Ring<u8>, pub std::ops::Range<usize>);
 
-impl Serialize for DequeBytes<'_> {
+impl Serialize for RingBytes<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.clone())
+        s.collect_seq(self.0.range(self.1.clone()))
     }
 }
 
