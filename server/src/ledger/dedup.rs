@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::encode;
+use super::names::Slot;
 use super::ring::Ring;
 use super::state::RingBytes;
 use super::{Command, Ledger, Outcome, Rejection, RequestId, ID_BYTES_MAX};
@@ -55,8 +56,6 @@ pub struct Answer {
     pub at_ms: u64,
     /// Where the first answer was given (the Raft log index), returned with every retry.
     pub position: u64,
-    /// Seeded hash of (tenant, request id), the index's key; derived, never serialized.
-    pub(super) key_hash: u64,
     /// Where its bytes start, counted from the first byte this ring ever held.
     bytes_at: u64,
     /// Index of the tenant in `Ledger::tenants`.
@@ -75,14 +74,14 @@ pub struct Answers {
     /// number and the first byte's offset. Local bookkeeping, never serialized.
     entries_forgotten: u64,
     bytes_forgotten: u64,
-    /// The sequence number of every entry, truncated to 32 bits, keyed by the entry's
-    /// `key_hash`: 4 bytes a slot, so the index of a full window stays small in the cache.
-    /// Its iteration order is never used. It may also hold the numbers of forgotten
-    /// entries (stale slots): `get_short` finds no entry for them, since they lie below
+    /// The sequence number of every entry, truncated to 32 bits, under a seeded hash of
+    /// (tenant, request id) (`key_hash`), kept in the slot: 8 bytes a slot, so the index
+    /// of a full window stays small in the cache and grows without reading an entry. Its
+    /// iteration order is never used. It may also hold the numbers of forgotten entries
+    /// (stale slots): `get_short` finds no entry for them, since they lie below
     /// `entries_forgotten` by less than the index's capacity, far less than 2^32.
-    /// `make_room` drops them before the table would rehash, so a rehash only ever sees
-    /// live entries and their true hashes.
-    index: HashTable<u32>,
+    /// `make_room` drops them once the table is full.
+    index: HashTable<Slot>,
     seed: foldhash::fast::RandomState,
     /// Where an outcome is encoded before it is copied into `bytes`.
     scratch: Vec<u8>,
@@ -98,8 +97,8 @@ impl Answers {
         self.entries.front().map(|a| a.at_ms)
     }
 
-    fn key_hash(&self, tenant: u32, request_id: &[u8]) -> u64 {
-        self.seed.hash_one((tenant, request_id))
+    fn key_hash(&self, tenant: u32, request_id: &[u8]) -> u32 {
+        self.seed.hash_one((tenant, request_id)) as u32
     }
 
     /// The byte range of the answer's request id and of its outcome in `bytes`.
@@ -120,12 +119,13 @@ impl Answers {
     /// The answer remembered for (tenant, request id).
     pub fn find(&self, tenant: u32, request_id: &[u8]) -> Option<&Answer> {
         let hash = self.key_hash(tenant, request_id);
-        let &short = self.index.find(hash, |&short| {
-            self.get_short(short).is_some_and(|a| {
-                a.key_hash == hash && a.tenant == tenant && self.request_id_is(a, request_id)
-            })
+        let slot = self.index.find(Slot::table_hash(hash), |slot| {
+            slot.hash == hash
+                && self
+                    .get_short(slot.index)
+                    .is_some_and(|a| a.tenant == tenant && self.request_id_is(a, request_id))
         })?;
-        self.get_short(short)
+        self.get_short(slot.index)
     }
 
     /// The entry whose sequence number truncates to `short`.
@@ -190,20 +190,16 @@ impl Answers {
         let seq = self
             .entries_forgotten
             .saturating_add(self.entries.len() as u64);
-        let Answers {
-            entries,
-            entries_forgotten,
-            index,
-            ..
-        } = self;
-        index.insert_unique(key_hash, seq as u32, |&short| {
-            key_of(entries, *entries_forgotten, short)
-        });
+        let slot = Slot {
+            index: seq as u32,
+            hash: key_hash,
+        };
+        self.index
+            .insert_unique(Slot::table_hash(key_hash), slot, Slot::rehash);
         self.entries.push_back(Answer {
             payload,
             at_ms,
             position,
-            key_hash,
             bytes_at,
             tenant,
             request_id_len,
@@ -225,10 +221,9 @@ impl Answers {
     }
 
     /// Before an insert: once the index has no room left, drops its stale slots (one
-    /// sequential sweep over the table), so that if it must still grow or rehash, every
-    /// slot it moves is live. Amortized O(1) per answer: a sweep follows at least as many
-    /// inserts as the live entries it keeps, since the table only grows when they fill
-    /// half of it.
+    /// sequential sweep over the table), so that it grows only for live answers. Amortized
+    /// O(1) per answer: a sweep follows at least as many inserts as the live entries it
+    /// keeps, since the table only grows when they fill half of it.
     fn make_room(&mut self) {
         if self.index.len() >= self.index.capacity() {
             self.drop_stale();
@@ -237,14 +232,10 @@ impl Answers {
 
     /// Removes the index slots of forgotten entries.
     fn drop_stale(&mut self) {
-        let Answers {
-            entries,
-            entries_forgotten,
-            index,
-            ..
-        } = self;
-        let forgotten = *entries_forgotten as u32;
-        index.retain(|short| (short.wrapping_sub(forgotten) as usize) < entries.len());
+        let forgotten = self.entries_forgotten as u32;
+        let live = self.entries.len();
+        self.index
+            .retain(|slot| (slot.index.wrapping_sub(forgotten) as usize) < live);
     }
 
     /// Shrinks the index once it is mostly empty (after a burst of answers has been
@@ -255,15 +246,7 @@ impl Answers {
         let len = self.entries.len().max(INDEX_ENTRIES_MIN);
         if self.index.capacity() / 4 > len {
             self.drop_stale();
-            let Answers {
-                entries,
-                entries_forgotten,
-                index,
-                ..
-            } = self;
-            index.shrink_to(len.saturating_mul(2), |&short| {
-                key_of(entries, *entries_forgotten, short)
-            });
+            self.index.shrink_to(len.saturating_mul(2), Slot::rehash);
         }
     }
 
@@ -309,9 +292,6 @@ impl Answers {
                     "answer to request {request_id} missing from the index"
                 ));
             }
-            if answer.key_hash != self.key_hash(answer.tenant, request_id.as_bytes()) {
-                return Err(format!("answer to request {request_id} has a stale key"));
-            }
             if self.outcome(answer).is_none() {
                 return Err(format!("answer to request {request_id} does not decode"));
             }
@@ -321,13 +301,6 @@ impl Answers {
         }
         Ok(())
     }
-}
-
-/// The key hash of the entry whose sequence number truncates to `short` (for rehashing the
-/// index, which then holds live entries only: see `Answers::make_room`).
-fn key_of(entries: &Ring<Answer>, entries_forgotten: u64, short: u32) -> u64 {
-    let at = short.wrapping_sub(entries_forgotten as u32) as usize;
-    entries.get(at).map_or(0, |a| a.key_hash)
 }
 
 /// Equal when they remember the same answers in the same order (bookkeeping aside).

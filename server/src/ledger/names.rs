@@ -16,13 +16,36 @@ pub trait Named {
     fn name(&self) -> &[u8];
 }
 
+/// A slot of a hash table of indexes: the index and 32 bits of its key's seeded hash. With
+/// the hash in the slot, the table grows and rehashes without reading any item (for a
+/// million items, a million cache misses that stalled the state machine), and a lookup
+/// rejects a slot whose tag matched by chance without reading its item either.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    pub index: u32,
+    pub hash: u32,
+}
+
+impl Slot {
+    /// The hash a table files a slot under, made of its 32 stored bits: hashbrown takes the
+    /// bucket from the low bits and the 7-bit tag from the top ones.
+    pub fn table_hash(hash: u32) -> u64 {
+        (u64::from(hash) << 32) | u64::from(hash)
+    }
+
+    pub fn rehash(&self) -> u64 {
+        Self::table_hash(self.hash)
+    }
+}
+
 /// A list of named items that only grows, with a lookup by name: a hash table of item
-/// indexes (4 bytes a slot) under a seeded hash of the name, so each name is stored once,
-/// in its item (inline when short: ids are `CompactString`s); a lookup confirms the name there.
+/// indexes under a seeded hash of the name (`Slot`s, 8 bytes each), so each name is stored
+/// once, in its item (inline when short: ids are `CompactString`s); a lookup confirms the
+/// name there.
 #[derive(Clone)]
 pub struct Interned<T> {
     items: Vec<T>,
-    by_name: HashTable<u32>,
+    by_name: HashTable<Slot>,
     seed: foldhash::fast::RandomState,
 }
 
@@ -65,14 +88,16 @@ impl<T: Named> Interned<T> {
 
     /// The index of the item named `name`.
     pub fn find(&self, name: &[u8]) -> Option<u32> {
-        let hash = self.seed.hash_one(name);
+        let hash = self.seed.hash_one(name) as u32;
         self.by_name
-            .find(hash, |&index| {
-                self.items
-                    .get(index as usize)
-                    .is_some_and(|item| item.name() == name)
+            .find(Slot::table_hash(hash), |slot| {
+                slot.hash == hash
+                    && self
+                        .items
+                        .get(slot.index as usize)
+                        .is_some_and(|item| item.name() == name)
             })
-            .copied()
+            .map(|slot| slot.index)
     }
 
     /// Appends an item whose name is not in the list yet; returns its index. The caller
@@ -80,18 +105,10 @@ impl<T: Named> Interned<T> {
     pub fn push(&mut self, item: T) -> u32 {
         debug_assert!(self.find(item.name()).is_none(), "name interned twice");
         let index = u32::try_from(self.items.len()).unwrap_or(u32::MAX);
-        let Interned {
-            items,
-            by_name,
-            seed,
-        } = self;
-        let hash = seed.hash_one(item.name());
-        by_name.insert_unique(hash, index, |&i| {
-            items
-                .get(i as usize)
-                .map_or(0, |item| seed.hash_one(item.name()))
-        });
-        items.push(item);
+        let hash = self.seed.hash_one(item.name()) as u32;
+        self.by_name
+            .insert_unique(Slot::table_hash(hash), Slot { index, hash }, Slot::rehash);
+        self.items.push(item);
         index
     }
 }
