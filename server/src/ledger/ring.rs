@@ -171,19 +171,31 @@ impl<T: Copy> Ring<T> {
 
     /// The values in `range`, front to back; nothing if the range is out of bounds. Exact
     /// in size, as serde's `collect_seq` needs for postcard.
-    pub fn range(&self, range: Range<usize>) -> impl ExactSizeIterator<Item = &T> + Clone {
-        let range = if range.start <= range.end && range.end <= self.len {
-            range
-        } else {
-            0..0
-        };
-        range.map(move |i| {
-            let at = self.head + i;
-            &self.chunks[at / Self::PER_CHUNK][at % Self::PER_CHUNK]
-        })
+    pub fn range(&self, range: Range<usize>) -> Iter<'_, T> {
+        if range.start >= range.end || range.end > self.len {
+            return Iter {
+                ring: self,
+                current: [].iter(),
+                next_chunk: 0,
+                end: 0,
+                len: 0,
+            };
+        }
+        let (start, end) = (self.head + range.start, self.head + range.end);
+        let first = start / Self::PER_CHUNK;
+        let base = first * Self::PER_CHUNK;
+        let current =
+            self.chunks[first][start - base..end.min(base + Self::PER_CHUNK) - base].iter();
+        Iter {
+            ring: self,
+            current,
+            next_chunk: first + 1,
+            end,
+            len: range.end - range.start,
+        }
     }
 
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &T> + Clone {
+    pub fn iter(&self) -> Iter<'_, T> {
         self.range(0..self.len)
     }
 
@@ -201,6 +213,44 @@ impl<T: Copy> Ring<T> {
         lo
     }
 }
+
+/// The values of a range of a `Ring`, a chunk's slice at a time.
+#[derive(Clone)]
+pub struct Iter<'a, T> {
+    ring: &'a Ring<T>,
+    current: std::slice::Iter<'a, T>,
+    /// The chunk after `current`'s, and where the range ends (counted like `Ring::head`).
+    next_chunk: usize,
+    end: usize,
+    /// Values left, `current`'s included.
+    len: usize,
+}
+
+impl<'a, T: Copy> Iterator for Iter<'a, T> {
+    type Item = &'a T;
+
+    fn next(&mut self) -> Option<&'a T> {
+        loop {
+            if let Some(value) = self.current.next() {
+                self.len -= 1;
+                return Some(value);
+            }
+            if self.len == 0 {
+                return None;
+            }
+            let base = self.next_chunk * Ring::<T>::PER_CHUNK;
+            let end = self.end.min(base + Ring::<T>::PER_CHUNK) - base;
+            self.current = self.ring.chunks.get(self.next_chunk)?.get(..end)?.iter();
+            self.next_chunk += 1;
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.len, Some(self.len))
+    }
+}
+
+impl<T: Copy> ExactSizeIterator for Iter<'_, T> {}
 
 #[cfg(test)]
 mod tests {
@@ -270,6 +320,7 @@ mod tests {
                 prop_assert_eq!(ring.get(i), model.get(i));
                 let j = i + (model.len() - i) / 2;
                 prop_assert!(ring.range(i..j).eq(model.range(i..j)));
+                prop_assert_eq!(ring.range(i..j).len(), j - i);
                 let from_slices: Vec<E> = ring.slices(i..j).flatten().copied().collect();
                 prop_assert!(from_slices.iter().eq(model.range(i..j)));
             }
