@@ -150,48 +150,27 @@ impl<T: Copy> Ring<T> {
 
     /// The values in `range` as slices, front to back; nothing if the range is out of
     /// bounds.
-    pub fn slices(&self, range: Range<usize>) -> impl Iterator<Item = &[T]> + Clone {
-        let valid = range.start < range.end && range.end <= self.len;
-        let (start, end) = if valid {
+    pub fn slices(&self, range: Range<usize>) -> Slices<'_, T> {
+        let (next, end) = if range.start < range.end && range.end <= self.len {
             (self.head + range.start, self.head + range.end)
         } else {
             (0, 0)
         };
-        let chunks = if valid {
-            start / Self::PER_CHUNK..(end - 1) / Self::PER_CHUNK + 1
-        } else {
-            0..0
-        };
-        chunks.map(move |k| {
-            let lo = start.max(k * Self::PER_CHUNK) - k * Self::PER_CHUNK;
-            let hi = end.min((k + 1) * Self::PER_CHUNK) - k * Self::PER_CHUNK;
-            &self.chunks[k][lo..hi]
-        })
+        Slices {
+            ring: self,
+            next,
+            end,
+        }
     }
 
     /// The values in `range`, front to back; nothing if the range is out of bounds. Exact
     /// in size, as serde's `collect_seq` needs for postcard.
     pub fn range(&self, range: Range<usize>) -> Iter<'_, T> {
-        if range.start >= range.end || range.end > self.len {
-            return Iter {
-                ring: self,
-                current: [].iter(),
-                next_chunk: 0,
-                end: 0,
-                len: 0,
-            };
-        }
-        let (start, end) = (self.head + range.start, self.head + range.end);
-        let first = start / Self::PER_CHUNK;
-        let base = first * Self::PER_CHUNK;
-        let current =
-            self.chunks[first][start - base..end.min(base + Self::PER_CHUNK) - base].iter();
+        let slices = self.slices(range);
         Iter {
-            ring: self,
-            current,
-            next_chunk: first + 1,
-            end,
-            len: range.end - range.start,
+            len: slices.end - slices.next,
+            slices,
+            current: [].iter(),
         }
     }
 
@@ -214,14 +193,41 @@ impl<T: Copy> Ring<T> {
     }
 }
 
+/// A range of a `Ring` as one slice per chunk it spans.
+#[derive(Clone)]
+pub struct Slices<'a, T> {
+    ring: &'a Ring<T>,
+    /// Where the rest of the range starts and where it ends, both counted like
+    /// `Ring::head` (from the start of the first chunk).
+    next: usize,
+    end: usize,
+}
+
+impl<'a, T: Copy> Iterator for Slices<'a, T> {
+    type Item = &'a [T];
+
+    fn next(&mut self) -> Option<&'a [T]> {
+        if self.next >= self.end {
+            return None;
+        }
+        let chunk = self.next / Ring::<T>::PER_CHUNK;
+        let base = chunk * Ring::<T>::PER_CHUNK;
+        let stop = self.end.min(base + Ring::<T>::PER_CHUNK);
+        let slice = self
+            .ring
+            .chunks
+            .get(chunk)?
+            .get(self.next - base..stop - base)?;
+        self.next = stop;
+        Some(slice)
+    }
+}
+
 /// The values of a range of a `Ring`, a chunk's slice at a time.
 #[derive(Clone)]
 pub struct Iter<'a, T> {
-    ring: &'a Ring<T>,
+    slices: Slices<'a, T>,
     current: std::slice::Iter<'a, T>,
-    /// The chunk after `current`'s, and where the range ends (counted like `Ring::head`).
-    next_chunk: usize,
-    end: usize,
     /// Values left, `current`'s included.
     len: usize,
 }
@@ -235,13 +241,7 @@ impl<'a, T: Copy> Iterator for Iter<'a, T> {
                 self.len -= 1;
                 return Some(value);
             }
-            if self.len == 0 {
-                return None;
-            }
-            let base = self.next_chunk * Ring::<T>::PER_CHUNK;
-            let end = self.end.min(base + Ring::<T>::PER_CHUNK) - base;
-            self.current = self.ring.chunks.get(self.next_chunk)?.get(..end)?.iter();
-            self.next_chunk += 1;
+            self.current = self.slices.next()?.iter();
         }
     }
 
