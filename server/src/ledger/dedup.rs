@@ -12,14 +12,13 @@
 
 use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
 use serde::de::Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::encode;
-use super::names::Slot;
 use super::ring::Ring;
+use super::slots::SlotTable;
 use super::state::RingBytes;
 use super::{Command, Ledger, Outcome, Rejection, RequestId, ID_BYTES_MAX};
 
@@ -80,8 +79,8 @@ pub struct Answers {
     /// iteration order is never used. It may also hold the numbers of forgotten entries
     /// (stale slots): `get_short` finds no entry for them, since they lie below
     /// `entries_forgotten` by less than the index's capacity, far less than 2^32.
-    /// `make_room` drops them once the table is full.
-    index: HashTable<Slot>,
+    /// `make_room` drops them once the table is half full.
+    index: SlotTable,
     seed: foldhash::fast::RandomState,
     /// Where an outcome is encoded before it is copied into `bytes`.
     scratch: Vec<u8>,
@@ -119,13 +118,16 @@ impl Answers {
     /// The answer remembered for (tenant, request id).
     pub fn find(&self, tenant: u32, request_id: &[u8]) -> Option<&Answer> {
         let hash = self.key_hash(tenant, request_id);
-        let slot = self.index.find(Slot::table_hash(hash), |slot| {
-            slot.hash == hash
-                && self
-                    .get_short(slot.index)
-                    .is_some_and(|a| a.tenant == tenant && self.request_id_is(a, request_id))
+        let short = self.index.find(hash, |short| {
+            self.get_short(short)
+                .is_some_and(|a| a.tenant == tenant && self.request_id_is(a, request_id))
         })?;
-        self.get_short(slot.index)
+        self.get_short(short)
+    }
+
+    /// Starts loading the index slot that `find` and `push` for (tenant, request id) read.
+    pub fn prefetch(&self, tenant: u32, request_id: &[u8]) {
+        self.index.prefetch(self.key_hash(tenant, request_id));
     }
 
     /// The entry whose sequence number truncates to `short`.
@@ -190,12 +192,7 @@ impl Answers {
         let seq = self
             .entries_forgotten
             .saturating_add(self.entries.len() as u64);
-        let slot = Slot {
-            index: seq as u32,
-            hash: key_hash,
-        };
-        self.index
-            .insert_unique(Slot::table_hash(key_hash), slot, Slot::rehash);
+        self.index.insert(key_hash, seq as u32);
         self.entries.push_back(Answer {
             payload,
             at_ms,
@@ -220,33 +217,34 @@ impl Answers {
         self.bytes_forgotten = self.bytes_forgotten.saturating_add(len as u64);
     }
 
-    /// Before an insert: once the index has no room left, drops its stale slots (one
-    /// sequential sweep over the table), so that it grows only for live answers. Amortized
-    /// O(1) per answer: a sweep follows at least as many inserts as the live entries it
-    /// keeps, since the table only grows when they fill half of it.
+    /// Before an insert: once the index is half full (as full as it may be), drops its
+    /// stale slots in one sweep over the table, into a table with room for at least four
+    /// times the live answers. Amortized O(1) per answer: the next sweep follows at least
+    /// a quarter of the table's size in inserts.
     fn make_room(&mut self) {
-        if self.index.len() >= self.index.capacity() {
-            self.drop_stale();
+        if self.index.len().saturating_add(1).saturating_mul(2) > self.index.capacity() {
+            let room = self.entries.len().saturating_add(1).saturating_mul(4);
+            self.rebuild_index(room.max(self.index.capacity()));
         }
     }
 
-    /// Removes the index slots of forgotten entries.
-    fn drop_stale(&mut self) {
+    /// Rebuilds the index with the slots of live entries only, in at least `capacity`.
+    fn rebuild_index(&mut self, capacity: usize) {
         let forgotten = self.entries_forgotten as u32;
         let live = self.entries.len();
-        self.index
-            .retain(|slot| (slot.index.wrapping_sub(forgotten) as usize) < live);
+        self.index.rebuild(capacity, |short| {
+            (short.wrapping_sub(forgotten) as usize) < live
+        });
     }
 
     /// Shrinks the index once it is mostly empty (after a burst of answers has been
     /// forgotten), so the index of the answers in the window stays small and warm in the
-    /// cache. Amortized O(1): it shrinks only after the entries fell to a quarter of what
-    /// the index was sized for, and leaves room to double again.
+    /// cache. Amortized O(1): it shrinks only once the entries fell below an eighth of its
+    /// size, and leaves room for four times the entries.
     fn shrink_if_sparse(&mut self) {
         let len = self.entries.len().max(INDEX_ENTRIES_MIN);
-        if self.index.capacity() / 4 > len {
-            self.drop_stale();
-            self.index.shrink_to(len.saturating_mul(2), Slot::rehash);
+        if self.index.capacity() / 8 > len {
+            self.rebuild_index(len.saturating_mul(4));
         }
     }
 
@@ -380,8 +378,7 @@ impl<'de> Deserialize<'de> for Answers {
             return Err(D::Error::custom("more than DEDUP_ENTRIES_MAX answers"));
         }
         let mut answers = Answers::default();
-        // The index is empty: nothing is rehashed.
-        answers.index.reserve(wire.len(), |_| 0);
+        answers.index.reserve(wire.len());
         for a in wire {
             let request_id = String::from_utf8(a.request_id)
                 .map_err(|_| D::Error::custom("a request id is not UTF-8"))

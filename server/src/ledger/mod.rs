@@ -40,6 +40,7 @@ mod names;
 mod rate;
 mod ring;
 mod runaway;
+mod slots;
 mod snapshot;
 mod state;
 mod types;

@@ -8,44 +8,23 @@
 
 use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
 use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+use super::slots::{self, SlotTable};
 
 /// Something with a unique name in its list.
 pub trait Named {
     fn name(&self) -> &[u8];
 }
 
-/// A slot of a hash table of indexes: the index and 32 bits of its key's seeded hash. With
-/// the hash in the slot, the table grows and rehashes without reading any item (for a
-/// million items, a million cache misses that stalled the state machine), and a lookup
-/// rejects a slot whose tag matched by chance without reading its item either.
-#[derive(Clone, Copy, Debug)]
-pub struct Slot {
-    pub index: u32,
-    pub hash: u32,
-}
-
-impl Slot {
-    /// The hash a table files a slot under, made of its 32 stored bits: hashbrown takes the
-    /// bucket from the low bits and the 7-bit tag from the top ones.
-    pub fn table_hash(hash: u32) -> u64 {
-        (u64::from(hash) << 32) | u64::from(hash)
-    }
-
-    pub fn rehash(&self) -> u64 {
-        Self::table_hash(self.hash)
-    }
-}
-
-/// A list of named items that only grows, with a lookup by name: a hash table of item
-/// indexes under a seeded hash of the name (`Slot`s, 8 bytes each), so each name is stored
-/// once, in its item (inline when short: ids are `CompactString`s); a lookup confirms the
-/// name there.
+/// A list of named items that only grows, with a lookup by name: a table of item indexes
+/// under a seeded hash of the name (`SlotTable`, 8 bytes a slot, with 32 bits of the hash,
+/// so the table grows without reading an item), so each name is stored once, in its item
+/// (inline when short: ids are `CompactString`s); a lookup confirms the name there.
 #[derive(Clone)]
 pub struct Interned<T> {
     items: Vec<T>,
-    by_name: HashTable<Slot>,
+    by_name: SlotTable,
     seed: foldhash::fast::RandomState,
 }
 
@@ -53,7 +32,7 @@ impl<T> Default for Interned<T> {
     fn default() -> Self {
         Interned {
             items: Vec::new(),
-            by_name: HashTable::new(),
+            by_name: SlotTable::default(),
             seed: foldhash::fast::RandomState::default(),
         }
     }
@@ -86,18 +65,48 @@ impl<T: Named> Interned<T> {
         self.items.get_mut(index as usize)
     }
 
+    /// The seeded hash a name is filed under.
+    pub fn hash(&self, name: &[u8]) -> u32 {
+        self.seed.hash_one(name) as u32
+    }
+
     /// The index of the item named `name`.
     pub fn find(&self, name: &[u8]) -> Option<u32> {
-        let hash = self.seed.hash_one(name) as u32;
-        self.by_name
-            .find(Slot::table_hash(hash), |slot| {
-                slot.hash == hash
-                    && self
-                        .items
-                        .get(slot.index as usize)
-                        .is_some_and(|item| item.name() == name)
-            })
-            .map(|slot| slot.index)
+        self.find_hashed(self.hash(name), name)
+    }
+
+    /// `find`, with the name's `hash` already computed.
+    pub fn find_hashed(&self, hash: u32, name: &[u8]) -> Option<u32> {
+        self.by_name.find(hash, |index| {
+            self.items
+                .get(index as usize)
+                .is_some_and(|item| item.name() == name)
+        })
+    }
+
+    /// Starts loading the index slot a lookup for `hash` reads first.
+    pub fn prefetch_slot(&self, hash: u32) {
+        self.by_name.prefetch(hash);
+    }
+
+    /// The index a lookup for `hash` most likely finds, read from the index alone (the name
+    /// is not confirmed: for prefetching only).
+    pub fn likely_index(&self, hash: u32) -> Option<u32> {
+        self.by_name.first_match(hash)
+    }
+
+    /// The item at `likely_index`.
+    pub fn likely(&self, hash: u32) -> Option<&T> {
+        self.likely_index(hash)
+            .and_then(|index| self.items.get(index as usize))
+    }
+
+    /// Starts loading the item a lookup for `hash` most likely finds (its index slot should
+    /// be in the cache already: see `prefetch_slot`).
+    pub fn prefetch_likely(&self, hash: u32) {
+        if let Some(item) = self.likely(hash) {
+            slots::prefetch(item);
+        }
     }
 
     /// Appends an item whose name is not in the list yet; returns its index. The caller
@@ -105,9 +114,8 @@ impl<T: Named> Interned<T> {
     pub fn push(&mut self, item: T) -> u32 {
         debug_assert!(self.find(item.name()).is_none(), "name interned twice");
         let index = u32::try_from(self.items.len()).unwrap_or(u32::MAX);
-        let hash = self.seed.hash_one(item.name()) as u32;
-        self.by_name
-            .insert_unique(Slot::table_hash(hash), Slot { index, hash }, Slot::rehash);
+        let hash = self.hash(item.name());
+        self.by_name.insert(hash, index);
         self.items.push(item);
         index
     }
@@ -143,8 +151,7 @@ impl<'de, T: Named + Deserialize<'de>> Deserialize<'de> for Interned<T> {
             return Err(D::Error::custom("more names than u32 indexes"));
         }
         let mut interned = Interned::default();
-        // Empty: nothing is rehashed.
-        interned.by_name.reserve(items.len(), |_| 0);
+        interned.by_name.reserve(items.len());
         interned.items.reserve_exact(items.len());
         for item in items {
             if interned.find(item.name()).is_some() {
