@@ -1,7 +1,10 @@
 //! Ledger throughput and memory at scale: 1,000,000 agents over 10,000 tenants, each tenant
 //! with a tenant budget, a per-agent rate, a per-agent concurrency limit and a tool budget.
-//! Times reserve+commit pairs on random agents (fixed seed). The last line is the result:
-//! `ledger reserve+commit: <N> ns/op (1000000 agents)`.
+//! Times reserve+commit pairs on random agents (fixed seed), in alternating rounds: applied
+//! one command at a time, and as the state machine applies a log entry's commands, each
+//! after prefetching what the next ones will read. The last line is the result, the
+//! second way: `ledger reserve+commit: <N> ns/op (1000000 agents)`; the line before it
+//! gives the ratio of the two.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering::Relaxed};
@@ -34,6 +37,9 @@ const fn max(a: usize, b: usize) -> usize {
 }
 /// Warm-up pairs (the last ones, in steady state) whose allocations are counted.
 const ALLOCATION_COUNT_PAIRS: usize = 10_000;
+/// Timed rounds of each way, alternating one command at a time and prefetching
+/// (`PAIRS_DEFAULT` pairs each way in all).
+const TIMED_ROUNDS: usize = 10;
 /// Time between pairs: 250 pairs/s, 150,000 pairs (300,000 answers) in the dedup window.
 const PAIR_STEP_MS: u64 = 4;
 
@@ -289,8 +295,9 @@ fn main() {
         Outcome::Granted { reservation_id, .. } => reservation_id.0 + 1,
         other => panic!("{other:?}"),
     };
-    let pairs: Vec<(Command, Command)> = (0..WARMUP_PAIRS + pairs_timed)
-        .map(|i| {
+    // Reserve, commit, reserve, commit, ...: the warm-up pairs, then two timed sets.
+    let commands: Vec<Command> = (0..WARMUP_PAIRS + 2 * pairs_timed)
+        .flat_map(|i| {
             let tenant = tenant_id(rng.random_range(0..TENANTS));
             let agent = agent_id(rng.random_range(0..AGENTS_PER_TENANT));
             let reserve = Command::Reserve {
@@ -308,17 +315,26 @@ fn main() {
                 reservation_id: ReservationId(first_id + i as u64),
                 actual,
             };
-            (reserve, commit)
+            [reserve, commit]
         })
         .collect();
+    let (warmup, timed) = commands.split_at(2 * WARMUP_PAIRS);
 
-    let run = |ledger: &mut Ledger, pairs: &[(Command, Command)], clock: &mut Clock| {
-        for (reserve, commit) in pairs {
+    // With `prefetch`, as the state machine applies a log entry's commands: each after
+    // prefetching what the next ones will read (`Ledger::prefetch_upcoming`).
+    let run = |ledger: &mut Ledger, commands: &[Command], clock: &mut Clock, prefetch: bool| {
+        for i in (0..commands.len()).step_by(2) {
             clock.now_ms += PAIR_STEP_MS;
             let at = clock.now_ms;
-            let granted = ledger.apply(at, reserve);
+            if prefetch {
+                ledger.prefetch_upcoming(&commands[i + 1..]);
+            }
+            let granted = ledger.apply(at, &commands[i]);
             debug_assert!(matches!(granted, Outcome::Granted { .. }), "{granted:?}");
-            let committed = ledger.apply(at, commit);
+            if prefetch {
+                ledger.prefetch_upcoming(&commands[i + 2..]);
+            }
+            let committed = ledger.apply(at, &commands[i + 1]);
             assert!(
                 matches!(committed, Outcome::Committed { late: false, .. }),
                 "{granted:?} then {committed:?}"
@@ -326,32 +342,57 @@ fn main() {
         }
     };
     // The last warm-up pairs run in steady state: count their allocations.
-    let (warmup, counted) = pairs[..WARMUP_PAIRS].split_at(WARMUP_PAIRS - ALLOCATION_COUNT_PAIRS);
-    run(&mut ledger, warmup, &mut clock);
+    let (warmup, counted) = warmup.split_at(2 * (WARMUP_PAIRS - ALLOCATION_COUNT_PAIRS));
+    run(&mut ledger, warmup, &mut clock, true);
     ALLOCATIONS.store(0, Relaxed);
     COUNTING.store(true, Relaxed);
-    run(&mut ledger, counted, &mut clock);
+    run(&mut ledger, counted, &mut clock, true);
     COUNTING.store(false, Relaxed);
     println!(
         "ledger reserve+commit allocations: {:.2} per pair (last {ALLOCATION_COUNT_PAIRS} warm-up pairs)",
         ALLOCATIONS.load(Relaxed) as f64 / ALLOCATION_COUNT_PAIRS as f64
     );
-    let cpu_started_ns = thread_cpu_ns();
-    let started = Instant::now();
-    run(&mut ledger, &pairs[WARMUP_PAIRS..], &mut clock);
-    let elapsed = started.elapsed();
-    let cpu_ns = thread_cpu_ns().saturating_sub(cpu_started_ns);
+
+    // The two ways, in alternating rounds over fresh pairs, so that both see the same
+    // minutes of a shared machine: [wall ns, thread CPU ns, pairs] of each.
+    let mut plain = [0u128; 3];
+    let mut prefetched = [0u128; 3];
+    let round_commands = (2 * pairs_timed).div_ceil(2 * TIMED_ROUNDS).max(1) * 2;
+    for (round, chunk) in timed.chunks(round_commands).enumerate() {
+        let prefetch = round % 2 == 1;
+        let cpu_started_ns = thread_cpu_ns();
+        let started = Instant::now();
+        run(&mut ledger, chunk, &mut clock, prefetch);
+        let wall_ns = started.elapsed().as_nanos();
+        let cpu_ns = u128::from(thread_cpu_ns().saturating_sub(cpu_started_ns));
+        let total = if prefetch {
+            &mut prefetched
+        } else {
+            &mut plain
+        };
+        total[0] += wall_ns;
+        total[1] += cpu_ns;
+        total[2] += chunk.len() as u128 / 2;
+    }
     assert!(ledger.stats().reservations_in_flight <= 1);
-    let ns_per_pair = elapsed.as_nanos() / pairs_timed.max(1) as u128;
+    let per_pair = |total: [u128; 3], i: usize| total[i] / total[2].max(1);
     println!(
-        "ledger reserve+commit CPU time: {} ns/op (this thread's CPU time over the same pairs)",
-        cpu_ns / pairs_timed.max(1) as u64
+        "ledger reserve+commit, one command at a time: {} ns/op (CPU time {} ns/op)",
+        per_pair(plain, 0),
+        per_pair(plain, 1)
     );
     println!(
-        "ledger reserve+commit: {ns_per_pair} ns/op ({} agents)",
+        "ledger reserve+commit, prefetching the next commands: {} ns/op (CPU time {} ns/op); {:.2}x the time of one at a time, same rounds",
+        per_pair(prefetched, 0),
+        per_pair(prefetched, 1),
+        per_pair(prefetched, 0) as f64 / per_pair(plain, 0).max(1) as f64
+    );
+    println!(
+        "ledger reserve+commit: {} ns/op ({} agents)",
+        per_pair(prefetched, 0),
         ledger.stats().agents
     );
     // Freeing a million agents one by one takes longer than the run; the OS does it at once.
     std::mem::forget(ledger);
-    std::mem::forget(pairs);
+    std::mem::forget(commands);
 }

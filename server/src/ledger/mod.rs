@@ -37,6 +37,7 @@ mod encode;
 mod invariants;
 mod limits;
 mod names;
+mod prefetch;
 mod rate;
 mod ring;
 mod runaway;
@@ -62,6 +63,7 @@ pub use commands::{
 };
 pub use dedup::{DEDUP_ENTRIES_MAX, DEDUP_WINDOW_MS};
 pub use limits::LIMITS_PER_TENANT_MAX;
+pub use prefetch::PREFETCH_DEPTH;
 pub use runaway::{FINGERPRINTS_PER_AGENT_MAX, VELOCITY_DECAY_WINDOWS_MAX, VELOCITY_EWMA_SHIFT};
 pub use snapshot::{SnapshotError, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC};
 pub use types::*;

@@ -334,13 +334,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let outcome = match entry.payload {
                 EntryPayload::Blank => BatchOutcome::default(),
                 EntryPayload::Normal(batch) => {
-                    let outcomes = batch
-                        .commands
+                    let commands = &batch.commands;
+                    let outcomes = commands
                         .iter()
-                        .map(|command| {
-                            applied
-                                .ledger
-                                .apply_at(batch.at_ms, entry.log_id.index, command)
+                        .enumerate()
+                        .map(|(i, command)| {
+                            let ledger = &mut applied.ledger;
+                            // The cache misses of the next commands overlap this one's.
+                            ledger.prefetch_upcoming(commands.get(i + 1..).unwrap_or_default());
+                            ledger.apply_at(batch.at_ms, entry.log_id.index, command)
                         })
                         .collect();
                     BatchOutcome { outcomes }
