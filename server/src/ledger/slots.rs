@@ -156,19 +156,23 @@ impl SlotTable {
     /// Keeps the slots whose index `keep` accepts, in a table of at least `capacity` slots
     /// (rounded up to a power of two, and to twice what is kept).
     pub fn rebuild(&mut self, capacity: usize, mut keep: impl FnMut(u32) -> bool) {
-        let old = std::mem::take(&mut self.slots);
-        let kept: Vec<Slot> = old
+        let kept: Vec<Slot> = self
+            .slots
             .iter()
             .filter(|slot| slot.hash != EMPTY && keep(slot.index))
             .copied()
             .collect();
-        drop(old);
         let capacity = capacity
             .max(kept.len().saturating_mul(2))
             .max(CAPACITY_MIN)
             .checked_next_power_of_two()
             .unwrap_or(usize::MAX / 2 + 1);
-        self.slots = vec![Slot::default(); capacity].into_boxed_slice();
+        if capacity == self.slots.len() {
+            // A sweep in place: no fresh pages to fault in for a table of many MB.
+            self.slots.fill(Slot::default());
+        } else {
+            self.slots = vec![Slot::default(); capacity].into_boxed_slice();
+        }
         self.len = kept.len();
         for slot in kept {
             self.place(slot);
