@@ -35,19 +35,21 @@ const LINE_BYTES: usize = 64;
 const PREFETCH_BYTES_MAX: usize = 8 * LINE_BYTES;
 
 /// Hints the CPU to bring the cache lines holding `value` (at most `PREFETCH_BYTES_MAX`
-/// of it) into the cache. It never faults and changes nothing but timing.
+/// of it) into the cache, one request per line. It never faults and changes nothing but
+/// timing.
 #[inline]
 pub fn prefetch<T: ?Sized>(value: &T) {
     let start: *const u8 = (value as *const T).cast();
     let bytes = size_of_val(value).min(PREFETCH_BYTES_MAX);
-    let mut offset = 0;
-    while offset < bytes {
-        prefetch_line(start.wrapping_add(offset));
-        offset += LINE_BYTES;
+    if bytes == 0 {
+        return;
     }
-    // The last line, when the object does not start on a line boundary.
-    if bytes > 0 {
-        prefetch_line(start.wrapping_add(bytes - 1));
+    // From the line `start` is in to the line of the last byte.
+    let into_line = start.addr() % LINE_BYTES;
+    let lines = (into_line + bytes).div_ceil(LINE_BYTES);
+    let first_line = start.wrapping_sub(into_line);
+    for line in 0..lines {
+        prefetch_line(first_line.wrapping_add(line * LINE_BYTES));
     }
 }
 
