@@ -32,7 +32,7 @@ fn stored(hash: u32) -> u32 {
 /// A cache line, as far as prefetching is concerned.
 const LINE_BYTES: usize = 64;
 /// Most bytes of one object or slice that `prefetch` asks for.
-const PREFETCH_BYTES_MAX: usize = 8 * LINE_BYTES;
+const PREFETCH_BYTES_MAX: usize = 16 * LINE_BYTES;
 
 /// Hints the CPU to bring the cache lines holding `value` (at most `PREFETCH_BYTES_MAX`
 /// of it) into the cache, one request per line. It never faults and changes nothing but
