@@ -249,6 +249,8 @@ struct Run {
     now_ms: u64,
     requests: u64,
     sent: Vec<(Command, Outcome)>,
+    /// Prefetch before every command, with the last commands sent as the "upcoming" ones.
+    prefetch: bool,
 }
 
 impl Run {
@@ -259,6 +261,7 @@ impl Run {
             now_ms: utc_ms(2024, 2, 29, 23, 58, 0, 0),
             requests: 0,
             sent: Vec::new(),
+            prefetch: false,
         };
         for (t, name) in TENANTS.iter().enumerate() {
             let cmd = Command::PutTenant {
@@ -488,6 +491,16 @@ impl Run {
             Check::RetriesChangeNothing if first.is_some() => Some(self.ledger.clone()),
             _ => None,
         };
+        if self.prefetch {
+            let recent: Vec<Command> = self
+                .sent
+                .iter()
+                .rev()
+                .take(PREFETCH_DEPTH)
+                .map(|(c, _)| c.clone())
+                .collect();
+            self.ledger.prefetch_upcoming(&recent);
+        }
         let outcome = self.ledger.apply(self.now_ms, &cmd);
         match check {
             // A retry returns the first grant without granting again; skip it.
@@ -537,7 +550,12 @@ impl Run {
     }
 
     fn replay(ops: &[Op], check: Check) -> Run {
+        Run::replay_with(ops, check, false)
+    }
+
+    fn replay_with(ops: &[Op], check: Check, prefetch: bool) -> Run {
         let mut run = Run::new();
+        run.prefetch = prefetch;
         for op in ops {
             if let Some(cmd) = run.command(op) {
                 run.send(cmd, check);
@@ -618,7 +636,7 @@ proptest! {
         prop_assert!(restored == run.ledger);
         prop_assert_eq!(restored.snapshot(), bytes);
         prop_assert_eq!(restored.chain_head(), run.ledger.chain_head());
-        let mut twin = Run { ledger: restored, now_ms: run.now_ms, requests: run.requests, sent: run.sent.clone() };
+        let mut twin = Run { ledger: restored, now_ms: run.now_ms, requests: run.requests, sent: run.sent.clone(), prefetch: false };
         for op in &ops[split..] {
             let Some(cmd) = run.command(op) else { continue };
             twin.now_ms = run.now_ms;
@@ -641,6 +659,19 @@ proptest! {
         prop_assert!(a.ledger == b.ledger);
         prop_assert_eq!(a.ledger.snapshot(), b.ledger.snapshot());
         prop_assert_eq!(a.ledger.chain_head(), b.ledger.chain_head());
+    }
+
+    /// Prefetching is only a hint: prefetching before every command (with commands of every
+    /// kind, hostile ones included, as the upcoming ones) panics on none and changes no
+    /// answer, no state, no snapshot byte and no chain head.
+    #[test]
+    fn prefetching_changes_no_answer(ops in ops(6)) {
+        let plain = Run::replay(&ops, Check::None);
+        let prefetching = Run::replay_with(&ops, Check::None, true);
+        prop_assert_eq!(&plain.sent, &prefetching.sent);
+        prop_assert!(plain.ledger == prefetching.ledger);
+        prop_assert_eq!(plain.ledger.snapshot(), prefetching.ledger.snapshot());
+        prop_assert_eq!(plain.ledger.chain_head(), prefetching.ledger.chain_head());
     }
 
     /// No input panics (huge amounts, empty and oversized ids, unknown reservations, other
