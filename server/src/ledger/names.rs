@@ -72,12 +72,7 @@ impl<T: Named> Interned<T> {
 
     /// The index of the item named `name`.
     pub fn find(&self, name: &[u8]) -> Option<u32> {
-        self.find_hashed(self.hash(name), name)
-    }
-
-    /// `find`, with the name's `hash` already computed.
-    pub fn find_hashed(&self, hash: u32, name: &[u8]) -> Option<u32> {
-        self.by_name.find(hash, |index| {
+        self.by_name.find(self.hash(name), |index| {
             self.items
                 .get(index as usize)
                 .is_some_and(|item| item.name() == name)
@@ -95,16 +90,13 @@ impl<T: Named> Interned<T> {
         self.by_name.first_match(hash)
     }
 
-    /// The item at `likely_index`.
-    pub fn likely(&self, hash: u32) -> Option<&T> {
-        self.likely_index(hash)
-            .and_then(|index| self.items.get(index as usize))
-    }
-
     /// Starts loading the item a lookup for `hash` most likely finds (its index slot should
     /// be in the cache already: see `prefetch_slot`).
     pub fn prefetch_likely(&self, hash: u32) {
-        if let Some(item) = self.likely(hash) {
+        if let Some(item) = self
+            .likely_index(hash)
+            .and_then(|index| self.items.get(index as usize))
+        {
             slots::prefetch(item);
         }
     }

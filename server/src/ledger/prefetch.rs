@@ -5,8 +5,9 @@
 //! tenant's limits. Applied one after the other, each command waits for each link in turn.
 //! The commands of a log entry are known before they are applied, so while one command is
 //! applied the next ones are prefetched, each one link further along its chain: the command
-//! after next has its first link requested, the next one its last. Every link then arrives
-//! while other work runs, and the command finds its lines in the cache.
+//! `PREFETCH_DEPTH - 1` ahead has its first link requested, the next one its last, with
+//! `SPACING` commands between stages. Every link then arrives while other work runs, and
+//! the command finds its lines in the cache.
 //!
 //! Prefetching reads only lines an earlier stage has requested, takes unconfirmed guesses
 //! (the first slot whose hash matches), and changes nothing: a wrong guess costs a wasted
@@ -54,14 +55,15 @@ impl Ledger {
             self.tenants.prefetch_slot(tenant_hash);
             return;
         }
-        let Some(tenant) = self.tenants.likely(tenant_hash) else {
+        let Some(index) = self.tenants.likely_index(tenant_hash) else {
+            return;
+        };
+        let Some(tenant) = self.tenants.get(index) else {
             return;
         };
         if stage == 1 {
             prefetch(tenant);
-            if let (Some(index), Some(request_id)) =
-                (self.tenants.likely_index(tenant_hash), cmd.request_id())
-            {
+            if let Some(request_id) = cmd.request_id() {
                 self.answers.prefetch(index, request_id.as_bytes());
             }
             return;
