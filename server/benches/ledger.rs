@@ -357,7 +357,8 @@ fn main() {
     // minutes of a shared machine: [wall ns, thread CPU ns, pairs] of each.
     let mut plain = [0u128; 3];
     let mut prefetched = [0u128; 3];
-    let round_commands = (2 * pairs_timed).div_ceil(2 * TIMED_ROUNDS).max(1) * 2;
+    // A reserve and its commit per pair: a round is never cut between them.
+    let round_commands = 2 * pairs_timed.div_ceil(TIMED_ROUNDS).max(1);
     for (round, chunk) in timed.chunks(round_commands).enumerate() {
         let prefetch = round % 2 == 1;
         let cpu_started_ns = thread_cpu_ns();

@@ -6,8 +6,8 @@
 //! from its slots and does not say where either lies, so a lookup costs two misses and none
 //! can be started early. Here a slot holds an item's index and 32 bits of its key's hash;
 //! linear probing starts at the slot the hash names and, at a load of at most one half,
-//! seldom leaves its cache line. `Ledger::prefetch` uses `prefetch` and `first_match` to
-//! start the misses of the next commands while the current one is applied.
+//! seldom leaves its cache line. `Ledger::prefetch_upcoming` uses `prefetch` and
+//! `first_match` to start the misses of the next commands while the current one is applied.
 //!
 //! The items themselves live elsewhere (a list, a ring): a lookup confirms a slot whose
 //! hash matches by asking the caller about its index. Iteration order is never exposed.
