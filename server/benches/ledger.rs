@@ -5,6 +5,11 @@
 //! after prefetching what the next ones will read. The last line is the result, the
 //! second way: `ledger reserve+commit: <N> ns/op (1000000 agents)`; the line before it
 //! gives the ratio of the two.
+//!
+//! Absolute times drift with the host (its memory latency most of all), so rounds of a
+//! peer alternate with the ledger's in the same run: a debit of one of 10^6 keys in a
+//! `HashMap`, the "keyed map debit" that the issue's goal is scaled from (~90 ns there,
+//! goal 1,000 ns: about 11 debits). The bench prints a pair's time in debits as well.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering::Relaxed};
@@ -40,6 +45,11 @@ const ALLOCATION_COUNT_PAIRS: usize = 10_000;
 /// Timed rounds of each way, alternating one command at a time and prefetching
 /// (`PAIRS_DEFAULT` pairs each way in all).
 const TIMED_ROUNDS: usize = 10;
+/// Keys of the peer's map, and debits timed per ledger pair timed.
+const PEER_KEYS: u64 = 1_000_000;
+const PEER_DEBITS_PER_PAIR: usize = 4;
+/// The pair time the issue set as its goal, in debits of its host's map (1,000 / 90 ns).
+const GOAL_IN_DEBITS: f64 = 1_000.0 / 90.0;
 /// Time between pairs: 250 pairs/s, 150,000 pairs (300,000 answers) in the dedup window.
 const PAIR_STEP_MS: u64 = 4;
 
@@ -98,6 +108,45 @@ fn thread_cpu_ns() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The peer: a keyed map debit, as a simple in-process limiter keeps one (a balance per
+/// key, `PEER_KEYS` keys, std's `HashMap` with its default hasher), on random keys.
+struct KeyedMap {
+    balances: std::collections::HashMap<u64, u64>,
+    /// xorshift64 state: the random keys cost a few instructions, not a cache miss.
+    state: u64,
+}
+
+impl KeyedMap {
+    /// Spreads key `i` over the u64 range (an odd multiplier is a bijection).
+    const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    fn new() -> KeyedMap {
+        let balances = (0..PEER_KEYS)
+            .map(|i| (i.wrapping_mul(Self::SPREAD), u64::MAX))
+            .collect();
+        KeyedMap {
+            balances,
+            state: 0x2545_F491_4F6C_DD1D,
+        }
+    }
+
+    /// Debits one unit from `n` random keys; returns how many debits were made.
+    fn debit_random(&mut self, n: usize) -> usize {
+        let mut made = 0;
+        for _ in 0..n {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            let key = (self.state % PEER_KEYS).wrapping_mul(Self::SPREAD);
+            if let Some(balance) = self.balances.get_mut(&key) {
+                *balance = balance.saturating_sub(1);
+                made += 1;
+            }
+        }
+        made
+    }
 }
 
 fn tenant_id(t: usize) -> TenantId {
@@ -353,13 +402,24 @@ fn main() {
         ALLOCATIONS.load(Relaxed) as f64 / ALLOCATION_COUNT_PAIRS as f64
     );
 
+    let mut peer = KeyedMap::new();
+
     // The two ways, in alternating rounds over fresh pairs, so that both see the same
-    // minutes of a shared machine: [wall ns, thread CPU ns, pairs] of each.
+    // minutes of a shared machine: [wall ns, thread CPU ns, pairs] of each. Each round is
+    // followed by a round of the peer's debits.
     let mut plain = [0u128; 3];
     let mut prefetched = [0u128; 3];
+    let mut debits = [0u128; 3];
     // A reserve and its commit per pair: a round is never cut between them.
     let round_commands = 2 * pairs_timed.div_ceil(TIMED_ROUNDS).max(1);
     for (round, chunk) in timed.chunks(round_commands).enumerate() {
+        let cpu_started_ns = thread_cpu_ns();
+        let started = Instant::now();
+        let count = peer.debit_random(PEER_DEBITS_PER_PAIR * chunk.len() / 2);
+        debits[0] += started.elapsed().as_nanos();
+        debits[1] += u128::from(thread_cpu_ns().saturating_sub(cpu_started_ns));
+        debits[2] += count as u128;
+
         let prefetch = round % 2 == 1;
         let cpu_started_ns = thread_cpu_ns();
         let started = Instant::now();
@@ -387,6 +447,12 @@ fn main() {
         per_pair(prefetched, 0),
         per_pair(prefetched, 1),
         per_pair(prefetched, 0) as f64 / per_pair(plain, 0).max(1) as f64
+    );
+    let debit_ns = debits[0] as f64 / debits[2].max(1) as f64;
+    let in_debits = per_pair(prefetched, 0) as f64 / debit_ns.max(f64::MIN_POSITIVE);
+    println!(
+        "peer, a keyed map debit (HashMap, {PEER_KEYS} keys): {debit_ns:.0} ns/op (CPU time {:.0} ns/op), same rounds; a pair with prefetching takes {in_debits:.1} debits (goal {GOAL_IN_DEBITS:.1}: 1,000 ns at ~90 ns a debit)",
+        debits[1] as f64 / debits[2].max(1) as f64,
     );
     println!(
         "ledger reserve+commit: {} ns/op ({} agents)",
