@@ -405,8 +405,8 @@ fn main() {
     let mut peer = KeyedMap::new();
 
     // The two ways, in alternating rounds over fresh pairs, so that both see the same
-    // minutes of a shared machine: [wall ns, thread CPU ns, pairs] of each. Each round is
-    // followed by a round of the peer's debits.
+    // minutes of a shared machine: [wall ns, thread CPU ns, pairs] of each. Before each
+    // round, a round of the peer's debits.
     let mut plain = [0u128; 3];
     let mut prefetched = [0u128; 3];
     let mut debits = [0u128; 3];
