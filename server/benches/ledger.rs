@@ -149,6 +149,17 @@ impl KeyedMap {
     }
 }
 
+/// Runs `work`, which returns how many operations it did, and adds its wall time, thread
+/// CPU time and operations to `total` ([wall ns, CPU ns, operations]).
+fn add_timed(total: &mut [u128; 3], work: impl FnOnce() -> usize) {
+    let cpu_started_ns = thread_cpu_ns();
+    let started = Instant::now();
+    let operations = work();
+    total[0] += started.elapsed().as_nanos();
+    total[1] += u128::from(thread_cpu_ns().saturating_sub(cpu_started_ns));
+    total[2] += operations as u128;
+}
+
 fn tenant_id(t: usize) -> TenantId {
     TenantId::new(format!("tenant-{t:05}")).unwrap()
 }
@@ -413,27 +424,19 @@ fn main() {
     // A reserve and its commit per pair: a round is never cut between them.
     let round_commands = 2 * pairs_timed.div_ceil(TIMED_ROUNDS).max(1);
     for (round, chunk) in timed.chunks(round_commands).enumerate() {
-        let cpu_started_ns = thread_cpu_ns();
-        let started = Instant::now();
-        let count = peer.debit_random(PEER_DEBITS_PER_PAIR * chunk.len() / 2);
-        debits[0] += started.elapsed().as_nanos();
-        debits[1] += u128::from(thread_cpu_ns().saturating_sub(cpu_started_ns));
-        debits[2] += count as u128;
-
+        add_timed(&mut debits, || {
+            peer.debit_random(PEER_DEBITS_PER_PAIR * chunk.len() / 2)
+        });
         let prefetch = round % 2 == 1;
-        let cpu_started_ns = thread_cpu_ns();
-        let started = Instant::now();
-        run(&mut ledger, chunk, &mut clock, prefetch);
-        let wall_ns = started.elapsed().as_nanos();
-        let cpu_ns = u128::from(thread_cpu_ns().saturating_sub(cpu_started_ns));
         let total = if prefetch {
             &mut prefetched
         } else {
             &mut plain
         };
-        total[0] += wall_ns;
-        total[1] += cpu_ns;
-        total[2] += chunk.len() as u128 / 2;
+        add_timed(total, || {
+            run(&mut ledger, chunk, &mut clock, prefetch);
+            chunk.len() / 2
+        });
     }
     assert!(ledger.stats().reservations_in_flight <= 1);
     let per_pair = |total: [u128; 3], i: usize| total[i] / total[2].max(1);
@@ -451,8 +454,8 @@ fn main() {
     let debit_ns = debits[0] as f64 / debits[2].max(1) as f64;
     let in_debits = per_pair(prefetched, 0) as f64 / debit_ns.max(f64::MIN_POSITIVE);
     println!(
-        "peer, a keyed map debit (HashMap, {PEER_KEYS} keys): {debit_ns:.0} ns/op (CPU time {:.0} ns/op), same rounds; a pair with prefetching takes {in_debits:.1} debits (goal {GOAL_IN_DEBITS:.1}: 1,000 ns at ~90 ns a debit)",
-        debits[1] as f64 / debits[2].max(1) as f64,
+        "peer, a keyed map debit (HashMap, {PEER_KEYS} keys): {debit_ns:.0} ns/op (CPU time {} ns/op), same rounds; a pair with prefetching takes {in_debits:.1} debits (goal {GOAL_IN_DEBITS:.1}: 1,000 ns at ~90 ns a debit)",
+        per_pair(debits, 1),
     );
     println!(
         "ledger reserve+commit: {} ns/op ({} agents)",
