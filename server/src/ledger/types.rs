@@ -51,7 +51,7 @@ macro_rules! id_type {
                 let bytes = self.0.as_bytes();
                 if !bytes.is_empty()
                     && bytes.len() <= ID_BYTES_MAX
-                    && bytes.iter().all(|b| b.is_ascii_graphic())
+                    && all_ascii_graphic(bytes)
                 {
                     return Ok(());
                 }
@@ -100,8 +100,8 @@ pub(super) fn validate_id(kind: &'static str, value: &str) -> Result<(), Invalid
             value.len()
         )));
     }
-    // Bytes first (fast, vectorizable); chars only to name the culprit.
-    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+    // Bytes first (eight at a time); chars only to name the culprit.
+    if !all_ascii_graphic(value.as_bytes()) {
         if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic()) {
             return Err(InvalidInput(format!(
                 "{kind} contains {c:?}; ids are printable ASCII without spaces"
@@ -109,6 +109,30 @@ pub(super) fn validate_id(kind: &'static str, value: &str) -> Result<(), Invalid
         }
     }
     Ok(())
+}
+
+/// Whether every byte is printable ASCII other than space (0x21..=0x7E), eight bytes at a
+/// time: every command carries four or five ids, and a byte-by-byte loop with an early exit
+/// was a tenth of a reserve's instructions.
+fn all_ascii_graphic(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A word whose bytes are all below 0x80 has a byte below 0x21 iff subtracting 0x21 from
+    // each sets a high bit, and a 0x7F iff adding 1 does (a borrow or carry only crosses
+    // into the next byte after a byte that is already bad).
+    let bad =
+        |word: u64| (word | word.wrapping_add(ONES) | word.wrapping_sub(0x21 * ONES)) & HIGH != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    let words_ok = chunks.all(|chunk| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        !bad(u64::from_ne_bytes(word))
+    });
+    // The tail, padded with a graphic byte.
+    let mut tail = [b'!'; 8];
+    let rest = chunks.remainder();
+    tail[..rest.len()].copy_from_slice(rest);
+    words_ok && !bad(u64::from_ne_bytes(tail))
 }
 
 /// Bad input, found without looking at state: maps to INVALID_ARGUMENT.
@@ -417,4 +441,29 @@ pub enum Rejection {
     /// The request id was used before with a different payload.
     #[error("request id reused with a different payload: {0}")]
     RequestIdReused(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_ascii_graphic;
+
+    /// Every byte value at every position of ids of 1 to 17 bytes (two words and a tail),
+    /// among graphic neighbours of both edges ('!' and '~'): the word-wise check agrees with
+    /// `u8::is_ascii_graphic` byte by byte.
+    #[test]
+    fn the_word_wise_check_agrees_with_the_byte_wise_one() {
+        for len in 1..=17 {
+            for at in 0..len {
+                for filler in [b'!', b'~'] {
+                    for byte in 0..=u8::MAX {
+                        let mut id = vec![filler; len];
+                        id[at] = byte;
+                        let expected = id.iter().all(u8::is_ascii_graphic);
+                        assert_eq!(all_ascii_graphic(&id), expected, "{id:?}");
+                    }
+                }
+            }
+        }
+        assert!(all_ascii_graphic(b""));
+    }
 }
