@@ -11,9 +11,19 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
+use super::slots::prefetch_for_write;
+
 /// The size of a chunk: big enough that the chunk list stays short (a few thousand entries
 /// for the largest ring), small enough that allocating one is cheap.
 const CHUNK_BYTES: usize = 64 * 1024;
+
+/// How far past the write position `push_back` and `extend_from_slice` ask for the line
+/// they will write next. A ring's back chunk was last written a whole ring ago (the audit
+/// ring holds hundreds of MB), so its lines are long out of the cache, and the stores of
+/// every decision waited for them; a few lines ahead, at ~3 lines a pair for the largest
+/// ring, the line is owned by the time it is written. Measured on the ledger bench: 128
+/// and 256 bytes do the same, 512 and more slightly worse, none ~7 % slower.
+const WRITE_AHEAD_BYTES: usize = 256;
 
 /// A FIFO of `Copy` values: push at the back, pop at the front, read anywhere by position
 /// (0 is the front).
@@ -99,7 +109,13 @@ impl<T: Copy> Ring<T> {
             self.chunks.push_back(chunk);
         }
         let last = self.chunks.len() - 1;
-        &mut self.chunks[last]
+        let chunk = &mut self.chunks[last];
+        // Within the chunk's own allocation only (the next chunk is not known yet).
+        let ahead = (chunk.len() * size_of::<T>()).saturating_add(WRITE_AHEAD_BYTES);
+        if ahead < chunk.capacity() * size_of::<T>() {
+            prefetch_for_write(chunk.as_ptr().cast::<u8>().wrapping_add(ahead));
+        }
+        chunk
     }
 
     pub fn push_back(&mut self, value: T) {
