@@ -1,8 +1,10 @@
 //! The audit trail: every decision, hash-chained so any replica can prove it unaltered.
 //!
-//! `hash = SHA-256(prev_hash || postcard(record without its hash))`, genesis `prev_hash` is
-//! 32 zero bytes. Postcard is endian-independent, so every replica computes the same chain
-//! head. Memory keeps the newest `AUDIT_RECORDS_RETAINED_MAX` records; older ones are
+//! `hash = SHA-256(postcard(record without its hash))`, whose last 32 bytes are
+//! `prev_hash` (genesis: 32 zero bytes), so each hash covers the one before. Postcard is
+//! endian-independent, so every replica computes the same chain head. (Audit chain format
+//! 2, since ledger snapshot format 4: format 1 hashed `prev_hash` a second time in front of
+//! the body, which made a typical record three SHA-256 blocks instead of two.) Memory keeps the newest `AUDIT_RECORDS_RETAINED_MAX` records; older ones are
 //! dropped from memory (the raft layer may export them first) but the chain continues.
 
 use serde::de::Error;
@@ -129,12 +131,9 @@ fn encode_body(out: &mut Vec<u8>, body: &HashedBody<'_>) {
     out.extend_from_slice(body.prev_hash);
 }
 
-/// SHA-256(prev_hash || body).
-fn chain_hash(prev_hash: &[u8; 32], body: &[u8]) -> [u8; 32] {
-    let mut sha = Sha256::new();
-    sha.update(prev_hash);
-    sha.update(body);
-    sha.finalize().into()
+/// SHA-256(body); the body ends with the previous record's hash.
+fn chain_hash(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
 }
 
 impl AuditRecord {
@@ -153,7 +152,6 @@ impl AuditRecord {
             prev_hash: &self.prev_hash,
         };
         let mut sha = Sha256::new();
-        sha.update(self.prev_hash);
         // Serializing into a hasher cannot fail: it has no capacity to run out of.
         let _ = postcard::serialize_with_flavor(&body, Sha256Flavor(&mut sha));
         sha.finalize().into()
@@ -400,7 +398,7 @@ impl AuditLog {
         let mut scratch = std::mem::take(&mut self.scratch.0);
         scratch.clear();
         encode_body(&mut scratch, &body);
-        let hash = chain_hash(&self.head.hash, &scratch);
+        let hash = chain_hash(&scratch);
         self.head = ChainHead { seq, hash };
         let record = StoredRecord {
             seq,
@@ -447,7 +445,7 @@ impl AuditLog {
                     }
                 }
             }
-            if chain_hash(&prev_hash, &body) != record.hash {
+            if chain_hash(&body) != record.hash {
                 return Err(AuditError::HashMismatch { seq: record.seq });
             }
             previous = Some(record);
