@@ -27,8 +27,13 @@ impl Ledger {
     /// Call before applying a command, with the commands that follow it (the rest of the
     /// batch): starts loading what the next `PREFETCH_DEPTH` of them will read. The next
     /// command gets its last stage, the one `SPACING` further its stage before, and so on.
+    ///
+    /// The last stage goes first: one call requests some twenty lines, more than the CPU
+    /// keeps misses in flight, so the requests at the end of a call wait for earlier ones to
+    /// arrive. What the next command needs must not be the one waiting (the other order
+    /// made a pair ~10 % slower in the ledger bench).
     pub fn prefetch_upcoming(&self, upcoming: &[Command]) {
-        for stage in 0..STAGES {
+        for stage in (0..STAGES).rev() {
             let ahead = (STAGES - 1 - stage) * SPACING;
             if let Some(cmd) = upcoming.get(ahead) {
                 self.prefetch_stage(cmd, stage);
