@@ -4,8 +4,9 @@
 //! `prev_hash` (genesis: 32 zero bytes), so each hash covers the one before. Postcard is
 //! endian-independent, so every replica computes the same chain head. (Audit chain format
 //! 2, since ledger snapshot format 4: format 1 hashed `prev_hash` a second time in front of
-//! the body, which made a typical record three SHA-256 blocks instead of two.) Memory keeps the newest `AUDIT_RECORDS_RETAINED_MAX` records; older ones are
-//! dropped from memory (the raft layer may export them first) but the chain continues.
+//! the body, which made a typical record three SHA-256 blocks instead of two.) Memory keeps
+//! the newest `AUDIT_RECORDS_RETAINED_MAX` records; older ones are dropped from memory (the
+//! raft layer may export them first) but the chain continues.
 
 use serde::de::Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
