@@ -49,7 +49,7 @@ pub fn prefetch<T: ?Sized>(value: &T) {
     let lines = (into_line + bytes).div_ceil(LINE_BYTES);
     let first_line = start.wrapping_sub(into_line);
     for line in 0..lines {
-        prefetch_line(first_line.wrapping_add(line * LINE_BYTES));
+        prefetch_line(first_line.wrapping_add(line * LINE_BYTES), false);
     }
 }
 
@@ -58,27 +58,25 @@ pub fn prefetch<T: ?Sized>(value: &T) {
 /// `prefetch`, it never faults and changes nothing but timing.
 #[inline]
 pub fn prefetch_for_write(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as in `prefetch_line`: a hint, which reads nothing and cannot fault.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
-        _mm_prefetch::<_MM_HINT_ET0>(at.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
+    prefetch_line(at, true);
 }
 
+/// One prefetch instruction: for reading (`prefetcht0`) or for writing (`prefetchw`).
 #[inline]
-fn prefetch_line(at: *const u8) {
+fn prefetch_line(at: *const u8, for_write: bool) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it reads no memory architecturally and cannot fault,
-    // whatever the address; `prefetch` only passes addresses inside a live reference.
+    // whatever the address; callers pass addresses inside a live reference or allocation.
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(at.cast());
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        if for_write {
+            _mm_prefetch::<_MM_HINT_ET0>(at.cast());
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(at.cast());
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
+    let _ = (at, for_write);
 }
 
 /// A set of (hash, index) slots with at most `capacity / 2` of them filled.
