@@ -122,16 +122,28 @@ fn all_ascii_graphic(bytes: &[u8]) -> bool {
     // into the next byte after a byte that is already bad).
     let bad =
         |word: u64| (word | word.wrapping_add(ONES) | word.wrapping_sub(0x21 * ONES)) & HIGH != 0;
-    let mut chunks = bytes.chunks_exact(8);
-    let words_ok = chunks.all(|chunk| {
+    let words_ok = bytes.chunks_exact(8).all(|chunk| {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         !bad(u64::from_ne_bytes(word))
     });
-    // The tail, padded with a graphic byte.
-    let mut tail = [b'!'; 8];
-    let rest = chunks.remainder();
-    tail[..rest.len()].copy_from_slice(rest);
+    // The tail: the last eight bytes again, overlapping the words checked (a fixed-size
+    // load, where copying the remainder into a padded word cost a call to memcpy per id);
+    // an id shorter than a word is padded with a graphic byte.
+    let tail = match bytes.len().checked_sub(8) {
+        Some(at) => {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[at..]);
+            word
+        }
+        None => {
+            let mut word = [b'!'; 8];
+            for (into, &byte) in word.iter_mut().zip(bytes) {
+                *into = byte;
+            }
+            word
+        }
+    };
     words_ok && !bad(u64::from_ne_bytes(tail))
 }
 
