@@ -103,33 +103,40 @@ struct DecodedBody {
     prev_hash: [u8; 32],
 }
 
-/// Appends postcard's bytes of `body`: written by hand for the events of the hot path
-/// (`encode.rs`), by postcard for the others.
-fn encode_body(out: &mut Vec<u8>, body: &HashedBody<'_>) {
-    let event: &[u8] = match body.event {
-        AuditEvent::Grant => &[0],
-        AuditEvent::Commit { overrun, late } => &[2, *overrun as u8, *late as u8],
-        AuditEvent::Release => &[3],
-        AuditEvent::Expire { charged } => &[4, *charged as u8],
-        AuditEvent::Record => &[5],
-        _ => return encode::postcard_into(out, body),
-    };
-    encode::varint(out, body.seq);
-    encode::varint(out, body.at_ms);
-    encode::opt_str(out, body.tenant.map(|t| t.as_bytes()));
-    encode::opt_str(out, body.agent.map(|a| a.as_bytes()));
-    encode::opt_str(out, body.tool.map(|t| t.as_bytes()));
-    encode::opt_str(out, body.request_id.map(|r| r.as_bytes()));
-    match body.reservation_id {
-        None => out.push(0),
-        Some(id) => {
-            out.push(1);
-            encode::varint(out, id.0);
+/// Postcard's bytes of `body`: written by hand for the events of the hot path
+/// (`encode.rs`) into `stack`, by postcard for the others into `spill`.
+fn body_bytes<'a>(
+    stack: &'a mut [u8; encode::HOT_BYTES],
+    spill: &'a mut Vec<u8>,
+    body: &HashedBody<'_>,
+) -> &'a [u8] {
+    encode::bytes_of(stack, spill, body, |w, body| {
+        let event: &[u8] = match body.event {
+            AuditEvent::Grant => &[0],
+            AuditEvent::Commit { overrun, late } => &[2, *overrun as u8, *late as u8],
+            AuditEvent::Release => &[3],
+            AuditEvent::Expire { charged } => &[4, *charged as u8],
+            AuditEvent::Record => &[5],
+            _ => return false,
+        };
+        w.varint(body.seq);
+        w.varint(body.at_ms);
+        w.opt_str(body.tenant.map(|t| t.as_bytes()));
+        w.opt_str(body.agent.map(|a| a.as_bytes()));
+        w.opt_str(body.tool.map(|t| t.as_bytes()));
+        w.opt_str(body.request_id.map(|r| r.as_bytes()));
+        match body.reservation_id {
+            None => w.byte(0),
+            Some(id) => {
+                w.byte(1);
+                w.varint(id.0);
+            }
         }
-    }
-    out.extend_from_slice(event);
-    encode::amounts(out, body.amounts);
-    out.extend_from_slice(body.prev_hash);
+        w.bytes(event);
+        w.amounts(body.amounts);
+        w.bytes(body.prev_hash);
+        true
+    })
 }
 
 /// SHA-256(body); the body ends with the previous record's hash.
@@ -328,7 +335,8 @@ pub struct AuditLog {
     /// Bytes dropped from the front of `bodies` so far; local bookkeeping, not serialized.
     bodies_dropped: u64,
     head: ChainHead,
-    /// Where each body is encoded and hashed before it is copied into `bodies`.
+    /// Where a body that postcard encodes (events off the hot path) is encoded and hashed
+    /// before it is copied into `bodies` (the others are encoded on the stack).
     scratch: Scratch,
 }
 
@@ -396,10 +404,10 @@ impl AuditLog {
             amounts: &fact.amounts,
             prev_hash: &self.head.hash,
         };
-        let mut scratch = std::mem::take(&mut self.scratch.0);
-        scratch.clear();
-        encode_body(&mut scratch, &body);
-        let hash = chain_hash(&scratch);
+        let mut stack = [0u8; encode::HOT_BYTES];
+        let mut spill = std::mem::take(&mut self.scratch.0);
+        let bytes = body_bytes(&mut stack, &mut spill, &body);
+        let hash = chain_hash(bytes);
         self.head = ChainHead { seq, hash };
         let record = StoredRecord {
             seq,
@@ -409,10 +417,10 @@ impl AuditLog {
             hash,
             body_at: self.bodies_dropped.saturating_add(self.bodies.len() as u64),
             // A body holds a few ids of at most ID_BYTES_MAX and integers: far below 4 GB.
-            body_len: u32::try_from(scratch.len()).unwrap_or(u32::MAX),
+            body_len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
         };
-        self.push(record, &scratch);
-        self.scratch.0 = scratch;
+        self.push(record, bytes);
+        self.scratch.0 = spill;
         seq
     }
 
@@ -718,10 +726,10 @@ mod tests {
                 amounts: &amounts,
                 prev_hash: &prev_hash,
             };
-            let mut out = vec![7];
-            encode_body(&mut out, &body);
-            prop_assert_eq!(out[0], 7);
-            prop_assert_eq!(&out[1..], &postcard::to_allocvec(&body).unwrap()[..]);
+            let mut stack = [0u8; encode::HOT_BYTES];
+            let mut spill = vec![7];
+            let bytes = body_bytes(&mut stack, &mut spill, &body);
+            prop_assert_eq!(bytes, &postcard::to_allocvec(&body).unwrap()[..]);
         }
     }
 }

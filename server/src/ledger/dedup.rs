@@ -16,7 +16,7 @@ use serde::de::Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::encode;
+use super::encode::{self, Writer};
 use super::ring::Ring;
 use super::slots::SlotTable;
 use super::state::RingBytes;
@@ -39,11 +39,20 @@ const OUTCOME_BYTES_MAX: usize = 4_096;
 const INDEX_ENTRIES_MIN: usize = 1_024;
 
 /// xxh3-128 of the command's postcard encoding (deterministic and endian-independent),
-/// encoded into `scratch` (reused, so no allocation once it has grown) and hashed at once.
-pub fn payload_hash(scratch: &mut Vec<u8>, cmd: &Command) -> u128 {
-    scratch.clear();
-    encode::command(scratch, cmd);
-    xxh3_128(scratch)
+/// encoded on the stack (or, for the commands postcard encodes, into `spill`, reused so no
+/// allocation once it has grown) and hashed at once.
+pub fn payload_hash(spill: &mut Vec<u8>, cmd: &Command) -> u128 {
+    let mut stack = [0u8; encode::HOT_BYTES];
+    xxh3_128(encode::bytes_of(&mut stack, spill, cmd, encode::command))
+}
+
+/// (tenant, request id) with its seeded hash in the index: hashed once per command, for
+/// the lookup and then the insert.
+#[derive(Clone, Copy, Debug)]
+pub struct Key<'a> {
+    tenant: u32,
+    request_id: &'a [u8],
+    hash: u32,
 }
 
 /// One remembered answer. Its request id and then its encoded outcome are in
@@ -82,7 +91,8 @@ pub struct Answers {
     /// `make_room` drops them once the table is half full.
     index: SlotTable,
     seed: foldhash::fast::RandomState,
-    /// Where an outcome is encoded before it is copied into `bytes`.
+    /// Where a request id and an outcome that postcard encodes (a denial) are put together
+    /// before they are copied into `bytes` (the others are encoded on the stack).
     scratch: Vec<u8>,
 }
 
@@ -98,6 +108,15 @@ impl Answers {
 
     fn key_hash(&self, tenant: u32, request_id: &[u8]) -> u32 {
         self.seed.hash_one((tenant, request_id)) as u32
+    }
+
+    /// The key `find` and `push` take.
+    pub fn key<'a>(&self, tenant: u32, request_id: &'a [u8]) -> Key<'a> {
+        Key {
+            tenant,
+            request_id,
+            hash: self.key_hash(tenant, request_id),
+        }
     }
 
     /// The byte range of the answer's request id and of its outcome in `bytes`.
@@ -116,11 +135,10 @@ impl Answers {
     }
 
     /// The answer remembered for (tenant, request id).
-    pub fn find(&self, tenant: u32, request_id: &[u8]) -> Option<&Answer> {
-        let hash = self.key_hash(tenant, request_id);
-        let short = self.index.find(hash, |short| {
+    pub fn find(&self, key: &Key<'_>) -> Option<&Answer> {
+        let short = self.index.find(key.hash, |short| {
             self.get_short(short)
-                .is_some_and(|a| a.tenant == tenant && self.request_id_is(a, request_id))
+                .is_some_and(|a| a.tenant == key.tenant && self.request_id_is(a, key.request_id))
         })?;
         self.get_short(short)
     }
@@ -152,8 +170,7 @@ impl Answers {
     /// `DEDUP_ENTRIES_MAX` are remembered.
     pub fn push(
         &mut self,
-        tenant: u32,
-        request_id: &[u8],
+        key: &Key<'_>,
         payload: u128,
         outcome: &Outcome,
         at_ms: u64,
@@ -162,33 +179,52 @@ impl Answers {
         while self.entries.len() >= DEDUP_ENTRIES_MAX {
             self.pop_front();
         }
-        debug_assert!(self.find(tenant, request_id).is_none(), "remembered twice");
+        debug_assert!(self.find(key).is_none(), "remembered twice");
+        let Key {
+            tenant,
+            request_id,
+            hash: key_hash,
+        } = *key;
         debug_assert!(self.entries.back().is_none_or(|a| a.at_ms <= at_ms));
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        encode::outcome(&mut scratch, outcome);
+        // The request id and the encoded outcome, as they go into `bytes`.
+        let mut stack = [0u8; encode::HOT_BYTES];
+        let mut writer = Writer::new(&mut stack);
+        writer.bytes(request_id);
+        let fast = if encode::outcome(&mut writer, outcome) {
+            writer.finish()
+        } else {
+            None
+        };
+        let mut spill = std::mem::take(&mut self.scratch);
+        let bytes = fast.unwrap_or_else(|| {
+            spill.clear();
+            spill.extend_from_slice(request_id);
+            encode::postcard_into(&mut spill, outcome);
+            &spill
+        });
         let lengths = (
             u16::try_from(request_id.len()).ok(),
-            u16::try_from(scratch.len()).ok(),
+            bytes
+                .len()
+                .checked_sub(request_id.len())
+                .and_then(|len| u16::try_from(len).ok()),
         );
         let (Some(request_id_len), Some(outcome_len)) = lengths else {
             debug_assert!(false, "request id or outcome too long to remember");
-            self.scratch = scratch;
+            self.scratch = spill;
             return;
         };
         if usize::from(request_id_len) > ID_BYTES_MAX
             || usize::from(outcome_len) > OUTCOME_BYTES_MAX
         {
             debug_assert!(false, "request id or outcome too long to remember");
-            self.scratch = scratch;
+            self.scratch = spill;
             return;
         }
-        let key_hash = self.key_hash(tenant, request_id);
         self.make_room();
         let bytes_at = self.bytes_forgotten.saturating_add(self.bytes.len() as u64);
-        self.bytes.extend_from_slice(request_id);
-        self.bytes.extend_from_slice(&scratch);
-        self.scratch = scratch;
+        self.bytes.extend_from_slice(bytes);
+        self.scratch = spill;
         let seq = self
             .entries_forgotten
             .saturating_add(self.entries.len() as u64);
@@ -282,7 +318,7 @@ impl Answers {
                 .and_then(|id| String::from_utf8(id).ok())
                 .ok_or_else(|| format!("answer #{seq}: its request id is not readable"))?;
             if self
-                .find(answer.tenant, request_id.as_bytes())
+                .find(&self.key(answer.tenant, request_id.as_bytes()))
                 .map(|a| a.bytes_at)
                 != Some(answer.bytes_at)
             {
@@ -385,7 +421,8 @@ impl<'de> Deserialize<'de> for Answers {
                 .and_then(|id| RequestId::new(id).map_err(D::Error::custom))?;
             let outcome: Outcome = postcard::from_bytes(&a.outcome)
                 .map_err(|e| D::Error::custom(format!("a remembered outcome: {e}")))?;
-            if answers.find(a.tenant, request_id.as_bytes()).is_some() {
+            let key = answers.key(a.tenant, request_id.as_bytes());
+            if answers.find(&key).is_some() {
                 return Err(D::Error::custom(format!(
                     "request {request_id} remembered twice"
                 )));
@@ -393,14 +430,7 @@ impl<'de> Deserialize<'de> for Answers {
             if answers.entries.back().is_some_and(|b| b.at_ms > a.at_ms) {
                 return Err(D::Error::custom("answers out of time order"));
             }
-            answers.push(
-                a.tenant,
-                request_id.as_bytes(),
-                a.payload,
-                &outcome,
-                a.at_ms,
-                a.position,
-            );
+            answers.push(&key, a.payload, &outcome, a.at_ms, a.position);
         }
         Ok(answers)
     }
@@ -411,12 +441,12 @@ impl Ledger {
     /// for a new request.
     pub(super) fn remembered(
         &self,
-        tenant: u32,
+        key: &Key<'_>,
         request_id: &RequestId,
         payload: u128,
     ) -> Option<(Outcome, u64)> {
-        let t = self.tenants.get(tenant)?;
-        let entry = self.answers.find(tenant, request_id.as_bytes())?;
+        let t = self.tenants.get(key.tenant)?;
+        let entry = self.answers.find(key)?;
         let outcome = if entry.payload != payload {
             Outcome::Rejected(Rejection::RequestIdReused(format!(
                 "request {request_id} of tenant {} was first sent at {} ms with another payload",
@@ -436,21 +466,13 @@ impl Ledger {
 
     pub(super) fn remember(
         &mut self,
-        tenant: u32,
-        request_id: &RequestId,
+        key: &Key<'_>,
         payload: u128,
         outcome: &Outcome,
         now_ms: u64,
         position: u64,
     ) {
-        self.answers.push(
-            tenant,
-            request_id.as_bytes(),
-            payload,
-            outcome,
-            now_ms,
-            position,
-        );
+        self.answers.push(key, payload, outcome, now_ms, position);
     }
 
     /// Forgets answers given `DEDUP_WINDOW_MS` or more before `now_ms`.
@@ -490,7 +512,9 @@ mod tests {
         let mut answers = Answers::default();
         let id = |seq: u64| format!("req-{seq}");
         for seq in 0..20 * WINDOW {
-            answers.push(0, id(seq).as_bytes(), 0, &answer_for(seq), seq, seq);
+            let request_id = id(seq);
+            let key = answers.key(0, request_id.as_bytes());
+            answers.push(&key, 0, &answer_for(seq), seq, seq);
             while answers.oldest_at_ms().is_some_and(|at| at + WINDOW <= seq) {
                 answers.pop_front();
             }
@@ -499,11 +523,13 @@ mod tests {
                 answers.check(1).unwrap();
                 let oldest = seq + 1 - WINDOW.min(seq + 1);
                 for live in oldest..=seq {
-                    let found = answers.find(0, id(live).as_bytes()).unwrap();
+                    let found = answers.find(&answers.key(0, id(live).as_bytes())).unwrap();
                     assert_eq!(answers.outcome(found), Some(answer_for(live)));
                 }
                 for forgotten in oldest.saturating_sub(WINDOW)..oldest {
-                    assert!(answers.find(0, id(forgotten).as_bytes()).is_none());
+                    assert!(answers
+                        .find(&answers.key(0, id(forgotten).as_bytes()))
+                        .is_none());
                 }
             }
         }

@@ -173,7 +173,7 @@ pub struct Ledger {
     in_flight: BTreeSet<(u32, u64)>,
     #[serde(skip)]
     agents_total: usize,
-    /// Encoding buffer for payload hashes.
+    /// Encoding buffer for the payload hashes of commands postcard encodes.
     #[serde(skip)]
     scratch: Scratch,
 }
@@ -207,17 +207,19 @@ impl Ledger {
             (Some(tenant_id), Some(request_id)) => {
                 let tenant = self.tenants.find(tenant_id.as_bytes());
                 let payload = dedup::payload_hash(&mut self.scratch.0, cmd);
-                match tenant.and_then(|t| self.remembered(t, request_id, payload)) {
+                let key = tenant.map(|t| self.answers.key(t, request_id.as_bytes()));
+                match key.and_then(|key| self.remembered(&key, request_id, payload)) {
                     Some(answer) => answer,
                     None => {
                         let outcome = self.execute(now_ms, cmd, tenant);
                         if !matches!(outcome, Outcome::Rejected(_)) {
                             // PutTenant may just have created the tenant.
-                            let tenant = tenant.or_else(|| self.tenants.find(tenant_id.as_bytes()));
-                            if let Some(tenant) = tenant {
-                                self.remember(
-                                    tenant, request_id, payload, &outcome, now_ms, position,
-                                );
+                            let key = key.or_else(|| {
+                                let tenant = self.tenants.find(tenant_id.as_bytes())?;
+                                Some(self.answers.key(tenant, request_id.as_bytes()))
+                            });
+                            if let Some(key) = key {
+                                self.remember(&key, payload, &outcome, now_ms, position);
                             }
                         }
                         (outcome, position)
