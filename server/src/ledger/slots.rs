@@ -169,29 +169,58 @@ impl SlotTable {
     }
 
     /// Keeps the slots whose index `keep` accepts, in a table of at least `capacity` slots
-    /// (rounded up to a power of two, and to twice what is kept).
+    /// (rounded up to a power of two, and to twice what is kept). `keep` must give the same
+    /// answer each time it is asked about an index.
     pub fn rebuild(&mut self, capacity: usize, mut keep: impl FnMut(u32) -> bool) {
+        let kept = self
+            .slots
+            .iter()
+            .filter(|slot| slot.hash != EMPTY && keep(slot.index))
+            .count();
+        let capacity = capacity
+            .max(kept.saturating_mul(2))
+            .max(CAPACITY_MIN)
+            .checked_next_power_of_two()
+            .unwrap_or(usize::MAX / 2 + 1);
+        if capacity == self.slots.len() {
+            self.retain_in_place(keep);
+            return;
+        }
         let kept: Vec<Slot> = self
             .slots
             .iter()
             .filter(|slot| slot.hash != EMPTY && keep(slot.index))
             .copied()
             .collect();
-        let capacity = capacity
-            .max(kept.len().saturating_mul(2))
-            .max(CAPACITY_MIN)
-            .checked_next_power_of_two()
-            .unwrap_or(usize::MAX / 2 + 1);
-        if capacity == self.slots.len() {
-            // A sweep in place: no fresh pages to fault in for a table of many MB.
-            self.slots.fill(Slot::default());
-        } else {
-            self.slots = vec![Slot::default(); capacity].into_boxed_slice();
-        }
+        self.slots = vec![Slot::default(); capacity].into_boxed_slice();
         self.len = kept.len();
         for slot in kept {
             self.place(slot);
         }
+    }
+
+    /// Drops the slots `keep` rejects, in place: no allocation and one pass over a table
+    /// of many MB (the answer index's sweep of stale slots). The pass starts after an empty
+    /// slot (the table is at most half full), which no probe crosses, so each probe is met
+    /// from its home on: every slot visited is taken out and, if kept, put back in the first
+    /// empty place of its probe, at or before where it was, among slots already settled.
+    fn retain_in_place(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        let Some(start) = self.slots.iter().position(|slot| slot.hash == EMPTY) else {
+            return;
+        };
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut len = 0;
+        for step in 1..self.slots.len() {
+            let Some(place) = self.slots.get_mut((start + step) & mask) else {
+                continue;
+            };
+            let slot = std::mem::take(place);
+            if slot.hash != EMPTY && keep(slot.index) {
+                self.place(slot);
+                len += 1;
+            }
+        }
+        self.len = len;
     }
 }
 
@@ -232,6 +261,26 @@ mod tests {
         assert_eq!(table.find(0, |_| true), Some(5));
         // 0 and 1 share a stored hash; the caller's check tells them apart.
         assert_eq!(table.find(1, |i| i == 5), Some(5));
+    }
+
+    #[test]
+    fn a_sweep_in_place_keeps_probes_whole_across_the_end_of_the_table() {
+        let mut table = SlotTable::default();
+        table.reserve(32);
+        let capacity = table.capacity();
+        // Three clusters: one at the end of the table that wraps to its start, one that
+        // starts there, and one in the middle; every other slot of each is dropped.
+        let hashes = [capacity - 2, 0, capacity / 2];
+        for index in 0..30u32 {
+            table.insert(hashes[index as usize % 3] as u32, index);
+        }
+        table.rebuild(capacity, |index| index % 2 == 0);
+        assert_eq!(table.capacity(), capacity, "swept in place");
+        assert_eq!(table.len(), 15);
+        for index in 0..30u32 {
+            let found = table.find(hashes[index as usize % 3] as u32, |i| i == index);
+            assert_eq!(found, (index % 2 == 0).then_some(index), "index {index}");
+        }
     }
 
     proptest! {
