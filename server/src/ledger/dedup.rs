@@ -534,4 +534,47 @@ mod tests {
             }
         }
     }
+
+    /// Answers too long for the stack buffer (ids of `ID_BYTES_MAX` bytes) and answers
+    /// postcard encodes (denials) are remembered and read back like the short ones.
+    #[test]
+    fn long_and_denied_answers_are_read_back_whole() {
+        use crate::ledger::{DenyReason, LimitId, Remaining, ReservationId};
+        let long_id = "r".repeat(ID_BYTES_MAX);
+        let long = Outcome::Granted {
+            reservation_id: ReservationId(u64::MAX),
+            expires_at_ms: u64::MAX,
+            tightest: Some(Remaining {
+                limit_id: LimitId::new("l".repeat(ID_BYTES_MAX)).unwrap(),
+                dimension: crate::ledger::Dimension::Tokens,
+                remaining: i64::MIN,
+            }),
+        };
+        let long_len = long_id.len() + postcard::to_allocvec(&long).unwrap().len();
+        assert!(long_len > encode::HOT_BYTES, "the long answer must not fit");
+        let denied = Outcome::Denied(DenyReason::Frozen { agent: None });
+        let mut answers = Answers::default();
+        for (at, (request_id, outcome)) in [
+            (long_id.as_str(), &long),
+            ("short", &denied),
+            ("short-granted", &answer_for(7)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = answers.key(3, request_id.as_bytes());
+            answers.push(&key, 9, outcome, at as u64, at as u64);
+        }
+        answers.check(4).unwrap();
+        for (request_id, outcome) in [
+            (long_id.as_str(), long),
+            ("short", denied),
+            ("short-granted", answer_for(7)),
+        ] {
+            let found = answers
+                .find(&answers.key(3, request_id.as_bytes()))
+                .unwrap();
+            assert_eq!(answers.outcome(found), Some(outcome), "{request_id}");
+        }
+    }
 }
