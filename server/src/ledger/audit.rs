@@ -110,7 +110,7 @@ fn body_bytes<'a>(
     spill: &'a mut Vec<u8>,
     body: &HashedBody<'_>,
 ) -> &'a [u8] {
-    encode::bytes_of(stack, spill, body, |w, body| {
+    encode::bytes_of(stack, spill, &[], body, |w, body| {
         let event: &[u8] = match body.event {
             AuditEvent::Grant => &[0],
             AuditEvent::Commit { overrun, late } => &[2, *overrun as u8, *late as u8],

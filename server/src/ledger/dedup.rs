@@ -16,7 +16,7 @@ use serde::de::Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::encode::{self, Writer};
+use super::encode;
 use super::ring::Ring;
 use super::slots::SlotTable;
 use super::state::RingBytes;
@@ -43,7 +43,13 @@ const INDEX_ENTRIES_MIN: usize = 1_024;
 /// allocation once it has grown) and hashed at once.
 pub fn payload_hash(spill: &mut Vec<u8>, cmd: &Command) -> u128 {
     let mut stack = [0u8; encode::HOT_BYTES];
-    xxh3_128(encode::bytes_of(&mut stack, spill, cmd, encode::command))
+    xxh3_128(encode::bytes_of(
+        &mut stack,
+        spill,
+        &[],
+        cmd,
+        encode::command,
+    ))
 }
 
 /// (tenant, request id) with its seeded hash in the index: hashed once per command, for
@@ -188,20 +194,8 @@ impl Answers {
         debug_assert!(self.entries.back().is_none_or(|a| a.at_ms <= at_ms));
         // The request id and the encoded outcome, as they go into `bytes`.
         let mut stack = [0u8; encode::HOT_BYTES];
-        let mut writer = Writer::new(&mut stack);
-        writer.bytes(request_id);
-        let fast = if encode::outcome(&mut writer, outcome) {
-            writer.finish()
-        } else {
-            None
-        };
         let mut spill = std::mem::take(&mut self.scratch);
-        let bytes = fast.unwrap_or_else(|| {
-            spill.clear();
-            spill.extend_from_slice(request_id);
-            encode::postcard_into(&mut spill, outcome);
-            &spill
-        });
+        let bytes = encode::bytes_of(&mut stack, &mut spill, request_id, outcome, encode::outcome);
         let lengths = (
             u16::try_from(request_id.len()).ok(),
             bytes

@@ -141,21 +141,25 @@ fn copy_short(into: &mut [u8], from: &[u8]) {
     into[n - 8..n].copy_from_slice(&from[n - 8..n]);
 }
 
-/// The bytes of `value`: written by `fast` into `stack` if it can (it returns false for
-/// values it leaves to postcard), else by postcard into `spill`.
+/// `prefix` (raw bytes, e.g. a remembered answer's request id; often empty), then the bytes
+/// of `value`: written by `fast` into `stack` if it can (it returns false for values it
+/// leaves to postcard), else by postcard into `spill`.
 pub fn bytes_of<'a, T: Serialize + ?Sized>(
     stack: &'a mut [u8; HOT_BYTES],
     spill: &'a mut Vec<u8>,
+    prefix: &[u8],
     value: &T,
     fast: impl FnOnce(&mut Writer<'a>, &T) -> bool,
 ) -> &'a [u8] {
     let mut writer = Writer::new(stack);
+    writer.bytes(prefix);
     if fast(&mut writer, value) {
         if let Some(bytes) = writer.finish() {
             return bytes;
         }
     }
     spill.clear();
+    spill.extend_from_slice(prefix);
     postcard_into(spill, value);
     spill
 }
@@ -297,7 +301,7 @@ mod tests {
     fn fast<T: Serialize>(f: impl FnOnce(&mut Writer<'_>, &T) -> bool, value: &T) -> Vec<u8> {
         let mut stack = [0u8; HOT_BYTES];
         let mut spill = vec![0xAB];
-        bytes_of(&mut stack, &mut spill, value, f).to_vec()
+        bytes_of(&mut stack, &mut spill, &[], value, f).to_vec()
     }
 
     fn varint_of(value: &u64) -> Vec<u8> {
@@ -481,14 +485,17 @@ mod tests {
         let mut w = Writer::new(&mut buf);
         w.str(b"abcd");
         assert_eq!(w.finish(), None);
-        // Where the fast path gives nothing, `bytes_of` takes postcard's bytes.
+        // Where the fast path gives nothing, `bytes_of` takes postcard's bytes, after the
+        // prefix.
         let value = 300u64;
         let mut stack = [0u8; HOT_BYTES];
         let mut spill = Vec::new();
-        let bytes = bytes_of(&mut stack, &mut spill, &value, |w, v| {
+        let bytes = bytes_of(&mut stack, &mut spill, b"id", &value, |w, v| {
             w.varint(*v);
             false
         });
-        assert_eq!(bytes, postcard::to_allocvec(&value).unwrap());
+        let mut expected = b"id".to_vec();
+        postcard_into(&mut expected, &value);
+        assert_eq!(bytes, expected);
     }
 }
