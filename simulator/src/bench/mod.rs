@@ -5,9 +5,11 @@
 //!
 //! Open loop sends at fixed intended times and measures each reserve from its intended send
 //! time, not from when it was actually sent: a stalled system is charged for the requests
-//! it delayed (no coordinated omission).
+//! it delayed (no coordinated omission). The intended times are released by a pacer thread
+//! (`pacer.rs`), not tokio's millisecond timer, so the harness's own lateness is not charged.
 
 pub mod alloc;
+mod pacer;
 pub mod report;
 pub mod scenario;
 pub mod stats;
@@ -153,8 +155,8 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<bool> {
     if !(0.0..=DURATION_S_MAX).contains(&args.duration) || args.warmup < 0.0 {
         bail!("--duration must be within 0..={DURATION_S_MAX} s and --warmup not negative");
     }
-    if args.mode == Mode::Open && args.rate.is_none_or(|r| r <= 0.0) {
-        bail!("--mode open needs --rate PAIRS_PER_SECOND above 0");
+    if args.mode == Mode::Open && args.rate.is_none_or(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--mode open needs --rate PAIRS_PER_SECOND, a finite number above 0");
     }
     for &clients in &args.clients {
         if clients == 0 || clients > CLIENTS_MAX {
@@ -226,13 +228,6 @@ pub async fn start_embedded() -> anyhow::Result<(LocalCluster, tempfile::TempDir
     Ok((cluster, dir))
 }
 
-/// When a worker's `k`-th pair is due, open loop: worker `w` of `c` sends at
-/// `(w + k * c) / rate` seconds after the start, so the clients together offer `rate`.
-fn due(start: Instant, rate: f64, clients: usize, worker: usize, k: u64) -> Instant {
-    let slot = worker as f64 + k as f64 * clients as f64;
-    start + Duration::from_secs_f64(slot / rate)
-}
-
 async fn run_once(
     args: &BenchArgs,
     clients: usize,
@@ -244,35 +239,51 @@ async fn run_once(
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let measure_until = measure_from + Duration::from_secs_f64(args.duration);
     let drivers = Arc::new(drivers);
+    // Open loop: each worker's due times come from the pacer; closed loop: none.
+    let (due_times, pacer) = match args.mode {
+        Mode::Closed => ((0..clients).map(|_| None).collect(), None),
+        Mode::Open => {
+            let schedule = pacer::Schedule {
+                start: start.into_std(),
+                rate: args.rate.unwrap_or(0.0),
+                until: measure_until.into_std(),
+            };
+            let (receivers, pacer) = pacer::start(schedule, clients)?;
+            (
+                receivers.into_iter().map(Some).collect::<Vec<_>>(),
+                Some(pacer),
+            )
+        }
+    };
     let mut tasks = Vec::with_capacity(clients);
-    for worker in 0..clients {
+    for (worker, mut due_times) in due_times.into_iter().enumerate() {
         let drivers = Arc::clone(&drivers);
-        let mode = args.mode;
-        let rate = args.rate.unwrap_or(0.0);
         let workload = args.workload;
         tasks.push(tokio::spawn(async move {
             let driver = &drivers[worker % drivers.len()];
             let mut rng = StdRng::seed_from_u64(worker as u64);
             let mut state = WorkerState::default();
             let mut stats = WorkerStats::default();
-            let mut k: u64 = 0;
             loop {
-                let now = Instant::now();
-                let intended = match mode {
-                    Mode::Closed => now.max(start),
-                    Mode::Open => due(start, rate, clients, worker, k),
+                let intended = match &mut due_times {
+                    None => Instant::now().max(start),
+                    Some(due_times) => match due_times.recv().await {
+                        Some(due) => Instant::from_std(due),
+                        None => break,
+                    },
                 };
-                k += 1;
                 if intended >= measure_until {
                     break;
                 }
+                let now = Instant::now();
                 if now >= measure_until {
                     // Open loop, fallen behind: what is still due was never sent.
                     stats.missed += 1;
                     continue;
                 }
-                // Only a due time in the future is slept for: tokio's timer would otherwise
-                // round even a past deadline up to its next millisecond tick.
+                // Only a due time in the future (the start, closed loop) is slept for:
+                // tokio's timer would otherwise round even a past deadline up to its next
+                // millisecond tick.
                 if intended > now {
                     tokio::time::sleep_until(intended).await;
                 }
@@ -313,6 +324,12 @@ async fn run_once(
     let mut total = WorkerStats::default();
     for task in tasks {
         total.merge(task.await.context("a bench worker panicked")?);
+    }
+    if let Some(pacer) = pacer {
+        let dropped = pacer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the open-loop pacer panicked"))?;
+        total.missed += dropped;
     }
     let pairs = total.pairs.max(1) as f64;
     let cpu_client_us_per_pair = (cpu_after.self_s - cpu_before.self_s) * 1e6 / pairs;
