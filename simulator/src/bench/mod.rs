@@ -41,6 +41,9 @@ pub const CLIENTS_MAX: usize = 4_096;
 pub const CONNECTIONS_MAX: usize = 64;
 /// Longest run, in seconds.
 pub const DURATION_S_MAX: f64 = 3_600.0;
+/// Highest open-loop rate, in pairs per second: far above what any system here answers, and
+/// low enough that the pacer's schedule of a longest run stays finite.
+pub const RATE_MAX: f64 = 1_000_000.0;
 /// Nodes of the embedded cluster.
 pub const EMBEDDED_NODES: u64 = 3;
 /// How long to wait for the embedded cluster to elect a leader.
@@ -155,8 +158,8 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<bool> {
     if !(0.0..=DURATION_S_MAX).contains(&args.duration) || args.warmup < 0.0 {
         bail!("--duration must be within 0..={DURATION_S_MAX} s and --warmup not negative");
     }
-    if args.mode == Mode::Open && args.rate.is_none_or(|r| !(r.is_finite() && r > 0.0)) {
-        bail!("--mode open needs --rate PAIRS_PER_SECOND, a finite number above 0");
+    if args.mode == Mode::Open && args.rate.is_none_or(|r| !(r > 0.0 && r <= RATE_MAX)) {
+        bail!("--mode open needs --rate PAIRS_PER_SECOND above 0 and at most {RATE_MAX}");
     }
     for &clients in &args.clients {
         if clients == 0 || clients > CLIENTS_MAX {
@@ -374,6 +377,29 @@ fn count_error(stats: &mut WorkerStats, error: OpError) {
         OpError::Failed(message) => {
             stats.errors += 1;
             stats.error_last = Some(message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[tokio::test]
+    async fn an_open_loop_rate_that_is_not_a_positive_bounded_number_is_refused() {
+        for rate in ["0", "-5", "NaN", "inf", "1000001"] {
+            let cli = Cli::try_parse_from(["bench", "--mode", "open", &format!("--rate={rate}")])
+                .unwrap();
+            let error = main(cli.bench).await.unwrap_err().to_string();
+            assert!(error.contains("--rate"), "rate {rate}: {error}");
         }
     }
 }
