@@ -39,7 +39,7 @@ use systems::{Driver, Key, OpError, System, WorkerState, Workload};
 pub const CLIENTS_MAX: usize = 4_096;
 /// Most connections one run opens per node.
 pub const CONNECTIONS_MAX: usize = 64;
-/// Longest run, in seconds.
+/// Longest measured run, and longest warm-up, in seconds.
 pub const DURATION_S_MAX: f64 = 3_600.0;
 /// Highest open-loop rate, in pairs per second: far above what any system here answers, and
 /// low enough that the pacer's schedule of a longest run stays finite.
@@ -155,8 +155,10 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<bool> {
         return scenario::snapshot(&args).await;
     }
     systems::check_target(args.system, args.cluster.as_deref())?;
-    if !(0.0..=DURATION_S_MAX).contains(&args.duration) || args.warmup < 0.0 {
-        bail!("--duration must be within 0..={DURATION_S_MAX} s and --warmup not negative");
+    // A range check refuses NaN too; an unbounded warm-up would overflow `Instant`.
+    let seconds = 0.0..=DURATION_S_MAX;
+    if !seconds.contains(&args.duration) || !seconds.contains(&args.warmup) {
+        bail!("--duration and --warmup must each be within 0..={DURATION_S_MAX} s");
     }
     if args.mode == Mode::Open && args.rate.is_none_or(|r| !(r > 0.0 && r <= RATE_MAX)) {
         bail!("--mode open needs --rate PAIRS_PER_SECOND above 0 and at most {RATE_MAX}");
@@ -400,6 +402,15 @@ mod tests {
                 .unwrap();
             let error = main(cli.bench).await.unwrap_err().to_string();
             assert!(error.contains("--rate"), "rate {rate}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_warmup_that_is_not_a_bounded_number_of_seconds_is_refused() {
+        for warmup in ["-1", "NaN", "inf", "3601"] {
+            let cli = Cli::try_parse_from(["bench", &format!("--warmup={warmup}")]).unwrap();
+            let error = main(cli.bench).await.unwrap_err().to_string();
+            assert!(error.contains("--warmup"), "warmup {warmup}: {error}");
         }
     }
 }
