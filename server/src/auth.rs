@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use crate::ledger::TenantId;
+use tollgate_ledger::TenantId;
 
 type TokenDigest = [u8; 32];
 

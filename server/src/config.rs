@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::auth::Auth;
-use crate::ledger::TenantId;
 use crate::node::NodeConfig;
 use crate::raft::NodeId;
+use tollgate_ledger::TenantId;
 
 /// Flags of `tollgate serve`; each also reads an environment variable.
 #[derive(Clone, Debug, Default, clap::Args)]

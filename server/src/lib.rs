@@ -1,11 +1,11 @@
-//! A Tollgate node. `ledger` decides; `raft` orders, replicates and persists; `grpc` translates.
+//! A Tollgate node: `raft` orders, replicates and persists; `grpc` translates; the ledger
+//! (`tollgate-ledger`) decides.
 pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod grpc;
-pub mod ledger;
 pub mod local_cluster;
 pub mod metrics;
 pub mod node;

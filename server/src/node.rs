@@ -15,12 +15,12 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
 use crate::clock::Clock;
-use crate::ledger::Command;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, Partition, RAFT_MESSAGE_BYTES_MAX};
 use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::{SharedApplied, StateMachine};
 use crate::raft::{NodeId, Raft};
+use tollgate_ledger::Command;
 
 /// How a node runs; built from flags, environment and a TOML file by `config`.
 #[derive(Clone, Debug)]

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use tollgate_server::ledger::{AuditEvent, AuditRecord, DenyReason, Dimension};
+use tollgate_ledger::{AuditEvent, AuditRecord, DenyReason, Dimension};
 
 use crate::history::{self, BudgetSpec, CheckReport, FinalUsage};
 use crate::runner::{CallNote, CallOutcome, RunOutput};

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tollgate_server::ledger::{Amounts, AuditEvent, AuditRecord, Dimension, LimitKind};
+use tollgate_ledger::{Amounts, AuditEvent, AuditRecord, Dimension, LimitKind};
 
 /// Most violations one report lists in full; beyond it they are counted, so a badly
 /// broken run does not print a million lines.

@@ -16,8 +16,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tollgate_client::v1::reserve_response::Decision;
 use tollgate_client::{v1, Amounts, Client, ClientConfig, Error};
+use tollgate_ledger::AuditRecord;
 use tollgate_server::clock::Clock;
-use tollgate_server::ledger::AuditRecord;
 use tollgate_server::local_cluster::{LocalCluster, LocalClusterOptions};
 
 use crate::history::{Event, Op, OpResult, Recorder};
@@ -870,7 +870,7 @@ async fn read_audit(
         while let Some(record) = export.next().await? {
             whole.push(serde_json::from_str::<AuditRecord>(&record.json)?);
         }
-        tollgate_server::ledger::verify_chain(&whole)
+        tollgate_ledger::verify_chain(&whole)
             .err()
             .map(|e| e.to_string())
     } else {
@@ -886,7 +886,7 @@ fn strip_record_prefix(mut record: AuditRecord, prefix: &str) -> AuditRecord {
     }
     if let Some(tenant) = &record.tenant {
         if let Some(bare) = tenant.as_str().strip_prefix(prefix) {
-            if let Ok(id) = tollgate_server::ledger::TenantId::new(bare) {
+            if let Ok(id) = tollgate_ledger::TenantId::new(bare) {
                 record.tenant = Some(id);
             }
         }

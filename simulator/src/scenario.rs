@@ -101,8 +101,8 @@ pub enum DimensionToml {
 }
 
 impl DimensionToml {
-    pub fn ledger(self) -> tollgate_server::ledger::Dimension {
-        use tollgate_server::ledger::Dimension;
+    pub fn ledger(self) -> tollgate_ledger::Dimension {
+        use tollgate_ledger::Dimension;
         match self {
             DimensionToml::Tokens => Dimension::Tokens,
             DimensionToml::Cost => Dimension::Cost,

@@ -9,8 +9,8 @@ use common::{client_for, tenant_with_budget, tokens_budget, TestCluster, LEADER_
 use tollgate_client::v1;
 use tollgate_client::v1::admin_client::AdminClient;
 use tollgate_client::v1::tollgate_client::TollgateClient;
+use tollgate_ledger::TenantId;
 use tollgate_server::auth::Auth;
-use tollgate_server::ledger::TenantId;
 use tonic::transport::Channel;
 use tonic::Code;
 

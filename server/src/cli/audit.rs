@@ -12,7 +12,7 @@ use tollgate_client::{v1, AUDIT_QUERY_RECORDS_MAX};
 
 use super::render;
 use super::{failed, out, out_json, AuditCommand, AuditFilterArgs, Ops};
-use crate::ledger::{verify_chain, AuditError, AuditRecord, ChainHead};
+use tollgate_ledger::{verify_chain, AuditError, AuditRecord, ChainHead};
 
 /// Records verified at once when checking a file: memory stays bounded however long the
 /// export. Consecutive chunks overlap by one record, so every link is checked.
@@ -323,7 +323,7 @@ fn verify_lines(reader: impl BufRead, name: &str) -> Result<FileVerified, Verify
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Amounts, AuditEvent, GENESIS_PREV_HASH};
+    use tollgate_ledger::{Amounts, AuditEvent, GENESIS_PREV_HASH};
 
     /// A valid chain of `count` records from seq 1, as `audit export` would write it.
     fn chain(count: u64) -> Vec<AuditRecord> {

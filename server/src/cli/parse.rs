@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use tollgate_client::v1;
 
 use crate::grpc::convert::policy_to_pb;
-use crate::ledger::TenantPolicy;
+use tollgate_ledger::TenantPolicy;
 
 /// Milliseconds in each duration unit an operator may write, longest first.
 const DURATION_UNITS_MS: [(&str, u64); 5] = [

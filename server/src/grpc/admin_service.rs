@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, applied};
 use super::{propose, read_linearizable, rejection_status};
-use crate::ledger::{AuditFilter, AuditRecord, Command};
 use crate::node::Node;
+use tollgate_ledger::{AuditFilter, AuditRecord, Command};
 
 /// Most audit records one QueryAudit call returns; page with `after_seq` for more.
 pub const AUDIT_PAGE_RECORDS_MAX: usize = 10_000;

@@ -4,12 +4,12 @@
 use tollgate_proto::v1 as pb;
 use tonic::Status;
 
-use crate::ledger::{
+use crate::raft::proposer::AppliedOutcome;
+use tollgate_ledger::{
     AgentId, Amounts, DenyReason, Dimension, ExpiryPolicy, LimitId, LimitKind, LimitSpec,
     LimitUsage, RequestId, ReservationView, Scope, TenantId, TenantPolicy, ToolId, TripCause,
     Window,
 };
-use crate::raft::proposer::AppliedOutcome;
 
 pub fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)

@@ -16,11 +16,11 @@ use tollgate_proto::v1 as pb;
 use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
-use crate::ledger::{Command, Rejection};
 use crate::node::Node;
 use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
 use crate::raft::proposer::{AppliedOutcome, ProposeError};
 use crate::raft::state_machine::{read_applied, Applied};
+use tollgate_ledger::{Command, Rejection};
 
 /// Largest client or admin request a node decodes: ids are at most 128 bytes, so a reserve is
 /// well under 1 KiB; anything near this bound is garbage or an attack. The Tollgate service
@@ -136,7 +136,7 @@ async fn propose(
     metrics::histogram!("tollgate_propose_seconds", "op" => op).record(started.elapsed());
     match result {
         Ok(applied) => match &applied.outcome {
-            crate::ledger::Outcome::Rejected(rejection) => Err(rejection_status(rejection)),
+            tollgate_ledger::Outcome::Rejected(rejection) => Err(rejection_status(rejection)),
             _ => Ok(applied),
         },
         Err(ProposeError::NotLeader { .. }) => Err(not_leader(node)),

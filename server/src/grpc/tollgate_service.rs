@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, applied};
 use super::{propose, read_linearizable, rejection_status};
-use crate::ledger::{Command, DenyReason, Outcome, ReservationId};
 use crate::node::Node;
+use tollgate_ledger::{Command, DenyReason, Outcome, ReservationId};
 /// Most reservations one ListReservations call returns.
 pub const RESERVATIONS_LISTED_MAX: usize = 10_000;
 

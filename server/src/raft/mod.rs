@@ -12,7 +12,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{Command, Outcome};
+use tollgate_ledger::{Command, Outcome};
 
 pub type NodeId = u64;
 

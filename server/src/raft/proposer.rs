@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Batch, NodeId, Raft};
 use crate::clock::Clock;
-use crate::ledger::{Command, Outcome};
+use tollgate_ledger::{Command, Outcome};
 
 /// Commands waiting to be proposed; a full queue answers "overloaded" at once rather than
 /// letting latency grow without bound.

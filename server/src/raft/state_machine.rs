@@ -23,7 +23,7 @@ use openraft::{
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{BatchOutcome, NodeId, TypeConfig};
-use crate::ledger::{Ledger, SnapshotError};
+use tollgate_ledger::{Ledger, SnapshotError};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
@@ -453,7 +453,7 @@ mod tests {
     use openraft::{CommittedLeaderId, Membership};
 
     use super::*;
-    use crate::ledger::{AgentId, Amounts, Command, RequestId, TenantId, TenantPolicy, ToolId};
+    use tollgate_ledger::{AgentId, Amounts, Command, RequestId, TenantId, TenantPolicy, ToolId};
 
     const AT_MS: u64 = 1_800_000_000_000;
 

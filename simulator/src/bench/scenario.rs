@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use tollgate_client::{Amounts, Client, ClientConfig};
-use tollgate_server::ledger::{
+use tollgate_ledger::{
     AgentId, Amounts as LedgerAmounts, Command, Dimension, Ledger, LimitId, LimitKind, LimitSpec,
     RequestId, Scope, TenantId, TenantPolicy, ToolId, Window,
 };
@@ -52,7 +52,7 @@ pub struct SnapshotResult {
     pub restart_s: f64,
 }
 
-fn id<T>(made: Result<T, tollgate_server::ledger::InvalidInput>) -> anyhow::Result<T> {
+fn id<T>(made: Result<T, tollgate_ledger::InvalidInput>) -> anyhow::Result<T> {
     made.map_err(|e| anyhow::anyhow!("{}", e.0))
 }
 

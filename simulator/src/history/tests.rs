@@ -2,7 +2,7 @@
 //! test, each built so that the check fails if the violation goes unreported.
 
 use super::*;
-use tollgate_server::ledger::{
+use tollgate_ledger::{
     AgentId, DenyReason, LimitId, LimitSpec, RequestId, ReservationId, Scope, TenantId, ToolId,
     Window,
 };
@@ -324,7 +324,7 @@ fn a_request_applied_twice_is_reported() {
 #[test]
 fn a_trip_next_to_its_denial_is_not_a_double_application() {
     let (events, mut trail) = consistent();
-    let cause = tollgate_server::ledger::TripCause::Repetition {
+    let cause = tollgate_ledger::TripCause::Repetition {
         fingerprint: "f".into(),
         count: 3,
     };

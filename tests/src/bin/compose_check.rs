@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use tollgate_client::{v1, Client, ClientConfig};
-use tollgate_server::ledger::{AuditRecord, GENESIS_PREV_HASH};
+use tollgate_ledger::{AuditRecord, GENESIS_PREV_HASH};
 use tollgate_sim::history::{self, BudgetSpec, Event, FinalUsage, Op, OpResult};
 
 /// Time one status or usage question to one node may take, retries included: a paused or

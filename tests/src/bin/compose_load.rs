@@ -19,7 +19,7 @@ use rand::Rng;
 use tollgate_client::v1;
 use tollgate_client::v1::reserve_response::Decision;
 use tollgate_client::{new_request_id, Amounts, Client, ClientConfig, Error};
-use tollgate_server::ledger::Dimension;
+use tollgate_ledger::Dimension;
 use tollgate_sim::history::{BudgetSpec, Event, Op, OpResult};
 
 /// The tenants of the test and their lifetime cost budgets (micro-units). At the ~300

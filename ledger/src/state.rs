@@ -11,9 +11,9 @@ use smallvec::SmallVec;
 
 use super::limits::{AgentCounter, LimitEntry};
 use super::names::{Interned, Named};
-use super::ring::Ring;
 use super::runaway::Runaway;
 use super::{AgentId, Amounts, TenantId, TenantPolicy, ToolId};
+use tollgate_cacheline::Ring;
 
 /// The ledger's hash maps: foldhash is several times faster than SipHash on short ids, and
 /// its per-process random seeds keep flooding a map with colliding ids impractical.

@@ -17,10 +17,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::encode;
-use super::ring::Ring;
-use super::slots::SlotTable;
 use super::state::RingBytes;
 use super::{Command, Ledger, Outcome, Rejection, RequestId, ID_BYTES_MAX};
+use tollgate_cacheline::Ring;
+use tollgate_cacheline::SlotTable;
 
 /// How long an answer is remembered: 10 minutes. It must cover a client's retries across a
 /// leader change (election timeouts are seconds) with a wide margin; a retry after that is
@@ -533,14 +533,14 @@ mod tests {
     /// postcard encodes (denials) are remembered and read back like the short ones.
     #[test]
     fn long_and_denied_answers_are_read_back_whole() {
-        use crate::ledger::{DenyReason, LimitId, Remaining, ReservationId};
+        use crate::{DenyReason, LimitId, Remaining, ReservationId};
         let long_id = "r".repeat(ID_BYTES_MAX);
         let long = Outcome::Granted {
             reservation_id: ReservationId(u64::MAX),
             expires_at_ms: u64::MAX,
             tightest: Some(Remaining {
                 limit_id: LimitId::new("l".repeat(ID_BYTES_MAX)).unwrap(),
-                dimension: crate::ledger::Dimension::Tokens,
+                dimension: crate::Dimension::Tokens,
                 remaining: i64::MIN,
             }),
         };

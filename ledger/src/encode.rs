@@ -292,7 +292,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::ledger::{
+    use crate::{
         AgentId, DenyReason, LimitId, Rejection, Remaining, RequestId, ReservationId, TenantId,
         TenantPolicy, ToolId,
     };
@@ -469,7 +469,7 @@ mod tests {
     #[test]
     fn ids_of_every_length_are_copied_whole() {
         let id: Vec<u8> = (0..=255u8).collect();
-        for len in 0..=crate::ledger::ID_BYTES_MAX {
+        for len in 0..=crate::ID_BYTES_MAX {
             let mut buf = [0u8; HOT_BYTES];
             let mut w = Writer::new(&mut buf);
             w.str(&id[..len]);

@@ -10,7 +10,7 @@ use std::hash::BuildHasher;
 
 use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
 
-use super::slots::{self, SlotTable};
+use tollgate_cacheline::{self as slots, SlotTable};
 
 /// Something with a unique name in its list.
 pub trait Named {

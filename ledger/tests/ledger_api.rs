@@ -1,7 +1,7 @@
 //! The ledger seen from outside the crate, as the raft and gRPC layers use it: apply
 //! commands, query, export the audit trail as JSON lines and verify it, snapshot and restore.
 
-use tollgate_server::ledger::*;
+use tollgate_ledger::*;
 
 #[test]
 fn a_day_of_spend_exports_a_verifiable_trail_and_survives_a_snapshot() {

@@ -13,8 +13,8 @@
 //! (the first slot whose hash matches), and changes nothing: a wrong guess costs a wasted
 //! line, never a wrong answer.
 
-use super::slots::prefetch;
 use super::{Command, Ledger};
+use tollgate_cacheline::prefetch;
 
 /// Links of the longest chain, one stage each.
 const STAGES: usize = 4;

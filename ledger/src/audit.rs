@@ -14,12 +14,12 @@ use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::encode;
-use super::ring::Ring;
 use super::state::{RingBytes, Scratch};
 use super::{
     AgentId, Amounts, AuditFilter, ChainHead, DenyReason, LimitId, LimitSpec, RequestId,
     ReservationId, TenantId, ToolId, TripCause,
 };
+use tollgate_cacheline::Ring;
 
 /// Audit records kept in memory (a ring): at ~300 bytes each, about 300 MB at most.
 pub const AUDIT_RECORDS_RETAINED_MAX: usize = 1_000_000;

@@ -189,7 +189,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(crate::ledger::tests::proptest_cases()))]
+        #![proptest_config(ProptestConfig::with_cases(crate::tests::proptest_cases()))]
 
         /// GCRA in closed form agrees with a per-millisecond simulation of the same bucket,
         /// on every admit/deny decision and on the retry-after it reports.

@@ -29,6 +29,7 @@
 //!   while it was in flight are not charged by it.
 //! - Changing a limit keeps its counters if only its cap changes (budget amount, rate burst,
 //!   concurrency max); any other change starts it afresh, and holds on the old one lapse.
+#![forbid(unsafe_code)]
 
 mod audit;
 mod commands;
@@ -39,9 +40,7 @@ mod limits;
 mod names;
 mod prefetch;
 mod rate;
-mod ring;
 mod runaway;
-mod slots;
 mod snapshot;
 mod state;
 mod types;

@@ -12,6 +12,8 @@
 //! The items themselves live elsewhere (a list, a ring): a lookup confirms a slot whose
 //! hash matches by asking the caller about its index. Iteration order is never exposed.
 
+use crate::prefetch;
+
 /// An index and 32 bits of its key's hash. A hash of 0 is stored as 1, so that 0 can mark
 /// an empty slot; lookups apply the same mapping.
 #[derive(Clone, Copy, Debug, Default)]
@@ -29,56 +31,6 @@ fn stored(hash: u32) -> u32 {
     hash.max(1)
 }
 
-/// A cache line, as far as prefetching is concerned.
-const LINE_BYTES: usize = 64;
-/// Most bytes of one object or slice that `prefetch` asks for.
-const PREFETCH_BYTES_MAX: usize = 16 * LINE_BYTES;
-
-/// Hints the CPU to bring the cache lines holding `value` (at most `PREFETCH_BYTES_MAX`
-/// of it) into the cache, one request per line. It never faults and changes nothing but
-/// timing.
-#[inline]
-pub fn prefetch<T: ?Sized>(value: &T) {
-    let start: *const u8 = (value as *const T).cast();
-    let bytes = size_of_val(value).min(PREFETCH_BYTES_MAX);
-    if bytes == 0 {
-        return;
-    }
-    // From the line `start` is in to the line of the last byte.
-    let into_line = start.addr() % LINE_BYTES;
-    let lines = (into_line + bytes).div_ceil(LINE_BYTES);
-    let first_line = start.wrapping_sub(into_line);
-    for line in 0..lines {
-        prefetch_line(first_line.wrapping_add(line * LINE_BYTES), false);
-    }
-}
-
-/// Hints the CPU to bring the line at `at` into the cache, in the state a write needs
-/// (`prefetchw`), so a store to it later finds it owned instead of waiting for it. Like
-/// `prefetch`, it never faults and changes nothing but timing.
-#[inline]
-pub fn prefetch_for_write(at: *const u8) {
-    prefetch_line(at, true);
-}
-
-/// One prefetch instruction: for reading (`prefetcht0`) or for writing (`prefetchw`).
-#[inline]
-fn prefetch_line(at: *const u8, for_write: bool) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it reads no memory architecturally and cannot fault,
-    // whatever the address; callers pass addresses inside a live reference or allocation.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-        if for_write {
-            _mm_prefetch::<_MM_HINT_ET0>(at.cast());
-        } else {
-            _mm_prefetch::<_MM_HINT_T0>(at.cast());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (at, for_write);
-}
-
 /// A set of (hash, index) slots with at most `capacity / 2` of them filled.
 #[derive(Clone, Default)]
 pub struct SlotTable {
@@ -90,6 +42,10 @@ pub struct SlotTable {
 impl SlotTable {
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Slots allocated; at most half of them are ever filled.

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use super::slots::prefetch_for_write;
+use super::prefetch_for_write;
 
 /// The size of a chunk: big enough that the chunk list stays short (a few thousand entries
 /// for the largest ring), small enough that allocating one is cheap.
@@ -74,6 +74,10 @@ impl<T: Copy> Ring<T> {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The value at `index` from the front.
@@ -299,7 +303,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(super::super::tests::proptest_cases()))]
+        #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases()))]
 
         /// The ring holds exactly what a `VecDeque` fed the same operations holds.
         #[test]

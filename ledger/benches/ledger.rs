@@ -18,7 +18,7 @@ use std::time::Instant;
 use mimalloc::MiMalloc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tollgate_server::ledger::*;
+use tollgate_ledger::*;
 
 const TENANTS: usize = 10_000;
 const AGENTS_PER_TENANT: usize = 100;
