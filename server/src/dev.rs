@@ -2,7 +2,7 @@
 //! a short demo of what the cluster stops. The README's first command.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,17 +17,23 @@ const DEV_NODES: u64 = 3;
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Calls the runaway agent of the demo attempts before the demo gives up on it.
 const DEMO_RUNAWAY_CALLS_MAX: u32 = 1_000;
+/// The port of node 1 unless `--port` says otherwise; the operator commands' default.
+const DEV_PORT_DEFAULT: u16 = 7001;
+/// The file that marks a data directory as created by `tollgate dev`, and so safe to wipe.
+const DEV_MARKER_FILE: &str = ".tollgate-dev";
+const DEV_MARKER_TEXT: &str = "created by `tollgate dev`; wiped at its next start\n";
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DevArgs {
-    /// Where the three nodes keep their data (wiped at start unless --keep-data).
+    /// Where the three nodes keep their data. Wiped at start unless --keep-data, and only
+    /// if `tollgate dev` created it: a directory holding other files is refused.
     #[arg(long, default_value = ".tollgate-dev")]
     pub data_dir: PathBuf,
     /// Keep the data of the previous run instead of starting afresh.
     #[arg(long)]
     pub keep_data: bool,
     /// Port of node 1; nodes 2 and 3 listen on the next two.
-    #[arg(long, default_value_t = 7001)]
+    #[arg(long, default_value_t = DEV_PORT_DEFAULT)]
     pub port: u16,
     /// Prometheus metrics of the three nodes (one endpoint for the process).
     #[arg(long, default_value = "127.0.0.1:9100")]
@@ -41,10 +47,7 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    if !args.keep_data && args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir)
-            .with_context(|| format!("wiping {}", args.data_dir.display()))?;
-    }
+    prepare_data_dir(&args.data_dir, args.keep_data)?;
     crate::metrics::install_exporter(args.metrics_listen)?;
     let mut options = LocalClusterOptions::new(DEV_NODES, args.data_dir.clone());
     options.base_port = Some(args.port);
@@ -68,11 +71,48 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         demo(&client).await?;
     }
     if !args.exit_after_demo {
-        println!("serving; try `tollgate status` or `tollgate usage --tenant acme`. Ctrl-C stops.");
-        crate::node::shutdown_signal().await;
+        let cluster_flag = cluster_flag(args.port, &endpoints);
+        println!(
+            "serving; try `tollgate status{cluster_flag}` or \
+             `tollgate usage{cluster_flag} --tenant acme`. Ctrl-C stops."
+        );
+        crate::start::shutdown_signal().await;
     }
     cluster.shutdown().await;
     Ok(())
+}
+
+/// The `--cluster` flag an operator command needs to reach this dev cluster: none on the
+/// default ports (the commands' default), the nodes' addresses otherwise.
+fn cluster_flag(port: u16, endpoints: &[String]) -> String {
+    if port == DEV_PORT_DEFAULT {
+        return String::new();
+    }
+    format!(" --cluster {}", endpoints.join(","))
+}
+
+/// Makes `dir` ready for the dev cluster. A directory is used (and, without `keep_data`,
+/// wiped) only if `tollgate dev` created it (it holds `DEV_MARKER_FILE`) or it is empty:
+/// `--data-dir` may name a path that holds a user's files, and those are never touched.
+fn prepare_data_dir(dir: &Path, keep_data: bool) -> anyhow::Result<()> {
+    let marker = dir.join(DEV_MARKER_FILE);
+    if dir.exists() && !marker.is_file() {
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_none();
+        anyhow::ensure!(
+            empty,
+            "{} holds files that `tollgate dev` did not create; choose another --data-dir",
+            dir.display()
+        );
+    }
+    if dir.exists() && !keep_data {
+        std::fs::remove_dir_all(dir).with_context(|| format!("wiping {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(&marker, DEV_MARKER_TEXT)
+        .with_context(|| format!("writing {}", marker.display()))
 }
 
 async fn wait_for_leader(client: &Client) -> anyhow::Result<()> {
@@ -174,6 +214,16 @@ async fn load_examples(client: &Client) -> anyhow::Result<()> {
 /// Three stories: normal calls, a loop cut off by repetition detection, an expensive agent cut
 /// off by its budget; then the kill switch, and the audit trail verified.
 async fn demo(client: &Client) -> anyhow::Result<()> {
+    normal_calls(client).await?;
+    loop_tripped(client).await?;
+    budget_exhausted(client).await?;
+    kill_switch(client).await?;
+    audit_verified(client).await?;
+    println!("\ndemo done.");
+    Ok(())
+}
+
+async fn normal_calls(client: &Client) -> anyhow::Result<()> {
     println!("\n1. support-bot makes three LLM calls, each reserved then committed:");
     for i in 1..=3u64 {
         let reservation = client
@@ -189,44 +239,46 @@ async fn demo(client: &Client) -> anyhow::Result<()> {
             .await?;
         println!("   call {i}: granted at log index {applied}, committed");
     }
+    Ok(())
+}
 
+async fn loop_tripped(client: &Client) -> anyhow::Result<()> {
     println!("\n2. research-bot loops: the same search with the same arguments, over and over:");
-    let mut calls = 0u32;
-    let outcome = loop {
-        calls += 1;
-        let request = ReserveRequest::new("acme", "research-bot", "search")
-            .fingerprint("search:q=latest+news");
-        match client.reserve(request).await {
-            Ok(reservation) => {
-                reservation.commit(Amounts::new(0, 1_000, 1)).await?;
-            }
-            Err(error) => break error,
-        }
-        if calls >= DEMO_RUNAWAY_CALLS_MAX {
-            anyhow::bail!("the runaway was never cut off");
-        }
-    };
-    println!("   call {calls} refused: {outcome}");
+    let request =
+        ReserveRequest::new("acme", "research-bot", "search").fingerprint("search:q=latest+news");
+    let (calls, refusal) = call_until_refused(client, request, Amounts::new(0, 1_000, 1)).await?;
+    println!("   call {} refused: {refusal}", calls + 1);
+    Ok(())
+}
 
+async fn budget_exhausted(client: &Client) -> anyhow::Result<()> {
     println!("\n3. batch-bot calls an expensive model ($0.30 a call) on a $1/day allowance:");
-    let mut granted = 0u32;
-    let outcome = loop {
-        let request = ReserveRequest::new("acme", "batch-bot", "llm:gpt-x")
-            .tokens(1_000)
-            .cost_micros(300_000);
-        match client.reserve(request).await {
-            Ok(reservation) => {
-                granted += 1;
-                reservation.commit(Amounts::new(1_000, 300_000, 1)).await?;
-            }
-            Err(error) => break error,
-        }
-        if granted >= DEMO_RUNAWAY_CALLS_MAX {
-            anyhow::bail!("the budget never held");
-        }
-    };
-    println!("   {granted} calls granted, then: {outcome}");
+    let request = ReserveRequest::new("acme", "batch-bot", "llm:gpt-x")
+        .tokens(1_000)
+        .cost_micros(300_000);
+    let (granted, refusal) =
+        call_until_refused(client, request, Amounts::new(1_000, 300_000, 1)).await?;
+    println!("   {granted} calls granted, then: {refusal}");
+    Ok(())
+}
 
+/// Reserves `request` and commits `actual`, again and again, until the cluster refuses:
+/// returns the calls granted and the refusal. A runaway that is never cut off is an error.
+async fn call_until_refused(
+    client: &Client,
+    request: ReserveRequest,
+    actual: Amounts,
+) -> anyhow::Result<(u32, Error)> {
+    for granted in 0..DEMO_RUNAWAY_CALLS_MAX {
+        match client.reserve(request.clone()).await {
+            Ok(reservation) => reservation.commit(actual).await?,
+            Err(refusal) => return Ok((granted, refusal)),
+        };
+    }
+    anyhow::bail!("the runaway was never cut off in {DEMO_RUNAWAY_CALLS_MAX} calls")
+}
+
+async fn kill_switch(client: &Client) -> anyhow::Result<()> {
     println!("\n4. an operator freezes support-bot (the kill switch):");
     client.freeze("acme", Some("support-bot")).await?;
     match client
@@ -238,7 +290,10 @@ async fn demo(client: &Client) -> anyhow::Result<()> {
     }
     client.unfreeze("acme", Some("support-bot")).await?;
     println!("   unfrozen again");
+    Ok(())
+}
 
+async fn audit_verified(client: &Client) -> anyhow::Result<()> {
     let verified = client.verify_audit().await?;
     println!(
         "\n5. audit trail: {} records verified, chain head {} ({})",
@@ -251,6 +306,44 @@ async fn demo(client: &Client) -> anyhow::Result<()> {
         "audit chain did not verify: {}",
         verified.error
     );
-    println!("\ndemo done.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_holding_a_users_files_is_never_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let user_file = dir.path().join("notes.txt");
+        std::fs::write(&user_file, "mine").unwrap();
+        for keep_data in [false, true] {
+            let refused = prepare_data_dir(dir.path(), keep_data).unwrap_err();
+            assert!(refused.to_string().contains("did not create"), "{refused}");
+            assert_eq!(std::fs::read_to_string(&user_file).unwrap(), "mine");
+        }
+    }
+
+    #[test]
+    fn a_directory_dev_created_is_wiped_unless_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("dev");
+        prepare_data_dir(&dir, false).unwrap();
+        let node_file = dir.join("node-1");
+        std::fs::write(&node_file, "state").unwrap();
+
+        prepare_data_dir(&dir, true).unwrap();
+        assert!(node_file.exists(), "--keep-data keeps the previous run");
+        prepare_data_dir(&dir, false).unwrap();
+        assert!(!node_file.exists(), "a fresh start wipes what dev created");
+        assert!(dir.join(DEV_MARKER_FILE).is_file());
+    }
+
+    #[test]
+    fn an_empty_directory_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare_data_dir(dir.path(), false).unwrap();
+        assert!(dir.path().join(DEV_MARKER_FILE).is_file());
+    }
 }

@@ -10,3 +10,4 @@ pub mod local_cluster;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod start;

@@ -11,9 +11,10 @@ use anyhow::{bail, Context};
 
 use crate::auth::Auth;
 use crate::clock::Clock;
-use crate::node::{Node, NodeConfig, RunningNode};
+use crate::node::{Node, NodeConfig};
 use crate::raft::network::Partition;
 use crate::raft::NodeId;
+use crate::start::RunningNode;
 
 /// Most nodes a local cluster runs: enough for five voters and a learner or two.
 pub const LOCAL_NODES_MAX: u64 = 7;

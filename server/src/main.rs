@@ -1,6 +1,9 @@
 //! `tollgate`: run a node (`serve`), a local three-node cluster with a demo (`dev`), or operate
 //! a cluster (status, limits, freeze, usage, audit...), in the manner of `etcdctl`.
 
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 use tollgate_server::cli::{self, OpsCommand, Target};
 use tollgate_server::config::ServeArgs;
@@ -37,10 +40,12 @@ enum Command {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("TOLLGATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,chunked_wal=warn"));
     let json = std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|f| f == "json");
+    // Colour codes only for a person at a terminal: files, pipes and `docker logs` get text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -67,14 +72,33 @@ fn crash_on_panic() {
     }));
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Errors are printed as their chain of causes (`error: reading X: permission denied`), never
+/// with a backtrace: they are a user's problem to fix, not a bug to debug. Panics still print
+/// one under `RUST_BACKTRACE`.
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_logging();
             crash_on_panic();
-            tollgate_server::node::serve_until_signal(args.resolve()?).await
+            tollgate_server::start::serve_until_signal(args.resolve()?).await
         }
         Command::Dev(args) => {
             init_logging();

@@ -1,0 +1,246 @@
+//! Starting a node: opens its storage, starts openraft, the proposer, the tick and the gRPC
+//! server, and bootstraps the cluster the first time; then stopping it. Nothing here decides
+//! about spend.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tollgate_ledger::Command;
+
+use crate::node::{Node, NodeConfig};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{NetworkFactory, RAFT_MESSAGE_BYTES_MAX};
+use crate::raft::proposer::Proposer;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{NodeId, Raft};
+
+/// Largest snapshot chunk sent to a peer: a quarter of `RAFT_MESSAGE_BYTES_MAX`, leaving
+/// room for the chunk's metadata and encoding.
+const SNAPSHOT_CHUNK_BYTES: u64 = (RAFT_MESSAGE_BYTES_MAX / 4) as u64;
+
+/// A started node; dropping it does not stop it, `shutdown` does.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
+        // Restoring a large snapshot takes seconds of CPU: off the async runtime, which other
+        // nodes of a local cluster share.
+        let dir = config.data_dir.clone();
+        let state_machine = tokio::task::spawn_blocking(move || StateMachine::open(&dir))
+            .await
+            .context("opening the state machine")??;
+        let applied = state_machine.shared();
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+
+        let raft_config = raft_config(&config)?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            NetworkFactory {
+                from: config.id,
+                partition: config.partition.clone(),
+            },
+            log_store,
+            state_machine,
+        )
+        .await
+        .context("starting raft")?;
+
+        let proposer = Proposer::start(raft.clone(), config.clock.clone());
+        let node = Arc::new(Node {
+            id: config.id,
+            addr: advertise.clone(),
+            raft: raft.clone(),
+            applied,
+            proposer,
+            auth: config.auth.clone(),
+        });
+
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(crate::grpc::serve(node.clone(), listener, stopped.clone()));
+        let ticker = tokio::spawn(tick(node.clone(), config.tick_interval, stopped));
+        let mut running = Self {
+            node,
+            addr,
+            stop,
+            tasks: vec![server, ticker],
+        };
+        running.bootstrap(&config, advertise).await?;
+        tracing::info!(node = config.id, %addr, "node started");
+        Ok(running)
+    }
+
+    /// Initialises a new cluster, once: only the lowest id among the peers does it, only if its
+    /// own storage holds no cluster yet. A restarted node never re-initialises.
+    async fn bootstrap(&mut self, config: &NodeConfig, advertise: String) -> anyhow::Result<()> {
+        // A node started without peers is joining an existing cluster (add-learner): it must
+        // never found a cluster of its own.
+        let lowest = config.peers.keys().next().copied();
+        if lowest != Some(config.id) || self.node.raft.is_initialized().await? {
+            return Ok(());
+        }
+        let mut members: BTreeMap<NodeId, BasicNode> = config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        members.insert(config.id, BasicNode::new(advertise));
+        let node = self.node.clone();
+        self.tasks.push(tokio::spawn(initialise(node, members)));
+        Ok(())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving and stops Raft; the data directory can be opened again afterwards.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(error) = self.node.raft.shutdown().await {
+            tracing::warn!(node = self.node.id, %error, "raft shutdown");
+        }
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// openraft's settings for a node: its timers from `config`, and snapshot transfer sized for
+/// a ledger of a million agents.
+fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
+    openraft::Config {
+        cluster_name: "tollgate".into(),
+        heartbeat_interval: millis(config.heartbeat_interval),
+        election_timeout_min: millis(config.election_timeout_min),
+        election_timeout_max: millis(config.election_timeout_max),
+        // A snapshot of a million agents is ~300 MB: chunks of a quarter of the largest
+        // Raft message (not openraft's 3 MiB) make tens of round trips instead of a
+        // hundred, and a chunk still decodes in tens of ms. The last chunk waits for the
+        // install (decode, checks, fsync): seconds on a loaded machine, far longer than
+        // the 200 ms default; a timeout makes the leader start the whole transfer again,
+        // so the margin is wide.
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        install_snapshot_timeout: 30_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: config.log_entries_kept_after_snapshot,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft configuration")
+}
+
+/// How long the founding node waits for the other initial voters to listen before it
+/// starts the first election anyway (a majority suffices; the rest catch up when they come).
+const PEERS_LISTEN_WAIT: Duration = Duration::from_secs(10);
+/// How often it looks, and how long one look may take.
+const PEERS_LISTEN_POLL: Duration = Duration::from_millis(100);
+
+/// Starts the cluster once every other initial voter accepts connections (or
+/// `PEERS_LISTEN_WAIT` has passed): the nodes of a new cluster start in any order, and a vote
+/// request to a node that is not up yet is an error in openraft's log, not a state worth
+/// reporting on a healthy start.
+async fn initialise(node: Arc<Node>, members: BTreeMap<NodeId, BasicNode>) {
+    let started = tokio::time::Instant::now();
+    let others: Vec<String> = members
+        .iter()
+        .filter(|(id, _)| **id != node.id)
+        .map(|(_, member)| member.addr.clone())
+        .collect();
+    while started.elapsed() < PEERS_LISTEN_WAIT && !all_listen(&others).await {
+        tokio::time::sleep(PEERS_LISTEN_POLL).await;
+    }
+    match node.raft.initialize(members).await {
+        Ok(()) => tracing::info!(node = node.id, "cluster initialised"),
+        // Another start of this node got there first (its log is not empty): fine.
+        Err(error) => tracing::info!(node = node.id, %error, "not initialising"),
+    }
+}
+
+async fn all_listen(addresses: &[String]) -> bool {
+    for address in addresses {
+        let connect = tokio::net::TcpStream::connect(address.as_str());
+        if !matches!(
+            tokio::time::timeout(PEERS_LISTEN_POLL, connect).await,
+            Ok(Ok(_))
+        ) {
+            return false;
+        }
+    }
+    true
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The leader's heartbeat in the log: drives expiry and window resets when no one calls.
+async fn tick(node: Arc<Node>, interval: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if node.is_leader() {
+            if let Err(error) = node.proposer.propose(Command::Tick).await {
+                tracing::debug!(node = node.id, %error, "tick not applied");
+            }
+        }
+    }
+}
+
+/// `tollgate serve`: one node until SIGINT or SIGTERM, with its Prometheus endpoint.
+pub async fn serve_until_signal(config: crate::config::ServeConfig) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_listen {
+        crate::metrics::install_exporter(addr)?;
+    }
+    if !config.node.auth.enabled() {
+        tracing::warn!(
+            "no admin token configured: authentication is OFF (fine for dev, not for production)"
+        );
+    }
+    let running = RunningNode::start(config.node).await?;
+    crate::metrics::spawn_raft_gauges(running.node.clone());
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    running.shutdown().await;
+    Ok(())
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
