@@ -1,4 +1,4 @@
-//! What clients saw, and the checker that holds the cluster to SPEC.md with it.
+//! What clients saw, and the checker that holds the cluster to docs/SPEC.md with it.
 //!
 //! A history is one [`Event`] per operation a client made (JSON lines on disk). [`check`]
 //! replays the cluster's own audit trail (its total order of decisions, including expiries

@@ -1,4 +1,4 @@
-//! Every bad-input class of SPEC.md gets its gRPC status over the wire, and changes nothing;
+//! Every bad-input class of docs/SPEC.md gets its gRPC status over the wire, and changes nothing;
 //! in a `Batch`, each bad operation gets its own status and the others go through.
 
 mod common;
