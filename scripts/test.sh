@@ -19,5 +19,8 @@ echo "== runaway scenarios against an embedded three-node cluster"
 # Two seeds in CI; more on demand: cargo run -p tollgate-sim -- run simulator/scenarios/*.toml --seeds 20
 cargo run -q -p tollgate-sim --locked -- run simulator/scenarios/*.toml --seeds "${TOLLGATE_SIM_SEEDS:-2}"
 
+echo "== the README's first command, as written: a cluster with its demo, then Ctrl-C"
+scripts/first-command.sh
+
 echo "== the compose cluster under node loss and partitions (skips without a Docker engine)"
 tests/compose/run.sh

@@ -1,5 +1,5 @@
 //! `tollgate dev`: three real nodes in one process on loopback, example tenants and limits, and
-//! a short demo of what the cluster stops. The README's first command.
+//! a short demo of what the cluster stops: what a new user runs first.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

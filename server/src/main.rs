@@ -54,8 +54,8 @@ fn init_logging() {
     }
 }
 
-/// mimalloc instead of glibc's malloc: allocation and free were ~20 % of a node's CPU under
-/// load (README, Performance), and the static glibc of the image is no faster.
+/// mimalloc instead of glibc's malloc: allocation and free were a fifth of a loaded node's
+/// CPU, and the static glibc of the image is no faster.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

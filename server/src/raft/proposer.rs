@@ -21,11 +21,10 @@ pub const QUEUE_COMMANDS_MAX: usize = 16_384;
 pub const BATCH_COMMANDS_MAX: usize = 1_024;
 // A client's full `Tollgate.Batch` fits one entry.
 const _: () = assert!(tollgate_proto::BATCH_OPS_MAX <= BATCH_COMMANDS_MAX);
-/// Entries proposed and not yet applied. Few on purpose: openraft 0.9 appends each entry to
-/// the log with its own fsync while its core waits, so entries in flight queue behind one
-/// another's fsyncs. With 2, commands that arrive meanwhile pile up into the next, larger
-/// entry (README, Performance: 16 gave 385 pairs/s at 64 clients, 4 gave 1,579; on the WAL
-/// log, 2 gave ~12% more than 4 at 64 and 256 clients, and 1 was within noise of 2).
+/// Entries proposed and not yet applied. Few on purpose: openraft 0.9 gives each entry its
+/// own fsync and round, so commands that arrive while entries are out should pile up into
+/// the next, larger entry; two (not one) let the leader's fsync of the next entry overlap the
+/// followers' work on this one. Retune with `tollgate-sim bench --clients 64,256`.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
 
 /// What the ledger answered, and where: `log_index` is the entry where the request first
