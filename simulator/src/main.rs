@@ -124,8 +124,8 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     for loaded in &scenarios {
         for &seed in &seeds {
             match run_one(&args, loaded, seed, &target).await? {
-                Ok(result) => results.push(result),
-                Err(error) => errors.push(error),
+                Run::Done(result) => results.push(*result),
+                Run::CouldNotRun(error) => errors.push(error),
             }
         }
     }
@@ -140,21 +140,28 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     Ok(errors.is_empty() && passed == results.len())
 }
 
-/// One scenario with one seed: its result and files, or why it could not run (with the
-/// command that replays it).
+/// One scenario with one seed, as the report counts it.
+enum Run {
+    Done(Box<evaluate::ScenarioResult>),
+    /// Why the run could not start or finish, with the command that replays it.
+    CouldNotRun(String),
+}
+
+/// One scenario with one seed: its result and files. An error is one writing the files;
+/// a run that failed is reported, not returned.
 async fn run_one(
     args: &RunArgs,
     loaded: &scenario::Loaded,
     seed: u64,
     target: &Target,
-) -> anyhow::Result<Result<evaluate::ScenarioResult, String>> {
+) -> anyhow::Result<Run> {
     let scenario = &loaded.scenario;
     let wall = Instant::now();
     let output = match runner::run(scenario, seed, target).await {
         Ok(output) => output,
         Err(error) => {
             eprintln!("{} (seed {seed}): could not run: {error:#}", scenario.name);
-            return Ok(Err(format!(
+            return Ok(Run::CouldNotRun(format!(
                 "{} (seed {seed}): {error:#}\n  replay: cargo run -p tollgate-sim -- run {} --seed {seed}",
                 scenario.name, loaded.path
             )));
@@ -176,7 +183,7 @@ async fn run_one(
     if let Some(dir) = &args.history {
         write_history(dir, &format!("{}-seed{seed}", scenario.name), &output)?;
     }
-    Ok(Ok(result))
+    Ok(Run::Done(Box::new(result)))
 }
 
 /// The run's history and audit trail, as JSON lines.
