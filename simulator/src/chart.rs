@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::evaluate::{fmt_amount, fmt_ms, ScenarioResult};
+use crate::evaluate::{fmt_amount, fmt_ms, Cutoff, Metrics, Point, ScenarioResult};
 
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 380.0;
@@ -18,24 +18,54 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Simulated time and spend mapped onto the plot area.
+struct Plot {
+    t_max: f64,
+    y_max: f64,
+}
+
+impl Plot {
+    fn of(result: &ScenarioResult, span_ms: u64) -> Self {
+        let m = &result.metrics;
+        let t_max = m
+            .timeline
+            .iter()
+            .map(|p| p.t_ms)
+            .chain([span_ms, 1])
+            .max()
+            .unwrap_or(1) as f64;
+        let y_max = (m.spend_peak.max(m.budget_amount) as f64 * 1.15).max(1.0);
+        Plot { t_max, y_max }
+    }
+
+    fn x(&self, t: u64) -> f64 {
+        let plot_w = WIDTH - LEFT - RIGHT;
+        LEFT + t as f64 / self.t_max * plot_w
+    }
+
+    fn y(&self, v: u64) -> f64 {
+        let plot_h = HEIGHT - TOP - BOTTOM;
+        TOP + plot_h - v as f64 / self.y_max * plot_h
+    }
+}
+
 /// The chart of one run as an SVG document.
 pub fn svg(result: &ScenarioResult, span_ms: u64) -> String {
-    let m = &result.metrics;
-    let dim = m.budget_dimension.as_str();
-    let t_max = m
-        .timeline
-        .iter()
-        .map(|p| p.t_ms)
-        .chain([span_ms, 1])
-        .max()
-        .unwrap_or(1) as f64;
-    let y_max = (m.spend_peak.max(m.budget_amount) as f64 * 1.15).max(1.0);
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let plot_h = HEIGHT - TOP - BOTTOM;
-    let x = |t: u64| LEFT + t as f64 / t_max * plot_w;
-    let y = |v: u64| TOP + plot_h - v as f64 / y_max * plot_h;
-
+    let plot = Plot::of(result, span_ms);
     let mut s = String::new();
+    title(&mut s, result);
+    axes(&mut s, &plot, &result.metrics.budget_dimension);
+    budget_line(&mut s, &plot, &result.metrics);
+    spend_lines(&mut s, &plot, &result.metrics);
+    if let Some(c) = &result.metrics.cutoff {
+        cutoff_marker(&mut s, &plot, c, &result.metrics.budget_dimension);
+    }
+    legend(&mut s);
+    s.push_str("</svg>\n");
+    s
+}
+
+fn title(s: &mut String, result: &ScenarioResult) {
     let _ = writeln!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
@@ -50,28 +80,32 @@ pub fn svg(result: &ScenarioResult, span_ms: u64) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text x="{LEFT}" y="40" fill="dimgray">spend of budget {} ({dim}) over simulated time</text>"#,
-        escape(&m.budget_id)
+        r#"<text x="{LEFT}" y="40" fill="dimgray">spend of budget {} ({}) over simulated time</text>"#,
+        escape(&result.metrics.budget_id),
+        result.metrics.budget_dimension
     );
-    // Axes and gridlines with labels.
+}
+
+/// Axes and gridlines with labels.
+fn axes(s: &mut String, plot: &Plot, dim: &str) {
     for i in 0..=4 {
-        let v = (y_max / 1.15 * i as f64 / 4.0) as u64;
+        let v = (plot.y_max / 1.15 * i as f64 / 4.0) as u64;
         let _ = writeln!(
             s,
             r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
             WIDTH - RIGHT,
             LEFT - 6.0,
-            y(v) + 4.0,
+            plot.y(v) + 4.0,
             escape(&fmt_amount(dim, v)),
-            y = y(v)
+            y = plot.y(v)
         );
     }
     for i in 0..=4 {
-        let t = (t_max * i as f64 / 4.0) as u64;
+        let t = (plot.t_max * i as f64 / 4.0) as u64;
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-            x(t),
+            plot.x(t),
             HEIGHT - BOTTOM + 18.0,
             fmt_ms(t)
         );
@@ -83,59 +117,74 @@ pub fn svg(result: &ScenarioResult, span_ms: u64) -> String {
         WIDTH - RIGHT,
         b = HEIGHT - BOTTOM
     );
-    // The budget line.
+}
+
+fn budget_line(s: &mut String, plot: &Plot, m: &Metrics) {
     let _ = writeln!(
         s,
         r#"<line x1="{LEFT}" x2="{}" y1="{b:.1}" y2="{b:.1}" stroke="crimson" stroke-width="2"/><text x="{}" y="{:.1}" fill="crimson" text-anchor="end">budget {}</text>"#,
         WIDTH - RIGHT,
         WIDTH - RIGHT - 4.0,
-        y(m.budget_amount) - 6.0,
-        escape(&fmt_amount(dim, m.budget_amount)),
-        b = y(m.budget_amount)
+        plot.y(m.budget_amount) - 6.0,
+        escape(&fmt_amount(&m.budget_dimension, m.budget_amount)),
+        b = plot.y(m.budget_amount)
     );
-    // Committed and committed + held, as steps.
-    let steps = |value: &dyn Fn(&crate::evaluate::Point) -> u64| {
-        let mut points = format!("{LEFT:.1},{:.1}", y(0));
-        let mut last = 0;
-        for p in &m.timeline {
-            let _ = write!(
-                points,
-                " {:.1},{:.1} {:.1},{:.1}",
-                x(p.t_ms),
-                y(last),
-                x(p.t_ms),
-                y(value(p))
-            );
-            last = value(p);
-        }
-        let _ = write!(points, " {:.1},{:.1}", x(t_max as u64), y(last));
-        points
-    };
+}
+
+/// Committed and committed + held, as steps.
+fn spend_lines(s: &mut String, plot: &Plot, m: &Metrics) {
     let _ = writeln!(
         s,
         r#"<polyline fill="none" stroke="darkorange" stroke-width="1.5" stroke-dasharray="5,3" points="{}"/>"#,
-        steps(&|p| p.committed + p.held)
+        steps(plot, &m.timeline, |p| p.committed + p.held)
     );
     let _ = writeln!(
         s,
         r#"<polyline fill="none" stroke="steelblue" stroke-width="2" points="{}"/>"#,
-        steps(&|p| p.committed)
+        steps(plot, &m.timeline, |p| p.committed)
     );
-    if let Some(c) = &m.cutoff {
-        let cx = x(c.t_ms);
-        let _ = writeln!(
-            s,
-            r#"<line x1="{cx:.1}" x2="{cx:.1}" y1="{TOP}" y2="{}" stroke="black" stroke-dasharray="2,2"/><circle cx="{cx:.1}" cy="{:.1}" r="4" fill="black"/><text x="{:.1}" y="{}" >cutoff: {} at {} ({})</text>"#,
-            HEIGHT - BOTTOM,
-            y(c.spend),
-            (cx + 6.0).min(WIDTH - 260.0),
-            TOP + 14.0,
-            escape(&c.reason),
-            fmt_ms(c.t_ms),
-            escape(&fmt_amount(dim, c.spend))
+}
+
+/// A polyline's points: a step at each timeline point, held to the end of the plot.
+fn steps(plot: &Plot, timeline: &[Point], value: impl Fn(&Point) -> u64) -> String {
+    let mut points = format!("{LEFT:.1},{:.1}", plot.y(0));
+    let mut last = 0;
+    for p in timeline {
+        let _ = write!(
+            points,
+            " {:.1},{:.1} {:.1},{:.1}",
+            plot.x(p.t_ms),
+            plot.y(last),
+            plot.x(p.t_ms),
+            plot.y(value(p))
         );
+        last = value(p);
     }
-    // Legend.
+    let _ = write!(
+        points,
+        " {:.1},{:.1}",
+        plot.x(plot.t_max as u64),
+        plot.y(last)
+    );
+    points
+}
+
+fn cutoff_marker(s: &mut String, plot: &Plot, c: &Cutoff, dim: &str) {
+    let cx = plot.x(c.t_ms);
+    let _ = writeln!(
+        s,
+        r#"<line x1="{cx:.1}" x2="{cx:.1}" y1="{TOP}" y2="{}" stroke="black" stroke-dasharray="2,2"/><circle cx="{cx:.1}" cy="{:.1}" r="4" fill="black"/><text x="{:.1}" y="{}" >cutoff: {} at {} ({})</text>"#,
+        HEIGHT - BOTTOM,
+        plot.y(c.spend),
+        (cx + 6.0).min(WIDTH - 260.0),
+        TOP + 14.0,
+        escape(&c.reason),
+        fmt_ms(c.t_ms),
+        escape(&fmt_amount(dim, c.spend))
+    );
+}
+
+fn legend(s: &mut String) {
     let ly = HEIGHT - 12.0;
     let _ = writeln!(
         s,
@@ -148,6 +197,4 @@ pub fn svg(result: &ScenarioResult, span_ms: u64) -> String {
         LEFT + 134.0,
         ly + 4.0
     );
-    s.push_str("</svg>\n");
-    s
 }

@@ -9,7 +9,7 @@ use tollgate_ledger::{AuditEvent, AuditRecord, DenyReason, Dimension};
 
 use crate::history::{self, BudgetSpec, CheckReport, FinalUsage};
 use crate::runner::{CallNote, CallOutcome, RunOutput};
-use crate::scenario::{LimitKindToml, Role, Scenario};
+use crate::scenario::{Expect, LimitKindToml, Role, Scenario};
 
 /// One point of the primary budget's spend, for the chart: simulated ms since step 0.
 #[derive(Clone, Debug, Serialize)]
@@ -74,6 +74,7 @@ pub struct ScenarioResult {
 }
 
 /// The primary budget's spend replayed from the audit trail, window by window.
+#[derive(Default)]
 struct Replay {
     /// (seq, point) after each record that changed the budget.
     points: Vec<(u64, Point)>,
@@ -83,87 +84,114 @@ struct Replay {
     overspends: Vec<(u64, u64)>,
 }
 
-fn replay(
-    audit: &[AuditRecord],
-    tenant: &str,
-    limit_id: &str,
+/// The budget a replay follows.
+struct BudgetKey<'a> {
+    tenant: &'a str,
+    limit_id: &'a str,
     dimension: Dimension,
     window_ms: Option<u64>,
     amount: u64,
-    start_ms: u64,
-) -> Replay {
-    let window_of = |at: u64| window_ms.map_or(0, |len| at - at % len);
-    let mut active = false;
-    let mut held: HashMap<u64, u64> = HashMap::new();
-    let mut expired: HashMap<u64, u64> = HashMap::new();
-    let mut held_sum: u64 = 0;
-    let mut window = 0;
-    let mut by_window: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut out = Replay {
-        points: Vec::new(),
-        committed_by_window: BTreeMap::new(),
-        overspends: Vec::new(),
-    };
-    for record in audit {
-        if record.tenant.as_ref().is_none_or(|t| t.as_str() != tenant) {
-            continue;
-        }
-        if let AuditEvent::LimitPut(spec) = &record.event {
-            if spec.id.as_str() == limit_id {
-                active = true;
-            }
-            continue;
-        }
-        if !active {
-            continue;
-        }
-        window = window.max(window_of(record.at_ms));
+}
+
+impl BudgetKey<'_> {
+    fn window_of(&self, at_ms: u64) -> u64 {
+        self.window_ms.map_or(0, |len| at_ms - at_ms % len)
+    }
+}
+
+/// What is held, and what expired, while replaying one budget.
+#[derive(Default)]
+struct Holds {
+    held: HashMap<u64, u64>,
+    expired: HashMap<u64, u64>,
+    held_sum: u64,
+}
+
+impl Holds {
+    /// Applies one record to the holds and to its window's `committed`; false when the
+    /// record does not change the budget.
+    fn apply(&mut self, record: &AuditRecord, dimension: Dimension, committed: &mut u64) -> bool {
         let spent = record.amounts.get(dimension);
         let id = record.reservation_id.map(|r| r.0).unwrap_or(0);
-        let committed = by_window.entry(window).or_default();
         match &record.event {
             AuditEvent::Grant => {
-                held.insert(id, spent);
-                held_sum += spent;
-                if committed.saturating_add(held_sum) > amount {
-                    out.overspends.push((record.seq, *committed + held_sum));
-                }
+                self.held.insert(id, spent);
+                self.held_sum += spent;
             }
             AuditEvent::Commit { late, .. } => {
-                if let Some(estimate) = held.remove(&id) {
-                    held_sum -= estimate;
+                if let Some(estimate) = self.held.remove(&id) {
+                    self.held_sum -= estimate;
                     *committed += spent;
-                } else if let Some(charge) = expired.remove(&id) {
+                } else if let Some(charge) = self.expired.remove(&id) {
                     debug_assert!(late);
                     *committed = committed.saturating_sub(charge) + spent;
                 }
             }
             AuditEvent::Release => {
-                if let Some(estimate) = held.remove(&id) {
-                    held_sum -= estimate;
+                if let Some(estimate) = self.held.remove(&id) {
+                    self.held_sum -= estimate;
                 }
             }
             AuditEvent::Expire { charged } => {
-                if let Some(estimate) = held.remove(&id) {
-                    held_sum -= estimate;
+                if let Some(estimate) = self.held.remove(&id) {
+                    self.held_sum -= estimate;
                     let charge = if *charged { estimate } else { 0 };
                     *committed += charge;
-                    expired.insert(id, charge);
+                    self.expired.insert(id, charge);
                 }
             }
             AuditEvent::Record => *committed += spent,
-            _ => continue,
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The tenant's records from the moment the budget was put on.
+fn budget_records<'a>(
+    audit: &'a [AuditRecord],
+    budget: &'a BudgetKey<'a>,
+) -> impl Iterator<Item = &'a AuditRecord> {
+    let mut active = false;
+    audit
+        .iter()
+        .filter(move |r| {
+            r.tenant
+                .as_ref()
+                .is_some_and(|t| t.as_str() == budget.tenant)
+        })
+        .filter(move |r| {
+            if let AuditEvent::LimitPut(spec) = &r.event {
+                active |= spec.id.as_str() == budget.limit_id;
+                return false;
+            }
+            active
+        })
+}
+
+fn replay(audit: &[AuditRecord], budget: &BudgetKey<'_>, start_ms: u64) -> Replay {
+    let mut holds = Holds::default();
+    let mut window = 0;
+    let mut out = Replay::default();
+    for record in budget_records(audit, budget) {
+        window = window.max(budget.window_of(record.at_ms));
+        let committed = out.committed_by_window.entry(window).or_default();
+        if !holds.apply(record, budget.dimension, committed) {
+            continue;
+        }
+        let total = committed.saturating_add(holds.held_sum);
+        if record.event == AuditEvent::Grant && total > budget.amount {
+            out.overspends.push((record.seq, total));
         }
         out.points.push((
             record.seq,
             Point {
                 t_ms: record.at_ms.saturating_sub(start_ms),
                 committed: *committed,
-                held: held_sum,
+                held: holds.held_sum,
             },
         ));
     }
-    out.committed_by_window = by_window;
     out
 }
 
@@ -228,94 +256,120 @@ fn pct(part: u64, whole: u64) -> f64 {
     }
 }
 
-/// Computes the metrics and checks every expectation of the scenario.
-pub fn evaluate(
-    scenario: &Scenario,
-    path: &str,
-    seed: u64,
-    run: &RunOutput,
-    wall_ms: u64,
-) -> ScenarioResult {
-    let expect = &scenario.expect;
-    let budget = scenario
-        .limits
-        .iter()
-        .find(|l| l.id == expect.budget)
-        .expect("validate checked expect.budget");
-    let (window, amount) = match budget.kind_checked() {
-        LimitKindToml::Budget { window, amount } => (window, amount),
-        _ => unreachable!("validate checked that expect.budget is a budget"),
-    };
-    let dimension = budget.dimension.ledger();
-    let rep = replay(
-        &run.audit,
-        &budget.tenant,
-        &budget.id,
-        dimension,
-        window.length_ms(),
-        amount,
-        run.start_ms,
-    );
-    let runaways: Vec<String> = scenario
-        .agents
-        .iter()
-        .filter(|a| a.role == Role::Runaway)
-        .flat_map(|a| a.names())
-        .collect();
-    let is_runaway = |r: &AuditRecord| {
-        r.agent
-            .as_ref()
-            .is_some_and(|a| runaways.iter().any(|n| n == a.as_str()))
-    };
-    let first_call = run
-        .audit
-        .iter()
-        .find(|r| is_runaway(r) && matches!(r.event, AuditEvent::Grant | AuditEvent::Deny(_)));
-    let cutoff_record = run
-        .audit
-        .iter()
-        .find(|r| is_runaway(r) && matches!(r.event, AuditEvent::Deny(_)));
-    let cutoff = cutoff_record.map(|r| {
-        let spend = rep
-            .points
+/// The scenario's `expect.budget`, which the metrics follow.
+struct Primary<'a> {
+    id: &'a str,
+    key: BudgetKey<'a>,
+}
+
+impl<'a> Primary<'a> {
+    fn of(scenario: &'a Scenario) -> Self {
+        let budget = scenario
+            .limits
             .iter()
-            .take_while(|(seq, _)| *seq < r.seq)
-            .last()
-            .map_or(0, |(_, p)| p.committed + p.held);
-        Cutoff {
-            t_ms: r.at_ms.saturating_sub(run.start_ms),
-            agent: r
-                .agent
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            reason: match &r.event {
-                AuditEvent::Deny(reason) => deny_reason(reason),
-                _ => String::new(),
+            .find(|l| l.id == scenario.expect.budget)
+            .expect("validate checked expect.budget");
+        let (window, amount) = match budget.kind_checked() {
+            LimitKindToml::Budget { window, amount } => (window, amount),
+            _ => unreachable!("validate checked that expect.budget is a budget"),
+        };
+        Primary {
+            id: &budget.id,
+            key: BudgetKey {
+                tenant: &budget.tenant,
+                limit_id: &budget.id,
+                dimension: budget.dimension.ledger(),
+                window_ms: window.length_ms(),
+                amount,
             },
-            spend,
         }
-    });
-    let served_again = cutoff_record.is_some_and(|c| {
-        run.audit
+    }
+}
+
+/// The runaway agents' first call and first denial, in audit order.
+struct Runaways<'a> {
+    first_call: Option<&'a AuditRecord>,
+    cutoff: Option<&'a AuditRecord>,
+    /// Whether a runaway was granted again after the cutoff.
+    served_again: bool,
+}
+
+impl<'a> Runaways<'a> {
+    fn of(scenario: &Scenario, audit: &'a [AuditRecord]) -> Self {
+        let names: Vec<String> = scenario
+            .agents
             .iter()
-            .any(|r| r.seq > c.seq && is_runaway(r) && r.event == AuditEvent::Grant)
-    });
+            .filter(|a| a.role == Role::Runaway)
+            .flat_map(|a| a.names())
+            .collect();
+        let is_runaway = |r: &AuditRecord| {
+            r.agent
+                .as_ref()
+                .is_some_and(|a| names.iter().any(|n| n == a.as_str()))
+        };
+        let first_call = audit
+            .iter()
+            .find(|r| is_runaway(r) && matches!(r.event, AuditEvent::Grant | AuditEvent::Deny(_)));
+        let cutoff = audit
+            .iter()
+            .find(|r| is_runaway(r) && matches!(r.event, AuditEvent::Deny(_)));
+        let served_again = cutoff.is_some_and(|c| {
+            audit
+                .iter()
+                .any(|r| r.seq > c.seq && is_runaway(r) && r.event == AuditEvent::Grant)
+        });
+        Runaways {
+            first_call,
+            cutoff,
+            served_again,
+        }
+    }
+}
+
+/// The cutoff as a person reads it: when, who, why, and the spend just before it.
+fn cutoff(record: &AuditRecord, rep: &Replay, start_ms: u64) -> Cutoff {
+    let spend = rep
+        .points
+        .iter()
+        .take_while(|(seq, _)| *seq < record.seq)
+        .last()
+        .map_or(0, |(_, p)| p.committed + p.held);
+    Cutoff {
+        t_ms: record.at_ms.saturating_sub(start_ms),
+        agent: record
+            .agent
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        reason: match &record.event {
+            AuditEvent::Deny(reason) => deny_reason(reason),
+            _ => String::new(),
+        },
+        spend,
+    }
+}
+
+fn metrics(
+    primary: &Primary<'_>,
+    rep: &Replay,
+    runaways: &Runaways<'_>,
+    run: &RunOutput,
+) -> Metrics {
     let count = |role: Role, granted_only: bool| {
         run.notes
             .iter()
             .filter(|n| n.role == role && (!granted_only || n.outcome == CallOutcome::Granted))
             .count() as u64
     };
-    let metrics = Metrics {
-        budget_id: budget.id.clone(),
-        budget_dimension: format!("{dimension:?}").to_lowercase(),
-        budget_amount: amount,
-        time_to_cutoff_ms: match (first_call, cutoff_record) {
+    Metrics {
+        budget_id: primary.id.to_owned(),
+        budget_dimension: format!("{:?}", primary.key.dimension).to_lowercase(),
+        budget_amount: primary.key.amount,
+        time_to_cutoff_ms: match (runaways.first_call, runaways.cutoff) {
             (Some(first), Some(cut)) => Some(cut.at_ms.saturating_sub(first.at_ms)),
             _ => None,
         },
-        cutoff,
+        cutoff: runaways.cutoff.map(|r| cutoff(r, rep, run.start_ms)),
         calls_after_first_repeat: calls_after_first_repeat(&run.notes),
         runaway_calls: count(Role::Runaway, false),
         runaway_grants: count(Role::Runaway, true),
@@ -334,177 +388,39 @@ pub fn evaluate(
             .unwrap_or(0),
         spend_final: rep.points.last().map_or(0, |(_, p)| p.committed),
         timeline: rep.points.iter().map(|(_, p)| p.clone()).collect(),
-    };
+    }
+}
 
-    let mut checks = Vec::new();
-    let mut add = |name: &str, ok: Option<bool>, detail: String| {
-        checks.push(Check {
-            name: name.into(),
-            ok,
-            detail,
-        })
-    };
+/// Computes the metrics and checks every expectation of the scenario.
+pub fn evaluate(
+    scenario: &Scenario,
+    path: &str,
+    seed: u64,
+    run: &RunOutput,
+    wall_ms: u64,
+) -> ScenarioResult {
+    let primary = Primary::of(scenario);
+    let rep = replay(&run.audit, &primary.key, run.start_ms);
+    let runaways = Runaways::of(scenario, &run.audit);
+    let metrics = metrics(&primary, &rep, &runaways, run);
 
     // The whole history against the reference model.
     let (budgets, final_usage) = checkable_budgets(scenario, run);
     let history = history::check(&run.events, &run.audit, &budgets, &final_usage);
-    add(
-        "history",
-        Some(history.is_ok()),
-        if history.is_ok() {
-            format!(
-                "{} ops ({} acknowledged, {} rejected, {} ambiguous) agree with the audit trail; {} budget(s) replayed",
-                history.ops,
-                history.acknowledged,
-                history.rejected,
-                history.ambiguous,
-                budgets.len()
-            )
-        } else {
-            format!(
-                "{} violation(s); first: {}",
-                history.violations.len(),
-                history.violations[0]
-            )
-        },
-    );
-    add(
-        "audit chain",
-        Some(run.audit_chain_error.is_none()),
-        run.audit_chain_error
-            .clone()
-            .unwrap_or_else(|| "the hash chain verifies".into()),
-    );
-    add(
-        "no grant over budget",
-        Some(rep.overspends.is_empty()),
-        match rep.overspends.first() {
-            None => format!(
-                "committed + held of {} never passed {amount} by a grant",
-                budget.id
-            ),
-            Some((seq, total)) => format!(
-                "the grant at audit seq {seq} took committed + held of {} to {total} > {amount}",
-                budget.id
-            ),
-        },
-    );
-    if expect.cutoff {
-        add(
-            "runaway cut off",
-            Some(metrics.cutoff.is_some()),
-            match &metrics.cutoff {
-                Some(c) => format!(
-                    "agent {} denied ({}) at {}",
-                    c.agent,
-                    c.reason,
-                    fmt_ms(c.t_ms)
-                ),
-                None => format!(
-                    "no runaway was ever denied ({} calls, {} granted)",
-                    metrics.runaway_calls, metrics.runaway_grants
-                ),
-            },
-        );
-    }
-    if let Some(by) = &expect.cutoff_by {
-        let reason = metrics.cutoff.as_ref().map(|c| c.reason.clone());
-        let wanted = match by.as_str() {
-            "tripped" | "frozen" => by.clone(),
-            limit => format!("limit {limit}"),
-        };
-        add(
-            "cut off by",
-            Some(reason.as_deref() == Some(wanted.as_str())),
-            format!(
-                "expected {wanted}, got {}",
-                reason.unwrap_or_else(|| "no cutoff".into())
-            ),
-        );
-    }
-    if let Some(max) = expect.spend_at_cutoff_max_pct {
-        let spend = metrics.cutoff.as_ref().map(|c| c.spend);
-        add(
-            "spend at cutoff",
-            Some(spend.is_some_and(|s| s as u128 * 100 <= max as u128 * amount as u128)),
-            match spend {
-                Some(s) => format!("{:.1}% of the budget (at most {max}%)", pct(s, amount)),
-                None => "no cutoff".into(),
-            },
-        );
-    }
-    if let Some(max) = expect.calls_after_first_repeat_max {
-        let n = metrics.calls_after_first_repeat;
-        add(
-            "calls after first repeat",
-            Some(n.is_some_and(|n| n <= max)),
-            match n {
-                Some(n) => {
-                    format!("{n} granted between the first repeat and the trip (at most {max})")
-                }
-                None => "the runaway never repeated a fingerprint".into(),
-            },
-        );
-    }
-    if let Some(max) = expect.time_to_cutoff_max_ms {
-        let t = metrics.time_to_cutoff_ms;
-        let ok = run.time_controlled.then(|| t.is_some_and(|t| t <= max));
-        add(
-            "time to cutoff",
-            ok,
-            match (run.time_controlled, t) {
-                (false, _) => "skipped: no controllable clock against --cluster".into(),
-                (true, Some(t)) => format!("{} simulated (at most {})", fmt_ms(t), fmt_ms(max)),
-                (true, None) => "no cutoff".into(),
-            },
-        );
-    }
-    if let Some(min) = expect.well_behaved_served_min_pct {
-        let (granted, calls) = (metrics.well_behaved_grants, metrics.well_behaved_calls);
-        add(
-            "well-behaved served",
-            Some(calls > 0 && granted * 100 >= min * calls),
-            format!(
-                "{granted}/{calls} granted ({:.0}%, at least {min}%)",
-                pct(granted, calls)
-            ),
-        );
-    }
-    if let Some(max) = expect.runaway_grants_max {
-        add(
-            "runaway grants",
-            Some(metrics.runaway_grants <= max),
-            format!(
-                "{} granted of {} calls (at most {max})",
-                metrics.runaway_grants, metrics.runaway_calls
-            ),
-        );
-    }
-    if let Some(min) = expect.expired_charged_min {
-        add(
-            "expired and charged",
-            run.time_controlled
-                .then_some(metrics.expired_charged >= min),
-            format!(
-                "{} reservation(s) expired and were charged (at least {min})",
-                metrics.expired_charged
-            ),
-        );
-    }
-    if expect.served_again_after_cutoff {
-        add(
-            "served again in the next window",
-            run.time_controlled.then_some(served_again),
-            if served_again {
-                "a runaway was granted again after its cutoff".into()
-            } else {
-                "no runaway was granted after its cutoff".into()
-            },
-        );
-    }
-    for (name, ok, detail) in window_checks(scenario, run) {
-        add(&name, Some(ok), detail);
-    }
+    let mut checks = vec![
+        check_history(&history, budgets.len()),
+        check_audit_chain(run),
+        check_no_grant_over_budget(&primary, &rep),
+    ];
+    let facts = Facts {
+        expect: &scenario.expect,
+        metrics: &metrics,
+        amount: primary.key.amount,
+        time_controlled: run.time_controlled,
+        served_again: runaways.served_again,
+    };
+    checks.extend(EXPECTATIONS.iter().filter_map(|check| check(&facts)));
+    checks.extend(window_checks(scenario, run));
 
     let passed = checks.iter().all(|c| c.ok != Some(false));
     ScenarioResult {
@@ -517,6 +433,215 @@ pub fn evaluate(
         checks,
         history,
     }
+}
+
+impl Check {
+    fn new(name: impl Into<String>, ok: Option<bool>, detail: impl Into<String>) -> Self {
+        Check {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+        }
+    }
+}
+
+fn check_history(history: &CheckReport, budgets: usize) -> Check {
+    let detail = if history.is_ok() {
+        format!(
+            "{} ops ({} acknowledged, {} rejected, {} ambiguous) agree with the audit trail; {budgets} budget(s) replayed",
+            history.ops, history.acknowledged, history.rejected, history.ambiguous,
+        )
+    } else {
+        format!(
+            "{} violation(s); first: {}",
+            history.violations.len(),
+            history.violations[0]
+        )
+    };
+    Check::new("history", Some(history.is_ok()), detail)
+}
+
+fn check_audit_chain(run: &RunOutput) -> Check {
+    Check::new(
+        "audit chain",
+        Some(run.audit_chain_error.is_none()),
+        run.audit_chain_error
+            .clone()
+            .unwrap_or_else(|| "the hash chain verifies".into()),
+    )
+}
+
+fn check_no_grant_over_budget(primary: &Primary<'_>, rep: &Replay) -> Check {
+    let (id, amount) = (primary.id, primary.key.amount);
+    let detail = match rep.overspends.first() {
+        None => format!("committed + held of {id} never passed {amount} by a grant"),
+        Some((seq, total)) => format!(
+            "the grant at audit seq {seq} took committed + held of {id} to {total} > {amount}"
+        ),
+    };
+    Check::new(
+        "no grant over budget",
+        Some(rep.overspends.is_empty()),
+        detail,
+    )
+}
+
+/// What the expectations of `[expect]` are checked against.
+struct Facts<'a> {
+    expect: &'a Expect,
+    metrics: &'a Metrics,
+    /// The primary budget's amount.
+    amount: u64,
+    time_controlled: bool,
+    served_again: bool,
+}
+
+/// One check per expectation, in the order they are reported; each is None when the
+/// scenario does not set its expectation.
+const EXPECTATIONS: [fn(&Facts<'_>) -> Option<Check>; 9] = [
+    check_cut_off,
+    check_cut_off_by,
+    check_spend_at_cutoff,
+    check_calls_after_first_repeat,
+    check_time_to_cutoff,
+    check_well_behaved_served,
+    check_runaway_grants,
+    check_expired_charged,
+    check_served_again,
+];
+
+fn check_cut_off(f: &Facts<'_>) -> Option<Check> {
+    if !f.expect.cutoff {
+        return None;
+    }
+    let m = f.metrics;
+    let detail = match &m.cutoff {
+        Some(c) => format!(
+            "agent {} denied ({}) at {}",
+            c.agent,
+            c.reason,
+            fmt_ms(c.t_ms)
+        ),
+        None => format!(
+            "no runaway was ever denied ({} calls, {} granted)",
+            m.runaway_calls, m.runaway_grants
+        ),
+    };
+    Some(Check::new(
+        "runaway cut off",
+        Some(m.cutoff.is_some()),
+        detail,
+    ))
+}
+
+fn check_cut_off_by(f: &Facts<'_>) -> Option<Check> {
+    let by = f.expect.cutoff_by.as_ref()?;
+    let reason = f.metrics.cutoff.as_ref().map(|c| c.reason.clone());
+    let wanted = match by.as_str() {
+        "tripped" | "frozen" => by.clone(),
+        limit => format!("limit {limit}"),
+    };
+    Some(Check::new(
+        "cut off by",
+        Some(reason.as_deref() == Some(wanted.as_str())),
+        format!(
+            "expected {wanted}, got {}",
+            reason.unwrap_or_else(|| "no cutoff".into())
+        ),
+    ))
+}
+
+fn check_spend_at_cutoff(f: &Facts<'_>) -> Option<Check> {
+    let max = f.expect.spend_at_cutoff_max_pct?;
+    let amount = f.amount;
+    let spend = f.metrics.cutoff.as_ref().map(|c| c.spend);
+    Some(Check::new(
+        "spend at cutoff",
+        Some(spend.is_some_and(|s| s as u128 * 100 <= max as u128 * amount as u128)),
+        match spend {
+            Some(s) => format!("{:.1}% of the budget (at most {max}%)", pct(s, amount)),
+            None => "no cutoff".into(),
+        },
+    ))
+}
+
+fn check_calls_after_first_repeat(f: &Facts<'_>) -> Option<Check> {
+    let max = f.expect.calls_after_first_repeat_max?;
+    let n = f.metrics.calls_after_first_repeat;
+    Some(Check::new(
+        "calls after first repeat",
+        Some(n.is_some_and(|n| n <= max)),
+        match n {
+            Some(n) => format!("{n} granted between the first repeat and the trip (at most {max})"),
+            None => "the runaway never repeated a fingerprint".into(),
+        },
+    ))
+}
+
+fn check_time_to_cutoff(f: &Facts<'_>) -> Option<Check> {
+    let max = f.expect.time_to_cutoff_max_ms?;
+    let t = f.metrics.time_to_cutoff_ms;
+    let ok = f.time_controlled.then(|| t.is_some_and(|t| t <= max));
+    Some(Check::new(
+        "time to cutoff",
+        ok,
+        match (f.time_controlled, t) {
+            (false, _) => "skipped: no controllable clock against --cluster".into(),
+            (true, Some(t)) => format!("{} simulated (at most {})", fmt_ms(t), fmt_ms(max)),
+            (true, None) => "no cutoff".into(),
+        },
+    ))
+}
+
+fn check_well_behaved_served(f: &Facts<'_>) -> Option<Check> {
+    let min = f.expect.well_behaved_served_min_pct?;
+    let (granted, calls) = (f.metrics.well_behaved_grants, f.metrics.well_behaved_calls);
+    Some(Check::new(
+        "well-behaved served",
+        Some(calls > 0 && granted * 100 >= min * calls),
+        format!(
+            "{granted}/{calls} granted ({:.0}%, at least {min}%)",
+            pct(granted, calls)
+        ),
+    ))
+}
+
+fn check_runaway_grants(f: &Facts<'_>) -> Option<Check> {
+    let max = f.expect.runaway_grants_max?;
+    let m = f.metrics;
+    Some(Check::new(
+        "runaway grants",
+        Some(m.runaway_grants <= max),
+        format!(
+            "{} granted of {} calls (at most {max})",
+            m.runaway_grants, m.runaway_calls
+        ),
+    ))
+}
+
+fn check_expired_charged(f: &Facts<'_>) -> Option<Check> {
+    let min = f.expect.expired_charged_min?;
+    let charged = f.metrics.expired_charged;
+    Some(Check::new(
+        "expired and charged",
+        f.time_controlled.then_some(charged >= min),
+        format!("{charged} reservation(s) expired and were charged (at least {min})"),
+    ))
+}
+
+fn check_served_again(f: &Facts<'_>) -> Option<Check> {
+    if !f.expect.served_again_after_cutoff {
+        return None;
+    }
+    Some(Check::new(
+        "served again in the next window",
+        f.time_controlled.then_some(f.served_again),
+        if f.served_again {
+            "a runaway was granted again after its cutoff"
+        } else {
+            "no runaway was granted after its cutoff"
+        },
+    ))
 }
 
 /// Tenant-scope budgets the history checker can hold the cluster to: lifetime ones, and
@@ -561,7 +686,7 @@ fn checkable_budgets(scenario: &Scenario, run: &RunOutput) -> (Vec<BudgetSpec>, 
 
 /// Calendar budgets: the cluster's `used` for its current window equals the spend the audit
 /// trail puts in that window (calls across a boundary counted in the right window).
-fn window_checks(scenario: &Scenario, run: &RunOutput) -> Vec<(String, bool, String)> {
+fn window_checks(scenario: &Scenario, run: &RunOutput) -> Vec<Check> {
     let mut out = Vec::new();
     for limit in scenario.limits.iter().filter(|l| l.is_tenant_scope()) {
         let LimitKindToml::Budget { window, amount } = limit.kind_checked() else {
@@ -573,28 +698,28 @@ fn window_checks(scenario: &Scenario, run: &RunOutput) -> Vec<(String, bool, Str
         let Some(u) = run.usage.get(&(limit.tenant.clone(), limit.id.clone())) else {
             continue;
         };
+        let name = format!("window {}", limit.id);
         let Some(start) = u.window_start_ms else {
-            out.push((
-                format!("window {}", limit.id),
-                false,
-                "the cluster reports no window start for a calendar budget".into(),
+            out.push(Check::new(
+                name,
+                Some(false),
+                "the cluster reports no window start for a calendar budget",
             ));
             continue;
         };
-        let rep = replay(
-            &run.audit,
-            &limit.tenant,
-            &limit.id,
-            limit.dimension.ledger(),
-            Some(len),
+        let key = BudgetKey {
+            tenant: &limit.tenant,
+            limit_id: &limit.id,
+            dimension: limit.dimension.ledger(),
+            window_ms: Some(len),
             amount,
-            run.start_ms,
-        );
+        };
+        let rep = replay(&run.audit, &key, run.start_ms);
         let expected = rep.committed_by_window.get(&start).copied().unwrap_or(0);
         let windows = rep.committed_by_window.len();
-        out.push((
-            format!("window {}", limit.id),
-            u.used == expected,
+        out.push(Check::new(
+            name,
+            Some(u.used == expected),
             format!(
                 "window starting {} ms after step 0: the cluster counts {} used, the audit trail puts {expected} in it ({windows} window(s) seen)",
                 start as i128 - run.start_ms as i128,

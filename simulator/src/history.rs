@@ -476,139 +476,169 @@ fn check_budget(
     final_usage: &[FinalUsage],
     violations: &mut Violations,
 ) {
-    let name = format!(
-        "budget {}/{} ({:?}, amount {})",
-        budget.tenant, budget.limit_id, budget.dimension, budget.amount
-    );
     let mine = |r: &&&AuditRecord| {
         r.tenant
             .as_ref()
             .is_some_and(|t| t.as_str() == budget.tenant)
     };
     let put_of_limit = |r: &AuditRecord| matches!(&r.event, AuditEvent::LimitPut(spec) if spec.id.as_str() == budget.limit_id);
-    let mut active = !audit.iter().filter(mine).any(|r| put_of_limit(r));
-    let mut amount = budget.amount;
-    let mut held: HashMap<u64, u64> = HashMap::new();
-    let mut held_sum: u64 = 0;
-    let mut committed: u64 = 0;
-    let mut expired: HashMap<u64, Expired> = HashMap::new();
-    let dim = |a: &Amounts| a.get(budget.dimension);
-
+    let mut model = BudgetModel {
+        budget,
+        name: format!(
+            "budget {}/{} ({:?}, amount {})",
+            budget.tenant, budget.limit_id, budget.dimension, budget.amount
+        ),
+        active: !audit.iter().filter(mine).any(|r| put_of_limit(r)),
+        amount: budget.amount,
+        held: HashMap::new(),
+        held_sum: 0,
+        committed: 0,
+        expired: HashMap::new(),
+    };
     for record in audit.iter().filter(mine) {
+        model.apply(record, violations);
+    }
+    if let Some(usage) = final_usage
+        .iter()
+        .find(|u| u.tenant == budget.tenant && u.limit_id == budget.limit_id)
+    {
+        model.check_final_usage(usage, violations);
+    }
+}
+
+/// The reference model of one budget while its tenant's trail is replayed.
+struct BudgetModel<'a> {
+    budget: &'a BudgetSpec,
+    /// How violations name the budget.
+    name: String,
+    /// Whether the limit exists yet at this point of the trail.
+    active: bool,
+    amount: u64,
+    held: HashMap<u64, u64>,
+    held_sum: u64,
+    committed: u64,
+    expired: HashMap<u64, Expired>,
+}
+
+impl BudgetModel<'_> {
+    fn dim(&self, amounts: &Amounts) -> u64 {
+        amounts.get(self.budget.dimension)
+    }
+
+    fn apply(&mut self, record: &AuditRecord, violations: &mut Violations) {
         let reservation = record.reservation_id.map(|id| id.0);
-        match &record.event {
-            AuditEvent::LimitPut(spec) if spec.id.as_str() == budget.limit_id => {
-                active = true;
-                if let LimitKind::Budget { amount: new, .. } = spec.kind {
-                    amount = new;
+        match (&record.event, reservation) {
+            (AuditEvent::LimitPut(spec), _) if spec.id.as_str() == self.budget.limit_id => {
+                self.active = true;
+                if let LimitKind::Budget { amount, .. } = spec.kind {
+                    self.amount = amount;
                 }
             }
-            AuditEvent::Grant if active => {
-                let Some(id) = reservation else {
-                    violations.push(format!(
-                        "{}: a grant without a reservation id",
-                        describe(record)
-                    ));
-                    continue;
-                };
-                let estimate = dim(&record.amounts);
-                if held.insert(id, estimate).is_some() {
-                    violations.push(format!(
-                        "{}: reservation id {id} granted twice; reservation ids must be unique for the life of the cluster",
-                        describe(record)
-                    ));
-                }
-                held_sum = held_sum.saturating_add(estimate);
-                let total = committed.saturating_add(held_sum);
-                if total > amount {
-                    violations.push(format!(
-                        "{name}: OVERSPEND BY GRANT at {}: committed {committed} + held {held_sum} = {total} exceeds the amount by {}; a reservation may only be granted if it fits (SPEC guarantee 1)",
-                        describe(record),
-                        total - amount
-                    ));
-                }
+            (AuditEvent::Grant, None) if self.active => violations.push(format!(
+                "{}: a grant without a reservation id",
+                describe(record)
+            )),
+            (AuditEvent::Grant, Some(id)) if self.active => self.grant(record, id, violations),
+            (AuditEvent::Commit { late, .. }, Some(id)) => {
+                self.commit(record, id, *late, violations)
             }
-            AuditEvent::Commit { late, .. } => {
-                let Some(id) = reservation else { continue };
-                let actual = dim(&record.amounts);
-                if let Some(estimate) = held.remove(&id) {
-                    held_sum = held_sum.saturating_sub(estimate);
-                    committed = committed.saturating_add(actual);
-                    if *late {
-                        violations.push(format!(
-                            "{}: flagged late, but the reservation had not expired in the audit trail",
-                            describe(record)
-                        ));
-                    }
-                } else if let Some(gone) = expired.remove(&id) {
-                    if !late {
-                        violations.push(format!(
-                            "{}: commit after the reservation's expiry is not flagged late",
-                            describe(record)
-                        ));
-                    }
-                    // A late commit trues the expiry charge up or down to the actual.
-                    if gone.charged {
-                        committed = committed.saturating_sub(gone.estimate);
-                    }
-                    committed = committed.saturating_add(actual);
-                }
-                // Otherwise the reservation was granted before the limit existed: not ours.
-            }
-            AuditEvent::Release => {
-                let Some(id) = reservation else { continue };
-                if let Some(estimate) = held.remove(&id) {
-                    held_sum = held_sum.saturating_sub(estimate);
-                } else if expired.contains_key(&id) {
-                    violations.push(format!(
-                        "{}: a release after expiry took effect; SPEC says it is rejected and the expiry charge stands",
-                        describe(record)
-                    ));
-                }
-            }
-            AuditEvent::Expire { charged } => {
-                let Some(id) = reservation else { continue };
-                if let Some(estimate) = held.remove(&id) {
-                    held_sum = held_sum.saturating_sub(estimate);
-                    if *charged {
-                        committed = committed.saturating_add(estimate);
-                    }
-                    expired.insert(
-                        id,
-                        Expired {
-                            estimate,
-                            charged: *charged,
-                        },
-                    );
-                }
-            }
-            AuditEvent::Record if active => {
-                committed = committed.saturating_add(dim(&record.amounts));
+            (AuditEvent::Release, Some(id)) => self.release(record, id, violations),
+            (AuditEvent::Expire { charged }, Some(id)) => self.expire(id, *charged),
+            (AuditEvent::Record, _) if self.active => {
+                self.committed = self.committed.saturating_add(self.dim(&record.amounts));
             }
             _ => {}
         }
     }
 
-    let Some(usage) = final_usage
-        .iter()
-        .find(|u| u.tenant == budget.tenant && u.limit_id == budget.limit_id)
-    else {
-        return;
-    };
-    if usage.used != committed {
-        violations.push(format!(
-            "{name}: the cluster reports {} used but its audit trail replays to {committed} committed (off by {}); a charge was applied without its audit record, or recorded without being applied",
-            usage.used,
-            usage.used as i128 - committed as i128
-        ));
+    fn grant(&mut self, record: &AuditRecord, id: u64, violations: &mut Violations) {
+        let estimate = self.dim(&record.amounts);
+        if self.held.insert(id, estimate).is_some() {
+            violations.push(format!(
+                "{}: reservation id {id} granted twice; reservation ids must be unique for the life of the cluster",
+                describe(record)
+            ));
+        }
+        self.held_sum = self.held_sum.saturating_add(estimate);
+        let (committed, held_sum, amount) = (self.committed, self.held_sum, self.amount);
+        let total = committed.saturating_add(held_sum);
+        if total > amount {
+            violations.push(format!(
+                "{}: OVERSPEND BY GRANT at {}: committed {committed} + held {held_sum} = {total} exceeds the amount by {}; a reservation may only be granted if it fits (SPEC guarantee 1)",
+                self.name,
+                describe(record),
+                total - amount
+            ));
+        }
     }
-    if usage.held != held_sum {
-        violations.push(format!(
-            "{name}: the cluster reports {} held but its audit trail replays to {held_sum} held by {} reservations in flight (off by {}); a hold leaked or vanished",
-            usage.held,
-            held.len(),
-            usage.held as i128 - held_sum as i128
-        ));
+
+    fn commit(&mut self, record: &AuditRecord, id: u64, late: bool, violations: &mut Violations) {
+        let actual = self.dim(&record.amounts);
+        if let Some(estimate) = self.held.remove(&id) {
+            self.held_sum = self.held_sum.saturating_sub(estimate);
+            self.committed = self.committed.saturating_add(actual);
+            if late {
+                violations.push(format!(
+                    "{}: flagged late, but the reservation had not expired in the audit trail",
+                    describe(record)
+                ));
+            }
+        } else if let Some(gone) = self.expired.remove(&id) {
+            if !late {
+                violations.push(format!(
+                    "{}: commit after the reservation's expiry is not flagged late",
+                    describe(record)
+                ));
+            }
+            // A late commit trues the expiry charge up or down to the actual.
+            if gone.charged {
+                self.committed = self.committed.saturating_sub(gone.estimate);
+            }
+            self.committed = self.committed.saturating_add(actual);
+        }
+        // Otherwise the reservation was granted before the limit existed: not ours.
+    }
+
+    fn release(&mut self, record: &AuditRecord, id: u64, violations: &mut Violations) {
+        if let Some(estimate) = self.held.remove(&id) {
+            self.held_sum = self.held_sum.saturating_sub(estimate);
+        } else if self.expired.contains_key(&id) {
+            violations.push(format!(
+                "{}: a release after expiry took effect; SPEC says it is rejected and the expiry charge stands",
+                describe(record)
+            ));
+        }
+    }
+
+    fn expire(&mut self, id: u64, charged: bool) {
+        let Some(estimate) = self.held.remove(&id) else {
+            return;
+        };
+        self.held_sum = self.held_sum.saturating_sub(estimate);
+        if charged {
+            self.committed = self.committed.saturating_add(estimate);
+        }
+        self.expired.insert(id, Expired { estimate, charged });
+    }
+
+    /// The cluster's final `used` and `held` equal the replay's.
+    fn check_final_usage(&self, usage: &FinalUsage, violations: &mut Violations) {
+        let (name, committed, held_sum) = (&self.name, self.committed, self.held_sum);
+        if usage.used != committed {
+            violations.push(format!(
+                "{name}: the cluster reports {} used but its audit trail replays to {committed} committed (off by {}); a charge was applied without its audit record, or recorded without being applied",
+                usage.used,
+                usage.used as i128 - committed as i128
+            ));
+        }
+        if usage.held != held_sum {
+            violations.push(format!(
+                "{name}: the cluster reports {} held but its audit trail replays to {held_sum} held by {} reservations in flight (off by {}); a hold leaked or vanished",
+                usage.held,
+                self.held.len(),
+                usage.held as i128 - held_sum as i128
+            ));
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //!   JSON lines; fault tests elsewhere reuse it).
 //! - `scenario`: the TOML scenario files.
 //! - `runner`: drives one scenario against an embedded or external cluster.
-//! - `evaluate`: metrics and expectations of a run; `report` and `chart` present them.
+//! - `evaluate`: metrics and expectations of a run; `report` and `chart` present them,
+//!   `table` is the one table style of the human output (report and bench).
 //! - `bench`: `tollgate-sim bench`, throughput and latency against Tollgate, etcd and Redis.
 
 pub mod bench;
@@ -15,3 +16,4 @@ pub mod history;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod table;

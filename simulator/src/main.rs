@@ -1,7 +1,7 @@
 //! `tollgate-sim run PATH...`: replays runaway scenarios against a cluster and reports
 //! whether each one was cut off in time, with the whole history checked.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -123,63 +123,13 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let mut errors = Vec::new();
     for loaded in &scenarios {
         for &seed in &seeds {
-            let scenario = &loaded.scenario;
-            let wall = Instant::now();
-            let output = match runner::run(scenario, seed, &target).await {
-                Ok(output) => output,
-                Err(error) => {
-                    eprintln!("{} (seed {seed}): could not run: {error:#}", scenario.name);
-                    errors.push(format!(
-                        "{} (seed {seed}): {error:#}\n  replay: cargo run -p tollgate-sim -- run {} --seed {seed}",
-                        scenario.name, loaded.path
-                    ));
-                    continue;
-                }
-            };
-            let wall_ms = wall.elapsed().as_millis() as u64;
-            let result = evaluate::evaluate(scenario, &loaded.path, seed, &output, wall_ms);
-            eprintln!(
-                "{} (seed {seed}): {} in {:.1} s",
-                scenario.name,
-                if result.passed { "PASS" } else { "FAIL" },
-                wall_ms as f64 / 1e3
-            );
-            if let Some(dir) = &args.chart {
-                let path = dir.join(format!("{}-seed{seed}.svg", scenario.name));
-                std::fs::write(&path, chart::svg(&result, scenario.span_ms()))
-                    .with_context(|| format!("writing {}", path.display()))?;
+            match run_one(&args, loaded, seed, &target).await? {
+                Run::Done(result) => results.push(*result),
+                Run::CouldNotRun(error) => errors.push(error),
             }
-            if let Some(dir) = &args.history {
-                let base = format!("{}-seed{seed}", scenario.name);
-                history::write_jsonl(&dir.join(format!("{base}.history.jsonl")), &output.events)?;
-                let audit: Vec<String> = output
-                    .audit
-                    .iter()
-                    .map(serde_json::to_string)
-                    .collect::<Result<_, _>>()?;
-                std::fs::write(
-                    dir.join(format!("{base}.audit.jsonl")),
-                    audit.join("\n") + "\n",
-                )?;
-            }
-            results.push(result);
         }
     }
-    println!("{}", report::table(&results));
-    if args.verbose {
-        println!("{}", report::details(&results));
-    }
-    let failures = report::failures(&results);
-    if !failures.is_empty() {
-        println!("{failures}");
-    }
-    for error in &errors {
-        println!("ERROR {error}");
-    }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&results)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
+    print_report(&args, &results, &errors)?;
     let passed = results.iter().filter(|r| r.passed).count();
     println!(
         "{passed}/{} runs passed, {} could not run, in {:.1} s",
@@ -188,4 +138,89 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         started.elapsed().as_secs_f64()
     );
     Ok(errors.is_empty() && passed == results.len())
+}
+
+/// One scenario with one seed, as the report counts it.
+enum Run {
+    Done(Box<evaluate::ScenarioResult>),
+    /// Why the run could not start or finish, with the command that replays it.
+    CouldNotRun(String),
+}
+
+/// One scenario with one seed: its result and files. An error is one writing the files;
+/// a run that failed is reported, not returned.
+async fn run_one(
+    args: &RunArgs,
+    loaded: &scenario::Loaded,
+    seed: u64,
+    target: &Target,
+) -> anyhow::Result<Run> {
+    let scenario = &loaded.scenario;
+    let wall = Instant::now();
+    let output = match runner::run(scenario, seed, target).await {
+        Ok(output) => output,
+        Err(error) => {
+            eprintln!("{} (seed {seed}): could not run: {error:#}", scenario.name);
+            return Ok(Run::CouldNotRun(format!(
+                "{} (seed {seed}): {error:#}\n  replay: cargo run -p tollgate-sim -- run {} --seed {seed}",
+                scenario.name, loaded.path
+            )));
+        }
+    };
+    let wall_ms = wall.elapsed().as_millis() as u64;
+    let result = evaluate::evaluate(scenario, &loaded.path, seed, &output, wall_ms);
+    eprintln!(
+        "{} (seed {seed}): {} in {:.1} s",
+        scenario.name,
+        if result.passed { "PASS" } else { "FAIL" },
+        wall_ms as f64 / 1e3
+    );
+    if let Some(dir) = &args.chart {
+        let path = dir.join(format!("{}-seed{seed}.svg", scenario.name));
+        std::fs::write(&path, chart::svg(&result, scenario.span_ms()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(dir) = &args.history {
+        write_history(dir, &format!("{}-seed{seed}", scenario.name), &output)?;
+    }
+    Ok(Run::Done(Box::new(result)))
+}
+
+/// The run's history and audit trail, as JSON lines.
+fn write_history(dir: &Path, base: &str, output: &runner::RunOutput) -> anyhow::Result<()> {
+    history::write_jsonl(&dir.join(format!("{base}.history.jsonl")), &output.events)?;
+    let audit: Vec<String> = output
+        .audit
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<_, _>>()?;
+    std::fs::write(
+        dir.join(format!("{base}.audit.jsonl")),
+        audit.join("\n") + "\n",
+    )?;
+    Ok(())
+}
+
+/// The table, the details with `--verbose`, failures and errors; the JSON with `--json`.
+fn print_report(
+    args: &RunArgs,
+    results: &[evaluate::ScenarioResult],
+    errors: &[String],
+) -> anyhow::Result<()> {
+    println!("{}", report::table(results));
+    if args.verbose {
+        println!("{}", report::details(results));
+    }
+    let failures = report::failures(results);
+    if !failures.is_empty() {
+        println!("{failures}");
+    }
+    for error in errors {
+        println!("ERROR {error}");
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(results)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

@@ -3,79 +3,76 @@
 
 use std::fmt::Write;
 
-use crate::evaluate::{fmt_amount, fmt_ms, ScenarioResult};
+use crate::evaluate::{fmt_amount, fmt_ms, Metrics, ScenarioResult};
+use crate::table;
 
-/// The results as a fixed-width table, one line per scenario and seed.
+/// The results as a table, one line per scenario and seed.
 pub fn table(results: &[ScenarioResult]) -> String {
-    let header = [
-        "scenario",
-        "seed",
-        "outcome",
-        "spend at cutoff / budget",
-        "calls after 1st repeat",
-        "time to cutoff",
-        "cut off by",
-        "well-behaved served",
-        "history",
-    ];
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    use table::Align::{Left, Right};
+    let mut out = table::new(&[
+        ("scenario", Left),
+        ("seed", Right),
+        ("outcome", Left),
+        ("spend at cutoff / budget", Left),
+        ("calls after 1st repeat", Right),
+        ("time to cutoff", Right),
+        ("cut off by", Left),
+        ("well-behaved served", Left),
+        ("history", Left),
+    ]);
     for r in results {
-        let m = &r.metrics;
-        let dim = m.budget_dimension.as_str();
-        let spend = match &m.cutoff {
-            Some(c) => format!(
-                "{} / {} ({:.0}%)",
-                fmt_amount(dim, c.spend),
-                fmt_amount(dim, m.budget_amount),
-                c.spend as f64 * 100.0 / m.budget_amount.max(1) as f64
-            ),
-            None => format!("no cutoff / {}", fmt_amount(dim, m.budget_amount)),
-        };
-        let served = if m.well_behaved_calls == 0 {
-            "-".to_string()
-        } else {
-            format!(
-                "{:.0}% ({}/{})",
-                m.well_behaved_grants as f64 * 100.0 / m.well_behaved_calls as f64,
-                m.well_behaved_grants,
-                m.well_behaved_calls
-            )
-        };
-        let history = if r.history.violations.is_empty() {
-            format!("{} ops ok", r.history.ops)
-        } else {
-            format!("{} VIOLATIONS", r.history.violations.len())
-        };
-        rows.push(vec![
-            r.scenario.clone(),
-            r.seed.to_string(),
-            if r.passed { "PASS" } else { "FAIL" }.into(),
-            spend,
-            m.calls_after_first_repeat
-                .map_or("-".into(), |n| n.to_string()),
-            m.time_to_cutoff_ms.map_or("-".into(), fmt_ms),
-            m.cutoff.as_ref().map_or("-".into(), |c| c.reason.clone()),
-            served,
-            history,
-        ]);
+        out.add_row(row(r));
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|row| row[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for (n, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-        if n == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            let _ = writeln!(out, "{}", rule.join("  "));
-        }
+    table::render(&out)
+}
+
+fn row(r: &ScenarioResult) -> Vec<String> {
+    let m = &r.metrics;
+    vec![
+        r.scenario.clone(),
+        r.seed.to_string(),
+        if r.passed { "PASS" } else { "FAIL" }.into(),
+        spend_at_cutoff(m),
+        m.calls_after_first_repeat
+            .map_or("-".into(), |n| n.to_string()),
+        m.time_to_cutoff_ms.map_or("-".into(), fmt_ms),
+        m.cutoff.as_ref().map_or("-".into(), |c| c.reason.clone()),
+        well_behaved_served(m),
+        history(r),
+    ]
+}
+
+fn spend_at_cutoff(m: &Metrics) -> String {
+    let dim = m.budget_dimension.as_str();
+    match &m.cutoff {
+        Some(c) => format!(
+            "{} / {} ({:.0}%)",
+            fmt_amount(dim, c.spend),
+            fmt_amount(dim, m.budget_amount),
+            c.spend as f64 * 100.0 / m.budget_amount.max(1) as f64
+        ),
+        None => format!("no cutoff / {}", fmt_amount(dim, m.budget_amount)),
     }
-    out
+}
+
+fn well_behaved_served(m: &Metrics) -> String {
+    if m.well_behaved_calls == 0 {
+        return "-".to_string();
+    }
+    format!(
+        "{:.0}% ({}/{})",
+        m.well_behaved_grants as f64 * 100.0 / m.well_behaved_calls as f64,
+        m.well_behaved_grants,
+        m.well_behaved_calls
+    )
+}
+
+fn history(r: &ScenarioResult) -> String {
+    if r.history.violations.is_empty() {
+        format!("{} ops ok", r.history.ops)
+    } else {
+        format!("{} VIOLATIONS", r.history.violations.len())
+    }
 }
 
 /// Each failed expectation, and how to replay the run.

@@ -248,6 +248,8 @@ pub async fn run(scenario: &Scenario, seed: u64, target: &Target) -> anyhow::Res
     outcome
 }
 
+type Notes = std::sync::Arc<std::sync::Mutex<Vec<CallNote>>>;
+
 async fn drive(scenario: &Scenario, seed: u64, cluster: &mut Cluster) -> anyhow::Result<RunOutput> {
     let time_controlled = cluster.local.is_some();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -263,16 +265,63 @@ async fn drive(scenario: &Scenario, seed: u64, cluster: &mut Cluster) -> anyhow:
         tenant_prefix,
     };
     setup(scenario, &io).await?;
-
-    // Start step 0 at the scenario's time of day, so calendar windows fall where it says.
     if time_controlled {
-        let now = cluster.now_ms();
-        let day = 86_400_000;
-        let next = (now / day + 1) * day + scenario.start_of_day_ms;
-        cluster.clock.advance_ms(next - now);
+        move_to_start_of_day(scenario, cluster);
     }
     let start_ms = cluster.now_ms();
 
+    let mut workers = spawn_workers(scenario, seed);
+    let faults = schedule_faults(scenario, &mut rng);
+    let notes = Notes::default();
+    run_steps(
+        scenario,
+        cluster,
+        &io,
+        &mut workers,
+        &faults,
+        &notes,
+        &mut rng,
+    )
+    .await?;
+    finish_running_calls(scenario, &io, &mut workers).await;
+    // Heal and restart, so the trail and usage can be read from a whole cluster.
+    if time_controlled {
+        cluster.fault(FaultKind::HealAll).await?;
+        cluster.fault(FaultKind::RestartKilled).await?;
+    }
+    let end_ms = cluster.now_ms();
+    settle(scenario, cluster, &io).await?;
+
+    let usage = read_usage(scenario, &io).await?;
+    let (audit, audit_chain_error) = read_audit(scenario, &io).await?;
+    let notes = std::mem::take(&mut *lock(&notes));
+    let events = io.recorder.clone().into_events();
+    Ok(RunOutput {
+        start_ms,
+        end_ms,
+        events,
+        notes,
+        audit: audit
+            .into_iter()
+            .map(|r| strip_record_prefix(r, &io.tenant_prefix))
+            .collect(),
+        usage,
+        time_controlled,
+        tenant_prefix: io.tenant_prefix.clone(),
+        audit_chain_error,
+    })
+}
+
+/// Starts step 0 at the scenario's time of day, so calendar windows fall where it says.
+fn move_to_start_of_day(scenario: &Scenario, cluster: &Cluster) {
+    let now = cluster.now_ms();
+    let day = 86_400_000;
+    let next = (now / day + 1) * day + scenario.start_of_day_ms;
+    cluster.clock.advance_ms(next - now);
+}
+
+/// Every worker of every agent, each with its own RNG from the seed.
+fn spawn_workers(scenario: &Scenario, seed: u64) -> Vec<Worker> {
     let mut workers = Vec::new();
     for (index, spec) in scenario.agents.iter().enumerate() {
         for name in spec.names() {
@@ -291,7 +340,11 @@ async fn drive(scenario: &Scenario, seed: u64, cluster: &mut Cluster) -> anyhow:
             }
         }
     }
-    // Randomised fault timing: each fault moves by up to two steps either way (seeded).
+    workers
+}
+
+/// Randomised fault timing: each fault moves by up to two steps either way (seeded).
+fn schedule_faults(scenario: &Scenario, rng: &mut StdRng) -> Vec<(u64, FaultKind)> {
     let mut faults: Vec<(u64, FaultKind)> = scenario
         .faults
         .iter()
@@ -303,81 +356,123 @@ async fn drive(scenario: &Scenario, seed: u64, cluster: &mut Cluster) -> anyhow:
         })
         .collect();
     faults.sort_by_key(|f| f.0);
+    faults
+}
 
+/// Step by step: the faults due, every worker's calls, then the clock moves on.
+async fn run_steps(
+    scenario: &Scenario,
+    cluster: &mut Cluster,
+    io: &Io,
+    workers: &mut Vec<Worker>,
+    faults: &[(u64, FaultKind)],
+    notes: &Notes,
+    rng: &mut StdRng,
+) -> anyhow::Result<()> {
     let mut fanout_pending: BTreeMap<String, u64> = BTreeMap::new();
-    let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<CallNote>::new()));
     for step in 0..scenario.steps {
         for (_, kind) in faults.iter().filter(|(at, _)| *at == step) {
             cluster.fault(*kind).await?;
         }
-        let mut set = tokio::task::JoinSet::new();
-        // Calls per worker this step: the agent's base calls plus fan-out sub-calls, spread
-        // over its workers, within `calls_max`.
-        let mut agent_calls: BTreeMap<String, u64> = BTreeMap::new();
-        for worker in &workers {
-            let spec = &scenario.agents[worker.agent];
-            agent_calls.entry(worker.name.clone()).or_insert_with(|| {
-                base_calls(spec, step)
-                    .saturating_add(fanout_pending.get(&worker.name).copied().unwrap_or(0))
-            });
-        }
-        let mut made: BTreeMap<String, u64> = BTreeMap::new();
-        for worker in &workers {
-            *made.entry(worker.name.clone()).or_default() += worker.calls_made;
-        }
-        let mut taken = std::mem::take(&mut workers);
-        let mut index_in_agent: BTreeMap<String, u64> = BTreeMap::new();
-        for mut worker in taken.drain(..) {
-            let spec = scenario.agents[worker.agent].clone();
-            let position = index_in_agent.entry(worker.name.clone()).or_default();
-            let total = agent_calls[&worker.name]
-                .min(crate::scenario::CALLS_PER_STEP_MAX)
-                .min(spec.calls_max.saturating_sub(made[&worker.name]));
-            // Round robin: worker i takes calls i, i + workers, ...
-            let calls = total / spec.workers + u64::from(*position < total % spec.workers);
-            *position += 1;
-            let io = io.clone();
-            let notes = notes.clone();
-            set.spawn(async move {
-                let granted = worker_step(&io, &spec, &mut worker, step, calls, &notes).await;
-                (worker, granted)
-            });
-        }
-        fanout_pending.clear();
-        while let Some(joined) = set.join_next().await {
-            let (worker, granted) = joined.context("a worker task panicked")?;
-            let spec = &scenario.agents[worker.agent];
-            if spec.fanout > 0 {
-                *fanout_pending.entry(worker.name.clone()).or_default() +=
-                    granted.saturating_mul(spec.fanout);
-            }
-            workers.push(worker);
-        }
-        workers.sort_by(|a, b| (a.agent, &a.name).cmp(&(b.agent, &b.name)));
-        if !will_call_again(scenario, &workers, &fanout_pending, step) {
+        fanout_pending = run_step(scenario, io, workers, &fanout_pending, step, notes).await?;
+        if !will_call_again(scenario, workers, &fanout_pending, step) {
             break;
         }
-        if time_controlled {
+        if cluster.local.is_some() {
             let pct = rng.random_range(100 - STEP_JITTER_PCT..=100 + STEP_JITTER_PCT);
             cluster.clock.advance_ms(scenario.step_ms * pct / 100);
         }
     }
-    // Calls still running finish now.
-    for worker in &mut workers {
+    Ok(())
+}
+
+/// All workers' calls of one step, concurrently; returns the fan-out sub-calls each agent
+/// owes the next step.
+async fn run_step(
+    scenario: &Scenario,
+    io: &Io,
+    workers: &mut Vec<Worker>,
+    fanout_pending: &BTreeMap<String, u64>,
+    step: u64,
+    notes: &Notes,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let calls = calls_per_worker(scenario, workers, fanout_pending, step);
+    let mut set = tokio::task::JoinSet::new();
+    for (mut worker, calls) in std::mem::take(workers).into_iter().zip(calls) {
+        let spec = scenario.agents[worker.agent].clone();
+        let io = io.clone();
+        let notes = notes.clone();
+        set.spawn(async move {
+            let granted = worker_step(&io, &spec, &mut worker, step, calls, &notes).await;
+            (worker, granted)
+        });
+    }
+    let mut fanout_next: BTreeMap<String, u64> = BTreeMap::new();
+    while let Some(joined) = set.join_next().await {
+        let (worker, granted) = joined.context("a worker task panicked")?;
+        let spec = &scenario.agents[worker.agent];
+        if spec.fanout > 0 {
+            *fanout_next.entry(worker.name.clone()).or_default() +=
+                granted.saturating_mul(spec.fanout);
+        }
+        workers.push(worker);
+    }
+    workers.sort_by(|a, b| (a.agent, &a.name).cmp(&(b.agent, &b.name)));
+    Ok(fanout_next)
+}
+
+/// Calls per worker this step, in the order of `workers`: the agent's base calls plus
+/// fan-out sub-calls, spread over its workers, within `calls_max`.
+fn calls_per_worker(
+    scenario: &Scenario,
+    workers: &[Worker],
+    fanout_pending: &BTreeMap<String, u64>,
+    step: u64,
+) -> Vec<u64> {
+    let mut agent_calls: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut made: BTreeMap<&str, u64> = BTreeMap::new();
+    for worker in workers {
+        let spec = &scenario.agents[worker.agent];
+        agent_calls.entry(&worker.name).or_insert_with(|| {
+            base_calls(spec, step)
+                .saturating_add(fanout_pending.get(&worker.name).copied().unwrap_or(0))
+        });
+        *made.entry(&worker.name).or_default() += worker.calls_made;
+    }
+    let mut index_in_agent: BTreeMap<&str, u64> = BTreeMap::new();
+    workers
+        .iter()
+        .map(|worker| {
+            let spec = &scenario.agents[worker.agent];
+            let name = worker.name.as_str();
+            let position = index_in_agent.entry(name).or_default();
+            let total = agent_calls[name]
+                .min(crate::scenario::CALLS_PER_STEP_MAX)
+                .min(spec.calls_max.saturating_sub(made[name]));
+            // Round robin: worker i takes calls i, i + workers, ...
+            let calls = total / spec.workers + u64::from(*position < total % spec.workers);
+            *position += 1;
+            calls
+        })
+        .collect()
+}
+
+/// Calls still running when the steps end finish now.
+async fn finish_running_calls(scenario: &Scenario, io: &Io, workers: &mut [Worker]) {
+    for worker in workers {
         let spec = scenario.agents[worker.agent].clone();
         let running = std::mem::take(&mut worker.running);
         for (_, reservation_id, estimate) in running {
-            commit(&io, &spec, worker, reservation_id, estimate).await;
+            commit(io, &spec, worker, reservation_id, estimate).await;
         }
     }
-    // Heal and restart, so the trail and usage can be read from a whole cluster.
-    if time_controlled {
-        cluster.fault(FaultKind::HealAll).await?;
-        cluster.fault(FaultKind::RestartKilled).await?;
-    }
-    let end_ms = cluster.now_ms();
-    settle(scenario, cluster, &io).await?;
+}
 
+/// Each tenant-wide limit's usage at the end, by (tenant, limit id).
+async fn read_usage(
+    scenario: &Scenario,
+    io: &Io,
+) -> anyhow::Result<BTreeMap<(String, String), v1::LimitUsage>> {
     let mut usage = BTreeMap::new();
     for tenant in &scenario.tenants {
         let response = io
@@ -394,23 +489,7 @@ async fn drive(scenario: &Scenario, seed: u64, cluster: &mut Cluster) -> anyhow:
             }
         }
     }
-    let (audit, audit_chain_error) = read_audit(scenario, &io).await?;
-    let notes = std::mem::take(&mut *notes.lock().unwrap_or_else(|p| p.into_inner()));
-    let events = io.recorder.clone().into_events();
-    Ok(RunOutput {
-        start_ms,
-        end_ms,
-        events,
-        notes,
-        audit: audit
-            .into_iter()
-            .map(|r| strip_record_prefix(r, &io.tenant_prefix))
-            .collect(),
-        usage,
-        time_controlled,
-        tenant_prefix: io.tenant_prefix.clone(),
-        audit_chain_error,
-    })
+    Ok(usage)
 }
 
 fn mix(a: u64, b: u64, name: &str) -> u64 {
@@ -590,6 +669,45 @@ async fn worker_step(
     calls: u64,
     notes: &std::sync::Mutex<Vec<CallNote>>,
 ) -> u64 {
+    commit_due(io, spec, worker, step).await;
+    let mut granted = 0;
+    for _ in 0..calls {
+        if worker.gave_up {
+            break;
+        }
+        worker.calls_made += 1;
+        let call = ReserveCall::new(io, spec, worker);
+        let answer = reserve_with_retries(io, worker.id, &call).await;
+        lock(notes).push(CallNote {
+            agent: worker.name.clone(),
+            role: worker.role,
+            fingerprint: call.fingerprint,
+            invoked_ms: answer.first_invoked_ms,
+            log_index: answer.log_index,
+            outcome: answer.outcome,
+        });
+        let Some(reservation_id) = answer.reservation else {
+            note_denial(spec, worker);
+            continue;
+        };
+        worker.denials_in_row = 0;
+        granted += 1;
+        if spec.die_pct > 0 && worker.rng.random_range(0..100) < spec.die_pct {
+            // The worker dies mid-call: nobody commits or releases; the hold expires.
+            continue;
+        }
+        if spec.call_steps > 0 {
+            let until = step + spec.call_steps;
+            worker.running.push((until, reservation_id, call.estimate));
+        } else {
+            commit(io, spec, worker, reservation_id, call.estimate).await;
+        }
+    }
+    granted
+}
+
+/// Commits the worker's running calls that finish at or before `step`.
+async fn commit_due(io: &Io, spec: &AgentSpec, worker: &mut Worker, step: u64) {
     let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut worker.running)
         .into_iter()
         .partition(|(at, _, _)| *at <= step);
@@ -597,12 +715,29 @@ async fn worker_step(
     for (_, reservation_id, estimate) in due {
         commit(io, spec, worker, reservation_id, estimate).await;
     }
-    let mut granted = 0;
-    for _ in 0..calls {
-        if worker.gave_up {
-            break;
-        }
-        worker.calls_made += 1;
+}
+
+/// A denied or failed call: the worker gives up after `give_up_after_denials` in a row.
+fn note_denial(spec: &AgentSpec, worker: &mut Worker) {
+    worker.denials_in_row += 1;
+    if spec.give_up_after_denials > 0 && worker.denials_in_row >= spec.give_up_after_denials {
+        worker.gave_up = true;
+    }
+}
+
+/// One reserve call as the history records it and as it goes on the wire.
+struct ReserveCall {
+    estimate: Amounts,
+    fingerprint: Option<String>,
+    request_id: String,
+    op: Op,
+    wire: v1::ReserveRequest,
+}
+
+impl ReserveCall {
+    /// Draws the fingerprint, then the request id, from the worker's RNG (in that order,
+    /// so a seed replays the same calls).
+    fn new(io: &Io, spec: &AgentSpec, worker: &mut Worker) -> Self {
         let estimate = Amounts::new(spec.tokens, spec.cost_micros, spec.calls);
         let fingerprint = match spec.fingerprint {
             FingerprintMode::None => None,
@@ -628,115 +763,99 @@ async fn worker_step(
             ttl_ms: spec.ttl_ms,
             fingerprint: fingerprint.clone().unwrap_or_default(),
         };
-        let first_invoked_ms = io.clock.now_ms();
-        let mut attempt = 0;
-        let (outcome, reservation, log_index) = loop {
-            attempt += 1;
-            let invoked_ms = io.clock.now_ms();
-            let answer = io
-                .client
-                .call(|rpc| {
-                    let wire = wire.clone();
-                    async move { rpc.tollgate().reserve(wire).await }
-                })
-                .await;
-            let completed_ms = io.clock.now_ms().max(invoked_ms);
-            let (result, outcome, reservation) = match answer {
-                Ok(response) => {
-                    let log_index = response.applied.map_or(0, |a| a.log_index);
-                    match response.decision {
-                        Some(Decision::Granted(g)) => (
-                            OpResult::Granted {
-                                reservation_id: g.reservation_id,
-                                log_index,
-                            },
-                            CallOutcome::Granted,
-                            Some(g.reservation_id),
-                        ),
-                        Some(Decision::Denied(d)) => (
-                            OpResult::Denied {
-                                reason: format!("limit {}", d.limit_id),
-                                log_index,
-                            },
-                            CallOutcome::DeniedByLimit(d.limit_id),
-                            None,
-                        ),
-                        Some(Decision::Frozen(_)) => (
-                            OpResult::Denied {
-                                reason: "frozen".into(),
-                                log_index,
-                            },
-                            CallOutcome::Frozen,
-                            None,
-                        ),
-                        Some(Decision::Tripped(_)) => (
-                            OpResult::Denied {
-                                reason: "tripped".into(),
-                                log_index,
-                            },
-                            CallOutcome::Tripped,
-                            None,
-                        ),
-                        None => (
-                            OpResult::Ambiguous {
-                                error: "reserve answered without a decision".into(),
-                            },
-                            CallOutcome::Failed("no decision".into()),
-                            None,
-                        ),
-                    }
-                }
-                Err(error) => (
-                    error_result(&error),
-                    CallOutcome::Failed(error.to_string()),
-                    None,
-                ),
-            };
-            let log_index = result.log_index().unwrap_or(0);
-            let ambiguous = matches!(result, OpResult::Ambiguous { .. });
-            io.recorder.record(Event {
-                client: worker.id,
-                request_id: request_id.clone(),
-                op: op.clone(),
-                invoked_ms,
-                completed_ms,
-                result,
-            });
-            if !ambiguous || attempt > AMBIGUOUS_RETRIES_MAX {
-                break (outcome, reservation, log_index);
-            }
-        };
-        lock(notes).push(CallNote {
-            agent: worker.name.clone(),
-            role: worker.role,
+        ReserveCall {
+            estimate,
             fingerprint,
-            invoked_ms: first_invoked_ms,
-            log_index,
-            outcome,
-        });
-        let Some(reservation_id) = reservation else {
-            worker.denials_in_row += 1;
-            if spec.give_up_after_denials > 0 && worker.denials_in_row >= spec.give_up_after_denials
-            {
-                worker.gave_up = true;
-            }
-            continue;
-        };
-        worker.denials_in_row = 0;
-        granted += 1;
-        if spec.die_pct > 0 && worker.rng.random_range(0..100) < spec.die_pct {
-            // The worker dies mid-call: nobody commits or releases; the hold expires.
-            continue;
-        }
-        if spec.call_steps > 0 {
-            worker
-                .running
-                .push((step + spec.call_steps, reservation_id, estimate));
-        } else {
-            commit(io, spec, worker, reservation_id, estimate).await;
+            request_id,
+            op,
+            wire,
         }
     }
-    granted
+}
+
+/// What a reserve call came to after its retries.
+struct ReserveAnswer {
+    first_invoked_ms: u64,
+    outcome: CallOutcome,
+    reservation: Option<u64>,
+    log_index: u64,
+}
+
+/// Sends the reserve, and again with the same request id while the answer is ambiguous
+/// (up to `AMBIGUOUS_RETRIES_MAX` more times); every attempt goes in the history.
+async fn reserve_with_retries(io: &Io, client_id: u64, call: &ReserveCall) -> ReserveAnswer {
+    let first_invoked_ms = io.clock.now_ms();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let invoked_ms = io.clock.now_ms();
+        let answer = io
+            .client
+            .call(|rpc| {
+                let wire = call.wire.clone();
+                async move { rpc.tollgate().reserve(wire).await }
+            })
+            .await;
+        let completed_ms = io.clock.now_ms().max(invoked_ms);
+        let (result, outcome, reservation) = match answer {
+            Ok(response) => reserve_result(response),
+            Err(error) => (
+                error_result(&error),
+                CallOutcome::Failed(error.to_string()),
+                None,
+            ),
+        };
+        let log_index = result.log_index().unwrap_or(0);
+        let ambiguous = matches!(result, OpResult::Ambiguous { .. });
+        io.recorder.record(Event {
+            client: client_id,
+            request_id: call.request_id.clone(),
+            op: call.op.clone(),
+            invoked_ms,
+            completed_ms,
+            result,
+        });
+        if !ambiguous || attempt > AMBIGUOUS_RETRIES_MAX {
+            return ReserveAnswer {
+                first_invoked_ms,
+                outcome,
+                reservation,
+                log_index,
+            };
+        }
+    }
+}
+
+/// A reserve's answer as the history records it, as the simulator counts it, and the
+/// reservation id when granted.
+fn reserve_result(response: v1::ReserveResponse) -> (OpResult, CallOutcome, Option<u64>) {
+    let log_index = response.applied.map_or(0, |a| a.log_index);
+    let denied = |reason: String, outcome: CallOutcome| {
+        (OpResult::Denied { reason, log_index }, outcome, None)
+    };
+    match response.decision {
+        Some(Decision::Granted(g)) => (
+            OpResult::Granted {
+                reservation_id: g.reservation_id,
+                log_index,
+            },
+            CallOutcome::Granted,
+            Some(g.reservation_id),
+        ),
+        Some(Decision::Denied(d)) => denied(
+            format!("limit {}", d.limit_id),
+            CallOutcome::DeniedByLimit(d.limit_id),
+        ),
+        Some(Decision::Frozen(_)) => denied("frozen".into(), CallOutcome::Frozen),
+        Some(Decision::Tripped(_)) => denied("tripped".into(), CallOutcome::Tripped),
+        None => (
+            OpResult::Ambiguous {
+                error: "reserve answered without a decision".into(),
+            },
+            CallOutcome::Failed("no decision".into()),
+            None,
+        ),
+    }
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -456,6 +456,17 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
 impl Scenario {
     /// Checks bounds and cross-references, so a run never starts on a broken file.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.validate_timing()?;
+        self.validate_limits()?;
+        self.validate_budget()?;
+        self.validate_agents()?;
+        if !self.agents.iter().any(|a| a.role == Role::Runaway) && self.expect.cutoff {
+            bail!("expect.cutoff is set but no agent has role runaway");
+        }
+        Ok(())
+    }
+
+    fn validate_timing(&self) -> anyhow::Result<()> {
         if self.steps == 0 || self.steps > STEPS_MAX {
             bail!("steps is {}, must be 1..={STEPS_MAX}", self.steps);
         }
@@ -465,13 +476,25 @@ impl Scenario {
         if self.start_of_day_ms >= 86_400_000 {
             bail!("start_of_day_ms must be below 86_400_000 (one day)");
         }
-        let tenant_known = |t: &str| self.tenants.iter().any(|s| s.name == t);
+        Ok(())
+    }
+
+    fn tenant_known(&self, tenant: &str) -> bool {
+        self.tenants.iter().any(|s| s.name == tenant)
+    }
+
+    fn validate_limits(&self) -> anyhow::Result<()> {
         for limit in &self.limits {
-            if !tenant_known(&limit.tenant) {
+            if !self.tenant_known(&limit.tenant) {
                 bail!("limit {} names unknown tenant {}", limit.id, limit.tenant);
             }
             limit.to_wire()?;
         }
+        Ok(())
+    }
+
+    /// `expect.budget` names a tenant-scope budget: the one the run's metrics follow.
+    fn validate_budget(&self) -> anyhow::Result<()> {
         let budget = self
             .limits
             .iter()
@@ -485,28 +508,15 @@ impl Scenario {
                 self.expect.budget
             );
         }
+        Ok(())
+    }
+
+    /// Each agent on its own, then the totals over all of them.
+    fn validate_agents(&self) -> anyhow::Result<()> {
         let mut agents = 0;
         let mut calls_total: u64 = 0;
         for agent in &self.agents {
-            if !tenant_known(&agent.tenant) {
-                bail!("agent {} names unknown tenant {}", agent.name, agent.tenant);
-            }
-            if agent.count == 0 || agent.workers == 0 || agent.workers > WORKERS_MAX {
-                bail!(
-                    "agent {}: count must be at least 1 and workers 1..={WORKERS_MAX}",
-                    agent.name
-                );
-            }
-            if agent.every_steps == 0 {
-                bail!("agent {}: every_steps must be at least 1", agent.name);
-            }
-            let per_step = agent.workers.saturating_mul(agent.calls_per_step);
-            if per_step > CALLS_PER_STEP_MAX {
-                bail!(
-                    "agent {}: workers x calls_per_step is {per_step}, above CALLS_PER_STEP_MAX ({CALLS_PER_STEP_MAX})",
-                    agent.name
-                );
-            }
+            let per_step = self.validate_agent(agent)?;
             agents += agent.count;
             let calls = per_step
                 .saturating_mul(self.steps)
@@ -523,10 +533,31 @@ impl Scenario {
                 "up to {calls_total} calls, above CALLS_MAX ({CALLS_MAX}); cap the agents with calls_max"
             );
         }
-        if !self.agents.iter().any(|a| a.role == Role::Runaway) && self.expect.cutoff {
-            bail!("expect.cutoff is set but no agent has role runaway");
-        }
         Ok(())
+    }
+
+    /// One agent's bounds; returns its calls per step (workers x calls_per_step).
+    fn validate_agent(&self, agent: &AgentSpec) -> anyhow::Result<u64> {
+        if !self.tenant_known(&agent.tenant) {
+            bail!("agent {} names unknown tenant {}", agent.name, agent.tenant);
+        }
+        if agent.count == 0 || agent.workers == 0 || agent.workers > WORKERS_MAX {
+            bail!(
+                "agent {}: count must be at least 1 and workers 1..={WORKERS_MAX}",
+                agent.name
+            );
+        }
+        if agent.every_steps == 0 {
+            bail!("agent {}: every_steps must be at least 1", agent.name);
+        }
+        let per_step = agent.workers.saturating_mul(agent.calls_per_step);
+        if per_step > CALLS_PER_STEP_MAX {
+            bail!(
+                "agent {}: workers x calls_per_step is {per_step}, above CALLS_PER_STEP_MAX ({CALLS_PER_STEP_MAX})",
+                agent.name
+            );
+        }
+        Ok(per_step)
     }
 
     /// Simulated span of the run, from step 0 to the end of the last step.

@@ -233,6 +233,23 @@ pub async fn start_embedded() -> anyhow::Result<(LocalCluster, tempfile::TempDir
     Ok((cluster, dir))
 }
 
+/// When a run starts sending, starts measuring, and stops.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    measure_from: Instant,
+    measure_until: Instant,
+}
+
+/// What one bench worker drives, and against which keys.
+#[derive(Clone)]
+struct WorkerPlan {
+    drivers: Arc<Vec<Driver>>,
+    workload: Workload,
+    agents: u64,
+    window: Window,
+}
+
 async fn run_once(
     args: &BenchArgs,
     clients: usize,
@@ -242,89 +259,27 @@ async fn run_once(
 ) -> anyhow::Result<RunResult> {
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + Duration::from_secs_f64(args.warmup);
-    let measure_until = measure_from + Duration::from_secs_f64(args.duration);
-    let drivers = Arc::new(drivers);
-    // Open loop: each worker's due times come from the pacer; closed loop: none.
-    let (due_times, pacer) = match args.mode {
-        Mode::Closed => ((0..clients).map(|_| None).collect(), None),
-        Mode::Open => {
-            let schedule = pacer::Schedule {
-                start: start.into_std(),
-                rate: args.rate.unwrap_or(0.0),
-                until: measure_until.into_std(),
-            };
-            let (receivers, pacer) = pacer::start(schedule, clients)?;
-            (
-                receivers.into_iter().map(Some).collect::<Vec<_>>(),
-                Some(pacer),
-            )
-        }
+    let window = Window {
+        start,
+        measure_from,
+        measure_until: measure_from + Duration::from_secs_f64(args.duration),
     };
-    let mut tasks = Vec::with_capacity(clients);
-    for (worker, mut due_times) in due_times.into_iter().enumerate() {
-        let drivers = Arc::clone(&drivers);
-        let workload = args.workload;
-        tasks.push(tokio::spawn(async move {
-            let driver = &drivers[worker % drivers.len()];
-            let mut rng = StdRng::seed_from_u64(worker as u64);
-            let mut state = WorkerState::default();
-            let mut stats = WorkerStats::default();
-            loop {
-                let intended = match &mut due_times {
-                    None => Instant::now().max(start),
-                    Some(due_times) => match due_times.recv().await {
-                        Some(due) => Instant::from_std(due),
-                        None => break,
-                    },
-                };
-                if intended >= measure_until {
-                    break;
-                }
-                let now = Instant::now();
-                if now >= measure_until {
-                    // Open loop, fallen behind: what is still due was never sent.
-                    stats.missed += 1;
-                    continue;
-                }
-                // Only a due time in the future (the start, closed loop) is slept for:
-                // tokio's timer would otherwise round even a past deadline up to its next
-                // millisecond tick.
-                if intended > now {
-                    tokio::time::sleep_until(intended).await;
-                }
-                let measured = intended >= measure_from;
-                let key = Key::new(workload, worker, rng.random_range(0..agents));
-                let held = match driver.reserve(workload, worker, &mut state, &key).await {
-                    Ok(held) => held,
-                    Err(error) => {
-                        if measured {
-                            count_error(&mut stats, error);
-                        }
-                        continue;
-                    }
-                };
-                let reserved = Instant::now();
-                let result = driver.commit(&mut state, held).await;
-                let committed = Instant::now();
-                if !measured {
-                    continue;
-                }
-                stats.reserve.record(reserved - intended);
-                match result {
-                    Ok(()) => {
-                        stats.commit.record(committed - reserved);
-                        stats.pairs += 1;
-                    }
-                    Err(error) => count_error(&mut stats, error),
-                }
-            }
-            stats.conflicts = state.conflicts;
-            stats
-        }));
-    }
-    tokio::time::sleep_until(measure_from).await;
+    let connections = drivers.len();
+    let plan = WorkerPlan {
+        drivers: Arc::new(drivers),
+        workload: args.workload,
+        agents,
+        window,
+    };
+    let (due_times, pacer) = due_times(args, clients, window)?;
+    let tasks: Vec<_> = due_times
+        .into_iter()
+        .enumerate()
+        .map(|(worker, due_times)| tokio::spawn(bench_worker(plan.clone(), worker, due_times)))
+        .collect();
+    tokio::time::sleep_until(window.measure_from).await;
     let cpu_before = CpuSample::take(&args.server_pids);
-    tokio::time::sleep_until(measure_until).await;
+    tokio::time::sleep_until(window.measure_until).await;
     let cpu_after = CpuSample::take(&args.server_pids);
     let mut total = WorkerStats::default();
     for task in tasks {
@@ -336,25 +291,180 @@ async fn run_once(
             .map_err(|_| anyhow::anyhow!("the open-loop pacer panicked"))?;
         total.missed += dropped;
     }
-    let pairs = total.pairs.max(1) as f64;
-    let cpu_client_us_per_pair = (cpu_after.self_s - cpu_before.self_s) * 1e6 / pairs;
-    let cpu_servers_us_per_pair = match (cpu_before.servers_s, cpu_after.servers_s) {
-        (Some(before), Some(after)) => Some((after - before) * 1e6 / pairs),
-        _ => None,
+    let cpu = CpuPerPair::between(&cpu_before, &cpu_after, total.pairs);
+    Ok(run_result(
+        args,
+        clients,
+        connections,
+        &total,
+        cpu,
+        cpu_scope,
+    ))
+}
+
+type DueTimes = tokio::sync::mpsc::Receiver<std::time::Instant>;
+/// The open-loop pacer thread; it returns how many due times it dropped.
+type Pacer = std::thread::JoinHandle<u64>;
+
+/// Open loop: each worker's due times come from the pacer; closed loop: none.
+fn due_times(
+    args: &BenchArgs,
+    clients: usize,
+    window: Window,
+) -> anyhow::Result<(Vec<Option<DueTimes>>, Option<Pacer>)> {
+    match args.mode {
+        Mode::Closed => Ok(((0..clients).map(|_| None).collect(), None)),
+        Mode::Open => {
+            let schedule = pacer::Schedule {
+                start: window.start.into_std(),
+                rate: args.rate.unwrap_or(0.0),
+                until: window.measure_until.into_std(),
+            };
+            let (receivers, pacer) = pacer::start(schedule, clients)?;
+            Ok((receivers.into_iter().map(Some).collect(), Some(pacer)))
+        }
+    }
+}
+
+/// One client: a reserve-then-commit pair at each due time (or back to back, closed
+/// loop), counted only inside the measured window.
+async fn bench_worker(plan: WorkerPlan, worker: usize, due_times: Option<DueTimes>) -> WorkerStats {
+    let mut client = BenchWorker {
+        plan,
+        worker,
+        state: WorkerState::default(),
+        stats: WorkerStats::default(),
     };
-    Ok(RunResult {
-        label: args.label.clone().unwrap_or_else(|| {
-            let system = format!("{:?}", args.system).to_lowercase();
-            match (args.system, args.no_coalesce) {
-                (System::Tollgate, true) => format!("{system}-unary"),
-                _ => system,
+    client.run(due_times).await;
+    client.stats.conflicts = client.state.conflicts;
+    client.stats
+}
+
+struct BenchWorker {
+    plan: WorkerPlan,
+    worker: usize,
+    state: WorkerState,
+    stats: WorkerStats,
+}
+
+impl BenchWorker {
+    async fn run(&mut self, mut due_times: Option<DueTimes>) {
+        let Window {
+            start,
+            measure_from,
+            measure_until,
+        } = self.plan.window;
+        let mut rng = StdRng::seed_from_u64(self.worker as u64);
+        loop {
+            let intended = match &mut due_times {
+                None => Instant::now().max(start),
+                Some(due_times) => match due_times.recv().await {
+                    Some(due) => Instant::from_std(due),
+                    None => break,
+                },
+            };
+            if intended >= measure_until {
+                break;
             }
-        }),
+            let now = Instant::now();
+            if now >= measure_until {
+                // Open loop, fallen behind: what is still due was never sent.
+                self.stats.missed += 1;
+                continue;
+            }
+            // Only a due time in the future (the start, closed loop) is slept for:
+            // tokio's timer would otherwise round even a past deadline up to its next
+            // millisecond tick.
+            if intended > now {
+                tokio::time::sleep_until(intended).await;
+            }
+            let key = Key::new(
+                self.plan.workload,
+                self.worker,
+                rng.random_range(0..self.plan.agents),
+            );
+            self.pair(&key, intended, intended >= measure_from).await;
+        }
+    }
+
+    /// One reserve-then-commit pair; its latencies count when `measured`.
+    async fn pair(&mut self, key: &Key, intended: Instant, measured: bool) {
+        let driver = &self.plan.drivers[self.worker % self.plan.drivers.len()];
+        let stats = &mut self.stats;
+        let held = match driver
+            .reserve(self.plan.workload, self.worker, &mut self.state, key)
+            .await
+        {
+            Ok(held) => held,
+            Err(error) => {
+                if measured {
+                    count_error(stats, error);
+                }
+                return;
+            }
+        };
+        let reserved = Instant::now();
+        let result = driver.commit(&mut self.state, held).await;
+        let committed = Instant::now();
+        if !measured {
+            return;
+        }
+        stats.reserve.record(reserved - intended);
+        match result {
+            Ok(()) => {
+                stats.commit.record(committed - reserved);
+                stats.pairs += 1;
+            }
+            Err(error) => count_error(stats, error),
+        }
+    }
+}
+
+/// CPU microseconds per pair over the measured window.
+struct CpuPerPair {
+    client_us: f64,
+    servers_us: Option<f64>,
+}
+
+impl CpuPerPair {
+    fn between(before: &CpuSample, after: &CpuSample, pairs: u64) -> Self {
+        let pairs = pairs.max(1) as f64;
+        CpuPerPair {
+            client_us: (after.self_s - before.self_s) * 1e6 / pairs,
+            servers_us: match (before.servers_s, after.servers_s) {
+                (Some(before), Some(after)) => Some((after - before) * 1e6 / pairs),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The run's label: `--label`, else the system's name (`tollgate-unary` with `--no-coalesce`).
+fn label(args: &BenchArgs) -> String {
+    args.label.clone().unwrap_or_else(|| {
+        let system = format!("{:?}", args.system).to_lowercase();
+        match (args.system, args.no_coalesce) {
+            (System::Tollgate, true) => format!("{system}-unary"),
+            _ => system,
+        }
+    })
+}
+
+fn run_result(
+    args: &BenchArgs,
+    clients: usize,
+    connections: usize,
+    total: &WorkerStats,
+    cpu: CpuPerPair,
+    cpu_scope: &str,
+) -> RunResult {
+    RunResult {
+        label: label(args),
         system: args.system,
         workload: args.workload,
         mode: args.mode,
         clients,
-        connections: drivers.len(),
+        connections,
         coalesce: args.system == System::Tollgate && !args.no_coalesce,
         duration_s: args.duration,
         offered_rate: args.rate.filter(|_| args.mode == Mode::Open),
@@ -367,10 +477,10 @@ async fn run_once(
         error_last: total.error_last.clone(),
         reserve: total.reserve.summary(),
         commit: total.commit.summary(),
-        cpu_client_us_per_pair,
-        cpu_servers_us_per_pair,
+        cpu_client_us_per_pair: cpu.client_us,
+        cpu_servers_us_per_pair: cpu.servers_us,
         cpu_scope: cpu_scope.to_owned(),
-    })
+    }
 }
 
 fn count_error(stats: &mut WorkerStats, error: OpError) {

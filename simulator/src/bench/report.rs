@@ -1,4 +1,5 @@
-//! The benchmark's table: one row per run, latencies in milliseconds.
+//! The benchmark's table: one row per run, latencies in milliseconds (the shared style of
+//! `crate::table`); the JSON of `--json` is the machine-readable form.
 
 use super::RunResult;
 
@@ -21,46 +22,29 @@ pub fn line(r: &RunResult) -> String {
     )
 }
 
+/// One row per run, then a line saying what the CPU figures cover.
 pub fn table(results: &[RunResult]) -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "{:<14} {:<6} {:<6} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}\n",
-        "system",
-        "work",
-        "mode",
-        "clients",
-        "pairs/s",
-        "res p50",
-        "res p99",
-        "res p999",
-        "com p50",
-        "com p99",
-        "com p999",
-        "cpu us/pr",
-        "srv us/pr",
-        "errors"
-    ));
+    use crate::table::Align::{Left, Right};
+    let mut table = crate::table::new(&[
+        ("system", Left),
+        ("work", Left),
+        ("mode", Left),
+        ("clients", Right),
+        ("pairs/s", Right),
+        ("res p50", Right),
+        ("res p99", Right),
+        ("res p999", Right),
+        ("com p50", Right),
+        ("com p99", Right),
+        ("com p999", Right),
+        ("cpu us/pr", Right),
+        ("srv us/pr", Right),
+        ("errors", Right),
+    ]);
     for r in results {
-        out.push_str(&format!(
-            "{:<14} {:<6} {:<6} {:>7} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9.1} {:>9} {:>7}\n",
-            r.label,
-            format!("{:?}", r.workload).to_lowercase(),
-            format!("{:?}", r.mode).to_lowercase(),
-            r.clients,
-            r.throughput_pairs_s,
-            ms(r.reserve.p50_us),
-            ms(r.reserve.p99_us),
-            ms(r.reserve.p999_us),
-            ms(r.commit.p50_us),
-            ms(r.commit.p99_us),
-            ms(r.commit.p999_us),
-            r.cpu_client_us_per_pair,
-            r.cpu_servers_us_per_pair
-                .map(|c| format!("{c:.1}"))
-                .unwrap_or_else(|| "-".into()),
-            r.errors + r.denied,
-        ));
+        table.add_row(row(r));
     }
+    let mut out = crate::table::render(&table);
     if let Some(r) = results.first() {
         out.push_str(&format!(
             "latencies in ms; cpu us/pr: CPU µs per pair of {}",
@@ -68,4 +52,80 @@ pub fn table(results: &[RunResult]) -> String {
         ));
     }
     out
+}
+
+fn row(r: &RunResult) -> Vec<String> {
+    vec![
+        r.label.clone(),
+        format!("{:?}", r.workload).to_lowercase(),
+        format!("{:?}", r.mode).to_lowercase(),
+        r.clients.to_string(),
+        format!("{:.0}", r.throughput_pairs_s),
+        ms(r.reserve.p50_us),
+        ms(r.reserve.p99_us),
+        ms(r.reserve.p999_us),
+        ms(r.commit.p50_us),
+        ms(r.commit.p99_us),
+        ms(r.commit.p999_us),
+        format!("{:.1}", r.cpu_client_us_per_pair),
+        r.cpu_servers_us_per_pair
+            .map(|c| format!("{c:.1}"))
+            .unwrap_or_else(|| "-".into()),
+        (r.errors + r.denied).to_string(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::stats::LatencySummary;
+    use super::super::systems::{System, Workload};
+    use super::super::Mode;
+    use super::*;
+
+    fn run(label: &str, pairs_s: f64, servers: Option<f64>) -> RunResult {
+        let latency = |p50_us, p99_us, p999_us| LatencySummary {
+            p50_us,
+            p99_us,
+            p999_us,
+            ..LatencySummary::default()
+        };
+        RunResult {
+            label: label.into(),
+            system: System::Tollgate,
+            workload: Workload::Hot,
+            mode: Mode::Closed,
+            clients: 64,
+            connections: 4,
+            coalesce: true,
+            duration_s: 10.0,
+            offered_rate: None,
+            pairs: 1,
+            throughput_pairs_s: pairs_s,
+            denied: 1,
+            errors: 2,
+            missed: 0,
+            conflicts: 0,
+            error_last: None,
+            reserve: latency(4_210, 9_870, 15_000),
+            commit: latency(3_100, 8_000, 12_345),
+            cpu_client_us_per_pair: 27.84,
+            cpu_servers_us_per_pair: servers,
+            cpu_scope: "client only (no --server-pids given)".into(),
+        }
+    }
+
+    #[test]
+    fn the_table_aligns_figures_right_and_ends_with_what_the_cpu_covers() {
+        let table = table(&[
+            run("tollgate", 7415.4, Some(142.46)),
+            run("redis", 41254.0, None),
+        ]);
+        let expected = "\
+| system   | work | mode   | clients | pairs/s | res p50 | res p99 | res p999 | com p50 | com p99 | com p999 | cpu us/pr | srv us/pr | errors |
+|----------|------|--------|---------|---------|---------|---------|----------|---------|---------|----------|-----------|-----------|--------|
+| tollgate | hot  | closed |      64 |    7415 |    4.21 |    9.87 |    15.00 |    3.10 |    8.00 |    12.35 |      27.8 |     142.5 |      3 |
+| redis    | hot  | closed |      64 |   41254 |    4.21 |    9.87 |    15.00 |    3.10 |    8.00 |    12.35 |      27.8 |         - |      3 |
+latencies in ms; cpu us/pr: CPU µs per pair of client only (no --server-pids given)";
+        assert_eq!(table, expected);
+    }
 }

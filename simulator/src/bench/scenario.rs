@@ -128,6 +128,27 @@ pub async fn snapshot(args: &BenchArgs) -> anyhow::Result<bool> {
 
     eprintln!("starting an embedded three-node durable cluster...");
     let (mut cluster, dir) = super::start_embedded().await?;
+    let leader = load_agents(&cluster, agents, &mut result).await?;
+    build_snapshot(&cluster, leader, dir.path(), &mut result).await?;
+    install_on_new_node(&mut cluster, leader, &mut result).await?;
+    restart_new_node(&mut cluster, leader, &mut result).await?;
+
+    println!("{}", render(&result));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    cluster.shutdown().await;
+    Ok(true)
+}
+
+/// Loads `agents` agents, one record each, and waits until every replica has applied them;
+/// returns the leader.
+async fn load_agents(
+    cluster: &LocalCluster,
+    agents: u64,
+    result: &mut SnapshotResult,
+) -> anyhow::Result<u64> {
     let mut config = ClientConfig::new(cluster.endpoints());
     config.deadline = Duration::from_secs(60);
     let client = Client::new(config)?;
@@ -137,26 +158,9 @@ pub async fn snapshot(args: &BenchArgs) -> anyhow::Result<bool> {
     eprintln!("loading {agents} agents (one record each, {LOADERS} loaders)...");
     let rss_before = stats::rss_self_bytes();
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for loader in 0..LOADERS as u64 {
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut i = loader;
-            while i < agents {
-                client
-                    .record(
-                        systems::TENANT,
-                        &format!("a{i:09}"),
-                        "llm:bench",
-                        Amounts::new(90, 900, 1),
-                    )
-                    .await
-                    .with_context(|| format!("recording for agent {i}"))?;
-                i += LOADERS as u64;
-            }
-            anyhow::Ok(())
-        }));
-    }
+    let tasks: Vec<_> = (0..LOADERS as u64)
+        .map(|loader| tokio::spawn(load_share(client.clone(), loader, agents)))
+        .collect();
     for task in tasks {
         task.await??;
     }
@@ -164,7 +168,7 @@ pub async fn snapshot(args: &BenchArgs) -> anyhow::Result<bool> {
     result.load_records_s = agents as f64 / result.load_s;
     let leader = cluster.leader(STEP_WAIT).await?;
     // Every replica has applied everything once the followers catch up; give them a moment.
-    wait_caught_up(&cluster, leader, &[1, 2, 3]).await?;
+    wait_caught_up(cluster, leader, &[1, 2, 3]).await?;
     let rss_after = stats::rss_self_bytes();
     result.cluster_rss_bytes_per_agent_per_replica =
         rss_after.saturating_sub(rss_before) as f64 / (agents as f64 * 3.0);
@@ -172,10 +176,37 @@ pub async fn snapshot(args: &BenchArgs) -> anyhow::Result<bool> {
         "loaded in {:.1} s ({:.0} records/s)",
         result.load_s, result.load_records_s
     );
+    Ok(leader)
+}
 
+/// One loader's share: agents `loader`, `loader + LOADERS`, ...
+async fn load_share(client: Client, loader: u64, agents: u64) -> anyhow::Result<()> {
+    let mut i = loader;
+    while i < agents {
+        client
+            .record(
+                systems::TENANT,
+                &format!("a{i:09}"),
+                "llm:bench",
+                Amounts::new(90, 900, 1),
+            )
+            .await
+            .with_context(|| format!("recording for agent {i}"))?;
+        i += LOADERS as u64;
+    }
+    Ok(())
+}
+
+/// Triggers a snapshot on the leader and times it until openraft reports it built.
+async fn build_snapshot(
+    cluster: &LocalCluster,
+    leader: u64,
+    data_dir: &std::path::Path,
+    result: &mut SnapshotResult,
+) -> anyhow::Result<()> {
     eprintln!("building a snapshot on the leader (node {leader})...");
     let node = cluster.node(leader).context("leader gone")?.clone();
-    let applied = last_applied(&cluster, leader).unwrap_or(0);
+    let applied = last_applied(cluster, leader).unwrap_or(0);
     let started = Instant::now();
     node.raft
         .trigger()
@@ -190,14 +221,21 @@ pub async fn snapshot(args: &BenchArgs) -> anyhow::Result<bool> {
     .await
     .context("the snapshot was not built")?;
     result.snapshot_build_s = started.elapsed().as_secs_f64();
-    result.snapshot_bytes =
-        std::fs::metadata(dir.path().join(format!("node-{leader}/snapshot.bin")))
-            .map(|m| m.len())
-            .unwrap_or(0);
+    result.snapshot_bytes = std::fs::metadata(data_dir.join(format!("node-{leader}/snapshot.bin")))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    Ok(())
+}
 
+/// Adds an empty node as a learner, timed until it has installed the snapshot and caught up.
+async fn install_on_new_node(
+    cluster: &mut LocalCluster,
+    leader: u64,
+    result: &mut SnapshotResult,
+) -> anyhow::Result<()> {
     eprintln!("adding node {NEW_NODE} as a learner: snapshot transfer and install...");
     let addr = cluster.add_node(NEW_NODE).await?;
-    let target = last_applied(&cluster, leader).unwrap_or(0);
+    let target = last_applied(cluster, leader).unwrap_or(0);
     let started = Instant::now();
     // One attempt that waits as long as the step: the server's add-learner blocks until the
     // learner has caught up, and each retry is a new membership entry, which restarts the
@@ -209,29 +247,30 @@ pub async fn snapshot(args: &BenchArgs) -> anyhow::Result<bool> {
         .add_learner(NEW_NODE, &addr)
         .await
         .context("adding the learner")?;
-    wait_for(|| last_applied(&cluster, NEW_NODE).unwrap_or(0) >= target)
+    wait_for(|| last_applied(cluster, NEW_NODE).unwrap_or(0) >= target)
         .await
         .context("the new node did not catch up")?;
     result.snapshot_install_s = started.elapsed().as_secs_f64();
     result.snapshot_build_and_install_s = result.snapshot_build_s + result.snapshot_install_s;
+    Ok(())
+}
 
+/// Restarts the new node on its data directory, timed until it has caught up again.
+async fn restart_new_node(
+    cluster: &mut LocalCluster,
+    leader: u64,
+    result: &mut SnapshotResult,
+) -> anyhow::Result<()> {
     eprintln!("restarting node {NEW_NODE}...");
     cluster.stop(NEW_NODE).await;
-    let target = last_applied(&cluster, leader).unwrap_or(0);
+    let target = last_applied(cluster, leader).unwrap_or(0);
     let started = Instant::now();
     cluster.restart(NEW_NODE).await?;
-    wait_for(|| last_applied(&cluster, NEW_NODE).unwrap_or(0) >= target)
+    wait_for(|| last_applied(cluster, NEW_NODE).unwrap_or(0) >= target)
         .await
         .context("the restarted node did not catch up")?;
     result.restart_s = started.elapsed().as_secs_f64();
-
-    println!("{}", render(&result));
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&result)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    cluster.shutdown().await;
-    Ok(true)
+    Ok(())
 }
 
 fn render(r: &SnapshotResult) -> String {

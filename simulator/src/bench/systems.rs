@@ -431,24 +431,10 @@ async fn etcd_cas(
     update: impl Fn(Budget) -> Option<(Budget, Vec<pb::RequestOp>)>,
 ) -> Result<bool, OpError> {
     let mut kv = kv.clone();
-    let failed = |e: tonic::Status| OpError::Failed(format!("etcd: {}", e.message()));
     // A cached value for this key saves the read; otherwise read it (linearizably).
     let (mut mod_revision, mut value) = match &state.etcd_cached {
         Some((key, revision, value)) if key == budget => (*revision, *value),
-        _ => {
-            let response = kv
-                .range(pb::RangeRequest {
-                    key: budget.as_bytes().to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(failed)?
-                .into_inner();
-            match response.kvs.first() {
-                Some(kv) => (kv.mod_revision, Budget::parse(&kv.value)),
-                None => (0, Budget::default()),
-            }
-        }
+        _ => etcd_read(&mut kv, budget).await?,
     };
     for attempt in 0..CAS_ATTEMPTS_MAX {
         if attempt > 0 {
@@ -457,27 +443,11 @@ async fn etcd_cas(
         let Some((next, mut ops)) = update(value) else {
             return Ok(false);
         };
-        let encoded = next.encode();
-        ops.push(put(budget, encoded));
+        ops.push(put(budget, next.encode()));
         let response = kv
-            .txn(pb::TxnRequest {
-                compare: vec![pb::Compare {
-                    result: pb::compare::CompareResult::Equal.into(),
-                    target: pb::compare::CompareTarget::Mod.into(),
-                    key: budget.as_bytes().to_vec(),
-                    // A key that does not exist has mod revision 0.
-                    target_union: Some(pb::compare::TargetUnion::ModRevision(mod_revision)),
-                }],
-                success: ops,
-                failure: vec![pb::RequestOp {
-                    request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
-                        key: budget.as_bytes().to_vec(),
-                        ..Default::default()
-                    })),
-                }],
-            })
+            .txn(cas_request(budget, mod_revision, ops))
             .await
-            .map_err(failed)?
+            .map_err(etcd_failed)?
             .into_inner();
         if response.succeeded {
             let revision = response.header.map(|h| h.revision).unwrap_or(0);
@@ -485,28 +455,69 @@ async fn etcd_cas(
             return Ok(true);
         }
         // Lost the race: the failure branch read the current value.
-        let current = response
-            .responses
-            .into_iter()
-            .find_map(|r| match r.response {
-                Some(pb::response_op::Response::ResponseRange(range)) => Some(range),
-                _ => None,
-            });
-        match current.and_then(|range| range.kvs.into_iter().next()) {
-            Some(kv) => {
-                mod_revision = kv.mod_revision;
-                value = Budget::parse(&kv.value);
-            }
-            None => {
-                mod_revision = 0;
-                value = Budget::default();
-            }
-        }
+        (mod_revision, value) = current_of_failed(response);
     }
     state.etcd_cached = None;
     Err(OpError::Failed(format!(
         "etcd: {CAS_ATTEMPTS_MAX} compare-and-swap attempts lost the race"
     )))
+}
+
+fn etcd_failed(e: tonic::Status) -> OpError {
+    OpError::Failed(format!("etcd: {}", e.message()))
+}
+
+/// The budget key's mod revision and value (0 and an empty budget when it does not exist).
+async fn etcd_read(kv: &mut KvClient<Channel>, budget: &str) -> Result<(i64, Budget), OpError> {
+    let response = kv
+        .range(pb::RangeRequest {
+            key: budget.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await
+        .map_err(etcd_failed)?
+        .into_inner();
+    Ok(revision_and_value(response.kvs.into_iter().next()))
+}
+
+fn revision_and_value(kv: Option<pb::KeyValue>) -> (i64, Budget) {
+    match kv {
+        Some(kv) => (kv.mod_revision, Budget::parse(&kv.value)),
+        None => (0, Budget::default()),
+    }
+}
+
+/// A transaction that applies `ops` if the budget key's mod revision is still `mod_revision`,
+/// and otherwise reads the key.
+fn cas_request(budget: &str, mod_revision: i64, ops: Vec<pb::RequestOp>) -> pb::TxnRequest {
+    pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: pb::compare::CompareResult::Equal.into(),
+            target: pb::compare::CompareTarget::Mod.into(),
+            key: budget.as_bytes().to_vec(),
+            // A key that does not exist has mod revision 0.
+            target_union: Some(pb::compare::TargetUnion::ModRevision(mod_revision)),
+        }],
+        success: ops,
+        failure: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                key: budget.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        }],
+    }
+}
+
+/// The budget key's current revision and value, from a failed transaction's range read.
+fn current_of_failed(response: pb::TxnResponse) -> (i64, Budget) {
+    let current = response
+        .responses
+        .into_iter()
+        .find_map(|r| match r.response {
+            Some(pb::response_op::Response::ResponseRange(range)) => Some(range),
+            _ => None,
+        });
+    revision_and_value(current.and_then(|range| range.kvs.into_iter().next()))
 }
 
 /// Checks the arguments make sense for `system`.
