@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Response, Status};
 
+use crate::channel::{leader_hint, Auth};
 use crate::config::{normalise_endpoint, ClientConfig, FailMode};
 use crate::error::{is_retryable, Error};
 use crate::local::LocalCap;
-use crate::pool::{leader_hint, Auth, Pool, Rpc};
+use crate::pool::{Pool, Rpc};
 
 /// Most attempts one operation makes, whatever the deadline: bounds the work a single
 /// call causes when every node keeps answering UNAVAILABLE. With the default backoff,
