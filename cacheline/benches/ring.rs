@@ -137,7 +137,7 @@ fn main() {
     println!(
         "ring trail: {RECORDS_RETAINED} records of {} bytes and {BODY_BYTES}-byte bodies ({} MiB) filled in {:.2} s",
         size_of::<Record>(),
-        RECORDS_RETAINED * (size_of::<Record>() + BODY_BYTES) >> 20,
+        (RECORDS_RETAINED * (size_of::<Record>() + BODY_BYTES)) >> 20,
         started.elapsed().as_secs_f64()
     );
     row("alone", &mut trail, &mut Noise::new(false), &mut seq);
@@ -145,7 +145,7 @@ fn main() {
     row(
         &format!(
             "each among {READS_PER_RECORD} random reads of a {} MiB table",
-            TABLE_WORDS * size_of::<u64>() >> 20
+            (TABLE_WORDS * size_of::<u64>()) >> 20
         ),
         &mut trail,
         &mut noise,
