@@ -100,7 +100,8 @@ impl<T: Copy> Ring<T> {
     }
 
     /// The last chunk, if it has room; else a new (or the spare) chunk pushed at the back.
-    fn room(&mut self) -> &mut Vec<T> {
+    /// With `WRITE_AHEAD`, the line `WRITE_AHEAD_BYTES` past the write position is asked for.
+    fn room<const WRITE_AHEAD: bool>(&mut self) -> &mut Vec<T> {
         if self
             .chunks
             .back()
@@ -114,6 +115,9 @@ impl<T: Copy> Ring<T> {
         }
         let last = self.chunks.len() - 1;
         let chunk = &mut self.chunks[last];
+        if !WRITE_AHEAD {
+            return chunk;
+        }
         // Within the chunk's own allocation only (the next chunk is not known yet).
         let ahead = (chunk.len() * size_of::<T>()).saturating_add(WRITE_AHEAD_BYTES);
         if ahead < chunk.capacity() * size_of::<T>() {
@@ -123,13 +127,25 @@ impl<T: Copy> Ring<T> {
     }
 
     pub fn push_back(&mut self, value: T) {
-        self.room().push(value);
+        self.push_back_with::<true>(value);
+    }
+
+    pub fn extend_from_slice(&mut self, values: &[T]) {
+        self.extend_from_slice_with::<true>(values);
+    }
+
+    /// `push_back`, with or without the write-ahead: for the ring bench, which defends it.
+    #[doc(hidden)]
+    pub fn push_back_with<const WRITE_AHEAD: bool>(&mut self, value: T) {
+        self.room::<WRITE_AHEAD>().push(value);
         self.len += 1;
     }
 
-    pub fn extend_from_slice(&mut self, mut values: &[T]) {
+    /// `extend_from_slice`, with or without the write-ahead: for the ring bench.
+    #[doc(hidden)]
+    pub fn extend_from_slice_with<const WRITE_AHEAD: bool>(&mut self, mut values: &[T]) {
         while !values.is_empty() {
-            let chunk = self.room();
+            let chunk = self.room::<WRITE_AHEAD>();
             let n = values.len().min(Self::PER_CHUNK - chunk.len());
             chunk.extend_from_slice(&values[..n]);
             self.len += n;

@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Response, Status};
 
+use crate::channel::{leader_hint, Auth};
 use crate::config::{normalise_endpoint, ClientConfig, FailMode};
 use crate::error::{is_retryable, Error};
 use crate::local::LocalCap;
-use crate::pool::{leader_hint, Auth, Pool, Rpc};
+use crate::pool::{Pool, Rpc};
 
 /// Most attempts one operation makes, whatever the deadline: bounds the work a single
 /// call causes when every node keeps answering UNAVAILABLE. With the default backoff,
@@ -157,7 +158,6 @@ impl Client {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let config = &self.shared.config;
-        let pool = &self.shared.pool;
         let deadline = Instant::now() + config.deadline;
         let mut attempts: u32 = 0;
         let mut backoff_step: u32 = 0;
@@ -173,57 +173,31 @@ impl Client {
             };
             attempts += 1;
             let addr = match target {
-                Target::Leader => pool.pick(),
+                Target::Leader => self.shared.pool.pick(),
                 Target::Node(addr) => addr.to_owned(),
             };
             if !tried.contains(&addr) {
                 tried.push(addr.clone());
             }
-            let rpc = pool.rpc(&addr, &self.auth, coalesce)?;
             let attempt_timeout = attempt_time_left.min(config.attempt_timeout);
-            let status = match tokio::time::timeout(attempt_timeout, f(rpc)).await {
-                Ok(Ok(response)) => {
-                    if let Target::Leader = target {
-                        // Followers refuse every leader-only call, so an answer means leader.
-                        pool.set_leader(&addr);
-                    }
-                    return Ok(response.into_inner());
-                }
-                Ok(Err(status)) if !is_retryable(&status) => {
-                    return Err(Error::from_status(&status));
-                }
-                Ok(Err(status)) => status,
-                Err(_elapsed) => Status::deadline_exceeded(format!(
-                    "no answer within {} ms",
-                    attempt_timeout.as_millis()
-                )),
+            let status = match self
+                .attempt(target, &addr, coalesce, attempt_timeout, &mut f)
+                .await
+            {
+                Attempt::Done(result) => return result,
+                Attempt::Retry(status) => status,
             };
             error_last = format!("{addr}: {:?}: {}", status.code(), status.message());
             tracing::debug!(attempt = attempts, error = %error_last, "tollgate call failed, retrying");
 
-            if let Target::Leader = target {
-                match leader_hint(status.metadata()) {
-                    Some(hint) if hint != addr => {
-                        pool.set_leader(&hint);
-                        if !hint_just_followed {
-                            hint_just_followed = true;
-                            continue;
-                        }
-                    }
-                    _ => pool.forget_leader(&addr),
-                }
+            if self.follow_hint(target, &addr, &status) && !hint_just_followed {
+                hint_just_followed = true;
+                continue;
             }
             hint_just_followed = false;
-
-            let Some(pause_time_left) = time_left(deadline) else {
+            if !self.pause(deadline, &mut backoff_step).await {
                 break;
-            };
-            let delay = config
-                .backoff
-                .delay(backoff_step, &mut rand::rng())
-                .min(pause_time_left);
-            backoff_step = backoff_step.saturating_add(1);
-            tokio::time::sleep(delay).await;
+            }
         }
 
         Err(Error::Unavailable {
@@ -234,6 +208,86 @@ impl Client {
             ),
         })
     }
+
+    /// One attempt at `addr` within `attempt_timeout`: the call's result, or the
+    /// retryable status to try again after.
+    async fn attempt<T, F, Fut>(
+        &self,
+        target: Target<'_>,
+        addr: &str,
+        coalesce: bool,
+        attempt_timeout: Duration,
+        f: &mut F,
+    ) -> Attempt<T>
+    where
+        F: FnMut(Rpc) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let rpc = match self.shared.pool.rpc(addr, &self.auth, coalesce) {
+            Ok(rpc) => rpc,
+            Err(error) => return Attempt::Done(Err(error)),
+        };
+        match tokio::time::timeout(attempt_timeout, f(rpc)).await {
+            Ok(Ok(response)) => {
+                if let Target::Leader = target {
+                    // Followers refuse every leader-only call, so an answer means leader.
+                    self.shared.pool.set_leader(addr);
+                }
+                Attempt::Done(Ok(response.into_inner()))
+            }
+            Ok(Err(status)) if !is_retryable(&status) => {
+                Attempt::Done(Err(Error::from_status(&status)))
+            }
+            Ok(Err(status)) => Attempt::Retry(status),
+            Err(_elapsed) => Attempt::Retry(Status::deadline_exceeded(format!(
+                "no answer within {} ms",
+                attempt_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// After a failed leader call: remembers the leader that `status` names and returns
+    /// true, or forgets `addr` as leader. A call to one node follows no hint.
+    fn follow_hint(&self, target: Target<'_>, addr: &str, status: &Status) -> bool {
+        let Target::Leader = target else {
+            return false;
+        };
+        match leader_hint(status.metadata()) {
+            Some(hint) if hint != addr => {
+                self.shared.pool.set_leader(&hint);
+                true
+            }
+            _ => {
+                self.shared.pool.forget_leader(addr);
+                false
+            }
+        }
+    }
+
+    /// Sleeps the backoff of `backoff_step` (cut at the deadline) and counts the step;
+    /// false, without sleeping, once the deadline has passed.
+    async fn pause(&self, deadline: Instant, backoff_step: &mut u32) -> bool {
+        let Some(pause_time_left) = time_left(deadline) else {
+            return false;
+        };
+        let delay = self
+            .shared
+            .config
+            .backoff
+            .delay(*backoff_step, &mut rand::rng())
+            .min(pause_time_left);
+        *backoff_step = backoff_step.saturating_add(1);
+        tokio::time::sleep(delay).await;
+        true
+    }
+}
+
+/// How one attempt ended.
+enum Attempt<T> {
+    /// With the call's result: a response, or an error that retrying cannot change.
+    Done(Result<T, Error>),
+    /// With a status worth another attempt.
+    Retry(Status),
 }
 
 /// Time until `deadline`, or `None` once it has passed.

@@ -21,7 +21,7 @@ use tollgate_proto::v1::tollgate_client::TollgateClient;
 use tollgate_proto::{BATCH_OPS_MAX, BATCH_REQUEST_BYTES_MAX, LEADER_METADATA_KEY};
 use tonic::{Code, Response, Status};
 
-use crate::pool::AuthChannel;
+use crate::channel::AuthChannel;
 
 /// Batches one coalescer has sent and not yet had answered. Few on purpose, as in the
 /// server's proposer: while they are out, operations pile up into the next, larger batch.
@@ -288,7 +288,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::pool::leader_hint;
+    use crate::channel::leader_hint;
 
     /// A fake node: records each batch's operation count, waits for the gate, then answers
     /// each reserve with a grant whose reservation id is parsed from its request id, and a

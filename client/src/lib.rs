@@ -68,6 +68,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod channel;
 mod client;
 mod coalescer;
 mod config;
@@ -79,6 +80,7 @@ mod tollgate;
 mod types;
 
 pub use admin::{AuditExport, AUDIT_QUERY_RECORDS_MAX};
+pub use channel::{leader_hint, Auth, AuthChannel};
 pub use client::{Client, ATTEMPTS_MAX};
 pub use coalescer::{COALESCER_BATCHES_IN_FLIGHT_MAX, COALESCER_QUEUE_OPS_MAX};
 pub use config::{
@@ -86,7 +88,7 @@ pub use config::{
     BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, DEADLINE_DEFAULT, ENDPOINTS_MAX,
 };
 pub use error::{is_retryable, Error};
-pub use pool::{leader_hint, Auth, AuthChannel, Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};
+pub use pool::{Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};
 pub use reservation::Reservation;
 pub use tollgate::RESERVATIONS_LIST_MAX;
 /// The wire types (`tollgate.v1`), re-exported so callers need no direct dependency.

@@ -10,15 +10,12 @@ use std::time::Duration;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::cluster_client::ClusterClient;
 use tollgate_proto::v1::tollgate_client::TollgateClient;
-use tollgate_proto::LEADER_METADATA_KEY;
-use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Response, Status};
 
+use crate::channel::{Auth, AuthChannel};
 use crate::coalescer::{Coalesced, Coalescer};
-use crate::config::normalise_endpoint;
 use crate::error::Error;
 
 /// Most channels one client caches. Addresses come from the config and from leader hints;
@@ -28,39 +25,6 @@ pub const CHANNELS_MAX: usize = 32;
 /// [`with_token`](crate::Client::with_token) clones); beyond it the oldest is dropped and ends
 /// once its queued operations are sent.
 pub const COALESCERS_PER_CHANNEL_MAX: usize = 8;
-
-/// A channel that adds `authorization: Bearer <token>` to every request.
-pub type AuthChannel = InterceptedService<Channel, Auth>;
-
-/// Adds the configured bearer token to each request.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Auth {
-    header: Option<AsciiMetadataValue>,
-}
-
-impl Auth {
-    /// An interceptor for `token`; `None` sends no credentials.
-    pub fn new(token: Option<&str>) -> Result<Auth, Error> {
-        let header = match token {
-            None => None,
-            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
-                Error::Invalid("token contains characters not allowed in a header".into())
-            })?),
-        };
-        Ok(Auth { header })
-    }
-}
-
-impl Interceptor for Auth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(header) = &self.header {
-            request
-                .metadata_mut()
-                .insert("authorization", header.clone());
-        }
-        Ok(request)
-    }
-}
 
 /// One attempt's connection to one node, handed to the closure of
 /// [`Client::call`](crate::Client::call). Cheap to clone; the underlying connection is
@@ -108,19 +72,6 @@ impl Rpc {
         match &self.coalescer {
             Some(coalescer) => coalescer.submit(request).await,
             None => request.unary(self.tollgate()).await,
-        }
-    }
-}
-
-/// The leader's address from an UNAVAILABLE status, normalised; `None` when the node
-/// named no leader or named something that is not an address.
-pub fn leader_hint(metadata: &MetadataMap) -> Option<String> {
-    let raw = metadata.get(LEADER_METADATA_KEY)?.to_str().ok()?;
-    match normalise_endpoint(raw) {
-        Ok(addr) => Some(addr),
-        Err(error) => {
-            tracing::warn!(hint = raw, %error, "ignoring unusable leader hint");
-            None
         }
     }
 }
@@ -300,27 +251,6 @@ impl Pool {
 mod tests {
     use super::*;
 
-    fn metadata_with(hint: &str) -> MetadataMap {
-        let mut metadata = MetadataMap::new();
-        metadata.insert(LEADER_METADATA_KEY, hint.parse().unwrap());
-        metadata
-    }
-
-    #[test]
-    fn leader_hint_is_parsed_and_normalised() {
-        assert_eq!(
-            leader_hint(&metadata_with("10.0.0.2:7001")),
-            Some("http://10.0.0.2:7001".into())
-        );
-        assert_eq!(
-            leader_hint(&metadata_with("http://n2:7001")),
-            Some("http://n2:7001".into())
-        );
-        assert_eq!(leader_hint(&metadata_with("")), None);
-        assert_eq!(leader_hint(&metadata_with("no-port")), None);
-        assert_eq!(leader_hint(&MetadataMap::new()), None);
-    }
-
     #[test]
     fn pick_rotates_endpoints_until_a_leader_is_known() {
         let pool = Pool::new(
@@ -341,12 +271,6 @@ mod tests {
         );
         pool.forget_leader("http://c:3");
         assert_eq!(pool.leader(), None);
-    }
-
-    #[test]
-    fn token_with_newline_is_rejected() {
-        assert!(Auth::new(Some("abc")).is_ok());
-        assert!(matches!(Auth::new(Some("a\nb")), Err(Error::Invalid(_))));
     }
 
     #[tokio::test]

@@ -201,65 +201,7 @@ fn build(agents_per_tenant: usize, clock: &mut Clock) -> Ledger {
     let mut ledger = Ledger::new();
     let llm = ToolId::new("llm:gpt-x").unwrap();
     for t in 0..TENANTS {
-        let tenant = tenant_id(t);
-        let at = clock.tick();
-        let out = ledger.apply(
-            at,
-            &Command::PutTenant {
-                request_id: clock.request(),
-                tenant: tenant.clone(),
-                policy: TenantPolicy::default(),
-            },
-        );
-        assert_eq!(out, Outcome::Done);
-        let limits = [
-            spec(
-                "tenant-monthly-cost",
-                Scope::Tenant,
-                Dimension::Cost,
-                LimitKind::Budget {
-                    window: Window::Month,
-                    amount: AMOUNT_MAX,
-                },
-            ),
-            spec(
-                "agent-calls-per-minute",
-                Scope::EachAgent,
-                Dimension::Calls,
-                LimitKind::Rate {
-                    amount: 600,
-                    period_ms: 60_000,
-                    burst: 100,
-                },
-            ),
-            spec(
-                "agent-parallel",
-                Scope::EachAgent,
-                Dimension::Concurrency,
-                LimitKind::Concurrency { max: 10 },
-            ),
-            spec(
-                "llm-daily-tokens",
-                Scope::ToolTenant(llm.clone()),
-                Dimension::Tokens,
-                LimitKind::Budget {
-                    window: Window::Day,
-                    amount: AMOUNT_MAX,
-                },
-            ),
-        ];
-        for limit in limits {
-            let at = clock.tick();
-            let out = ledger.apply(
-                at,
-                &Command::PutLimit {
-                    request_id: clock.request(),
-                    tenant: tenant.clone(),
-                    limit,
-                },
-            );
-            assert_eq!(out, Outcome::Done);
-        }
+        put_tenant(&mut ledger, clock, &tenant_id(t), &llm);
     }
     let records_per_agent = AGENTS_PER_TENANT / agents_per_tenant;
     for t in 0..TENANTS {
@@ -286,6 +228,72 @@ fn build(agents_per_tenant: usize, clock: &mut Clock) -> Ledger {
     ledger
 }
 
+/// One tenant and its four limits.
+fn put_tenant(ledger: &mut Ledger, clock: &mut Clock, tenant: &TenantId, llm: &ToolId) {
+    let at = clock.tick();
+    let out = ledger.apply(
+        at,
+        &Command::PutTenant {
+            request_id: clock.request(),
+            tenant: tenant.clone(),
+            policy: TenantPolicy::default(),
+        },
+    );
+    assert_eq!(out, Outcome::Done);
+    for limit in tenant_limits(llm) {
+        let at = clock.tick();
+        let out = ledger.apply(
+            at,
+            &Command::PutLimit {
+                request_id: clock.request(),
+                tenant: tenant.clone(),
+                limit,
+            },
+        );
+        assert_eq!(out, Outcome::Done);
+    }
+}
+
+/// A tenant budget, a per-agent rate, a per-agent concurrency limit and a tool budget.
+fn tenant_limits(llm: &ToolId) -> [LimitSpec; 4] {
+    [
+        spec(
+            "tenant-monthly-cost",
+            Scope::Tenant,
+            Dimension::Cost,
+            LimitKind::Budget {
+                window: Window::Month,
+                amount: AMOUNT_MAX,
+            },
+        ),
+        spec(
+            "agent-calls-per-minute",
+            Scope::EachAgent,
+            Dimension::Calls,
+            LimitKind::Rate {
+                amount: 600,
+                period_ms: 60_000,
+                burst: 100,
+            },
+        ),
+        spec(
+            "agent-parallel",
+            Scope::EachAgent,
+            Dimension::Concurrency,
+            LimitKind::Concurrency { max: 10 },
+        ),
+        spec(
+            "llm-daily-tokens",
+            Scope::ToolTenant(llm.clone()),
+            Dimension::Tokens,
+            LimitKind::Budget {
+                window: Window::Day,
+                amount: AMOUNT_MAX,
+            },
+        ),
+    ]
+}
+
 fn main() {
     // `LEDGER_BENCH_PAIRS` overrides the number of timed pairs (e.g. 0 to profile the build).
     let pairs_timed: usize = std::env::var("LEDGER_BENCH_PAIRS")
@@ -297,17 +305,31 @@ fn main() {
         now_ms: 1_710_028_800_000,
         requests: 0,
     };
+    let mut ledger = build_measuring_memory(&mut clock);
+    let commands = pair_commands(&mut ledger, &mut clock, WARMUP_PAIRS + 2 * pairs_timed);
+    let (warmup, timed) = commands.split_at(2 * WARMUP_PAIRS);
+    warm_up_counting_allocations(&mut ledger, warmup, &mut clock);
 
-    // Memory: the same commands over 10,000 agents and over 1,000,000 agents; the
-    // difference is what the extra agents cost.
+    let totals = time_alternating(&mut ledger, timed, pairs_timed, &mut clock);
+    assert!(ledger.stats().reservations_in_flight <= 1);
+    print_times(&totals, ledger.stats().agents);
+    // Freeing a million agents one by one takes longer than the run; the OS does it at once.
+    std::mem::forget(ledger);
+    std::mem::forget(commands);
+}
+
+/// Memory: the same commands over 10,000 agents and over 1,000,000 agents; the difference
+/// is what the extra agents cost. Prints the build and memory lines; returns the ledger of
+/// 1,000,000 agents.
+fn build_measuring_memory(clock: &mut Clock) -> Ledger {
     COUNTING.store(true, Relaxed);
-    let few = build(1, &mut clock);
+    let few = build(1, clock);
     let live_few = LIVE_BYTES.load(Relaxed);
     drop(few);
     let rss_before = rss_bytes();
     let live_before = LIVE_BYTES.load(Relaxed);
     let started = Instant::now();
-    let mut ledger = build(AGENTS_PER_TENANT, &mut clock);
+    let ledger = build(AGENTS_PER_TENANT, clock);
     let build_s = started.elapsed().as_secs_f64();
     let live_many = LIVE_BYTES.load(Relaxed) - live_before;
     let rss_after = rss_bytes();
@@ -326,8 +348,12 @@ fn main() {
         rss_after.saturating_sub(rss_before) as f64 / AGENTS as f64,
         stats.audit_records_retained,
     );
+    ledger
+}
 
-    // Commands are built before timing: the ledger's cost is measured, not the harness's.
+/// Reserve, commit, reserve, commit, ...: `pairs` pairs on random agents (fixed seed).
+/// Commands are built before timing: the ledger's cost is measured, not the harness's.
+fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Command> {
     let mut rng = StdRng::seed_from_u64(0x7011_6a7e);
     let llm = ToolId::new("llm:gpt-x").unwrap();
     let estimate = Amounts {
@@ -355,8 +381,7 @@ fn main() {
         Outcome::Granted { reservation_id, .. } => reservation_id.0 + 1,
         other => panic!("{other:?}"),
     };
-    // Reserve, commit, reserve, commit, ...: the warm-up pairs, then two timed sets.
-    let commands: Vec<Command> = (0..WARMUP_PAIRS + 2 * pairs_timed)
+    (0..pairs)
         .flat_map(|i| {
             let tenant = tenant_id(rng.random_range(0..TENANTS));
             let agent = agent_id(rng.random_range(0..AGENTS_PER_TENANT));
@@ -377,68 +402,95 @@ fn main() {
             };
             [reserve, commit]
         })
-        .collect();
-    let (warmup, timed) = commands.split_at(2 * WARMUP_PAIRS);
+        .collect()
+}
 
-    // With `prefetch`, as the state machine applies a log entry's commands: each after
-    // prefetching what the next ones will read (`Ledger::prefetch_upcoming`).
-    let run = |ledger: &mut Ledger, commands: &[Command], clock: &mut Clock, prefetch: bool| {
-        for i in (0..commands.len()).step_by(2) {
-            clock.now_ms += PAIR_STEP_MS;
-            let at = clock.now_ms;
-            if prefetch {
-                ledger.prefetch_upcoming(&commands[i + 1..]);
-            }
-            let granted = ledger.apply(at, &commands[i]);
-            debug_assert!(matches!(granted, Outcome::Granted { .. }), "{granted:?}");
-            if prefetch {
-                ledger.prefetch_upcoming(&commands[i + 2..]);
-            }
-            let committed = ledger.apply(at, &commands[i + 1]);
-            assert!(
-                matches!(committed, Outcome::Committed { late: false, .. }),
-                "{granted:?} then {committed:?}"
-            );
+/// Applies reserve/commit pairs. With `prefetch`, as the state machine applies a log
+/// entry's commands: each after prefetching what the next ones will read
+/// (`Ledger::prefetch_upcoming`).
+fn run_pairs(ledger: &mut Ledger, commands: &[Command], clock: &mut Clock, prefetch: bool) {
+    for i in (0..commands.len()).step_by(2) {
+        clock.now_ms += PAIR_STEP_MS;
+        let at = clock.now_ms;
+        if prefetch {
+            ledger.prefetch_upcoming(&commands[i + 1..]);
         }
-    };
-    // The last warm-up pairs run in steady state: count their allocations.
+        let granted = ledger.apply(at, &commands[i]);
+        debug_assert!(matches!(granted, Outcome::Granted { .. }), "{granted:?}");
+        if prefetch {
+            ledger.prefetch_upcoming(&commands[i + 2..]);
+        }
+        let committed = ledger.apply(at, &commands[i + 1]);
+        assert!(
+            matches!(committed, Outcome::Committed { late: false, .. }),
+            "{granted:?} then {committed:?}"
+        );
+    }
+}
+
+/// Runs the warm-up pairs; the last ones run in steady state, so their allocations are
+/// counted and printed.
+fn warm_up_counting_allocations(ledger: &mut Ledger, warmup: &[Command], clock: &mut Clock) {
     let (warmup, counted) = warmup.split_at(2 * (WARMUP_PAIRS - ALLOCATION_COUNT_PAIRS));
-    run(&mut ledger, warmup, &mut clock, true);
+    run_pairs(ledger, warmup, clock, true);
     ALLOCATIONS.store(0, Relaxed);
     COUNTING.store(true, Relaxed);
-    run(&mut ledger, counted, &mut clock, true);
+    run_pairs(ledger, counted, clock, true);
     COUNTING.store(false, Relaxed);
     println!(
         "ledger reserve+commit allocations: {:.2} per pair (last {ALLOCATION_COUNT_PAIRS} warm-up pairs)",
         ALLOCATIONS.load(Relaxed) as f64 / ALLOCATION_COUNT_PAIRS as f64
     );
+}
 
+/// [wall ns, thread CPU ns, operations] of each way and of the peer.
+struct Totals {
+    plain: [u128; 3],
+    prefetched: [u128; 3],
+    debits: [u128; 3],
+}
+
+/// The two ways, in alternating rounds over fresh pairs, so that both see the same minutes
+/// of a shared machine. Before each round, a round of the peer's debits.
+fn time_alternating(
+    ledger: &mut Ledger,
+    timed: &[Command],
+    pairs_timed: usize,
+    clock: &mut Clock,
+) -> Totals {
     let mut peer = KeyedMap::new();
-
-    // The two ways, in alternating rounds over fresh pairs, so that both see the same
-    // minutes of a shared machine: [wall ns, thread CPU ns, pairs] of each. Before each
-    // round, a round of the peer's debits.
-    let mut plain = [0u128; 3];
-    let mut prefetched = [0u128; 3];
-    let mut debits = [0u128; 3];
+    let mut totals = Totals {
+        plain: [0; 3],
+        prefetched: [0; 3],
+        debits: [0; 3],
+    };
     // A reserve and its commit per pair: a round is never cut between them.
     let round_commands = 2 * pairs_timed.div_ceil(TIMED_ROUNDS).max(1);
     for (round, chunk) in timed.chunks(round_commands).enumerate() {
-        add_timed(&mut debits, || {
+        add_timed(&mut totals.debits, || {
             peer.debit_random(PEER_DEBITS_PER_PAIR * chunk.len() / 2)
         });
         let prefetch = round % 2 == 1;
         let total = if prefetch {
-            &mut prefetched
+            &mut totals.prefetched
         } else {
-            &mut plain
+            &mut totals.plain
         };
         add_timed(total, || {
-            run(&mut ledger, chunk, &mut clock, prefetch);
+            run_pairs(ledger, chunk, clock, prefetch);
             chunk.len() / 2
         });
     }
-    assert!(ledger.stats().reservations_in_flight <= 1);
+    totals
+}
+
+/// The time lines; the last is the result: `ledger reserve+commit: <N> ns/op (<A> agents)`.
+fn print_times(totals: &Totals, agents: u64) {
+    let Totals {
+        plain,
+        prefetched,
+        debits,
+    } = *totals;
     let per_pair = |total: [u128; 3], i: usize| total[i] / total[2].max(1);
     println!(
         "ledger reserve+commit, one command at a time: {} ns/op (CPU time {} ns/op)",
@@ -458,11 +510,7 @@ fn main() {
         per_pair(debits, 1),
     );
     println!(
-        "ledger reserve+commit: {} ns/op ({} agents)",
+        "ledger reserve+commit: {} ns/op ({agents} agents)",
         per_pair(prefetched, 0),
-        ledger.stats().agents
     );
-    // Freeing a million agents one by one takes longer than the run; the OS does it at once.
-    std::mem::forget(ledger);
-    std::mem::forget(commands);
 }

@@ -440,7 +440,88 @@ fn date_from_first_attempt(events: &mut [Event]) {
 }
 
 async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode> {
-    // What the clients saw.
+    let RunFiles {
+        histories,
+        mut events,
+        torn_lines,
+        faults,
+        snapshots,
+        budgets,
+        clients_killed,
+    } = read_run(dir)?;
+    let Some(first_snapshot) = snapshots.first() else {
+        bail!(
+            "no snapshot of the cluster's final state in {}",
+            dir.display()
+        );
+    };
+
+    // What the cluster holds: the leader's whole trail, checked against the heads.
+    let mut node_violations: Vec<String> = Vec::new();
+    let audit = if offline {
+        read_jsonl::<AuditRecord>(&dir.join("audit.jsonl"))?.0
+    } else {
+        export_and_verify_audit(cli, dir, &mut node_violations).await?
+    };
+    let expected_head = &first_snapshot.nodes[0];
+    node_violations.extend(nodes_disagree(&snapshots));
+    node_violations.extend(audit_chain_breaks(&audit, expected_head));
+
+    // 1, 2, 3, 5: the history against the trail, the budgets and the final usage.
+    let final_usage = final_usage(first_snapshot);
+    node_violations.extend(budgets_unreported(&budgets, &final_usage));
+    date_from_first_attempt(&mut events);
+    let report = history::check(&events, &audit, &budgets, &final_usage);
+    let outages = unavailability(&events, faults);
+
+    // The summary.
+    println!();
+    println!("compose fault test: summary");
+    print_outages(&outages);
+    let failed = report.rejected + report.ambiguous;
+    println!(
+        "  load: {} s, {histories} client processes ({clients_killed} killed with SIGKILL mid-run, {torn_lines} torn last lines dropped)",
+        seconds(outages.load_end_ms.saturating_sub(outages.load_start_ms)),
+    );
+    println!(
+        "  operations: {} ({} acknowledged, {failed} failed: {} rejected, {} ambiguous)",
+        report.ops, report.acknowledged, report.rejected, report.ambiguous
+    );
+    print_decisions(&events, &audit, expected_head, &snapshots);
+    print_properties(&report.violations, &node_violations);
+    let violations: Vec<&String> = report.violations.iter().chain(&node_violations).collect();
+    for violation in &violations {
+        println!("  VIOLATION: {violation}");
+    }
+    let max_unavailable_ms = outages.gaps_ms.iter().copied().max().unwrap_or(0);
+    println!(
+        "compose faults: {} violations, {} ops, max unavailable {} s",
+        violations.len(),
+        report.ops,
+        seconds(max_unavailable_ms)
+    );
+    Ok(if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Everything a run leaves in its directory.
+struct RunFiles {
+    /// Client history files read.
+    histories: usize,
+    /// What the clients saw, every history's events in one list.
+    events: Vec<Event>,
+    /// Last lines cut short by SIGKILL, dropped.
+    torn_lines: usize,
+    faults: Vec<Fault>,
+    snapshots: Vec<Snapshot>,
+    budgets: Vec<BudgetSpec>,
+    clients_killed: usize,
+}
+
+fn read_run(dir: &Path) -> anyhow::Result<RunFiles> {
     let mut histories: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -461,53 +542,61 @@ async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode>
         events.append(&mut more);
         torn_lines += usize::from(torn);
     }
-    let (faults, _) = read_jsonl::<Fault>(&dir.join("faults.jsonl"))?;
-    let (snapshots, _) = read_jsonl::<Snapshot>(&dir.join("snapshots.jsonl"))?;
-    let budgets = read_budgets(&dir.join("budgets.json"))?;
     let clients_killed = std::fs::read_to_string(dir.join("clients-killed.txt"))
         .map(|text| text.lines().filter(|l| !l.trim().is_empty()).count())
         .unwrap_or(0);
-    let Some(first_snapshot) = snapshots.first() else {
-        bail!(
-            "no snapshot of the cluster's final state in {}",
-            dir.display()
-        );
-    };
+    Ok(RunFiles {
+        histories: histories.len(),
+        events,
+        torn_lines,
+        faults: read_jsonl::<Fault>(&dir.join("faults.jsonl"))?.0,
+        snapshots: read_jsonl::<Snapshot>(&dir.join("snapshots.jsonl"))?.0,
+        budgets: read_budgets(&dir.join("budgets.json"))?,
+        clients_killed,
+    })
+}
 
-    // What the cluster holds: the leader's whole trail, checked against the heads.
-    let mut node_violations: Vec<String> = Vec::new();
-    let audit = if offline {
-        read_jsonl::<AuditRecord>(&dir.join("audit.jsonl"))?.0
-    } else {
-        let client = admin_client(cli)?;
-        let audit = export_audit(&client).await?;
-        // Kept beside the histories for whoever reads a violation (and for `--offline`).
-        let mut audit_file = std::io::BufWriter::new(
-            std::fs::File::create(dir.join("audit.jsonl")).context("creating audit.jsonl")?,
-        );
-        for record in &audit {
-            serde_json::to_writer(&mut audit_file, record)?;
-            audit_file.write_all(b"\n")?;
-        }
-        audit_file.flush().context("writing audit.jsonl")?;
-        let verify = client.verify_audit().await.context("audit verify")?;
-        if !verify.ok {
-            node_violations.push(format!(
-                "audit verify failed on the leader: {}",
-                verify.error
-            ));
-        }
-        audit
+/// The leader's whole audit trail, saved beside the histories for whoever reads a
+/// violation (and for `--offline`); a failed verification on the leader is a violation.
+async fn export_and_verify_audit(
+    cli: &Cli,
+    dir: &Path,
+    violations: &mut Vec<String>,
+) -> anyhow::Result<Vec<AuditRecord>> {
+    let client = admin_client(cli)?;
+    let audit = export_audit(&client).await?;
+    let mut audit_file = std::io::BufWriter::new(
+        std::fs::File::create(dir.join("audit.jsonl")).context("creating audit.jsonl")?,
+    );
+    for record in &audit {
+        serde_json::to_writer(&mut audit_file, record)?;
+        audit_file.write_all(b"\n")?;
+    }
+    audit_file.flush().context("writing audit.jsonl")?;
+    let verify = client.verify_audit().await.context("audit verify")?;
+    if !verify.ok {
+        violations.push(format!(
+            "audit verify failed on the leader: {}",
+            verify.error
+        ));
+    }
+    Ok(audit)
+}
+
+/// Property 4, every node: the same chain head (in every snapshot) and the same usage
+/// (each snapshot is one leader's report), and every node reported usage once.
+fn nodes_disagree(snapshots: &[Snapshot]) -> Vec<String> {
+    let mut violations = Vec::new();
+    let Some(first_snapshot) = snapshots.first() else {
+        return violations;
     };
-    // 4. Every node: the same chain head (in every snapshot) and the same usage (each
-    // snapshot is one leader's report).
     let expected_head = &first_snapshot.nodes[0];
-    for snapshot in &snapshots {
+    for snapshot in snapshots {
         for head in &snapshot.nodes {
             if (head.chain_head_seq, &head.chain_head_hash)
                 != (expected_head.chain_head_seq, &expected_head.chain_head_hash)
             {
-                node_violations.push(format!(
+                violations.push(format!(
                     "node {} holds audit chain head seq {} {} while node {} held seq {} {}: replicas diverged",
                     head.node,
                     head.chain_head_seq,
@@ -519,27 +608,37 @@ async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode>
             }
         }
         if snapshot.usage != first_snapshot.usage {
-            node_violations.push(format!(
+            violations.push(format!(
                 "node {} reports usage {:?} but node {} reported {:?}",
                 snapshot.leader, snapshot.usage, first_snapshot.leader, first_snapshot.usage
             ));
         }
     }
-    let reported: BTreeSet<u64> = snapshots.iter().map(|s| s.leader).collect();
+    let reported = usage_reported_by(snapshots);
     for head in &first_snapshot.nodes {
         if !reported.contains(&head.node) {
-            node_violations.push(format!(
+            violations.push(format!(
                 "node {} never led while snapshots were taken, so its usage was never compared",
                 head.node
             ));
         }
     }
-    // The export is the whole, intact trail that ends at the agreed head.
+    violations
+}
+
+/// The nodes whose usage a snapshot holds (each snapshot is its leader's report).
+fn usage_reported_by(snapshots: &[Snapshot]) -> BTreeSet<u64> {
+    snapshots.iter().map(|s| s.leader).collect()
+}
+
+/// The export is the whole, intact trail that ends at the agreed head.
+fn audit_chain_breaks(audit: &[AuditRecord], expected_head: &NodeHead) -> Vec<String> {
+    let mut violations = Vec::new();
     match audit.last() {
         Some(last)
             if last.seq == expected_head.chain_head_seq
                 && hex(&last.hash) == expected_head.chain_head_hash => {}
-        last => node_violations.push(format!(
+        last => violations.push(format!(
             "the leader's audit export ends at {:?}, not at the chain head every node agreed on (seq {} {})",
             last.map(|r| (r.seq, hex(&r.hash))),
             expected_head.chain_head_seq,
@@ -550,17 +649,20 @@ async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode>
         .first()
         .is_some_and(|r| r.prev_hash != GENESIS_PREV_HASH)
     {
-        node_violations.push("the audit export does not start at the genesis record".into());
+        violations.push("the audit export does not start at the genesis record".into());
     }
     if let Some(pair) = audit.windows(2).find(|p| p[1].prev_hash != p[0].hash) {
-        node_violations.push(format!(
+        violations.push(format!(
             "audit record seq {} does not chain to seq {}",
             pair[1].seq, pair[0].seq
         ));
     }
+    violations
+}
 
-    // 1, 2, 3, 5: the history against the trail, the budgets and the final usage.
-    let final_usage: Vec<FinalUsage> = first_snapshot
+/// The usage of every limit that is not per agent, as the first snapshot's leader reported.
+fn final_usage(snapshot: &Snapshot) -> Vec<FinalUsage> {
+    snapshot
         .usage
         .iter()
         .filter(|row| row.agent.is_empty())
@@ -570,22 +672,38 @@ async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode>
             used: row.used,
             held: row.held,
         })
-        .collect();
-    for budget in &budgets {
-        if !final_usage
-            .iter()
-            .any(|u| u.tenant == budget.tenant && u.limit_id == budget.limit_id)
-        {
-            node_violations.push(format!(
+        .collect()
+}
+
+/// A budget the leader reports no usage for cannot be checked: that is a violation too.
+fn budgets_unreported(budgets: &[BudgetSpec], final_usage: &[FinalUsage]) -> Vec<String> {
+    budgets
+        .iter()
+        .filter(|budget| {
+            !final_usage
+                .iter()
+                .any(|u| u.tenant == budget.tenant && u.limit_id == budget.limit_id)
+        })
+        .map(|budget| {
+            format!(
                 "the leader reports no usage for budget {}/{}",
                 budget.tenant, budget.limit_id
-            ));
-        }
-    }
-    date_from_first_attempt(&mut events);
-    let report = history::check(&events, &audit, &budgets, &final_usage);
+            )
+        })
+        .collect()
+}
 
-    // Unavailability: the longest time without any acknowledged answer, per fault.
+/// The faults by injection time, each with the longest time without any acknowledged
+/// answer that it caused, and the span of the load.
+struct Outages {
+    faults: Vec<Fault>,
+    /// One per fault, in the same order.
+    gaps_ms: Vec<u64>,
+    load_start_ms: u64,
+    load_end_ms: u64,
+}
+
+fn unavailability(events: &[Event], mut faults: Vec<Fault>) -> Outages {
     let mut acks_ms: Vec<u64> = events
         .iter()
         .filter(|e| e.result.is_acknowledged())
@@ -594,10 +712,9 @@ async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode>
     acks_ms.sort_unstable();
     let load_end_ms = events.iter().map(|e| e.completed_ms).max().unwrap_or(0);
     let load_start_ms = events.iter().map(|e| e.invoked_ms).min().unwrap_or(0);
-    let mut faults = faults;
     faults.sort_by_key(|f| f.injected_at_ms);
     let injections: Vec<u64> = faults.iter().map(|f| f.injected_at_ms).collect();
-    let unavailable_ms: Vec<u64> = faults
+    let gaps_ms: Vec<u64> = faults
         .iter()
         .map(|fault| {
             let from_ms = if fault.measure == "healed" {
@@ -613,16 +730,22 @@ async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode>
             longest_gap_ms(&acks_ms, from_ms, to_ms)
         })
         .collect();
+    Outages {
+        faults,
+        gaps_ms,
+        load_start_ms,
+        load_end_ms,
+    }
+}
 
-    // The summary.
-    println!();
-    println!("compose fault test: summary");
+/// One line per fault, then the worst unavailability per kind of fault.
+fn print_outages(outages: &Outages) {
     println!(
         "  {:>2}  {:<20} {:<11} {:<7} {:>9} {:>9}  {:>16}",
         "#", "fault", "phase", "target", "injected", "healed", "max unavailable"
     );
-    for (number, (fault, gap_ms)) in faults.iter().zip(&unavailable_ms).enumerate() {
-        let offset = |t: u64| format!("+{} s", seconds(t.saturating_sub(load_start_ms)));
+    let offset = |t: u64| format!("+{} s", seconds(t.saturating_sub(outages.load_start_ms)));
+    for (number, (fault, gap_ms)) in outages.faults.iter().zip(&outages.gaps_ms).enumerate() {
         let measured = if fault.measure == "healed" {
             " (after heal)"
         } else {
@@ -640,7 +763,7 @@ async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode>
         );
     }
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
-    for (fault, gap_ms) in faults.iter().zip(&unavailable_ms) {
+    for (fault, gap_ms) in outages.faults.iter().zip(&outages.gaps_ms) {
         let worst = by_kind.entry(fault.fault.as_str()).or_default();
         *worst = (*worst).max(*gap_ms);
     }
@@ -648,16 +771,14 @@ async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode>
     for (kind, gap_ms) in &by_kind {
         println!("    {kind:<20} {} s", seconds(*gap_ms));
     }
-    let failed = report.rejected + report.ambiguous;
-    println!(
-        "  load: {} s, {} client processes ({clients_killed} killed with SIGKILL mid-run, {torn_lines} torn last lines dropped)",
-        seconds(load_end_ms.saturating_sub(load_start_ms)),
-        histories.len()
-    );
-    println!(
-        "  operations: {} ({} acknowledged, {failed} failed: {} rejected, {} ambiguous)",
-        report.ops, report.acknowledged, report.rejected, report.ambiguous
-    );
+}
+
+fn print_decisions(
+    events: &[Event],
+    audit: &[AuditRecord],
+    expected_head: &NodeHead,
+    snapshots: &[Snapshot],
+) {
     let granted = events
         .iter()
         .filter(|e| matches!(e.result, OpResult::Granted { .. }))
@@ -670,10 +791,14 @@ async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode>
         "  decisions: {granted} granted, {denied} denied; audit trail: {} records, head seq {}; usage read from nodes {:?}",
         audit.len(),
         expected_head.chain_head_seq,
-        reported
+        usage_reported_by(snapshots)
     );
+}
+
+/// One verdict line per property of the issue.
+fn print_properties(history_violations: &[String], node_violations: &[String]) {
     let mut by_property = [0usize; 6];
-    for violation in &report.violations {
+    for violation in history_violations {
         by_property[property_of(violation)] += 1;
     }
     by_property[4] += node_violations.len();
@@ -696,22 +821,6 @@ async fn check(cli: &Cli, dir: &Path, offline: bool) -> anyhow::Result<ExitCode>
         };
         println!("  {number}. {words:<58} {verdict}");
     }
-    let violations: Vec<&String> = report.violations.iter().chain(&node_violations).collect();
-    for violation in &violations {
-        println!("  VIOLATION: {violation}");
-    }
-    let max_unavailable_ms = unavailable_ms.iter().copied().max().unwrap_or(0);
-    println!(
-        "compose faults: {} violations, {} ops, max unavailable {} s",
-        violations.len(),
-        report.ops,
-        seconds(max_unavailable_ms)
-    );
-    Ok(if violations.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 #[cfg(test)]

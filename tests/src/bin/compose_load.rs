@@ -383,6 +383,7 @@ impl Worker {
     }
 
     async fn send(&self, client: &Client, request_id: &str, op: &Op) -> OpResult {
+        let request_id = request_id.to_owned();
         match op {
             Op::Reserve {
                 tenant,
@@ -394,7 +395,7 @@ impl Worker {
                 ttl_ms,
             } => {
                 let wire = v1::ReserveRequest {
-                    request_id: request_id.to_owned(),
+                    request_id,
                     tenant: tenant.clone(),
                     agent: agent.clone(),
                     tool: tool.clone(),
@@ -402,18 +403,7 @@ impl Worker {
                     ttl_ms: *ttl_ms,
                     fingerprint: String::new(),
                 };
-                // The raw call, not `Client::reserve`: a denial's log index matters to the
-                // checker, and the guard would release a reservation this test abandons.
-                let response = client
-                    .call(|rpc| {
-                        let wire = wire.clone();
-                        async move { rpc.tollgate().reserve(wire).await }
-                    })
-                    .await;
-                match response {
-                    Ok(response) => reserve_result(&response),
-                    Err(error) => failed(&error),
-                }
+                send_reserve(client, wire).await
             }
             Op::Commit {
                 tenant,
@@ -423,28 +413,20 @@ impl Worker {
                 calls,
             } => {
                 let actual = Amounts::new(*tokens, *cost_micros, *calls);
-                match client
-                    .commit_reservation(request_id.to_owned(), tenant, *reservation_id, actual)
-                    .await
-                {
-                    Ok(info) => OpResult::Done {
-                        log_index: info.applied.map_or(0, |a| a.log_index),
-                    },
-                    Err(error) => failed(&error),
-                }
+                let committed = client
+                    .commit_reservation(request_id, tenant, *reservation_id, actual)
+                    .await;
+                done(committed.map(|info| info.applied.map_or(0, |a| a.log_index)))
             }
             Op::Release {
                 tenant,
                 reservation_id,
-            } => match client
-                .release_reservation(request_id.to_owned(), tenant, *reservation_id)
-                .await
-            {
-                Ok(applied) => OpResult::Done {
-                    log_index: applied.log_index,
-                },
-                Err(error) => failed(&error),
-            },
+            } => {
+                let released = client
+                    .release_reservation(request_id, tenant, *reservation_id)
+                    .await;
+                done(released.map(|applied| applied.log_index))
+            }
             Op::Record {
                 tenant,
                 agent,
@@ -454,15 +436,10 @@ impl Worker {
                 calls,
             } => {
                 let actual = Amounts::new(*tokens, *cost_micros, *calls);
-                match client
-                    .record_with_id(request_id.to_owned(), tenant, agent, tool, actual)
-                    .await
-                {
-                    Ok(applied) => OpResult::Done {
-                        log_index: applied.log_index,
-                    },
-                    Err(error) => failed(&error),
-                }
+                let recorded = client
+                    .record_with_id(request_id, tenant, agent, tool, actual)
+                    .await;
+                done(recorded.map(|applied| applied.log_index))
             }
         }
     }
@@ -470,55 +447,14 @@ impl Worker {
     /// One agent call: reserve, "call", then commit (mostly), release, or abandon; or, now
     /// and then, a record of spend made without a reservation.
     async fn step(&self) {
-        // Draw everything up front: the thread-local rng must not live across an await.
-        let (
-            tenant_index,
-            agent,
-            tool,
-            tokens,
-            cost_micros,
-            is_record,
-            call_ms,
-            settle,
-            actual_pct,
-        ) = {
-            let mut rng = rand::rng();
-            (
-                rng.random_range(0..self.tenants.len()),
-                AGENTS[rng.random_range(0..AGENTS.len())],
-                TOOLS[rng.random_range(0..TOOLS.len())],
-                rng.random_range(100..4_000u64),
-                rng.random_range(1_000..20_000u64),
-                rng.random_ratio(1, 20),
-                rng.random_range(0..=CALL_MS_MAX),
-                rng.random_range(0..100u32),
-                // Actual spend 50%..120% of the estimate: about a fifth of commits overrun.
-                rng.random_range(50..=120u64),
-            )
-        };
-        let (tenant, client) = &self.tenants[tenant_index];
-        if is_record {
-            let op = Op::Record {
-                tenant: tenant.clone(),
-                agent: agent.into(),
-                tool: tool.into(),
-                tokens: tokens / 10,
-                cost_micros: cost_micros / 10,
-                calls: 1,
-            };
-            self.perform(client, op).await;
+        // Drawn up front: the thread-local rng must not live across an await.
+        let call = Call::draw(self.tenants.len());
+        let (tenant, client) = &self.tenants[call.tenant_index];
+        if call.is_record {
+            self.perform(client, call.record(tenant)).await;
             return;
         }
-        let reserve = Op::Reserve {
-            tenant: tenant.clone(),
-            agent: agent.into(),
-            tool: tool.into(),
-            tokens,
-            cost_micros,
-            calls: 1,
-            ttl_ms: RESERVATION_TTL_MS,
-        };
-        let reservation_id = match self.perform(client, reserve).await {
+        let reservation_id = match self.perform(client, call.reserve(tenant)).await {
             OpResult::Granted { reservation_id, .. } => reservation_id,
             OpResult::Denied { .. } => {
                 tokio::time::sleep(DENIED_PAUSE).await;
@@ -527,23 +463,109 @@ impl Worker {
             // Lost answers keep whatever they held until the TTL: the fail-safe default.
             _ => return,
         };
-        tokio::time::sleep(Duration::from_millis(call_ms)).await;
-        let op = match settle {
+        tokio::time::sleep(Duration::from_millis(call.call_ms)).await;
+        if let Some(op) = call.settle(tenant, reservation_id) {
+            self.perform(client, op).await;
+        }
+    }
+}
+
+/// A reserve through the raw call, not `Client::reserve`: a denial's log index matters to
+/// the checker, and the guard would release a reservation this test abandons.
+async fn send_reserve(client: &Client, wire: v1::ReserveRequest) -> OpResult {
+    let response = client
+        .call(|rpc| {
+            let wire = wire.clone();
+            async move { rpc.tollgate().reserve(wire).await }
+        })
+        .await;
+    match response {
+        Ok(response) => reserve_result(&response),
+        Err(error) => failed(&error),
+    }
+}
+
+/// A commit, release or record: done at its log index, or failed.
+fn done(result: Result<u64, Error>) -> OpResult {
+    match result {
+        Ok(log_index) => OpResult::Done { log_index },
+        Err(error) => failed(&error),
+    }
+}
+
+/// One agent call's random draw: who calls what, for how much, and how it ends.
+struct Call {
+    tenant_index: usize,
+    agent: &'static str,
+    tool: &'static str,
+    tokens: u64,
+    cost_micros: u64,
+    /// A record of spend made without a reservation, instead of a reserve.
+    is_record: bool,
+    call_ms: u64,
+    /// 0..100: abandon, release or commit (see `settle`).
+    settle: u32,
+    /// The actual spend in percent of the estimate.
+    actual_pct: u64,
+}
+
+impl Call {
+    fn draw(tenants: usize) -> Call {
+        let mut rng = rand::rng();
+        Call {
+            tenant_index: rng.random_range(0..tenants),
+            agent: AGENTS[rng.random_range(0..AGENTS.len())],
+            tool: TOOLS[rng.random_range(0..TOOLS.len())],
+            tokens: rng.random_range(100..4_000u64),
+            cost_micros: rng.random_range(1_000..20_000u64),
+            is_record: rng.random_ratio(1, 20),
+            call_ms: rng.random_range(0..=CALL_MS_MAX),
+            settle: rng.random_range(0..100u32),
+            // Actual spend 50%..120% of the estimate: about a fifth of commits overrun.
+            actual_pct: rng.random_range(50..=120u64),
+        }
+    }
+
+    fn record(&self, tenant: &str) -> Op {
+        Op::Record {
+            tenant: tenant.to_owned(),
+            agent: self.agent.into(),
+            tool: self.tool.into(),
+            tokens: self.tokens / 10,
+            cost_micros: self.cost_micros / 10,
+            calls: 1,
+        }
+    }
+
+    fn reserve(&self, tenant: &str) -> Op {
+        Op::Reserve {
+            tenant: tenant.to_owned(),
+            agent: self.agent.into(),
+            tool: self.tool.into(),
+            tokens: self.tokens,
+            cost_micros: self.cost_micros,
+            calls: 1,
+            ttl_ms: RESERVATION_TTL_MS,
+        }
+    }
+
+    /// What follows the granted call: nothing (abandoned), a release, or a commit.
+    fn settle(&self, tenant: &str, reservation_id: u64) -> Option<Op> {
+        match self.settle {
             // Abandoned: the worker "died" after its call; the reservation expires, charged.
-            0..=4 => return,
-            5..=19 => Op::Release {
-                tenant: tenant.clone(),
+            0..=4 => None,
+            5..=19 => Some(Op::Release {
+                tenant: tenant.to_owned(),
                 reservation_id,
-            },
-            _ => Op::Commit {
-                tenant: tenant.clone(),
+            }),
+            _ => Some(Op::Commit {
+                tenant: tenant.to_owned(),
                 reservation_id,
-                tokens: tokens * actual_pct / 100,
-                cost_micros: cost_micros * actual_pct / 100,
+                tokens: self.tokens * self.actual_pct / 100,
+                cost_micros: self.cost_micros * self.actual_pct / 100,
                 calls: 1,
-            },
-        };
-        self.perform(client, op).await;
+            }),
+        }
     }
 }
 
