@@ -113,6 +113,8 @@ fn no_answer_error(answers: &[NodeAnswer], hint_flags: &str) -> Option<anyhow::E
             "no node answered ({tried}); check --cluster (or TOLLGATE_CLUSTER): \
              tollgate status {hint_flags}"
         )
+    } else if failures.iter().any(|f| f.label == LABEL_PERMISSION_DENIED) {
+        anyhow!("no node gave its status ({tried}); see the reasons above\nhint: {TOKEN_HINT}")
     } else {
         anyhow!("no node gave its status ({tried}); see the reasons above")
     };

@@ -28,8 +28,8 @@ impl AmountArg {
             (AmountArg::Bare(amount), _) => Ok(amount),
             (AmountArg::Money { micros }, true) => Ok(micros),
             (AmountArg::Money { micros }, false) => Err(format!(
-                "{flag} {} is money, but this counts tokens or calls: drop the currency, or \
-                 use --dimension cost",
+                "{flag} {} is money, but what it counts here is tokens or calls: drop the \
+                 currency, or count cost",
                 format_micros(micros)
             )),
         }

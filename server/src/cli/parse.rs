@@ -247,7 +247,7 @@ pub enum ExpiryArg {
 pub struct LimitKindArgs {
     /// Budget: cap on spend (committed + held) in --window. Cost as money: 5usd, 5.25usd,
     /// $5, 5 USD (6 decimals at most); a bare integer is a count, and for cost micro-units
-    /// (50000000 = $50), as before units were accepted.
+    /// (50000000 = $50).
     #[arg(long, value_name = "AMOUNT", group = "kind", value_parser = parse_amount)]
     pub budget: Option<AmountArg>,
     /// The budget's window [default: lifetime].
@@ -256,7 +256,7 @@ pub struct LimitKindArgs {
     /// Rate: AMOUNT per --per, smoothed, with a --burst. AMOUNT as for --budget.
     #[arg(long, value_name = "AMOUNT", group = "kind", requires = "per_ms", value_parser = parse_amount)]
     pub rate: Option<AmountArg>,
-    /// The rate's period, longer than zero, e.g. 1s, 1m, 1h.
+    /// The rate's period, longer than zero, e.g. 1s, 1.5s, 1m, 1h.
     #[arg(
         long = "per",
         value_name = "DURATION",
