@@ -5,6 +5,7 @@
 
 mod audit;
 mod cluster;
+mod money;
 mod parse;
 mod render;
 mod tenants;
@@ -17,7 +18,9 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use tollgate_client::{Applied, Client, ClientConfig, Error};
 
-use parse::{parse_scope, parse_time_ms, DimensionArg, LimitKindArgs, TenantPolicyArgs};
+use parse::{
+    parse_query_limit, parse_scope, parse_time_ms, DimensionArg, LimitKindArgs, TenantPolicyArgs,
+};
 
 /// Time `tollgate health` may take, connect included: a container health check must not
 /// hang.
@@ -70,10 +73,26 @@ impl Target {
     fn client(&self) -> anyhow::Result<Client> {
         Client::new(self.client_config()).context("check --cluster (or TOLLGATE_CLUSTER)")
     }
+
+    /// The connection flags to repeat in a suggested command: the cluster this command
+    /// used, and the token's flag without its value.
+    fn hint_flags(&self) -> String {
+        let mut flags = format!("--cluster {}", self.client_config().endpoints.join(","));
+        if self.token.as_deref().is_some_and(|token| !token.is_empty()) {
+            flags.push_str(" --token <TOKEN>");
+        }
+        flags
+    }
 }
 
-/// Operator subcommands. Amounts are integers in their dimension: tokens and calls are
-/// counts, cost is in micro-units of the tenant's currency (1 USD = 1_000_000).
+/// A mistake in the flags that only shows once they are read together (money given for
+/// a count, say): reported like clap's own usage errors, with exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Operator subcommands. Amounts of tokens and calls are counts; cost is money (`5usd`,
+/// `$5.25`, `5 USD`) or a bare integer of micro-units (1 USD = 1_000_000).
 #[derive(Debug, Subcommand)]
 pub enum OpsCommand {
     /// Raft status of every node in --cluster (role, term, indexes, audit chain head).
@@ -148,10 +167,12 @@ pub enum LimitCommand {
     /// Set a limit: create it, or replace the limit with the same id.
     ///
     /// Give exactly one kind: --budget AMOUNT [--window W], --rate AMOUNT --per DURATION
-    /// [--burst N], or --concurrency N. Cost is in micro-units: 1 USD = 1_000_000.
+    /// [--burst AMOUNT], or --concurrency N. A cost AMOUNT is money: 50usd, 5.25usd, $5,
+    /// 5 USD (at most 6 decimals); a bare integer is a count, and for cost micro-units
+    /// (50000000 = $50).
     ///
     /// Examples:
-    ///   tollgate limit put --tenant acme --id daily-usd --scope tenant --dimension cost --budget 50000000 --window day
+    ///   tollgate limit put --tenant acme --id daily-usd --scope tenant --dimension cost --budget 50usd --window day
     ///   tollgate limit put --tenant acme --id tpm --scope tool:llm:gpt-x --dimension tokens --rate 100000 --per 1m
     ///   tollgate limit put --tenant acme --id parallel --scope each-agent --concurrency 8
     #[command(verbatim_doc_comment)]
@@ -165,9 +186,8 @@ pub enum LimitCommand {
         /// tool-tenant:NAME (summed over the tenant).
         #[arg(long, value_parser = parse_scope)]
         scope: tollgate_client::v1::Scope,
-        /// What the limit counts (cost: micro-units, 1 USD = 1_000_000). Optional with
-        /// --concurrency, which counts concurrency.
-        #[arg(long, value_enum)]
+        /// What the limit counts. Optional with --concurrency, which counts concurrency.
+        #[arg(long, value_enum, required_unless_present = "concurrency")]
         dimension: Option<DimensionArg>,
         #[command(flatten)]
         kind: LimitKindArgs,
@@ -220,8 +240,8 @@ pub enum AuditCommand {
         /// Only records after this sequence number (to page on).
         #[arg(long, value_name = "SEQ")]
         after_seq: Option<u64>,
-        /// Most records to show (at most 10000).
-        #[arg(long, value_name = "N", default_value_t = ROWS_DEFAULT)]
+        /// Most records to show (at most 10000; page on with --after-seq).
+        #[arg(long, value_name = "N", default_value_t = ROWS_DEFAULT, value_parser = parse_query_limit)]
         limit: u32,
     },
     /// Every retained record as JSON lines, oldest first. Verify with `audit verify
@@ -257,14 +277,32 @@ pub enum ClusterCommand {
     },
 }
 
-/// What every handler needs: the client and how to print.
+/// What every handler needs: the client, how to print, and the flags hints repeat.
 struct Ops {
     client: Client,
     json: bool,
+    hint_flags: String,
 }
 
-/// Runs one operator subcommand against the cluster of `target`.
+/// Runs one operator subcommand against the cluster of `target`. A [`UsageError`] ends
+/// the process as clap's do: the message on stderr, exit code 2.
 pub async fn run(target: Target, command: OpsCommand) -> anyhow::Result<()> {
+    let result = dispatch(target, command).await;
+    if let Some(usage) = result
+        .as_ref()
+        .err()
+        .and_then(|error| error.downcast_ref::<UsageError>())
+    {
+        clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            format!("{usage}\n"),
+        )
+        .exit();
+    }
+    result
+}
+
+async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
     // Offline: needs no cluster, so a missing or bad --cluster must not stop it.
     if let OpsCommand::Audit(AuditCommand::Verify { file: Some(file) }) = &command {
         return audit::verify_file(target.json, file);
@@ -272,6 +310,7 @@ pub async fn run(target: Target, command: OpsCommand) -> anyhow::Result<()> {
     let ops = Ops {
         client: target.client()?,
         json: target.json,
+        hint_flags: target.hint_flags(),
     };
     match command {
         OpsCommand::Status => cluster::status(&target).await,
@@ -339,16 +378,20 @@ pub async fn health(addr: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The hint that passes credentials.
+const TOKEN_HINT: &str =
+    "pass the admin token with --token <TOKEN> or the TOLLGATE_TOKEN environment variable";
+
 /// A failed call as a person can act on it: what was attempted, why it failed, and for
-/// the usual causes what to do.
-fn failed(what: impl std::fmt::Display, error: Error) -> anyhow::Error {
+/// the usual causes what to do, with `hint_flags` (see [`Target::hint_flags`]) in a
+/// suggested command.
+fn failed(hint_flags: &str, what: impl std::fmt::Display, error: Error) -> anyhow::Error {
     let hint = match &error {
-        Error::PermissionDenied(_) => {
-            Some("pass the admin token with --token or the TOLLGATE_TOKEN environment variable")
-        }
-        Error::Unavailable { .. } => Some(
-            "check --cluster (or TOLLGATE_CLUSTER) and that a majority of nodes is up: tollgate status",
-        ),
+        Error::PermissionDenied(_) => Some(TOKEN_HINT.to_owned()),
+        Error::Unavailable { .. } => Some(format!(
+            "check --cluster (or TOLLGATE_CLUSTER) and that a majority of nodes is up: \
+             tollgate status {hint_flags}"
+        )),
         _ => None,
     };
     match hint {
@@ -378,6 +421,11 @@ fn out_json(value: &Value) -> anyhow::Result<()> {
 }
 
 impl Ops {
+    /// [`failed`] with the flags of this command.
+    fn failed(&self, what: impl std::fmt::Display, error: Error) -> anyhow::Error {
+        failed(&self.hint_flags, what, error)
+    }
+
     /// Reports a mutation: `message` and where it landed in the log, or JSON.
     fn applied(&self, message: &str, applied: Applied) -> anyhow::Result<()> {
         if self.json {
@@ -493,7 +541,7 @@ mod tests {
         );
         assert_eq!(dimension, Some(DimensionArg::Tokens));
         assert_eq!(kind.per_ms, Some(60_000));
-        assert_eq!(kind.burst, Some(5_000));
+        assert_eq!(kind.burst, Some(money::AmountArg::Bare(5_000)));
         assert!(parse(&["limit", "put", "--tenant", "a", "--id", "x", "--scope", "nope"]).is_err());
         assert!(parse(&[
             "limit", "put", "--tenant", "a", "--id", "x", "--scope", "tenant", "--per", "soon"
@@ -508,7 +556,7 @@ mod tests {
             panic!("not tenant put");
         };
         assert_eq!(name, "acme");
-        assert_eq!(policy.to_wire(), None);
+        assert_eq!(policy.to_wire(), Ok(None));
         let cli = parse(&[
             "tenant",
             "put",
@@ -522,7 +570,7 @@ mod tests {
         let Top::Ops(OpsCommand::Tenant(TenantCommand::Put { policy, .. })) = cli.command else {
             panic!("not tenant put");
         };
-        let policy = policy.to_wire().unwrap();
+        let policy = policy.to_wire().unwrap().unwrap();
         assert_eq!(policy.repeat_window_ms, 30_000);
         assert_eq!(policy.repeat_max, 20);
     }
@@ -567,7 +615,9 @@ mod tests {
 
     #[test]
     fn failures_name_what_failed_and_hint_at_the_fix() {
+        let flags = "--cluster 127.0.0.1:7301,127.0.0.1:7302 --token <TOKEN>";
         let error = failed(
+            flags,
             "tenant put \"acme\"",
             Error::PermissionDenied("missing token".into()),
         );
@@ -577,5 +627,159 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("--token"), "{text}");
+        let error = failed(
+            flags,
+            "could not list tenants",
+            Error::Unavailable {
+                reason: "connection refused".into(),
+            },
+        );
+        let text = error.to_string();
+        assert!(
+            text.ends_with(&format!("tollgate status {flags}")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hints_repeat_the_cluster_and_the_token_flag_but_never_the_token() {
+        let target = |token: Option<&str>| Target {
+            cluster: vec!["127.0.0.1:7301".into(), " 127.0.0.1:7302".into()],
+            token: token.map(str::to_owned),
+            json: false,
+        };
+        assert_eq!(
+            target(None).hint_flags(),
+            "--cluster 127.0.0.1:7301,127.0.0.1:7302"
+        );
+        assert_eq!(target(Some("")).hint_flags(), target(None).hint_flags());
+        let with_token = target(Some("s3cret")).hint_flags();
+        assert_eq!(
+            with_token,
+            "--cluster 127.0.0.1:7301,127.0.0.1:7302 --token <TOKEN>"
+        );
+    }
+
+    /// `tollgate limit put` with these flags after the tenant, id and scope.
+    fn limit_put(flags: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec![
+            "limit", "put", "--tenant", "a", "--id", "x", "--scope", "tenant",
+        ];
+        args.extend_from_slice(flags);
+        parse(&args)
+    }
+
+    #[test]
+    fn wrong_flag_combinations_are_usage_errors_from_clap() {
+        use clap::error::ErrorKind;
+        let cases: &[(&[&str], ErrorKind)] = &[
+            (&["--dimension", "cost"], ErrorKind::MissingRequiredArgument),
+            (
+                &[
+                    "--dimension",
+                    "cost",
+                    "--budget",
+                    "1",
+                    "--rate",
+                    "2",
+                    "--per",
+                    "1s",
+                ],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["--budget", "1", "--concurrency", "3"],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["--dimension", "calls", "--rate", "2"],
+                ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                &[
+                    "--dimension",
+                    "calls",
+                    "--rate",
+                    "2",
+                    "--per",
+                    "1s",
+                    "--window",
+                    "day",
+                ],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["--dimension", "calls", "--budget", "2", "--burst", "1"],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["--dimension", "calls", "--budget", "2", "--per", "1s"],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["--concurrency", "2", "--window", "day"],
+                ErrorKind::ArgumentConflict,
+            ),
+            (&["--per", "1s"], ErrorKind::MissingRequiredArgument),
+            (&["--budget", "2"], ErrorKind::MissingRequiredArgument),
+            (
+                &["--dimension", "calls", "--rate", "2", "--per", "0s"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["--dimension", "cost", "--budget", "5xyz"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["--dimension", "cost", "--budget", "-5usd"],
+                ErrorKind::UnknownArgument,
+            ),
+            (
+                &["--dimension", "cost", "--budget=-5usd"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["--dimension", "cost", "--budget", "1.0000001usd"],
+                ErrorKind::ValueValidation,
+            ),
+        ];
+        for (flags, kind) in cases {
+            let error = limit_put(flags).expect_err(&format!("{flags:?} was accepted"));
+            assert_eq!(error.kind(), *kind, "{flags:?}: {error}");
+            assert_eq!(error.exit_code(), 2, "{flags:?}");
+        }
+        let bad_money = limit_put(&["--dimension", "cost", "--budget", "5xyz"]).unwrap_err();
+        assert!(bad_money.to_string().contains("5.25usd"), "{bad_money}");
+        let query = parse(&["audit", "query", "--limit", "10001"]).unwrap_err();
+        assert_eq!(query.kind(), ErrorKind::ValueValidation);
+        assert!(query.to_string().contains("--after-seq"), "{query}");
+    }
+
+    #[test]
+    fn money_flags_read_every_accepted_form() {
+        for (budget, micros) in [
+            ("5usd", 5_000_000),
+            ("5.25usd", 5_250_000),
+            ("$5", 5_000_000),
+            ("5 USD", 5_000_000),
+            ("50000000", 50_000_000),
+        ] {
+            let cli = limit_put(&["--dimension", "cost", "--budget", budget]).unwrap();
+            let Top::Ops(OpsCommand::Limit(LimitCommand::Put {
+                kind, dimension, ..
+            })) = cli.command
+            else {
+                panic!("not limit put");
+            };
+            let (kind, _) = kind.to_wire(dimension).unwrap();
+            assert_eq!(
+                kind,
+                tollgate_client::v1::limit::Kind::Budget(tollgate_client::v1::Budget {
+                    window: tollgate_client::v1::Window::Lifetime.into(),
+                    amount: micros,
+                }),
+                "{budget}"
+            );
+        }
     }
 }

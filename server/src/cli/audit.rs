@@ -4,14 +4,15 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
-use tollgate_client::{v1, AUDIT_QUERY_RECORDS_MAX};
+use tollgate_client::{v1, AuditExport};
 
+use super::money::decimal_micros;
 use super::render;
-use super::{failed, out, out_json, AuditCommand, AuditFilterArgs, Ops};
+use super::{out, out_json, AuditCommand, AuditFilterArgs, Ops};
 use tollgate_ledger::{verify_chain, AuditError, AuditRecord, ChainHead};
 
 /// Records verified at once when checking a file: memory stays bounded however long the
@@ -52,17 +53,11 @@ async fn query(
     after_seq: Option<u64>,
     limit: u32,
 ) -> anyhow::Result<()> {
-    if limit > AUDIT_QUERY_RECORDS_MAX {
-        bail!(
-            "--limit {limit} is above AUDIT_QUERY_RECORDS_MAX ({AUDIT_QUERY_RECORDS_MAX}); \
-             page with --after-seq, or use audit export"
-        );
-    }
     let records = ops
         .client
         .query_audit(wire_query(filter, after_seq, limit))
         .await
-        .map_err(|e| failed("could not query the audit trail", e))?;
+        .map_err(|e| ops.failed("could not query the audit trail", e))?;
     if ops.json {
         let values = records
             .iter()
@@ -87,20 +82,24 @@ async fn query(
     out(&text)
 }
 
-/// A record as the server wrote it (its `json` field: the ledger's record, hashes in hex).
+/// A record as the server wrote it (its `json` field: the ledger's record, hashes in hex),
+/// with `cost_usd` beside `amounts.cost_micros`. Only query adds it: an export keeps the
+/// server's bytes, so its chain verifies.
 fn record_json(record: &v1::AuditRecord) -> anyhow::Result<Value> {
-    serde_json::from_str(&record.json)
-        .with_context(|| format!("audit record seq {} came with unreadable JSON", record.seq))
+    let mut value: Value = serde_json::from_str(&record.json)
+        .with_context(|| format!("audit record seq {} came with unreadable JSON", record.seq))?;
+    if let Some(amounts) = value.get_mut("amounts").and_then(Value::as_object_mut) {
+        if let Some(micros) = amounts.get("cost_micros").and_then(Value::as_u64) {
+            amounts.insert("cost_usd".into(), Value::String(decimal_micros(micros)));
+        }
+    }
+    Ok(value)
 }
 
 async fn export(ops: &Ops, filter: AuditFilterArgs, path: Option<&Path>) -> anyhow::Result<()> {
     // A file is written under a temporary name and renamed when complete, so a file with
     // the asked-for name is never a silently truncated export.
-    let partial = path.map(|path| {
-        let mut name = path.as_os_str().to_owned();
-        name.push(".partial");
-        std::path::PathBuf::from(name)
-    });
+    let partial = path.map(partial_path);
     let sink: Box<dyn Write> = match &partial {
         Some(partial) => Box::new(
             File::create(partial)
@@ -116,31 +115,55 @@ async fn export(ops: &Ops, filter: AuditFilterArgs, path: Option<&Path>) -> anyh
                 // Nothing was written: leave no empty file behind.
                 let _ = std::fs::remove_file(partial);
             }
-            return Err(failed("could not start the audit export", error));
+            return Err(ops.failed("could not start the audit export", error));
         }
     };
     let mut records_written: u64 = 0;
-    let result = async {
-        while let Some(record) = stream.next().await.map_err(|e| {
-            failed(
-                format!("audit export interrupted after {records_written} records"),
-                e,
-            )
-        })? {
-            if record.json.is_empty() {
-                bail!("audit record seq {} came without its JSON", record.seq);
-            }
-            sink.write_all(record.json.as_bytes())?;
-            sink.write_all(b"\n")?;
-            records_written += 1;
+    let result = copy_records(ops, &mut stream, &mut sink, &mut records_written).await;
+    drop(sink);
+    finish_export(result, path, partial, records_written)
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Writes every record of `stream` as one JSON line, counting them in `records_written`
+/// (kept by the caller, so a failure can say how far it got).
+async fn copy_records(
+    ops: &Ops,
+    stream: &mut AuditExport,
+    sink: &mut impl Write,
+    records_written: &mut u64,
+) -> anyhow::Result<()> {
+    while let Some(record) = stream.next().await.map_err(|e| {
+        ops.failed(
+            format!("audit export interrupted after {records_written} records"),
+            e,
+        )
+    })? {
+        if record.json.is_empty() {
+            bail!("audit record seq {} came without its JSON", record.seq);
         }
-        sink.flush()?;
-        anyhow::Ok(())
+        sink.write_all(record.json.as_bytes())?;
+        sink.write_all(b"\n")?;
+        *records_written += 1;
     }
-    .await;
+    sink.flush()?;
+    Ok(())
+}
+
+/// Renames a complete file export into place, or says where the incomplete one is.
+fn finish_export(
+    result: anyhow::Result<()>,
+    path: Option<&Path>,
+    partial: Option<PathBuf>,
+    records_written: u64,
+) -> anyhow::Result<()> {
     match (result, path, partial) {
         (Ok(()), Some(path), Some(partial)) => {
-            drop(sink);
             std::fs::rename(&partial, path).with_context(|| {
                 format!(
                     "could not rename {} to {}",
@@ -177,7 +200,7 @@ async fn verify_cluster(ops: &Ops) -> anyhow::Result<()> {
         .client
         .verify_audit()
         .await
-        .map_err(|e| failed("could not verify the audit trail", e))?;
+        .map_err(|e| ops.failed("could not verify the audit trail", e))?;
     let hash = hex::encode(&response.head_hash);
     if ops.json {
         out_json(&json!({
@@ -450,5 +473,19 @@ mod tests {
             "{row}"
         );
         assert!(row.contains("Commit(late=false, overrun=true)"), "{row}");
+    }
+
+    #[test]
+    fn queried_records_carry_cost_in_dollars_beside_micro_units() {
+        let mut record = chain(1).remove(0);
+        record.amounts.cost_micros = 49_040_000;
+        let wire = v1::AuditRecord {
+            seq: 1,
+            json: serde_json::to_string(&record).unwrap(),
+            ..v1::AuditRecord::default()
+        };
+        let value = record_json(&wire).unwrap();
+        assert_eq!(value["amounts"]["cost_micros"], json!(49_040_000));
+        assert_eq!(value["amounts"]["cost_usd"], json!("49.04"));
     }
 }

@@ -3,19 +3,61 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
-use tollgate_client::{v1, Applied, Client, ClientConfig};
+use tollgate_client::{v1, Applied, Client, ClientConfig, Error};
 
 use super::render::{self, chain_head_short, or_dash, Table};
-use super::{failed, out, out_json, ClusterCommand, Ops, Target};
+use super::{out, out_json, ClusterCommand, Ops, Target, TOKEN_HINT};
 
 /// Time one node's status may take, retries included: an unreachable node becomes a row
 /// saying so after this long, not a hung command.
 const STATUS_DEADLINE: Duration = Duration::from_secs(2);
 
-/// One node's answer to `Cluster.Status`, or why there was none.
-type NodeAnswer = (String, Result<v1::StatusResponse, String>);
+/// Why a node gave no status, as a person can act on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NodeFailure {
+    /// The kind of failure, shown in the ROLE column: only a transport failure is
+    /// `unreachable`; a node that refused the token did answer.
+    label: &'static str,
+    detail: String,
+}
+
+impl From<Error> for NodeFailure {
+    fn from(error: Error) -> NodeFailure {
+        let label = failure_label(&error);
+        let detail = match error {
+            // The client's words are about the whole cluster; here it is one node.
+            Error::Unavailable { reason } => reason,
+            other => other.to_string(),
+        };
+        NodeFailure { label, detail }
+    }
+}
+
+/// The word for a failed status call. The client reports both UNAUTHENTICATED (no or an
+/// unknown token) and PERMISSION_DENIED (a tenant's token) as `PermissionDenied`.
+fn failure_label(error: &Error) -> &'static str {
+    match error {
+        Error::Unavailable { .. } => LABEL_UNREACHABLE,
+        Error::PermissionDenied(_) => LABEL_PERMISSION_DENIED,
+        Error::Invalid(_) => "invalid request",
+        Error::NotFound(_) => "not found",
+        Error::FailedPrecondition(_) => "failed precondition",
+        Error::Exhausted(_) => "exhausted",
+        Error::Internal(_) => "internal error",
+        Error::Denied { .. }
+        | Error::Frozen { .. }
+        | Error::Tripped { .. }
+        | Error::RequestIdReused(_) => "error",
+    }
+}
+
+const LABEL_UNREACHABLE: &str = "unreachable";
+const LABEL_PERMISSION_DENIED: &str = "permission denied";
+
+/// One node's answer to `tollgate status`, or why there was none.
+type NodeAnswer = (String, Result<v1::StatusResponse, NodeFailure>);
 
 pub async fn status(target: &Target) -> anyhow::Result<()> {
     let config = ClientConfig {
@@ -36,8 +78,11 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
     let mut answers: Vec<NodeAnswer> = Vec::with_capacity(addrs.len());
     for (addr, task) in addrs.into_iter().zip(tasks) {
         let answer = match task.await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(join) => Err(format!("status request failed: {join}")),
+            Ok(result) => result.map_err(NodeFailure::from),
+            Err(join) => Err(NodeFailure {
+                label: "error",
+                detail: format!("status request failed: {join}"),
+            }),
         };
         answers.push((addr, answer));
     }
@@ -47,24 +92,48 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
     } else {
         out(&status_text(&answers))?;
     }
-    if answers.iter().all(|(_, answer)| answer.is_err()) {
-        let tried: Vec<&str> = answers.iter().map(|(addr, _)| addr.as_str()).collect();
-        bail!(
-            "no node answered ({}); check --cluster (or TOLLGATE_CLUSTER) and --token",
-            tried.join(", ")
-        );
+    match no_answer_error(&answers, &target.hint_flags()) {
+        Some(error) => Err(error),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// When no node gave its status: why, and what to try.
+fn no_answer_error(answers: &[NodeAnswer], hint_flags: &str) -> Option<anyhow::Error> {
+    let failures: Vec<&NodeFailure> = answers
+        .iter()
+        .map(|(_, answer)| answer.as_ref().err())
+        .collect::<Option<_>>()?;
+    let tried: Vec<&str> = answers.iter().map(|(addr, _)| addr.as_str()).collect();
+    let tried = tried.join(", ");
+    let error = if failures.iter().all(|f| f.label == LABEL_PERMISSION_DENIED) {
+        anyhow!("every node refused the credentials ({tried})\nhint: {TOKEN_HINT}")
+    } else if failures.iter().all(|f| f.label == LABEL_UNREACHABLE) {
+        anyhow!(
+            "no node answered ({tried}); check --cluster (or TOLLGATE_CLUSTER): \
+             tollgate status {hint_flags}"
+        )
+    } else if failures.iter().any(|f| f.label == LABEL_PERMISSION_DENIED) {
+        anyhow!("no node gave its status ({tried}); see the reasons above\nhint: {TOKEN_HINT}")
+    } else {
+        anyhow!("no node gave its status ({tried}); see the reasons above")
+    };
+    Some(error)
 }
 
 fn node_json((addr, answer): &NodeAnswer) -> Value {
     match answer {
         Ok(status) => render::status_json(addr, status),
-        Err(error) => json!({ "addr": addr, "reachable": false, "error": error }),
+        Err(failure) => json!({
+            "addr": addr,
+            "reachable": failure.label != LABEL_UNREACHABLE,
+            "failure": failure.label,
+            "error": failure.detail,
+        }),
     }
 }
 
-/// The status table, why unreachable nodes are, and the membership as the leader (or else
+/// The status table, why nodes failed to answer, and the membership as the leader (or else
 /// the first node that answered) sees it.
 fn status_text(answers: &[NodeAnswer]) -> String {
     let mut table = Table::new(&[
@@ -96,12 +165,12 @@ fn status_text(answers: &[NodeAnswer]) -> String {
                 chain_head_short(s.chain_head_seq, &s.chain_head_hash),
                 s.reservations_in_flight.to_string(),
             ]),
-            Err(error) => {
+            Err(failure) => {
                 let mut row = vec!["-".to_owned(); 11];
                 row[1] = addr.clone();
-                row[2] = "unreachable".into();
+                row[2] = failure.label.to_owned();
                 table.row(row);
-                notes.push_str(&format!("{addr}: {error}\n"));
+                notes.push_str(&format!("{addr}: {}\n", failure.detail));
             }
         }
     }
@@ -138,10 +207,9 @@ fn status_text(answers: &[NodeAnswer]) -> String {
 pub async fn membership(ops: &Ops, command: ClusterCommand) -> anyhow::Result<()> {
     let (response, message) = match command {
         ClusterCommand::AddLearner { id, addr } => {
-            let response =
-                ops.client.add_learner(id, &addr).await.map_err(|e| {
-                    failed(format!("could not add node {id} ({addr}) as a learner"), e)
-                })?;
+            let response = ops.client.add_learner(id, &addr).await.map_err(|e| {
+                ops.failed(format!("could not add node {id} ({addr}) as a learner"), e)
+            })?;
             (response, format!("node {id} ({addr}) added as a learner"))
         }
         ClusterCommand::Promote { voters } => {
@@ -151,7 +219,7 @@ pub async fn membership(ops: &Ops, command: ClusterCommand) -> anyhow::Result<()
                 .client
                 .change_membership(voters)
                 .await
-                .map_err(|e| failed(format!("could not make the voters {ids}"), e))?;
+                .map_err(|e| ops.failed(format!("could not make the voters {ids}"), e))?;
             (response, format!("voters are now {ids}"))
         }
     };
@@ -210,7 +278,12 @@ mod tests {
         let answers: Vec<NodeAnswer> = vec![
             ("127.0.0.1:7002".into(), Ok(node(2, "follower", Some(1)))),
             ("127.0.0.1:7001".into(), Ok(node(1, "leader", Some(1)))),
-            ("127.0.0.1:7003".into(), Err("connection refused".into())),
+            (
+                "127.0.0.1:7003".into(),
+                Err(NodeFailure::from(Error::Unavailable {
+                    reason: "connection refused".into(),
+                })),
+            ),
         ];
         let text = status_text(&answers);
         let lines: Vec<&str> = text.lines().collect();
@@ -240,5 +313,78 @@ mod tests {
             node_json(&answers[1])["chain_head_hash"],
             json!("3f".repeat(32))
         );
+    }
+
+    #[test]
+    fn only_a_transport_failure_is_unreachable() {
+        let cases = [
+            (
+                Error::Unavailable {
+                    reason: "connection refused".into(),
+                },
+                "unreachable",
+            ),
+            (
+                Error::PermissionDenied("unknown token".into()),
+                "permission denied",
+            ),
+            (Error::Invalid("bad".into()), "invalid request"),
+            (Error::Internal("boom".into()), "internal error"),
+            (Error::NotFound("x".into()), "not found"),
+        ];
+        for (error, label) in cases {
+            assert_eq!(failure_label(&error), label, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_refused_token_is_a_row_saying_so_and_a_hint_without_the_token() {
+        let refused = || {
+            Err(NodeFailure::from(Error::PermissionDenied(
+                "unknown token".into(),
+            )))
+        };
+        let answers: Vec<NodeAnswer> = vec![
+            ("127.0.0.1:7301".into(), refused()),
+            ("127.0.0.1:7302".into(), refused()),
+        ];
+        let text = status_text(&answers);
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("-     127.0.0.1:7301  permission denied  -"),
+            "{text}"
+        );
+        assert!(
+            text.contains("127.0.0.1:7302: permission denied: unknown token"),
+            "{text}"
+        );
+        assert_eq!(node_json(&answers[0])["reachable"], json!(true));
+        assert_eq!(
+            node_json(&answers[0])["failure"],
+            json!("permission denied")
+        );
+        let error = no_answer_error(&answers, "--cluster x")
+            .unwrap()
+            .to_string();
+        assert!(error.contains("refused the credentials"), "{error}");
+        assert!(error.contains("--token <TOKEN>"), "{error}");
+
+        let down = |addr: &str| {
+            let failure = NodeFailure::from(Error::Unavailable {
+                reason: "connection refused".into(),
+            });
+            (addr.to_owned(), Err(failure))
+        };
+        let answers = vec![down("127.0.0.1:7301"), down("127.0.0.1:7302")];
+        let flags = "--cluster 127.0.0.1:7301,127.0.0.1:7302";
+        let error = no_answer_error(&answers, flags).unwrap().to_string();
+        assert!(
+            error.ends_with(&format!("tollgate status {flags}")),
+            "{error}"
+        );
+        let mixed = vec![down("a:1"), ("b:2".into(), Ok(node(2, "leader", Some(2))))];
+        assert!(no_answer_error(&mixed, flags).is_none());
     }
 }

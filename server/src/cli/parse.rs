@@ -2,13 +2,14 @@
 //! and a tenant's policy. Pure functions with errors that say what to write instead; no
 //! I/O, nothing sent anywhere.
 
-use clap::{Args, ValueEnum};
-use tollgate_client::v1;
+use clap::{ArgGroup, Args, ValueEnum};
+use tollgate_client::{v1, AUDIT_QUERY_RECORDS_MAX};
 
+use super::money::{parse_amount, AmountArg};
 use crate::grpc::convert::policy_to_pb;
 use tollgate_ledger::TenantPolicy;
 
-/// Milliseconds in each duration unit an operator may write, longest first.
+/// Milliseconds in each unit [`format_duration_ms`] writes, longest first.
 const DURATION_UNITS_MS: [(&str, u64); 5] = [
     ("d", 86_400_000),
     ("h", 3_600_000),
@@ -16,50 +17,37 @@ const DURATION_UNITS_MS: [(&str, u64); 5] = [
     ("s", 1_000),
     ("ms", 1),
 ];
+/// Nanoseconds in a millisecond: durations are kept in whole milliseconds.
+const NANOS_PER_MS: u32 = 1_000_000;
+const DURATION_HELP: &str = "write e.g. 500ms, 60s, 1.5s, 1m, 1h, 1d or 1h30m";
 
-/// Parses `500ms`, `60s`, `1m`, `1h`, `1d`, or a sum of them (`1h30m`); `0` alone is zero.
-/// The result is in milliseconds; overflow is an error, not a wrap.
+/// Parses a duration as `humantime` reads it: `500ms`, `60s`, `1m`, `1h`, `1d`, sums
+/// (`1h30m`, `1h 30m`), decimals (`1.5s`) and long names (`2 days`); `0` alone is zero.
+/// The result is in whole milliseconds; overflow is an error, not a wrap.
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    use humantime::DurationError;
     let text = text.trim();
-    let help = "write e.g. 500ms, 60s, 1m, 1h, 1d or 1h30m";
-    if text.is_empty() {
-        return Err(format!("empty duration; {help}"));
-    }
-    if text == "0" {
-        return Ok(0);
-    }
-    let mut total_ms: u64 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits_len = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits_len == 0 {
-            return Err(format!(
-                "duration {text:?}: expected a number at {rest:?}; {help}"
-            ));
+    let duration = humantime::parse_duration(text).map_err(|error| match error {
+        DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("duration {text:?}: {value} needs a unit (ms, s, m, h, d); {DURATION_HELP}")
         }
-        let (digits, after) = rest.split_at(digits_len);
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let Some(&(_, unit_ms)) = DURATION_UNITS_MS.iter().find(|(name, _)| *name == unit) else {
-            return Err(if unit.is_empty() {
-                format!("duration {text:?}: {digits} needs a unit (ms, s, m, h, d); {help}")
-            } else {
-                format!("duration {text:?}: unknown unit {unit:?} (ms, s, m, h, d); {help}")
-            });
-        };
-        total_ms = digits
-            .parse::<u64>()
-            .ok()
-            .and_then(|count| count.checked_mul(unit_ms))
-            .and_then(|ms| total_ms.checked_add(ms))
-            .ok_or_else(|| format!("duration {text:?} is too long"))?;
-        rest = after;
+        DurationError::Empty => format!("empty duration; {DURATION_HELP}"),
+        other => format!("duration {text:?}: {other}; {DURATION_HELP}"),
+    })?;
+    if duration.subsec_nanos() % NANOS_PER_MS != 0 {
+        return Err(format!(
+            "duration {text:?} is not a whole number of milliseconds; {DURATION_HELP}"
+        ));
     }
-    Ok(total_ms)
+    u64::try_from(duration.as_millis()).map_err(|_| format!("duration {text:?} is too long"))
+}
+
+/// A rate's period: a duration longer than zero.
+pub fn parse_period_ms(text: &str) -> Result<u64, String> {
+    match parse_duration_ms(text)? {
+        0 => Err("--per must be longer than zero".into()),
+        period_ms => Ok(period_ms),
+    }
 }
 
 /// Milliseconds as the parser reads them back: `1m30s`, `500ms`, `0s`.
@@ -80,8 +68,8 @@ pub fn format_duration_ms(ms: u64) -> String {
 }
 
 /// Parses a point in time as unix milliseconds: digits alone are unix milliseconds; else
-/// RFC 3339 (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.250+02:00`) or a bare date
-/// (`2024-05-01`, midnight UTC).
+/// RFC 3339 (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.250+02:00`, `T` or a space
+/// between date and time) or a bare date (`2024-05-01`, midnight UTC).
 pub fn parse_time_ms(text: &str) -> Result<u64, String> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
@@ -97,77 +85,23 @@ pub fn parse_time_ms(text: &str) -> Result<u64, String> {
     })
 }
 
+/// RFC 3339 or a bare date, with the `time` crate. RFC 3339 lets applications choose the
+/// separator between date and time; we take `T`, `t` and a space, as people write them.
 fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
-    use time::{Date, Month, PrimitiveDateTime, Time, UtcOffset};
+    use time::format_description::well_known::Rfc3339;
+    use time::macros::format_description;
+    use time::{Date, OffsetDateTime};
 
-    // ASCII only, so every byte index below is a char boundary.
-    if !text.is_ascii() {
-        return Err("not ASCII".into());
+    const DATE_LEN: usize = "2024-05-01".len();
+    if text.len() == DATE_LEN {
+        let date = Date::parse(text, format_description!("[year]-[month]-[day]"))
+            .map_err(|e| e.to_string())?;
+        return unix_ms(date.midnight().assume_utc());
     }
-    let bytes = text.as_bytes();
-    let number = |from: usize, len: usize| -> Result<u32, String> {
-        let field = text
-            .get(from..from + len)
-            .filter(|field| field.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| format!("expected {len} digits at position {from}"))?;
-        field.parse::<u32>().map_err(|e| e.to_string())
-    };
-    let expect = |at: usize, allowed: &[u8]| -> Result<(), String> {
-        match bytes.get(at) {
-            Some(b) if allowed.contains(b) => Ok(()),
-            _ => Err(format!(
-                "expected {:?} at position {at}",
-                String::from_utf8_lossy(allowed)
-            )),
-        }
-    };
-
-    let year = i32::try_from(number(0, 4)?).map_err(|e| e.to_string())?;
-    expect(4, b"-")?;
-    let month = u8::try_from(number(5, 2)?).map_err(|e| e.to_string())?;
-    expect(7, b"-")?;
-    let day = u8::try_from(number(8, 2)?).map_err(|e| e.to_string())?;
-    let month = Month::try_from(month).map_err(|e| e.to_string())?;
-    let date = Date::from_calendar_date(year, month, day).map_err(|e| e.to_string())?;
-    if bytes.len() == 10 {
-        return unix_ms(PrimitiveDateTime::new(date, Time::MIDNIGHT).assume_utc());
+    if !matches!(text.as_bytes().get(DATE_LEN), Some(b'T' | b't' | b' ')) {
+        return Err("expected T between the date and the time".into());
     }
-
-    expect(10, b"Tt ")?;
-    let hour = number(11, 2)?;
-    expect(13, b":")?;
-    let minute = number(14, 2)?;
-    expect(16, b":")?;
-    let second = number(17, 2)?;
-    let mut at = 19;
-    let mut nanos: u32 = 0;
-    if bytes.get(at) == Some(&b'.') {
-        at += 1;
-        let digits_len = bytes[at..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        if !(1..=9).contains(&digits_len) {
-            return Err("fractional seconds need 1 to 9 digits".into());
-        }
-        nanos = number(at, digits_len)? * 10u32.pow(9 - digits_len as u32);
-        at += digits_len;
-    }
-    let offset = match bytes.get(at) {
-        Some(b'Z' | b'z') if bytes.len() == at + 1 => UtcOffset::UTC,
-        Some(sign @ (b'+' | b'-')) if bytes.len() == at + 6 => {
-            expect(at + 3, b":")?;
-            let sign: i8 = if *sign == b'-' { -1 } else { 1 };
-            let hours = i8::try_from(number(at + 1, 2)?).map_err(|e| e.to_string())?;
-            let minutes = i8::try_from(number(at + 4, 2)?).map_err(|e| e.to_string())?;
-            UtcOffset::from_hms(sign * hours, sign * minutes, 0).map_err(|e| e.to_string())?
-        }
-        _ => return Err("expected a zone: Z or +HH:MM or -HH:MM".into()),
-    };
-    let hms = |v: u32| u8::try_from(v).map_err(|e| e.to_string());
-    let time = Time::from_hms_nano(hms(hour)?, hms(minute)?, hms(second)?, nanos)
-        .map_err(|e| e.to_string())?;
-    unix_ms(PrimitiveDateTime::new(date, time).assume_offset(offset))
+    unix_ms(OffsetDateTime::parse(text, &Rfc3339).map_err(|e| e.to_string())?)
 }
 
 fn unix_ms(at: time::OffsetDateTime) -> Result<u64, String> {
@@ -178,20 +112,30 @@ fn unix_ms(at: time::OffsetDateTime) -> Result<u64, String> {
 /// Unix milliseconds as RFC 3339 in UTC with milliseconds (`2024-05-01T12:00:00.000Z`);
 /// a value beyond year 9999 is printed as plain milliseconds.
 pub fn format_time_ms(ms: u64) -> String {
+    use time::macros::format_description;
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     let nanos = i128::from(ms) * 1_000_000;
-    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(at) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            at.year(),
-            u8::from(at.month()),
-            at.day(),
-            at.hour(),
-            at.minute(),
-            at.second(),
-            at.millisecond()
-        ),
-        Err(_) => format!("{ms} ms"),
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|at| at.format(format).ok())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// `audit query --limit`: at most [`AUDIT_QUERY_RECORDS_MAX`], the most the cluster
+/// answers at once.
+pub fn parse_query_limit(text: &str) -> Result<u32, String> {
+    let limit: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("--limit {text:?} is not a whole number"))?;
+    if limit > AUDIT_QUERY_RECORDS_MAX {
+        return Err(format!(
+            "--limit {limit} is above {AUDIT_QUERY_RECORDS_MAX}, the most one query returns; \
+             page with --after-seq, or use tollgate audit export"
+        ));
     }
+    Ok(limit)
 }
 
 /// Parses a limit's scope: `tenant`, `each-agent`, `agent:NAME`, `tool:NAME` (per agent;
@@ -224,7 +168,7 @@ pub fn parse_scope(text: &str) -> Result<v1::Scope, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DimensionArg {
     Tokens,
-    /// Cost in micro-units (1 USD = 1_000_000).
+    /// Cost: money (5usd) or micro-units (1 USD = 1_000_000).
     Cost,
     Calls,
     /// Reservations in flight (only with --concurrency).
@@ -246,7 +190,7 @@ impl DimensionArg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SpendDimensionArg {
     Tokens,
-    /// Cost in micro-units (1 USD = 1_000_000).
+    /// Cost: money (5usd) or micro-units (1 USD = 1_000_000).
     Cost,
     Calls,
 }
@@ -293,91 +237,89 @@ pub enum ExpiryArg {
     Release,
 }
 
-/// The kind of a limit: exactly one of --budget, --rate, --concurrency, with their options.
-/// Amounts are integers in the limit's dimension; cost is in micro-units (1 USD = 1_000_000).
+/// The kind of a limit: exactly one of --budget, --rate, --concurrency (clap's group
+/// `kind`), each option only with its kind, so clap reports a wrong combination as a usage
+/// error before anything runs. Options conflict with the other kinds rather than require
+/// their own: clap waives a requirement when a conflicting argument is present.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Args)]
+#[group(skip)]
+#[command(group(ArgGroup::new("kind").required(true).multiple(false)))]
 pub struct LimitKindArgs {
-    /// Budget: cap on spend (committed + held) in --window.
-    #[arg(long, value_name = "AMOUNT")]
-    pub budget: Option<u64>,
+    /// Budget: cap on spend (committed + held) in --window. Cost as money: 5usd, 5.25usd,
+    /// $5, 5 USD (6 decimals at most); a bare integer is a count, and for cost micro-units
+    /// (50000000 = $50).
+    #[arg(long, value_name = "AMOUNT", group = "kind", value_parser = parse_amount)]
+    pub budget: Option<AmountArg>,
     /// The budget's window [default: lifetime].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with_all = ["rate", "concurrency"])]
     pub window: Option<WindowArg>,
-    /// Rate: AMOUNT per --per, smoothed, with a --burst.
-    #[arg(long, value_name = "AMOUNT")]
-    pub rate: Option<u64>,
-    /// The rate's period, e.g. 1s, 1m, 1h.
-    #[arg(long = "per", value_name = "DURATION", value_parser = parse_duration_ms)]
+    /// Rate: AMOUNT per --per, smoothed, with a --burst. AMOUNT as for --budget.
+    #[arg(long, value_name = "AMOUNT", group = "kind", requires = "per_ms", value_parser = parse_amount)]
+    pub rate: Option<AmountArg>,
+    /// The rate's period, longer than zero, e.g. 1s, 1.5s, 1m, 1h.
+    #[arg(
+        long = "per",
+        value_name = "DURATION",
+        conflicts_with_all = ["budget", "concurrency"],
+        value_parser = parse_period_ms
+    )]
     pub per_ms: Option<u64>,
-    /// Most a rate lets through at once [default: the rate's AMOUNT].
-    #[arg(long, value_name = "N")]
-    pub burst: Option<u64>,
+    /// Most a rate lets through at once, as AMOUNT [default: the rate's AMOUNT].
+    #[arg(
+        long,
+        value_name = "AMOUNT",
+        requires = "rate",
+        conflicts_with_all = ["budget", "concurrency"],
+        value_parser = parse_amount
+    )]
+    pub burst: Option<AmountArg>,
     /// Concurrency: at most N reservations in flight.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", group = "kind")]
     pub concurrency: Option<u64>,
 }
 
 impl LimitKindArgs {
-    /// The limit's kind, or why the flags do not describe exactly one.
-    pub fn to_wire(&self) -> Result<v1::limit::Kind, String> {
+    /// The limit's kind and what it counts. clap has checked which flags go together; what
+    /// is left needs the dimension: money counts only as cost.
+    pub fn to_wire(
+        &self,
+        dimension: Option<DimensionArg>,
+    ) -> Result<(v1::limit::Kind, v1::Dimension), String> {
         use v1::limit::Kind;
-        let given: Vec<&str> = [
-            ("--budget", self.budget.is_some()),
-            ("--rate", self.rate.is_some()),
-            ("--concurrency", self.concurrency.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(flag, set)| set.then_some(flag))
-        .collect();
-        if given.len() != 1 {
-            let got = if given.is_empty() {
-                "none".to_owned()
-            } else {
-                given.join(" and ")
-            };
-            return Err(format!(
-                "give exactly one of --budget AMOUNT, --rate AMOUNT --per DURATION, \
-                 --concurrency N (got {got})"
-            ));
-        }
-        if self.window.is_some() && self.budget.is_none() {
-            return Err("--window applies to --budget only".into());
-        }
-        if (self.per_ms.is_some() || self.burst.is_some()) && self.rate.is_none() {
-            return Err("--per and --burst apply to --rate only".into());
-        }
-        let kind = if let Some(amount) = self.budget {
+        let dimension = limit_dimension(self.concurrency.is_some(), dimension)?;
+        let is_cost = dimension == v1::Dimension::Cost;
+        let kind = if let Some(max) = self.concurrency {
+            Kind::Concurrency(v1::Concurrency { max })
+        } else if let Some(budget) = self.budget {
             Kind::Budget(v1::Budget {
                 window: self.window.unwrap_or_default().to_wire().into(),
-                amount,
+                amount: budget.in_dimension("--budget", is_cost)?,
             })
-        } else if let Some(amount) = self.rate {
-            let period_ms = self
-                .per_ms
-                .ok_or("--rate needs --per DURATION, e.g. --rate 60 --per 1m")?;
-            if period_ms == 0 {
-                return Err("--per must be longer than zero".into());
-            }
+        } else if let Some(rate) = self.rate {
+            let amount = rate.in_dimension("--rate", is_cost)?;
+            let burst = self.burst.map(|b| b.in_dimension("--burst", is_cost));
             Kind::Rate(v1::Rate {
                 amount,
-                period_ms,
-                burst: self.burst.unwrap_or(amount),
+                period_ms: self.per_ms.ok_or("--rate needs --per DURATION")?,
+                burst: burst.transpose()?.unwrap_or(amount),
             })
         } else {
-            let max = self.concurrency.ok_or("--concurrency N is missing")?;
-            Kind::Concurrency(v1::Concurrency { max })
+            return Err(
+                "give one of --budget AMOUNT, --rate AMOUNT --per DURATION, \
+                        --concurrency N"
+                    .into(),
+            );
         };
-        Ok(kind)
+        Ok((kind, dimension))
     }
 }
 
 /// The dimension a limit counts: a concurrency limit counts concurrency (the default for
 /// it), every other kind needs --dimension tokens|cost|calls.
 pub fn limit_dimension(
-    kind: &v1::limit::Kind,
+    is_concurrency: bool,
     dimension: Option<DimensionArg>,
 ) -> Result<v1::Dimension, String> {
-    let is_concurrency = matches!(kind, v1::limit::Kind::Concurrency(_));
     match (is_concurrency, dimension) {
         (true, None | Some(DimensionArg::Concurrency)) => Ok(v1::Dimension::Concurrency),
         (true, Some(other)) => Err(format!(
@@ -416,20 +358,21 @@ pub struct TenantPolicyArgs {
     /// What velocity watches [default: cost].
     #[arg(long, value_enum)]
     pub velocity_dimension: Option<SpendDimensionArg>,
-    /// Spend in one window below which velocity never trips [default: 1000000, i.e. 1 USD
-    /// of cost].
-    #[arg(long, value_name = "N")]
-    pub velocity_floor: Option<u64>,
+    /// Spend in one window below which velocity never trips: for cost money (1usd, $0.50)
+    /// or bare micro-units, else a count [default: $1.00 of cost].
+    #[arg(long, value_name = "AMOUNT", value_parser = parse_amount)]
+    pub velocity_floor: Option<AmountArg>,
     /// How long a trip lasts; 0s: until an operator runs reset-trip [default: 0s].
     #[arg(long = "trip-cooldown", value_name = "DURATION", value_parser = parse_duration_ms)]
     pub trip_cooldown_ms: Option<u64>,
 }
 
 impl TenantPolicyArgs {
-    /// `None` when no flag was given; else the server's default policy with the flags set.
-    pub fn to_wire(&self) -> Option<v1::TenantPolicy> {
+    /// `None` when no flag was given; else the server's default policy with the flags set,
+    /// or why the flags do not fit together (money as the floor of a count).
+    pub fn to_wire(&self) -> Result<Option<v1::TenantPolicy>, String> {
         if *self == TenantPolicyArgs::default() {
-            return None;
+            return Ok(None);
         }
         // The ledger owns the defaults; start from them so the two never drift apart.
         let mut policy = policy_to_pb(&TenantPolicy::default());
@@ -443,13 +386,16 @@ impl TenantPolicyArgs {
         if let Some(dimension) = self.velocity_dimension {
             policy.velocity_dimension = dimension.to_wire().into();
         }
+        if let Some(floor) = self.velocity_floor {
+            let is_cost = policy.velocity_dimension == i32::from(v1::Dimension::Cost);
+            policy.velocity_floor = floor.in_dimension("--velocity-floor", is_cost)?;
+        }
         policy.repeat_max = self.repeat_max.unwrap_or(policy.repeat_max);
         policy.repeat_window_ms = self.repeat_window_ms.unwrap_or(policy.repeat_window_ms);
         policy.velocity_factor = self.velocity_factor.unwrap_or(policy.velocity_factor);
         policy.velocity_window_ms = self.velocity_window_ms.unwrap_or(policy.velocity_window_ms);
-        policy.velocity_floor = self.velocity_floor.unwrap_or(policy.velocity_floor);
         policy.trip_cooldown_ms = self.trip_cooldown_ms.unwrap_or(policy.trip_cooldown_ms);
-        Some(policy)
+        Ok(Some(policy))
     }
 }
 
@@ -461,30 +407,56 @@ mod tests {
 
     #[test]
     fn durations_parse_in_every_unit_and_in_sums() {
-        assert_eq!(parse_duration_ms("500ms"), Ok(500));
-        assert_eq!(parse_duration_ms("60s"), Ok(60_000));
-        assert_eq!(parse_duration_ms("1m"), Ok(60_000));
-        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
-        assert_eq!(parse_duration_ms("1d"), Ok(86_400_000));
-        assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
-        assert_eq!(parse_duration_ms("1m500ms"), Ok(60_500));
-        assert_eq!(parse_duration_ms("0"), Ok(0));
-        assert_eq!(parse_duration_ms("0s"), Ok(0));
-        assert_eq!(parse_duration_ms(" 2s "), Ok(2_000));
+        let cases = [
+            ("500ms", 500),
+            ("60s", 60_000),
+            ("1m", 60_000),
+            ("1h", 3_600_000),
+            ("1d", 86_400_000),
+            ("1h30m", 5_400_000),
+            ("1h 30m", 5_400_000),
+            ("1m500ms", 60_500),
+            ("0", 0),
+            ("0s", 0),
+            (" 2s ", 2_000),
+            ("1.5s", 1_500),
+            ("90sec", 90_000),
+            ("2 days", 172_800_000),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse_duration_ms(text), Ok(ms), "{text:?}");
+        }
     }
 
     #[test]
     fn bad_or_overflowing_durations_are_errors_not_wraps() {
         for bad in [
-            "", "s", "60", "1x", "1.5s", "-1s", "1 s", "1mm", "m1", "1sec",
+            "",
+            "s",
+            "60",
+            "1x",
+            "-1s",
+            "1mm",
+            "m1",
+            "1us",
+            "1.5ms",
+            "213503982334601d",
+            "18446744073709551615ms1ms",
+            "99999999999999999999ms",
         ] {
-            assert!(parse_duration_ms(bad).is_err(), "{bad:?} was accepted");
+            let error = parse_duration_ms(bad).expect_err(bad);
+            assert!(
+                error.contains("1h30m") || error.contains("too long"),
+                "{error}"
+            );
         }
-        assert!(parse_duration_ms("213503982334601d").is_err());
-        assert!(parse_duration_ms("18446744073709551615ms1ms").is_err());
-        assert!(parse_duration_ms("99999999999999999999ms").is_err());
         let missing_unit = parse_duration_ms("60").unwrap_err();
         assert!(missing_unit.contains("needs a unit"), "{missing_unit}");
+        assert_eq!(
+            parse_period_ms("0s"),
+            Err("--per must be longer than zero".into())
+        );
+        assert_eq!(parse_period_ms("1m"), Ok(60_000));
     }
 
     #[test]
@@ -505,24 +477,22 @@ mod tests {
 
     #[test]
     fn times_parse_as_unix_ms_rfc3339_or_date() {
-        assert_eq!(parse_time_ms("1714564800000"), Ok(1_714_564_800_000));
-        assert_eq!(parse_time_ms("2024-05-01T12:00:00Z"), Ok(1_714_564_800_000));
-        assert_eq!(parse_time_ms("2024-05-01t12:00:00z"), Ok(1_714_564_800_000));
-        assert_eq!(parse_time_ms("2024-05-01 12:00:00Z"), Ok(1_714_564_800_000));
-        assert_eq!(
-            parse_time_ms("2024-05-01T12:00:00.25Z"),
-            Ok(1_714_564_800_250)
-        );
-        assert_eq!(
-            parse_time_ms("2024-05-01T14:00:00+02:00"),
-            Ok(1_714_564_800_000)
-        );
-        assert_eq!(
-            parse_time_ms("2024-05-01T11:30:00-00:30"),
-            Ok(1_714_564_800_000)
-        );
-        assert_eq!(parse_time_ms("2024-05-01"), Ok(1_714_521_600_000));
-        assert_eq!(parse_time_ms("1970-01-01T00:00:00Z"), Ok(0));
+        let cases = [
+            ("1714564800000", 1_714_564_800_000),
+            ("2024-05-01T12:00:00Z", 1_714_564_800_000),
+            ("2024-05-01t12:00:00z", 1_714_564_800_000),
+            ("2024-05-01 12:00:00Z", 1_714_564_800_000),
+            ("2024-05-01T12:00:00.25Z", 1_714_564_800_250),
+            ("2024-05-01T14:00:00+02:00", 1_714_564_800_000),
+            ("2024-05-01T11:30:00-00:30", 1_714_564_800_000),
+            // RFC 3339 allows any number of fraction digits; beyond milliseconds they are cut.
+            ("2024-05-01T12:00:00.1234567891Z", 1_714_564_800_123),
+            ("2024-05-01", 1_714_521_600_000),
+            ("1970-01-01T00:00:00Z", 0),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse_time_ms(text), Ok(ms), "{text:?}");
+        }
     }
 
     #[test]
@@ -536,11 +506,12 @@ mod tests {
             "2024-05-01T25:00:00Z",
             "2024-05-01T12:00Z",
             "2024-05-01T12:00:00.Z",
-            "2024-05-01T12:00:00.1234567891Z",
             "2024-05-01T12:00:00+2:00",
             "2024-05-01T12:00:00Zjunk",
+            "2024-05-01X12:00:00Z",
             "1969-12-31T23:59:59Z",
             "2024-05-01T12:00:00Ž",
+            "2024-05-01Ž12:00:00Z",
             "99999999999999999999",
         ] {
             let error = parse_time_ms(bad).expect_err(bad);
@@ -602,115 +573,79 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_limit_has_exactly_one_kind() {
-        let none = LimitKindArgs::default();
-        assert!(none.to_wire().unwrap_err().contains("got none"));
-        let two = LimitKindArgs {
-            budget: Some(1),
-            rate: Some(2),
-            per_ms: Some(1_000),
-            ..LimitKindArgs::default()
-        };
-        assert!(two.to_wire().unwrap_err().contains("--budget and --rate"));
-        let three = LimitKindArgs {
-            budget: Some(1),
-            rate: Some(2),
-            concurrency: Some(3),
-            ..LimitKindArgs::default()
-        };
-        assert!(three.to_wire().is_err());
-    }
+    // Which flags go together is clap's to check: see the command-line tests in cli.rs.
 
     #[test]
-    fn limit_kind_options_belong_to_their_kind() {
-        let window_on_rate = LimitKindArgs {
-            rate: Some(2),
-            per_ms: Some(1_000),
-            window: Some(WindowArg::Day),
-            ..LimitKindArgs::default()
-        };
-        assert!(window_on_rate.to_wire().is_err());
-        let burst_on_budget = LimitKindArgs {
-            budget: Some(2),
-            burst: Some(1),
-            ..LimitKindArgs::default()
-        };
-        assert!(burst_on_budget.to_wire().is_err());
-        let rate_without_period = LimitKindArgs {
-            rate: Some(2),
-            ..LimitKindArgs::default()
-        };
-        assert!(rate_without_period.to_wire().unwrap_err().contains("--per"));
-        let zero_period = LimitKindArgs {
-            rate: Some(2),
-            per_ms: Some(0),
-            ..LimitKindArgs::default()
-        };
-        assert!(zero_period.to_wire().is_err());
-    }
-
-    #[test]
-    fn limit_kinds_fill_their_defaults() {
+    fn limit_kinds_fill_their_defaults_and_read_money_as_cost() {
         let budget = LimitKindArgs {
-            budget: Some(5_000_000),
+            budget: Some(AmountArg::Money { micros: 5_000_000 }),
             ..LimitKindArgs::default()
         };
         assert_eq!(
-            budget.to_wire(),
-            Ok(Kind::Budget(v1::Budget {
-                window: v1::Window::Lifetime.into(),
-                amount: 5_000_000
-            }))
+            budget.to_wire(Some(DimensionArg::Cost)),
+            Ok((
+                Kind::Budget(v1::Budget {
+                    window: v1::Window::Lifetime.into(),
+                    amount: 5_000_000
+                }),
+                v1::Dimension::Cost
+            ))
         );
+        let error = budget.to_wire(Some(DimensionArg::Tokens)).unwrap_err();
+        assert!(error.contains("--budget $5.00 is money"), "{error}");
         let rate = LimitKindArgs {
-            rate: Some(60),
+            rate: Some(AmountArg::Bare(60)),
             per_ms: Some(60_000),
             ..LimitKindArgs::default()
         };
         assert_eq!(
-            rate.to_wire(),
-            Ok(Kind::Rate(v1::Rate {
-                amount: 60,
-                period_ms: 60_000,
-                burst: 60
-            }))
+            rate.to_wire(Some(DimensionArg::Calls)),
+            Ok((
+                Kind::Rate(v1::Rate {
+                    amount: 60,
+                    period_ms: 60_000,
+                    burst: 60
+                }),
+                v1::Dimension::Calls
+            ))
         );
         let concurrency = LimitKindArgs {
             concurrency: Some(4),
             ..LimitKindArgs::default()
         };
         assert_eq!(
-            concurrency.to_wire(),
-            Ok(Kind::Concurrency(v1::Concurrency { max: 4 }))
+            concurrency.to_wire(None),
+            Ok((
+                Kind::Concurrency(v1::Concurrency { max: 4 }),
+                v1::Dimension::Concurrency
+            ))
         );
+        assert!(LimitKindArgs::default()
+            .to_wire(Some(DimensionArg::Cost))
+            .is_err());
     }
 
     #[test]
     fn concurrency_limits_and_only_they_count_concurrency() {
-        let concurrency = Kind::Concurrency(v1::Concurrency { max: 4 });
-        let budget = Kind::Budget(v1::Budget::default());
+        assert_eq!(limit_dimension(true, None), Ok(v1::Dimension::Concurrency));
+        assert!(limit_dimension(true, Some(DimensionArg::Cost)).is_err());
+        assert!(limit_dimension(false, None).is_err());
+        assert!(limit_dimension(false, Some(DimensionArg::Concurrency)).is_err());
         assert_eq!(
-            limit_dimension(&concurrency, None),
-            Ok(v1::Dimension::Concurrency)
-        );
-        assert!(limit_dimension(&concurrency, Some(DimensionArg::Cost)).is_err());
-        assert!(limit_dimension(&budget, None).is_err());
-        assert!(limit_dimension(&budget, Some(DimensionArg::Concurrency)).is_err());
-        assert_eq!(
-            limit_dimension(&budget, Some(DimensionArg::Tokens)),
+            limit_dimension(false, Some(DimensionArg::Tokens)),
             Ok(v1::Dimension::Tokens)
         );
     }
 
     #[test]
     fn no_policy_flag_sends_no_policy_and_one_flag_keeps_the_other_defaults() {
-        assert_eq!(TenantPolicyArgs::default().to_wire(), None);
+        assert_eq!(TenantPolicyArgs::default().to_wire(), Ok(None));
         let policy = TenantPolicyArgs {
             expiry: Some(ExpiryArg::Release),
             ..TenantPolicyArgs::default()
         }
         .to_wire()
+        .unwrap()
         .unwrap();
         assert_eq!(
             policy,
@@ -732,6 +667,7 @@ mod tests {
             ..TenantPolicyArgs::default()
         }
         .to_wire()
+        .unwrap()
         .unwrap();
         assert_eq!(velocity.velocity_factor, 8);
         assert_eq!(
@@ -740,5 +676,29 @@ mod tests {
         );
         assert_eq!(velocity.trip_cooldown_ms, 300_000);
         assert_eq!(velocity.expiry, i32::from(v1::ExpiryPolicy::Charge));
+    }
+
+    #[test]
+    fn the_velocity_floor_is_money_only_when_velocity_watches_cost() {
+        let floor = |dimension, amount| {
+            TenantPolicyArgs {
+                velocity_dimension: dimension,
+                velocity_floor: Some(amount),
+                ..TenantPolicyArgs::default()
+            }
+            .to_wire()
+            .map(|policy| policy.unwrap().velocity_floor)
+        };
+        let half = AmountArg::Money { micros: 500_000 };
+        assert_eq!(floor(None, half), Ok(500_000));
+        assert_eq!(
+            floor(Some(SpendDimensionArg::Cost), AmountArg::Bare(7)),
+            Ok(7)
+        );
+        assert_eq!(
+            floor(Some(SpendDimensionArg::Calls), AmountArg::Bare(7)),
+            Ok(7)
+        );
+        assert!(floor(Some(SpendDimensionArg::Tokens), half).is_err());
     }
 }

@@ -5,55 +5,49 @@
 use serde_json::{json, Value};
 use tollgate_client::{scope_to_string, v1, Applied, Dimension};
 
+use super::money::{decimal_micros, decimal_micros_signed, format_micros, format_micros_signed};
 use super::parse::{format_duration_ms, format_time_ms};
 
 /// Spaces between table columns.
-const TABLE_COLUMN_GAP: usize = 2;
+const TABLE_COLUMN_GAP: u16 = 2;
 /// Hex digits of a hash shown in tables; `--json` shows all of them.
 pub const HASH_HEX_SHORT: usize = 12;
 
-/// Rows under a header, printed with each column as wide as its widest cell.
+/// Rows under a header, printed by `comfy-table` with each column as wide as its widest
+/// cell, without borders or colour, so the output reads the same in a terminal, a pipe and
+/// a test.
 #[derive(Debug)]
 pub struct Table {
-    headers: Vec<&'static str>,
-    rows: Vec<Vec<String>>,
+    table: comfy_table::Table,
+    columns: usize,
 }
 
 impl Table {
     pub fn new(headers: &[&'static str]) -> Table {
+        let mut table = comfy_table::Table::new();
+        table
+            .load_style(comfy_table::presets::NOTHING)
+            .set_header(headers.to_vec());
+        for column in table.column_iter_mut() {
+            column.set_padding((0, TABLE_COLUMN_GAP));
+        }
         Table {
-            headers: headers.to_vec(),
-            rows: Vec::new(),
+            table,
+            columns: headers.len(),
         }
     }
 
     /// Adds a row; it must have one cell per header.
     pub fn row(&mut self, cells: Vec<String>) {
-        assert_eq!(cells.len(), self.headers.len(), "one cell per column");
-        self.rows
-            .push(cells.into_iter().map(|cell| printable(&cell)).collect());
+        assert_eq!(cells.len(), self.columns, "one cell per column");
+        self.table
+            .add_row(cells.iter().map(|cell| printable(cell)).collect::<Vec<_>>());
     }
 
     /// The header and the rows, left-aligned, one line each, no trailing spaces.
     pub fn render(&self) -> String {
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let header: Vec<String> = self.headers.iter().map(|h| (*h).to_owned()).collect();
-        let mut text = String::new();
-        for row in std::iter::once(&header).chain(&self.rows) {
-            let mut line = String::new();
-            for (cell, width) in row.iter().zip(&widths) {
-                line.push_str(cell);
-                let pad = width - cell.chars().count() + TABLE_COLUMN_GAP;
-                line.extend(std::iter::repeat_n(' ', pad));
-            }
-            text.push_str(line.trim_end());
-            text.push('\n');
-        }
+        let mut text = self.table.trim_fmt();
+        text.push('\n');
         text
     }
 }
@@ -131,12 +125,52 @@ pub fn limit_kind(limit: &v1::Limit) -> (String, Option<u64>) {
             format!(
                 "rate/{} burst {}",
                 format_duration_ms(rate.period_ms),
-                rate.burst
+                amount_text(limit.dimension, rate.burst)
             ),
             Some(rate.amount),
         ),
         Some(Kind::Concurrency(concurrency)) => ("concurrency".into(), Some(concurrency.max)),
         None => ("unknown kind".into(), None),
+    }
+}
+
+fn is_cost(dimension: i32) -> bool {
+    dimension == i32::from(v1::Dimension::Cost)
+}
+
+/// An amount of `dimension` for people: money for cost (`$49.04`), else the count.
+pub fn amount_text(dimension: i32, amount: u64) -> String {
+    if is_cost(dimension) {
+        format_micros(amount)
+    } else {
+        amount.to_string()
+    }
+}
+
+/// A signed amount of `dimension` (what remains after an overrun is negative).
+fn signed_amount_text(dimension: i32, amount: i64) -> String {
+    if is_cost(dimension) {
+        format_micros_signed(amount)
+    } else {
+        amount.to_string()
+    }
+}
+
+/// Adds `{key}_usd` beside each `key` of `object` that holds micro-units, when the
+/// dimension is cost: scripts keep exact integers, people get a decimal string.
+fn add_usd(object: &mut Value, dimension: i32, keys: &[&str]) {
+    let Some(object) = object.as_object_mut().filter(|_| is_cost(dimension)) else {
+        return;
+    };
+    for key in keys {
+        let decimal = match object.get(*key) {
+            Some(Value::Number(n)) if n.is_u64() => n.as_u64().map(decimal_micros),
+            Some(Value::Number(n)) => n.as_i64().map(decimal_micros_signed),
+            _ => None,
+        };
+        if let Some(decimal) = decimal {
+            object.insert(format!("{key}_usd"), Value::String(decimal));
+        }
     }
 }
 
@@ -149,7 +183,7 @@ pub fn limits_table(limits: &[v1::Limit]) -> Table {
             scope_to_string(limit.scope.as_ref()),
             dimension_name(limit.dimension),
             kind,
-            or_dash(amount),
+            or_dash(amount.map(|amount| amount_text(limit.dimension, amount))),
         ]);
     }
     table
@@ -178,6 +212,7 @@ pub fn limit_json(limit: &v1::Limit) -> Value {
     if let (Some(object), Value::Object(kind)) = (value.as_object_mut(), kind) {
         object.extend(kind);
     }
+    add_usd(&mut value, limit.dimension, &["amount", "burst"]);
     value
 }
 
@@ -200,7 +235,7 @@ pub fn policy_fields(policy: &v1::TenantPolicy) -> Vec<(&'static str, String)> {
             policy.velocity_factor,
             dimension_name(policy.velocity_dimension),
             format_duration_ms(policy.velocity_window_ms),
-            policy.velocity_floor
+            amount_text(policy.velocity_dimension, policy.velocity_floor)
         )
     };
     let cooldown = if policy.trip_cooldown_ms == 0 {
@@ -217,7 +252,7 @@ pub fn policy_fields(policy: &v1::TenantPolicy) -> Vec<(&'static str, String)> {
 }
 
 pub fn policy_json(policy: &v1::TenantPolicy) -> Value {
-    json!({
+    let mut value = json!({
         "expiry": expiry_name(policy.expiry),
         "repeat_max": policy.repeat_max,
         "repeat_window_ms": policy.repeat_window_ms,
@@ -226,7 +261,9 @@ pub fn policy_json(policy: &v1::TenantPolicy) -> Value {
         "velocity_dimension": dimension_name(policy.velocity_dimension),
         "velocity_floor": policy.velocity_floor,
         "trip_cooldown_ms": policy.trip_cooldown_ms,
-    })
+    });
+    add_usd(&mut value, policy.velocity_dimension, &["velocity_floor"]);
+    value
 }
 
 pub fn applied_json(applied: Applied) -> Value {
@@ -288,10 +325,10 @@ pub fn usage_table(usage: &[v1::LimitUsage]) -> Table {
             scope_to_string(limit.scope.as_ref()),
             dimension_name(limit.dimension),
             kind,
-            or_dash(amount),
-            row.used.to_string(),
-            row.held.to_string(),
-            row.remaining.to_string(),
+            or_dash(amount.map(|amount| amount_text(limit.dimension, amount))),
+            amount_text(limit.dimension, row.used),
+            amount_text(limit.dimension, row.held),
+            signed_amount_text(limit.dimension, row.remaining),
             or_dash(row.window_start_ms.map(format_time_ms)),
         ]);
     }
@@ -299,14 +336,17 @@ pub fn usage_table(usage: &[v1::LimitUsage]) -> Table {
 }
 
 pub fn usage_json(row: &v1::LimitUsage) -> Value {
-    json!({
+    let mut value = json!({
         "limit": row.limit.as_ref().map(limit_json),
         "agent": Some(&row.agent).filter(|agent| !agent.is_empty()),
         "used": row.used,
         "held": row.held,
         "remaining": row.remaining,
         "window_start_ms": row.window_start_ms,
-    })
+    });
+    let dimension = row.limit.as_ref().map_or(0, |limit| limit.dimension);
+    add_usd(&mut value, dimension, &["used", "held", "remaining"]);
+    value
 }
 
 pub fn reservations_table(reservations: &[v1::Reservation]) -> Table {
@@ -320,7 +360,7 @@ pub fn reservations_table(reservations: &[v1::Reservation]) -> Table {
             r.agent.clone(),
             r.tool.clone(),
             estimate.tokens.to_string(),
-            estimate.cost_micros.to_string(),
+            format_micros(estimate.cost_micros),
             estimate.calls.to_string(),
             format_time_ms(r.granted_at_ms),
             format_time_ms(r.expires_at_ms),
@@ -343,7 +383,12 @@ pub fn reservation_json(r: &v1::Reservation) -> Value {
 
 pub fn amounts_json(amounts: Option<&v1::Amounts>) -> Value {
     let a = amounts.copied().unwrap_or_default();
-    json!({ "tokens": a.tokens, "cost_micros": a.cost_micros, "calls": a.calls })
+    json!({
+        "tokens": a.tokens,
+        "cost_micros": a.cost_micros,
+        "cost_usd": decimal_micros(a.cost_micros),
+        "calls": a.calls,
+    })
 }
 
 pub fn members_table(members: &[v1::Member]) -> Table {
@@ -449,7 +494,7 @@ pub fn audit_table(records: &[v1::AuditRecord]) -> Table {
             text(&record.tool),
             describe_event(&record.event_json),
             amounts.tokens.to_string(),
-            amounts.cost_micros.to_string(),
+            format_micros(amounts.cost_micros),
             amounts.calls.to_string(),
             or_dash(record.reservation_id),
             text(&record.request_id),
@@ -577,5 +622,53 @@ mod tests {
             tripped_json(&tripped),
             json!({"cause": {"repetition": {"fingerprint": "ab12", "count": 20}}, "until_ms": null})
         );
+    }
+
+    #[test]
+    fn cost_reads_as_money_for_people_and_stays_exact_for_scripts() {
+        let limit = v1::Limit {
+            id: "daily".into(),
+            scope: Some(super::super::parse::parse_scope("tenant").unwrap()),
+            dimension: v1::Dimension::Cost.into(),
+            kind: Some(v1::limit::Kind::Budget(v1::Budget {
+                window: v1::Window::Day.into(),
+                amount: 50_000_000,
+            })),
+        };
+        let usage = v1::LimitUsage {
+            limit: Some(limit.clone()),
+            used: 49_040_000,
+            held: 1,
+            remaining: -1_500_000,
+            ..v1::LimitUsage::default()
+        };
+        let table = usage_table(std::slice::from_ref(&usage)).render();
+        assert!(
+            table.contains("budget/day  $50.00  $49.04  $0.000001  -$1.50"),
+            "{table}"
+        );
+        let value = usage_json(&usage);
+        assert_eq!(value["used"], json!(49_040_000));
+        assert_eq!(value["used_usd"], json!("49.04"));
+        assert_eq!(value["remaining_usd"], json!("-1.50"));
+        assert_eq!(value["limit"]["amount_usd"], json!("50.00"));
+        let amounts = v1::Amounts {
+            cost_micros: 250_000,
+            ..v1::Amounts::default()
+        };
+        assert_eq!(
+            amounts_json(Some(&amounts)),
+            json!({"tokens": 0, "cost_micros": 250_000, "cost_usd": "0.25", "calls": 0})
+        );
+        let tokens = v1::LimitUsage {
+            limit: Some(v1::Limit {
+                dimension: v1::Dimension::Tokens.into(),
+                ..limit
+            }),
+            used: 7,
+            ..v1::LimitUsage::default()
+        };
+        assert_eq!(usage_json(&tokens).get("used_usd"), None);
+        assert!(usage_table(&[tokens]).render().contains("  7  "));
     }
 }

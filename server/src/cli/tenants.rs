@@ -2,18 +2,18 @@
 
 use serde_json::{json, Value};
 
-use super::parse::limit_dimension;
 use super::render::{self, render_fields};
-use super::{failed, out, out_json, FreezeArgs, LimitCommand, Ops, TenantCommand};
+use super::{out, out_json, FreezeArgs, LimitCommand, Ops, TenantCommand, UsageError};
 
 pub async fn tenant(ops: &Ops, command: TenantCommand) -> anyhow::Result<()> {
     match command {
         TenantCommand::Put { name, policy } => {
+            let policy = policy.to_wire().map_err(UsageError)?;
             let applied = ops
                 .client
-                .put_tenant(&name, policy.to_wire())
+                .put_tenant(&name, policy)
                 .await
-                .map_err(|e| failed(format!("could not put tenant {name:?}"), e))?;
+                .map_err(|e| ops.failed(format!("could not put tenant {name:?}"), e))?;
             ops.applied(&format!("tenant {name:?} put"), applied)
         }
         TenantCommand::Get { name } => {
@@ -21,7 +21,7 @@ pub async fn tenant(ops: &Ops, command: TenantCommand) -> anyhow::Result<()> {
                 .client
                 .get_tenant(&name)
                 .await
-                .map_err(|e| failed(format!("could not get tenant {name:?}"), e))?;
+                .map_err(|e| ops.failed(format!("could not get tenant {name:?}"), e))?;
             let policy = response.policy.unwrap_or_default();
             if ops.json {
                 return out_json(&json!({
@@ -46,7 +46,7 @@ pub async fn tenant(ops: &Ops, command: TenantCommand) -> anyhow::Result<()> {
                 .client
                 .list_tenants()
                 .await
-                .map_err(|e| failed("could not list tenants", e))?;
+                .map_err(|e| ops.failed("could not list tenants", e))?;
             if ops.json {
                 return out_json(&json!(tenants));
             }
@@ -68,9 +68,9 @@ pub async fn limit(ops: &Ops, command: LimitCommand) -> anyhow::Result<()> {
             dimension,
             kind,
         } => {
-            // Flag mistakes are caught here, before anything is sent.
-            let kind = kind.to_wire().map_err(anyhow::Error::msg)?;
-            let dimension = limit_dimension(&kind, dimension).map_err(anyhow::Error::msg)?;
+            // clap checked which flags go together; what needs the dimension is checked
+            // here, before anything is sent.
+            let (kind, dimension) = kind.to_wire(dimension).map_err(UsageError)?;
             let limit = tollgate_client::v1::Limit {
                 id: id.clone(),
                 scope: Some(scope),
@@ -78,7 +78,7 @@ pub async fn limit(ops: &Ops, command: LimitCommand) -> anyhow::Result<()> {
                 kind: Some(kind),
             };
             let applied = ops.client.put_limit(&tenant, limit).await.map_err(|e| {
-                failed(
+                ops.failed(
                     format!("could not put limit {id:?} of tenant {tenant:?}"),
                     e,
                 )
@@ -87,7 +87,7 @@ pub async fn limit(ops: &Ops, command: LimitCommand) -> anyhow::Result<()> {
         }
         LimitCommand::Delete { tenant, id } => {
             let applied = ops.client.delete_limit(&tenant, &id).await.map_err(|e| {
-                failed(
+                ops.failed(
                     format!("could not delete limit {id:?} of tenant {tenant:?}"),
                     e,
                 )
@@ -99,7 +99,7 @@ pub async fn limit(ops: &Ops, command: LimitCommand) -> anyhow::Result<()> {
         }
         LimitCommand::List { tenant } => {
             let limits = ops.client.list_limits(&tenant).await.map_err(|e| {
-                failed(format!("could not list the limits of tenant {tenant:?}"), e)
+                ops.failed(format!("could not list the limits of tenant {tenant:?}"), e)
             })?;
             if ops.json {
                 return out_json(&Value::Array(
@@ -130,7 +130,7 @@ pub async fn freeze(ops: &Ops, args: FreezeArgs, frozen: bool) -> anyhow::Result
     } else {
         ops.client.unfreeze(&tenant, agent.as_deref()).await
     };
-    let applied = result.map_err(|e| failed(format!("could not {verb} {who}"), e))?;
+    let applied = result.map_err(|e| ops.failed(format!("could not {verb} {who}"), e))?;
     ops.applied(&format!("{who} {done}"), applied)
 }
 
@@ -140,7 +140,7 @@ pub async fn reset_trip(ops: &Ops, tenant: &str, agent: &str) -> anyhow::Result<
         .client
         .reset_trip(tenant, agent)
         .await
-        .map_err(|e| failed(format!("could not reset the trip of {who}"), e))?;
+        .map_err(|e| ops.failed(format!("could not reset the trip of {who}"), e))?;
     ops.applied(&format!("trip of {who} reset"), applied)
 }
 
@@ -154,7 +154,7 @@ pub async fn usage(
         .client
         .usage(tenant, agent, tool)
         .await
-        .map_err(|e| failed(format!("could not get the usage of tenant {tenant:?}"), e))?;
+        .map_err(|e| ops.failed(format!("could not get the usage of tenant {tenant:?}"), e))?;
     if ops.json {
         let mut value = json!({
             "tenant": tenant,
@@ -201,7 +201,7 @@ pub async fn reservations(
         .reservations(tenant, agent, limit)
         .await
         .map_err(|e| {
-            failed(
+            ops.failed(
                 format!("could not list the reservations of tenant {tenant:?}"),
                 e,
             )
