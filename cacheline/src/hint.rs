@@ -23,33 +23,21 @@ pub fn prefetch<T: ?Sized>(value: &T) {
     let lines = (into_line + bytes).div_ceil(LINE_BYTES);
     let first_line = start.wrapping_sub(into_line);
     for line in 0..lines {
-        prefetch_line(first_line.wrapping_add(line * LINE_BYTES), false);
+        prefetch_line(first_line.wrapping_add(line * LINE_BYTES));
     }
 }
 
-/// Hints the CPU to bring the line at `at` into the cache, in the state a write needs
-/// (`prefetchw`), so a store to it later finds it owned instead of waiting for it. Like
-/// `prefetch`, it never faults and changes nothing but timing.
-#[inline]
-pub fn prefetch_for_write(at: *const u8) {
-    prefetch_line(at, true);
-}
-
-/// One prefetch instruction: for reading (`prefetcht0`) or for writing (`prefetchw`).
+/// One prefetch instruction (`prefetcht0`).
 #[inline]
 #[allow(unsafe_code)]
-fn prefetch_line(at: *const u8, for_write: bool) {
+fn prefetch_line(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it reads no memory architecturally and cannot fault,
     // whatever the address; callers pass addresses inside a live reference or allocation.
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-        if for_write {
-            _mm_prefetch::<_MM_HINT_ET0>(at.cast());
-        } else {
-            _mm_prefetch::<_MM_HINT_T0>(at.cast());
-        }
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(at.cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (at, for_write);
+    let _ = at;
 }

@@ -10,7 +10,7 @@ mod hint;
 mod ring;
 mod slots;
 
-pub use hint::{prefetch, prefetch_for_write};
+pub use hint::prefetch;
 pub use ring::Ring;
 pub use slots::SlotTable;
 

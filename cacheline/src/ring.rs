@@ -11,19 +11,9 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use super::prefetch_for_write;
-
 /// The size of a chunk: big enough that the chunk list stays short (a few thousand entries
 /// for the largest ring), small enough that allocating one is cheap.
 const CHUNK_BYTES: usize = 64 * 1024;
-
-/// How far past the write position `push_back` and `extend_from_slice` ask for the line
-/// they will write next. A ring's back chunk was last written a whole ring ago (the audit
-/// ring holds hundreds of MB), so its lines are long out of the cache, and the stores of
-/// every decision waited for them; a few lines ahead, at ~3 lines a pair for the largest
-/// ring, the line is owned by the time it is written. Measured on the ledger bench: 128
-/// and 256 bytes do the same, 512 and more slightly worse, none ~7 % slower.
-const WRITE_AHEAD_BYTES: usize = 256;
 
 /// A FIFO of `Copy` values: push at the back, pop at the front, read anywhere by position
 /// (0 is the front).
@@ -100,8 +90,7 @@ impl<T: Copy> Ring<T> {
     }
 
     /// The last chunk, if it has room; else a new (or the spare) chunk pushed at the back.
-    /// With `WRITE_AHEAD`, the line `WRITE_AHEAD_BYTES` past the write position is asked for.
-    fn room<const WRITE_AHEAD: bool>(&mut self) -> &mut Vec<T> {
+    fn room(&mut self) -> &mut Vec<T> {
         if self
             .chunks
             .back()
@@ -114,38 +103,17 @@ impl<T: Copy> Ring<T> {
             self.chunks.push_back(chunk);
         }
         let last = self.chunks.len() - 1;
-        let chunk = &mut self.chunks[last];
-        if !WRITE_AHEAD {
-            return chunk;
-        }
-        // Within the chunk's own allocation only (the next chunk is not known yet).
-        let ahead = (chunk.len() * size_of::<T>()).saturating_add(WRITE_AHEAD_BYTES);
-        if ahead < chunk.capacity() * size_of::<T>() {
-            prefetch_for_write(chunk.as_ptr().cast::<u8>().wrapping_add(ahead));
-        }
-        chunk
+        &mut self.chunks[last]
     }
 
     pub fn push_back(&mut self, value: T) {
-        self.push_back_with::<true>(value);
-    }
-
-    pub fn extend_from_slice(&mut self, values: &[T]) {
-        self.extend_from_slice_with::<true>(values);
-    }
-
-    /// `push_back`, with or without the write-ahead: for the ring bench, which defends it.
-    #[doc(hidden)]
-    pub fn push_back_with<const WRITE_AHEAD: bool>(&mut self, value: T) {
-        self.room::<WRITE_AHEAD>().push(value);
+        self.room().push(value);
         self.len += 1;
     }
 
-    /// `extend_from_slice`, with or without the write-ahead: for the ring bench.
-    #[doc(hidden)]
-    pub fn extend_from_slice_with<const WRITE_AHEAD: bool>(&mut self, mut values: &[T]) {
+    pub fn extend_from_slice(&mut self, mut values: &[T]) {
         while !values.is_empty() {
-            let chunk = self.room::<WRITE_AHEAD>();
+            let chunk = self.room();
             let n = values.len().min(Self::PER_CHUNK - chunk.len());
             chunk.extend_from_slice(&values[..n]);
             self.len += n;
