@@ -23,7 +23,7 @@ fn every_shipped_scenario_parses_validates_and_says_what_it_is_written_from() {
     let files = scenario_files();
     assert!(
         files.len() >= 11,
-        "the issue asks for at least 11 scenarios: {files:?}"
+        "the simulator ships at least 11 runaway scenarios: {files:?}"
     );
     for path in files {
         let loaded = scenario::load(&path).unwrap_or_else(|e| panic!("{e:#}"));

@@ -5,7 +5,7 @@
 //! then appends what the leader reports (usage of every test tenant) and each node's head to
 //! a file; run.sh takes one per leader as it moves leadership around, so every node gets to
 //! report usage. `check` reads every client's history, the faults, the snapshots and the
-//! leader's full audit export, and holds them to the issue's five properties with
+//! leader's full audit export, and holds them to the contract's five properties with
 //! `tollgate_sim::history::check` (the one checker) plus node agreement. Its last line is
 //! `compose faults: <N> violations, <M> ops, max unavailable <S> s`; it exits non-zero on
 //! any violation.
@@ -380,7 +380,7 @@ fn longest_gap_ms(acks_ms: &[u64], from_ms: u64, to_ms: u64) -> u64 {
     gap_ms
 }
 
-/// Which of the issue's properties a violation of `history::check` breaks.
+/// Which of the contract's properties a violation of `history::check` breaks.
 fn property_of(violation: &str) -> usize {
     if violation.contains("OVERSPEND") {
         1
@@ -795,7 +795,7 @@ fn print_decisions(
     );
 }
 
-/// One verdict line per property of the issue.
+/// One verdict line per property of the contract.
 fn print_properties(history_violations: &[String], node_violations: &[String]) {
     let mut by_property = [0usize; 6];
     for violation in history_violations {
