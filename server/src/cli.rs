@@ -6,90 +6,25 @@
 mod audit;
 mod cluster;
 mod money;
+mod ops;
 mod parse;
 mod render;
 mod tenants;
 
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use clap::{Args, Subcommand};
-use serde_json::{json, Value};
-use tollgate_client::{Applied, Client, ClientConfig, Error};
+use clap::Subcommand;
 
-use parse::{
-    parse_query_limit, parse_scope, parse_time_ms, DimensionArg, LimitKindArgs, TenantPolicyArgs,
-};
+pub use audit::{AuditCommand, AuditFilterArgs};
+pub use cluster::ClusterCommand;
+use ops::{out, Ops};
+pub use ops::{Target, UsageError, ROWS_DEFAULT};
+pub use tenants::{FreezeArgs, LimitCommand, TenantCommand};
 
 /// Time `tollgate health` may take, connect included: a container health check must not
 /// hang.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default number of rows of `audit query` and `reservations`.
-pub const ROWS_DEFAULT: u32 = 100;
-
-/// Which cluster to talk to, with which credentials, and how to print.
-#[derive(Clone, Debug, Args)]
-pub struct Target {
-    /// Cluster nodes, comma separated host:port (any node will do; followers point to the
-    /// leader).
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        env = "TOLLGATE_CLUSTER",
-        value_name = "ADDRS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
-    )]
-    pub cluster: Vec<String>,
-    /// The admin token (tenant commands accept a tenant's token).
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        env = "TOLLGATE_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
-    /// Print JSON instead of tables (audit export always writes JSON lines).
-    #[arg(long, global = true, help_heading = "Global options")]
-    pub json: bool,
-}
-
-impl Target {
-    fn client_config(&self) -> ClientConfig {
-        let endpoints = self
-            .cluster
-            .iter()
-            .map(|addr| addr.trim())
-            .filter(|addr| !addr.is_empty());
-        ClientConfig {
-            token: self.token.clone().filter(|token| !token.is_empty()),
-            ..ClientConfig::new(endpoints)
-        }
-    }
-
-    fn client(&self) -> anyhow::Result<Client> {
-        Client::new(self.client_config()).context("check --cluster (or TOLLGATE_CLUSTER)")
-    }
-
-    /// The connection flags to repeat in a suggested command: the cluster this command
-    /// used, and the token's flag without its value.
-    fn hint_flags(&self) -> String {
-        let mut flags = format!("--cluster {}", self.client_config().endpoints.join(","));
-        if self.token.as_deref().is_some_and(|token| !token.is_empty()) {
-            flags.push_str(" --token <TOKEN>");
-        }
-        flags
-    }
-}
-
-/// A mistake in the flags that only shows once they are read together (money given for
-/// a count, say): reported like clap's own usage errors, with exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 /// Operator subcommands. Amounts of tokens and calls are counts; cost is money (`5usd`,
 /// `$5.25`, `5 USD`) or a bare integer of micro-units (1 USD = 1_000_000).
@@ -142,146 +77,6 @@ pub enum OpsCommand {
     /// Change the Raft membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TenantCommand {
-    /// Create a tenant, or change its policy. Flags left out keep the defaults.
-    Put {
-        /// The tenant's name.
-        name: String,
-        #[command(flatten)]
-        policy: TenantPolicyArgs,
-    },
-    /// A tenant's policy and limits.
-    Get {
-        /// The tenant's name.
-        name: String,
-    },
-    /// Every tenant.
-    List,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum LimitCommand {
-    /// Set a limit: create it, or replace the limit with the same id.
-    ///
-    /// Give exactly one kind: --budget AMOUNT [--window W], --rate AMOUNT --per DURATION
-    /// [--burst AMOUNT], or --concurrency N. A cost AMOUNT is money: 50usd, 5.25usd, $5,
-    /// 5 USD (at most 6 decimals); a bare integer is a count, and for cost micro-units
-    /// (50000000 = $50).
-    ///
-    /// Examples:
-    ///   tollgate limit put --tenant acme --id daily-usd --scope tenant --dimension cost --budget 50usd --window day
-    ///   tollgate limit put --tenant acme --id tpm --scope tool:llm:gpt-x --dimension tokens --rate 100000 --per 1m
-    ///   tollgate limit put --tenant acme --id parallel --scope each-agent --concurrency 8
-    #[command(verbatim_doc_comment)]
-    Put {
-        #[arg(long)]
-        tenant: String,
-        /// The limit's id, unique within the tenant.
-        #[arg(long)]
-        id: String,
-        /// tenant | each-agent | agent:NAME | tool:NAME (each agent separately) |
-        /// tool-tenant:NAME (summed over the tenant).
-        #[arg(long, value_parser = parse_scope)]
-        scope: tollgate_client::v1::Scope,
-        /// What the limit counts. Optional with --concurrency, which counts concurrency.
-        #[arg(long, value_enum, required_unless_present = "concurrency")]
-        dimension: Option<DimensionArg>,
-        #[command(flatten)]
-        kind: LimitKindArgs,
-    },
-    /// Remove a limit.
-    Delete {
-        #[arg(long)]
-        tenant: String,
-        /// The limit's id.
-        #[arg(long)]
-        id: String,
-    },
-    /// The limits in force for a tenant.
-    List {
-        #[arg(long)]
-        tenant: String,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct FreezeArgs {
-    #[arg(long)]
-    pub tenant: String,
-    /// Only this agent; without it, the whole tenant.
-    #[arg(long)]
-    pub agent: Option<String>,
-}
-
-/// Which audit records: by tenant, agent and time (RFC 3339, a date, or unix ms).
-#[derive(Debug, Default, Args)]
-pub struct AuditFilterArgs {
-    #[arg(long)]
-    pub tenant: Option<String>,
-    #[arg(long)]
-    pub agent: Option<String>,
-    /// From this time on (inclusive): 2024-05-01T12:00:00Z, 2024-05-01, or unix ms.
-    #[arg(long = "from", value_name = "TIME", value_parser = parse_time_ms)]
-    pub from_ms: Option<u64>,
-    /// Up to this time.
-    #[arg(long = "to", value_name = "TIME", value_parser = parse_time_ms)]
-    pub to_ms: Option<u64>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Audit records as a table, oldest first.
-    Query {
-        #[command(flatten)]
-        filter: AuditFilterArgs,
-        /// Only records after this sequence number (to page on).
-        #[arg(long, value_name = "SEQ")]
-        after_seq: Option<u64>,
-        /// Most records to show (at most 10000; page on with --after-seq).
-        #[arg(long, value_name = "N", default_value_t = ROWS_DEFAULT, value_parser = parse_query_limit)]
-        limit: u32,
-    },
-    /// Every retained record as JSON lines, oldest first. Verify with `audit verify
-    /// --file` only an export without --tenant/--agent: a filtered one does not chain.
-    Export {
-        #[command(flatten)]
-        filter: AuditFilterArgs,
-        /// Write to this file (complete or not at all) instead of stdout.
-        #[arg(long, value_name = "FILE")]
-        out: Option<std::path::PathBuf>,
-    },
-    /// Check the hash chain: the cluster's (on the leader), or an exported file's.
-    Verify {
-        /// A JSON-lines file written by `audit export` (unfiltered by tenant and agent).
-        #[arg(long, value_name = "FILE")]
-        file: Option<std::path::PathBuf>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ClusterCommand {
-    /// Add a node as a non-voting learner; it starts receiving the log.
-    AddLearner {
-        #[arg(long, value_name = "N")]
-        id: u64,
-        #[arg(long, value_name = "HOST:PORT")]
-        addr: String,
-    },
-    /// Set the voting members to exactly these node ids (members or learners already).
-    Promote {
-        #[arg(long, value_name = "IDS", value_delimiter = ',', required = true)]
-        voters: Vec<u64>,
-    },
-}
-
-/// What every handler needs: the client, how to print, and the flags hints repeat.
-struct Ops {
-    client: Client,
-    json: bool,
-    hint_flags: String,
 }
 
 /// Runs one operator subcommand against the cluster of `target`. A [`UsageError`] ends
@@ -378,71 +173,13 @@ pub async fn health(addr: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The hint that passes credentials.
-const TOKEN_HINT: &str =
-    "pass the admin token with --token <TOKEN> or the TOLLGATE_TOKEN environment variable";
-
-/// A failed call as a person can act on it: what was attempted, why it failed, and for
-/// the usual causes what to do, with `hint_flags` (see [`Target::hint_flags`]) in a
-/// suggested command.
-fn failed(hint_flags: &str, what: impl std::fmt::Display, error: Error) -> anyhow::Error {
-    let hint = match &error {
-        Error::PermissionDenied(_) => Some(TOKEN_HINT.to_owned()),
-        Error::Unavailable { .. } => Some(format!(
-            "check --cluster (or TOLLGATE_CLUSTER) and that a majority of nodes is up: \
-             tollgate status {hint_flags}"
-        )),
-        _ => None,
-    };
-    match hint {
-        Some(hint) => anyhow!("{what}: {error}\nhint: {hint}"),
-        None => anyhow!("{what}: {error}"),
-    }
-}
-
-/// Writes to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
-fn out(text: &str) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(error).context("could not write to stdout")
-        }
-        _ => Ok(()),
-    }
-}
-
-fn out_json(value: &Value) -> anyhow::Result<()> {
-    let mut text = serde_json::to_string_pretty(value).context("could not encode JSON")?;
-    text.push('\n');
-    out(&text)
-}
-
-impl Ops {
-    /// [`failed`] with the flags of this command.
-    fn failed(&self, what: impl std::fmt::Display, error: Error) -> anyhow::Error {
-        failed(&self.hint_flags, what, error)
-    }
-
-    /// Reports a mutation: `message` and where it landed in the log, or JSON.
-    fn applied(&self, message: &str, applied: Applied) -> anyhow::Result<()> {
-        if self.json {
-            out_json(&json!({ "ok": true, "applied": render::applied_json(applied) }))
-        } else {
-            out(&format!(
-                "{message} (log index {}, term {})\n",
-                applied.log_index, applied.term
-            ))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::ops::failed;
+    use super::parse::DimensionArg;
     use super::*;
     use clap::{CommandFactory, Parser};
+    use tollgate_client::Error;
 
     /// The shape main.rs gives the binary: `Target` flattened, `OpsCommand` flattened into
     /// the subcommands next to others.

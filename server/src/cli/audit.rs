@@ -7,13 +7,60 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use tollgate_client::{v1, AuditExport};
 
 use super::money::decimal_micros;
+use super::ops::{out, out_json, Ops, ROWS_DEFAULT};
+use super::parse::{parse_query_limit, parse_time_ms};
 use super::render;
-use super::{out, out_json, AuditCommand, AuditFilterArgs, Ops};
 use tollgate_ledger::{verify_chain, AuditError, AuditRecord, ChainHead};
+
+/// Which audit records: by tenant, agent and time (RFC 3339, a date, or unix ms).
+#[derive(Debug, Default, Args)]
+pub struct AuditFilterArgs {
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// From this time on (inclusive): 2024-05-01T12:00:00Z, 2024-05-01, or unix ms.
+    #[arg(long = "from", value_name = "TIME", value_parser = parse_time_ms)]
+    pub from_ms: Option<u64>,
+    /// Up to this time.
+    #[arg(long = "to", value_name = "TIME", value_parser = parse_time_ms)]
+    pub to_ms: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Audit records as a table, oldest first.
+    Query {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// Only records after this sequence number (to page on).
+        #[arg(long, value_name = "SEQ")]
+        after_seq: Option<u64>,
+        /// Most records to show (at most 10000; page on with --after-seq).
+        #[arg(long, value_name = "N", default_value_t = ROWS_DEFAULT, value_parser = parse_query_limit)]
+        limit: u32,
+    },
+    /// Every retained record as JSON lines, oldest first. Verify with `audit verify
+    /// --file` only an export without --tenant/--agent: a filtered one does not chain.
+    Export {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// Write to this file (complete or not at all) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Check the hash chain: the cluster's (on the leader), or an exported file's.
+    Verify {
+        /// A JSON-lines file written by `audit export` (unfiltered by tenant and agent).
+        #[arg(long, value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+    },
+}
 
 /// Records verified at once when checking a file: memory stays bounded however long the
 /// export. Consecutive chunks overlap by one record, so every link is checked.

@@ -4,11 +4,28 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use clap::Subcommand;
 use serde_json::{json, Value};
 use tollgate_client::{v1, Applied, Client, ClientConfig, Error};
 
+use super::ops::{out, out_json, Ops, Target, TOKEN_HINT};
 use super::render::{self, chain_head_short, or_dash, Table};
-use super::{out, out_json, ClusterCommand, Ops, Target, TOKEN_HINT};
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Add a node as a non-voting learner; it starts receiving the log.
+    AddLearner {
+        #[arg(long, value_name = "N")]
+        id: u64,
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+    },
+    /// Set the voting members to exactly these node ids (members or learners already).
+    Promote {
+        #[arg(long, value_name = "IDS", value_delimiter = ',', required = true)]
+        voters: Vec<u64>,
+    },
+}
 
 /// Time one node's status may take, retries included: an unreachable node becomes a row
 /// saying so after this long, not a hung command.

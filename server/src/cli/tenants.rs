@@ -1,9 +1,83 @@
 //! Tenants, limits, the kill switch, and the tenant-facing reads (usage, reservations).
 
+use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use super::ops::{out, out_json, Ops, UsageError};
+use super::parse::{parse_scope, DimensionArg, LimitKindArgs, TenantPolicyArgs};
 use super::render::{self, render_fields};
-use super::{out, out_json, FreezeArgs, LimitCommand, Ops, TenantCommand, UsageError};
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant, or change its policy. Flags left out keep the defaults.
+    Put {
+        /// The tenant's name.
+        name: String,
+        #[command(flatten)]
+        policy: TenantPolicyArgs,
+    },
+    /// A tenant's policy and limits.
+    Get {
+        /// The tenant's name.
+        name: String,
+    },
+    /// Every tenant.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitCommand {
+    /// Set a limit: create it, or replace the limit with the same id.
+    ///
+    /// Give exactly one kind: --budget AMOUNT [--window W], --rate AMOUNT --per DURATION
+    /// [--burst AMOUNT], or --concurrency N. A cost AMOUNT is money: 50usd, 5.25usd, $5,
+    /// 5 USD (at most 6 decimals); a bare integer is a count, and for cost micro-units
+    /// (50000000 = $50).
+    ///
+    /// Examples:
+    ///   tollgate limit put --tenant acme --id daily-usd --scope tenant --dimension cost --budget 50usd --window day
+    ///   tollgate limit put --tenant acme --id tpm --scope tool:llm:gpt-x --dimension tokens --rate 100000 --per 1m
+    ///   tollgate limit put --tenant acme --id parallel --scope each-agent --concurrency 8
+    #[command(verbatim_doc_comment)]
+    Put {
+        #[arg(long)]
+        tenant: String,
+        /// The limit's id, unique within the tenant.
+        #[arg(long)]
+        id: String,
+        /// tenant | each-agent | agent:NAME | tool:NAME (each agent separately) |
+        /// tool-tenant:NAME (summed over the tenant).
+        #[arg(long, value_parser = parse_scope)]
+        scope: tollgate_client::v1::Scope,
+        /// What the limit counts. Optional with --concurrency, which counts concurrency.
+        #[arg(long, value_enum, required_unless_present = "concurrency")]
+        dimension: Option<DimensionArg>,
+        #[command(flatten)]
+        kind: LimitKindArgs,
+    },
+    /// Remove a limit.
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        /// The limit's id.
+        #[arg(long)]
+        id: String,
+    },
+    /// The limits in force for a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FreezeArgs {
+    #[arg(long)]
+    pub tenant: String,
+    /// Only this agent; without it, the whole tenant.
+    #[arg(long)]
+    pub agent: Option<String>,
+}
 
 pub async fn tenant(ops: &Ops, command: TenantCommand) -> anyhow::Result<()> {
     match command {

@@ -1,0 +1,149 @@
+//! What every operator command shares: which cluster to talk to (`Target`), the handle a
+//! handler gets (`Ops`), how failures become advice, and how output reaches stdout.
+
+use std::io::Write;
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use serde_json::{json, Value};
+use tollgate_client::{Applied, Client, ClientConfig, Error};
+
+use super::render;
+
+/// Default number of rows of `audit query` and `reservations`.
+pub const ROWS_DEFAULT: u32 = 100;
+
+/// Which cluster to talk to, with which credentials, and how to print.
+#[derive(Clone, Debug, Args)]
+pub struct Target {
+    /// Cluster nodes, comma separated host:port (any node will do; followers point to the
+    /// leader).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOLLGATE_CLUSTER",
+        value_name = "ADDRS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
+    pub cluster: Vec<String>,
+    /// The admin token (tenant commands accept a tenant's token).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOLLGATE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print JSON instead of tables (audit export always writes JSON lines).
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+}
+
+impl Target {
+    pub(super) fn client_config(&self) -> ClientConfig {
+        let endpoints = self
+            .cluster
+            .iter()
+            .map(|addr| addr.trim())
+            .filter(|addr| !addr.is_empty());
+        ClientConfig {
+            token: self.token.clone().filter(|token| !token.is_empty()),
+            ..ClientConfig::new(endpoints)
+        }
+    }
+
+    pub(super) fn client(&self) -> anyhow::Result<Client> {
+        Client::new(self.client_config()).context("check --cluster (or TOLLGATE_CLUSTER)")
+    }
+
+    /// The connection flags to repeat in a suggested command: the cluster this command
+    /// used, and the token's flag without its value.
+    pub(super) fn hint_flags(&self) -> String {
+        let mut flags = format!("--cluster {}", self.client_config().endpoints.join(","));
+        if self.token.as_deref().is_some_and(|token| !token.is_empty()) {
+            flags.push_str(" --token <TOKEN>");
+        }
+        flags
+    }
+}
+
+/// A mistake in the flags that only shows once they are read together (money given for
+/// a count, say): reported like clap's own usage errors, with exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// What every handler needs: the client, how to print, and the flags hints repeat.
+pub(super) struct Ops {
+    pub(super) client: Client,
+    pub(super) json: bool,
+    pub(super) hint_flags: String,
+}
+
+/// The hint that passes credentials.
+pub(super) const TOKEN_HINT: &str =
+    "pass the admin token with --token <TOKEN> or the TOLLGATE_TOKEN environment variable";
+
+/// A failed call as a person can act on it: what was attempted, why it failed, and for
+/// the usual causes what to do, with `hint_flags` (see [`Target::hint_flags`]) in a
+/// suggested command.
+pub(super) fn failed(
+    hint_flags: &str,
+    what: impl std::fmt::Display,
+    error: Error,
+) -> anyhow::Error {
+    let hint = match &error {
+        Error::PermissionDenied(_) => Some(TOKEN_HINT.to_owned()),
+        Error::Unavailable { .. } => Some(format!(
+            "check --cluster (or TOLLGATE_CLUSTER) and that a majority of nodes is up: \
+             tollgate status {hint_flags}"
+        )),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => anyhow!("{what}: {error}\nhint: {hint}"),
+        None => anyhow!("{what}: {error}"),
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+pub(super) fn out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("could not write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn out_json(value: &Value) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("could not encode JSON")?;
+    text.push('\n');
+    out(&text)
+}
+
+impl Ops {
+    /// [`failed`] with the flags of this command.
+    pub(super) fn failed(&self, what: impl std::fmt::Display, error: Error) -> anyhow::Error {
+        failed(&self.hint_flags, what, error)
+    }
+
+    /// Reports a mutation: `message` and where it landed in the log, or JSON.
+    pub(super) fn applied(&self, message: &str, applied: Applied) -> anyhow::Result<()> {
+        if self.json {
+            out_json(&json!({ "ok": true, "applied": render::applied_json(applied) }))
+        } else {
+            out(&format!(
+                "{message} (log index {}, term {})\n",
+                applied.log_index, applied.term
+            ))
+        }
+    }
+}
