@@ -148,7 +148,7 @@ fn all_ascii_graphic(bytes: &[u8]) -> bool {
 }
 
 /// Bad input, found without looking at state: maps to INVALID_ARGUMENT.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidInput(pub String);
 
@@ -436,23 +436,141 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
-/// A command that could not take effect; maps to one gRPC status each.
+/// A command that could not take effect, in the ledger's words; it changed nothing.
+/// `server/src/grpc/mod.rs` (`rejection_status`) maps each to one gRPC status, and the
+/// text of each names the `tollgate` command that helps, where one does.
+///
+/// Rejections are never remembered (`dedup.rs`) nor audited, so their serialized form is
+/// in no snapshot: it travels only in a node's own apply results.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    #[error("not found: {0}")]
-    NotFound(String),
-    #[error("permission denied: {0}")]
-    PermissionDenied(String),
-    #[error("failed precondition: {0}")]
-    FailedPrecondition(String),
-    /// A bound of the ledger (tenants, agents, limits, reservations in flight) is reached.
-    #[error("resource exhausted: {0}")]
-    ResourceExhausted(String),
-    /// The request id was used before with a different payload.
-    #[error("request id reused with a different payload: {0}")]
-    RequestIdReused(String),
+    /// The command is malformed (`Command::validate`).
+    #[error("{0}")]
+    Invalid(InvalidInput),
+    #[error("tenant {tenant} does not exist; create it with `tollgate tenant put {tenant}`")]
+    UnknownTenant { tenant: TenantId },
+    #[error(
+        "tenant {tenant} has no agent {agent}; an agent exists from its first reserve, \
+         record or `tollgate freeze --tenant {tenant} --agent {agent}`"
+    )]
+    UnknownAgent { tenant: TenantId, agent: AgentId },
+    #[error(
+        "tenant {tenant} has no limit {limit}; see its limits with \
+         `tollgate limit list --tenant {tenant}`"
+    )]
+    UnknownLimit { tenant: TenantId, limit: LimitId },
+    #[error("reservation {reservation} was never issued")]
+    UnknownReservation { reservation: ReservationId },
+    #[error(
+        "reservation {reservation} has ended: it was committed, released, or expired more \
+         than EXPIRED_RETENTION_MS ({} ms) ago",
+        crate::EXPIRED_RETENTION_MS
+    )]
+    ReservationEnded { reservation: ReservationId },
+    /// Commit or release of a reservation of another tenant.
+    #[error("reservation {reservation} belongs to another tenant, not {tenant}")]
+    WrongTenant {
+        reservation: ReservationId,
+        tenant: TenantId,
+    },
+    /// `charged`: the expiry charged the estimate (policy `Charge`), else released it.
+    #[error(
+        "reservation {reservation} expired at {expired_at_ms} ms; {}; commit it if the call \
+         happened",
+        if *charged { "its estimate was charged and the charge stands" } else { "its hold was released" }
+    )]
+    ReleaseAfterExpiry {
+        reservation: ReservationId,
+        expired_at_ms: u64,
+        charged: bool,
+    },
+    /// A bound of the ledger is reached; `tenant` is the one the command acted for.
+    #[error("{}", bound.describe(*max, tenant))]
+    BoundReached {
+        bound: Bound,
+        max: u64,
+        tenant: TenantId,
+    },
+    /// The request id was used before (within `DEDUP_WINDOW_MS`) with another payload.
+    #[error(
+        "request id {request_id} reused with a different payload: tenant {tenant} first \
+         sent it at {first_at_ms} ms; a new request needs a new request id"
+    )]
+    RequestIdReused {
+        tenant: TenantId,
+        request_id: RequestId,
+        first_at_ms: u64,
+    },
+    /// The remembered first answer does not decode: unreachable while this build wrote it,
+    /// but answered the same on every replica if it happens.
+    #[error("the first answer to request {request_id} cannot be read back")]
+    AnswerUnreadable { request_id: RequestId },
+}
+
+impl Rejection {
+    /// `bound` reached, with its maximum filled in from the bound itself.
+    pub fn bound_reached(bound: Bound, tenant: &TenantId) -> Self {
+        Rejection::BoundReached {
+            bound,
+            max: bound.max(),
+            tenant: tenant.clone(),
+        }
+    }
+}
+
+/// A bound of the ledger that a command can reach, named as its constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Bound {
+    Tenants,
+    Agents,
+    AgentsPerTenant,
+    ReservationsInFlight,
+    ReservationsInFlightPerTenant,
+    LimitsPerTenant,
+}
+
+impl Bound {
+    /// The name of the constant, as the code and the docs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bound::Tenants => "TENANTS_MAX",
+            Bound::Agents => "AGENTS_MAX",
+            Bound::AgentsPerTenant => "AGENTS_PER_TENANT_MAX",
+            Bound::ReservationsInFlight => "RESERVATIONS_IN_FLIGHT_MAX",
+            Bound::ReservationsInFlightPerTenant => "RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX",
+            Bound::LimitsPerTenant => "LIMITS_PER_TENANT_MAX",
+        }
+    }
+
+    /// The constant's value.
+    pub fn max(self) -> u64 {
+        let max = match self {
+            Bound::Tenants => crate::TENANTS_MAX,
+            Bound::Agents => crate::AGENTS_MAX,
+            Bound::AgentsPerTenant => crate::AGENTS_PER_TENANT_MAX,
+            Bound::ReservationsInFlight => crate::RESERVATIONS_IN_FLIGHT_MAX,
+            Bound::ReservationsInFlightPerTenant => crate::RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX,
+            Bound::LimitsPerTenant => crate::LIMITS_PER_TENANT_MAX,
+        };
+        max as u64
+    }
+
+    fn describe(self, max: u64, tenant: &TenantId) -> String {
+        let (per_tenant, counted) = match self {
+            Bound::Tenants => (false, "tenants"),
+            Bound::Agents => (false, "agents"),
+            Bound::AgentsPerTenant => (true, "agents"),
+            Bound::ReservationsInFlight => (false, "reservations in flight"),
+            Bound::ReservationsInFlightPerTenant => (true, "reservations in flight"),
+            Bound::LimitsPerTenant => (true, "limits"),
+        };
+        let name = self.name();
+        if per_tenant {
+            format!("tenant {tenant} has {name} ({max}) {counted}")
+        } else {
+            format!("the ledger holds {name} ({max}) {counted}")
+        }
+    }
 }
 
 #[cfg(test)]
