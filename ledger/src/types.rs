@@ -2,6 +2,10 @@
 //!
 //! These types travel through the Raft log (serde), so changing their shape changes the log
 //! and snapshot format: bump `SNAPSHOT_FORMAT_VERSION` when you do.
+//!
+//! The enums an audit record carries are snake_case in JSON, the audit export's schema
+//! (`AuditRecord`), and still read their older CamelCase names. Postcard, which the log,
+//! snapshots and the audit hash use, encodes variants by index: names never reach it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -201,51 +205,72 @@ impl Amounts {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Dimension {
+    #[serde(alias = "Tokens")]
     Tokens,
+    #[serde(alias = "Cost")]
     Cost,
+    #[serde(alias = "Calls")]
     Calls,
     /// Reservations in flight; only concurrency limits use it.
+    #[serde(alias = "Concurrency")]
     Concurrency,
 }
 
 /// A budget's accounting window. Calendar windows are UTC and reset at their boundary;
 /// weeks start on Monday 00:00 UTC (ISO 8601).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Window {
+    #[serde(alias = "Lifetime")]
     Lifetime,
+    #[serde(alias = "Hour")]
     Hour,
+    #[serde(alias = "Day")]
     Day,
+    #[serde(alias = "Week")]
     Week,
+    #[serde(alias = "Month")]
     Month,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LimitKind {
     /// At most `amount` of committed + held spend in the window.
+    #[serde(alias = "Budget")]
     Budget { window: Window, amount: u64 },
     /// A smooth rate of `amount` per `period_ms`, allowing bursts up to `burst` (GCRA).
+    #[serde(alias = "Rate")]
     Rate {
         amount: u64,
         period_ms: u64,
         burst: u64,
     },
     /// At most `max` reservations in flight.
+    #[serde(alias = "Concurrency")]
     Concurrency { max: u64 },
 }
 
 /// Where a limit attaches. A call is made by (tenant, agent, tool).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// The tenant as a whole: every call of every agent counts.
+    #[serde(alias = "Tenant")]
     Tenant,
     /// Every agent of the tenant, each separately (the default for agents).
+    #[serde(alias = "EachAgent")]
     EachAgent,
     /// One named agent; replaces the `EachAgent` limits of the same dimension and kind.
+    #[serde(alias = "Agent")]
     Agent(AgentId),
     /// A tool, counted for each agent separately.
+    #[serde(alias = "ToolPerAgent")]
     ToolPerAgent(ToolId),
     /// A tool, summed over the whole tenant.
+    #[serde(alias = "ToolTenant")]
     ToolTenant(ToolId),
 }
 
@@ -373,8 +398,10 @@ pub enum Command {
 
 /// Why a reservation was denied.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DenyReason {
     /// A limit would not hold. `remaining` may be negative after overruns.
+    #[serde(alias = "Limit")]
     Limit {
         limit_id: LimitId,
         scope: Scope,
@@ -385,8 +412,10 @@ pub enum DenyReason {
         retry_after_ms: Option<u64>,
     },
     /// The tenant (agent = None) or the agent is frozen by an operator.
+    #[serde(alias = "Frozen")]
     Frozen { agent: Option<AgentId> },
     /// The agent tripped runaway detection.
+    #[serde(alias = "Tripped")]
     Tripped {
         cause: TripCause,
         /// When the cool-down lets it through again; None: only a reset does.
@@ -395,10 +424,13 @@ pub enum DenyReason {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TripCause {
     /// The same fingerprint `count` times within the repetition window.
+    #[serde(alias = "Repetition")]
     Repetition { fingerprint: String, count: u32 },
     /// Spend `spent` in the velocity window against a recent average of `baseline`.
+    #[serde(alias = "Velocity")]
     Velocity { spent: u64, baseline: u64 },
 }
 
