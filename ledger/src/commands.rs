@@ -400,7 +400,7 @@ impl Ledger {
             Ok(agent_index) => agent_index,
             Err(answer) => return answer,
         };
-        let Some(tenant) = self.tenants.get_mut(t) else {
+        let Some(tenant) = self.tenants.get(t) else {
             return unknown_tenant(r.tenant);
         };
         let Some(agent) = tenant.agents.get(agent_index) else {
