@@ -30,31 +30,72 @@ pub const GENESIS_PREV_HASH: [u8; 32] = [0; 32];
 
 /// What was decided.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AuditEvent {
+    #[serde(alias = "Grant")]
     Grant,
+    #[serde(alias = "Deny")]
     Deny(DenyReason),
     /// `overrun`: actual above the estimate in some dimension; `late`: after the expiry.
-    Commit {
-        overrun: bool,
-        late: bool,
-    },
+    #[serde(alias = "Commit")]
+    Commit { overrun: bool, late: bool },
+    #[serde(alias = "Release")]
     Release,
     /// `charged`: the estimate was charged (policy `Charge`), else released.
-    Expire {
-        charged: bool,
-    },
+    #[serde(alias = "Expire")]
+    Expire { charged: bool },
+    #[serde(alias = "Record")]
     Record,
+    #[serde(alias = "TenantPut")]
     TenantPut,
+    #[serde(alias = "LimitPut")]
     LimitPut(LimitSpec),
+    #[serde(alias = "LimitDelete")]
     LimitDelete(LimitId),
+    #[serde(alias = "Freeze")]
     Freeze,
+    #[serde(alias = "Unfreeze")]
     Unfreeze,
+    #[serde(alias = "Trip")]
     Trip(TripCause),
+    #[serde(alias = "TripReset")]
     TripReset,
 }
 
 /// A decision as written in the audit trail.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// # JSON form (`tollgate audit export`, one record a line)
+///
+/// The stable schema of an export; `tollgate audit verify --file` reads it back.
+/// Only the hashed fields count for the chain: `time` is derived from `at_ms` and is checked
+/// against it on reading, so an edited `time` does not verify either.
+///
+/// - `seq` (integer): position in the chain, 1 for the first record ever, consecutive.
+/// - `at_ms` (integer): when it was decided, unix milliseconds (the leader's time in the log).
+/// - `time` (string): `at_ms` as RFC 3339 UTC with milliseconds, `2024-05-01T12:00:00.000Z`;
+///   null beyond the year 9999. Optional on reading (exports before it had none).
+/// - `tenant`, `agent`, `tool`, `request_id` (string or null): who and what, null where
+///   the event has none (e.g. `agent` of a tenant freeze, `request_id` of an expiry).
+/// - `reservation_id` (integer or null): the reservation granted, committed, released or
+///   expired.
+/// - `event` (string or object): what was decided, as `"name"` or `{"name": content}` with
+///   snake_case names: `"grant"`, `{"deny": reason}`, `{"commit": {"overrun": bool,
+///   "late": bool}}`, `"release"`, `{"expire": {"charged": bool}}`, `"record"`,
+///   `"tenant_put"`, `{"limit_put": limit}`, `{"limit_delete": "limit id"}`, `"freeze"`,
+///   `"unfreeze"`, `{"trip": cause}`, `"trip_reset"`. A `reason` is `{"limit":
+///   {"limit_id", "scope", "dimension", "remaining", "retry_after_ms"}}`, `{"frozen":
+///   {"agent"}}` or `{"tripped": {"cause", "until_ms"}}`; a `cause` is `{"repetition":
+///   {"fingerprint", "count"}}` or `{"velocity": {"spent", "baseline"}}`; a `limit` is
+///   `{"id", "scope", "dimension", "kind"}`, with `scope` one of `"tenant"`,
+///   `"each_agent"`, `{"agent": name}`, `{"tool_per_agent": tool}`, `{"tool_tenant":
+///   tool}`; `dimension` one of `"tokens"`, `"cost"`, `"calls"`, `"concurrency"`; `kind`
+///   one of `{"budget": {"window", "amount"}}` (`window`: `"lifetime"`, `"hour"`, `"day"`,
+///   `"week"`, `"month"`), `{"rate": {"amount", "period_ms", "burst"}}`,
+///   `{"concurrency": {"max"}}`. Reading also accepts the CamelCase names of older exports.
+/// - `amounts` (object): `{"tokens", "cost_micros", "calls"}`, integers: the estimate of a
+///   grant, denial, release or expiry, the actual of a commit or record, zeros otherwise.
+/// - `prev_hash`, `hash` (64 lowercase hex digits): the chain, see the module doc.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditRecord {
     pub seq: u64,
     pub at_ms: u64,
@@ -65,10 +106,116 @@ pub struct AuditRecord {
     pub reservation_id: Option<ReservationId>,
     pub event: AuditEvent,
     pub amounts: Amounts,
-    #[serde(with = "hash_hex")]
     pub prev_hash: [u8; 32],
-    #[serde(with = "hash_hex")]
     pub hash: [u8; 32],
+}
+
+/// `at_ms` as RFC 3339 UTC with milliseconds; None past what the calendar holds (year 9999).
+fn rfc3339_utc(at_ms: u64) -> Option<String> {
+    let nanos = i128::from(at_ms).checked_mul(1_000_000)?;
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?;
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    ))
+}
+
+/// `AuditRecord` as serialized: its fields in order, with `time` after `at_ms` (in
+/// human-readable formats; None, one byte, in binary ones).
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    seq: u64,
+    at_ms: u64,
+    time: Option<String>,
+    tenant: &'a Option<TenantId>,
+    agent: &'a Option<AgentId>,
+    tool: &'a Option<ToolId>,
+    request_id: &'a Option<RequestId>,
+    reservation_id: Option<ReservationId>,
+    event: &'a AuditEvent,
+    amounts: &'a Amounts,
+    #[serde(with = "hash_hex")]
+    prev_hash: &'a [u8; 32],
+    #[serde(with = "hash_hex")]
+    hash: &'a [u8; 32],
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    seq: u64,
+    at_ms: u64,
+    #[serde(default)]
+    time: Option<String>,
+    tenant: Option<TenantId>,
+    agent: Option<AgentId>,
+    tool: Option<ToolId>,
+    request_id: Option<RequestId>,
+    reservation_id: Option<ReservationId>,
+    event: AuditEvent,
+    amounts: Amounts,
+    #[serde(with = "hash_hex")]
+    prev_hash: [u8; 32],
+    #[serde(with = "hash_hex")]
+    hash: [u8; 32],
+}
+
+impl Serialize for AuditRecord {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let time = if s.is_human_readable() {
+            rfc3339_utc(self.at_ms)
+        } else {
+            None
+        };
+        RecordOut {
+            seq: self.seq,
+            at_ms: self.at_ms,
+            time,
+            tenant: &self.tenant,
+            agent: &self.agent,
+            tool: &self.tool,
+            request_id: &self.request_id,
+            reservation_id: self.reservation_id,
+            event: &self.event,
+            amounts: &self.amounts,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+        .serialize(s)
+    }
+}
+
+/// Reads what `Serialize` wrote; a `time` that is not `at_ms`'s is an error.
+impl<'de> Deserialize<'de> for AuditRecord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = RecordIn::deserialize(d)?;
+        if let Some(time) = &r.time {
+            if rfc3339_utc(r.at_ms).as_ref() != Some(time) {
+                return Err(D::Error::custom(format!(
+                    "audit record seq {}: time {time} is not at_ms {}",
+                    r.seq, r.at_ms
+                )));
+            }
+        }
+        Ok(AuditRecord {
+            seq: r.seq,
+            at_ms: r.at_ms,
+            tenant: r.tenant,
+            agent: r.agent,
+            tool: r.tool,
+            request_id: r.request_id,
+            reservation_id: r.reservation_id,
+            event: r.event,
+            amounts: r.amounts,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        })
+    }
 }
 
 /// The record without its hash, field for field in the order of `AuditRecord`: the
@@ -686,6 +833,142 @@ mod tests {
             Just(AuditEvent::Freeze),
             Just(AuditEvent::TripReset),
         ]
+    }
+
+    fn sample(event: AuditEvent) -> AuditRecord {
+        let mut record = AuditRecord {
+            seq: 7,
+            at_ms: 1_714_564_800_123,
+            tenant: Some(TenantId::new("acme").unwrap()),
+            agent: Some(AgentId::new("bot").unwrap()),
+            tool: Some(ToolId::new("llm").unwrap()),
+            request_id: Some(RequestId::new("q-1").unwrap()),
+            reservation_id: Some(ReservationId(3)),
+            event,
+            amounts: Amounts {
+                tokens: 10,
+                cost_micros: 20,
+                calls: 1,
+            },
+            prev_hash: [0xab; 32],
+            hash: [0; 32],
+        };
+        record.hash = record.compute_hash();
+        record
+    }
+
+    /// The export's schema, as documented on `AuditRecord`: field order, `time` beside
+    /// `at_ms`, snake_case event names, hex hashes.
+    #[test]
+    fn a_record_exports_as_the_documented_json() {
+        let record = sample(AuditEvent::Commit {
+            overrun: true,
+            late: false,
+        });
+        let json = serde_json::to_string(&record).unwrap();
+        let expected = format!(
+            concat!(
+                r#"{{"seq":7,"at_ms":1714564800123,"time":"2024-05-01T12:00:00.123Z","#,
+                r#""tenant":"acme","agent":"bot","tool":"llm","request_id":"q-1","#,
+                r#""reservation_id":3,"event":{{"commit":{{"overrun":true,"late":false}}}},"#,
+                r#""amounts":{{"tokens":10,"cost_micros":20,"calls":1}},"#,
+                r#""prev_hash":"{}","hash":"{}"}}"#
+            ),
+            "ab".repeat(32),
+            hex::encode(record.hash)
+        );
+        assert_eq!(json, expected);
+        let back: AuditRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, record);
+    }
+
+    #[test]
+    fn events_and_what_they_carry_are_snake_case() {
+        let cases = [
+            (AuditEvent::Grant, r#""grant""#),
+            (AuditEvent::TripReset, r#""trip_reset""#),
+            (
+                AuditEvent::Deny(DenyReason::Frozen { agent: None }),
+                r#"{"deny":{"frozen":{"agent":null}}}"#,
+            ),
+            (
+                AuditEvent::LimitPut(LimitSpec {
+                    id: LimitId::new("tpm").unwrap(),
+                    scope: crate::Scope::ToolPerAgent(ToolId::new("llm").unwrap()),
+                    dimension: crate::Dimension::Tokens,
+                    kind: crate::LimitKind::Budget {
+                        window: crate::Window::Day,
+                        amount: 5,
+                    },
+                }),
+                concat!(
+                    r#"{"limit_put":{"id":"tpm","scope":{"tool_per_agent":"llm"},"#,
+                    r#""dimension":"tokens","kind":{"budget":{"window":"day","amount":5}}}}"#
+                ),
+            ),
+            (
+                AuditEvent::Trip(TripCause::Velocity {
+                    spent: 9,
+                    baseline: 1,
+                }),
+                r#"{"trip":{"velocity":{"spent":9,"baseline":1}}}"#,
+            ),
+        ];
+        for (event, json) in cases {
+            assert_eq!(serde_json::to_string(&event).unwrap(), json);
+            assert_eq!(serde_json::from_str::<AuditEvent>(json).unwrap(), event);
+        }
+    }
+
+    /// Exports written before the schema was snake_case and had `time` still verify.
+    #[test]
+    fn an_older_export_line_still_reads() {
+        let record = sample(AuditEvent::Deny(DenyReason::Frozen { agent: None }));
+        let mut value = serde_json::to_value(&record).unwrap();
+        let fields = value.as_object_mut().unwrap();
+        fields.remove("time");
+        fields.insert(
+            "event".into(),
+            serde_json::json!({"Deny": {"Frozen": {"agent": null}}}),
+        );
+        let back: AuditRecord = serde_json::from_value(value).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(verify_chain(&[back]).unwrap().hash, record.hash);
+    }
+
+    #[test]
+    fn an_edited_time_does_not_read() {
+        let record = sample(AuditEvent::Grant);
+        let json = serde_json::to_string(&record)
+            .unwrap()
+            .replace("12:00:00.123Z", "13:00:00.123Z");
+        let error = serde_json::from_str::<AuditRecord>(&json).unwrap_err();
+        assert!(error.to_string().contains("is not at_ms"), "{error}");
+    }
+
+    #[test]
+    fn time_is_rfc3339_utc_up_to_the_year_9999() {
+        assert_eq!(rfc3339_utc(0).unwrap(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_utc(253_402_300_799_999).unwrap(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(rfc3339_utc(253_402_300_800_000), None);
+        assert_eq!(rfc3339_utc(u64::MAX), None);
+        // Null in JSON, and still read back.
+        let mut record = sample(AuditEvent::Release);
+        record.at_ms = u64::MAX;
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains(r#""time":null"#), "{json}");
+        assert_eq!(serde_json::from_str::<AuditRecord>(&json).unwrap(), record);
+    }
+
+    /// Binary formats carry no `time` text and read back what they wrote.
+    #[test]
+    fn a_record_round_trips_through_postcard() {
+        let record = sample(AuditEvent::Expire { charged: true });
+        let bytes = postcard::to_allocvec(&record).unwrap();
+        assert_eq!(postcard::from_bytes::<AuditRecord>(&bytes).unwrap(), record);
     }
 
     proptest! {

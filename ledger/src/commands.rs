@@ -10,8 +10,9 @@ use super::limits::{self, is_per_agent, AgentCounter, Counter, Verdict, LIMITS_P
 use super::runaway;
 use super::state::{Agent, Reservation, Tenant, Tombstone};
 use super::{
-    AgentId, Amounts, Command, DenyReason, ExpiryPolicy, Ledger, LimitId, LimitSpec, Outcome,
-    Rejection, RequestId, ReservationId, TenantId, TenantPolicy, ToolId,
+    AgentId, Amounts, Bound, Command, DenyReason, ExpiryPolicy, Ledger, LimitId, LimitKind,
+    LimitSpec, Outcome, Rejection, Remaining, RequestId, ReservationId, TenantId, TenantPolicy,
+    ToolId,
 };
 
 /// Most tenants the ledger holds.
@@ -31,31 +32,34 @@ pub const EXPIRED_RETENTION_MS: u64 = 3_600_000;
 /// Most expired reservations remembered; beyond it the oldest is forgotten first.
 pub const EXPIRED_TOMBSTONES_MAX: usize = 1_000_000;
 
-fn not_found(message: String) -> Outcome {
-    Outcome::Rejected(Rejection::NotFound(message))
-}
-
-fn exhausted(message: String) -> Outcome {
-    Outcome::Rejected(Rejection::ResourceExhausted(message))
+fn rejected(rejection: Rejection) -> Outcome {
+    Outcome::Rejected(rejection)
 }
 
 pub(super) fn unknown_tenant(tenant: &TenantId) -> Outcome {
-    not_found(format!(
-        "tenant {tenant} does not exist; create it with PutTenant"
-    ))
+    rejected(Rejection::UnknownTenant {
+        tenant: tenant.clone(),
+    })
+}
+
+fn unknown_agent(tenant: &TenantId, agent: &AgentId) -> Outcome {
+    rejected(Rejection::UnknownAgent {
+        tenant: tenant.clone(),
+        agent: agent.clone(),
+    })
+}
+
+fn bound_reached(bound: Bound, tenant: &TenantId) -> Outcome {
+    rejected(Rejection::bound_reached(bound, tenant))
 }
 
 /// Checks the agent bounds before a new agent is created.
 fn agent_room(agents_total: usize, tenant: &TenantId, tenant_agents: usize) -> Option<Outcome> {
     if agents_total >= AGENTS_MAX {
-        return Some(exhausted(format!(
-            "the ledger holds AGENTS_MAX ({AGENTS_MAX}) agents"
-        )));
+        return Some(bound_reached(Bound::Agents, tenant));
     }
     if tenant_agents >= AGENTS_PER_TENANT_MAX {
-        return Some(exhausted(format!(
-            "tenant {tenant} has AGENTS_PER_TENANT_MAX ({AGENTS_PER_TENANT_MAX}) agents"
-        )));
+        return Some(bound_reached(Bound::AgentsPerTenant, tenant));
     }
     None
 }
@@ -190,12 +194,123 @@ fn agent_counter<'a>(agent: &'a mut Agent, generation: u64, spec: &LimitSpec) ->
     &mut agent.counters[index].counter
 }
 
+/// How a reservation leaves flight: what its holds settle to and what its audit record
+/// says. Commit, release and expiry all end a reservation through `end_in_flight`.
+enum Ending<'a> {
+    Commit {
+        request_id: &'a RequestId,
+        actual: &'a Amounts,
+    },
+    Release {
+        request_id: &'a RequestId,
+    },
+    /// `charged`: the tenant's policy charges the estimate, else releases it.
+    Expire {
+        charged: bool,
+    },
+}
+
+impl<'a> Ending<'a> {
+    fn request_id(&self) -> Option<&'a RequestId> {
+        match *self {
+            Ending::Commit { request_id, .. } | Ending::Release { request_id } => Some(request_id),
+            Ending::Expire { .. } => None,
+        }
+    }
+
+    /// What the holds are charged: the actual, the estimate, or nothing.
+    fn charge(&self, estimate: &Amounts) -> Option<Amounts> {
+        match *self {
+            Ending::Commit { actual, .. } => Some(*actual),
+            Ending::Release { .. } | Ending::Expire { charged: false } => None,
+            Ending::Expire { charged: true } => Some(*estimate),
+        }
+    }
+
+    fn event(&self, estimate: &Amounts) -> AuditEvent {
+        match *self {
+            Ending::Commit { actual, .. } => AuditEvent::Commit {
+                overrun: actual.exceeds(estimate),
+                late: false,
+            },
+            Ending::Release { .. } => AuditEvent::Release,
+            Ending::Expire { charged } => AuditEvent::Expire { charged },
+        }
+    }
+
+    /// The amounts of the audit record: the actual for a commit, else the estimate.
+    fn amounts(&self, estimate: &Amounts) -> Amounts {
+        match *self {
+            Ending::Commit { actual, .. } => *actual,
+            Ending::Release { .. } | Ending::Expire { .. } => *estimate,
+        }
+    }
+}
+
+/// The tightest limit that holds for a reservation, or the denial by the worst one that
+/// does not (`worse_denial`); changes nothing.
+fn evaluate_limits(
+    limits: &[limits::LimitEntry],
+    agent: &Agent,
+    applicable: &limits::Applicable,
+    estimate: &Amounts,
+    now_ms: u64,
+) -> Result<Option<Remaining>, DenyReason> {
+    let is_rate = |index: usize| matches!(limits[index].spec.kind, LimitKind::Rate { .. });
+    let mut denial: Option<(usize, Verdict)> = None;
+    let mut tightest: Option<(usize, i64)> = None;
+    for index in applicable.iter() {
+        let entry = &limits[index];
+        let counter = if is_per_agent(&entry.spec.scope) {
+            agent
+                .counter_index(entry.generation)
+                .map(|i| &agent.counters[i].counter)
+        } else {
+            Some(&entry.counter)
+        };
+        let verdict = limits::evaluate(&entry.spec, counter, estimate, now_ms);
+        if !verdict.fits {
+            let replace = denial.as_ref().is_none_or(|(current, current_verdict)| {
+                worse_denial(
+                    (is_rate(index), &verdict),
+                    (is_rate(*current), current_verdict),
+                )
+            });
+            if replace {
+                denial = Some((index, verdict));
+            }
+            continue;
+        }
+        let capacity = limits::capacity(&entry.spec.kind);
+        let tighter = tightest.is_none_or(|(current, remaining)| {
+            limits::tighter(
+                (verdict.remaining_after, capacity),
+                (remaining, limits::capacity(&limits[current].spec.kind)),
+            )
+        });
+        if tighter {
+            tightest = Some((index, verdict.remaining_after));
+        }
+    }
+    if let Some((index, verdict)) = denial {
+        let spec = &limits[index].spec;
+        return Err(DenyReason::Limit {
+            limit_id: spec.id.clone(),
+            scope: spec.scope.clone(),
+            dimension: spec.dimension,
+            remaining: verdict.remaining_now,
+            retry_after_ms: verdict.retry_after_ms,
+        });
+    }
+    Ok(tightest.map(|(index, remaining)| limits::remaining_of(&limits[index].spec, remaining)))
+}
+
 impl Ledger {
     /// Executes a validated command whose request id is not remembered. `tenant` is the
     /// index of the command's tenant, None if it does not exist (yet).
     pub(super) fn execute(&mut self, now_ms: u64, cmd: &Command, tenant: Option<u32>) -> Outcome {
-        let (t, tenant_id) = match (cmd, tenant, cmd.tenant()) {
-            (Command::Tick, _, _) => return Outcome::Done,
+        match (cmd, tenant, cmd.tenant()) {
+            (Command::Tick, _, _) => Outcome::Done,
             (
                 Command::PutTenant {
                     request_id,
@@ -204,11 +319,20 @@ impl Ledger {
                 },
                 _,
                 _,
-            ) => return self.put_tenant(now_ms, request_id, tenant_id, tenant, policy),
-            (_, Some(t), Some(tenant_id)) => (t, tenant_id),
+            ) => self.put_tenant(now_ms, request_id, tenant_id, tenant, policy),
+            (_, Some(t), Some(tenant_id)) => self.execute_for_tenant(now_ms, cmd, (t, tenant_id)),
             // Every other command acts on an existing tenant.
-            (_, _, tenant_id) => return tenant_id.map_or(Outcome::Done, unknown_tenant),
-        };
+            (_, _, tenant_id) => tenant_id.map_or(Outcome::Done, unknown_tenant),
+        }
+    }
+
+    /// Executes a command on the existing tenant `t`.
+    fn execute_for_tenant(
+        &mut self,
+        now_ms: u64,
+        cmd: &Command,
+        (t, tenant_id): (u32, &TenantId),
+    ) -> Outcome {
         match cmd {
             Command::Reserve {
                 request_id,
@@ -270,30 +394,50 @@ impl Ledger {
         }
     }
 
+    /// Admit (bounds, kill switch, runaway detection), evaluate the limits, hold.
     fn reserve(&mut self, now_ms: u64, t: u32, r: &ReserveRequest<'_>) -> Outcome {
-        let Some(tenant) = self.tenants.get_mut(t) else {
+        let agent_index = match self.admit(now_ms, t, r) {
+            Ok(agent_index) => agent_index,
+            Err(answer) => return answer,
+        };
+        let Some(tenant) = self.tenants.get(t) else {
             return unknown_tenant(r.tenant);
         };
+        let Some(agent) = tenant.agents.get(agent_index) else {
+            return unknown_agent(r.tenant, r.agent);
+        };
+        let applicable = limits::applicable(&tenant.limits, r.agent, Some(r.tool));
+        match evaluate_limits(&tenant.limits, agent, &applicable, r.estimate, now_ms) {
+            Ok(tightest) => self.hold(now_ms, (t, agent_index), &applicable, r, tightest),
+            Err(reason) => self.deny(now_ms, r, reason),
+        }
+    }
+
+    /// The checks before the limits: the ledger's bounds (a rejection), then the tenant's
+    /// and the agent's freeze and runaway detection (denials, audited). Creates the agent on
+    /// its first reserve. Ok: the agent's index; Err: the answer already decided.
+    fn admit(&mut self, now_ms: u64, t: u32, r: &ReserveRequest<'_>) -> Result<u32, Outcome> {
+        let Some(tenant) = self.tenants.get_mut(t) else {
+            return Err(unknown_tenant(r.tenant));
+        };
         if self.reservations.len() >= RESERVATIONS_IN_FLIGHT_MAX {
-            return exhausted(format!(
-                "the ledger holds RESERVATIONS_IN_FLIGHT_MAX ({RESERVATIONS_IN_FLIGHT_MAX}) reservations in flight"
-            ));
+            return Err(bound_reached(Bound::ReservationsInFlight, r.tenant));
         }
         if tenant.in_flight as usize >= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX {
-            return exhausted(format!(
-                "tenant {} has RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX ({RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX}) reservations in flight",
-                r.tenant
+            return Err(bound_reached(
+                Bound::ReservationsInFlightPerTenant,
+                r.tenant,
             ));
         }
         let existing = tenant.agents.find(r.agent.as_bytes());
         if existing.is_none() {
             if let Some(rejected) = agent_room(self.agents_total, r.tenant, tenant.agents.len()) {
-                return rejected;
+                return Err(rejected);
             }
         }
         // From here on every path is a decision, recorded in the audit trail.
         if tenant.frozen {
-            return self.deny(now_ms, r, DenyReason::Frozen { agent: None });
+            return Err(self.deny(now_ms, r, DenyReason::Frozen { agent: None }));
         }
         let agent_index = match existing {
             Some(index) => index,
@@ -302,19 +446,13 @@ impl Ledger {
                 tenant.agents.push(Agent::new(r.agent.clone()))
             }
         };
-        let Tenant {
-            policy,
-            limits,
-            agents,
-            in_flight,
-            ..
-        } = tenant;
+        let Tenant { policy, agents, .. } = tenant;
         let Some(agent) = agents.get_mut(agent_index) else {
-            return not_found(format!("agent {} vanished", r.agent));
+            return Err(unknown_agent(r.tenant, r.agent));
         };
         if agent.frozen {
             let agent = Some(r.agent.clone());
-            return self.deny(now_ms, r, DenyReason::Frozen { agent });
+            return Err(self.deny(now_ms, r, DenyReason::Frozen { agent }));
         }
         if agent.runaway.is_some() || runaway::tracks(policy, r.fingerprint) {
             let state = agent.runaway.get_or_insert_with(Default::default);
@@ -328,60 +466,36 @@ impl Ledger {
                     self.audit
                         .append(now_ms, r.fact(AuditEvent::Trip(cause.clone())));
                 }
-                return self.deny(now_ms, r, DenyReason::Tripped { cause, until_ms });
+                return Err(self.deny(now_ms, r, DenyReason::Tripped { cause, until_ms }));
             }
         }
+        Ok(agent_index)
+    }
 
-        let applicable = limits::applicable(limits, r.agent, Some(r.tool));
-        let mut denial: Option<(usize, Verdict)> = None;
-        let mut tightest: Option<(usize, i64)> = None;
-        for index in applicable.iter() {
-            let entry = &limits[index];
-            let counter = if is_per_agent(&entry.spec.scope) {
-                agent
-                    .counter_index(entry.generation)
-                    .map(|i| &agent.counters[i].counter)
-            } else {
-                Some(&entry.counter)
-            };
-            let verdict = limits::evaluate(&entry.spec, counter, r.estimate, now_ms);
-            let is_rate = matches!(entry.spec.kind, super::LimitKind::Rate { .. });
-            if !verdict.fits {
-                let replace = denial.as_ref().is_none_or(|(current, current_verdict)| {
-                    let current_is_rate =
-                        matches!(limits[*current].spec.kind, super::LimitKind::Rate { .. });
-                    worse_denial((is_rate, &verdict), (current_is_rate, current_verdict))
-                });
-                if replace {
-                    denial = Some((index, verdict));
-                }
-                continue;
-            }
-            let capacity = limits::capacity(&entry.spec.kind);
-            let tighter = tightest.is_none_or(|(current, remaining)| {
-                limits::tighter(
-                    (verdict.remaining_after, capacity),
-                    (remaining, limits::capacity(&limits[current].spec.kind)),
-                )
-            });
-            if tighter {
-                tightest = Some((index, verdict.remaining_after));
-            }
-        }
-        if let Some((index, verdict)) = denial {
-            let spec = &limits[index].spec;
-            let reason = DenyReason::Limit {
-                limit_id: spec.id.clone(),
-                scope: spec.scope.clone(),
-                dimension: spec.dimension,
-                remaining: verdict.remaining_now,
-                retry_after_ms: verdict.retry_after_ms,
-            };
-            return self.deny(now_ms, r, reason);
-        }
-
-        // Granted: hold the estimate against every applicable limit.
-        make_counter_room(agent, limits, &applicable);
+    /// Granted: holds the estimate against every applicable limit and puts the reservation
+    /// in flight.
+    fn hold(
+        &mut self,
+        now_ms: u64,
+        (t, agent_index): (u32, u32),
+        applicable: &limits::Applicable,
+        r: &ReserveRequest<'_>,
+        tightest: Option<Remaining>,
+    ) -> Outcome {
+        let Some(tenant) = self.tenants.get_mut(t) else {
+            return unknown_tenant(r.tenant);
+        };
+        let Tenant {
+            policy,
+            limits,
+            agents,
+            in_flight,
+            ..
+        } = tenant;
+        let Some(agent) = agents.get_mut(agent_index) else {
+            return unknown_agent(r.tenant, r.agent);
+        };
+        make_counter_room(agent, limits, applicable);
         let mut holds = SmallVec::new();
         for index in applicable.iter() {
             let entry = &mut limits[index];
@@ -414,8 +528,6 @@ impl Ledger {
                 holds,
             },
         );
-        let tightest =
-            tightest.map(|(index, remaining)| limits::remaining_of(&limits[index].spec, remaining));
         let reservation_id = ReservationId(id);
         let mut fact = r.fact(AuditEvent::Grant);
         fact.reservation_id = Some(reservation_id);
@@ -433,7 +545,7 @@ impl Ledger {
         Outcome::Denied(reason)
     }
 
-    /// Whose reservation this is, for the tenant check; None if unknown.
+    /// Whose reservation this is, for the tenant check; None if it is the tenant's own.
     fn owner_check(
         &self,
         (t, tenant): (u32, &TenantId),
@@ -441,27 +553,61 @@ impl Ledger {
         reservation_tenant: u32,
     ) -> Option<Outcome> {
         (reservation_tenant != t).then(|| {
-            Outcome::Rejected(Rejection::PermissionDenied(format!(
-                "reservation {} belongs to another tenant, not {tenant}",
-                ReservationId(id)
-            )))
+            rejected(Rejection::WrongTenant {
+                reservation: ReservationId(id),
+                tenant: tenant.clone(),
+            })
         })
     }
 
     fn unknown_reservation(&self, id: u64) -> Outcome {
+        let reservation = ReservationId(id);
         if id == 0 || id > self.reservations_issued {
-            not_found(format!(
-                "reservation {} was never issued",
-                ReservationId(id)
-            ))
+            rejected(Rejection::UnknownReservation { reservation })
         } else {
-            not_found(format!(
-                "reservation {} has ended: it was committed, released, or expired more than EXPIRED_RETENTION_MS ({EXPIRED_RETENTION_MS} ms) ago",
-                ReservationId(id)
-            ))
+            rejected(Rejection::ReservationEnded { reservation })
         }
     }
 
+    /// Takes reservation `id` out of flight at `at_ms`: out of the reservations and their
+    /// indexes, its holds settled as `ending` says, and its audit record appended. The one
+    /// path by which commit, release and expiry end a reservation. None: not in flight.
+    fn end_in_flight(&mut self, id: u64, at_ms: u64, ending: Ending<'_>) -> Option<Reservation> {
+        let reservation = self.reservations.remove(&id)?;
+        self.by_expiry.remove(&(reservation.expires_at_ms, id));
+        self.in_flight.remove(&(reservation.tenant, id));
+        let Some(tenant) = self.tenants.get_mut(reservation.tenant) else {
+            debug_assert!(false, "reservation of an unknown tenant");
+            return None;
+        };
+        tenant.in_flight = tenant.in_flight.saturating_sub(1);
+        let estimate = reservation.estimate;
+        let charge = ending.charge(&estimate);
+        for_each_hold(
+            tenant,
+            reservation.agent,
+            &reservation.holds,
+            |spec, counter| {
+                limits::settle(spec, counter, &estimate, charge.as_ref(), at_ms);
+            },
+        );
+        self.audit.append(
+            at_ms,
+            Fact {
+                tenant: Some(&tenant.id),
+                agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
+                tool: Some(&reservation.tool),
+                request_id: ending.request_id(),
+                reservation_id: Some(ReservationId(id)),
+                event: ending.event(&estimate),
+                amounts: ending.amounts(&estimate),
+            },
+        );
+        Some(reservation)
+    }
+
+    /// A commit in flight settles the holds at the actual; within `EXPIRED_RETENTION_MS`
+    /// after expiry it trues the expiry up or down (late); later it is unknown.
     fn commit(
         &mut self,
         now_ms: u64,
@@ -475,43 +621,13 @@ impl Ledger {
             if let Some(denied) = self.owner_check((t, tenant_id), id, reservation.tenant) {
                 return denied;
             }
-            let Some(tenant) = self.tenants.get_mut(t) else {
-                return unknown_tenant(tenant_id);
-            };
-            let Some(reservation) = self.reservations.remove(&id) else {
+            let ending = Ending::Commit { request_id, actual };
+            let Some(reservation) = self.end_in_flight(id, now_ms, ending) else {
                 return self.unknown_reservation(id);
             };
-            self.by_expiry.remove(&(reservation.expires_at_ms, id));
-            tenant.in_flight = tenant.in_flight.saturating_sub(1);
-            self.in_flight.remove(&(t, id));
-            let estimate = reservation.estimate;
-            for_each_hold(
-                tenant,
-                reservation.agent,
-                &reservation.holds,
-                |spec, counter| {
-                    limits::settle(spec, counter, &estimate, Some(actual), now_ms);
-                },
-            );
-            let overrun = actual.exceeds(&estimate);
-            self.audit.append(
-                now_ms,
-                Fact {
-                    tenant: Some(&tenant.id),
-                    agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
-                    tool: Some(&reservation.tool),
-                    request_id: Some(request_id),
-                    reservation_id: Some(reservation_id),
-                    event: AuditEvent::Commit {
-                        overrun,
-                        late: false,
-                    },
-                    amounts: *actual,
-                },
-            );
             return Outcome::Committed {
                 reservation_id,
-                overrun,
+                overrun: actual.exceeds(&reservation.estimate),
                 late: false,
             };
         }
@@ -520,58 +636,72 @@ impl Ledger {
             {
                 return denied;
             }
-            let Some(tenant) = self.tenants.get_mut(t) else {
-                return unknown_tenant(tenant_id);
-            };
-            let Some(tombstone) = self.tombstones.remove(&id) else {
-                return self.unknown_reservation(id);
-            };
-            self.tombstones_by_time
-                .remove(&(tombstone.expired_at_ms, id));
-            let reservation = tombstone.reservation;
-            let estimate = reservation.estimate;
-            for_each_hold(
-                tenant,
-                reservation.agent,
-                &reservation.holds,
-                |spec, counter| {
-                    if tombstone.charged {
-                        limits::true_up(
-                            spec,
-                            counter,
-                            &estimate,
-                            actual,
-                            tombstone.expired_at_ms,
-                            now_ms,
-                        );
-                    } else {
-                        limits::charge(spec, counter, actual, now_ms);
-                    }
-                },
-            );
-            let overrun = actual.exceeds(&estimate);
-            self.audit.append(
-                now_ms,
-                Fact {
-                    tenant: Some(&tenant.id),
-                    agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
-                    tool: Some(&reservation.tool),
-                    request_id: Some(request_id),
-                    reservation_id: Some(reservation_id),
-                    event: AuditEvent::Commit {
-                        overrun,
-                        late: true,
-                    },
-                    amounts: *actual,
-                },
-            );
-            return Outcome::Committed {
-                reservation_id,
-                overrun,
-                late: true,
-            };
+            return self.commit_late(now_ms, request_id, (t, tenant_id), reservation_id, actual);
         }
         self.unknown_reservation(id)
+    }
+
+    /// A commit of an expired reservation, still remembered: trues its expiry charge (or
+    /// its release) to the actual.
+    fn commit_late(
+        &mut self,
+        now_ms: u64,
+        request_id: &RequestId,
+        (t, tenant_id): (u32, &TenantId),
+        reservation_id: ReservationId,
+        actual: &Amounts,
+    ) -> Outcome {
+        let id = reservation_id.0;
+        let Some(tenant) = self.tenants.get_mut(t) else {
+            return unknown_tenant(tenant_id);
+        };
+        let Some(tombstone) = self.tombstones.remove(&id) else {
+            return self.unknown_reservation(id);
+        };
+        self.tombstones_by_time
+            .remove(&(tombstone.expired_at_ms, id));
+        let reservation = tombstone.reservation;
+        let estimate = reservation.estimate;
+        for_each_hold(
+            tenant,
+            reservation.agent,
+            &reservation.holds,
+            |spec, counter| {
+                if tombstone.charged {
+                    limits::true_up(
+                        spec,
+                        counter,
+                        &estimate,
+                        actual,
+                        tombstone.expired_at_ms,
+                        now_ms,
+                    );
+                } else {
+                    limits::charge(spec, counter, actual, now_ms);
+                }
+            },
+        );
+        let overrun = actual.exceeds(&estimate);
+        self.audit.append(
+            now_ms,
+            Fact {
+                tenant: Some(&tenant.id),
+                agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
+                tool: Some(&reservation.tool),
+                request_id: Some(request_id),
+                reservation_id: Some(reservation_id),
+                event: AuditEvent::Commit {
+                    overrun,
+                    late: true,
+                },
+                amounts: *actual,
+            },
+        );
+        Outcome::Committed {
+            reservation_id,
+            overrun,
+            late: true,
+        }
     }
 
     fn release(
@@ -586,36 +716,12 @@ impl Ledger {
             if let Some(denied) = self.owner_check((t, tenant_id), id, reservation.tenant) {
                 return denied;
             }
-            let Some(tenant) = self.tenants.get_mut(t) else {
-                return unknown_tenant(tenant_id);
-            };
-            let Some(reservation) = self.reservations.remove(&id) else {
+            if self
+                .end_in_flight(id, now_ms, Ending::Release { request_id })
+                .is_none()
+            {
                 return self.unknown_reservation(id);
-            };
-            self.by_expiry.remove(&(reservation.expires_at_ms, id));
-            tenant.in_flight = tenant.in_flight.saturating_sub(1);
-            self.in_flight.remove(&(t, id));
-            let estimate = reservation.estimate;
-            for_each_hold(
-                tenant,
-                reservation.agent,
-                &reservation.holds,
-                |spec, counter| {
-                    limits::settle(spec, counter, &estimate, None, now_ms);
-                },
-            );
-            self.audit.append(
-                now_ms,
-                Fact {
-                    tenant: Some(&tenant.id),
-                    agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
-                    tool: Some(&reservation.tool),
-                    request_id: Some(request_id),
-                    reservation_id: Some(reservation_id),
-                    event: AuditEvent::Release,
-                    amounts: estimate,
-                },
-            );
+            }
             return Outcome::Released { reservation_id };
         }
         if let Some(tombstone) = self.tombstones.get(&id) {
@@ -623,15 +729,11 @@ impl Ledger {
             {
                 return denied;
             }
-            let what = if tombstone.charged {
-                "its estimate was charged and the charge stands"
-            } else {
-                "its hold was released"
-            };
-            return Outcome::Rejected(Rejection::FailedPrecondition(format!(
-                "reservation {reservation_id} expired at {} ms; {what}; commit it if the call happened",
-                tombstone.expired_at_ms
-            )));
+            return rejected(Rejection::ReleaseAfterExpiry {
+                reservation: reservation_id,
+                expired_at_ms: tombstone.expired_at_ms,
+                charged: tombstone.charged,
+            });
         }
         self.unknown_reservation(id)
     }
@@ -689,40 +791,19 @@ impl Ledger {
 
     /// Ends a reservation whose TTL has passed, at its expiry time (log order decides).
     pub(super) fn expire(&mut self, id: u64, expires_at_ms: u64) {
+        // Out of the index whatever follows: `advance` takes its entries until they are
+        // later than now.
         self.by_expiry.remove(&(expires_at_ms, id));
-        let Some(reservation) = self.reservations.remove(&id) else {
+        let charged = self
+            .reservations
+            .get(&id)
+            .and_then(|r| self.tenants.get(r.tenant))
+            .is_some_and(|t| t.policy.expiry == ExpiryPolicy::Charge);
+        let Some(reservation) = self.end_in_flight(id, expires_at_ms, Ending::Expire { charged })
+        else {
             debug_assert!(false, "expiry index names an unknown reservation");
             return;
         };
-        let Some(tenant) = self.tenants.get_mut(reservation.tenant) else {
-            debug_assert!(false, "reservation of an unknown tenant");
-            return;
-        };
-        tenant.in_flight = tenant.in_flight.saturating_sub(1);
-        self.in_flight.remove(&(reservation.tenant, id));
-        let charged = tenant.policy.expiry == ExpiryPolicy::Charge;
-        let estimate = reservation.estimate;
-        let charge = charged.then_some(estimate);
-        for_each_hold(
-            tenant,
-            reservation.agent,
-            &reservation.holds,
-            |spec, counter| {
-                limits::settle(spec, counter, &estimate, charge.as_ref(), expires_at_ms);
-            },
-        );
-        self.audit.append(
-            expires_at_ms,
-            Fact {
-                tenant: Some(&tenant.id),
-                agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
-                tool: Some(&reservation.tool),
-                request_id: None,
-                reservation_id: Some(ReservationId(id)),
-                event: AuditEvent::Expire { charged },
-                amounts: estimate,
-            },
-        );
         self.tombstones.insert(
             id,
             Tombstone {
@@ -755,9 +836,7 @@ impl Ledger {
             Some(tenant) => tenant.policy = policy.clone(),
             None => {
                 if self.tenants.len() >= TENANTS_MAX {
-                    return exhausted(format!(
-                        "the ledger holds TENANTS_MAX ({TENANTS_MAX}) tenants"
-                    ));
+                    return bound_reached(Bound::Tenants, tenant_id);
                 }
                 self.tenants
                     .push(Tenant::new(tenant_id.clone(), policy.clone()));
@@ -792,9 +871,7 @@ impl Ledger {
             }
             Err(index) => {
                 if tenant.limits.len() >= LIMITS_PER_TENANT_MAX {
-                    return exhausted(format!(
-                        "tenant {tenant_id} has LIMITS_PER_TENANT_MAX ({LIMITS_PER_TENANT_MAX}) limits"
-                    ));
+                    return bound_reached(Bound::LimitsPerTenant, tenant_id);
                 }
                 tenant.generation_last = tenant.generation_last.saturating_add(1);
                 tenant.limits.insert(
@@ -825,7 +902,10 @@ impl Ledger {
             return unknown_tenant(tenant_id);
         };
         let Ok(index) = tenant.limits.binary_search_by(|l| l.spec.id.cmp(limit_id)) else {
-            return not_found(format!("tenant {tenant_id} has no limit {limit_id}"));
+            return rejected(Rejection::UnknownLimit {
+                tenant: tenant_id.clone(),
+                limit: limit_id.clone(),
+            });
         };
         tenant.limits.remove(index);
         self.audit.append(
@@ -859,7 +939,7 @@ impl Ledger {
                     }
                 }
                 None if !frozen => {
-                    return not_found(format!("tenant {tenant_id} has no agent {agent_id}"));
+                    return unknown_agent(tenant_id, agent_id);
                 }
                 None => {
                     // Freezing an agent before its first call is allowed: the kill switch
@@ -902,7 +982,7 @@ impl Ledger {
             .find(agent_id.as_bytes())
             .and_then(|index| tenant.agents.get_mut(index))
         else {
-            return not_found(format!("tenant {tenant_id} has no agent {agent_id}"));
+            return unknown_agent(tenant_id, agent_id);
         };
         if let Some(state) = agent.runaway.as_deref_mut() {
             state.reset();

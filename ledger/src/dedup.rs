@@ -442,17 +442,18 @@ impl Ledger {
         let t = self.tenants.get(key.tenant)?;
         let entry = self.answers.find(key)?;
         let outcome = if entry.payload != payload {
-            Outcome::Rejected(Rejection::RequestIdReused(format!(
-                "request {request_id} of tenant {} was first sent at {} ms with another payload",
-                t.id, entry.at_ms
-            )))
+            Outcome::Rejected(Rejection::RequestIdReused {
+                tenant: t.id.clone(),
+                request_id: request_id.clone(),
+                first_at_ms: entry.at_ms,
+            })
         } else {
             // Outcomes are checked to decode on restore and were encoded by this code, so
             // the fallback is unreachable; it still answers the same on every replica.
             self.answers.outcome(entry).unwrap_or_else(|| {
-                Outcome::Rejected(Rejection::FailedPrecondition(format!(
-                    "the first answer to request {request_id} cannot be read back"
-                )))
+                Outcome::Rejected(Rejection::AnswerUnreadable {
+                    request_id: request_id.clone(),
+                })
             })
         };
         Some((outcome, entry.position))

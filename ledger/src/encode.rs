@@ -378,7 +378,9 @@ mod tests {
             id().prop_map(|a| Outcome::Denied(DenyReason::Frozen {
                 agent: Some(AgentId::new(a).unwrap())
             })),
-            id().prop_map(|m| Outcome::Rejected(Rejection::NotFound(m))),
+            id().prop_map(|t| Outcome::Rejected(Rejection::UnknownTenant {
+                tenant: TenantId::new(t).unwrap()
+            })),
         ]
     }
 

@@ -9,7 +9,8 @@ use super::commands::{
 };
 use super::dedup::DEDUP_ENTRIES_MAX;
 use super::limits::{is_per_agent, Counter, LIMITS_PER_TENANT_MAX};
-use super::{Ledger, LimitKind};
+use super::state::Tenant;
+use super::{Ledger, LimitKind, TenantId};
 
 /// Above this many reservations or agents, debug builds skip the full check after each
 /// command (it is O(state)); property tests stay far below it.
@@ -35,8 +36,25 @@ impl Ledger {
         }
     }
 
-    /// Every invariant of the state; O(state).
+    /// Every invariant of the state; O(state). One function per invariant, each named
+    /// after what must hold.
     pub(super) fn check_invariants(&self) -> Result<(), String> {
+        self.check_bounds()?;
+        self.check_reservations_are_indexed()?;
+        self.check_tombstones_are_indexed()?;
+        self.check_agents_are_counted()?;
+        self.check_in_flight_is_counted()?;
+        for (t, tenant) in (0u32..).zip(self.tenants.iter()) {
+            check_limits_are_sorted_with_unique_generations(tenant)?;
+            self.check_tenant_indexes_its_own_reservations(t, tenant)?;
+            self.check_holds_sum_the_reservations(t, tenant)?;
+        }
+        self.answers.check(self.tenants.len())?;
+        self.audit.check()
+    }
+
+    /// A bound on everything: each collection within its named constant.
+    fn check_bounds(&self) -> Result<(), String> {
         ensure(self.tenants.len() <= TENANTS_MAX, || {
             "more than TENANTS_MAX tenants".into()
         })?;
@@ -50,10 +68,33 @@ impl Ledger {
         ensure(self.answers.len() <= DEDUP_ENTRIES_MAX, || {
             "more than DEDUP_ENTRIES_MAX answers".into()
         })?;
+        ensure(self.agents_total <= AGENTS_MAX, || {
+            "more than AGENTS_MAX agents".into()
+        })?;
+        for tenant in self.tenants.iter() {
+            let tenant_id = &tenant.id;
+            ensure(tenant.agents.len() <= AGENTS_PER_TENANT_MAX, || {
+                format!("tenant {tenant_id} has more than AGENTS_PER_TENANT_MAX agents")
+            })?;
+            ensure(
+                tenant.in_flight as usize <= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX,
+                || format!("tenant {tenant_id} has too many reservations in flight"),
+            )?;
+            ensure(tenant.limits.len() <= LIMITS_PER_TENANT_MAX, || {
+                format!("tenant {tenant_id} has more than LIMITS_PER_TENANT_MAX limits")
+            })?;
+        }
+        Ok(())
+    }
 
-        // Reservations and their indexes agree.
+    /// Every reservation in flight was issued, has not expired, belongs to a known tenant
+    /// and agent, and is in the expiry and in-flight indexes.
+    fn check_reservations_are_indexed(&self) -> Result<(), String> {
         ensure(self.by_expiry.len() == self.reservations.len(), || {
             "expiry index and reservations differ in size".into()
+        })?;
+        ensure(self.in_flight.len() == self.reservations.len(), || {
+            "the in-flight index and the reservations differ in size".into()
         })?;
         for (&id, r) in &self.reservations {
             ensure(id >= 1 && id <= self.reservations_issued, || {
@@ -76,6 +117,11 @@ impl Ledger {
                 format!("reservation r{id} of unknown agent #{}", r.agent)
             })?;
         }
+        Ok(())
+    }
+
+    /// Every tombstone is of a known tenant and agent, in its index, and not in flight.
+    fn check_tombstones_are_indexed(&self) -> Result<(), String> {
         ensure(
             self.tombstones_by_time.len() == self.tombstones.len(),
             || "tombstone index and tombstones differ in size".into(),
@@ -95,162 +141,193 @@ impl Ledger {
                 format!("reservation r{id} both in flight and expired")
             })?;
         }
+        Ok(())
+    }
 
-        let mut agents_total = 0usize;
-        let mut in_flight_total = 0usize;
-        for (t, tenant) in self.tenants.iter().enumerate() {
-            let tenant_id = &tenant.id;
-            agents_total += tenant.agents.len();
-            let t_index = u32::try_from(t).unwrap_or(u32::MAX);
-            let in_flight = self.in_flight_of(t_index).count();
-            ensure(in_flight == tenant.in_flight as usize, || {
-                format!(
-                    "tenant {tenant_id} counts {} reservations in flight, {in_flight} are listed",
-                    tenant.in_flight
-                )
-            })?;
-            in_flight_total += in_flight;
-            ensure(tenant.agents.len() <= AGENTS_PER_TENANT_MAX, || {
-                format!("tenant {tenant_id} has more than AGENTS_PER_TENANT_MAX agents")
-            })?;
-            ensure(in_flight <= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX, || {
-                format!("tenant {tenant_id} has too many reservations in flight")
-            })?;
-            ensure(tenant.limits.len() <= LIMITS_PER_TENANT_MAX, || {
-                format!("tenant {tenant_id} has more than LIMITS_PER_TENANT_MAX limits")
-            })?;
-            for pair in tenant.limits.windows(2) {
-                ensure(pair[0].spec.id < pair[1].spec.id, || {
-                    format!("tenant {tenant_id}: limits not sorted by unique id")
-                })?;
-            }
-            for (i, entry) in tenant.limits.iter().enumerate() {
-                ensure(
-                    entry.generation >= 1 && entry.generation <= tenant.generation_last,
-                    || {
-                        format!(
-                            "tenant {tenant_id}: limit {} has a future generation",
-                            entry.spec.id
-                        )
-                    },
-                )?;
-                ensure(
-                    tenant.limits[..i]
-                        .iter()
-                        .all(|o| o.generation != entry.generation),
-                    || format!("tenant {tenant_id}: two limits share a generation"),
-                )?;
-                ensure(entry.counter.matches(&entry.spec.kind), || {
-                    format!(
-                        "tenant {tenant_id}: limit {} has a counter of another kind",
-                        entry.spec.id
-                    )
-                })?;
-            }
-            for id in self.in_flight_of(t_index) {
-                ensure(
-                    self.reservations
-                        .get(&id)
-                        .is_some_and(|r| r.tenant as usize == t),
-                    || format!("tenant {tenant_id} indexes reservation r{id} it does not own"),
-                )?;
-            }
-
-            // Held amounts and in-flight counts equal the sums over reservations in flight.
-            let mut expected: HashMap<(u64, Option<u32>), (u128, u64)> = HashMap::new();
-            for id in self.in_flight_of(t_index) {
-                let Some(r) = self.reservations.get(&id) else {
-                    continue;
-                };
-                for &generation in r.holds.iter() {
-                    let Some(entry) = tenant.limits.iter().find(|l| l.generation == generation)
-                    else {
-                        continue;
-                    };
-                    let subject = is_per_agent(&entry.spec.scope).then_some(r.agent);
-                    let sum = expected.entry((generation, subject)).or_default();
-                    sum.0 += u128::from(r.estimate.get(entry.spec.dimension));
-                    sum.1 += 1;
-                }
-            }
-            let check = |generation: u64,
-                         subject: Option<u32>,
-                         kind: &LimitKind,
-                         counter: &Counter|
-             -> Result<(), String> {
-                let (held_sum, count) = expected
-                    .get(&(generation, subject))
-                    .copied()
-                    .unwrap_or_default();
-                match (kind, counter) {
-                    (LimitKind::Budget { .. }, Counter::Budget { held, .. }) => ensure(
-                        u128::from(*held) == held_sum.min(u128::from(u64::MAX)),
-                        || {
-                            format!(
-                                "tenant {tenant_id}: budget generation {generation} of {subject:?} holds {held}, reservations sum to {held_sum}"
-                            )
-                        },
-                    ),
-                    (LimitKind::Concurrency { .. }, Counter::Concurrency { in_flight }) => {
-                        ensure(*in_flight == count, || {
-                            format!(
-                                "tenant {tenant_id}: concurrency generation {generation} of {subject:?} counts {in_flight}, {count} reservations hold it"
-                            )
-                        })
-                    }
-                    _ => Ok(()),
-                }
-            };
-            for entry in &tenant.limits {
-                if is_per_agent(&entry.spec.scope) {
-                    continue;
-                }
-                check(entry.generation, None, &entry.spec.kind, &entry.counter)?;
-            }
-            for (a, agent) in (0u32..).zip(tenant.agents.iter()) {
-                let agent_id = &agent.id;
-                for (i, c) in agent.counters.iter().enumerate() {
-                    ensure(
-                        agent.counters[..i]
-                            .iter()
-                            .all(|o| o.generation != c.generation),
-                        || format!("agent {agent_id}: two counters share a generation"),
-                    )?;
-                    let Some(entry) = tenant.limits.iter().find(|l| l.generation == c.generation)
-                    else {
-                        continue;
-                    };
-                    check(c.generation, Some(a), &entry.spec.kind, &c.counter)?;
-                }
-            }
-            for &(generation, subject) in expected.keys() {
-                if let Some(agent_index) = subject {
-                    let agent = tenant.agents.get(agent_index);
-                    let has_counter = agent.is_some_and(|a| a.counter_index(generation).is_some());
-                    ensure(has_counter, || {
-                        format!(
-                            "agent #{agent_index} holds generation {generation} without a counter"
-                        )
-                    })?;
-                }
-            }
-        }
+    /// The agent count is the number of agents of all tenants.
+    fn check_agents_are_counted(&self) -> Result<(), String> {
+        let agents_total: usize = self.tenants.iter().map(|t| t.agents.len()).sum();
         ensure(agents_total == self.agents_total, || {
             format!(
                 "agents counted {} but {agents_total} exist",
                 self.agents_total
             )
-        })?;
-        ensure(agents_total <= AGENTS_MAX, || {
-            "more than AGENTS_MAX agents".into()
-        })?;
-        ensure(self.in_flight.len() == self.reservations.len(), || {
-            "the in-flight index and the reservations differ in size".into()
-        })?;
+        })
+    }
+
+    /// Each tenant's in-flight count is what the in-flight index lists for it, and the
+    /// tenants list every reservation in flight.
+    fn check_in_flight_is_counted(&self) -> Result<(), String> {
+        let mut in_flight_total = 0usize;
+        for (t, tenant) in (0u32..).zip(self.tenants.iter()) {
+            let in_flight = self.in_flight_of(t).count();
+            ensure(in_flight == tenant.in_flight as usize, || {
+                format!(
+                    "tenant {} counts {} reservations in flight, {in_flight} are listed",
+                    tenant.id, tenant.in_flight
+                )
+            })?;
+            in_flight_total += in_flight;
+        }
         ensure(in_flight_total == self.reservations.len(), || {
             "tenants index a different number of reservations than are in flight".into()
+        })
+    }
+
+    /// What the in-flight index lists for a tenant is that tenant's.
+    fn check_tenant_indexes_its_own_reservations(
+        &self,
+        t: u32,
+        tenant: &Tenant,
+    ) -> Result<(), String> {
+        for id in self.in_flight_of(t) {
+            ensure(
+                self.reservations.get(&id).is_some_and(|r| r.tenant == t),
+                || {
+                    format!(
+                        "tenant {} indexes reservation r{id} it does not own",
+                        tenant.id
+                    )
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Held amounts and in-flight counts equal the sums over the reservations in flight,
+    /// and every per-agent hold has its counter.
+    fn check_holds_sum_the_reservations(&self, t: u32, tenant: &Tenant) -> Result<(), String> {
+        let expected = self.holds_of(t, tenant);
+        let tenant_id = &tenant.id;
+        for entry in &tenant.limits {
+            if is_per_agent(&entry.spec.scope) {
+                continue;
+            }
+            let subject = (entry.generation, None);
+            check_counter(
+                tenant_id,
+                &expected,
+                subject,
+                &entry.spec.kind,
+                &entry.counter,
+            )?;
+        }
+        for (a, agent) in (0u32..).zip(tenant.agents.iter()) {
+            for (i, c) in agent.counters.iter().enumerate() {
+                ensure(
+                    agent.counters[..i]
+                        .iter()
+                        .all(|o| o.generation != c.generation),
+                    || format!("agent {}: two counters share a generation", agent.id),
+                )?;
+                let Some(entry) = tenant.limits.iter().find(|l| l.generation == c.generation)
+                else {
+                    continue;
+                };
+                let subject = (c.generation, Some(a));
+                check_counter(tenant_id, &expected, subject, &entry.spec.kind, &c.counter)?;
+            }
+        }
+        for &(generation, subject) in expected.keys() {
+            if let Some(agent_index) = subject {
+                let agent = tenant.agents.get(agent_index);
+                let has_counter = agent.is_some_and(|a| a.counter_index(generation).is_some());
+                ensure(has_counter, || {
+                    format!("agent #{agent_index} holds generation {generation} without a counter")
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The sum of the estimates held, and the number of holds, per (limit generation,
+    /// agent for per-agent limits), over the tenant's reservations in flight.
+    fn holds_of(&self, t: u32, tenant: &Tenant) -> Holds {
+        let mut expected = Holds::new();
+        for id in self.in_flight_of(t) {
+            let Some(r) = self.reservations.get(&id) else {
+                continue;
+            };
+            for &generation in r.holds.iter() {
+                let Some(entry) = tenant.limits.iter().find(|l| l.generation == generation) else {
+                    continue;
+                };
+                let subject = is_per_agent(&entry.spec.scope).then_some(r.agent);
+                let sum = expected.entry((generation, subject)).or_default();
+                sum.0 += u128::from(r.estimate.get(entry.spec.dimension));
+                sum.1 += 1;
+            }
+        }
+        expected
+    }
+}
+
+/// (limit generation, agent index for per-agent limits) -> (sum of estimates held, holds).
+type Holds = HashMap<(u64, Option<u32>), (u128, u64)>;
+
+/// A tenant's limits are sorted by unique id, with unique generations no later than the
+/// tenant's last, each with a counter of its kind.
+fn check_limits_are_sorted_with_unique_generations(tenant: &Tenant) -> Result<(), String> {
+    let tenant_id = &tenant.id;
+    for pair in tenant.limits.windows(2) {
+        ensure(pair[0].spec.id < pair[1].spec.id, || {
+            format!("tenant {tenant_id}: limits not sorted by unique id")
         })?;
-        self.answers.check(self.tenants.len())?;
-        self.audit.check()
+    }
+    for (i, entry) in tenant.limits.iter().enumerate() {
+        ensure(
+            entry.generation >= 1 && entry.generation <= tenant.generation_last,
+            || {
+                format!(
+                    "tenant {tenant_id}: limit {} has a future generation",
+                    entry.spec.id
+                )
+            },
+        )?;
+        ensure(
+            tenant.limits[..i]
+                .iter()
+                .all(|o| o.generation != entry.generation),
+            || format!("tenant {tenant_id}: two limits share a generation"),
+        )?;
+        ensure(entry.counter.matches(&entry.spec.kind), || {
+            format!(
+                "tenant {tenant_id}: limit {} has a counter of another kind",
+                entry.spec.id
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A budget's counter holds the sum of its holds; a concurrency counter counts them.
+fn check_counter(
+    tenant_id: &TenantId,
+    expected: &Holds,
+    (generation, subject): (u64, Option<u32>),
+    kind: &LimitKind,
+    counter: &Counter,
+) -> Result<(), String> {
+    let (held_sum, count) = expected
+        .get(&(generation, subject))
+        .copied()
+        .unwrap_or_default();
+    match (kind, counter) {
+        (LimitKind::Budget { .. }, Counter::Budget { held, .. }) => ensure(
+            u128::from(*held) == held_sum.min(u128::from(u64::MAX)),
+            || {
+                format!(
+                    "tenant {tenant_id}: budget generation {generation} of {subject:?} holds {held}, reservations sum to {held_sum}"
+                )
+            },
+        ),
+        (LimitKind::Concurrency { .. }, Counter::Concurrency { in_flight }) => {
+            ensure(*in_flight == count, || {
+                format!(
+                    "tenant {tenant_id}: concurrency generation {generation} of {subject:?} counts {in_flight}, {count} reservations hold it"
+                )
+            })
+        }
+        _ => Ok(()),
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! Decisions where SPEC.md is silent (see also ARCHITECTURE.md, "Ledger data model"):
 //! - Tenants are created by `PutTenant`; any other command on an unknown tenant is
-//!   NOT_FOUND. Agents are created on their first reserve, record or freeze, never deleted.
+//!   `UnknownTenant` (NOT_FOUND). Agents are created on their first reserve, record or
+//!   freeze, never deleted.
 //! - Scopes: `Agent(name)` replaces, for that agent, the `EachAgent` limits of the same
 //!   dimension and class (budget, rate, concurrency). A reserve is checked against every
 //!   limit that applies and held against all of them, or none.
@@ -24,7 +25,8 @@
 //!   re-evaluates. Denials are remembered: they are decisions.
 //! - Expiry: a tenant's policy charges (default) or releases the estimate; a commit within
 //!   `EXPIRED_RETENTION_MS` after expiry trues the charge to the actual (flagged late), a
-//!   release after expiry is FAILED_PRECONDITION, later either is NOT_FOUND.
+//!   release after expiry is `ReleaseAfterExpiry` (FAILED_PRECONDITION), later either is
+//!   `ReservationEnded` (NOT_FOUND).
 //! - A commit charges the limits its reservation holds (those still in force); limits added
 //!   while it was in flight are not charged by it.
 //! - Changing a limit keeps its counters if only its cap changes (budget amount, rate burst,
@@ -195,10 +197,7 @@ impl Ledger {
     /// the same place in the history.
     pub fn apply_at(&mut self, at_ms: u64, position: u64, cmd: &Command) -> (Outcome, u64) {
         if let Err(invalid) = cmd.validate() {
-            return (
-                Outcome::Rejected(Rejection::InvalidArgument(invalid.0)),
-                position,
-            );
+            return (Outcome::Rejected(Rejection::Invalid(invalid)), position);
         }
         let now_ms = at_ms.max(self.now_ms);
         self.advance(now_ms);
@@ -257,11 +256,11 @@ impl Ledger {
 
     fn tenant(&self, tenant: &TenantId) -> Result<&Tenant, Rejection> {
         let index = self.tenants.find(tenant.as_bytes());
-        index.map(|i| &self.tenants[i]).ok_or_else(|| {
-            Rejection::NotFound(format!(
-                "tenant {tenant} does not exist; create it with PutTenant"
-            ))
-        })
+        index
+            .map(|i| &self.tenants[i])
+            .ok_or_else(|| Rejection::UnknownTenant {
+                tenant: tenant.clone(),
+            })
     }
 
     /// Usage of the limits in force. With an agent: every limit that applies to it (and to
@@ -396,9 +395,10 @@ impl Ledger {
         agent: &AgentId,
     ) -> Result<AgentStatus, Rejection> {
         let t = self.tenant(tenant)?;
-        let a = t
-            .agent(agent)
-            .ok_or_else(|| Rejection::NotFound(format!("tenant {tenant} has no agent {agent}")))?;
+        let a = t.agent(agent).ok_or_else(|| Rejection::UnknownAgent {
+            tenant: tenant.clone(),
+            agent: agent.clone(),
+        })?;
         let tripped = a
             .runaway
             .as_deref()

@@ -867,7 +867,7 @@ fn commit_after_expiry_trues_up_not_double_charges() {
     // A second late commit of the same reservation is not a third charge.
     assert!(matches!(
         h.commit(up, cost(90)),
-        Outcome::Rejected(Rejection::NotFound(_))
+        Outcome::Rejected(Rejection::ReservationEnded { .. })
     ));
     assert_eq!(h.usage("bot", "spend").used, 110);
 }
@@ -905,7 +905,8 @@ fn release_after_expiry_is_rejected_and_the_expiry_charge_stands() {
     h.advance(1_000);
     let before = h.ledger.clone();
     match h.release(r) {
-        Outcome::Rejected(Rejection::FailedPrecondition(message)) => {
+        Outcome::Rejected(rejection @ Rejection::ReleaseAfterExpiry { charged: true, .. }) => {
+            let message = rejection.to_string();
             assert!(message.contains("expired"), "{message}")
         }
         other => panic!("{other:?}"),
@@ -920,13 +921,15 @@ fn commit_after_the_tombstone_is_gone_is_not_found() {
     let r = h.reserve_with_ttl("bot", cost(60), 1_000);
     h.advance(1_000 + EXPIRED_RETENTION_MS);
     match h.commit(r, cost(1)) {
-        Outcome::Rejected(Rejection::NotFound(message)) => {
+        Outcome::Rejected(rejection @ Rejection::ReservationEnded { .. }) => {
+            let message = rejection.to_string();
             assert!(message.contains("EXPIRED_RETENTION_MS"), "{message}")
         }
         other => panic!("{other:?}"),
     }
     match h.commit(ReservationId(999), cost(1)) {
-        Outcome::Rejected(Rejection::NotFound(message)) => {
+        Outcome::Rejected(rejection @ Rejection::UnknownReservation { .. }) => {
+            let message = rejection.to_string();
             assert!(message.contains("never issued"), "{message}")
         }
         other => panic!("{other:?}"),
@@ -946,11 +949,11 @@ fn commit_or_release_of_another_tenants_reservation_is_permission_denied() {
     let before = h.ledger.clone();
     assert!(matches!(
         h.commit(r, cost(0)),
-        Outcome::Rejected(Rejection::PermissionDenied(_))
+        Outcome::Rejected(Rejection::WrongTenant { .. })
     ));
     assert!(matches!(
         h.release(r),
-        Outcome::Rejected(Rejection::PermissionDenied(_))
+        Outcome::Rejected(Rejection::WrongTenant { .. })
     ));
     assert_eq!(h.ledger, before);
 }
@@ -1023,7 +1026,10 @@ fn an_agent_can_be_frozen_before_its_first_call() {
         tenant,
         agent: Some(agent("unknown")),
     });
-    assert!(matches!(out, Outcome::Rejected(Rejection::NotFound(_))));
+    assert!(matches!(
+        out,
+        Outcome::Rejected(Rejection::UnknownAgent { .. })
+    ));
 }
 
 fn reserve_fingerprint(h: &mut Harness, who: &str, fingerprint: &str) -> Outcome {
@@ -1237,7 +1243,7 @@ fn same_request_id_with_another_payload_is_rejected() {
     let before = h.ledger.clone();
     assert!(matches!(
         h.apply(&other),
-        Outcome::Rejected(Rejection::RequestIdReused(_))
+        Outcome::Rejected(Rejection::RequestIdReused { .. })
     ));
     assert_eq!(h.ledger, before);
 }
@@ -1254,7 +1260,7 @@ fn rejections_are_not_remembered_so_a_retry_re_evaluates() {
     };
     assert!(matches!(
         h.apply(&commit),
-        Outcome::Rejected(Rejection::NotFound(_))
+        Outcome::Rejected(Rejection::UnknownReservation { .. })
     ));
     assert_eq!(h.ledger.stats().dedup_entries, 1); // only the PutTenant
     let r = h.reserve_ok("bot", cost(1));
@@ -1421,7 +1427,7 @@ fn invalid_input_is_rejected_and_changes_nothing_not_even_time() {
     for cmd in &bad {
         assert!(cmd.validate().is_err(), "{cmd:?}");
         match h.apply(cmd) {
-            Outcome::Rejected(Rejection::InvalidArgument(message)) => assert!(!message.is_empty()),
+            Outcome::Rejected(Rejection::Invalid(invalid)) => assert!(!invalid.0.is_empty()),
             other => panic!("{cmd:?} gave {other:?}"),
         }
         assert_eq!(h.ledger, before, "{cmd:?} changed the ledger");
@@ -1435,11 +1441,11 @@ fn unknown_tenant_is_not_found() {
     h.tenant = tenant("nobody");
     assert!(matches!(
         h.reserve("bot", cost(1)),
-        Outcome::Rejected(Rejection::NotFound(_))
+        Outcome::Rejected(Rejection::UnknownTenant { .. })
     ));
     assert!(matches!(
         h.record("bot", cost(1)),
-        Outcome::Rejected(Rejection::NotFound(_))
+        Outcome::Rejected(Rejection::UnknownTenant { .. })
     ));
     assert!(h.ledger.usage(&tenant("nobody"), None, None).is_err());
     assert!(h.ledger.limits(&tenant("nobody")).is_err());
@@ -1469,8 +1475,13 @@ fn limits_per_tenant_are_bounded() {
         },
     });
     match out {
-        Outcome::Rejected(Rejection::ResourceExhausted(message)) => {
-            assert!(message.contains("LIMITS_PER_TENANT_MAX"))
+        Outcome::Rejected(
+            rejection @ Rejection::BoundReached {
+                bound: Bound::LimitsPerTenant,
+                ..
+            },
+        ) => {
+            assert!(rejection.to_string().contains("LIMITS_PER_TENANT_MAX"))
         }
         other => panic!("{other:?}"),
     }
@@ -1594,7 +1605,10 @@ fn deleting_a_limit_lifts_it_and_its_holds_lapse() {
         tenant,
         limit_id: limit_id("spend"),
     });
-    assert!(matches!(out, Outcome::Rejected(Rejection::NotFound(_))));
+    assert!(matches!(
+        out,
+        Outcome::Rejected(Rejection::UnknownLimit { .. })
+    ));
     assert!(h.ledger.limits(&h.tenant).unwrap().is_empty());
 }
 
@@ -1991,13 +2005,33 @@ fn queries_report_usage_reservations_limits_and_status() {
     assert_eq!(stats.audit_records_retained, h.ledger.chain_head().seq);
 }
 
+/// The gRPC status class of a rejection, numbered as the variants of the untyped
+/// `Rejection` were: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION,
+/// RESOURCE_EXHAUSTED, ALREADY_EXISTS.
+fn status_class(rejection: &Rejection) -> u8 {
+    match rejection {
+        Rejection::Invalid(_) => 0,
+        Rejection::UnknownTenant { .. }
+        | Rejection::UnknownAgent { .. }
+        | Rejection::UnknownLimit { .. }
+        | Rejection::UnknownReservation { .. }
+        | Rejection::ReservationEnded { .. } => 1,
+        Rejection::WrongTenant { .. } => 2,
+        Rejection::ReleaseAfterExpiry { .. } | Rejection::AnswerUnreadable { .. } => 3,
+        Rejection::BoundReached { .. } => 4,
+        Rejection::RequestIdReused { .. } => 5,
+    }
+}
+
 /// Guarantee 5 across versions: a fixed mix of every command (grants, denials, overruns,
 /// releases, records, expiries, late commits, retries, reused ids, freezes, trips, limit
 /// changes) gives the answers, chain head and snapshot bytes that the code before the
 /// hand-written encodings and the compact indexes gave, bit for bit. The constants were
 /// printed by that code; a change here means replicas of two builds would disagree. The
 /// chain head and snapshot changed once on purpose, with audit chain format 2 (snapshot
-/// format 4: `prev_hash` no longer hashed twice); the answers did not.
+/// format 4: `prev_hash` no longer hashed twice); the answers did not. The encoding of rejections
+/// changed once, when they became typed; which command is rejected, and with which status,
+/// did not (`decided`).
 #[test]
 fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
     let mut ledger = Ledger::new();
@@ -2199,6 +2233,17 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
         outcomes.push(outcome);
     }
     ledger.verify_audit().unwrap();
+    // Every decision, and the status class of every rejection, as before the rejections
+    // became typed (they are neither remembered nor audited, so only their class counts).
+    let decided: Vec<Result<&Outcome, u8>> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Rejected(rejection) => Err(status_class(rejection)),
+            o => Ok(o),
+        })
+        .collect();
+    let decided = xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&decided).unwrap());
+    assert_eq!(decided, 0xd341_b635_8d6d_01df);
     let outcomes = xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&outcomes).unwrap());
     let head = ledger.chain_head();
     let snapshot = xxhash_rust::xxh3::xxh3_64(&ledger.snapshot());
@@ -2207,7 +2252,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
         head.seq,
         hex::encode(head.hash)
     );
-    assert_eq!(outcomes, 0xbcf7_78f1_fac9_c7dd);
+    assert_eq!(outcomes, 0x100f_a626_a221_fa8d);
     assert_eq!(
         (head.seq, hex::encode(head.hash).as_str()),
         (

@@ -2,6 +2,10 @@
 //!
 //! These types travel through the Raft log (serde), so changing their shape changes the log
 //! and snapshot format: bump `SNAPSHOT_FORMAT_VERSION` when you do.
+//!
+//! The enums an audit record carries are snake_case in JSON, the audit export's schema
+//! (`AuditRecord`), and still read their older CamelCase names. Postcard, which the log,
+//! snapshots and the audit hash use, encodes variants by index: names never reach it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -148,7 +152,7 @@ fn all_ascii_graphic(bytes: &[u8]) -> bool {
 }
 
 /// Bad input, found without looking at state: maps to INVALID_ARGUMENT.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidInput(pub String);
 
@@ -201,51 +205,72 @@ impl Amounts {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Dimension {
+    #[serde(alias = "Tokens")]
     Tokens,
+    #[serde(alias = "Cost")]
     Cost,
+    #[serde(alias = "Calls")]
     Calls,
     /// Reservations in flight; only concurrency limits use it.
+    #[serde(alias = "Concurrency")]
     Concurrency,
 }
 
 /// A budget's accounting window. Calendar windows are UTC and reset at their boundary;
 /// weeks start on Monday 00:00 UTC (ISO 8601).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Window {
+    #[serde(alias = "Lifetime")]
     Lifetime,
+    #[serde(alias = "Hour")]
     Hour,
+    #[serde(alias = "Day")]
     Day,
+    #[serde(alias = "Week")]
     Week,
+    #[serde(alias = "Month")]
     Month,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LimitKind {
     /// At most `amount` of committed + held spend in the window.
+    #[serde(alias = "Budget")]
     Budget { window: Window, amount: u64 },
     /// A smooth rate of `amount` per `period_ms`, allowing bursts up to `burst` (GCRA).
+    #[serde(alias = "Rate")]
     Rate {
         amount: u64,
         period_ms: u64,
         burst: u64,
     },
     /// At most `max` reservations in flight.
+    #[serde(alias = "Concurrency")]
     Concurrency { max: u64 },
 }
 
 /// Where a limit attaches. A call is made by (tenant, agent, tool).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// The tenant as a whole: every call of every agent counts.
+    #[serde(alias = "Tenant")]
     Tenant,
     /// Every agent of the tenant, each separately (the default for agents).
+    #[serde(alias = "EachAgent")]
     EachAgent,
     /// One named agent; replaces the `EachAgent` limits of the same dimension and kind.
+    #[serde(alias = "Agent")]
     Agent(AgentId),
     /// A tool, counted for each agent separately.
+    #[serde(alias = "ToolPerAgent")]
     ToolPerAgent(ToolId),
     /// A tool, summed over the whole tenant.
+    #[serde(alias = "ToolTenant")]
     ToolTenant(ToolId),
 }
 
@@ -373,8 +398,10 @@ pub enum Command {
 
 /// Why a reservation was denied.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DenyReason {
     /// A limit would not hold. `remaining` may be negative after overruns.
+    #[serde(alias = "Limit")]
     Limit {
         limit_id: LimitId,
         scope: Scope,
@@ -385,8 +412,10 @@ pub enum DenyReason {
         retry_after_ms: Option<u64>,
     },
     /// The tenant (agent = None) or the agent is frozen by an operator.
+    #[serde(alias = "Frozen")]
     Frozen { agent: Option<AgentId> },
     /// The agent tripped runaway detection.
+    #[serde(alias = "Tripped")]
     Tripped {
         cause: TripCause,
         /// When the cool-down lets it through again; None: only a reset does.
@@ -395,10 +424,13 @@ pub enum DenyReason {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TripCause {
     /// The same fingerprint `count` times within the repetition window.
+    #[serde(alias = "Repetition")]
     Repetition { fingerprint: String, count: u32 },
     /// Spend `spent` in the velocity window against a recent average of `baseline`.
+    #[serde(alias = "Velocity")]
     Velocity { spent: u64, baseline: u64 },
 }
 
@@ -436,23 +468,141 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
-/// A command that could not take effect; maps to one gRPC status each.
+/// A command that could not take effect, in the ledger's words; it changed nothing.
+/// `server/src/grpc/mod.rs` (`rejection_status`) maps each to one gRPC status, and the
+/// text of each names the `tollgate` command that helps, where one does.
+///
+/// Rejections are never remembered (`dedup.rs`) nor audited, so their serialized form is
+/// in no snapshot: it travels only in a node's own apply results.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    #[error("not found: {0}")]
-    NotFound(String),
-    #[error("permission denied: {0}")]
-    PermissionDenied(String),
-    #[error("failed precondition: {0}")]
-    FailedPrecondition(String),
-    /// A bound of the ledger (tenants, agents, limits, reservations in flight) is reached.
-    #[error("resource exhausted: {0}")]
-    ResourceExhausted(String),
-    /// The request id was used before with a different payload.
-    #[error("request id reused with a different payload: {0}")]
-    RequestIdReused(String),
+    /// The command is malformed (`Command::validate`).
+    #[error("{0}")]
+    Invalid(InvalidInput),
+    #[error("tenant {tenant} does not exist; create it with `tollgate tenant put {tenant}`")]
+    UnknownTenant { tenant: TenantId },
+    #[error(
+        "tenant {tenant} has no agent {agent}; an agent exists from its first reserve, \
+         record or `tollgate freeze --tenant {tenant} --agent {agent}`"
+    )]
+    UnknownAgent { tenant: TenantId, agent: AgentId },
+    #[error(
+        "tenant {tenant} has no limit {limit}; see its limits with \
+         `tollgate limit list --tenant {tenant}`"
+    )]
+    UnknownLimit { tenant: TenantId, limit: LimitId },
+    #[error("reservation {reservation} was never issued")]
+    UnknownReservation { reservation: ReservationId },
+    #[error(
+        "reservation {reservation} has ended: it was committed, released, or expired more \
+         than EXPIRED_RETENTION_MS ({} ms) ago",
+        crate::EXPIRED_RETENTION_MS
+    )]
+    ReservationEnded { reservation: ReservationId },
+    /// Commit or release of a reservation of another tenant.
+    #[error("reservation {reservation} belongs to another tenant, not {tenant}")]
+    WrongTenant {
+        reservation: ReservationId,
+        tenant: TenantId,
+    },
+    /// `charged`: the expiry charged the estimate (policy `Charge`), else released it.
+    #[error(
+        "reservation {reservation} expired at {expired_at_ms} ms; {}; commit it if the call \
+         happened",
+        if *charged { "its estimate was charged and the charge stands" } else { "its hold was released" }
+    )]
+    ReleaseAfterExpiry {
+        reservation: ReservationId,
+        expired_at_ms: u64,
+        charged: bool,
+    },
+    /// A bound of the ledger is reached; `tenant` is the one the command acted for.
+    #[error("{}", bound.describe(*max, tenant))]
+    BoundReached {
+        bound: Bound,
+        max: u64,
+        tenant: TenantId,
+    },
+    /// The request id was used before (within `DEDUP_WINDOW_MS`) with another payload.
+    #[error(
+        "request id {request_id} reused with a different payload: tenant {tenant} first \
+         sent it at {first_at_ms} ms; a new request needs a new request id"
+    )]
+    RequestIdReused {
+        tenant: TenantId,
+        request_id: RequestId,
+        first_at_ms: u64,
+    },
+    /// The remembered first answer does not decode: unreachable while this build wrote it,
+    /// but answered the same on every replica if it happens.
+    #[error("the first answer to request {request_id} cannot be read back")]
+    AnswerUnreadable { request_id: RequestId },
+}
+
+impl Rejection {
+    /// `bound` reached, with its maximum filled in from the bound itself.
+    pub fn bound_reached(bound: Bound, tenant: &TenantId) -> Self {
+        Rejection::BoundReached {
+            bound,
+            max: bound.max(),
+            tenant: tenant.clone(),
+        }
+    }
+}
+
+/// A bound of the ledger that a command can reach, named as its constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Bound {
+    Tenants,
+    Agents,
+    AgentsPerTenant,
+    ReservationsInFlight,
+    ReservationsInFlightPerTenant,
+    LimitsPerTenant,
+}
+
+impl Bound {
+    /// The name of the constant, as the code and the docs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bound::Tenants => "TENANTS_MAX",
+            Bound::Agents => "AGENTS_MAX",
+            Bound::AgentsPerTenant => "AGENTS_PER_TENANT_MAX",
+            Bound::ReservationsInFlight => "RESERVATIONS_IN_FLIGHT_MAX",
+            Bound::ReservationsInFlightPerTenant => "RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX",
+            Bound::LimitsPerTenant => "LIMITS_PER_TENANT_MAX",
+        }
+    }
+
+    /// The constant's value.
+    pub fn max(self) -> u64 {
+        let max = match self {
+            Bound::Tenants => crate::TENANTS_MAX,
+            Bound::Agents => crate::AGENTS_MAX,
+            Bound::AgentsPerTenant => crate::AGENTS_PER_TENANT_MAX,
+            Bound::ReservationsInFlight => crate::RESERVATIONS_IN_FLIGHT_MAX,
+            Bound::ReservationsInFlightPerTenant => crate::RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX,
+            Bound::LimitsPerTenant => crate::LIMITS_PER_TENANT_MAX,
+        };
+        max as u64
+    }
+
+    fn describe(self, max: u64, tenant: &TenantId) -> String {
+        let (per_tenant, counted) = match self {
+            Bound::Tenants => (false, "tenants"),
+            Bound::Agents => (false, "agents"),
+            Bound::AgentsPerTenant => (true, "agents"),
+            Bound::ReservationsInFlight => (false, "reservations in flight"),
+            Bound::ReservationsInFlightPerTenant => (true, "reservations in flight"),
+            Bound::LimitsPerTenant => (true, "limits"),
+        };
+        let name = self.name();
+        if per_tenant {
+            format!("tenant {tenant} has {name} ({max}) {counted}")
+        } else {
+            format!("the ledger holds {name} ({max}) {counted}")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -430,8 +430,8 @@ pub fn status_json(asked_addr: &str, status: &v1::StatusResponse) -> Value {
 }
 
 /// An audit event (the ledger's `AuditEvent` as JSON) in one short line:
-/// `"Grant"` → `Grant`, `{"Commit":{"late":false,"overrun":true}}` →
-/// `Commit(late=false, overrun=true)`. Text that is not JSON is shown as it is.
+/// `"grant"` → `grant`, `{"commit":{"late":false,"overrun":true}}` →
+/// `commit(late=false, overrun=true)`. Text that is not JSON is shown as it is.
 pub fn describe_event(event_json: &str) -> String {
     match serde_json::from_str::<Value>(event_json) {
         Ok(value) => compact(&value),
@@ -442,9 +442,15 @@ pub fn describe_event(event_json: &str) -> String {
 fn compact(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
-        // serde's externally tagged enum variant: {"Variant": content}.
+        // serde's externally tagged enum variant: {"variant": content}. Its content is an
+        // object, a string or a list; a one-field struct ({"charged": true}) has a scalar,
+        // or a CamelCase key in exports before the snake_case schema.
         Value::Object(map)
-            if map.len() == 1 && map.keys().all(|k| k.starts_with(char::is_uppercase)) =>
+            if map.len() == 1
+                && map.iter().all(|(k, v)| {
+                    k.starts_with(char::is_uppercase)
+                        || matches!(v, Value::Object(_) | Value::String(_) | Value::Array(_))
+                }) =>
         {
             map.iter()
                 .map(|(variant, content)| format!("{variant}({})", compact(content)))
@@ -599,6 +605,22 @@ mod tests {
         assert_eq!(
             describe_event(r#"{"LimitDelete":"daily"}"#),
             "LimitDelete(daily)"
+        );
+        assert_eq!(
+            describe_event(r#"{"commit":{"late":false,"overrun":true}}"#),
+            "commit(late=false, overrun=true)"
+        );
+        assert_eq!(
+            describe_event(r#"{"expire":{"charged":true}}"#),
+            "expire(charged=true)"
+        );
+        assert_eq!(
+            describe_event(r#"{"deny":{"frozen":{"agent":null}}}"#),
+            "deny(frozen(agent=null))"
+        );
+        assert_eq!(
+            describe_event(r#"{"limit_delete":"daily"}"#),
+            "limit_delete(daily)"
         );
         assert_eq!(describe_event("not json"), "not json");
     }

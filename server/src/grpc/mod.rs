@@ -108,16 +108,23 @@ fn not_leader(node: &Node) -> Status {
     status
 }
 
+/// The one place a ledger rejection becomes a gRPC status: the code says what kind of
+/// refusal it is, the message is the rejection's own text.
 pub fn rejection_status(rejection: &Rejection) -> Status {
+    let message = rejection.to_string();
     match rejection {
-        Rejection::InvalidArgument(m) => Status::invalid_argument(m.clone()),
-        Rejection::NotFound(m) => Status::not_found(m.clone()),
-        Rejection::PermissionDenied(m) => Status::permission_denied(m.clone()),
-        Rejection::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
-        Rejection::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
-        Rejection::RequestIdReused(m) => {
-            Status::already_exists(format!("request id reused with a different payload: {m}"))
+        Rejection::Invalid(_) => Status::invalid_argument(message),
+        Rejection::UnknownTenant { .. }
+        | Rejection::UnknownAgent { .. }
+        | Rejection::UnknownLimit { .. }
+        | Rejection::UnknownReservation { .. }
+        | Rejection::ReservationEnded { .. } => Status::not_found(message),
+        Rejection::WrongTenant { .. } => Status::permission_denied(message),
+        Rejection::ReleaseAfterExpiry { .. } | Rejection::AnswerUnreadable { .. } => {
+            Status::failed_precondition(message)
         }
+        Rejection::BoundReached { .. } => Status::resource_exhausted(message),
+        Rejection::RequestIdReused { .. } => Status::already_exists(message),
     }
 }
 
@@ -159,5 +166,113 @@ async fn read_linearizable<T>(
             openraft::error::CheckIsLeaderError::ForwardToLeader(_),
         )) => Err(not_leader(node)),
         Err(error) => Err(Status::unavailable(format!("read barrier: {error}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_ledger::{
+        AgentId, Bound, InvalidInput, LimitId, RequestId, ReservationId, TenantId,
+    };
+    use tonic::Code;
+
+    use super::*;
+
+    /// Every rejection has the status a client relies on, and a message that names what
+    /// to look at.
+    #[test]
+    fn each_rejection_maps_to_its_status() {
+        let tenant = TenantId::new("acme").unwrap();
+        let agent = AgentId::new("bot").unwrap();
+        let reservation = ReservationId(7);
+        let request_id = RequestId::new("q-1").unwrap();
+        let cases = [
+            (
+                Rejection::Invalid(InvalidInput("ttl_ms is 0".into())),
+                Code::InvalidArgument,
+                "ttl_ms",
+            ),
+            (
+                Rejection::UnknownTenant {
+                    tenant: tenant.clone(),
+                },
+                Code::NotFound,
+                "`tollgate tenant put acme`",
+            ),
+            (
+                Rejection::UnknownAgent {
+                    tenant: tenant.clone(),
+                    agent,
+                },
+                Code::NotFound,
+                "no agent bot",
+            ),
+            (
+                Rejection::UnknownLimit {
+                    tenant: tenant.clone(),
+                    limit: LimitId::new("daily").unwrap(),
+                },
+                Code::NotFound,
+                "`tollgate limit list --tenant acme`",
+            ),
+            (
+                Rejection::UnknownReservation { reservation },
+                Code::NotFound,
+                "never issued",
+            ),
+            (
+                Rejection::ReservationEnded { reservation },
+                Code::NotFound,
+                "EXPIRED_RETENTION_MS",
+            ),
+            (
+                Rejection::WrongTenant {
+                    reservation,
+                    tenant: tenant.clone(),
+                },
+                Code::PermissionDenied,
+                "another tenant",
+            ),
+            (
+                Rejection::ReleaseAfterExpiry {
+                    reservation,
+                    expired_at_ms: 5,
+                    charged: true,
+                },
+                Code::FailedPrecondition,
+                "charge stands",
+            ),
+            (
+                Rejection::AnswerUnreadable {
+                    request_id: request_id.clone(),
+                },
+                Code::FailedPrecondition,
+                "q-1",
+            ),
+            (
+                Rejection::bound_reached(Bound::AgentsPerTenant, &tenant),
+                Code::ResourceExhausted,
+                "AGENTS_PER_TENANT_MAX",
+            ),
+            (
+                Rejection::bound_reached(Bound::Tenants, &tenant),
+                Code::ResourceExhausted,
+                "the ledger holds TENANTS_MAX",
+            ),
+            (
+                Rejection::RequestIdReused {
+                    tenant,
+                    request_id,
+                    first_at_ms: 5,
+                },
+                Code::AlreadyExists,
+                "reused with a different payload",
+            ),
+        ];
+        for (rejection, code, says) in cases {
+            let status = rejection_status(&rejection);
+            assert_eq!(status.code(), code, "{rejection:?}");
+            assert!(status.message().contains(says), "{status:?}");
+        }
     }
 }
