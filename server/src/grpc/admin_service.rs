@@ -7,8 +7,8 @@ use tokio_stream::Stream;
 use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::call::{propose, read_linearizable, rejection_status};
 use super::convert::{self, applied};
-use super::{propose, read_linearizable, rejection_status};
 use crate::node::Node;
 use tollgate_ledger::{AuditFilter, AuditRecord, Command};
 

@@ -7,7 +7,7 @@ use openraft::BasicNode;
 use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::not_leader;
+use super::call::not_leader;
 use crate::node::Node;
 use crate::raft::state_machine::read_applied;
 use crate::raft::NodeId;

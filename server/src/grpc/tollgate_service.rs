@@ -13,8 +13,8 @@ use tollgate_proto::{BATCH_OPS_MAX, LEADER_METADATA_KEY};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use super::call::{propose, read_linearizable, rejection_status};
 use super::convert::{self, applied};
-use super::{propose, read_linearizable, rejection_status};
 use crate::node::Node;
 use tollgate_ledger::{Command, DenyReason, Outcome, ReservationId};
 /// Most reservations one ListReservations call returns.
