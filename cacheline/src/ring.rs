@@ -3,8 +3,7 @@
 //!
 //! A `VecDeque` doubles when it is full and copies everything it holds into the new
 //! buffer. The ledger applies commands one at a time on every replica, so each doubling of
-//! a ring holding hundreds of MB stalled every decision behind it for tens of ms (it
-//! doubled the reserve p99 of `tollgate-sim bench --mode open` at half peak). Here a full
+//! a ring holding hundreds of MB would stall every decision behind it for tens of ms. Here a full
 //! chunk is followed by a new one, the oldest chunk is freed (or kept as the one spare)
 //! once it is consumed, and an element is found by dividing its position by a power of two.
 

@@ -9,7 +9,8 @@
 //! Absolute times drift with the host (its memory latency most of all), so rounds of a
 //! peer alternate with the ledger's in the same run: a debit of one of 10^6 keys in a
 //! `HashMap`, the "keyed map debit" that the goal is scaled from (~90 ns on the host the
-//! goal was set on, goal 1,000 ns: about 11 debits; docs/performance.md). The bench prints a pair's time in debits as well.
+//! goal was set on, goal 1,000 ns: about 11 debits; docs/performance.md). The bench prints
+//! a pair's time in debits as well.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering::Relaxed};

@@ -8,10 +8,8 @@
 //! postcard itself. `tests` checks the two agree, value for value.
 //!
 //! The bytes go into a `Writer`: a buffer on the stack and a length the compiler keeps in a
-//! register. Pushed into a `&mut Vec<u8>` instead, every byte reloaded and stored the
-//! vector's length (a store of a byte may alias it) and each id cost a call to memcpy. (In
-//! the ledger bench that made the audit bodies' encoding ~1 % of a pair slower, no more: the
-//! pair is bound by its cache misses, not by these instructions.)
+//! register, where a `&mut Vec<u8>` would reload and store its length after every byte (a
+//! store of a byte may alias it) and copy each id through a call to memcpy.
 
 use serde::Serialize;
 
@@ -20,7 +18,7 @@ use super::{Amounts, Command, Dimension, Outcome};
 /// Room of a hot-path encoding, on the stack. A command, answer or audit body with ids of
 /// a few dozen bytes (UUIDs, names) fits; a longer one (ids may have `ID_BYTES_MAX` bytes)
 /// is encoded by postcard instead, into a reused buffer. Small enough that zeroing it is a
-/// few vector stores, not a call to memset (1,024 bytes was ~2 % of a pair).
+/// few vector stores, not a call to memset.
 pub const HOT_BYTES: usize = 256;
 
 /// Appends bytes to a fixed buffer; what does not fit is dropped and remembered as an

@@ -18,9 +18,9 @@ use tollgate_cacheline::prefetch;
 
 /// Links of the longest chain, one stage each.
 const STAGES: usize = 4;
-/// Commands applied between two stages of one command: the time a line has to arrive.
-/// One is enough: in alternating rounds of one ledger bench run, one command between
-/// stages took 0.985x the time of two (eight runs, both orders), three 1.007x.
+/// Commands applied between two stages of one command: the time a line has to arrive. One
+/// is enough, since a command takes longer than a miss; retune with the ledger bench
+/// (`cargo bench -p tollgate-ledger --bench ledger`, its prefetching ratio).
 const SPACING: usize = 1;
 /// How many commands ahead `prefetch_upcoming` looks.
 pub const PREFETCH_DEPTH: usize = (STAGES - 1) * SPACING + 1;
@@ -32,8 +32,7 @@ impl Ledger {
     ///
     /// The last stage goes first: one call requests some twenty lines, more than the CPU
     /// keeps misses in flight, so the requests at the end of a call wait for earlier ones to
-    /// arrive. What the next command needs must not be the one waiting (the other order
-    /// made a pair ~10 % slower in the ledger bench).
+    /// arrive, and what the next command needs must not be the one waiting.
     pub fn prefetch_upcoming(&self, upcoming: &[Command]) {
         for stage in (0..STAGES).rev() {
             let ahead = (STAGES - 1 - stage) * SPACING;
