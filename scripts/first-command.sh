@@ -17,6 +17,7 @@ command=$(awk '/^## Run it/ { section = 1; next }
 [ -n "$command" ] || { echo "first command: none found under '## Run it' in README.md" >&2; exit 1; }
 echo "first command: $command"
 
+: >"$log"
 # Its own process group, so Ctrl-C reaches cargo and the node it runs alike.
 setsid bash -c "$command" >"$log" 2>&1 &
 group=$!
