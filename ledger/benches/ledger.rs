@@ -367,7 +367,9 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
         cost_micros: 900,
         calls: 1,
     };
-    let first_id = match ledger.apply(
+    // Reservation ids count per tenant; the ledger holds no reservation but this first one.
+    let mut issued = vec![0u64; TENANTS];
+    issued[0] = match ledger.apply(
         clock.tick(),
         &Command::Reserve {
             request_id: clock.request(),
@@ -379,12 +381,14 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
             fingerprint: None,
         },
     ) {
-        Outcome::Granted { reservation_id, .. } => reservation_id.0 + 1,
+        Outcome::Granted { reservation_id, .. } => reservation_id.0,
         other => panic!("{other:?}"),
     };
     (0..pairs)
-        .flat_map(|i| {
-            let tenant = tenant_id(rng.random_range(0..TENANTS));
+        .flat_map(|_| {
+            let t = rng.random_range(0..TENANTS);
+            issued[t] += 1;
+            let tenant = tenant_id(t);
             let agent = agent_id(rng.random_range(0..AGENTS_PER_TENANT));
             let reserve = Command::Reserve {
                 request_id: clock.request(),
@@ -398,7 +402,7 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
             let commit = Command::Commit {
                 request_id: clock.request(),
                 tenant,
-                reservation_id: ReservationId(first_id + i as u64),
+                reservation_id: ReservationId(issued[t]),
                 actual,
             };
             [reserve, commit]

@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 use super::audit::{AuditEvent, Fact};
 use super::limits::{self, is_per_agent, AgentCounter, Counter, Verdict, LIMITS_PER_TENANT_MAX};
 use super::runaway;
-use super::state::{Agent, Reservation, Tenant, Tombstone};
+use super::state::{Agent, Reservation, ReservationKey, Tenant, Tombstone};
 use super::{
     AgentId, Amounts, Bound, Command, DenyReason, ExpiryPolicy, Ledger, LimitId, LimitKind,
     LimitSpec, Outcome, Rejection, Remaining, RequestId, ReservationId, TenantId, TenantPolicy,
@@ -365,7 +365,7 @@ impl Ledger {
                 request_id,
                 reservation_id,
                 ..
-            } => self.release(now_ms, request_id, (t, tenant_id), *reservation_id),
+            } => self.release(now_ms, request_id, t, *reservation_id),
             Command::Record {
                 request_id,
                 agent,
@@ -490,6 +490,7 @@ impl Ledger {
             limits,
             agents,
             in_flight,
+            reservations_issued,
             ..
         } = tenant;
         let Some(agent) = agents.get_mut(agent_index) else {
@@ -510,14 +511,14 @@ impl Ledger {
         if let Some(state) = agent.runaway.as_deref_mut() {
             state.note_spend(policy, r.estimate, now_ms);
         }
-        self.reservations_issued = self.reservations_issued.saturating_add(1);
-        let id = self.reservations_issued;
+        *reservations_issued = reservations_issued.saturating_add(1);
+        let id = *reservations_issued;
         let expires_at_ms = now_ms.saturating_add(r.ttl_ms);
         *in_flight = in_flight.saturating_add(1);
         self.in_flight.insert((t, id));
-        self.by_expiry.insert((expires_at_ms, id));
+        self.by_expiry.insert((expires_at_ms, (t, id)));
         self.reservations.insert(
-            id,
+            (t, id),
             Reservation {
                 tenant: t,
                 agent: agent_index,
@@ -545,37 +546,35 @@ impl Ledger {
         Outcome::Denied(reason)
     }
 
-    /// Whose reservation this is, for the tenant check; None if it is the tenant's own.
-    fn owner_check(
-        &self,
-        (t, tenant): (u32, &TenantId),
-        id: u64,
-        reservation_tenant: u32,
-    ) -> Option<Outcome> {
-        (reservation_tenant != t).then(|| {
-            rejected(Rejection::WrongTenant {
-                reservation: ReservationId(id),
-                tenant: tenant.clone(),
-            })
-        })
-    }
-
-    fn unknown_reservation(&self, id: u64) -> Outcome {
+    /// Neither in flight nor remembered in tenant `t`: ended if the tenant was issued that
+    /// id, else never issued. Only the tenant's own counter decides, so another tenant's
+    /// reservation of the same number answers exactly as a number nobody was given.
+    fn unknown_reservation(&self, t: u32, id: u64) -> Outcome {
         let reservation = ReservationId(id);
-        if id == 0 || id > self.reservations_issued {
+        let issued = self
+            .tenants
+            .get(t)
+            .map_or(0, |tenant| tenant.reservations_issued);
+        if id == 0 || id > issued {
             rejected(Rejection::UnknownReservation { reservation })
         } else {
             rejected(Rejection::ReservationEnded { reservation })
         }
     }
 
-    /// Takes reservation `id` out of flight at `at_ms`: out of the reservations and their
+    /// Takes reservation `key` out of flight at `at_ms`: out of the reservations and their
     /// indexes, its holds settled as `ending` says, and its audit record appended. The one
     /// path by which commit, release and expiry end a reservation. None: not in flight.
-    fn end_in_flight(&mut self, id: u64, at_ms: u64, ending: Ending<'_>) -> Option<Reservation> {
-        let reservation = self.reservations.remove(&id)?;
-        self.by_expiry.remove(&(reservation.expires_at_ms, id));
-        self.in_flight.remove(&(reservation.tenant, id));
+    fn end_in_flight(
+        &mut self,
+        key: ReservationKey,
+        at_ms: u64,
+        ending: Ending<'_>,
+    ) -> Option<Reservation> {
+        let reservation = self.reservations.remove(&key)?;
+        self.by_expiry.remove(&(reservation.expires_at_ms, key));
+        self.in_flight.remove(&key);
+        let (_, id) = key;
         let Some(tenant) = self.tenants.get_mut(reservation.tenant) else {
             debug_assert!(false, "reservation of an unknown tenant");
             return None;
@@ -616,29 +615,19 @@ impl Ledger {
         reservation_id: ReservationId,
         actual: &Amounts,
     ) -> Outcome {
-        let id = reservation_id.0;
-        if let Some(reservation) = self.reservations.get(&id) {
-            if let Some(denied) = self.owner_check((t, tenant_id), id, reservation.tenant) {
-                return denied;
-            }
-            let ending = Ending::Commit { request_id, actual };
-            let Some(reservation) = self.end_in_flight(id, now_ms, ending) else {
-                return self.unknown_reservation(id);
-            };
+        let key = (t, reservation_id.0);
+        let ending = Ending::Commit { request_id, actual };
+        if let Some(reservation) = self.end_in_flight(key, now_ms, ending) {
             return Outcome::Committed {
                 reservation_id,
                 overrun: actual.exceeds(&reservation.estimate),
                 late: false,
             };
         }
-        if let Some(tombstone) = self.tombstones.get(&id) {
-            if let Some(denied) = self.owner_check((t, tenant_id), id, tombstone.reservation.tenant)
-            {
-                return denied;
-            }
+        if self.tombstones.contains_key(&key) {
             return self.commit_late(now_ms, request_id, (t, tenant_id), reservation_id, actual);
         }
-        self.unknown_reservation(id)
+        self.unknown_reservation(t, reservation_id.0)
     }
 
     /// A commit of an expired reservation, still remembered: trues its expiry charge (or
@@ -651,15 +640,15 @@ impl Ledger {
         reservation_id: ReservationId,
         actual: &Amounts,
     ) -> Outcome {
-        let id = reservation_id.0;
+        let key = (t, reservation_id.0);
+        let Some(tombstone) = self.tombstones.remove(&key) else {
+            return self.unknown_reservation(t, reservation_id.0);
+        };
+        self.tombstones_by_time
+            .remove(&(tombstone.expired_at_ms, key));
         let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
-        let Some(tombstone) = self.tombstones.remove(&id) else {
-            return self.unknown_reservation(id);
-        };
-        self.tombstones_by_time
-            .remove(&(tombstone.expired_at_ms, id));
         let reservation = tombstone.reservation;
         let estimate = reservation.estimate;
         for_each_hold(
@@ -708,34 +697,24 @@ impl Ledger {
         &mut self,
         now_ms: u64,
         request_id: &RequestId,
-        (t, tenant_id): (u32, &TenantId),
+        t: u32,
         reservation_id: ReservationId,
     ) -> Outcome {
-        let id = reservation_id.0;
-        if let Some(reservation) = self.reservations.get(&id) {
-            if let Some(denied) = self.owner_check((t, tenant_id), id, reservation.tenant) {
-                return denied;
-            }
-            if self
-                .end_in_flight(id, now_ms, Ending::Release { request_id })
-                .is_none()
-            {
-                return self.unknown_reservation(id);
-            }
+        let key = (t, reservation_id.0);
+        if self
+            .end_in_flight(key, now_ms, Ending::Release { request_id })
+            .is_some()
+        {
             return Outcome::Released { reservation_id };
         }
-        if let Some(tombstone) = self.tombstones.get(&id) {
-            if let Some(denied) = self.owner_check((t, tenant_id), id, tombstone.reservation.tenant)
-            {
-                return denied;
-            }
+        if let Some(tombstone) = self.tombstones.get(&key) {
             return rejected(Rejection::ReleaseAfterExpiry {
                 reservation: reservation_id,
                 expired_at_ms: tombstone.expired_at_ms,
                 charged: tombstone.charged,
             });
         }
-        self.unknown_reservation(id)
+        self.unknown_reservation(t, reservation_id.0)
     }
 
     fn record(
@@ -790,37 +769,36 @@ impl Ledger {
     }
 
     /// Ends a reservation whose TTL has passed, at its expiry time (log order decides).
-    pub(super) fn expire(&mut self, id: u64, expires_at_ms: u64) {
+    pub(super) fn expire(&mut self, key: ReservationKey, expires_at_ms: u64) {
         // Out of the index whatever follows: `advance` takes its entries until they are
         // later than now.
-        self.by_expiry.remove(&(expires_at_ms, id));
+        self.by_expiry.remove(&(expires_at_ms, key));
         let charged = self
-            .reservations
-            .get(&id)
-            .and_then(|r| self.tenants.get(r.tenant))
+            .tenants
+            .get(key.0)
             .is_some_and(|t| t.policy.expiry == ExpiryPolicy::Charge);
-        let Some(reservation) = self.end_in_flight(id, expires_at_ms, Ending::Expire { charged })
+        let Some(reservation) = self.end_in_flight(key, expires_at_ms, Ending::Expire { charged })
         else {
             debug_assert!(false, "expiry index names an unknown reservation");
             return;
         };
         self.tombstones.insert(
-            id,
+            key,
             Tombstone {
                 reservation,
                 expired_at_ms: expires_at_ms,
                 charged,
             },
         );
-        self.tombstones_by_time.insert((expires_at_ms, id));
+        self.tombstones_by_time.insert((expires_at_ms, key));
         while self.tombstones.len() > EXPIRED_TOMBSTONES_MAX {
             self.forget_oldest_tombstone();
         }
     }
 
     pub(super) fn forget_oldest_tombstone(&mut self) {
-        if let Some((_, id)) = self.tombstones_by_time.pop_first() {
-            self.tombstones.remove(&id);
+        if let Some((_, key)) = self.tombstones_by_time.pop_first() {
+            self.tombstones.remove(&key);
         }
     }
 

@@ -87,8 +87,8 @@ impl Ledger {
         Ok(())
     }
 
-    /// Every reservation in flight was issued, has not expired, belongs to a known tenant
-    /// and agent, and is in the expiry and in-flight indexes.
+    /// Every reservation in flight was issued by its own tenant, has not expired, belongs to
+    /// a known tenant and agent, and is in the expiry and in-flight indexes.
     fn check_reservations_are_indexed(&self) -> Result<(), String> {
         ensure(self.by_expiry.len() == self.reservations.len(), || {
             "expiry index and reservations differ in size".into()
@@ -96,21 +96,25 @@ impl Ledger {
         ensure(self.in_flight.len() == self.reservations.len(), || {
             "the in-flight index and the reservations differ in size".into()
         })?;
-        for (&id, r) in &self.reservations {
-            ensure(id >= 1 && id <= self.reservations_issued, || {
-                format!("reservation r{id} was never issued")
+        for (&key, r) in &self.reservations {
+            let (t, id) = key;
+            ensure(r.tenant == t, || {
+                format!("reservation r{id} of tenant #{} keyed under #{t}", r.tenant)
             })?;
-            ensure(self.by_expiry.contains(&(r.expires_at_ms, id)), || {
+            let tenant = self
+                .tenants
+                .get(t)
+                .ok_or_else(|| format!("reservation r{id} of unknown tenant #{t}"))?;
+            ensure(id >= 1 && id <= tenant.reservations_issued, || {
+                format!("reservation r{id} was never issued by tenant {}", tenant.id)
+            })?;
+            ensure(self.by_expiry.contains(&(r.expires_at_ms, key)), || {
                 format!("reservation r{id} missing from the expiry index")
             })?;
             ensure(r.expires_at_ms > self.now_ms, || {
                 format!("reservation r{id} should have expired")
             })?;
-            let tenant = self
-                .tenants
-                .get(r.tenant)
-                .ok_or_else(|| format!("reservation r{id} of unknown tenant #{}", r.tenant))?;
-            ensure(self.in_flight.contains(&(r.tenant, id)), || {
+            ensure(self.in_flight.contains(&key), || {
                 format!("reservation r{id} missing from its tenant's index")
             })?;
             ensure(tenant.agents.get(r.agent).is_some(), || {
@@ -120,24 +124,33 @@ impl Ledger {
         Ok(())
     }
 
-    /// Every tombstone is of a known tenant and agent, in its index, and not in flight.
+    /// Every tombstone was issued by its own tenant, is of a known tenant and agent, in its
+    /// index, and not in flight.
     fn check_tombstones_are_indexed(&self) -> Result<(), String> {
         ensure(
             self.tombstones_by_time.len() == self.tombstones.len(),
             || "tombstone index and tombstones differ in size".into(),
         )?;
-        for (&id, t) in &self.tombstones {
+        for (&key, tombstone) in &self.tombstones {
+            let (t, id) = key;
+            let r = &tombstone.reservation;
+            ensure(r.tenant == t, || {
+                format!("tombstone r{id} of tenant #{} keyed under #{t}", r.tenant)
+            })?;
             ensure(
-                self.tenants
-                    .get(t.reservation.tenant)
-                    .is_some_and(|tenant| tenant.agents.get(t.reservation.agent).is_some()),
-                || format!("tombstone r{id} of an unknown tenant or agent"),
+                self.tenants.get(t).is_some_and(|tenant| {
+                    tenant.agents.get(r.agent).is_some()
+                        && id >= 1
+                        && id <= tenant.reservations_issued
+                }),
+                || format!("tombstone r{id} of an unknown tenant or agent, or never issued"),
             )?;
             ensure(
-                self.tombstones_by_time.contains(&(t.expired_at_ms, id)),
+                self.tombstones_by_time
+                    .contains(&(tombstone.expired_at_ms, key)),
                 || format!("tombstone r{id} missing from its index"),
             )?;
-            ensure(!self.reservations.contains_key(&id), || {
+            ensure(!self.reservations.contains_key(&key), || {
                 format!("reservation r{id} both in flight and expired")
             })?;
         }
@@ -182,7 +195,9 @@ impl Ledger {
     ) -> Result<(), String> {
         for id in self.in_flight_of(t) {
             ensure(
-                self.reservations.get(&id).is_some_and(|r| r.tenant == t),
+                self.reservations
+                    .get(&(t, id))
+                    .is_some_and(|r| r.tenant == t),
                 || {
                     format!(
                         "tenant {} indexes reservation r{id} it does not own",
@@ -245,7 +260,7 @@ impl Ledger {
     fn holds_of(&self, t: u32, tenant: &Tenant) -> Holds {
         let mut expected = Holds::new();
         for id in self.in_flight_of(t) {
-            let Some(r) = self.reservations.get(&id) else {
+            let Some(r) = self.reservations.get(&(t, id)) else {
                 continue;
             };
             for &generation in r.holds.iter() {

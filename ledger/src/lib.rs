@@ -13,8 +13,12 @@
 //!   dimension and class (budget, rate, concurrency). A reserve is checked against every
 //!   limit that applies and held against all of them, or none.
 //! - Time: `apply` uses `max(at_ms, now_ms())`, so time never runs backwards. Before the
-//!   command, reservations whose `expires_at_ms <= at` expire in (expires_at, id) order, each
-//!   at its own expiry time (its charge lands in the window of that time).
+//!   command, reservations whose `expires_at_ms <= at` expire in (expires_at, tenant, id)
+//!   order (tenants in creation order), each at its own expiry time (its charge lands in
+//!   the window of that time).
+//! - Reservation ids count per tenant (1, 2, 3, ...): a tenant learns nothing of another's
+//!   traffic from them, and naming another tenant's reservation answers as an id never
+//!   issued (or ended) does, from the naming tenant's own counter.
 //! - Rejections change nothing but time: an invalid command (INVALID_ARGUMENT) changes
 //!   nothing at all; a command rejected by state still lets time advance (expiries, the
 //!   forgetting of old answers), which is the log's doing, not the command's.
@@ -78,7 +82,7 @@ use serde::{Deserialize, Serialize};
 
 use audit::AuditLog;
 use names::Interned;
-use state::{sorted_map, FastMap, Reservation, Scratch, Tenant, Tombstone};
+use state::{sorted_map, FastMap, Reservation, ReservationKey, Scratch, Tenant, Tombstone};
 
 /// Most reservations one `reservations` query returns.
 pub const RESERVATIONS_QUERY_MAX: usize = 10_000;
@@ -153,25 +157,23 @@ pub struct Ledger {
     now_ms: u64,
     /// In creation order; reservations and answers refer to them by index.
     tenants: Interned<Tenant>,
-    /// Reservation ids are 1, 2, 3, ... in log order; this is the last one issued.
-    reservations_issued: u64,
     #[serde(with = "sorted_map")]
-    reservations: FastMap<u64, Reservation>,
+    reservations: FastMap<ReservationKey, Reservation>,
     /// Expired reservations remembered for late commits.
     #[serde(with = "sorted_map")]
-    tombstones: FastMap<u64, Tombstone>,
+    tombstones: FastMap<ReservationKey, Tombstone>,
     /// Remembered answers, oldest first, with their index (see `dedup.rs`).
     answers: dedup::Answers,
     audit: AuditLog,
     /// Derived indexes and counts, rebuilt on restore.
     #[serde(skip)]
-    by_expiry: BTreeSet<(u64, u64)>,
+    by_expiry: BTreeSet<(u64, ReservationKey)>,
     #[serde(skip)]
-    tombstones_by_time: BTreeSet<(u64, u64)>,
+    tombstones_by_time: BTreeSet<(u64, ReservationKey)>,
     /// (tenant, id) of every reservation in flight: each tenant's, oldest first, in one
     /// set that stays small and warm (a set per tenant was a cache miss per grant).
     #[serde(skip)]
-    in_flight: BTreeSet<(u32, u64)>,
+    in_flight: BTreeSet<ReservationKey>,
     #[serde(skip)]
     agents_total: usize,
     /// Encoding buffer for the payload hashes of commands postcard encodes.
@@ -185,7 +187,7 @@ impl Ledger {
     }
 
     /// Applies one command at the leader's time. Before the command, expires every
-    /// reservation whose `expires_at_ms <= at_ms` (in (expires_at, id) order), and uses
+    /// reservation whose `expires_at_ms <= at_ms` (in (expires_at, tenant, id) order), and uses
     /// `at = max(at_ms, now_ms())` so time never runs backwards.
     pub fn apply(&mut self, at_ms: u64, cmd: &Command) -> Outcome {
         self.apply_at(at_ms, 0, cmd).0
@@ -233,11 +235,11 @@ impl Ledger {
     /// Moves time to `now_ms`: expiries first, then forgetting tombstones and answers that
     /// have outlived their retention.
     fn advance(&mut self, now_ms: u64) {
-        while let Some(&(expires_at_ms, id)) = self.by_expiry.first() {
+        while let Some(&(expires_at_ms, key)) = self.by_expiry.first() {
             if expires_at_ms > now_ms {
                 break;
             }
-            self.expire(id, expires_at_ms);
+            self.expire(key, expires_at_ms);
         }
         while let Some(&(expired_at_ms, _)) = self.tombstones_by_time.first() {
             if expired_at_ms.saturating_add(EXPIRED_RETENTION_MS) > now_ms {
@@ -345,7 +347,7 @@ impl Ledger {
         };
         Ok(self
             .in_flight_of(t_index)
-            .filter_map(|id| self.reservations.get(&id).map(|r| (id, r)))
+            .filter_map(|id| self.reservations.get(&(t_index, id)).map(|r| (id, r)))
             .filter(|(_, r)| agent.is_none_or(|a| a == r.agent))
             .take(limit)
             .map(|(id, r)| ReservationView {

@@ -565,14 +565,17 @@ impl Run {
     }
 }
 
+/// A reservation as its tenant names it: ids count per tenant.
+type Lives = HashMap<(Option<TenantId>, ReservationId), (u32, Vec<&'static str>)>;
+
 /// Grant, end (commit, release or expiry) and late commits seen per reservation.
-fn reservation_lives(ledger: &Ledger) -> HashMap<ReservationId, (u32, Vec<&'static str>)> {
-    let mut lives: HashMap<ReservationId, (u32, Vec<&'static str>)> = HashMap::new();
+fn reservation_lives(ledger: &Ledger) -> Lives {
+    let mut lives = Lives::new();
     for record in ledger.audit(&AuditFilter::default()) {
         let Some(id) = record.reservation_id else {
             continue;
         };
-        let life = lives.entry(id).or_default();
+        let life = lives.entry((record.tenant.clone(), id)).or_default();
         match record.event {
             AuditEvent::Grant => life.0 += 1,
             AuditEvent::Commit { late: false, .. } => life.1.push("commit"),
@@ -615,7 +618,8 @@ proptest! {
         run.now_ms += TTL_MS_MAX + 1;
         run.send(Command::Tick, Check::None);
         prop_assert_eq!(run.ledger.stats().reservations_in_flight, 0);
-        for (id, (grants, ends)) in reservation_lives(&run.ledger) {
+        for ((tenant, id), (grants, ends)) in reservation_lives(&run.ledger) {
+            let id = format!("{tenant:?} {id}");
             prop_assert_eq!(grants, 1, "{} granted {} times", id, grants);
             let first_ends = ends.iter().filter(|e| **e != "late-commit").count();
             prop_assert_eq!(first_ends, 1, "{} ended as {:?}", id, ends);

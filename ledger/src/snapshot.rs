@@ -9,9 +9,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::Ledger;
 
 /// Bump on any change to the shape of the ledger's state, of the types in the log, or of
-/// how the audit chain is hashed. 4: audit chain format 2 (`audit.rs`), whose retained
-/// hashes a build of format 3 would not verify.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
+/// how the audit chain is hashed. 5: reservation ids count per tenant (tenants carry their
+/// counter; reservations and tombstones are keyed by (tenant, id)).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8;
@@ -116,24 +116,24 @@ impl Ledger {
         self.by_expiry = self
             .reservations
             .iter()
-            .map(|(&id, r)| (r.expires_at_ms, id))
+            .map(|(&key, r)| (r.expires_at_ms, key))
             .collect();
         self.tombstones_by_time = self
             .tombstones
             .iter()
-            .map(|(&id, t)| (t.expired_at_ms, id))
+            .map(|(&key, t)| (t.expired_at_ms, key))
             .collect();
         for tenant in self.tenants.iter_mut() {
             tenant.in_flight = 0;
         }
         self.in_flight.clear();
-        for (&id, r) in &self.reservations {
+        for &(t, id) in self.reservations.keys() {
             let tenant = self
                 .tenants
-                .get_mut(r.tenant)
-                .ok_or_else(|| format!("reservation r{id} of unknown tenant #{}", r.tenant))?;
+                .get_mut(t)
+                .ok_or_else(|| format!("reservation r{id} of unknown tenant #{t}"))?;
             tenant.in_flight = tenant.in_flight.saturating_add(1);
-            self.in_flight.insert((r.tenant, id));
+            self.in_flight.insert((t, id));
         }
         self.agents_total = self.tenants.iter().map(|t| t.agents.len()).sum();
         Ok(())

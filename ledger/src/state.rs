@@ -28,6 +28,9 @@ pub struct Tenant {
     pub limits: Vec<LimitEntry>,
     /// The last limit generation issued in this tenant (see `LimitEntry::generation`).
     pub generation_last: u64,
+    /// The last reservation id issued in this tenant: its ids are 1, 2, 3, ... in log
+    /// order, counted apart from every other tenant's.
+    pub reservations_issued: u64,
     /// In creation order; reservations and answers refer to them by index.
     pub agents: Interned<Agent>,
     /// How many of the ledger's reservations in flight are this tenant's (they are listed
@@ -44,6 +47,7 @@ impl Tenant {
             frozen: false,
             limits: Vec::new(),
             generation_last: 0,
+            reservations_issued: 0,
             agents: Interned::default(),
             in_flight: 0,
         }
@@ -105,6 +109,11 @@ impl Named for Agent {
         self.id.as_bytes()
     }
 }
+
+/// Where the ledger keeps a reservation: its tenant's index in `Ledger::tenants` and the
+/// id that tenant was given. Ids count per tenant, so the ids a tenant gets say nothing of
+/// other tenants' traffic, and a tenant naming an id finds only its own reservation.
+pub type ReservationKey = (u32, u64);
 
 /// A reservation in flight: what it holds and against which limit generations.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -936,26 +936,179 @@ fn commit_after_the_tombstone_is_gone_is_not_found() {
     }
 }
 
-#[test]
-fn commit_or_release_of_another_tenants_reservation_is_permission_denied() {
-    let mut h = Harness::new();
-    let r = h.reserve_ok("bot", cost(10));
-    h.tenant = tenant("mallory");
-    h.admin(|request_id, tenant| Command::PutTenant {
+/// A rejection's text with its reservation id masked, to compare answers about two ids.
+fn masked(outcome: &Outcome, id: ReservationId) -> String {
+    match outcome {
+        Outcome::Rejected(rejection) => rejection.to_string().replace(&id.to_string(), "<id>"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+/// Puts tenant `name` and makes the harness act for it.
+fn act_for(h: &mut Harness, name: &str) {
+    h.tenant = tenant(name);
+    let done = h.admin(|request_id, tenant| Command::PutTenant {
         request_id,
         tenant,
         policy: TenantPolicy::default(),
     });
+    assert_eq!(done, Outcome::Done);
+}
+
+/// Guarantee 7: naming another tenant's reservation, in flight or expired, answers exactly
+/// as naming one never issued, and changes nothing.
+#[test]
+fn another_tenants_reservation_answers_as_an_unknown_one() {
+    let mut h = Harness::new();
+    let expired = h.reserve_with_ttl("bot", cost(10), 1_000);
+    let in_flight = h.reserve_ok("bot", cost(10));
+    h.advance(1_000);
+    act_for(&mut h, "mallory");
+    let never = ReservationId(in_flight.0 + 1_000);
     let before = h.ledger.clone();
+    let unknown_commit = h.commit(never, cost(0));
+    let unknown_release = h.release(never);
     assert!(matches!(
-        h.commit(r, cost(0)),
-        Outcome::Rejected(Rejection::WrongTenant { .. })
+        unknown_commit,
+        Outcome::Rejected(Rejection::UnknownReservation { .. })
     ));
-    assert!(matches!(
-        h.release(r),
-        Outcome::Rejected(Rejection::WrongTenant { .. })
-    ));
+    for theirs in [expired, in_flight] {
+        let commit = h.commit(theirs, cost(0));
+        assert_eq!(masked(&commit, theirs), masked(&unknown_commit, never));
+        let release = h.release(theirs);
+        assert_eq!(masked(&release, theirs), masked(&unknown_release, never));
+    }
     assert_eq!(h.ledger, before);
+    h.tenant = tenant("acme");
+    assert!(matches!(
+        h.commit(in_flight, cost(3)),
+        Outcome::Committed { .. }
+    ));
+}
+
+/// Guarantee 7: once the naming tenant has ended a reservation of the same number, the
+/// answer is its own "ended", whoever else holds that number.
+#[test]
+fn another_tenants_reservation_of_an_ended_number_answers_as_ended() {
+    let mut h = Harness::new();
+    let _first = h.reserve_ok("bot", cost(10));
+    let theirs = h.reserve_ok("bot", cost(10));
+    act_for(&mut h, "mallory");
+    let mine = h.reserve_ok("bot", cost(1));
+    let _second = h.reserve_ok("bot", cost(1));
+    assert_eq!(mine, ReservationId(1));
+    assert!(matches!(
+        h.release(ReservationId(2)),
+        Outcome::Released { .. }
+    ));
+    assert_eq!(theirs, ReservationId(2));
+    assert!(matches!(
+        h.commit(theirs, cost(0)),
+        Outcome::Rejected(Rejection::ReservationEnded { .. })
+    ));
+    h.tenant = tenant("acme");
+    assert!(matches!(
+        h.commit(theirs, cost(3)),
+        Outcome::Committed { .. }
+    ));
+}
+
+/// Guarantee 7: the ids a tenant is given are the same whatever other tenants reserved.
+#[test]
+fn reservation_ids_reveal_no_other_tenants_traffic() {
+    let ids_of_globex = |acme_reservations: usize| {
+        let mut h = Harness::new();
+        for _ in 0..acme_reservations {
+            h.reserve_ok("bot", cost(1));
+        }
+        act_for(&mut h, "globex");
+        let ids: Vec<ReservationId> = (0..5).map(|_| h.reserve_ok("bot", cost(1))).collect();
+        h.tenant = tenant("acme");
+        h.reserve_ok("bot", cost(1));
+        h.tenant = tenant("globex");
+        let after: Vec<ReservationId> = (0..3).map(|_| h.reserve_ok("bot", cost(1))).collect();
+        (ids, after)
+    };
+    let quiet = ids_of_globex(0);
+    assert_eq!(quiet, ids_of_globex(7));
+    assert_eq!(quiet, ids_of_globex(40));
+    assert_eq!(quiet.0, (1..=5).map(ReservationId).collect::<Vec<_>>());
+}
+
+/// Guarantee 7: a tenant's queries and admin commands naming another tenant's agent or
+/// limit answer as for an agent or limit that exists nowhere.
+#[test]
+fn another_tenants_agents_and_limits_answer_as_unknown_ones() {
+    let mut h = Harness::new();
+    h.put_limit(
+        "daily",
+        Scope::Tenant,
+        Dimension::Cost,
+        budget(Window::Day, 100),
+    );
+    h.put_limit(
+        "per-bot",
+        Scope::EachAgent,
+        Dimension::Cost,
+        budget(Window::Day, 50),
+    );
+    h.reserve_ok("bot", cost(10));
+    act_for(&mut h, "mallory");
+    h.put_limit(
+        "own",
+        Scope::EachAgent,
+        Dimension::Cost,
+        budget(Window::Day, 70),
+    );
+    let mallory = tenant("mallory");
+    let (theirs, nobodys) = (agent("bot"), agent("ghost"));
+    let mask = |text: String, name: &str| text.replace(name, "<name>");
+    let status = |a: &AgentId| match h.ledger.agent_status(&mallory, a) {
+        Err(rejection) => mask(rejection.to_string(), a.as_str()),
+        Ok(status) => panic!("{status:?}"),
+    };
+    assert_eq!(status(&theirs), status(&nobodys));
+    let usage = |a: &AgentId| {
+        let rows = h.ledger.usage(&mallory, Some(a), None).unwrap();
+        rows.into_iter()
+            .map(|u| (u.limit, u.used, u.held, u.remaining, u.window_start_ms))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(usage(&theirs), usage(&nobodys));
+    assert_eq!(usage(&theirs).len(), 1);
+    for a in [&theirs, &nobodys] {
+        assert_eq!(h.ledger.reservations(&mallory, Some(a), 0), Ok(Vec::new()));
+    }
+    assert_eq!(h.ledger.reservations(&mallory, None, 0), Ok(Vec::new()));
+    let reset = |h: &mut Harness, a: &AgentId| {
+        let a = a.clone();
+        let outcome = h.admin(|request_id, tenant| Command::ResetTrip {
+            request_id,
+            tenant,
+            agent: a,
+        });
+        (outcome, h.ledger.stats())
+    };
+    let (reset_theirs, stats_theirs) = reset(&mut h, &theirs);
+    let (reset_nobodys, stats_nobodys) = reset(&mut h, &nobodys);
+    assert_eq!(stats_theirs, stats_nobodys);
+    assert_eq!(
+        mask(format!("{reset_theirs:?}"), "bot"),
+        mask(format!("{reset_nobodys:?}"), "ghost")
+    );
+    let delete = |h: &mut Harness, id: &str| {
+        let limit = limit_id(id);
+        let outcome = h.admin(|request_id, tenant| Command::DeleteLimit {
+            request_id,
+            tenant,
+            limit_id: limit,
+        });
+        mask(format!("{outcome:?}"), id)
+    };
+    assert_eq!(delete(&mut h, "daily"), delete(&mut h, "weekly"));
+    assert!(delete(&mut h, "daily").contains("UnknownLimit"));
+    h.tenant = tenant("acme");
+    assert_eq!(h.usage("bot", "daily").held, 10);
 }
 
 // ---- freeze, trip --------------------------------------------------------------------
@@ -2016,7 +2169,6 @@ fn status_class(rejection: &Rejection) -> u8 {
         | Rejection::UnknownLimit { .. }
         | Rejection::UnknownReservation { .. }
         | Rejection::ReservationEnded { .. } => 1,
-        Rejection::WrongTenant { .. } => 2,
         Rejection::ReleaseAfterExpiry { .. } | Rejection::AnswerUnreadable { .. } => 3,
         Rejection::BoundReached { .. } => 4,
         Rejection::RequestIdReused { .. } => 5,
@@ -2031,7 +2183,9 @@ fn status_class(rejection: &Rejection) -> u8 {
 /// chain head and snapshot changed once on purpose, with audit chain format 2 (snapshot
 /// format 4: `prev_hash` no longer hashed twice); the answers did not. The encoding of rejections
 /// changed once, when they became typed; which command is rejected, and with which status,
-/// did not (`decided`).
+/// did not (`decided`). Everything changed once on purpose, when reservation ids began to
+/// count per tenant (snapshot format 5): the history's commits of arbitrary ids now name
+/// the committing tenant's own reservations, and no answer is "another tenant's".
 #[test]
 fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
     let mut ledger = Ledger::new();
@@ -2243,7 +2397,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
         })
         .collect();
     let decided = xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&decided).unwrap());
-    assert_eq!(decided, 0xd341_b635_8d6d_01df);
+    assert_eq!(decided, 0xd7e8_ef89_4da8_e608);
     let outcomes = xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&outcomes).unwrap());
     let head = ledger.chain_head();
     let snapshot = xxhash_rust::xxh3::xxh3_64(&ledger.snapshot());
@@ -2252,13 +2406,13 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
         head.seq,
         hex::encode(head.hash)
     );
-    assert_eq!(outcomes, 0x100f_a626_a221_fa8d);
+    assert_eq!(outcomes, 0x02fe_7b53_012b_1753);
     assert_eq!(
         (head.seq, hex::encode(head.hash).as_str()),
         (
-            2295,
-            "c016a7cf480760a475188eddbbd6a2523a0d3d2b175abf219202bcf1e5046b8a"
+            2293,
+            "a9a89dac15935fa92990c387e0461b4a1805c7d897af9deaa2e13cbd9079175d"
         )
     );
-    assert_eq!(snapshot, 0x3ced_4eba_b94c_c5c6);
+    assert_eq!(snapshot, 0x3620_e028_328a_9879);
 }

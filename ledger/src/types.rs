@@ -469,7 +469,7 @@ pub enum Outcome {
 }
 
 /// A command that could not take effect, in the ledger's words; it changed nothing.
-/// `server/src/grpc/mod.rs` (`rejection_status`) maps each to one gRPC status, and the
+/// `server/src/grpc/call.rs` (`rejection_status`) maps each to one gRPC status, and the
 /// text of each names the `tollgate` command that helps, where one does.
 ///
 /// Rejections are never remembered (`dedup.rs`) nor audited, so their serialized form is
@@ -499,12 +499,6 @@ pub enum Rejection {
         crate::EXPIRED_RETENTION_MS
     )]
     ReservationEnded { reservation: ReservationId },
-    /// Commit or release of a reservation of another tenant.
-    #[error("reservation {reservation} belongs to another tenant, not {tenant}")]
-    WrongTenant {
-        reservation: ReservationId,
-        tenant: TenantId,
-    },
     /// `charged`: the expiry charged the estimate (policy `Charge`), else released it.
     #[error(
         "reservation {reservation} expired at {expired_at_ms} ms; {}; commit it if the call \

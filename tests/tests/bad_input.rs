@@ -49,6 +49,11 @@ fn granted_id(response: v1::ReserveResponse) -> u64 {
     }
 }
 
+/// A status message with a reservation id masked, to compare answers about two ids.
+fn masked(message: &str, reservation_id: u64) -> String {
+    message.replace(&reservation_id.to_string(), "<id>")
+}
+
 /// What a bad request must not change: usage and the audit chain head.
 async fn fingerprint_of_state(test: &TestCluster) -> (v1::UsageResponse, u64, Vec<u8>) {
     let usage = test.client.usage("acme", None, None).await.unwrap();
@@ -67,14 +72,18 @@ async fn each_bad_input_gets_its_status_and_changes_nothing() {
     let leader = test.cluster.leader(LEADER_WAIT).await.unwrap();
     let mut tollgate = raw(&test.cluster.addr(leader).unwrap()).await;
 
-    // A reservation of another tenant, and one that will expire.
-    let other_tenants = granted_id(
-        tollgate
-            .reserve(reserve("g-1", "globex", "bot", 10, 60_000))
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    // A reservation of another tenant, with an id acme was never given (ids count per
+    // tenant), and one that will expire.
+    let mut other_tenants = 0;
+    for request_id in ["g-1", "g-2", "g-3"] {
+        other_tenants = granted_id(
+            tollgate
+                .reserve(reserve(request_id, "globex", "bot", 10, 60_000))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
     let expiring = granted_id(
         tollgate
             .reserve(reserve("a-1", "acme", "bot", 10, 1_000))
@@ -144,23 +153,29 @@ async fn each_bad_input_gets_its_status_and_changes_nothing() {
             calls: 1,
         }),
     };
-    let status = tollgate
-        .commit(commit("c-1", "acme", 987_654))
+    let never_issued = 987_654;
+    let unknown = tollgate
+        .commit(commit("c-1", "acme", never_issued))
         .await
         .unwrap_err();
     assert_eq!(
-        status.code(),
+        unknown.code(),
         Code::NotFound,
-        "unknown reservation: {status:?}"
+        "unknown reservation: {unknown:?}"
     );
+    // Guarantee 7: another tenant's reservation answers as one never issued.
     let status = tollgate
         .commit(commit("c-2", "acme", other_tenants))
         .await
         .unwrap_err();
     assert_eq!(
         status.code(),
-        Code::PermissionDenied,
+        Code::NotFound,
         "another tenant's: {status:?}"
+    );
+    assert_eq!(
+        masked(status.message(), other_tenants),
+        masked(unknown.message(), never_issued)
     );
     let status = tollgate
         .release(v1::ReleaseRequest {
@@ -270,6 +285,7 @@ async fn a_tenants_credentials_cannot_touch_another_tenant() {
         ),
         "{spend_other:?}"
     );
+    theirs_answers_as_never_issued(&test, &acme).await;
     let read_other = acme.usage("globex", None, None).await;
     assert!(
         matches!(read_other, Err(tollgate_client::Error::PermissionDenied(_))),
@@ -295,6 +311,73 @@ async fn a_tenants_credentials_cannot_touch_another_tenant() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "no token, no answer");
     test.cluster.shutdown().await;
+}
+
+/// The masked message of a NOT_FOUND answer about reservation `id`.
+fn not_found<T: std::fmt::Debug>(answer: Result<T, tollgate_client::Error>, id: u64) -> String {
+    match answer {
+        Err(tollgate_client::Error::NotFound(message)) => masked(&message, id),
+        other => panic!("expected NOT_FOUND for reservation {id}, got {other:?}"),
+    }
+}
+
+/// Guarantee 7 over the wire: globex's token committing or releasing acme's reservation
+/// gets NOT_FOUND with the words of an id never issued, and acme's usage does not move.
+async fn theirs_answers_as_never_issued(test: &TestCluster, acme: &tollgate_client::Client) {
+    let globex = client_for(&test.cluster, Some("globex-secret"));
+    let acmes = acme
+        .reserve(tollgate_client::ReserveRequest::new("acme", "bot", "llm").tokens(7))
+        .await
+        .expect("a tenant spends its own budget");
+    let theirs = acmes.reservation_id().expect("granted by the cluster");
+    let usage_before = acme.usage("acme", None, None).await.unwrap();
+    let never_issued = theirs + 1_000;
+    let commit = |request_id: &str, reservation_id: u64| {
+        let request = v1::CommitRequest {
+            request_id: request_id.into(),
+            tenant: "globex".into(),
+            reservation_id,
+            actual: Some(v1::Amounts {
+                tokens: 1,
+                cost_micros: 0,
+                calls: 1,
+            }),
+        };
+        let globex = globex.clone();
+        async move {
+            globex
+                .call(|rpc| {
+                    let request = request.clone();
+                    async move { rpc.tollgate().commit(request).await }
+                })
+                .await
+        }
+    };
+    let release = |request_id: &str, reservation_id: u64| {
+        let request = v1::ReleaseRequest {
+            request_id: request_id.into(),
+            tenant: "globex".into(),
+            reservation_id,
+        };
+        let globex = globex.clone();
+        async move {
+            globex
+                .call(|rpc| {
+                    let request = request.clone();
+                    async move { rpc.tollgate().release(request).await }
+                })
+                .await
+        }
+    };
+    let unknown_commit = not_found(commit("gc-1", never_issued).await, never_issued);
+    let theirs_commit = not_found(commit("gc-2", theirs).await, theirs);
+    assert_eq!(theirs_commit, unknown_commit);
+    assert!(!theirs_commit.contains("tenant"), "{theirs_commit}");
+    let unknown_release = not_found(release("gr-1", never_issued).await, never_issued);
+    let theirs_release = not_found(release("gr-2", theirs).await, theirs);
+    assert_eq!(theirs_release, unknown_release);
+    assert_eq!(acme.usage("acme", None, None).await.unwrap(), usage_before);
+    acmes.release().await.expect("still acme's to release");
 }
 
 fn batch_of(ops: Vec<v1::batch_op::Op>) -> v1::BatchRequest {

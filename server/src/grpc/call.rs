@@ -45,7 +45,6 @@ pub fn rejection_status(rejection: &Rejection) -> Status {
         | Rejection::UnknownLimit { .. }
         | Rejection::UnknownReservation { .. }
         | Rejection::ReservationEnded { .. } => Status::not_found(message),
-        Rejection::WrongTenant { .. } => Status::permission_denied(message),
         Rejection::ReleaseAfterExpiry { .. } | Rejection::AnswerUnreadable { .. } => {
             Status::failed_precondition(message)
         }
@@ -150,14 +149,6 @@ mod tests {
                 Rejection::ReservationEnded { reservation },
                 Code::NotFound,
                 "EXPIRED_RETENTION_MS",
-            ),
-            (
-                Rejection::WrongTenant {
-                    reservation,
-                    tenant: tenant.clone(),
-                },
-                Code::PermissionDenied,
-                "another tenant",
             ),
             (
                 Rejection::ReleaseAfterExpiry {
