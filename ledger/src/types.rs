@@ -156,7 +156,8 @@ fn all_ascii_graphic(bytes: &[u8]) -> bool {
 #[error("{0}")]
 pub struct InvalidInput(pub String);
 
-/// Issued by the ledger, unique for the life of the cluster (a sequence number in log order).
+/// Issued by the ledger per tenant (1, 2, 3, ... in the tenant's log order), unique within
+/// the tenant for the life of the cluster, and telling nothing of other tenants' traffic.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
 )]

@@ -555,7 +555,7 @@ impl BudgetModel<'_> {
         let estimate = self.dim(&record.amounts);
         if self.held.insert(id, estimate).is_some() {
             violations.push(format!(
-                "{}: reservation id {id} granted twice; reservation ids must be unique for the life of the cluster",
+                "{}: reservation id {id} granted twice; a tenant's reservation ids must be unique for the life of the cluster",
                 describe(record)
             ));
         }
