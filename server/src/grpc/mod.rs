@@ -54,12 +54,34 @@ pub const HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
 /// frame never makes the node buffer more than this before flow control applies.
 pub const FRAME_BYTES_MAX: u32 = 16 * 1024;
 
+/// Turns health to NOT_SERVING, for the node and its Tollgate service, once the Raft core has
+/// failed: a node that can no longer apply entries must not look healthy to a balancer.
+async fn report_not_serving_on_raft_failure(
+    reporter: tonic_health::server::HealthReporter,
+    metrics: watch::Receiver<openraft::RaftMetrics<crate::raft::NodeId, openraft::BasicNode>>,
+) {
+    let Some(fatal) = crate::start::raft_failure(metrics).await else {
+        return;
+    };
+    tracing::error!(%fatal, "raft core failed: health is NOT_SERVING");
+    reporter
+        .set_not_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
+        .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}
+
 /// Serves every service on `listener` until `stopped` turns true.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
         .await;
+    tokio::spawn(report_not_serving_on_raft_failure(
+        health_reporter.clone(),
+        node.raft.metrics(),
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -112,5 +134,49 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stopped: watch::R
         .await;
     if let Err(error) = result {
         tracing::error!(node = node.id, %error, "gRPC server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::error::Fatal;
+    use openraft::RaftMetrics;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::server::{HealthReporter, HealthService};
+
+    use super::*;
+
+    async fn status(reporter: &HealthReporter, service: &str) -> ServingStatus {
+        let health = HealthService::from_health_reporter(reporter.clone());
+        let request = tonic::Request::new(HealthCheckRequest {
+            service: service.to_string(),
+        });
+        let response = health.check(request).await.expect("service is known");
+        response.into_inner().status()
+    }
+
+    #[tokio::test]
+    async fn a_failed_raft_core_turns_health_to_not_serving() {
+        let reporter = HealthReporter::new();
+        reporter
+            .set_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
+            .await;
+        let tollgate = "tollgate.v1.Tollgate";
+        assert_eq!(status(&reporter, tollgate).await, ServingStatus::Serving);
+
+        let (sender, metrics) = watch::channel(RaftMetrics::new_initial(1));
+        let watcher = tokio::spawn(report_not_serving_on_raft_failure(
+            reporter.clone(),
+            metrics,
+        ));
+        let mut failed = RaftMetrics::new_initial(1);
+        failed.running_state = Err(Fatal::Panicked);
+        sender.send(failed).unwrap();
+        watcher.await.unwrap();
+
+        assert_eq!(status(&reporter, tollgate).await, ServingStatus::NotServing);
+        assert_eq!(status(&reporter, "").await, ServingStatus::NotServing);
     }
 }
