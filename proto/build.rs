@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Undecodable messages are INVALID_ARGUMENT (see src/codec.rs), not tonic's INTERNAL.
+        .codec_path("crate::codec::TollgateCodec")
         .file_descriptor_set_path(out_dir.join("tollgate_descriptor.bin"))
         .compile_protos(&["tollgate.proto"], &["."])?;
     println!("cargo:rerun-if-changed=tollgate.proto");

@@ -1,6 +1,8 @@
 //! Tollgate's wire format, generated from `proto/tollgate.proto` (package `tollgate.v1`).
 //! Generated code stays generated: edit the `.proto`, never this crate's output.
 
+pub mod codec;
+
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("tollgate.v1");

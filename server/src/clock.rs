@@ -34,6 +34,14 @@ impl Clock {
         }
     }
 
+    /// How far a shifted clock was moved on purpose (`advance_ms`), so far; 0 for the system
+    /// clock. A jump announced this way is not one the proposer bounds.
+    pub fn advanced_ms(&self) -> u64 {
+        self.offset_ms
+            .as_ref()
+            .map_or(0, |offset| offset.load(Ordering::SeqCst))
+    }
+
     pub fn now_ms(&self) -> u64 {
         let system_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)

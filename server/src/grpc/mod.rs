@@ -9,6 +9,7 @@ mod raft_service;
 mod tollgate_service;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,12 +28,60 @@ pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 /// Largest response (audit pages, usage lists).
 pub const RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Most streams one connection may have open at once; the peer is told in SETTINGS and a
+/// stream beyond it is refused (RST_STREAM REFUSED_STREAM) before any body is read. Every
+/// open stream may buffer up to its service's decode bound before a credential is checked,
+/// so this is what caps one connection's memory; the load bench's 4,096 clients over 64
+/// connections need 64, and a client over fewer connections queues rather than fails.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Requests one connection may have in service at once: the same bound as streams, so a
+/// stream the peer was allowed to open is never parked behind another.
+pub const REQUESTS_PER_CONNECTION_MAX: usize = STREAMS_PER_CONNECTION_MAX as usize;
+/// Longest a request may take, body included: an unfinished stream is cut at this point and
+/// its buffer freed. Above openraft's `install_snapshot_timeout` (30 s, set in `start.rs`),
+/// the longest any legitimate call waits, so no chunk openraft still waits for is cut; a
+/// shorter `grpc-timeout` from the caller applies as well.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
+/// How often an idle connection is pinged, and how long the ping may go unanswered before
+/// the connection (and every stream it holds) is dropped: a vanished peer frees its streams
+/// within a minute instead of when the kernel gives up on TCP.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest header block a request may carry: the few gRPC headers and a bearer token fit in
+/// well under 1 KiB; h2's own default (16 MiB) would let headers alone hold memory.
+pub const HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
+/// Largest HTTP/2 frame the peer may send: the protocol's minimum (RFC 9113 §4.2), so one
+/// frame never makes the node buffer more than this before flow control applies.
+pub const FRAME_BYTES_MAX: u32 = 16 * 1024;
+
+/// Turns health to NOT_SERVING, for the node and its Tollgate service, once the Raft core has
+/// failed: a node that can no longer apply entries must not look healthy to a balancer.
+async fn report_not_serving_on_raft_failure(
+    reporter: tonic_health::server::HealthReporter,
+    metrics: watch::Receiver<openraft::RaftMetrics<crate::raft::NodeId, openraft::BasicNode>>,
+) {
+    let Some(fatal) = crate::start::raft_failure(metrics).await else {
+        return;
+    };
+    tracing::error!(%fatal, "raft core failed: health is NOT_SERVING");
+    reporter
+        .set_not_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
+        .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}
+
 /// Serves every service on `listener` until `stopped` turns true.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
         .await;
+    tokio::spawn(report_not_serving_on_raft_failure(
+        health_reporter.clone(),
+        node.raft.metrics(),
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -66,6 +115,13 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stopped: watch::R
     // (~40 ms on Linux), which was the p99 of every operation.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .timeout(REQUEST_TIMEOUT)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
+        .max_frame_size(FRAME_BYTES_MAX)
         .add_service(health)
         .add_service(reflection)
         .add_service(tollgate)
@@ -78,5 +134,49 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stopped: watch::R
         .await;
     if let Err(error) = result {
         tracing::error!(node = node.id, %error, "gRPC server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::error::Fatal;
+    use openraft::RaftMetrics;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::server::{HealthReporter, HealthService};
+
+    use super::*;
+
+    async fn status(reporter: &HealthReporter, service: &str) -> ServingStatus {
+        let health = HealthService::from_health_reporter(reporter.clone());
+        let request = tonic::Request::new(HealthCheckRequest {
+            service: service.to_string(),
+        });
+        let response = health.check(request).await.expect("service is known");
+        response.into_inner().status()
+    }
+
+    #[tokio::test]
+    async fn a_failed_raft_core_turns_health_to_not_serving() {
+        let reporter = HealthReporter::new();
+        reporter
+            .set_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
+            .await;
+        let tollgate = "tollgate.v1.Tollgate";
+        assert_eq!(status(&reporter, tollgate).await, ServingStatus::Serving);
+
+        let (sender, metrics) = watch::channel(RaftMetrics::new_initial(1));
+        let watcher = tokio::spawn(report_not_serving_on_raft_failure(
+            reporter.clone(),
+            metrics,
+        ));
+        let mut failed = RaftMetrics::new_initial(1);
+        failed.running_state = Err(Fatal::Panicked);
+        sender.send(failed).unwrap();
+        watcher.await.unwrap();
+
+        assert_eq!(status(&reporter, tollgate).await, ServingStatus::NotServing);
+        assert_eq!(status(&reporter, "").await, ServingStatus::NotServing);
     }
 }

@@ -27,6 +27,16 @@ const _: () = assert!(tollgate_proto::BATCH_OPS_MAX <= BATCH_COMMANDS_MAX);
 /// followers' work on this one. Retune with `tollgate-sim bench --clients 64,256`.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
 
+/// Most the leader's clock may move ledger time forward from one entry to the next. A wall
+/// clock that jumps (a bad NTP step, a VM resumed with a stale clock corrected at once)
+/// would otherwise expire every reservation and reset every window in one entry, and, as
+/// ledger time never runs backwards, keep it there for good after the clock is corrected.
+/// Beyond it the entry is stamped this much later than the last, with a WARN and
+/// `tollgate_clock_jumps_clamped_total`; time catches up entry by entry (ticks keep coming)
+/// if the clock was right. Five minutes: far above any gap between two entries of a live
+/// leader (the tick proposes one every `tick_interval`), and a twelfth of the longest TTL.
+pub const CLOCK_STEP_MS_MAX: u64 = 5 * 60 * 1_000;
+
 /// What the ledger answered, and where: `log_index` is the entry where the request first
 /// took effect (for a retry, the first attempt's); `term` and `at_ms` are those of the entry
 /// that carried this attempt.
@@ -85,7 +95,7 @@ impl Proposer {
 
 async fn run(raft: Raft, clock: Clock, mut receiver: mpsc::Receiver<Proposal>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-    let mut at_ms_last = 0;
+    let mut stamp_last = Stamp::default();
     let mut batch = Vec::with_capacity(BATCH_COMMANDS_MAX);
     loop {
         // Waiting for a free slot first lets commands pile up in the queue meanwhile: that is
@@ -96,9 +106,19 @@ async fn run(raft: Raft, clock: Clock, mut receiver: mpsc::Receiver<Proposal>) {
         if receiver.recv_many(&mut batch, BATCH_COMMANDS_MAX).await == 0 {
             return;
         }
-        // The leader's clock, never running backwards even if the wall clock does.
-        let at_ms = clock.now_ms().max(at_ms_last);
-        at_ms_last = at_ms;
+        let now_ms = clock.now_ms();
+        // Read after `now_ms`, so an advance between the two reads only widens the bound.
+        let stamp = stamp_last.next(now_ms, clock.advanced_ms());
+        if stamp.clamped_ms > 0 {
+            tracing::warn!(
+                jump_ms = stamp.clamped_ms + CLOCK_STEP_MS_MAX,
+                step_ms_max = CLOCK_STEP_MS_MAX,
+                "the clock jumped forward: ledger time moves by the bound only"
+            );
+            metrics::counter!("tollgate_clock_jumps_clamped_total").increment(1);
+        }
+        let at_ms = stamp.at_ms;
+        stamp_last = stamp;
         let (commands, replies): (Vec<_>, Vec<_>) = batch
             .drain(..)
             .map(|proposal| (proposal.command, proposal.reply))
@@ -132,6 +152,42 @@ async fn run(raft: Raft, clock: Clock, mut receiver: mpsc::Receiver<Proposal>) {
     }
 }
 
+/// The time stamped on an entry, and how much of the clock's jump was held back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Stamp {
+    at_ms: u64,
+    /// The clock's `advanced_ms` when this stamp was taken.
+    advanced_ms: u64,
+    clamped_ms: u64,
+}
+
+impl Stamp {
+    /// The stamp of the next entry: the clock's time, never earlier than this one, and at
+    /// most `CLOCK_STEP_MS_MAX` later (plus any advance announced since). The first entry a
+    /// proposer stamps has nothing to be bounded by.
+    fn next(&self, now_ms: u64, advanced_ms: u64) -> Stamp {
+        let mut stamp = Stamp {
+            at_ms: now_ms.max(self.at_ms),
+            advanced_ms,
+            clamped_ms: 0,
+        };
+        if self.at_ms == 0 {
+            return stamp;
+        }
+        let announced_ms = advanced_ms.saturating_sub(self.advanced_ms);
+        let at_ms_max = self
+            .at_ms
+            .saturating_add(CLOCK_STEP_MS_MAX)
+            .saturating_add(announced_ms);
+        if stamp.at_ms > at_ms_max {
+            stamp.clamped_ms = stamp.at_ms - at_ms_max;
+            stamp.at_ms = at_ms_max;
+        }
+        debug_assert!(stamp.at_ms >= self.at_ms);
+        stamp
+    }
+}
+
 fn propose_error(
     error: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
 ) -> ProposeError {
@@ -142,5 +198,71 @@ fn propose_error(
             }
         }
         other => ProposeError::Raft(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_800_000_000_000;
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn check(last: (u64, u64), now_ms: u64, advanced_ms: u64, expect: (u64, u64)) {
+        let last = Stamp {
+            at_ms: last.0,
+            advanced_ms: last.1,
+            clamped_ms: 0,
+        };
+        let stamp = last.next(now_ms, advanced_ms);
+        assert_eq!(
+            (stamp.at_ms, stamp.clamped_ms),
+            expect,
+            "from {last:?} at {now_ms}"
+        );
+        assert_eq!(stamp.advanced_ms, advanced_ms);
+    }
+
+    #[test]
+    fn a_clock_jump_moves_ledger_time_by_the_bound_only() {
+        // (last stamp, advanced then), now, advanced now -> (stamped, held back)
+        check((T0, 0), T0 + 10, 0, (T0 + 10, 0));
+        check(
+            (T0, 0),
+            T0 + CLOCK_STEP_MS_MAX,
+            0,
+            (T0 + CLOCK_STEP_MS_MAX, 0),
+        );
+        check(
+            (T0, 0),
+            T0 + HOUR_MS,
+            0,
+            (T0 + CLOCK_STEP_MS_MAX, HOUR_MS - CLOCK_STEP_MS_MAX),
+        );
+        check(
+            (T0, 0),
+            u64::MAX,
+            0,
+            (T0 + CLOCK_STEP_MS_MAX, u64::MAX - T0 - CLOCK_STEP_MS_MAX),
+        );
+        // A clock that runs backwards never moves ledger time back.
+        check((T0, 0), T0 - HOUR_MS, 0, (T0, 0));
+        // The first stamp of a proposer has nothing to be bounded by.
+        check((0, 0), T0, 0, (T0, 0));
+    }
+
+    #[test]
+    fn an_announced_advance_of_the_shifted_clock_is_not_a_jump() {
+        let clock = Clock::shifted();
+        let first = Stamp::default().next(clock.now_ms(), clock.advanced_ms());
+        clock.advance_ms(24 * HOUR_MS);
+        let second = first.next(clock.now_ms(), clock.advanced_ms());
+        assert_eq!(second.clamped_ms, 0);
+        assert!(second.at_ms >= first.at_ms + 24 * HOUR_MS);
+
+        // The same day seen without an announcement (a wall clock stepping) is held back.
+        let unannounced = first.next(second.at_ms, first.advanced_ms);
+        assert_eq!(unannounced.at_ms, first.at_ms + CLOCK_STEP_MS_MAX);
+        assert!(unannounced.clamped_ms > 0);
     }
 }

@@ -154,6 +154,9 @@ impl StateMachine {
     /// Opens the state machine in `dir`, restoring the ledger from the newest snapshot there.
     /// CPU-bound for a large snapshot: call it off the async runtime.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        sweep_temp_files(dir).map_err(|e| {
+            anyhow::anyhow!("sweeping snapshot temp files in {}: {e}", dir.display())
+        })?;
         let path = dir.join(SNAPSHOT_FILE);
         let mut applied = Applied::default();
         if path.exists() {
@@ -191,13 +194,19 @@ impl StateMachine {
         self.publish(last_log_id, &tmp)
     }
 
+    /// The name of a temporary snapshot file: `write_temp` makes it, `sweep_temp_files`
+    /// removes what a crash or a failed write left.
+    fn temp_name(write: u64) -> String {
+        format!("{SNAPSHOT_FILE}.{write}.tmp")
+    }
+
     /// Writes `bytes` to a temporary file of its own (a build and an install may write at
     /// the same time), with an fsync; `publish` then renames it.
     fn write_temp(&self, bytes: &[u8]) -> std::io::Result<PathBuf> {
         use std::io::Write;
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.{write}.tmp"));
+        let tmp = self.dir.join(Self::temp_name(write));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
@@ -240,6 +249,35 @@ impl StateMachine {
             snapshot: Box::new(Cursor::new(bytes)),
         }))
     }
+}
+
+/// Removes the temporary snapshot files a crash or a failed write (a full disk) left in
+/// `dir`: nothing reads them, and left alone they would fill the disk one failure at a time.
+/// Runs at open, before any write of this process can have one in progress.
+fn sweep_temp_files(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if is_temp_name(&entry.file_name().to_string_lossy()) {
+            tracing::warn!(file = %entry.path().display(), "removing a stale snapshot temp file");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is one `StateMachine::temp_name` makes: the snapshot file's name, a write
+/// number, `.tmp`. Nothing else in the directory is touched.
+fn is_temp_name(name: &str) -> bool {
+    let number = name
+        .strip_prefix(SNAPSHOT_FILE)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_suffix(".tmp"));
+    number.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Why a received snapshot was not installed.
@@ -593,6 +631,42 @@ mod tests {
             err(&corrupt_ledger),
             EnvelopeError::Ledger(SnapshotError::ChecksumMismatch)
         );
+    }
+
+    #[tokio::test]
+    async fn stale_temp_files_are_swept_at_open_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path(), ledger(5), &meta(10));
+        sm.build_snapshot().await.unwrap();
+        drop(sm);
+        let stale = [StateMachine::temp_name(0), StateMachine::temp_name(41)];
+        let kept = [
+            "snapshot.bin.tmp",
+            "snapshot.bin.x.tmp",
+            "log.tmp",
+            "snapshot.bin.7",
+        ];
+        for name in stale.iter().map(String::as_str).chain(kept) {
+            std::fs::write(dir.path().join(name), b"half a snapshot").unwrap();
+        }
+
+        let reopened = StateMachine::open(dir.path()).unwrap();
+        assert_eq!(
+            read_lock(&reopened.applied).last_applied,
+            meta(10).last_log_id
+        );
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut expected: Vec<_> = kept
+            .iter()
+            .chain(&[SNAPSHOT_FILE])
+            .map(|n| n.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(names, expected);
     }
 
     #[tokio::test]
