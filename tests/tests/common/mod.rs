@@ -47,6 +47,9 @@ pub fn client_for(cluster: &LocalCluster, token: Option<&str>) -> Client {
     config.token = token.map(str::to_string);
     // Longer than any election here, so that a failover is retried through, not reported.
     config.deadline = Duration::from_secs(20);
+    // Two hundred clients on two shared cores can wait more than the default second for one
+    // Raft round; an attempt cut short only burns one of the call's bounded attempts.
+    config.attempt_timeout = Duration::from_secs(3);
     Client::new(config).expect("client")
 }
 
