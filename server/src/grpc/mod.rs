@@ -60,7 +60,7 @@ async fn report_not_serving_on_raft_failure(
     reporter: tonic_health::server::HealthReporter,
     metrics: watch::Receiver<openraft::RaftMetrics<crate::raft::NodeId, openraft::BasicNode>>,
 ) {
-    let Some(fatal) = crate::start::raft_failure(metrics).await else {
+    let Some(fatal) = crate::raft::failure::raft_failure(metrics).await else {
         return;
     };
     tracing::error!(%fatal, "raft core failed: health is NOT_SERVING");

@@ -3,6 +3,7 @@
 //! The ledger decides; this module never does. It carries batches of commands through the
 //! Raft log, stamps them with the leader's time, and applies them to the ledger in log order.
 
+pub mod failure;
 pub mod log_store;
 pub mod network;
 pub mod proposer;
