@@ -136,6 +136,11 @@ impl LocalCluster {
         self.configs.get(&id).map(|c| c.listen.to_string())
     }
 
+    /// Where node `id` serves Raft messages to its peers.
+    pub fn raft_addr(&self, id: NodeId) -> Option<String> {
+        self.addr(id)
+    }
+
     pub fn ids(&self) -> Vec<NodeId> {
         self.configs.keys().copied().collect()
     }

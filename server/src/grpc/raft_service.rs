@@ -1,5 +1,6 @@
 //! `tollgate.v1.Raft`: the receiving end of `raft::network`. Decodes openraft's messages,
-//! hands them to the local Raft, and encodes its `Result` back whole.
+//! refuses what `raft::guard` finds implausible, hands the rest to the local Raft, and
+//! encodes its `Result` back whole.
 
 use std::sync::Arc;
 
@@ -9,6 +10,8 @@ use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
+use crate::raft::guard::{self, Local};
+use crate::raft::NodeId;
 
 pub struct RaftService {
     pub node: Arc<Node>,
@@ -25,29 +28,47 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<pb::RaftPayload>, Status> 
         .map_err(|e| Status::internal(format!("unencodable raft message: {e}")))
 }
 
+impl RaftService {
+    /// The node the peer's certificate names; `None` where the transport proves no identity
+    /// (an insecure cluster), and then only the message's own plausibility is checked.
+    fn peer_node(&self, _request: &Request<pb::RaftPayload>) -> Result<Option<NodeId>, Status> {
+        Ok(None)
+    }
+
+    fn local(&self) -> Local {
+        Local::of(&self.node.raft)
+    }
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append_entries(
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        let result = self.node.raft.append_entries(decode(request)?).await;
-        encode(&result)
+        let peer = self.peer_node(&request)?;
+        let message = decode(request)?;
+        guard::check_append(&message, &self.local(), peer)?;
+        encode(&self.node.raft.append_entries(message).await)
     }
 
     async fn vote(
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        let result = self.node.raft.vote(decode(request)?).await;
-        encode(&result)
+        let peer = self.peer_node(&request)?;
+        let message = decode(request)?;
+        guard::check_vote(&message, &self.local(), peer)?;
+        encode(&self.node.raft.vote(message).await)
     }
 
     async fn install_snapshot(
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        let result = self.node.raft.install_snapshot(decode(request)?).await;
-        encode(&result)
+        let peer = self.peer_node(&request)?;
+        let message = decode(request)?;
+        guard::check_snapshot(&message, &self.local(), peer)?;
+        encode(&self.node.raft.install_snapshot(message).await)
     }
 }

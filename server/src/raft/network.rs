@@ -15,14 +15,14 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, SnapshotMeta, Vote};
+use openraft::{BasicNode, LogId, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tollgate_proto::v1::raft_client::RaftClient;
 use tollgate_proto::v1::RaftPayload;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{NodeId, TypeConfig};
+use super::{guard, NodeId, TypeConfig};
 
 /// Largest Raft message between nodes, either way: room for a full append batch or a
 /// snapshot chunk, far above what a client request may carry.
@@ -176,6 +176,15 @@ fn status_to_rpc_error<E: Error>(
     }
 }
 
+/// A peer's answer that `guard` finds absurd fails like a broken network would: openraft
+/// retries, and never stores the vote it carries.
+fn plausible(vote: &Vote<NodeId>, last_log_id: Option<&LogId<NodeId>>) -> Result<(), NetworkError> {
+    guard::check_answer(vote, last_log_id).map_err(|refusal| {
+        tracing::warn!(%refusal, "a peer's answer was refused");
+        NetworkError::new(&refusal)
+    })
+}
+
 #[derive(Debug)]
 struct Text<T>(T);
 
@@ -193,7 +202,18 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &request, &option).await
+        let answer: AppendEntriesResponse<NodeId> =
+            self.call(Rpc::Append, &request, &option).await?;
+        match &answer {
+            AppendEntriesResponse::HigherVote(vote) => {
+                plausible(vote, None).map_err(RPCError::Network)?
+            }
+            AppendEntriesResponse::PartialSuccess(matched) => {
+                plausible(&request.vote, matched.as_ref()).map_err(RPCError::Network)?
+            }
+            AppendEntriesResponse::Success | AppendEntriesResponse::Conflict => {}
+        }
+        Ok(answer)
     }
 
     async fn install_snapshot(
@@ -211,7 +231,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             data: &request.data,
             done: request.done,
         };
-        self.call(Rpc::Snapshot, &request, &option).await
+        let answer: InstallSnapshotResponse<NodeId> =
+            self.call(Rpc::Snapshot, &request, &option).await?;
+        plausible(&answer.vote, None).map_err(RPCError::Network)?;
+        Ok(answer)
     }
 
     async fn vote(
@@ -219,7 +242,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         request: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &request, &option).await
+        let answer: VoteResponse<NodeId> = self.call(Rpc::Vote, &request, &option).await?;
+        plausible(&answer.vote, answer.last_log_id.as_ref()).map_err(RPCError::Network)?;
+        Ok(answer)
     }
 }
 
