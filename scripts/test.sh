@@ -15,6 +15,10 @@ echo "== unit, property and cluster tests"
 # Cluster tests start three real nodes each; two at a time fit two cores.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --workspace --locked
 
+echo "== fuzz targets: every decoder of network and disk bytes, for a bounded number of cases"
+# The test run above gave each target 256 cases; this gives them 20,000 (about a minute).
+FUZZ_CASES="${FUZZ_CASES:-20000}" cargo test -q -p tollgate-tests --test fuzz --locked
+
 echo "== runaway scenarios against an embedded three-node cluster"
 # Two seeds in CI; more on demand: cargo run -p tollgate-sim -- run simulator/scenarios/*.toml --seeds 20
 cargo run -q -p tollgate-sim --locked -- run simulator/scenarios/*.toml --seeds "${TOLLGATE_SIM_SEEDS:-2}"

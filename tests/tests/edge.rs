@@ -5,13 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use prost::bytes::{Buf, BufMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tollgate_server::grpc::STREAMS_PER_CONNECTION_MAX;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::{Code, Status};
+use tonic::Code;
 
+use common::raw::call_raw;
 use common::{tenant_with_budget, used_tokens, TestCluster};
 
 /// How long a test waits for a node's answer before it calls the node stuck: a guard
@@ -137,58 +136,6 @@ async fn streams_beyond_the_bound_are_refused_before_any_body_is_read() {
         refused, beyond_bound,
         "exactly the streams beyond the bound are refused"
     );
-}
-
-/// Sends its bytes as the gRPC message, unchanged, and keeps the answer's bytes: what a
-/// client that does not speak protobuf (or a fuzzer) puts on the wire.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        *self
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        *self
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
-    }
-}
-
-async fn call_raw(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.expect("ready");
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-    let response = grpc.unary(tonic::Request::new(body), path, RawCodec).await;
-    response.map(tonic::Response::into_inner)
 }
 
 #[tokio::test]

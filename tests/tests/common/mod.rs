@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses part of this module
 
+pub mod raw;
+
 use std::time::Duration;
 
 use tempfile::TempDir;
