@@ -6,13 +6,13 @@
 use smallvec::SmallVec;
 
 use super::audit::{AuditEvent, Fact};
-use super::limits::{self, is_per_agent, AgentCounter, Counter, Verdict, LIMITS_PER_TENANT_MAX};
+use super::limits::{self, is_per_agent, AgentCounter, Counter, Verdict};
 use super::runaway;
 use super::state::{Agent, Reservation, ReservationKey, Tenant, Tombstone};
 use super::{
     AgentId, Amounts, Bound, Command, DenyReason, ExpiryPolicy, Ledger, LimitId, LimitKind,
-    LimitSpec, Outcome, Rejection, Remaining, RequestId, ReservationId, TenantId, TenantPolicy,
-    ToolId,
+    LimitSpec, Outcome, Rejection, Remaining, RequestId, ReservationId, Scope, TenantId,
+    TenantPolicy, ToolId,
 };
 
 /// Most tenants the ledger holds.
@@ -53,15 +53,53 @@ fn bound_reached(bound: Bound, tenant: &TenantId) -> Outcome {
     rejected(Rejection::bound_reached(bound, tenant))
 }
 
-/// Checks the agent bounds before a new agent is created.
-fn agent_room(agents_total: usize, tenant: &TenantId, tenant_agents: usize) -> Option<Outcome> {
+/// Checks the agent bounds before a new agent of `tenant` is created: the ledger's, then
+/// the tenant's quota. Neither evicts anything: the new agent is refused.
+fn agent_room(agents_total: usize, tenant: &Tenant) -> Option<Outcome> {
     if agents_total >= AGENTS_MAX {
-        return Some(bound_reached(Bound::Agents, tenant));
+        return Some(bound_reached(Bound::Agents, &tenant.id));
     }
-    if tenant_agents >= AGENTS_PER_TENANT_MAX {
-        return Some(bound_reached(Bound::AgentsPerTenant, tenant));
+    let quota = tenant.policy.quotas.agents;
+    if tenant.agents.len() as u64 >= quota {
+        return Some(rejected(Rejection::quota_reached(
+            Bound::AgentsPerTenant,
+            quota,
+            &tenant.id,
+        )));
     }
     None
+}
+
+/// Checks the tenant's quota of limits before `spec` is added as a new limit (`replacing`
+/// None) and, either way, its quota of distinct tools named by limits.
+fn limit_room(tenant: &Tenant, spec: &LimitSpec, replacing: Option<usize>) -> Option<Outcome> {
+    let quotas = &tenant.policy.quotas;
+    if replacing.is_none() && tenant.limits.len() as u64 >= quotas.limits {
+        return Some(rejected(Rejection::quota_reached(
+            Bound::LimitsPerTenant,
+            quotas.limits,
+            &tenant.id,
+        )));
+    }
+    let tool_of = |scope: &Scope| match scope {
+        Scope::ToolPerAgent(tool) | Scope::ToolTenant(tool) => Some(tool.clone()),
+        _ => None,
+    };
+    let new_tool = tool_of(&spec.scope)?;
+    let mut tools: SmallVec<[ToolId; 8]> = (0..tenant.limits.len())
+        .filter(|&i| Some(i) != replacing)
+        .filter_map(|i| tool_of(&tenant.limits[i].spec.scope))
+        .collect();
+    tools.sort_unstable();
+    tools.dedup();
+    if tools.contains(&new_tool) || (tools.len() as u64) < quotas.tools {
+        return None;
+    }
+    Some(rejected(Rejection::quota_reached(
+        Bound::ToolsPerTenant,
+        quotas.tools,
+        &tenant.id,
+    )))
 }
 
 /// The fields of a `Reserve` command.
@@ -423,15 +461,17 @@ impl Ledger {
         if self.reservations.len() >= RESERVATIONS_IN_FLIGHT_MAX {
             return Err(bound_reached(Bound::ReservationsInFlight, r.tenant));
         }
-        if tenant.in_flight as usize >= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX {
-            return Err(bound_reached(
+        let quota = tenant.policy.quotas.reservations_in_flight;
+        if u64::from(tenant.in_flight) >= quota {
+            return Err(rejected(Rejection::quota_reached(
                 Bound::ReservationsInFlightPerTenant,
+                quota,
                 r.tenant,
-            ));
+            )));
         }
         let existing = tenant.agents.find(r.agent.as_bytes());
         if existing.is_none() {
-            if let Some(rejected) = agent_room(self.agents_total, r.tenant, tenant.agents.len()) {
+            if let Some(rejected) = agent_room(self.agents_total, tenant) {
                 return Err(rejected);
             }
         }
@@ -732,9 +772,7 @@ impl Ledger {
         let agent_index = match tenant.agents.find(agent_id.as_bytes()) {
             Some(index) => index,
             None => {
-                if let Some(rejected) =
-                    agent_room(self.agents_total, tenant_id, tenant.agents.len())
-                {
+                if let Some(rejected) = agent_room(self.agents_total, tenant) {
                     return rejected;
                 }
                 self.agents_total += 1;
@@ -837,7 +875,11 @@ impl Ledger {
         let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
-        match tenant.limits.binary_search_by(|l| l.spec.id.cmp(&spec.id)) {
+        let found = tenant.limits.binary_search_by(|l| l.spec.id.cmp(&spec.id));
+        if let Some(rejected) = limit_room(tenant, spec, found.ok()) {
+            return rejected;
+        }
+        match found {
             Ok(index) => {
                 let entry = &mut tenant.limits[index];
                 if !limits::keeps_counters(&entry.spec, spec) {
@@ -848,9 +890,6 @@ impl Ledger {
                 entry.spec = spec.clone();
             }
             Err(index) => {
-                if tenant.limits.len() >= LIMITS_PER_TENANT_MAX {
-                    return bound_reached(Bound::LimitsPerTenant, tenant_id);
-                }
                 tenant.generation_last = tenant.generation_last.saturating_add(1);
                 tenant.limits.insert(
                     index,
@@ -922,9 +961,7 @@ impl Ledger {
                 None => {
                     // Freezing an agent before its first call is allowed: the kill switch
                     // must work on a name an operator has just seen in a log.
-                    if let Some(rejected) =
-                        agent_room(self.agents_total, tenant_id, tenant.agents.len())
-                    {
+                    if let Some(rejected) = agent_room(self.agents_total, tenant) {
                         return rejected;
                     }
                     let mut agent = Agent::new(agent_id.clone());

@@ -9,6 +9,11 @@
 //! a random slot of the index. The index keeps the slots of forgotten answers until it is
 //! full (they can never match: see `Answers::index`) and then drops them all in one
 //! sequential sweep.
+//!
+//! Nothing is forgotten before its window ends: a tenant whose answers reach its quota
+//! (`TenantQuotas::answers`) has its reserves and records refused until its oldest answers
+//! age out, and at the ledger-wide bound new requests are refused rather than another
+//! tenant's answers evicted. A retry of a remembered request is answered either way.
 
 use std::hash::BuildHasher;
 
@@ -18,7 +23,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::encode;
 use super::state::RingBytes;
-use super::{Command, Ledger, Outcome, Rejection, RequestId, ID_BYTES_MAX};
+use super::{Bound, Command, Ledger, Outcome, Rejection, RequestId, ID_BYTES_MAX};
 use tollgate_cacheline::Ring;
 use tollgate_cacheline::SlotTable;
 
@@ -27,8 +32,13 @@ use tollgate_cacheline::SlotTable;
 /// a new request.
 pub const DEDUP_WINDOW_MS: u64 = 600_000;
 /// Most answers remembered over all tenants (~150 bytes each with their index: ~300 MB at
-/// most); beyond it the oldest is forgotten first, even within its window.
+/// most). At it every new request is refused (`Bound::Answers`); no answer is forgotten
+/// before its window ends.
 pub const DEDUP_ENTRIES_MAX: usize = 2_000_000;
+/// Answers kept for commits, releases and admin commands: reserves and records are refused
+/// once `DEDUP_ENTRIES_MAX - DEDUP_ENTRIES_RESERVED` are remembered, so that work already
+/// admitted can still end and an operator can still freeze a tenant.
+pub const DEDUP_ENTRIES_RESERVED: usize = 100_000;
 /// Longest encoded outcome remembered. Outcomes hold a few ids (each at most
 /// `ID_BYTES_MAX`) and integers, so real ones are far below it; a longer one is not
 /// remembered (a retry would then be executed again, which a bound violation must not
@@ -172,8 +182,13 @@ impl Answers {
         Some(self.bytes.range(start..middle).copied().collect())
     }
 
-    /// Remembers an answer not remembered yet. Forgets the oldest ones first while
-    /// `DEDUP_ENTRIES_MAX` are remembered.
+    /// The tenants of the answers, oldest first (to count them per tenant on restore).
+    pub fn tenants(&self) -> impl Iterator<Item = u32> + '_ {
+        self.entries.iter().map(|a| a.tenant)
+    }
+
+    /// Remembers an answer not remembered yet. The caller checked for room
+    /// (`Ledger::answer_room`); at `DEDUP_ENTRIES_MAX` nothing is remembered.
     pub fn push(
         &mut self,
         key: &Key<'_>,
@@ -182,8 +197,9 @@ impl Answers {
         at_ms: u64,
         position: u64,
     ) {
-        while self.entries.len() >= DEDUP_ENTRIES_MAX {
-            self.pop_front();
+        if self.entries.len() >= DEDUP_ENTRIES_MAX {
+            debug_assert!(false, "an answer remembered beyond DEDUP_ENTRIES_MAX");
+            return;
         }
         debug_assert!(self.find(key).is_none(), "remembered twice");
         let Key {
@@ -234,17 +250,17 @@ impl Answers {
         });
     }
 
-    /// Forgets the oldest answer. Its slot in the index goes stale and is dropped by the
-    /// next sweep (`make_room`): probing for it here would cost a cache miss per answer.
-    pub fn pop_front(&mut self) {
-        let Some(oldest) = self.entries.pop_front() else {
-            return;
-        };
+    /// Forgets the oldest answer; returns its tenant. Its slot in the index goes stale and
+    /// is dropped by the next sweep (`make_room`): probing for it here would cost a cache
+    /// miss per answer.
+    pub fn pop_front(&mut self) -> Option<u32> {
+        let oldest = self.entries.pop_front()?;
         self.entries_forgotten = self.entries_forgotten.saturating_add(1);
         let len = usize::from(oldest.request_id_len) + usize::from(oldest.outcome_len);
         let len = len.min(self.bytes.len());
         self.bytes.drop_front(len);
         self.bytes_forgotten = self.bytes_forgotten.saturating_add(len as u64);
+        Some(oldest.tenant)
     }
 
     /// Before an insert: once the index is half full (as full as it may be), drops its
@@ -459,6 +475,54 @@ impl Ledger {
         Some((outcome, entry.position))
     }
 
+    /// Whether a new request (not a retry) may have its answer remembered: None if so, else
+    /// the refusal. Reserves and records start new work: they are refused at the tenant's
+    /// quota and once all but `DEDUP_ENTRIES_RESERVED` answers are taken. Every other
+    /// command is refused only at `DEDUP_ENTRIES_MAX`. Nothing is evicted for room.
+    pub(super) fn answer_room(&self, cmd: &Command, tenant: Option<u32>) -> Option<Outcome> {
+        let tenant_id = cmd.tenant()?;
+        let starts_work = matches!(cmd, Command::Reserve { .. } | Command::Record { .. });
+        let total = self.answers.len();
+        let entries_max = self.answers_max();
+        let global_max = if starts_work {
+            entries_max.saturating_sub(entries_max / (DEDUP_ENTRIES_MAX / DEDUP_ENTRIES_RESERVED))
+        } else {
+            entries_max
+        };
+        if total >= global_max {
+            return Some(Outcome::Rejected(Rejection::quota_reached(
+                Bound::Answers,
+                global_max as u64,
+                tenant_id,
+            )));
+        }
+        let t = self.tenants.get(tenant?)?;
+        let quota = t.policy.quotas.answers;
+        if starts_work && u64::from(t.answers) >= quota {
+            return Some(Outcome::Rejected(Rejection::quota_reached(
+                Bound::AnswersPerTenant,
+                quota,
+                tenant_id,
+            )));
+        }
+        None
+    }
+
+    /// `DEDUP_ENTRIES_MAX`, or in tests the lower bound a test set.
+    fn answers_max(&self) -> usize {
+        #[cfg(test)]
+        if let Some(max) = self.answers_max {
+            return max.min(DEDUP_ENTRIES_MAX);
+        }
+        DEDUP_ENTRIES_MAX
+    }
+
+    /// Tests only: lowers `DEDUP_ENTRIES_MAX` for this ledger.
+    #[cfg(test)]
+    pub(super) fn set_answers_max(&mut self, max: usize) {
+        self.answers_max = Some(max);
+    }
+
     pub(super) fn remember(
         &mut self,
         key: &Key<'_>,
@@ -467,6 +531,9 @@ impl Ledger {
         now_ms: u64,
         position: u64,
     ) {
+        if let Some(tenant) = self.tenants.get_mut(key.tenant) {
+            tenant.answers = tenant.answers.saturating_add(1);
+        }
         self.answers.push(key, payload, outcome, now_ms, position);
     }
 
@@ -477,7 +544,13 @@ impl Ledger {
             if at_ms.saturating_add(DEDUP_WINDOW_MS) > now_ms {
                 break;
             }
-            self.answers.pop_front();
+            if let Some(tenant) = self
+                .answers
+                .pop_front()
+                .and_then(|t| self.tenants.get_mut(t))
+            {
+                tenant.answers = tenant.answers.saturating_sub(1);
+            }
             forgotten = true;
         }
         if forgotten {

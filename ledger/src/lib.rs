@@ -23,7 +23,8 @@
 //!   nothing at all; a command rejected by state still lets time advance (expiries, the
 //!   forgetting of old answers), which is the log's doing, not the command's.
 //! - Idempotency: the first answer to (tenant, request_id) is remembered for
-//!   `DEDUP_WINDOW_MS` (at most `DEDUP_ENTRIES_MAX`, oldest forgotten first); a retry with
+//!   `DEDUP_WINDOW_MS`, never less: at the tenant's quota of answers its reserves and
+//!   records are refused, at `DEDUP_ENTRIES_MAX` every new request is; a retry with
 //!   the same payload gets it back and changes nothing, with another payload it is
 //!   `RequestIdReused`. Rejections are not remembered: they changed nothing, a retry
 //!   re-evaluates. Denials are remembered: they are decisions.
@@ -45,6 +46,7 @@ mod invariants;
 mod limits;
 mod names;
 mod prefetch;
+mod quotas;
 mod rate;
 mod runaway;
 mod snapshot;
@@ -56,6 +58,8 @@ mod window;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod quota_tests;
+#[cfg(test)]
 mod tests;
 
 pub use audit::{
@@ -66,9 +70,15 @@ pub use commands::{
     AGENTS_MAX, AGENTS_PER_TENANT_MAX, EXPIRED_RETENTION_MS, EXPIRED_TOMBSTONES_MAX,
     RESERVATIONS_IN_FLIGHT_MAX, RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX, TENANTS_MAX,
 };
-pub use dedup::{DEDUP_ENTRIES_MAX, DEDUP_WINDOW_MS};
+pub use dedup::{DEDUP_ENTRIES_MAX, DEDUP_ENTRIES_RESERVED, DEDUP_WINDOW_MS};
 pub use limits::LIMITS_PER_TENANT_MAX;
 pub use prefetch::PREFETCH_DEPTH;
+pub use quotas::{
+    TenantQuotas, AGENTS_QUOTA_DEFAULT, ANSWERS_PER_TENANT_MAX, ANSWERS_QUOTA_DEFAULT,
+    KEYS_QUOTA_DEFAULT, KEYS_QUOTA_MAX, LIMITS_QUOTA_DEFAULT, PROPOSALS_QUEUED_PER_TENANT_MAX,
+    PROPOSALS_QUEUED_QUOTA_DEFAULT, RESERVATIONS_IN_FLIGHT_QUOTA_DEFAULT, TOOLS_PER_TENANT_MAX,
+    TOOLS_QUOTA_DEFAULT,
+};
 pub use runaway::{FINGERPRINTS_PER_AGENT_MAX, VELOCITY_DECAY_WINDOWS_MAX, VELOCITY_EWMA_SHIFT};
 pub use snapshot::{SnapshotError, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC};
 pub use types::*;
@@ -179,6 +189,10 @@ pub struct Ledger {
     /// Encoding buffer for the payload hashes of commands postcard encodes.
     #[serde(skip)]
     scratch: Scratch,
+    /// Tests only: a lower `DEDUP_ENTRIES_MAX`, to reach it without millions of commands.
+    #[cfg(test)]
+    #[serde(skip)]
+    answers_max: Option<usize>,
 }
 
 impl Ledger {
@@ -211,7 +225,10 @@ impl Ledger {
                 match key.and_then(|key| self.remembered(&key, request_id, payload)) {
                     Some(answer) => answer,
                     None => {
-                        let outcome = self.execute(now_ms, cmd, tenant);
+                        let outcome = match self.answer_room(cmd, tenant) {
+                            Some(refused) => refused,
+                            None => self.execute(now_ms, cmd, tenant),
+                        };
                         if !matches!(outcome, Outcome::Rejected(_)) {
                             // PutTenant may just have created the tenant.
                             let key = key.or_else(|| {

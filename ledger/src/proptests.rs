@@ -231,6 +231,7 @@ fn policy(release: bool, runaway: bool) -> TenantPolicy {
         velocity_dimension: Dimension::Tokens,
         velocity_floor: 60,
         trip_cooldown_ms: if runaway { 4_000 } else { 0 },
+        quotas: Default::default(),
     }
 }
 

@@ -10,8 +10,9 @@ use super::Ledger;
 
 /// Bump on any change to the shape of the ledger's state, of the types in the log, or of
 /// how the audit chain is hashed. 5: reservation ids count per tenant (tenants carry their
-/// counter; reservations and tombstones are keyed by (tenant, id)).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
+/// counter; reservations and tombstones are keyed by (tenant, id)). 6: tenant policies
+/// carry quotas (`TenantQuotas`).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 6;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8;
@@ -125,6 +126,17 @@ impl Ledger {
             .collect();
         for tenant in self.tenants.iter_mut() {
             tenant.in_flight = 0;
+            tenant.answers = 0;
+        }
+        let mut answers_of = vec![0u32; self.tenants.len()];
+        for t in self.answers.tenants() {
+            let count = answers_of
+                .get_mut(t as usize)
+                .ok_or_else(|| format!("an answer of unknown tenant #{t}"))?;
+            *count = count.saturating_add(1);
+        }
+        for (tenant, count) in self.tenants.iter_mut().zip(answers_of) {
+            tenant.answers = count;
         }
         self.in_flight.clear();
         for &(t, id) in self.reservations.keys() {
