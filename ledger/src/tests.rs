@@ -2415,6 +2415,5 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
             "a9a89dac15935fa92990c387e0461b4a1805c7d897af9deaa2e13cbd9079175d"
         )
     );
-    assert_eq!(snapshot, 0xb758);
-    _c3c7_d7d9_109d
+    assert_eq!(snapshot, 0xb758_c3c7_d7d9_109d);
 }
