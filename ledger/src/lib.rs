@@ -396,6 +396,12 @@ impl Ledger {
             .collect())
     }
 
+    /// The tenant's quotas, if it exists.
+    pub fn quotas(&self, tenant: &TenantId) -> Option<TenantQuotas> {
+        let index = self.tenants.find(tenant.as_bytes())?;
+        self.tenants.get(index).map(|t| t.policy.quotas)
+    }
+
     pub fn policy(&self, tenant: &TenantId) -> Result<TenantPolicy, Rejection> {
         Ok(self.tenant(tenant)?.policy.clone())
     }

@@ -75,6 +75,7 @@ pub(super) async fn propose(
         Err(ProposeError::Overloaded) => Err(Status::resource_exhausted(
             ProposeError::Overloaded.to_string(),
         )),
+        Err(ProposeError::QuotaReached(rejection)) => Err(rejection_status(&rejection)),
         Err(ProposeError::Raft(message)) => Err(Status::unavailable(message)),
     }
 }

@@ -8,8 +8,7 @@ use crate::raft::proposer::AppliedOutcome;
 use tollgate_ledger::{
     AgentId, Amounts, DenyReason, Dimension, ExpiryPolicy, LimitId, LimitKind, LimitSpec,
     LimitUsage, RequestId, ReservationView, Scope, TenantId, TenantPolicy, TenantQuotas, ToolId,
-    TripCause,
-    Window,
+    TripCause, Window,
 };
 
 pub fn invalid(message: impl Into<String>) -> Status {
@@ -251,7 +250,10 @@ pub fn quotas(value: Option<pb::TenantQuotas>) -> TenantQuotas {
         tools: or(value.tools, defaults.tools),
         limits: or(value.limits, defaults.limits),
         keys: or(value.keys, defaults.keys),
-        reservations_in_flight: or(value.reservations_in_flight, defaults.reservations_in_flight),
+        reservations_in_flight: or(
+            value.reservations_in_flight,
+            defaults.reservations_in_flight,
+        ),
         answers: or(value.answers, defaults.answers),
         proposals_queued: or(value.proposals_queued, defaults.proposals_queued),
     }
