@@ -17,8 +17,8 @@ use super::{
 
 /// Most tenants the ledger holds.
 pub const TENANTS_MAX: usize = 100_000;
-/// Most agents over all tenants. Agents are created on first use and never deleted, so
-/// this bounds the memory a stream of new agent names can take (~200 bytes each).
+/// Most agents over all tenants. Agents are created on first use and removed only a day
+/// after their last (`AGENT_IDLE_MS`), so this bounds the memory a stream of new agent names can take (~200 bytes each).
 pub const AGENTS_MAX: usize = 2_000_000;
 /// Most agents in one tenant, so one tenant cannot take every agent slot.
 pub const AGENTS_PER_TENANT_MAX: usize = 1_000_000;
@@ -348,7 +348,10 @@ impl Ledger {
     /// index of the command's tenant, None if it does not exist (yet).
     pub(super) fn execute(&mut self, now_ms: u64, cmd: &Command, tenant: Option<u32>) -> Outcome {
         match (cmd, tenant, cmd.tenant()) {
-            (Command::Tick, _, _) => Outcome::Done,
+            (Command::Tick, _, _) => {
+                self.collect_idle_agents(now_ms);
+                Outcome::Done
+            }
             (
                 Command::PutTenant {
                     request_id,
@@ -483,13 +486,14 @@ impl Ledger {
             Some(index) => index,
             None => {
                 self.agents_total += 1;
-                tenant.agents.push(Agent::new(r.agent.clone()))
+                tenant.agents.push(Agent::new(r.agent.clone(), now_ms))
             }
         };
         let Tenant { policy, agents, .. } = tenant;
         let Some(agent) = agents.get_mut(agent_index) else {
             return Err(unknown_agent(r.tenant, r.agent));
         };
+        agent.last_used_ms = now_ms;
         if agent.frozen {
             let agent = Some(r.agent.clone());
             return Err(self.deny(now_ms, r, DenyReason::Frozen { agent }));
@@ -551,6 +555,7 @@ impl Ledger {
         if let Some(state) = agent.runaway.as_deref_mut() {
             state.note_spend(policy, r.estimate, now_ms);
         }
+        agent.refs = agent.refs.saturating_add(1);
         *reservations_issued = reservations_issued.saturating_add(1);
         let id = *reservations_issued;
         let expires_at_ms = now_ms.saturating_add(r.ttl_ms);
@@ -658,6 +663,7 @@ impl Ledger {
         let key = (t, reservation_id.0);
         let ending = Ending::Commit { request_id, actual };
         if let Some(reservation) = self.end_in_flight(key, now_ms, ending) {
+            self.unref_agent(t, reservation.agent);
             return Outcome::Committed {
                 reservation_id,
                 overrun: actual.exceeds(&reservation.estimate),
@@ -686,6 +692,7 @@ impl Ledger {
         };
         self.tombstones_by_time
             .remove(&(tombstone.expired_at_ms, key));
+        self.unref_agent(t, tombstone.reservation.agent);
         let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
@@ -741,10 +748,8 @@ impl Ledger {
         reservation_id: ReservationId,
     ) -> Outcome {
         let key = (t, reservation_id.0);
-        if self
-            .end_in_flight(key, now_ms, Ending::Release { request_id })
-            .is_some()
-        {
+        if let Some(reservation) = self.end_in_flight(key, now_ms, Ending::Release { request_id }) {
+            self.unref_agent(t, reservation.agent);
             return Outcome::Released { reservation_id };
         }
         if let Some(tombstone) = self.tombstones.get(&key) {
@@ -776,7 +781,7 @@ impl Ledger {
                     return rejected;
                 }
                 self.agents_total += 1;
-                tenant.agents.push(Agent::new(agent_id.clone()))
+                tenant.agents.push(Agent::new(agent_id.clone(), now_ms))
             }
         };
         for_each_applicable(tenant, (agent_index, agent_id), tool, |spec, counter| {
@@ -784,6 +789,7 @@ impl Ledger {
         });
         let policy = &tenant.policy;
         if let Some(agent) = tenant.agents.get_mut(agent_index) {
+            agent.last_used_ms = now_ms;
             if agent.runaway.is_some() || runaway::tracks(policy, None) {
                 agent
                     .runaway
@@ -836,7 +842,21 @@ impl Ledger {
 
     pub(super) fn forget_oldest_tombstone(&mut self) {
         if let Some((_, key)) = self.tombstones_by_time.pop_first() {
-            self.tombstones.remove(&key);
+            if let Some(tombstone) = self.tombstones.remove(&key) {
+                self.unref_agent(key.0, tombstone.reservation.agent);
+            }
+        }
+    }
+
+    /// A reservation or tombstone of agent `agent` of tenant `t` is gone.
+    fn unref_agent(&mut self, t: u32, agent: u32) {
+        let agent = self
+            .tenants
+            .get_mut(t)
+            .and_then(|tenant| tenant.agents.get_mut(agent));
+        if let Some(agent) = agent {
+            debug_assert!(agent.refs > 0, "an agent's references below zero");
+            agent.refs = agent.refs.saturating_sub(1);
         }
     }
 
@@ -953,6 +973,7 @@ impl Ledger {
                 Some(index) => {
                     if let Some(agent) = tenant.agents.get_mut(index) {
                         agent.frozen = frozen;
+                        agent.last_used_ms = now_ms;
                     }
                 }
                 None if !frozen => {
@@ -964,7 +985,7 @@ impl Ledger {
                     if let Some(rejected) = agent_room(self.agents_total, tenant) {
                         return rejected;
                     }
-                    let mut agent = Agent::new(agent_id.clone());
+                    let mut agent = Agent::new(agent_id.clone(), now_ms);
                     agent.frozen = true;
                     tenant.agents.push(agent);
                     self.agents_total += 1;

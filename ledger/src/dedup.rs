@@ -511,7 +511,7 @@ impl Ledger {
     /// `DEDUP_ENTRIES_MAX`, or in tests the lower bound a test set.
     fn answers_max(&self) -> usize {
         #[cfg(test)]
-        if let Some(max) = self.answers_max {
+        if let Some(max) = self.test_knobs.answers_max {
             return max.min(DEDUP_ENTRIES_MAX);
         }
         DEDUP_ENTRIES_MAX
@@ -520,7 +520,7 @@ impl Ledger {
     /// Tests only: lowers `DEDUP_ENTRIES_MAX` for this ledger.
     #[cfg(test)]
     pub(super) fn set_answers_max(&mut self, max: usize) {
-        self.answers_max = Some(max);
+        self.test_knobs.answers_max = Some(max);
     }
 
     pub(super) fn remember(

@@ -8,7 +8,7 @@
 //! Decisions where SPEC.md is silent (see also ARCHITECTURE.md, "Ledger data model"):
 //! - Tenants are created by `PutTenant`; any other command on an unknown tenant is
 //!   `UnknownTenant` (NOT_FOUND). Agents are created on their first reserve, record or
-//!   freeze, never deleted.
+//!   freeze, and removed once idle with nothing that could matter (`gc.rs`).
 //! - Scopes: `Agent(name)` replaces, for that agent, the `EachAgent` limits of the same
 //!   dimension and class (budget, rate, concurrency). A reserve is checked against every
 //!   limit that applies and held against all of them, or none.
@@ -42,6 +42,7 @@ mod audit;
 mod commands;
 mod dedup;
 mod encode;
+mod gc;
 mod invariants;
 mod limits;
 mod names;
@@ -71,6 +72,7 @@ pub use commands::{
     RESERVATIONS_IN_FLIGHT_MAX, RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX, TENANTS_MAX,
 };
 pub use dedup::{DEDUP_ENTRIES_MAX, DEDUP_ENTRIES_RESERVED, DEDUP_WINDOW_MS};
+pub use gc::{AGENT_GC_VISITS_PER_TICK, AGENT_IDLE_MS};
 pub use limits::LIMITS_PER_TENANT_MAX;
 pub use prefetch::PREFETCH_DEPTH;
 pub use quotas::{
@@ -175,6 +177,8 @@ pub struct Ledger {
     /// Remembered answers, oldest first, with their index (see `dedup.rs`).
     answers: dedup::Answers,
     audit: AuditLog,
+    /// Where agent GC's next sweep starts (`gc.rs`).
+    gc_cursor: gc::GcCursor,
     /// Derived indexes and counts, rebuilt on restore.
     #[serde(skip)]
     by_expiry: BTreeSet<(u64, ReservationKey)>,
@@ -189,10 +193,20 @@ pub struct Ledger {
     /// Encoding buffer for the payload hashes of commands postcard encodes.
     #[serde(skip)]
     scratch: Scratch,
-    /// Tests only: a lower `DEDUP_ENTRIES_MAX`, to reach it without millions of commands.
+    /// Tests only: bounds and switches a test may change.
     #[cfg(test)]
     #[serde(skip)]
+    test_knobs: TestKnobs,
+}
+
+/// What a test may change in a ledger.
+#[cfg(test)]
+#[derive(Clone, Debug, Default, PartialEq)]
+struct TestKnobs {
+    /// A lower `DEDUP_ENTRIES_MAX`, to reach it without millions of commands.
     answers_max: Option<usize>,
+    /// No agent GC: the ledger to compare a collecting one with.
+    agent_gc_off: bool,
 }
 
 impl Ledger {
@@ -276,7 +290,7 @@ impl Ledger {
     fn tenant(&self, tenant: &TenantId) -> Result<&Tenant, Rejection> {
         let index = self.tenants.find(tenant.as_bytes());
         index
-            .map(|i| &self.tenants[i])
+            .and_then(|i| self.tenants.get(i))
             .ok_or_else(|| Rejection::UnknownTenant {
                 tenant: tenant.clone(),
             })
@@ -367,10 +381,11 @@ impl Ledger {
             .filter_map(|id| self.reservations.get(&(t_index, id)).map(|r| (id, r)))
             .filter(|(_, r)| agent.is_none_or(|a| a == r.agent))
             .take(limit)
-            .map(|(id, r)| ReservationView {
+            .filter_map(|(id, r)| Some((id, r, t.agents.get(r.agent)?)))
+            .map(|(id, r, a)| ReservationView {
                 reservation_id: ReservationId(id),
                 tenant: t.id.clone(),
-                agent: t.agents[r.agent].id.clone(),
+                agent: a.id.clone(),
                 tool: r.tool.clone(),
                 estimate: r.estimate,
                 granted_at_ms: r.granted_at_ms,

@@ -361,3 +361,88 @@ fn quotas_and_answer_counts_survive_a_snapshot() {
     // PutTenant counted too: the third answer was the tenant's creation.
     refused(&h.record("acme", "bot"), Bound::AnswersPerTenant, 3, "acme");
 }
+
+/// Agent GC: an idle agent with nothing that matters is removed by ticks, is unknown until
+/// it calls again, and then starts fresh; its slot is reused.
+#[test]
+fn an_idle_agent_is_collected_and_comes_back_fresh() {
+    let mut h = Tenants::new(&[("acme", TenantQuotas::default())]);
+    assert_eq!(
+        h.put_budget("acme", "daily", Scope::EachAgent),
+        Outcome::Done
+    );
+    for name in ["old", "recent"] {
+        let cmd = h.reserve_cmd("acme", name);
+        let Outcome::Granted { reservation_id, .. } = h.apply(&cmd) else {
+            panic!("granted");
+        };
+        let commit = Command::Commit {
+            request_id: h.next_request(),
+            tenant: tenant("acme"),
+            reservation_id,
+            actual: cost(5),
+        };
+        assert!(matches!(h.apply(&commit), Outcome::Committed { .. }));
+        h.now_ms += AGENT_IDLE_MS / 2;
+    }
+    assert_eq!(h.ledger.stats().agents, 2);
+    // A day after its call, "old" is idle with its day's spend in a past window; "recent"
+    // called half a day ago.
+    assert_eq!(h.apply(&Command::Tick), Outcome::Done);
+    let known = |h: &Tenants, name: &str| h.ledger.agent_status(&tenant("acme"), &agent(name));
+    assert!(matches!(
+        known(&h, "old"),
+        Err(Rejection::UnknownAgent { .. })
+    ));
+    assert!(known(&h, "recent").is_ok());
+    assert_eq!(h.ledger.stats().agents, 1);
+    h.now_ms += AGENT_IDLE_MS / 2;
+    assert_eq!(h.apply(&Command::Tick), Outcome::Done);
+    assert_eq!(h.ledger.stats().agents, 0);
+    // Back: fresh, granted, in a reused slot.
+    let cmd = h.reserve_cmd("acme", "old");
+    assert!(matches!(h.apply(&cmd), Outcome::Granted { .. }));
+    assert_eq!(h.ledger.stats().agents, 1);
+    let restored = Ledger::restore(&h.ledger.snapshot()).unwrap();
+    assert_eq!(restored, h.ledger);
+}
+
+/// Agent GC keeps every agent whose state could still matter: frozen, holding a
+/// reservation, or with spend in a window still current (a lifetime budget).
+#[test]
+fn agents_whose_state_matters_are_never_collected() {
+    let mut h = Tenants::new(&[("acme", TenantQuotas::default())]);
+    let lifetime = Command::PutLimit {
+        request_id: h.next_request(),
+        tenant: tenant("acme"),
+        limit: LimitSpec {
+            id: LimitId::new("ever").unwrap(),
+            scope: Scope::Agent(agent("spender")),
+            dimension: Dimension::Cost,
+            kind: LimitKind::Budget {
+                window: Window::Lifetime,
+                amount: 1_000,
+            },
+        },
+    };
+    assert_eq!(h.apply(&lifetime), Outcome::Done);
+    assert_eq!(h.record("acme", "spender"), Outcome::Recorded);
+    let freeze = Command::Freeze {
+        request_id: h.next_request(),
+        tenant: tenant("acme"),
+        agent: Some(agent("frozen")),
+    };
+    assert_eq!(h.apply(&freeze), Outcome::Done);
+    for _ in 0..3 {
+        h.now_ms += 10 * AGENT_IDLE_MS;
+        assert_eq!(h.apply(&Command::Tick), Outcome::Done);
+    }
+    assert_eq!(h.ledger.stats().agents, 2);
+    assert_eq!(
+        h.ledger
+            .usage(&tenant("acme"), Some(&agent("spender")), None)
+            .unwrap()[0]
+            .used,
+        1
+    );
+}

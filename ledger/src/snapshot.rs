@@ -11,7 +11,8 @@ use super::Ledger;
 /// Bump on any change to the shape of the ledger's state, of the types in the log, or of
 /// how the audit chain is hashed. 5: reservation ids count per tenant (tenants carry their
 /// counter; reservations and tombstones are keyed by (tenant, id)). 6: tenant policies
-/// carry quotas (`TenantQuotas`).
+/// carry quotas (`TenantQuotas`); agents may be removed (vacant slots, `last_used_ms`,
+/// the GC cursor).
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 6;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
@@ -148,6 +149,26 @@ impl Ledger {
             self.in_flight.insert((t, id));
         }
         self.agents_total = self.tenants.iter().map(|t| t.agents.len()).sum();
+        self.count_agent_refs()
+    }
+
+    /// Counts the reservations and tombstones that refer to each agent (`Agent::refs`).
+    fn count_agent_refs(&mut self) -> Result<(), String> {
+        for tenant in self.tenants.iter_mut() {
+            for agent in tenant.agents.iter_mut() {
+                agent.refs = 0;
+            }
+        }
+        let held = self.reservations.values();
+        let expired = self.tombstones.values().map(|t| &t.reservation);
+        for r in held.chain(expired) {
+            let agent = self
+                .tenants
+                .get_mut(r.tenant)
+                .and_then(|t| t.agents.get_mut(r.agent))
+                .ok_or_else(|| format!("a reservation of unknown agent #{}", r.agent))?;
+            agent.refs = agent.refs.saturating_add(1);
+        }
         Ok(())
     }
 }
