@@ -110,6 +110,9 @@ pub struct Answers {
     /// Where a request id and an outcome that postcard encodes (a denial) are put together
     /// before they are copied into `bytes` (the others are encoded on the stack).
     scratch: Vec<u8>,
+    /// How many answers each tenant has, by tenant index: dense and small (4 bytes a
+    /// tenant), so counting a forgotten answer does not touch its cold tenant. Derived.
+    counts: Vec<u32>,
 }
 
 impl Answers {
@@ -182,9 +185,9 @@ impl Answers {
         Some(self.bytes.range(start..middle).copied().collect())
     }
 
-    /// The tenants of the answers, oldest first (to count them per tenant on restore).
-    pub fn tenants(&self) -> impl Iterator<Item = u32> + '_ {
-        self.entries.iter().map(|a| a.tenant)
+    /// How many answers tenant `tenant` has.
+    pub fn count_of(&self, tenant: u32) -> u32 {
+        self.counts.get(tenant as usize).copied().unwrap_or(0)
     }
 
     /// Remembers an answer not remembered yet. The caller checked for room
@@ -197,8 +200,8 @@ impl Answers {
         at_ms: u64,
         position: u64,
     ) {
-        if self.entries.len() >= DEDUP_ENTRIES_MAX {
-            debug_assert!(false, "an answer remembered beyond DEDUP_ENTRIES_MAX");
+        if self.entries.len() >= DEDUP_ENTRIES_MAX || key.tenant as usize >= crate::TENANTS_MAX {
+            debug_assert!(false, "an answer beyond DEDUP_ENTRIES_MAX or TENANTS_MAX");
             return;
         }
         debug_assert!(self.find(key).is_none(), "remembered twice");
@@ -239,6 +242,11 @@ impl Answers {
             .entries_forgotten
             .saturating_add(self.entries.len() as u64);
         self.index.insert(key_hash, seq as u32);
+        let t = tenant as usize;
+        if self.counts.len() <= t {
+            self.counts.resize(t + 1, 0);
+        }
+        self.counts[t] = self.counts[t].saturating_add(1);
         self.entries.push_back(Answer {
             payload,
             at_ms,
@@ -250,17 +258,20 @@ impl Answers {
         });
     }
 
-    /// Forgets the oldest answer; returns its tenant. Its slot in the index goes stale and
-    /// is dropped by the next sweep (`make_room`): probing for it here would cost a cache
-    /// miss per answer.
-    pub fn pop_front(&mut self) -> Option<u32> {
-        let oldest = self.entries.pop_front()?;
+    /// Forgets the oldest answer. Its slot in the index goes stale and is dropped by the
+    /// next sweep (`make_room`): probing for it here would cost a cache miss per answer.
+    pub fn pop_front(&mut self) {
+        let Some(oldest) = self.entries.pop_front() else {
+            return;
+        };
+        if let Some(count) = self.counts.get_mut(oldest.tenant as usize) {
+            *count = count.saturating_sub(1);
+        }
         self.entries_forgotten = self.entries_forgotten.saturating_add(1);
         let len = usize::from(oldest.request_id_len) + usize::from(oldest.outcome_len);
         let len = len.min(self.bytes.len());
         self.bytes.drop_front(len);
         self.bytes_forgotten = self.bytes_forgotten.saturating_add(len as u64);
-        Some(oldest.tenant)
     }
 
     /// Before an insert: once the index is half full (as full as it may be), drops its
@@ -342,6 +353,15 @@ impl Answers {
         }
         if bytes_at != self.bytes_forgotten.saturating_add(self.bytes.len() as u64) {
             return Err("answer bytes and answers differ in size".into());
+        }
+        let mut counts = vec![0u32; self.counts.len()];
+        for answer in self.entries.iter() {
+            if let Some(count) = counts.get_mut(answer.tenant as usize) {
+                *count += 1;
+            }
+        }
+        if counts != self.counts {
+            return Err("answers counted per tenant differ from the answers".into());
         }
         Ok(())
     }
@@ -426,6 +446,9 @@ impl<'de> Deserialize<'de> for Answers {
         let mut answers = Answers::default();
         answers.index.reserve(wire.len());
         for a in wire {
+            if a.tenant as usize >= crate::TENANTS_MAX {
+                return Err(D::Error::custom("an answer of a tenant beyond TENANTS_MAX"));
+            }
             let request_id = String::from_utf8(a.request_id)
                 .map_err(|_| D::Error::custom("a request id is not UTF-8"))
                 .and_then(|id| RequestId::new(id).map_err(D::Error::custom))?;
@@ -496,9 +519,9 @@ impl Ledger {
                 tenant_id,
             )));
         }
-        let t = self.tenants.get(tenant?)?;
-        let quota = t.policy.quotas.answers;
-        if starts_work && u64::from(t.answers) >= quota {
+        let t = tenant?;
+        let quota = self.tenants.get(t)?.policy.quotas.answers;
+        if starts_work && u64::from(self.answers.count_of(t)) >= quota {
             return Some(Outcome::Rejected(Rejection::quota_reached(
                 Bound::AnswersPerTenant,
                 quota,
@@ -531,9 +554,6 @@ impl Ledger {
         now_ms: u64,
         position: u64,
     ) {
-        if let Some(tenant) = self.tenants.get_mut(key.tenant) {
-            tenant.answers = tenant.answers.saturating_add(1);
-        }
         self.answers.push(key, payload, outcome, now_ms, position);
     }
 
@@ -544,13 +564,7 @@ impl Ledger {
             if at_ms.saturating_add(DEDUP_WINDOW_MS) > now_ms {
                 break;
             }
-            if let Some(tenant) = self
-                .answers
-                .pop_front()
-                .and_then(|t| self.tenants.get_mut(t))
-            {
-                tenant.answers = tenant.answers.saturating_sub(1);
-            }
+            self.answers.pop_front();
             forgotten = true;
         }
         if forgotten {

@@ -125,19 +125,12 @@ impl Ledger {
             .iter()
             .map(|(&key, t)| (t.expired_at_ms, key))
             .collect();
+        // Tenants are never removed: their indexes are positions in the list.
+        if self.tenants.len() != self.tenants.slots() {
+            return Err("a tenant's slot is vacant".into());
+        }
         for tenant in self.tenants.iter_mut() {
             tenant.in_flight = 0;
-            tenant.answers = 0;
-        }
-        let mut answers_of = vec![0u32; self.tenants.len()];
-        for t in self.answers.tenants() {
-            let count = answers_of
-                .get_mut(t as usize)
-                .ok_or_else(|| format!("an answer of unknown tenant #{t}"))?;
-            *count = count.saturating_add(1);
-        }
-        for (tenant, count) in self.tenants.iter_mut().zip(answers_of) {
-            tenant.answers = count;
         }
         self.in_flight.clear();
         for &(t, id) in self.reservations.keys() {

@@ -37,9 +37,6 @@ pub struct Tenant {
     /// in `Ledger::in_flight`); derived, rebuilt on restore.
     #[serde(skip)]
     pub in_flight: u32,
-    /// How many of the remembered answers are this tenant's; derived, rebuilt on restore.
-    #[serde(skip)]
-    pub answers: u32,
 }
 
 impl Tenant {
@@ -53,7 +50,6 @@ impl Tenant {
             reservations_issued: 0,
             agents: Interned::default(),
             in_flight: 0,
-            answers: 0,
         }
     }
 

@@ -173,6 +173,16 @@ mod tests {
                 "AGENTS_PER_TENANT_MAX",
             ),
             (
+                Rejection::quota_reached(Bound::AnswersPerTenant, 20, &tenant),
+                Code::ResourceExhausted,
+                "--quota-answers",
+            ),
+            (
+                Rejection::quota_reached(Bound::ProposalsQueuedPerTenant, 9, &tenant),
+                Code::ResourceExhausted,
+                "PROPOSALS_QUEUED_PER_TENANT_MAX",
+            ),
+            (
                 Rejection::bound_reached(Bound::Tenants, &tenant),
                 Code::ResourceExhausted,
                 "the ledger holds TENANTS_MAX",

@@ -137,31 +137,38 @@ impl Proposer {
     }
 
     pub async fn propose(&self, command: Command) -> Result<AppliedOutcome, ProposeError> {
-        let shared = &self.handle.0;
-        let (reply, answer) = oneshot::channel();
-        let lane = lane_of(&command).cloned();
-        let read = lane
-            .as_ref()
-            .map(|tenant| read_quota(&shared.applied, tenant));
-        {
-            let mut queue = shared.queue();
-            let quota = lane
-                .as_ref()
-                .map(|tenant| queue.quota(tenant, read.flatten()));
-            queue
-                .proposals
-                .push(Proposal { command, reply }, lane.as_ref(), quota)
-                .map_err(|refused| match refused {
-                    Refused::Full => ProposeError::Overloaded,
-                    Refused::Quota(rejection) => ProposeError::QuotaReached(rejection),
-                })?;
-        }
-        shared.ready.notify_one();
+        let answer = enqueue(&self.handle.0, command)?;
         answer
             .await
             .unwrap_or_else(|_| Err(ProposeError::Raft("node is shutting down".into())))
     }
 }
+
+/// Queues `command` in its lane, within the tenant's quota; the receiver gets its outcome.
+fn enqueue(shared: &Shared, command: Command) -> Result<Answer, ProposeError> {
+    let (reply, answer) = oneshot::channel();
+    let lane = lane_of(&command).cloned();
+    let read = lane
+        .as_ref()
+        .map(|tenant| read_quota(&shared.applied, tenant));
+    {
+        let mut queue = shared.queue();
+        let quota = lane
+            .as_ref()
+            .map(|tenant| queue.quota(tenant, read.flatten()));
+        queue
+            .proposals
+            .push(Proposal { command, reply }, lane.as_ref(), quota)
+            .map_err(|refused| match refused {
+                Refused::Full => ProposeError::Overloaded,
+                Refused::Quota(rejection) => ProposeError::QuotaReached(rejection),
+            })?;
+    }
+    shared.ready.notify_one();
+    Ok(answer)
+}
+
+type Answer = oneshot::Receiver<Result<AppliedOutcome, ProposeError>>;
 
 /// The tenant's quota of queued commands as the applied ledger has it, if the ledger is not
 /// busy (an apply holds it) and has the tenant.
@@ -325,6 +332,91 @@ fn propose_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared_with(ledger: tollgate_ledger::Ledger) -> Shared {
+        let mut applied = super::super::state_machine::Applied::default();
+        applied.ledger = ledger;
+        Shared {
+            queue: Mutex::new(Queue {
+                proposals: FairQueue::new(QUEUE_COMMANDS_MAX),
+                quotas: HashMap::new(),
+            }),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+            applied: Arc::new(std::sync::RwLock::new(applied)),
+        }
+    }
+
+    fn reserve(tenant: &str, n: usize) -> Command {
+        Command::Reserve {
+            request_id: tollgate_ledger::RequestId::new(format!("{tenant}-{n}")).unwrap(),
+            tenant: TenantId::new(tenant).unwrap(),
+            agent: tollgate_ledger::AgentId::new("bot").unwrap(),
+            tool: tollgate_ledger::ToolId::new("llm").unwrap(),
+            estimate: tollgate_ledger::Amounts::default(),
+            ttl_ms: 60_000,
+            fingerprint: None,
+        }
+    }
+
+    /// A tenant flooding the queue past the quota its policy sets is refused, naming the
+    /// bound and itself (RESOURCE_EXHAUSTED), while a second tenant's reserves are still admitted
+    /// and taken in the very next batch.
+    #[tokio::test]
+    async fn a_flooding_tenant_is_refused_while_another_tenants_reserves_are_served() {
+        let mut ledger = tollgate_ledger::Ledger::new();
+        let policy = tollgate_ledger::TenantPolicy {
+            quotas: tollgate_ledger::TenantQuotas {
+                proposals_queued: 50,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let put = Command::PutTenant {
+            request_id: tollgate_ledger::RequestId::new("put").unwrap(),
+            tenant: TenantId::new("noisy").unwrap(),
+            policy,
+        };
+        assert_eq!(ledger.apply(1, &put), Outcome::Done);
+        let shared = shared_with(ledger);
+        let mut waiting = Vec::new();
+        let mut refused = Vec::new();
+        for n in 0..500 {
+            match enqueue(&shared, reserve("noisy", n)) {
+                Ok(answer) => waiting.push(answer),
+                Err(error) => refused.push(error),
+            }
+        }
+        assert_eq!((waiting.len(), refused.len()), (50, 450));
+        let ProposeError::QuotaReached(rejection) = &refused[0] else {
+            panic!("{:?}", refused[0]);
+        };
+        // `rejection_status` answers every BoundReached RESOURCE_EXHAUSTED.
+        let noisy = TenantId::new("noisy").unwrap();
+        assert_eq!(
+            *rejection,
+            Rejection::quota_reached(
+                tollgate_ledger::Bound::ProposalsQueuedPerTenant,
+                50,
+                &noisy
+            )
+        );
+        let text = rejection.to_string();
+        assert!(text.contains("PROPOSALS_QUEUED_PER_TENANT_MAX") && text.contains("noisy"));
+
+        // The victim (the default quota) is admitted, and served in the next batch.
+        for n in 0..3 {
+            waiting.push(enqueue(&shared, reserve("victim", n)).unwrap());
+        }
+        let mut batch = Vec::new();
+        next_batch(&shared, &mut batch).await.unwrap();
+        let victims = batch
+            .iter()
+            .filter(|p| lane_of(&p.command).is_some_and(|t| t.as_str() == "victim"))
+            .count();
+        assert_eq!(victims, 3);
+        assert_eq!(batch.len(), 53);
+    }
 
     const T0: u64 = 1_800_000_000_000;
     const HOUR_MS: u64 = 3_600_000;
