@@ -375,26 +375,26 @@ pub struct TenantPolicyArgs {
 pub struct TenantQuotasArgs {
     /// Most agents [default: 100000].
     #[arg(long, value_name = "N")]
-    pub quota_agents: Option<u64>,
+    pub quota_agents: Option<u32>,
     /// Most distinct tools its limits may name [default: 64].
     #[arg(long, value_name = "N")]
-    pub quota_tools: Option<u64>,
+    pub quota_tools: Option<u32>,
     /// Most limits [default: 64].
     #[arg(long, value_name = "N")]
-    pub quota_limits: Option<u64>,
+    pub quota_limits: Option<u32>,
     /// Most API keys [default: 100].
     #[arg(long, value_name = "N")]
-    pub quota_keys: Option<u64>,
+    pub quota_keys: Option<u32>,
     /// Most reservations in flight [default: 100000].
     #[arg(long, value_name = "N")]
-    pub quota_reservations_in_flight: Option<u64>,
+    pub quota_reservations_in_flight: Option<u32>,
     /// Most answers remembered for retries (10 minutes each); reserves and records are
     /// refused at it [default: 200000].
     #[arg(long, value_name = "N")]
-    pub quota_answers: Option<u64>,
+    pub quota_answers: Option<u32>,
     /// Most commands waiting in a node's proposal queue [default: 2048].
     #[arg(long, value_name = "N")]
-    pub quota_proposals_queued: Option<u64>,
+    pub quota_proposals_queued: Option<u32>,
 }
 
 impl TenantQuotasArgs {
@@ -414,7 +414,7 @@ impl TenantQuotasArgs {
         ];
         for (flag, quota) in flags {
             if let Some(value) = flag {
-                *quota = value;
+                *quota = u64::from(value);
             }
         }
     }

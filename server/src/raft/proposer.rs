@@ -334,8 +334,10 @@ mod tests {
     use super::*;
 
     fn shared_with(ledger: tollgate_ledger::Ledger) -> Shared {
-        let mut applied = super::super::state_machine::Applied::default();
-        applied.ledger = ledger;
+        let applied = super::super::state_machine::Applied {
+            ledger,
+            ..Default::default()
+        };
         Shared {
             queue: Mutex::new(Queue {
                 proposals: FairQueue::new(QUEUE_COMMANDS_MAX),
@@ -395,11 +397,7 @@ mod tests {
         let noisy = TenantId::new("noisy").unwrap();
         assert_eq!(
             *rejection,
-            Rejection::quota_reached(
-                tollgate_ledger::Bound::ProposalsQueuedPerTenant,
-                50,
-                &noisy
-            )
+            Rejection::quota_reached(tollgate_ledger::Bound::ProposalsQueuedPerTenant, 50, &noisy)
         );
         let text = rejection.to_string();
         assert!(text.contains("PROPOSALS_QUEUED_PER_TENANT_MAX") && text.contains("noisy"));
