@@ -6,19 +6,19 @@
 use smallvec::SmallVec;
 
 use super::audit::{AuditEvent, Fact};
-use super::limits::{self, is_per_agent, AgentCounter, Counter, Verdict, LIMITS_PER_TENANT_MAX};
+use super::limits::{self, is_per_agent, AgentCounter, Counter, Verdict};
 use super::runaway;
 use super::state::{Agent, Reservation, ReservationKey, Tenant, Tombstone};
 use super::{
     AgentId, Amounts, Bound, Command, DenyReason, ExpiryPolicy, Ledger, LimitId, LimitKind,
-    LimitSpec, Outcome, Rejection, Remaining, RequestId, ReservationId, TenantId, TenantPolicy,
-    ToolId,
+    LimitSpec, Outcome, Rejection, Remaining, RequestId, ReservationId, Scope, TenantId,
+    TenantPolicy, ToolId,
 };
 
 /// Most tenants the ledger holds.
 pub const TENANTS_MAX: usize = 100_000;
-/// Most agents over all tenants. Agents are created on first use and never deleted, so
-/// this bounds the memory a stream of new agent names can take (~200 bytes each).
+/// Most agents over all tenants. Agents are created on first use and removed only a day
+/// after their last (`AGENT_IDLE_MS`), so this bounds the memory a stream of new agent names can take (~200 bytes each).
 pub const AGENTS_MAX: usize = 2_000_000;
 /// Most agents in one tenant, so one tenant cannot take every agent slot.
 pub const AGENTS_PER_TENANT_MAX: usize = 1_000_000;
@@ -53,15 +53,53 @@ fn bound_reached(bound: Bound, tenant: &TenantId) -> Outcome {
     rejected(Rejection::bound_reached(bound, tenant))
 }
 
-/// Checks the agent bounds before a new agent is created.
-fn agent_room(agents_total: usize, tenant: &TenantId, tenant_agents: usize) -> Option<Outcome> {
+/// Checks the agent bounds before a new agent of `tenant` is created: the ledger's, then
+/// the tenant's quota. Neither evicts anything: the new agent is refused.
+fn agent_room(agents_total: usize, tenant: &Tenant) -> Option<Outcome> {
     if agents_total >= AGENTS_MAX {
-        return Some(bound_reached(Bound::Agents, tenant));
+        return Some(bound_reached(Bound::Agents, &tenant.id));
     }
-    if tenant_agents >= AGENTS_PER_TENANT_MAX {
-        return Some(bound_reached(Bound::AgentsPerTenant, tenant));
+    let quota = tenant.policy.quotas.agents;
+    if tenant.agents.len() as u64 >= quota {
+        return Some(rejected(Rejection::quota_reached(
+            Bound::AgentsPerTenant,
+            quota,
+            &tenant.id,
+        )));
     }
     None
+}
+
+/// Checks the tenant's quota of limits before `spec` is added as a new limit (`replacing`
+/// None) and, either way, its quota of distinct tools named by limits.
+fn limit_room(tenant: &Tenant, spec: &LimitSpec, replacing: Option<usize>) -> Option<Outcome> {
+    let quotas = &tenant.policy.quotas;
+    if replacing.is_none() && tenant.limits.len() as u64 >= quotas.limits {
+        return Some(rejected(Rejection::quota_reached(
+            Bound::LimitsPerTenant,
+            quotas.limits,
+            &tenant.id,
+        )));
+    }
+    let tool_of = |scope: &Scope| match scope {
+        Scope::ToolPerAgent(tool) | Scope::ToolTenant(tool) => Some(tool.clone()),
+        _ => None,
+    };
+    let new_tool = tool_of(&spec.scope)?;
+    let mut tools: SmallVec<[ToolId; 8]> = (0..tenant.limits.len())
+        .filter(|&i| Some(i) != replacing)
+        .filter_map(|i| tool_of(&tenant.limits[i].spec.scope))
+        .collect();
+    tools.sort_unstable();
+    tools.dedup();
+    if tools.contains(&new_tool) || (tools.len() as u64) < quotas.tools {
+        return None;
+    }
+    Some(rejected(Rejection::quota_reached(
+        Bound::ToolsPerTenant,
+        quotas.tools,
+        &tenant.id,
+    )))
 }
 
 /// The fields of a `Reserve` command.
@@ -310,7 +348,10 @@ impl Ledger {
     /// index of the command's tenant, None if it does not exist (yet).
     pub(super) fn execute(&mut self, now_ms: u64, cmd: &Command, tenant: Option<u32>) -> Outcome {
         match (cmd, tenant, cmd.tenant()) {
-            (Command::Tick, _, _) => Outcome::Done,
+            (Command::Tick, _, _) => {
+                self.collect_idle_agents(now_ms);
+                Outcome::Done
+            }
             (
                 Command::PutTenant {
                     request_id,
@@ -423,15 +464,17 @@ impl Ledger {
         if self.reservations.len() >= RESERVATIONS_IN_FLIGHT_MAX {
             return Err(bound_reached(Bound::ReservationsInFlight, r.tenant));
         }
-        if tenant.in_flight as usize >= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX {
-            return Err(bound_reached(
+        let quota = tenant.policy.quotas.reservations_in_flight;
+        if u64::from(tenant.in_flight) >= quota {
+            return Err(rejected(Rejection::quota_reached(
                 Bound::ReservationsInFlightPerTenant,
+                quota,
                 r.tenant,
-            ));
+            )));
         }
         let existing = tenant.agents.find(r.agent.as_bytes());
         if existing.is_none() {
-            if let Some(rejected) = agent_room(self.agents_total, r.tenant, tenant.agents.len()) {
+            if let Some(rejected) = agent_room(self.agents_total, tenant) {
                 return Err(rejected);
             }
         }
@@ -443,13 +486,14 @@ impl Ledger {
             Some(index) => index,
             None => {
                 self.agents_total += 1;
-                tenant.agents.push(Agent::new(r.agent.clone()))
+                tenant.agents.push(Agent::new(r.agent.clone(), now_ms))
             }
         };
         let Tenant { policy, agents, .. } = tenant;
         let Some(agent) = agents.get_mut(agent_index) else {
             return Err(unknown_agent(r.tenant, r.agent));
         };
+        agent.last_used_ms = now_ms;
         if agent.frozen {
             let agent = Some(r.agent.clone());
             return Err(self.deny(now_ms, r, DenyReason::Frozen { agent }));
@@ -511,6 +555,7 @@ impl Ledger {
         if let Some(state) = agent.runaway.as_deref_mut() {
             state.note_spend(policy, r.estimate, now_ms);
         }
+        agent.refs = agent.refs.saturating_add(1);
         *reservations_issued = reservations_issued.saturating_add(1);
         let id = *reservations_issued;
         let expires_at_ms = now_ms.saturating_add(r.ttl_ms);
@@ -618,6 +663,7 @@ impl Ledger {
         let key = (t, reservation_id.0);
         let ending = Ending::Commit { request_id, actual };
         if let Some(reservation) = self.end_in_flight(key, now_ms, ending) {
+            self.unref_agent(t, reservation.agent);
             return Outcome::Committed {
                 reservation_id,
                 overrun: actual.exceeds(&reservation.estimate),
@@ -646,6 +692,7 @@ impl Ledger {
         };
         self.tombstones_by_time
             .remove(&(tombstone.expired_at_ms, key));
+        self.unref_agent(t, tombstone.reservation.agent);
         let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
@@ -701,10 +748,8 @@ impl Ledger {
         reservation_id: ReservationId,
     ) -> Outcome {
         let key = (t, reservation_id.0);
-        if self
-            .end_in_flight(key, now_ms, Ending::Release { request_id })
-            .is_some()
-        {
+        if let Some(reservation) = self.end_in_flight(key, now_ms, Ending::Release { request_id }) {
+            self.unref_agent(t, reservation.agent);
             return Outcome::Released { reservation_id };
         }
         if let Some(tombstone) = self.tombstones.get(&key) {
@@ -732,13 +777,11 @@ impl Ledger {
         let agent_index = match tenant.agents.find(agent_id.as_bytes()) {
             Some(index) => index,
             None => {
-                if let Some(rejected) =
-                    agent_room(self.agents_total, tenant_id, tenant.agents.len())
-                {
+                if let Some(rejected) = agent_room(self.agents_total, tenant) {
                     return rejected;
                 }
                 self.agents_total += 1;
-                tenant.agents.push(Agent::new(agent_id.clone()))
+                tenant.agents.push(Agent::new(agent_id.clone(), now_ms))
             }
         };
         for_each_applicable(tenant, (agent_index, agent_id), tool, |spec, counter| {
@@ -746,6 +789,7 @@ impl Ledger {
         });
         let policy = &tenant.policy;
         if let Some(agent) = tenant.agents.get_mut(agent_index) {
+            agent.last_used_ms = now_ms;
             if agent.runaway.is_some() || runaway::tracks(policy, None) {
                 agent
                     .runaway
@@ -798,7 +842,21 @@ impl Ledger {
 
     pub(super) fn forget_oldest_tombstone(&mut self) {
         if let Some((_, key)) = self.tombstones_by_time.pop_first() {
-            self.tombstones.remove(&key);
+            if let Some(tombstone) = self.tombstones.remove(&key) {
+                self.unref_agent(key.0, tombstone.reservation.agent);
+            }
+        }
+    }
+
+    /// A reservation or tombstone of agent `agent` of tenant `t` is gone.
+    fn unref_agent(&mut self, t: u32, agent: u32) {
+        let agent = self
+            .tenants
+            .get_mut(t)
+            .and_then(|tenant| tenant.agents.get_mut(agent));
+        if let Some(agent) = agent {
+            debug_assert!(agent.refs > 0, "an agent's references below zero");
+            agent.refs = agent.refs.saturating_sub(1);
         }
     }
 
@@ -837,7 +895,11 @@ impl Ledger {
         let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
-        match tenant.limits.binary_search_by(|l| l.spec.id.cmp(&spec.id)) {
+        let found = tenant.limits.binary_search_by(|l| l.spec.id.cmp(&spec.id));
+        if let Some(rejected) = limit_room(tenant, spec, found.ok()) {
+            return rejected;
+        }
+        match found {
             Ok(index) => {
                 let entry = &mut tenant.limits[index];
                 if !limits::keeps_counters(&entry.spec, spec) {
@@ -848,9 +910,6 @@ impl Ledger {
                 entry.spec = spec.clone();
             }
             Err(index) => {
-                if tenant.limits.len() >= LIMITS_PER_TENANT_MAX {
-                    return bound_reached(Bound::LimitsPerTenant, tenant_id);
-                }
                 tenant.generation_last = tenant.generation_last.saturating_add(1);
                 tenant.limits.insert(
                     index,
@@ -914,6 +973,7 @@ impl Ledger {
                 Some(index) => {
                     if let Some(agent) = tenant.agents.get_mut(index) {
                         agent.frozen = frozen;
+                        agent.last_used_ms = now_ms;
                     }
                 }
                 None if !frozen => {
@@ -922,12 +982,10 @@ impl Ledger {
                 None => {
                     // Freezing an agent before its first call is allowed: the kill switch
                     // must work on a name an operator has just seen in a log.
-                    if let Some(rejected) =
-                        agent_room(self.agents_total, tenant_id, tenant.agents.len())
-                    {
+                    if let Some(rejected) = agent_room(self.agents_total, tenant) {
                         return rejected;
                     }
-                    let mut agent = Agent::new(agent_id.clone());
+                    let mut agent = Agent::new(agent_id.clone(), now_ms);
                     agent.frozen = true;
                     tenant.agents.push(agent);
                     self.agents_total += 1;

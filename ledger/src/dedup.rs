@@ -9,6 +9,11 @@
 //! a random slot of the index. The index keeps the slots of forgotten answers until it is
 //! full (they can never match: see `Answers::index`) and then drops them all in one
 //! sequential sweep.
+//!
+//! Nothing is forgotten before its window ends: a tenant whose answers reach its quota
+//! (`TenantQuotas::answers`) has its reserves and records refused until its oldest answers
+//! age out, and at the ledger-wide bound new requests are refused rather than another
+//! tenant's answers evicted. A retry of a remembered request is answered either way.
 
 use std::hash::BuildHasher;
 
@@ -18,7 +23,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::encode;
 use super::state::RingBytes;
-use super::{Command, Ledger, Outcome, Rejection, RequestId, ID_BYTES_MAX};
+use super::{Bound, Command, Ledger, Outcome, Rejection, RequestId, ID_BYTES_MAX};
 use tollgate_cacheline::Ring;
 use tollgate_cacheline::SlotTable;
 
@@ -27,8 +32,13 @@ use tollgate_cacheline::SlotTable;
 /// a new request.
 pub const DEDUP_WINDOW_MS: u64 = 600_000;
 /// Most answers remembered over all tenants (~150 bytes each with their index: ~300 MB at
-/// most); beyond it the oldest is forgotten first, even within its window.
+/// most). At it every new request is refused (`Bound::Answers`); no answer is forgotten
+/// before its window ends.
 pub const DEDUP_ENTRIES_MAX: usize = 2_000_000;
+/// Answers kept for commits, releases and admin commands: reserves and records are refused
+/// once `DEDUP_ENTRIES_MAX - DEDUP_ENTRIES_RESERVED` are remembered, so that work already
+/// admitted can still end and an operator can still freeze a tenant.
+pub const DEDUP_ENTRIES_RESERVED: usize = 100_000;
 /// Longest encoded outcome remembered. Outcomes hold a few ids (each at most
 /// `ID_BYTES_MAX`) and integers, so real ones are far below it; a longer one is not
 /// remembered (a retry would then be executed again, which a bound violation must not
@@ -100,6 +110,9 @@ pub struct Answers {
     /// Where a request id and an outcome that postcard encodes (a denial) are put together
     /// before they are copied into `bytes` (the others are encoded on the stack).
     scratch: Vec<u8>,
+    /// How many answers each tenant has, by tenant index: dense and small (4 bytes a
+    /// tenant), so counting a forgotten answer does not touch its cold tenant. Derived.
+    counts: Vec<u32>,
 }
 
 impl Answers {
@@ -172,8 +185,13 @@ impl Answers {
         Some(self.bytes.range(start..middle).copied().collect())
     }
 
-    /// Remembers an answer not remembered yet. Forgets the oldest ones first while
-    /// `DEDUP_ENTRIES_MAX` are remembered.
+    /// How many answers tenant `tenant` has.
+    pub fn count_of(&self, tenant: u32) -> u32 {
+        self.counts.get(tenant as usize).copied().unwrap_or(0)
+    }
+
+    /// Remembers an answer not remembered yet. The caller checked for room
+    /// (`Ledger::answer_room`); at `DEDUP_ENTRIES_MAX` nothing is remembered.
     pub fn push(
         &mut self,
         key: &Key<'_>,
@@ -182,8 +200,9 @@ impl Answers {
         at_ms: u64,
         position: u64,
     ) {
-        while self.entries.len() >= DEDUP_ENTRIES_MAX {
-            self.pop_front();
+        if self.entries.len() >= DEDUP_ENTRIES_MAX || key.tenant as usize >= crate::TENANTS_MAX {
+            debug_assert!(false, "an answer beyond DEDUP_ENTRIES_MAX or TENANTS_MAX");
+            return;
         }
         debug_assert!(self.find(key).is_none(), "remembered twice");
         let Key {
@@ -223,6 +242,11 @@ impl Answers {
             .entries_forgotten
             .saturating_add(self.entries.len() as u64);
         self.index.insert(key_hash, seq as u32);
+        let t = tenant as usize;
+        if self.counts.len() <= t {
+            self.counts.resize(t + 1, 0);
+        }
+        self.counts[t] = self.counts[t].saturating_add(1);
         self.entries.push_back(Answer {
             payload,
             at_ms,
@@ -240,6 +264,9 @@ impl Answers {
         let Some(oldest) = self.entries.pop_front() else {
             return;
         };
+        if let Some(count) = self.counts.get_mut(oldest.tenant as usize) {
+            *count = count.saturating_sub(1);
+        }
         self.entries_forgotten = self.entries_forgotten.saturating_add(1);
         let len = usize::from(oldest.request_id_len) + usize::from(oldest.outcome_len);
         let len = len.min(self.bytes.len());
@@ -327,6 +354,15 @@ impl Answers {
         if bytes_at != self.bytes_forgotten.saturating_add(self.bytes.len() as u64) {
             return Err("answer bytes and answers differ in size".into());
         }
+        let mut counts = vec![0u32; self.counts.len()];
+        for answer in self.entries.iter() {
+            if let Some(count) = counts.get_mut(answer.tenant as usize) {
+                *count += 1;
+            }
+        }
+        if counts != self.counts {
+            return Err("answers counted per tenant differ from the answers".into());
+        }
         Ok(())
     }
 }
@@ -410,6 +446,9 @@ impl<'de> Deserialize<'de> for Answers {
         let mut answers = Answers::default();
         answers.index.reserve(wire.len());
         for a in wire {
+            if a.tenant as usize >= crate::TENANTS_MAX {
+                return Err(D::Error::custom("an answer of a tenant beyond TENANTS_MAX"));
+            }
             let request_id = String::from_utf8(a.request_id)
                 .map_err(|_| D::Error::custom("a request id is not UTF-8"))
                 .and_then(|id| RequestId::new(id).map_err(D::Error::custom))?;
@@ -457,6 +496,54 @@ impl Ledger {
             })
         };
         Some((outcome, entry.position))
+    }
+
+    /// Whether a new request (not a retry) may have its answer remembered: None if so, else
+    /// the refusal. Reserves and records start new work: they are refused at the tenant's
+    /// quota and once all but `DEDUP_ENTRIES_RESERVED` answers are taken. Every other
+    /// command is refused only at `DEDUP_ENTRIES_MAX`. Nothing is evicted for room.
+    pub(super) fn answer_room(&self, cmd: &Command, tenant: Option<u32>) -> Option<Outcome> {
+        let tenant_id = cmd.tenant()?;
+        let starts_work = matches!(cmd, Command::Reserve { .. } | Command::Record { .. });
+        let total = self.answers.len();
+        let entries_max = self.answers_max();
+        let global_max = if starts_work {
+            entries_max.saturating_sub(entries_max / (DEDUP_ENTRIES_MAX / DEDUP_ENTRIES_RESERVED))
+        } else {
+            entries_max
+        };
+        if total >= global_max {
+            return Some(Outcome::Rejected(Rejection::quota_reached(
+                Bound::Answers,
+                global_max as u64,
+                tenant_id,
+            )));
+        }
+        let t = tenant?;
+        let quota = self.tenants.get(t)?.policy.quotas.answers;
+        if starts_work && u64::from(self.answers.count_of(t)) >= quota {
+            return Some(Outcome::Rejected(Rejection::quota_reached(
+                Bound::AnswersPerTenant,
+                quota,
+                tenant_id,
+            )));
+        }
+        None
+    }
+
+    /// `DEDUP_ENTRIES_MAX`, or in tests the lower bound a test set.
+    fn answers_max(&self) -> usize {
+        #[cfg(test)]
+        if let Some(max) = self.test_knobs.answers_max {
+            return max.min(DEDUP_ENTRIES_MAX);
+        }
+        DEDUP_ENTRIES_MAX
+    }
+
+    /// Tests only: lowers `DEDUP_ENTRIES_MAX` for this ledger.
+    #[cfg(test)]
+    pub(super) fn set_answers_max(&mut self, max: usize) {
+        self.test_knobs.answers_max = Some(max);
     }
 
     pub(super) fn remember(

@@ -43,6 +43,7 @@ impl Ledger {
         self.check_reservations_are_indexed()?;
         self.check_tombstones_are_indexed()?;
         self.check_agents_are_counted()?;
+        self.check_agent_refs_are_counted()?;
         self.check_in_flight_is_counted()?;
         for (t, tenant) in (0u32..).zip(self.tenants.iter()) {
             check_limits_are_sorted_with_unique_generations(tenant)?;
@@ -57,6 +58,9 @@ impl Ledger {
     fn check_bounds(&self) -> Result<(), String> {
         ensure(self.tenants.len() <= TENANTS_MAX, || {
             "more than TENANTS_MAX tenants".into()
+        })?;
+        ensure(self.tenants.len() == self.tenants.slots(), || {
+            "a tenant's slot is vacant; tenants are never removed".into()
         })?;
         ensure(
             self.reservations.len() <= RESERVATIONS_IN_FLIGHT_MAX,
@@ -157,6 +161,28 @@ impl Ledger {
         Ok(())
     }
 
+    /// Each agent's count of references is the number of reservations and tombstones that
+    /// name it, so agent GC never removes an agent in use.
+    fn check_agent_refs_are_counted(&self) -> Result<(), String> {
+        let mut refs: HashMap<(u32, u32), u32> = HashMap::new();
+        let held = self.reservations.values();
+        for r in held.chain(self.tombstones.values().map(|t| &t.reservation)) {
+            *refs.entry((r.tenant, r.agent)).or_default() += 1;
+        }
+        for (t, tenant) in (0u32..).zip(self.tenants.iter()) {
+            for (a, agent) in tenant.agents.iter_indexed() {
+                let counted = refs.get(&(t, a)).copied().unwrap_or(0);
+                ensure(agent.refs == counted, || {
+                    format!(
+                        "agent {} of tenant {} counts {} references, {counted} exist",
+                        agent.id, tenant.id, agent.refs
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// The agent count is the number of agents of all tenants.
     fn check_agents_are_counted(&self) -> Result<(), String> {
         let agents_total: usize = self.tenants.iter().map(|t| t.agents.len()).sum();
@@ -227,7 +253,7 @@ impl Ledger {
                 &entry.counter,
             )?;
         }
-        for (a, agent) in (0u32..).zip(tenant.agents.iter()) {
+        for (a, agent) in tenant.agents.iter_indexed() {
             for (i, c) in agent.counters.iter().enumerate() {
                 ensure(
                     agent.counters[..i]

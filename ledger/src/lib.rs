@@ -8,7 +8,7 @@
 //! Decisions where SPEC.md is silent (see also ARCHITECTURE.md, "Ledger data model"):
 //! - Tenants are created by `PutTenant`; any other command on an unknown tenant is
 //!   `UnknownTenant` (NOT_FOUND). Agents are created on their first reserve, record or
-//!   freeze, never deleted.
+//!   freeze, and removed once idle with nothing that could matter (`gc.rs`).
 //! - Scopes: `Agent(name)` replaces, for that agent, the `EachAgent` limits of the same
 //!   dimension and class (budget, rate, concurrency). A reserve is checked against every
 //!   limit that applies and held against all of them, or none.
@@ -23,7 +23,8 @@
 //!   nothing at all; a command rejected by state still lets time advance (expiries, the
 //!   forgetting of old answers), which is the log's doing, not the command's.
 //! - Idempotency: the first answer to (tenant, request_id) is remembered for
-//!   `DEDUP_WINDOW_MS` (at most `DEDUP_ENTRIES_MAX`, oldest forgotten first); a retry with
+//!   `DEDUP_WINDOW_MS`, never less: at the tenant's quota of answers its reserves and
+//!   records are refused, at `DEDUP_ENTRIES_MAX` every new request is; a retry with
 //!   the same payload gets it back and changes nothing, with another payload it is
 //!   `RequestIdReused`. Rejections are not remembered: they changed nothing, a retry
 //!   re-evaluates. Denials are remembered: they are decisions.
@@ -41,10 +42,12 @@ mod audit;
 mod commands;
 mod dedup;
 mod encode;
+mod gc;
 mod invariants;
 mod limits;
 mod names;
 mod prefetch;
+mod quotas;
 mod rate;
 mod runaway;
 mod snapshot;
@@ -56,6 +59,8 @@ mod window;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod quota_tests;
+#[cfg(test)]
 mod tests;
 
 pub use audit::{
@@ -66,9 +71,16 @@ pub use commands::{
     AGENTS_MAX, AGENTS_PER_TENANT_MAX, EXPIRED_RETENTION_MS, EXPIRED_TOMBSTONES_MAX,
     RESERVATIONS_IN_FLIGHT_MAX, RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX, TENANTS_MAX,
 };
-pub use dedup::{DEDUP_ENTRIES_MAX, DEDUP_WINDOW_MS};
+pub use dedup::{DEDUP_ENTRIES_MAX, DEDUP_ENTRIES_RESERVED, DEDUP_WINDOW_MS};
+pub use gc::{AGENT_GC_VISITS_PER_TICK, AGENT_IDLE_MS};
 pub use limits::LIMITS_PER_TENANT_MAX;
 pub use prefetch::PREFETCH_DEPTH;
+pub use quotas::{
+    TenantQuotas, AGENTS_QUOTA_DEFAULT, ANSWERS_PER_TENANT_MAX, ANSWERS_QUOTA_DEFAULT,
+    KEYS_QUOTA_DEFAULT, KEYS_QUOTA_MAX, LIMITS_QUOTA_DEFAULT, PROPOSALS_QUEUED_PER_TENANT_MAX,
+    PROPOSALS_QUEUED_QUOTA_DEFAULT, RESERVATIONS_IN_FLIGHT_QUOTA_DEFAULT, TOOLS_PER_TENANT_MAX,
+    TOOLS_QUOTA_DEFAULT,
+};
 pub use runaway::{FINGERPRINTS_PER_AGENT_MAX, VELOCITY_DECAY_WINDOWS_MAX, VELOCITY_EWMA_SHIFT};
 pub use snapshot::{SnapshotError, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC};
 pub use types::*;
@@ -165,6 +177,8 @@ pub struct Ledger {
     /// Remembered answers, oldest first, with their index (see `dedup.rs`).
     answers: dedup::Answers,
     audit: AuditLog,
+    /// Where agent GC's next sweep starts (`gc.rs`).
+    gc_cursor: gc::GcCursor,
     /// Derived indexes and counts, rebuilt on restore.
     #[serde(skip)]
     by_expiry: BTreeSet<(u64, ReservationKey)>,
@@ -179,6 +193,20 @@ pub struct Ledger {
     /// Encoding buffer for the payload hashes of commands postcard encodes.
     #[serde(skip)]
     scratch: Scratch,
+    /// Tests only: bounds and switches a test may change.
+    #[cfg(test)]
+    #[serde(skip)]
+    test_knobs: TestKnobs,
+}
+
+/// What a test may change in a ledger.
+#[cfg(test)]
+#[derive(Clone, Debug, Default, PartialEq)]
+struct TestKnobs {
+    /// A lower `DEDUP_ENTRIES_MAX`, to reach it without millions of commands.
+    answers_max: Option<usize>,
+    /// No agent GC: the ledger to compare a collecting one with.
+    agent_gc_off: bool,
 }
 
 impl Ledger {
@@ -211,7 +239,10 @@ impl Ledger {
                 match key.and_then(|key| self.remembered(&key, request_id, payload)) {
                     Some(answer) => answer,
                     None => {
-                        let outcome = self.execute(now_ms, cmd, tenant);
+                        let outcome = match self.answer_room(cmd, tenant) {
+                            Some(refused) => refused,
+                            None => self.execute(now_ms, cmd, tenant),
+                        };
                         if !matches!(outcome, Outcome::Rejected(_)) {
                             // PutTenant may just have created the tenant.
                             let key = key.or_else(|| {
@@ -259,7 +290,7 @@ impl Ledger {
     fn tenant(&self, tenant: &TenantId) -> Result<&Tenant, Rejection> {
         let index = self.tenants.find(tenant.as_bytes());
         index
-            .map(|i| &self.tenants[i])
+            .and_then(|i| self.tenants.get(i))
             .ok_or_else(|| Rejection::UnknownTenant {
                 tenant: tenant.clone(),
             })
@@ -350,10 +381,11 @@ impl Ledger {
             .filter_map(|id| self.reservations.get(&(t_index, id)).map(|r| (id, r)))
             .filter(|(_, r)| agent.is_none_or(|a| a == r.agent))
             .take(limit)
-            .map(|(id, r)| ReservationView {
+            .filter_map(|(id, r)| Some((id, r, t.agents.get(r.agent)?)))
+            .map(|(id, r, a)| ReservationView {
                 reservation_id: ReservationId(id),
                 tenant: t.id.clone(),
-                agent: t.agents[r.agent].id.clone(),
+                agent: a.id.clone(),
                 tool: r.tool.clone(),
                 estimate: r.estimate,
                 granted_at_ms: r.granted_at_ms,
@@ -377,6 +409,12 @@ impl Ledger {
             .iter()
             .map(|l| l.spec.clone())
             .collect())
+    }
+
+    /// The tenant's quotas, if it exists.
+    pub fn quotas(&self, tenant: &TenantId) -> Option<TenantQuotas> {
+        let index = self.tenants.find(tenant.as_bytes())?;
+        self.tenants.get(index).map(|t| t.policy.quotas)
     }
 
     pub fn policy(&self, tenant: &TenantId) -> Result<TenantPolicy, Rejection> {

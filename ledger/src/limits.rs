@@ -415,6 +415,28 @@ pub fn true_up(
     }
 }
 
+/// Whether `counter` decides nothing, at `now_ms` or later, that a fresh counter would
+/// not: a budget holds nothing and its committed spend is zero or of a past window, a
+/// rate's bucket is empty, a concurrency counter is zero. (Agent GC removes only agents
+/// whose counters all are.)
+pub fn inert(spec: &LimitSpec, counter: &Counter, now_ms: u64) -> bool {
+    match (spec.kind, *counter) {
+        (
+            LimitKind::Budget { window, .. },
+            Counter::Budget {
+                window_start_ms,
+                committed,
+                held,
+            },
+        ) => held == 0 && (committed == 0 || window_start_ms != window_start_at(window, now_ms)),
+        (LimitKind::Rate { .. }, Counter::Rate { tat }) => {
+            gcra(&spec.kind).is_some_and(|g| g.level_units(tat.get(), now_ms) == 0)
+        }
+        (LimitKind::Concurrency { .. }, Counter::Concurrency { in_flight }) => in_flight == 0,
+        _ => false,
+    }
+}
+
 /// What a usage query reports for one counter: (used, held, remaining, window start).
 pub fn usage(
     spec: &LimitSpec,

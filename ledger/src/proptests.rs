@@ -231,6 +231,7 @@ fn policy(release: bool, runaway: bool) -> TenantPolicy {
         velocity_dimension: Dimension::Tokens,
         velocity_floor: 60,
         trip_cooldown_ms: if runaway { 4_000 } else { 0 },
+        quotas: Default::default(),
     }
 }
 
@@ -553,6 +554,18 @@ impl Run {
         Run::replay_with(ops, check, false)
     }
 
+    /// Replays `ops` with agent GC on or off.
+    fn replay_gc(ops: &[Op], gc: bool) -> Run {
+        let mut run = Run::new();
+        run.ledger.test_knobs.agent_gc_off = !gc;
+        for op in ops {
+            if let Some(cmd) = run.command(op) {
+                run.send(cmd, Check::None);
+            }
+        }
+        run
+    }
+
     fn replay_with(ops: &[Op], check: Check, prefetch: bool) -> Run {
         let mut run = Run::new();
         run.prefetch = prefetch;
@@ -588,8 +601,42 @@ fn reservation_lives(ledger: &Ledger) -> Lives {
     lives
 }
 
+/// Commands with idle spells longer than `AGENT_IDLE_MS` between them, so agent GC runs.
+fn ops_with_idle_spells() -> impl Strategy<Value = Vec<Op>> {
+    let step = prop_oneof![
+        12 => op(1),
+        1 => (AGENT_IDLE_MS..3 * AGENT_IDLE_MS).prop_map(Op::Advance),
+        1 => (0..4 * VELOCITY_DECAY_WINDOWS_MAX * RUNAWAY_WINDOW_MS_MAX).prop_map(Op::Advance),
+    ];
+    proptest::collection::vec(step, 1..OPS_MAX * 2)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(proptest_cases()))]
+
+    /// Agent GC never changes a decision: a ledger that removes idle agents answers every
+    /// reserve, commit, release and record exactly as one that keeps them, and reports the
+    /// same usage for every agent. Only an admin command naming a removed agent (unfreeze,
+    /// reset-trip) may answer that it does not know it, as before the agent's first call.
+    #[test]
+    fn agent_gc_changes_no_decision(ops in ops_with_idle_spells()) {
+        let kept = Run::replay_gc(&ops, false);
+        let collected = Run::replay_gc(&ops, true);
+        for ((cmd, a), (_, b)) in kept.sent.iter().zip(&collected.sent) {
+            let unknown_agent = matches!(b, Outcome::Rejected(Rejection::UnknownAgent { .. }));
+            let admin = matches!(cmd, Command::Freeze { .. } | Command::Unfreeze { .. } | Command::ResetTrip { .. });
+            if !(admin && unknown_agent) {
+                prop_assert_eq!(a, b, "{:?}", cmd);
+            }
+        }
+        for name in TENANTS {
+            for who in AGENTS {
+                let usage = |run: &Run| run.ledger.usage(&tenant(name), Some(&agent(who)), None);
+                prop_assert_eq!(usage(&kept), usage(&collected), "{} {}", name, who);
+            }
+        }
+        prop_assert!(collected.ledger.stats().agents <= kept.ledger.stats().agents);
+    }
 
     /// Guarantee 1: after every grant, committed + held <= amount for every budget the
     /// reservation is held against (only commits above estimate and records may pass it).

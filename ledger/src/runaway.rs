@@ -71,6 +71,11 @@ impl Runaway {
         self.velocity.spent = 0;
     }
 
+    /// Whether the velocity state holds no spend and no average (as a fresh agent's).
+    pub fn velocity_is_zero(&self) -> bool {
+        self.velocity.average == 0 && self.velocity.spent == 0
+    }
+
     /// The trip in force at `now_ms`, if any.
     pub fn trip_at(&self, now_ms: u64) -> Option<&Trip> {
         self.trip

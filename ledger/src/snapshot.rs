@@ -10,8 +10,10 @@ use super::Ledger;
 
 /// Bump on any change to the shape of the ledger's state, of the types in the log, or of
 /// how the audit chain is hashed. 5: reservation ids count per tenant (tenants carry their
-/// counter; reservations and tombstones are keyed by (tenant, id)).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
+/// counter; reservations and tombstones are keyed by (tenant, id)). 6: tenant policies
+/// carry quotas (`TenantQuotas`); agents may be removed (vacant slots, `last_used_ms`,
+/// the GC cursor).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 6;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8;
@@ -123,6 +125,10 @@ impl Ledger {
             .iter()
             .map(|(&key, t)| (t.expired_at_ms, key))
             .collect();
+        // Tenants are never removed: their indexes are positions in the list.
+        if self.tenants.len() != self.tenants.slots() {
+            return Err("a tenant's slot is vacant".into());
+        }
         for tenant in self.tenants.iter_mut() {
             tenant.in_flight = 0;
         }
@@ -136,6 +142,26 @@ impl Ledger {
             self.in_flight.insert((t, id));
         }
         self.agents_total = self.tenants.iter().map(|t| t.agents.len()).sum();
+        self.count_agent_refs()
+    }
+
+    /// Counts the reservations and tombstones that refer to each agent (`Agent::refs`).
+    fn count_agent_refs(&mut self) -> Result<(), String> {
+        for tenant in self.tenants.iter_mut() {
+            for agent in tenant.agents.iter_mut() {
+                agent.refs = 0;
+            }
+        }
+        let held = self.reservations.values();
+        let expired = self.tombstones.values().map(|t| &t.reservation);
+        for r in held.chain(expired) {
+            let agent = self
+                .tenants
+                .get_mut(r.tenant)
+                .and_then(|t| t.agents.get_mut(r.agent))
+                .ok_or_else(|| format!("a reservation of unknown agent #{}", r.agent))?;
+            agent.refs = agent.refs.saturating_add(1);
+        }
         Ok(())
     }
 }

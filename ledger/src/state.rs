@@ -57,7 +57,7 @@ impl Tenant {
     pub fn agent(&self, agent: &AgentId) -> Option<&Agent> {
         self.agents
             .find(agent.as_bytes())
-            .map(|index| &self.agents[index])
+            .and_then(|index| self.agents.get(index))
     }
 }
 
@@ -73,8 +73,9 @@ pub const AGENT_COUNTERS_INLINE: usize = 2;
 /// Held limit generations kept inside a reservation before they spill to the heap.
 pub const HOLDS_INLINE: usize = 4;
 
-/// An agent: created on its first reserve or record (or freeze), never deleted. Kept small:
-/// a million of them must fit in a few hundred MB.
+/// An agent: created on its first reserve or record (or freeze), removed once idle with
+/// nothing that could matter (`gc.rs`). Kept small: a million of them must fit in a few
+/// hundred MB.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Agent {
     pub id: AgentId,
@@ -85,15 +86,23 @@ pub struct Agent {
     pub counters: SmallVec<[AgentCounter; AGENT_COUNTERS_INLINE]>,
     pub runaway: Option<Box<Runaway>>,
     pub frozen: bool,
+    /// When it last reserved, recorded or was frozen: agent GC waits `AGENT_IDLE_MS` after.
+    pub last_used_ms: u64,
+    /// Reservations in flight and tombstones that refer to this agent by index; derived,
+    /// rebuilt on restore. Agent GC removes only agents with none.
+    #[serde(skip)]
+    pub refs: u32,
 }
 
 impl Agent {
-    pub fn new(id: AgentId) -> Self {
+    pub fn new(id: AgentId, now_ms: u64) -> Self {
         Agent {
             id,
             counters: SmallVec::new(),
             runaway: None,
             frozen: false,
+            last_used_ms: now_ms,
+            refs: 0,
         }
     }
 

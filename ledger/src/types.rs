@@ -310,6 +310,8 @@ pub struct TenantPolicy {
     /// A tripped agent is let through again after this long; 0 means only an operator's
     /// reset does.
     pub trip_cooldown_ms: u64,
+    /// How much of each shared bound the tenant may hold.
+    pub quotas: crate::TenantQuotas,
 }
 
 impl Default for TenantPolicy {
@@ -323,6 +325,7 @@ impl Default for TenantPolicy {
             velocity_dimension: Dimension::Cost,
             velocity_floor: 1_000_000,
             trip_cooldown_ms: 0,
+            quotas: crate::TenantQuotas::default(),
         }
     }
 }
@@ -543,9 +546,20 @@ impl Rejection {
             tenant: tenant.clone(),
         }
     }
+
+    /// The tenant's quota for `bound` reached: `quota` is the tenant's own maximum.
+    pub fn quota_reached(bound: Bound, quota: u64, tenant: &TenantId) -> Self {
+        Rejection::BoundReached {
+            bound,
+            max: quota,
+            tenant: tenant.clone(),
+        }
+    }
 }
 
-/// A bound of the ledger that a command can reach, named as its constant.
+/// A bound of the ledger that a command can reach, named as its constant. The
+/// `...PerTenant` bounds are reached at the tenant's quota (`TenantQuotas`), which is at
+/// most the constant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Bound {
     Tenants,
@@ -554,6 +568,15 @@ pub enum Bound {
     ReservationsInFlight,
     ReservationsInFlightPerTenant,
     LimitsPerTenant,
+    /// Distinct tool ids named by one tenant's limits.
+    ToolsPerTenant,
+    /// API keys of one tenant.
+    KeysPerTenant,
+    /// Answers remembered over all tenants (`DEDUP_ENTRIES_MAX`).
+    Answers,
+    AnswersPerTenant,
+    /// Commands of one tenant waiting in a node's proposal queue.
+    ProposalsQueuedPerTenant,
 }
 
 impl Bound {
@@ -566,6 +589,11 @@ impl Bound {
             Bound::ReservationsInFlight => "RESERVATIONS_IN_FLIGHT_MAX",
             Bound::ReservationsInFlightPerTenant => "RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX",
             Bound::LimitsPerTenant => "LIMITS_PER_TENANT_MAX",
+            Bound::ToolsPerTenant => "TOOLS_PER_TENANT_MAX",
+            Bound::KeysPerTenant => "KEYS_QUOTA_MAX",
+            Bound::Answers => "DEDUP_ENTRIES_MAX",
+            Bound::AnswersPerTenant => "ANSWERS_PER_TENANT_MAX",
+            Bound::ProposalsQueuedPerTenant => "PROPOSALS_QUEUED_PER_TENANT_MAX",
         }
     }
 
@@ -578,24 +606,53 @@ impl Bound {
             Bound::ReservationsInFlight => crate::RESERVATIONS_IN_FLIGHT_MAX,
             Bound::ReservationsInFlightPerTenant => crate::RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX,
             Bound::LimitsPerTenant => crate::LIMITS_PER_TENANT_MAX,
+            Bound::ToolsPerTenant => crate::TOOLS_PER_TENANT_MAX,
+            Bound::KeysPerTenant => crate::KEYS_QUOTA_MAX as usize,
+            Bound::Answers => crate::DEDUP_ENTRIES_MAX,
+            Bound::AnswersPerTenant => crate::ANSWERS_PER_TENANT_MAX,
+            Bound::ProposalsQueuedPerTenant => crate::PROPOSALS_QUEUED_PER_TENANT_MAX,
         };
         max as u64
     }
 
+    /// What the bound counts, and for a per-tenant bound the flag of `tollgate tenant put`
+    /// that sets the tenant's quota (None: a ledger-wide bound).
+    fn counted(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Bound::Tenants => ("tenants", None),
+            Bound::Agents => ("agents", None),
+            Bound::AgentsPerTenant => ("agents", Some("--quota-agents")),
+            Bound::ReservationsInFlight => ("reservations in flight", None),
+            Bound::ReservationsInFlightPerTenant => (
+                "reservations in flight",
+                Some("--quota-reservations-in-flight"),
+            ),
+            Bound::LimitsPerTenant => ("limits", Some("--quota-limits")),
+            Bound::ToolsPerTenant => ("tools named by limits", Some("--quota-tools")),
+            Bound::KeysPerTenant => ("API keys", Some("--quota-keys")),
+            Bound::Answers => ("answers remembered for retries", None),
+            Bound::AnswersPerTenant => (
+                "answers remembered for retries (reserves and records are refused until \
+                 older ones are forgotten, DEDUP_WINDOW_MS after they were given)",
+                Some("--quota-answers"),
+            ),
+            Bound::ProposalsQueuedPerTenant => (
+                "commands waiting to be proposed",
+                Some("--quota-proposals-queued"),
+            ),
+        }
+    }
+
     fn describe(self, max: u64, tenant: &TenantId) -> String {
-        let (per_tenant, counted) = match self {
-            Bound::Tenants => (false, "tenants"),
-            Bound::Agents => (false, "agents"),
-            Bound::AgentsPerTenant => (true, "agents"),
-            Bound::ReservationsInFlight => (false, "reservations in flight"),
-            Bound::ReservationsInFlightPerTenant => (true, "reservations in flight"),
-            Bound::LimitsPerTenant => (true, "limits"),
-        };
+        let (counted, flag) = self.counted();
         let name = self.name();
-        if per_tenant {
-            format!("tenant {tenant} has {name} ({max}) {counted}")
-        } else {
-            format!("the ledger holds {name} ({max}) {counted}")
+        match flag {
+            Some(flag) => format!(
+                "tenant {tenant} has reached its quota of {max} {counted}; an admin may raise \
+                 it with `tollgate tenant put {tenant} {flag} N` (at most {name}, {})",
+                self.max()
+            ),
+            None => format!("the ledger holds {name} ({max}) {counted}"),
         }
     }
 }

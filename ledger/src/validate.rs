@@ -201,7 +201,7 @@ impl TenantPolicy {
                 self.trip_cooldown_ms
             ));
         }
-        Ok(())
+        self.quotas.validate()
     }
 }
 

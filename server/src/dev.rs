@@ -162,6 +162,7 @@ async fn load_examples(client: &Client) -> anyhow::Result<()> {
         velocity_dimension: Cost.into(),
         velocity_floor: 1_000_000,
         trip_cooldown_ms: 0,
+        quotas: None,
     };
     client.put_tenant("acme", Some(policy)).await?;
     let empty = v1::Empty {};

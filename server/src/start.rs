@@ -66,7 +66,7 @@ impl RunningNode {
         .await
         .context("starting raft")?;
 
-        let proposer = Proposer::start(raft.clone(), config.clock.clone());
+        let proposer = Proposer::start(raft.clone(), config.clock.clone(), applied.clone());
         let node = Arc::new(Node {
             id: config.id,
             addr: advertise.clone(),

@@ -570,6 +570,7 @@ async fn setup(scenario: &Scenario, io: &Io) -> anyhow::Result<()> {
             .into(),
             velocity_floor: tenant.velocity_floor,
             trip_cooldown_ms: tenant.trip_cooldown_ms,
+            quotas: None,
         };
         io.client
             .put_tenant(&io.tenant(&tenant.name), Some(policy))

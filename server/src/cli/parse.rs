@@ -365,6 +365,59 @@ pub struct TenantPolicyArgs {
     /// How long a trip lasts; 0s: until an operator runs reset-trip [default: 0s].
     #[arg(long = "trip-cooldown", value_name = "DURATION", value_parser = parse_duration_ms)]
     pub trip_cooldown_ms: Option<u64>,
+    #[command(flatten)]
+    pub quotas: TenantQuotasArgs,
+}
+
+/// A tenant's quotas: how much of each shared bound it may hold. Flags left out keep the
+/// defaults (see `tollgate tenant get`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Args)]
+pub struct TenantQuotasArgs {
+    /// Most agents [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub quota_agents: Option<u32>,
+    /// Most distinct tools its limits may name [default: 64].
+    #[arg(long, value_name = "N")]
+    pub quota_tools: Option<u32>,
+    /// Most limits [default: 64].
+    #[arg(long, value_name = "N")]
+    pub quota_limits: Option<u32>,
+    /// Most API keys [default: 100].
+    #[arg(long, value_name = "N")]
+    pub quota_keys: Option<u32>,
+    /// Most reservations in flight [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub quota_reservations_in_flight: Option<u32>,
+    /// Most answers remembered for retries (10 minutes each); reserves and records are
+    /// refused at it [default: 200000].
+    #[arg(long, value_name = "N")]
+    pub quota_answers: Option<u32>,
+    /// Most commands waiting in a node's proposal queue [default: 2048].
+    #[arg(long, value_name = "N")]
+    pub quota_proposals_queued: Option<u32>,
+}
+
+impl TenantQuotasArgs {
+    /// Sets the quotas whose flags were given.
+    fn set(&self, quotas: &mut v1::TenantQuotas) {
+        let flags = [
+            (self.quota_agents, &mut quotas.agents),
+            (self.quota_tools, &mut quotas.tools),
+            (self.quota_limits, &mut quotas.limits),
+            (self.quota_keys, &mut quotas.keys),
+            (
+                self.quota_reservations_in_flight,
+                &mut quotas.reservations_in_flight,
+            ),
+            (self.quota_answers, &mut quotas.answers),
+            (self.quota_proposals_queued, &mut quotas.proposals_queued),
+        ];
+        for (flag, quota) in flags {
+            if let Some(value) = flag {
+                *quota = u64::from(value);
+            }
+        }
+    }
 }
 
 impl TenantPolicyArgs {
@@ -395,6 +448,8 @@ impl TenantPolicyArgs {
         policy.velocity_factor = self.velocity_factor.unwrap_or(policy.velocity_factor);
         policy.velocity_window_ms = self.velocity_window_ms.unwrap_or(policy.velocity_window_ms);
         policy.trip_cooldown_ms = self.trip_cooldown_ms.unwrap_or(policy.trip_cooldown_ms);
+        self.quotas
+            .set(policy.quotas.get_or_insert_with(Default::default));
         Ok(Some(policy))
     }
 }
@@ -658,8 +713,25 @@ mod tests {
                 velocity_dimension: v1::Dimension::Cost.into(),
                 velocity_floor: 1_000_000,
                 trip_cooldown_ms: 0,
+                quotas: Some(crate::grpc::convert::quotas_to_pb(
+                    &tollgate_ledger::TenantQuotas::default()
+                )),
             }
         );
+        let quotas = TenantPolicyArgs {
+            quotas: TenantQuotasArgs {
+                quota_answers: Some(5_000),
+                ..TenantQuotasArgs::default()
+            },
+            ..TenantPolicyArgs::default()
+        }
+        .to_wire()
+        .unwrap()
+        .unwrap()
+        .quotas
+        .unwrap();
+        assert_eq!(quotas.answers, 5_000);
+        assert_eq!(quotas.agents, tollgate_ledger::AGENTS_QUOTA_DEFAULT);
         let velocity = TenantPolicyArgs {
             velocity_factor: Some(8),
             velocity_dimension: Some(SpendDimensionArg::Tokens),

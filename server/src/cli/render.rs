@@ -243,11 +243,28 @@ pub fn policy_fields(policy: &v1::TenantPolicy) -> Vec<(&'static str, String)> {
     } else {
         format_duration_ms(policy.trip_cooldown_ms)
     };
+    let quotas = policy.quotas.as_ref().map_or_else(
+        || "the defaults".to_owned(),
+        |q| {
+            format!(
+                "{} agents, {} tools, {} limits, {} keys, {} reservations in flight, \
+                 {} remembered answers, {} queued proposals",
+                q.agents,
+                q.tools,
+                q.limits,
+                q.keys,
+                q.reservations_in_flight,
+                q.answers,
+                q.proposals_queued
+            )
+        },
+    );
     vec![
         ("expiry", expiry_name(policy.expiry)),
         ("repetition", repetition),
         ("velocity", velocity),
         ("trip cool-down", cooldown),
+        ("quotas", quotas),
     ]
 }
 
@@ -261,6 +278,15 @@ pub fn policy_json(policy: &v1::TenantPolicy) -> Value {
         "velocity_dimension": dimension_name(policy.velocity_dimension),
         "velocity_floor": policy.velocity_floor,
         "trip_cooldown_ms": policy.trip_cooldown_ms,
+        "quotas": policy.quotas.as_ref().map(|q| json!({
+            "agents": q.agents,
+            "tools": q.tools,
+            "limits": q.limits,
+            "keys": q.keys,
+            "reservations_in_flight": q.reservations_in_flight,
+            "answers": q.answers,
+            "proposals_queued": q.proposals_queued,
+        })),
     });
     add_usd(&mut value, policy.velocity_dimension, &["velocity_floor"]);
     value

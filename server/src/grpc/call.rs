@@ -75,6 +75,7 @@ pub(super) async fn propose(
         Err(ProposeError::Overloaded) => Err(Status::resource_exhausted(
             ProposeError::Overloaded.to_string(),
         )),
+        Err(ProposeError::QuotaReached(rejection)) => Err(rejection_status(&rejection)),
         Err(ProposeError::Raft(message)) => Err(Status::unavailable(message)),
     }
 }
@@ -170,6 +171,16 @@ mod tests {
                 Rejection::bound_reached(Bound::AgentsPerTenant, &tenant),
                 Code::ResourceExhausted,
                 "AGENTS_PER_TENANT_MAX",
+            ),
+            (
+                Rejection::quota_reached(Bound::AnswersPerTenant, 20, &tenant),
+                Code::ResourceExhausted,
+                "--quota-answers",
+            ),
+            (
+                Rejection::quota_reached(Bound::ProposalsQueuedPerTenant, 9, &tenant),
+                Code::ResourceExhausted,
+                "PROPOSALS_QUEUED_PER_TENANT_MAX",
             ),
             (
                 Rejection::bound_reached(Bound::Tenants, &tenant),

@@ -7,8 +7,8 @@ use tonic::Status;
 use crate::raft::proposer::AppliedOutcome;
 use tollgate_ledger::{
     AgentId, Amounts, DenyReason, Dimension, ExpiryPolicy, LimitId, LimitKind, LimitSpec,
-    LimitUsage, RequestId, ReservationView, Scope, TenantId, TenantPolicy, ToolId, TripCause,
-    Window,
+    LimitUsage, RequestId, ReservationView, Scope, TenantId, TenantPolicy, TenantQuotas, ToolId,
+    TripCause, Window,
 };
 
 pub fn invalid(message: impl Into<String>) -> Status {
@@ -233,7 +233,42 @@ pub fn policy(value: Option<pb::TenantPolicy>) -> Result<TenantPolicy, Status> {
         velocity_dimension,
         velocity_floor: value.velocity_floor,
         trip_cooldown_ms: value.trip_cooldown_ms,
+        quotas: quotas(value.quotas),
     })
+}
+
+/// Quotas from the wire: each 0 (or all, absent) is the default; bounds are checked by
+/// `TenantPolicy::validate` before the command is proposed.
+pub fn quotas(value: Option<pb::TenantQuotas>) -> TenantQuotas {
+    let defaults = TenantQuotas::default();
+    let Some(value) = value else {
+        return defaults;
+    };
+    let or = |wire: u64, default: u64| if wire == 0 { default } else { wire };
+    TenantQuotas {
+        agents: or(value.agents, defaults.agents),
+        tools: or(value.tools, defaults.tools),
+        limits: or(value.limits, defaults.limits),
+        keys: or(value.keys, defaults.keys),
+        reservations_in_flight: or(
+            value.reservations_in_flight,
+            defaults.reservations_in_flight,
+        ),
+        answers: or(value.answers, defaults.answers),
+        proposals_queued: or(value.proposals_queued, defaults.proposals_queued),
+    }
+}
+
+pub fn quotas_to_pb(value: &TenantQuotas) -> pb::TenantQuotas {
+    pb::TenantQuotas {
+        agents: value.agents,
+        tools: value.tools,
+        limits: value.limits,
+        keys: value.keys,
+        reservations_in_flight: value.reservations_in_flight,
+        answers: value.answers,
+        proposals_queued: value.proposals_queued,
+    }
 }
 
 pub fn policy_to_pb(value: &TenantPolicy) -> pb::TenantPolicy {
@@ -250,6 +285,7 @@ pub fn policy_to_pb(value: &TenantPolicy) -> pb::TenantPolicy {
         velocity_dimension: dimension_to_pb(value.velocity_dimension),
         velocity_floor: value.velocity_floor,
         trip_cooldown_ms: value.trip_cooldown_ms,
+        quotas: Some(quotas_to_pb(&value.quotas)),
     }
 }
 

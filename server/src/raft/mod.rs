@@ -4,6 +4,7 @@
 //! Raft log, stamps them with the leader's time, and applies them to the ledger in log order.
 
 pub mod failure;
+mod fair_queue;
 pub mod guard;
 pub mod log_store;
 pub mod network;

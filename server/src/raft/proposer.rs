@@ -1,26 +1,37 @@
 //! Batches concurrent commands into shared Raft entries, stamped with the leader's time.
 //!
-//! Every command waits in one bounded queue; a single task drains whatever is waiting (up to
-//! `BATCH_COMMANDS_MAX`) into one entry, so concurrent requests share an entry, a replication
-//! round and an fsync. A few entries may be in flight at once (pipelining), at most
-//! `BATCHES_IN_FLIGHT_MAX`.
+//! Every command waits in one bounded queue, fair across tenants (`fair_queue.rs`: a lane
+//! per tenant, at most its `proposals_queued` quota in it); a single task drains whatever is
+//! waiting (up to `BATCH_COMMANDS_MAX`, one command from each lane in turn) into one entry,
+//! so concurrent requests share an entry, a replication round and an fsync. A few entries
+//! may be in flight at once (pipelining), at most `BATCHES_IN_FLIGHT_MAX`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
+use super::fair_queue::{lane_of, FairQueue, Refused};
+use super::state_machine::SharedApplied;
 use super::{Batch, NodeId, Raft};
 use crate::clock::Clock;
-use tollgate_ledger::{Command, Outcome};
+use tollgate_ledger::{
+    Command, Outcome, Rejection, TenantId, PROPOSALS_QUEUED_PER_TENANT_MAX,
+    PROPOSALS_QUEUED_QUOTA_DEFAULT,
+};
 
 /// Commands waiting to be proposed; a full queue answers "overloaded" at once rather than
 /// letting latency grow without bound.
 pub const QUEUE_COMMANDS_MAX: usize = 16_384;
 /// Commands in one Raft entry.
 pub const BATCH_COMMANDS_MAX: usize = 1_024;
-// A client's full `Tollgate.Batch` fits one entry.
+// A client's full `Tollgate.Batch` fits one entry, and a tenant's default quota of queued
+// commands; a tenant's largest quota is the whole queue.
 const _: () = assert!(tollgate_proto::BATCH_OPS_MAX <= BATCH_COMMANDS_MAX);
+const _: () = assert!(tollgate_proto::BATCH_OPS_MAX as u64 <= PROPOSALS_QUEUED_QUOTA_DEFAULT);
+const _: () = assert!(PROPOSALS_QUEUED_PER_TENANT_MAX == QUEUE_COMMANDS_MAX);
 /// Entries proposed and not yet applied. Few on purpose: openraft 0.9 gives each entry its
 /// own fsync and round, so commands that arrive while entries are out should pile up into
 /// the next, larger entry; two (not one) let the leader's fsync of the next entry overlap the
@@ -55,6 +66,9 @@ pub enum ProposeError {
     NotLeader { leader: Option<NodeId> },
     #[error("overloaded: {QUEUE_COMMANDS_MAX} commands already wait to be proposed")]
     Overloaded,
+    /// The tenant's quota of queued commands is reached (`Bound::ProposalsQueuedPerTenant`).
+    #[error("{0}")]
+    QuotaReached(Rejection),
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -64,36 +78,150 @@ struct Proposal {
     reply: oneshot::Sender<Result<AppliedOutcome, ProposeError>>,
 }
 
+/// What the proposer's handles and its task share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the task when a command was queued or the last handle dropped.
+    ready: Notify,
+    closed: AtomicBool,
+    /// The applied ledger, read (never waited for) for each tenant's quota.
+    applied: SharedApplied,
+}
+
+struct Queue {
+    proposals: FairQueue<Proposal>,
+    /// The quotas of queued commands of tenants whose quota is not the default, as last
+    /// read from the ledger: used while the ledger is busy applying. At most one entry per
+    /// tenant of the ledger.
+    quotas: HashMap<TenantId, u64>,
+}
+
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Closes the queue when the last `Proposer` clone is dropped.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.ready.notify_one();
+    }
+}
+
 #[derive(Clone)]
 pub struct Proposer {
-    queue: mpsc::Sender<Proposal>,
+    handle: Arc<Handle>,
 }
 
 impl Proposer {
-    /// Starts the batching task; it ends when every `Proposer` clone is dropped.
-    pub fn start(raft: Raft, clock: Clock) -> Self {
-        let (queue, receiver) = mpsc::channel(QUEUE_COMMANDS_MAX);
-        tokio::spawn(run(raft, clock, receiver));
-        Self { queue }
+    /// Starts the batching task; it ends when every `Proposer` clone is dropped. `applied`
+    /// is read for each tenant's quota of queued commands.
+    pub fn start(raft: Raft, clock: Clock, applied: SharedApplied) -> Self {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                proposals: FairQueue::new(QUEUE_COMMANDS_MAX),
+                quotas: HashMap::new(),
+            }),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+            applied,
+        });
+        tokio::spawn(run(raft, clock, shared.clone()));
+        Self {
+            handle: Arc::new(Handle(shared)),
+        }
     }
 
     pub async fn propose(&self, command: Command) -> Result<AppliedOutcome, ProposeError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .try_send(Proposal { command, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => {
-                    ProposeError::Raft("node is shutting down".into())
-                }
-            })?;
+        let answer = enqueue(&self.handle.0, command)?;
         answer
             .await
             .unwrap_or_else(|_| Err(ProposeError::Raft("node is shutting down".into())))
     }
 }
 
-async fn run(raft: Raft, clock: Clock, mut receiver: mpsc::Receiver<Proposal>) {
+/// Queues `command` in its lane, within the tenant's quota; the receiver gets its outcome.
+fn enqueue(shared: &Shared, command: Command) -> Result<Answer, ProposeError> {
+    let (reply, answer) = oneshot::channel();
+    let lane = lane_of(&command).cloned();
+    let read = lane
+        .as_ref()
+        .map(|tenant| read_quota(&shared.applied, tenant));
+    {
+        let mut queue = shared.queue();
+        let quota = lane
+            .as_ref()
+            .map(|tenant| queue.quota(tenant, read.flatten()));
+        queue
+            .proposals
+            .push(Proposal { command, reply }, lane.as_ref(), quota)
+            .map_err(|refused| match refused {
+                Refused::Full => ProposeError::Overloaded,
+                Refused::Quota(rejection) => ProposeError::QuotaReached(rejection),
+            })?;
+    }
+    shared.ready.notify_one();
+    Ok(answer)
+}
+
+type Answer = oneshot::Receiver<Result<AppliedOutcome, ProposeError>>;
+
+/// The tenant's quota of queued commands as the applied ledger has it, if the ledger is not
+/// busy (an apply holds it) and has the tenant.
+fn read_quota(applied: &SharedApplied, tenant: &TenantId) -> Option<u64> {
+    let applied = applied.try_read().ok()?;
+    applied
+        .ledger
+        .quotas(tenant)
+        .map(|quotas| quotas.proposals_queued)
+}
+
+impl Queue {
+    /// The tenant's quota: as just `read`, else as last read, else the default.
+    fn quota(&mut self, tenant: &TenantId, read: Option<u64>) -> u64 {
+        match read {
+            Some(quota) if quota == PROPOSALS_QUEUED_QUOTA_DEFAULT => {
+                self.quotas.remove(tenant);
+                quota
+            }
+            Some(quota) => {
+                if self.quotas.get(tenant) != Some(&quota) {
+                    self.quotas.insert(tenant.clone(), quota);
+                }
+                quota
+            }
+            None => self
+                .quotas
+                .get(tenant)
+                .copied()
+                .unwrap_or(PROPOSALS_QUEUED_QUOTA_DEFAULT),
+        }
+    }
+}
+
+/// Takes the next batch: waits until a command is queued; None once the queue is closed and
+/// empty.
+async fn next_batch(shared: &Shared, batch: &mut Vec<Proposal>) -> Option<()> {
+    loop {
+        shared
+            .queue()
+            .proposals
+            .drain_into(batch, BATCH_COMMANDS_MAX);
+        if !batch.is_empty() {
+            return Some(());
+        }
+        if shared.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        shared.ready.notified().await;
+    }
+}
+
+async fn run(raft: Raft, clock: Clock, shared: Arc<Shared>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     let mut stamp_last = Stamp::default();
     let mut batch = Vec::with_capacity(BATCH_COMMANDS_MAX);
@@ -103,7 +231,7 @@ async fn run(raft: Raft, clock: Clock, mut receiver: mpsc::Receiver<Proposal>) {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        if receiver.recv_many(&mut batch, BATCH_COMMANDS_MAX).await == 0 {
+        if next_batch(&shared, &mut batch).await.is_none() {
             return;
         }
         let now_ms = clock.now_ms();
@@ -204,6 +332,89 @@ fn propose_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared_with(ledger: tollgate_ledger::Ledger) -> Shared {
+        let applied = super::super::state_machine::Applied {
+            ledger,
+            ..Default::default()
+        };
+        Shared {
+            queue: Mutex::new(Queue {
+                proposals: FairQueue::new(QUEUE_COMMANDS_MAX),
+                quotas: HashMap::new(),
+            }),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+            applied: Arc::new(std::sync::RwLock::new(applied)),
+        }
+    }
+
+    fn reserve(tenant: &str, n: usize) -> Command {
+        Command::Reserve {
+            request_id: tollgate_ledger::RequestId::new(format!("{tenant}-{n}")).unwrap(),
+            tenant: TenantId::new(tenant).unwrap(),
+            agent: tollgate_ledger::AgentId::new("bot").unwrap(),
+            tool: tollgate_ledger::ToolId::new("llm").unwrap(),
+            estimate: tollgate_ledger::Amounts::default(),
+            ttl_ms: 60_000,
+            fingerprint: None,
+        }
+    }
+
+    /// A tenant flooding the queue past the quota its policy sets is refused, naming the
+    /// bound and itself (RESOURCE_EXHAUSTED), while a second tenant's reserves are still admitted
+    /// and taken in the very next batch.
+    #[tokio::test]
+    async fn a_flooding_tenant_is_refused_while_another_tenants_reserves_are_served() {
+        let mut ledger = tollgate_ledger::Ledger::new();
+        let policy = tollgate_ledger::TenantPolicy {
+            quotas: tollgate_ledger::TenantQuotas {
+                proposals_queued: 50,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let put = Command::PutTenant {
+            request_id: tollgate_ledger::RequestId::new("put").unwrap(),
+            tenant: TenantId::new("noisy").unwrap(),
+            policy,
+        };
+        assert_eq!(ledger.apply(1, &put), Outcome::Done);
+        let shared = shared_with(ledger);
+        let mut waiting = Vec::new();
+        let mut refused = Vec::new();
+        for n in 0..500 {
+            match enqueue(&shared, reserve("noisy", n)) {
+                Ok(answer) => waiting.push(answer),
+                Err(error) => refused.push(error),
+            }
+        }
+        assert_eq!((waiting.len(), refused.len()), (50, 450));
+        let ProposeError::QuotaReached(rejection) = &refused[0] else {
+            panic!("{:?}", refused[0]);
+        };
+        // `rejection_status` answers every BoundReached RESOURCE_EXHAUSTED.
+        let noisy = TenantId::new("noisy").unwrap();
+        assert_eq!(
+            *rejection,
+            Rejection::quota_reached(tollgate_ledger::Bound::ProposalsQueuedPerTenant, 50, &noisy)
+        );
+        let text = rejection.to_string();
+        assert!(text.contains("PROPOSALS_QUEUED_PER_TENANT_MAX") && text.contains("noisy"));
+
+        // The victim (the default quota) is admitted, and served in the next batch.
+        for n in 0..3 {
+            waiting.push(enqueue(&shared, reserve("victim", n)).unwrap());
+        }
+        let mut batch = Vec::new();
+        next_batch(&shared, &mut batch).await.unwrap();
+        let victims = batch
+            .iter()
+            .filter(|p| lane_of(&p.command).is_some_and(|t| t.as_str() == "victim"))
+            .count();
+        assert_eq!(victims, 3);
+        assert_eq!(batch.len(), 53);
+    }
 
     const T0: u64 = 1_800_000_000_000;
     const HOUR_MS: u64 = 3_600_000;

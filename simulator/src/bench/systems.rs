@@ -205,8 +205,20 @@ pub async fn connect(
 pub async fn setup(driver: &Driver, workload: Workload) -> anyhow::Result<()> {
     match driver {
         Driver::Tollgate(client) => {
+            // A load test is one tenant at the cluster's peak: it may hold the whole
+            // exactly-once table and the whole proposal queue.
+            let quotas = tollgate_ledger::TenantQuotas {
+                answers: tollgate_ledger::ANSWERS_PER_TENANT_MAX as u64,
+                proposals_queued: tollgate_ledger::PROPOSALS_QUEUED_PER_TENANT_MAX as u64,
+                ..Default::default()
+            };
+            let policy =
+                tollgate_server::grpc::convert::policy_to_pb(&tollgate_ledger::TenantPolicy {
+                    quotas,
+                    ..Default::default()
+                });
             client
-                .put_tenant(TENANT, None)
+                .put_tenant(TENANT, Some(policy))
                 .await
                 .context("creating the bench tenant")?;
             let scope = match workload {
