@@ -1,5 +1,6 @@
-//! `tollgate.v1.Raft`: the receiving end of `raft::network`. Decodes openraft's messages,
-//! hands them to the local Raft, and encodes its `Result` back whole.
+//! `tollgate.v1.Raft`: the receiving end of `raft::network`, served on the peer listener
+//! only. Checks who sent a message (the node certificate of a member), decodes openraft's
+//! message, hands it to the local Raft, and encodes its `Result` back whole.
 
 use std::sync::Arc;
 
@@ -9,9 +10,13 @@ use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
+use crate::raft::NodeId;
+use crate::tls::{identity_of, CertIdentity};
 
 pub struct RaftService {
     pub node: Arc<Node>,
+    /// The peer listener requires node certificates (TLS on); false in insecure mode.
+    pub mutual_tls: bool,
 }
 
 fn decode<T: DeserializeOwned>(request: Request<pb::RaftPayload>) -> Result<T, Status> {
@@ -25,12 +30,50 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<pb::RaftPayload>, Status> 
         .map_err(|e| Status::internal(format!("unencodable raft message: {e}")))
 }
 
+impl RaftService {
+    /// The node that sent `request`, by its certificate: `Some(id)` for a node certificate
+    /// (`tollgate://node/<id>`) of a member of the current membership (voter or learner), or
+    /// of any node while this one has no membership yet (bootstrap, a joining learner);
+    /// PERMISSION_DENIED otherwise, before anything is decoded. `None` in insecure mode,
+    /// where no identity is known.
+    fn peer_node<T>(&self, request: &Request<T>) -> Result<Option<NodeId>, Status> {
+        if !self.mutual_tls {
+            return Ok(None);
+        }
+        let certs = request.peer_certs();
+        let Some(leaf) = certs.as_ref().and_then(|certs| certs.first()) else {
+            return Err(Status::permission_denied(
+                "raft messages need a node certificate",
+            ));
+        };
+        let id = match identity_of(leaf) {
+            CertIdentity::Node(id) => id,
+            other => {
+                return Err(Status::permission_denied(format!(
+                    "raft messages need a node certificate; this one is {other:?}"
+                )))
+            }
+        };
+        let metrics = self.node.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let initialised = membership.nodes().next().is_some();
+        if initialised && membership.get_node(&id).is_none() {
+            return Err(Status::permission_denied(format!(
+                "node {id} is not a member of this cluster"
+            )));
+        }
+        Ok(Some(id))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append_entries(
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
+        let _sender = self.peer_node(&request)?;
         let result = self.node.raft.append_entries(decode(request)?).await;
         encode(&result)
     }
@@ -39,6 +82,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
+        let _sender = self.peer_node(&request)?;
         let result = self.node.raft.vote(decode(request)?).await;
         encode(&result)
     }
@@ -47,6 +91,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
+        let _sender = self.peer_node(&request)?;
         let result = self.node.raft.install_snapshot(decode(request)?).await;
         encode(&result)
     }
