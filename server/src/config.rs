@@ -266,3 +266,111 @@ impl ServeArgs {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &std::path::Path) -> ServeArgs {
+        ServeArgs {
+            id: Some(1),
+            data_dir: Some(dir.join("data")),
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn serve_refuses_without_tls_unless_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = args(dir.path()).resolve().unwrap_err().to_string();
+        for named in [
+            "TLS is not configured",
+            "--tls-ca",
+            "--tls-key",
+            "--insecure",
+        ] {
+            assert!(error.contains(named), "{named} in {error}");
+        }
+        let config = ServeArgs {
+            insecure: true,
+            ..args(dir.path())
+        }
+        .resolve()
+        .unwrap();
+        assert!(config.node.tls.is_none());
+        assert!(config.insecure_warning().unwrap().contains("clear text"));
+        assert_eq!(config.node.listen, LISTEN_DEFAULT);
+        assert_eq!(config.node.peer_listen, PEER_LISTEN_DEFAULT);
+        assert!(LISTEN_DEFAULT.ip().is_loopback() && PEER_LISTEN_DEFAULT.ip().is_loopback());
+    }
+
+    #[test]
+    fn serve_starts_secure_with_the_files_of_certs_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        crate::cli::certs::init(&crate::cli::certs::InitArgs {
+            dir: certs.clone(),
+            nodes: vec!["1=node1".into(), "2=node2".into()],
+            clients: vec![],
+            force: false,
+        })
+        .unwrap();
+        let tls = |cert: &str, key: Option<&str>| ServeArgs {
+            tls_ca: Some(certs.join("ca.pem")),
+            tls_cert: Some(certs.join(cert)),
+            tls_key: key.map(|key| certs.join(key)),
+            ..args(dir.path())
+        };
+        let config = tls("node-1.pem", Some("node-1.key")).resolve().unwrap();
+        assert!(config.node.tls.is_some());
+        assert!(config.insecure_warning().is_none());
+
+        let error = format!("{:#}", tls("node-1.pem", None).resolve().unwrap_err());
+        assert!(error.contains("--tls-key"), "{error}");
+        let error = format!(
+            "{:#}",
+            tls("node-2.pem", Some("node-2.key")).resolve().unwrap_err()
+        );
+        assert!(error.contains("node 2's"), "{error}");
+    }
+
+    #[test]
+    fn peers_name_a_client_and_a_peer_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServeArgs {
+            insecure: true,
+            peers: vec![
+                "1=node1:7001/node1:7101".into(),
+                "2=[::1]:7002/[::1]:7102".into(),
+            ],
+            ..args(dir.path())
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            config.node.peers[&1],
+            Member::new("node1:7001", "node1:7101")
+        );
+        assert_eq!(
+            config.node.peers[&2],
+            Member::new("[::1]:7002", "[::1]:7102")
+        );
+        for bad in [
+            "1=node1:7001",
+            "1=node1:7001/",
+            "1=/node1:7101",
+            "1=a:0/b:1",
+            "x=a:1/b:1",
+        ] {
+            let error = ServeArgs {
+                insecure: true,
+                peers: vec![bad.into()],
+                ..args(dir.path())
+            }
+            .resolve()
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains("peer"), "{bad}: {error}");
+        }
+    }
+}
