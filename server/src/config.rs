@@ -313,6 +313,7 @@ mod tests {
             nodes: vec!["1=node1".into(), "2=node2".into()],
             clients: vec![],
             force: false,
+            keep_existing: false,
         })
         .unwrap();
         let tls = |cert: &str, key: Option<&str>| ServeArgs {

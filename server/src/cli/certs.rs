@@ -51,8 +51,12 @@ pub struct InitArgs {
     #[arg(long = "client", value_name = "NAME")]
     pub clients: Vec<String>,
     /// Replace node and client files that already exist.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "keep_existing")]
     pub force: bool,
+    /// Keep node and client files that already exist and write only the missing ones, so
+    /// the command can run at every start (as the compose `certs` service does).
+    #[arg(long)]
+    pub keep_existing: bool,
 }
 
 /// A certificate and its private key, in PEM.
@@ -322,11 +326,14 @@ fn plan(args: &InitArgs) -> anyhow::Result<Vec<Output>> {
 }
 
 /// Writes the files of `args`; returns their paths. Refuses, before writing anything, to
-/// replace a node or client file unless `--force`.
+/// replace a node or client file unless `--force` (or skips it with `--keep-existing`).
 pub fn init(args: &InitArgs) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
-    let outputs = plan(args)?;
+    let mut outputs = plan(args)?;
+    if args.keep_existing {
+        outputs.retain(|output| !output.path.exists());
+    }
     let existing: Vec<String> = outputs
         .iter()
         .filter(|output| output.path.exists())
@@ -372,6 +379,7 @@ mod tests {
             nodes: vec!["1=node1".into(), "2=node2".into()],
             clients: vec!["ops".into()],
             force: false,
+            keep_existing: false,
         }
     }
 
@@ -490,9 +498,22 @@ mod tests {
             ..args(dir.path())
         })
         .unwrap();
-        assert_ne!(std::fs::read(dir.path().join("node-1.pem")).unwrap(), node);
+        let renewed = std::fs::read(dir.path().join("node-1.pem")).unwrap();
+        assert_ne!(renewed, node);
         assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
         assert_eq!(std::fs::read(dir.path().join("admin.key")).unwrap(), admin);
+
+        let keep = InitArgs {
+            keep_existing: true,
+            clients: vec!["ops".into(), "new".into()],
+            ..args(dir.path())
+        };
+        let written = init(&keep).unwrap();
+        assert_eq!(written.len(), 2, "only the new client's files: {written:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join("node-1.pem")).unwrap(),
+            renewed
+        );
     }
 
     #[test]
