@@ -376,6 +376,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_data_directory_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        check_data_format(dir.path()).unwrap();
+        check_data_format(dir.path()).expect("this build's marker is accepted");
+        let marker = dir.path().join(DATA_FORMAT_FILE);
+        std::fs::write(&marker, "tollgate-data 1\n").unwrap();
+        let error = check_data_format(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("tollgate-data 1"), "{error}");
+
+        let old = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(old.path().join("raft-log")).unwrap();
+        std::fs::write(old.path().join("raft-log/chunk"), b"x").unwrap();
+        let error = check_data_format(old.path()).unwrap_err().to_string();
+        assert!(error.contains("data format 1"), "{error}");
+        assert!(!old.path().join(DATA_FORMAT_FILE).exists());
+    }
+
+    #[test]
     fn open_names_the_path_it_could_not_open() {
         let dir = tempfile::tempdir().unwrap();
         let blocker = dir.path().join("a-file");
