@@ -12,20 +12,25 @@ FROM scratch
 
 COPY target/image/rootfs/ /
 # The data directory belongs to the node's user; a named volume mounted here copies that
-# ownership on first use, so the node can write its log without running as root.
+# ownership on first use, so the node can write its log without running as root. /certs
+# likewise, for the volume `tollgate certs init` writes the cluster's certificates into.
 COPY --chown=65532:65532 target/image/data/ /var/lib/tollgate/
+COPY --chown=65532:65532 target/image/data/ /certs/
 
 # Numeric, so the engine needs no passwd lookup to drop privileges.
 USER 65532:65532
 WORKDIR /var/lib/tollgate
 VOLUME ["/var/lib/tollgate"]
 
+# A node needs TLS files (TOLLGATE_TLS_CA, TOLLGATE_TLS_CERT, TOLLGATE_TLS_KEY) or
+# TOLLGATE_INSECURE=true to start; see docker-compose.yml.
 ENV TOLLGATE_DATA_DIR=/var/lib/tollgate \
     TOLLGATE_LISTEN=0.0.0.0:7001 \
+    TOLLGATE_PEER_LISTEN=0.0.0.0:7101 \
     TOLLGATE_METRICS_LISTEN=0.0.0.0:9100
 
-# gRPC (clients and peers) and Prometheus metrics.
-EXPOSE 7001 9100
+# gRPC for clients, gRPC for peers (Raft, mutual TLS), Prometheus metrics.
+EXPOSE 7001 7101 9100
 
 # SIGTERM stops the node cleanly (Raft shut down, storage closed).
 STOPSIGNAL SIGTERM

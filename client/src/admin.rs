@@ -185,15 +185,18 @@ impl Client {
         .await
     }
 
-    /// Adds a node as a non-voting learner; it starts receiving the log.
+    /// Adds a node as a non-voting learner; it starts receiving the log. `addr` is where
+    /// clients reach it, `peer_addr` its peer listener (both `host:port`).
     pub async fn add_learner(
         &self,
         node_id: u64,
         addr: &str,
+        peer_addr: &str,
     ) -> Result<v1::MembershipResponse, Error> {
         let wire = v1::AddLearnerRequest {
             node_id,
             addr: addr.to_owned(),
+            peer_addr: peer_addr.to_owned(),
         };
         self.call(|rpc| {
             let wire = wire.clone();

@@ -45,11 +45,12 @@ impl Interceptor for Auth {
     }
 }
 
-/// The leader's address from an UNAVAILABLE status, normalised; `None` when the node
-/// named no leader or named something that is not an address.
-pub fn leader_hint(metadata: &MetadataMap) -> Option<String> {
+/// The leader's address from an UNAVAILABLE status, normalised for a client with or
+/// without `tls`; `None` when the node named no leader or named something that is not an
+/// address.
+pub fn leader_hint(metadata: &MetadataMap, tls: bool) -> Option<String> {
     let raw = metadata.get(LEADER_METADATA_KEY)?.to_str().ok()?;
-    match normalise_endpoint(raw) {
+    match normalise_endpoint(raw, tls) {
         Ok(addr) => Some(addr),
         Err(error) => {
             tracing::warn!(hint = raw, %error, "ignoring unusable leader hint");
@@ -71,16 +72,20 @@ mod tests {
     #[test]
     fn leader_hint_is_parsed_and_normalised() {
         assert_eq!(
-            leader_hint(&metadata_with("10.0.0.2:7001")),
+            leader_hint(&metadata_with("10.0.0.2:7001"), false),
             Some("http://10.0.0.2:7001".into())
         );
         assert_eq!(
-            leader_hint(&metadata_with("http://n2:7001")),
+            leader_hint(&metadata_with("10.0.0.2:7001"), true),
+            Some("https://10.0.0.2:7001".into())
+        );
+        assert_eq!(
+            leader_hint(&metadata_with("http://n2:7001"), false),
             Some("http://n2:7001".into())
         );
-        assert_eq!(leader_hint(&metadata_with("")), None);
-        assert_eq!(leader_hint(&metadata_with("no-port")), None);
-        assert_eq!(leader_hint(&MetadataMap::new()), None);
+        assert_eq!(leader_hint(&metadata_with(""), false), None);
+        assert_eq!(leader_hint(&metadata_with("no-port"), false), None);
+        assert_eq!(leader_hint(&MetadataMap::new(), false), None);
     }
 
     #[test]

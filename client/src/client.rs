@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tonic::{Response, Status};
 
 use crate::channel::{leader_hint, Auth};
-use crate::config::{normalise_endpoint, ClientConfig, FailMode};
+use crate::config::{normalise_endpoint, ClientConfig, FailMode, TlsConfig};
 use crate::error::{is_retryable, Error};
 use crate::local::LocalCap;
 use crate::pool::{Pool, Rpc};
@@ -66,7 +66,8 @@ impl Client {
             FailMode::Closed => None,
             FailMode::Open { local_cap } => Some(LocalCap::new(local_cap)),
         };
-        let pool = Pool::new(endpoints, config.attempt_timeout);
+        let tls = config.tls.as_ref().map(TlsConfig::tonic);
+        let pool = Pool::new(endpoints, config.attempt_timeout, tls);
         Ok(Client {
             shared: Arc::new(Shared {
                 config,
@@ -148,7 +149,7 @@ impl Client {
         F: FnMut(Rpc) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let addr = normalise_endpoint(addr)?;
+        let addr = normalise_endpoint(addr, self.shared.config.tls.is_some())?;
         self.run(Target::Node(&addr), false, f).await
     }
 
@@ -252,7 +253,7 @@ impl Client {
         let Target::Leader = target else {
             return false;
         };
-        match leader_hint(status.metadata()) {
+        match leader_hint(status.metadata(), self.shared.config.tls.is_some()) {
             Some(hint) if hint != addr => {
                 self.shared.pool.set_leader(&hint);
                 true

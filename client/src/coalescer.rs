@@ -503,7 +503,7 @@ mod tests {
         let status = coalescer.submit(reserve("1")).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(
-            leader_hint(status.metadata()).as_deref(),
+            leader_hint(status.metadata(), false).as_deref(),
             Some("http://127.0.0.1:7003")
         );
     }
@@ -533,7 +533,7 @@ mod tests {
             assert_eq!(status.code(), Code::Unavailable);
             assert_eq!(status.message(), "node 1 is not the leader");
             assert_eq!(
-                leader_hint(status.metadata()).as_deref(),
+                leader_hint(status.metadata(), false).as_deref(),
                 Some("http://127.0.0.1:7002")
             );
         }

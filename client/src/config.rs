@@ -2,9 +2,11 @@
 //! Validation of addresses lives here too, so a bad endpoint fails when the client is
 //! built, not on the first reservation.
 
+use std::path::Path;
 use std::time::Duration;
 
 use rand::Rng;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::error::Error;
 use crate::types::Amounts;
@@ -43,6 +45,105 @@ pub struct ClientConfig {
     /// request. Each still gets its own answer, retries and deadline. Turn it off to send
     /// one unary RPC per call, e.g. against nodes older than `Batch`.
     pub coalesce: bool,
+    /// TLS to the nodes; `None` speaks clear text (`http://`, dev clusters only). With TLS,
+    /// endpoints and leader hints without a scheme are dialed as `https://`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Largest PEM file [`TlsConfig::from_files`] reads.
+pub const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// TLS settings of a client: the CA that signed the nodes' certificates (a bundle of
+/// several during a CA rotation) and, optionally, this client's certificate and key.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// PEM of the CA certificate(s) the nodes' certificates must chain to.
+    pub ca_pem: Vec<u8>,
+    /// PEM of this client's certificate and of its private key, sent when a node asks.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let invalid = |e: std::io::Error| Error::Invalid(format!("reading {}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(invalid)?
+        .take(PEM_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(invalid)?;
+    if bytes.len() as u64 > PEM_FILE_BYTES_MAX || !bytes.starts_with(b"-----BEGIN") {
+        return Err(Error::Invalid(format!(
+            "{} is not a PEM file (at most {PEM_FILE_BYTES_MAX} bytes, starting with -----BEGIN)",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+impl TlsConfig {
+    /// Trust the nodes whose certificates chain to the CA in `ca_pem`; no client certificate.
+    pub fn new(ca_pem: impl Into<Vec<u8>>) -> Self {
+        TlsConfig {
+            ca_pem: ca_pem.into(),
+            identity: None,
+        }
+    }
+
+    /// Also present this client certificate and key (PEM).
+    pub fn with_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Reads the CA file, and the certificate and key files when given (both or neither).
+    pub fn from_files(ca: &Path, cert: Option<&Path>, key: Option<&Path>) -> Result<Self, Error> {
+        let tls = TlsConfig::new(read_pem(ca)?);
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(tls.with_identity(read_pem(cert)?, read_pem(key)?)),
+            (None, None) => Ok(tls),
+            _ => Err(Error::Invalid(
+                "a client certificate needs its key, and a key its certificate".into(),
+            )),
+        }
+    }
+
+    /// From the files named by `TOLLGATE_TLS_CA`, `TOLLGATE_TLS_CERT` and
+    /// `TOLLGATE_TLS_KEY`; `None` when `TOLLGATE_TLS_CA` is unset or empty.
+    pub fn from_env() -> Result<Option<Self>, Error> {
+        let var = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+        let Some(ca) = var("TOLLGATE_TLS_CA") else {
+            return Ok(None);
+        };
+        let (cert, key) = (var("TOLLGATE_TLS_CERT"), var("TOLLGATE_TLS_KEY"));
+        TlsConfig::from_files(
+            Path::new(&ca),
+            cert.as_deref().map(Path::new),
+            key.as_deref().map(Path::new),
+        )
+        .map(Some)
+    }
+
+    /// The settings tonic dials with.
+    pub fn tonic(&self) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        match &self.identity {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
 }
 
 impl ClientConfig {
@@ -61,6 +162,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             fail_mode: FailMode::Closed,
             coalesce: true,
+            tls: None,
         }
     }
 
@@ -88,7 +190,7 @@ impl ClientConfig {
         }
         let mut endpoints: Vec<String> = Vec::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {
-            let normalised = normalise_endpoint(endpoint)?;
+            let normalised = normalise_endpoint(endpoint, self.tls.is_some())?;
             if !endpoints.contains(&normalised) {
                 endpoints.push(normalised);
             }
@@ -153,27 +255,35 @@ impl Backoff {
     }
 }
 
-/// Turns `host:port` into `http://host:port` (keeps an explicit `http://`), and rejects
-/// what tonic could not dial. TLS is not built into this client, so `https://` is refused
-/// rather than failing later on every call.
-pub fn normalise_endpoint(endpoint: &str) -> Result<String, Error> {
+/// Turns `host:port` into `https://host:port` with `tls`, `http://host:port` without (an
+/// explicit scheme must match), and rejects what tonic could not dial. A scheme that does
+/// not match the client's TLS setting is refused here rather than failing on every call.
+pub fn normalise_endpoint(endpoint: &str, tls: bool) -> Result<String, Error> {
     let trimmed = endpoint.trim().trim_end_matches('/');
     if trimmed.is_empty() {
         return Err(Error::Invalid("empty endpoint".into()));
     }
-    if trimmed.starts_with("https://") {
-        return Err(Error::Invalid(format!(
-            "endpoint {endpoint:?}: TLS is not supported by this client; use http://"
-        )));
+    let (scheme, other) = if tls {
+        ("https://", "http://")
+    } else {
+        ("http://", "https://")
+    };
+    if trimmed.starts_with(other) {
+        let why = if tls {
+            "this client is configured for TLS; use https:// or no scheme"
+        } else {
+            "TLS needs a CA (TlsConfig, TOLLGATE_TLS_CA or --tls-ca)"
+        };
+        return Err(Error::Invalid(format!("endpoint {endpoint:?}: {why}")));
     }
-    let with_scheme = if trimmed.starts_with("http://") {
+    let with_scheme = if trimmed.starts_with(scheme) {
         trimmed.to_owned()
     } else if trimmed.contains("://") {
         return Err(Error::Invalid(format!(
-            "endpoint {endpoint:?}: only http:// is supported"
+            "endpoint {endpoint:?}: only http:// and https:// are supported"
         )));
     } else {
-        format!("http://{trimmed}")
+        format!("{scheme}{trimmed}")
     };
     let uri: tonic::codegen::http::Uri = with_scheme
         .parse()
@@ -193,21 +303,52 @@ mod tests {
     #[test]
     fn endpoint_without_scheme_gets_http() {
         assert_eq!(
-            normalise_endpoint("127.0.0.1:7001").unwrap(),
+            normalise_endpoint("127.0.0.1:7001", false).unwrap(),
             "http://127.0.0.1:7001"
         );
         assert_eq!(
-            normalise_endpoint(" node-1:7001/ ").unwrap(),
+            normalise_endpoint(" node-1:7001/ ", false).unwrap(),
             "http://node-1:7001"
         );
         assert_eq!(
-            normalise_endpoint("http://node-1:7001").unwrap(),
+            normalise_endpoint("http://node-1:7001", false).unwrap(),
             "http://node-1:7001"
         );
         assert_eq!(
-            normalise_endpoint("[::1]:7001").unwrap(),
+            normalise_endpoint("[::1]:7001", false).unwrap(),
             "http://[::1]:7001"
         );
+    }
+
+    #[test]
+    fn endpoint_with_tls_gets_https_and_a_mismatched_scheme_is_refused() {
+        assert_eq!(
+            normalise_endpoint("node-1:7001", true).unwrap(),
+            "https://node-1:7001"
+        );
+        assert_eq!(
+            normalise_endpoint("https://node-1:7001", true).unwrap(),
+            "https://node-1:7001"
+        );
+        let error = normalise_endpoint("http://node-1:7001", true).unwrap_err();
+        assert!(error.to_string().contains("configured for TLS"), "{error}");
+        let error = normalise_endpoint("https://node-1:7001", false).unwrap_err();
+        assert!(error.to_string().contains("TLS needs a CA"), "{error}");
+    }
+
+    #[test]
+    fn tls_files_must_be_pem_and_come_in_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, "not pem").unwrap();
+        assert!(TlsConfig::from_files(&pem, None, None).is_ok());
+        assert!(TlsConfig::from_files(&junk, None, None).is_err());
+        assert!(TlsConfig::from_files(&pem, Some(&pem), None).is_err());
+        assert!(TlsConfig::from_files(&dir.path().join("missing"), None, None).is_err());
+        let with_identity = TlsConfig::from_files(&pem, Some(&pem), Some(&pem)).unwrap();
+        assert!(format!("{with_identity:?}").contains("client_certificate: true"));
     }
 
     #[test]
@@ -220,7 +361,7 @@ mod tests {
             "a b:1",
         ] {
             assert!(
-                matches!(normalise_endpoint(bad), Err(Error::Invalid(_))),
+                matches!(normalise_endpoint(bad, false), Err(Error::Invalid(_))),
                 "{bad:?} was accepted"
             );
         }

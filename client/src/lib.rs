@@ -84,8 +84,9 @@ pub use channel::{leader_hint, Auth, AuthChannel};
 pub use client::{Client, ATTEMPTS_MAX};
 pub use coalescer::{COALESCER_BATCHES_IN_FLIGHT_MAX, COALESCER_QUEUE_OPS_MAX};
 pub use config::{
-    normalise_endpoint, Backoff, ClientConfig, FailMode, ATTEMPT_TIMEOUT_DEFAULT,
+    normalise_endpoint, Backoff, ClientConfig, FailMode, TlsConfig, ATTEMPT_TIMEOUT_DEFAULT,
     BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, DEADLINE_DEFAULT, ENDPOINTS_MAX,
+    PEM_FILE_BYTES_MAX,
 };
 pub use error::{is_retryable, Error};
 pub use pool::{Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};

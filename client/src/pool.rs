@@ -11,7 +11,7 @@ use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::cluster_client::ClusterClient;
 use tollgate_proto::v1::tollgate_client::TollgateClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Response, Status};
 
 use crate::channel::{Auth, AuthChannel};
@@ -81,6 +81,8 @@ pub(crate) struct Pool {
     endpoints: Vec<String>,
     /// Time to connect, and time one batch RPC may take: the client's attempt timeout.
     attempt_timeout: Duration,
+    /// How `https://` addresses are dialed; `None` for a client without TLS.
+    tls: Option<ClientTlsConfig>,
     state: Mutex<PoolState>,
 }
 
@@ -131,7 +133,11 @@ impl Connection {
 }
 
 impl Pool {
-    pub(crate) fn new(endpoints: Vec<String>, attempt_timeout: Duration) -> Pool {
+    pub(crate) fn new(
+        endpoints: Vec<String>,
+        attempt_timeout: Duration,
+        tls: Option<ClientTlsConfig>,
+    ) -> Pool {
         assert!(
             !endpoints.is_empty(),
             "config validation guarantees endpoints"
@@ -139,6 +145,7 @@ impl Pool {
         Pool {
             endpoints,
             attempt_timeout,
+            tls,
             state: Mutex::new(PoolState {
                 leader: None,
                 endpoint_next: 0,
@@ -196,11 +203,7 @@ impl Pool {
     pub(crate) fn rpc(&self, addr: &str, auth: &Auth, coalesce: bool) -> Result<Rpc, Error> {
         let mut state = self.state();
         if !state.channels.contains_key(addr) {
-            let channel = Endpoint::from_shared(addr.to_owned())
-                .map_err(|e| Error::Invalid(format!("address {addr:?}: {e}")))?
-                .connect_timeout(self.attempt_timeout)
-                .tcp_nodelay(true)
-                .connect_lazy();
+            let channel = self.endpoint(addr)?.connect_lazy();
             if state.channels.len() >= CHANNELS_MAX {
                 // Prefer dropping a hint-learned address over a configured one.
                 let victim = state
@@ -233,6 +236,24 @@ impl Pool {
         })
     }
 
+    /// How to dial `addr`: with the client's TLS settings for `https://` (addresses are
+    /// normalised to the client's scheme, so a TLS client never dials clear text).
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, Error> {
+        let endpoint = Endpoint::from_shared(addr.to_owned())
+            .map_err(|e| Error::Invalid(format!("address {addr:?}: {e}")))?
+            .connect_timeout(self.attempt_timeout)
+            .tcp_nodelay(true);
+        match (&self.tls, addr.starts_with("https://")) {
+            (Some(tls), true) => endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Error::Invalid(format!("TLS settings for {addr:?}: {e}"))),
+            (None, false) => Ok(endpoint),
+            _ => Err(Error::Invalid(format!(
+                "address {addr:?} does not match the client's TLS setting"
+            ))),
+        }
+    }
+
     #[cfg(test)]
     fn channels_len(&self) -> usize {
         self.state().channels.len()
@@ -256,6 +277,7 @@ mod tests {
         let pool = Pool::new(
             vec!["http://a:1".into(), "http://b:2".into()],
             Duration::from_secs(1),
+            None,
         );
         assert_eq!(pool.pick(), "http://a:1");
         assert_eq!(pool.pick(), "http://b:2");
@@ -275,7 +297,7 @@ mod tests {
 
     #[tokio::test]
     async fn channels_are_reused_and_bounded() {
-        let pool = Pool::new(vec!["http://a:1".into()], Duration::from_secs(1));
+        let pool = Pool::new(vec!["http://a:1".into()], Duration::from_secs(1), None);
         let auth = Auth::default();
         pool.rpc("http://a:1", &auth, false).unwrap();
         pool.rpc("http://a:1", &auth, true).unwrap();
@@ -289,7 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_coalescer_per_token_and_address_bounded() {
-        let pool = Pool::new(vec!["http://a:1".into()], Duration::from_secs(1));
+        let pool = Pool::new(vec!["http://a:1".into()], Duration::from_secs(1), None);
         let auth = Auth::new(Some("t-0")).unwrap();
         assert!(pool
             .rpc("http://a:1", &auth, false)

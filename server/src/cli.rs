@@ -4,6 +4,7 @@
 //! only parses flags, calls and prints.
 
 mod audit;
+pub mod certs;
 mod cluster;
 mod money;
 mod ops;
@@ -129,20 +130,25 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
     }
 }
 
-/// gRPC health check (`grpc.health.v1`) of the node at `addr`: `Ok` if it is serving,
-/// an error saying why not otherwise, all within [`HEALTH_TIMEOUT`].
-pub async fn health(addr: &str) -> anyhow::Result<()> {
+/// gRPC health check (`grpc.health.v1`) of the node at `addr`, over TLS when `target` has
+/// a CA: `Ok` if it is serving, an error saying why not otherwise, all within
+/// [`HEALTH_TIMEOUT`].
+pub async fn health(target: &Target, addr: &str) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
 
-    let uri = tollgate_client::normalise_endpoint(addr).map_err(|e| anyhow!("{e}"))?;
+    let tls = target.tls()?;
+    let uri =
+        tollgate_client::normalise_endpoint(addr, tls.is_some()).map_err(|e| anyhow!("{e}"))?;
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(uri)?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(uri)?
             .connect_timeout(HEALTH_TIMEOUT)
-            .timeout(HEALTH_TIMEOUT)
-            .connect()
-            .await?;
+            .timeout(HEALTH_TIMEOUT);
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.tonic())?;
+        }
+        let channel = endpoint.connect().await?;
         let request = HealthCheckRequest {
             service: String::new(),
         };
@@ -343,9 +349,12 @@ mod tests {
         let target = Target {
             cluster: vec!["a:1".into(), " b:2".into(), String::new()],
             token: Some(String::new()),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             json: false,
         };
-        let config = target.client_config();
+        let config = target.client_config().unwrap();
         assert_eq!(config.token, None);
         assert_eq!(config.endpoints, ["a:1", "b:2"]);
     }
@@ -383,6 +392,9 @@ mod tests {
         let target = |token: Option<&str>| Target {
             cluster: vec!["127.0.0.1:7301".into(), " 127.0.0.1:7302".into()],
             token: token.map(str::to_owned),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             json: false,
         };
         assert_eq!(

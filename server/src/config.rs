@@ -10,8 +10,17 @@ use serde::Deserialize;
 
 use crate::auth::Auth;
 use crate::node::NodeConfig;
-use crate::raft::NodeId;
+use crate::raft::{Member, NodeId};
+use crate::tls::{NodeTls, TlsPaths};
 use tollgate_ledger::TenantId;
+
+/// The client listener unless `--listen` says otherwise: loopback, so a node reachable from
+/// elsewhere is always a decision.
+pub const LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7001);
+/// The peer listener unless `--peer-listen` says otherwise.
+pub const PEER_LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7101);
 
 /// Flags of `tollgate serve`; each also reads an environment variable.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -19,15 +28,44 @@ pub struct ServeArgs {
     /// This node's id, unique in the cluster (1, 2, 3, ...).
     #[arg(long, env = "TOLLGATE_ID")]
     pub id: Option<NodeId>,
-    /// Address to listen on for gRPC (clients and peers).
+    /// Address of the client listener [default: 127.0.0.1:7001].
     #[arg(long, env = "TOLLGATE_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Address peers and clients reach this node at (default: the listen address).
+    /// Address clients reach this node at, named in leader hints (default: this node's
+    /// entry in --peers, else the listen address).
     #[arg(long, env = "TOLLGATE_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Initial voters, `ID=HOST:PORT` comma separated, this node included.
+    /// Address of the peer listener, which serves Raft to the other nodes and nothing
+    /// else [default: 127.0.0.1:7101].
+    #[arg(long, env = "TOLLGATE_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Address peers reach the peer listener at (default: this node's entry in --peers,
+    /// else the peer listen address).
+    #[arg(long, env = "TOLLGATE_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+    /// Initial voters, this node included, comma separated:
+    /// `ID=CLIENT_HOST:PORT/PEER_HOST:PORT`, e.g. `1=node1:7001/node1:7101`.
     #[arg(long, env = "TOLLGATE_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// The cluster CA (PEM; a bundle during a CA rotation): verifies peers, both ways.
+    #[arg(long, env = "TOLLGATE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM, SAN URI `tollgate://node/<id>`), presented on both
+    /// listeners and to peers.
+    #[arg(long, env = "TOLLGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "TOLLGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve without TLS: client and Raft traffic in clear text. Only for a trusted network
+    /// or loopback; without it, a node with no TLS refuses to start.
+    #[arg(
+        long,
+        env = "TOLLGATE_INSECURE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
+    )]
+    pub insecure: bool,
     /// Where the Raft log and snapshots live.
     #[arg(long, env = "TOLLGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -57,7 +95,13 @@ struct FileConfig {
     id: Option<NodeId>,
     listen: Option<SocketAddr>,
     advertise: Option<String>,
+    peer_listen: Option<SocketAddr>,
+    peer_advertise: Option<String>,
     peers: Option<BTreeMap<String, String>>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure: Option<bool>,
     data_dir: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     admin_token: Option<String>,
@@ -65,9 +109,42 @@ struct FileConfig {
 }
 
 /// Settings beyond the node itself.
+#[derive(Debug)]
 pub struct ServeConfig {
     pub node: NodeConfig,
     pub metrics_listen: Option<SocketAddr>,
+    /// `--insecure`: serving without TLS was asked for.
+    pub insecure: bool,
+}
+
+impl ServeConfig {
+    /// Refuses to serve without protection that was not explicitly waived: a node without
+    /// TLS starts only with `--insecure`.
+    pub fn check_secure(&self) -> anyhow::Result<()> {
+        if self.node.tls.is_none() && !self.insecure {
+            bail!(
+                "TLS is not configured: set --tls-ca, --tls-cert and --tls-key (or \
+                 TOLLGATE_TLS_CA, TOLLGATE_TLS_CERT, TOLLGATE_TLS_KEY, or tls_ca, tls_cert, \
+                 tls_key in the config file; `tollgate certs init` makes them), or pass \
+                 --insecure (TOLLGATE_INSECURE=true) to serve clear text on a trusted network"
+            );
+        }
+        Ok(())
+    }
+
+    /// What the operator is told at every start of a node without TLS; `None` with TLS.
+    pub fn insecure_warning(&self) -> Option<String> {
+        if self.node.tls.is_some() {
+            return None;
+        }
+        Some(format!(
+            "insecure mode (no TLS): client traffic on {} (tokens included) and Raft traffic \
+             on {} are clear text; anyone on the network path can read and replay tokens, \
+             and anyone who can reach the peer port can send Raft messages that rewrite the \
+             ledger",
+            self.node.listen, self.node.peer_listen
+        ))
+    }
 }
 
 fn parse_pairs(pairs: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -82,36 +159,65 @@ fn parse_pairs(pairs: &[String], what: &str) -> anyhow::Result<Vec<(String, Stri
         .collect()
 }
 
-fn parse_peers(pairs: Vec<(String, String)>) -> anyhow::Result<BTreeMap<NodeId, String>> {
+/// A peer's `CLIENT_HOST:PORT/PEER_HOST:PORT`.
+fn parse_member(id: NodeId, text: &str) -> anyhow::Result<Member> {
+    let usage = || {
+        format!(
+            "peer {id} {text:?} is not CLIENT_HOST:PORT/PEER_HOST:PORT \
+             (e.g. {id}=node{id}:7001/node{id}:7101)"
+        )
+    };
+    let (addr, peer_addr) = text.split_once('/').with_context(usage)?;
+    let (addr, peer_addr) = (addr.trim(), peer_addr.trim());
+    let host_port = |a: &str| {
+        a.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+    };
+    if !host_port(addr) || !host_port(peer_addr) {
+        bail!(usage());
+    }
+    Ok(Member::new(addr, peer_addr))
+}
+
+fn parse_peers(pairs: Vec<(String, String)>) -> anyhow::Result<BTreeMap<NodeId, Member>> {
     pairs
         .into_iter()
         .map(|(id, addr)| {
             let id = id
                 .parse::<NodeId>()
                 .with_context(|| format!("peer id {id:?} is not a number"))?;
-            Ok((id, addr))
+            Ok((id, parse_member(id, &addr)?))
         })
         .collect()
 }
 
+fn read_file(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+}
+
 impl ServeArgs {
+    /// The node's settings from flags, environment and file, checked (`check_secure`
+    /// included): an error names what is wrong or missing.
     pub fn resolve(self) -> anyhow::Result<ServeConfig> {
-        let file: FileConfig = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing config {}", path.display()))?
-            }
-            None => FileConfig::default(),
-        };
+        let mut file = read_file(self.config.as_ref())?;
         let Some(id) = self.id.or(file.id) else {
             bail!("node id missing: --id, TOLLGATE_ID or `id` in the config file");
         };
-        let listen = self
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7001)));
+        let tls_paths = TlsPaths {
+            ca: self.tls_ca.clone().or(file.tls_ca.take()),
+            cert: self.tls_cert.clone().or(file.tls_cert.take()),
+            key: self.tls_key.clone().or(file.tls_key.take()),
+        };
+        let tls = match tls_paths.is_empty() {
+            true => None,
+            false => Some(NodeTls::load(id, &tls_paths)?),
+        };
+        let listen = self.listen.or(file.listen).unwrap_or(LISTEN_DEFAULT);
         let data_dir = self
             .data_dir
             .or(file.data_dir)
@@ -142,12 +248,130 @@ impl ServeArgs {
             _ => Auth::default(),
         };
         let mut node = NodeConfig::new(id, listen, data_dir);
+        node.peer_listen = self
+            .peer_listen
+            .or(file.peer_listen)
+            .unwrap_or(PEER_LISTEN_DEFAULT);
         node.advertise = self.advertise.or(file.advertise);
+        node.peer_advertise = self.peer_advertise.or(file.peer_advertise);
         node.peers = peers;
         node.auth = auth;
-        Ok(ServeConfig {
+        node.tls = tls;
+        let config = ServeConfig {
             node,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            insecure: self.insecure || file.insecure.unwrap_or(false),
+        };
+        config.check_secure()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &std::path::Path) -> ServeArgs {
+        ServeArgs {
+            id: Some(1),
+            data_dir: Some(dir.join("data")),
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn serve_refuses_without_tls_unless_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = args(dir.path()).resolve().unwrap_err().to_string();
+        for named in [
+            "TLS is not configured",
+            "--tls-ca",
+            "--tls-key",
+            "--insecure",
+        ] {
+            assert!(error.contains(named), "{named} in {error}");
+        }
+        let config = ServeArgs {
+            insecure: true,
+            ..args(dir.path())
+        }
+        .resolve()
+        .unwrap();
+        assert!(config.node.tls.is_none());
+        assert!(config.insecure_warning().unwrap().contains("clear text"));
+        assert_eq!(config.node.listen, LISTEN_DEFAULT);
+        assert_eq!(config.node.peer_listen, PEER_LISTEN_DEFAULT);
+        assert!(LISTEN_DEFAULT.ip().is_loopback() && PEER_LISTEN_DEFAULT.ip().is_loopback());
+    }
+
+    #[test]
+    fn serve_starts_secure_with_the_files_of_certs_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        crate::cli::certs::init(&crate::cli::certs::InitArgs {
+            dir: certs.clone(),
+            nodes: vec!["1=node1".into(), "2=node2".into()],
+            clients: vec![],
+            force: false,
+            keep_existing: false,
         })
+        .unwrap();
+        let tls = |cert: &str, key: Option<&str>| ServeArgs {
+            tls_ca: Some(certs.join("ca.pem")),
+            tls_cert: Some(certs.join(cert)),
+            tls_key: key.map(|key| certs.join(key)),
+            ..args(dir.path())
+        };
+        let config = tls("node-1.pem", Some("node-1.key")).resolve().unwrap();
+        assert!(config.node.tls.is_some());
+        assert!(config.insecure_warning().is_none());
+
+        let error = format!("{:#}", tls("node-1.pem", None).resolve().unwrap_err());
+        assert!(error.contains("--tls-key"), "{error}");
+        let error = format!(
+            "{:#}",
+            tls("node-2.pem", Some("node-2.key")).resolve().unwrap_err()
+        );
+        assert!(error.contains("node 2's"), "{error}");
+    }
+
+    #[test]
+    fn peers_name_a_client_and_a_peer_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServeArgs {
+            insecure: true,
+            peers: vec![
+                "1=node1:7001/node1:7101".into(),
+                "2=[::1]:7002/[::1]:7102".into(),
+            ],
+            ..args(dir.path())
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            config.node.peers[&1],
+            Member::new("node1:7001", "node1:7101")
+        );
+        assert_eq!(
+            config.node.peers[&2],
+            Member::new("[::1]:7002", "[::1]:7102")
+        );
+        for bad in [
+            "1=node1:7001",
+            "1=node1:7001/",
+            "1=/node1:7101",
+            "1=a:0/b:1",
+            "x=a:1/b:1",
+        ] {
+            let error = ServeArgs {
+                insecure: true,
+                peers: vec![bad.into()],
+                ..args(dir.path())
+            }
+            .resolve()
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains("peer"), "{bad}: {error}");
+        }
     }
 }

@@ -32,7 +32,8 @@ pub struct DevArgs {
     /// Keep the data of the previous run instead of starting afresh.
     #[arg(long)]
     pub keep_data: bool,
-    /// Port of node 1; nodes 2 and 3 listen on the next two.
+    /// Client port of node 1; nodes 2 and 3 listen on the next two, and the peer listeners
+    /// 100 above (7101-7103 by default).
     #[arg(long, default_value_t = DEV_PORT_DEFAULT)]
     pub port: u16,
     /// Prometheus metrics of the three nodes (one endpoint for the process).
@@ -61,11 +62,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let client = Client::new(ClientConfig::new(endpoints.clone()))?;
     wait_for_leader(&client).await?;
     load_examples(&client).await?;
+    let peers: Vec<String> = cluster
+        .ids()
+        .iter()
+        .filter_map(|id| cluster.peer_addr(*id))
+        .collect();
     println!(
-        "tollgate dev: 3 nodes on {} (data in {}, metrics on http://{}/metrics)",
+        "tollgate dev: 3 nodes on {} (peers on {}; data in {}, metrics on http://{}/metrics)",
         endpoints.join(", "),
+        peers.join(", "),
         args.data_dir.display(),
         args.metrics_listen
+    );
+    println!(
+        "tollgate dev is INSECURE: no TLS and no credentials, on loopback only; \
+         for a real cluster see `tollgate certs init` and `tollgate serve --help`"
     );
     if !args.no_demo {
         demo(&client).await?;

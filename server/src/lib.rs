@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod start;
+pub mod tls;

@@ -13,18 +13,26 @@ use crate::auth::Auth;
 use crate::clock::Clock;
 use crate::node::{Node, NodeConfig};
 use crate::raft::network::Partition;
-use crate::raft::NodeId;
+use crate::raft::{Member, NodeId};
 use crate::start::RunningNode;
+use crate::tls::NodeTls;
 
 /// Most nodes a local cluster runs: enough for five voters and a learner or two.
 pub const LOCAL_NODES_MAX: u64 = 7;
+/// With a `base_port`, node N's peer listener is on `base_port + PEER_PORT_OFFSET + N - 1`
+/// (7101.. beside the client ports 7001..).
+pub const PEER_PORT_OFFSET: u16 = 100;
 
 #[derive(Clone, Debug)]
 pub struct LocalClusterOptions {
     pub nodes: u64,
     pub data_dir: PathBuf,
-    /// Port of node 1, the others following; None picks free ports.
+    /// Client port of node 1, the others following, and peer ports `PEER_PORT_OFFSET`
+    /// above; None picks free ports.
     pub base_port: Option<u16>,
+    /// TLS of each node by id (nodes added later included); nodes without an entry run in
+    /// insecure mode, as all do by default.
+    pub tls: BTreeMap<NodeId, NodeTls>,
     /// Short heartbeats and elections, for tests that kill leaders.
     pub fast_elections: bool,
     pub clock: Clock,
@@ -43,6 +51,7 @@ impl LocalClusterOptions {
             nodes,
             data_dir,
             base_port: None,
+            tls: BTreeMap::new(),
             fast_elections: false,
             clock: Clock::system(),
             snapshot_after_entries: defaults.snapshot_after_entries,
@@ -67,14 +76,22 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn port_for(options: &LocalClusterOptions, id: NodeId) -> anyhow::Result<u16> {
+fn port_for(options: &LocalClusterOptions, id: NodeId, offset: u16) -> anyhow::Result<u16> {
     match options.base_port {
         Some(base) => u16::try_from(id - 1)
             .ok()
-            .and_then(|offset| base.checked_add(offset))
+            .and_then(|index| base.checked_add(index)?.checked_add(offset))
             .context("port out of range"),
         None => free_port(),
     }
+}
+
+/// Node `id`'s addresses on loopback.
+fn member_for(options: &LocalClusterOptions, id: NodeId) -> anyhow::Result<Member> {
+    Ok(Member::new(
+        format!("127.0.0.1:{}", port_for(options, id, 0)?),
+        format!("127.0.0.1:{}", port_for(options, id, PEER_PORT_OFFSET)?),
+    ))
 }
 
 impl LocalCluster {
@@ -88,15 +105,15 @@ impl LocalCluster {
         }
         let mut peers = BTreeMap::new();
         for id in 1..=options.nodes {
-            peers.insert(id, format!("127.0.0.1:{}", port_for(&options, id)?));
+            peers.insert(id, member_for(&options, id)?);
         }
         let mut cluster = Self {
             options,
             configs: BTreeMap::new(),
             running: BTreeMap::new(),
         };
-        for (id, addr) in &peers {
-            let mut config = cluster.config(*id, addr)?;
+        for (id, member) in &peers {
+            let mut config = cluster.config(*id, member)?;
             config.peers = peers.clone();
             cluster.configs.insert(*id, config);
         }
@@ -106,10 +123,12 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    fn config(&self, id: NodeId, addr: &str) -> anyhow::Result<NodeConfig> {
-        let listen: SocketAddr = addr.parse()?;
+    fn config(&self, id: NodeId, member: &Member) -> anyhow::Result<NodeConfig> {
+        let listen: SocketAddr = member.addr.parse()?;
         let mut config =
             NodeConfig::new(id, listen, self.options.data_dir.join(format!("node-{id}")));
+        config.peer_listen = member.peer_addr.parse()?;
+        config.tls = self.options.tls.get(&id).cloned();
         config.clock = self.options.clock.clone();
         config.snapshot_after_entries = self.options.snapshot_after_entries;
         config.log_entries_kept_after_snapshot = self.options.log_entries_kept_after_snapshot;
@@ -136,9 +155,9 @@ impl LocalCluster {
         self.configs.get(&id).map(|c| c.listen.to_string())
     }
 
-    /// Where node `id` serves Raft messages to its peers.
-    pub fn raft_addr(&self, id: NodeId) -> Option<String> {
-        self.addr(id)
+    /// Node `id`'s peer listener, `host:port`.
+    pub fn peer_addr(&self, id: NodeId) -> Option<String> {
+        self.configs.get(&id).map(|c| c.peer_listen.to_string())
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -194,16 +213,17 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Starts a new, empty node that is not a member: join it with add-learner and promote it.
-    pub async fn add_node(&mut self, id: NodeId) -> anyhow::Result<String> {
+    /// Starts a new, empty node that is not a member: join it with add-learner and promote
+    /// it. Returns its addresses.
+    pub async fn add_node(&mut self, id: NodeId) -> anyhow::Result<Member> {
         if self.configs.contains_key(&id) || id == 0 || id > LOCAL_NODES_MAX {
             bail!("node id {id} is taken or out of 1..={LOCAL_NODES_MAX}");
         }
-        let addr = format!("127.0.0.1:{}", port_for(&self.options, id)?);
-        let config = self.config(id, &addr)?;
+        let member = member_for(&self.options, id)?;
+        let config = self.config(id, &member)?;
         self.configs.insert(id, config);
         self.restart(id).await?;
-        Ok(addr)
+        Ok(member)
     }
 
     /// The node that all running nodes agree leads, once they do.

@@ -29,10 +29,14 @@ enum Command {
     /// Run a three-node cluster on 127.0.0.1:7001-7003 with example tenants, and a demo.
     Dev(DevArgs),
     /// Exit 0 if the node at --addr answers gRPC health checks as serving (for containers).
+    /// Uses TLS when --tls-ca is set (the global TLS flags).
     Health {
         #[arg(long, default_value = "127.0.0.1:7001")]
         addr: String,
     },
+    /// Make the certificates of a cluster that runs with mutual TLS.
+    #[command(subcommand)]
+    Certs(cli::certs::CertsCommand),
     #[command(flatten)]
     Ops(OpsCommand),
 }
@@ -104,7 +108,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging();
             dev::run(args).await
         }
-        Command::Health { addr } => cli::health(&addr).await,
+        Command::Health { addr } => cli::health(&cli.target, &addr).await,
+        Command::Certs(command) => cli::certs::run(command),
         Command::Ops(command) => cli::run(cli.target, command).await,
     }
 }

@@ -12,18 +12,26 @@ use crate::clock::Clock;
 use crate::raft::network::Partition;
 use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::SharedApplied;
-use crate::raft::{NodeId, Raft};
+use crate::raft::{Member, NodeId, Raft};
+use crate::tls::NodeTls;
 
 /// How a node runs; built from flags, environment and a TOML file by `config`.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// Where the gRPC server listens (port 0 picks a free one).
+    /// Where the client gRPC server listens (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// The address other nodes and clients reach this node at; defaults to the bound address.
+    /// Where the peer listener (the `tollgate.v1.Raft` service, nothing else) listens.
+    pub peer_listen: SocketAddr,
+    /// The address clients reach this node at; defaults to this node's entry in `peers`,
+    /// else the bound address.
     pub advertise: Option<String>,
+    /// The address peers reach the peer listener at; defaults like `advertise`.
+    pub peer_advertise: Option<String>,
     /// The initial voters, this node included, by id. Only used to bootstrap a new cluster.
-    pub peers: BTreeMap<NodeId, String>,
+    pub peers: BTreeMap<NodeId, Member>,
+    /// Mutual TLS between nodes and TLS to clients; `None` is insecure mode (clear text).
+    pub tls: Option<NodeTls>,
     pub data_dir: PathBuf,
     pub auth: Auth,
     pub clock: Clock,
@@ -42,13 +50,17 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A node with production defaults; callers set what differs.
+    /// A node with production defaults and its peer listener on a free port of the client
+    /// listener's interface; callers set what differs.
     pub fn new(id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             id,
             listen,
+            peer_listen: SocketAddr::new(listen.ip(), 0),
             advertise: None,
+            peer_advertise: None,
             peers: BTreeMap::new(),
+            tls: None,
             data_dir,
             auth: Auth::default(),
             clock: Clock::system(),

@@ -8,18 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tollgate_ledger::Command;
 
+use crate::grpc;
 use crate::node::{Node, NodeConfig};
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{check_data_format, LogStore};
 use crate::raft::network::{NetworkFactory, RAFT_MESSAGE_BYTES_MAX};
 use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::StateMachine;
-use crate::raft::{NodeId, Raft};
+use crate::raft::{Member, NodeId, Raft};
+use crate::tls::NodeTls;
 
 /// Largest snapshot chunk sent to a peer: a quarter of `RAFT_MESSAGE_BYTES_MAX`, leaving
 /// room for the chunk's metadata and encoding.
@@ -29,6 +30,7 @@ const SNAPSHOT_CHUNK_BYTES: u64 = (RAFT_MESSAGE_BYTES_MAX / 4) as u64;
 pub struct RunningNode {
     pub node: Arc<Node>,
     addr: SocketAddr,
+    peer_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -37,6 +39,7 @@ impl RunningNode {
     pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        check_data_format(&config.data_dir)?;
         let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
         // Restoring a large snapshot takes seconds of CPU: off the async runtime, which other
         // nodes of a local cluster share.
@@ -46,20 +49,25 @@ impl RunningNode {
             .context("opening the state machine")??;
         let applied = state_machine.shared();
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let tls = config.tls.as_ref();
+        let client_server = crate::grpc::server(tls.map(NodeTls::client_server))
+            .context("TLS of the client listener")?;
+        let peer_server = crate::grpc::server(tls.map(NodeTls::peer_server))
+            .context("TLS of the peer listener")?;
+        let (listener, peer_listener) = bind(&config).await?;
+        let (addr, peer_addr) = (listener.local_addr()?, peer_listener.local_addr()?);
+        let member = own_member(&config, addr, peer_addr);
 
         let raft_config = raft_config(&config)?;
+        let network = NetworkFactory {
+            from: config.id,
+            partition: config.partition.clone(),
+            tls: tls.map(NodeTls::dialer),
+        };
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            NetworkFactory {
-                from: config.id,
-                partition: config.partition.clone(),
-            },
+            network,
             log_store,
             state_machine,
         )
@@ -69,7 +77,7 @@ impl RunningNode {
         let proposer = Proposer::start(raft.clone(), config.clock.clone(), applied.clone());
         let node = Arc::new(Node {
             id: config.id,
-            addr: advertise.clone(),
+            addr: member.addr.clone(),
             raft: raft.clone(),
             applied,
             proposer,
@@ -77,41 +85,51 @@ impl RunningNode {
         });
 
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(crate::grpc::serve(node.clone(), listener, stopped.clone()));
+        let clients = grpc::serve_clients(node.clone(), listener, client_server, stopped.clone());
+        let peers = grpc::serve_peers(
+            node.clone(),
+            peer_listener,
+            peer_server,
+            tls.is_some(),
+            stopped.clone(),
+        );
         let ticker = tokio::spawn(tick(node.clone(), config.tick_interval, stopped));
         let mut running = Self {
             node,
             addr,
+            peer_addr,
             stop,
-            tasks: vec![server, ticker],
+            tasks: vec![tokio::spawn(clients), tokio::spawn(peers), ticker],
         };
-        running.bootstrap(&config, advertise).await?;
-        tracing::info!(node = config.id, %addr, "node started");
+        running.bootstrap(&config, member).await?;
+        tracing::info!(node = config.id, %addr, %peer_addr, tls = tls.is_some(), "node started");
         Ok(running)
     }
 
     /// Initialises a new cluster, once: only the lowest id among the peers does it, only if its
     /// own storage holds no cluster yet. A restarted node never re-initialises.
-    async fn bootstrap(&mut self, config: &NodeConfig, advertise: String) -> anyhow::Result<()> {
+    async fn bootstrap(&mut self, config: &NodeConfig, own: Member) -> anyhow::Result<()> {
         // A node started without peers is joining an existing cluster (add-learner): it must
         // never found a cluster of its own.
         let lowest = config.peers.keys().next().copied();
         if lowest != Some(config.id) || self.node.raft.is_initialized().await? {
             return Ok(());
         }
-        let mut members: BTreeMap<NodeId, BasicNode> = config
-            .peers
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode::new(addr)))
-            .collect();
-        members.insert(config.id, BasicNode::new(advertise));
+        let mut members = config.peers.clone();
+        members.insert(config.id, own);
         let node = self.node.clone();
         self.tasks.push(tokio::spawn(initialise(node, members)));
         Ok(())
     }
 
+    /// The client listener's bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The peer listener's bound address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
     }
 
     /// Stops serving and stops Raft; the data directory can be opened again afterwards.
@@ -125,6 +143,34 @@ impl RunningNode {
             let _ = task.await;
         }
     }
+}
+
+/// Binds the client and the peer listener.
+async fn bind(config: &NodeConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the client listener {}", config.listen))?;
+    let peer_listener = TcpListener::bind(config.peer_listen)
+        .await
+        .with_context(|| format!("binding the peer listener {}", config.peer_listen))?;
+    Ok((listener, peer_listener))
+}
+
+/// This node as the membership records it: the advertised addresses, else its own entry in
+/// `--peers`, else the bound addresses.
+fn own_member(config: &NodeConfig, addr: SocketAddr, peer_addr: SocketAddr) -> Member {
+    let listed = config.peers.get(&config.id);
+    let addr = config
+        .advertise
+        .clone()
+        .or_else(|| listed.map(|m| m.addr.clone()))
+        .unwrap_or_else(|| addr.to_string());
+    let peer_addr = config
+        .peer_advertise
+        .clone()
+        .or_else(|| listed.map(|m| m.peer_addr.clone()))
+        .unwrap_or_else(|| peer_addr.to_string());
+    Member { addr, peer_addr }
 }
 
 /// openraft's settings for a node: its timers from `config`, and snapshot transfer sized for
@@ -161,12 +207,12 @@ const PEERS_LISTEN_POLL: Duration = Duration::from_millis(100);
 /// `PEERS_LISTEN_WAIT` has passed): the nodes of a new cluster start in any order, and a vote
 /// request to a node that is not up yet is an error in openraft's log, not a state worth
 /// reporting on a healthy start.
-async fn initialise(node: Arc<Node>, members: BTreeMap<NodeId, BasicNode>) {
+async fn initialise(node: Arc<Node>, members: BTreeMap<NodeId, Member>) {
     let started = tokio::time::Instant::now();
     let others: Vec<String> = members
         .iter()
         .filter(|(id, _)| **id != node.id)
-        .map(|(_, member)| member.addr.clone())
+        .map(|(_, member)| member.peer_addr.clone())
         .collect();
     while started.elapsed() < PEERS_LISTEN_WAIT && !all_listen(&others).await {
         tokio::time::sleep(PEERS_LISTEN_POLL).await;
@@ -216,6 +262,9 @@ async fn tick(node: Arc<Node>, interval: Duration, mut stopped: watch::Receiver<
 pub async fn serve_until_signal(config: crate::config::ServeConfig) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_listen {
         crate::metrics::install_exporter(addr)?;
+    }
+    if let Some(warning) = config.insecure_warning() {
+        tracing::warn!("{warning}");
     }
     if !config.node.auth.enabled() {
         tracing::warn!(

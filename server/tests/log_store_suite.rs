@@ -9,13 +9,12 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::{LogState, RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{
-    BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader,
-    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
-    Vote,
+    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder,
+    Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use tempfile::TempDir;
 use tollgate_server::raft::log_store::LogStore;
-use tollgate_server::raft::{Batch, BatchOutcome, NodeId, TypeConfig};
+use tollgate_server::raft::{Batch, BatchOutcome, Member, NodeId, TypeConfig};
 
 #[test]
 fn log_store_passes_openraft_storage_suite() {
@@ -119,12 +118,12 @@ struct MemStateMachine {
 #[derive(Default)]
 struct MemState {
     last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, BasicNode>,
-    snapshot: Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>,
+    membership: StoredMembership<NodeId, Member>,
+    snapshot: Option<(SnapshotMeta<NodeId, Member>, Vec<u8>)>,
     snapshots_built: u64,
 }
 
-type Applied = (Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>);
+type Applied = (Option<LogId<NodeId>>, StoredMembership<NodeId, Member>);
 
 impl RaftSnapshotBuilder<TypeConfig> for MemStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
@@ -182,7 +181,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, Member>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();

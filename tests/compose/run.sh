@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The compose fault test: builds the image, starts the three-node cluster of
 # docker-compose.yml, drives load from several client processes through the published
-# 127.0.0.1 ports, and injects faults one after another and then mixed: kill -9 of the
+# 127.0.0.1 ports over TLS, and injects faults one after another and then mixed: kill -9 of the
 # leader, a partition that leaves the leader in a minority, a partition of one follower,
 # docker pause, a restart of the whole cluster. Client processes are killed mid-run too.
 # Then compose_check holds the histories and the cluster's final state to the promises and
@@ -205,7 +205,11 @@ crash_client() {
 settle() { sleep "$1"; }
 
 log "== cluster ($project)"
+# The certs service makes the CA and the node certificates first; nodes serve TLS to clients
+# and mutual TLS to each other. The load client and checker trust the cluster's CA.
 compose up -d
+docker cp "$(container 1):/certs/ca.pem" "$run_dir/ca.pem"
+export TOLLGATE_TLS_CA="$PWD/$run_dir/ca.pem"
 for node in 1 2 3; do wait_healthy "$node"; done
 network="$(docker inspect --format '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}' "$(container 1)")"
 log "leader: node$(leader); network $network"

@@ -26,7 +26,7 @@ use common::{tenant_with_budget, used_tokens, TestCluster};
 const FORGED_TERM_AHEAD: u64 = 1_000;
 
 async fn raft_client(cluster: &TestCluster, node: NodeId) -> RaftClient<tonic::transport::Channel> {
-    let addr = cluster.cluster.raft_addr(node).expect("node address");
+    let addr = cluster.cluster.peer_addr(node).expect("node address");
     RaftClient::connect(format!("http://{addr}"))
         .await
         .expect("connects")

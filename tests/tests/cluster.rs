@@ -276,16 +276,28 @@ async fn fourth_node_joins_as_learner_then_voter_and_catches_up_by_snapshot() {
     tenant_with_budget(&test.client, "acme", 1_000_000).await;
     let spent = spend(&test.client, "acme", 60, 2).await;
 
-    let addr = test.cluster.add_node(4).await.unwrap();
-    let added = test.client.add_learner(4, &addr).await.unwrap();
+    let new = test.cluster.add_node(4).await.unwrap();
+    let added = test
+        .client
+        .add_learner(4, &new.addr, &new.peer_addr)
+        .await
+        .unwrap();
     // A retried add (the operator's call timed out) changes nothing; another address is refused.
-    let again = test.client.add_learner(4, &addr).await.unwrap();
+    let again = test
+        .client
+        .add_learner(4, &new.addr, &new.peer_addr)
+        .await
+        .unwrap();
     assert_eq!(
         again.applied, added.applied,
         "a retry appends no membership entry"
     );
     assert_eq!(again.members, added.members);
-    let moved = test.client.add_learner(4, "127.0.0.1:1").await.unwrap_err();
+    let moved = test
+        .client
+        .add_learner(4, &new.addr, "127.0.0.1:1")
+        .await
+        .unwrap_err();
     assert!(moved.to_string().contains("already a member"), "{moved}");
     let membership = test
         .client

@@ -17,8 +17,12 @@ pub enum ClusterCommand {
     AddLearner {
         #[arg(long, value_name = "N")]
         id: u64,
+        /// Where clients reach the node (its --advertise).
         #[arg(long, value_name = "HOST:PORT")]
         addr: String,
+        /// Where peers reach the node's peer listener (its --peer-advertise).
+        #[arg(long, value_name = "HOST:PORT")]
+        peer_addr: String,
     },
     /// Set the voting members to exactly these node ids (members or learners already).
     Promote {
@@ -79,7 +83,7 @@ type NodeAnswer = (String, Result<v1::StatusResponse, NodeFailure>);
 pub async fn status(target: &Target) -> anyhow::Result<()> {
     let config = ClientConfig {
         deadline: STATUS_DEADLINE,
-        ..target.client_config()
+        ..target.client_config()?
     };
     let addrs: Vec<String> = config.endpoints.clone();
     let client = Client::new(config).context("check --cluster (or TOLLGATE_CLUSTER)")?;
@@ -205,7 +209,7 @@ fn status_text(answers: &[NodeAnswer]) -> String {
             .iter()
             .map(|m| {
                 let role = if m.voter { "voter" } else { "learner" };
-                format!("{} {} ({role})", m.node_id, m.addr)
+                format!("{} {} peers {} ({role})", m.node_id, m.addr, m.peer_addr)
             })
             .collect();
         text.push_str(&format!(
@@ -223,11 +227,21 @@ fn status_text(answers: &[NodeAnswer]) -> String {
 
 pub async fn membership(ops: &Ops, command: ClusterCommand) -> anyhow::Result<()> {
     let (response, message) = match command {
-        ClusterCommand::AddLearner { id, addr } => {
-            let response = ops.client.add_learner(id, &addr).await.map_err(|e| {
-                ops.failed(format!("could not add node {id} ({addr}) as a learner"), e)
-            })?;
-            (response, format!("node {id} ({addr}) added as a learner"))
+        ClusterCommand::AddLearner {
+            id,
+            addr,
+            peer_addr,
+        } => {
+            let response = ops
+                .client
+                .add_learner(id, &addr, &peer_addr)
+                .await
+                .map_err(|e| {
+                    let what = format!("could not add node {id} ({addr}, peers {peer_addr})");
+                    ops.failed(format!("{what} as a learner"), e)
+                })?;
+            let message = format!("node {id} ({addr}, peers {peer_addr}) added as a learner");
+            (response, message)
         }
         ClusterCommand::Promote { voters } => {
             let ids: Vec<String> = voters.iter().map(u64::to_string).collect();
@@ -275,11 +289,13 @@ mod tests {
                     node_id: 1,
                     addr: "127.0.0.1:7001".into(),
                     voter: true,
+                    peer_addr: "127.0.0.1:7101".into(),
                 },
                 v1::Member {
                     node_id: 2,
                     addr: "127.0.0.1:7002".into(),
                     voter: false,
+                    peer_addr: "127.0.0.1:7102".into(),
                 },
             ],
             chain_head_seq: 57,
@@ -318,7 +334,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("members (as node 1 sees them): 1 127.0.0.1:7001 (voter), 2 127.0.0.1:7002 (learner)"),
+            text.contains("members (as node 1 sees them): 1 127.0.0.1:7001 peers 127.0.0.1:7101 (voter), 2 127.0.0.1:7002 peers 127.0.0.1:7102 (learner)"),
             "{text}"
         );
         assert!(

@@ -2,11 +2,12 @@
 //! handler gets (`Ops`), how failures become advice, and how output reaches stdout.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
 use serde_json::{json, Value};
-use tollgate_client::{Applied, Client, ClientConfig, Error};
+use tollgate_client::{Applied, Client, ClientConfig, Error, TlsConfig};
 
 use super::render;
 
@@ -37,32 +38,91 @@ pub struct Target {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// The CA that signed the nodes' certificates (PEM): connect with TLS (`https://`).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOLLGATE_TLS_CA",
+        value_name = "FILE"
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate to present (PEM, with --tls-key), when the nodes ask for one.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOLLGATE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOLLGATE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Print JSON instead of tables (audit export always writes JSON lines).
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
 }
 
 impl Target {
-    pub(super) fn client_config(&self) -> ClientConfig {
-        let endpoints = self
-            .cluster
+    fn endpoints(&self) -> Vec<String> {
+        self.cluster
             .iter()
-            .map(|addr| addr.trim())
-            .filter(|addr| !addr.is_empty());
-        ClientConfig {
+            .map(|addr| addr.trim().to_owned())
+            .filter(|addr| !addr.is_empty())
+            .collect()
+    }
+
+    /// TLS settings from --tls-ca (and --tls-cert, --tls-key); `None` without a CA.
+    pub fn tls(&self) -> anyhow::Result<Option<TlsConfig>> {
+        let Some(ca) = self
+            .tls_ca
+            .as_deref()
+            .filter(|ca| !ca.as_os_str().is_empty())
+        else {
+            if self.tls_cert.is_some() {
+                anyhow::bail!("--tls-cert needs --tls-ca (TOLLGATE_TLS_CA) as well");
+            }
+            return Ok(None);
+        };
+        TlsConfig::from_files(ca, self.tls_cert.as_deref(), self.tls_key.as_deref())
+            .map(Some)
+            .context("check --tls-ca, --tls-cert and --tls-key")
+    }
+
+    pub(super) fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        Ok(ClientConfig {
             token: self.token.clone().filter(|token| !token.is_empty()),
-            ..ClientConfig::new(endpoints)
-        }
+            tls: self.tls()?,
+            ..ClientConfig::new(self.endpoints())
+        })
     }
 
     pub(super) fn client(&self) -> anyhow::Result<Client> {
-        Client::new(self.client_config()).context("check --cluster (or TOLLGATE_CLUSTER)")
+        Client::new(self.client_config()?).context("check --cluster (or TOLLGATE_CLUSTER)")
     }
 
     /// The connection flags to repeat in a suggested command: the cluster this command
-    /// used, and the token's flag without its value.
+    /// used, the TLS files, and the token's flag without its value.
     pub(super) fn hint_flags(&self) -> String {
-        let mut flags = format!("--cluster {}", self.client_config().endpoints.join(","));
+        let mut flags = format!("--cluster {}", self.endpoints().join(","));
+        for (flag, path) in [
+            ("--tls-ca", &self.tls_ca),
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+        ] {
+            if let Some(path) = path {
+                flags.push_str(&format!(" {flag} {}", path.display()));
+            }
+        }
         if self.token.as_deref().is_some_and(|token| !token.is_empty()) {
             flags.push_str(" --token <TOKEN>");
         }

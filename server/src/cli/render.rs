@@ -418,12 +418,13 @@ pub fn amounts_json(amounts: Option<&v1::Amounts>) -> Value {
 }
 
 pub fn members_table(members: &[v1::Member]) -> Table {
-    let mut table = Table::new(&["NODE", "ADDR", "ROLE"]);
+    let mut table = Table::new(&["NODE", "ADDR", "PEER-ADDR", "ROLE"]);
     for member in members {
         let role = if member.voter { "voter" } else { "learner" };
         table.row(vec![
             member.node_id.to_string(),
             member.addr.clone(),
+            member.peer_addr.clone(),
             role.to_owned(),
         ]);
     }
@@ -431,7 +432,12 @@ pub fn members_table(members: &[v1::Member]) -> Table {
 }
 
 pub fn member_json(member: &v1::Member) -> Value {
-    json!({ "node_id": member.node_id, "addr": member.addr, "voter": member.voter })
+    json!({
+        "node_id": member.node_id,
+        "addr": member.addr,
+        "peer_addr": member.peer_addr,
+        "voter": member.voter,
+    })
 }
 
 pub fn status_json(asked_addr: &str, status: &v1::StatusResponse) -> Value {

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use openraft::BasicNode;
+use crate::raft::Member;
 use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -21,7 +21,7 @@ pub struct ClusterService {
 
 fn membership_error(
     node: &Node,
-    error: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>,
+    error: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, Member>>,
 ) -> Status {
     use openraft::error::{ClientWriteError, RaftError};
     match error {
@@ -33,7 +33,7 @@ fn membership_error(
     }
 }
 
-fn members_to_pb(membership: &openraft::Membership<NodeId, BasicNode>) -> Vec<pb::Member> {
+fn members_to_pb(membership: &openraft::Membership<NodeId, Member>) -> Vec<pb::Member> {
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     membership
         .nodes()
@@ -41,13 +41,14 @@ fn members_to_pb(membership: &openraft::Membership<NodeId, BasicNode>) -> Vec<pb
             node_id: *id,
             addr: node.addr.clone(),
             voter: voters.contains(id),
+            peer_addr: node.peer_addr.clone(),
         })
         .collect()
 }
 
 /// The answer to a membership change: the members after it, and the log entry that made it.
 fn membership_response(
-    membership: Option<&openraft::Membership<NodeId, BasicNode>>,
+    membership: Option<&openraft::Membership<NodeId, Member>>,
     log_id: openraft::LogId<NodeId>,
 ) -> Response<pb::MembershipResponse> {
     Response::new(pb::MembershipResponse {
@@ -63,12 +64,13 @@ fn membership_response(
 /// Longest peer address accepted: a DNS name (253) and a port.
 pub const PEER_ADDR_BYTES_MAX: usize = 260;
 
-/// Checks that `addr` is `host:port`: a host of DNS-name or IP characters, a port 1-65535.
-fn check_peer_addr(addr: &str) -> Result<(), Status> {
+/// Checks that `addr` (the field `field`) is `host:port`: a host of DNS-name or IP
+/// characters, a port 1-65535.
+fn check_peer_addr(field: &str, addr: &str) -> Result<(), Status> {
     let invalid = |why: &str| {
         let shown: String = addr.chars().take(64).collect();
         Err(Status::invalid_argument(format!(
-            "addr {shown:?} is not host:port ({why})"
+            "{field} {shown:?} is not host:port ({why})"
         )))
     };
     if addr.len() > PEER_ADDR_BYTES_MAX {
@@ -136,17 +138,19 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         self.node.auth.for_admin(request.metadata())?;
         let request = request.into_inner();
-        check_peer_addr(&request.addr)?;
+        check_peer_addr("addr", &request.addr)?;
+        check_peer_addr("peer_addr", &request.peer_addr)?;
+        let learner = Member::new(request.addr, request.peer_addr);
         // A retry (the client's attempt timed out while the learner caught up) must not
         // append another membership entry: that restarts replication to the learner, and
         // with it a snapshot transfer, so a large snapshot would never arrive.
         let metrics = self.node.raft.metrics().borrow().clone();
         let current = metrics.membership_config.membership();
         if let Some(member) = current.get_node(&request.node_id) {
-            if member.addr != request.addr {
+            if *member != learner {
                 return Err(Status::failed_precondition(format!(
-                    "node {} is already a member, at {}",
-                    request.node_id, member.addr
+                    "node {} is already a member, at {member} (client/peer)",
+                    request.node_id
                 )));
             }
             let log_id = metrics.membership_config.log_id().unwrap_or_default();
@@ -156,7 +160,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let response = self
             .node
             .raft
-            .add_learner(request.node_id, BasicNode::new(request.addr), true)
+            .add_learner(request.node_id, learner, true)
             .await
             .map_err(|e| membership_error(&self.node, e))?;
         Ok(membership_response(
@@ -202,7 +206,7 @@ mod tests {
             "node2:7002",
             "tg-3.example.com:443",
         ] {
-            assert!(check_peer_addr(good).is_ok(), "{good}");
+            assert!(check_peer_addr("addr", good).is_ok(), "{good}");
         }
         let long = format!("{}:1", "a".repeat(PEER_ADDR_BYTES_MAX));
         for bad in [
@@ -216,8 +220,9 @@ mod tests {
             "x:y",
             &long,
         ] {
-            let error = check_peer_addr(bad).expect_err(bad);
+            let error = check_peer_addr("peer_addr", bad).expect_err(bad);
             assert_eq!(error.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(error.message().contains("peer_addr"), "{bad}");
             assert!(error.message().contains("is not host:port"), "{bad}");
         }
     }

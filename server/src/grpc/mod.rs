@@ -1,5 +1,6 @@
 //! The gRPC edge: validates and translates requests, proposes commands, reads the ledger
 //! after a linearizable barrier, and maps every outcome to one status. Decides nothing.
+//! Two listeners: clients (`serve_clients`) and peers (`serve_peers`, Raft only).
 
 mod admin_service;
 mod call;
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tollgate_proto::v1 as pb;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::node::Node;
 use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
@@ -58,7 +60,7 @@ pub const FRAME_BYTES_MAX: u32 = 16 * 1024;
 /// failed: a node that can no longer apply entries must not look healthy to a balancer.
 async fn report_not_serving_on_raft_failure(
     reporter: tonic_health::server::HealthReporter,
-    metrics: watch::Receiver<openraft::RaftMetrics<crate::raft::NodeId, openraft::BasicNode>>,
+    metrics: watch::Receiver<openraft::RaftMetrics<crate::raft::NodeId, crate::raft::Member>>,
 ) {
     let Some(fatal) = crate::raft::failure::raft_failure(metrics).await else {
         return;
@@ -72,8 +74,38 @@ async fn report_not_serving_on_raft_failure(
         .await;
 }
 
-/// Serves every service on `listener` until `stopped` turns true.
-pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+/// A server with the transport bounds both listeners share, and TLS when `tls` is set.
+/// Built before the node starts, so bad TLS material stops the start with its reason.
+pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
+    let server = Server::builder()
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .timeout(REQUEST_TIMEOUT)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
+        .max_frame_size(FRAME_BYTES_MAX);
+    match tls {
+        Some(tls) => server.tls_config(tls),
+        None => Ok(server),
+    }
+}
+
+/// With a listener of our own, the builder's `tcp_nodelay` is ignored: set it on the
+/// incoming stream, or Nagle holds back small answers until the peer's delayed ACK
+/// (~40 ms on Linux), which was the p99 of every operation.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Serves the client services (Tollgate, Admin, Cluster, health, reflection) on `listener`
+/// until `stopped` turns true. Never the Raft service: that is `serve_peers`' alone.
+pub async fn serve_clients(
+    node: Arc<Node>,
+    listener: TcpListener,
+    mut server: Server,
+    mut stopped: watch::Receiver<bool>,
+) {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
@@ -107,33 +139,46 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stopped: watch::R
     })
     .max_decoding_message_size(REQUEST_BYTES_MAX)
     .max_encoding_message_size(RESPONSE_BYTES_MAX);
-    let raft = pb::raft_server::RaftServer::new(raft_service::RaftService { node: node.clone() })
-        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-    // With a listener of our own, the builder's `tcp_nodelay` is ignored: set it on the
-    // incoming stream, or Nagle holds back small answers until the peer's delayed ACK
-    // (~40 ms on Linux), which was the p99 of every operation.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
-        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
-        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
-        .timeout(REQUEST_TIMEOUT)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
-        .max_frame_size(FRAME_BYTES_MAX)
+    let result = server
         .add_service(health)
         .add_service(reflection)
         .add_service(tollgate)
         .add_service(admin)
         .add_service(cluster)
-        .add_service(raft)
-        .serve_with_incoming_shutdown(incoming, async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         })
         .await;
     if let Err(error) = result {
-        tracing::error!(node = node.id, %error, "gRPC server stopped");
+        tracing::error!(node = node.id, %error, "client gRPC server stopped");
+    }
+}
+
+/// Serves the internal Raft service, and nothing else, on the peer `listener` until
+/// `stopped` turns true. `mutual_tls` says `server` requires node certificates, whose
+/// identity the service then checks on every message.
+pub async fn serve_peers(
+    node: Arc<Node>,
+    listener: TcpListener,
+    mut server: Server,
+    mutual_tls: bool,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let raft = raft_service::RaftService {
+        node: node.clone(),
+        mutual_tls,
+    };
+    let raft = pb::raft_server::RaftServer::new(raft)
+        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    let result = server
+        .add_service(raft)
+        .serve_with_incoming_shutdown(incoming(listener), async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(node = node.id, %error, "peer gRPC server stopped");
     }
 }
 

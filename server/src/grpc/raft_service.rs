@@ -1,6 +1,7 @@
-//! `tollgate.v1.Raft`: the receiving end of `raft::network`. Decodes openraft's messages,
-//! refuses what `raft::guard` finds implausible, hands the rest to the local Raft, and
-//! encodes its `Result` back whole.
+//! `tollgate.v1.Raft`: the receiving end of `raft::network`, served on the peer listener
+//! only. Checks who sent a message (the node certificate of a member), decodes openraft's
+//! message, refuses what `raft::guard` finds implausible, hands the rest to the local Raft,
+//! and encodes its `Result` back whole.
 
 use std::sync::Arc;
 
@@ -12,9 +13,12 @@ use tonic::{Request, Response, Status};
 use crate::node::Node;
 use crate::raft::guard::{self, Local};
 use crate::raft::NodeId;
+use crate::tls::{identity_of, CertIdentity};
 
 pub struct RaftService {
     pub node: Arc<Node>,
+    /// The peer listener requires node certificates (TLS on); false in insecure mode.
+    pub mutual_tls: bool,
 }
 
 fn decode<T: DeserializeOwned>(request: Request<pb::RaftPayload>) -> Result<T, Status> {
@@ -29,10 +33,39 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<pb::RaftPayload>, Status> 
 }
 
 impl RaftService {
-    /// The node the peer's certificate names; `None` where the transport proves no identity
-    /// (an insecure cluster), and then only the message's own plausibility is checked.
-    fn peer_node(&self, _request: &Request<pb::RaftPayload>) -> Result<Option<NodeId>, Status> {
-        Ok(None)
+    /// The node that sent `request`, by its certificate: `Some(id)` for a node certificate
+    /// (`tollgate://node/<id>`) of a member of the current membership (voter or learner), or
+    /// of any node while this one has no membership yet (bootstrap, a joining learner);
+    /// PERMISSION_DENIED otherwise, before anything is decoded. `None` in insecure mode,
+    /// where no identity is known.
+    fn peer_node<T>(&self, request: &Request<T>) -> Result<Option<NodeId>, Status> {
+        if !self.mutual_tls {
+            return Ok(None);
+        }
+        let certs = request.peer_certs();
+        let Some(leaf) = certs.as_ref().and_then(|certs| certs.first()) else {
+            return Err(Status::permission_denied(
+                "raft messages need a node certificate",
+            ));
+        };
+        let id = match identity_of(leaf) {
+            CertIdentity::Node(id) => id,
+            other => {
+                return Err(Status::permission_denied(format!(
+                    "raft messages need a node certificate; this one is {other:?}"
+                )))
+            }
+        };
+        let metrics = self.node.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let initialised = membership.nodes().next().is_some();
+        if initialised && membership.get_node(&id).is_none() {
+            return Err(Status::permission_denied(format!(
+                "node {id} is not a member of this cluster"
+            )));
+        }
+        Ok(Some(id))
     }
 
     fn local(&self) -> Local {

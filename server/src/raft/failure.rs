@@ -2,15 +2,15 @@
 //! which never applies another entry, from one stopped on purpose.
 
 use openraft::error::Fatal;
-use openraft::{BasicNode, RaftMetrics};
+use openraft::RaftMetrics;
 use tokio::sync::watch;
 
-use super::NodeId;
+use super::{Member, NodeId};
 
 /// Why the Raft core stopped on its own (a storage error, a panic inside it), once it has.
 /// `None` when it was stopped on purpose (`shutdown`), or its metrics are gone while it ran.
 pub async fn raft_failure(
-    mut metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    mut metrics: watch::Receiver<RaftMetrics<NodeId, Member>>,
 ) -> Option<Fatal<NodeId>> {
     loop {
         if let Err(fatal) = &metrics.borrow_and_update().running_state {
@@ -41,7 +41,7 @@ mod tests {
 
     use super::*;
 
-    fn metrics_with(state: Result<(), Fatal<NodeId>>) -> RaftMetrics<NodeId, BasicNode> {
+    fn metrics_with(state: Result<(), Fatal<NodeId>>) -> RaftMetrics<NodeId, Member> {
         let mut metrics = RaftMetrics::new_initial(1);
         metrics.running_state = state;
         metrics

@@ -46,6 +46,45 @@ pub const FLUSH_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Buffer used to replay chunk files when the log is opened.
 const REPLAY_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
+/// The encoding of what a data directory holds (log entries, vote, snapshots), written in
+/// `DATA_FORMAT_FILE` when the directory is first used. 2: members carry a peer address
+/// (`raft::Member`); a log of format 1 would not decode, or decode wrongly, so it is refused.
+pub const DATA_FORMAT_VERSION: u32 = 2;
+/// The file in a node's data directory that names its format.
+pub const DATA_FORMAT_FILE: &str = "FORMAT";
+
+/// Refuses a data directory written in another format, and marks a new one as this build's.
+/// A directory that holds a Raft log but no marker was written before markers existed
+/// (format 1).
+pub fn check_data_format(data_dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let marker = data_dir.join(DATA_FORMAT_FILE);
+    let expected = format!("tollgate-data {DATA_FORMAT_VERSION}\n");
+    match std::fs::read_to_string(&marker) {
+        Ok(text) if text == expected => Ok(()),
+        Ok(text) => anyhow::bail!(
+            "{} says {:?}: this build reads `tollgate-data {DATA_FORMAT_VERSION}` only; \
+             start this node on an empty data directory and add it back as a learner",
+            marker.display(),
+            text.chars().take(40).collect::<String>().trim_end()
+        ),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let log_dir = data_dir.join("raft-log");
+            let has_log = std::fs::read_dir(&log_dir).is_ok_and(|mut dir| dir.next().is_some());
+            anyhow::ensure!(
+                !has_log,
+                "{} holds a Raft log of data format 1 (members without a peer address); this \
+                 build reads format {DATA_FORMAT_VERSION} only: start this node on an empty \
+                 data directory and add it back as a learner",
+                data_dir.display()
+            );
+            std::fs::write(&marker, expected)
+                .with_context(|| format!("writing {}", marker.display()))
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", marker.display())),
+    }
+}
+
 /// Why the log could not be opened; the path tells the operator which directory to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum LogStoreError {
@@ -335,6 +374,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_directory_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        check_data_format(dir.path()).unwrap();
+        check_data_format(dir.path()).expect("this build's marker is accepted");
+        let marker = dir.path().join(DATA_FORMAT_FILE);
+        std::fs::write(&marker, "tollgate-data 1\n").unwrap();
+        let error = check_data_format(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("tollgate-data 1"), "{error}");
+
+        let old = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(old.path().join("raft-log")).unwrap();
+        std::fs::write(old.path().join("raft-log/chunk"), b"x").unwrap();
+        let error = check_data_format(old.path()).unwrap_err().to_string();
+        assert!(error.contains("data format 1"), "{error}");
+        assert!(!old.path().join(DATA_FORMAT_FILE).exists());
+    }
 
     #[test]
     fn open_names_the_path_it_could_not_open() {

@@ -25,11 +25,35 @@ openraft::declare_raft_types!(
         D = Batch,
         R = BatchOutcome,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// A member of the cluster as the membership records it: where clients reach it (`addr`, the
+/// address leader hints name) and where its peers send Raft messages (`peer_addr`, its peer
+/// listener). Stored in the log and in snapshots: a change of fields is a change of format.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub addr: String,
+    pub peer_addr: String,
+}
+
+impl Member {
+    pub fn new(addr: impl Into<String>, peer_addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            peer_addr: peer_addr.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.peer_addr)
+    }
+}
 
 /// One Raft entry: commands proposed together share one entry and one fsync. `at_ms` is the
 /// leader's clock when it proposed them; replicas never read their own clock.

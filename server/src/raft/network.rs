@@ -1,6 +1,7 @@
 //! Raft traffic between nodes: openraft's messages, postcard-encoded, over the internal
-//! `tollgate.v1.Raft` gRPC service. One lazily connected channel per peer, reused for every
-//! RPC of a replication stream; the server side lives in `grpc::raft_service`.
+//! `tollgate.v1.Raft` gRPC service on each member's peer listener (`Member::peer_addr`),
+//! with mutual TLS when the node has TLS. One lazily connected channel per peer, reused for
+//! every RPC of a replication stream; the server side lives in `grpc::raft_service`.
 
 use std::collections::BTreeSet;
 use std::error::Error;
@@ -15,14 +16,14 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, LogId, SnapshotMeta, Vote};
+use openraft::{LogId, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tollgate_proto::v1::raft_client::RaftClient;
 use tollgate_proto::v1::RaftPayload;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::{guard, NodeId, TypeConfig};
+use super::{guard, Member, NodeId, TypeConfig};
 
 /// Largest Raft message between nodes, either way: room for a full append batch or a
 /// snapshot chunk, far above what a client request may carry.
@@ -62,13 +63,22 @@ impl Partition {
 pub struct NetworkFactory {
     pub from: NodeId,
     pub partition: Partition,
+    /// This node's certificate and the cluster CA, for dialing peers; `None` in insecure
+    /// mode (clear text).
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
-        PeerConnection::new(self.from, target, &node.addr, self.partition.clone())
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
+        PeerConnection::new(
+            self.from,
+            target,
+            &node.peer_addr,
+            self.tls.clone(),
+            self.partition.clone(),
+        )
     }
 }
 
@@ -80,18 +90,20 @@ pub struct PeerConnection {
 }
 
 impl PeerConnection {
-    fn new(from: NodeId, target: NodeId, addr: &str, partition: Partition) -> Self {
-        let client = Endpoint::from_shared(format!("http://{addr}"))
-            .map(|endpoint| {
-                let channel = endpoint
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+    fn new(
+        from: NodeId,
+        target: NodeId,
+        addr: &str,
+        tls: Option<ClientTlsConfig>,
+        partition: Partition,
+    ) -> Self {
+        let client = peer_channel(addr, tls)
+            .map(|channel| {
                 RaftClient::new(channel)
                     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             })
-            .map_err(|e| format!("peer {target} has a bad address {addr:?}: {e}"));
+            .map_err(|e| format!("peer {target} at {addr:?}: {e}"));
         Self {
             from,
             target,
@@ -106,7 +118,7 @@ impl PeerConnection {
         rpc: Rpc,
         request: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -139,13 +151,29 @@ impl PeerConnection {
     }
 }
 
+/// A lazily connected channel to the peer listener at `addr` (`host:port`), over TLS when
+/// `tls` is set.
+fn peer_channel(
+    addr: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
 /// `InstallSnapshotRequest` as postcard encodes it, field for field, byte for byte, but
 /// with the chunk written as one slice (postcard's bytes and a sequence of `u8` share one
 /// encoding: a varint length, then the bytes) instead of one serializer call per byte.
 #[derive(Serialize)]
 struct SnapshotChunk<'a> {
     vote: &'a Vote<NodeId>,
-    meta: &'a SnapshotMeta<NodeId, BasicNode>,
+    meta: &'a SnapshotMeta<NodeId, Member>,
     offset: u64,
     #[serde(serialize_with = "as_bytes")]
     data: &'a [u8],
@@ -166,7 +194,7 @@ enum Rpc {
 /// A peer that cannot be reached gets backed off (Unreachable); anything else is retried.
 fn status_to_rpc_error<E: Error>(
     status: &tonic::Status,
-) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
     let text = Text(format!("{}: {}", status.code(), status.message()));
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
@@ -201,7 +229,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let answer: AppendEntriesResponse<NodeId> =
             self.call(Rpc::Append, &request, &option).await?;
         match &answer {
@@ -222,7 +250,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
         let request = SnapshotChunk {
             vote: &request.vote,
@@ -241,7 +269,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         request: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let answer: VoteResponse<NodeId> = self.call(Rpc::Vote, &request, &option).await?;
         plausible(&answer.vote, answer.last_log_id.as_ref()).map_err(RPCError::Network)?;
         Ok(answer)

@@ -317,7 +317,7 @@ impl Stamp {
 }
 
 fn propose_error(
-    error: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+    error: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::Member>>,
 ) -> ProposeError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {

@@ -17,12 +17,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
 };
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{BatchOutcome, NodeId, TypeConfig};
+use super::{BatchOutcome, Member, NodeId, TypeConfig};
 use tollgate_ledger::{Ledger, SnapshotError};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -32,7 +32,7 @@ const SNAPSHOT_FILE: &str = "snapshot.bin";
 pub struct Applied {
     pub ledger: Ledger,
     pub last_applied: Option<LogId<NodeId>>,
-    pub membership: StoredMembership<NodeId, BasicNode>,
+    pub membership: StoredMembership<NodeId, Member>,
 }
 
 impl Default for Applied {
@@ -51,8 +51,9 @@ pub type SharedApplied = Arc<RwLock<Applied>>;
 
 /// The first bytes of every snapshot envelope (file or transfer).
 pub const ENVELOPE_MAGIC: [u8; 8] = *b"TGRAFTSN";
-/// Bump on any change to the envelope's header (the ledger's part has its own version).
-pub const ENVELOPE_FORMAT_VERSION: u32 = 1;
+/// Bump on any change to the envelope's header or metadata (the ledger's part has its own
+/// version). 2: members record a peer address beside the client address (`raft::Member`).
+pub const ENVELOPE_FORMAT_VERSION: u32 = 2;
 /// magic (8) | version (u32 LE) | metadata length (u32 LE) | xxh3-64 of the metadata (u64 LE).
 const ENVELOPE_HEADER_BYTES: usize = 8 + 4 + 4 + 8;
 /// Longest metadata accepted: a membership of a handful of nodes takes well under 1 KiB.
@@ -83,7 +84,7 @@ pub enum EnvelopeError {
 
 /// The envelope of `ledger` at `meta`: header, metadata, then the ledger's snapshot, encoded
 /// in place after them.
-fn encode_envelope(meta: &SnapshotMeta<NodeId, BasicNode>, ledger: &Ledger) -> Vec<u8> {
+fn encode_envelope(meta: &SnapshotMeta<NodeId, Member>, ledger: &Ledger) -> Vec<u8> {
     // Serializing plain data into a Vec has no failure mode but allocation.
     let meta_bytes = postcard::to_allocvec(meta).unwrap_or_default();
     let mut out = Vec::with_capacity(ENVELOPE_HEADER_BYTES + meta_bytes.len());
@@ -97,9 +98,7 @@ fn encode_envelope(meta: &SnapshotMeta<NodeId, BasicNode>, ledger: &Ledger) -> V
 
 /// Splits an envelope into its metadata and the ledger's snapshot bytes (not yet checked:
 /// `Ledger::restore` does that).
-fn decode_envelope(
-    bytes: &[u8],
-) -> Result<(SnapshotMeta<NodeId, BasicNode>, &[u8]), EnvelopeError> {
+fn decode_envelope(bytes: &[u8]) -> Result<(SnapshotMeta<NodeId, Member>, &[u8]), EnvelopeError> {
     let truncated = || EnvelopeError::Truncated { len: bytes.len() };
     let (header, rest) = bytes
         .split_at_checked(ENVELOPE_HEADER_BYTES)
@@ -134,9 +133,7 @@ fn decode_envelope(
 
 /// The ledger and metadata in `bytes`, fully checked: envelope, then the ledger's checksum,
 /// decoding and invariants. CPU-bound for a large snapshot: call it off the async runtime.
-fn restore_envelope(
-    bytes: &[u8],
-) -> Result<(SnapshotMeta<NodeId, BasicNode>, Ledger), EnvelopeError> {
+fn restore_envelope(bytes: &[u8]) -> Result<(SnapshotMeta<NodeId, Member>, Ledger), EnvelopeError> {
     let (meta, ledger) = decode_envelope(bytes)?;
     Ok((meta, Ledger::restore(ledger)?))
 }
@@ -354,7 +351,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>), StorageError<NodeId>>
     {
         let applied = read_lock(&self.applied);
         Ok((applied.last_applied, applied.membership.clone()))
@@ -407,7 +404,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, Member>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let started = std::time::Instant::now();
@@ -499,7 +496,7 @@ mod tests {
         LogId::new(CommittedLeaderId::new(term, 1), index)
     }
 
-    fn meta(index: u64) -> SnapshotMeta<NodeId, BasicNode> {
+    fn meta(index: u64) -> SnapshotMeta<NodeId, Member> {
         SnapshotMeta {
             last_log_id: Some(log_id(2, index)),
             last_membership: StoredMembership::new(
@@ -542,7 +539,7 @@ mod tests {
     }
 
     /// A state machine in a fresh directory holding `ledger` at `meta`, not yet persisted.
-    fn machine(dir: &Path, ledger: Ledger, meta: &SnapshotMeta<NodeId, BasicNode>) -> StateMachine {
+    fn machine(dir: &Path, ledger: Ledger, meta: &SnapshotMeta<NodeId, Member>) -> StateMachine {
         let sm = StateMachine::open(dir).unwrap();
         {
             let mut applied = write_lock(&sm.applied);

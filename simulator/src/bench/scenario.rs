@@ -234,7 +234,7 @@ async fn install_on_new_node(
     result: &mut SnapshotResult,
 ) -> anyhow::Result<()> {
     eprintln!("adding node {NEW_NODE} as a learner: snapshot transfer and install...");
-    let addr = cluster.add_node(NEW_NODE).await?;
+    let new = cluster.add_node(NEW_NODE).await?;
     let target = last_applied(cluster, leader).unwrap_or(0);
     let started = Instant::now();
     // One attempt that waits as long as the step: the server's add-learner blocks until the
@@ -244,7 +244,7 @@ async fn install_on_new_node(
     admin_config.deadline = STEP_WAIT;
     admin_config.attempt_timeout = STEP_WAIT;
     Client::new(admin_config)?
-        .add_learner(NEW_NODE, &addr)
+        .add_learner(NEW_NODE, &new.addr, &new.peer_addr)
         .await
         .context("adding the learner")?;
     wait_for(|| last_applied(cluster, NEW_NODE).unwrap_or(0) >= target)

@@ -41,8 +41,10 @@ struct Cli {
         default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
     )]
     endpoints: Vec<String>,
+    /// The admin token; TOLLGATE_API_KEY_FILE, when set, names a file with the key instead.
+    /// TLS to the nodes comes from TOLLGATE_TLS_CA.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: String,
+    admin_token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,7 +154,10 @@ fn hex(bytes: &[u8]) -> String {
 
 fn admin_client(cli: &Cli) -> anyhow::Result<Client> {
     let config = ClientConfig {
-        token: Some(cli.admin_token.clone()),
+        token: Some(tollgate_tests::admin_credential(
+            cli.admin_token.as_deref(),
+        )?),
+        tls: tollgate_tests::tls_from_env()?,
         deadline: NODE_QUESTION_DEADLINE,
         ..ClientConfig::new(cli.endpoints.iter().cloned())
     };

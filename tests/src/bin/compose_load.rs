@@ -72,9 +72,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Creates the test tenants and limits; writes the budgets for the checker.
+    /// TLS to the nodes comes from TOLLGATE_TLS_CA (all subcommands).
     Setup {
+        /// The admin token; TOLLGATE_API_KEY_FILE, when set, names a file with the key
+        /// instead.
         #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: String,
+        admin_token: Option<String>,
         /// Where to write the budgets (JSON).
         #[arg(long)]
         budgets: PathBuf,
@@ -110,7 +113,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Setup {
             admin_token,
             budgets,
-        } => setup(&cli.endpoints, &admin_token, &budgets).await,
+        } => {
+            let admin = tollgate_tests::admin_credential(admin_token.as_deref())?;
+            setup(&cli.endpoints, &admin, &budgets).await
+        }
         Command::Run {
             client_id,
             duration_s,
@@ -209,6 +215,7 @@ fn budget_specs() -> Vec<BudgetSpec> {
 fn client(endpoints: &[String], token: &str) -> anyhow::Result<Client> {
     let config = ClientConfig {
         token: Some(token.to_owned()),
+        tls: tollgate_tests::tls_from_env()?,
         ..ClientConfig::new(endpoints.iter().cloned())
     };
     Client::new(config).context("client config")
