@@ -103,11 +103,11 @@ fn raft_client(
     RaftClient::new(channel)
 }
 
-/// A forged heartbeat from "node 9" at a term far ahead: a node that took it would step
+/// A forged heartbeat from `leader` at a term far ahead: a node that took it would step
 /// down and adopt the term.
-fn forged_append(term: u64) -> RaftPayload {
+fn forged_append(term: u64, leader: u64) -> RaftPayload {
     let request = AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(term, 9),
+        vote: Vote::new_committed(term, leader),
         prev_log_id: None,
         entries: Vec::new(),
         leader_commit: None,
@@ -140,7 +140,7 @@ async fn a_tls_cluster_serves_clients_over_tls_and_refuses_clear_text() {
     let addr = test.cluster.addr(leader).unwrap();
     let node = test.ca.node(leader, "localhost").unwrap();
     let status = raft_client(&addr, &test.ca.cert_pem, Some(&node))
-        .append_entries(forged_append(1_000))
+        .append_entries(forged_append(1_000, 9))
         .await
         .expect_err("no Raft service on the client port");
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
@@ -179,7 +179,7 @@ async fn the_peer_port_admits_only_member_node_certificates() {
     ];
     for (what, identity, code) in &cases {
         let result = raft_client(&peer, ca, identity.as_ref())
-            .append_entries(forged_append(forged_term))
+            .append_entries(forged_append(forged_term, 9))
             .await;
         let status = result.expect_err(what);
         match code {
@@ -193,6 +193,30 @@ async fn the_peer_port_admits_only_member_node_certificates() {
                 "{what}: {status:?}"
             ),
         }
+    }
+
+    // A member's certificate (a compromised node) speaks only for its own node, and only
+    // with a plausible term.
+    let member = test.cluster.other_than(leader).unwrap();
+    let member_cert = test.ca.node(member, "localhost").unwrap();
+    let attempts = [
+        (
+            "another member's name",
+            forged_append(forged_term, leader),
+            tonic::Code::PermissionDenied,
+        ),
+        (
+            "the largest term",
+            forged_append(u64::MAX, member),
+            tonic::Code::InvalidArgument,
+        ),
+    ];
+    for (what, forged, code) in attempts {
+        let status = raft_client(&peer, ca, Some(&member_cert))
+            .append_entries(forged)
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {status:?}");
     }
 
     let after = converged_statuses(&test.cluster, &test.client).await;
