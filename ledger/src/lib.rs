@@ -42,6 +42,7 @@ mod commands;
 mod dedup;
 mod encode;
 mod invariants;
+mod keys;
 mod limits;
 mod names;
 mod prefetch;
@@ -67,6 +68,10 @@ pub use commands::{
     RESERVATIONS_IN_FLIGHT_MAX, RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX, TENANTS_MAX,
 };
 pub use dedup::{DEDUP_ENTRIES_MAX, DEDUP_WINDOW_MS};
+pub use keys::{
+    ApiKey, KeyCreated, KeyId, KeySpec, Keys, Role, KEYS_MAX, KEYS_PER_TENANT_MAX, KEY_AGENTS_MAX,
+    KEY_ID_HEX_LEN, KEY_NAME_BYTES_MAX, REVOKED_KEYS_PER_TENANT_MAX,
+};
 pub use limits::LIMITS_PER_TENANT_MAX;
 pub use prefetch::PREFETCH_DEPTH;
 pub use runaway::{FINGERPRINTS_PER_AGENT_MAX, VELOCITY_DECAY_WINDOWS_MAX, VELOCITY_EWMA_SHIFT};
@@ -165,6 +170,8 @@ pub struct Ledger {
     /// Remembered answers, oldest first, with their index (see `dedup.rs`).
     answers: dedup::Answers,
     audit: AuditLog,
+    /// API keys (see `keys.rs`).
+    keys: Keys,
     /// Derived indexes and counts, rebuilt on restore.
     #[serde(skip)]
     by_expiry: BTreeSet<(u64, ReservationKey)>,

@@ -10,8 +10,9 @@ use super::Ledger;
 
 /// Bump on any change to the shape of the ledger's state, of the types in the log, or of
 /// how the audit chain is hashed. 5: reservation ids count per tenant (tenants carry their
-/// counter; reservations and tombstones are keyed by (tenant, id)).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
+/// counter; reservations and tombstones are keyed by (tenant, id)). 6: API keys, and the
+/// key commands and audit events.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 6;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8;

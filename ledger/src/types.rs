@@ -395,6 +395,25 @@ pub enum Command {
     },
     /// Carries only the leader's time: drives expiry and window resets when no one calls.
     Tick,
+    /// Stores a new API key; `tenant` is None exactly for admin keys.
+    CreateKey {
+        request_id: RequestId,
+        tenant: Option<TenantId>,
+        key: crate::KeySpec,
+    },
+    /// Replaces the key's secret; `tenant` must be the key's own (None for admin keys).
+    RotateKey {
+        request_id: RequestId,
+        tenant: Option<TenantId>,
+        key_id: crate::KeyId,
+        digest: [u8; 32],
+    },
+    /// Revokes the key for good; `tenant` must be the key's own (None for admin keys).
+    RevokeKey {
+        request_id: RequestId,
+        tenant: Option<TenantId>,
+        key_id: crate::KeyId,
+    },
 }
 
 /// Why a reservation was denied.
@@ -532,6 +551,15 @@ pub enum Rejection {
     /// but answered the same on every replica if it happens.
     #[error("the first answer to request {request_id} cannot be read back")]
     AnswerUnreadable { request_id: RequestId },
+    #[error("key {key_id} does not exist; see the keys with `tollgate key list`")]
+    UnknownKey { key_id: crate::KeyId },
+    #[error("key id {key_id} is taken; a new key needs a new id")]
+    KeyIdTaken { key_id: crate::KeyId },
+    #[error("key {key_id} was revoked at {revoked_at_ms} ms; create a new key instead")]
+    KeyRevoked {
+        key_id: crate::KeyId,
+        revoked_at_ms: u64,
+    },
 }
 
 impl Rejection {
@@ -554,6 +582,8 @@ pub enum Bound {
     ReservationsInFlight,
     ReservationsInFlightPerTenant,
     LimitsPerTenant,
+    KeysPerTenant,
+    Keys,
 }
 
 impl Bound {
@@ -566,6 +596,8 @@ impl Bound {
             Bound::ReservationsInFlight => "RESERVATIONS_IN_FLIGHT_MAX",
             Bound::ReservationsInFlightPerTenant => "RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX",
             Bound::LimitsPerTenant => "LIMITS_PER_TENANT_MAX",
+            Bound::KeysPerTenant => "KEYS_PER_TENANT_MAX",
+            Bound::Keys => "KEYS_MAX",
         }
     }
 
@@ -578,6 +610,8 @@ impl Bound {
             Bound::ReservationsInFlight => crate::RESERVATIONS_IN_FLIGHT_MAX,
             Bound::ReservationsInFlightPerTenant => crate::RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX,
             Bound::LimitsPerTenant => crate::LIMITS_PER_TENANT_MAX,
+            Bound::KeysPerTenant => crate::KEYS_PER_TENANT_MAX,
+            Bound::Keys => crate::KEYS_MAX,
         };
         max as u64
     }
@@ -590,6 +624,8 @@ impl Bound {
             Bound::ReservationsInFlight => (false, "reservations in flight"),
             Bound::ReservationsInFlightPerTenant => (true, "reservations in flight"),
             Bound::LimitsPerTenant => (true, "limits"),
+            Bound::KeysPerTenant => (true, "live keys"),
+            Bound::Keys => (false, "live keys"),
         };
         let name = self.name();
         if per_tenant {
