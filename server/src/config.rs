@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -11,7 +11,6 @@ use serde::Deserialize;
 use crate::auth::Auth;
 use crate::node::NodeConfig;
 use crate::raft::NodeId;
-use tollgate_ledger::TenantId;
 
 /// Flags of `tollgate serve`; each also reads an environment variable.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -34,17 +33,15 @@ pub struct ServeArgs {
     /// Address of the Prometheus metrics endpoint (`/metrics`).
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Admin token; setting it turns authentication on.
-    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-    /// Tenant tokens, `TENANT=TOKEN` comma separated.
-    #[arg(
-        long,
-        env = "TOLLGATE_TENANT_TOKENS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub tenant_tokens: Vec<String>,
+    /// A file holding the bootstrap admin key (32 to 256 printable ASCII bytes; `tollgate
+    /// key generate` makes one). The key itself may come from `TOLLGATE_ADMIN_KEY`, never
+    /// from the command line.
+    #[arg(long, env = "TOLLGATE_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+    /// Serve without a bootstrap admin key: authentication off, every caller an admin.
+    /// For development only.
+    #[arg(long, env = "TOLLGATE_INSECURE")]
+    pub insecure: bool,
     /// A TOML file with the same settings (keys as the flags, with underscores).
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -60,8 +57,7 @@ struct FileConfig {
     peers: Option<BTreeMap<String, String>>,
     data_dir: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
-    admin_token: Option<String>,
-    tenant_tokens: Option<BTreeMap<String, String>>,
+    admin_key_file: Option<PathBuf>,
 }
 
 /// Settings beyond the node itself.
@@ -94,6 +90,46 @@ fn parse_peers(pairs: Vec<(String, String)>) -> anyhow::Result<BTreeMap<NodeId, 
         .collect()
 }
 
+/// Env var holding the bootstrap admin key itself (prefer a file: `TOLLGATE_ADMIN_KEY_FILE`).
+pub const ADMIN_KEY_ENV: &str = "TOLLGATE_ADMIN_KEY";
+/// Largest key file read: a key is at most 256 bytes, the rest is whitespace or a mistake.
+const KEY_FILE_BYTES_MAX: u64 = 4096;
+
+/// Reads a key from `path`: its content without surrounding whitespace.
+pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading key file {}", path.display()))?
+        .len();
+    if len > KEY_FILE_BYTES_MAX {
+        bail!(
+            "key file {} is {len} bytes; a key file holds one key of at most 256 bytes",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading key file {}", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
+/// The credential half of a secure start: a bootstrap admin key from `key_file` or
+/// `TOLLGATE_ADMIN_KEY` turns authentication on; without one, only `--insecure` starts.
+fn resolve_auth(key_file: Option<PathBuf>, insecure: bool) -> anyhow::Result<Auth> {
+    let key = match key_file {
+        Some(path) => Some(read_key_file(&path)?),
+        None => std::env::var(ADMIN_KEY_ENV).ok().filter(|key| !key.is_empty()),
+    };
+    match key {
+        Some(key) => Auth::with_bootstrap_key(&key)
+            .map_err(|e| anyhow::anyhow!("{e}")),
+        None if insecure => Ok(Auth::default()),
+        None => bail!(
+            "no bootstrap admin key: set --admin-key-file, TOLLGATE_ADMIN_KEY_FILE or \
+             TOLLGATE_ADMIN_KEY (`tollgate key generate` makes one), or pass --insecure \
+             to serve with authentication off"
+        ),
+    }
+}
+
 impl ServeArgs {
     pub fn resolve(self) -> anyhow::Result<ServeConfig> {
         let file: FileConfig = match &self.config {
@@ -121,26 +157,7 @@ impl ServeArgs {
         } else {
             parse_peers(parse_pairs(&self.peers, "--peers")?)?
         };
-        let tenant_tokens = if self.tenant_tokens.is_empty() {
-            file.tenant_tokens.unwrap_or_default().into_iter().collect()
-        } else {
-            parse_pairs(&self.tenant_tokens, "--tenant-tokens")?
-        };
-        let tenant_tokens: BTreeMap<TenantId, String> = tenant_tokens
-            .into_iter()
-            .map(|(tenant, token)| {
-                let tenant =
-                    TenantId::new(tenant).map_err(|e| anyhow::anyhow!("tenant token: {e}"))?;
-                Ok((tenant, token))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let auth = match self.admin_token.or(file.admin_token) {
-            Some(token) if !token.is_empty() => Auth::new(&token, &tenant_tokens),
-            _ if !tenant_tokens.is_empty() => {
-                bail!("tenant tokens are set but no admin token: set an admin token to turn authentication on")
-            }
-            _ => Auth::default(),
-        };
+        let auth = resolve_auth(self.admin_key_file.or(file.admin_key_file), self.insecure)?;
         let mut node = NodeConfig::new(id, listen, data_dir);
         node.advertise = self.advertise.or(file.advertise);
         node.peers = peers;

@@ -45,6 +45,7 @@ impl RunningNode {
             .await
             .context("opening the state machine")??;
         let applied = state_machine.shared();
+        let keys = state_machine.keys();
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -74,6 +75,7 @@ impl RunningNode {
             applied,
             proposer,
             auth: config.auth.clone(),
+            keys,
         });
 
         let (stop, stopped) = watch::channel(false);
@@ -219,7 +221,7 @@ pub async fn serve_until_signal(config: crate::config::ServeConfig) -> anyhow::R
     }
     if !config.node.auth.enabled() {
         tracing::warn!(
-            "no admin token configured: authentication is OFF (fine for dev, not for production)"
+            "--insecure: authentication is OFF, every caller is an admin (fine for dev, never for production)"
         );
     }
     let running = RunningNode::start(config.node).await?;

@@ -23,7 +23,8 @@ use openraft::{
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{BatchOutcome, NodeId, TypeConfig};
-use tollgate_ledger::{Ledger, SnapshotError};
+use crate::auth::KeyIndex;
+use tollgate_ledger::{Command, KeyId, Ledger, Outcome, SnapshotError};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
@@ -144,6 +145,8 @@ fn restore_envelope(
 #[derive(Clone)]
 pub struct StateMachine {
     applied: SharedApplied,
+    /// The live API keys, for authentication; follows every key command and snapshot.
+    keys: Arc<KeyIndex>,
     dir: PathBuf,
     /// The last log id of the snapshot in `snapshot.bin`; held while the file is replaced,
     /// so a build that finishes after a newer install never puts an older snapshot back.
@@ -176,8 +179,11 @@ impl StateMachine {
             );
         }
         let persisted = applied.last_applied;
+        let keys = Arc::new(KeyIndex::default());
+        keys.rebuild(&applied.ledger);
         Ok(Self {
             applied: Arc::new(RwLock::new(applied)),
+            keys,
             dir: dir.to_path_buf(),
             persisted: Arc::new(Mutex::new(persisted)),
         })
@@ -185,6 +191,11 @@ impl StateMachine {
 
     pub fn shared(&self) -> SharedApplied {
         self.applied.clone()
+    }
+
+    /// The live API keys, kept current with what is applied.
+    pub fn keys(&self) -> Arc<KeyIndex> {
+        self.keys.clone()
     }
 
     /// Makes `bytes` (a snapshot at `last_log_id`, already checked) the snapshot file,
@@ -300,6 +311,18 @@ fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The key a command changed, if it is a key command that took effect.
+fn key_changed<'a>(command: &'a Command, outcome: &Outcome) -> Option<&'a KeyId> {
+    if *outcome != Outcome::Done {
+        return None;
+    }
+    match command {
+        Command::CreateKey { key, .. } => Some(&key.id),
+        Command::RotateKey { key_id, .. } | Command::RevokeKey { key_id, .. } => Some(key_id),
+        _ => None,
+    }
+}
+
 pub fn read_applied(applied: &SharedApplied) -> std::sync::RwLockReadGuard<'_, Applied> {
     read_lock(applied)
 }
@@ -380,7 +403,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             let ledger = &mut applied.ledger;
                             // The cache misses of the next commands overlap this one's.
                             ledger.prefetch_upcoming(commands.get(i + 1..).unwrap_or_default());
-                            ledger.apply_at(batch.at_ms, entry.log_id.index, command)
+                            let answer = ledger.apply_at(batch.at_ms, entry.log_id.index, command);
+                            if let Some(key_id) = key_changed(command, &answer.0) {
+                                self.keys.refresh(ledger, key_id);
+                            }
+                            answer
                         })
                         .collect();
                     BatchOutcome { outcomes }
@@ -461,6 +488,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut applied = write_lock(&self.applied);
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
+            // Under the ledger's lock, so no apply runs between the ledger and its keys.
+            self.keys.rebuild(&ledger);
             std::mem::replace(&mut applied.ledger, ledger)
         };
         // Freeing a large ledger takes a while: not under the lock, not on the runtime.
