@@ -5,6 +5,7 @@
 
 mod audit;
 mod cluster;
+mod keys;
 mod money;
 mod ops;
 mod parse;
@@ -18,6 +19,7 @@ use clap::Subcommand;
 
 pub use audit::{AuditCommand, AuditFilterArgs};
 pub use cluster::ClusterCommand;
+pub use keys::KeyCommand;
 use ops::{out, Ops};
 pub use ops::{Target, UsageError, ROWS_DEFAULT};
 pub use tenants::{FreezeArgs, LimitCommand, TenantCommand};
@@ -77,6 +79,9 @@ pub enum OpsCommand {
     /// Change the Raft membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Create, list, rotate and revoke API keys; generate a bootstrap admin key.
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
 /// Runs one operator subcommand against the cluster of `target`. A [`UsageError`] ends
@@ -102,6 +107,9 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
     if let OpsCommand::Audit(AuditCommand::Verify { file: Some(file) }) = &command {
         return audit::verify_file(target.json, file);
     }
+    if let OpsCommand::Key(KeyCommand::Generate) = &command {
+        return out(&format!("{}\n", crate::auth::new_bootstrap_key()));
+    }
     let ops = Ops {
         client: target.client()?,
         json: target.json,
@@ -126,6 +134,7 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
         } => tenants::reservations(&ops, &tenant, agent.as_deref(), limit).await,
         OpsCommand::Audit(command) => audit::audit(&ops, command).await,
         OpsCommand::Cluster(command) => cluster::membership(&ops, command).await,
+        OpsCommand::Key(command) => keys::key(&ops, command).await,
     }
 }
 
@@ -235,8 +244,8 @@ mod tests {
         .unwrap();
         assert!(cli.target.json);
         assert_eq!(cli.target.cluster, ["a:1", "b:2"]);
-        let cli = parse(&["--token", "t", "status"]).unwrap();
-        assert_eq!(cli.target.token.as_deref(), Some("t"));
+        let cli = parse(&["--api-key-file", "k", "status"]).unwrap();
+        assert_eq!(cli.target.api_key_file, Some("k".into()));
         assert!(matches!(cli.command, Top::Ops(OpsCommand::Status)));
     }
 
@@ -339,20 +348,34 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_token_is_no_token() {
+    fn the_api_key_comes_from_its_file_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "tg_bootstrap_0123\n").unwrap();
         let target = Target {
             cluster: vec!["a:1".into(), " b:2".into(), String::new()],
-            token: Some(String::new()),
+            api_key_file: Some(path),
             json: false,
         };
-        let config = target.client_config();
-        assert_eq!(config.token, None);
+        let config = target.client_config().unwrap();
+        assert_eq!(config.token.as_deref(), Some("tg_bootstrap_0123"));
         assert_eq!(config.endpoints, ["a:1", "b:2"]);
+        let missing = Target {
+            api_key_file: Some(dir.path().join("absent")),
+            ..target
+        };
+        assert!(missing.client_config().is_err());
+    }
+
+    #[test]
+    fn no_secret_is_accepted_on_the_command_line() {
+        assert!(parse(&["--token", "t", "status"]).is_err());
+        assert!(parse(&["--api-key", "t", "status"]).is_err());
     }
 
     #[test]
     fn failures_name_what_failed_and_hint_at_the_fix() {
-        let flags = "--cluster 127.0.0.1:7301,127.0.0.1:7302 --token <TOKEN>";
+        let flags = "--cluster 127.0.0.1:7301,127.0.0.1:7302 --api-key-file k";
         let error = failed(
             flags,
             "tenant put \"acme\"",
@@ -363,7 +386,7 @@ mod tests {
             text.starts_with("tenant put \"acme\": permission denied"),
             "{text}"
         );
-        assert!(text.contains("--token"), "{text}");
+        assert!(text.contains("--api-key-file"), "{text}");
         let error = failed(
             flags,
             "could not list tenants",
@@ -379,21 +402,20 @@ mod tests {
     }
 
     #[test]
-    fn hints_repeat_the_cluster_and_the_token_flag_but_never_the_token() {
-        let target = |token: Option<&str>| Target {
+    fn hints_repeat_the_cluster_and_the_key_file_but_never_a_key() {
+        let target = |file: Option<&str>| Target {
             cluster: vec!["127.0.0.1:7301".into(), " 127.0.0.1:7302".into()],
-            token: token.map(str::to_owned),
+            api_key_file: file.map(Into::into),
             json: false,
         };
         assert_eq!(
             target(None).hint_flags(),
             "--cluster 127.0.0.1:7301,127.0.0.1:7302"
         );
-        assert_eq!(target(Some("")).hint_flags(), target(None).hint_flags());
-        let with_token = target(Some("s3cret")).hint_flags();
+        let with_file = target(Some("/run/keys/admin")).hint_flags();
         assert_eq!(
-            with_token,
-            "--cluster 127.0.0.1:7301,127.0.0.1:7302 --token <TOKEN>"
+            with_file,
+            "--cluster 127.0.0.1:7301,127.0.0.1:7302 --api-key-file /run/keys/admin"
         );
     }
 

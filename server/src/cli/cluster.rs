@@ -79,7 +79,7 @@ type NodeAnswer = (String, Result<v1::StatusResponse, NodeFailure>);
 pub async fn status(target: &Target) -> anyhow::Result<()> {
     let config = ClientConfig {
         deadline: STATUS_DEADLINE,
-        ..target.client_config()
+        ..target.client_config()?
     };
     let addrs: Vec<String> = config.endpoints.clone();
     let client = Client::new(config).context("check --cluster (or TOLLGATE_CLUSTER)")?;
@@ -386,7 +386,7 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(error.contains("refused the credentials"), "{error}");
-        assert!(error.contains("--token <TOKEN>"), "{error}");
+        assert!(error.contains("--api-key-file <PATH>"), "{error}");
 
         let down = |addr: &str| {
             let failure = NodeFailure::from(Error::Unavailable {

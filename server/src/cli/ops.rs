@@ -2,6 +2,7 @@
 //! handler gets (`Ops`), how failures become advice, and how output reaches stdout.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
@@ -28,43 +29,59 @@ pub struct Target {
         default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
     )]
     pub cluster: Vec<String>,
-    /// The admin token (tenant commands accept a tenant's token).
+    /// A file holding the API key to call with (an admin key, or a tenant-admin or worker
+    /// key for what its role allows). Without it, the key in TOLLGATE_API_KEY if set.
     #[arg(
         long,
         global = true,
         help_heading = "Global options",
-        env = "TOLLGATE_TOKEN",
-        hide_env_values = true
+        env = "TOLLGATE_API_KEY_FILE",
+        value_name = "PATH"
     )]
-    pub token: Option<String>,
+    pub api_key_file: Option<PathBuf>,
     /// Print JSON instead of tables (audit export always writes JSON lines).
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
 }
 
 impl Target {
-    pub(super) fn client_config(&self) -> ClientConfig {
-        let endpoints = self
-            .cluster
-            .iter()
-            .map(|addr| addr.trim())
-            .filter(|addr| !addr.is_empty());
-        ClientConfig {
-            token: self.token.clone().filter(|token| !token.is_empty()),
-            ..ClientConfig::new(endpoints)
+    /// The API key: from `--api-key-file`, else `TOLLGATE_API_KEY`; None with neither.
+    fn api_key(&self) -> anyhow::Result<Option<String>> {
+        match &self.api_key_file {
+            Some(path) => Ok(Some(
+                tollgate_client::read_api_key_file(path).map_err(|e| anyhow!("{e}"))?,
+            )),
+            None => Ok(std::env::var(tollgate_client::API_KEY_ENV)
+                .ok()
+                .filter(|key| !key.is_empty())),
         }
     }
 
+    fn endpoints(&self) -> Vec<String> {
+        self.cluster
+            .iter()
+            .map(|addr| addr.trim().to_owned())
+            .filter(|addr| !addr.is_empty())
+            .collect()
+    }
+
+    pub(super) fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        Ok(ClientConfig {
+            token: self.api_key()?,
+            ..ClientConfig::new(self.endpoints())
+        })
+    }
+
     pub(super) fn client(&self) -> anyhow::Result<Client> {
-        Client::new(self.client_config()).context("check --cluster (or TOLLGATE_CLUSTER)")
+        Client::new(self.client_config()?).context("check --cluster (or TOLLGATE_CLUSTER)")
     }
 
     /// The connection flags to repeat in a suggested command: the cluster this command
-    /// used, and the token's flag without its value.
+    /// used, and the key file it used (a path, never a key).
     pub(super) fn hint_flags(&self) -> String {
-        let mut flags = format!("--cluster {}", self.client_config().endpoints.join(","));
-        if self.token.as_deref().is_some_and(|token| !token.is_empty()) {
-            flags.push_str(" --token <TOKEN>");
+        let mut flags = format!("--cluster {}", self.endpoints().join(","));
+        if let Some(path) = &self.api_key_file {
+            flags.push_str(&format!(" --api-key-file {}", path.display()));
         }
         flags
     }
@@ -84,8 +101,8 @@ pub(super) struct Ops {
 }
 
 /// The hint that passes credentials.
-pub(super) const TOKEN_HINT: &str =
-    "pass the admin token with --token <TOKEN> or the TOLLGATE_TOKEN environment variable";
+pub(super) const TOKEN_HINT: &str = "pass an API key whose role allows this with \
+     --api-key-file <PATH> (or TOLLGATE_API_KEY_FILE, or TOLLGATE_API_KEY)";
 
 /// A failed call as a person can act on it: what was attempted, why it failed, and for
 /// the usual causes what to do, with `hint_flags` (see [`Target::hint_flags`]) in a
