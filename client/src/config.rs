@@ -109,7 +109,10 @@ const API_KEY_FILE_BYTES_MAX: u64 = 4096;
 /// The API key from the environment: `TOLLGATE_API_KEY`, else the content of the file
 /// `TOLLGATE_API_KEY_FILE` names (without surrounding whitespace); None if neither is set.
 pub fn api_key_from_env() -> Result<Option<String>, Error> {
-    if let Some(key) = std::env::var(API_KEY_ENV).ok().filter(|key| !key.is_empty()) {
+    if let Some(key) = std::env::var(API_KEY_ENV)
+        .ok()
+        .filter(|key| !key.is_empty())
+    {
         return Ok(Some(key));
     }
     match std::env::var_os(API_KEY_FILE_ENV) {
@@ -120,9 +123,8 @@ pub fn api_key_from_env() -> Result<Option<String>, Error> {
 
 /// Reads an API key from `path`: its content without surrounding whitespace.
 pub fn read_api_key_file(path: &std::path::Path) -> Result<String, Error> {
-    let unreadable = |e: std::io::Error| {
-        Error::Invalid(format!("reading API key file {}: {e}", path.display()))
-    };
+    let unreadable =
+        |e: std::io::Error| Error::Invalid(format!("reading API key file {}: {e}", path.display()));
     let len = std::fs::metadata(path).map_err(unreadable)?.len();
     if len > API_KEY_FILE_BYTES_MAX {
         return Err(Error::Invalid(format!(

@@ -43,7 +43,9 @@ pub struct NewKey {
 
 impl std::fmt::Debug for NewKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("NewKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,7 +82,10 @@ pub fn new_bootstrap_key() -> String {
 fn parse_api_key(key: &str) -> Option<(KeyId, &str)> {
     let rest = key.strip_prefix(KEY_PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     if secret.len() != 2 * SECRET_BYTES || !hex(secret) {
         return None;
     }
@@ -244,7 +249,11 @@ impl Caller {
             (role, Some(tenant)) if !self.agents.is_empty() => format!(
                 "a {} key of tenant {tenant} for agents {}",
                 role.name(),
-                self.agents.iter().map(AgentId::as_str).collect::<Vec<_>>().join(",")
+                self.agents
+                    .iter()
+                    .map(AgentId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
             (role, Some(tenant)) => format!("a {} key of tenant {tenant}", role.name()),
             (role, None) => format!("a {} key", role.name()),
@@ -314,6 +323,14 @@ impl Caller {
         self.refuse("may read only its own tenant")
     }
 
+    /// Any key of `tenant` (or the admin): what a tenant's configuration (its limits) needs.
+    pub fn for_member(&self, tenant: &TenantId) -> Result<(), Status> {
+        if self.is_admin() || self.owns(tenant) {
+            return Ok(());
+        }
+        self.refuse("may read only its own tenant")
+    }
+
     /// Reserve, commit, release, record: the admin, or a worker of `tenant` acting as an
     /// agent it may act as (`agent`: None when the operation names none of its own).
     pub fn for_worker(&self, tenant: &TenantId, agent: Option<&AgentId>) -> Result<(), Status> {
@@ -321,7 +338,8 @@ impl Caller {
             return Ok(());
         }
         if self.role != Role::Worker || !self.owns(tenant) {
-            return self.refuse("cannot spend for this tenant; it needs a worker key of the tenant");
+            return self
+                .refuse("cannot spend for this tenant; it needs a worker key of the tenant");
         }
         match agent {
             Some(agent) if !self.allows_agent(agent) => self.refuse("cannot act as that agent"),
@@ -347,7 +365,9 @@ impl Caller {
         };
         match ledger.key(id) {
             Some(key) if key.is_live() && bool::from(key.digest.ct_eq(digest)) => Ok(()),
-            _ => Err(Status::unauthenticated("the API key is revoked or was rotated")),
+            _ => Err(Status::unauthenticated(
+                "the API key is revoked or was rotated",
+            )),
         }
     }
 }
@@ -420,7 +440,10 @@ mod tests {
         let (id, secret) = parse_api_key(&key.api_key).expect("a new key parses");
         assert_eq!(id, key.id);
         assert_eq!(digest(secret.as_bytes()), key.digest);
-        assert!(!format!("{key:?}").contains(secret), "Debug shows no secret");
+        assert!(
+            !format!("{key:?}").contains(secret),
+            "Debug shows no secret"
+        );
         let bootstrap = new_bootstrap_key();
         assert!(parse_api_key(&bootstrap).is_none());
         assert!(check_bootstrap_key(&bootstrap).is_ok());

@@ -116,11 +116,12 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
 fn resolve_auth(key_file: Option<PathBuf>, insecure: bool) -> anyhow::Result<Auth> {
     let key = match key_file {
         Some(path) => Some(read_key_file(&path)?),
-        None => std::env::var(ADMIN_KEY_ENV).ok().filter(|key| !key.is_empty()),
+        None => std::env::var(ADMIN_KEY_ENV)
+            .ok()
+            .filter(|key| !key.is_empty()),
     };
     match key {
-        Some(key) => Auth::with_bootstrap_key(&key)
-            .map_err(|e| anyhow::anyhow!("{e}")),
+        Some(key) => Auth::with_bootstrap_key(&key).map_err(|e| anyhow::anyhow!("{e}")),
         None if insecure => Ok(Auth::default()),
         None => bail!(
             "no bootstrap admin key: set --admin-key-file, TOLLGATE_ADMIN_KEY_FILE or \

@@ -89,7 +89,9 @@ fn print_secret(ops: &Ops, response: &v1::KeySecretResponse) -> anyhow::Result<(
         ("agents", key.agents.join(",")),
         ("api key", response.api_key.clone()),
     ]);
-    text.push_str("\nthe api key is shown this once: store it now (e.g. in a file for --api-key-file)\n");
+    text.push_str(
+        "\nthe api key is shown this once: store it now (e.g. in a file for --api-key-file)\n",
+    );
     out(&text)
 }
 

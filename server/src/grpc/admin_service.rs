@@ -181,7 +181,7 @@ impl pb::admin_server::Admin for AdminService {
         let caller = Caller::of(&request)?.clone();
         let tenant = convert::tenant(&request.get_ref().tenant)?;
         // Every key of a tenant may read its limits; only its admins may change them.
-        caller.for_reader(&tenant, None)?;
+        caller.for_member(&tenant)?;
         let limits = read_linearizable(&self.node, &caller, |applied| {
             applied
                 .ledger

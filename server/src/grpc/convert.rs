@@ -6,9 +6,9 @@ use tonic::Status;
 
 use crate::raft::proposer::AppliedOutcome;
 use tollgate_ledger::{
-    AgentId, ApiKey, KeyId, Role, KEY_AGENTS_MAX, Amounts, DenyReason, Dimension, ExpiryPolicy, LimitId, LimitKind, LimitSpec,
-    LimitUsage, RequestId, ReservationView, Scope, TenantId, TenantPolicy, ToolId, TripCause,
-    Window,
+    AgentId, Amounts, ApiKey, DenyReason, Dimension, ExpiryPolicy, KeyId, LimitId, LimitKind,
+    LimitSpec, LimitUsage, RequestId, ReservationView, Role, Scope, TenantId, TenantPolicy, ToolId,
+    TripCause, Window, KEY_AGENTS_MAX,
 };
 
 pub fn invalid(message: impl Into<String>) -> Status {
@@ -113,7 +113,11 @@ pub fn key_agents(values: &[String]) -> Result<Vec<AgentId>, Status> {
 pub fn key_to_pb(key: &ApiKey) -> pb::Key {
     pb::Key {
         key_id: key.id.to_string(),
-        tenant: key.tenant.as_ref().map(ToString::to_string).unwrap_or_default(),
+        tenant: key
+            .tenant
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         role: role_to_pb(key.role).into(),
         agents: key.agents.iter().map(ToString::to_string).collect(),
         name: key.name.clone(),

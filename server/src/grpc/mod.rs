@@ -4,8 +4,8 @@
 mod admin_service;
 mod call;
 mod cluster_service;
-mod keys_service;
 pub mod convert;
+mod keys_service;
 mod raft_service;
 mod tollgate_service;
 

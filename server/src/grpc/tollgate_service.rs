@@ -286,13 +286,7 @@ impl pb::tollgate_server::Tollgate for TollgateService {
         metrics::histogram!("tollgate_batch_ops").record(request.ops.len() as f64);
         let node = &*self.node;
         let caller = &caller;
-        let results = join_all(
-            request
-                .ops
-                .into_iter()
-                .map(|op| batch_op(node, caller, op)),
-        )
-        .await;
+        let results = join_all(request.ops.into_iter().map(|op| batch_op(node, caller, op))).await;
         debug_assert!(results.len() <= BATCH_OPS_MAX);
         Ok(Response::new(pb::BatchResponse { results }))
     }
