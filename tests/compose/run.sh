@@ -43,10 +43,10 @@ project="tollgate-faults-$$"
 run_dir="target/compose-faults/$project"
 mkdir -p "$run_dir"
 export TOLLGATE_IMAGE="${TOLLGATE_IMAGE:-tollgate:local}"
-TOLLGATE_ADMIN_TOKEN="admin-$(random_token)"
-TOLLGATE_TENANT_TOKENS="t-tight=$(random_token),t-mid=$(random_token),t-wide=$(random_token)"
-export TOLLGATE_ADMIN_TOKEN TOLLGATE_TENANT_TOKENS
-export COMPOSE_TENANT_TOKENS="$TOLLGATE_TENANT_TOKENS"
+# The nodes' bootstrap admin key; the load generator's setup makes a worker key per tenant.
+TOLLGATE_ADMIN_KEY="tg_bootstrap_$(random_token)$(random_token)"
+export TOLLGATE_ADMIN_KEY
+export TOLLGATE_API_KEY="$TOLLGATE_ADMIN_KEY"
 
 compose() { docker-compose --project-name "$project" --file docker-compose.yml "$@"; }
 now_ms() { date +%s%3N; }
@@ -178,7 +178,8 @@ start_client() { # duration_s
   local id=$next_client_id
   next_client_id=$((next_client_id + 1))
   "${ns_prefix[@]}" "$load" --endpoints "$endpoints" run --client-id "$id" --duration-s "$1" \
-    --workers "$workers" --history "$run_dir/history-$id.jsonl" 2>>"$run_dir/client-$id.log" &
+    --workers "$workers" --history "$run_dir/history-$id.jsonl" \
+    --tenant-keys "$run_dir/tenant-keys" 2>>"$run_dir/client-$id.log" &
   client_pids+=("$!")
 }
 
@@ -209,7 +210,7 @@ compose up -d
 for node in 1 2 3; do wait_healthy "$node"; done
 network="$(docker inspect --format '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}' "$(container 1)")"
 log "leader: node$(leader); network $network"
-"$load" --endpoints "$endpoints" setup --admin-token "$TOLLGATE_ADMIN_TOKEN" --budgets "$run_dir/budgets.json"
+"$load" --endpoints "$endpoints" setup --budgets "$run_dir/budgets.json" --tenant-keys "$run_dir/tenant-keys"
 
 log "== load: $clients client processes x $workers workers for ${duration_s} s"
 load_end=$((SECONDS + duration_s))

@@ -41,8 +41,6 @@ struct Cli {
         default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
     )]
     endpoints: Vec<String>,
-    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,7 +150,11 @@ fn hex(bytes: &[u8]) -> String {
 
 fn admin_client(cli: &Cli) -> anyhow::Result<Client> {
     let config = ClientConfig {
-        token: Some(cli.admin_token.clone()),
+        // The admin key: TOLLGATE_API_KEY or TOLLGATE_API_KEY_FILE.
+        token: Some(
+            tollgate_client::api_key_from_env()?
+                .context("no admin key: set TOLLGATE_API_KEY or TOLLGATE_API_KEY_FILE")?,
+        ),
         deadline: NODE_QUESTION_DEADLINE,
         ..ClientConfig::new(cli.endpoints.iter().cloned())
     };
