@@ -197,14 +197,6 @@ impl KeyIndex {
         let live = self.live.read().unwrap_or_else(|e| e.into_inner());
         live.get(key_id).cloned()
     }
-
-    pub fn len(&self) -> usize {
-        self.live.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Who made a request: put in the request's extensions by [`Authenticator`], read by the

@@ -108,7 +108,7 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
         return audit::verify_file(target.json, file);
     }
     if let OpsCommand::Key(KeyCommand::Generate) = &command {
-        return out(&format!("{}\n", crate::auth::new_bootstrap_key()));
+        return keys::generate();
     }
     let ops = Ops {
         client: target.client()?,

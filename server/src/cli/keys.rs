@@ -153,6 +153,11 @@ pub async fn key(ops: &Ops, command: KeyCommand) -> anyhow::Result<()> {
                 .map_err(|e| ops.failed(format!("could not revoke key {key_id}"), e))?;
             ops.applied(&format!("key {key_id} revoked"), applied)
         }
-        KeyCommand::Generate => out(&format!("{}\n", crate::auth::new_bootstrap_key())),
+        KeyCommand::Generate => generate(),
     }
+}
+
+/// `tollgate key generate`: offline, so it runs before any client is built.
+pub fn generate() -> anyhow::Result<()> {
+    out(&format!("{}\n", crate::auth::new_bootstrap_key()))
 }
