@@ -695,3 +695,33 @@ async fn no_secret_is_listed_audited_or_printed() {
     }
     test.cluster.shutdown().await;
 }
+
+/// Credentials are checked on the headers, before the body is read: a body too large to
+/// decode is refused UNAUTHENTICATED without a key, and only with a valid key does the
+/// node get as far as refusing its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_is_checked_before_the_body_is_decoded() {
+    let test = TestCluster::with_auth(1).await;
+    let fixture = Fixture::setup(&test).await;
+    let oversized = || v1::PutTenantRequest {
+        request_id: request_id(),
+        tenant: "t".repeat(200 * 1024),
+        policy: None,
+    };
+    let mut admin = fixture.admin_rpc();
+    for (cred, key) in &fixture.keys[..3] {
+        let answer = admin
+            .put_tenant(with_key(oversized(), key.as_deref()))
+            .await;
+        assert_eq!(code(answer), Code::Unauthenticated, "{cred:?}");
+    }
+    let answer = admin
+        .put_tenant(with_key(oversized(), Some(ADMIN_KEY)))
+        .await;
+    let decoded = code(answer);
+    assert!(
+        matches!(decoded, Code::OutOfRange | Code::ResourceExhausted),
+        "{decoded:?}"
+    );
+    test.cluster.shutdown().await;
+}
