@@ -169,3 +169,54 @@ impl ServeArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(key_file: Option<PathBuf>, insecure: bool) -> ServeArgs {
+        ServeArgs {
+            id: Some(1),
+            admin_key_file: key_file,
+            insecure,
+            ..ServeArgs::default()
+        }
+    }
+
+    /// Serving needs a bootstrap admin key, or `--insecure` said out loud; a bad key file
+    /// is refused with what is wrong, never with the key.
+    #[test]
+    fn serve_refuses_without_a_bootstrap_key_unless_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = args(None, false)
+            .resolve()
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("--insecure"), "{error}");
+        assert!(!args(None, true).resolve().unwrap().node.auth.enabled());
+
+        let good = dir.path().join("admin.key");
+        std::fs::write(&good, format!("{}\n", crate::auth::new_bootstrap_key())).unwrap();
+        assert!(args(Some(good), false)
+            .resolve()
+            .unwrap()
+            .node
+            .auth
+            .enabled());
+
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "hunter2").unwrap();
+        let error = args(Some(short), true)
+            .resolve()
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("32 to 256") && !error.contains("hunter2"),
+            "{error}"
+        );
+        let missing = args(Some(dir.path().join("absent")), false).resolve();
+        assert!(missing.is_err());
+    }
+}

@@ -520,7 +520,7 @@ mod tests {
     use openraft::{CommittedLeaderId, Membership};
 
     use super::*;
-    use tollgate_ledger::{AgentId, Amounts, Command, RequestId, TenantId, TenantPolicy, ToolId};
+    use tollgate_ledger::{AgentId, Amounts, RequestId, TenantId, TenantPolicy, ToolId};
 
     const AT_MS: u64 = 1_800_000_000_000;
 
@@ -786,5 +786,72 @@ mod tests {
         let current = node.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta(40));
         assert_no_temporary_files(dir.path());
+    }
+    /// Whether `authenticator` lets `api_key` in.
+    fn admits(authenticator: &mut crate::auth::Authenticator, api_key: &str) -> bool {
+        use tonic::service::Interceptor;
+        let mut request = tonic::Request::new(());
+        let header = format!("Bearer {api_key}").parse().unwrap();
+        request.metadata_mut().insert("authorization", header);
+        authenticator.call(request).is_ok()
+    }
+
+    /// The live-key index follows an installed snapshot and a restart: a key created in
+    /// the snapshot authenticates, one revoked in it does not.
+    #[tokio::test]
+    async fn installed_and_restored_snapshots_carry_their_keys_to_the_index() {
+        use crate::auth::{new_key, Auth, Authenticator};
+        use tollgate_ledger::{KeySpec, Role};
+        let mut leader_ledger = ledger(1);
+        let tenant = TenantId::new("acme").unwrap();
+        let (live, revoked) = (new_key(None).unwrap(), new_key(None).unwrap());
+        for (n, key) in [&live, &revoked].into_iter().enumerate() {
+            let create = Command::CreateKey {
+                request_id: RequestId::new(format!("key-{n}")).unwrap(),
+                tenant: Some(tenant.clone()),
+                key: KeySpec {
+                    id: key.id.clone(),
+                    digest: key.digest,
+                    role: Role::Worker,
+                    agents: Vec::new(),
+                    name: String::new(),
+                },
+            };
+            assert_eq!(leader_ledger.apply(AT_MS + 10, &create), Outcome::Done);
+        }
+        let revoke = Command::RevokeKey {
+            request_id: RequestId::new("revoke").unwrap(),
+            tenant: Some(tenant),
+            key_id: revoked.id.clone(),
+        };
+        assert_eq!(leader_ledger.apply(AT_MS + 11, &revoke), Outcome::Done);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut follower = StateMachine::open(dir.path()).unwrap();
+        let auth = Auth::with_bootstrap_key(&crate::auth::new_bootstrap_key()).unwrap();
+        let mut authenticator = Authenticator {
+            auth: auth.clone(),
+            keys: follower.keys(),
+        };
+        assert!(
+            !admits(&mut authenticator, &live.api_key),
+            "not yet installed"
+        );
+        let bytes = encode_envelope(&meta(50), &leader_ledger);
+        follower
+            .install_snapshot(&meta(50), snapshot_data(bytes))
+            .await
+            .unwrap();
+        assert!(admits(&mut authenticator, &live.api_key));
+        assert!(!admits(&mut authenticator, &revoked.api_key));
+        drop(follower);
+
+        let reopened = StateMachine::open(dir.path()).unwrap();
+        let mut authenticator = Authenticator {
+            auth,
+            keys: reopened.keys(),
+        };
+        assert!(admits(&mut authenticator, &live.api_key));
+        assert!(!admits(&mut authenticator, &revoked.api_key));
     }
 }
