@@ -70,13 +70,16 @@ log "building tollgate and tollgate-sim (release)"
 TOLLGATE="$ROOT/target/release/tollgate"
 SIM="$ROOT/target/release/tollgate-sim"
 
-log "starting Tollgate (3 nodes)"
+log "starting Tollgate (3 nodes, authentication on)"
+"$TOLLGATE" key generate >"$WORK/admin.key"
+export TOLLGATE_API_KEY_FILE="$WORK/admin.key"
 TG_PEERS="1=127.0.0.1:${TG_PORTS[0]},2=127.0.0.1:${TG_PORTS[1]},3=127.0.0.1:${TG_PORTS[2]}"
 TG_PIDS=()
 for i in 0 1 2; do
   id=$((i + 1))
   RUST_LOG=warn "$TOLLGATE" serve --id "$id" --listen "127.0.0.1:${TG_PORTS[$i]}" \
-    --peers "$TG_PEERS" --data-dir "$WORK/tollgate-$id" >"$WORK/tollgate-$id.log" 2>&1 &
+    --peers "$TG_PEERS" --data-dir "$WORK/tollgate-$id" --admin-key-file "$WORK/admin.key" \
+    >"$WORK/tollgate-$id.log" 2>&1 &
   PIDS+=($!); TG_PIDS+=($!)
 done
 

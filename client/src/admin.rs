@@ -13,6 +13,74 @@ use crate::types::{new_request_id, Applied};
 pub const AUDIT_QUERY_RECORDS_MAX: u32 = 10_000;
 
 impl Client {
+    /// Creates an API key: `tenant` None exactly for an admin key, `agents` only for a
+    /// worker key (empty: any agent). The answer carries the key's secret, shown once. If
+    /// the answer to an attempt is lost and the retry finds the first attempt applied, the
+    /// retry fails ALREADY_EXISTS: that key's secret is lost, so revoke it and create another.
+    pub async fn create_key(
+        &self,
+        tenant: Option<&str>,
+        role: v1::KeyRole,
+        agents: &[String],
+        name: &str,
+    ) -> Result<v1::KeySecretResponse, Error> {
+        let wire = v1::CreateKeyRequest {
+            request_id: new_request_id(),
+            tenant: tenant.unwrap_or_default().to_owned(),
+            role: role.into(),
+            agents: agents.to_vec(),
+            name: name.to_owned(),
+        };
+        self.call(|rpc| {
+            let wire = wire.clone();
+            async move { rpc.admin().create_key(wire).await }
+        })
+        .await
+    }
+
+    /// The keys the caller may see (of `tenant` if given), revoked ones included; never
+    /// their secrets.
+    pub async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<v1::Key>, Error> {
+        let wire = v1::ListKeysRequest {
+            tenant: tenant.unwrap_or_default().to_owned(),
+        };
+        let response = self
+            .call(|rpc| {
+                let wire = wire.clone();
+                async move { rpc.admin().list_keys(wire).await }
+            })
+            .await?;
+        Ok(response.keys)
+    }
+
+    /// Gives the key a new secret (returned once); the old secret stops working.
+    pub async fn rotate_key(&self, key_id: &str) -> Result<v1::KeySecretResponse, Error> {
+        let wire = v1::RotateKeyRequest {
+            request_id: new_request_id(),
+            key_id: key_id.to_owned(),
+        };
+        self.call(|rpc| {
+            let wire = wire.clone();
+            async move { rpc.admin().rotate_key(wire).await }
+        })
+        .await
+    }
+
+    /// Revokes the key for good: every node refuses it once this returns.
+    pub async fn revoke_key(&self, key_id: &str) -> Result<Applied, Error> {
+        let wire = v1::RevokeKeyRequest {
+            request_id: new_request_id(),
+            key_id: key_id.to_owned(),
+        };
+        let response = self
+            .call(|rpc| {
+                let wire = wire.clone();
+                async move { rpc.admin().revoke_key(wire).await }
+            })
+            .await?;
+        Ok(Applied::from(response.applied))
+    }
+
     /// Creates or updates a tenant; `policy: None` keeps the server's default policy.
     pub async fn put_tenant(
         &self,

@@ -29,8 +29,9 @@ pub struct ClientConfig {
     /// Cluster nodes, `host:port` or `http://host:port`. Any node will do: followers
     /// point the client at the leader.
     pub endpoints: Vec<String>,
-    /// Sent as `authorization: Bearer <token>`: a tenant's token for reservations, the
-    /// admin token for Admin and Cluster calls. `None` for dev clusters without auth.
+    /// The API key, sent as `authorization: Bearer <key>`: a worker key for reservations,
+    /// an admin or tenant-admin key for Admin calls, an admin key for Cluster calls.
+    /// [`api_key_from_env`] reads one from the environment. `None` for `--insecure` nodes.
     pub token: Option<String>,
     /// Time one operation may take, all retries included.
     pub deadline: Duration,
@@ -197,6 +198,44 @@ impl ClientConfig {
         }
         Ok(endpoints)
     }
+}
+
+/// Environment variable holding an API key.
+pub const API_KEY_ENV: &str = "TOLLGATE_API_KEY";
+/// Environment variable naming a file that holds an API key (read when `TOLLGATE_API_KEY`
+/// is unset).
+pub const API_KEY_FILE_ENV: &str = "TOLLGATE_API_KEY_FILE";
+/// Longest API key file read.
+const API_KEY_FILE_BYTES_MAX: u64 = 4096;
+
+/// The API key from the environment: `TOLLGATE_API_KEY`, else the content of the file
+/// `TOLLGATE_API_KEY_FILE` names (without surrounding whitespace); None if neither is set.
+pub fn api_key_from_env() -> Result<Option<String>, Error> {
+    if let Some(key) = std::env::var(API_KEY_ENV)
+        .ok()
+        .filter(|key| !key.is_empty())
+    {
+        return Ok(Some(key));
+    }
+    match std::env::var_os(API_KEY_FILE_ENV) {
+        Some(path) if !path.is_empty() => read_api_key_file(std::path::Path::new(&path)).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Reads an API key from `path`: its content without surrounding whitespace.
+pub fn read_api_key_file(path: &std::path::Path) -> Result<String, Error> {
+    let unreadable =
+        |e: std::io::Error| Error::Invalid(format!("reading API key file {}: {e}", path.display()));
+    let len = std::fs::metadata(path).map_err(unreadable)?.len();
+    if len > API_KEY_FILE_BYTES_MAX {
+        return Err(Error::Invalid(format!(
+            "API key file {} is {len} bytes; it should hold one key",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
+    Ok(text.trim().to_owned())
 }
 
 /// What `reserve` does when the cluster cannot be reached within the deadline.

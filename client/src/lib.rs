@@ -23,7 +23,8 @@
 //! #[tokio::main]
 //! async fn main() -> Result<(), Error> {
 //!     let client = Client::new(ClientConfig {
-//!         token: Some(std::env::var("TOLLGATE_TOKEN").unwrap_or_default()),
+//!         // TOLLGATE_API_KEY, or the file TOLLGATE_API_KEY_FILE names.
+//!         token: tollgate_client::api_key_from_env()?,
 //!         ..ClientConfig::new(["10.0.0.1:7001", "10.0.0.2:7001", "10.0.0.3:7001"])
 //!     })?;
 //!
@@ -84,9 +85,9 @@ pub use channel::{leader_hint, Auth, AuthChannel};
 pub use client::{Client, ATTEMPTS_MAX};
 pub use coalescer::{COALESCER_BATCHES_IN_FLIGHT_MAX, COALESCER_QUEUE_OPS_MAX};
 pub use config::{
-    normalise_endpoint, Backoff, ClientConfig, FailMode, TlsConfig, ATTEMPT_TIMEOUT_DEFAULT,
-    BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, DEADLINE_DEFAULT, ENDPOINTS_MAX,
-    PEM_FILE_BYTES_MAX,
+    api_key_from_env, normalise_endpoint, read_api_key_file, Backoff, ClientConfig, FailMode,
+    TlsConfig, API_KEY_ENV, API_KEY_FILE_ENV, ATTEMPT_TIMEOUT_DEFAULT, BACKOFF_INITIAL_DEFAULT,
+    BACKOFF_MAX_DEFAULT, DEADLINE_DEFAULT, ENDPOINTS_MAX, PEM_FILE_BYTES_MAX,
 };
 pub use error::{is_retryable, Error};
 pub use pool::{Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};

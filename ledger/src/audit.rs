@@ -60,6 +60,12 @@ pub enum AuditEvent {
     Trip(TripCause),
     #[serde(alias = "TripReset")]
     TripReset,
+    /// An API key was created (its id, role, agents and name; never its secret or digest).
+    KeyCreate(crate::KeyCreated),
+    /// An API key's secret was replaced.
+    KeyRotate(crate::KeyId),
+    /// An API key was revoked.
+    KeyRevoke(crate::KeyId),
 }
 
 /// A decision as written in the audit trail.
@@ -82,7 +88,9 @@ pub enum AuditEvent {
 ///   snake_case names: `"grant"`, `{"deny": reason}`, `{"commit": {"overrun": bool,
 ///   "late": bool}}`, `"release"`, `{"expire": {"charged": bool}}`, `"record"`,
 ///   `"tenant_put"`, `{"limit_put": limit}`, `{"limit_delete": "limit id"}`, `"freeze"`,
-///   `"unfreeze"`, `{"trip": cause}`, `"trip_reset"`. A `reason` is `{"limit":
+///   `"unfreeze"`, `{"trip": cause}`, `"trip_reset"`, `{"key_create": {"key_id", "role", "agents",
+///   "name"}}` (`role`: `"admin"`, `"tenant_admin"`, `"worker"`), `{"key_rotate": "key id"}`,
+///   `{"key_revoke": "key id"}`. A `reason` is `{"limit":
 ///   {"limit_id", "scope", "dimension", "remaining", "retry_after_ms"}}`, `{"frozen":
 ///   {"agent"}}` or `{"tripped": {"cause", "until_ms"}}`; a `cause` is `{"repetition":
 ///   {"fingerprint", "count"}}` or `{"velocity": {"spent", "baseline"}}`; a `limit` is

@@ -361,6 +361,15 @@ impl Ledger {
                 _,
                 _,
             ) => self.put_tenant(now_ms, request_id, tenant_id, tenant, policy),
+            (
+                Command::CreateKey { .. } | Command::RotateKey { .. } | Command::RevokeKey { .. },
+                None,
+                Some(tenant_id),
+            ) => unknown_tenant(tenant_id),
+            (
+                Command::CreateKey { .. } | Command::RotateKey { .. } | Command::RevokeKey { .. },
+                ..,
+            ) => self.execute_key(now_ms, cmd),
             (_, Some(t), Some(tenant_id)) => self.execute_for_tenant(now_ms, cmd, (t, tenant_id)),
             // Every other command acts on an existing tenant.
             (_, _, tenant_id) => tenant_id.map_or(Outcome::Done, unknown_tenant),
@@ -431,7 +440,34 @@ impl Ledger {
             Command::ResetTrip {
                 request_id, agent, ..
             } => self.reset_trip(now_ms, request_id, (t, tenant_id), agent),
-            Command::PutTenant { .. } | Command::Tick => Outcome::Done,
+            Command::PutTenant { .. }
+            | Command::Tick
+            | Command::CreateKey { .. }
+            | Command::RotateKey { .. }
+            | Command::RevokeKey { .. } => Outcome::Done,
+        }
+    }
+
+    /// Executes a key command whose tenant, if it names one, exists.
+    fn execute_key(&mut self, now_ms: u64, cmd: &Command) -> Outcome {
+        match cmd {
+            Command::CreateKey {
+                request_id,
+                tenant,
+                key,
+            } => self.create_key(now_ms, request_id, tenant.as_ref(), key),
+            Command::RotateKey {
+                request_id,
+                tenant,
+                key_id,
+                digest,
+            } => self.rotate_key(now_ms, request_id, tenant.as_ref(), (key_id, digest)),
+            Command::RevokeKey {
+                request_id,
+                tenant,
+                key_id,
+            } => self.revoke_key(now_ms, request_id, tenant.as_ref(), key_id),
+            _ => Outcome::Done,
         }
     }
 

@@ -51,6 +51,7 @@ impl Ledger {
             self.check_holds_sum_the_reservations(t, tenant)?;
         }
         self.answers.check(self.tenants.len())?;
+        self.check_keys()?;
         self.audit.check()
     }
 

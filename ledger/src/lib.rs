@@ -44,6 +44,7 @@ mod dedup;
 mod encode;
 mod gc;
 mod invariants;
+mod keys;
 mod limits;
 mod names;
 mod prefetch;
@@ -73,11 +74,15 @@ pub use commands::{
 };
 pub use dedup::{DEDUP_ENTRIES_MAX, DEDUP_ENTRIES_RESERVED, DEDUP_WINDOW_MS};
 pub use gc::{AGENT_GC_VISITS_PER_TICK, AGENT_IDLE_MS};
+pub use keys::{
+    ApiKey, KeyCreated, KeyId, KeySpec, Keys, Role, KEYS_MAX, KEYS_PER_TENANT_MAX, KEY_AGENTS_MAX,
+    KEY_ID_HEX_LEN, KEY_NAME_BYTES_MAX, REVOKED_KEYS_PER_TENANT_MAX,
+};
 pub use limits::LIMITS_PER_TENANT_MAX;
 pub use prefetch::PREFETCH_DEPTH;
 pub use quotas::{
     TenantQuotas, AGENTS_QUOTA_DEFAULT, ANSWERS_PER_TENANT_MAX, ANSWERS_QUOTA_DEFAULT,
-    KEYS_QUOTA_DEFAULT, KEYS_QUOTA_MAX, LIMITS_QUOTA_DEFAULT, PROPOSALS_QUEUED_PER_TENANT_MAX,
+    KEYS_QUOTA_DEFAULT, LIMITS_QUOTA_DEFAULT, PROPOSALS_QUEUED_PER_TENANT_MAX,
     PROPOSALS_QUEUED_QUOTA_DEFAULT, RESERVATIONS_IN_FLIGHT_QUOTA_DEFAULT, TOOLS_PER_TENANT_MAX,
     TOOLS_QUOTA_DEFAULT,
 };
@@ -179,6 +184,8 @@ pub struct Ledger {
     audit: AuditLog,
     /// Where agent GC's next sweep starts (`gc.rs`).
     gc_cursor: gc::GcCursor,
+    /// API keys (see `keys.rs`).
+    keys: Keys,
     /// Derived indexes and counts, rebuilt on restore.
     #[serde(skip)]
     by_expiry: BTreeSet<(u64, ReservationKey)>,

@@ -25,9 +25,8 @@ pub const TOOLS_QUOTA_DEFAULT: u64 = TOOLS_PER_TENANT_MAX as u64;
 /// Default quota of limits.
 pub const LIMITS_QUOTA_DEFAULT: u64 = LIMITS_PER_TENANT_MAX as u64;
 /// Most API keys a quota may allow one tenant; equals the key store's `KEYS_PER_TENANT_MAX`.
-pub const KEYS_QUOTA_MAX: u64 = 100;
 /// Default quota of API keys: the key store's `KEYS_PER_TENANT_MAX`.
-pub const KEYS_QUOTA_DEFAULT: u64 = KEYS_QUOTA_MAX;
+pub const KEYS_QUOTA_DEFAULT: u64 = crate::KEYS_PER_TENANT_MAX as u64;
 /// Default quota of reservations in flight.
 pub const RESERVATIONS_IN_FLIGHT_QUOTA_DEFAULT: u64 = RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX as u64;
 /// Most remembered answers one tenant's quota may allow: the whole table.
@@ -51,7 +50,7 @@ pub struct TenantQuotas {
     pub tools: u64,
     /// Limits (`LIMITS_PER_TENANT_MAX` at most).
     pub limits: u64,
-    /// API keys (`KEYS_QUOTA_MAX` at most).
+    /// API keys (`KEYS_PER_TENANT_MAX` at most).
     pub keys: u64,
     /// Reservations in flight (`RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX` at most).
     pub reservations_in_flight: u64,

@@ -1851,6 +1851,9 @@ fn every_decision_is_an_audit_record() {
             AuditEvent::Unfreeze => "unfreeze",
             AuditEvent::Trip(_) => "trip",
             AuditEvent::TripReset => "trip-reset",
+            AuditEvent::KeyCreate(_) => "key-create",
+            AuditEvent::KeyRotate(_) => "key-rotate",
+            AuditEvent::KeyRevoke(_) => "key-revoke",
         })
         .collect();
     assert_eq!(
@@ -2168,10 +2171,13 @@ fn status_class(rejection: &Rejection) -> u8 {
         | Rejection::UnknownAgent { .. }
         | Rejection::UnknownLimit { .. }
         | Rejection::UnknownReservation { .. }
-        | Rejection::ReservationEnded { .. } => 1,
-        Rejection::ReleaseAfterExpiry { .. } | Rejection::AnswerUnreadable { .. } => 3,
+        | Rejection::ReservationEnded { .. }
+        | Rejection::UnknownKey { .. } => 1,
+        Rejection::ReleaseAfterExpiry { .. }
+        | Rejection::AnswerUnreadable { .. }
+        | Rejection::KeyRevoked { .. } => 3,
         Rejection::BoundReached { .. } => 4,
-        Rejection::RequestIdReused { .. } => 5,
+        Rejection::RequestIdReused { .. } | Rejection::KeyIdTaken { .. } => 5,
     }
 }
 
@@ -2187,7 +2193,8 @@ fn status_class(rejection: &Rejection) -> u8 {
 /// count per tenant (snapshot format 5): the history's commits of arbitrary ids now name
 /// the committing tenant's own reservations, and no answer is "another tenant's". The
 /// snapshot changed once more on purpose when tenant policies gained quotas and agents
-/// their last use and vacant slots (format 6).
+/// their last use and vacant slots (format 6), and again with API keys (format 7); answers
+/// and chain head did not.
 #[test]
 fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
     let mut ledger = Ledger::new();
@@ -2416,5 +2423,5 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
             "a9a89dac15935fa92990c387e0461b4a1805c7d897af9deaa2e13cbd9079175d"
         )
     );
-    assert_eq!(snapshot, 0x7db1_935d_b796_29cb);
+    assert_eq!(snapshot, 0x030e_0664_34bd_e83b);
 }

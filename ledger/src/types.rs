@@ -398,6 +398,25 @@ pub enum Command {
     },
     /// Carries only the leader's time: drives expiry and window resets when no one calls.
     Tick,
+    /// Stores a new API key; `tenant` is None exactly for admin keys.
+    CreateKey {
+        request_id: RequestId,
+        tenant: Option<TenantId>,
+        key: crate::KeySpec,
+    },
+    /// Replaces the key's secret; `tenant` must be the key's own (None for admin keys).
+    RotateKey {
+        request_id: RequestId,
+        tenant: Option<TenantId>,
+        key_id: crate::KeyId,
+        digest: [u8; 32],
+    },
+    /// Revokes the key for good; `tenant` must be the key's own (None for admin keys).
+    RevokeKey {
+        request_id: RequestId,
+        tenant: Option<TenantId>,
+        key_id: crate::KeyId,
+    },
 }
 
 /// Why a reservation was denied.
@@ -535,6 +554,15 @@ pub enum Rejection {
     /// but answered the same on every replica if it happens.
     #[error("the first answer to request {request_id} cannot be read back")]
     AnswerUnreadable { request_id: RequestId },
+    #[error("key {key_id} does not exist; see the keys with `tollgate key list`")]
+    UnknownKey { key_id: crate::KeyId },
+    #[error("key id {key_id} is taken; a new key needs a new id")]
+    KeyIdTaken { key_id: crate::KeyId },
+    #[error("key {key_id} was revoked at {revoked_at_ms} ms; create a new key instead")]
+    KeyRevoked {
+        key_id: crate::KeyId,
+        revoked_at_ms: u64,
+    },
 }
 
 impl Rejection {
@@ -572,6 +600,8 @@ pub enum Bound {
     ToolsPerTenant,
     /// API keys of one tenant.
     KeysPerTenant,
+    /// API keys over all tenants and admins.
+    Keys,
     /// Answers remembered over all tenants (`DEDUP_ENTRIES_MAX`).
     Answers,
     AnswersPerTenant,
@@ -590,7 +620,8 @@ impl Bound {
             Bound::ReservationsInFlightPerTenant => "RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX",
             Bound::LimitsPerTenant => "LIMITS_PER_TENANT_MAX",
             Bound::ToolsPerTenant => "TOOLS_PER_TENANT_MAX",
-            Bound::KeysPerTenant => "KEYS_QUOTA_MAX",
+            Bound::KeysPerTenant => "KEYS_PER_TENANT_MAX",
+            Bound::Keys => "KEYS_MAX",
             Bound::Answers => "DEDUP_ENTRIES_MAX",
             Bound::AnswersPerTenant => "ANSWERS_PER_TENANT_MAX",
             Bound::ProposalsQueuedPerTenant => "PROPOSALS_QUEUED_PER_TENANT_MAX",
@@ -607,7 +638,8 @@ impl Bound {
             Bound::ReservationsInFlightPerTenant => crate::RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX,
             Bound::LimitsPerTenant => crate::LIMITS_PER_TENANT_MAX,
             Bound::ToolsPerTenant => crate::TOOLS_PER_TENANT_MAX,
-            Bound::KeysPerTenant => crate::KEYS_QUOTA_MAX as usize,
+            Bound::KeysPerTenant => crate::KEYS_PER_TENANT_MAX,
+            Bound::Keys => crate::KEYS_MAX,
             Bound::Answers => crate::DEDUP_ENTRIES_MAX,
             Bound::AnswersPerTenant => crate::ANSWERS_PER_TENANT_MAX,
             Bound::ProposalsQueuedPerTenant => crate::PROPOSALS_QUEUED_PER_TENANT_MAX,
@@ -629,7 +661,8 @@ impl Bound {
             ),
             Bound::LimitsPerTenant => ("limits", Some("--quota-limits")),
             Bound::ToolsPerTenant => ("tools named by limits", Some("--quota-tools")),
-            Bound::KeysPerTenant => ("API keys", Some("--quota-keys")),
+            Bound::KeysPerTenant => ("live API keys", Some("--quota-keys")),
+            Bound::Keys => ("live API keys", None),
             Bound::Answers => ("answers remembered for retries", None),
             Bound::AnswersPerTenant => (
                 "answers remembered for retries (reserves and records are refused until \

@@ -73,6 +73,12 @@ impl Command {
             }
             Command::ResetTrip { agent, .. } => agent.validate(),
             Command::Tick => Ok(()),
+            Command::CreateKey { tenant, key, .. } => {
+                super::keys::validate_spec(tenant.as_ref(), key)
+            }
+            Command::RotateKey { key_id, .. } | Command::RevokeKey { key_id, .. } => {
+                key_id.validate()
+            }
         }
     }
 
@@ -88,12 +94,15 @@ impl Command {
             | Command::DeleteLimit { request_id, .. }
             | Command::Freeze { request_id, .. }
             | Command::Unfreeze { request_id, .. }
-            | Command::ResetTrip { request_id, .. } => Some(request_id),
+            | Command::ResetTrip { request_id, .. }
+            | Command::CreateKey { request_id, .. }
+            | Command::RotateKey { request_id, .. }
+            | Command::RevokeKey { request_id, .. } => Some(request_id),
             Command::Tick => None,
         }
     }
 
-    /// The tenant the command acts for; None for `Tick`.
+    /// The tenant the command acts for; None for `Tick` and commands on admin keys.
     pub fn tenant(&self) -> Option<&TenantId> {
         match self {
             Command::Reserve { tenant, .. }
@@ -106,6 +115,9 @@ impl Command {
             | Command::Freeze { tenant, .. }
             | Command::Unfreeze { tenant, .. }
             | Command::ResetTrip { tenant, .. } => Some(tenant),
+            Command::CreateKey { tenant, .. }
+            | Command::RotateKey { tenant, .. }
+            | Command::RevokeKey { tenant, .. } => tenant.as_ref(),
             Command::Tick => None,
         }
     }

@@ -6,6 +6,7 @@
 mod audit;
 pub mod certs;
 mod cluster;
+mod keys;
 mod money;
 mod ops;
 mod parse;
@@ -19,6 +20,7 @@ use clap::Subcommand;
 
 pub use audit::{AuditCommand, AuditFilterArgs};
 pub use cluster::ClusterCommand;
+pub use keys::KeyCommand;
 use ops::{out, Ops};
 pub use ops::{Target, UsageError, ROWS_DEFAULT};
 pub use tenants::{FreezeArgs, LimitCommand, TenantCommand};
@@ -78,6 +80,9 @@ pub enum OpsCommand {
     /// Change the Raft membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Create, list, rotate and revoke API keys; generate a bootstrap admin key.
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
 /// Runs one operator subcommand against the cluster of `target`. A [`UsageError`] ends
@@ -103,6 +108,9 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
     if let OpsCommand::Audit(AuditCommand::Verify { file: Some(file) }) = &command {
         return audit::verify_file(target.json, file);
     }
+    if let OpsCommand::Key(KeyCommand::Generate) = &command {
+        return keys::generate();
+    }
     let ops = Ops {
         client: target.client()?,
         json: target.json,
@@ -127,6 +135,7 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
         } => tenants::reservations(&ops, &tenant, agent.as_deref(), limit).await,
         OpsCommand::Audit(command) => audit::audit(&ops, command).await,
         OpsCommand::Cluster(command) => cluster::membership(&ops, command).await,
+        OpsCommand::Key(command) => keys::key(&ops, command).await,
     }
 }
 
@@ -241,8 +250,8 @@ mod tests {
         .unwrap();
         assert!(cli.target.json);
         assert_eq!(cli.target.cluster, ["a:1", "b:2"]);
-        let cli = parse(&["--token", "t", "status"]).unwrap();
-        assert_eq!(cli.target.token.as_deref(), Some("t"));
+        let cli = parse(&["--api-key-file", "k", "status"]).unwrap();
+        assert_eq!(cli.target.api_key_file, Some("k".into()));
         assert!(matches!(cli.command, Top::Ops(OpsCommand::Status)));
     }
 
@@ -345,23 +354,37 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_token_is_no_token() {
+    fn the_api_key_comes_from_its_file_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "tg_bootstrap_0123\n").unwrap();
         let target = Target {
             cluster: vec!["a:1".into(), " b:2".into(), String::new()],
-            token: Some(String::new()),
+            api_key_file: Some(path),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
             json: false,
         };
         let config = target.client_config().unwrap();
-        assert_eq!(config.token, None);
+        assert_eq!(config.token.as_deref(), Some("tg_bootstrap_0123"));
         assert_eq!(config.endpoints, ["a:1", "b:2"]);
+        let missing = Target {
+            api_key_file: Some(dir.path().join("absent")),
+            ..target
+        };
+        assert!(missing.client_config().is_err());
+    }
+
+    #[test]
+    fn no_secret_is_accepted_on_the_command_line() {
+        assert!(parse(&["--token", "t", "status"]).is_err());
+        assert!(parse(&["--api-key", "t", "status"]).is_err());
     }
 
     #[test]
     fn failures_name_what_failed_and_hint_at_the_fix() {
-        let flags = "--cluster 127.0.0.1:7301,127.0.0.1:7302 --token <TOKEN>";
+        let flags = "--cluster 127.0.0.1:7301,127.0.0.1:7302 --api-key-file k";
         let error = failed(
             flags,
             "tenant put \"acme\"",
@@ -372,7 +395,7 @@ mod tests {
             text.starts_with("tenant put \"acme\": permission denied"),
             "{text}"
         );
-        assert!(text.contains("--token"), "{text}");
+        assert!(text.contains("--api-key-file"), "{text}");
         let error = failed(
             flags,
             "could not list tenants",
@@ -388,10 +411,10 @@ mod tests {
     }
 
     #[test]
-    fn hints_repeat_the_cluster_and_the_token_flag_but_never_the_token() {
-        let target = |token: Option<&str>| Target {
+    fn hints_repeat_the_cluster_and_the_key_file_but_never_a_key() {
+        let target = |file: Option<&str>| Target {
             cluster: vec!["127.0.0.1:7301".into(), " 127.0.0.1:7302".into()],
-            token: token.map(str::to_owned),
+            api_key_file: file.map(Into::into),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -401,11 +424,10 @@ mod tests {
             target(None).hint_flags(),
             "--cluster 127.0.0.1:7301,127.0.0.1:7302"
         );
-        assert_eq!(target(Some("")).hint_flags(), target(None).hint_flags());
-        let with_token = target(Some("s3cret")).hint_flags();
+        let with_file = target(Some("/run/keys/admin")).hint_flags();
         assert_eq!(
-            with_token,
-            "--cluster 127.0.0.1:7301,127.0.0.1:7302 --token <TOKEN>"
+            with_file,
+            "--cluster 127.0.0.1:7301,127.0.0.1:7302 --api-key-file /run/keys/admin"
         );
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -12,7 +12,6 @@ use crate::auth::Auth;
 use crate::node::NodeConfig;
 use crate::raft::{Member, NodeId};
 use crate::tls::{NodeTls, TlsPaths};
-use tollgate_ledger::TenantId;
 
 /// The client listener unless `--listen` says otherwise: loopback, so a node reachable from
 /// elsewhere is always a decision.
@@ -57,8 +56,9 @@ pub struct ServeArgs {
     /// This node's private key (PEM).
     #[arg(long, env = "TOLLGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Serve without TLS: client and Raft traffic in clear text. Only for a trusted network
-    /// or loopback; without it, a node with no TLS refuses to start.
+    /// Serve without TLS, and without authentication unless a bootstrap admin key is
+    /// given: client and Raft traffic in clear text. Only for a trusted network or
+    /// loopback; without it, a node with no TLS or no admin key refuses to start.
     #[arg(
         long,
         env = "TOLLGATE_INSECURE",
@@ -72,17 +72,11 @@ pub struct ServeArgs {
     /// Address of the Prometheus metrics endpoint (`/metrics`).
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Admin token; setting it turns authentication on.
-    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-    /// Tenant tokens, `TENANT=TOKEN` comma separated.
-    #[arg(
-        long,
-        env = "TOLLGATE_TENANT_TOKENS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub tenant_tokens: Vec<String>,
+    /// A file holding the bootstrap admin key (32 to 256 printable ASCII bytes; `tollgate
+    /// key generate` makes one). The key itself may come from `TOLLGATE_ADMIN_KEY`, never
+    /// from the command line.
+    #[arg(long, env = "TOLLGATE_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
     /// A TOML file with the same settings (keys as the flags, with underscores).
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -104,8 +98,7 @@ struct FileConfig {
     insecure: Option<bool>,
     data_dir: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
-    admin_token: Option<String>,
-    tenant_tokens: Option<BTreeMap<String, String>>,
+    admin_key_file: Option<PathBuf>,
 }
 
 /// Settings beyond the node itself.
@@ -138,7 +131,7 @@ impl ServeConfig {
             return None;
         }
         Some(format!(
-            "insecure mode (no TLS): client traffic on {} (tokens included) and Raft traffic \
+            "insecure mode (no TLS): client traffic on {} (API keys included) and Raft traffic \
              on {} are clear text; anyone on the network path can read and replay tokens, \
              and anyone who can reach the peer port can send Raft messages that rewrite the \
              ledger",
@@ -200,6 +193,47 @@ fn read_file(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
 }
 
+/// Env var holding the bootstrap admin key itself (prefer a file: `TOLLGATE_ADMIN_KEY_FILE`).
+pub const ADMIN_KEY_ENV: &str = "TOLLGATE_ADMIN_KEY";
+/// Largest key file read: a key is at most 256 bytes, the rest is whitespace or a mistake.
+const KEY_FILE_BYTES_MAX: u64 = 4096;
+
+/// Reads a key from `path`: its content without surrounding whitespace.
+pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading key file {}", path.display()))?
+        .len();
+    if len > KEY_FILE_BYTES_MAX {
+        bail!(
+            "key file {} is {len} bytes; a key file holds one key of at most 256 bytes",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading key file {}", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
+/// The credential half of a secure start: a bootstrap admin key from `key_file` or
+/// `TOLLGATE_ADMIN_KEY` turns authentication on; without one, only `--insecure` starts.
+fn resolve_auth(key_file: Option<PathBuf>, insecure: bool) -> anyhow::Result<Auth> {
+    let key = match key_file {
+        Some(path) => Some(read_key_file(&path)?),
+        None => std::env::var(ADMIN_KEY_ENV)
+            .ok()
+            .filter(|key| !key.is_empty()),
+    };
+    match key {
+        Some(key) => Auth::with_bootstrap_key(&key).map_err(|e| anyhow::anyhow!("{e}")),
+        None if insecure => Ok(Auth::default()),
+        None => bail!(
+            "no bootstrap admin key: set --admin-key-file, TOLLGATE_ADMIN_KEY_FILE or \
+             TOLLGATE_ADMIN_KEY (`tollgate key generate` makes one), or pass --insecure \
+             to serve with authentication off"
+        ),
+    }
+}
+
 impl ServeArgs {
     /// The node's settings from flags, environment and file, checked (`check_secure`
     /// included): an error names what is wrong or missing.
@@ -227,26 +261,8 @@ impl ServeArgs {
         } else {
             parse_peers(parse_pairs(&self.peers, "--peers")?)?
         };
-        let tenant_tokens = if self.tenant_tokens.is_empty() {
-            file.tenant_tokens.unwrap_or_default().into_iter().collect()
-        } else {
-            parse_pairs(&self.tenant_tokens, "--tenant-tokens")?
-        };
-        let tenant_tokens: BTreeMap<TenantId, String> = tenant_tokens
-            .into_iter()
-            .map(|(tenant, token)| {
-                let tenant =
-                    TenantId::new(tenant).map_err(|e| anyhow::anyhow!("tenant token: {e}"))?;
-                Ok((tenant, token))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let auth = match self.admin_token.or(file.admin_token) {
-            Some(token) if !token.is_empty() => Auth::new(&token, &tenant_tokens),
-            _ if !tenant_tokens.is_empty() => {
-                bail!("tenant tokens are set but no admin token: set an admin token to turn authentication on")
-            }
-            _ => Auth::default(),
-        };
+        let insecure = self.insecure || file.insecure.unwrap_or(false);
+        let admin_key_file = self.admin_key_file.or(file.admin_key_file);
         let mut node = NodeConfig::new(id, listen, data_dir);
         node.peer_listen = self
             .peer_listen
@@ -255,14 +271,15 @@ impl ServeArgs {
         node.advertise = self.advertise.or(file.advertise);
         node.peer_advertise = self.peer_advertise.or(file.peer_advertise);
         node.peers = peers;
-        node.auth = auth;
         node.tls = tls;
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             node,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
-            insecure: self.insecure || file.insecure.unwrap_or(false),
+            insecure,
         };
         config.check_secure()?;
+        // Credentials after TLS: an operator missing both hears of TLS first, then of keys.
+        config.node.auth = resolve_auth(admin_key_file, insecure)?;
         Ok(config)
     }
 }
@@ -320,10 +337,12 @@ mod tests {
             tls_ca: Some(certs.join("ca.pem")),
             tls_cert: Some(certs.join(cert)),
             tls_key: key.map(|key| certs.join(key)),
+            admin_key_file: Some(certs.join("admin.key")),
             ..args(dir.path())
         };
         let config = tls("node-1.pem", Some("node-1.key")).resolve().unwrap();
         assert!(config.node.tls.is_some());
+        assert!(config.node.auth.enabled());
         assert!(config.insecure_warning().is_none());
 
         let error = format!("{:#}", tls("node-1.pem", None).resolve().unwrap_err());
@@ -373,5 +392,72 @@ mod tests {
             .to_string();
             assert!(error.contains("peer"), "{bad}: {error}");
         }
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    /// A node with TLS (from `certs init` in a directory of its own), this key file and
+    /// this `--insecure`.
+    fn args(key_file: Option<PathBuf>, insecure: bool) -> ServeArgs {
+        static CERTS: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let certs = CERTS.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            crate::cli::certs::init(&crate::cli::certs::InitArgs {
+                dir: dir.path().to_path_buf(),
+                nodes: vec!["1=node1".into()],
+                clients: vec![],
+                force: false,
+                keep_existing: false,
+            })
+            .unwrap();
+            dir
+        });
+        ServeArgs {
+            id: Some(1),
+            tls_ca: Some(certs.path().join("ca.pem")),
+            tls_cert: Some(certs.path().join("node-1.pem")),
+            tls_key: Some(certs.path().join("node-1.key")),
+            admin_key_file: key_file,
+            insecure,
+            ..ServeArgs::default()
+        }
+    }
+
+    /// Serving needs a bootstrap admin key, or `--insecure` said out loud; a bad key file
+    /// is refused with what is wrong, never with the key.
+    #[test]
+    fn serve_refuses_without_a_bootstrap_key_unless_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = args(None, false)
+            .resolve()
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("--insecure"), "{error}");
+        assert!(!args(None, true).resolve().unwrap().node.auth.enabled());
+
+        let good = dir.path().join("admin.key");
+        std::fs::write(&good, format!("{}\n", crate::auth::new_bootstrap_key())).unwrap();
+        assert!(args(Some(good), false)
+            .resolve()
+            .unwrap()
+            .node
+            .auth
+            .enabled());
+
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "hunter2").unwrap();
+        let error = args(Some(short), true)
+            .resolve()
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("32 to 256") && !error.contains("hunter2"),
+            "{error}"
+        );
+        let missing = args(Some(dir.path().join("absent")), false).resolve();
+        assert!(missing.is_err());
     }
 }

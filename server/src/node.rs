@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::auth::Auth;
+use std::sync::Arc;
+
+use crate::auth::{Auth, KeyIndex};
 use crate::clock::Clock;
 use crate::raft::network::Partition;
 use crate::raft::proposer::Proposer;
@@ -83,6 +85,8 @@ pub struct Node {
     pub applied: SharedApplied,
     pub proposer: Proposer,
     pub auth: Auth,
+    /// The live API keys, kept by the state machine; read by the authenticator.
+    pub keys: Arc<KeyIndex>,
 }
 
 impl Node {

@@ -48,6 +48,7 @@ impl RunningNode {
             .await
             .context("opening the state machine")??;
         let applied = state_machine.shared();
+        let keys = state_machine.keys();
 
         let tls = config.tls.as_ref();
         let client_server = crate::grpc::server(tls.map(NodeTls::client_server))
@@ -82,6 +83,7 @@ impl RunningNode {
             applied,
             proposer,
             auth: config.auth.clone(),
+            keys,
         });
 
         let (stop, stopped) = watch::channel(false);
@@ -268,7 +270,7 @@ pub async fn serve_until_signal(config: crate::config::ServeConfig) -> anyhow::R
     }
     if !config.node.auth.enabled() {
         tracing::warn!(
-            "no admin token configured: authentication is OFF (fine for dev, not for production)"
+            "--insecure: authentication is OFF, every caller is an admin (fine for dev, never for production)"
         );
     }
     let running = RunningNode::start(config.node).await?;

@@ -336,7 +336,10 @@ impl Kind {
             | AuditEvent::LimitDelete(_)
             | AuditEvent::Freeze
             | AuditEvent::Unfreeze
-            | AuditEvent::TripReset => Kind::Admin,
+            | AuditEvent::TripReset
+            | AuditEvent::KeyCreate(_)
+            | AuditEvent::KeyRotate(_)
+            | AuditEvent::KeyRevoke(_) => Kind::Admin,
         }
     }
 
@@ -388,6 +391,9 @@ fn event_name(event: &AuditEvent) -> &'static str {
         AuditEvent::Unfreeze => "unfreeze",
         AuditEvent::Trip(_) => "trip",
         AuditEvent::TripReset => "trip reset",
+        AuditEvent::KeyCreate(_) => "key create",
+        AuditEvent::KeyRotate(_) => "key rotate",
+        AuditEvent::KeyRevoke(_) => "key revoke",
     }
 }
 

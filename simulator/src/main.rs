@@ -42,9 +42,6 @@ struct RunArgs {
     /// Scenarios that need a controllable clock or faults are refused.
     #[arg(long, value_delimiter = ',')]
     cluster: Option<Vec<String>>,
-    /// Admin token for --cluster.
-    #[arg(long, env = "TOLLGATE_TOKEN")]
-    token: Option<String>,
     /// Runs every scenario with seeds 1..=N (timings and faults randomised per seed).
     #[arg(long, default_value_t = 1)]
     seeds: u64,
@@ -112,7 +109,8 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let target = match &args.cluster {
         Some(endpoints) => Target::External {
             endpoints: endpoints.clone(),
-            token: args.token.clone(),
+            // An admin key for --cluster: TOLLGATE_API_KEY or TOLLGATE_API_KEY_FILE.
+            token: tollgate_client::api_key_from_env()?,
         },
         None => Target::Embedded,
     };

@@ -37,16 +37,11 @@ endpoints="127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 ports=(7001 7002 7003 9101 9102 9103)
 # How long a node may take to report healthy, and the leader to be found, after a start.
 healthy_wait_s=90
-random_token() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 
 project="tollgate-faults-$$"
 run_dir="target/compose-faults/$project"
 mkdir -p "$run_dir"
 export TOLLGATE_IMAGE="${TOLLGATE_IMAGE:-tollgate:local}"
-TOLLGATE_ADMIN_TOKEN="admin-$(random_token)"
-TOLLGATE_TENANT_TOKENS="t-tight=$(random_token),t-mid=$(random_token),t-wide=$(random_token)"
-export TOLLGATE_ADMIN_TOKEN TOLLGATE_TENANT_TOKENS
-export COMPOSE_TENANT_TOKENS="$TOLLGATE_TENANT_TOKENS"
 
 compose() { docker-compose --project-name "$project" --file docker-compose.yml "$@"; }
 now_ms() { date +%s%3N; }
@@ -178,7 +173,8 @@ start_client() { # duration_s
   local id=$next_client_id
   next_client_id=$((next_client_id + 1))
   "${ns_prefix[@]}" "$load" --endpoints "$endpoints" run --client-id "$id" --duration-s "$1" \
-    --workers "$workers" --history "$run_dir/history-$id.jsonl" 2>>"$run_dir/client-$id.log" &
+    --workers "$workers" --history "$run_dir/history-$id.jsonl" \
+    --tenant-keys "$run_dir/tenant-keys" 2>>"$run_dir/client-$id.log" &
   client_pids+=("$!")
 }
 
@@ -205,15 +201,18 @@ crash_client() {
 settle() { sleep "$1"; }
 
 log "== cluster ($project)"
-# The certs service makes the CA and the node certificates first; nodes serve TLS to clients
-# and mutual TLS to each other. The load client and checker trust the cluster's CA.
+# The certs service makes the CA, the node certificates and the bootstrap admin key first;
+# nodes serve TLS to clients and mutual TLS to each other. The load client and checker trust
+# the cluster's CA and call with the admin key; setup makes a worker key per tenant.
 compose up -d
 docker cp "$(container 1):/certs/ca.pem" "$run_dir/ca.pem"
+docker cp "$(container 1):/certs/admin.key" "$run_dir/admin.key"
 export TOLLGATE_TLS_CA="$PWD/$run_dir/ca.pem"
+export TOLLGATE_API_KEY_FILE="$PWD/$run_dir/admin.key"
 for node in 1 2 3; do wait_healthy "$node"; done
 network="$(docker inspect --format '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}' "$(container 1)")"
 log "leader: node$(leader); network $network"
-"$load" --endpoints "$endpoints" setup --admin-token "$TOLLGATE_ADMIN_TOKEN" --budgets "$run_dir/budgets.json"
+"$load" --endpoints "$endpoints" setup --budgets "$run_dir/budgets.json" --tenant-keys "$run_dir/tenant-keys"
 
 log "== load: $clients client processes x $workers workers for ${duration_s} s"
 load_end=$((SECONDS + duration_s))

@@ -3,14 +3,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{client_for, tenant_with_budget, tokens_budget, TestCluster, LEADER_WAIT};
+use common::{client_for, create_key, tenant_with_budget, tokens_budget, TestCluster, LEADER_WAIT};
 use tollgate_client::v1;
 use tollgate_client::v1::admin_client::AdminClient;
 use tollgate_client::v1::tollgate_client::TollgateClient;
-use tollgate_ledger::TenantId;
-use tollgate_server::auth::Auth;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -254,21 +250,13 @@ async fn each_bad_input_gets_its_status_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_credentials_cannot_touch_another_tenant() {
-    let tokens = BTreeMap::from([
-        (TenantId::new("acme").unwrap(), "acme-secret".to_string()),
-        (
-            TenantId::new("globex").unwrap(),
-            "globex-secret".to_string(),
-        ),
-    ]);
-    let test = TestCluster::start_with(3, |options| {
-        options.auth = Auth::new("admin-secret", &tokens);
-    })
-    .await;
-    let admin = client_for(&test.cluster, Some("admin-secret"));
-    tenant_with_budget(&admin, "acme", 1_000).await;
-    tenant_with_budget(&admin, "globex", 1_000).await;
-    let acme = client_for(&test.cluster, Some("acme-secret"));
+    let test = TestCluster::with_auth(3).await;
+    let admin = &test.client;
+    tenant_with_budget(admin, "acme", 1_000).await;
+    tenant_with_budget(admin, "globex", 1_000).await;
+    let (_, acme_key) = create_key(admin, Some("acme"), v1::KeyRole::Worker, &[]).await;
+    let (_, globex_key) = create_key(admin, Some("globex"), v1::KeyRole::Worker, &[]).await;
+    let acme = client_for(&test.cluster, Some(&acme_key));
 
     let granted = acme
         .reserve(tollgate_client::ReserveRequest::new("acme", "bot", "llm").tokens(5))
@@ -285,7 +273,7 @@ async fn a_tenants_credentials_cannot_touch_another_tenant() {
         ),
         "{spend_other:?}"
     );
-    theirs_answers_as_never_issued(&test, &acme).await;
+    theirs_answers_as_never_issued(&test, &acme, &globex_key).await;
     let read_other = acme.usage("globex", None, None).await;
     assert!(
         matches!(read_other, Err(tollgate_client::Error::PermissionDenied(_))),
@@ -309,7 +297,7 @@ async fn a_tenants_credentials_cannot_touch_another_tenant() {
         .list_tenants(v1::ListTenantsRequest {})
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "no token, no answer");
+    assert_eq!(status.code(), Code::Unauthenticated, "no key, no answer");
     test.cluster.shutdown().await;
 }
 
@@ -321,10 +309,14 @@ fn not_found<T: std::fmt::Debug>(answer: Result<T, tollgate_client::Error>, id: 
     }
 }
 
-/// Guarantee 7 over the wire: globex's token committing or releasing acme's reservation
+/// Guarantee 7 over the wire: globex's key committing or releasing acme's reservation
 /// gets NOT_FOUND with the words of an id never issued, and acme's usage does not move.
-async fn theirs_answers_as_never_issued(test: &TestCluster, acme: &tollgate_client::Client) {
-    let globex = client_for(&test.cluster, Some("globex-secret"));
+async fn theirs_answers_as_never_issued(
+    test: &TestCluster,
+    acme: &tollgate_client::Client,
+    globex_key: &str,
+) {
+    let globex = client_for(&test.cluster, Some(globex_key));
     let acmes = acme
         .reserve(tollgate_client::ReserveRequest::new("acme", "bot", "llm").tokens(7))
         .await

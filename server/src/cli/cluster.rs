@@ -402,7 +402,7 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(error.contains("refused the credentials"), "{error}");
-        assert!(error.contains("--token <TOKEN>"), "{error}");
+        assert!(error.contains("--api-key-file <PATH>"), "{error}");
 
         let down = |addr: &str| {
             let failure = NodeFailure::from(Error::Unavailable {

@@ -29,15 +29,16 @@ pub struct Target {
         default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
     )]
     pub cluster: Vec<String>,
-    /// The admin token (tenant commands accept a tenant's token).
+    /// A file holding the API key to call with (an admin key, or a tenant-admin or worker
+    /// key for what its role allows). Without it, the key in TOLLGATE_API_KEY if set.
     #[arg(
         long,
         global = true,
         help_heading = "Global options",
-        env = "TOLLGATE_TOKEN",
-        hide_env_values = true
+        env = "TOLLGATE_API_KEY_FILE",
+        value_name = "PATH"
     )]
-    pub token: Option<String>,
+    pub api_key_file: Option<PathBuf>,
     /// The CA that signed the nodes' certificates (PEM): connect with TLS (`https://`).
     #[arg(
         long,
@@ -98,9 +99,21 @@ impl Target {
             .context("check --tls-ca, --tls-cert and --tls-key")
     }
 
+    /// The API key: from `--api-key-file`, else `TOLLGATE_API_KEY`; None with neither.
+    fn api_key(&self) -> anyhow::Result<Option<String>> {
+        match &self.api_key_file {
+            Some(path) => Ok(Some(
+                tollgate_client::read_api_key_file(path).map_err(|e| anyhow!("{e}"))?,
+            )),
+            None => Ok(std::env::var(tollgate_client::API_KEY_ENV)
+                .ok()
+                .filter(|key| !key.is_empty())),
+        }
+    }
+
     pub(super) fn client_config(&self) -> anyhow::Result<ClientConfig> {
         Ok(ClientConfig {
-            token: self.token.clone().filter(|token| !token.is_empty()),
+            token: self.api_key()?,
             tls: self.tls()?,
             ..ClientConfig::new(self.endpoints())
         })
@@ -111,20 +124,18 @@ impl Target {
     }
 
     /// The connection flags to repeat in a suggested command: the cluster this command
-    /// used, the TLS files, and the token's flag without its value.
+    /// used, the TLS files, and the key file it used (paths, never a key).
     pub(super) fn hint_flags(&self) -> String {
         let mut flags = format!("--cluster {}", self.endpoints().join(","));
         for (flag, path) in [
             ("--tls-ca", &self.tls_ca),
             ("--tls-cert", &self.tls_cert),
             ("--tls-key", &self.tls_key),
+            ("--api-key-file", &self.api_key_file),
         ] {
             if let Some(path) = path {
                 flags.push_str(&format!(" {flag} {}", path.display()));
             }
-        }
-        if self.token.as_deref().is_some_and(|token| !token.is_empty()) {
-            flags.push_str(" --token <TOKEN>");
         }
         flags
     }
@@ -144,8 +155,8 @@ pub(super) struct Ops {
 }
 
 /// The hint that passes credentials.
-pub(super) const TOKEN_HINT: &str =
-    "pass the admin token with --token <TOKEN> or the TOLLGATE_TOKEN environment variable";
+pub(super) const TOKEN_HINT: &str = "pass an API key whose role allows this with \
+     --api-key-file <PATH> (or TOLLGATE_API_KEY_FILE, or TOLLGATE_API_KEY)";
 
 /// A failed call as a person can act on it: what was attempted, why it failed, and for
 /// the usual causes what to do, with `hint_flags` (see [`Target::hint_flags`]) in a

@@ -1,4 +1,6 @@
-//! `tollgate.v1.Admin`: limits, tenants, the kill switch and the audit trail, for operators.
+//! `tollgate.v1.Admin`: limits, tenants, the kill switch, keys and the audit trail, for
+//! operators. Tenants and the audit's verification are the admin's; a tenant admin manages
+//! its own tenant's limits, kill switch, keys and audit records (SPEC.md, "Keys and roles").
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,6 +11,8 @@ use tonic::{Request, Response, Status};
 
 use super::call::{propose, read_linearizable, rejection_status};
 use super::convert::{self, applied};
+use super::keys_service;
+use crate::auth::Caller;
 use crate::node::Node;
 use tollgate_ledger::{AuditFilter, AuditRecord, Command};
 
@@ -28,17 +32,28 @@ fn admin_response(result: &crate::raft::proposer::AppliedOutcome) -> Response<pb
     })
 }
 
-fn audit_filter(request: &pb::AuditQueryRequest, limit_max: usize) -> Result<AuditFilter, Status> {
+/// The query's filter, authorised: a tenant admin reads its own tenant's records only (an
+/// empty tenant means its own), the admin any.
+fn audit_filter(
+    caller: &Caller,
+    request: &pb::AuditQueryRequest,
+    limit_max: usize,
+) -> Result<AuditFilter, Status> {
     let limit = match request.limit {
         0 => limit_max,
         n => usize::try_from(n).unwrap_or(usize::MAX).min(limit_max),
     };
+    let tenant = match (request.tenant.is_empty(), caller.is_admin()) {
+        (true, true) => None,
+        (true, false) => caller.tenant().cloned(),
+        (false, _) => Some(convert::tenant(&request.tenant)?),
+    };
+    match &tenant {
+        Some(tenant) => caller.for_tenant_admin(tenant)?,
+        None => caller.for_admin()?,
+    }
     Ok(AuditFilter {
-        tenant: if request.tenant.is_empty() {
-            None
-        } else {
-            Some(convert::tenant(&request.tenant)?)
-        },
+        tenant,
         agent: convert::optional_agent(&request.agent)?,
         from_ms: request.from_ms,
         to_ms: request.to_ms,
@@ -73,7 +88,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::PutTenantRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
+        Caller::of(&request)?.for_admin()?;
         let request = request.into_inner();
         let command = Command::PutTenant {
             request_id: convert::request_id(&request.request_id)?,
@@ -89,9 +104,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
+        let caller = Caller::of(&request)?.clone();
         let tenant = convert::tenant(&request.into_inner().tenant)?;
-        let response = read_linearizable(&self.node, |applied| {
+        caller.for_tenant_admin(&tenant)?;
+        let response = read_linearizable(&self.node, &caller, |applied| {
             let policy = applied
                 .ledger
                 .policy(&tenant)
@@ -113,8 +129,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
-        let tenants = read_linearizable(&self.node, |applied| Ok(applied.ledger.tenants())).await?;
+        let caller = Caller::of(&request)?.clone();
+        caller.for_admin()?;
+        let tenants =
+            read_linearizable(&self.node, &caller, |applied| Ok(applied.ledger.tenants())).await?;
         Ok(Response::new(pb::ListTenantsResponse {
             tenants: tenants.iter().map(ToString::to_string).collect(),
         }))
@@ -124,11 +142,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::PutLimitRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
+        let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
+        let tenant = convert::tenant(&request.tenant)?;
+        caller.for_tenant_admin(&tenant)?;
         let command = Command::PutLimit {
             request_id: convert::request_id(&request.request_id)?,
-            tenant: convert::tenant(&request.tenant)?,
+            tenant,
             limit: convert::limit(request.limit)?,
         };
         Ok(admin_response(
@@ -140,11 +160,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DeleteLimitRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
+        let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
+        let tenant = convert::tenant(&request.tenant)?;
+        caller.for_tenant_admin(&tenant)?;
         let command = Command::DeleteLimit {
             request_id: convert::request_id(&request.request_id)?,
-            tenant: convert::tenant(&request.tenant)?,
+            tenant,
             limit_id: convert::limit_id(&request.limit_id)?,
         };
         Ok(admin_response(
@@ -156,10 +178,11 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListLimitsRequest>,
     ) -> Result<Response<pb::ListLimitsResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
         let tenant = convert::tenant(&request.get_ref().tenant)?;
-        // A tenant may read its own limits; only the admin may change them.
-        self.node.auth.for_tenant(request.metadata(), &tenant)?;
-        let limits = read_linearizable(&self.node, |applied| {
+        // Every key of a tenant may read its limits; only its admins may change them.
+        caller.for_member(&tenant)?;
+        let limits = read_linearizable(&self.node, &caller, |applied| {
             applied
                 .ledger
                 .limits(&tenant)
@@ -175,11 +198,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::FreezeRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
+        let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
+        let tenant = convert::tenant(&request.tenant)?;
+        caller.for_tenant_admin(&tenant)?;
         let command = Command::Freeze {
             request_id: convert::request_id(&request.request_id)?,
-            tenant: convert::tenant(&request.tenant)?,
+            tenant,
             agent: convert::optional_agent(&request.agent)?,
         };
         Ok(admin_response(
@@ -191,11 +216,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::FreezeRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
+        let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
+        let tenant = convert::tenant(&request.tenant)?;
+        caller.for_tenant_admin(&tenant)?;
         let command = Command::Unfreeze {
             request_id: convert::request_id(&request.request_id)?,
-            tenant: convert::tenant(&request.tenant)?,
+            tenant,
             agent: convert::optional_agent(&request.agent)?,
         };
         Ok(admin_response(
@@ -207,11 +234,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ResetTripRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
+        let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
+        let tenant = convert::tenant(&request.tenant)?;
+        caller.for_tenant_admin(&tenant)?;
         let command = Command::ResetTrip {
             request_id: convert::request_id(&request.request_id)?,
-            tenant: convert::tenant(&request.tenant)?,
+            tenant,
             agent: convert::agent(&request.agent)?,
         };
         Ok(admin_response(
@@ -223,10 +252,12 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<pb::AuditQueryResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
-        let filter = audit_filter(request.get_ref(), AUDIT_PAGE_RECORDS_MAX)?;
-        let records =
-            read_linearizable(&self.node, |applied| Ok(applied.ledger.audit(&filter))).await?;
+        let caller = Caller::of(&request)?.clone();
+        let filter = audit_filter(&caller, request.get_ref(), AUDIT_PAGE_RECORDS_MAX)?;
+        let records = read_linearizable(&self.node, &caller, |applied| {
+            Ok(applied.ledger.audit(&filter))
+        })
+        .await?;
         Ok(Response::new(pb::AuditQueryResponse {
             records: records.iter().map(audit_record_to_pb).collect(),
         }))
@@ -238,12 +269,12 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
-        let mut filter = audit_filter(request.get_ref(), usize::MAX)?;
+        let caller = Caller::of(&request)?.clone();
+        let mut filter = audit_filter(&caller, request.get_ref(), usize::MAX)?;
         let mut remaining = filter.limit;
         // The barrier is taken once, before the first record: the export is at least as new as
         // the call, and pages after it follow the log as it grows.
-        read_linearizable(&self.node, |_| Ok(())).await?;
+        read_linearizable(&self.node, &caller, |_| Ok(())).await?;
         let node = self.node.clone();
         let stream = async_stream_records(move || {
             if remaining == 0 {
@@ -266,8 +297,9 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::AuditVerifyRequest>,
     ) -> Result<Response<pb::AuditVerifyResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
-        let response = read_linearizable(&self.node, |applied| {
+        let caller = Caller::of(&request)?.clone();
+        caller.for_admin()?;
+        let response = read_linearizable(&self.node, &caller, |applied| {
             let checked = applied.ledger.stats().audit_records_retained;
             Ok(match applied.ledger.verify_audit() {
                 Ok(head) => pb::AuditVerifyResponse {
@@ -287,6 +319,46 @@ impl pb::admin_server::Admin for AdminService {
         })
         .await?;
         Ok(Response::new(response))
+    }
+
+    async fn create_key(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::KeySecretResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        keys_service::create_key(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        keys_service::list_keys(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::KeySecretResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        keys_service::rotate_key(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        keys_service::revoke_key(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

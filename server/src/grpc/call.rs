@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use tonic::Status;
 
+use crate::auth::Caller;
 use crate::node::Node;
 use crate::raft::proposer::{AppliedOutcome, ProposeError};
 use crate::raft::state_machine::{read_applied, Applied};
@@ -44,12 +45,15 @@ pub fn rejection_status(rejection: &Rejection) -> Status {
         | Rejection::UnknownAgent { .. }
         | Rejection::UnknownLimit { .. }
         | Rejection::UnknownReservation { .. }
-        | Rejection::ReservationEnded { .. } => Status::not_found(message),
-        Rejection::ReleaseAfterExpiry { .. } | Rejection::AnswerUnreadable { .. } => {
-            Status::failed_precondition(message)
-        }
+        | Rejection::ReservationEnded { .. }
+        | Rejection::UnknownKey { .. } => Status::not_found(message),
+        Rejection::ReleaseAfterExpiry { .. }
+        | Rejection::AnswerUnreadable { .. }
+        | Rejection::KeyRevoked { .. } => Status::failed_precondition(message),
         Rejection::BoundReached { .. } => Status::resource_exhausted(message),
-        Rejection::RequestIdReused { .. } => Status::already_exists(message),
+        Rejection::RequestIdReused { .. } | Rejection::KeyIdTaken { .. } => {
+            Status::already_exists(message)
+        }
     }
 }
 
@@ -82,12 +86,19 @@ pub(super) async fn propose(
 
 /// Runs `read` on the ledger once this node is sure it is the leader and has applied every
 /// entry committed before the call began (openraft's read index): never a stale answer.
+/// The caller's key is checked again after the barrier, so a read that began before a
+/// revocation or rotation returned is refused once it has been applied.
 pub(super) async fn read_linearizable<T>(
     node: &Node,
+    caller: &Caller,
     read: impl FnOnce(&Applied) -> Result<T, Status>,
 ) -> Result<T, Status> {
     match node.raft.ensure_linearizable().await {
-        Ok(_) => read(&read_applied(&node.applied)),
+        Ok(_) => {
+            let applied = read_applied(&node.applied);
+            caller.still_valid(&applied.ledger)?;
+            read(&applied)
+        }
         Err(openraft::error::RaftError::APIError(
             openraft::error::CheckIsLeaderError::ForwardToLeader(_),
         )) => Err(not_leader(node)),

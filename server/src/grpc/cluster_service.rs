@@ -8,6 +8,7 @@ use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::call::not_leader;
+use crate::auth::Caller;
 use crate::node::Node;
 use crate::raft::state_machine::read_applied;
 use crate::raft::NodeId;
@@ -101,7 +102,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
+        Caller::of(&request)?.for_admin()?;
         let committed = self
             .node
             .raft
@@ -136,7 +137,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
+        Caller::of(&request)?.for_admin()?;
         let request = request.into_inner();
         check_peer_addr("addr", &request.addr)?;
         check_peer_addr("peer_addr", &request.peer_addr)?;
@@ -173,7 +174,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.node.auth.for_admin(request.metadata())?;
+        Caller::of(&request)?.for_admin()?;
         let voters: BTreeSet<NodeId> = request.into_inner().voters.into_iter().collect();
         if voters.is_empty() || voters.len() > VOTERS_MAX {
             return Err(Status::invalid_argument(format!(

@@ -6,9 +6,9 @@ use tonic::Status;
 
 use crate::raft::proposer::AppliedOutcome;
 use tollgate_ledger::{
-    AgentId, Amounts, DenyReason, Dimension, ExpiryPolicy, LimitId, LimitKind, LimitSpec,
-    LimitUsage, RequestId, ReservationView, Scope, TenantId, TenantPolicy, TenantQuotas, ToolId,
-    TripCause, Window,
+    AgentId, Amounts, ApiKey, DenyReason, Dimension, ExpiryPolicy, KeyId, LimitId, LimitKind,
+    LimitSpec, LimitUsage, RequestId, ReservationView, Role, Scope, TenantId, TenantPolicy,
+    TenantQuotas, ToolId, TripCause, Window, KEY_AGENTS_MAX,
 };
 
 pub fn invalid(message: impl Into<String>) -> Status {
@@ -68,6 +68,62 @@ pub fn amounts_to_pb(value: &Amounts) -> pb::Amounts {
         tokens: value.tokens,
         cost_micros: value.cost_micros,
         calls: value.calls,
+    }
+}
+
+pub fn key_id(value: &str) -> Result<KeyId, Status> {
+    KeyId::new(value).map_err(|e| invalid(format!("key_id: {e}")))
+}
+
+pub fn role(value: i32) -> Result<Role, Status> {
+    match pb::KeyRole::try_from(value) {
+        Ok(pb::KeyRole::Admin) => Ok(Role::Admin),
+        Ok(pb::KeyRole::TenantAdmin) => Ok(Role::TenantAdmin),
+        Ok(pb::KeyRole::Worker) => Ok(Role::Worker),
+        _ => Err(invalid("role: expected admin, tenant-admin or worker")),
+    }
+}
+
+pub fn role_to_pb(role: Role) -> pb::KeyRole {
+    match role {
+        Role::Admin => pb::KeyRole::Admin,
+        Role::TenantAdmin => pb::KeyRole::TenantAdmin,
+        Role::Worker => pb::KeyRole::Worker,
+    }
+}
+
+/// A worker key's agents, sorted and without duplicates, at most `KEY_AGENTS_MAX`.
+pub fn key_agents(values: &[String]) -> Result<Vec<AgentId>, Status> {
+    if values.len() > KEY_AGENTS_MAX {
+        return Err(invalid(format!(
+            "agents: {} given, more than KEY_AGENTS_MAX ({KEY_AGENTS_MAX})",
+            values.len()
+        )));
+    }
+    let mut agents = values
+        .iter()
+        .map(|value| agent(value))
+        .collect::<Result<Vec<_>, _>>()?;
+    agents.sort_unstable();
+    agents.dedup();
+    Ok(agents)
+}
+
+/// A key as listed: everything but its digest, which never leaves the ledger.
+pub fn key_to_pb(key: &ApiKey) -> pb::Key {
+    pb::Key {
+        key_id: key.id.to_string(),
+        tenant: key
+            .tenant
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        role: role_to_pb(key.role).into(),
+        agents: key.agents.iter().map(ToString::to_string).collect(),
+        name: key.name.clone(),
+        created_at_ms: key.created_at_ms,
+        rotated_at_ms: key.rotated_at_ms,
+        revoked_at_ms: key.revoked_at_ms,
     }
 }
 

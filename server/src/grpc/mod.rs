@@ -6,6 +6,7 @@ mod admin_service;
 mod call;
 mod cluster_service;
 pub mod convert;
+mod keys_service;
 mod raft_service;
 mod tollgate_service;
 
@@ -15,9 +16,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tollgate_proto::v1 as pb;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
+use crate::auth::Authenticator;
 use crate::node::Node;
 use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
 
@@ -125,20 +128,29 @@ pub async fn serve_clients(
             return;
         }
     };
+    // The client-facing services authenticate in an interceptor, on the headers, so a
+    // request without a valid key is refused before its body is read.
+    let authenticator = Authenticator {
+        auth: node.auth.clone(),
+        keys: node.keys.clone(),
+    };
     let tollgate = pb::tollgate_server::TollgateServer::new(tollgate_service::TollgateService {
         node: node.clone(),
     })
     .max_decoding_message_size(tollgate_proto::BATCH_REQUEST_BYTES_MAX)
     .max_encoding_message_size(RESPONSE_BYTES_MAX);
+    let tollgate = InterceptedService::new(tollgate, authenticator.clone());
     let admin =
         pb::admin_server::AdminServer::new(admin_service::AdminService { node: node.clone() })
             .max_decoding_message_size(REQUEST_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
+    let admin = InterceptedService::new(admin, authenticator.clone());
     let cluster = pb::cluster_server::ClusterServer::new(cluster_service::ClusterService {
         node: node.clone(),
     })
     .max_decoding_message_size(REQUEST_BYTES_MAX)
     .max_encoding_message_size(RESPONSE_BYTES_MAX);
+    let cluster = InterceptedService::new(cluster, authenticator);
     let result = server
         .add_service(health)
         .add_service(reflection)

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use futures::future::join_all;
 use tollgate_proto::v1 as pb;
 use tollgate_proto::{BATCH_OPS_MAX, LEADER_METADATA_KEY};
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::call::{propose, read_linearizable, rejection_status};
 use super::convert::{self, applied};
+use crate::auth::Caller;
 use crate::node::Node;
+use crate::raft::state_machine::read_applied;
 use tollgate_ledger::{Command, DenyReason, Outcome, ReservationId};
 /// Most reservations one ListReservations call returns.
 pub const RESERVATIONS_LISTED_MAX: usize = 10_000;
@@ -62,15 +63,16 @@ fn check_batch_len(ops: usize) -> Result<(), Status> {
 
 async fn reserve(
     node: &Node,
-    metadata: &MetadataMap,
+    caller: &Caller,
     request: pb::ReserveRequest,
 ) -> Result<pb::ReserveResponse, Status> {
     let tenant = convert::tenant(&request.tenant)?;
-    node.auth.for_tenant(metadata, &tenant)?;
+    let agent = convert::agent(&request.agent)?;
+    caller.for_worker(&tenant, Some(&agent))?;
     let command = Command::Reserve {
         request_id: convert::request_id(&request.request_id)?,
         tenant,
-        agent: convert::agent(&request.agent)?,
+        agent,
         tool: convert::tool(&request.tool)?,
         estimate: convert::amounts(request.estimate, "estimate")?,
         ttl_ms: request.ttl_ms,
@@ -103,11 +105,12 @@ async fn reserve(
 
 async fn commit(
     node: &Node,
-    metadata: &MetadataMap,
+    caller: &Caller,
     request: pb::CommitRequest,
 ) -> Result<pb::CommitResponse, Status> {
     let tenant = convert::tenant(&request.tenant)?;
-    node.auth.for_tenant(metadata, &tenant)?;
+    caller.for_worker(&tenant, None)?;
+    check_reservation_agent(node, caller, &tenant, request.reservation_id)?;
     let command = Command::Commit {
         request_id: convert::request_id(&request.request_id)?,
         tenant,
@@ -128,11 +131,12 @@ async fn commit(
 
 async fn release(
     node: &Node,
-    metadata: &MetadataMap,
+    caller: &Caller,
     request: pb::ReleaseRequest,
 ) -> Result<pb::ReleaseResponse, Status> {
     let tenant = convert::tenant(&request.tenant)?;
-    node.auth.for_tenant(metadata, &tenant)?;
+    caller.for_worker(&tenant, None)?;
+    check_reservation_agent(node, caller, &tenant, request.reservation_id)?;
     let command = Command::Release {
         request_id: convert::request_id(&request.request_id)?,
         tenant,
@@ -150,15 +154,16 @@ async fn release(
 
 async fn record(
     node: &Node,
-    metadata: &MetadataMap,
+    caller: &Caller,
     request: pb::RecordRequest,
 ) -> Result<pb::RecordResponse, Status> {
     let tenant = convert::tenant(&request.tenant)?;
-    node.auth.for_tenant(metadata, &tenant)?;
+    let agent = convert::agent(&request.agent)?;
+    caller.for_worker(&tenant, Some(&agent))?;
     let command = Command::Record {
         request_id: convert::request_id(&request.request_id)?,
         tenant,
-        agent: convert::agent(&request.agent)?,
+        agent,
         tool: convert::tool(&request.tool)?,
         actual: convert::amounts(request.actual, "actual")?,
     };
@@ -172,16 +177,38 @@ async fn record(
     }
 }
 
+/// An agent-limited key may commit or release only its agents' reservations. A reservation
+/// this node does not know is left to the ledger, which answers as for any unknown id.
+fn check_reservation_agent(
+    node: &Node,
+    caller: &Caller,
+    tenant: &tollgate_ledger::TenantId,
+    reservation_id: u64,
+) -> Result<(), Status> {
+    if !caller.agent_limited() {
+        return Ok(());
+    }
+    let holder = read_applied(&node.applied)
+        .ledger
+        .reservation_agent(tenant, ReservationId(reservation_id));
+    match holder {
+        Some(agent) if !caller.allows_agent(&agent) => Err(Status::permission_denied(
+            "this key cannot act for a reservation held by an agent it is not limited to",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// One operation of a batch, answered exactly as its unary call would be; its failure is its
 /// own result, never the batch's.
-async fn batch_op(node: &Node, metadata: &MetadataMap, op: pb::BatchOp) -> pb::BatchResult {
+async fn batch_op(node: &Node, caller: &Caller, op: pb::BatchOp) -> pb::BatchResult {
     use pb::batch_op::Op;
     use pb::batch_result::Result as Answer;
     let answer = match op.op {
-        Some(Op::Reserve(request)) => reserve(node, metadata, request).await.map(Answer::Reserve),
-        Some(Op::Commit(request)) => commit(node, metadata, request).await.map(Answer::Commit),
-        Some(Op::Release(request)) => release(node, metadata, request).await.map(Answer::Release),
-        Some(Op::Record(request)) => record(node, metadata, request).await.map(Answer::Record),
+        Some(Op::Reserve(request)) => reserve(node, caller, request).await.map(Answer::Reserve),
+        Some(Op::Commit(request)) => commit(node, caller, request).await.map(Answer::Commit),
+        Some(Op::Release(request)) => release(node, caller, request).await.map(Answer::Release),
+        Some(Op::Record(request)) => record(node, caller, request).await.map(Answer::Record),
         None => Err(convert::invalid(
             "batch operation is empty: expected one of reserve, commit, release, record",
         )),
@@ -211,8 +238,8 @@ impl pb::tollgate_server::Tollgate for TollgateService {
         &self,
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        reserve(&self.node, &metadata, request)
+        let caller = Caller::of(&request)?.clone();
+        reserve(&self.node, &caller, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -221,8 +248,8 @@ impl pb::tollgate_server::Tollgate for TollgateService {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        commit(&self.node, &metadata, request)
+        let caller = Caller::of(&request)?.clone();
+        commit(&self.node, &caller, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -231,8 +258,8 @@ impl pb::tollgate_server::Tollgate for TollgateService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        release(&self.node, &metadata, request)
+        let caller = Caller::of(&request)?.clone();
+        release(&self.node, &caller, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -241,8 +268,8 @@ impl pb::tollgate_server::Tollgate for TollgateService {
         &self,
         request: Request<pb::RecordRequest>,
     ) -> Result<Response<pb::RecordResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        record(&self.node, &metadata, request)
+        let caller = Caller::of(&request)?.clone();
+        record(&self.node, &caller, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -253,18 +280,13 @@ impl pb::tollgate_server::Tollgate for TollgateService {
         &self,
         request: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let caller = Caller::of(&request)?.clone();
+        let request = request.into_inner();
         check_batch_len(request.ops.len())?;
         metrics::histogram!("tollgate_batch_ops").record(request.ops.len() as f64);
         let node = &*self.node;
-        let metadata = &metadata;
-        let results = join_all(
-            request
-                .ops
-                .into_iter()
-                .map(|op| batch_op(node, metadata, op)),
-        )
-        .await;
+        let caller = &caller;
+        let results = join_all(request.ops.into_iter().map(|op| batch_op(node, caller, op))).await;
         debug_assert!(results.len() <= BATCH_OPS_MAX);
         Ok(Response::new(pb::BatchResponse { results }))
     }
@@ -273,12 +295,13 @@ impl pb::tollgate_server::Tollgate for TollgateService {
         &self,
         request: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
-        let tenant = convert::tenant(&request.get_ref().tenant)?;
-        self.node.auth.for_tenant(request.metadata(), &tenant)?;
+        let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
+        let tenant = convert::tenant(&request.tenant)?;
         let agent = convert::optional_agent(&request.agent)?;
+        caller.for_reader(&tenant, agent.as_ref())?;
         let tool = convert::optional_tool(&request.tool)?;
-        let response = read_linearizable(&self.node, |applied| {
+        let response = read_linearizable(&self.node, &caller, |applied| {
             let ledger = &applied.ledger;
             let usage = ledger
                 .usage(&tenant, agent.as_ref(), tool.as_ref())
@@ -306,17 +329,18 @@ impl pb::tollgate_server::Tollgate for TollgateService {
         &self,
         request: Request<pb::ListReservationsRequest>,
     ) -> Result<Response<pb::ListReservationsResponse>, Status> {
-        let tenant = convert::tenant(&request.get_ref().tenant)?;
-        self.node.auth.for_tenant(request.metadata(), &tenant)?;
+        let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
+        let tenant = convert::tenant(&request.tenant)?;
         let agent = convert::optional_agent(&request.agent)?;
+        caller.for_reader(&tenant, agent.as_ref())?;
         let limit = match request.limit {
             0 => RESERVATIONS_LISTED_MAX,
             n => usize::try_from(n)
                 .unwrap_or(usize::MAX)
                 .min(RESERVATIONS_LISTED_MAX),
         };
-        let reservations = read_linearizable(&self.node, |applied| {
+        let reservations = read_linearizable(&self.node, &caller, |applied| {
             applied
                 .ledger
                 .reservations(&tenant, agent.as_ref(), limit)

@@ -23,7 +23,8 @@ use openraft::{
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{BatchOutcome, Member, NodeId, TypeConfig};
-use tollgate_ledger::{Ledger, SnapshotError};
+use crate::auth::KeyIndex;
+use tollgate_ledger::{Command, KeyId, Ledger, Outcome, SnapshotError};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
@@ -141,6 +142,8 @@ fn restore_envelope(bytes: &[u8]) -> Result<(SnapshotMeta<NodeId, Member>, Ledge
 #[derive(Clone)]
 pub struct StateMachine {
     applied: SharedApplied,
+    /// The live API keys, for authentication; follows every key command and snapshot.
+    keys: Arc<KeyIndex>,
     dir: PathBuf,
     /// The last log id of the snapshot in `snapshot.bin`; held while the file is replaced,
     /// so a build that finishes after a newer install never puts an older snapshot back.
@@ -173,8 +176,11 @@ impl StateMachine {
             );
         }
         let persisted = applied.last_applied;
+        let keys = Arc::new(KeyIndex::default());
+        keys.rebuild(&applied.ledger);
         Ok(Self {
             applied: Arc::new(RwLock::new(applied)),
+            keys,
             dir: dir.to_path_buf(),
             persisted: Arc::new(Mutex::new(persisted)),
         })
@@ -182,6 +188,11 @@ impl StateMachine {
 
     pub fn shared(&self) -> SharedApplied {
         self.applied.clone()
+    }
+
+    /// The live API keys, kept current with what is applied.
+    pub fn keys(&self) -> Arc<KeyIndex> {
+        self.keys.clone()
     }
 
     /// Makes `bytes` (a snapshot at `last_log_id`, already checked) the snapshot file,
@@ -297,6 +308,18 @@ fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The key a command changed, if it is a key command that took effect.
+fn key_changed<'a>(command: &'a Command, outcome: &Outcome) -> Option<&'a KeyId> {
+    if *outcome != Outcome::Done {
+        return None;
+    }
+    match command {
+        Command::CreateKey { key, .. } => Some(&key.id),
+        Command::RotateKey { key_id, .. } | Command::RevokeKey { key_id, .. } => Some(key_id),
+        _ => None,
+    }
+}
+
 pub fn read_applied(applied: &SharedApplied) -> std::sync::RwLockReadGuard<'_, Applied> {
     read_lock(applied)
 }
@@ -377,7 +400,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             let ledger = &mut applied.ledger;
                             // The cache misses of the next commands overlap this one's.
                             ledger.prefetch_upcoming(commands.get(i + 1..).unwrap_or_default());
-                            ledger.apply_at(batch.at_ms, entry.log_id.index, command)
+                            let answer = ledger.apply_at(batch.at_ms, entry.log_id.index, command);
+                            if let Some(key_id) = key_changed(command, &answer.0) {
+                                self.keys.refresh(ledger, key_id);
+                            }
+                            answer
                         })
                         .collect();
                     BatchOutcome { outcomes }
@@ -458,6 +485,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut applied = write_lock(&self.applied);
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
+            // Under the ledger's lock, so no apply runs between the ledger and its keys.
+            self.keys.rebuild(&ledger);
             std::mem::replace(&mut applied.ledger, ledger)
         };
         // Freeing a large ledger takes a while: not under the lock, not on the runtime.
@@ -488,7 +517,7 @@ mod tests {
     use openraft::{CommittedLeaderId, Membership};
 
     use super::*;
-    use tollgate_ledger::{AgentId, Amounts, Command, RequestId, TenantId, TenantPolicy, ToolId};
+    use tollgate_ledger::{AgentId, Amounts, RequestId, TenantId, TenantPolicy, ToolId};
 
     const AT_MS: u64 = 1_800_000_000_000;
 
@@ -754,5 +783,72 @@ mod tests {
         let current = node.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta(40));
         assert_no_temporary_files(dir.path());
+    }
+    /// Whether `authenticator` lets `api_key` in.
+    fn admits(authenticator: &mut crate::auth::Authenticator, api_key: &str) -> bool {
+        use tonic::service::Interceptor;
+        let mut request = tonic::Request::new(());
+        let header = format!("Bearer {api_key}").parse().unwrap();
+        request.metadata_mut().insert("authorization", header);
+        authenticator.call(request).is_ok()
+    }
+
+    /// The live-key index follows an installed snapshot and a restart: a key created in
+    /// the snapshot authenticates, one revoked in it does not.
+    #[tokio::test]
+    async fn installed_and_restored_snapshots_carry_their_keys_to_the_index() {
+        use crate::auth::{new_key, Auth, Authenticator};
+        use tollgate_ledger::{KeySpec, Role};
+        let mut leader_ledger = ledger(1);
+        let tenant = TenantId::new("acme").unwrap();
+        let (live, revoked) = (new_key(None).unwrap(), new_key(None).unwrap());
+        for (n, key) in [&live, &revoked].into_iter().enumerate() {
+            let create = Command::CreateKey {
+                request_id: RequestId::new(format!("key-{n}")).unwrap(),
+                tenant: Some(tenant.clone()),
+                key: KeySpec {
+                    id: key.id.clone(),
+                    digest: key.digest,
+                    role: Role::Worker,
+                    agents: Vec::new(),
+                    name: String::new(),
+                },
+            };
+            assert_eq!(leader_ledger.apply(AT_MS + 10, &create), Outcome::Done);
+        }
+        let revoke = Command::RevokeKey {
+            request_id: RequestId::new("revoke").unwrap(),
+            tenant: Some(tenant),
+            key_id: revoked.id.clone(),
+        };
+        assert_eq!(leader_ledger.apply(AT_MS + 11, &revoke), Outcome::Done);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut follower = StateMachine::open(dir.path()).unwrap();
+        let auth = Auth::with_bootstrap_key(&crate::auth::new_bootstrap_key()).unwrap();
+        let mut authenticator = Authenticator {
+            auth: auth.clone(),
+            keys: follower.keys(),
+        };
+        assert!(
+            !admits(&mut authenticator, &live.api_key),
+            "not yet installed"
+        );
+        let bytes = encode_envelope(&meta(50), &leader_ledger);
+        follower
+            .install_snapshot(&meta(50), snapshot_data(bytes))
+            .await
+            .unwrap();
+        assert!(admits(&mut authenticator, &live.api_key));
+        assert!(!admits(&mut authenticator, &revoked.api_key));
+        drop(follower);
+
+        let reopened = StateMachine::open(dir.path()).unwrap();
+        let mut authenticator = Authenticator {
+            auth,
+            keys: reopened.keys(),
+        };
+        assert!(admits(&mut authenticator, &live.api_key));
+        assert!(!admits(&mut authenticator, &revoked.api_key));
     }
 }

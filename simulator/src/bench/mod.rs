@@ -74,9 +74,6 @@ pub struct BenchArgs {
     /// Tollgate cluster in this process.
     #[arg(long, value_delimiter = ',')]
     pub cluster: Option<Vec<String>>,
-    /// Admin token for a Tollgate --cluster with authentication on.
-    #[arg(long, env = "TOLLGATE_TOKEN")]
-    pub token: Option<String>,
     /// Concurrent clients; a comma-separated list runs once per value.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     pub clients: Vec<usize>,
@@ -199,7 +196,9 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<bool> {
         let drivers = systems::connect(
             args.system,
             &endpoints,
-            args.token.as_deref(),
+            // An admin key for a --cluster with authentication on: TOLLGATE_API_KEY or
+            // TOLLGATE_API_KEY_FILE.
+            tollgate_client::api_key_from_env()?.as_deref(),
             connections,
             !args.no_coalesce,
         )

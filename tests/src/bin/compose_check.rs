@@ -41,10 +41,6 @@ struct Cli {
         default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
     )]
     endpoints: Vec<String>,
-    /// The admin token; TOLLGATE_API_KEY_FILE, when set, names a file with the key instead.
-    /// TLS to the nodes comes from TOLLGATE_TLS_CA.
-    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -154,9 +150,11 @@ fn hex(bytes: &[u8]) -> String {
 
 fn admin_client(cli: &Cli) -> anyhow::Result<Client> {
     let config = ClientConfig {
-        token: Some(tollgate_tests::admin_credential(
-            cli.admin_token.as_deref(),
-        )?),
+        // The admin key: TOLLGATE_API_KEY or TOLLGATE_API_KEY_FILE.
+        token: Some(
+            tollgate_client::api_key_from_env()?
+                .context("no admin key: set TOLLGATE_API_KEY or TOLLGATE_API_KEY_FILE")?,
+        ),
         tls: tollgate_tests::tls_from_env()?,
         deadline: NODE_QUESTION_DEADLINE,
         ..ClientConfig::new(cli.endpoints.iter().cloned())

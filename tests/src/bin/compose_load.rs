@@ -71,16 +71,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Creates the test tenants and limits; writes the budgets for the checker.
+    /// Creates the test tenants, their limits and a worker key each (with the admin key in
+    /// TOLLGATE_API_KEY or TOLLGATE_API_KEY_FILE); writes the budgets for the checker and
+    /// the worker keys for the clients.
     /// TLS to the nodes comes from TOLLGATE_TLS_CA (all subcommands).
     Setup {
-        /// The admin token; TOLLGATE_API_KEY_FILE, when set, names a file with the key
-        /// instead.
-        #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
         /// Where to write the budgets (JSON).
         #[arg(long)]
         budgets: PathBuf,
+        /// Where to write the worker keys, one `TENANT=KEY` a line.
+        #[arg(long)]
+        tenant_keys: PathBuf,
     },
     /// One client process: drives load until --duration-s ends.
     Run {
@@ -95,14 +96,9 @@ enum Command {
         /// Where to append this client's history (JSON lines).
         #[arg(long)]
         history: PathBuf,
-        /// `TENANT=TOKEN` for every test tenant, comma separated.
-        #[arg(
-            long,
-            env = "COMPOSE_TENANT_TOKENS",
-            value_delimiter = ',',
-            hide_env_values = true
-        )]
-        tenant_tokens: Vec<String>,
+        /// The file `setup` wrote: a worker key per test tenant, `TENANT=KEY` a line.
+        #[arg(long)]
+        tenant_keys: PathBuf,
     },
 }
 
@@ -111,23 +107,20 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Setup {
-            admin_token,
             budgets,
-        } => {
-            let admin = tollgate_tests::admin_credential(admin_token.as_deref())?;
-            setup(&cli.endpoints, &admin, &budgets).await
-        }
+            tenant_keys,
+        } => setup(&cli.endpoints, &budgets, &tenant_keys).await,
         Command::Run {
             client_id,
             duration_s,
             workers,
             history,
-            tenant_tokens,
+            tenant_keys,
         } => {
             if workers == 0 || workers > WORKERS_MAX {
                 bail!("--workers {workers}: between 1 and {WORKERS_MAX} (WORKERS_MAX)");
             }
-            let tenants = parse_tenant_tokens(&tenant_tokens)?;
+            let tenants = read_tenant_keys(&tenant_keys)?;
             let log = HistoryLog::create(&history)?;
             run(
                 &cli.endpoints,
@@ -240,8 +233,10 @@ where
     }
 }
 
-async fn setup(endpoints: &[String], admin_token: &str, budgets: &Path) -> anyhow::Result<()> {
-    let admin = client(endpoints, admin_token)?;
+async fn setup(endpoints: &[String], budgets: &Path, tenant_keys: &Path) -> anyhow::Result<()> {
+    let admin_key = tollgate_client::api_key_from_env()?
+        .context("no admin key: set TOLLGATE_API_KEY or TOLLGATE_API_KEY_FILE")?;
+    let admin = client(endpoints, &admin_key)?;
     let started = Instant::now();
     for (tenant, _) in TENANT_BUDGETS_COST_MICROS {
         until_ok(&format!("put tenant {tenant}"), started, || {
@@ -253,6 +248,17 @@ async fn setup(endpoints: &[String], admin_token: &str, budgets: &Path) -> anyho
         let what = format!("put limit {} of {tenant}", limit.id);
         until_ok(&what, started, || admin.put_limit(tenant, limit.clone())).await?;
     }
+    let mut keys = String::new();
+    for (tenant, _) in TENANT_BUDGETS_COST_MICROS {
+        let what = format!("create a worker key of {tenant}");
+        let created = until_ok(&what, started, || {
+            admin.create_key(Some(tenant), v1::KeyRole::Worker, &[], "compose load")
+        })
+        .await?;
+        keys.push_str(&format!("{tenant}={}\n", created.api_key));
+    }
+    std::fs::write(tenant_keys, keys)
+        .with_context(|| format!("writing {}", tenant_keys.display()))?;
     let text = serde_json::to_string_pretty(&budget_specs())?;
     std::fs::write(budgets, text).with_context(|| format!("writing {}", budgets.display()))?;
     println!(
@@ -264,18 +270,21 @@ async fn setup(endpoints: &[String], admin_token: &str, budgets: &Path) -> anyho
     Ok(())
 }
 
-fn parse_tenant_tokens(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    let tenants: Vec<(String, String)> = pairs
-        .iter()
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(tenant, token)| (tenant.to_owned(), token.to_owned()))
-                .with_context(|| format!("tenant token {pair:?} is not TENANT=TOKEN"))
+fn read_tenant_keys(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let tenants: Vec<(String, String)> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            line.trim()
+                .split_once('=')
+                .map(|(tenant, key)| (tenant.to_owned(), key.to_owned()))
+                .context("a tenant key line is not TENANT=KEY")
         })
         .collect::<anyhow::Result<_>>()?;
     if tenants.is_empty() {
-        bail!("no tenant tokens: set --tenant-tokens or COMPOSE_TENANT_TOKENS");
+        bail!("no tenant keys in {}: run `setup` first", path.display());
     }
     Ok(tenants)
 }

@@ -55,6 +55,38 @@ pub fn client_for(cluster: &LocalCluster, token: Option<&str>) -> Client {
     Client::new(config).expect("client")
 }
 
+/// The bootstrap admin key of clusters started by [`TestCluster::with_auth`].
+pub const ADMIN_KEY: &str = "tg_bootstrap_test-admin-key-0123456789abcdef0123456789";
+
+impl TestCluster {
+    /// A cluster with authentication on, its bootstrap admin key [`ADMIN_KEY`]; `client`
+    /// is the admin's.
+    pub async fn with_auth(nodes: u64) -> Self {
+        let mut test = Self::start_with(nodes, |options| {
+            options.auth = tollgate_server::auth::Auth::with_bootstrap_key(ADMIN_KEY)
+                .expect("a valid bootstrap key");
+        })
+        .await;
+        test.client = client_for(&test.cluster, Some(ADMIN_KEY));
+        test
+    }
+}
+
+/// Creates an API key through `client` and returns its secret string.
+pub async fn create_key(
+    client: &Client,
+    tenant: Option<&str>,
+    role: v1::KeyRole,
+    agents: &[&str],
+) -> (String, String) {
+    let agents: Vec<String> = agents.iter().map(|a| a.to_string()).collect();
+    let created = client
+        .create_key(tenant, role, &agents, "test")
+        .await
+        .expect("create key");
+    (created.key.expect("the key").key_id, created.api_key)
+}
+
 pub fn tokens_budget(id: &str, amount: u64) -> v1::Limit {
     v1::Limit {
         id: id.into(),
