@@ -35,18 +35,24 @@ pub struct RunningNode {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// The node's log and state machine, from its data directory (made if new).
+async fn open_storage(config: &NodeConfig) -> anyhow::Result<(LogStore, StateMachine)> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    check_data_format(&config.data_dir)?;
+    let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
+    // Restoring a large snapshot takes seconds of CPU: off the async runtime, which other
+    // nodes of a local cluster share.
+    let dir = config.data_dir.clone();
+    let state_machine = tokio::task::spawn_blocking(move || StateMachine::open(&dir))
+        .await
+        .context("opening the state machine")??;
+    Ok((log_store, state_machine))
+}
+
 impl RunningNode {
     pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        check_data_format(&config.data_dir)?;
-        let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
-        // Restoring a large snapshot takes seconds of CPU: off the async runtime, which other
-        // nodes of a local cluster share.
-        let dir = config.data_dir.clone();
-        let state_machine = tokio::task::spawn_blocking(move || StateMachine::open(&dir))
-            .await
-            .context("opening the state machine")??;
+        let (log_store, state_machine) = open_storage(&config).await?;
         let applied = state_machine.shared();
         let keys = state_machine.keys();
 

@@ -147,10 +147,8 @@ pub struct RunResult {
     pub cpu_scope: String,
 }
 
-pub async fn main(args: BenchArgs) -> anyhow::Result<bool> {
-    if let Some(Scenario::Snapshot) = args.scenario {
-        return scenario::snapshot(&args).await;
-    }
+/// Refuses flags out of their bounds before anything starts.
+fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
     systems::check_target(args.system, args.cluster.as_deref())?;
     // A range check refuses NaN too; an unbounded warm-up would overflow `Instant`.
     let seconds = 0.0..=DURATION_S_MAX;
@@ -168,6 +166,14 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<bool> {
     if args.connections == 0 || args.connections > CONNECTIONS_MAX {
         bail!("--connections must be within 1..={CONNECTIONS_MAX}");
     }
+    Ok(())
+}
+
+pub async fn main(args: BenchArgs) -> anyhow::Result<bool> {
+    if let Some(Scenario::Snapshot) = args.scenario {
+        return scenario::snapshot(&args).await;
+    }
+    check_args(&args)?;
     let agents = args.agents.unwrap_or(100_000).max(1);
 
     // The embedded cluster lives as long as every run of this call.

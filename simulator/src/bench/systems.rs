@@ -202,43 +202,48 @@ pub async fn connect(
 }
 
 /// Creates the tenant and its budget (Tollgate), or clears the keys (peers).
+/// The bench tenant and its one budget. A load test is one tenant at the cluster's peak: it
+/// may hold the whole exactly-once table and the whole proposal queue.
+async fn setup_tollgate(
+    client: &tollgate_client::Client,
+    workload: Workload,
+) -> anyhow::Result<()> {
+    let quotas = tollgate_ledger::TenantQuotas {
+        answers: tollgate_ledger::ANSWERS_PER_TENANT_MAX as u64,
+        proposals_queued: tollgate_ledger::PROPOSALS_QUEUED_PER_TENANT_MAX as u64,
+        ..Default::default()
+    };
+    let policy = tollgate_server::grpc::convert::policy_to_pb(&tollgate_ledger::TenantPolicy {
+        quotas,
+        ..Default::default()
+    });
+    client
+        .put_tenant(TENANT, Some(policy))
+        .await
+        .context("creating the bench tenant")?;
+    let scope = match workload {
+        Workload::Hot => v1::scope::Scope::Tenant(v1::Empty {}),
+        Workload::Spread => v1::scope::Scope::EachAgent(v1::Empty {}),
+    };
+    let limit = v1::Limit {
+        id: "budget".into(),
+        scope: Some(v1::Scope { scope: Some(scope) }),
+        dimension: v1::Dimension::Cost.into(),
+        kind: Some(v1::limit::Kind::Budget(v1::Budget {
+            window: v1::Window::Lifetime.into(),
+            amount: BUDGET_AMOUNT,
+        })),
+    };
+    client
+        .put_limit(TENANT, limit)
+        .await
+        .context("setting the bench budget")?;
+    Ok(())
+}
+
 pub async fn setup(driver: &Driver, workload: Workload) -> anyhow::Result<()> {
     match driver {
-        Driver::Tollgate(client) => {
-            // A load test is one tenant at the cluster's peak: it may hold the whole
-            // exactly-once table and the whole proposal queue.
-            let quotas = tollgate_ledger::TenantQuotas {
-                answers: tollgate_ledger::ANSWERS_PER_TENANT_MAX as u64,
-                proposals_queued: tollgate_ledger::PROPOSALS_QUEUED_PER_TENANT_MAX as u64,
-                ..Default::default()
-            };
-            let policy =
-                tollgate_server::grpc::convert::policy_to_pb(&tollgate_ledger::TenantPolicy {
-                    quotas,
-                    ..Default::default()
-                });
-            client
-                .put_tenant(TENANT, Some(policy))
-                .await
-                .context("creating the bench tenant")?;
-            let scope = match workload {
-                Workload::Hot => v1::scope::Scope::Tenant(v1::Empty {}),
-                Workload::Spread => v1::scope::Scope::EachAgent(v1::Empty {}),
-            };
-            let limit = v1::Limit {
-                id: "budget".into(),
-                scope: Some(v1::Scope { scope: Some(scope) }),
-                dimension: v1::Dimension::Cost.into(),
-                kind: Some(v1::limit::Kind::Budget(v1::Budget {
-                    window: v1::Window::Lifetime.into(),
-                    amount: BUDGET_AMOUNT,
-                })),
-            };
-            client
-                .put_limit(TENANT, limit)
-                .await
-                .context("setting the bench budget")?;
-        }
+        Driver::Tollgate(client) => setup_tollgate(client, workload).await?,
         Driver::Etcd(kv) => {
             // Start from empty budgets: a missing key reads as zero.
             let mut kv = kv.clone();
