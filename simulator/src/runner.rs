@@ -127,6 +127,8 @@ impl Cluster {
             Target::External { endpoints, token } => {
                 let mut config = ClientConfig::new(endpoints.clone());
                 config.token = token.clone();
+                // A secured deployment: its CA from TOLLGATE_TLS_CA.
+                config.tls = tollgate_client::TlsConfig::from_env()?;
                 config.deadline = CLIENT_DEADLINE;
                 Ok(Cluster {
                     local: None,

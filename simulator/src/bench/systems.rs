@@ -171,6 +171,8 @@ pub async fn connect(
             System::Tollgate => {
                 let mut config = ClientConfig::new(endpoints.to_vec());
                 config.token = token.map(str::to_owned);
+                // A secured deployment: its CA from TOLLGATE_TLS_CA.
+                config.tls = tollgate_client::TlsConfig::from_env()?;
                 config.deadline = DEADLINE;
                 config.coalesce = coalesce;
                 // Each client has its own pool: one HTTP/2 connection per node per client.
