@@ -72,15 +72,25 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
+/// The bytes of the file at `path`, refused beyond `max` bytes: what a client or a node
+/// reads at start (PEM files, key files) never costs more than its bound, however large
+/// the file has grown.
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let invalid = |e: std::io::Error| Error::Invalid(format!("reading {}: {e}", path.display()));
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .map_err(invalid)?
-        .take(PEM_FILE_BYTES_MAX + 1)
+        .take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(invalid)?;
+    Ok(bytes)
+}
+
+/// A PEM file: at most `PEM_FILE_BYTES_MAX` bytes, starting with `-----BEGIN`. Nodes read
+/// their CA, certificate and key with it too.
+pub fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
+    let bytes = read_bounded(path, PEM_FILE_BYTES_MAX)?;
     if bytes.len() as u64 > PEM_FILE_BYTES_MAX || !bytes.starts_with(b"-----BEGIN") {
         return Err(Error::Invalid(format!(
             "{} is not a PEM file (at most {PEM_FILE_BYTES_MAX} bytes, starting with -----BEGIN)",
@@ -218,23 +228,24 @@ pub fn api_key_from_env() -> Result<Option<String>, Error> {
         return Ok(Some(key));
     }
     match std::env::var_os(API_KEY_FILE_ENV) {
-        Some(path) if !path.is_empty() => read_api_key_file(std::path::Path::new(&path)).map(Some),
+        Some(path) if !path.is_empty() => read_api_key_file(Path::new(&path)).map(Some),
         _ => Ok(None),
     }
 }
 
-/// Reads an API key from `path`: its content without surrounding whitespace.
-pub fn read_api_key_file(path: &std::path::Path) -> Result<String, Error> {
-    let unreadable =
-        |e: std::io::Error| Error::Invalid(format!("reading API key file {}: {e}", path.display()));
-    let len = std::fs::metadata(path).map_err(unreadable)?.len();
-    if len > API_KEY_FILE_BYTES_MAX {
+/// Reads an API key from `path`: its content without surrounding whitespace. Nodes read
+/// their bootstrap admin key with it too.
+pub fn read_api_key_file(path: &Path) -> Result<String, Error> {
+    let bytes = read_bounded(path, API_KEY_FILE_BYTES_MAX)?;
+    if bytes.len() as u64 > API_KEY_FILE_BYTES_MAX {
         return Err(Error::Invalid(format!(
-            "API key file {} is {len} bytes; it should hold one key",
+            "key file {} is over {API_KEY_FILE_BYTES_MAX} bytes; it should hold one key of at \
+             most 256 bytes",
             path.display()
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(unreadable)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::Invalid(format!("key file {} is not UTF-8 text", path.display())))?;
     Ok(text.trim().to_owned())
 }
 

@@ -85,9 +85,10 @@ pub use channel::{leader_hint, Auth, AuthChannel};
 pub use client::{Client, ATTEMPTS_MAX};
 pub use coalescer::{COALESCER_BATCHES_IN_FLIGHT_MAX, COALESCER_QUEUE_OPS_MAX};
 pub use config::{
-    api_key_from_env, normalise_endpoint, read_api_key_file, Backoff, ClientConfig, FailMode,
-    TlsConfig, API_KEY_ENV, API_KEY_FILE_ENV, ATTEMPT_TIMEOUT_DEFAULT, BACKOFF_INITIAL_DEFAULT,
-    BACKOFF_MAX_DEFAULT, DEADLINE_DEFAULT, ENDPOINTS_MAX, PEM_FILE_BYTES_MAX,
+    api_key_from_env, normalise_endpoint, read_api_key_file, read_pem, Backoff, ClientConfig,
+    FailMode, TlsConfig, API_KEY_ENV, API_KEY_FILE_ENV, ATTEMPT_TIMEOUT_DEFAULT,
+    BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, DEADLINE_DEFAULT, ENDPOINTS_MAX,
+    PEM_FILE_BYTES_MAX,
 };
 pub use error::{is_retryable, Error};
 pub use pool::{Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};

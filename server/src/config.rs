@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -195,30 +195,14 @@ fn read_file(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
 
 /// Env var holding the bootstrap admin key itself (prefer a file: `TOLLGATE_ADMIN_KEY_FILE`).
 pub const ADMIN_KEY_ENV: &str = "TOLLGATE_ADMIN_KEY";
-/// Largest key file read: a key is at most 256 bytes, the rest is whitespace or a mistake.
-const KEY_FILE_BYTES_MAX: u64 = 4096;
-
-/// Reads a key from `path`: its content without surrounding whitespace.
-pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading key file {}", path.display()))?
-        .len();
-    if len > KEY_FILE_BYTES_MAX {
-        bail!(
-            "key file {} is {len} bytes; a key file holds one key of at most 256 bytes",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading key file {}", path.display()))?;
-    Ok(text.trim().to_string())
-}
-
 /// The credential half of a secure start: a bootstrap admin key from `key_file` or
 /// `TOLLGATE_ADMIN_KEY` turns authentication on; without one, only `--insecure` starts.
 fn resolve_auth(key_file: Option<PathBuf>, insecure: bool) -> anyhow::Result<Auth> {
     let key = match key_file {
-        Some(path) => Some(read_key_file(&path)?),
+        Some(path) => Some(
+            tollgate_client::read_api_key_file(&path)
+                .map_err(|e| anyhow::anyhow!("bootstrap admin key: {e}"))?,
+        ),
         None => std::env::var(ADMIN_KEY_ENV)
             .ok()
             .filter(|key| !key.is_empty()),

@@ -5,7 +5,6 @@
 //! `tollgate://client/<name>` for a client (`tollgate certs init` writes both). The CA
 //! vouches for the certificate; the URI says which node or client holds it.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,9 +19,6 @@ use crate::raft::NodeId;
 pub const NODE_URI_PREFIX: &str = "tollgate://node/";
 /// The SAN URI prefix of a client certificate; the client's name follows.
 pub const CLIENT_URI_PREFIX: &str = "tollgate://client/";
-/// Largest PEM file read (CA bundle, certificate chain, key): a chain of a few certificates
-/// is a few KiB.
-pub const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Longest a TLS handshake may take before the connection is dropped, so a connection that
 /// never finishes its handshake holds nothing for long.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,20 +99,9 @@ impl TlsPaths {
     }
 }
 
-/// Reads a PEM file of at most `PEM_FILE_BYTES_MAX` bytes.
-pub fn read_pem(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(PEM_FILE_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() as u64 > PEM_FILE_BYTES_MAX {
-        bail!(
-            "{} is larger than PEM_FILE_BYTES_MAX ({PEM_FILE_BYTES_MAX} bytes): not a PEM file",
-            path.display()
-        );
-    }
-    Ok(bytes)
+/// A PEM file, as clients read theirs (`tollgate_client::read_pem`).
+fn pem(path: &Path) -> anyhow::Result<Vec<u8>> {
+    tollgate_client::read_pem(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The certificates (DER) of a PEM buffer; an error if it holds none or a bad block.
@@ -183,7 +168,7 @@ impl NodeTls {
         let (Some(ca), Some(cert), Some(key)) = (&paths.ca, &paths.cert, &paths.key) else {
             bail!("TLS needs {} as well", paths.missing().join(", "));
         };
-        Self::from_pem(id, read_pem(ca)?, read_pem(cert)?, read_pem(key)?).with_context(|| {
+        Self::from_pem(id, pem(ca)?, pem(cert)?, pem(key)?).with_context(|| {
             format!(
                 "TLS files --tls-ca {} --tls-cert {} --tls-key {}",
                 ca.display(),
