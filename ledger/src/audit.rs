@@ -422,8 +422,17 @@ pub struct Fact<'a> {
 impl<'a> Fact<'a> {
     /// A fact about a tenant only (admin decisions on the tenant).
     pub fn tenant(tenant: &'a TenantId, request_id: &'a RequestId, event: AuditEvent) -> Self {
+        Self::admin(Some(tenant), request_id, event)
+    }
+
+    /// An admin decision on a tenant, or on none (an admin key has no tenant).
+    pub fn admin(
+        tenant: Option<&'a TenantId>,
+        request_id: &'a RequestId,
+        event: AuditEvent,
+    ) -> Self {
         Fact {
-            tenant: Some(tenant),
+            tenant,
             agent: None,
             tool: None,
             request_id: Some(request_id),

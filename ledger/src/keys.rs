@@ -14,9 +14,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::audit::{AuditEvent, Fact};
-use super::{
-    AgentId, Amounts, Bound, InvalidInput, Ledger, Outcome, Rejection, RequestId, TenantId,
-};
+use super::{AgentId, Bound, InvalidInput, Ledger, Outcome, Rejection, RequestId, TenantId};
 
 /// Hex digits of a key id: 64 random bits, enough that ids drawn at random never meet.
 pub const KEY_ID_HEX_LEN: usize = 16;
@@ -222,22 +220,6 @@ fn unknown_key(key_id: &KeyId) -> Outcome {
     })
 }
 
-fn key_fact<'a>(
-    tenant: Option<&'a TenantId>,
-    request_id: &'a RequestId,
-    event: AuditEvent,
-) -> Fact<'a> {
-    Fact {
-        tenant,
-        agent: None,
-        tool: None,
-        request_id: Some(request_id),
-        reservation_id: None,
-        event,
-        amounts: Amounts::default(),
-    }
-}
-
 impl Ledger {
     /// Stores a new key, within its tenant's `keys` quota of live keys (at most
     /// `KEYS_PER_TENANT_MAX`; the one check site of that bound) and `KEYS_MAX` over the ledger.
@@ -292,7 +274,7 @@ impl Ledger {
             name: spec.name.clone(),
         });
         self.audit
-            .append(now_ms, key_fact(tenant, request_id, event));
+            .append(now_ms, Fact::admin(tenant, request_id, event));
         Outcome::Done
     }
 
@@ -330,7 +312,7 @@ impl Ledger {
         key.rotated_at_ms = Some(now_ms);
         let event = AuditEvent::KeyRotate(key_id.clone());
         self.audit
-            .append(now_ms, key_fact(tenant, request_id, event));
+            .append(now_ms, Fact::admin(tenant, request_id, event));
         Outcome::Done
     }
 
@@ -350,7 +332,7 @@ impl Ledger {
         self.keys.forget_revoked_beyond_max(tenant);
         let event = AuditEvent::KeyRevoke(key_id.clone());
         self.audit
-            .append(now_ms, key_fact(tenant, request_id, event));
+            .append(now_ms, Fact::admin(tenant, request_id, event));
         Outcome::Done
     }
 
