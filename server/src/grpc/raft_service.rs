@@ -38,7 +38,7 @@ impl RaftService {
     /// of any node while this one has no membership yet (bootstrap, a joining learner);
     /// PERMISSION_DENIED otherwise, before anything is decoded. `None` in insecure mode,
     /// where no identity is known.
-    fn peer_node<T>(&self, request: &Request<T>) -> Result<Option<NodeId>, Status> {
+    fn peer_node<T>(&self, request: &Request<T>, local: &Local) -> Result<Option<NodeId>, Status> {
         if !self.mutual_tls {
             return Ok(None);
         }
@@ -56,11 +56,7 @@ impl RaftService {
                 )))
             }
         };
-        let metrics = self.node.raft.metrics();
-        let metrics = metrics.borrow();
-        let membership = metrics.membership_config.membership();
-        let initialised = membership.nodes().next().is_some();
-        if initialised && membership.get_node(&id).is_none() {
+        if !local.admits(id) {
             return Err(Status::permission_denied(format!(
                 "node {id} is not a member of this cluster"
             )));
@@ -79,9 +75,10 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        let peer = self.peer_node(&request)?;
+        let local = self.local();
+        let peer = self.peer_node(&request, &local)?;
         let message = decode(request)?;
-        guard::check_append(&message, &self.local(), peer)?;
+        guard::check_append(&message, &local, peer)?;
         encode(&self.node.raft.append_entries(message).await)
     }
 
@@ -89,9 +86,10 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        let peer = self.peer_node(&request)?;
+        let local = self.local();
+        let peer = self.peer_node(&request, &local)?;
         let message = decode(request)?;
-        guard::check_vote(&message, &self.local(), peer)?;
+        guard::check_vote(&message, &local, peer)?;
         encode(&self.node.raft.vote(message).await)
     }
 
@@ -99,9 +97,10 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        let peer = self.peer_node(&request)?;
+        let local = self.local();
+        let peer = self.peer_node(&request, &local)?;
         let message = decode(request)?;
-        guard::check_snapshot(&message, &self.local(), peer)?;
+        guard::check_snapshot(&message, &local, peer)?;
         encode(&self.node.raft.install_snapshot(message).await)
     }
 }

@@ -86,6 +86,14 @@ impl Local {
             members: (!members.is_empty()).then_some(members),
         }
     }
+
+    /// Whether node `id` may speak to this node: a member, or anyone before there is a
+    /// membership.
+    pub fn admits(&self, id: NodeId) -> bool {
+        self.members
+            .as_ref()
+            .is_none_or(|members| members.contains(&id))
+    }
 }
 
 fn at_most(what: &'static str, value: u64, max: u64) -> Result<(), Refusal> {
@@ -104,10 +112,10 @@ fn check_sender(vote: &Vote<NodeId>, local: &Local, peer: Option<NodeId>) -> Res
     if let Some(peer) = peer.filter(|peer| *peer != claimed) {
         return Err(Refusal::Impersonation { peer, claimed });
     }
-    match &local.members {
-        Some(members) if !members.contains(&claimed) => Err(Refusal::NotMember { claimed }),
-        _ => Ok(()),
+    if !local.admits(claimed) {
+        return Err(Refusal::NotMember { claimed });
     }
+    Ok(())
 }
 
 /// A log id the sender refers to: written in its term or before.
