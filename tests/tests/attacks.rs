@@ -56,6 +56,11 @@ fn terms(cluster: &TestCluster) -> Vec<u64> {
         .collect()
 }
 
+/// A term ahead of every node's by `FORGED_TERM_AHEAD`.
+fn forged_term(cluster: &TestCluster) -> u64 {
+    terms(cluster).into_iter().max().expect("running nodes") + FORGED_TERM_AHEAD
+}
+
 /// What a forger would write into the log: a charge to another tenant.
 fn charge(victim: &str, tokens: u64) -> Batch {
     Batch {
@@ -133,7 +138,7 @@ fn last_log_id(cluster: &TestCluster, node: NodeId) -> Option<LogId<NodeId>> {
 #[tokio::test]
 async fn forged_append_entries_from_a_made_up_leader_is_refused() {
     let (cluster, before) = victim_cluster().await;
-    let forged_term = terms(&cluster).into_iter().max().unwrap() + FORGED_TERM_AHEAD;
+    let forged_term = forged_term(&cluster);
     for node in cluster.cluster.ids() {
         let request = forged_append(forged_term, 99, last_log_id(&cluster, node));
         let status = raft_client(&cluster, node)
@@ -202,7 +207,7 @@ async fn a_heartbeat_with_the_largest_term_is_refused_and_no_node_crashes() {
 #[tokio::test]
 async fn install_snapshot_from_a_stranger_or_out_of_bounds_is_refused() {
     let (cluster, before) = victim_cluster().await;
-    let forged_term = terms(&cluster).into_iter().max().unwrap() + FORGED_TERM_AHEAD;
+    let forged_term = forged_term(&cluster);
     let members = cluster
         .cluster
         .node(1)
@@ -246,7 +251,7 @@ async fn install_snapshot_from_a_stranger_or_out_of_bounds_is_refused() {
 #[tokio::test]
 async fn a_strangers_vote_request_learns_nothing() {
     let (cluster, before) = victim_cluster().await;
-    let forged_term = terms(&cluster).into_iter().max().unwrap() + FORGED_TERM_AHEAD;
+    let forged_term = forged_term(&cluster);
     for node in cluster.cluster.ids() {
         let vote = VoteRequest::new(Vote::new(forged_term, 99), None);
         let status = raft_client(&cluster, node)

@@ -114,16 +114,26 @@ impl Damage {
     }
 }
 
-fn run(seeds: &[Vec<u8>], target: impl Fn(Vec<u8>) -> Result<(), TestCaseError>) {
+/// Runs `target` on `cases` values of `strategy`; a failure panics with the smallest one
+/// proptest found.
+fn fuzz<S: Strategy>(
+    cases: u32,
+    strategy: &S,
+    target: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) {
     let config = Config {
-        cases: cases(),
+        cases,
         failure_persistence: None,
         ..Config::default()
     };
-    let result = TestRunner::new(config).run(&damage(), |damage| target(damage.apply(seeds)));
-    if let Err(failure) = result {
+    if let Err(failure) = TestRunner::new(config).run(strategy, target) {
         panic!("{failure}");
     }
+}
+
+/// Runs `target` on damaged `seeds`.
+fn run(seeds: &[Vec<u8>], target: impl Fn(Vec<u8>) -> Result<(), TestCaseError>) {
+    fuzz(cases(), &damage(), |damage| target(damage.apply(seeds)));
 }
 
 // ---- Client requests, over the wire to a real node ----
@@ -318,18 +328,9 @@ fn client_requests_never_panic_a_node() {
     let requests = client_requests();
     let paths: Vec<&str> = requests.iter().map(|(path, _)| *path).collect();
     let seeds: Vec<Vec<u8>> = requests.into_iter().map(|(_, body)| body).collect();
-    let config = Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let result = TestRunner::new(config).run(&(any::<Index>(), damage()), |(which, damage)| {
-        let mut bytes = which.get(&seeds).clone();
-        damage.damage(&mut bytes, 0);
-        if let Some(noise) = &damage.noise {
-            bytes = noise.clone();
-        }
-        let path = *which.get(&paths);
+    fuzz(cases(), &damage(), |damage| {
+        let path = *damage.seed.get(&paths);
+        let bytes = damage.apply(&seeds);
         let answer = runtime.block_on(call_on(channel.clone(), path, bytes));
         if let Err(status) = &answer {
             let code = status.code();
@@ -341,9 +342,6 @@ fn client_requests_never_panic_a_node() {
         prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0, "{} panicked", path);
         Ok(())
     });
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
     let status = runtime.block_on(test.client.status(&addr));
     assert!(status.is_ok(), "the node no longer answers: {status:?}");
 }
@@ -632,12 +630,7 @@ fn reseal(snapshot: &mut [u8]) {
 fn ledger_snapshots_restore_or_are_refused_never_panic() {
     let snapshot = busy_ledger().snapshot_into(Vec::new());
     assert!(Ledger::restore(&snapshot).is_ok(), "the seed restores");
-    let config = Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let result = TestRunner::new(config).run(&(damage(), any::<bool>()), |(damage, seal)| {
+    fuzz(cases(), &(damage(), any::<bool>()), |(damage, seal)| {
         let mut bytes = snapshot.clone();
         damage.damage(&mut bytes, if seal { SNAPSHOT_HEADER_BYTES } else { 0 });
         if seal {
@@ -651,9 +644,6 @@ fn ledger_snapshots_restore_or_are_refused_never_panic() {
         }
         Ok(())
     });
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
 }
 
 #[test]
@@ -740,13 +730,8 @@ fn damaged_snapshot_and_log_files_never_panic_a_starting_node() {
         })
         .collect();
     assert!(!logs.is_empty(), "the log has files");
-    let config = Config {
-        cases: cases() / 4,
-        failure_persistence: None,
-        ..Config::default()
-    };
     let strategy = (damage(), any::<Index>(), any::<bool>());
-    let result = TestRunner::new(config).run(&strategy, |(damage, file, seal)| {
+    fuzz(cases() / 4, &strategy, |(damage, file, seal)| {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut bytes = snapshot.clone();
         damage.damage(&mut bytes, 0);
@@ -768,7 +753,4 @@ fn damaged_snapshot_and_log_files_never_panic_a_starting_node() {
         let _ = tollgate_server::raft::log_store::LogStore::open(&copy);
         Ok(())
     });
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
 }
