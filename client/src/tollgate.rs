@@ -130,6 +130,8 @@ impl Client {
             tenant: tenant.to_owned(),
             reservation_id,
             actual: Some(actual.into()),
+            usage: None,
+            abandoned: false,
         };
         let response = self
             .call_op(|rpc| {
@@ -194,6 +196,7 @@ impl Client {
             agent: agent.to_owned(),
             tool: tool.to_owned(),
             actual: Some(actual.into()),
+            usage: None,
         };
         let response = self
             .call_op(|rpc| {

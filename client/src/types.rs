@@ -80,7 +80,7 @@ impl From<Amounts> for v1::Amounts {
         v1::Amounts {
             tokens: a.tokens,
             cost_micros: a.cost_micros,
-            calls: a.calls,
+            calls: Some(a.calls),
         }
     }
 }
@@ -90,7 +90,8 @@ impl From<v1::Amounts> for Amounts {
         Amounts {
             tokens: a.tokens,
             cost_micros: a.cost_micros,
-            calls: a.calls,
+            // The cluster always says; absent only from a peer that predates the field.
+            calls: a.calls.unwrap_or_default(),
         }
     }
 }
@@ -290,6 +291,7 @@ impl ReserveRequest {
             estimate: Some(self.estimate.into()),
             ttl_ms: duration_ms(self.ttl),
             fingerprint: self.fingerprint.clone().unwrap_or_default(),
+            usage: None,
         }
     }
 }
@@ -336,7 +338,7 @@ mod tests {
             Some(v1::Amounts {
                 tokens: 5,
                 cost_micros: 0,
-                calls: 1
+                calls: Some(1)
             })
         );
         assert_eq!(wire.ttl_ms, 60_000);

@@ -151,6 +151,7 @@ impl Tollgate for Node {
             overrun: true,
             late: false,
             applied: applied(),
+            cost_micros: 0,
         }))
     }
 

@@ -765,6 +765,7 @@ impl ReserveCall {
             estimate: Some(estimate.into()),
             ttl_ms: spec.ttl_ms,
             fingerprint: fingerprint.clone().unwrap_or_default(),
+            usage: None,
         };
         ReserveCall {
             estimate,

@@ -31,10 +31,11 @@ fn reserve(
         estimate: Some(v1::Amounts {
             tokens,
             cost_micros: 0,
-            calls: 1,
+            calls: Some(1),
         }),
         ttl_ms,
         fingerprint: String::new(),
+        usage: None,
     }
 }
 
@@ -146,8 +147,10 @@ async fn each_bad_input_gets_its_status_and_changes_nothing() {
         actual: Some(v1::Amounts {
             tokens: 1,
             cost_micros: 0,
-            calls: 1,
+            calls: Some(1),
         }),
+        abandoned: false,
+        usage: None,
     };
     let never_issued = 987_654;
     let unknown = tollgate
@@ -332,8 +335,10 @@ async fn theirs_answers_as_never_issued(
             actual: Some(v1::Amounts {
                 tokens: 1,
                 cost_micros: 0,
-                calls: 1,
+                calls: Some(1),
             }),
+            abandoned: false,
+            usage: None,
         };
         let globex = globex.clone();
         async move {
@@ -410,8 +415,9 @@ async fn a_batch_answers_each_operation_and_a_bad_one_fails_alone() {
         actual: Some(v1::Amounts {
             tokens,
             cost_micros: 0,
-            calls: 1,
+            calls: Some(1),
         }),
+        usage: None,
     };
     let results = tollgate
         .batch(batch_of(vec![
@@ -422,6 +428,8 @@ async fn a_batch_answers_each_operation_and_a_bad_one_fails_alone() {
                 tenant: "acme".into(),
                 reservation_id: 987_654,
                 actual: Some(v1::Amounts::default()),
+                abandoned: false,
+                usage: None,
             }),
             Op::Record(record("b-4", 5)),
             Op::Reserve(reserve("b-5", "initech", "bot", 1, 1_000)),
@@ -467,8 +475,10 @@ async fn a_batch_answers_each_operation_and_a_bad_one_fails_alone() {
                         actual: Some(v1::Amounts {
                             tokens: 7,
                             cost_micros: 0,
-                            calls: 1,
+                            calls: Some(1),
                         }),
+                        abandoned: false,
+                        usage: None,
                     })),
                 },
                 v1::BatchOp { op: None },

@@ -142,7 +142,7 @@ fn amounts(tokens: u64) -> Option<pb::Amounts> {
     Some(pb::Amounts {
         tokens,
         cost_micros: 10,
-        calls: 1,
+        calls: Some(1),
     })
 }
 
@@ -162,12 +162,15 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
         estimate: amounts(10),
         ttl_ms: 60_000,
         fingerprint: "f".into(),
+        usage: None,
     };
     let commit = pb::CommitRequest {
         request_id: "c-1".into(),
         tenant: "acme".into(),
         reservation_id: 1,
         actual: amounts(5),
+        abandoned: false,
+        usage: None,
     };
     let limit = pb::Limit {
         id: "tokens".into(),
@@ -222,6 +225,7 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
                 agent: "agent".into(),
                 tool: "llm".into(),
                 actual: amounts(3),
+                usage: None,
             }
             .encode_to_vec(),
         ),

@@ -144,7 +144,7 @@ fn amounts(tokens: u64) -> Option<v1::Amounts> {
     Some(v1::Amounts {
         tokens,
         cost_micros: 0,
-        calls: 1,
+        calls: Some(1),
     })
 }
 
@@ -167,6 +167,7 @@ fn reserve_request(tenant: &str, agent: &str) -> v1::ReserveRequest {
         estimate: amounts(1),
         ttl_ms: TTL_MS,
         fingerprint: String::new(),
+        usage: None,
     }
 }
 
@@ -301,6 +302,7 @@ impl Fixture {
                     agent: X.into(),
                     tool: "llm".into(),
                     actual: amounts(1),
+                    usage: None,
                 };
                 code(tollgate.record(req!(record)).await)
             }
@@ -345,6 +347,8 @@ impl Fixture {
                 tenant: tenant.into(),
                 reservation_id: id,
                 actual: amounts(1),
+                abandoned: false,
+                usage: None,
             };
             return code(tollgate.commit(with_key(commit, key)).await);
         }

@@ -387,7 +387,7 @@ pub fn reservations_table(reservations: &[v1::Reservation]) -> Table {
             r.tool.clone(),
             estimate.tokens.to_string(),
             format_micros(estimate.cost_micros),
-            estimate.calls.to_string(),
+            estimate.calls.unwrap_or_default().to_string(),
             format_time_ms(r.granted_at_ms),
             format_time_ms(r.expires_at_ms),
         ]);
@@ -533,7 +533,7 @@ pub fn audit_table(records: &[v1::AuditRecord]) -> Table {
             describe_event(&record.event_json),
             amounts.tokens.to_string(),
             format_micros(amounts.cost_micros),
-            amounts.calls.to_string(),
+            amounts.calls.unwrap_or_default().to_string(),
             or_dash(record.reservation_id),
             text(&record.request_id),
         ]);

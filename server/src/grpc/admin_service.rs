@@ -84,6 +84,27 @@ type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + 
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn put_price(
+        &self,
+        _request: Request<pb::PutPriceRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        Err(Status::unimplemented("price tables"))
+    }
+
+    async fn delete_price(
+        &self,
+        _request: Request<pb::DeletePriceRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        Err(Status::unimplemented("price tables"))
+    }
+
+    async fn list_prices(
+        &self,
+        _request: Request<pb::ListPricesRequest>,
+    ) -> Result<Response<pb::ListPricesResponse>, Status> {
+        Err(Status::unimplemented("price tables"))
+    }
+
     async fn put_tenant(
         &self,
         request: Request<pb::PutTenantRequest>,

@@ -57,7 +57,8 @@ pub fn amounts(value: Option<pb::Amounts>, what: &str) -> Result<Amounts, Status
     let amounts = Amounts {
         tokens: value.tokens,
         cost_micros: value.cost_micros,
-        calls: value.calls,
+        // Every call is one call unless it says otherwise, whichever language sent it.
+        calls: value.calls.unwrap_or(1),
     };
     amounts.validate(what).map_err(|e| invalid(e.0))?;
     Ok(amounts)
@@ -67,7 +68,7 @@ pub fn amounts_to_pb(value: &Amounts) -> pb::Amounts {
     pb::Amounts {
         tokens: value.tokens,
         cost_micros: value.cost_micros,
-        calls: value.calls,
+        calls: Some(value.calls),
     }
 }
 

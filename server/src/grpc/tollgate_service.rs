@@ -123,6 +123,7 @@ async fn commit(
         Outcome::Committed { overrun, late, .. } => Ok(pb::CommitResponse {
             overrun,
             late,
+            cost_micros: 0,
             applied: Some(applied(&result)),
         }),
         ref other => Err(unexpected(other)),
@@ -171,6 +172,7 @@ async fn record(
     count_decision("record", &result.outcome);
     match result.outcome {
         Outcome::Recorded => Ok(pb::RecordResponse {
+            cost_micros: 0,
             applied: Some(applied(&result)),
         }),
         ref other => Err(unexpected(other)),

@@ -418,6 +418,7 @@ impl Worker {
                     estimate: Some(Amounts::new(*tokens, *cost_micros, *calls).into()),
                     ttl_ms: *ttl_ms,
                     fingerprint: String::new(),
+                    usage: None,
                 };
                 send_reserve(client, wire).await
             }
