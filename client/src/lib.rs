@@ -76,6 +76,7 @@ mod config;
 mod error;
 mod local;
 mod pool;
+mod prices;
 mod reservation;
 mod tollgate;
 mod types;

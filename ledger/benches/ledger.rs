@@ -219,8 +219,9 @@ fn build(agents_per_tenant: usize, clock: &mut Clock) -> Ledger {
                     cost_micros: 10,
                     calls: 1,
                 },
+                usage: None,
             };
-            assert_eq!(ledger.apply(at, &cmd), Outcome::Recorded);
+            assert!(matches!(ledger.apply(at, &cmd), Outcome::Recorded { .. }));
         }
     }
     clock.now_ms += DEDUP_WINDOW_MS;
@@ -379,6 +380,7 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
             estimate,
             ttl_ms: 60_000,
             fingerprint: None,
+            usage: None,
         },
     ) {
         Outcome::Granted { reservation_id, .. } => reservation_id.0,
@@ -398,12 +400,15 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
                 estimate,
                 ttl_ms: 60_000,
                 fingerprint: None,
+                usage: None,
             };
             let commit = Command::Commit {
                 request_id: clock.request(),
                 tenant,
                 reservation_id: ReservationId(issued[t]),
                 actual,
+                abandoned: false,
+                usage: None,
             };
             [reserve, commit]
         })

@@ -36,16 +36,24 @@ pub enum AuditEvent {
     Grant,
     #[serde(alias = "Deny")]
     Deny(DenyReason),
-    /// `overrun`: actual above the estimate in some dimension; `late`: after the expiry.
+    /// `overrun`: actual above the estimate in some dimension; `late`: after the expiry;
+    /// `abandoned`: a client guard was left without commit or release, so the estimate is
+    /// charged; `price`: the price entry the cost was derived from, if usage was given.
     #[serde(alias = "Commit")]
-    Commit { overrun: bool, late: bool },
+    Commit {
+        overrun: bool,
+        late: bool,
+        abandoned: bool,
+        price: Option<crate::PriceRef>,
+    },
     #[serde(alias = "Release")]
     Release,
     /// `charged`: the estimate was charged (policy `Charge`), else released.
     #[serde(alias = "Expire")]
     Expire { charged: bool },
+    /// `price`: the price entry the cost was derived from, if usage was given.
     #[serde(alias = "Record")]
-    Record,
+    Record { price: Option<crate::PriceRef> },
     #[serde(alias = "TenantPut")]
     TenantPut,
     #[serde(alias = "LimitPut")]
@@ -66,6 +74,10 @@ pub enum AuditEvent {
     KeyRotate(crate::KeyId),
     /// An API key was revoked.
     KeyRevoke(crate::KeyId),
+    /// A model's price was set (the whole entry, with its new version).
+    PricePut(crate::PriceEntry),
+    /// A model's price was removed.
+    PriceDelete(crate::ModelId),
 }
 
 /// A decision as written in the audit trail.
@@ -86,11 +98,15 @@ pub enum AuditEvent {
 ///   expired.
 /// - `event` (string or object): what was decided, as `"name"` or `{"name": content}` with
 ///   snake_case names: `"grant"`, `{"deny": reason}`, `{"commit": {"overrun": bool,
-///   "late": bool}}`, `"release"`, `{"expire": {"charged": bool}}`, `"record"`,
+///   "late": bool, "abandoned": bool, "price": price}}`, `"release"`, `{"expire":
+///   {"charged": bool}}`, `{"record": {"price": price}}`,
 ///   `"tenant_put"`, `{"limit_put": limit}`, `{"limit_delete": "limit id"}`, `"freeze"`,
 ///   `"unfreeze"`, `{"trip": cause}`, `"trip_reset"`, `{"key_create": {"key_id", "role", "agents",
 ///   "name"}}` (`role`: `"admin"`, `"tenant_admin"`, `"worker"`), `{"key_rotate": "key id"}`,
-///   `{"key_revoke": "key id"}`. A `reason` is `{"limit":
+///   `{"key_revoke": "key id"}`, `{"price_put": {"model", "price": {"input_micros",
+///   "output_micros", "cached_input_micros", "per_tokens"}, "version"}}`,
+///   `{"price_delete": "model"}`. A `price` is null or `{"model", "version"}`: the
+///   price-table entry a cost was derived from. A `reason` is `{"limit":
 ///   {"limit_id", "scope", "dimension", "remaining", "retry_after_ms"}}`, `{"frozen":
 ///   {"agent"}}` or `{"tripped": {"cause", "until_ms"}}`; a `cause` is `{"repetition":
 ///   {"fingerprint", "count"}}` or `{"velocity": {"spent", "baseline"}}`; a `limit` is
@@ -268,10 +284,15 @@ fn body_bytes<'a>(
     encode::bytes_of(stack, spill, &[], body, |w, body| {
         let event: &[u8] = match body.event {
             AuditEvent::Grant => &[0],
-            AuditEvent::Commit { overrun, late } => &[2, *overrun as u8, *late as u8],
+            AuditEvent::Commit {
+                overrun,
+                late,
+                abandoned,
+                price: None,
+            } => &[2, *overrun as u8, *late as u8, *abandoned as u8, 0],
             AuditEvent::Release => &[3],
             AuditEvent::Expire { charged } => &[4, *charged as u8],
-            AuditEvent::Record => &[5],
+            AuditEvent::Record { price: None } => &[5, 0],
             _ => return false,
         };
         w.varint(body.seq);
@@ -840,11 +861,26 @@ mod tests {
     fn event() -> impl Strategy<Value = AuditEvent> {
         prop_oneof![
             Just(AuditEvent::Grant),
-            (any::<bool>(), any::<bool>())
-                .prop_map(|(overrun, late)| AuditEvent::Commit { overrun, late }),
+            (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(overrun, late, abandoned)| {
+                AuditEvent::Commit {
+                    overrun,
+                    late,
+                    abandoned,
+                    price: None,
+                }
+            }),
+            (id(), any::<u64>()).prop_map(|(m, version)| AuditEvent::Commit {
+                overrun: false,
+                late: false,
+                abandoned: false,
+                price: Some(crate::PriceRef {
+                    model: crate::ModelId::new(m).unwrap(),
+                    version,
+                }),
+            }),
             Just(AuditEvent::Release),
             any::<bool>().prop_map(|charged| AuditEvent::Expire { charged }),
-            Just(AuditEvent::Record),
+            Just(AuditEvent::Record { price: None }),
             Just(AuditEvent::TenantPut),
             id().prop_map(|l| AuditEvent::LimitDelete(LimitId::new(l).unwrap())),
             Just(AuditEvent::Freeze),
@@ -881,13 +917,16 @@ mod tests {
         let record = sample(AuditEvent::Commit {
             overrun: true,
             late: false,
+            abandoned: false,
+            price: None,
         });
         let json = serde_json::to_string(&record).unwrap();
         let expected = format!(
             concat!(
                 r#"{{"seq":7,"at_ms":1714564800123,"time":"2024-05-01T12:00:00.123Z","#,
                 r#""tenant":"acme","agent":"bot","tool":"llm","request_id":"q-1","#,
-                r#""reservation_id":3,"event":{{"commit":{{"overrun":true,"late":false}}}},"#,
+                r#""reservation_id":3,"event":{{"commit":{{"overrun":true,"late":false,"#,
+                r#""abandoned":false,"price":null}}}},"#,
                 r#""amounts":{{"tokens":10,"cost_micros":20,"calls":1}},"#,
                 r#""prev_hash":"{}","hash":"{}"}}"#
             ),

@@ -11,8 +11,8 @@ use super::runaway;
 use super::state::{Agent, Reservation, ReservationKey, Tenant, Tombstone};
 use super::{
     AgentId, Amounts, Bound, Command, DenyReason, ExpiryPolicy, Ledger, LimitId, LimitKind,
-    LimitSpec, Outcome, Rejection, Remaining, RequestId, ReservationId, Scope, TenantId,
-    TenantPolicy, ToolId,
+    LimitSpec, Outcome, PriceRef, Rejection, Remaining, RequestId, ReservationId, Scope, TenantId,
+    TenantPolicy, ToolId, Usage,
 };
 
 /// Most tenants the ledger holds.
@@ -232,12 +232,31 @@ fn agent_counter<'a>(agent: &'a mut Agent, generation: u64, spec: &LimitSpec) ->
     &mut agent.counters[index].counter
 }
 
+/// What a commit charges: the actual (its cost derived from usage, or the estimate of an
+/// abandoned reservation), and where it came from, for the audit record.
+pub(super) struct Settlement {
+    actual: Amounts,
+    abandoned: bool,
+    price: Option<PriceRef>,
+}
+
+impl Settlement {
+    fn event(&self, overrun: bool, late: bool) -> AuditEvent {
+        AuditEvent::Commit {
+            overrun,
+            late,
+            abandoned: self.abandoned,
+            price: self.price.clone(),
+        }
+    }
+}
+
 /// How a reservation leaves flight: what its holds settle to and what its audit record
 /// says. Commit, release and expiry all end a reservation through `end_in_flight`.
 enum Ending<'a> {
     Commit {
         request_id: &'a RequestId,
-        actual: &'a Amounts,
+        settled: &'a Settlement,
     },
     Release {
         request_id: &'a RequestId,
@@ -259,7 +278,7 @@ impl<'a> Ending<'a> {
     /// What the holds are charged: the actual, the estimate, or nothing.
     fn charge(&self, estimate: &Amounts) -> Option<Amounts> {
         match *self {
-            Ending::Commit { actual, .. } => Some(*actual),
+            Ending::Commit { settled, .. } => Some(settled.actual),
             Ending::Release { .. } | Ending::Expire { charged: false } => None,
             Ending::Expire { charged: true } => Some(*estimate),
         }
@@ -267,10 +286,9 @@ impl<'a> Ending<'a> {
 
     fn event(&self, estimate: &Amounts) -> AuditEvent {
         match *self {
-            Ending::Commit { actual, .. } => AuditEvent::Commit {
-                overrun: actual.exceeds(estimate),
-                late: false,
-            },
+            Ending::Commit { settled, .. } => {
+                settled.event(settled.actual.exceeds(estimate), false)
+            }
             Ending::Release { .. } => AuditEvent::Release,
             Ending::Expire { charged } => AuditEvent::Expire { charged },
         }
@@ -279,7 +297,7 @@ impl<'a> Ending<'a> {
     /// The amounts of the audit record: the actual for a commit, else the estimate.
     fn amounts(&self, estimate: &Amounts) -> Amounts {
         match *self {
-            Ending::Commit { actual, .. } => *actual,
+            Ending::Commit { settled, .. } => settled.actual,
             Ending::Release { .. } | Ending::Expire { .. } => *estimate,
         }
     }
@@ -392,25 +410,43 @@ impl Ledger {
                 estimate,
                 ttl_ms,
                 fingerprint,
-            } => self.reserve(
-                now_ms,
-                t,
-                &ReserveRequest {
+                usage,
+            } => {
+                let estimate = match self.priced(t, estimate, usage.as_ref()) {
+                    Ok((estimate, _)) => estimate,
+                    Err(rejection) => return rejected(rejection),
+                };
+                let request = ReserveRequest {
                     request_id,
                     tenant: tenant_id,
                     agent,
                     tool,
-                    estimate,
+                    estimate: &estimate,
                     ttl_ms: *ttl_ms,
                     fingerprint: fingerprint.as_deref(),
-                },
-            ),
+                };
+                self.reserve(now_ms, t, &request)
+            }
             Command::Commit {
                 request_id,
                 reservation_id,
                 actual,
+                usage,
+                abandoned,
                 ..
-            } => self.commit(now_ms, request_id, (t, tenant_id), *reservation_id, actual),
+            } => {
+                let settled = match self.settlement(t, *reservation_id, actual, usage, *abandoned) {
+                    Ok(settled) => settled,
+                    Err(rejection) => return rejected(rejection),
+                };
+                self.commit(
+                    now_ms,
+                    request_id,
+                    (t, tenant_id),
+                    *reservation_id,
+                    &settled,
+                )
+            }
             Command::Release {
                 request_id,
                 reservation_id,
@@ -421,8 +457,23 @@ impl Ledger {
                 agent,
                 tool,
                 actual,
+                usage,
                 ..
-            } => self.record(now_ms, request_id, (t, tenant_id), agent, tool, actual),
+            } => match self.priced(t, actual, usage.as_ref()) {
+                Ok(priced) => {
+                    self.record(now_ms, request_id, (t, tenant_id), (agent, tool), priced)
+                }
+                Err(rejection) => rejected(rejection),
+            },
+            Command::PutPrice {
+                request_id,
+                model,
+                price,
+                ..
+            } => self.put_price(now_ms, request_id, (t, tenant_id), model, price),
+            Command::DeletePrice {
+                request_id, model, ..
+            } => self.delete_price(now_ms, request_id, (t, tenant_id), model),
             Command::PutLimit {
                 request_id, limit, ..
             } => self.put_limit(now_ms, request_id, (t, tenant_id), limit),
@@ -694,20 +745,24 @@ impl Ledger {
         request_id: &RequestId,
         (t, tenant_id): (u32, &TenantId),
         reservation_id: ReservationId,
-        actual: &Amounts,
+        settled: &Settlement,
     ) -> Outcome {
         let key = (t, reservation_id.0);
-        let ending = Ending::Commit { request_id, actual };
+        let ending = Ending::Commit {
+            request_id,
+            settled,
+        };
         if let Some(reservation) = self.end_in_flight(key, now_ms, ending) {
             self.unref_agent(t, reservation.agent);
             return Outcome::Committed {
                 reservation_id,
-                overrun: actual.exceeds(&reservation.estimate),
+                overrun: settled.actual.exceeds(&reservation.estimate),
                 late: false,
+                cost_micros: settled.actual.cost_micros,
             };
         }
         if self.tombstones.contains_key(&key) {
-            return self.commit_late(now_ms, request_id, (t, tenant_id), reservation_id, actual);
+            return self.commit_late(now_ms, request_id, (t, tenant_id), reservation_id, settled);
         }
         self.unknown_reservation(t, reservation_id.0)
     }
@@ -720,8 +775,9 @@ impl Ledger {
         request_id: &RequestId,
         (t, tenant_id): (u32, &TenantId),
         reservation_id: ReservationId,
-        actual: &Amounts,
+        settled: &Settlement,
     ) -> Outcome {
+        let actual = &settled.actual;
         let key = (t, reservation_id.0);
         let Some(tombstone) = self.tombstones.remove(&key) else {
             return self.unknown_reservation(t, reservation_id.0);
@@ -762,10 +818,7 @@ impl Ledger {
                 tool: Some(&reservation.tool),
                 request_id: Some(request_id),
                 reservation_id: Some(reservation_id),
-                event: AuditEvent::Commit {
-                    overrun,
-                    late: true,
-                },
+                event: settled.event(overrun, true),
                 amounts: *actual,
             },
         );
@@ -773,6 +826,7 @@ impl Ledger {
             reservation_id,
             overrun,
             late: true,
+            cost_micros: actual.cost_micros,
         }
     }
 
@@ -803,10 +857,10 @@ impl Ledger {
         now_ms: u64,
         request_id: &RequestId,
         (t, tenant_id): (u32, &TenantId),
-        agent_id: &AgentId,
-        tool: &ToolId,
-        actual: &Amounts,
+        (agent_id, tool): (&AgentId, &ToolId),
+        (actual, price): (Amounts, Option<PriceRef>),
     ) -> Outcome {
+        let actual = &actual;
         let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
@@ -841,11 +895,60 @@ impl Ledger {
                 tool: Some(tool),
                 request_id: Some(request_id),
                 reservation_id: None,
-                event: AuditEvent::Record,
+                event: AuditEvent::Record { price },
                 amounts: *actual,
             },
         );
-        Outcome::Recorded
+        Outcome::Recorded {
+            cost_micros: actual.cost_micros,
+        }
+    }
+
+    /// `amounts` with its cost derived from `usage` by the tenant's price table, and the
+    /// entry used; `amounts` as they are without usage. Changes nothing.
+    fn priced(
+        &self,
+        t: u32,
+        amounts: &Amounts,
+        usage: Option<&Usage>,
+    ) -> Result<(Amounts, Option<PriceRef>), Rejection> {
+        let (Some(usage), Some(tenant)) = (usage, self.tenants.get(t)) else {
+            return Ok((*amounts, None));
+        };
+        let (priced, used) = tenant.priced(amounts, usage)?;
+        Ok((priced, Some(used)))
+    }
+
+    /// What a commit charges: an abandoned reservation its estimate (in flight, or expired
+    /// and still remembered), else the actual priced by `usage`. Changes nothing.
+    fn settlement(
+        &self,
+        t: u32,
+        reservation_id: ReservationId,
+        actual: &Amounts,
+        usage: &Option<Usage>,
+        abandoned: bool,
+    ) -> Result<Settlement, Rejection> {
+        if abandoned {
+            let key = (t, reservation_id.0);
+            let estimate = self
+                .reservations
+                .get(&key)
+                .or_else(|| self.tombstones.get(&key).map(|t| &t.reservation))
+                .map(|r| r.estimate)
+                .unwrap_or_default();
+            return Ok(Settlement {
+                actual: estimate,
+                abandoned,
+                price: None,
+            });
+        }
+        let (actual, price) = self.priced(t, actual, usage.as_ref())?;
+        Ok(Settlement {
+            actual,
+            abandoned,
+            price,
+        })
     }
 
     /// Ends a reservation whose TTL has passed, at its expiry time (log order decides).

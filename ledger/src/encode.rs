@@ -205,17 +205,22 @@ pub fn outcome(w: &mut Writer<'_>, outcome: &Outcome) -> bool {
             reservation_id,
             overrun,
             late,
+            cost_micros,
         } => {
             w.byte(2);
             w.varint(reservation_id.0);
             w.byte(u8::from(*overrun));
             w.byte(u8::from(*late));
+            w.varint(*cost_micros);
         }
         Outcome::Released { reservation_id } => {
             w.byte(3);
             w.varint(reservation_id.0);
         }
-        Outcome::Recorded => w.byte(4),
+        Outcome::Recorded { cost_micros } => {
+            w.byte(4);
+            w.varint(*cost_micros);
+        }
         Outcome::Done => w.byte(5),
         Outcome::Denied(_) | Outcome::Rejected(_) => return false,
     }
@@ -234,6 +239,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             estimate,
             ttl_ms,
             fingerprint,
+            usage: None,
         } => {
             w.byte(0);
             w.str(request_id.as_bytes());
@@ -243,18 +249,23 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             w.amounts(estimate);
             w.varint(*ttl_ms);
             w.opt_str(fingerprint.as_deref().map(str::as_bytes));
+            w.byte(0);
         }
         Command::Commit {
             request_id,
             tenant,
             reservation_id,
             actual,
+            usage: None,
+            abandoned,
         } => {
             w.byte(1);
             w.str(request_id.as_bytes());
             w.str(tenant.as_bytes());
             w.varint(reservation_id.0);
             w.amounts(actual);
+            w.byte(0);
+            w.byte(u8::from(*abandoned));
         }
         Command::Release {
             request_id,
@@ -272,6 +283,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             agent,
             tool,
             actual,
+            usage: None,
         } => {
             w.byte(3);
             w.str(request_id.as_bytes());
@@ -279,6 +291,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             w.str(agent.as_bytes());
             w.str(tool.as_bytes());
             w.amounts(actual);
+            w.byte(0);
         }
         _ => return false,
     }
@@ -366,12 +379,13 @@ mod tests {
                     reservation_id: ReservationId(r),
                     overrun,
                     late,
+                    cost_micros: 0,
                 }
             }),
             any::<u64>().prop_map(|r| Outcome::Released {
                 reservation_id: ReservationId(r)
             }),
-            Just(Outcome::Recorded),
+            any::<u64>().prop_map(|cost_micros| Outcome::Recorded { cost_micros }),
             Just(Outcome::Done),
             id().prop_map(|a| Outcome::Denied(DenyReason::Frozen {
                 agent: Some(AgentId::new(a).unwrap())
@@ -380,6 +394,18 @@ mod tests {
                 tenant: TenantId::new(t).unwrap()
             })),
         ]
+    }
+
+    /// Usage (which the hand-written encodings leave to postcard).
+    fn usage_strategy() -> impl Strategy<Value = crate::Usage> {
+        (id(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(m, input, output, cached)| {
+            crate::Usage {
+                model: crate::ModelId::new(m).unwrap(),
+                input_tokens: input,
+                output_tokens: output,
+                cached_input_tokens: cached,
+            }
+        })
     }
 
     fn command_strategy() -> impl Strategy<Value = Command> {
@@ -402,16 +428,25 @@ mod tests {
                         estimate,
                         ttl_ms,
                         fingerprint,
+                        usage: None,
                     }
                 }),
-            (id(), id(), any::<u64>(), amounts_strategy()).prop_map(|(q, t, r, actual)| {
-                Command::Commit {
+            (
+                id(),
+                id(),
+                any::<u64>(),
+                amounts_strategy(),
+                any::<bool>(),
+                proptest::option::of(usage_strategy())
+            )
+                .prop_map(|(q, t, r, actual, abandoned, usage)| Command::Commit {
                     request_id: RequestId::new(q).unwrap(),
                     tenant: TenantId::new(t).unwrap(),
                     reservation_id: ReservationId(r),
                     actual,
-                }
-            }),
+                    abandoned,
+                    usage,
+                }),
             (id(), id(), any::<u64>()).prop_map(|(q, t, r)| Command::Release {
                 request_id: RequestId::new(q).unwrap(),
                 tenant: TenantId::new(t).unwrap(),
@@ -424,6 +459,7 @@ mod tests {
                     agent: AgentId::new(a).unwrap(),
                     tool: ToolId::new(tool).unwrap(),
                     actual,
+                    usage: None,
                 }
             }),
             (id(), id()).prop_map(|(q, t)| Command::PutTenant {

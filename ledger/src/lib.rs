@@ -48,6 +48,7 @@ mod keys;
 mod limits;
 mod names;
 mod prefetch;
+mod prices;
 mod quotas;
 mod rate;
 mod runaway;
@@ -57,6 +58,8 @@ mod types;
 mod validate;
 mod window;
 
+#[cfg(test)]
+mod price_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -80,6 +83,10 @@ pub use keys::{
 };
 pub use limits::LIMITS_PER_TENANT_MAX;
 pub use prefetch::PREFETCH_DEPTH;
+pub use prices::{
+    Price, PriceEntry, PriceRef, Usage, FALLBACK_MODEL, PER_TOKENS_DEFAULT, PER_TOKENS_MAX,
+    PRICES_PER_TENANT_MAX,
+};
 pub use quotas::{
     TenantQuotas, AGENTS_QUOTA_DEFAULT, ANSWERS_PER_TENANT_MAX, ANSWERS_QUOTA_DEFAULT,
     KEYS_QUOTA_DEFAULT, LIMITS_QUOTA_DEFAULT, PROPOSALS_QUEUED_PER_TENANT_MAX,

@@ -300,6 +300,7 @@ impl Run {
             estimate,
             ttl_ms,
             fingerprint: None,
+            usage: None,
         };
         let huge = "h".repeat(10 * ID_BYTES_MAX);
         let max = Amounts {
@@ -349,6 +350,8 @@ impl Run {
                 tenant: tenant("t0"),
                 reservation_id: ReservationId(u64::MAX),
                 actual: Amounts::default(),
+                abandoned: false,
+                usage: None,
             },
             7 => Command::Release {
                 request_id: self.next_request(),
@@ -362,6 +365,7 @@ impl Run {
                 agent: agent("a2"),
                 tool: tool("llm"),
                 actual: Amounts::default(),
+                usage: None,
             },
             _ => Command::PutLimit {
                 request_id: self.next_request(),
@@ -401,12 +405,15 @@ impl Run {
                 estimate,
                 ttl_ms,
                 fingerprint: fingerprint.map(|f| format!("fp{f}")),
+                usage: None,
             },
             Op::Commit { t, id, actual } => Command::Commit {
                 request_id: self.next_request(),
                 tenant: tenant(TENANTS[t]),
                 reservation_id: ReservationId(id),
                 actual,
+                abandoned: false,
+                usage: None,
             },
             Op::Release { t, id } => Command::Release {
                 request_id: self.next_request(),
@@ -424,6 +431,7 @@ impl Run {
                 agent: agent(AGENTS[a]),
                 tool: tool(TOOLS[w]),
                 actual,
+                usage: None,
             },
             Op::PutLimit { t, template } => Command::PutLimit {
                 request_id: self.next_request(),

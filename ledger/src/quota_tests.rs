@@ -53,6 +53,7 @@ impl Tenants {
             estimate: cost(10),
             ttl_ms: 60_000,
             fingerprint: None,
+            usage: None,
         }
     }
 
@@ -63,6 +64,7 @@ impl Tenants {
             agent: agent(by),
             tool: tool("llm"),
             actual: cost(1),
+            usage: None,
         };
         self.apply(&cmd)
     }
@@ -147,6 +149,8 @@ fn a_tenant_at_its_answers_quota_cannot_make_a_victims_retry_charge_twice() {
         tenant: tenant("victim"),
         reservation_id,
         actual: cost(7),
+        abandoned: false,
+        usage: None,
     };
     let first = h.apply(&commit);
     assert!(matches!(first, Outcome::Committed { .. }), "{first:?}");
@@ -154,9 +158,8 @@ fn a_tenant_at_its_answers_quota_cannot_make_a_victims_retry_charge_twice() {
     h.now_ms += 1_000;
     // Its creation (PutTenant) was its first answer.
     for i in 1..20 {
-        assert_eq!(
-            h.record("noisy", "spammer"),
-            Outcome::Recorded,
+        assert!(
+            matches!(h.record("noisy", "spammer"), Outcome::Recorded { .. }),
             "record {i}"
         );
     }
@@ -176,7 +179,10 @@ fn a_tenant_at_its_answers_quota_cannot_make_a_victims_retry_charge_twice() {
 
     // The noisy tenant's answers age out of the window: it may write again.
     h.now_ms += DEDUP_WINDOW_MS;
-    assert_eq!(h.record("noisy", "spammer"), Outcome::Recorded);
+    assert!(matches!(
+        h.record("noisy", "spammer"),
+        Outcome::Recorded { .. }
+    ));
 }
 
 /// A retry of a remembered request is answered even while its tenant is at its quota.
@@ -186,7 +192,7 @@ fn a_retry_is_answered_at_the_quota() {
     let first = h.reserve_cmd("acme", "bot");
     let granted = h.apply(&first);
     assert!(matches!(granted, Outcome::Granted { .. }));
-    assert_eq!(h.record("acme", "bot"), Outcome::Recorded);
+    assert!(matches!(h.record("acme", "bot"), Outcome::Recorded { .. }));
     refused(&h.record("acme", "bot"), Bound::AnswersPerTenant, 3, "acme");
     assert_eq!(h.apply(&first), granted);
 }
@@ -200,7 +206,7 @@ fn commits_and_admin_commands_pass_the_answers_quota() {
     let Outcome::Granted { reservation_id, .. } = h.apply(&reserve) else {
         panic!("granted");
     };
-    assert_eq!(h.record("acme", "bot"), Outcome::Recorded);
+    assert!(matches!(h.record("acme", "bot"), Outcome::Recorded { .. }));
     refused(&h.record("acme", "bot"), Bound::AnswersPerTenant, 3, "acme");
     let freeze = Command::Freeze {
         request_id: h.next_request(),
@@ -213,6 +219,8 @@ fn commits_and_admin_commands_pass_the_answers_quota() {
         tenant: tenant("acme"),
         reservation_id,
         actual: cost(1),
+        abandoned: false,
+        usage: None,
     };
     assert!(matches!(h.apply(&commit), Outcome::Committed { .. }));
 }
@@ -236,9 +244,10 @@ fn the_global_answers_bound_refuses_rather_than_evicts() {
             agent: agent("bot"),
             tool: tool("llm"),
             actual: cost(1),
+            usage: None,
         };
         match h.apply(&cmd) {
-            Outcome::Recorded => remembered.push(cmd),
+            Outcome::Recorded { .. } => remembered.push(cmd),
             outcome => {
                 refused(&outcome, Bound::Answers, 95, who);
                 refusals += 1;
@@ -249,7 +258,7 @@ fn the_global_answers_bound_refuses_rather_than_evicts() {
     assert_eq!(remembered.len(), 95 - 2);
     assert_eq!(refusals, 200 - remembered.len());
     for cmd in &remembered {
-        assert_eq!(h.apply(cmd), Outcome::Recorded, "{cmd:?}");
+        assert!(matches!(h.apply(cmd), Outcome::Recorded { .. }), "{cmd:?}");
     }
     assert_eq!(h.ledger.stats().dedup_entries, 95);
 }
@@ -352,8 +361,8 @@ fn a_quota_above_its_bound_is_invalid() {
 #[test]
 fn quotas_and_answer_counts_survive_a_snapshot() {
     let mut h = Tenants::new(&[("acme", quotas(|q| q.answers = 3))]);
-    assert_eq!(h.record("acme", "bot"), Outcome::Recorded);
-    assert_eq!(h.record("acme", "bot"), Outcome::Recorded);
+    assert!(matches!(h.record("acme", "bot"), Outcome::Recorded { .. }));
+    assert!(matches!(h.record("acme", "bot"), Outcome::Recorded { .. }));
     let mut restored = Ledger::restore(&h.ledger.snapshot()).unwrap();
     assert_eq!(restored, h.ledger);
     assert_eq!(restored.policy(&tenant("acme")).unwrap().quotas.answers, 3);
@@ -381,6 +390,8 @@ fn an_idle_agent_is_collected_and_comes_back_fresh() {
             tenant: tenant("acme"),
             reservation_id,
             actual: cost(5),
+            abandoned: false,
+            usage: None,
         };
         assert!(matches!(h.apply(&commit), Outcome::Committed { .. }));
         h.now_ms += AGENT_IDLE_MS / 2;
@@ -426,7 +437,10 @@ fn agents_whose_state_matters_are_never_collected() {
         },
     };
     assert_eq!(h.apply(&lifetime), Outcome::Done);
-    assert_eq!(h.record("acme", "spender"), Outcome::Recorded);
+    assert!(matches!(
+        h.record("acme", "spender"),
+        Outcome::Recorded { .. }
+    ));
     let freeze = Command::Freeze {
         request_id: h.next_request(),
         tenant: tenant("acme"),

@@ -14,7 +14,7 @@ use super::Ledger;
 /// carry quotas (`TenantQuotas`); agents may be removed (vacant slots, `last_used_ms`,
 /// the GC cursor).
 /// 7: API keys, and the key commands and audit events.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 7;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 8;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8;

@@ -33,6 +33,10 @@ pub struct Tenant {
     pub reservations_issued: u64,
     /// In creation order; reservations and answers refer to them by index.
     pub agents: Interned<Agent>,
+    /// The price table, sorted by model.
+    pub prices: Vec<crate::PriceEntry>,
+    /// The last price-table version issued in this tenant (see `PriceEntry::version`).
+    pub price_version: u64,
     /// How many of the ledger's reservations in flight are this tenant's (they are listed
     /// in `Ledger::in_flight`); derived, rebuilt on restore.
     #[serde(skip)]
@@ -49,6 +53,8 @@ impl Tenant {
             generation_last: 0,
             reservations_issued: 0,
             agents: Interned::default(),
+            prices: Vec::new(),
+            price_version: 0,
             in_flight: 0,
         }
     }

@@ -128,6 +128,7 @@ impl Harness {
             estimate,
             ttl_ms,
             fingerprint: None,
+            usage: None,
         }
     }
 
@@ -157,6 +158,8 @@ impl Harness {
             tenant: self.tenant.clone(),
             reservation_id: id,
             actual,
+            abandoned: false,
+            usage: None,
         };
         self.apply(&cmd)
     }
@@ -177,6 +180,7 @@ impl Harness {
             agent: agent(who),
             tool: tool("llm"),
             actual,
+            usage: None,
         };
         self.apply(&cmd)
     }
@@ -281,7 +285,8 @@ fn commit_releases_the_hold_and_charges_the_actual() {
         Outcome::Committed {
             reservation_id: r,
             overrun: false,
-            late: false
+            late: false,
+            cost_micros: 30,
         }
     );
     let u = h.usage("bot", "spend");
@@ -305,14 +310,17 @@ fn overrun_is_charged_flagged_and_drives_remaining_below_zero() {
         Outcome::Committed {
             reservation_id: r,
             overrun: true,
-            late: false
+            late: false,
+            cost_micros: 150,
         }
     );
     assert_eq!(h.usage("bot", "spend").remaining, -50);
     assert_eq!(denied_by(&h.reserve("bot", cost(0))), ("spend", -50, None));
     assert!(h.events().contains(&AuditEvent::Commit {
         overrun: true,
-        late: false
+        late: false,
+        abandoned: false,
+        price: None,
     }));
 }
 
@@ -356,8 +364,14 @@ fn record_is_always_charged_and_never_denied() {
         tenant,
         agent: None,
     });
-    assert_eq!(h.record("new-bot", cost(150)), Outcome::Recorded);
-    assert_eq!(h.record("new-bot", cost(1)), Outcome::Recorded);
+    assert!(matches!(
+        h.record("new-bot", cost(150)),
+        Outcome::Recorded { .. }
+    ));
+    assert!(matches!(
+        h.record("new-bot", cost(1)),
+        Outcome::Recorded { .. }
+    ));
     assert_eq!(h.usage("new-bot", "spend").remaining, -51);
     assert_eq!(h.usage("new-bot", "rate").remaining, -1);
     assert_eq!(h.ledger.stats().agents, 1);
@@ -845,7 +859,8 @@ fn commit_after_expiry_trues_up_not_double_charges() {
         Outcome::Committed {
             reservation_id: down,
             overrun: false,
-            late: true
+            late: true,
+            cost_micros: 20,
         }
     );
     assert_eq!(h.usage("bot", "spend").used, 60);
@@ -856,13 +871,16 @@ fn commit_after_expiry_trues_up_not_double_charges() {
         Outcome::Committed {
             reservation_id: up,
             overrun: true,
-            late: true
+            late: true,
+            cost_micros: 90,
         }
     );
     assert_eq!(h.usage("bot", "spend").used, 110);
     assert!(h.events().contains(&AuditEvent::Commit {
         overrun: true,
-        late: true
+        late: true,
+        abandoned: false,
+        price: None,
     }));
     // A second late commit of the same reservation is not a third charge.
     assert!(matches!(
@@ -1341,6 +1359,8 @@ fn retry_returns_first_answer_and_changes_nothing() {
         tenant: h.tenant.clone(),
         reservation_id,
         actual: cost(50),
+        abandoned: false,
+        usage: None,
     };
     let first = h.apply(&commit);
     let before = h.ledger.clone();
@@ -1410,6 +1430,8 @@ fn rejections_are_not_remembered_so_a_retry_re_evaluates() {
         tenant: h.tenant.clone(),
         reservation_id: ReservationId(1),
         actual: cost(1),
+        abandoned: false,
+        usage: None,
     };
     assert!(matches!(
         h.apply(&commit),
@@ -1843,7 +1865,7 @@ fn every_decision_is_an_audit_record() {
             AuditEvent::Commit { .. } => "commit",
             AuditEvent::Release => "release",
             AuditEvent::Expire { .. } => "expire",
-            AuditEvent::Record => "record",
+            AuditEvent::Record { .. } => "record",
             AuditEvent::TenantPut => "tenant-put",
             AuditEvent::LimitPut(_) => "limit-put",
             AuditEvent::LimitDelete(_) => "limit-delete",
@@ -1851,6 +1873,8 @@ fn every_decision_is_an_audit_record() {
             AuditEvent::Unfreeze => "unfreeze",
             AuditEvent::Trip(_) => "trip",
             AuditEvent::TripReset => "trip-reset",
+            AuditEvent::PricePut(_) => "price-put",
+            AuditEvent::PriceDelete(_) => "price-delete",
             AuditEvent::KeyCreate(_) => "key-create",
             AuditEvent::KeyRotate(_) => "key-rotate",
             AuditEvent::KeyRevoke(_) => "key-revoke",
@@ -2172,8 +2196,10 @@ fn status_class(rejection: &Rejection) -> u8 {
         | Rejection::UnknownLimit { .. }
         | Rejection::UnknownReservation { .. }
         | Rejection::ReservationEnded { .. }
-        | Rejection::UnknownKey { .. } => 1,
+        | Rejection::UnknownKey { .. }
+        | Rejection::UnknownPrice { .. } => 1,
         Rejection::ReleaseAfterExpiry { .. }
+        | Rejection::Unpriced { .. }
         | Rejection::AnswerUnreadable { .. }
         | Rejection::KeyRevoked { .. } => 3,
         Rejection::BoundReached { .. } => 4,
@@ -2194,7 +2220,8 @@ fn status_class(rejection: &Rejection) -> u8 {
 /// the committing tenant's own reservations, and no answer is "another tenant's". The
 /// snapshot changed once more on purpose when tenant policies gained quotas and agents
 /// their last use and vacant slots (format 6), and again with API keys (format 7); answers
-/// and chain head did not.
+/// and chain head did not. Everything changed once more on purpose when commits and records
+/// began to answer the cost charged and to audit the price and `abandoned` (format 8).
 #[test]
 fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
     let mut ledger = Ledger::new();
@@ -2319,6 +2346,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                 estimate: amounts,
                 ttl_ms: 100 + next(20_000),
                 fingerprint: (next(4) == 0).then(|| format!("fp-{}", next(3))),
+                usage: None,
             },
             8..=11 if !granted.is_empty() => {
                 let (t, id) = granted.swap_remove(next(granted.len() as u64) as usize);
@@ -2327,6 +2355,8 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                     tenant: tenant(tenants[t]),
                     reservation_id: ReservationId(id),
                     actual: amounts,
+                    abandoned: false,
+                    usage: None,
                 }
             }
             12 if !granted.is_empty() => {
@@ -2343,6 +2373,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                 agent: agent(agents[next(agents.len() as u64) as usize]),
                 tool: tool(tools[next(2) as usize]),
                 actual: amounts,
+                usage: None,
             },
             15 if !sent.is_empty() => {
                 // A retry, sometimes with another payload.
@@ -2361,6 +2392,8 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                         tenant,
                         reservation_id,
                         actual: amounts,
+                        abandoned: false,
+                        usage: None,
                     },
                     (cmd, _) => cmd,
                 }
@@ -2386,6 +2419,8 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                 tenant: tenant(tenants[t]),
                 reservation_id: ReservationId(next(step + 2)),
                 actual: amounts,
+                abandoned: false,
+                usage: None,
             },
         };
         let outcome = ledger.apply(now_ms, &cmd);
@@ -2406,7 +2441,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
         })
         .collect();
     let decided = xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&decided).unwrap());
-    assert_eq!(decided, 0xd7e8_ef89_4da8_e608);
+    assert_eq!(decided, 0x5b04_16e5_3d2f_eaec);
     let outcomes = xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&outcomes).unwrap());
     let head = ledger.chain_head();
     let snapshot = xxhash_rust::xxh3::xxh3_64(&ledger.snapshot());
@@ -2415,13 +2450,13 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
         head.seq,
         hex::encode(head.hash)
     );
-    assert_eq!(outcomes, 0x02fe_7b53_012b_1753);
+    assert_eq!(outcomes, 0x9d82_a02c_60ae_52ed);
     assert_eq!(
         (head.seq, hex::encode(head.hash).as_str()),
         (
             2293,
-            "a9a89dac15935fa92990c387e0461b4a1805c7d897af9deaa2e13cbd9079175d"
+            "3fb865503a1dbe660b9b4e38f82d748080250ac0738f1240cfd0f6257bea4ad9"
         )
     );
-    assert_eq!(snapshot, 0x030e_0664_34bd_e83b);
+    assert_eq!(snapshot, 0x3573_0f42_6631_afd2);
 }

@@ -88,6 +88,10 @@ id_type!(
     LimitId
 );
 id_type!(
+    /// A model as a tenant's price table names it (`gpt-4o`); `*` is the fallback entry.
+    ModelId
+);
+id_type!(
     /// Client-chosen id of a mutating request; a retry with the same id has no second effect.
     RequestId
 );
@@ -343,12 +347,18 @@ pub enum Command {
         ttl_ms: u64,
         /// A hash of tool + normalised arguments, for repetition detection.
         fingerprint: Option<String>,
+        /// The estimate's cost derived from the tenant's price table.
+        usage: Option<crate::Usage>,
     },
     Commit {
         request_id: RequestId,
         tenant: TenantId,
         reservation_id: ReservationId,
         actual: Amounts,
+        /// The actual's cost derived from the tenant's price table.
+        usage: Option<crate::Usage>,
+        /// A client guard left without commit or release: the estimate is charged.
+        abandoned: bool,
     },
     Release {
         request_id: RequestId,
@@ -362,6 +372,8 @@ pub enum Command {
         agent: AgentId,
         tool: ToolId,
         actual: Amounts,
+        /// The actual's cost derived from the tenant's price table.
+        usage: Option<crate::Usage>,
     },
     /// Creates the tenant or changes its policy.
     PutTenant {
@@ -398,6 +410,18 @@ pub enum Command {
     },
     /// Carries only the leader's time: drives expiry and window resets when no one calls.
     Tick,
+    /// Sets one model's entry of the tenant's price table.
+    PutPrice {
+        request_id: RequestId,
+        tenant: TenantId,
+        model: ModelId,
+        price: crate::Price,
+    },
+    DeletePrice {
+        request_id: RequestId,
+        tenant: TenantId,
+        model: ModelId,
+    },
     /// Stores a new API key; `tenant` is None exactly for admin keys.
     CreateKey {
         request_id: RequestId,
@@ -481,11 +505,16 @@ pub enum Outcome {
         overrun: bool,
         /// The reservation had expired; the expiry charge was trued up to the actual.
         late: bool,
+        /// The cost charged (derived from usage when the commit gave usage).
+        cost_micros: u64,
     },
     Released {
         reservation_id: ReservationId,
     },
-    Recorded,
+    Recorded {
+        /// The cost charged (derived from usage when the record gave usage).
+        cost_micros: u64,
+    },
     /// An admin command or a tick took effect.
     Done,
     Rejected(Rejection),
@@ -514,6 +543,18 @@ pub enum Rejection {
          `tollgate limit list --tenant {tenant}`"
     )]
     UnknownLimit { tenant: TenantId, limit: LimitId },
+    #[error(
+        "tenant {tenant} has no price for model {model}; see its prices with \
+         `tollgate price list --tenant {tenant}`"
+    )]
+    UnknownPrice { tenant: TenantId, model: ModelId },
+    #[error(
+        "tenant {tenant} has no price for model {model} and no fallback price; set one with \
+         `tollgate price put --tenant {tenant} --model {model} --input USD --output USD \
+         --per 1M` (or `--model '*'` for every model it does not list), or send a cost \
+         instead of usage"
+    )]
+    Unpriced { tenant: TenantId, model: ModelId },
     #[error("reservation {reservation} was never issued")]
     UnknownReservation { reservation: ReservationId },
     #[error(
@@ -607,6 +648,8 @@ pub enum Bound {
     AnswersPerTenant,
     /// Commands of one tenant waiting in a node's proposal queue.
     ProposalsQueuedPerTenant,
+    /// Entries of one tenant's price table.
+    PricesPerTenant,
 }
 
 impl Bound {
@@ -625,6 +668,7 @@ impl Bound {
             Bound::Answers => "DEDUP_ENTRIES_MAX",
             Bound::AnswersPerTenant => "ANSWERS_PER_TENANT_MAX",
             Bound::ProposalsQueuedPerTenant => "PROPOSALS_QUEUED_PER_TENANT_MAX",
+            Bound::PricesPerTenant => "PRICES_PER_TENANT_MAX",
         }
     }
 
@@ -643,6 +687,7 @@ impl Bound {
             Bound::Answers => crate::DEDUP_ENTRIES_MAX,
             Bound::AnswersPerTenant => crate::ANSWERS_PER_TENANT_MAX,
             Bound::ProposalsQueuedPerTenant => crate::PROPOSALS_QUEUED_PER_TENANT_MAX,
+            Bound::PricesPerTenant => crate::PRICES_PER_TENANT_MAX,
         };
         max as u64
     }
@@ -673,6 +718,7 @@ impl Bound {
                 "commands waiting to be proposed",
                 Some("--quota-proposals-queued"),
             ),
+            Bound::PricesPerTenant => ("price entries", None),
         }
     }
 

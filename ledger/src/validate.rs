@@ -5,7 +5,7 @@
 use super::types::validate_id;
 use super::{
     Amounts, Command, Dimension, InvalidInput, LimitKind, LimitSpec, RequestId, Scope, TenantId,
-    TenantPolicy, AMOUNT_MAX, RATE_PERIOD_MS_MAX, TTL_MS_MAX, TTL_MS_MIN,
+    TenantPolicy, Usage, AMOUNT_MAX, RATE_PERIOD_MS_MAX, TTL_MS_MAX, TTL_MS_MIN,
 };
 
 /// Longest repetition or velocity window a policy may use: one day. Runaway detection is
@@ -38,11 +38,13 @@ impl Command {
                 estimate,
                 ttl_ms,
                 fingerprint,
+                usage,
                 ..
             } => {
                 agent.validate()?;
                 tool.validate()?;
                 estimate.validate("estimate")?;
+                validate_usage("estimate", estimate, usage.as_ref())?;
                 if !(TTL_MS_MIN..=TTL_MS_MAX).contains(ttl_ms) {
                     return fail(format!(
                         "ttl_ms is {ttl_ms}; it must be within TTL_MS_MIN ({TTL_MS_MIN}) and TTL_MS_MAX ({TTL_MS_MAX})"
@@ -53,18 +55,40 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::Commit { actual, .. } => actual.validate("actual"),
+            Command::Commit {
+                actual,
+                usage,
+                abandoned,
+                ..
+            } => {
+                actual.validate("actual")?;
+                if *abandoned && (usage.is_some() || *actual != Amounts::default()) {
+                    return fail(
+                        "an abandoned commit charges the reservation's estimate; it carries \
+                         neither an actual nor usage"
+                            .into(),
+                    );
+                }
+                validate_usage("actual", actual, usage.as_ref())
+            }
             Command::Release { .. } => Ok(()),
             Command::Record {
                 agent,
                 tool,
                 actual,
+                usage,
                 ..
             } => {
                 agent.validate()?;
                 tool.validate()?;
-                actual.validate("actual")
+                actual.validate("actual")?;
+                validate_usage("actual", actual, usage.as_ref())
             }
+            Command::PutPrice { model, price, .. } => {
+                model.validate()?;
+                price.validate()
+            }
+            Command::DeletePrice { model, .. } => model.validate(),
             Command::PutTenant { policy, .. } => policy.validate(),
             Command::PutLimit { limit, .. } => limit.validate(),
             Command::DeleteLimit { limit_id, .. } => limit_id.validate(),
@@ -95,6 +119,8 @@ impl Command {
             | Command::Freeze { request_id, .. }
             | Command::Unfreeze { request_id, .. }
             | Command::ResetTrip { request_id, .. }
+            | Command::PutPrice { request_id, .. }
+            | Command::DeletePrice { request_id, .. }
             | Command::CreateKey { request_id, .. }
             | Command::RotateKey { request_id, .. }
             | Command::RevokeKey { request_id, .. } => Some(request_id),
@@ -114,13 +140,33 @@ impl Command {
             | Command::DeleteLimit { tenant, .. }
             | Command::Freeze { tenant, .. }
             | Command::Unfreeze { tenant, .. }
-            | Command::ResetTrip { tenant, .. } => Some(tenant),
+            | Command::ResetTrip { tenant, .. }
+            | Command::PutPrice { tenant, .. }
+            | Command::DeletePrice { tenant, .. } => Some(tenant),
             Command::CreateKey { tenant, .. }
             | Command::RotateKey { tenant, .. }
             | Command::RevokeKey { tenant, .. } => tenant.as_ref(),
             Command::Tick => None,
         }
     }
+}
+
+/// Usage replaces the cost of `amounts`: both at once would say two things.
+fn validate_usage(
+    what: &str,
+    amounts: &Amounts,
+    usage: Option<&Usage>,
+) -> Result<(), InvalidInput> {
+    let Some(usage) = usage else {
+        return Ok(());
+    };
+    usage.validate()?;
+    if amounts.cost_micros != 0 {
+        return fail(format!(
+            "{what} gives both a cost and usage; give one: the cost is derived from usage"
+        ));
+    }
+    Ok(())
 }
 
 fn check_amount(what: &str, value: u64) -> Result<(), InvalidInput> {

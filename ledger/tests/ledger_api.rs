@@ -55,6 +55,7 @@ fn a_day_of_spend_exports_a_verifiable_trail_and_survives_a_snapshot() {
             },
             ttl_ms: 30_000,
             fingerprint: None,
+            usage: None,
         };
         // Commands travel through the log as bytes; they must survive the trip.
         let wire = postcard::to_allocvec(&reserve).unwrap();
@@ -70,6 +71,8 @@ fn a_day_of_spend_exports_a_verifiable_trail_and_survives_a_snapshot() {
                         cost_micros: 300_000,
                         calls: 1,
                     },
+                    abandoned: false,
+                    usage: None,
                 };
                 assert!(matches!(
                     ledger.apply(now_ms, &commit),

@@ -10,6 +10,7 @@ mod keys;
 mod money;
 mod ops;
 mod parse;
+mod prices;
 mod render;
 mod tenants;
 
@@ -23,6 +24,7 @@ pub use cluster::ClusterCommand;
 pub use keys::KeyCommand;
 use ops::{out, Ops};
 pub use ops::{Target, UsageError, ROWS_DEFAULT};
+pub use prices::PriceCommand;
 pub use tenants::{FreezeArgs, LimitCommand, TenantCommand};
 
 /// Time `tollgate health` may take, connect included: a container health check must not
@@ -83,6 +85,9 @@ pub enum OpsCommand {
     /// Create, list, rotate and revoke API keys; generate a bootstrap admin key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Set, list and load a tenant's price table (what each model costs).
+    #[command(subcommand)]
+    Price(PriceCommand),
 }
 
 /// Runs one operator subcommand against the cluster of `target`. A [`UsageError`] ends
@@ -111,6 +116,9 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
     if let OpsCommand::Key(KeyCommand::Generate) = &command {
         return keys::generate();
     }
+    if let OpsCommand::Price(PriceCommand::Default) = &command {
+        return out(prices::DEFAULT_TABLE);
+    }
     let ops = Ops {
         client: target.client()?,
         json: target.json,
@@ -136,6 +144,7 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
         OpsCommand::Audit(command) => audit::audit(&ops, command).await,
         OpsCommand::Cluster(command) => cluster::membership(&ops, command).await,
         OpsCommand::Key(command) => keys::key(&ops, command).await,
+        OpsCommand::Price(command) => prices::price(&ops, command).await,
     }
 }
 

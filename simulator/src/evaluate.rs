@@ -140,7 +140,7 @@ impl Holds {
                     self.expired.insert(id, charge);
                 }
             }
-            AuditEvent::Record => *committed += spent,
+            AuditEvent::Record { .. } => *committed += spent,
             _ => return false,
         }
         true

@@ -328,7 +328,7 @@ impl Kind {
             AuditEvent::Grant | AuditEvent::Deny(_) => Kind::Reserve,
             AuditEvent::Commit { .. } => Kind::Commit,
             AuditEvent::Release => Kind::Release,
-            AuditEvent::Record => Kind::Record,
+            AuditEvent::Record { .. } => Kind::Record,
             AuditEvent::Trip(_) => Kind::Trip,
             AuditEvent::Expire { .. } => Kind::Expire,
             AuditEvent::TenantPut
@@ -339,7 +339,9 @@ impl Kind {
             | AuditEvent::TripReset
             | AuditEvent::KeyCreate(_)
             | AuditEvent::KeyRotate(_)
-            | AuditEvent::KeyRevoke(_) => Kind::Admin,
+            | AuditEvent::KeyRevoke(_)
+            | AuditEvent::PricePut(_)
+            | AuditEvent::PriceDelete(_) => Kind::Admin,
         }
     }
 
@@ -383,7 +385,7 @@ fn event_name(event: &AuditEvent) -> &'static str {
         AuditEvent::Commit { .. } => "commit",
         AuditEvent::Release => "release",
         AuditEvent::Expire { .. } => "expiry",
-        AuditEvent::Record => "record",
+        AuditEvent::Record { .. } => "record",
         AuditEvent::TenantPut => "tenant put",
         AuditEvent::LimitPut(_) => "limit put",
         AuditEvent::LimitDelete(_) => "limit delete",
@@ -394,6 +396,8 @@ fn event_name(event: &AuditEvent) -> &'static str {
         AuditEvent::KeyCreate(_) => "key create",
         AuditEvent::KeyRotate(_) => "key rotate",
         AuditEvent::KeyRevoke(_) => "key revoke",
+        AuditEvent::PricePut(_) => "price put",
+        AuditEvent::PriceDelete(_) => "price delete",
     }
 }
 
@@ -550,7 +554,7 @@ impl BudgetModel<'_> {
             }
             (AuditEvent::Release, Some(id)) => self.release(record, id, violations),
             (AuditEvent::Expire { charged }, Some(id)) => self.expire(id, *charged),
-            (AuditEvent::Record, _) if self.active => {
+            (AuditEvent::Record { .. }, _) if self.active => {
                 self.committed = self.committed.saturating_add(self.dim(&record.amounts));
             }
             _ => {}
@@ -757,7 +761,7 @@ fn disagreement(op: &Op, result: &OpResult, record: &AuditRecord) -> Option<Stri
                 ));
             }
         }
-        (Op::Record { .. }, OpResult::Done { .. }, AuditEvent::Record) => {}
+        (Op::Record { .. }, OpResult::Done { .. }, AuditEvent::Record { .. }) => {}
         (_, result, event) => {
             return Some(format!(
                 "answer {result:?} does not fit audit event {event:?}"

@@ -75,6 +75,7 @@ fn charge(victim: &str, tokens: u64) -> Batch {
                 cost_micros: 999_000_000,
                 calls: 1,
             },
+            usage: None,
         }],
     }
 }

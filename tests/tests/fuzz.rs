@@ -559,6 +559,7 @@ fn seed_commands() -> Vec<Command> {
             estimate: spend,
             ttl_ms: 1_000,
             fingerprint: Some("same".into()),
+            usage: None,
         });
     }
     commands.extend([
@@ -567,6 +568,8 @@ fn seed_commands() -> Vec<Command> {
             tenant: tenant.clone(),
             reservation_id: ReservationId(1),
             actual: spend,
+            abandoned: false,
+            usage: None,
         },
         Command::Release {
             request_id: id("x"),
@@ -579,6 +582,7 @@ fn seed_commands() -> Vec<Command> {
             agent: agent.clone(),
             tool,
             actual: spend,
+            usage: None,
         },
         Command::Freeze {
             request_id: id("f"),

@@ -57,6 +57,16 @@ pub fn parse_amount(text: &str) -> Result<AmountArg, String> {
         .map_err(|why| bad(&why))
 }
 
+/// A price, always money, with or without its currency: `2.50`, `$2.50`, `2.5usd` →
+/// 2_500_000 micro-units.
+pub fn parse_price(text: &str) -> Result<u64, String> {
+    let (number, _) = strip_unit(text.trim());
+    if number.starts_with('-') {
+        return Err(format!("price {text:?}: prices cannot be negative"));
+    }
+    parse_decimal_micros(number).map_err(|why| format!("price {text:?}: {why}"))
+}
+
 /// `$5` → `5`, `5 USD` → `5`; the flag says whether a currency was there.
 fn strip_unit(text: &str) -> (&str, bool) {
     if let Some(rest) = text.strip_prefix('$') {

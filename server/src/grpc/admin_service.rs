@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::call::{propose, read_linearizable, rejection_status};
 use super::convert::{self, applied};
 use super::keys_service;
+use super::prices_service;
 use crate::auth::Caller;
 use crate::node::Node;
 use tollgate_ledger::{AuditFilter, AuditRecord, Command};
@@ -86,23 +87,32 @@ type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + 
 impl pb::admin_server::Admin for AdminService {
     async fn put_price(
         &self,
-        _request: Request<pb::PutPriceRequest>,
+        request: Request<pb::PutPriceRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        Err(Status::unimplemented("price tables"))
+        let caller = Caller::of(&request)?.clone();
+        prices_service::put_price(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn delete_price(
         &self,
-        _request: Request<pb::DeletePriceRequest>,
+        request: Request<pb::DeletePriceRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        Err(Status::unimplemented("price tables"))
+        let caller = Caller::of(&request)?.clone();
+        prices_service::delete_price(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_prices(
         &self,
-        _request: Request<pb::ListPricesRequest>,
+        request: Request<pb::ListPricesRequest>,
     ) -> Result<Response<pb::ListPricesResponse>, Status> {
-        Err(Status::unimplemented("price tables"))
+        let caller = Caller::of(&request)?.clone();
+        prices_service::list_prices(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn put_tenant(

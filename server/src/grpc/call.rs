@@ -46,8 +46,10 @@ pub fn rejection_status(rejection: &Rejection) -> Status {
         | Rejection::UnknownLimit { .. }
         | Rejection::UnknownReservation { .. }
         | Rejection::ReservationEnded { .. }
-        | Rejection::UnknownKey { .. } => Status::not_found(message),
+        | Rejection::UnknownKey { .. }
+        | Rejection::UnknownPrice { .. } => Status::not_found(message),
         Rejection::ReleaseAfterExpiry { .. }
+        | Rejection::Unpriced { .. }
         | Rejection::AnswerUnreadable { .. }
         | Rejection::KeyRevoked { .. } => Status::failed_precondition(message),
         Rejection::BoundReached { .. } => Status::resource_exhausted(message),

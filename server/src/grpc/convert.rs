@@ -7,8 +7,9 @@ use tonic::Status;
 use crate::raft::proposer::AppliedOutcome;
 use tollgate_ledger::{
     AgentId, Amounts, ApiKey, DenyReason, Dimension, ExpiryPolicy, KeyId, LimitId, LimitKind,
-    LimitSpec, LimitUsage, RequestId, ReservationView, Role, Scope, TenantId, TenantPolicy,
-    TenantQuotas, ToolId, TripCause, Window, KEY_AGENTS_MAX,
+    LimitSpec, LimitUsage, ModelId, Price, PriceEntry, RequestId, ReservationView, Role, Scope,
+    TenantId, TenantPolicy, TenantQuotas, ToolId, TripCause, Usage, Window, KEY_AGENTS_MAX,
+    PER_TOKENS_DEFAULT,
 };
 
 pub fn invalid(message: impl Into<String>) -> Status {
@@ -411,5 +412,67 @@ pub fn reservation_to_pb(value: &ReservationView) -> pb::Reservation {
         estimate: Some(amounts_to_pb(&value.estimate)),
         granted_at_ms: value.granted_at_ms,
         expires_at_ms: value.expires_at_ms,
+    }
+}
+
+pub fn model(value: &str) -> Result<ModelId, Status> {
+    ModelId::new(value).map_err(|e| invalid(format!("model: {e}")))
+}
+
+/// Usage from the wire; absent is None.
+pub fn usage(value: Option<pb::Usage>) -> Result<Option<Usage>, Status> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let usage = Usage {
+        model: model(&value.model).map_err(|e| invalid(format!("usage.{}", e.message())))?,
+        input_tokens: value.input_tokens,
+        output_tokens: value.output_tokens,
+        cached_input_tokens: value.cached_input_tokens,
+    };
+    usage.validate().map_err(|e| invalid(e.0))?;
+    Ok(Some(usage))
+}
+
+/// What a commit or record spent: its amounts, which may be absent when usage is given
+/// (then one call, its tokens and cost derived from the usage).
+pub fn spent(
+    value: Option<pb::Amounts>,
+    usage: &Option<Usage>,
+    what: &str,
+) -> Result<Amounts, Status> {
+    match (value, usage) {
+        (None, Some(_)) => Ok(Amounts {
+            calls: 1,
+            ..Amounts::default()
+        }),
+        (value, _) => amounts(value, what),
+    }
+}
+
+/// A price entry from the wire: its model and price (per_tokens 0 means the default).
+pub fn price(value: Option<pb::Price>) -> Result<(ModelId, Price), Status> {
+    let value = value.ok_or_else(|| invalid("price is missing"))?;
+    let price = Price {
+        input_micros: value.input_micros,
+        output_micros: value.output_micros,
+        cached_input_micros: value.cached_input_micros.unwrap_or(value.input_micros),
+        per_tokens: match value.per_tokens {
+            0 => PER_TOKENS_DEFAULT,
+            per => per,
+        },
+    };
+    price.validate().map_err(|e| invalid(e.0))?;
+    Ok((model(&value.model)?, price))
+}
+
+pub fn price_to_pb(entry: &PriceEntry) -> pb::Price {
+    pb::Price {
+        model: entry.model.to_string(),
+        input_micros: entry.price.input_micros,
+        output_micros: entry.price.output_micros,
+        cached_input_micros: Some(entry.price.cached_input_micros),
+        per_tokens: entry.price.per_tokens,
+        version: entry.version,
     }
 }

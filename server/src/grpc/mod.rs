@@ -7,6 +7,7 @@ mod call;
 mod cluster_service;
 pub mod convert;
 mod keys_service;
+mod prices_service;
 mod raft_service;
 mod tollgate_service;
 
@@ -117,17 +118,21 @@ pub async fn serve_clients(
         health_reporter.clone(),
         node.raft.metrics(),
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1();
-    let reflection = match reflection {
-        Ok(reflection) => reflection,
-        Err(error) => {
-            tracing::error!(%error, "reflection service could not be built");
-            return;
-        }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    // v1alpha beside v1: older tools (grpcurl before 1.8.8, grpcio-reflection's client)
+    // ask only for it.
+    let (reflection, reflection_alpha) =
+        match (reflection().build_v1(), reflection().build_v1alpha()) {
+            (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "reflection service could not be built");
+                return;
+            }
+        };
     // The client-facing services authenticate in an interceptor, on the headers, so a
     // request without a valid key is refused before its body is read.
     let authenticator = Authenticator {
@@ -154,6 +159,7 @@ pub async fn serve_clients(
     let result = server
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(tollgate)
         .add_service(admin)
         .add_service(cluster)

@@ -17,7 +17,7 @@ use super::convert::{self, applied};
 use crate::auth::Caller;
 use crate::node::Node;
 use crate::raft::state_machine::read_applied;
-use tollgate_ledger::{Command, DenyReason, Outcome, ReservationId};
+use tollgate_ledger::{Amounts, Command, DenyReason, Outcome, ReservationId};
 /// Most reservations one ListReservations call returns.
 pub const RESERVATIONS_LISTED_MAX: usize = 10_000;
 
@@ -40,7 +40,7 @@ fn count_decision(op: &'static str, outcome: &Outcome) {
         Outcome::Committed { late: true, .. } => ("committed", "late"),
         Outcome::Committed { .. } => ("committed", "none"),
         Outcome::Released { .. } => ("released", "none"),
-        Outcome::Recorded => ("recorded", "none"),
+        Outcome::Recorded { .. } => ("recorded", "none"),
         Outcome::Done => ("done", "none"),
         Outcome::Rejected(_) => ("rejected", "none"),
     };
@@ -69,14 +69,16 @@ async fn reserve(
     let tenant = convert::tenant(&request.tenant)?;
     let agent = convert::agent(&request.agent)?;
     caller.for_worker(&tenant, Some(&agent))?;
+    let usage = convert::usage(request.usage)?;
     let command = Command::Reserve {
         request_id: convert::request_id(&request.request_id)?,
         tenant,
         agent,
         tool: convert::tool(&request.tool)?,
-        estimate: convert::amounts(request.estimate, "estimate")?,
+        estimate: convert::spent(request.estimate, &usage, "estimate")?,
         ttl_ms: request.ttl_ms,
         fingerprint: (!request.fingerprint.is_empty()).then_some(request.fingerprint),
+        usage,
     };
     let result = propose(node, command, "reserve").await?;
     count_decision("reserve", &result.outcome);
@@ -111,19 +113,33 @@ async fn commit(
     let tenant = convert::tenant(&request.tenant)?;
     caller.for_worker(&tenant, None)?;
     check_reservation_agent(node, caller, &tenant, request.reservation_id)?;
+    let usage = convert::usage(request.usage)?;
+    let actual = if request.abandoned && request.actual.is_none() {
+        // The ledger charges the reservation's estimate; there is no actual to read.
+        Amounts::default()
+    } else {
+        convert::spent(request.actual, &usage, "actual")?
+    };
     let command = Command::Commit {
         request_id: convert::request_id(&request.request_id)?,
         tenant,
         reservation_id: ReservationId(request.reservation_id),
-        actual: convert::amounts(request.actual, "actual")?,
+        actual,
+        usage,
+        abandoned: request.abandoned,
     };
     let result = propose(node, command, "commit").await?;
     count_decision("commit", &result.outcome);
     match result.outcome {
-        Outcome::Committed { overrun, late, .. } => Ok(pb::CommitResponse {
+        Outcome::Committed {
             overrun,
             late,
-            cost_micros: 0,
+            cost_micros,
+            ..
+        } => Ok(pb::CommitResponse {
+            overrun,
+            late,
+            cost_micros,
             applied: Some(applied(&result)),
         }),
         ref other => Err(unexpected(other)),
@@ -161,18 +177,20 @@ async fn record(
     let tenant = convert::tenant(&request.tenant)?;
     let agent = convert::agent(&request.agent)?;
     caller.for_worker(&tenant, Some(&agent))?;
+    let usage = convert::usage(request.usage)?;
     let command = Command::Record {
         request_id: convert::request_id(&request.request_id)?,
         tenant,
         agent,
         tool: convert::tool(&request.tool)?,
-        actual: convert::amounts(request.actual, "actual")?,
+        actual: convert::spent(request.actual, &usage, "actual")?,
+        usage,
     };
     let result = propose(node, command, "record").await?;
     count_decision("record", &result.outcome);
     match result.outcome {
-        Outcome::Recorded => Ok(pb::RecordResponse {
-            cost_micros: 0,
+        Outcome::Recorded { cost_micros } => Ok(pb::RecordResponse {
+            cost_micros,
             applied: Some(applied(&result)),
         }),
         ref other => Err(unexpected(other)),

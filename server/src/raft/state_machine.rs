@@ -561,6 +561,7 @@ mod tests {
                         cost_micros: 100,
                         calls: 1,
                     },
+                    usage: None,
                 },
             );
         }

@@ -100,6 +100,7 @@ fn ledger_growth(agents: u64, one_agent: bool) -> anyhow::Result<i64> {
                 cost_micros: systems::ACTUAL.cost_micros,
                 calls: systems::ACTUAL.calls,
             },
+            usage: None,
         };
         // Records a millisecond apart: all within the dedup window, as in a busy minute.
         ledger.apply(at_ms + i / 1_000, &command);

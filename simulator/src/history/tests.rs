@@ -73,6 +73,8 @@ impl Trail {
         let event = AuditEvent::Commit {
             overrun: false,
             late,
+            abandoned: false,
+            price: None,
         };
         self.push(event, Some(request), Some(reservation), cost);
     }
@@ -87,7 +89,12 @@ impl Trail {
     }
 
     fn record(&mut self, request: &str, cost: u64) {
-        self.push(AuditEvent::Record, Some(request), None, cost);
+        self.push(
+            AuditEvent::Record { price: None },
+            Some(request),
+            None,
+            cost,
+        );
     }
 
     fn release(&mut self, request: &str, reservation: u64, cost: u64) {
@@ -440,6 +447,8 @@ fn a_late_commit_that_is_not_flagged_late_is_reported() {
     trail.records[6].event = AuditEvent::Commit {
         overrun: false,
         late: false,
+        abandoned: false,
+        price: None,
     };
     let report = run(&events, &trail, &usage(600, 300));
     assert_one_violation(&report, "not flagged late");
