@@ -168,9 +168,14 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
         request_id: "c-1".into(),
         tenant: "acme".into(),
         reservation_id: 1,
-        actual: amounts(5),
+        actual: None,
         abandoned: false,
-        usage: None,
+        usage: Some(pb::Usage {
+            model: "gpt-4o-2024-08-06".into(),
+            input_tokens: 1_000,
+            output_tokens: 500,
+            cached_input_tokens: 2_000,
+        }),
     };
     let limit = pb::Limit {
         id: "tokens".into(),
@@ -224,8 +229,8 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
                 tenant: "acme".into(),
                 agent: "agent".into(),
                 tool: "llm".into(),
-                actual: amounts(3),
-                usage: None,
+                actual: None,
+                usage: commit.usage.clone(),
             }
             .encode_to_vec(),
         ),
@@ -304,6 +309,29 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
                 request_id: "s-1".into(),
                 tenant: "acme".into(),
                 agent: "agent".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "/tollgate.v1.Admin/PutPrice",
+            pb::PutPriceRequest {
+                request_id: "pp-1".into(),
+                tenant: "acme".into(),
+                price: Some(pb::Price {
+                    model: "gpt-4o".into(),
+                    input_micros: 2_500_000,
+                    output_micros: 10_000_000,
+                    cached_input_micros: Some(1_250_000),
+                    per_tokens: 1_000_000,
+                    version: 0,
+                }),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "/tollgate.v1.Admin/ListPrices",
+            pb::ListPricesRequest {
+                tenant: "acme".into(),
             }
             .encode_to_vec(),
         ),

@@ -68,6 +68,9 @@ enum Rpc {
     Freeze,
     Unfreeze,
     ResetTrip,
+    PutPrice,
+    DeletePrice,
+    ListPrices,
     QueryAudit,
     ExportAudit,
     VerifyAudit,
@@ -81,7 +84,7 @@ enum Rpc {
 }
 
 /// The matrix's rows: each RPC and what it needs.
-const RPCS: [(Rpc, Needs); 26] = [
+const RPCS: [(Rpc, Needs); 29] = [
     (Rpc::Reserve, Needs::Spend),
     (Rpc::Commit, Needs::Spend),
     (Rpc::Release, Needs::Spend),
@@ -90,12 +93,15 @@ const RPCS: [(Rpc, Needs); 26] = [
     (Rpc::GetUsage, Needs::Read),
     (Rpc::ListReservations, Needs::Read),
     (Rpc::ListLimits, Needs::Read),
+    (Rpc::ListPrices, Needs::Read),
     (Rpc::GetTenant, Needs::TenantAdmin),
     (Rpc::PutLimit, Needs::TenantAdmin),
     (Rpc::DeleteLimit, Needs::TenantAdmin),
     (Rpc::Freeze, Needs::TenantAdmin),
     (Rpc::Unfreeze, Needs::TenantAdmin),
     (Rpc::ResetTrip, Needs::TenantAdmin),
+    (Rpc::PutPrice, Needs::TenantAdmin),
+    (Rpc::DeletePrice, Needs::TenantAdmin),
     (Rpc::QueryAudit, Needs::TenantAdmin),
     (Rpc::ExportAudit, Needs::TenantAdmin),
     (Rpc::CreateKey, Needs::TenantAdmin),
@@ -435,6 +441,53 @@ impl Fixture {
                     }))
                     .await,
             ),
+            _ => self.call_prices(rpc, tenant, key, admin).await,
+        }
+    }
+
+    async fn call_prices(
+        &self,
+        rpc: Rpc,
+        tenant: &str,
+        key: Option<&str>,
+        admin: &mut AdminClient<Channel>,
+    ) -> Code {
+        let price = |model: &str| v1::Price {
+            model: model.into(),
+            input_micros: 1,
+            output_micros: 2,
+            ..Default::default()
+        };
+        match rpc {
+            Rpc::PutPrice => {
+                let put = v1::PutPriceRequest {
+                    request_id: request_id(),
+                    tenant: tenant.into(),
+                    price: Some(price("extra")),
+                };
+                code(admin.put_price(with_key(put, key)).await)
+            }
+            Rpc::DeletePrice => {
+                self.admin
+                    .put_price(tenant, price("doomed"))
+                    .await
+                    .expect("put price");
+                let delete = v1::DeletePriceRequest {
+                    request_id: request_id(),
+                    tenant: tenant.into(),
+                    model: "doomed".into(),
+                };
+                let answer = code(admin.delete_price(with_key(delete, key)).await);
+                // Leave no price behind a refusal: the state check compares from here.
+                let _ = self.admin.delete_price(tenant, "doomed").await;
+                answer
+            }
+            Rpc::ListPrices => {
+                let list = v1::ListPricesRequest {
+                    tenant: tenant.into(),
+                };
+                code(admin.list_prices(with_key(list, key)).await)
+            }
             _ => self.call_audit_or_keys(rpc, tenant, key, admin).await,
         }
     }
@@ -542,7 +595,12 @@ impl Fixture {
 fn makes_fixtures(rpc: Rpc) -> bool {
     matches!(
         rpc,
-        Rpc::Commit | Rpc::Release | Rpc::DeleteLimit | Rpc::RotateKey | Rpc::RevokeKey
+        Rpc::Commit
+            | Rpc::Release
+            | Rpc::DeleteLimit
+            | Rpc::DeletePrice
+            | Rpc::RotateKey
+            | Rpc::RevokeKey
     )
 }
 
