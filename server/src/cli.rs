@@ -24,7 +24,7 @@ pub use cluster::ClusterCommand;
 pub use keys::KeyCommand;
 use ops::{out, Ops};
 pub use ops::{Target, UsageError, ROWS_DEFAULT};
-pub use prices::PriceCommand;
+pub use prices::{default_prices, PriceCommand};
 pub use tenants::{FreezeArgs, LimitCommand, TenantCommand};
 
 /// Time `tollgate health` may take, connect included: a container health check must not

@@ -220,6 +220,10 @@ async fn load_examples(client: &Client) -> anyhow::Result<()> {
     for limit in limits {
         client.put_limit("acme", limit).await?;
     }
+    // Workers may then report usage (model and tokens) and let the cluster price it.
+    for price in crate::cli::default_prices() {
+        client.put_price("acme", price).await?;
+    }
     Ok(())
 }
 
