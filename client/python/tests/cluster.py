@@ -106,6 +106,13 @@ class Cluster:
             channel.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def restart(self) -> None:
+        """Starts every node that is not running, on its old data, and waits for a leader."""
+        for node in range(1, NODES + 1):
+            if node not in self.procs:
+                self.start_node(node)
+        self.wait_for_leader()
+
     def status(self, node: int) -> pb.StatusResponse | None:
         stub = pb_grpc.ClusterStub(self._channels[self.addrs[node - 1]])
         try:
