@@ -2,7 +2,8 @@
 
 Starts nothing: it points a client at free loopback ports (a cluster that is down) and
 prints the median and the slowest of 20 reserves after a first one that opens the circuit
-breaker, then of 20 reserves spaced out so that some are the breaker's probes. Run: python client/python/bench_fail_fast.py
+breaker, then of 20 reserves spaced out so that some are the breaker's probes.
+Run: python client/python/bench_fail_fast.py
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def timed(fn: Callable[[], T]) -> tuple[float, T | BaseException]:
     start = time.monotonic()
     try:
         result: T | BaseException = fn()
-    except BaseException as error:  # noqa: BLE001 - the caller inspects it
+    except BaseException as error:
         result = error
     return time.monotonic() - start, result
 

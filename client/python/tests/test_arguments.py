@@ -35,11 +35,16 @@ def test_money_becomes_micros_exactly_rounding_up(money: Any, micros: int) -> No
     assert to_micros("cost_usd", money) == micros
 
 
-@pytest.mark.parametrize("money", [-0.01, "-1", math.nan, math.inf, "inf", "NaN", Decimal("-0.5"), "abc", True, None, 2e20])
+@pytest.mark.parametrize(
+    "money",
+    [-0.01, "-1", math.nan, math.inf, "inf", "NaN", Decimal("-0.5"), "abc", True, None, 2e20],
+)
 def test_bad_money_is_refused_before_any_rpc(money: Any) -> None:
     client = tollgate.Client(NOWHERE)
     with pytest.raises(tollgate.InvalidRequest):
-        client.reserve(tenant="acme", agent="bot", tool="t", cost_usd=money if money is not None else object())
+        client.reserve(
+            tenant="acme", agent="bot", tool="t", cost_usd=money if money is not None else object()
+        )
     assert client.leader is None
 
 
@@ -67,7 +72,15 @@ def test_bad_reserve_arguments_are_refused(kwargs: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "endpoints", [[], ["no-port"], ["https://a:1"], ["grpc://a:1"], ["a:99999"], ["a:1"] * 17 + ["b:2"] * 0 + [f"h{i}:1" for i in range(17)]]
+    "endpoints",
+    [
+        [],
+        ["no-port"],
+        ["https://a:1"],
+        ["grpc://a:1"],
+        ["a:99999"],
+        ["a:1"] * 17 + ["b:2"] * 0 + [f"h{i}:1" for i in range(17)],
+    ],
 )
 def test_bad_endpoints_are_refused(endpoints: list[str]) -> None:
     with pytest.raises(tollgate.InvalidRequest):
@@ -108,4 +121,6 @@ def test_nodes_refusing_connections_fail_in_milliseconds() -> None:
 def test_a_cost_and_usage_together_are_refused() -> None:
     client = tollgate.Client(NOWHERE)
     with pytest.raises(tollgate.InvalidRequest, match="not both"):
-        client.record(tenant="acme", agent="bot", tool="llm", cost_usd=1, usage=tollgate.Usage("gpt-4o", 1))
+        client.record(
+            tenant="acme", agent="bot", tool="llm", cost_usd=1, usage=tollgate.Usage("gpt-4o", 1)
+        )

@@ -8,10 +8,10 @@ import statistics
 import time
 
 import pytest
-from cluster import Cluster, new_id, scope_tenant
-from helpers import audit_events, used, with_budgets
 
 import tollgate
+from cluster import Cluster, new_id, scope_tenant
+from helpers import audit_events, with_budgets
 from tollgate._pb import tollgate_pb2 as pb
 
 FAIL_FAST_MAX_S = 1.0
@@ -28,7 +28,9 @@ async def aused(client: tollgate.AsyncClient, tenant: str, limit_id: str) -> tup
 async def test_async_guard_commit_release_and_not_called(cluster: Cluster, tenant: str) -> None:
     with_budgets(cluster, tenant)
     async with tollgate.AsyncClient(cluster.addrs) as client:
-        async with client.reserve(tenant=tenant, agent="bot", tool="llm", tokens=100, cost_usd=0.06) as r:
+        async with client.reserve(
+            tenant=tenant, agent="bot", tool="llm", tokens=100, cost_usd=0.06
+        ) as r:
             assert await aused(client, tenant, "cost") == (0, 60_000)
             result = await r.commit(tokens=80, cost_usd=0.04)
         assert result == tollgate.Committed(False, False, 40_000)
@@ -43,11 +45,15 @@ async def test_async_guard_commit_release_and_not_called(cluster: Cluster, tenan
 
 
 @pytest.mark.asyncio
-async def test_async_guard_left_without_settling_charges_the_estimate(cluster: Cluster, tenant: str) -> None:
+async def test_async_guard_left_without_settling_charges_the_estimate(
+    cluster: Cluster, tenant: str
+) -> None:
     with_budgets(cluster, tenant)
     async with tollgate.AsyncClient(cluster.addrs) as client:
         with pytest.raises(ValueError):
-            async with client.reserve(tenant=tenant, agent="bot", tool="llm", tokens=9, cost_micros=333):
+            async with client.reserve(
+                tenant=tenant, agent="bot", tool="llm", tokens=9, cost_micros=333
+            ):
                 raise ValueError("the call failed after it may have been billed")
         assert await aused(client, tenant, "cost") == (333, 0)
     assert any("abandoned" in event for event in audit_events(cluster, tenant))
@@ -59,7 +65,11 @@ async def test_async_denial_carries_the_limit(cluster: Cluster, tenant: str) -> 
     async with tollgate.AsyncClient(cluster.addrs) as client:
         with pytest.raises(tollgate.Denied) as denied:
             await client.reserve(tenant=tenant, agent="bot", tool="llm", cost_usd="0.2")
-    assert (denied.value.limit_id, denied.value.scope, denied.value.dimension) == ("usd", "tenant", "cost")
+    assert (denied.value.limit_id, denied.value.scope, denied.value.dimension) == (
+        "usd",
+        "tenant",
+        "cost",
+    )
     assert denied.value.remaining == 100_000
 
 
@@ -68,13 +78,19 @@ async def test_async_same_request_id_is_one_charge(cluster: Cluster, tenant: str
     with_budgets(cluster, tenant)
     async with tollgate.AsyncClient(cluster.addrs) as client:
         request_id = new_id()
-        first = await client.reserve(tenant=tenant, agent="bot", tool="t", tokens=4, request_id=request_id)
-        again = await client.reserve(tenant=tenant, agent="bot", tool="t", tokens=4, request_id=request_id)
+        first = await client.reserve(
+            tenant=tenant, agent="bot", tool="t", tokens=4, request_id=request_id
+        )
+        again = await client.reserve(
+            tenant=tenant, agent="bot", tool="t", tokens=4, request_id=request_id
+        )
         assert first.reservation_id == again.reservation_id
         await first.commit(tokens=4)
         record_id = new_id()
         for _ in range(2):
-            await client.record(tenant=tenant, agent="bot", tool="t", tokens=6, request_id=record_id)
+            await client.record(
+                tenant=tenant, agent="bot", tool="t", tokens=6, request_id=record_id
+            )
         assert await aused(client, tenant, "tokens") == (10, 0)
 
 

@@ -9,10 +9,10 @@ import threading
 import time
 
 import pytest
-from cluster import Cluster
-from helpers import timed, used, with_budgets
 
 import tollgate
+from cluster import Cluster
+from helpers import timed, used, with_budgets
 
 # A down cluster must answer well inside this (the deadline is 5 s).
 FAIL_FAST_MAX_S = 1.0
@@ -55,7 +55,9 @@ def test_leader_killed_mid_run_counts_every_acknowledged_commit_once(own_cluster
         assert old_leader is not None
         own_cluster.kill(old_leader)
         at_kill = len(acked)
-        wait_until(lambda: len(acked) >= at_kill + PAIRS_EACH_SIDE, LOOP_WAIT_S, "pairs after the kill")
+        wait_until(
+            lambda: len(acked) >= at_kill + PAIRS_EACH_SIDE, LOOP_WAIT_S, "pairs after the kill"
+        )
     finally:
         stop.set()
         worker.join()
@@ -79,13 +81,13 @@ def test_a_down_cluster_fails_fast_and_stays_fast(own_cluster: Cluster) -> None:
         own_cluster.kill(node)
     cold = tollgate.Client(own_cluster.addrs)
     for client in (warm, cold):
-        elapsed, outcome = timed(lambda: reserve_once(client))
+        elapsed, outcome = timed(lambda c=client: reserve_once(c))
         assert isinstance(outcome, tollgate.Unavailable), outcome
         assert elapsed < FAIL_FAST_MAX_S
         assert "refused" in str(outcome)
         durations = []
         for _ in range(20):
-            elapsed, outcome = timed(lambda: reserve_once(client))
+            elapsed, outcome = timed(lambda c=client: reserve_once(c))
             assert isinstance(outcome, tollgate.Unavailable), outcome
             durations.append(elapsed)
         assert max(durations) < FAIL_FAST_MAX_S
@@ -125,7 +127,9 @@ def test_fail_open_grants_locally_up_to_the_cap_and_reports_the_spend_later(
     for node in list(own_cluster.procs):
         own_cluster.kill(node)
 
-    elapsed, first = timed(lambda: client.reserve(tenant=tenant, agent="bot", tool="t", tokens=10, cost_usd=0.1))
+    elapsed, first = timed(
+        lambda: client.reserve(tenant=tenant, agent="bot", tool="t", tokens=10, cost_usd=0.1)
+    )
     assert isinstance(first, tollgate.Reservation) and first.is_local
     assert elapsed < FAIL_FAST_MAX_S
     assert first.reservation_id is None

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from cluster import Cluster, new_id, scope_agent, scope_tenant
-from helpers import audit_events, used, with_budgets
 
 import tollgate
+from cluster import Cluster, new_id, scope_agent, scope_tenant
+from helpers import audit_events, used, with_budgets
 from tollgate._pb import tollgate_pb2 as pb
 
 
@@ -23,7 +23,9 @@ def test_commit_charges_the_actual_and_reports_the_result(
     cluster: Cluster, tenant: str, client: tollgate.Client
 ) -> None:
     with_budgets(cluster, tenant)
-    with client.reserve(tenant=tenant, agent="bot", tool="llm:gpt-4o", tokens=4000, cost_usd=0.06) as r:
+    with client.reserve(
+        tenant=tenant, agent="bot", tool="llm:gpt-4o", tokens=4000, cost_usd=0.06
+    ) as r:
         assert r.reservation_id is not None and not r.is_local
         assert r.tightest is not None
         assert used(client, tenant, "cost") == (0, 60_000)
@@ -53,7 +55,9 @@ def test_release_charges_nothing(cluster: Cluster, tenant: str, client: tollgate
     assert used(client, tenant, "calls") == (0, 0)
 
 
-def test_not_called_releases_and_is_swallowed(cluster: Cluster, tenant: str, client: tollgate.Client) -> None:
+def test_not_called_releases_and_is_swallowed(
+    cluster: Cluster, tenant: str, client: tollgate.Client
+) -> None:
     with_budgets(cluster, tenant)
     with client.reserve(tenant=tenant, agent="bot", tool="t", tokens=10, cost_usd=1) as r:
         raise tollgate.NotCalled()
@@ -89,7 +93,9 @@ def test_a_reservation_settles_once(cluster: Cluster, tenant: str, client: tollg
         r.release()
 
 
-def test_budget_denial_names_the_limit(cluster: Cluster, tenant: str, client: tollgate.Client) -> None:
+def test_budget_denial_names_the_limit(
+    cluster: Cluster, tenant: str, client: tollgate.Client
+) -> None:
     cluster.put_limit(tenant, "tok-cap", scope_tenant(), pb.DIMENSION_TOKENS, budget=1000)
     with pytest.raises(tollgate.Denied) as denied:
         client.reserve(tenant=tenant, agent="bot", tool="t", tokens=1500)
@@ -100,8 +106,12 @@ def test_budget_denial_names_the_limit(cluster: Cluster, tenant: str, client: to
     assert denied.value.retry_after is None
 
 
-def test_rate_denial_says_when_to_retry(cluster: Cluster, tenant: str, client: tollgate.Client) -> None:
-    cluster.put_limit(tenant, "per-minute", scope_agent("bot"), pb.DIMENSION_CALLS, rate=(1, 60_000, 1))
+def test_rate_denial_says_when_to_retry(
+    cluster: Cluster, tenant: str, client: tollgate.Client
+) -> None:
+    cluster.put_limit(
+        tenant, "per-minute", scope_agent("bot"), pb.DIMENSION_CALLS, rate=(1, 60_000, 1)
+    )
     client.reserve(tenant=tenant, agent="bot", tool="t").commit()
     with pytest.raises(tollgate.Denied) as denied:
         client.reserve(tenant=tenant, agent="bot", tool="t")
@@ -154,7 +164,9 @@ def test_the_same_request_id_with_another_payload_is_refused(
         client.record(tenant=tenant, agent="bot", tool="t", tokens=2, request_id=request_id)
 
 
-def test_record_charges_without_a_reservation(cluster: Cluster, tenant: str, client: tollgate.Client) -> None:
+def test_record_charges_without_a_reservation(
+    cluster: Cluster, tenant: str, client: tollgate.Client
+) -> None:
     with_budgets(cluster, tenant)
     assert client.record(tenant=tenant, agent="bot", tool="t", tokens=3, cost_usd=0.000_001) == 1
     assert used(client, tenant, "cost") == (1, 0)
@@ -198,7 +210,9 @@ def test_decorator_releases_on_not_called_and_abandons_on_an_error(
     assert used(client, tenant, "cost") == (500, 0)
 
 
-def test_decorator_denial_stops_the_call(cluster: Cluster, tenant: str, client: tollgate.Client) -> None:
+def test_decorator_denial_stops_the_call(
+    cluster: Cluster, tenant: str, client: tollgate.Client
+) -> None:
     cluster.put_limit(tenant, "tiny", scope_tenant(), pb.DIMENSION_COST, budget=100)
     calls: list[int] = []
 

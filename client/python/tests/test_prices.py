@@ -5,10 +5,10 @@ commit and a record with usage charged exactly what the table says, an unknown m
 from __future__ import annotations
 
 import pytest
-from cluster import Cluster
-from helpers import used, with_budgets
 
 import tollgate
+from cluster import Cluster
+from helpers import used, with_budgets
 
 # $2.50 per million input tokens, $10 per million output tokens: whole micros per token
 # count used below, so no rounding is involved.
@@ -26,11 +26,18 @@ def priced(cluster: Cluster, tenant: str) -> str:
 def test_commit_with_usage_is_charged_from_the_price_table(cluster: Cluster, priced: str) -> None:
     with tollgate.Client(cluster.addrs) as client:
         with client.reserve(
-            tenant=priced, agent="bot", tool="llm:gpt-4o", model="gpt-4o", input_tokens=1000, max_output_tokens=500
+            tenant=priced,
+            agent="bot",
+            tool="llm:gpt-4o",
+            model="gpt-4o",
+            input_tokens=1000,
+            max_output_tokens=500,
         ) as r:
             # 1000 * 2.5 + 500 * 10 micros held as the estimate.
             assert used(client, priced, "cost") == (0, 7_500)
-            result = r.commit(usage=tollgate.Usage(model="gpt-4o", input_tokens=1000, output_tokens=200))
+            result = r.commit(
+                usage=tollgate.Usage(model="gpt-4o", input_tokens=1000, output_tokens=200)
+            )
         assert result.cost_micros == 2_500 + 2_000
         assert used(client, priced, "cost") == (4_500, 0)
         assert used(client, priced, "tokens") == (1_200, 0)
@@ -47,7 +54,13 @@ def test_record_with_usage_returns_the_cost_charged(cluster: Cluster, priced: st
 
 def test_usage_of_a_model_without_a_price_is_refused(cluster: Cluster, priced: str) -> None:
     with tollgate.Client(cluster.addrs) as client:
-        with pytest.raises((tollgate.InvalidRequest, tollgate.NotFound, tollgate.FailedPrecondition)):
-            client.record(tenant=priced, agent="bot", tool="llm", usage=tollgate.Usage("no-such-model", 10, 10))
+        with pytest.raises(
+            (tollgate.InvalidRequest, tollgate.NotFound, tollgate.FailedPrecondition)
+        ):
+            client.record(
+                tenant=priced,
+                agent="bot",
+                tool="llm",
+                usage=tollgate.Usage("no-such-model", 10, 10),
+            )
         assert used(client, priced, "cost") == (0, 0)
-
