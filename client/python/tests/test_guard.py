@@ -93,6 +93,15 @@ def test_a_reservation_settles_once(cluster: Cluster, tenant: str, client: tollg
         r.release()
 
 
+def test_a_follower_points_the_client_at_the_leader(cluster: Cluster, tenant: str) -> None:
+    leader = cluster.leader()
+    assert leader is not None
+    followers = [addr for node, addr in enumerate(cluster.addrs, 1) if node != leader]
+    with tollgate.Client(followers + [cluster.addrs[leader - 1]]) as client:
+        client.reserve(tenant=tenant, agent="bot", tool="t").release()
+        assert client.leader == cluster.addrs[leader - 1]
+
+
 def test_budget_denial_names_the_limit(
     cluster: Cluster, tenant: str, client: tollgate.Client
 ) -> None:
@@ -146,7 +155,6 @@ def test_a_retry_with_the_same_request_id_is_one_charge(
     assert used(client, tenant, "tokens") == (0, 5)
     commit_id = new_id()
     first.commit(tokens=5, request_id=commit_id)
-    again._settled = False  # the same commit, sent again as a retry would be
     again.commit(tokens=5, request_id=commit_id)
     record_id = new_id()
     client.record(tenant=tenant, agent="bot", tool="t", tokens=11, request_id=record_id)

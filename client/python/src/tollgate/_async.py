@@ -44,12 +44,12 @@ class AsyncReservation(Held):
 
     async def commit(
         self,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
         calls: int | None = None,
         usage: Usage | None = None,
-        *,
         request_id: str | None = None,
     ) -> Committed:
         """Charges what the call spent and ends the hold (see Reservation.commit)."""
@@ -173,6 +173,7 @@ class AsyncClient(ClientBase):
         tenant: str,
         agent: str,
         tool: str,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
@@ -182,7 +183,6 @@ class AsyncClient(ClientBase):
         model: str | None = None,
         input_tokens: int | None = None,
         max_output_tokens: int | None = None,
-        *,
         request_id: str | None = None,
     ) -> PendingReservation:
         """Reserves the estimate (see Client.reserve); await the result or `async with` it.
@@ -218,12 +218,12 @@ class AsyncClient(ClientBase):
         tenant: str,
         agent: str,
         tool: str,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
         calls: int = 1,
         usage: Usage | None = None,
-        *,
         request_id: str | None = None,
     ) -> int:
         """Charges spend that happened without a reservation (see Client.record)."""
@@ -248,6 +248,7 @@ class AsyncClient(ClientBase):
         tenant: str,
         agent: str,
         tool: str,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
@@ -263,7 +264,14 @@ class AsyncClient(ClientBase):
             @functools.wraps(fn)
             async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
                 r = await self.reserve(
-                    tenant, agent, tool, tokens, cost_usd, cost_micros, calls, ttl
+                    tenant,
+                    agent,
+                    tool,
+                    tokens=tokens,
+                    cost_usd=cost_usd,
+                    cost_micros=cost_micros,
+                    calls=calls,
+                    ttl=ttl,
                 )
                 try:
                     result = await fn(*args, **kwargs)
