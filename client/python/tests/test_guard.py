@@ -97,7 +97,7 @@ def test_a_follower_points_the_client_at_the_leader(cluster: Cluster, tenant: st
     leader = cluster.leader()
     assert leader is not None
     followers = [addr for node, addr in enumerate(cluster.addrs, 1) if node != leader]
-    with tollgate.Client(followers + [cluster.addrs[leader - 1]]) as client:
+    with tollgate.Client([*followers, cluster.addrs[leader - 1]]) as client:
         client.reserve(tenant=tenant, agent="bot", tool="t").release()
         assert client.leader == cluster.addrs[leader - 1]
 
