@@ -175,7 +175,7 @@ async def test_concurrent_operations_share_batches_and_get_their_own_answers(
             sent.append(len(request.ops))
             return batch(request, **kwargs)
 
-        coalescer._stub.Batch = counting  # type: ignore[method-assign]
+        coalescer._stub.Batch = counting
         reserves = [
             client.reserve(tenant=tenant, agent="bot", tool="t", tokens=10) for _ in range(30)
         ]

@@ -3,6 +3,7 @@ otherwise charges the estimate (abandoned), NotCalled releases; denials carry th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -142,6 +143,26 @@ def test_frozen_agent_is_refused(cluster: Cluster, tenant: str, client: tollgate
     with pytest.raises(tollgate.Frozen) as frozen:
         client.reserve(tenant=tenant, agent="other", tool="t")
     assert frozen.value.agent is None
+
+
+def test_the_same_call_repeated_trips_the_agent(cluster: Cluster, client: tollgate.Client) -> None:
+    repeat_max = 3
+    tenant = cluster.put_tenant(
+        repeat_max=repeat_max, repeat_window_ms=60_000, trip_cooldown_ms=30_000
+    )
+    same = tollgate.fingerprint("search", {"q": "the same query"})
+    granted = 0
+    with pytest.raises(tollgate.Tripped) as tripped:
+        for _ in range(repeat_max + 1):
+            client.reserve(tenant=tenant, agent="looper", tool="search", fingerprint=same).release()
+            granted += 1
+    assert granted < repeat_max
+    assert tripped.value.cause == "repetition"
+    assert tripped.value.until is not None
+    assert 0 < tripped.value.until - time.time() <= 30.0
+    assert same in str(tripped.value)
+    other = tollgate.fingerprint("search", {"q": "another query"})
+    client.reserve(tenant=tenant, agent="worker", tool="search", fingerprint=other).release()
 
 
 def test_a_retry_with_the_same_request_id_is_one_charge(
