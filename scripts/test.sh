@@ -19,6 +19,9 @@ echo "== fuzz targets: every decoder of network and disk bytes, for a bounded nu
 # The test run above gave each target 256 cases; this gives them 20,000 (about a minute).
 FUZZ_CASES="${FUZZ_CASES:-20000}" cargo test -q -p tollgate-tests --test fuzz --locked
 
+echo "== the Python client and its framework hooks against real clusters (a venv in target/py-venv)"
+scripts/python-tests.sh
+
 echo "== runaway scenarios against an embedded three-node cluster"
 # Two seeds in CI; more on demand: cargo run -p tollgate-sim -- run simulator/scenarios/*.toml --seeds 20
 cargo run -q -p tollgate-sim --locked -- run simulator/scenarios/*.toml --seeds "${TOLLGATE_SIM_SEEDS:-2}"
