@@ -197,6 +197,7 @@ impl Client {
             tool: tool.to_owned(),
             actual: Some(actual.into()),
             usage: None,
+            offline: false,
         };
         let response = self
             .call_op(|rpc| {

@@ -220,6 +220,7 @@ fn build(agents_per_tenant: usize, clock: &mut Clock) -> Ledger {
                     calls: 1,
                 },
                 usage: None,
+                offline: false,
             };
             assert!(matches!(ledger.apply(at, &cmd), Outcome::Recorded { .. }));
         }

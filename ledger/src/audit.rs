@@ -51,9 +51,13 @@ pub enum AuditEvent {
     /// `charged`: the estimate was charged (policy `Charge`), else released.
     #[serde(alias = "Expire")]
     Expire { charged: bool },
-    /// `price`: the price entry the cost was derived from, if usage was given.
+    /// `price`: the price entry the cost was derived from, if usage was given; `offline`:
+    /// granted by a client failing open while the cluster was unreachable.
     #[serde(alias = "Record")]
-    Record { price: Option<crate::PriceRef> },
+    Record {
+        price: Option<crate::PriceRef>,
+        offline: bool,
+    },
     #[serde(alias = "TenantPut")]
     TenantPut,
     #[serde(alias = "LimitPut")]
@@ -99,7 +103,7 @@ pub enum AuditEvent {
 /// - `event` (string or object): what was decided, as `"name"` or `{"name": content}` with
 ///   snake_case names: `"grant"`, `{"deny": reason}`, `{"commit": {"overrun": bool,
 ///   "late": bool, "abandoned": bool, "price": price}}`, `"release"`, `{"expire":
-///   {"charged": bool}}`, `{"record": {"price": price}}`,
+///   {"charged": bool}}`, `{"record": {"price": price, "offline": bool}}`,
 ///   `"tenant_put"`, `{"limit_put": limit}`, `{"limit_delete": "limit id"}`, `"freeze"`,
 ///   `"unfreeze"`, `{"trip": cause}`, `"trip_reset"`, `{"key_create": {"key_id", "role", "agents",
 ///   "name"}}` (`role`: `"admin"`, `"tenant_admin"`, `"worker"`), `{"key_rotate": "key id"}`,
@@ -292,7 +296,10 @@ fn body_bytes<'a>(
             } => &[2, *overrun as u8, *late as u8, *abandoned as u8, 0],
             AuditEvent::Release => &[3],
             AuditEvent::Expire { charged } => &[4, *charged as u8],
-            AuditEvent::Record { price: None } => &[5, 0],
+            AuditEvent::Record {
+                price: None,
+                offline,
+            } => &[5, 0, *offline as u8],
             _ => return false,
         };
         w.varint(body.seq);
@@ -880,7 +887,10 @@ mod tests {
             }),
             Just(AuditEvent::Release),
             any::<bool>().prop_map(|charged| AuditEvent::Expire { charged }),
-            Just(AuditEvent::Record { price: None }),
+            Just(AuditEvent::Record {
+                price: None,
+                offline: false
+            }),
             Just(AuditEvent::TenantPut),
             id().prop_map(|l| AuditEvent::LimitDelete(LimitId::new(l).unwrap())),
             Just(AuditEvent::Freeze),

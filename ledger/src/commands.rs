@@ -458,10 +458,21 @@ impl Ledger {
                 tool,
                 actual,
                 usage,
+                offline,
                 ..
             } => match self.priced(t, actual, usage.as_ref()) {
-                Ok(priced) => {
-                    self.record(now_ms, request_id, (t, tenant_id), (agent, tool), priced)
+                Ok((actual, price)) => {
+                    let event = AuditEvent::Record {
+                        price,
+                        offline: *offline,
+                    };
+                    self.record(
+                        now_ms,
+                        request_id,
+                        (t, tenant_id),
+                        (agent, tool),
+                        (actual, event),
+                    )
                 }
                 Err(rejection) => rejected(rejection),
             },
@@ -858,7 +869,7 @@ impl Ledger {
         request_id: &RequestId,
         (t, tenant_id): (u32, &TenantId),
         (agent_id, tool): (&AgentId, &ToolId),
-        (actual, price): (Amounts, Option<PriceRef>),
+        (actual, event): (Amounts, AuditEvent),
     ) -> Outcome {
         let actual = &actual;
         let Some(tenant) = self.tenants.get_mut(t) else {
@@ -895,7 +906,7 @@ impl Ledger {
                 tool: Some(tool),
                 request_id: Some(request_id),
                 reservation_id: None,
-                event: AuditEvent::Record { price },
+                event,
                 amounts: *actual,
             },
         );

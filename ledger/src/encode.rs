@@ -284,6 +284,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             tool,
             actual,
             usage: None,
+            offline,
         } => {
             w.byte(3);
             w.str(request_id.as_bytes());
@@ -292,6 +293,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             w.str(tool.as_bytes());
             w.amounts(actual);
             w.byte(0);
+            w.byte(u8::from(*offline));
         }
         _ => return false,
     }
@@ -460,6 +462,7 @@ mod tests {
                     tool: ToolId::new(tool).unwrap(),
                     actual,
                     usage: None,
+                    offline: false,
                 }
             }),
             (id(), id()).prop_map(|(q, t)| Command::PutTenant {

@@ -299,13 +299,15 @@ fn a_record_with_usage_is_priced_and_audited_with_its_price() {
             calls: 1,
         },
         usage: Some(usage("gpt-4o", 400, 0, 0)),
+        offline: false,
     };
     assert_eq!(h.apply(&cmd), Outcome::Recorded { cost_micros: 1_000 });
     assert_eq!(h.spent(), [(1_000, 0), (400, 0)]);
     assert!(matches!(
         h.last_event(),
         AuditEvent::Record {
-            price: Some(PriceRef { version: 1, .. })
+            price: Some(PriceRef { version: 1, .. }),
+            offline: false,
         }
     ));
 }

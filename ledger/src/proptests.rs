@@ -366,6 +366,7 @@ impl Run {
                 tool: tool("llm"),
                 actual: Amounts::default(),
                 usage: None,
+                offline: false,
             },
             _ => Command::PutLimit {
                 request_id: self.next_request(),
@@ -432,6 +433,7 @@ impl Run {
                 tool: tool(TOOLS[w]),
                 actual,
                 usage: None,
+                offline: false,
             },
             Op::PutLimit { t, template } => Command::PutLimit {
                 request_id: self.next_request(),

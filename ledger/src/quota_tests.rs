@@ -65,6 +65,7 @@ impl Tenants {
             tool: tool("llm"),
             actual: cost(1),
             usage: None,
+            offline: false,
         };
         self.apply(&cmd)
     }
@@ -245,6 +246,7 @@ fn the_global_answers_bound_refuses_rather_than_evicts() {
             tool: tool("llm"),
             actual: cost(1),
             usage: None,
+            offline: false,
         };
         match h.apply(&cmd) {
             Outcome::Recorded { .. } => remembered.push(cmd),

@@ -181,6 +181,7 @@ impl Harness {
             tool: tool("llm"),
             actual,
             usage: None,
+            offline: false,
         };
         self.apply(&cmd)
     }
@@ -2221,7 +2222,8 @@ fn status_class(rejection: &Rejection) -> u8 {
 /// snapshot changed once more on purpose when tenant policies gained quotas and agents
 /// their last use and vacant slots (format 6), and again with API keys (format 7); answers
 /// and chain head did not. Everything changed once more on purpose when commits and records
-/// began to answer the cost charged and to audit the price and `abandoned` (format 8).
+/// began to answer the cost charged and to audit the price, `abandoned` and `offline`
+/// (format 8).
 #[test]
 fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
     let mut ledger = Ledger::new();
@@ -2374,6 +2376,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                 tool: tool(tools[next(2) as usize]),
                 actual: amounts,
                 usage: None,
+                offline: false,
             },
             15 if !sent.is_empty() => {
                 // A retry, sometimes with another payload.
@@ -2455,8 +2458,8 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
         (head.seq, hex::encode(head.hash).as_str()),
         (
             2293,
-            "3fb865503a1dbe660b9b4e38f82d748080250ac0738f1240cfd0f6257bea4ad9"
+            "7998e8498b0db8c0c3659cd482fbde843e7109883157ee6edd0edd50dce86197"
         )
     );
-    assert_eq!(snapshot, 0x3573_0f42_6631_afd2);
+    assert_eq!(snapshot, 0x75e6_d83d_c7bf_78fe);
 }

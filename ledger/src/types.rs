@@ -374,6 +374,8 @@ pub enum Command {
         actual: Amounts,
         /// The actual's cost derived from the tenant's price table.
         usage: Option<crate::Usage>,
+        /// Granted by a client failing open while the cluster was unreachable.
+        offline: bool,
     },
     /// Creates the tenant or changes its policy.
     PutTenant {

@@ -76,6 +76,7 @@ fn charge(victim: &str, tokens: u64) -> Batch {
                 calls: 1,
             },
             usage: None,
+            offline: false,
         }],
     }
 }

@@ -418,6 +418,7 @@ async fn a_batch_answers_each_operation_and_a_bad_one_fails_alone() {
             calls: Some(1),
         }),
         usage: None,
+        offline: false,
     };
     let results = tollgate
         .batch(batch_of(vec![

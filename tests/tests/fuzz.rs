@@ -231,6 +231,7 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
                 tool: "llm".into(),
                 actual: None,
                 usage: commit.usage.clone(),
+                offline: false,
             }
             .encode_to_vec(),
         ),
@@ -611,6 +612,7 @@ fn seed_commands() -> Vec<Command> {
             tool,
             actual: spend,
             usage: None,
+            offline: false,
         },
         Command::Freeze {
             request_id: id("f"),

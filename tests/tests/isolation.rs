@@ -309,6 +309,7 @@ impl Fixture {
                     tool: "llm".into(),
                     actual: amounts(1),
                     usage: None,
+                    offline: false,
                 };
                 code(tollgate.record(req!(record)).await)
             }

@@ -334,3 +334,33 @@ async fn reflection_answers_in_both_versions() {
         .into_inner();
     assert!(answers.message().await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_granted_offline_is_charged_and_flagged_when_reported() {
+    let test = TestCluster::start(1).await;
+    acme(&test.client).await;
+    let request = v1::RecordRequest {
+        request_id: "offline-1".into(),
+        tenant: "acme".into(),
+        agent: "bot".into(),
+        tool: "llm:gpt-4o".into(),
+        actual: Some(v1::Amounts {
+            tokens: 700,
+            cost_micros: 9_000,
+            calls: Some(1),
+        }),
+        offline: true,
+        ..Default::default()
+    };
+    test.client
+        .call(|rpc| {
+            let request = request.clone();
+            async move { rpc.tollgate().record(request).await }
+        })
+        .await
+        .unwrap();
+    let usd = spent(&test.client).await.pop().unwrap();
+    assert_eq!(usd, ("usd".to_string(), 9_000, 0));
+    let event = last_audit_event(&test.client).await;
+    assert!(event.contains(r#""offline":true"#), "{event}");
+}

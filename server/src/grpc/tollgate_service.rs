@@ -185,6 +185,7 @@ async fn record(
         tool: convert::tool(&request.tool)?,
         actual: convert::spent(request.actual, &usage, "actual")?,
         usage,
+        offline: request.offline,
     };
     let result = propose(node, command, "record").await?;
     count_decision("record", &result.outcome);

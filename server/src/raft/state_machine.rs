@@ -562,6 +562,7 @@ mod tests {
                         calls: 1,
                     },
                     usage: None,
+                    offline: false,
                 },
             );
         }

@@ -101,6 +101,7 @@ fn ledger_growth(agents: u64, one_agent: bool) -> anyhow::Result<i64> {
                 calls: systems::ACTUAL.calls,
             },
             usage: None,
+            offline: false,
         };
         // Records a millisecond apart: all within the dedup window, as in a busy minute.
         ledger.apply(at_ms + i / 1_000, &command);

@@ -90,7 +90,10 @@ impl Trail {
 
     fn record(&mut self, request: &str, cost: u64) {
         self.push(
-            AuditEvent::Record { price: None },
+            AuditEvent::Record {
+                price: None,
+                offline: false,
+            },
             Some(request),
             None,
             cost,
