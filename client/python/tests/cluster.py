@@ -1,0 +1,217 @@
+"""A real three-node Tollgate cluster for tests: `tollgate serve --insecure` processes on
+free loopback ports, with admin helpers over the Admin RPCs. Importable by every test module
+(`from cluster import Cluster`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from tollgate._pb import tollgate_pb2 as pb
+from tollgate._pb import tollgate_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+# How long a cluster may take to elect a leader, and an admin call to find it.
+LEADER_WAIT_S = 30.0
+ADMIN_DEADLINE_S = 15.0
+NODES = 3
+
+
+def binary() -> Path:
+    """TOLLGATE_BIN, else the workspace's debug build."""
+    path = Path(os.environ.get("TOLLGATE_BIN") or REPO_ROOT / "target" / "debug" / "tollgate")
+    if not path.is_file():
+        raise FileNotFoundError(f"no tollgate binary at {path}: run `cargo build -p tollgate-server` or set TOLLGATE_BIN")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Cluster:
+    """Three nodes of one cluster. `addrs` are the client addresses (host:port), node ids
+    are 1..3 and `addrs[i]` belongs to node i+1."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tollgate-py-"))
+        self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(NODES)]
+        self.peer_addrs = [f"127.0.0.1:{free_port()}" for _ in range(NODES)]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._channels = {addr: grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) for addr in self.addrs}
+
+    def _command(self, node: int) -> list[str]:
+        peers = ",".join(f"{i + 1}={self.addrs[i]}/{self.peer_addrs[i]}" for i in range(NODES))
+        return [
+            str(binary()),
+            "serve",
+            "--insecure",
+            "--id",
+            str(node),
+            "--listen",
+            self.addrs[node - 1],
+            "--peer-listen",
+            self.peer_addrs[node - 1],
+            "--peers",
+            peers,
+            "--data-dir",
+            str(self.dir / f"node-{node}"),
+        ]
+
+    def start(self) -> Cluster:
+        for node in range(1, NODES + 1):
+            self.start_node(node)
+        self.wait_for_leader()
+        return self
+
+    def start_node(self, node: int) -> None:
+        log = open(self.dir / f"node-{node}.log", "ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+        env.setdefault("RUST_LOG", "warn")
+        self.procs[node] = subprocess.Popen(
+            self._command(node), stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        log.close()
+
+    def kill(self, node: int) -> None:
+        """SIGKILL: the node dies without a word, as a crashed machine would."""
+        proc = self.procs.pop(node, None)
+        if proc is not None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for node in list(self.procs):
+            self.kill(node)
+        for channel in self._channels.values():
+            channel.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def status(self, node: int) -> pb.StatusResponse | None:
+        stub = pb_grpc.ClusterStub(self._channels[self.addrs[node - 1]])
+        try:
+            return stub.Status(pb.StatusRequest(), timeout=1.0)
+        except grpc.RpcError:
+            return None
+
+    def leader(self) -> int | None:
+        """The node a running node reports as leader, if it is running and says so itself."""
+        for node in self.procs:
+            status = self.status(node)
+            if status is not None and status.role == "leader" and status.node_id in self.procs:
+                return int(status.node_id)
+        return None
+
+    def wait_for_leader(self, timeout_s: float = LEADER_WAIT_S) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            leader = self.leader()
+            if leader is not None:
+                return leader
+            self._check_alive()
+            time.sleep(0.05)
+        raise TimeoutError(f"no leader within {timeout_s} s; logs in {self.dir}")
+
+    def _check_alive(self) -> None:
+        for node, proc in self.procs.items():
+            if proc.poll() is not None:
+                log = (self.dir / f"node-{node}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"node {node} exited with {proc.returncode}:\n{log}")
+
+    def _leader_call(self, make: Callable[[grpc.Channel], Callable[..., T]], request: Any) -> T:
+        """An admin call, sent to each running node in turn until the leader takes it."""
+        deadline = time.monotonic() + ADMIN_DEADLINE_S
+        error: grpc.RpcError | None = None
+        while time.monotonic() < deadline:
+            for node in list(self.procs):
+                try:
+                    return make(self._channels[self.addrs[node - 1]])(request, timeout=2.0)
+                except grpc.RpcError as e:
+                    if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise
+                    error = e
+            time.sleep(0.05)
+        raise TimeoutError(f"admin call found no leader: {error}")
+
+    def admin(self, method: str, request: Any) -> Any:
+        return self._leader_call(lambda ch: getattr(pb_grpc.AdminStub(ch), method), request)
+
+    def put_tenant(self, tenant: str | None = None, **policy: Any) -> str:
+        """Creates a tenant (a fresh name unless given) and returns its name."""
+        tenant = tenant or f"t-{new_id()[:12]}"
+        request = pb.PutTenantRequest(request_id=new_id(), tenant=tenant)
+        if policy:
+            request.policy.CopyFrom(pb.TenantPolicy(**policy))
+        self.admin("PutTenant", request)
+        return tenant
+
+    def put_limit(
+        self,
+        tenant: str,
+        limit_id: str,
+        scope: pb.Scope,
+        dimension: int,
+        *,
+        budget: int | None = None,
+        rate: tuple[int, int, int] | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        """A limit: a lifetime budget, a rate (amount, period_ms, burst) or a concurrency."""
+        limit = pb.Limit(id=limit_id, scope=scope, dimension=dimension)
+        if budget is not None:
+            limit.budget.CopyFrom(pb.Budget(window=pb.WINDOW_LIFETIME, amount=budget))
+        elif rate is not None:
+            limit.rate.CopyFrom(pb.Rate(amount=rate[0], period_ms=rate[1], burst=rate[2]))
+        elif concurrency is not None:
+            limit.concurrency.CopyFrom(pb.Concurrency(max=concurrency))
+        self.admin("PutLimit", pb.PutLimitRequest(request_id=new_id(), tenant=tenant, limit=limit))
+
+    def put_price(
+        self, tenant: str, model: str, input_micros: int, output_micros: int, per_tokens: int = 1_000_000
+    ) -> None:
+        price = pb.Price(model=model, input_micros=input_micros, output_micros=output_micros, per_tokens=per_tokens)
+        self.admin("PutPrice", pb.PutPriceRequest(request_id=new_id(), tenant=tenant, price=price))
+
+    def freeze(self, tenant: str, agent: str = "") -> None:
+        self.admin("Freeze", pb.FreezeRequest(request_id=new_id(), tenant=tenant, agent=agent))
+
+    def audit(self, tenant: str) -> list[pb.AuditRecord]:
+        response = self.admin("QueryAudit", pb.AuditQueryRequest(tenant=tenant, limit=10_000))
+        return list(response.records)
+
+    def supports_prices(self) -> bool:
+        """Whether this build has price tables (an older one answers UNIMPLEMENTED)."""
+        try:
+            self.admin("ListPrices", pb.ListPricesRequest(tenant=self.put_tenant()))
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return False
+            raise
+        return True
+
+
+def scope_tenant() -> pb.Scope:
+    return pb.Scope(tenant=pb.Empty())
+
+
+def scope_agent(agent: str) -> pb.Scope:
+    return pb.Scope(agent=agent)
