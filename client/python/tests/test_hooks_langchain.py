@@ -15,7 +15,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.tools import BaseTool, tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -97,8 +97,13 @@ def agent_graph(model: BaseChatModel, tools: list[BaseTool]) -> CompiledStateGra
     def call_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
         return {"messages": [model.bind_tools(tools).invoke(state["messages"])]}
 
+    async def acall_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        return {"messages": [await model.bind_tools(tools).ainvoke(state["messages"])]}
+
     graph = StateGraph(MessagesState)
-    graph.add_node("model", call_model)
+    # An async node for async runs: a sync node would drive an async handler through
+    # LangChain's sync callback path, which swallows its errors.
+    graph.add_node("model", RunnableLambda(call_model, afunc=acall_model))
     graph.add_node("tools", ToolNode(tools))
     graph.add_edge(START, "model")
     graph.add_conditional_edges("model", tools_condition)
@@ -128,6 +133,18 @@ def usage_of(client: tollgate.Client, tenant: str, limit_id: str) -> tollgate.Li
     rows = [row for row in client.usage(tenant, agent=AGENT) if row.limit_id == limit_id]
     assert len(rows) == 1, f"expected one row for {limit_id}: {rows}"
     return rows[0]
+
+
+def repeating_tenant(cluster: Cluster) -> str:
+    """A tenant whose agents trip on the third call with the same fingerprint in a minute."""
+    return cluster.put_tenant(
+        expiry=pb.EXPIRY_POLICY_CHARGE,
+        repeat_max=3,
+        repeat_window_ms=60_000,
+        velocity_window_ms=60_000,
+        velocity_dimension=pb.DIMENSION_COST,
+        velocity_floor=1_000_000,
+    )
 
 
 def put_budget(cluster: Cluster, tenant: str, limit_id: str, dimension: int, amount: int) -> None:
@@ -205,7 +222,7 @@ def test_a_short_run_commits_the_usage_the_model_reported(
 def test_a_repeated_tool_call_trips_the_agent_by_its_fingerprint(
     cluster: Cluster, client: tollgate.Client
 ) -> None:
-    tenant = cluster.put_tenant(repeat_max=3, repeat_window_ms=60_000)
+    tenant = repeating_tenant(cluster)
     model, search = looping_model(same_arguments=True), SearchTool()
     handler = TollgateCallbackHandler(client, tenant=tenant, agent=AGENT)
 

@@ -142,6 +142,18 @@ async def usage_of(client: tollgate.AsyncClient, tenant: str, limit_id: str) -> 
     return rows[0]
 
 
+def repeating_tenant(cluster: Cluster) -> str:
+    """A tenant whose agents trip on the third call with the same fingerprint in a minute."""
+    return cluster.put_tenant(
+        expiry=pb.EXPIRY_POLICY_CHARGE,
+        repeat_max=3,
+        repeat_window_ms=60_000,
+        velocity_window_ms=60_000,
+        velocity_dimension=pb.DIMENSION_COST,
+        velocity_floor=1_000_000,
+    )
+
+
 def put_budget(cluster: Cluster, tenant: str, limit_id: str, dimension: int, amount: int) -> None:
     cluster.put_limit(tenant, limit_id, scope_agent(AGENT), dimension, budget=amount)
 
@@ -231,7 +243,7 @@ async def test_a_short_run_commits_the_usage_the_model_reported(
 async def test_a_repeated_tool_call_trips_the_agent_by_its_fingerprint(
     cluster: Cluster, client: tollgate.AsyncClient
 ) -> None:
-    tenant = cluster.put_tenant(repeat_max=3, repeat_window_ms=60_000)
+    tenant = repeating_tenant(cluster)
     model, search = looping_model(reported(10, 5), same_arguments=True), SearchTool()
     agent = Agent(name=AGENT, model=model, tools=[search.tool])
 
