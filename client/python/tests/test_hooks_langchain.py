@@ -1,12 +1,13 @@
 """TollgateCallbackHandler against a real cluster: a LangGraph agent (model node, ToolNode,
 loop) whose fake chat model (no network) asks for a tool call every turn is stopped by
-Tollgate at exactly its budget, and what the cluster counts is what the handler committed."""
+Tollgate at exactly its budget, and what the cluster counts is what the handler committed.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -24,7 +25,10 @@ from langgraph.prebuilt import ToolNode, tools_condition
 import tollgate
 from tollgate._pb import tollgate_pb2 as pb
 from tollgate.hooks import Estimate
-from tollgate.hooks.langchain import AsyncTollgateCallbackHandler, TollgateCallbackHandler
+from tollgate.hooks.langchain import (
+    AsyncTollgateCallbackHandler,
+    TollgateCallbackHandler,
+)
 
 AGENT = "support-bot"
 # Graph steps LangGraph allows a run: far above every budget below.
@@ -48,8 +52,15 @@ class ScriptedChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "scripted-fake"
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, BaseMessage]:
-        return self
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """The script decides the tool calls; binding changes nothing."""
+        return cast("Runnable[LanguageModelInput, AIMessage]", self)
 
     def _generate(
         self,
@@ -90,7 +101,9 @@ class SearchTool:
         self.tool: BaseTool = search
 
 
-def agent_graph(model: BaseChatModel, tools: list[BaseTool]) -> CompiledStateGraph[Any, Any, Any, Any]:
+def agent_graph(
+    model: BaseChatModel, tools: list[BaseTool]
+) -> CompiledStateGraph[Any, Any, Any, Any]:
     """The ReAct loop: the model, then its tool calls, then the model again, until it
     answers without one."""
 
@@ -111,9 +124,13 @@ def agent_graph(model: BaseChatModel, tools: list[BaseTool]) -> CompiledStateGra
     return graph.compile()
 
 
-def looping_model(*, same_arguments: bool = False, usage: tuple[int, int, int] = (100, 20, 30)) -> ScriptedChatModel:
+def looping_model(
+    *, same_arguments: bool = False, usage: tuple[int, int, int] = (100, 20, 30)
+) -> ScriptedChatModel:
     """Asks for a search every turn, never answers: a runaway."""
-    queries = ["latest news"] if same_arguments else [f"page {n}" for n in range(1, 1_000)]
+    queries = (
+        ["latest news"] if same_arguments else [f"page {n}" for n in range(1, 1_000)]
+    )
     return ScriptedChatModel(queries=queries, usage=usage)
 
 
@@ -129,8 +146,12 @@ async def aclient(cluster: Cluster) -> AsyncIterator[tollgate.AsyncClient]:
         yield client
 
 
-def usage_of(client: tollgate.Client, tenant: str, limit_id: str) -> tollgate.LimitUsage:
-    rows = [row for row in client.usage(tenant, agent=AGENT) if row.limit_id == limit_id]
+def usage_of(
+    client: tollgate.Client, tenant: str, limit_id: str
+) -> tollgate.LimitUsage:
+    rows = [
+        row for row in client.usage(tenant, agent=AGENT) if row.limit_id == limit_id
+    ]
     assert len(rows) == 1, f"expected one row for {limit_id}: {rows}"
     return rows[0]
 
@@ -147,13 +168,17 @@ def repeating_tenant(cluster: Cluster) -> str:
     )
 
 
-def put_budget(cluster: Cluster, tenant: str, limit_id: str, dimension: int, amount: int) -> None:
+def put_budget(
+    cluster: Cluster, tenant: str, limit_id: str, dimension: int, amount: int
+) -> None:
     cluster.put_limit(tenant, limit_id, scope_agent(AGENT), dimension, budget=amount)
 
 
 def run(graph: CompiledStateGraph[Any, Any, Any, Any], handler: Any) -> dict[str, Any]:
     config: Any = {"callbacks": [handler], "recursion_limit": RECURSION_LIMIT}
-    result: dict[str, Any] = graph.invoke({"messages": [("user", "find the news")]}, config=config)
+    result: dict[str, Any] = graph.invoke(
+        {"messages": [("user", "find the news")]}, config=config
+    )
     return result
 
 
@@ -170,9 +195,15 @@ def test_a_looping_agent_is_stopped_at_its_calls_budget(
 
     # Five calls: LLM, search, LLM, search, LLM; the third search is refused before it runs.
     assert (model.calls, search.runs) == (3, 2)
-    assert (denied.value.limit_id, denied.value.dimension, denied.value.remaining) == ("bot-calls", "calls", 0)
+    assert (denied.value.limit_id, denied.value.dimension, denied.value.remaining) == (
+        "bot-calls",
+        "calls",
+        0,
+    )
     assert "bot-calls" in str(denied.value)
-    calls, tokens = usage_of(client, tenant, "bot-calls"), usage_of(client, tenant, "bot-tokens")
+    calls, tokens = usage_of(client, tenant, "bot-calls"), usage_of(
+        client, tenant, "bot-tokens"
+    )
     assert (calls.used, calls.held) == (5, 0)
     # Each LLM call committed what the model reported: 70 input + 30 cache read + 20 output.
     assert (tokens.used, tokens.held) == (3 * 120, 0)
@@ -185,7 +216,9 @@ def test_a_looping_agent_is_stopped_at_its_tokens_budget_before_the_llm_call(
     # Reserved at 200, committed at the 120 reported: 3 calls fit in 500, the 4th does not.
     put_budget(cluster, tenant, "bot-tokens", pb.DIMENSION_TOKENS, 500)
     model, search = looping_model(), SearchTool()
-    handler = TollgateCallbackHandler(client, tenant=tenant, agent=AGENT, llm_tokens=200)
+    handler = TollgateCallbackHandler(
+        client, tenant=tenant, agent=AGENT, llm_tokens=200
+    )
 
     with pytest.raises(tollgate.Denied) as denied:
         run(agent_graph(model, [search.tool]), handler)
@@ -201,21 +234,30 @@ def test_a_short_run_commits_the_usage_the_model_reported(
 ) -> None:
     put_budget(cluster, tenant, "bot-calls", pb.DIMENSION_CALLS, 100)
     put_budget(cluster, tenant, "bot-tokens", pb.DIMENSION_TOKENS, 1_000_000)
-    cluster.put_limit(tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000)
-    model = ScriptedChatModel(queries=["weather"], final="sunny", usage=(1_000, 50, 400))
+    cluster.put_limit(
+        tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000
+    )
+    model = ScriptedChatModel(
+        queries=["weather"], final="sunny", usage=(1_000, 50, 400)
+    )
     search = SearchTool()
     handler = TollgateCallbackHandler(
-        client, tenant=tenant, agent=AGENT, tool_costs={"search": Estimate(cost_usd=0.002)}
+        client,
+        tenant=tenant,
+        agent=AGENT,
+        tool_costs={"search": Estimate(cost_usd=0.002)},
     )
 
     result = run(agent_graph(model, [search.tool]), handler)
 
     assert result["messages"][-1].content == "sunny"
     assert (model.calls, search.runs) == (2, 1)
-    calls, tokens = usage_of(client, tenant, "bot-calls"), usage_of(client, tenant, "bot-tokens")
+    calls, tokens = usage_of(client, tenant, "bot-calls"), usage_of(
+        client, tenant, "bot-tokens"
+    )
     assert (calls.used, calls.held) == (3, 0)
     assert (tokens.used, tokens.held) == (2 * 1_050, 0)
-    cost = [row for row in client.usage(tenant) if row.limit_id == "cost"][0]
+    cost = next(row for row in client.usage(tenant) if row.limit_id == "cost")
     assert (cost.used, cost.held) == (2_000, 0)
 
 
@@ -238,8 +280,12 @@ def test_a_failed_llm_call_is_settled_at_its_estimate(
     cluster: Cluster, tenant: str, client: tollgate.Client
 ) -> None:
     put_budget(cluster, tenant, "bot-tokens", pb.DIMENSION_TOKENS, 1_000_000)
-    model = ScriptedChatModel(queries=["weather", RuntimeError("provider unreachable")], usage=(100, 20, 0))
-    handler = TollgateCallbackHandler(client, tenant=tenant, agent=AGENT, llm_tokens=700, ttl=2.0)
+    model = ScriptedChatModel(
+        queries=["weather", RuntimeError("provider unreachable")], usage=(100, 20, 0)
+    )
+    handler = TollgateCallbackHandler(
+        client, tenant=tenant, agent=AGENT, llm_tokens=700, ttl=2.0
+    )
 
     with pytest.raises(RuntimeError, match="provider unreachable"):
         run(agent_graph(model, [SearchTool().tool]), handler)
@@ -265,11 +311,17 @@ async def test_the_async_handler_stops_an_async_run_at_its_calls_budget(
     config: Any = {"callbacks": [handler], "recursion_limit": RECURSION_LIMIT}
 
     with pytest.raises(tollgate.Denied) as denied:
-        await agent_graph(model, [search.tool]).ainvoke({"messages": [("user", "hi")]}, config=config)
+        await agent_graph(model, [search.tool]).ainvoke(
+            {"messages": [("user", "hi")]}, config=config
+        )
 
     # LLM, search, LLM, search; the third LLM call is refused before it runs.
     assert (model.calls, search.runs) == (2, 2)
     assert denied.value.limit_id == "bot-calls"
-    rows = [row for row in await aclient.usage(tenant, agent=AGENT) if row.limit_id == "bot-calls"]
+    rows = [
+        row
+        for row in await aclient.usage(tenant, agent=AGENT)
+        if row.limit_id == "bot-calls"
+    ]
     assert [(row.used, row.held) for row in rows] == [(4, 0)]
     assert handler.open_count == 0

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 import tollgate
 
-__all__ = ["Estimate", "OpenReservationsFull", "TokenCounts"]
+__all__ = ["Estimate", "OpenReservationsFull"]
 
 # Reservations a hook holds open at once, by default: far above the calls one agent worker
 # has in flight, so reaching it means calls that never ended (a leak), not load.
@@ -43,9 +43,19 @@ class Estimate:
     calls: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 0:
-            raise ValueError(f"Estimate.tokens must be an int >= 0, got {self.tokens!r}")
-        if isinstance(self.calls, bool) or not isinstance(self.calls, int) or self.calls < 0:
+        if (
+            isinstance(self.tokens, bool)
+            or not isinstance(self.tokens, int)
+            or self.tokens < 0
+        ):
+            raise ValueError(
+                f"Estimate.tokens must be an int >= 0, got {self.tokens!r}"
+            )
+        if (
+            isinstance(self.calls, bool)
+            or not isinstance(self.calls, int)
+            or self.calls < 0
+        ):
             raise ValueError(f"Estimate.calls must be an int >= 0, got {self.calls!r}")
         if self.cost_usd is not None and not self.cost_usd >= 0:
             raise ValueError(f"Estimate.cost_usd must be >= 0, got {self.cost_usd!r}")
@@ -64,7 +74,11 @@ class TokenCounts:
     @staticmethod
     def of(input_total: int, output: int, cached: int) -> TokenCounts:
         """From a provider's report, where `input_total` includes the cached tokens."""
-        input_total, output, cached = max(input_total, 0), max(output, 0), max(cached, 0)
+        input_total, output, cached = (
+            max(input_total, 0),
+            max(output, 0),
+            max(cached, 0),
+        )
         cached = min(cached, input_total)
         return TokenCounts(input=input_total - cached, output=output, cached=cached)
 
@@ -81,9 +95,44 @@ class TokenCounts:
         )
 
 
+@dataclass(frozen=True)
+class Actual:
+    """What a call is committed at: tokens and a cost, or usage the cluster prices."""
+
+    tokens: int = 0
+    cost_usd: float | None = None
+    usage: tollgate.Usage | None = None
+
+
+def llm_actual(
+    counts: TokenCounts | None,
+    model: str | None,
+    priced_models: Collection[str],
+    estimate: Estimate,
+) -> Actual:
+    """The commit of an LLM call: its usage when the tenant prices its model; else the tokens
+    it reported (the estimate's when it reported none) at the estimate's cost, since nothing
+    here can price it."""
+    priced = priced_model(model, priced_models)
+    if counts is not None and priced is not None:
+        return Actual(usage=counts.usage(priced))
+    tokens = counts.total if counts is not None else estimate.tokens
+    return Actual(tokens=tokens, cost_usd=estimate.cost_usd)
+
+
+def tool_actual(estimate: Estimate) -> Actual:
+    """A tool reports no usage: it is committed at its estimate."""
+    return Actual(tokens=estimate.tokens, cost_usd=estimate.cost_usd)
+
+
+# A tool no `tool_costs` entry names: one call, nothing else.
+TOOL_COST_DEFAULT = Estimate()
+
+
 def priced_model(model: str | None, priced_models: Collection[str]) -> str | None:
     """The model to commit usage for, when the tenant's price table prices it; None: commit
-    tokens (and the estimate's cost) instead, since usage the table cannot price is refused."""
+    tokens (and the estimate's cost) instead, since usage the table cannot price is refused.
+    """
     if model is None:
         return None
     if PRICE_FALLBACK in priced_models or model in priced_models:
@@ -98,7 +147,8 @@ def llm_tool(model: str | None) -> str:
 
 class OpenReservationsFull(RuntimeError):
     """A hook holds `open_max` reservations already: calls started and never ended. The new
-    call is refused (not let through unguarded) rather than evicting one still running."""
+    call is refused (not let through unguarded) rather than evicting one still running.
+    """
 
 
 K = TypeVar("K", bound=Hashable)
@@ -108,7 +158,8 @@ V = TypeVar("V")
 class OpenTable(Generic[K, V]):
     """Reservations in flight, at most `open_max` of them, by the framework's key for a call.
     Several calls may share a key (a framework that names calls only by their run and tool):
-    they end in the order they started. Thread safe: LangChain runs sync tools on a pool."""
+    they end in the order they started. Thread safe: LangChain runs sync tools on a pool.
+    """
 
     def __init__(self, open_max: int) -> None:
         if open_max < 1:

@@ -23,39 +23,32 @@ from collections.abc import Collection, Mapping
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
+from typing_extensions import Self
 
 import tollgate
 from tollgate.hooks import (
     LLM_TOKENS_DEFAULT,
     OPEN_MAX_DEFAULT,
+    TOOL_COST_DEFAULT,
     TTL_DEFAULT,
+    Actual,
     Estimate,
     OpenTable,
     TokenCounts,
+    llm_actual,
     llm_tool,
-    priced_model,
+    tool_actual,
 )
 
 __all__ = ["AsyncTollgateCallbackHandler", "TollgateCallbackHandler"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Open:
-    """A reservation held from a call's start to its end."""
-
-    stack: ExitStack | AsyncExitStack
-    reservation: Any
-    tool: str
-    model: str | None
-    estimate: Estimate
 
 
 @dataclass(frozen=True)
@@ -66,6 +59,40 @@ class _Call:
     model: str | None
     estimate: Estimate
     fingerprint: str | None = None
+
+
+class _Reservation(Protocol):
+    """What the handler uses of the sync client's reservation (the class is not among the
+    package's public names)."""
+
+    @property
+    def tightest(self) -> tollgate.Remaining | None: ...
+
+    def commit(
+        self,
+        tokens: int = 0,
+        cost_usd: float | None = None,
+        *,
+        usage: tollgate.Usage | None = None,
+    ) -> object: ...
+
+
+@dataclass
+class _Open:
+    """A reservation held from a call's start to its end (sync client)."""
+
+    call: _Call
+    stack: ExitStack
+    reservation: _Reservation
+
+
+@dataclass
+class _AsyncOpen:
+    """A reservation held from a call's start to its end (async client)."""
+
+    call: _Call
+    stack: AsyncExitStack
+    reservation: tollgate.AsyncReservation
 
 
 class _Policy:
@@ -93,19 +120,29 @@ class _Policy:
         self.tool_costs = dict(tool_costs or {})
         self.default_tool_cost = default_tool_cost
         self.ttl = ttl
-        self.open: OpenTable[UUID, _Open] = OpenTable(open_max)
+        self.open_max = open_max
 
-    def llm_call(self, metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> _Call:
+    def llm_call(
+        self, metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
+    ) -> _Call:
         model = self.model or _model_name(metadata, kwargs)
         return _Call(tool=llm_tool(model), model=model, estimate=self.llm_estimate)
 
     def tool_call(
-        self, serialized: Mapping[str, Any] | None, inputs: Any, kwargs: Mapping[str, Any]
+        self,
+        serialized: Mapping[str, Any] | None,
+        inputs: Any,
+        kwargs: Mapping[str, Any],
     ) -> _Call:
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         name = str(name)
         estimate = self.tool_costs.get(name, self.default_tool_cost)
-        return _Call(tool=name, model=None, estimate=estimate, fingerprint=_fingerprint(name, inputs))
+        return _Call(
+            tool=name,
+            model=None,
+            estimate=estimate,
+            fingerprint=_fingerprint(name, inputs),
+        )
 
     def reserve_args(self, call: _Call) -> dict[str, Any]:
         return {
@@ -119,20 +156,11 @@ class _Policy:
             "fingerprint": call.fingerprint,
         }
 
-    def llm_actual(self, open_: _Open, response: LLMResult) -> dict[str, Any]:
-        """The commit of an LLM call: its usage when the tenant prices its model, else its
-        tokens (the estimate's when the model reported none) at the estimate's cost."""
-        counts = _token_counts(response)
-        model = open_.model or _reported_model(response)
-        priced = priced_model(model, self.priced_models)
-        if counts is not None and priced is not None:
-            return {"usage": counts.usage(priced)}
-        tokens = counts.total if counts is not None else open_.estimate.tokens
-        return {"tokens": tokens, "cost_usd": open_.estimate.cost_usd}
-
-    @staticmethod
-    def tool_actual(open_: _Open) -> dict[str, Any]:
-        return {"tokens": open_.estimate.tokens, "cost_usd": open_.estimate.cost_usd}
+    def llm_actual(self, call: _Call, response: LLMResult) -> Actual:
+        model = call.model or _reported_model(response)
+        return llm_actual(
+            _token_counts(response), model, self.priced_models, call.estimate
+        )
 
 
 class TollgateCallbackHandler(BaseCallbackHandler):
@@ -160,7 +188,7 @@ class TollgateCallbackHandler(BaseCallbackHandler):
         model: str | None = None,
         priced_models: Collection[str] = (),
         tool_costs: Mapping[str, Estimate] | None = None,
-        default_tool_cost: Estimate = Estimate(),
+        default_tool_cost: Estimate = TOOL_COST_DEFAULT,
         ttl: float = TTL_DEFAULT,
         open_max: int = OPEN_MAX_DEFAULT,
     ) -> None:
@@ -177,8 +205,9 @@ class TollgateCallbackHandler(BaseCallbackHandler):
             ttl=ttl,
             open_max=open_max,
         )
+        self._open: OpenTable[UUID, _Open] = OpenTable(open_max)
 
-    def __enter__(self) -> TollgateCallbackHandler:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -192,12 +221,14 @@ class TollgateCallbackHandler(BaseCallbackHandler):
     @property
     def open_count(self) -> int:
         """Reservations of calls that started and have not ended."""
-        return len(self._policy.open)
+        return len(self._open)
 
     def settle_open(self) -> None:
         """Settles every reservation still open at its estimate, flagged abandoned."""
-        for open_ in self._policy.open.drain():
-            logger.warning("settling the open reservation of %r as abandoned", open_.tool)
+        for open_ in self._open.drain():
+            logger.warning(
+                "settling the open reservation of %r as abandoned", open_.call.tool
+            )
             _close(open_)
 
     def on_chat_model_start(
@@ -227,12 +258,14 @@ class TollgateCallbackHandler(BaseCallbackHandler):
         self._reserve(run_id, self._policy.llm_call(metadata, kwargs))
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        open_ = self._policy.open.pop(run_id)
+        open_ = self._open.pop(run_id)
         if open_ is not None:
-            _commit(open_, self._policy.llm_actual(open_, response))
+            _commit(open_, self._policy.llm_actual(open_.call, response))
 
-    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        open_ = self._policy.open.pop(run_id)
+    def on_llm_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        open_ = self._open.pop(run_id)
         if open_ is not None:
             _close(open_)
 
@@ -251,23 +284,30 @@ class TollgateCallbackHandler(BaseCallbackHandler):
         self._reserve(run_id, self._policy.tool_call(serialized, inputs, kwargs))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        open_ = self._policy.open.pop(run_id)
+        open_ = self._open.pop(run_id)
         if open_ is not None:
-            _commit(open_, self._policy.tool_actual(open_))
+            _commit(open_, tool_actual(open_.call.estimate))
 
-    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        open_ = self._policy.open.pop(run_id)
+    def on_tool_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        open_ = self._open.pop(run_id)
         if open_ is not None:
             _close(open_)
 
     def _reserve(self, run_id: UUID, call: _Call) -> None:
         """Reserves for a call about to start; a Tollgate error propagates and stops it."""
-        self._policy.open.check_room()
+        self._open.check_room()
         stack = ExitStack()
-        reservation = stack.enter_context(self._client.reserve(**self._policy.reserve_args(call)))
-        open_ = _Open(stack, reservation, call.tool, call.model, call.estimate)
+        reservation = stack.enter_context(
+            self._client.reserve(**self._policy.reserve_args(call))
+        )
+        logger.debug(
+            "granted %r: %r, tightest %s", call.tool, reservation, reservation.tightest
+        )
+        open_ = _Open(call, stack, reservation)
         try:
-            self._policy.open.put(run_id, open_)
+            self._open.put(run_id, open_)
         except BaseException:
             _close(open_)
             raise
@@ -289,7 +329,7 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
         model: str | None = None,
         priced_models: Collection[str] = (),
         tool_costs: Mapping[str, Estimate] | None = None,
-        default_tool_cost: Estimate = Estimate(),
+        default_tool_cost: Estimate = TOOL_COST_DEFAULT,
         ttl: float = TTL_DEFAULT,
         open_max: int = OPEN_MAX_DEFAULT,
     ) -> None:
@@ -306,8 +346,9 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
             ttl=ttl,
             open_max=open_max,
         )
+        self._open: OpenTable[UUID, _AsyncOpen] = OpenTable(open_max)
 
-    async def __aenter__(self) -> AsyncTollgateCallbackHandler:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -321,12 +362,14 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
     @property
     def open_count(self) -> int:
         """Reservations of calls that started and have not ended."""
-        return len(self._policy.open)
+        return len(self._open)
 
     async def settle_open(self) -> None:
         """Settles every reservation still open at its estimate, flagged abandoned."""
-        for open_ in self._policy.open.drain():
-            logger.warning("settling the open reservation of %r as abandoned", open_.tool)
+        for open_ in self._open.drain():
+            logger.warning(
+                "settling the open reservation of %r as abandoned", open_.call.tool
+            )
             await _aclose(open_)
 
     async def on_chat_model_start(
@@ -355,13 +398,17 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
     ) -> None:
         await self._reserve(run_id, self._policy.llm_call(metadata, kwargs))
 
-    async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        open_ = self._policy.open.pop(run_id)
+    async def on_llm_end(
+        self, response: LLMResult, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        open_ = self._open.pop(run_id)
         if open_ is not None:
-            await _acommit(open_, self._policy.llm_actual(open_, response))
+            await _acommit(open_, self._policy.llm_actual(open_.call, response))
 
-    async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        open_ = self._policy.open.pop(run_id)
+    async def on_llm_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        open_ = self._open.pop(run_id)
         if open_ is not None:
             await _aclose(open_)
 
@@ -380,30 +427,37 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
         await self._reserve(run_id, self._policy.tool_call(serialized, inputs, kwargs))
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        open_ = self._policy.open.pop(run_id)
+        open_ = self._open.pop(run_id)
         if open_ is not None:
-            await _acommit(open_, self._policy.tool_actual(open_))
+            await _acommit(open_, tool_actual(open_.call.estimate))
 
-    async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        open_ = self._policy.open.pop(run_id)
+    async def on_tool_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        open_ = self._open.pop(run_id)
         if open_ is not None:
             await _aclose(open_)
 
     async def _reserve(self, run_id: UUID, call: _Call) -> None:
-        self._policy.open.check_room()
+        self._open.check_room()
         stack = AsyncExitStack()
         reservation = await stack.enter_async_context(
             self._client.reserve(**self._policy.reserve_args(call))
         )
-        open_ = _Open(stack, reservation, call.tool, call.model, call.estimate)
+        logger.debug(
+            "granted %r: %r, tightest %s", call.tool, reservation, reservation.tightest
+        )
+        open_ = _AsyncOpen(call, stack, reservation)
         try:
-            self._policy.open.put(run_id, open_)
+            self._open.put(run_id, open_)
         except BaseException:
             await _aclose(open_)
             raise
 
 
-def _model_name(metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> str | None:
+def _model_name(
+    metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
+) -> str | None:
     """The model a call names: LangChain's tracing metadata, else its invocation params."""
     name = (metadata or {}).get("ls_model_name")
     if not name:
@@ -419,18 +473,23 @@ def _reported_model(response: LLMResult) -> str | None:
 
 def _token_counts(response: LLMResult) -> TokenCounts | None:
     """What the model reported it used: the messages' `usage_metadata` (LangChain's standard
-    form), else the provider's `token_usage` in `llm_output`; None when it reported nothing."""
+    form), else the provider's `token_usage` in `llm_output`; None when it reported nothing.
+    """
     found = False
     input_total = output = cached = 0
     for generations in response.generations:
         for generation in generations:
-            usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
+            usage = getattr(
+                getattr(generation, "message", None), "usage_metadata", None
+            )
             if not usage:
                 continue
             found = True
             input_total += int(usage.get("input_tokens") or 0)
             output += int(usage.get("output_tokens") or 0)
-            cached += int((usage.get("input_token_details") or {}).get("cache_read") or 0)
+            cached += int(
+                (usage.get("input_token_details") or {}).get("cache_read") or 0
+            )
     if found:
         return TokenCounts.of(input_total, output, cached)
     token_usage = (response.llm_output or {}).get("token_usage")
@@ -455,13 +514,21 @@ def _fingerprint(tool: str, inputs: Any) -> str | None:
         return None
 
 
-def _commit(open_: _Open, actual: Mapping[str, Any]) -> None:
+def _commit(open_: _Open, actual: Actual) -> None:
     """Commits what the call used. A commit the cluster does not take is logged, not raised:
-    the call already happened, and the guard's exit then settles it at its estimate."""
+    the call already happened, and the cluster charges the hold at its estimate on expiry.
+    """
     try:
-        open_.reservation.commit(**actual)
+        open_.reservation.commit(
+            tokens=actual.tokens, cost_usd=actual.cost_usd, usage=actual.usage
+        )
+        logger.debug("committed %r: %s", open_.call.tool, actual)
     except tollgate.TollgateError as error:
-        logger.warning("committing %r failed; settling at its estimate: %s", open_.tool, error)
+        logger.warning(
+            "committing %r failed; it expires at its estimate: %s",
+            open_.call.tool,
+            error,
+        )
     finally:
         _close(open_)
 
@@ -469,25 +536,34 @@ def _commit(open_: _Open, actual: Mapping[str, Any]) -> None:
 def _close(open_: _Open) -> None:
     """Leaves the reservation's guard: after a commit, nothing more; without one, the guard
     settles at the estimate (abandoned)."""
-    assert isinstance(open_.stack, ExitStack)
     try:
         open_.stack.close()
     except tollgate.TollgateError as error:
-        logger.warning("settling %r failed; the cluster charges it at expiry: %s", open_.tool, error)
+        logger.warning(
+            "settling %r failed; it expires at its estimate: %s", open_.call.tool, error
+        )
 
 
-async def _acommit(open_: _Open, actual: Mapping[str, Any]) -> None:
+async def _acommit(open_: _AsyncOpen, actual: Actual) -> None:
     try:
-        await open_.reservation.commit(**actual)
+        await open_.reservation.commit(
+            tokens=actual.tokens, cost_usd=actual.cost_usd, usage=actual.usage
+        )
+        logger.debug("committed %r: %s", open_.call.tool, actual)
     except tollgate.TollgateError as error:
-        logger.warning("committing %r failed; settling at its estimate: %s", open_.tool, error)
+        logger.warning(
+            "committing %r failed; it expires at its estimate: %s",
+            open_.call.tool,
+            error,
+        )
     finally:
         await _aclose(open_)
 
 
-async def _aclose(open_: _Open) -> None:
-    assert isinstance(open_.stack, AsyncExitStack)
+async def _aclose(open_: _AsyncOpen) -> None:
     try:
         await open_.stack.aclose()
     except tollgate.TollgateError as error:
-        logger.warning("settling %r failed; the cluster charges it at expiry: %s", open_.tool, error)
+        logger.warning(
+            "settling %r failed; it expires at its estimate: %s", open_.call.tool, error
+        )

@@ -25,21 +25,32 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from agents import Agent, AgentsException, ModelResponse, RunContextWrapper, RunHooks, Tool
+from agents import (
+    Agent,
+    AgentsException,
+    ModelResponse,
+    RunContextWrapper,
+    RunHooks,
+    Tool,
+)
 from agents.items import TResponseInputItem
 from agents.tool_context import ToolContext
+from typing_extensions import Self
 
 import tollgate
 from tollgate.hooks import (
     LLM_TOKENS_DEFAULT,
     OPEN_MAX_DEFAULT,
+    TOOL_COST_DEFAULT,
     TTL_DEFAULT,
+    Actual,
     Estimate,
     OpenReservationsFull,
     OpenTable,
     TokenCounts,
+    llm_actual,
     llm_tool,
-    priced_model,
+    tool_actual,
 )
 
 __all__ = ["TollgateRunHooks", "TollgateStopped"]
@@ -64,9 +75,10 @@ class _Open:
     """A reservation held across the hooks of one call."""
 
     stack: AsyncExitStack
-    reservation: Any
+    reservation: tollgate.AsyncReservation
     tool: str
     model: str | None
+    estimate: Estimate
     # The SDK objects whose ids are in the key, kept alive so no other object takes their id
     # while the reservation is open.
     anchor: object
@@ -99,7 +111,7 @@ class TollgateRunHooks(RunHooks[Any]):
         model: str | None = None,
         priced_models: Collection[str] = (),
         tool_costs: Mapping[str, Estimate] | None = None,
-        default_tool_cost: Estimate = Estimate(),
+        default_tool_cost: Estimate = TOOL_COST_DEFAULT,
         ttl: float = TTL_DEFAULT,
         open_max: int = OPEN_MAX_DEFAULT,
     ) -> None:
@@ -114,7 +126,7 @@ class TollgateRunHooks(RunHooks[Any]):
         self._ttl = ttl
         self._open: OpenTable[tuple[object, ...], _Open] = OpenTable(open_max)
 
-    async def __aenter__(self) -> TollgateRunHooks:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -134,7 +146,9 @@ class TollgateRunHooks(RunHooks[Any]):
         """Settles every reservation still open at its estimate, flagged abandoned: their
         calls started and never reported an end, so they may have spent."""
         for open_ in self._open.drain():
-            logger.warning("settling the open reservation of %r as abandoned", open_.tool)
+            logger.warning(
+                "settling the open reservation of %r as abandoned", open_.tool
+            )
             await _close(open_)
 
     async def on_llm_start(
@@ -146,7 +160,9 @@ class TollgateRunHooks(RunHooks[Any]):
     ) -> None:
         model = self._model_of(agent)
         key = ("llm", id(context), id(agent))
-        await self._reserve(key, (context, agent), agent, llm_tool(model), self._llm_estimate, model)
+        await self._reserve(
+            key, (context, agent), agent, llm_tool(model), self._llm_estimate, model
+        )
 
     async def on_llm_end(
         self,
@@ -156,7 +172,9 @@ class TollgateRunHooks(RunHooks[Any]):
     ) -> None:
         open_ = self._open.pop(("llm", id(context), id(agent)))
         if open_ is None:
-            logger.warning("an LLM call of %r ended that this hook never reserved", agent.name)
+            logger.warning(
+                "an LLM call of %r ended that this hook never reserved", agent.name
+            )
             return
         usage = response.usage
         counts = TokenCounts.of(
@@ -164,11 +182,9 @@ class TollgateRunHooks(RunHooks[Any]):
             usage.output_tokens,
             usage.input_tokens_details.cached_tokens or 0,
         )
-        priced = priced_model(open_.model, self._priced_models)
-        if priced is not None:
-            await _commit(open_, usage=counts.usage(priced))
-        else:
-            await _commit(open_, tokens=counts.total, cost_usd=self._llm_estimate.cost_usd)
+        await _commit(
+            open_, llm_actual(counts, open_.model, self._priced_models, open_.estimate)
+        )
 
     async def on_tool_start(
         self,
@@ -180,7 +196,13 @@ class TollgateRunHooks(RunHooks[Any]):
         estimate = self._tool_costs.get(name, self._default_tool_cost)
         fingerprint = _fingerprint(name, context)
         await self._reserve(
-            _tool_key(context, tool), (context, tool), agent, name, estimate, None, fingerprint
+            _tool_key(context, tool),
+            (context, tool),
+            agent,
+            name,
+            estimate,
+            None,
+            fingerprint,
         )
 
     async def on_tool_end(
@@ -192,10 +214,11 @@ class TollgateRunHooks(RunHooks[Any]):
     ) -> None:
         open_ = self._open.pop(_tool_key(context, tool))
         if open_ is None:
-            logger.warning("tool %r ended and this hook never reserved it", _tool_name(tool))
+            logger.warning(
+                "tool %r ended and this hook never reserved it", _tool_name(tool)
+            )
             return
-        estimate = self._tool_costs.get(open_.tool, self._default_tool_cost)
-        await _commit(open_, tokens=estimate.tokens, cost_usd=estimate.cost_usd)
+        await _commit(open_, tool_actual(open_.estimate))
 
     async def _reserve(
         self,
@@ -226,7 +249,10 @@ class TollgateRunHooks(RunHooks[Any]):
             )
         except (tollgate.TollgateError, OpenReservationsFull) as error:
             raise TollgateStopped(tool, error) from error
-        open_ = _Open(stack=stack, reservation=reservation, tool=tool, model=model, anchor=anchor)
+        logger.debug(
+            "granted %r: %r, tightest %s", tool, reservation, reservation.tightest
+        )
+        open_ = _Open(stack, reservation, tool, model, estimate, anchor)
         try:
             self._open.put(key, open_)
         except OpenReservationsFull as error:
@@ -249,7 +275,8 @@ def _tool_name(tool: Tool) -> str:
 
 def _tool_key(context: RunContextWrapper[Any], tool: Tool) -> tuple[object, ...]:
     """A function tool's call has a `ToolContext` of its own, passed to both of its hooks;
-    other local tools (shell, computer) share the run's context and end in start order."""
+    other local tools (shell, computer) share the run's context and end in start order.
+    """
     if isinstance(context, ToolContext):
         return ("tool", id(context))
     return ("tool", id(context), id(tool))
@@ -272,13 +299,19 @@ def _fingerprint(tool: str, context: RunContextWrapper[Any]) -> str | None:
         return None
 
 
-async def _commit(open_: _Open, **actual: Any) -> None:
+async def _commit(open_: _Open, actual: Actual) -> None:
     """Commits what the call used. A commit the cluster does not take is logged, not raised:
-    the call already happened, and the guard's exit then settles it at its estimate."""
+    the call already happened, and the cluster charges the hold at its estimate on expiry.
+    """
     try:
-        await open_.reservation.commit(**actual)
+        await open_.reservation.commit(
+            tokens=actual.tokens, cost_usd=actual.cost_usd, usage=actual.usage
+        )
+        logger.debug("committed %r: %s", open_.tool, actual)
     except tollgate.TollgateError as error:
-        logger.warning("committing %r failed; settling at its estimate: %s", open_.tool, error)
+        logger.warning(
+            "committing %r failed; it expires at its estimate: %s", open_.tool, error
+        )
     finally:
         await _close(open_)
 
@@ -290,5 +323,7 @@ async def _close(open_: _Open) -> None:
         await open_.stack.aclose()
     except tollgate.TollgateError as error:
         logger.warning(
-            "settling %r failed; the cluster charges its estimate at expiry: %s", open_.tool, error
+            "settling %r failed; the cluster charges its estimate at expiry: %s",
+            open_.tool,
+            error,
         )
