@@ -103,6 +103,31 @@ class Actual:
     cost_usd: float | None = None
     usage: tollgate.Usage | None = None
 
+    def __str__(self) -> str:
+        if self.usage is not None:
+            u = self.usage
+            return (
+                f"{u.model}: {u.input_tokens} input, {u.cached_input_tokens} cached, "
+                f"{u.output_tokens} output tokens, priced by the tenant"
+            )
+        cost = "" if self.cost_usd is None else f", ${self.cost_usd}"
+        return f"{self.tokens} tokens{cost}"
+
+
+def grant_text(
+    tool: str, reservation_id: int | None, tightest: tollgate.Remaining | None
+) -> str:
+    """A grant as the hooks log it (at DEBUG, on the logger of their module)."""
+    where = (
+        "granted locally" if reservation_id is None else f"reservation {reservation_id}"
+    )
+    left = (
+        ""
+        if tightest is None
+        else f"; tightest: {tightest.limit_id}, {tightest.remaining} {tightest.dimension} left"
+    )
+    return f"granted {tool} ({where}{left})"
+
 
 def llm_actual(
     counts: TokenCounts | None,

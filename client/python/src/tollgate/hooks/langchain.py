@@ -41,6 +41,7 @@ from tollgate.hooks import (
     Estimate,
     OpenTable,
     TokenCounts,
+    grant_text,
     llm_actual,
     llm_tool,
     tool_actual,
@@ -64,6 +65,9 @@ class _Call:
 class _Reservation(Protocol):
     """What the handler uses of the sync client's reservation (the class is not among the
     package's public names)."""
+
+    @property
+    def reservation_id(self) -> int | None: ...
 
     @property
     def tightest(self) -> tollgate.Remaining | None: ...
@@ -303,7 +307,8 @@ class TollgateCallbackHandler(BaseCallbackHandler):
             self._client.reserve(**self._policy.reserve_args(call))
         )
         logger.debug(
-            "granted %r: %r, tightest %s", call.tool, reservation, reservation.tightest
+            "%s",
+            grant_text(call.tool, reservation.reservation_id, reservation.tightest),
         )
         open_ = _Open(call, stack, reservation)
         try:
@@ -445,7 +450,8 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
             self._client.reserve(**self._policy.reserve_args(call))
         )
         logger.debug(
-            "granted %r: %r, tightest %s", call.tool, reservation, reservation.tightest
+            "%s",
+            grant_text(call.tool, reservation.reservation_id, reservation.tightest),
         )
         open_ = _AsyncOpen(call, stack, reservation)
         try:
@@ -522,7 +528,7 @@ def _commit(open_: _Open, actual: Actual) -> None:
         open_.reservation.commit(
             tokens=actual.tokens, cost_usd=actual.cost_usd, usage=actual.usage
         )
-        logger.debug("committed %r: %s", open_.call.tool, actual)
+        logger.debug("committed %s: %s", open_.call.tool, actual)
     except tollgate.TollgateError as error:
         logger.warning(
             "committing %r failed; it expires at its estimate: %s",
@@ -549,7 +555,7 @@ async def _acommit(open_: _AsyncOpen, actual: Actual) -> None:
         await open_.reservation.commit(
             tokens=actual.tokens, cost_usd=actual.cost_usd, usage=actual.usage
         )
-        logger.debug("committed %r: %s", open_.call.tool, actual)
+        logger.debug("committed %s: %s", open_.call.tool, actual)
     except tollgate.TollgateError as error:
         logger.warning(
             "committing %r failed; it expires at its estimate: %s",

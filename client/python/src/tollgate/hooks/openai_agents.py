@@ -48,6 +48,7 @@ from tollgate.hooks import (
     OpenReservationsFull,
     OpenTable,
     TokenCounts,
+    grant_text,
     llm_actual,
     llm_tool,
     tool_actual,
@@ -250,7 +251,7 @@ class TollgateRunHooks(RunHooks[Any]):
         except (tollgate.TollgateError, OpenReservationsFull) as error:
             raise TollgateStopped(tool, error) from error
         logger.debug(
-            "granted %r: %r, tightest %s", tool, reservation, reservation.tightest
+            "%s", grant_text(tool, reservation.reservation_id, reservation.tightest)
         )
         open_ = _Open(stack, reservation, tool, model, estimate, anchor)
         try:
@@ -307,7 +308,7 @@ async def _commit(open_: _Open, actual: Actual) -> None:
         await open_.reservation.commit(
             tokens=actual.tokens, cost_usd=actual.cost_usd, usage=actual.usage
         )
-        logger.debug("committed %r: %s", open_.tool, actual)
+        logger.debug("committed %s: %s", open_.tool, actual)
     except tollgate.TollgateError as error:
         logger.warning(
             "committing %r failed; it expires at its estimate: %s", open_.tool, error
