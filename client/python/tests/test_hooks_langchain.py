@@ -6,6 +6,7 @@ Tollgate at exactly its budget, and what the cluster counts is what the handler 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, cast
 
@@ -24,7 +25,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 
 import tollgate
 from tollgate._pb import tollgate_pb2 as pb
-from tollgate.hooks import Estimate
+from tollgate.hooks import Estimate, OpenReservationsFull
 from tollgate.hooks.langchain import (
     AsyncTollgateCallbackHandler,
     TollgateCallbackHandler,
@@ -46,6 +47,9 @@ class ScriptedChatModel(BaseChatModel):
     queries: list[Any]
     final: str | None = None
     usage: tuple[int, int, int] = (100, 20, 0)
+    # Report usage the way older provider integrations do: `llm_output["token_usage"]`
+    # (OpenAI's field names) instead of the message's `usage_metadata`.
+    usage_in_llm_output: bool = False
     calls: int = 0
 
     @property
@@ -78,14 +82,30 @@ class ScriptedChatModel(BaseChatModel):
             "input_token_details": {"cache_read": cache_read},
         }
         if self.final is not None and self.calls > len(self.queries):
-            message = AIMessage(content=self.final, usage_metadata=usage)
+            message = AIMessage(content=self.final)
+        else:
+            query = self.queries[min(self.calls, len(self.queries)) - 1]
+            if isinstance(query, Exception):
+                raise query
+            call = {
+                "name": "search",
+                "args": {"query": query},
+                "id": f"call_{self.calls}",
+            }
+            message = AIMessage(content="", tool_calls=[call])
+        if not self.usage_in_llm_output:
+            message.usage_metadata = cast(Any, usage)
             return ChatResult(generations=[ChatGeneration(message=message)])
-        query = self.queries[min(self.calls, len(self.queries)) - 1]
-        if isinstance(query, Exception):
-            raise query
-        call = {"name": "search", "args": {"query": query}, "id": f"call_{self.calls}"}
-        message = AIMessage(content="", tool_calls=[call], usage_metadata=usage)
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        token_usage = {
+            "prompt_tokens": input_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+            "prompt_tokens_details": {"cached_tokens": cache_read},
+        }
+        return ChatResult(
+            generations=[ChatGeneration(message=message)],
+            llm_output={"token_usage": token_usage, "model_name": self.model},
+        )
 
 
 class SearchTool:
@@ -259,6 +279,45 @@ def test_a_short_run_commits_the_usage_the_model_reported(
     assert (tokens.used, tokens.held) == (2 * 1_050, 0)
     cost = next(row for row in client.usage(tenant) if row.limit_id == "cost")
     assert (cost.used, cost.held) == (2_000, 0)
+
+
+def test_usage_reported_in_llm_output_is_committed(
+    cluster: Cluster, tenant: str, client: tollgate.Client
+) -> None:
+    put_budget(cluster, tenant, "bot-tokens", pb.DIMENSION_TOKENS, 1_000_000)
+    model = ScriptedChatModel(
+        queries=["weather"],
+        final="sunny",
+        usage=(900, 70, 300),
+        usage_in_llm_output=True,
+    )
+    handler = TollgateCallbackHandler(
+        client, tenant=tenant, agent=AGENT, llm_tokens=5_000
+    )
+
+    run(agent_graph(model, [SearchTool().tool]), handler)
+
+    assert model.calls == 2
+    tokens = usage_of(client, tenant, "bot-tokens")
+    assert (tokens.used, tokens.held) == (2 * 970, 0)
+
+
+def test_a_call_past_open_max_is_refused_and_the_others_still_commit(
+    cluster: Cluster, tenant: str, client: tollgate.Client
+) -> None:
+    put_budget(cluster, tenant, "bot-calls", pb.DIMENSION_CALLS, 100)
+    handler = TollgateCallbackHandler(client, tenant=tenant, agent=AGENT, open_max=1)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    tool = {"name": "search"}
+
+    handler.on_tool_start(tool, "a", run_id=first, inputs={"query": "a"})
+    with pytest.raises(OpenReservationsFull, match="open_max"):
+        handler.on_tool_start(tool, "b", run_id=second, inputs={"query": "b"})
+    handler.on_tool_end("found", run_id=first)
+
+    calls = usage_of(client, tenant, "bot-calls")
+    assert (calls.used, calls.held) == (1, 0)
+    assert handler.open_count == 0
 
 
 def test_a_repeated_tool_call_trips_the_agent_by_its_fingerprint(
