@@ -34,7 +34,10 @@ def binary() -> Path:
     """TOLLGATE_BIN, else the workspace's debug build."""
     path = Path(os.environ.get("TOLLGATE_BIN") or REPO_ROOT / "target" / "debug" / "tollgate")
     if not path.is_file():
-        raise FileNotFoundError(f"no tollgate binary at {path}: run `cargo build -p tollgate-server` or set TOLLGATE_BIN")
+        raise FileNotFoundError(
+            f"no tollgate binary at {path}: "
+            "run `cargo build -p tollgate-server` or set TOLLGATE_BIN"
+        )
     return path
 
 
@@ -57,7 +60,10 @@ class Cluster:
         self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(NODES)]
         self.peer_addrs = [f"127.0.0.1:{free_port()}" for _ in range(NODES)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self._channels = {addr: grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) for addr in self.addrs}
+        self._channels = {
+            addr: grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)])
+            for addr in self.addrs
+        }
 
     def _command(self, node: int) -> list[str]:
         peers = ",".join(f"{i + 1}={self.addrs[i]}/{self.peer_addrs[i]}" for i in range(NODES))
@@ -106,6 +112,13 @@ class Cluster:
             channel.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def restart(self) -> None:
+        """Starts every node that is not running, on its old data, and waits for a leader."""
+        for node in range(1, NODES + 1):
+            if node not in self.procs:
+                self.start_node(node)
+        self.wait_for_leader()
+
     def status(self, node: int) -> pb.StatusResponse | None:
         stub = pb_grpc.ClusterStub(self._channels[self.addrs[node - 1]])
         try:
@@ -146,7 +159,10 @@ class Cluster:
                 try:
                     return make(self._channels[self.addrs[node - 1]])(request, timeout=2.0)
                 except grpc.RpcError as e:
-                    if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    if e.code() not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ):
                         raise
                     error = e
             time.sleep(0.05)
@@ -186,9 +202,19 @@ class Cluster:
         self.admin("PutLimit", pb.PutLimitRequest(request_id=new_id(), tenant=tenant, limit=limit))
 
     def put_price(
-        self, tenant: str, model: str, input_micros: int, output_micros: int, per_tokens: int = 1_000_000
+        self,
+        tenant: str,
+        model: str,
+        input_micros: int,
+        output_micros: int,
+        per_tokens: int = 1_000_000,
     ) -> None:
-        price = pb.Price(model=model, input_micros=input_micros, output_micros=output_micros, per_tokens=per_tokens)
+        price = pb.Price(
+            model=model,
+            input_micros=input_micros,
+            output_micros=output_micros,
+            per_tokens=per_tokens,
+        )
         self.admin("PutPrice", pb.PutPriceRequest(request_id=new_id(), tenant=tenant, price=price))
 
     def freeze(self, tenant: str, agent: str = "") -> None:

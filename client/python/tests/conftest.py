@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cluster import Cluster  # noqa: E402
+from cluster import Cluster
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +27,14 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture
 def tenant(cluster: Cluster) -> str:
     return cluster.put_tenant()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster of the test's own, for tests that kill nodes."""
+    c = Cluster()
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()

@@ -1,8 +1,8 @@
 """Tollgate's Python client: reserve spend before an LLM or tool call, commit what it cost.
 
-    client = tollgate.Client(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"])
-    with client.reserve(tenant="acme", agent="bot", tool="llm:gpt-4o", cost_usd=0.06) as r:
-        r.commit(tokens=3120, cost_usd=0.031)
+client = tollgate.Client(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"])
+with client.reserve(tenant="acme", agent="bot", tool="llm:gpt-4o", cost_usd=0.06) as r:
+    r.commit(tokens=3120, cost_usd=0.031)
 """
 
 from ._async import AsyncClient, AsyncReservation
@@ -43,6 +43,7 @@ __all__ = [
     "PermissionDenied",
     "Remaining",
     "RequestIdReused",
+    "Reservation",
     "Tls",
     "TollgateError",
     "Tripped",

@@ -60,7 +60,11 @@ class AsyncReservation(Held):
             self.result = Committed(not spent.fits_within(self.estimate), False, spent.cost_micros)
             return self.result
         request = _wire.commit_request(
-            request_id or new_request_id(), self.tenant, self.reservation_id, wire_amounts, wire_usage
+            request_id or new_request_id(),
+            self.tenant,
+            self.reservation_id,
+            wire_amounts,
+            wire_usage,
         )
         response = await self._client._call("Commit", request)
         self.result = _wire.committed(response, wire_amounts.cost_micros, wire_usage is not None)
@@ -87,7 +91,9 @@ class AsyncReservation(Held):
             wire_amounts, wire_usage = self._estimate_as_actual()
             self._client._local_spent(self, self.estimate, wire_amounts, wire_usage)
             return
-        request = _wire.commit_request(new_request_id(), self.tenant, self.reservation_id, None, None)
+        request = _wire.commit_request(
+            new_request_id(), self.tenant, self.reservation_id, None, None
+        )
         await self._client._call("Commit", request)
 
     async def __aenter__(self) -> AsyncReservation:
@@ -99,6 +105,10 @@ class AsyncReservation(Held):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        return await self._leave(exc)
+
+    async def _leave(self, exc: BaseException | None) -> bool:
+        """Settles a reservation left unsettled; True when `exc` is to be swallowed."""
         if self._settled:
             return False
         if isinstance(exc, NotCalled):
@@ -107,6 +117,7 @@ class AsyncReservation(Held):
         try:
             await self.abandon()
         except TollgateError as error:
+            # The hold then expires and is charged at its estimate all the same.
             log.warning("abandoning reservation %s failed: %s", self.reservation_id, error)
         return False
 
@@ -154,6 +165,8 @@ class AsyncClient(ClientBase):
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.TollgateStub]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flushing = False
+        # Closes of evicted channels in flight (the loop keeps only weak references to tasks).
+        self._closing: set[asyncio.Task[None]] = set()
 
     def reserve(
         self,
@@ -249,16 +262,17 @@ class AsyncClient(ClientBase):
 
             @functools.wraps(fn)
             async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-                pending = self.reserve(tenant, agent, tool, tokens, cost_usd, cost_micros, calls, ttl)
-                async with pending as r:
-                    try:
-                        result = await fn(*args, **kwargs)
-                    except NotCalled:
-                        await r.release()
-                        raise
-                    e = r.estimate
-                    await r.commit(tokens=e.tokens, cost_micros=e.cost_micros, calls=e.calls)
-                    return result
+                r = await self.reserve(
+                    tenant, agent, tool, tokens, cost_usd, cost_micros, calls, ttl
+                )
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as error:
+                    await r._leave(error)
+                    raise
+                e = r.estimate
+                await r.commit(tokens=e.tokens, cost_micros=e.cost_micros, calls=e.calls)
+                return result
 
             return guarded
 
@@ -303,7 +317,9 @@ class AsyncClient(ClientBase):
             victim = self._evict_victim(list(self._channels))
             if victim is not None:
                 old, _ = self._channels.pop(victim)
-                loop.create_task(old.close())
+                task = loop.create_task(old.close(None))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
             creds = self._settings.credentials()
             options = self._settings.channel_options()
             channel = (
@@ -311,7 +327,7 @@ class AsyncClient(ClientBase):
                 if creds is None
                 else grpc.aio.secure_channel(addr, creds, options=options)
             )
-            entry = (channel, pb_grpc.TollgateStub(channel))
+            entry = (channel, pb_grpc.TollgateStub(channel))  # type: ignore[no-untyped-call]
             self._channels[addr] = entry
         return entry[1]
 
@@ -345,7 +361,7 @@ class AsyncClient(ClientBase):
         channels = [channel for channel, _ in self._channels.values()]
         self._channels.clear()
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -10,28 +10,17 @@ import random
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from . import _errors
-from ._errors import Frozen, InternalError, InvalidRequest, Tripped, Unavailable
-from ._pb import tollgate_pb2 as pb
+from ._errors import InvalidRequest, Unavailable
 from ._types import (
-    Amounts,
-    Committed,
     FailOpen,
-    LimitUsage,
-    Money,
-    Remaining,
     Tls,
-    Usage,
-    cost_micros_of,
-    count,
     finite_seconds,
-    seconds_from_ms,
 )
 
 log = logging.getLogger("tollgate")
@@ -317,7 +306,9 @@ class CallRun:
         if refused:
             self._refused.add(addr)
             if all(e in self._refused for e in self._settings.endpoints):
-                reason = f"every node refused the connection ({', '.join(self._settings.endpoints)})"
+                reason = (
+                    f"every node refused the connection ({', '.join(self._settings.endpoints)})"
+                )
                 self._breaker.trip(reason)
                 raise Unavailable(f"{reason}; last error: {self._error_last}")
         else:

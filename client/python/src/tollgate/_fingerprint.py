@@ -18,7 +18,15 @@ _EXACT_INT_FLOAT_MAX = 2.0**53
 # Nesting deeper than this is refused rather than exhausting the stack.
 _DEPTH_MAX = 128
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
 
 
 def fingerprint(tool: str, args: Mapping[str, Any]) -> str:
@@ -64,7 +72,9 @@ def _write(value: Any, out: list[str], depth: int) -> None:
             _write(item, out, depth + 1)
         out.append("]")
     else:
-        raise TypeError(f"{type(value).__name__} is not JSON: use dict, list, str, int, float, bool or None")
+        raise TypeError(
+            f"{type(value).__name__} is not JSON: use dict, list, str, int, float, bool or None"
+        )
 
 
 def _object(value: Mapping[Any, Any], out: list[str], depth: int) -> None:

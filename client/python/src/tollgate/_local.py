@@ -10,7 +10,7 @@ from collections import deque
 
 from ._core import OFFLINE_REPORTS_MAX, OFFLINE_REQUEST_ID_PREFIX, new_request_id
 from ._pb import tollgate_pb2 as pb
-from ._types import Amounts
+from ._types import U64_MAX, Amounts
 
 log = logging.getLogger("tollgate")
 
@@ -32,7 +32,10 @@ class Offline:
                 return f"{OFFLINE_REPORTS_MAX} offline reports are waiting for the cluster"
             after = self._used.plus(estimate)
             if not after.fits_within(self._cap):
-                return f"fail-open local cap exhausted: used {self._used}, cap {self._cap}, asked {estimate}"
+                return (
+                    f"fail-open local cap exhausted: asked {describe(estimate)}, "
+                    f"used {describe(self._used)} of {describe(self._cap)}"
+                )
             self._used = after
             return None
 
@@ -66,7 +69,10 @@ class Offline:
             self._used = self._used.minus(estimate).plus(spent)
             self._reports.append((request, spent))
         log.warning(
-            "tollgate unreachable: spend of %s/%s/%s granted offline, to be reported", tenant, agent, tool
+            "tollgate unreachable: spend of %s/%s/%s granted offline, to be reported",
+            tenant,
+            agent,
+            tool,
         )
 
     def next_report(self) -> tuple[pb.RecordRequest, Amounts] | None:
@@ -87,3 +93,16 @@ class Offline:
     def used(self) -> Amounts:
         with self._lock:
             return self._used
+
+
+def describe(amounts: Amounts) -> str:
+    def one(value: int, unit: str) -> str:
+        return f"unlimited {unit}" if value == U64_MAX else f"{value} {unit}"
+
+    return ", ".join(
+        (
+            one(amounts.tokens, "tokens"),
+            one(amounts.cost_micros, "cost micros"),
+            one(amounts.calls, "calls"),
+        )
+    )

@@ -61,7 +61,11 @@ class Reservation(Held):
             self.result = Committed(not spent.fits_within(self.estimate), False, spent.cost_micros)
             return self.result
         request = _wire.commit_request(
-            request_id or new_request_id(), self.tenant, self.reservation_id, wire_amounts, wire_usage
+            request_id or new_request_id(),
+            self.tenant,
+            self.reservation_id,
+            wire_amounts,
+            wire_usage,
         )
         response = self._client._call("Commit", request)
         self.result = _wire.committed(response, wire_amounts.cost_micros, wire_usage is not None)
@@ -88,7 +92,9 @@ class Reservation(Held):
             wire_amounts, wire_usage = self._estimate_as_actual()
             self._client._local_spent(self, self.estimate, wire_amounts, wire_usage)
             return
-        request = _wire.commit_request(new_request_id(), self.tenant, self.reservation_id, None, None)
+        request = _wire.commit_request(
+            new_request_id(), self.tenant, self.reservation_id, None, None
+        )
         self._client._call("Commit", request)
 
     def __enter__(self) -> Reservation:
@@ -100,6 +106,10 @@ class Reservation(Held):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        return self._leave(exc)
+
+    def _leave(self, exc: BaseException | None) -> bool:
+        """Settles a reservation left unsettled; True when `exc` is to be swallowed."""
         if self._settled:
             return False
         if isinstance(exc, NotCalled):
@@ -196,7 +206,9 @@ class Client(ClientBase):
         response = self._call("Record", request)
         return int(response.cost_micros or (0 if wire_usage else wire_amounts.cost_micros))
 
-    def usage(self, tenant: str, agent: str | None = None, tool: str | None = None) -> list[LimitUsage]:
+    def usage(
+        self, tenant: str, agent: str | None = None, tool: str | None = None
+    ) -> list[LimitUsage]:
         """Usage and remaining of every limit that applies (linearizable: the leader answers)."""
         response = self._call("GetUsage", _wire.usage_request(tenant, agent, tool))
         return _wire.limit_usages(response)
@@ -223,15 +235,14 @@ class Client(ClientBase):
             @functools.wraps(fn)
             def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
                 r = self.reserve(tenant, agent, tool, tokens, cost_usd, cost_micros, calls, ttl)
-                with r:
-                    try:
-                        result = fn(*args, **kwargs)
-                    except NotCalled:
-                        r.release()
-                        raise
-                    e = r.estimate
-                    r.commit(tokens=e.tokens, cost_micros=e.cost_micros, calls=e.calls)
-                    return result
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as error:
+                    r._leave(error)
+                    raise
+                e = r.estimate
+                r.commit(tokens=e.tokens, cost_micros=e.cost_micros, calls=e.calls)
+                return result
 
             return guarded
 
@@ -257,9 +268,13 @@ class Client(ClientBase):
             self._flushing.release()
         return reported
 
-    def _local_spent(self, held: Held, spent: Any, wire_amounts: pb.Amounts, wire_usage: pb.Usage | None) -> None:
+    def _local_spent(
+        self, held: Held, spent: Any, wire_amounts: pb.Amounts, wire_usage: pb.Usage | None
+    ) -> None:
         assert self._offline is not None, "a local reservation needs fail_open"
-        self._offline.spent(held.estimate, spent, held.tenant, held.agent, held.tool, wire_amounts, wire_usage)
+        self._offline.spent(
+            held.estimate, spent, held.tenant, held.agent, held.tool, wire_amounts, wire_usage
+        )
 
     def _stub(self, addr: str) -> pb_grpc.TollgateStub:
         with self._lock:
@@ -275,7 +290,7 @@ class Client(ClientBase):
                     if creds is None
                     else grpc.secure_channel(addr, creds, options=options)
                 )
-                entry = (channel, pb_grpc.TollgateStub(channel))
+                entry = (channel, pb_grpc.TollgateStub(channel))  # type: ignore[no-untyped-call]
                 self._channels[addr] = entry
             return entry[1]
 
@@ -318,4 +333,3 @@ class Client(ClientBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

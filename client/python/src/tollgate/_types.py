@@ -8,11 +8,11 @@ import math
 import os
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
-from typing import Union
+from typing import TypeAlias
 
 from ._errors import InvalidRequest
 
-Money = Union[float, int, str, Decimal]
+Money: TypeAlias = float | int | str | Decimal
 
 # Micro-units per currency unit: 1 USD = 1_000_000 micros.
 MICROS_PER_UNIT = 1_000_000

@@ -21,7 +21,7 @@ from ._types import (
     seconds_from_ms,
 )
 
-_DIMENSIONS = {
+_DIMENSIONS: dict[int, str] = {
     pb.DIMENSION_TOKENS: "tokens",
     pb.DIMENSION_COST: "cost",
     pb.DIMENSION_CALLS: "calls",
@@ -130,21 +130,23 @@ def decide(response: pb.ReserveResponse) -> Granted:
     if decision == "denied":
         d = response.denied
         retry = seconds_from_ms(d.retry_after_ms) if d.HasField("retry_after_ms") else None
-        raise Denied(d.limit_id, scope_name(d.scope), dimension_name(d.dimension), d.remaining, retry)
+        raise Denied(
+            d.limit_id, scope_name(d.scope), dimension_name(d.dimension), d.remaining, retry
+        )
     if decision == "frozen":
         raise Frozen(response.frozen.agent or None)
     if decision == "tripped":
-        t = response.tripped
-        cause = t.cause.WhichOneof("cause") or "unknown"
+        tripped = response.tripped
+        cause = tripped.cause.WhichOneof("cause") or "unknown"
         if cause == "repetition":
-            r = t.cause.repetition
+            r = tripped.cause.repetition
             detail = f"repetition: fingerprint {r.fingerprint!r} seen {r.count} times"
         elif cause == "velocity":
-            v = t.cause.velocity
+            v = tripped.cause.velocity
             detail = f"velocity: spent {v.spent} against a recent baseline of {v.baseline}"
         else:
             detail = "unknown cause"
-        until = seconds_from_ms(t.until_ms) if t.HasField("until_ms") else None
+        until = seconds_from_ms(tripped.until_ms) if tripped.HasField("until_ms") else None
         raise Tripped(cause, until, detail)
     raise InternalError("reserve answered without a decision")
 
