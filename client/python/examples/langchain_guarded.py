@@ -123,9 +123,7 @@ def main(cluster: list[str], tenant: str, agent: str) -> None:
         graph = build_agent(RunawayChatModel(), [search])
         try:
             with handler:
-                graph.invoke(
-                    {"messages": [("user", "Where is my order?")]}, config=config
-                )
+                graph.invoke({"messages": [("user", "Where is my order?")]}, config=config)
         except tollgate.Denied as denied:
             print(f"\nstopped: {denied}")
             if denied.retry_after is not None:
@@ -134,9 +132,7 @@ def main(cluster: list[str], tenant: str, agent: str) -> None:
             print(f"\nstopped: {refused}")
         print(f"\nusage of {tenant}/{agent}:")
         for row in client.usage(tenant, agent=agent):
-            print(
-                f"  {row.limit_id}: used {row.used}, held {row.held}, remaining {row.remaining}"
-            )
+            print(f"  {row.limit_id}: used {row.used}, held {row.held}, remaining {row.remaining}")
 
 
 if __name__ == "__main__":

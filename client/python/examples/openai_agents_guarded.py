@@ -84,16 +84,12 @@ class RunawayModel(Model):
             input_tokens=1_200,
             output_tokens=150,
             total_tokens=1_350,
-            input_tokens_details=InputTokensDetails(
-                cached_tokens=400, cache_write_tokens=0
-            ),
+            input_tokens_details=InputTokensDetails(cached_tokens=400, cache_write_tokens=0),
             output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
         )
         return ModelResponse(output=[call], usage=usage, response_id=None)
 
-    def stream_response(
-        self, *args: Any, **kwargs: Any
-    ) -> AsyncIterator[TResponseStreamEvent]:
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
         raise NotImplementedError("this example runs without streaming")
 
 
@@ -124,23 +120,17 @@ async def main(cluster: list[str], tenant: str, agent_name: str) -> None:
         )
         try:
             async with hooks:
-                await Runner.run(
-                    agent, "Where is my order?", hooks=hooks, max_turns=MAX_TURNS
-                )
+                await Runner.run(agent, "Where is my order?", hooks=hooks, max_turns=MAX_TURNS)
         except TollgateStopped as stopped:
             print(f"\nstopped: {stopped}")
             if isinstance(stopped.error, tollgate.Denied):
                 denied = stopped.error
-                print(
-                    f"  limit {denied.limit_id!r} ({denied.scope}, {denied.dimension})"
-                )
+                print(f"  limit {denied.limit_id!r} ({denied.scope}, {denied.dimension})")
                 if denied.retry_after is not None:
                     print(f"  the same call fits again in {denied.retry_after:.1f} s")
         print(f"\nusage of {tenant}/{agent_name}:")
         for row in await client.usage(tenant, agent=agent_name):
-            print(
-                f"  {row.limit_id}: used {row.used}, held {row.held}, remaining {row.remaining}"
-            )
+            print(f"  {row.limit_id}: used {row.used}, held {row.held}, remaining {row.remaining}")
 
 
 if __name__ == "__main__":

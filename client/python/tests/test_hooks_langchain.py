@@ -12,7 +12,6 @@ from typing import Any, cast
 
 import pytest
 import pytest_asyncio
-from cluster import Cluster, scope_agent, scope_tenant
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
@@ -24,6 +23,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 import tollgate
+from cluster import Cluster, scope_agent, scope_tenant
 from tollgate._pb import tollgate_pb2 as pb
 from tollgate.hooks import Estimate, OpenReservationsFull
 from tollgate.hooks.langchain import (
@@ -148,9 +148,7 @@ def looping_model(
     *, same_arguments: bool = False, usage: tuple[int, int, int] = (100, 20, 30)
 ) -> ScriptedChatModel:
     """Asks for a search every turn, never answers: a runaway."""
-    queries = (
-        ["latest news"] if same_arguments else [f"page {n}" for n in range(1, 1_000)]
-    )
+    queries = ["latest news"] if same_arguments else [f"page {n}" for n in range(1, 1_000)]
     return ScriptedChatModel(queries=queries, usage=usage)
 
 
@@ -166,12 +164,8 @@ async def aclient(cluster: Cluster) -> AsyncIterator[tollgate.AsyncClient]:
         yield client
 
 
-def usage_of(
-    client: tollgate.Client, tenant: str, limit_id: str
-) -> tollgate.LimitUsage:
-    rows = [
-        row for row in client.usage(tenant, agent=AGENT) if row.limit_id == limit_id
-    ]
+def usage_of(client: tollgate.Client, tenant: str, limit_id: str) -> tollgate.LimitUsage:
+    rows = [row for row in client.usage(tenant, agent=AGENT) if row.limit_id == limit_id]
     assert len(rows) == 1, f"expected one row for {limit_id}: {rows}"
     return rows[0]
 
@@ -188,17 +182,13 @@ def repeating_tenant(cluster: Cluster) -> str:
     )
 
 
-def put_budget(
-    cluster: Cluster, tenant: str, limit_id: str, dimension: int, amount: int
-) -> None:
+def put_budget(cluster: Cluster, tenant: str, limit_id: str, dimension: int, amount: int) -> None:
     cluster.put_limit(tenant, limit_id, scope_agent(AGENT), dimension, budget=amount)
 
 
 def run(graph: CompiledStateGraph[Any, Any, Any, Any], handler: Any) -> dict[str, Any]:
     config: Any = {"callbacks": [handler], "recursion_limit": RECURSION_LIMIT}
-    result: dict[str, Any] = graph.invoke(
-        {"messages": [("user", "find the news")]}, config=config
-    )
+    result: dict[str, Any] = graph.invoke({"messages": [("user", "find the news")]}, config=config)
     return result
 
 
@@ -221,9 +211,7 @@ def test_a_looping_agent_is_stopped_at_its_calls_budget(
         0,
     )
     assert "bot-calls" in str(denied.value)
-    calls, tokens = usage_of(client, tenant, "bot-calls"), usage_of(
-        client, tenant, "bot-tokens"
-    )
+    calls, tokens = usage_of(client, tenant, "bot-calls"), usage_of(client, tenant, "bot-tokens")
     assert (calls.used, calls.held) == (5, 0)
     # Each LLM call committed what the model reported: 70 input + 30 cache read + 20 output.
     assert (tokens.used, tokens.held) == (3 * 120, 0)
@@ -236,9 +224,7 @@ def test_a_looping_agent_is_stopped_at_its_tokens_budget_before_the_llm_call(
     # Reserved at 200, committed at the 120 reported: 3 calls fit in 500, the 4th does not.
     put_budget(cluster, tenant, "bot-tokens", pb.DIMENSION_TOKENS, 500)
     model, search = looping_model(), SearchTool()
-    handler = TollgateCallbackHandler(
-        client, tenant=tenant, agent=AGENT, llm_tokens=200
-    )
+    handler = TollgateCallbackHandler(client, tenant=tenant, agent=AGENT, llm_tokens=200)
 
     with pytest.raises(tollgate.Denied) as denied:
         run(agent_graph(model, [search.tool]), handler)
@@ -254,12 +240,8 @@ def test_a_short_run_commits_the_usage_the_model_reported(
 ) -> None:
     put_budget(cluster, tenant, "bot-calls", pb.DIMENSION_CALLS, 100)
     put_budget(cluster, tenant, "bot-tokens", pb.DIMENSION_TOKENS, 1_000_000)
-    cluster.put_limit(
-        tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000
-    )
-    model = ScriptedChatModel(
-        queries=["weather"], final="sunny", usage=(1_000, 50, 400)
-    )
+    cluster.put_limit(tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000)
+    model = ScriptedChatModel(queries=["weather"], final="sunny", usage=(1_000, 50, 400))
     search = SearchTool()
     handler = TollgateCallbackHandler(
         client,
@@ -272,9 +254,7 @@ def test_a_short_run_commits_the_usage_the_model_reported(
 
     assert result["messages"][-1].content == "sunny"
     assert (model.calls, search.runs) == (2, 1)
-    calls, tokens = usage_of(client, tenant, "bot-calls"), usage_of(
-        client, tenant, "bot-tokens"
-    )
+    calls, tokens = usage_of(client, tenant, "bot-calls"), usage_of(client, tenant, "bot-tokens")
     assert (calls.used, calls.held) == (3, 0)
     assert (tokens.used, tokens.held) == (2 * 1_050, 0)
     cost = next(row for row in client.usage(tenant) if row.limit_id == "cost")
@@ -291,9 +271,7 @@ def test_usage_reported_in_llm_output_is_committed(
         usage=(900, 70, 300),
         usage_in_llm_output=True,
     )
-    handler = TollgateCallbackHandler(
-        client, tenant=tenant, agent=AGENT, llm_tokens=5_000
-    )
+    handler = TollgateCallbackHandler(client, tenant=tenant, agent=AGENT, llm_tokens=5_000)
 
     run(agent_graph(model, [SearchTool().tool]), handler)
 
@@ -342,9 +320,7 @@ def test_a_failed_llm_call_is_settled_at_its_estimate(
     model = ScriptedChatModel(
         queries=["weather", RuntimeError("provider unreachable")], usage=(100, 20, 0)
     )
-    handler = TollgateCallbackHandler(
-        client, tenant=tenant, agent=AGENT, llm_tokens=700, ttl=2.0
-    )
+    handler = TollgateCallbackHandler(client, tenant=tenant, agent=AGENT, llm_tokens=700, ttl=2.0)
 
     with pytest.raises(RuntimeError, match="provider unreachable"):
         run(agent_graph(model, [SearchTool().tool]), handler)
@@ -377,10 +353,6 @@ async def test_the_async_handler_stops_an_async_run_at_its_calls_budget(
     # LLM, search, LLM, search; the third LLM call is refused before it runs.
     assert (model.calls, search.runs) == (2, 2)
     assert denied.value.limit_id == "bot-calls"
-    rows = [
-        row
-        for row in await aclient.usage(tenant, agent=AGENT)
-        if row.limit_id == "bot-calls"
-    ]
+    rows = [row for row in await aclient.usage(tenant, agent=AGENT) if row.limit_id == "bot-calls"]
     assert [(row.used, row.held) for row in rows] == [(4, 0)]
     assert handler.open_count == 0

@@ -25,7 +25,6 @@ from agents.agent_output import AgentOutputSchemaBase
 from agents.handoffs import Handoff
 from agents.items import TResponseInputItem, TResponseOutputItem, TResponseStreamEvent
 from agents.models.interface import Model, ModelTracing
-from cluster import Cluster, scope_agent, scope_tenant
 from openai.types.responses import (
     ResponseFunctionToolCall,
     ResponseOutputMessage,
@@ -37,6 +36,7 @@ from openai.types.responses.response_usage import (
 )
 
 import tollgate
+from cluster import Cluster, scope_agent, scope_tenant
 from tollgate._pb import tollgate_pb2 as pb
 from tollgate.hooks import Estimate
 from tollgate.hooks.openai_agents import TollgateRunHooks, TollgateStopped
@@ -50,18 +50,14 @@ SETTLE_WAIT_S = 20.0
 set_tracing_disabled(True)
 
 
-def reported(
-    input_tokens: int, output_tokens: int, cached_tokens: int = 0
-) -> AgentsUsage:
+def reported(input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> AgentsUsage:
     """A model's usage report, OpenAI style: input includes the cached tokens."""
     return AgentsUsage(
         requests=1,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         total_tokens=input_tokens + output_tokens,
-        input_tokens_details=InputTokensDetails(
-            cached_tokens=cached_tokens, cache_write_tokens=0
-        ),
+        input_tokens_details=InputTokensDetails(cached_tokens=cached_tokens, cache_write_tokens=0),
         output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
     )
 
@@ -95,9 +91,7 @@ class ScriptedModel(Model):
     for every call. A turn that is an exception is raised, as a failing provider would.
     """
 
-    def __init__(
-        self, turns: Sequence[Turn | Exception], usage: Sequence[AgentsUsage]
-    ) -> None:
+    def __init__(self, turns: Sequence[Turn | Exception], usage: Sequence[AgentsUsage]) -> None:
         self.turns = list(turns)
         self.usage = list(usage)
         self.calls = 0
@@ -124,9 +118,7 @@ class ScriptedModel(Model):
         output: list[TResponseOutputItem] = [turn(self.calls)]
         return ModelResponse(output=output, usage=usage, response_id=None)
 
-    def stream_response(
-        self, *args: Any, **kwargs: Any
-    ) -> AsyncIterator[TResponseStreamEvent]:
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
         raise NotImplementedError("the tests run the agent without streaming")
 
 
@@ -158,14 +150,8 @@ async def client(cluster: Cluster) -> AsyncIterator[tollgate.AsyncClient]:
         yield client
 
 
-async def usage_of(
-    client: tollgate.AsyncClient, tenant: str, limit_id: str
-) -> tollgate.LimitUsage:
-    rows = [
-        row
-        for row in await client.usage(tenant, agent=AGENT)
-        if row.limit_id == limit_id
-    ]
+async def usage_of(client: tollgate.AsyncClient, tenant: str, limit_id: str) -> tollgate.LimitUsage:
+    rows = [row for row in await client.usage(tenant, agent=AGENT) if row.limit_id == limit_id]
     assert len(rows) == 1, f"expected one row for {limit_id}: {rows}"
     return rows[0]
 
@@ -182,9 +168,7 @@ def repeating_tenant(cluster: Cluster) -> str:
     )
 
 
-def put_budget(
-    cluster: Cluster, tenant: str, limit_id: str, dimension: int, amount: int
-) -> None:
+def put_budget(cluster: Cluster, tenant: str, limit_id: str, dimension: int, amount: int) -> None:
     cluster.put_limit(tenant, limit_id, scope_agent(AGENT), dimension, budget=amount)
 
 
@@ -212,10 +196,7 @@ async def test_a_looping_agent_is_stopped_at_its_calls_budget(
     )
     assert stopped.value.call == "search"
     assert "bot-calls" in str(stopped.value)
-    assert (
-        stopped.value.run_data is not None
-        and stopped.value.run_data.last_agent is agent
-    )
+    assert stopped.value.run_data is not None and stopped.value.run_data.last_agent is agent
     calls, tokens = await usage_of(client, tenant, "bot-calls"), await usage_of(
         client, tenant, "bot-tokens"
     )
@@ -236,9 +217,7 @@ async def test_a_looping_agent_is_stopped_at_its_tokens_budget_before_the_llm_ca
     agent = Agent(name=AGENT, model=model, tools=[search.tool])
 
     with pytest.raises(TollgateStopped) as stopped:
-        async with TollgateRunHooks(
-            client, tenant=tenant, llm_tokens=200, model="gpt-x"
-        ) as hooks:
+        async with TollgateRunHooks(client, tenant=tenant, llm_tokens=200, model="gpt-x") as hooks:
             await Runner.run(agent, "find the news", hooks=hooks, max_turns=MAX_TURNS)
 
     assert (model.calls, search.runs) == (3, 3)
@@ -257,9 +236,7 @@ async def test_a_short_run_commits_the_usage_the_model_reported(
 ) -> None:
     put_budget(cluster, tenant, "bot-calls", pb.DIMENSION_CALLS, 100)
     put_budget(cluster, tenant, "bot-tokens", pb.DIMENSION_TOKENS, 1_000_000)
-    cluster.put_limit(
-        tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000
-    )
+    cluster.put_limit(tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000)
     model = ScriptedModel(
         [lambda n: tool_call(n, "weather"), lambda n: final_answer("sunny")],
         [reported(1_000, 50, cached_tokens=400), reported(1_300, 80)],
@@ -315,9 +292,7 @@ async def test_a_run_that_aborts_mid_call_settles_the_open_reservation_at_its_es
     agent = Agent(name=AGENT, model=model, tools=[SearchTool().tool])
 
     with pytest.raises(RuntimeError, match="provider unreachable"):
-        async with TollgateRunHooks(
-            client, tenant=tenant, llm_tokens=700, ttl=2.0
-        ) as hooks:
+        async with TollgateRunHooks(client, tenant=tenant, llm_tokens=700, ttl=2.0) as hooks:
             await Runner.run(agent, "weather?", hooks=hooks, max_turns=MAX_TURNS)
             pytest.fail("the run should have raised")
 
@@ -340,9 +315,7 @@ async def test_priced_models_commit_usage_priced_by_the_tenant(
         pytest.skip("this tollgate build has no price tables")
     # $2 per 1M input tokens, $8 per 1M output tokens; cached input at the input price.
     cluster.put_price(tenant, "gpt-x", input_micros=2_000_000, output_micros=8_000_000)
-    cluster.put_limit(
-        tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000
-    )
+    cluster.put_limit(tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000)
     model = ScriptedModel([lambda n: final_answer("hi")], [reported(1_000, 500)])
     agent = Agent(name=AGENT, model=model)
 

@@ -43,19 +43,9 @@ class Estimate:
     calls: int = 1
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.tokens, bool)
-            or not isinstance(self.tokens, int)
-            or self.tokens < 0
-        ):
-            raise ValueError(
-                f"Estimate.tokens must be an int >= 0, got {self.tokens!r}"
-            )
-        if (
-            isinstance(self.calls, bool)
-            or not isinstance(self.calls, int)
-            or self.calls < 0
-        ):
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 0:
+            raise ValueError(f"Estimate.tokens must be an int >= 0, got {self.tokens!r}")
+        if isinstance(self.calls, bool) or not isinstance(self.calls, int) or self.calls < 0:
             raise ValueError(f"Estimate.calls must be an int >= 0, got {self.calls!r}")
         if self.cost_usd is not None and not self.cost_usd >= 0:
             raise ValueError(f"Estimate.cost_usd must be >= 0, got {self.cost_usd!r}")
@@ -114,13 +104,9 @@ class Actual:
         return f"{self.tokens} tokens{cost}"
 
 
-def grant_text(
-    tool: str, reservation_id: int | None, tightest: tollgate.Remaining | None
-) -> str:
+def grant_text(tool: str, reservation_id: int | None, tightest: tollgate.Remaining | None) -> str:
     """A grant as the hooks log it (at DEBUG, on the logger of their module)."""
-    where = (
-        "granted locally" if reservation_id is None else f"reservation {reservation_id}"
-    )
+    where = "granted locally" if reservation_id is None else f"reservation {reservation_id}"
     left = (
         ""
         if tightest is None

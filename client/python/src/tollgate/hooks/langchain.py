@@ -126,9 +126,7 @@ class _Policy:
         self.ttl = ttl
         self.open_max = open_max
 
-    def llm_call(
-        self, metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
-    ) -> _Call:
+    def llm_call(self, metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> _Call:
         model = self.model or _model_name(metadata, kwargs)
         return _Call(tool=llm_tool(model), model=model, estimate=self.llm_estimate)
 
@@ -162,9 +160,7 @@ class _Policy:
 
     def llm_actual(self, call: _Call, response: LLMResult) -> Actual:
         model = call.model or _reported_model(response)
-        return llm_actual(
-            _token_counts(response), model, self.priced_models, call.estimate
-        )
+        return llm_actual(_token_counts(response), model, self.priced_models, call.estimate)
 
 
 class TollgateCallbackHandler(BaseCallbackHandler):
@@ -230,9 +226,7 @@ class TollgateCallbackHandler(BaseCallbackHandler):
     def settle_open(self) -> None:
         """Settles every reservation still open at its estimate, flagged abandoned."""
         for open_ in self._open.drain():
-            logger.warning(
-                "settling the open reservation of %r as abandoned", open_.call.tool
-            )
+            logger.warning("settling the open reservation of %r as abandoned", open_.call.tool)
             _close(open_)
 
     def on_chat_model_start(
@@ -266,9 +260,7 @@ class TollgateCallbackHandler(BaseCallbackHandler):
         if open_ is not None:
             _commit(open_, self._policy.llm_actual(open_.call, response))
 
-    def on_llm_error(
-        self, error: BaseException, *, run_id: UUID, **kwargs: Any
-    ) -> None:
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         open_ = self._open.pop(run_id)
         if open_ is not None:
             _close(open_)
@@ -292,9 +284,7 @@ class TollgateCallbackHandler(BaseCallbackHandler):
         if open_ is not None:
             _commit(open_, tool_actual(open_.call.estimate))
 
-    def on_tool_error(
-        self, error: BaseException, *, run_id: UUID, **kwargs: Any
-    ) -> None:
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         open_ = self._open.pop(run_id)
         if open_ is not None:
             _close(open_)
@@ -303,9 +293,7 @@ class TollgateCallbackHandler(BaseCallbackHandler):
         """Reserves for a call about to start; a Tollgate error propagates and stops it."""
         self._open.check_room()
         stack = ExitStack()
-        reservation = stack.enter_context(
-            self._client.reserve(**self._policy.reserve_args(call))
-        )
+        reservation = stack.enter_context(self._client.reserve(**self._policy.reserve_args(call)))
         logger.debug(
             "%s",
             grant_text(call.tool, reservation.reservation_id, reservation.tightest),
@@ -372,9 +360,7 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
     async def settle_open(self) -> None:
         """Settles every reservation still open at its estimate, flagged abandoned."""
         for open_ in self._open.drain():
-            logger.warning(
-                "settling the open reservation of %r as abandoned", open_.call.tool
-            )
+            logger.warning("settling the open reservation of %r as abandoned", open_.call.tool)
             await _aclose(open_)
 
     async def on_chat_model_start(
@@ -403,16 +389,12 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
     ) -> None:
         await self._reserve(run_id, self._policy.llm_call(metadata, kwargs))
 
-    async def on_llm_end(
-        self, response: LLMResult, *, run_id: UUID, **kwargs: Any
-    ) -> None:
+    async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         open_ = self._open.pop(run_id)
         if open_ is not None:
             await _acommit(open_, self._policy.llm_actual(open_.call, response))
 
-    async def on_llm_error(
-        self, error: BaseException, *, run_id: UUID, **kwargs: Any
-    ) -> None:
+    async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         open_ = self._open.pop(run_id)
         if open_ is not None:
             await _aclose(open_)
@@ -436,9 +418,7 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
         if open_ is not None:
             await _acommit(open_, tool_actual(open_.call.estimate))
 
-    async def on_tool_error(
-        self, error: BaseException, *, run_id: UUID, **kwargs: Any
-    ) -> None:
+    async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         open_ = self._open.pop(run_id)
         if open_ is not None:
             await _aclose(open_)
@@ -461,9 +441,7 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
             raise
 
 
-def _model_name(
-    metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
-) -> str | None:
+def _model_name(metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> str | None:
     """The model a call names: LangChain's tracing metadata, else its invocation params."""
     name = (metadata or {}).get("ls_model_name")
     if not name:
@@ -485,17 +463,13 @@ def _token_counts(response: LLMResult) -> TokenCounts | None:
     input_total = output = cached = 0
     for generations in response.generations:
         for generation in generations:
-            usage = getattr(
-                getattr(generation, "message", None), "usage_metadata", None
-            )
+            usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
             if not usage:
                 continue
             found = True
             input_total += int(usage.get("input_tokens") or 0)
             output += int(usage.get("output_tokens") or 0)
-            cached += int(
-                (usage.get("input_token_details") or {}).get("cache_read") or 0
-            )
+            cached += int((usage.get("input_token_details") or {}).get("cache_read") or 0)
     if found:
         return TokenCounts.of(input_total, output, cached)
     token_usage = (response.llm_output or {}).get("token_usage")
@@ -525,9 +499,7 @@ def _commit(open_: _Open, actual: Actual) -> None:
     the call already happened, and the cluster charges the hold at its estimate on expiry.
     """
     try:
-        open_.reservation.commit(
-            tokens=actual.tokens, cost_usd=actual.cost_usd, usage=actual.usage
-        )
+        open_.reservation.commit(tokens=actual.tokens, cost_usd=actual.cost_usd, usage=actual.usage)
         logger.debug("committed %s: %s", open_.call.tool, actual)
     except tollgate.TollgateError as error:
         logger.warning(
@@ -545,9 +517,7 @@ def _close(open_: _Open) -> None:
     try:
         open_.stack.close()
     except tollgate.TollgateError as error:
-        logger.warning(
-            "settling %r failed; it expires at its estimate: %s", open_.call.tool, error
-        )
+        logger.warning("settling %r failed; it expires at its estimate: %s", open_.call.tool, error)
 
 
 async def _acommit(open_: _AsyncOpen, actual: Actual) -> None:
@@ -570,6 +540,4 @@ async def _aclose(open_: _AsyncOpen) -> None:
     try:
         await open_.stack.aclose()
     except tollgate.TollgateError as error:
-        logger.warning(
-            "settling %r failed; it expires at its estimate: %s", open_.call.tool, error
-        )
+        logger.warning("settling %r failed; it expires at its estimate: %s", open_.call.tool, error)

@@ -147,9 +147,7 @@ class TollgateRunHooks(RunHooks[Any]):
         """Settles every reservation still open at its estimate, flagged abandoned: their
         calls started and never reported an end, so they may have spent."""
         for open_ in self._open.drain():
-            logger.warning(
-                "settling the open reservation of %r as abandoned", open_.tool
-            )
+            logger.warning("settling the open reservation of %r as abandoned", open_.tool)
             await _close(open_)
 
     async def on_llm_start(
@@ -173,9 +171,7 @@ class TollgateRunHooks(RunHooks[Any]):
     ) -> None:
         open_ = self._open.pop(("llm", id(context), id(agent)))
         if open_ is None:
-            logger.warning(
-                "an LLM call of %r ended that this hook never reserved", agent.name
-            )
+            logger.warning("an LLM call of %r ended that this hook never reserved", agent.name)
             return
         usage = response.usage
         counts = TokenCounts.of(
@@ -183,9 +179,7 @@ class TollgateRunHooks(RunHooks[Any]):
             usage.output_tokens,
             usage.input_tokens_details.cached_tokens or 0,
         )
-        await _commit(
-            open_, llm_actual(counts, open_.model, self._priced_models, open_.estimate)
-        )
+        await _commit(open_, llm_actual(counts, open_.model, self._priced_models, open_.estimate))
 
     async def on_tool_start(
         self,
@@ -215,9 +209,7 @@ class TollgateRunHooks(RunHooks[Any]):
     ) -> None:
         open_ = self._open.pop(_tool_key(context, tool))
         if open_ is None:
-            logger.warning(
-                "tool %r ended and this hook never reserved it", _tool_name(tool)
-            )
+            logger.warning("tool %r ended and this hook never reserved it", _tool_name(tool))
             return
         await _commit(open_, tool_actual(open_.estimate))
 
@@ -250,9 +242,7 @@ class TollgateRunHooks(RunHooks[Any]):
             )
         except (tollgate.TollgateError, OpenReservationsFull) as error:
             raise TollgateStopped(tool, error) from error
-        logger.debug(
-            "%s", grant_text(tool, reservation.reservation_id, reservation.tightest)
-        )
+        logger.debug("%s", grant_text(tool, reservation.reservation_id, reservation.tightest))
         open_ = _Open(stack, reservation, tool, model, estimate, anchor)
         try:
             self._open.put(key, open_)
@@ -310,9 +300,7 @@ async def _commit(open_: _Open, actual: Actual) -> None:
         )
         logger.debug("committed %s: %s", open_.tool, actual)
     except tollgate.TollgateError as error:
-        logger.warning(
-            "committing %r failed; it expires at its estimate: %s", open_.tool, error
-        )
+        logger.warning("committing %r failed; it expires at its estimate: %s", open_.tool, error)
     finally:
         await _close(open_)
 
