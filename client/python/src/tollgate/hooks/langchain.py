@@ -114,7 +114,6 @@ class _Policy:
         tool_costs: Mapping[str, Estimate] | None,
         default_tool_cost: Estimate,
         ttl: float,
-        open_max: int,
     ) -> None:
         self.tenant = tenant
         self.agent = agent
@@ -124,7 +123,6 @@ class _Policy:
         self.tool_costs = dict(tool_costs or {})
         self.default_tool_cost = default_tool_cost
         self.ttl = ttl
-        self.open_max = open_max
 
     def llm_call(self, metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> _Call:
         model = self.model or _model_name(metadata, kwargs)
@@ -203,7 +201,6 @@ class TollgateCallbackHandler(BaseCallbackHandler):
             tool_costs=tool_costs,
             default_tool_cost=default_tool_cost,
             ttl=ttl,
-            open_max=open_max,
         )
         self._open: OpenTable[UUID, _Open] = OpenTable(open_max)
 
@@ -337,7 +334,6 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
             tool_costs=tool_costs,
             default_tool_cost=default_tool_cost,
             ttl=ttl,
-            open_max=open_max,
         )
         self._open: OpenTable[UUID, _AsyncOpen] = OpenTable(open_max)
 

@@ -280,7 +280,7 @@ def _fingerprint(tool: str, context: RunContextWrapper[Any]) -> str | None:
         return None
     try:
         args = json.loads(context.tool_arguments or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(args, dict):
         return None
