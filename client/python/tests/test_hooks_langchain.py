@@ -40,8 +40,9 @@ SETTLE_WAIT_S = 20.0
 
 class ScriptedChatModel(BaseChatModel):
     """A fake chat model: answers call n with a search for `queries[n]` (the last one
-    forever), or with `final` once the queries run out if it is set; reports `usage`
-    (input, output, cache read) for every call. An exception in `queries` is raised."""
+    forever; a list: several searches at once), or with `final` once the queries run out if
+    it is set; reports `usage` (input, output, cache read) for every call. An exception in
+    `queries` is raised."""
 
     model: str = "fake-gpt"
     queries: list[Any]
@@ -87,12 +88,11 @@ class ScriptedChatModel(BaseChatModel):
             query = self.queries[min(self.calls, len(self.queries)) - 1]
             if isinstance(query, Exception):
                 raise query
-            call = {
-                "name": "search",
-                "args": {"query": query},
-                "id": f"call_{self.calls}",
-            }
-            message = AIMessage(content="", tool_calls=[call])
+            calls = [
+                {"name": "search", "args": {"query": q}, "id": f"call_{self.calls}_{i}"}
+                for i, q in enumerate(query if isinstance(query, list) else [query])
+            ]
+            message = AIMessage(content="", tool_calls=calls)
         if not self.usage_in_llm_output:
             message.usage_metadata = cast(Any, usage)
             return ChatResult(generations=[ChatGeneration(message=message)])
@@ -295,6 +295,27 @@ def test_a_call_past_open_max_is_refused_and_the_others_still_commit(
 
     calls = usage_of(client, tenant, "bot-calls")
     assert (calls.used, calls.held) == (1, 0)
+    assert handler.open_count == 0
+
+
+def test_parallel_tool_calls_are_each_reserved_and_committed(
+    cluster: Cluster, tenant: str, client: tollgate.Client
+) -> None:
+    put_budget(cluster, tenant, "bot-calls", pb.DIMENSION_CALLS, 100)
+    cluster.put_limit(tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000)
+    model = ScriptedChatModel(queries=[["a", "b", "c"]], final="done")
+    search = SearchTool()
+    handler = TollgateCallbackHandler(
+        client, tenant=tenant, agent=AGENT, tool_costs={"search": Estimate(cost_usd=0.001)}
+    )
+
+    run(agent_graph(model, [search.tool]), handler)
+
+    assert (model.calls, search.runs) == (2, 3)
+    calls = usage_of(client, tenant, "bot-calls")
+    assert (calls.used, calls.held) == (2 + 3, 0)
+    cost = next(row for row in client.usage(tenant) if row.limit_id == "cost")
+    assert (cost.used, cost.held) == (3 * 1_000, 0)
     assert handler.open_count == 0
 
 

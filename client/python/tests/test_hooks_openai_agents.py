@@ -82,8 +82,8 @@ def final_answer(text: str) -> ResponseOutputMessage:
     )
 
 
-# A turn of the fake model: its output item, given the number of the call (from 1).
-Turn = Callable[[int], TResponseOutputItem]
+# A turn of the fake model: its output items, given the number of the call (from 1).
+Turn = Callable[[int], TResponseOutputItem | list[TResponseOutputItem]]
 
 
 class ScriptedModel(Model):
@@ -115,7 +115,8 @@ class ScriptedModel(Model):
         self.calls += 1
         if isinstance(turn, Exception):
             raise turn
-        output: list[TResponseOutputItem] = [turn(self.calls)]
+        items = turn(self.calls)
+        output = items if isinstance(items, list) else [items]
         return ModelResponse(output=output, usage=usage, response_id=None)
 
     def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
@@ -259,6 +260,35 @@ async def test_a_short_run_commits_the_usage_the_model_reported(
     assert (tokens.used, tokens.held) == (1_050 + 1_380, 0)
     cost = next(row for row in await client.usage(tenant) if row.limit_id == "cost")
     assert (cost.used, cost.held) == (2_000, 0)
+
+
+@pytest.mark.asyncio
+async def test_parallel_tool_calls_are_each_reserved_and_committed(
+    cluster: Cluster, tenant: str, client: tollgate.AsyncClient
+) -> None:
+    put_budget(cluster, tenant, "bot-calls", pb.DIMENSION_CALLS, 100)
+    cluster.put_limit(tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000)
+    model = ScriptedModel(
+        [
+            lambda n: [tool_call(10 * n + i, f"city {i}") for i in range(3)],
+            lambda n: final_answer("three cities searched"),
+        ],
+        [reported(100, 20)],
+    )
+    search = SearchTool()
+    agent = Agent(name=AGENT, model=model, tools=[search.tool])
+
+    async with TollgateRunHooks(
+        client, tenant=tenant, tool_costs={"search": Estimate(cost_usd=0.001)}
+    ) as hooks:
+        await Runner.run(agent, "weather in three cities?", hooks=hooks, max_turns=MAX_TURNS)
+
+    assert (model.calls, search.runs) == (2, 3)
+    calls = await usage_of(client, tenant, "bot-calls")
+    assert (calls.used, calls.held) == (2 + 3, 0)
+    cost = next(row for row in await client.usage(tenant) if row.limit_id == "cost")
+    assert (cost.used, cost.held) == (3 * 1_000, 0)
+    assert hooks.open_count == 0
 
 
 @pytest.mark.asyncio
