@@ -288,6 +288,24 @@ def test_usage_reported_in_llm_output_is_committed(
     assert (tokens.used, tokens.held) == (2 * 970, 0)
 
 
+def test_priced_models_commit_usage_priced_by_the_tenant(
+    cluster: Cluster, tenant: str, client: tollgate.Client
+) -> None:
+    # $2 per 1M input tokens, $8 per 1M output tokens; cached input at the input price.
+    cluster.put_price(tenant, "fake-gpt", input_micros=2_000_000, output_micros=8_000_000)
+    cluster.put_limit(tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000)
+    model = ScriptedChatModel(queries=[], final="hi", usage=(1_000, 500, 300))
+    handler = TollgateCallbackHandler(
+        client, tenant=tenant, agent=AGENT, priced_models={"fake-gpt"}, llm_cost_usd=0.05
+    )
+
+    run(agent_graph(model, [SearchTool().tool]), handler)
+
+    assert model.calls == 1
+    cost = next(row for row in client.usage(tenant) if row.limit_id == "cost")
+    assert (cost.used, cost.held) == (1_000 * 2 + 500 * 8, 0)
+
+
 def test_a_call_past_open_max_is_refused_and_the_others_still_commit(
     cluster: Cluster, tenant: str, client: tollgate.Client
 ) -> None:

@@ -344,12 +344,11 @@ async def test_a_run_that_aborts_mid_call_settles_the_open_reservation_at_its_es
 async def test_priced_models_commit_usage_priced_by_the_tenant(
     cluster: Cluster, tenant: str, client: tollgate.AsyncClient
 ) -> None:
-    if not cluster.supports_prices():
-        pytest.skip("this tollgate build has no price tables")
     # $2 per 1M input tokens, $8 per 1M output tokens; cached input at the input price.
     cluster.put_price(tenant, "gpt-x", input_micros=2_000_000, output_micros=8_000_000)
     cluster.put_limit(tenant, "cost", scope_tenant(), pb.DIMENSION_COST, budget=10_000_000)
-    model = ScriptedModel([lambda n: final_answer("hi")], [reported(1_000, 500)])
+    put_budget(cluster, tenant, "bot-tokens", pb.DIMENSION_TOKENS, 1_000_000)
+    model = ScriptedModel([lambda n: final_answer("hi")], [reported(1_000, 500, cached_tokens=300)])
     agent = Agent(name=AGENT, model=model)
 
     async with TollgateRunHooks(
@@ -364,3 +363,5 @@ async def test_priced_models_commit_usage_priced_by_the_tenant(
 
     cost = next(row for row in await client.usage(tenant) if row.limit_id == "cost")
     assert (cost.used, cost.held) == (1_000 * 2 + 500 * 8, 0)
+    tokens = await usage_of(client, tenant, "bot-tokens")
+    assert (tokens.used, tokens.held) == (1_500, 0)
