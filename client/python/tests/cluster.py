@@ -120,9 +120,10 @@ class Cluster:
         self.wait_for_leader()
 
     def status(self, node: int) -> pb.StatusResponse | None:
-        stub = pb_grpc.ClusterStub(self._channels[self.addrs[node - 1]])
+        stub = pb_grpc.ClusterStub(self._channels[self.addrs[node - 1]])  # type: ignore[no-untyped-call]
         try:
-            return stub.Status(pb.StatusRequest(), timeout=1.0)
+            status: pb.StatusResponse = stub.Status(pb.StatusRequest(), timeout=1.0)
+            return status
         except grpc.RpcError:
             return None
 
@@ -169,15 +170,23 @@ class Cluster:
         raise TimeoutError(f"admin call found no leader: {error}")
 
     def admin(self, method: str, request: Any) -> Any:
-        return self._leader_call(lambda ch: getattr(pb_grpc.AdminStub(ch), method), request)
+        def bind(channel: grpc.Channel) -> Callable[..., Any]:
+            stub = pb_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
+            return getattr(stub, method)  # type: ignore[no-any-return]
+
+        return self._leader_call(bind, request)
 
     def put_tenant(self, tenant: str | None = None, **policy: Any) -> str:
-        """Creates a tenant (a fresh name unless given) and returns its name."""
+        """Creates a tenant (a fresh name unless given) and returns its name; `policy`
+        overrides fields of the default TenantPolicy (e.g. repeat_max=3)."""
         tenant = tenant or f"t-{new_id()[:12]}"
-        request = pb.PutTenantRequest(request_id=new_id(), tenant=tenant)
+        self.admin("PutTenant", pb.PutTenantRequest(request_id=new_id(), tenant=tenant))
         if policy:
-            request.policy.CopyFrom(pb.TenantPolicy(**policy))
-        self.admin("PutTenant", request)
+            current = self.admin("GetTenant", pb.GetTenantRequest(tenant=tenant)).policy
+            for field, value in policy.items():
+                setattr(current, field, value)
+            request = pb.PutTenantRequest(request_id=new_id(), tenant=tenant, policy=current)
+            self.admin("PutTenant", request)
         return tenant
 
     def put_limit(
@@ -185,7 +194,7 @@ class Cluster:
         tenant: str,
         limit_id: str,
         scope: pb.Scope,
-        dimension: int,
+        dimension: pb.Dimension,
         *,
         budget: int | None = None,
         rate: tuple[int, int, int] | None = None,

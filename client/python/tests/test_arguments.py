@@ -41,9 +41,10 @@ def test_money_becomes_micros_exactly_rounding_up(money: Any, micros: int) -> No
 )
 def test_bad_money_is_refused_before_any_rpc(money: Any) -> None:
     client = tollgate.Client(NOWHERE)
+    not_money: Any = object()
     with pytest.raises(tollgate.InvalidRequest):
         client.reserve(
-            tenant="acme", agent="bot", tool="t", cost_usd=money if money is not None else object()
+            tenant="acme", agent="bot", tool="t", cost_usd=not_money if money is None else money
         )
     assert client.leader is None
 

@@ -155,3 +155,71 @@ async def test_async_fail_open_grants_locally(own_cluster: Cluster) -> None:
     with pytest.raises(tollgate.Unavailable, match="local cap"):
         await client.reserve(tenant=tenant, agent="bot", tool="t")
     assert client.offline_reports_pending == 1
+
+
+@pytest.mark.asyncio
+async def test_concurrent_operations_share_batches_and_get_their_own_answers(
+    cluster: Cluster, tenant: str
+) -> None:
+    cluster.put_limit(tenant, "small", scope_tenant(), pb.DIMENSION_TOKENS, budget=1000)
+    async with tollgate.AsyncClient(cluster.addrs) as client:
+        await (await client.reserve(tenant=tenant, agent="bot", tool="t")).release()
+        leader = client.leader
+        assert leader is not None
+        # Count the Batch RPCs the leader's coalescer sends (observing, not replacing, it).
+        coalescer = client._node(leader)[2]
+        batch = coalescer._stub.Batch
+        sent: list[int] = []
+
+        def counting(request: pb.BatchRequest, **kwargs: object) -> object:
+            sent.append(len(request.ops))
+            return batch(request, **kwargs)
+
+        coalescer._stub.Batch = counting
+        reserves = [
+            client.reserve(tenant=tenant, agent="bot", tool="t", tokens=10) for _ in range(30)
+        ]
+        denied = client.reserve(tenant=tenant, agent="bot", tool="t", tokens=5000)
+        unknown = client.reserve(tenant=f"nobody-{new_id()}", agent="bot", tool="t")
+        outcomes = await asyncio.gather(*reserves, denied, unknown, return_exceptions=True)
+    granted = [o for o in outcomes[:30] if isinstance(o, tollgate.AsyncReservation)]
+    assert len(granted) == 30
+    assert len({r.reservation_id for r in granted}) == 30
+    assert isinstance(outcomes[30], tollgate.Denied)
+    assert isinstance(outcomes[31], tollgate.NotFound)
+    assert sum(sent) == 32
+    assert len(sent) < 32, f"no two operations shared a batch: {sent}"
+
+
+@pytest.mark.asyncio
+async def test_async_leader_killed_under_concurrent_load_counts_every_commit_once(
+    own_cluster: Cluster,
+) -> None:
+    tenant = own_cluster.put_tenant()
+    with_budgets(own_cluster, tenant)
+    acked: list[int] = []
+    stop = asyncio.Event()
+
+    async def worker(client: tollgate.AsyncClient) -> None:
+        while not stop.is_set():
+            async with client.reserve(tenant=tenant, agent="bot", tool="t", tokens=1) as r:
+                await r.commit(tokens=1)
+            acked.append(1)
+
+    async def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 30.0
+        while len(acked) < count:
+            assert time.monotonic() < deadline, f"only {len(acked)} of {count} commits"
+            await asyncio.sleep(0.01)
+
+    async with tollgate.AsyncClient(own_cluster.addrs) as client:
+        workers = [asyncio.create_task(worker(client)) for _ in range(8)]
+        await wait_for(50)
+        old_leader = own_cluster.leader()
+        assert old_leader is not None
+        own_cluster.kill(old_leader)
+        await wait_for(len(acked) + 50)
+        stop.set()
+        await asyncio.gather(*workers)  # any worker's error fails the test here
+        assert await aused(client, tenant, "tokens") == (len(acked), 0)
+    assert own_cluster.wait_for_leader() != old_leader

@@ -3,6 +3,7 @@ otherwise charges the estimate (abandoned), NotCalled releases; denials carry th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -93,6 +94,15 @@ def test_a_reservation_settles_once(cluster: Cluster, tenant: str, client: tollg
         r.release()
 
 
+def test_a_follower_points_the_client_at_the_leader(cluster: Cluster, tenant: str) -> None:
+    leader = cluster.leader()
+    assert leader is not None
+    followers = [addr for node, addr in enumerate(cluster.addrs, 1) if node != leader]
+    with tollgate.Client([*followers, cluster.addrs[leader - 1]]) as client:
+        client.reserve(tenant=tenant, agent="bot", tool="t").release()
+        assert client.leader == cluster.addrs[leader - 1]
+
+
 def test_budget_denial_names_the_limit(
     cluster: Cluster, tenant: str, client: tollgate.Client
 ) -> None:
@@ -135,6 +145,26 @@ def test_frozen_agent_is_refused(cluster: Cluster, tenant: str, client: tollgate
     assert frozen.value.agent is None
 
 
+def test_the_same_call_repeated_trips_the_agent(cluster: Cluster, client: tollgate.Client) -> None:
+    repeat_max = 3
+    tenant = cluster.put_tenant(
+        repeat_max=repeat_max, repeat_window_ms=60_000, trip_cooldown_ms=30_000
+    )
+    same = tollgate.fingerprint("search", {"q": "the same query"})
+    granted = 0
+    with pytest.raises(tollgate.Tripped) as tripped:
+        for _ in range(repeat_max + 1):
+            client.reserve(tenant=tenant, agent="looper", tool="search", fingerprint=same).release()
+            granted += 1
+    assert granted < repeat_max
+    assert tripped.value.cause == "repetition"
+    assert tripped.value.until is not None
+    assert 0 < tripped.value.until - time.time() <= 30.0
+    assert same in str(tripped.value)
+    other = tollgate.fingerprint("search", {"q": "another query"})
+    client.reserve(tenant=tenant, agent="worker", tool="search", fingerprint=other).release()
+
+
 def test_a_retry_with_the_same_request_id_is_one_charge(
     cluster: Cluster, tenant: str, client: tollgate.Client
 ) -> None:
@@ -146,7 +176,6 @@ def test_a_retry_with_the_same_request_id_is_one_charge(
     assert used(client, tenant, "tokens") == (0, 5)
     commit_id = new_id()
     first.commit(tokens=5, request_id=commit_id)
-    again._settled = False  # the same commit, sent again as a retry would be
     again.commit(tokens=5, request_id=commit_id)
     record_id = new_id()
     client.record(tenant=tenant, agent="bot", tool="t", tokens=11, request_id=record_id)

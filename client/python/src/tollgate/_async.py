@@ -15,6 +15,7 @@ import grpc.aio
 
 from . import _wire
 from ._base import ClientBase, log
+from ._coalesce import COALESCED, Coalescer, OpFailed
 from ._core import (
     ATTEMPT_TIMEOUT_DEFAULT_S,
     OFFLINE_REPORTS_PER_FLUSH,
@@ -44,12 +45,12 @@ class AsyncReservation(Held):
 
     async def commit(
         self,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
         calls: int | None = None,
         usage: Usage | None = None,
-        *,
         request_id: str | None = None,
     ) -> Committed:
         """Charges what the call spent and ends the hold (see Reservation.commit)."""
@@ -160,9 +161,13 @@ class AsyncClient(ClientBase):
         fail_open: FailOpen | None = None,
         *,
         attempt_timeout: float = ATTEMPT_TIMEOUT_DEFAULT_S,
+        coalesce: bool = True,
     ) -> None:
         super().__init__(endpoints, token, tls, deadline, fail_open, attempt_timeout)
-        self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.TollgateStub]] = {}
+        # Send concurrent reserve, commit, release and record calls to a node as one Batch
+        # RPC; off: one unary RPC each (e.g. against nodes that predate Batch).
+        self._coalesce = coalesce
+        self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.TollgateStub, Coalescer]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flushing = False
         # Closes of evicted channels in flight (the loop keeps only weak references to tasks).
@@ -173,6 +178,7 @@ class AsyncClient(ClientBase):
         tenant: str,
         agent: str,
         tool: str,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
@@ -182,7 +188,6 @@ class AsyncClient(ClientBase):
         model: str | None = None,
         input_tokens: int | None = None,
         max_output_tokens: int | None = None,
-        *,
         request_id: str | None = None,
     ) -> PendingReservation:
         """Reserves the estimate (see Client.reserve); await the result or `async with` it.
@@ -218,12 +223,12 @@ class AsyncClient(ClientBase):
         tenant: str,
         agent: str,
         tool: str,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
         calls: int = 1,
         usage: Usage | None = None,
-        *,
         request_id: str | None = None,
     ) -> int:
         """Charges spend that happened without a reservation (see Client.record)."""
@@ -248,6 +253,7 @@ class AsyncClient(ClientBase):
         tenant: str,
         agent: str,
         tool: str,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
@@ -263,7 +269,14 @@ class AsyncClient(ClientBase):
             @functools.wraps(fn)
             async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
                 r = await self.reserve(
-                    tenant, agent, tool, tokens, cost_usd, cost_micros, calls, ttl
+                    tenant,
+                    agent,
+                    tool,
+                    tokens=tokens,
+                    cost_usd=cost_usd,
+                    cost_micros=cost_micros,
+                    calls=calls,
+                    ttl=ttl,
                 )
                 try:
                     result = await fn(*args, **kwargs)
@@ -306,7 +319,7 @@ class AsyncClient(ClientBase):
             held.estimate, spent, held.tenant, held.agent, held.tool, wire_amounts, wire_usage
         )
 
-    def _stub(self, addr: str) -> pb_grpc.TollgateStub:
+    def _node(self, addr: str) -> tuple[grpc.aio.Channel, pb_grpc.TollgateStub, Coalescer]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             # Channels of a loop that is gone cannot be used (or closed) from this one.
@@ -316,7 +329,7 @@ class AsyncClient(ClientBase):
         if entry is None:
             victim = self._evict_victim(list(self._channels))
             if victim is not None:
-                old, _ = self._channels.pop(victim)
+                old = self._channels.pop(victim)[0]
                 task = loop.create_task(old.close(None))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
@@ -327,9 +340,11 @@ class AsyncClient(ClientBase):
                 if creds is None
                 else grpc.aio.secure_channel(addr, creds, options=options)
             )
-            entry = (channel, pb_grpc.TollgateStub(channel))  # type: ignore[no-untyped-call]
+            stub = pb_grpc.TollgateStub(channel)  # type: ignore[no-untyped-call]
+            coalescer = Coalescer(stub, self._metadata, self._settings.attempt_timeout_s)
+            entry = (channel, stub, coalescer)
             self._channels[addr] = entry
-        return entry[1]
+        return entry
 
     async def _call(self, method: str, request: Any, *, flush: bool = True) -> Any:
         """One RPC to the leader under the client's policy (see Client._call)."""
@@ -337,12 +352,10 @@ class AsyncClient(ClientBase):
         try:
             while True:
                 addr, timeout = run.next_attempt()
-                rpc = getattr(self._stub(addr), method)
                 try:
-                    response = await rpc(request, timeout=timeout, metadata=self._metadata)
-                except grpc.aio.AioRpcError as error:
-                    hint = leader_hint(error.trailing_metadata(), error.initial_metadata())
-                    pause = run.failed(addr, error.code(), error.details() or "", hint)
+                    response = await self._attempt(addr, method, request, timeout)
+                except OpFailed as failed:
+                    pause = run.failed(addr, failed.code, failed.details, failed.hint)
                     if pause > 0:
                         await asyncio.sleep(pause)
                     continue
@@ -354,11 +367,28 @@ class AsyncClient(ClientBase):
             await self.report_offline()
         return response
 
+    async def _attempt(self, addr: str, method: str, request: Any, timeout: float) -> Any:
+        """One attempt at `addr`: batched with concurrent operations when coalescing."""
+        _, stub, coalescer = self._node(addr)
+        try:
+            if self._coalesce and method in COALESCED:
+                answer = coalescer.submit(method, request)
+                # Giving up on the answer must not cancel the batch other calls share.
+                return await asyncio.wait_for(asyncio.shield(answer), timeout)
+            return await getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            hint = leader_hint(error.trailing_metadata(), error.initial_metadata())
+            raise OpFailed(error.code(), error.details() or "", hint) from None
+        except asyncio.TimeoutError:
+            raise OpFailed(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout:.3f} s", None
+            ) from None
+
     async def close(self) -> None:
         """Reports what it can of offline spend, then closes every connection."""
         if self._offline is not None and self._offline.pending() and not self._breaker.is_open:
             await self.report_offline()
-        channels = [channel for channel, _ in self._channels.values()]
+        channels = [entry[0] for entry in self._channels.values()]
         self._channels.clear()
         for channel in channels:
             await channel.close(None)

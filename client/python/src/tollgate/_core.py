@@ -1,7 +1,7 @@
-"""What the sync and async clients share, without any I/O: where the next attempt goes
-(the leader, else the next endpoint), whether and how long to wait before it, the circuit
-breaker that makes a down cluster fail fast, the fail-open allowance, and the translation
-between the wire and this package's types. The clients only send RPCs and sleep."""
+"""What the sync and async clients share, without any I/O: the validated settings, where
+the next attempt goes (the leader, else the next endpoint), whether and how long to wait
+before it, and the circuit breaker that makes a down cluster fail fast. The clients only
+send RPCs and sleep; they never decide what to try next."""
 
 from __future__ import annotations
 
@@ -17,11 +17,7 @@ import grpc
 
 from . import _errors
 from ._errors import InvalidRequest, Unavailable
-from ._types import (
-    FailOpen,
-    Tls,
-    finite_seconds,
-)
+from ._types import FailOpen, Tls, finite_seconds, token_from_env
 
 log = logging.getLogger("tollgate")
 
@@ -104,8 +100,6 @@ class Settings:
         fail_open: FailOpen | None,
         attempt_timeout: float,
     ) -> Settings:
-        from ._types import token_from_env
-
         if isinstance(endpoints, str):
             endpoints = endpoints.split(",")
         if not endpoints:

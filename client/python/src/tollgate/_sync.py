@@ -44,12 +44,12 @@ class Reservation(Held):
 
     def commit(
         self,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
         calls: int | None = None,
         usage: Usage | None = None,
-        *,
         request_id: str | None = None,
     ) -> Committed:
         """Charges what the call spent and ends the hold. Spend above the estimate is charged
@@ -146,6 +146,7 @@ class Client(ClientBase):
         tenant: str,
         agent: str,
         tool: str,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
@@ -155,7 +156,6 @@ class Client(ClientBase):
         model: str | None = None,
         input_tokens: int | None = None,
         max_output_tokens: int | None = None,
-        *,
         request_id: str | None = None,
     ) -> Reservation:
         """Reserves the estimate against every limit that applies, or raises Denied, Frozen,
@@ -187,12 +187,12 @@ class Client(ClientBase):
         tenant: str,
         agent: str,
         tool: str,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
         calls: int = 1,
         usage: Usage | None = None,
-        *,
         request_id: str | None = None,
     ) -> int:
         """Charges spend that happened without a reservation; never denied. Returns the cost
@@ -218,6 +218,7 @@ class Client(ClientBase):
         tenant: str,
         agent: str,
         tool: str,
+        *,
         tokens: int = 0,
         cost_usd: Money | None = None,
         cost_micros: int | None = None,
@@ -234,7 +235,16 @@ class Client(ClientBase):
 
             @functools.wraps(fn)
             def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-                r = self.reserve(tenant, agent, tool, tokens, cost_usd, cost_micros, calls, ttl)
+                r = self.reserve(
+                    tenant,
+                    agent,
+                    tool,
+                    tokens=tokens,
+                    cost_usd=cost_usd,
+                    cost_micros=cost_micros,
+                    calls=calls,
+                    ttl=ttl,
+                )
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as error:
