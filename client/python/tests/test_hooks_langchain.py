@@ -190,7 +190,9 @@ def abandoned_tokens(cluster: Cluster, tenant: str) -> list[int]:
     return tokens
 
 
-def put_budget(cluster: Cluster, tenant: str, limit_id: str, dimension: int, amount: int) -> None:
+def put_budget(
+    cluster: Cluster, tenant: str, limit_id: str, dimension: pb.Dimension, amount: int
+) -> None:
     cluster.put_limit(tenant, limit_id, scope_agent(AGENT), dimension, budget=amount)
 
 
