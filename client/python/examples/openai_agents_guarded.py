@@ -5,8 +5,9 @@ The agent's model is a fake (no API key, no network) that asks for another searc
 turn, as a runaway would. Against `tollgate dev` (tenant `acme`: each agent may make 60
 calls a minute with bursts of 10) Tollgate lets the burst through and then stops the run.
 
+    pip install "./client/python[openai-agents]"
     cargo run --release -- dev          # in another terminal
-    python examples/openai_agents_guarded.py
+    python client/python/examples/openai_agents_guarded.py
 """
 
 from __future__ import annotations
