@@ -8,8 +8,10 @@ The handlers set `raise_error`, so a refusal (`tollgate.Denied`, `Frozen`, `Trip
 `Unavailable` while failing closed) propagates out of `invoke` as the Tollgate exception
 itself, and the refused call never runs. Two things can keep it in: a LangGraph `ToolNode`
 built with `handle_tool_errors=True` turns it into a tool message for the model (the next LLM
-call is then refused), and LangChain swallows errors of an async handler driven by a sync
-`invoke`: use `AsyncTollgateCallbackHandler` with `ainvoke`/`astream` only.
+call is then refused), and LangChain swallows the errors of an async handler reached through
+a sync call (`invoke`, or a sync node or tool inside `ainvoke`). `TollgateCallbackHandler`
+stops sync and async runs alike; `AsyncTollgateCallbackHandler` saves a thread per event
+where every model and tool call of the run is async.
 
 A failed call (`on_llm_error`, `on_tool_error`) is settled at its estimate, flagged abandoned:
 it may have spent. `settle_open()` (or leaving the handler's `with` block) does the same for
