@@ -381,7 +381,6 @@ def test_a_failed_llm_call_is_settled_at_its_estimate(
     assert abandoned_tokens(cluster, tenant) == [700]
 
 
-@pytest.mark.asyncio
 async def test_the_async_handler_stops_an_async_run_at_its_calls_budget(
     cluster: Cluster, tenant: str, aclient: tollgate.AsyncClient
 ) -> None:

@@ -182,7 +182,6 @@ def put_budget(
     cluster.put_limit(tenant, limit_id, scope_agent(AGENT), dimension, budget=amount)
 
 
-@pytest.mark.asyncio
 async def test_a_looping_agent_is_stopped_at_its_calls_budget(
     cluster: Cluster, tenant: str, client: tollgate.AsyncClient
 ) -> None:
@@ -216,7 +215,6 @@ async def test_a_looping_agent_is_stopped_at_its_calls_budget(
     assert hooks.open_count == 0
 
 
-@pytest.mark.asyncio
 async def test_a_looping_agent_is_stopped_at_its_tokens_budget_before_the_llm_call(
     cluster: Cluster, tenant: str, client: tollgate.AsyncClient
 ) -> None:
@@ -240,7 +238,6 @@ async def test_a_looping_agent_is_stopped_at_its_tokens_budget_before_the_llm_ca
     assert (tokens.used, tokens.held) == (360, 0)
 
 
-@pytest.mark.asyncio
 async def test_a_short_run_commits_the_usage_the_model_reported(
     cluster: Cluster, tenant: str, client: tollgate.AsyncClient
 ) -> None:
@@ -271,7 +268,6 @@ async def test_a_short_run_commits_the_usage_the_model_reported(
     assert (cost.used, cost.held) == (2_000, 0)
 
 
-@pytest.mark.asyncio
 async def test_parallel_tool_calls_are_each_reserved_and_committed(
     cluster: Cluster, tenant: str, client: tollgate.AsyncClient
 ) -> None:
@@ -300,7 +296,6 @@ async def test_parallel_tool_calls_are_each_reserved_and_committed(
     assert hooks.open_count == 0
 
 
-@pytest.mark.asyncio
 async def test_a_repeated_tool_call_trips_the_agent_by_its_fingerprint(
     cluster: Cluster, client: tollgate.AsyncClient
 ) -> None:
@@ -319,7 +314,6 @@ async def test_a_repeated_tool_call_trips_the_agent_by_its_fingerprint(
     assert tripped.cause == "repetition"
 
 
-@pytest.mark.asyncio
 async def test_a_run_that_aborts_mid_call_settles_the_open_reservation_at_its_estimate(
     cluster: Cluster, tenant: str, client: tollgate.AsyncClient
 ) -> None:
@@ -342,7 +336,6 @@ async def test_a_run_that_aborts_mid_call_settles_the_open_reservation_at_its_es
     assert abandoned_tokens(cluster, tenant) == [700]
 
 
-@pytest.mark.asyncio
 async def test_priced_models_commit_usage_priced_by_the_tenant(
     cluster: Cluster, tenant: str, client: tollgate.AsyncClient
 ) -> None:
