@@ -233,16 +233,6 @@ class Cluster:
         response = self.admin("QueryAudit", pb.AuditQueryRequest(tenant=tenant, limit=10_000))
         return list(response.records)
 
-    def supports_prices(self) -> bool:
-        """Whether this build has price tables (an older one answers UNIMPLEMENTED)."""
-        try:
-            self.admin("ListPrices", pb.ListPricesRequest(tenant=self.put_tenant()))
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                return False
-            raise
-        return True
-
 
 def scope_tenant() -> pb.Scope:
     return pb.Scope(tenant=pb.Empty())

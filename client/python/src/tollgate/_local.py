@@ -62,6 +62,7 @@ class Offline:
             agent=agent,
             tool=tool,
             actual=wire_amounts,
+            offline=True,
         )
         if wire_usage is not None:
             request.usage.CopyFrom(wire_usage)
