@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the README's first command exactly as written (the first line of the first code block
 # under "## Run it"), waits until it serves a cluster with a leader and has played its demo,
-# asks the cluster for its status, then stops it with Ctrl-C and expects a clean exit.
+# asks the cluster for its status, runs the README's Python example against it, then stops it
+# with Ctrl-C and expects a clean exit.
 # A fresh clone's first minute must not end in an error, so CI runs this on every change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,20 @@ status=$(target/release/tollgate status)
 echo "$status"
 grep -q leader <<<"$status" || { echo "first command: no node reports itself leader" >&2; exit 1; }
 
+# The README's Python example, as written, in a fresh venv with the package installed as the
+# README says: it must show a grant, a commit and a denial against this cluster.
+example=$(awk '/^```python/ { inside = 1; next } inside && /^```/ { exit } inside { print }' README.md)
+[ -n "$example" ] || { echo "first command: no Python example in README.md" >&2; exit 1; }
+venv=$(mktemp -d)
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet ./client/python
+printed=$("$venv/bin/python" -c "$example")
+rm -rf "$venv"
+echo "$printed"
+for shown in '^granted [0-9]+' '^committed [0-9]+ micro-USD' '^denied by batch-bot-daily-cost'; do
+  grep -Eq "$shown" <<<"$printed" || { echo "first command: the Python example did not print /$shown/" >&2; exit 1; }
+done
+
 trap - EXIT
 stop
 wait "$group" && code=0 || code=$?
@@ -54,4 +69,4 @@ if ((code != 0 && code != 130)); then
   tail -n 20 "$log" >&2
   exit 1
 fi
-echo "first command: served a cluster with a leader, played the demo, stopped cleanly"
+echo "first command: served a cluster with a leader, played the demo, ran the Python example, stopped cleanly"
