@@ -1,7 +1,8 @@
 //! The reservation guard: spend held by the cluster (or, failing open, by this process)
-//! until the caller commits what was spent or releases it. A guard that is dropped
-//! without either releases in the background, so an early return or a `?` never leaves
-//! a hold behind for longer than it takes one RPC.
+//! until the caller commits what was spent or releases it. A guard dropped without either
+//! (an early return, a `?`, a panic) settles at its estimate in the background, flagged
+//! `abandoned`: the call may have happened, so it is never given back silently. Only an
+//! explicit [`Reservation::release`] gives the estimate back.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,14 @@ use crate::error::Error;
 use crate::types::{duration_ms, new_request_id, Amounts, Applied, CommitInfo, Remaining};
 
 /// Spend held against every limit that applies, until [`commit`](Self::commit),
-/// [`release`](Self::release), or expiry. Dropping it releases it in the background.
+/// [`release`](Self::release), or expiry.
+///
+/// Dropping it without either charges the estimate: in the background, on the current
+/// tokio runtime, the guard sends a commit flagged `abandoned` (no actual), which the cluster
+/// charges at the estimate and marks `abandoned` in the audit trail. Outside a runtime
+/// nothing can be sent; the hold then expires and the tenant's expiry policy applies
+/// (charged at the estimate by default). A local (fail-open) reservation dropped counts its
+/// estimate as spent against the local cap.
 #[derive(Debug)]
 #[must_use = "a reservation holds budget until it is committed or released"]
 pub struct Reservation {
@@ -168,13 +176,15 @@ impl Reservation {
                 Ok(CommitInfo {
                     overrun: !actual.fits_within(self.estimate),
                     late: false,
+                    cost_micros: actual.cost_micros,
                     applied: None,
                 })
             }
         }
     }
 
-    /// Ends the hold without charging anything: the call did not happen. Returns where the
+    /// Ends the hold without charging anything: the call did not happen. This is the only
+    /// way to give the estimate back; a guard merely dropped is charged it. Returns where the
     /// release was applied (`None` for a local reservation). A release after expiry is
     /// refused by the cluster with [`Error::FailedPrecondition`] and the expiry charge stands.
     pub async fn release(self) -> Result<Option<Applied>, Error> {
@@ -199,9 +209,9 @@ impl Reservation {
         }
     }
 
-    /// Walks away without committing or releasing, as a worker that died would: the hold
-    /// expires and the tenant's expiry policy applies (charged at the estimate by default).
-    /// For simulators and tests. Returns the reservation id.
+    /// Walks away without a word, as a worker that died would: unlike a drop, nothing is
+    /// sent; the hold expires and the tenant's expiry policy applies (charged at the estimate
+    /// by default). For simulators and tests. Returns the reservation id.
     pub fn abandon(mut self) -> Option<u64> {
         self.settled = true;
         self.reservation_id()
@@ -214,16 +224,13 @@ impl Drop for Reservation {
             return;
         }
         let reservation_id = match self.origin {
-            Origin::Local => {
-                if let Some(local) = &self.client.shared.local {
-                    local.give_back(self.estimate);
-                }
-                return;
-            }
+            // The estimate stays counted against the local cap as spent: the call may have
+            // happened.
+            Origin::Local => return,
             Origin::Cluster { reservation_id, .. } => reservation_id,
         };
-        // Drop cannot await; hand the release to the runtime if there is one. Without a
-        // runtime nothing can be sent, and the hold simply expires.
+        // Drop cannot await; hand the abandoned commit to the runtime if there is one.
+        // Without a runtime nothing can be sent, and the hold expires.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(
                 reservation_id,
@@ -235,11 +242,12 @@ impl Drop for Reservation {
         let client = self.client.clone();
         let tenant = std::mem::take(&mut self.tenant);
         runtime.spawn(async move {
+            // One request id for every retry, so the estimate is charged once.
             let outcome = client
-                .release_reservation(new_request_id(), &tenant, reservation_id)
+                .commit_abandoned(new_request_id(), &tenant, reservation_id)
                 .await;
             if let Err(error) = outcome {
-                tracing::warn!(reservation_id, %tenant, %error, "background release of a dropped reservation failed; it will expire");
+                tracing::warn!(reservation_id, %tenant, %error, "settling a dropped reservation at its estimate failed; it will expire");
             }
         });
     }
@@ -269,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn dropping_a_local_reservation_gives_the_estimate_back() {
+    fn dropping_a_local_reservation_counts_its_estimate_as_spent() {
         let config = ClientConfig {
             fail_mode: FailMode::Open {
                 local_cap: Amounts::new(10, 10, 10),
@@ -289,6 +297,10 @@ mod tests {
         assert!(reservation.is_local());
         assert_eq!(reservation.reservation_id(), None);
         drop(reservation);
-        assert_eq!(local().used(), Amounts::ZERO);
+        assert_eq!(local().used(), Amounts::new(5, 5, 1));
+        assert!(
+            local().try_hold(Amounts::new(6, 0, 0)).is_err(),
+            "the dropped estimate still counts against the cap"
+        );
     }
 }

@@ -125,14 +125,38 @@ impl Client {
         reservation_id: u64,
         actual: Amounts,
     ) -> Result<CommitInfo, Error> {
-        let wire = v1::CommitRequest {
+        self.send_commit(v1::CommitRequest {
             request_id,
             tenant: tenant.to_owned(),
             reservation_id,
             actual: Some(actual.into()),
             usage: None,
             abandoned: false,
-        };
+        })
+        .await
+    }
+
+    /// Settles a reservation whose guard was left without commit or release: the cluster
+    /// charges its estimate (the call may have happened) and flags the audit record
+    /// `abandoned`. Retries reuse `request_id`.
+    pub(crate) async fn commit_abandoned(
+        &self,
+        request_id: String,
+        tenant: &str,
+        reservation_id: u64,
+    ) -> Result<CommitInfo, Error> {
+        self.send_commit(v1::CommitRequest {
+            request_id,
+            tenant: tenant.to_owned(),
+            reservation_id,
+            actual: None,
+            usage: None,
+            abandoned: true,
+        })
+        .await
+    }
+
+    async fn send_commit(&self, wire: v1::CommitRequest) -> Result<CommitInfo, Error> {
         let response = self
             .call_op(|rpc| {
                 let wire = wire.clone();
@@ -142,6 +166,7 @@ impl Client {
         Ok(CommitInfo {
             overrun: response.overrun,
             late: response.late,
+            cost_micros: response.cost_micros,
             applied: Some(Applied::from(response.applied)),
         })
     }

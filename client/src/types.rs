@@ -201,6 +201,9 @@ pub struct CommitInfo {
     pub overrun: bool,
     /// The reservation had already expired; the expiry charge was trued up to the actual.
     pub late: bool,
+    /// The cost charged, micro-units: the actual's, the estimate's for an abandoned
+    /// reservation, or the price table's for usage. 0 from a node that predates the field.
+    pub cost_micros: u64,
     /// Where the commit was applied; `None` for a local (fail-open) reservation.
     pub applied: Option<Applied>,
 }

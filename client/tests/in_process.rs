@@ -1,5 +1,5 @@
 //! The client against tiny in-process gRPC nodes with canned behaviour: proves leader
-//! following, same-id retries, background release of dropped guards, per-node status and
+//! following, same-id retries, the abandoned commit of dropped guards, per-node status and
 //! failing closed, without a real cluster, through coalesced `Batch` calls (the default) and
 //! through unary calls. Tests wait on notifications, never on sleeps.
 
@@ -28,6 +28,9 @@ enum Seen {
     Commit {
         request_id: String,
         reservation_id: u64,
+        actual: Option<v1::Amounts>,
+        usage: Option<v1::Usage>,
+        abandoned: bool,
     },
     Release {
         reservation_id: u64,
@@ -145,6 +148,9 @@ impl Tollgate for Node {
         let _ = self.seen.send(Seen::Commit {
             request_id: request.request_id,
             reservation_id: request.reservation_id,
+            actual: request.actual,
+            usage: request.usage,
+            abandoned: request.abandoned,
         });
         self.refuse()?;
         Ok(Response::new(v1::CommitResponse {
@@ -507,7 +513,46 @@ async fn explicit_request_id_is_sent_as_given() {
 }
 
 #[tokio::test]
-async fn a_dropped_guard_releases_in_the_background() {
+async fn a_dropped_guard_settles_at_the_estimate_flagged_abandoned() {
+    let (leader_addr, node, mut seen) = leader_node(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let reservation = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    let Role::Leader { unavailable_first } = &node.role else {
+        unreachable!("a leader node")
+    };
+    unavailable_first.store(2, Ordering::SeqCst);
+
+    // As a `?` after the call would: the guard goes out of scope unsettled.
+    drop(reservation);
+    let mut request_ids = Vec::new();
+    for _ in 0..3 {
+        let Seen::Commit {
+            request_id,
+            reservation_id,
+            actual,
+            usage,
+            abandoned,
+        } = next(&mut seen).await
+        else {
+            panic!("a dropped guard sends a commit, never a release")
+        };
+        assert_eq!(reservation_id, 42);
+        assert!(abandoned, "flagged abandoned");
+        assert_eq!((actual, usage), (None, None), "the estimate is charged");
+        request_ids.push(request_id);
+    }
+    assert!(
+        request_ids.iter().all(|id| *id == request_ids[0]),
+        "retries reuse one request id: {request_ids:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_explicit_release_is_the_only_way_to_give_the_estimate_back() {
     let (leader_addr, mut seen) = leader(0).await;
     let client = Client::new(fast_config(&[&leader_addr])).unwrap();
     let reservation = client
@@ -515,9 +560,32 @@ async fn a_dropped_guard_releases_in_the_background() {
         .await
         .unwrap();
     assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
-
-    drop(reservation);
+    reservation.release().await.unwrap();
     assert_eq!(next(&mut seen).await, Seen::Release { reservation_id: 42 });
+}
+
+#[tokio::test]
+async fn an_abandoned_guard_sends_nothing() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let reservation = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    assert_eq!(reservation.abandon(), Some(42));
+    // A later operation is seen next: nothing was sent for the abandoned guard before it.
+    let marker = client
+        .reserve_with_id(
+            "marker".into(),
+            ReserveRequest::new("acme", "bot", "search"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(next(&mut seen).await, Seen::Reserve { request_id, .. } if request_id == "marker")
+    );
+    marker.abandon();
 }
 
 #[tokio::test]
