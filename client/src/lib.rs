@@ -74,6 +74,7 @@ mod client;
 mod coalescer;
 mod config;
 mod error;
+mod fingerprint;
 mod local;
 mod pool;
 mod reservation;
@@ -91,6 +92,7 @@ pub use config::{
     PEM_FILE_BYTES_MAX,
 };
 pub use error::{is_retryable, Error};
+pub use fingerprint::{fingerprint, FingerprintError, FINGERPRINT_DEPTH_MAX};
 pub use pool::{Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};
 pub use reservation::Reservation;
 pub use tollgate::RESERVATIONS_LIST_MAX;
