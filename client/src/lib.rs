@@ -8,7 +8,9 @@
 //! Concurrent reserves, commits, releases and records leave together in one `Batch` RPC per
 //! node ([`ClientConfig::coalesce`], on by default), each with its own answer and retries.
 //! When the cluster cannot be reached within the deadline it fails closed (an
-//! [`Error::Unavailable`] that says why), unless configured to fail open up to a local cap.
+//! [`Error::Unavailable`] that says why), unless configured to fail open up to a local cap;
+//! when every node refuses the connection it says so at once, without waiting for the
+//! deadline ([`ClientConfig::probe_interval`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -69,6 +71,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod breaker;
 mod channel;
 mod client;
 mod coalescer;
@@ -89,7 +92,7 @@ pub use config::{
     api_key_from_env, normalise_endpoint, read_api_key_file, read_pem, Backoff, ClientConfig,
     FailMode, TlsConfig, API_KEY_ENV, API_KEY_FILE_ENV, ATTEMPT_TIMEOUT_DEFAULT,
     BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, DEADLINE_DEFAULT, ENDPOINTS_MAX,
-    PEM_FILE_BYTES_MAX,
+    PEM_FILE_BYTES_MAX, PROBE_INTERVAL_DEFAULT,
 };
 pub use error::{is_retryable, Error};
 pub use fingerprint::{fingerprint, FingerprintError, FINGERPRINT_DEPTH_MAX};

@@ -687,3 +687,167 @@ async fn fails_open_up_to_the_local_cap_then_closed() {
         Err(Error::Unavailable { .. })
     ));
 }
+
+/// Addresses of `n` ports nothing listens on.
+fn dead_addrs(n: usize) -> Vec<String> {
+    (0..n).map(|_| dead_addr()).collect()
+}
+
+/// The whole-operation bound the fail-fast tests hold a refused cluster to: far below the
+/// 5 s default deadline the client would otherwise retry to, with slack for a loaded machine.
+const FAIL_FAST_MAX: Duration = Duration::from_secs(1);
+
+/// A client with the default deadline (5 s) and backoff: what fails fast is the breaker.
+fn default_client(endpoints: &[String], fail_mode: FailMode) -> Client {
+    Client::new(ClientConfig {
+        fail_mode,
+        ..ClientConfig::new(endpoints.iter().cloned())
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_reserve_fails_fast_when_every_endpoint_refuses_the_connection() {
+    let endpoints = dead_addrs(3);
+    let client = default_client(&endpoints, FailMode::Closed);
+
+    let started = Instant::now();
+    let error = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+
+    assert!(elapsed < FAIL_FAST_MAX, "took {elapsed:?}");
+    let Error::Unavailable { reason } = &error else {
+        panic!("expected Unavailable, got {error:?}")
+    };
+    assert!(reason.contains("refused the connection"), "{reason}");
+    for endpoint in &endpoints {
+        assert!(reason.contains(endpoint), "names {endpoint}: {reason}");
+    }
+}
+
+#[tokio::test]
+async fn reserves_stay_fast_while_the_cluster_stays_down() {
+    let client = default_client(&dead_addrs(3), FailMode::Closed);
+    for n in 0..20 {
+        let started = Instant::now();
+        let outcome = client
+            .reserve(ReserveRequest::new("acme", "bot", "search"))
+            .await;
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(outcome, Err(Error::Unavailable { .. })),
+            "reserve {n}: {outcome:?}"
+        );
+        assert!(elapsed < FAIL_FAST_MAX, "reserve {n} took {elapsed:?}");
+    }
+}
+
+#[tokio::test]
+async fn failing_open_grants_locally_at_once_when_every_endpoint_refuses() {
+    let client = default_client(
+        &dead_addrs(3),
+        FailMode::Open {
+            local_cap: Amounts::new(1_000, 1_000_000, 100),
+        },
+    );
+    for n in 0..3 {
+        let started = Instant::now();
+        let reservation = client
+            .reserve(ReserveRequest::new("acme", "bot", "llm:x").tokens(10))
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert!(reservation.is_local(), "reserve {n}");
+        assert!(elapsed < FAIL_FAST_MAX, "reserve {n} took {elapsed:?}");
+        reservation.commit(Amounts::new(10, 0, 1)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_client_recovers_once_a_node_listens_again() {
+    let addr = dead_addr();
+    let client = default_client(std::slice::from_ref(&addr), FailMode::Closed);
+    assert!(matches!(
+        client
+            .reserve(ReserveRequest::new("acme", "bot", "search"))
+            .await,
+        Err(Error::Unavailable { .. })
+    ));
+
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let (_node, _seen) = serve(
+        listener,
+        addr.clone(),
+        Role::Leader {
+            unavailable_first: AtomicU32::new(0),
+        },
+    );
+    // The breaker lets one operation through per probe interval (500 ms): poll until one
+    // gets through, within a bound the probe interval fits in many times.
+    let deadline = Instant::now() + NOTIFICATION_WAIT_MAX;
+    let reservation = loop {
+        match client
+            .reserve(ReserveRequest::new("acme", "bot", "search"))
+            .await
+        {
+            Ok(reservation) => break reservation,
+            Err(Error::Unavailable { reason }) => {
+                assert!(Instant::now() < deadline, "not recovered: {reason}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(reservation.reservation_id(), Some(42));
+    reservation.abandon();
+}
+
+#[tokio::test]
+async fn an_election_is_retried_to_the_deadline_not_failed_fast() {
+    // Two nodes down, the third up but without a leader for longer than the deadline.
+    let (electing, _seen) = leader(u32::MAX).await;
+    let mut endpoints = dead_addrs(2);
+    endpoints.push(electing);
+    // The backoff of `fast_config` pauses at least 650 ms in all over its 32 attempts.
+    let deadline = Duration::from_millis(500);
+    let client = Client::new(ClientConfig {
+        deadline,
+        ..fast_config(&endpoints.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .unwrap();
+
+    let started = Instant::now();
+    let error = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() >= deadline,
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(&error, Error::Unavailable { reason } if reason.contains("within the 500 ms deadline")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn refused_endpoints_are_skipped_until_the_electing_node_has_a_leader() {
+    let (electing, _seen) = leader(5).await;
+    let mut endpoints = dead_addrs(2);
+    endpoints.push(electing);
+    let client = Client::new(fast_config(
+        &endpoints.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
+    .unwrap();
+    let reservation = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap();
+    assert_eq!(reservation.reservation_id(), Some(42));
+    reservation.abandon();
+}
