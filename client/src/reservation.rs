@@ -10,7 +10,9 @@ use tollgate_proto::v1;
 
 use crate::client::Client;
 use crate::error::Error;
-use crate::types::{duration_ms, new_request_id, Amounts, Applied, CommitInfo, Remaining};
+use crate::types::{
+    duration_ms, new_request_id, Amounts, Applied, CommitInfo, Remaining, Spend, Usage,
+};
 
 /// Spend held against every limit that applies, until [`commit`](Self::commit),
 /// [`release`](Self::release), or expiry.
@@ -33,6 +35,26 @@ pub struct Reservation {
     origin: Origin,
     /// Set once commit, release or abandon has been asked for: `Drop` then does nothing.
     settled: bool,
+}
+
+/// What a [`Reservation`] is, without the power to settle it: what
+/// [`Client::guarded`] hands the call it guards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationInfo {
+    /// The cluster's id for the reservation; `None` for a local one.
+    pub reservation_id: Option<u64>,
+    /// The request id the reservation was made with.
+    pub request_id: String,
+    /// The tenant that pays.
+    pub tenant: String,
+    /// The estimate held.
+    pub estimate: Amounts,
+    /// When the hold expires, unix milliseconds.
+    pub expires_at_ms: u64,
+    /// What remains of the tightest limit after the grant.
+    pub tightest: Option<Remaining>,
+    /// Granted locally while failing open.
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,9 +163,23 @@ impl Reservation {
         &self.tenant
     }
 
-    /// The estimate held.
+    /// The estimate held, as asked (the cost of a usage estimate is the cluster's to price
+    /// and not known here).
     pub fn estimate(&self) -> Amounts {
         self.estimate
+    }
+
+    /// A copy of what this reservation is, for code that runs while it is held.
+    pub fn info(&self) -> ReservationInfo {
+        ReservationInfo {
+            reservation_id: self.reservation_id(),
+            request_id: self.request_id.clone(),
+            tenant: self.tenant.clone(),
+            estimate: self.estimate,
+            expires_at_ms: self.expires_at_ms,
+            tightest: self.tightest.clone(),
+            local: self.is_local(),
+        }
     }
 
     /// Records what the call actually spent and ends the hold. Spend above the estimate
@@ -169,17 +205,66 @@ impl Reservation {
                     .commit_reservation(request_id, &self.tenant, reservation_id, actual)
                     .await
             }
-            Origin::Local => {
-                if let Some(local) = &self.client.shared.local {
-                    local.settle(self.estimate, actual);
-                }
-                Ok(CommitInfo {
-                    overrun: !actual.fits_within(self.estimate),
-                    late: false,
-                    cost_micros: actual.cost_micros,
-                    applied: None,
-                })
+            Origin::Local => self.settle_locally(actual),
+        }
+    }
+
+    /// Records what an LLM call used and ends the hold: the cluster prices `usage` with the
+    /// tenant's price table, and [`CommitInfo::cost_micros`] says what it charged. As with
+    /// [`commit`](Self::commit), a failure leaves the hold to expire at its estimate.
+    ///
+    /// A local (fail-open) reservation has no price table at hand: it counts the usage's
+    /// tokens and the estimate's cost and calls.
+    pub async fn commit_usage(self, usage: Usage) -> Result<CommitInfo, Error> {
+        self.commit_spend(Spend::Usage(usage)).await
+    }
+
+    /// Commits `spend` in whichever form it comes.
+    pub(crate) async fn commit_spend(mut self, spend: Spend) -> Result<CommitInfo, Error> {
+        let usage = match spend {
+            Spend::Amounts(actual) => return self.commit(actual).await,
+            Spend::Usage(usage) => usage,
+        };
+        self.settled = true;
+        match self.origin {
+            Origin::Cluster { reservation_id, .. } => {
+                self.client
+                    .commit_reservation_usage(new_request_id(), &self.tenant, reservation_id, usage)
+                    .await
             }
+            Origin::Local => {
+                let actual = Amounts {
+                    tokens: usage.tokens(),
+                    ..self.estimate
+                };
+                self.settle_locally(actual)
+            }
+        }
+    }
+
+    fn settle_locally(&self, actual: Amounts) -> Result<CommitInfo, Error> {
+        if let Some(local) = &self.client.shared.local {
+            local.settle(self.estimate, actual);
+        }
+        Ok(CommitInfo {
+            overrun: !actual.fits_within(self.estimate),
+            late: false,
+            cost_micros: actual.cost_micros,
+            applied: None,
+        })
+    }
+
+    /// Settles at the estimate, flagged abandoned, and waits for the answer: what `Drop`
+    /// sends in the background, for a caller that can await it.
+    pub(crate) async fn commit_abandoned(mut self) -> Result<CommitInfo, Error> {
+        self.settled = true;
+        match self.origin {
+            Origin::Cluster { reservation_id, .. } => {
+                self.client
+                    .commit_abandoned(new_request_id(), &self.tenant, reservation_id)
+                    .await
+            }
+            Origin::Local => self.settle_locally(self.estimate),
         }
     }
 

@@ -11,7 +11,10 @@ use tokio::sync::mpsc;
 use tollgate_client::v1;
 use tollgate_client::v1::cluster_server::{Cluster, ClusterServer};
 use tollgate_client::v1::tollgate_server::{Tollgate, TollgateServer};
-use tollgate_client::{Amounts, Backoff, Client, ClientConfig, Error, FailMode, ReserveRequest};
+use tollgate_client::{
+    Amounts, Backoff, CallError, Client, ClientConfig, Error, FailMode, GuardError, ReserveRequest,
+    Usage,
+};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
@@ -35,6 +38,20 @@ enum Seen {
     Release {
         reservation_id: u64,
     },
+    Record {
+        actual: Option<v1::Amounts>,
+        usage: Option<v1::Usage>,
+    },
+}
+
+/// The fake's whole price table: one micro per token of any model, so a test can tell a
+/// cost the node priced from one the client sent.
+fn fake_price(usage: Option<&v1::Usage>, actual: Option<&v1::Amounts>) -> u64 {
+    match (usage, actual) {
+        (Some(u), _) => u.input_tokens + u.output_tokens + u.cached_input_tokens,
+        (None, Some(a)) => a.cost_micros,
+        (None, None) => 0,
+    }
 }
 
 enum Role {
@@ -145,6 +162,7 @@ impl Tollgate for Node {
         request: Request<v1::CommitRequest>,
     ) -> Result<Response<v1::CommitResponse>, Status> {
         let request = request.into_inner();
+        let cost_micros = fake_price(request.usage.as_ref(), request.actual.as_ref());
         let _ = self.seen.send(Seen::Commit {
             request_id: request.request_id,
             reservation_id: request.reservation_id,
@@ -157,7 +175,7 @@ impl Tollgate for Node {
             overrun: true,
             late: false,
             applied: applied(),
-            cost_micros: 0,
+            cost_micros,
         }))
     }
 
@@ -174,9 +192,19 @@ impl Tollgate for Node {
 
     async fn record(
         &self,
-        _: Request<v1::RecordRequest>,
+        request: Request<v1::RecordRequest>,
     ) -> Result<Response<v1::RecordResponse>, Status> {
-        Err(Status::unimplemented("not in this fake"))
+        let request = request.into_inner();
+        let cost_micros = fake_price(request.usage.as_ref(), request.actual.as_ref());
+        let _ = self.seen.send(Seen::Record {
+            actual: request.actual,
+            usage: request.usage,
+        });
+        self.refuse()?;
+        Ok(Response::new(v1::RecordResponse {
+            cost_micros,
+            applied: applied(),
+        }))
     }
 
     /// Answers each operation as its unary call does, as the real server does.
@@ -850,4 +878,197 @@ async fn refused_endpoints_are_skipped_until_the_electing_node_has_a_leader() {
         .unwrap();
     assert_eq!(reservation.reservation_id(), Some(42));
     reservation.abandon();
+}
+
+fn wire_usage(model: &str, input_tokens: u64, output_tokens: u64) -> Option<v1::Usage> {
+    Some(v1::Usage {
+        model: model.into(),
+        input_tokens,
+        output_tokens,
+        cached_input_tokens: 0,
+    })
+}
+
+#[tokio::test]
+async fn guarded_commits_the_calls_usage_and_returns_its_value() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let request = ReserveRequest::new("acme", "bot", "llm:x").usage(Usage::new("gpt-x", 100, 50));
+
+    let (answer, committed) = client
+        .guarded(request, |reservation| async move {
+            assert_eq!(reservation.reservation_id, Some(42));
+            Ok::<_, CallError<String>>(("the answer", Usage::new("gpt-x", 90, 20)))
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(answer, "the answer");
+    assert_eq!(committed.cost_micros, 110, "the cost the node priced");
+    let Seen::Reserve { .. } = next(&mut seen).await else {
+        panic!("reserve first")
+    };
+    let Seen::Commit {
+        actual,
+        usage,
+        abandoned,
+        ..
+    } = next(&mut seen).await
+    else {
+        panic!("then commit")
+    };
+    assert_eq!(
+        (actual, usage, abandoned),
+        (None, wire_usage("gpt-x", 90, 20), false)
+    );
+}
+
+#[tokio::test]
+async fn guarded_commits_amounts_as_given() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let ((), committed) = client
+        .guarded(ReserveRequest::new("acme", "bot", "search"), |_| async {
+            Ok::<_, CallError<String>>(((), Amounts::new(0, 3, 1)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed.cost_micros, 3);
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    assert!(matches!(
+        next(&mut seen).await,
+        Seen::Commit {
+            actual: Some(v1::Amounts { cost_micros: 3, .. }),
+            usage: None,
+            abandoned: false,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn guarded_releases_when_the_call_was_not_made() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let outcome = client
+        .guarded(ReserveRequest::new("acme", "bot", "llm:x"), |_| async {
+            Err::<((), Amounts), _>(CallError::NotCalled("prompt too long"))
+        })
+        .await;
+    assert_eq!(outcome, Err(GuardError::NotCalled("prompt too long")));
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    assert_eq!(next(&mut seen).await, Seen::Release { reservation_id: 42 });
+}
+
+#[tokio::test]
+async fn guarded_settles_at_the_estimate_when_the_call_failed() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let outcome = client
+        .guarded(ReserveRequest::new("acme", "bot", "llm:x"), |_| async {
+            let provider: Result<u64, &str> = Err("timed out mid-response");
+            let tokens = provider?; // the call may have happened
+            Ok(((), Amounts::new(tokens, 0, 1)))
+        })
+        .await;
+    assert_eq!(outcome, Err(GuardError::Failed("timed out mid-response")));
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    assert!(matches!(
+        next(&mut seen).await,
+        Seen::Commit {
+            abandoned: true,
+            actual: None,
+            usage: None,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn guarded_makes_no_call_when_the_reserve_is_denied() {
+    let (leader_addr, _seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let called = std::sync::atomic::AtomicBool::new(false);
+    let outcome = client
+        .guarded(
+            ReserveRequest::new("acme", "bot", "llm:x").tokens(5_000),
+            |_| async {
+                called.store(true, Ordering::SeqCst);
+                Ok::<_, CallError<String>>(((), Amounts::ZERO))
+            },
+        )
+        .await;
+    assert!(
+        matches!(&outcome, Err(GuardError::Reserve(Error::Denied { limit_id, .. })) if limit_id == "tpm"),
+        "{outcome:?}"
+    );
+    assert!(!called.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn a_call_that_panics_inside_guarded_is_settled_as_abandoned() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let task = tokio::spawn(async move {
+        client
+            .guarded(ReserveRequest::new("acme", "bot", "llm:x"), |_| async {
+                if true {
+                    panic!("the worker's own bug");
+                }
+                Ok::<_, CallError<String>>(((), Amounts::ZERO))
+            })
+            .await
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    assert!(matches!(
+        next(&mut seen).await,
+        Seen::Commit {
+            abandoned: true,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn record_usage_sends_the_usage_and_returns_the_priced_cost() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let recorded = client
+        .record_usage("acme", "bot", "llm:x", Usage::new("gpt-x", 7, 3))
+        .await
+        .unwrap();
+    assert_eq!(recorded.cost_micros, 10);
+    assert_eq!(recorded.applied.log_index, 7);
+    assert_eq!(
+        next(&mut seen).await,
+        Seen::Record {
+            actual: None,
+            usage: wire_usage("gpt-x", 7, 3)
+        }
+    );
+}
+
+#[tokio::test]
+async fn failing_open_a_usage_estimate_holds_its_tokens_and_commits_them() {
+    let client = Client::new(ClientConfig {
+        fail_mode: FailMode::Open {
+            local_cap: Amounts::new(1_000, 1_000, 10),
+        },
+        ..fast_config(&[&dead_addr()])
+    })
+    .unwrap();
+    let request = ReserveRequest::new("acme", "bot", "llm:x").usage(Usage::new("gpt-x", 500, 400));
+    let reservation = client.reserve(request.clone()).await.unwrap();
+    assert!(reservation.is_local());
+    assert_eq!(reservation.estimate(), Amounts::new(900, 0, 1));
+    let committed = reservation
+        .commit_usage(Usage::new("gpt-x", 500, 50))
+        .await
+        .unwrap();
+    assert!(!committed.overrun);
+    // 550 of 1,000 tokens are spent: another 900-token estimate does not fit, 450 does.
+    assert!(client.reserve(request).await.is_err());
+    let smaller = ReserveRequest::new("acme", "bot", "llm:x").usage(Usage::new("gpt-x", 400, 50));
+    assert!(client.reserve(smaller).await.unwrap().is_local());
 }
