@@ -204,15 +204,12 @@ impl Client {
                     hint_just_followed = true;
                     continue;
                 }
-                Next::Refused => continue,
-                Next::EveryEndpointRefused => {
-                    let reason = format!(
-                        "every endpoint refused the connection ({}); last error: {error_last}",
-                        refused.join(", ")
-                    );
-                    self.shared.breaker.open(Instant::now(), &reason);
-                    return Err(Error::Unavailable { reason });
+                Next::Refused => {
+                    // Free: it cost no time, and each endpoint refuses once per round.
+                    attempts -= 1;
+                    continue;
                 }
+                Next::EveryEndpointRefused => return Err(self.cluster_down(&refused, &error_last)),
                 Next::Now | Next::Pause => {}
             }
             hint_just_followed = false;
@@ -241,10 +238,21 @@ impl Client {
         Ok(())
     }
 
+    /// Every endpoint refused the connection: opens the breaker and says so.
+    fn cluster_down(&self, refused: &[String], error_last: &str) -> Error {
+        let reason = format!(
+            "every endpoint refused the connection ({}); last error: {error_last}",
+            refused.join(", ")
+        );
+        self.shared.breaker.open(Instant::now(), &reason);
+        Error::Unavailable { reason }
+    }
+
     /// What follows a failed attempt at `addr`. A refused connection costs no time, so the
     /// next endpoint is tried at once the first time; once every configured endpoint has
-    /// refused in this operation the cluster is down. Any other failure means a node was reached (or a
-    /// timeout): the breaker closes, and a leader hint is followed at once.
+    /// refused since a node last answered, the cluster is down. Any other failure but a
+    /// timeout means a node answered: the breaker closes, the round of refusals starts
+    /// over, and a leader hint is followed at once.
     fn after_failure(
         &self,
         target: Target<'_>,
@@ -273,6 +281,7 @@ impl Client {
             }
             if status.code() != tonic::Code::DeadlineExceeded {
                 self.shared.breaker.close();
+                refused.clear();
             }
         }
         if self.follow_hint(target, addr, status) {
