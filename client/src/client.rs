@@ -19,6 +19,8 @@ use crate::pool::{Pool, Rpc};
 /// Most attempts one operation makes, whatever the deadline: bounds the work a single
 /// call causes when every node keeps answering UNAVAILABLE. With the default backoff,
 /// 32 attempts span well over the default 5 s deadline, so the deadline usually ends first.
+/// An endpoint's first refused connection in a round is not counted: it costs no time and
+/// is followed at once by the next endpoint, not by a pause.
 pub const ATTEMPTS_MAX: u32 = 32;
 
 /// A handle to a Tollgate cluster. Cheap to clone: clones share connections, the
