@@ -9,15 +9,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Response, Status};
 
+use crate::breaker::{Admit, Breaker};
 use crate::channel::{leader_hint, Auth};
 use crate::config::{normalise_endpoint, ClientConfig, FailMode, TlsConfig};
-use crate::error::{is_retryable, Error};
+use crate::error::{is_connect_failure, is_retryable, Error};
 use crate::local::LocalCap;
 use crate::pool::{Pool, Rpc};
 
 /// Most attempts one operation makes, whatever the deadline: bounds the work a single
 /// call causes when every node keeps answering UNAVAILABLE. With the default backoff,
 /// 32 attempts span well over the default 5 s deadline, so the deadline usually ends first.
+/// An endpoint's first refused connection in a round is not counted: it costs no time and
+/// is followed at once by the next endpoint, not by a pause.
 pub const ATTEMPTS_MAX: u32 = 32;
 
 /// A handle to a Tollgate cluster. Cheap to clone: clones share connections, the
@@ -35,6 +38,7 @@ pub(crate) struct Shared {
     pub(crate) config: ClientConfig,
     pub(crate) pool: Pool,
     pub(crate) local: Option<LocalCap>,
+    breaker: Breaker,
 }
 
 /// Where a call goes.
@@ -68,11 +72,13 @@ impl Client {
         };
         let tls = config.tls.as_ref().map(TlsConfig::tonic);
         let pool = Pool::new(endpoints, config.attempt_timeout, tls);
+        let breaker = Breaker::new(config.probe_interval);
         Ok(Client {
             shared: Arc::new(Shared {
                 config,
                 pool,
                 local,
+                breaker,
             }),
             auth,
         })
@@ -116,7 +122,9 @@ impl Client {
     ///
     /// Non-retryable statuses come back at once as the matching [`Error`]; running out of
     /// time or attempts returns [`Error::Unavailable`] naming the nodes tried and the last
-    /// error.
+    /// error. When every endpoint refuses the connection, that is [`Error::Unavailable`] at
+    /// once, and so is every call until a probe reaches a node again
+    /// ([`ClientConfig::probe_interval`]).
     ///
     /// The `Rpc` handed to `f` sends unary calls; only the client's own reserve, commit,
     /// release and record are coalesced into `Batch` calls.
@@ -159,10 +167,12 @@ impl Client {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let config = &self.shared.config;
+        self.admit(target)?;
         let deadline = Instant::now() + config.deadline;
         let mut attempts: u32 = 0;
         let mut backoff_step: u32 = 0;
         let mut tried: Vec<String> = Vec::new();
+        let mut refused: Vec<String> = Vec::new();
         let mut error_last = String::from("no attempt was made");
         // Follow a hint without pausing once; a second hint in a row means the cluster is
         // mid-election, so pause as for any other failure.
@@ -191,9 +201,18 @@ impl Client {
             error_last = format!("{addr}: {:?}: {}", status.code(), status.message());
             tracing::debug!(attempt = attempts, error = %error_last, "tollgate call failed, retrying");
 
-            if self.follow_hint(target, &addr, &status) && !hint_just_followed {
-                hint_just_followed = true;
-                continue;
+            match self.after_failure(target, &addr, &status, &mut refused) {
+                Next::Now if !hint_just_followed => {
+                    hint_just_followed = true;
+                    continue;
+                }
+                Next::Refused => {
+                    // Free: it cost no time, and each endpoint refuses once per round.
+                    attempts -= 1;
+                    continue;
+                }
+                Next::EveryEndpointRefused => return Err(self.cluster_down(&refused, &error_last)),
+                Next::Now | Next::Pause => {}
             }
             hint_just_followed = false;
             if !self.pause(deadline, &mut backoff_step).await {
@@ -208,6 +227,70 @@ impl Client {
                 tried.join(", "),
             ),
         })
+    }
+
+    /// Fails a leader call at once while the breaker is open (every endpoint refused the
+    /// connection), unless it is the interval's probe.
+    fn admit(&self, target: Target<'_>) -> Result<(), Error> {
+        if let Target::Leader = target {
+            if let Admit::Refused(reason) = self.shared.breaker.admit(Instant::now()) {
+                return Err(Error::Unavailable { reason });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every endpoint refused the connection: opens the breaker and says so.
+    fn cluster_down(&self, refused: &[String], error_last: &str) -> Error {
+        let reason = format!(
+            "every endpoint refused the connection ({}); last error: {error_last}",
+            refused.join(", ")
+        );
+        self.shared.breaker.open(Instant::now(), &reason);
+        Error::Unavailable { reason }
+    }
+
+    /// What follows a failed attempt at `addr`. A refused connection costs no time, so the
+    /// next endpoint is tried at once the first time; once every configured endpoint has
+    /// refused since a node last answered, the cluster is down. Any other failure but a
+    /// timeout means a node answered: the breaker closes, the round of refusals starts
+    /// over, and a leader hint is followed at once.
+    fn after_failure(
+        &self,
+        target: Target<'_>,
+        addr: &str,
+        status: &Status,
+        refused: &mut Vec<String>,
+    ) -> Next {
+        if let Target::Leader = target {
+            if is_connect_failure(status) {
+                self.shared.pool.forget_leader(addr);
+                let first_refusal = !refused.iter().any(|known| known == addr);
+                if first_refusal {
+                    refused.push(addr.to_owned());
+                }
+                let endpoints = self.shared.pool.endpoints();
+                if endpoints.iter().all(|endpoint| refused.contains(endpoint)) {
+                    return Next::EveryEndpointRefused;
+                }
+                // Only the first refusal of each endpoint is free: after a round, refused
+                // attempts pause like any other, so they cannot use up the attempts early.
+                return if first_refusal {
+                    Next::Refused
+                } else {
+                    Next::Pause
+                };
+            }
+            if status.code() != tonic::Code::DeadlineExceeded {
+                self.shared.breaker.close();
+                refused.clear();
+            }
+        }
+        if self.follow_hint(target, addr, status) {
+            Next::Now
+        } else {
+            Next::Pause
+        }
     }
 
     /// One attempt at `addr` within `attempt_timeout`: the call's result, or the
@@ -233,10 +316,13 @@ impl Client {
                 if let Target::Leader = target {
                     // Followers refuse every leader-only call, so an answer means leader.
                     self.shared.pool.set_leader(addr);
+                    self.shared.breaker.close();
                 }
                 Attempt::Done(Ok(response.into_inner()))
             }
             Ok(Err(status)) if !is_retryable(&status) => {
+                // A node answered, if only to refuse.
+                self.shared.breaker.close();
                 Attempt::Done(Err(Error::from_status(&status)))
             }
             Ok(Err(status)) => Attempt::Retry(status),
@@ -281,6 +367,18 @@ impl Client {
         tokio::time::sleep(delay).await;
         true
     }
+}
+
+/// What the retry loop does after a failed attempt.
+enum Next {
+    /// Try again at once (a leader hint to follow).
+    Now,
+    /// This endpoint refused the connection; try the next one at once.
+    Refused,
+    /// Every configured endpoint refused the connection in this operation.
+    EveryEndpointRefused,
+    /// Pause for the backoff, then try again.
+    Pause,
 }
 
 /// How one attempt ended.

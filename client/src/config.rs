@@ -19,6 +19,11 @@ pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 pub const BACKOFF_INITIAL_DEFAULT: Duration = Duration::from_millis(20);
 /// Longest pause between retries.
 pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_millis(500);
+/// While every endpoint refuses connections, how often one operation is let through to see
+/// whether the cluster is back; the others fail at once. Short enough that a restarted
+/// cluster is noticed within about half a second, long enough that a dead one costs one
+/// round of refused connections per interval.
+pub const PROBE_INTERVAL_DEFAULT: Duration = Duration::from_millis(500);
 /// Most endpoints one client may be configured with: a cluster has three or five nodes,
 /// so more than this is a configuration mistake.
 pub const ENDPOINTS_MAX: usize = 16;
@@ -39,6 +44,12 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// Pauses between retries.
     pub backoff: Backoff,
+    /// When every endpoint refuses the connection within one operation, operations fail at
+    /// once with [`Error::Unavailable`] (or fail open) instead of retrying to the deadline,
+    /// and one operation per `probe_interval` tries the cluster again; the first node that
+    /// answers ends it. A node that answers but has no leader (an election) does not count:
+    /// those calls retry to the deadline.
+    pub probe_interval: Duration,
     /// What `reserve` does when the cluster cannot be reached.
     pub fail_mode: FailMode,
     /// Send concurrent reserve, commit, release and record calls to a node as one `Batch`
@@ -159,7 +170,8 @@ impl TlsConfig {
 
 impl ClientConfig {
     /// A config for these endpoints with the defaults: no token, 5 s deadline, 1 s per
-    /// attempt, 20..500 ms backoff, fail closed, coalescing on.
+    /// attempt, 20..500 ms backoff, a probe every 500 ms while the cluster refuses
+    /// connections, fail closed, coalescing on.
     pub fn new<I, S>(endpoints: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -171,6 +183,7 @@ impl ClientConfig {
             deadline: DEADLINE_DEFAULT,
             attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
             backoff: Backoff::default(),
+            probe_interval: PROBE_INTERVAL_DEFAULT,
             fail_mode: FailMode::Closed,
             coalesce: true,
             tls: None,
@@ -188,9 +201,12 @@ impl ClientConfig {
                 self.endpoints.len()
             )));
         }
-        if self.deadline.is_zero() || self.attempt_timeout.is_zero() {
+        if self.deadline.is_zero()
+            || self.attempt_timeout.is_zero()
+            || self.probe_interval.is_zero()
+        {
             return Err(Error::Invalid(
-                "deadline and attempt_timeout must be greater than zero".into(),
+                "deadline, attempt_timeout and probe_interval must be greater than zero".into(),
             ));
         }
         if self.backoff.initial.is_zero() || self.backoff.initial > self.backoff.max {

@@ -107,6 +107,22 @@ pub fn is_retryable(status: &Status) -> bool {
     }
 }
 
+/// True when `status` says the connection to the node could not be opened (refused, no
+/// route, a name that does not resolve): tonic turns its connector's
+/// error into UNAVAILABLE with that error's words and no source, so the words are all there
+/// is. A timeout of this client's own is DEADLINE_EXCEEDED and never matches.
+pub(crate) fn is_connect_failure(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        && [
+            "tcp connect error",
+            "tcp open error",
+            "dns error",
+            "error trying to connect",
+        ]
+        .iter()
+        .any(|words| status.message().starts_with(words))
+}
+
 /// How tonic words an INTERNAL status that came from the HTTP/2 connection, not the server.
 fn is_transport_failure(message: &str) -> bool {
     message.starts_with("h2 protocol error") || message.contains("transport error")

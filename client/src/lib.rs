@@ -2,37 +2,44 @@
 //!
 //! Before every LLM or tool call, [`Client::reserve`] the estimated spend; the cluster
 //! grants it against every limit that applies, or denies it with the reason. After the
-//! call, [`Reservation::commit`] what was actually spent (or [`Reservation::release`] if
-//! the call did not happen). The client finds the leader, follows its hints, reuses
-//! connections and retries with the same request id, so a retry is never a second charge.
-//! Concurrent reserves, commits, releases and records leave together in one `Batch` RPC per
-//! node ([`ClientConfig::coalesce`], on by default), each with its own answer and retries.
+//! call, [`Reservation::commit`] what was actually spent ([`Reservation::commit_usage`] for
+//! model and tokens the cluster prices), or [`Reservation::release`] if the call did not
+//! happen. A reservation dropped without either (an early return, a `?`, a panic) is
+//! charged its estimate, flagged `abandoned` in the audit trail, because the call may have
+//! happened; only `release` gives the estimate back. [`Client::guarded`] does all three
+//! around a closure.
+//!
+//! The client finds the leader, follows its hints, reuses connections and retries with the
+//! same request id, so a retry is never a second charge. Concurrent reserves, commits,
+//! releases and records leave together in one `Batch` RPC per node
+//! ([`ClientConfig::coalesce`], on by default), each with its own answer and retries.
 //! When the cluster cannot be reached within the deadline it fails closed (an
-//! [`Error::Unavailable`] that says why), unless configured to fail open up to a local cap.
+//! [`Error::Unavailable`] that says why), unless configured to fail open up to a local cap;
+//! when every node refuses the connection it says so at once, without waiting for the
+//! deadline ([`ClientConfig::probe_interval`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use tollgate_client::{Amounts, Client, ClientConfig, Error, ReserveRequest};
+//! use tollgate_client::{Amounts, CallError, Client, ClientConfig, Error, ReserveRequest, Usage};
 //!
-//! # struct Usage { total_tokens: u64, cost_micros: u64 }
-//! # async fn call_llm(_prompt: &str) -> Usage { Usage { total_tokens: 0, cost_micros: 0 } }
-//! # async fn search(_query: &str) -> Vec<String> { Vec::new() }
+//! # struct Response { input_tokens: u64, output_tokens: u64 }
+//! # async fn call_llm(_prompt: &str) -> Response { Response { input_tokens: 0, output_tokens: 0 } }
+//! # async fn search(_query: &str) -> Result<Vec<String>, std::io::Error> { Ok(Vec::new()) }
 //! /// Attempts one call site makes before it gives up on a rate limit.
 //! const DENIED_RETRIES_MAX: u32 = 3;
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), Error> {
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let client = Client::new(ClientConfig {
 //!         // TOLLGATE_API_KEY, or the file TOLLGATE_API_KEY_FILE names.
 //!         token: tollgate_client::api_key_from_env()?,
 //!         ..ClientConfig::new(["10.0.0.1:7001", "10.0.0.2:7001", "10.0.0.3:7001"])
 //!     })?;
 //!
-//!     // An LLM call: reserve the worst case (prompt + max output tokens, at list price),
-//!     // then commit what the provider's response says was used.
-//!     let request = ReserveRequest::new("acme", "support-bot", "llm:gpt-x")
-//!         .tokens(4_000)
-//!         .cost_micros(60_000) // $0.06
+//!     // An LLM call: reserve the worst case (the prompt and the max output tokens, priced by
+//!     // the tenant's price table), then commit what the provider's response says was used.
+//!     let request = ReserveRequest::new("acme", "support-bot", "llm:gpt-4o")
+//!         .usage(Usage::new("gpt-4o", 3_000, 1_000))
 //!         .ttl(Duration::from_secs(120));
 //!     let mut attempt = 0;
 //!     let reservation = loop {
@@ -44,21 +51,25 @@
 //!                 tokio::time::sleep(wait).await;
 //!             }
 //!             // A budget, a freeze, a trip or an outage: do not make the call.
-//!             Err(error) => return Err(error),
+//!             Err(error) => return Err(error.into()),
 //!         }
 //!     };
-//!     let usage = call_llm("Summarise the ticket").await;
+//!     // Were this to return early, the dropped reservation would be charged its estimate.
+//!     let response = call_llm("Summarise the ticket").await;
 //!     let committed = reservation
-//!         .commit(Amounts { tokens: usage.total_tokens, cost_micros: usage.cost_micros, calls: 1 })
+//!         .commit_usage(Usage::new("gpt-4o", response.input_tokens, response.output_tokens))
 //!         .await?;
-//!     if committed.overrun {
-//!         tracing::warn!("the LLM call spent more than estimated");
-//!     }
+//!     tracing::info!(cost_micros = committed.cost_micros, overrun = committed.overrun, "LLM call");
 //!
-//!     // A tool call: one call, no tokens (the estimate's calls default to 1).
-//!     let reservation = client.reserve(ReserveRequest::new("acme", "support-bot", "search")).await?;
-//!     let _hits = search("order 1234").await;
-//!     reservation.commit(Amounts::new(0, 0, 1)).await?;
+//!     // A tool call, guarded: one call, no tokens (the estimate's calls default to 1). A
+//!     // failed search may have happened, so `?` settles at the estimate.
+//!     let (hits, _committed) = client
+//!         .guarded(ReserveRequest::new("acme", "support-bot", "search"), |_| async {
+//!             let hits = search("order 1234").await?;
+//!             Ok::<_, CallError<std::io::Error>>((hits, Amounts::new(0, 0, 1)))
+//!         })
+//!         .await?;
+//!     println!("{} hits", hits.len());
 //!     Ok(())
 //! }
 //! ```
@@ -69,11 +80,14 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod breaker;
 mod channel;
 mod client;
 mod coalescer;
 mod config;
 mod error;
+mod fingerprint;
+mod guarded;
 mod local;
 mod pool;
 mod prices;
@@ -89,15 +103,17 @@ pub use config::{
     api_key_from_env, normalise_endpoint, read_api_key_file, read_pem, Backoff, ClientConfig,
     FailMode, TlsConfig, API_KEY_ENV, API_KEY_FILE_ENV, ATTEMPT_TIMEOUT_DEFAULT,
     BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, DEADLINE_DEFAULT, ENDPOINTS_MAX,
-    PEM_FILE_BYTES_MAX,
+    PEM_FILE_BYTES_MAX, PROBE_INTERVAL_DEFAULT,
 };
 pub use error::{is_retryable, Error};
+pub use fingerprint::{fingerprint, FingerprintError, FINGERPRINT_DEPTH_MAX};
+pub use guarded::{CallError, GuardError};
 pub use pool::{Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};
-pub use reservation::Reservation;
+pub use reservation::{Reservation, ReservationInfo};
 pub use tollgate::RESERVATIONS_LIST_MAX;
 /// The wire types (`tollgate.v1`), re-exported so callers need no direct dependency.
 pub use tollgate_proto::v1;
 pub use types::{
-    new_request_id, scope_to_string, Amounts, Applied, CommitInfo, Dimension, Remaining,
-    ReserveRequest, TTL_DEFAULT,
+    new_request_id, scope_to_string, Amounts, Applied, CommitInfo, Dimension, Recorded, Remaining,
+    ReserveRequest, Spend, Usage, TTL_DEFAULT,
 };

@@ -51,7 +51,8 @@ impl LocalCap {
             .unwrap_or(Amounts::new(u64::MAX, u64::MAX, u64::MAX));
     }
 
-    /// A local reservation was released or dropped: the call did not happen.
+    /// A local reservation was released: the call did not happen. (A dropped one keeps its
+    /// estimate counted: the call may have happened.)
     pub(crate) fn give_back(&self, estimate: Amounts) {
         let mut used = self.used_mut();
         *used = used.saturating_sub(estimate);

@@ -1,7 +1,8 @@
 //! The reservation guard: spend held by the cluster (or, failing open, by this process)
-//! until the caller commits what was spent or releases it. A guard that is dropped
-//! without either releases in the background, so an early return or a `?` never leaves
-//! a hold behind for longer than it takes one RPC.
+//! until the caller commits what was spent or releases it. A guard dropped without either
+//! (an early return, a `?`, a panic) settles at its estimate in the background, flagged
+//! `abandoned`: the call may have happened, so it is never given back silently. Only an
+//! explicit [`Reservation::release`] gives the estimate back.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,10 +10,19 @@ use tollgate_proto::v1;
 
 use crate::client::Client;
 use crate::error::Error;
-use crate::types::{duration_ms, new_request_id, Amounts, Applied, CommitInfo, Remaining};
+use crate::types::{
+    duration_ms, new_request_id, Amounts, Applied, CommitInfo, Remaining, Spend, Usage,
+};
 
 /// Spend held against every limit that applies, until [`commit`](Self::commit),
-/// [`release`](Self::release), or expiry. Dropping it releases it in the background.
+/// [`release`](Self::release), or expiry.
+///
+/// Dropping it without either charges the estimate: in the background, on the current
+/// tokio runtime, the guard sends a commit flagged `abandoned` (no actual), which the cluster
+/// charges at the estimate and marks `abandoned` in the audit trail. Outside a runtime
+/// nothing can be sent; the hold then expires and the tenant's expiry policy applies
+/// (charged at the estimate by default). A local (fail-open) reservation dropped counts its
+/// estimate as spent against the local cap.
 #[derive(Debug)]
 #[must_use = "a reservation holds budget until it is committed or released"]
 pub struct Reservation {
@@ -25,6 +35,26 @@ pub struct Reservation {
     origin: Origin,
     /// Set once commit, release or abandon has been asked for: `Drop` then does nothing.
     settled: bool,
+}
+
+/// What a [`Reservation`] is, without the power to settle it: what
+/// [`Client::guarded`] hands the call it guards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationInfo {
+    /// The cluster's id for the reservation; `None` for a local one.
+    pub reservation_id: Option<u64>,
+    /// The request id the reservation was made with.
+    pub request_id: String,
+    /// The tenant that pays.
+    pub tenant: String,
+    /// The estimate held.
+    pub estimate: Amounts,
+    /// When the hold expires, unix milliseconds.
+    pub expires_at_ms: u64,
+    /// What remains of the tightest limit after the grant.
+    pub tightest: Option<Remaining>,
+    /// Granted locally while failing open.
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,9 +163,23 @@ impl Reservation {
         &self.tenant
     }
 
-    /// The estimate held.
+    /// The estimate held, as asked (the cost of a usage estimate is the cluster's to price
+    /// and not known here).
     pub fn estimate(&self) -> Amounts {
         self.estimate
+    }
+
+    /// A copy of what this reservation is, for code that runs while it is held.
+    pub fn info(&self) -> ReservationInfo {
+        ReservationInfo {
+            reservation_id: self.reservation_id(),
+            request_id: self.request_id.clone(),
+            tenant: self.tenant.clone(),
+            estimate: self.estimate,
+            expires_at_ms: self.expires_at_ms,
+            tightest: self.tightest.clone(),
+            local: self.is_local(),
+        }
     }
 
     /// Records what the call actually spent and ends the hold. Spend above the estimate
@@ -161,20 +205,71 @@ impl Reservation {
                     .commit_reservation(request_id, &self.tenant, reservation_id, actual)
                     .await
             }
+            Origin::Local => self.settle_locally(actual),
+        }
+    }
+
+    /// Records what an LLM call used and ends the hold: the cluster prices `usage` with the
+    /// tenant's price table, and [`CommitInfo::cost_micros`] says what it charged. As with
+    /// [`commit`](Self::commit), a failure leaves the hold to expire at its estimate.
+    ///
+    /// A local (fail-open) reservation has no price table at hand: it counts the usage's
+    /// tokens and the estimate's cost and calls.
+    pub async fn commit_usage(self, usage: Usage) -> Result<CommitInfo, Error> {
+        self.commit_spend(Spend::Usage(usage)).await
+    }
+
+    /// Commits `spend` in whichever form it comes.
+    pub(crate) async fn commit_spend(mut self, spend: Spend) -> Result<CommitInfo, Error> {
+        let usage = match spend {
+            Spend::Amounts(actual) => return self.commit(actual).await,
+            Spend::Usage(usage) => usage,
+        };
+        self.settled = true;
+        match self.origin {
+            Origin::Cluster { reservation_id, .. } => {
+                self.client
+                    .commit_reservation_usage(new_request_id(), &self.tenant, reservation_id, usage)
+                    .await
+            }
             Origin::Local => {
-                if let Some(local) = &self.client.shared.local {
-                    local.settle(self.estimate, actual);
-                }
-                Ok(CommitInfo {
-                    overrun: !actual.fits_within(self.estimate),
-                    late: false,
-                    applied: None,
-                })
+                let actual = Amounts {
+                    tokens: usage.tokens(),
+                    ..self.estimate
+                };
+                self.settle_locally(actual)
             }
         }
     }
 
-    /// Ends the hold without charging anything: the call did not happen. Returns where the
+    fn settle_locally(&self, actual: Amounts) -> Result<CommitInfo, Error> {
+        if let Some(local) = &self.client.shared.local {
+            local.settle(self.estimate, actual);
+        }
+        Ok(CommitInfo {
+            overrun: !actual.fits_within(self.estimate),
+            late: false,
+            cost_micros: actual.cost_micros,
+            applied: None,
+        })
+    }
+
+    /// Settles at the estimate, flagged abandoned, and waits for the answer: what `Drop`
+    /// sends in the background, for a caller that can await it.
+    pub(crate) async fn commit_abandoned(mut self) -> Result<CommitInfo, Error> {
+        self.settled = true;
+        match self.origin {
+            Origin::Cluster { reservation_id, .. } => {
+                self.client
+                    .commit_abandoned(new_request_id(), &self.tenant, reservation_id)
+                    .await
+            }
+            Origin::Local => self.settle_locally(self.estimate),
+        }
+    }
+
+    /// Ends the hold without charging anything: the call did not happen. This is the only
+    /// way to give the estimate back; a guard merely dropped is charged it. Returns where the
     /// release was applied (`None` for a local reservation). A release after expiry is
     /// refused by the cluster with [`Error::FailedPrecondition`] and the expiry charge stands.
     pub async fn release(self) -> Result<Option<Applied>, Error> {
@@ -199,9 +294,9 @@ impl Reservation {
         }
     }
 
-    /// Walks away without committing or releasing, as a worker that died would: the hold
-    /// expires and the tenant's expiry policy applies (charged at the estimate by default).
-    /// For simulators and tests. Returns the reservation id.
+    /// Walks away without a word, as a worker that died would: unlike a drop, nothing is
+    /// sent; the hold expires and the tenant's expiry policy applies (charged at the estimate
+    /// by default). For simulators and tests. Returns the reservation id.
     pub fn abandon(mut self) -> Option<u64> {
         self.settled = true;
         self.reservation_id()
@@ -214,16 +309,13 @@ impl Drop for Reservation {
             return;
         }
         let reservation_id = match self.origin {
-            Origin::Local => {
-                if let Some(local) = &self.client.shared.local {
-                    local.give_back(self.estimate);
-                }
-                return;
-            }
+            // The estimate stays counted against the local cap as spent: the call may have
+            // happened.
+            Origin::Local => return,
             Origin::Cluster { reservation_id, .. } => reservation_id,
         };
-        // Drop cannot await; hand the release to the runtime if there is one. Without a
-        // runtime nothing can be sent, and the hold simply expires.
+        // Drop cannot await; hand the abandoned commit to the runtime if there is one.
+        // Without a runtime nothing can be sent, and the hold expires.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(
                 reservation_id,
@@ -235,11 +327,12 @@ impl Drop for Reservation {
         let client = self.client.clone();
         let tenant = std::mem::take(&mut self.tenant);
         runtime.spawn(async move {
+            // One request id for every retry, so the estimate is charged once.
             let outcome = client
-                .release_reservation(new_request_id(), &tenant, reservation_id)
+                .commit_abandoned(new_request_id(), &tenant, reservation_id)
                 .await;
             if let Err(error) = outcome {
-                tracing::warn!(reservation_id, %tenant, %error, "background release of a dropped reservation failed; it will expire");
+                tracing::warn!(reservation_id, %tenant, %error, "settling a dropped reservation at its estimate failed; it will expire");
             }
         });
     }
@@ -269,7 +362,7 @@ mod tests {
     }
 
     #[test]
-    fn dropping_a_local_reservation_gives_the_estimate_back() {
+    fn dropping_a_local_reservation_counts_its_estimate_as_spent() {
         let config = ClientConfig {
             fail_mode: FailMode::Open {
                 local_cap: Amounts::new(10, 10, 10),
@@ -289,6 +382,10 @@ mod tests {
         assert!(reservation.is_local());
         assert_eq!(reservation.reservation_id(), None);
         drop(reservation);
-        assert_eq!(local().used(), Amounts::ZERO);
+        assert_eq!(local().used(), Amounts::new(5, 5, 1));
+        assert!(
+            local().try_hold(Amounts::new(6, 0, 0)).is_err(),
+            "the dropped estimate still counts against the cap"
+        );
     }
 }

@@ -12,7 +12,8 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::reservation::Reservation;
 use crate::types::{
-    new_request_id, scope_to_string, Amounts, Applied, CommitInfo, Dimension, ReserveRequest,
+    new_request_id, scope_to_string, Amounts, Applied, CommitInfo, Dimension, Recorded,
+    ReserveRequest, Usage,
 };
 
 /// Most reservations one `reservations` query asks for; the server may cap lower.
@@ -94,7 +95,8 @@ impl Client {
         let Some(local) = &self.shared.local else {
             return Err(Error::Unavailable { reason });
         };
-        if let Err(why_not) = local.try_hold(request.estimate) {
+        let estimate = request.local_estimate();
+        if let Err(why_not) = local.try_hold(estimate) {
             return Err(Error::Unavailable {
                 reason: format!("{reason}; {why_not}"),
             });
@@ -103,7 +105,7 @@ impl Client {
             tenant = %request.tenant,
             agent = %request.agent,
             tool = %request.tool,
-            estimate = %request.estimate,
+            %estimate,
             %reason,
             "tollgate unreachable: failing open with a local reservation"
         );
@@ -111,7 +113,7 @@ impl Client {
             self.clone(),
             request.tenant,
             request_id,
-            request.estimate,
+            estimate,
             request.ttl,
         ))
     }
@@ -125,14 +127,60 @@ impl Client {
         reservation_id: u64,
         actual: Amounts,
     ) -> Result<CommitInfo, Error> {
-        let wire = v1::CommitRequest {
+        self.send_commit(v1::CommitRequest {
             request_id,
             tenant: tenant.to_owned(),
             reservation_id,
             actual: Some(actual.into()),
             usage: None,
             abandoned: false,
-        };
+        })
+        .await
+    }
+
+    /// Commits what a call used for a reservation known only by id (the guard's
+    /// [`Reservation::commit_usage`] calls this): the cluster prices `usage` with the
+    /// tenant's price table; [`CommitInfo::cost_micros`] says what it charged. Retries reuse
+    /// `request_id`.
+    pub async fn commit_reservation_usage(
+        &self,
+        request_id: String,
+        tenant: &str,
+        reservation_id: u64,
+        usage: Usage,
+    ) -> Result<CommitInfo, Error> {
+        self.send_commit(v1::CommitRequest {
+            request_id,
+            tenant: tenant.to_owned(),
+            reservation_id,
+            actual: None,
+            usage: Some(usage.into()),
+            abandoned: false,
+        })
+        .await
+    }
+
+    /// Settles a reservation whose guard was left without commit or release: the cluster
+    /// charges its estimate (the call may have happened) and flags the audit record
+    /// `abandoned`. Retries reuse `request_id`.
+    pub(crate) async fn commit_abandoned(
+        &self,
+        request_id: String,
+        tenant: &str,
+        reservation_id: u64,
+    ) -> Result<CommitInfo, Error> {
+        self.send_commit(v1::CommitRequest {
+            request_id,
+            tenant: tenant.to_owned(),
+            reservation_id,
+            actual: None,
+            usage: None,
+            abandoned: true,
+        })
+        .await
+    }
+
+    async fn send_commit(&self, wire: v1::CommitRequest) -> Result<CommitInfo, Error> {
         let response = self
             .call_op(|rpc| {
                 let wire = wire.clone();
@@ -142,6 +190,7 @@ impl Client {
         Ok(CommitInfo {
             overrun: response.overrun,
             late: response.late,
+            cost_micros: response.cost_micros,
             applied: Some(Applied::from(response.applied)),
         })
     }
@@ -199,13 +248,40 @@ impl Client {
             usage: None,
             offline: false,
         };
+        Ok(self.send_record(wire).await?.applied)
+    }
+
+    /// Records what an LLM call used without a reservation: the cluster prices `usage` with
+    /// the tenant's price table and says what it charged. Always charged, never denied.
+    pub async fn record_usage(
+        &self,
+        tenant: &str,
+        agent: &str,
+        tool: &str,
+        usage: Usage,
+    ) -> Result<Recorded, Error> {
+        let wire = v1::RecordRequest {
+            request_id: new_request_id(),
+            tenant: tenant.to_owned(),
+            agent: agent.to_owned(),
+            tool: tool.to_owned(),
+            actual: None,
+            usage: Some(usage.into()),
+        };
+        self.send_record(wire).await
+    }
+
+    async fn send_record(&self, wire: v1::RecordRequest) -> Result<Recorded, Error> {
         let response = self
             .call_op(|rpc| {
                 let wire = wire.clone();
                 async move { rpc.send(wire).await }
             })
             .await?;
-        Ok(Applied::from(response.applied))
+        Ok(Recorded {
+            cost_micros: response.cost_micros,
+            applied: Applied::from(response.applied),
+        })
     }
 
     /// Usage and remaining of every limit that applies to the tenant, narrowed to an agent

@@ -96,6 +96,89 @@ impl From<v1::Amounts> for Amounts {
     }
 }
 
+/// What an LLM call used, as its provider reports it. Given instead of a cost, the cluster
+/// prices it with the tenant's price table (integer arithmetic, rounding up) and, when no
+/// token count is given with it, counts input + cached input + output as the tokens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Usage {
+    /// The model as the tenant's price table names it, e.g. `gpt-4o` (at most 128 bytes).
+    pub model: String,
+    /// Input tokens billed at the full input price (not read from a cache).
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens read from the provider's prompt cache, billed at the cached price.
+    pub cached_input_tokens: u64,
+}
+
+impl Usage {
+    /// Usage of `model`: input and output tokens, none cached.
+    pub fn new(model: impl Into<String>, input_tokens: u64, output_tokens: u64) -> Usage {
+        Usage {
+            model: model.into(),
+            input_tokens,
+            output_tokens,
+            cached_input_tokens: 0,
+        }
+    }
+
+    /// Sets the input tokens read from the provider's prompt cache.
+    pub fn cached_input_tokens(mut self, cached_input_tokens: u64) -> Usage {
+        self.cached_input_tokens = cached_input_tokens;
+        self
+    }
+
+    /// Input + cached input + output, saturating: the tokens the cluster counts.
+    pub fn tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.cached_input_tokens)
+            .saturating_add(self.output_tokens)
+    }
+}
+
+impl From<Usage> for v1::Usage {
+    fn from(u: Usage) -> Self {
+        v1::Usage {
+            model: u.model,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+        }
+    }
+}
+
+/// What a call spent, in either form a commit takes: amounts (cost included), or usage that
+/// the cluster prices. Both convert into it, so [`Client::guarded`](crate::Client::guarded)
+/// takes either.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Spend {
+    /// Tokens, cost and calls as the caller counted them.
+    Amounts(Amounts),
+    /// Model and tokens, priced by the tenant's price table.
+    Usage(Usage),
+}
+
+impl From<Amounts> for Spend {
+    fn from(amounts: Amounts) -> Self {
+        Spend::Amounts(amounts)
+    }
+}
+
+impl From<Usage> for Spend {
+    fn from(usage: Usage) -> Self {
+        Spend::Usage(usage)
+    }
+}
+
+/// What a record did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    /// The cost charged, micro-units: priced from the usage by the tenant's price table.
+    pub cost_micros: u64,
+    /// Where the record was applied.
+    pub applied: Applied,
+}
+
 /// What a limit counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dimension {
@@ -201,6 +284,9 @@ pub struct CommitInfo {
     pub overrun: bool,
     /// The reservation had already expired; the expiry charge was trued up to the actual.
     pub late: bool,
+    /// The cost charged, micro-units: the actual's, the estimate's for an abandoned
+    /// reservation, or the price table's for usage. 0 from a node that predates the field.
+    pub cost_micros: u64,
     /// Where the commit was applied; `None` for a local (fail-open) reservation.
     pub applied: Option<Applied>,
 }
@@ -223,6 +309,8 @@ pub struct ReserveRequest {
     pub ttl: Duration,
     /// Hash of tool + normalised arguments, for repetition (runaway) detection.
     pub fingerprint: Option<String>,
+    /// An estimate by model and tokens, priced by the cluster, instead of a cost.
+    pub usage: Option<Usage>,
 }
 
 impl ReserveRequest {
@@ -243,6 +331,7 @@ impl ReserveRequest {
             },
             ttl: TTL_DEFAULT,
             fingerprint: None,
+            usage: None,
         }
     }
 
@@ -282,6 +371,27 @@ impl ReserveRequest {
         self
     }
 
+    /// Estimates by model and tokens instead of a cost (which must then stay 0): the
+    /// cluster prices `usage` with the tenant's price table, `output_tokens` being the call's
+    /// maximum. Unless [`tokens`](Self::tokens) is set, the estimate's tokens are the
+    /// usage's.
+    pub fn usage(mut self, usage: Usage) -> Self {
+        self.usage = Some(usage);
+        self
+    }
+
+    /// The estimate a local (fail-open) reservation holds: with usage and no tokens, the
+    /// usage's tokens. Its cost stays as given: no price table is at hand offline.
+    pub(crate) fn local_estimate(&self) -> Amounts {
+        match &self.usage {
+            Some(usage) if self.estimate.tokens == 0 => Amounts {
+                tokens: usage.tokens(),
+                ..self.estimate
+            },
+            _ => self.estimate,
+        }
+    }
+
     pub(crate) fn to_wire(&self, request_id: &str) -> v1::ReserveRequest {
         v1::ReserveRequest {
             request_id: request_id.to_owned(),
@@ -291,7 +401,7 @@ impl ReserveRequest {
             estimate: Some(self.estimate.into()),
             ttl_ms: duration_ms(self.ttl),
             fingerprint: self.fingerprint.clone().unwrap_or_default(),
-            usage: None,
+            usage: self.usage.clone().map(Into::into),
         }
     }
 }
@@ -343,6 +453,31 @@ mod tests {
         );
         assert_eq!(wire.ttl_ms, 60_000);
         assert_eq!(wire.fingerprint, "f");
+        assert_eq!(wire.usage, None);
+    }
+
+    #[test]
+    fn a_usage_estimate_goes_on_the_wire_and_counts_its_tokens_offline() {
+        let usage = Usage::new("gpt-4o", 1_000, 500).cached_input_tokens(200);
+        assert_eq!(usage.tokens(), 1_700);
+        let request = ReserveRequest::new("acme", "bot", "llm").usage(usage);
+        let wire = request.to_wire("id-1");
+        assert_eq!(
+            wire.usage,
+            Some(v1::Usage {
+                model: "gpt-4o".into(),
+                input_tokens: 1_000,
+                output_tokens: 500,
+                cached_input_tokens: 200,
+            })
+        );
+        assert_eq!(wire.estimate.unwrap().cost_micros, 0);
+        assert_eq!(request.local_estimate(), Amounts::new(1_700, 0, 1));
+        assert_eq!(
+            request.tokens(9).local_estimate(),
+            Amounts::new(9, 0, 1),
+            "tokens given win"
+        );
     }
 
     #[test]

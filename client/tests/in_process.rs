@@ -1,5 +1,5 @@
 //! The client against tiny in-process gRPC nodes with canned behaviour: proves leader
-//! following, same-id retries, background release of dropped guards, per-node status and
+//! following, same-id retries, the abandoned commit of dropped guards, per-node status and
 //! failing closed, without a real cluster, through coalesced `Batch` calls (the default) and
 //! through unary calls. Tests wait on notifications, never on sleeps.
 
@@ -11,7 +11,10 @@ use tokio::sync::mpsc;
 use tollgate_client::v1;
 use tollgate_client::v1::cluster_server::{Cluster, ClusterServer};
 use tollgate_client::v1::tollgate_server::{Tollgate, TollgateServer};
-use tollgate_client::{Amounts, Backoff, Client, ClientConfig, Error, FailMode, ReserveRequest};
+use tollgate_client::{
+    Amounts, Backoff, CallError, Client, ClientConfig, Error, FailMode, GuardError, ReserveRequest,
+    Usage,
+};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
@@ -28,10 +31,27 @@ enum Seen {
     Commit {
         request_id: String,
         reservation_id: u64,
+        actual: Option<v1::Amounts>,
+        usage: Option<v1::Usage>,
+        abandoned: bool,
     },
     Release {
         reservation_id: u64,
     },
+    Record {
+        actual: Option<v1::Amounts>,
+        usage: Option<v1::Usage>,
+    },
+}
+
+/// The fake's whole price table: one micro per token of any model, so a test can tell a
+/// cost the node priced from one the client sent.
+fn fake_price(usage: Option<&v1::Usage>, actual: Option<&v1::Amounts>) -> u64 {
+    match (usage, actual) {
+        (Some(u), _) => u.input_tokens + u.output_tokens + u.cached_input_tokens,
+        (None, Some(a)) => a.cost_micros,
+        (None, None) => 0,
+    }
 }
 
 enum Role {
@@ -142,16 +162,20 @@ impl Tollgate for Node {
         request: Request<v1::CommitRequest>,
     ) -> Result<Response<v1::CommitResponse>, Status> {
         let request = request.into_inner();
+        let cost_micros = fake_price(request.usage.as_ref(), request.actual.as_ref());
         let _ = self.seen.send(Seen::Commit {
             request_id: request.request_id,
             reservation_id: request.reservation_id,
+            actual: request.actual,
+            usage: request.usage,
+            abandoned: request.abandoned,
         });
         self.refuse()?;
         Ok(Response::new(v1::CommitResponse {
             overrun: true,
             late: false,
             applied: applied(),
-            cost_micros: 0,
+            cost_micros,
         }))
     }
 
@@ -168,9 +192,19 @@ impl Tollgate for Node {
 
     async fn record(
         &self,
-        _: Request<v1::RecordRequest>,
+        request: Request<v1::RecordRequest>,
     ) -> Result<Response<v1::RecordResponse>, Status> {
-        Err(Status::unimplemented("not in this fake"))
+        let request = request.into_inner();
+        let cost_micros = fake_price(request.usage.as_ref(), request.actual.as_ref());
+        let _ = self.seen.send(Seen::Record {
+            actual: request.actual,
+            usage: request.usage,
+        });
+        self.refuse()?;
+        Ok(Response::new(v1::RecordResponse {
+            cost_micros,
+            applied: applied(),
+        }))
     }
 
     /// Answers each operation as its unary call does, as the real server does.
@@ -507,7 +541,46 @@ async fn explicit_request_id_is_sent_as_given() {
 }
 
 #[tokio::test]
-async fn a_dropped_guard_releases_in_the_background() {
+async fn a_dropped_guard_settles_at_the_estimate_flagged_abandoned() {
+    let (leader_addr, node, mut seen) = leader_node(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let reservation = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    let Role::Leader { unavailable_first } = &node.role else {
+        unreachable!("a leader node")
+    };
+    unavailable_first.store(2, Ordering::SeqCst);
+
+    // As a `?` after the call would: the guard goes out of scope unsettled.
+    drop(reservation);
+    let mut request_ids = Vec::new();
+    for _ in 0..3 {
+        let Seen::Commit {
+            request_id,
+            reservation_id,
+            actual,
+            usage,
+            abandoned,
+        } = next(&mut seen).await
+        else {
+            panic!("a dropped guard sends a commit, never a release")
+        };
+        assert_eq!(reservation_id, 42);
+        assert!(abandoned, "flagged abandoned");
+        assert_eq!((actual, usage), (None, None), "the estimate is charged");
+        request_ids.push(request_id);
+    }
+    assert!(
+        request_ids.iter().all(|id| *id == request_ids[0]),
+        "retries reuse one request id: {request_ids:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_explicit_release_is_the_only_way_to_give_the_estimate_back() {
     let (leader_addr, mut seen) = leader(0).await;
     let client = Client::new(fast_config(&[&leader_addr])).unwrap();
     let reservation = client
@@ -515,9 +588,32 @@ async fn a_dropped_guard_releases_in_the_background() {
         .await
         .unwrap();
     assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
-
-    drop(reservation);
+    reservation.release().await.unwrap();
     assert_eq!(next(&mut seen).await, Seen::Release { reservation_id: 42 });
+}
+
+#[tokio::test]
+async fn an_abandoned_guard_sends_nothing() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let reservation = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    assert_eq!(reservation.abandon(), Some(42));
+    // A later operation is seen next: nothing was sent for the abandoned guard before it.
+    let marker = client
+        .reserve_with_id(
+            "marker".into(),
+            ReserveRequest::new("acme", "bot", "search"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(next(&mut seen).await, Seen::Reserve { request_id, .. } if request_id == "marker")
+    );
+    marker.abandon();
 }
 
 #[tokio::test]
@@ -618,4 +714,361 @@ async fn fails_open_up_to_the_local_cap_then_closed() {
         client.reserve(request).await,
         Err(Error::Unavailable { .. })
     ));
+}
+
+/// Addresses of `n` ports nothing listens on.
+fn dead_addrs(n: usize) -> Vec<String> {
+    (0..n).map(|_| dead_addr()).collect()
+}
+
+/// The whole-operation bound the fail-fast tests hold a refused cluster to: far below the
+/// 5 s default deadline the client would otherwise retry to, with slack for a loaded machine.
+const FAIL_FAST_MAX: Duration = Duration::from_secs(1);
+
+/// A client with the default deadline (5 s) and backoff: what fails fast is the breaker.
+fn default_client(endpoints: &[String], fail_mode: FailMode) -> Client {
+    Client::new(ClientConfig {
+        fail_mode,
+        ..ClientConfig::new(endpoints.iter().cloned())
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_reserve_fails_fast_when_every_endpoint_refuses_the_connection() {
+    let endpoints = dead_addrs(3);
+    let client = default_client(&endpoints, FailMode::Closed);
+
+    let started = Instant::now();
+    let error = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+
+    assert!(elapsed < FAIL_FAST_MAX, "took {elapsed:?}");
+    let Error::Unavailable { reason } = &error else {
+        panic!("expected Unavailable, got {error:?}")
+    };
+    assert!(reason.contains("refused the connection"), "{reason}");
+    for endpoint in &endpoints {
+        assert!(reason.contains(endpoint), "names {endpoint}: {reason}");
+    }
+}
+
+#[tokio::test]
+async fn reserves_stay_fast_while_the_cluster_stays_down() {
+    let client = default_client(&dead_addrs(3), FailMode::Closed);
+    for n in 0..20 {
+        let started = Instant::now();
+        let outcome = client
+            .reserve(ReserveRequest::new("acme", "bot", "search"))
+            .await;
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(outcome, Err(Error::Unavailable { .. })),
+            "reserve {n}: {outcome:?}"
+        );
+        assert!(elapsed < FAIL_FAST_MAX, "reserve {n} took {elapsed:?}");
+    }
+}
+
+#[tokio::test]
+async fn failing_open_grants_locally_at_once_when_every_endpoint_refuses() {
+    let client = default_client(
+        &dead_addrs(3),
+        FailMode::Open {
+            local_cap: Amounts::new(1_000, 1_000_000, 100),
+        },
+    );
+    for n in 0..3 {
+        let started = Instant::now();
+        let reservation = client
+            .reserve(ReserveRequest::new("acme", "bot", "llm:x").tokens(10))
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert!(reservation.is_local(), "reserve {n}");
+        assert!(elapsed < FAIL_FAST_MAX, "reserve {n} took {elapsed:?}");
+        reservation.commit(Amounts::new(10, 0, 1)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_client_recovers_once_a_node_listens_again() {
+    let addr = dead_addr();
+    let client = default_client(std::slice::from_ref(&addr), FailMode::Closed);
+    assert!(matches!(
+        client
+            .reserve(ReserveRequest::new("acme", "bot", "search"))
+            .await,
+        Err(Error::Unavailable { .. })
+    ));
+
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let (_node, _seen) = serve(
+        listener,
+        addr.clone(),
+        Role::Leader {
+            unavailable_first: AtomicU32::new(0),
+        },
+    );
+    // The breaker lets one operation through per probe interval (500 ms): poll until one
+    // gets through, within a bound the probe interval fits in many times.
+    let deadline = Instant::now() + NOTIFICATION_WAIT_MAX;
+    let reservation = loop {
+        match client
+            .reserve(ReserveRequest::new("acme", "bot", "search"))
+            .await
+        {
+            Ok(reservation) => break reservation,
+            Err(Error::Unavailable { reason }) => {
+                assert!(Instant::now() < deadline, "not recovered: {reason}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(reservation.reservation_id(), Some(42));
+    reservation.abandon();
+}
+
+#[tokio::test]
+async fn an_election_is_retried_to_the_deadline_not_failed_fast() {
+    // Two nodes down, the third up but without a leader for longer than the deadline.
+    let (electing, _seen) = leader(u32::MAX).await;
+    let mut endpoints = dead_addrs(2);
+    endpoints.push(electing);
+    // The backoff of `fast_config` pauses at least 650 ms in all over its 32 attempts.
+    let deadline = Duration::from_millis(500);
+    let client = Client::new(ClientConfig {
+        deadline,
+        ..fast_config(&endpoints.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .unwrap();
+
+    let started = Instant::now();
+    let error = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() >= deadline,
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(&error, Error::Unavailable { reason } if reason.contains("within the 500 ms deadline")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn refused_endpoints_are_skipped_until_the_electing_node_has_a_leader() {
+    let (electing, _seen) = leader(5).await;
+    let mut endpoints = dead_addrs(2);
+    endpoints.push(electing);
+    let client = Client::new(fast_config(
+        &endpoints.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
+    .unwrap();
+    let reservation = client
+        .reserve(ReserveRequest::new("acme", "bot", "search"))
+        .await
+        .unwrap();
+    assert_eq!(reservation.reservation_id(), Some(42));
+    reservation.abandon();
+}
+
+fn wire_usage(model: &str, input_tokens: u64, output_tokens: u64) -> Option<v1::Usage> {
+    Some(v1::Usage {
+        model: model.into(),
+        input_tokens,
+        output_tokens,
+        cached_input_tokens: 0,
+    })
+}
+
+#[tokio::test]
+async fn guarded_commits_the_calls_usage_and_returns_its_value() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let request = ReserveRequest::new("acme", "bot", "llm:x").usage(Usage::new("gpt-x", 100, 50));
+
+    let (answer, committed) = client
+        .guarded(request, |reservation| async move {
+            assert_eq!(reservation.reservation_id, Some(42));
+            Ok::<_, CallError<String>>(("the answer", Usage::new("gpt-x", 90, 20)))
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(answer, "the answer");
+    assert_eq!(committed.cost_micros, 110, "the cost the node priced");
+    let Seen::Reserve { .. } = next(&mut seen).await else {
+        panic!("reserve first")
+    };
+    let Seen::Commit {
+        actual,
+        usage,
+        abandoned,
+        ..
+    } = next(&mut seen).await
+    else {
+        panic!("then commit")
+    };
+    assert_eq!(
+        (actual, usage, abandoned),
+        (None, wire_usage("gpt-x", 90, 20), false)
+    );
+}
+
+#[tokio::test]
+async fn guarded_commits_amounts_as_given() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let ((), committed) = client
+        .guarded(ReserveRequest::new("acme", "bot", "search"), |_| async {
+            Ok::<_, CallError<String>>(((), Amounts::new(0, 3, 1)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed.cost_micros, 3);
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    assert!(matches!(
+        next(&mut seen).await,
+        Seen::Commit {
+            actual: Some(v1::Amounts { cost_micros: 3, .. }),
+            usage: None,
+            abandoned: false,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn guarded_releases_when_the_call_was_not_made() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let outcome = client
+        .guarded(ReserveRequest::new("acme", "bot", "llm:x"), |_| async {
+            Err::<((), Amounts), _>(CallError::NotCalled("prompt too long"))
+        })
+        .await;
+    assert_eq!(outcome, Err(GuardError::NotCalled("prompt too long")));
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    assert_eq!(next(&mut seen).await, Seen::Release { reservation_id: 42 });
+}
+
+#[tokio::test]
+async fn guarded_settles_at_the_estimate_when_the_call_failed() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let outcome = client
+        .guarded(ReserveRequest::new("acme", "bot", "llm:x"), |_| async {
+            let provider: Result<u64, &str> = Err("timed out mid-response");
+            let tokens = provider?; // the call may have happened
+            Ok(((), Amounts::new(tokens, 0, 1)))
+        })
+        .await;
+    assert_eq!(outcome, Err(GuardError::Failed("timed out mid-response")));
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    assert!(matches!(
+        next(&mut seen).await,
+        Seen::Commit {
+            abandoned: true,
+            actual: None,
+            usage: None,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn guarded_makes_no_call_when_the_reserve_is_denied() {
+    let (leader_addr, _seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let called = std::sync::atomic::AtomicBool::new(false);
+    let outcome = client
+        .guarded(
+            ReserveRequest::new("acme", "bot", "llm:x").tokens(5_000),
+            |_| async {
+                called.store(true, Ordering::SeqCst);
+                Ok::<_, CallError<String>>(((), Amounts::ZERO))
+            },
+        )
+        .await;
+    assert!(
+        matches!(&outcome, Err(GuardError::Reserve(Error::Denied { limit_id, .. })) if limit_id == "tpm"),
+        "{outcome:?}"
+    );
+    assert!(!called.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn a_call_that_panics_inside_guarded_is_settled_as_abandoned() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let task = tokio::spawn(async move {
+        client
+            .guarded(ReserveRequest::new("acme", "bot", "llm:x"), |_| async {
+                if true {
+                    panic!("the worker's own bug");
+                }
+                Ok::<_, CallError<String>>(((), Amounts::ZERO))
+            })
+            .await
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    assert!(matches!(next(&mut seen).await, Seen::Reserve { .. }));
+    assert!(matches!(
+        next(&mut seen).await,
+        Seen::Commit {
+            abandoned: true,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn record_usage_sends_the_usage_and_returns_the_priced_cost() {
+    let (leader_addr, mut seen) = leader(0).await;
+    let client = Client::new(fast_config(&[&leader_addr])).unwrap();
+    let recorded = client
+        .record_usage("acme", "bot", "llm:x", Usage::new("gpt-x", 7, 3))
+        .await
+        .unwrap();
+    assert_eq!(recorded.cost_micros, 10);
+    assert_eq!(recorded.applied.log_index, 7);
+    assert_eq!(
+        next(&mut seen).await,
+        Seen::Record {
+            actual: None,
+            usage: wire_usage("gpt-x", 7, 3)
+        }
+    );
+}
+
+#[tokio::test]
+async fn failing_open_a_usage_estimate_holds_its_tokens_and_commits_them() {
+    let client = Client::new(ClientConfig {
+        fail_mode: FailMode::Open {
+            local_cap: Amounts::new(1_000, 1_000, 10),
+        },
+        ..fast_config(&[&dead_addr()])
+    })
+    .unwrap();
+    let request = ReserveRequest::new("acme", "bot", "llm:x").usage(Usage::new("gpt-x", 500, 400));
+    let reservation = client.reserve(request.clone()).await.unwrap();
+    assert!(reservation.is_local());
+    assert_eq!(reservation.estimate(), Amounts::new(900, 0, 1));
+    let committed = reservation
+        .commit_usage(Usage::new("gpt-x", 500, 50))
+        .await
+        .unwrap();
+    assert!(!committed.overrun);
+    // 550 of 1,000 tokens are spent: another 900-token estimate does not fit, 450 does.
+    assert!(client.reserve(request).await.is_err());
+    let smaller = ReserveRequest::new("acme", "bot", "llm:x").usage(Usage::new("gpt-x", 400, 50));
+    assert!(client.reserve(smaller).await.unwrap().is_local());
 }
