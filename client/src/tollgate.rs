@@ -267,6 +267,7 @@ impl Client {
             tool: tool.to_owned(),
             actual: None,
             usage: Some(usage.into()),
+            offline: false,
         };
         self.send_record(wire).await
     }
