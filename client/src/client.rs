@@ -195,7 +195,11 @@ impl Client {
                 .attempt(target, &addr, coalesce, attempt_timeout, &mut f)
                 .await
             {
-                Attempt::Done(result) => return result,
+                Attempt::Done(result) => {
+                    // The cluster answers: what was granted while it did not can be reported.
+                    self.report_offline_spend();
+                    return result;
+                }
                 Attempt::Retry(status) => status,
             };
             error_last = format!("{addr}: {:?}: {}", status.code(), status.message());

@@ -108,6 +108,7 @@ pub use config::{
 pub use error::{is_retryable, Error};
 pub use fingerprint::{fingerprint, FingerprintError, FINGERPRINT_DEPTH_MAX};
 pub use guarded::{CallError, GuardError};
+pub use local::OFFLINE_REPORTS_MAX;
 pub use pool::{Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};
 pub use reservation::{Reservation, ReservationInfo};
 pub use tollgate::RESERVATIONS_LIST_MAX;

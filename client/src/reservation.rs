@@ -35,6 +35,8 @@ pub struct Reservation {
     origin: Origin,
     /// Set once commit, release or abandon has been asked for: `Drop` then does nothing.
     settled: bool,
+    /// The agent and tool of a local reservation, for the Record that reports its spend.
+    offline_call: Option<(String, String)>,
 }
 
 /// What a [`Reservation`] is, without the power to settle it: what
@@ -89,12 +91,13 @@ impl Reservation {
                 applied,
             },
             settled: false,
+            offline_call: None,
         }
     }
 
     pub(crate) fn local(
         client: Client,
-        tenant: String,
+        (tenant, agent, tool): (String, String, String),
         request_id: String,
         estimate: Amounts,
         ttl: Duration,
@@ -116,6 +119,7 @@ impl Reservation {
             tightest: None,
             origin: Origin::Local,
             settled: false,
+            offline_call: Some((agent, tool)),
         }
     }
 
@@ -205,7 +209,7 @@ impl Reservation {
                     .commit_reservation(request_id, &self.tenant, reservation_id, actual)
                     .await
             }
-            Origin::Local => self.settle_locally(actual),
+            Origin::Local => self.settle_locally(actual, None),
         }
     }
 
@@ -237,14 +241,35 @@ impl Reservation {
                     tokens: usage.tokens(),
                     ..self.estimate
                 };
-                self.settle_locally(actual)
+                self.settle_locally(actual, Some(usage))
             }
         }
     }
 
-    fn settle_locally(&self, actual: Amounts) -> Result<CommitInfo, Error> {
-        if let Some(local) = &self.client.shared.local {
-            local.settle(self.estimate, actual);
+    /// Counts what a local reservation spent and queues the Record (flagged offline) that
+    /// reports it to the cluster once it answers again; with usage, the cluster prices it.
+    fn settle_locally(&self, actual: Amounts, usage: Option<Usage>) -> Result<CommitInfo, Error> {
+        if let (Some(local), Some((agent, tool))) = (&self.client.shared.local, &self.offline_call)
+        {
+            let reported = match usage {
+                Some(_) => Amounts {
+                    tokens: 0,
+                    cost_micros: 0,
+                    calls: actual.calls,
+                },
+                None => actual,
+            };
+            let report = v1::RecordRequest {
+                request_id: format!("offline-{}", new_request_id()),
+                tenant: self.tenant.clone(),
+                agent: agent.clone(),
+                tool: tool.clone(),
+                actual: Some(reported.into()),
+                usage: usage.map(Into::into),
+                offline: true,
+            };
+            local.settle(self.estimate, actual, report);
+            self.client.report_offline_spend();
         }
         Ok(CommitInfo {
             overrun: !actual.fits_within(self.estimate),
@@ -264,7 +289,7 @@ impl Reservation {
                     .commit_abandoned(new_request_id(), &self.tenant, reservation_id)
                     .await
             }
-            Origin::Local => self.settle_locally(self.estimate),
+            Origin::Local => self.settle_locally(self.estimate, None),
         }
     }
 
@@ -309,9 +334,12 @@ impl Drop for Reservation {
             return;
         }
         let reservation_id = match self.origin {
-            // The estimate stays counted against the local cap as spent: the call may have
-            // happened.
-            Origin::Local => return,
+            // Spent at its estimate, as a dropped cluster guard is: the call may have
+            // happened. Reported like any local spend.
+            Origin::Local => {
+                let _ = self.settle_locally(self.estimate, None);
+                return;
+            }
             Origin::Cluster { reservation_id, .. } => reservation_id,
         };
         // Drop cannot await; hand the abandoned commit to the runtime if there is one.
@@ -374,7 +402,7 @@ mod tests {
         local().try_hold(Amounts::new(5, 5, 1)).unwrap();
         let reservation = Reservation::local(
             client.clone(),
-            "acme".into(),
+            ("acme".into(), "bot".into(), "llm".into()),
             new_request_id(),
             Amounts::new(5, 5, 1),
             Duration::from_secs(1),
@@ -387,5 +415,13 @@ mod tests {
             local().try_hold(Amounts::new(6, 0, 0)).is_err(),
             "the dropped estimate still counts against the cap"
         );
+        // ...and waits to be reported as spent offline, at its estimate.
+        let report = local().next_report().unwrap();
+        assert!(report.offline && report.request_id.starts_with("offline-"));
+        assert_eq!(
+            (report.tenant.as_str(), report.agent.as_str()),
+            ("acme", "bot")
+        );
+        assert_eq!(report.actual, Some(Amounts::new(5, 5, 1).into()));
     }
 }

@@ -111,7 +111,7 @@ impl Client {
         );
         Ok(Reservation::local(
             self.clone(),
-            request.tenant,
+            (request.tenant, request.agent, request.tool),
             request_id,
             estimate,
             request.ttl,
@@ -270,6 +270,44 @@ impl Client {
             offline: false,
         };
         self.send_record(wire).await
+    }
+
+    /// Reports spend granted while failing open, in the background, if the cluster answers:
+    /// one task at a time sends the waiting Records oldest first, each with its own request
+    /// id on every retry (so once), and stops at the first that cannot reach the cluster.
+    pub(crate) fn report_offline_spend(&self) {
+        let Some(local) = &self.shared.local else {
+            return;
+        };
+        if local.reports_waiting() == 0 || !local.start_reporting() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            local.stop_reporting();
+            return;
+        };
+        let client = self.clone();
+        runtime.spawn(async move {
+            let Some(local) = &client.shared.local else {
+                return;
+            };
+            while let Some(report) = local.next_report() {
+                match client.send_record(report.clone()).await {
+                    Ok(_) => local.reported(),
+                    Err(Error::Unavailable { reason }) => {
+                        tracing::debug!(%reason, "offline spend not reported yet; will retry");
+                        break;
+                    }
+                    // The cluster answered and refused it (e.g. a tenant removed since): it
+                    // can never be recorded, so it must not block the others.
+                    Err(error) => {
+                        tracing::error!(%error, request_id = %report.request_id, tenant = %report.tenant, "the cluster refused a report of offline spend");
+                        local.reported();
+                    }
+                }
+            }
+            local.stop_reporting();
+        });
     }
 
     async fn send_record(&self, wire: v1::RecordRequest) -> Result<Recorded, Error> {

@@ -7,7 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestCluster;
-use tollgate_client::{v1, Amounts, CallError, Client, Error, GuardError, ReserveRequest, Usage};
+use tollgate_client::{
+    v1, Amounts, CallError, Client, ClientConfig, Error, FailMode, GuardError, ReserveRequest,
+    Usage,
+};
 
 /// How long a background settlement may take to show; only reached if something is broken.
 const SETTLE_WAIT: Duration = Duration::from_secs(20);
@@ -185,4 +188,51 @@ async fn a_stopped_cluster_fails_fast_and_stays_fast() {
             "reserve {n} took {elapsed:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_granted_while_failing_open_is_reported_once_the_cluster_is_back() {
+    let mut test = TestCluster::start(3).await;
+    tenant(&test.client, "acme").await;
+    let mut config = ClientConfig::new(test.cluster.endpoints());
+    config.fail_mode = FailMode::Open {
+        local_cap: Amounts::new(1_000, 10_000, 10),
+    };
+    let client = Client::new(config).unwrap();
+    let ids = test.cluster.ids();
+    for id in &ids {
+        test.cluster.stop(*id).await;
+    }
+    let granted = client.reserve(estimate()).await.unwrap();
+    assert!(granted.is_local());
+    granted.commit(Amounts::new(70, 800, 1)).await.unwrap();
+    // A local guard dropped is spent at its estimate, like a cluster one.
+    drop(client.reserve(estimate()).await.unwrap());
+
+    for id in &ids {
+        test.cluster.restart(*id).await.unwrap();
+    }
+    test.cluster.leader(common::LEADER_WAIT).await.unwrap();
+    // Any answer of the cluster sends what waits; the admin's client reads it.
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while used_held(&test.client, "acme", "tokens").await != (170, 0) {
+        let _ = client.usage("acme", None, None).await;
+        assert!(Instant::now() < deadline, "offline spend was not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(used_held(&test.client, "acme", "cost").await, (1_800, 0));
+    let records = test
+        .client
+        .query_audit(v1::AuditQueryRequest {
+            tenant: "acme".into(),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let offline = records
+        .iter()
+        .filter(|r| r.event_json.contains("\"offline\":true"))
+        .count();
+    assert_eq!(offline, 2);
 }
