@@ -35,8 +35,9 @@ pub struct Reservation {
     origin: Origin,
     /// Set once commit, release or abandon has been asked for: `Drop` then does nothing.
     settled: bool,
-    /// The agent and tool of a local reservation, for the Record that reports its spend.
-    offline_call: Option<(String, String)>,
+    /// The agent and tool of a local reservation, for the Record that reports its spend
+    /// (boxed: cluster reservations, the common case, carry only the pointer).
+    offline_call: Option<Box<(String, String)>>,
 }
 
 /// What a [`Reservation`] is, without the power to settle it: what
@@ -119,7 +120,7 @@ impl Reservation {
             tightest: None,
             origin: Origin::Local,
             settled: false,
-            offline_call: Some((agent, tool)),
+            offline_call: Some(Box::new((agent, tool))),
         }
     }
 
@@ -249,8 +250,8 @@ impl Reservation {
     /// Counts what a local reservation spent and queues the Record (flagged offline) that
     /// reports it to the cluster once it answers again; with usage, the cluster prices it.
     fn settle_locally(&self, actual: Amounts, usage: Option<Usage>) -> Result<CommitInfo, Error> {
-        if let (Some(local), Some((agent, tool))) = (&self.client.shared.local, &self.offline_call)
-        {
+        if let (Some(local), Some(call)) = (&self.client.shared.local, &self.offline_call) {
+            let (agent, tool) = &**call;
             let reported = match usage {
                 Some(_) => Amounts {
                     tokens: 0,
