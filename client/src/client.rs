@@ -161,6 +161,13 @@ impl Client {
         self.run(Target::Node(&addr), false, f).await
     }
 
+    /// The cluster answered (with a result or a refusal): what was granted while it did not
+    /// can be reported now.
+    fn answered<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        self.report_offline_spend();
+        result
+    }
+
     async fn run<T, F, Fut>(&self, target: Target<'_>, coalesce: bool, mut f: F) -> Result<T, Error>
     where
         F: FnMut(Rpc) -> Fut,
@@ -195,11 +202,7 @@ impl Client {
                 .attempt(target, &addr, coalesce, attempt_timeout, &mut f)
                 .await
             {
-                Attempt::Done(result) => {
-                    // The cluster answers: what was granted while it did not can be reported.
-                    self.report_offline_spend();
-                    return result;
-                }
+                Attempt::Done(result) => return self.answered(result),
                 Attempt::Retry(status) => status,
             };
             error_last = format!("{addr}: {:?}: {}", status.code(), status.message());

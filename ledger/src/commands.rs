@@ -452,30 +452,56 @@ impl Ledger {
                 reservation_id,
                 ..
             } => self.release(now_ms, request_id, t, *reservation_id),
-            Command::Record {
-                request_id,
-                agent,
-                tool,
-                actual,
-                usage,
-                offline,
-                ..
-            } => match self.priced(t, actual, usage.as_ref()) {
-                Ok((actual, price)) => {
-                    let event = AuditEvent::Record {
-                        price,
-                        offline: *offline,
-                    };
-                    self.record(
-                        now_ms,
-                        request_id,
-                        (t, tenant_id),
-                        (agent, tool),
-                        (actual, event),
-                    )
-                }
-                Err(rejection) => rejected(rejection),
-            },
+            Command::Record { .. } => self.record_priced(now_ms, cmd, (t, tenant_id)),
+            _ => self.execute_tenant_admin(now_ms, cmd, (t, tenant_id)),
+        }
+    }
+
+    /// A Record, its cost derived from usage when it gives usage.
+    fn record_priced(
+        &mut self,
+        now_ms: u64,
+        cmd: &Command,
+        (t, tenant_id): (u32, &TenantId),
+    ) -> Outcome {
+        let Command::Record {
+            request_id,
+            agent,
+            tool,
+            actual,
+            usage,
+            offline,
+            ..
+        } = cmd
+        else {
+            return Outcome::Done;
+        };
+        match self.priced(t, actual, usage.as_ref()) {
+            Ok((actual, price)) => {
+                let event = AuditEvent::Record {
+                    price,
+                    offline: *offline,
+                };
+                self.record(
+                    now_ms,
+                    request_id,
+                    (t, tenant_id),
+                    (agent, tool),
+                    (actual, event),
+                )
+            }
+            Err(rejection) => rejected(rejection),
+        }
+    }
+
+    /// Executes an admin command on the existing tenant `t`.
+    fn execute_tenant_admin(
+        &mut self,
+        now_ms: u64,
+        cmd: &Command,
+        (t, tenant_id): (u32, &TenantId),
+    ) -> Outcome {
+        match cmd {
             Command::PutPrice {
                 request_id,
                 model,
@@ -502,7 +528,11 @@ impl Ledger {
             Command::ResetTrip {
                 request_id, agent, ..
             } => self.reset_trip(now_ms, request_id, (t, tenant_id), agent),
-            Command::PutTenant { .. }
+            Command::Reserve { .. }
+            | Command::Commit { .. }
+            | Command::Release { .. }
+            | Command::Record { .. }
+            | Command::PutTenant { .. }
             | Command::Tick
             | Command::CreateKey { .. }
             | Command::RotateKey { .. }

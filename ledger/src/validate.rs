@@ -45,32 +45,17 @@ impl Command {
                 tool.validate()?;
                 estimate.validate("estimate")?;
                 validate_usage("estimate", estimate, usage.as_ref())?;
-                if !(TTL_MS_MIN..=TTL_MS_MAX).contains(ttl_ms) {
-                    return fail(format!(
-                        "ttl_ms is {ttl_ms}; it must be within TTL_MS_MIN ({TTL_MS_MIN}) and TTL_MS_MAX ({TTL_MS_MAX})"
-                    ));
-                }
-                if let Some(fingerprint) = fingerprint {
-                    validate_id("fingerprint", fingerprint)?;
-                }
-                Ok(())
+                validate_ttl(*ttl_ms)?;
+                fingerprint
+                    .as_ref()
+                    .map_or(Ok(()), |f| validate_id("fingerprint", f))
             }
             Command::Commit {
                 actual,
                 usage,
                 abandoned,
                 ..
-            } => {
-                actual.validate("actual")?;
-                if *abandoned && (usage.is_some() || *actual != Amounts::default()) {
-                    return fail(
-                        "an abandoned commit charges the reservation's estimate; it carries \
-                         neither an actual nor usage"
-                            .into(),
-                    );
-                }
-                validate_usage("actual", actual, usage.as_ref())
-            }
+            } => validate_commit(actual, usage.as_ref(), *abandoned),
             Command::Release { .. } => Ok(()),
             Command::Record {
                 agent,
@@ -149,6 +134,31 @@ impl Command {
             Command::Tick => None,
         }
     }
+}
+
+fn validate_ttl(ttl_ms: u64) -> Result<(), InvalidInput> {
+    if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl_ms) {
+        return fail(format!(
+            "ttl_ms is {ttl_ms}; it must be within TTL_MS_MIN ({TTL_MS_MIN}) and TTL_MS_MAX ({TTL_MS_MAX})"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_commit(
+    actual: &Amounts,
+    usage: Option<&Usage>,
+    abandoned: bool,
+) -> Result<(), InvalidInput> {
+    actual.validate("actual")?;
+    if abandoned && (usage.is_some() || *actual != Amounts::default()) {
+        return fail(
+            "an abandoned commit charges the reservation's estimate; it carries neither an \
+             actual nor usage"
+                .into(),
+        );
+    }
+    validate_usage("actual", actual, usage)
 }
 
 /// Usage replaces the cost of `amounts`: both at once would say two things.
