@@ -627,7 +627,10 @@ proptest! {
     /// Agent GC never changes a decision: a ledger that removes idle agents answers every
     /// reserve, commit, release and record exactly as one that keeps them, and reports the
     /// same usage for every agent. Only an admin command naming a removed agent (unfreeze,
-    /// reset-trip) may answer that it does not know it, as before the agent's first call.
+    /// reset-trip) may answer that it does not know it, as before the agent's first call; the
+    /// operator was told something else then, so the two histories part there (a refusal is
+    /// not remembered: a retry of it later acts, where the other ledger answers from memory),
+    /// and the comparison stops.
     #[test]
     fn agent_gc_changes_no_decision(ops in ops_with_idle_spells()) {
         let kept = Run::replay_gc(&ops, false);
@@ -635,9 +638,10 @@ proptest! {
         for ((cmd, a), (_, b)) in kept.sent.iter().zip(&collected.sent) {
             let unknown_agent = matches!(b, Outcome::Rejected(Rejection::UnknownAgent { .. }));
             let admin = matches!(cmd, Command::Freeze { .. } | Command::Unfreeze { .. } | Command::ResetTrip { .. });
-            if !(admin && unknown_agent) {
-                prop_assert_eq!(a, b, "{:?}", cmd);
+            if admin && unknown_agent && a != b {
+                return Ok(());
             }
+            prop_assert_eq!(a, b, "{:?}", cmd);
         }
         for name in TENANTS {
             for who in AGENTS {
