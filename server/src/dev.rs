@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tollgate_client::v1;
-use tollgate_client::{Amounts, Client, ClientConfig, Error, ReserveRequest};
+use tollgate_client::{Amounts, Client, ClientConfig, Error, ReserveRequest, Usage};
 
 use crate::local_cluster::{LocalCluster, LocalClusterOptions};
 
@@ -240,20 +240,25 @@ async fn demo(client: &Client) -> anyhow::Result<()> {
 }
 
 async fn normal_calls(client: &Client) -> anyhow::Result<()> {
-    println!("\n1. support-bot makes three LLM calls, each reserved then committed:");
+    println!(
+        "\n1. support-bot makes three LLM calls, each reserved then committed with the usage \
+         the model reported (priced by acme's price table):"
+    );
     for i in 1..=3u64 {
         let reservation = client
             .reserve(
-                ReserveRequest::new("acme", "support-bot", "llm:gpt-x")
+                ReserveRequest::new("acme", "support-bot", "llm:gpt-4o")
                     .tokens(2_000)
                     .cost_micros(30_000),
             )
             .await?;
         let applied = reservation.applied().map_or(0, |a| a.log_index);
-        reservation
-            .commit(Amounts::new(1_200 + i * 100, 18_000, 1))
-            .await?;
-        println!("   call {i}: granted at log index {applied}, committed");
+        let used = Usage::new("gpt-4o-2024-08-06", 1_200 + i * 100, 300);
+        let committed = reservation.commit_usage(used).await?;
+        println!(
+            "   call {i}: granted at log index {applied}, committed {} micro-USD",
+            committed.cost_micros
+        );
     }
     Ok(())
 }
