@@ -18,5 +18,11 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps ./client/python
-"$venv/bin/python" -m pip install --quiet "./client/python[test,openai-agents,langchain]"
+"$venv/bin/python" -m pip install --quiet "./client/python[test,lint,openai-agents,langchain]"
+(
+    cd client/python
+    "../../$venv/bin/python" -m black --check --quiet src tests examples
+    "../../$venv/bin/python" -m ruff check --quiet src tests examples
+    "../../$venv/bin/python" -m mypy --strict src tests examples
+)
 "$venv/bin/python" -m pytest client/python/tests -q "$@"

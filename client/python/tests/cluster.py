@@ -1,5 +1,6 @@
-"""A real three-node Tollgate cluster for tests: `tollgate serve --insecure` processes on
-free loopback ports, with admin helpers over the Admin RPCs. Importable by every test module
+"""A real three-node Tollgate cluster for tests: `tollgate serve` processes on free loopback
+ports (`--insecure`, or secured as in production: TLS from `tollgate certs init` and the
+bootstrap admin key), with admin helpers over the Admin RPCs. Importable by every test module
 (`from cluster import Cluster`)."""
 
 from __future__ import annotations
@@ -55,22 +56,63 @@ class Cluster:
     """Three nodes of one cluster. `addrs` are the client addresses (host:port), node ids
     are 1..3 and `addrs[i]` belongs to node i+1."""
 
-    def __init__(self) -> None:
+    def __init__(self, secure: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tollgate-py-"))
         self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(NODES)]
         self.peer_addrs = [f"127.0.0.1:{free_port()}" for _ in range(NODES)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self._channels = {
-            addr: grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)])
-            for addr in self.addrs
-        }
+        self.secure = secure
+        options = [("grpc.enable_http_proxy", 0)]
+        if secure:
+            self._make_certs()
+            credentials = grpc.ssl_channel_credentials(self.ca_path.read_bytes())
+            self._metadata = [("authorization", f"Bearer {self.admin_key}")]
+            self._channels = {
+                addr: grpc.secure_channel(addr, credentials, options=options) for addr in self.addrs
+            }
+        else:
+            self._metadata = []
+            self._channels = {
+                addr: grpc.insecure_channel(addr, options=options) for addr in self.addrs
+            }
+
+    @property
+    def ca_path(self) -> Path:
+        return self.dir / "certs" / "ca.pem"
+
+    @property
+    def admin_key(self) -> str:
+        return (self.dir / "certs" / "admin.key").read_text().strip()
+
+    def _make_certs(self) -> None:
+        nodes = [arg for i in range(NODES) for arg in ("--node", f"{i + 1}=127.0.0.1")]
+        subprocess.run(
+            [str(binary()), "certs", "init", "--dir", str(self.dir / "certs"), *nodes],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def _security(self, node: int) -> list[str]:
+        if not self.secure:
+            return ["--insecure"]
+        certs = self.dir / "certs"
+        return [
+            "--tls-ca",
+            str(certs / "ca.pem"),
+            "--tls-cert",
+            str(certs / f"node-{node}.pem"),
+            "--tls-key",
+            str(certs / f"node-{node}.key"),
+            "--admin-key-file",
+            str(certs / "admin.key"),
+        ]
 
     def _command(self, node: int) -> list[str]:
         peers = ",".join(f"{i + 1}={self.addrs[i]}/{self.peer_addrs[i]}" for i in range(NODES))
         return [
             str(binary()),
             "serve",
-            "--insecure",
+            *self._security(node),
             "--id",
             str(node),
             "--listen",
@@ -122,7 +164,9 @@ class Cluster:
     def status(self, node: int) -> pb.StatusResponse | None:
         stub = pb_grpc.ClusterStub(self._channels[self.addrs[node - 1]])  # type: ignore[no-untyped-call]
         try:
-            status: pb.StatusResponse = stub.Status(pb.StatusRequest(), timeout=1.0)
+            status: pb.StatusResponse = stub.Status(
+                pb.StatusRequest(), timeout=1.0, metadata=self._metadata
+            )
             return status
         except grpc.RpcError:
             return None
@@ -158,7 +202,8 @@ class Cluster:
         while time.monotonic() < deadline:
             for node in list(self.procs):
                 try:
-                    return make(self._channels[self.addrs[node - 1]])(request, timeout=2.0)
+                    channel = self._channels[self.addrs[node - 1]]
+                    return make(channel)(request, timeout=2.0, metadata=self._metadata)
                 except grpc.RpcError as e:
                     if e.code() not in (
                         grpc.StatusCode.UNAVAILABLE,

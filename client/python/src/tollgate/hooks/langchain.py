@@ -25,7 +25,7 @@ from collections.abc import Collection, Mapping
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
@@ -64,32 +64,13 @@ class _Call:
     fingerprint: str | None = None
 
 
-class _Reservation(Protocol):
-    """What the handler uses of the sync client's reservation (the class is not among the
-    package's public names)."""
-
-    @property
-    def reservation_id(self) -> int | None: ...
-
-    @property
-    def tightest(self) -> tollgate.Remaining | None: ...
-
-    def commit(
-        self,
-        tokens: int = 0,
-        cost_usd: float | None = None,
-        *,
-        usage: tollgate.Usage | None = None,
-    ) -> object: ...
-
-
 @dataclass
 class _Open:
     """A reservation held from a call's start to its end (sync client)."""
 
     call: _Call
     stack: ExitStack
-    reservation: _Reservation
+    reservation: tollgate.Reservation
 
 
 @dataclass
