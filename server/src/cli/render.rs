@@ -413,7 +413,7 @@ pub fn amounts_json(amounts: Option<&v1::Amounts>) -> Value {
         "tokens": a.tokens,
         "cost_micros": a.cost_micros,
         "cost_usd": decimal_micros(a.cost_micros),
-        "calls": a.calls,
+        "calls": a.calls.unwrap_or_default(),
     })
 }
 
