@@ -69,11 +69,32 @@ pub struct LocalCluster {
     running: BTreeMap<NodeId, RunningNode>,
 }
 
-/// Asks the OS for a free loopback port. The port is released before the node binds it; on
-/// loopback, in tests, the window for someone else to take it is negligible.
+/// Ports handed to nodes: below Linux's ephemeral range (32768-60999), from which the OS
+/// picks both `bind(0)` ports and the source ports of outgoing connections, so a client's
+/// connection can never take a port between the moment it is chosen here and the node's bind.
+const NODE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+/// The next candidate, process-wide, so two clusters of one process never pick the same port;
+/// it starts at a place of the range drawn from the process id, so processes rarely meet.
+static NODE_PORT_NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A loopback port free now, for a node to bind (see `NODE_PORTS`).
 fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    use std::sync::atomic::Ordering;
+    let span = u32::from(NODE_PORTS.end - NODE_PORTS.start);
+    let _ = NODE_PORT_NEXT.compare_exchange(
+        0,
+        std::process::id().wrapping_mul(7_919) % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NODE_PORT_NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = NODE_PORTS.start + u16::try_from(offset).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port in {NODE_PORTS:?}")
 }
 
 fn port_for(options: &LocalClusterOptions, id: NodeId, offset: u16) -> anyhow::Result<u16> {

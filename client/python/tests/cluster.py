@@ -5,6 +5,7 @@ bootstrap admin key), with admin helpers over the Admin RPCs. Importable by ever
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -42,10 +43,23 @@ def binary() -> Path:
     return path
 
 
+# Ports for nodes: below Linux's ephemeral range (32768-60999), from which the OS picks both
+# bind(0) ports and the source ports of outgoing connections, so no client connection can
+# take a port between the moment it is chosen here and the node's bind.
+NODE_PORTS = range(10_000, 20_000)
+_next_port = itertools.count(os.getpid() * 7_919)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in NODE_PORTS:
+        port = NODE_PORTS[next(_next_port) % len(NODE_PORTS)]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {NODE_PORTS}")
 
 
 def new_id() -> str:
