@@ -2,12 +2,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::raft::Member;
 use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::call::not_leader;
+use super::quorum::{quorum, Quorum};
 use crate::auth::Caller;
 use crate::node::Node;
 use crate::raft::state_machine::read_applied;
@@ -62,6 +64,110 @@ fn membership_response(
     })
 }
 
+/// The role a status shows: openraft's state, except that a leader out of touch with its
+/// quorum is not shown as `leader` (openraft keeps it leader until another one is elected,
+/// but nothing it proposes can commit).
+fn role_of(state: openraft::ServerState, quorum: Quorum) -> String {
+    match (state, quorum) {
+        (openraft::ServerState::Leader, Quorum::Leading) => "leader".to_owned(),
+        (openraft::ServerState::Leader, _) => ROLE_LEADER_WITHOUT_QUORUM.to_owned(),
+        (other, _) => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The role of a leader that no quorum acknowledged lately.
+pub const ROLE_LEADER_WITHOUT_QUORUM: &str = "leader-without-quorum";
+
+/// How long the leader waits for a node it is told about (a new learner, the voters that
+/// remain after a removal) to accept a connection before calling it unreachable.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether something accepts TCP connections at `addr` within `PROBE_TIMEOUT`.
+async fn answers(addr: &str) -> bool {
+    let connect = tokio::net::TcpStream::connect(addr);
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, connect).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Refuses a learner whose client or peer address nothing answers at: adding it would
+/// start replication to a node that is not there, and a wrong address found only later
+/// is a membership entry to undo.
+async fn check_learner_answers(learner: &Member) -> Result<(), Status> {
+    for (field, addr) in [("addr", &learner.addr), ("peer_addr", &learner.peer_addr)] {
+        if !answers(addr).await {
+            return Err(Status::failed_precondition(format!(
+                "nothing answers at the learner's {field} {addr} within {} ms; start the \
+                 node first (membership unchanged)",
+                PROBE_TIMEOUT.as_millis()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The change that takes node `id` out of `membership`: the voters without it (openraft then
+/// drops it from the members too), or, for a learner, its removal. Refuses a node that is
+/// not a member and the last voter.
+fn removal(
+    membership: &openraft::Membership<NodeId, Member>,
+    id: NodeId,
+) -> Result<openraft::ChangeMembers<NodeId, Member>, Status> {
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    if membership.get_node(&id).is_none() {
+        let members: Vec<String> = membership.nodes().map(|(id, _)| id.to_string()).collect();
+        return Err(Status::not_found(format!(
+            "node {id} is not a member (members: {})",
+            members.join(",")
+        )));
+    }
+    if !voters.contains(&id) {
+        return Ok(openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id])));
+    }
+    let remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+    if remaining.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "node {id} is the last voter: a cluster needs at least one (add and promote \
+             another node first)"
+        )));
+    }
+    Ok(openraft::ChangeMembers::ReplaceAllVoters(remaining))
+}
+
+/// Refuses a membership change unless a majority of `voters` answers: the change commits
+/// only with a majority of the old voters and of the new ones, and one that cannot
+/// commit leaves the cluster stuck in between.
+async fn check_quorum_answers(
+    node: &Node,
+    membership: &openraft::Membership<NodeId, Member>,
+    voters: &BTreeSet<NodeId>,
+    when: &str,
+) -> Result<(), Status> {
+    let mut silent = Vec::new();
+    for id in voters.iter().filter(|id| **id != node.id) {
+        let answered = match membership.get_node(id) {
+            Some(member) => answers(&member.peer_addr).await,
+            None => false,
+        };
+        if !answered {
+            silent.push(id.to_string());
+        }
+    }
+    let answering = voters.len() - silent.len();
+    let majority = voters.len() / 2 + 1;
+    if answering < majority {
+        let ids: Vec<String> = voters.iter().map(NodeId::to_string).collect();
+        return Err(Status::failed_precondition(format!(
+            "no quorum of the voters {} {when}: {answering} answer, {majority} needed \
+             (not answering: {}); bring nodes back first (membership unchanged)",
+            ids.join(","),
+            silent.join(",")
+        )));
+    }
+    Ok(())
+}
+
 /// Longest peer address accepted: a DNS name (253) and a port.
 pub const PEER_ADDR_BYTES_MAX: usize = 260;
 
@@ -113,8 +219,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             let applied = read_applied(&self.node.applied);
             (applied.ledger.chain_head(), applied.ledger.stats())
         };
+        let quorum = quorum(&self.node.raft).await;
         let metrics = self.node.raft.metrics().borrow().clone();
-        let role = format!("{:?}", metrics.state).to_lowercase();
+        let role = role_of(metrics.state, quorum);
         Ok(Response::new(pb::StatusResponse {
             node_id: self.node.id,
             addr: self.node.addr.clone(),
@@ -130,6 +237,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             chain_head_hash: chain_head.hash.to_vec(),
             reservations_in_flight: stats.reservations_in_flight,
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
+            quorum: quorum.reachable(),
         }))
     }
 
@@ -157,6 +265,11 @@ impl pb::cluster_server::Cluster for ClusterService {
             let log_id = metrics.membership_config.log_id().unwrap_or_default();
             return Ok(membership_response(Some(current), log_id));
         }
+        // The leader probes: it is the node that will replicate to the learner.
+        if !self.node.is_leader() {
+            return Err(not_leader(&self.node));
+        }
+        check_learner_answers(&learner).await?;
         // Blocking: returns once the learner has caught up, by log or by snapshot.
         let response = self
             .node
@@ -186,6 +299,42 @@ impl pb::cluster_server::Cluster for ClusterService {
             .node
             .raft
             .change_membership(voters, false)
+            .await
+            .map_err(|e| membership_error(&self.node, e))?;
+        Ok(membership_response(
+            response.membership.as_ref(),
+            response.log_id,
+        ))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        Caller::of(&request)?.for_admin()?;
+        let id = request.into_inner().node_id;
+        if !self.node.is_leader() {
+            return Err(not_leader(&self.node));
+        }
+        let membership = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let change = removal(&membership, id)?;
+        if let openraft::ChangeMembers::ReplaceAllVoters(remaining) = &change {
+            let old: BTreeSet<NodeId> = membership.voter_ids().collect();
+            check_quorum_answers(&self.node, &membership, &old, "now").await?;
+            check_quorum_answers(&self.node, &membership, remaining, "after the removal")
+                .await?;
+        }
+        let response = self
+            .node
+            .raft
+            .change_membership(change, false)
             .await
             .map_err(|e| membership_error(&self.node, e))?;
         Ok(membership_response(
