@@ -390,7 +390,12 @@ mod tests {
     fn members(entries: &[(NodeId, &str)]) -> BTreeMap<NodeId, Member> {
         entries
             .iter()
-            .map(|(id, host)| (*id, Member::new(format!("{host}:7001"), format!("{host}:7101"))))
+            .map(|(id, host)| {
+                (
+                    *id,
+                    Member::new(format!("{host}:7001"), format!("{host}:7101")),
+                )
+            })
             .collect()
     }
 

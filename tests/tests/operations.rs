@@ -80,7 +80,11 @@ async fn survivor_of_two_stopped_nodes_is_not_healthy(keep_leader: bool) {
     let error = health_until(&addr, false).await.expect("health fails");
     assert!(error.to_string().contains("NOT_SERVING"), "{error:#}");
 
-    let status = test.client.status(&addr).await.expect("the survivor answers");
+    let status = test
+        .client
+        .status(&addr)
+        .await
+        .expect("the survivor answers");
     assert!(!status.quorum, "{status:?}");
     assert_ne!(status.role, "leader", "{status:?}");
     let error = cli::run(target(&addr), OpsCommand::Status { quorum: true })
@@ -148,7 +152,11 @@ async fn remove_takes_out_learners_and_voters_but_never_the_quorum() {
     let status = test.client.status(&addr).await.unwrap();
     let mut expected = vec![(leader, true), (down, true)];
     expected.sort_unstable();
-    assert_eq!(member_ids(&status.members), expected, "membership unchanged");
+    assert_eq!(
+        member_ids(&status.members),
+        expected,
+        "membership unchanged"
+    );
     test.cluster.shutdown().await;
 }
 
@@ -234,9 +242,9 @@ async fn a_node_with_data_refuses_peers_that_contradict_it() {
         same.peers = peers;
         let node = RunningNode::start(same).await.expect("starts on its data");
         wait_leading(&node).await;
-        let status = tollgate_client::Client::new(tollgate_client::ClientConfig::new(vec![
-            node.addr().to_string(),
-        ]))
+        let status = tollgate_client::Client::new(tollgate_client::ClientConfig::new(vec![node
+            .addr()
+            .to_string()]))
         .unwrap()
         .status(&node.addr().to_string())
         .await

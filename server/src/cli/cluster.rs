@@ -383,6 +383,26 @@ mod tests {
     }
 
     #[test]
+    fn status_quorum_needs_a_node_that_has_one() {
+        let with = |quorum: bool| v1::StatusResponse {
+            quorum,
+            ..node(1, "follower", None)
+        };
+        let down = Err(NodeFailure::from(Error::Unavailable {
+            reason: "connection refused".into(),
+        }));
+        let lost: Vec<NodeAnswer> = vec![("a:1".into(), Ok(with(false))), ("b:2".into(), down)];
+        assert!(!quorum_answered(&lost));
+        assert!(status_text(&lost).lines().nth(1).unwrap().ends_with("no"));
+        let kept: Vec<NodeAnswer> = vec![
+            ("a:1".into(), Ok(with(false))),
+            ("c:3".into(), Ok(with(true))),
+        ];
+        assert!(quorum_answered(&kept));
+        assert_eq!(node_json(&kept[1])["quorum"], json!(true));
+    }
+
+    #[test]
     fn only_a_transport_failure_is_unreachable() {
         let cases = [
             (

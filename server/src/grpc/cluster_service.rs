@@ -328,8 +328,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         if let openraft::ChangeMembers::ReplaceAllVoters(remaining) = &change {
             let old: BTreeSet<NodeId> = membership.voter_ids().collect();
             check_quorum_answers(&self.node, &membership, &old, "now").await?;
-            check_quorum_answers(&self.node, &membership, remaining, "after the removal")
-                .await?;
+            check_quorum_answers(&self.node, &membership, remaining, "after the removal").await?;
         }
         let response = self
             .node

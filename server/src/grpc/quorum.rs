@@ -111,7 +111,11 @@ mod tests {
         let ms = Duration::from_millis;
         let cases = [
             (metrics(1, Leader, Some(1), Some(40)), None, Quorum::Leading),
-            (metrics(1, Leader, Some(1), Some(1_800)), None, Quorum::Leading),
+            (
+                metrics(1, Leader, Some(1), Some(1_800)),
+                None,
+                Quorum::Leading,
+            ),
             (metrics(1, Leader, Some(1), Some(1_801)), None, Quorum::Lost),
             (metrics(1, Leader, Some(1), None), None, Quorum::Lost),
             (
@@ -131,10 +135,17 @@ mod tests {
             ),
             (metrics(2, Follower, Some(1), None), None, Quorum::Lost),
             (metrics(2, Follower, None, None), Some(ms(10)), Quorum::Lost),
-            (metrics(2, Candidate, None, None), Some(ms(10)), Quorum::Lost),
+            (
+                metrics(2, Candidate, None, None),
+                Some(ms(10)),
+                Quorum::Lost,
+            ),
         ];
         for (metrics, silence, expected) in cases {
-            let summary = format!("{:?} {:?} {silence:?}", metrics.state, metrics.current_leader);
+            let summary = format!(
+                "{:?} {:?} {silence:?}",
+                metrics.state, metrics.current_leader
+            );
             assert_eq!(quorum_of(&metrics, silence, BOUND), expected, "{summary}");
         }
     }
