@@ -97,6 +97,7 @@ impl RunningNode {
             proposer,
             auth: config.auth.clone(),
             keys,
+            dialer: tls.map(NodeTls::dialer),
         });
 
         let (stop, stopped) = watch::channel(false);

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::Parser;
-use common::{converged_statuses, TestCluster, LEADER_WAIT};
+use common::{TestCluster, LEADER_WAIT};
 use tollgate_client::Error;
 use tollgate_server::cli::{self, OpsCommand, Target};
 use tollgate_server::node::NodeConfig;
@@ -21,6 +21,11 @@ use tollgate_server::start::RunningNode;
 /// `QUORUM_CONTACT_ELECTION_TIMEOUTS` (3 x 400 ms with fast elections) plus health polls,
 /// with room for a loaded machine. A guard against hanging, not a wait for a race.
 const QUORUM_LOSS_WAIT: Duration = Duration::from_secs(15);
+
+/// One test of this file at a time: they open many short connections (health polls), and
+/// each outgoing connection takes an ephemeral port that a cluster starting beside it may
+/// have just picked as free, failing its bind.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[derive(Parser)]
 struct Cli {
@@ -96,11 +101,13 @@ async fn survivor_of_two_stopped_nodes_is_not_healthy(keep_leader: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_left_alone_fails_its_health_check() {
+    let _serial = SERIAL.lock().await;
     survivor_of_two_stopped_nodes_is_not_healthy(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_left_alone_fails_its_health_check() {
+    let _serial = SERIAL.lock().await;
     survivor_of_two_stopped_nodes_is_not_healthy(false).await;
 }
 
@@ -110,6 +117,7 @@ fn member_ids(members: &[tollgate_client::v1::Member]) -> Vec<(u64, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_takes_out_learners_and_voters_but_never_the_quorum() {
+    let _serial = SERIAL.lock().await;
     let mut test = TestCluster::start(3).await;
     let new = test.cluster.add_node(4).await.unwrap();
     test.client
@@ -162,6 +170,7 @@ async fn remove_takes_out_learners_and_voters_but_never_the_quorum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_voter_cannot_be_removed() {
+    let _serial = SERIAL.lock().await;
     let test = TestCluster::start(1).await;
     let refused = test.client.remove_node(1).await.unwrap_err();
     assert!(
@@ -179,20 +188,38 @@ fn silent_addr() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_that_does_not_answer_is_not_added() {
-    let test = TestCluster::start(3).await;
-    let before = converged_statuses(&test.cluster, &test.client).await;
-    let (addr, peer_addr) = (silent_addr(), silent_addr());
-    let refused = test
+    let _serial = SERIAL.lock().await;
+    let mut test = TestCluster::start(3).await;
+    let leader = test.cluster.leader(LEADER_WAIT).await.unwrap();
+    let leader_addr = test.cluster.addr(leader).unwrap();
+    let before = test.client.status(&leader_addr).await.unwrap();
+    let new = test.cluster.add_node(4).await.unwrap();
+    let silent = silent_addr();
+    let cases = [
+        (silent.clone(), silent_addr(), "addr"),
+        (new.addr.clone(), silent.clone(), "peer_addr"),
+        (silent.clone(), new.peer_addr.clone(), "addr"),
+    ];
+    for (addr, peer_addr, field) in cases {
+        let refused = test
+            .client
+            .add_learner(4, &addr, &peer_addr)
+            .await
+            .unwrap_err();
+        let named = format!("its {field} {silent}");
+        assert!(
+            matches!(&refused, Error::FailedPrecondition(m) if m.contains(&named)),
+            "{addr} {peer_addr}: {refused}"
+        );
+        let after = test.client.status(&leader_addr).await.unwrap();
+        assert_eq!(after.members, before.members, "membership unchanged");
+    }
+    let added = test
         .client
-        .add_learner(4, &addr, &peer_addr)
+        .add_learner(4, &new.addr, &new.peer_addr)
         .await
-        .unwrap_err();
-    assert!(
-        matches!(&refused, Error::FailedPrecondition(m) if m.contains(&addr)),
-        "{refused}"
-    );
-    let after = converged_statuses(&test.cluster, &test.client).await;
-    assert_eq!(after[0].members, before[0].members, "membership unchanged");
+        .expect("a node that answers is added");
+    assert_eq!(added.members.len(), 4);
     test.cluster.shutdown().await;
 }
 
@@ -214,6 +241,7 @@ async fn wait_leading(node: &RunningNode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_data_refuses_peers_that_contradict_it() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let client: SocketAddr = silent_addr().parse().unwrap();
     let peer: SocketAddr = silent_addr().parse().unwrap();

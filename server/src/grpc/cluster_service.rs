@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::raft::Member;
 use tollgate_proto::v1 as pb;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::call::not_leader;
@@ -91,18 +92,53 @@ async fn answers(addr: &str) -> bool {
     )
 }
 
-/// Refuses a learner whose client or peer address nothing answers at: adding it would
-/// start replication to a node that is not there, and a wrong address found only later
-/// is a membership entry to undo.
-async fn check_learner_answers(learner: &Member) -> Result<(), Status> {
-    for (field, addr) in [("addr", &learner.addr), ("peer_addr", &learner.peer_addr)] {
-        if !answers(addr).await {
-            return Err(Status::failed_precondition(format!(
-                "nothing answers at the learner's {field} {addr} within {} ms; start the \
-                 node first (membership unchanged)",
-                PROBE_TIMEOUT.as_millis()
-            )));
+/// Whether a node answers a gRPC health check at its client address `addr` within
+/// `PROBE_TIMEOUT`, over TLS when `tls` is set. Any answer counts: a node not yet added
+/// knows no leader, so it answers NOT_SERVING.
+async fn health_answers(addr: &str, tls: Option<ClientTlsConfig>) -> Result<(), String> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let check = async {
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(PROBE_TIMEOUT)
+            .timeout(PROBE_TIMEOUT);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
         }
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        HealthClient::new(channel)
+            .check(request)
+            .await
+            .map_err(|status| status.message().to_owned())?;
+        Ok(())
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, check).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
+    }
+}
+
+/// Refuses a learner that does not answer a health check at its client address, or whose
+/// peer address accepts no connection: adding it would start replication to a node that
+/// is not there, and a wrong address found only later is a membership entry to undo.
+async fn check_learner_answers(node: &Node, learner: &Member) -> Result<(), Status> {
+    let refuse = |field: &str, addr: &str, why: &str| {
+        Status::failed_precondition(format!(
+            "the learner does not answer at its {field} {addr} ({why}); start the node \
+             first, or check the address (membership unchanged)"
+        ))
+    };
+    if let Err(why) = health_answers(&learner.addr, node.dialer.clone()).await {
+        return Err(refuse("addr", &learner.addr, &why));
+    }
+    if !answers(&learner.peer_addr).await {
+        let why = format!("no connection within {} ms", PROBE_TIMEOUT.as_millis());
+        return Err(refuse("peer_addr", &learner.peer_addr, &why));
     }
     Ok(())
 }
@@ -269,7 +305,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         if !self.node.is_leader() {
             return Err(not_leader(&self.node));
         }
-        check_learner_answers(&learner).await?;
+        check_learner_answers(&self.node, &learner).await?;
         // Blocking: returns once the learner has caught up, by log or by snapshot.
         let response = self
             .node
