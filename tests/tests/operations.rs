@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::{TestCluster, LEADER_WAIT};
-use tollgate_client::Error;
+use tollgate_client::{v1, Error};
 use tollgate_server::cli::{self, OpsCommand, Target};
 use tollgate_server::node::NodeConfig;
 use tollgate_server::raft::Member;
@@ -111,7 +111,7 @@ async fn a_follower_left_alone_fails_its_health_check() {
     survivor_of_two_stopped_nodes_is_not_healthy(false).await;
 }
 
-fn member_ids(members: &[tollgate_client::v1::Member]) -> Vec<(u64, bool)> {
+fn member_ids(members: &[v1::Member]) -> Vec<(u64, bool)> {
     members.iter().map(|m| (m.node_id, m.voter)).collect()
 }
 
@@ -280,4 +280,23 @@ async fn a_node_with_data_refuses_peers_that_contradict_it() {
         assert_eq!(member_ids(&status.members), [(1, true)]);
         node.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_removes_a_node() {
+    let _serial = SERIAL.lock().await;
+    let test = TestCluster::with_auth(1).await;
+    test.client.put_tenant("acme", None).await.unwrap();
+    let (_, tenant_admin) =
+        common::create_key(&test.client, Some("acme"), v1::KeyRole::TenantAdmin, &[]).await;
+    let tenant_client = common::client_for(&test.cluster, Some(&tenant_admin));
+    let refused = tenant_client.remove_node(1).await.unwrap_err();
+    assert!(matches!(refused, Error::PermissionDenied(_)), "{refused}");
+    let anonymous = common::client_for(&test.cluster, None);
+    let refused = anonymous.remove_node(1).await.unwrap_err();
+    assert!(matches!(refused, Error::PermissionDenied(_)), "{refused}");
+    // The admin is let through to the rules: a single voter stays.
+    let refused = test.client.remove_node(1).await.unwrap_err();
+    assert!(matches!(refused, Error::FailedPrecondition(_)), "{refused}");
+    test.cluster.shutdown().await;
 }
