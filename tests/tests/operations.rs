@@ -12,10 +12,12 @@ use std::time::Duration;
 use clap::Parser;
 use common::{TestCluster, LEADER_WAIT};
 use tollgate_client::{v1, Error};
+use tollgate_server::cli::certs::Ca;
 use tollgate_server::cli::{self, OpsCommand, Target};
 use tollgate_server::node::NodeConfig;
 use tollgate_server::raft::Member;
 use tollgate_server::start::RunningNode;
+use tollgate_server::tls::NodeTls;
 
 /// How long a survivor may keep claiming a quorum after the others stopped: the bound of
 /// `QUORUM_CONTACT_ELECTION_TIMEOUTS` (3 x 400 ms with fast elections) plus health polls,
@@ -298,5 +300,40 @@ async fn only_an_admin_removes_a_node() {
     // The admin is let through to the rules: a single voter stays.
     let refused = test.client.remove_node(1).await.unwrap_err();
     assert!(matches!(refused, Error::FailedPrecondition(_)), "{refused}");
+    test.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_is_probed_over_tls_when_the_cluster_uses_it() {
+    let _serial = SERIAL.lock().await;
+    let ca = Ca::generate().expect("CA");
+    let node_tls = |id: u64| {
+        let issued = ca.node(id, "localhost").expect("node certificate");
+        NodeTls::from_pem(
+            id,
+            ca.cert_pem.clone().into_bytes(),
+            issued.cert_pem.into_bytes(),
+            issued.key_pem.into_bytes(),
+        )
+        .expect("node TLS")
+    };
+    let mut test = TestCluster::start_with(3, |options| {
+        for id in 1..=4 {
+            options.tls.insert(id, node_tls(id));
+        }
+    })
+    .await;
+    let client = tollgate_client::Client::new(tollgate_client::ClientConfig {
+        tls: Some(tollgate_client::TlsConfig::new(ca.cert_pem.clone())),
+        deadline: Duration::from_secs(20),
+        ..tollgate_client::ClientConfig::new(test.cluster.endpoints())
+    })
+    .expect("client");
+    let new = test.cluster.add_node(4).await.unwrap();
+    let added = client
+        .add_learner(4, &new.addr, &new.peer_addr)
+        .await
+        .expect("a learner that answers over TLS is added");
+    assert_eq!(added.members.len(), 4);
     test.cluster.shutdown().await;
 }
