@@ -80,13 +80,7 @@ impl RunningNode {
         )
         .await
         .context("starting raft")?;
-        let initialised = match stored_cluster_check(&raft, &config.peers).await {
-            Ok(initialised) => initialised,
-            Err(error) => {
-                let _ = raft.shutdown().await;
-                return Err(error);
-            }
-        };
+        let initialised = stored_cluster_or_stop(&raft, &config.peers).await?;
 
         let proposer = Proposer::start(raft.clone(), config.clock.clone(), applied.clone());
         let node = Arc::new(Node {
@@ -159,6 +153,21 @@ impl RunningNode {
             let _ = task.await;
         }
     }
+}
+
+/// `stored_cluster_check`, stopping Raft when the check fails: the data directory must be
+/// free for the next start.
+async fn stored_cluster_or_stop(
+    raft: &Raft,
+    peers: &BTreeMap<NodeId, Member>,
+) -> anyhow::Result<bool> {
+    let checked = stored_cluster_check(raft, peers).await;
+    if checked.is_err() {
+        if let Err(error) = raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown after a refused start");
+        }
+    }
+    checked
 }
 
 /// Whether the storage already holds a cluster; if it does, `--peers` (when given) must
