@@ -383,6 +383,59 @@ impl pb::cluster_server::Cluster for ClusterService {
 mod tests {
     use super::*;
 
+    fn membership(voters: &[NodeId], learners: &[NodeId]) -> openraft::Membership<NodeId, Member> {
+        let nodes = voters
+            .iter()
+            .chain(learners)
+            .map(|id| {
+                (
+                    *id,
+                    Member::new(format!("n{id}:7001"), format!("n{id}:7101")),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let voters: BTreeSet<NodeId> = voters.iter().copied().collect();
+        openraft::Membership::new(vec![voters], nodes)
+    }
+
+    #[test]
+    fn removal_takes_out_a_voter_or_a_learner_but_never_the_last_voter() {
+        use openraft::ChangeMembers::{RemoveNodes, ReplaceAllVoters};
+        let three_and_a_learner = membership(&[1, 2, 3], &[4]);
+        let voter = removal(&three_and_a_learner, 2).expect("a voter goes");
+        assert_eq!(voter, ReplaceAllVoters(BTreeSet::from([1, 3])));
+        let learner = removal(&three_and_a_learner, 4).expect("a learner goes");
+        assert_eq!(learner, RemoveNodes(BTreeSet::from([4])));
+
+        let unknown = removal(&three_and_a_learner, 9).unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+        assert!(
+            unknown.message().contains("members: 1,2,3,4"),
+            "{unknown:?}"
+        );
+        let last = removal(&membership(&[1], &[2]), 1).unwrap_err();
+        assert_eq!(last.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            last.message().contains("node 1 is the last voter"),
+            "{last:?}"
+        );
+    }
+
+    #[test]
+    fn a_leader_without_quorum_is_not_shown_as_leader() {
+        use openraft::ServerState::{Candidate, Follower, Leader};
+        let cases = [
+            (Leader, Quorum::Leading, "leader"),
+            (Leader, Quorum::Lost, ROLE_LEADER_WITHOUT_QUORUM),
+            (Follower, Quorum::Following(1), "follower"),
+            (Follower, Quorum::Lost, "follower"),
+            (Candidate, Quorum::Lost, "candidate"),
+        ];
+        for (state, quorum, role) in cases {
+            assert_eq!(role_of(state, quorum), role, "{state:?} {quorum:?}");
+        }
+    }
+
     #[test]
     fn peer_addresses_must_be_host_and_port() {
         for good in [
