@@ -73,15 +73,16 @@ pub fn quorum_of(
 
 /// This node's quorum now. A follower's vote is touched by every message of its leader
 /// (heartbeats included), so the vote's age is the time since it last heard from the leader.
+/// A Raft core that does not answer within the bound has no quorum to report.
 pub async fn quorum(raft: &Raft) -> Quorum {
+    let bound = contact_bound(raft);
     let metrics = raft.metrics().borrow().clone();
-    let touched = raft
-        .with_raft_state(|state| state.vote_last_modified())
-        .await
-        .ok()
-        .flatten();
+    let touched = raft.with_raft_state(|state| state.vote_last_modified());
+    let Ok(Ok(touched)) = tokio::time::timeout(bound, touched).await else {
+        return Quorum::Lost;
+    };
     let silence = touched.map(|at| tokio::time::Instant::now().saturating_duration_since(at));
-    quorum_of(&metrics, silence, contact_bound(raft))
+    quorum_of(&metrics, silence, bound)
 }
 
 #[cfg(test)]
