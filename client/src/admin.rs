@@ -286,6 +286,16 @@ impl Client {
         })
         .await
     }
+
+    /// Takes node `node_id` out of the cluster, voter or learner. The cluster refuses when
+    /// that would leave no voter or no reachable quorum.
+    pub async fn remove_node(&self, node_id: u64) -> Result<v1::MembershipResponse, Error> {
+        self.call(|rpc| async move {
+            let wire = v1::RemoveNodeRequest { node_id };
+            rpc.cluster().remove_node(wire).await
+        })
+        .await
+    }
 }
 
 fn freeze_request(tenant: &str, agent: Option<&str>) -> v1::FreezeRequest {

@@ -292,6 +292,13 @@ impl Cluster for Node {
         }))
     }
 
+    async fn remove_node(
+        &self,
+        _: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
     async fn add_learner(
         &self,
         _: Request<v1::AddLearnerRequest>,

@@ -35,8 +35,12 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// `$5.25`, `5 USD`) or a bare integer of micro-units (1 USD = 1_000_000).
 #[derive(Debug, Subcommand)]
 pub enum OpsCommand {
-    /// Raft status of every node in --cluster (role, term, indexes, audit chain head).
-    Status,
+    /// Raft status of every node in --cluster (role, term, quorum, indexes, audit chain head).
+    Status {
+        /// Exit non-zero unless some node answers that it is in touch with a quorum.
+        #[arg(long)]
+        quorum: bool,
+    },
     /// Create, show and list tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -125,7 +129,7 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
         hint_flags: target.hint_flags(),
     };
     match command {
-        OpsCommand::Status => cluster::status(&target).await,
+        OpsCommand::Status { quorum } => cluster::status(&target, quorum).await,
         OpsCommand::Tenant(command) => tenants::tenant(&ops, command).await,
         OpsCommand::Limit(command) => tenants::limit(&ops, command).await,
         OpsCommand::Freeze(args) => tenants::freeze(&ops, args, true).await,
@@ -150,7 +154,8 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
 
 /// gRPC health check (`grpc.health.v1`) of the node at `addr`, over TLS when `target` has
 /// a CA: `Ok` if it is serving, an error saying why not otherwise, all within
-/// [`HEALTH_TIMEOUT`].
+/// [`HEALTH_TIMEOUT`]. A node serves only while it is in touch with a quorum, so a node
+/// that is up but cut off from a majority fails this check.
 pub async fn health(target: &Target, addr: &str) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
@@ -188,7 +193,8 @@ pub async fn health(target: &Target, addr: &str) -> anyhow::Result<()> {
             Ok(())
         }
         Ok(other) => Err(anyhow!(
-            "node {addr} is not serving: {}",
+            "node {addr} is not serving: {} (no quorum in touch, or its Raft core failed; \
+             see tollgate status)",
             other.as_str_name()
         )),
         Err(_) => Err(anyhow!(
@@ -261,7 +267,10 @@ mod tests {
         assert_eq!(cli.target.cluster, ["a:1", "b:2"]);
         let cli = parse(&["--api-key-file", "k", "status"]).unwrap();
         assert_eq!(cli.target.api_key_file, Some("k".into()));
-        assert!(matches!(cli.command, Top::Ops(OpsCommand::Status)));
+        assert!(matches!(
+            cli.command,
+            Top::Ops(OpsCommand::Status { quorum: false })
+        ));
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub struct Node {
     pub auth: Auth,
     /// The live API keys, kept by the state machine; read by the authenticator.
     pub keys: Arc<KeyIndex>,
+    /// How this node dials another node's listeners (TLS with its node certificate), `None`
+    /// in insecure mode: the leader checks that a learner answers before adding it.
+    pub dialer: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Node {

@@ -80,6 +80,7 @@ impl RunningNode {
         )
         .await
         .context("starting raft")?;
+        let initialised = stored_cluster_or_stop(&raft, &config.peers).await?;
 
         let proposer = Proposer::start(raft.clone(), config.clock.clone(), applied.clone());
         let node = Arc::new(Node {
@@ -90,6 +91,7 @@ impl RunningNode {
             proposer,
             auth: config.auth.clone(),
             keys,
+            dialer: tls.map(NodeTls::dialer),
         });
 
         let (stop, stopped) = watch::channel(false);
@@ -109,25 +111,25 @@ impl RunningNode {
             stop,
             tasks: vec![tokio::spawn(clients), tokio::spawn(peers), ticker],
         };
-        running.bootstrap(&config, member).await?;
+        if !initialised {
+            running.bootstrap(&config, member);
+        }
         tracing::info!(node = config.id, %addr, %peer_addr, tls = tls.is_some(), "node started");
         Ok(running)
     }
 
-    /// Initialises a new cluster, once: only the lowest id among the peers does it, only if its
-    /// own storage holds no cluster yet. A restarted node never re-initialises.
-    async fn bootstrap(&mut self, config: &NodeConfig, own: Member) -> anyhow::Result<()> {
-        // A node started without peers is joining an existing cluster (add-learner): it must
-        // never found a cluster of its own.
+    /// Initialises a new cluster: only the lowest id among the peers does it, and only on
+    /// empty storage (the caller checked). A node started without peers is joining an
+    /// existing cluster (add-learner): it never founds a cluster of its own.
+    fn bootstrap(&mut self, config: &NodeConfig, own: Member) {
         let lowest = config.peers.keys().next().copied();
-        if lowest != Some(config.id) || self.node.raft.is_initialized().await? {
-            return Ok(());
+        if lowest != Some(config.id) {
+            return;
         }
         let mut members = config.peers.clone();
         members.insert(config.id, own);
         let node = self.node.clone();
         self.tasks.push(tokio::spawn(initialise(node, members)));
-        Ok(())
     }
 
     /// The client listener's bound address.
@@ -151,6 +153,84 @@ impl RunningNode {
             let _ = task.await;
         }
     }
+}
+
+/// `stored_cluster_check`, stopping Raft when the check fails: the data directory must be
+/// free for the next start.
+async fn stored_cluster_or_stop(
+    raft: &Raft,
+    peers: &BTreeMap<NodeId, Member>,
+) -> anyhow::Result<bool> {
+    let checked = stored_cluster_check(raft, peers).await;
+    if checked.is_err() {
+        if let Err(error) = raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown after a refused start");
+        }
+    }
+    checked
+}
+
+/// Whether the storage already holds a cluster; if it does, `--peers` (when given) must
+/// agree with the membership stored. A node with data never initialises again, whatever its
+/// flags say: its membership is the one in its log, changed only by membership commands.
+async fn stored_cluster_check(
+    raft: &Raft,
+    peers: &BTreeMap<NodeId, Member>,
+) -> anyhow::Result<bool> {
+    if !raft.is_initialized().await? {
+        return Ok(false);
+    }
+    let stored = raft
+        .with_raft_state(|state| state.membership_state.effective().membership().clone())
+        .await?;
+    let stored: BTreeMap<NodeId, Member> = stored
+        .nodes()
+        .map(|(id, member)| (*id, member.clone()))
+        .collect();
+    if let Some(mismatch) = peers_mismatch(peers, &stored) {
+        anyhow::bail!(
+            "--peers do not match the membership stored in this node's data: {mismatch}; \
+             --peers {} but stored {}. Fix --peers (or start without --peers: a node with \
+             data rejoins its cluster from what it stored)",
+            members_text(peers),
+            members_text(&stored)
+        );
+    }
+    Ok(true)
+}
+
+/// Why `peers` cannot describe the cluster `stored`, if they cannot: a node both name at
+/// different addresses, or no node in common (the data of another cluster). Nodes in only
+/// one of them are fine: the cluster grew or shrank since it was founded with `peers`.
+fn peers_mismatch(
+    peers: &BTreeMap<NodeId, Member>,
+    stored: &BTreeMap<NodeId, Member>,
+) -> Option<String> {
+    if peers.is_empty() {
+        return None;
+    }
+    for (id, member) in peers {
+        if let Some(kept) = stored.get(id) {
+            if kept != member {
+                return Some(format!(
+                    "node {id} is {member} in --peers but {kept} in the stored membership"
+                ));
+            }
+        }
+    }
+    if !peers.keys().any(|id| stored.contains_key(id)) {
+        return Some("they name none of the stored members".to_owned());
+    }
+    None
+}
+
+/// `1=client/peer,2=client/peer`, the form of `--peers`.
+fn members_text(members: &BTreeMap<NodeId, Member>) -> String {
+    let entries: Vec<String> = members
+        .iter()
+        .map(|(id, member)| format!("{id}={member}"))
+        .collect();
+    entries.join(",")
 }
 
 /// Binds the client and the peer listener.
@@ -310,5 +390,45 @@ pub async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(entries: &[(NodeId, &str)]) -> BTreeMap<NodeId, Member> {
+        entries
+            .iter()
+            .map(|(id, host)| {
+                (
+                    *id,
+                    Member::new(format!("{host}:7001"), format!("{host}:7101")),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn peers_must_agree_with_the_stored_membership() {
+        let stored = members(&[(1, "a"), (2, "b"), (3, "c")]);
+        let agree = [
+            members(&[]),
+            members(&[(1, "a"), (2, "b"), (3, "c")]),
+            members(&[(1, "a"), (2, "b"), (3, "c"), (4, "d")]),
+            members(&[(1, "a"), (2, "b")]),
+        ];
+        for peers in agree {
+            assert_eq!(peers_mismatch(&peers, &stored), None, "{peers:?}");
+        }
+        let moved = members(&[(1, "a"), (2, "x"), (3, "c")]);
+        let why = peers_mismatch(&moved, &stored).expect("node 2 moved");
+        assert_eq!(
+            why,
+            "node 2 is x:7001/x:7101 in --peers but b:7001/b:7101 in the stored membership"
+        );
+        let other = members(&[(7, "a"), (8, "b")]);
+        let why = peers_mismatch(&other, &stored).expect("another cluster's data");
+        assert!(why.contains("none of the stored members"), "{why}");
     }
 }

@@ -1,5 +1,5 @@
 //! The Raft group from the operator's side: every node's own view of it (`status`), and
-//! membership changes (`cluster add-learner`, `cluster promote`).
+//! membership changes (`cluster add-learner`, `cluster promote`, `cluster remove`).
 
 use std::time::Duration;
 
@@ -28,6 +28,12 @@ pub enum ClusterCommand {
     Promote {
         #[arg(long, value_name = "IDS", value_delimiter = ',', required = true)]
         voters: Vec<u64>,
+    },
+    /// Take a node out of the cluster (out of the voters, then out of the members).
+    /// Refused for the last voter, and when the voters left would not answer as a quorum.
+    Remove {
+        #[arg(long, value_name = "N")]
+        id: u64,
     },
 }
 
@@ -80,7 +86,9 @@ const LABEL_PERMISSION_DENIED: &str = "permission denied";
 /// One node's answer to `tollgate status`, or why there was none.
 type NodeAnswer = (String, Result<v1::StatusResponse, NodeFailure>);
 
-pub async fn status(target: &Target) -> anyhow::Result<()> {
+/// `tollgate status`; with `require_quorum`, an error unless some node answers that it is
+/// in touch with a quorum.
+pub async fn status(target: &Target, require_quorum: bool) -> anyhow::Result<()> {
     let config = ClientConfig {
         deadline: STATUS_DEADLINE,
         ..target.client_config()?
@@ -113,10 +121,22 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
     } else {
         out(&status_text(&answers))?;
     }
-    match no_answer_error(&answers, &target.hint_flags()) {
-        Some(error) => Err(error),
-        None => Ok(()),
+    if let Some(error) = no_answer_error(&answers, &target.hint_flags()) {
+        return Err(error);
     }
+    if require_quorum && !quorum_answered(&answers) {
+        return Err(anyhow!(
+            "no node is in touch with a quorum: writes cannot commit (see the QUORUM column)"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether some node answered that it is in touch with a quorum.
+fn quorum_answered(answers: &[NodeAnswer]) -> bool {
+    answers
+        .iter()
+        .any(|(_, answer)| answer.as_ref().is_ok_and(|s| s.quorum))
 }
 
 /// When no node gave its status: why, and what to try.
@@ -144,7 +164,11 @@ fn no_answer_error(answers: &[NodeAnswer], hint_flags: &str) -> Option<anyhow::E
 
 fn node_json((addr, answer): &NodeAnswer) -> Value {
     match answer {
-        Ok(status) => render::status_json(addr, status),
+        Ok(status) => {
+            let mut json = render::status_json(addr, status);
+            json["quorum"] = json!(status.quorum);
+            json
+        }
         Err(failure) => json!({
             "addr": addr,
             "reachable": failure.label != LABEL_UNREACHABLE,
@@ -169,6 +193,7 @@ fn status_text(answers: &[NodeAnswer]) -> String {
         "SNAPSHOT",
         "CHAIN-HEAD",
         "IN-FLIGHT",
+        "QUORUM",
     ]);
     let mut notes = String::new();
     for (addr, answer) in answers {
@@ -185,9 +210,10 @@ fn status_text(answers: &[NodeAnswer]) -> String {
                 s.snapshot_index.to_string(),
                 chain_head_short(s.chain_head_seq, &s.chain_head_hash),
                 s.reservations_in_flight.to_string(),
+                if s.quorum { "yes" } else { "no" }.to_owned(),
             ]),
             Err(failure) => {
-                let mut row = vec!["-".to_owned(); 11];
+                let mut row = vec!["-".to_owned(); 12];
                 row[1] = addr.clone();
                 row[2] = failure.label.to_owned();
                 table.row(row);
@@ -252,6 +278,14 @@ pub async fn membership(ops: &Ops, command: ClusterCommand) -> anyhow::Result<()
                 .await
                 .map_err(|e| ops.failed(format!("could not make the voters {ids}"), e))?;
             (response, format!("voters are now {ids}"))
+        }
+        ClusterCommand::Remove { id } => {
+            let response = ops
+                .client
+                .remove_node(id)
+                .await
+                .map_err(|e| ops.failed(format!("could not remove node {id}"), e))?;
+            (response, format!("node {id} removed"))
         }
     };
     let applied = Applied::from(response.applied);
@@ -346,6 +380,26 @@ mod tests {
             node_json(&answers[1])["chain_head_hash"],
             json!("3f".repeat(32))
         );
+    }
+
+    #[test]
+    fn status_quorum_needs_a_node_that_has_one() {
+        let with = |quorum: bool| v1::StatusResponse {
+            quorum,
+            ..node(1, "follower", None)
+        };
+        let down = Err(NodeFailure::from(Error::Unavailable {
+            reason: "connection refused".into(),
+        }));
+        let lost: Vec<NodeAnswer> = vec![("a:1".into(), Ok(with(false))), ("b:2".into(), down)];
+        assert!(!quorum_answered(&lost));
+        assert!(status_text(&lost).lines().nth(1).unwrap().ends_with("no"));
+        let kept: Vec<NodeAnswer> = vec![
+            ("a:1".into(), Ok(with(false))),
+            ("c:3".into(), Ok(with(true))),
+        ];
+        assert!(quorum_answered(&kept));
+        assert_eq!(node_json(&kept[1])["quorum"], json!(true));
     }
 
     #[test]

@@ -2,12 +2,15 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::raft::Member;
 use tollgate_proto::v1 as pb;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::call::not_leader;
+use super::quorum::{quorum, Quorum};
 use crate::auth::Caller;
 use crate::node::Node;
 use crate::raft::state_machine::read_applied;
@@ -62,6 +65,145 @@ fn membership_response(
     })
 }
 
+/// The role a status shows: openraft's state, except that a leader out of touch with its
+/// quorum is not shown as `leader` (openraft keeps it leader until another one is elected,
+/// but nothing it proposes can commit).
+fn role_of(state: openraft::ServerState, quorum: Quorum) -> String {
+    match (state, quorum) {
+        (openraft::ServerState::Leader, Quorum::Leading) => "leader".to_owned(),
+        (openraft::ServerState::Leader, _) => ROLE_LEADER_WITHOUT_QUORUM.to_owned(),
+        (other, _) => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The role of a leader that no quorum acknowledged lately.
+pub const ROLE_LEADER_WITHOUT_QUORUM: &str = "leader-without-quorum";
+
+/// How long the leader waits for a node it is told about (a new learner, the voters that
+/// remain after a removal) to accept a connection before calling it unreachable.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether something accepts TCP connections at `addr` within `PROBE_TIMEOUT`.
+async fn answers(addr: &str) -> bool {
+    let connect = tokio::net::TcpStream::connect(addr);
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, connect).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Whether a node answers a gRPC health check at its client address `addr` within
+/// `PROBE_TIMEOUT`, over TLS when `tls` is set. Any answer counts: a node not yet added
+/// knows no leader, so it answers NOT_SERVING.
+async fn health_answers(addr: &str, tls: Option<ClientTlsConfig>) -> Result<(), String> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let check = async {
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(PROBE_TIMEOUT)
+            .timeout(PROBE_TIMEOUT);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        HealthClient::new(channel)
+            .check(request)
+            .await
+            .map_err(|status| status.message().to_owned())?;
+        Ok(())
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, check).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
+    }
+}
+
+/// Refuses a learner that does not answer a health check at its client address, or whose
+/// peer address accepts no connection: adding it would start replication to a node that
+/// is not there, and a wrong address found only later is a membership entry to undo.
+async fn check_learner_answers(node: &Node, learner: &Member) -> Result<(), Status> {
+    let refuse = |field: &str, addr: &str, why: &str| {
+        Status::failed_precondition(format!(
+            "the learner does not answer at its {field} {addr} ({why}); start the node \
+             first, or check the address (membership unchanged)"
+        ))
+    };
+    if let Err(why) = health_answers(&learner.addr, node.dialer.clone()).await {
+        return Err(refuse("addr", &learner.addr, &why));
+    }
+    if !answers(&learner.peer_addr).await {
+        let why = format!("no connection within {} ms", PROBE_TIMEOUT.as_millis());
+        return Err(refuse("peer_addr", &learner.peer_addr, &why));
+    }
+    Ok(())
+}
+
+/// The change that takes node `id` out of `membership`: the voters without it (openraft then
+/// drops it from the members too), or, for a learner, its removal. Refuses a node that is
+/// not a member and the last voter.
+fn removal(
+    membership: &openraft::Membership<NodeId, Member>,
+    id: NodeId,
+) -> Result<openraft::ChangeMembers<NodeId, Member>, Status> {
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    if membership.get_node(&id).is_none() {
+        let members: Vec<String> = membership.nodes().map(|(id, _)| id.to_string()).collect();
+        return Err(Status::not_found(format!(
+            "node {id} is not a member (members: {})",
+            members.join(",")
+        )));
+    }
+    if !voters.contains(&id) {
+        return Ok(openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id])));
+    }
+    let remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+    if remaining.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "node {id} is the last voter: a cluster needs at least one (add and promote \
+             another node first)"
+        )));
+    }
+    Ok(openraft::ChangeMembers::ReplaceAllVoters(remaining))
+}
+
+/// Refuses a membership change unless a majority of `voters` answers: the change commits
+/// only with a majority of the old voters and of the new ones, and one that cannot
+/// commit leaves the cluster stuck in between.
+async fn check_quorum_answers(
+    node: &Node,
+    membership: &openraft::Membership<NodeId, Member>,
+    voters: &BTreeSet<NodeId>,
+    when: &str,
+) -> Result<(), Status> {
+    let mut silent = Vec::new();
+    for id in voters.iter().filter(|id| **id != node.id) {
+        let answered = match membership.get_node(id) {
+            Some(member) => answers(&member.peer_addr).await,
+            None => false,
+        };
+        if !answered {
+            silent.push(id.to_string());
+        }
+    }
+    let answering = voters.len() - silent.len();
+    let majority = voters.len() / 2 + 1;
+    if answering < majority {
+        let ids: Vec<String> = voters.iter().map(NodeId::to_string).collect();
+        return Err(Status::failed_precondition(format!(
+            "no quorum of the voters {} {when}: {answering} answer, {majority} needed \
+             (not answering: {}); bring nodes back first (membership unchanged)",
+            ids.join(","),
+            silent.join(",")
+        )));
+    }
+    Ok(())
+}
+
 /// Longest peer address accepted: a DNS name (253) and a port.
 pub const PEER_ADDR_BYTES_MAX: usize = 260;
 
@@ -113,8 +255,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             let applied = read_applied(&self.node.applied);
             (applied.ledger.chain_head(), applied.ledger.stats())
         };
+        let quorum = quorum(&self.node.raft).await;
         let metrics = self.node.raft.metrics().borrow().clone();
-        let role = format!("{:?}", metrics.state).to_lowercase();
+        let role = role_of(metrics.state, quorum);
         Ok(Response::new(pb::StatusResponse {
             node_id: self.node.id,
             addr: self.node.addr.clone(),
@@ -130,6 +273,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             chain_head_hash: chain_head.hash.to_vec(),
             reservations_in_flight: stats.reservations_in_flight,
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
+            quorum: quorum.reachable(),
         }))
     }
 
@@ -157,6 +301,11 @@ impl pb::cluster_server::Cluster for ClusterService {
             let log_id = metrics.membership_config.log_id().unwrap_or_default();
             return Ok(membership_response(Some(current), log_id));
         }
+        // The leader probes: it is the node that will replicate to the learner.
+        if !self.node.is_leader() {
+            return Err(not_leader(&self.node));
+        }
+        check_learner_answers(&self.node, &learner).await?;
         // Blocking: returns once the learner has caught up, by log or by snapshot.
         let response = self
             .node
@@ -193,11 +342,99 @@ impl pb::cluster_server::Cluster for ClusterService {
             response.log_id,
         ))
     }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        Caller::of(&request)?.for_admin()?;
+        let id = request.into_inner().node_id;
+        if !self.node.is_leader() {
+            return Err(not_leader(&self.node));
+        }
+        let membership = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let change = removal(&membership, id)?;
+        if let openraft::ChangeMembers::ReplaceAllVoters(remaining) = &change {
+            let old: BTreeSet<NodeId> = membership.voter_ids().collect();
+            check_quorum_answers(&self.node, &membership, &old, "now").await?;
+            check_quorum_answers(&self.node, &membership, remaining, "after the removal").await?;
+        }
+        let response = self
+            .node
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| membership_error(&self.node, e))?;
+        Ok(membership_response(
+            response.membership.as_ref(),
+            response.log_id,
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn membership(voters: &[NodeId], learners: &[NodeId]) -> openraft::Membership<NodeId, Member> {
+        let nodes = voters
+            .iter()
+            .chain(learners)
+            .map(|id| {
+                (
+                    *id,
+                    Member::new(format!("n{id}:7001"), format!("n{id}:7101")),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let voters: BTreeSet<NodeId> = voters.iter().copied().collect();
+        openraft::Membership::new(vec![voters], nodes)
+    }
+
+    #[test]
+    fn removal_takes_out_a_voter_or_a_learner_but_never_the_last_voter() {
+        use openraft::ChangeMembers::{RemoveNodes, ReplaceAllVoters};
+        let three_and_a_learner = membership(&[1, 2, 3], &[4]);
+        let voter = removal(&three_and_a_learner, 2).expect("a voter goes");
+        assert_eq!(voter, ReplaceAllVoters(BTreeSet::from([1, 3])));
+        let learner = removal(&three_and_a_learner, 4).expect("a learner goes");
+        assert_eq!(learner, RemoveNodes(BTreeSet::from([4])));
+
+        let unknown = removal(&three_and_a_learner, 9).unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+        assert!(
+            unknown.message().contains("members: 1,2,3,4"),
+            "{unknown:?}"
+        );
+        let last = removal(&membership(&[1], &[2]), 1).unwrap_err();
+        assert_eq!(last.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            last.message().contains("node 1 is the last voter"),
+            "{last:?}"
+        );
+    }
+
+    #[test]
+    fn a_leader_without_quorum_is_not_shown_as_leader() {
+        use openraft::ServerState::{Candidate, Follower, Leader};
+        let cases = [
+            (Leader, Quorum::Leading, "leader"),
+            (Leader, Quorum::Lost, ROLE_LEADER_WITHOUT_QUORUM),
+            (Follower, Quorum::Following(1), "follower"),
+            (Follower, Quorum::Lost, "follower"),
+            (Candidate, Quorum::Lost, "candidate"),
+        ];
+        for (state, quorum, role) in cases {
+            assert_eq!(role_of(state, quorum), role, "{state:?} {quorum:?}");
+        }
+    }
 
     #[test]
     fn peer_addresses_must_be_host_and_port() {

@@ -8,6 +8,7 @@ mod cluster_service;
 pub mod convert;
 mod keys_service;
 mod prices_service;
+pub mod quorum;
 mod raft_service;
 mod tollgate_service;
 
@@ -20,6 +21,8 @@ use tollgate_proto::v1 as pb;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 use crate::auth::Authenticator;
 use crate::node::Node;
@@ -60,22 +63,51 @@ pub const HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
 /// frame never makes the node buffer more than this before flow control applies.
 pub const FRAME_BYTES_MAX: u32 = 16 * 1024;
 
-/// Turns health to NOT_SERVING, for the node and its Tollgate service, once the Raft core has
-/// failed: a node that can no longer apply entries must not look healthy to a balancer.
-async fn report_not_serving_on_raft_failure(
-    reporter: tonic_health::server::HealthReporter,
-    metrics: watch::Receiver<openraft::RaftMetrics<crate::raft::NodeId, crate::raft::Member>>,
-) {
-    let Some(fatal) = crate::raft::failure::raft_failure(metrics).await else {
-        return;
-    };
-    tracing::error!(%fatal, "raft core failed: health is NOT_SERVING");
-    reporter
-        .set_not_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
-        .await;
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+/// How often a node looks at its quorum to report its health: well under the bound of
+/// `quorum::QUORUM_CONTACT_ELECTION_TIMEOUTS`, so health follows the quorum within a poll.
+pub const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Sets the health of the node (`""`) and of its Tollgate service to `status`.
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    type Tollgate = pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>;
+    let tollgate = <Tollgate as tonic::server::NamedService>::NAME;
+    reporter.set_service_status(tollgate, status).await;
+    reporter.set_service_status("", status).await;
+}
+
+/// Reports the node SERVING only while it is in touch with a quorum (`quorum::quorum`), and
+/// NOT_SERVING for good once its Raft core has failed: a node that cannot commit (a leader
+/// cut off from its followers, a follower that lost its leader) or can no longer apply
+/// entries must not look healthy to a balancer. Ends when the core stops.
+async fn report_health(reporter: HealthReporter, raft: crate::raft::Raft) {
+    let metrics = raft.metrics();
+    let mut reported = None;
+    let mut poll = tokio::time::interval(HEALTH_POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        poll.tick().await;
+        let running = metrics.borrow().running_state.clone();
+        match running {
+            Err(openraft::error::Fatal::Stopped) => return,
+            Err(fatal) => {
+                tracing::error!(%fatal, "raft core failed: health is NOT_SERVING");
+                set_health(&reporter, ServingStatus::NotServing).await;
+                return;
+            }
+            Ok(()) => {}
+        }
+        let quorum = quorum::quorum(&raft).await;
+        let status = if quorum.reachable() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if reported != Some(status) {
+            tracing::info!(?quorum, ?status, "health");
+            set_health(&reporter, status).await;
+            reported = Some(status);
+        }
+    }
 }
 
 /// A server with the transport bounds both listeners share, and TLS when `tls` is set.
@@ -111,13 +143,9 @@ pub async fn serve_clients(
     mut stopped: watch::Receiver<bool>,
 ) {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
-        .await;
-    tokio::spawn(report_not_serving_on_raft_failure(
-        health_reporter.clone(),
-        node.raft.metrics(),
-    ));
+    // Not serving until the node has found its quorum.
+    set_health(&health_reporter, ServingStatus::NotServing).await;
+    tokio::spawn(report_health(health_reporter, node.raft.clone()));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -202,16 +230,14 @@ pub async fn serve_peers(
 
 #[cfg(test)]
 mod tests {
-    use openraft::error::Fatal;
-    use openraft::RaftMetrics;
-    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
     use tonic_health::pb::health_server::Health;
     use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::server::{HealthReporter, HealthService};
+    use tonic_health::server::HealthService;
 
     use super::*;
 
-    async fn status(reporter: &HealthReporter, service: &str) -> ServingStatus {
+    async fn status(reporter: &HealthReporter, service: &str) -> WireStatus {
         let health = HealthService::from_health_reporter(reporter.clone());
         let request = tonic::Request::new(HealthCheckRequest {
             service: service.to_string(),
@@ -221,25 +247,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_raft_core_turns_health_to_not_serving() {
+    async fn health_is_set_for_the_node_and_its_tollgate_service() {
         let reporter = HealthReporter::new();
-        reporter
-            .set_serving::<pb::tollgate_server::TollgateServer<tollgate_service::TollgateService>>()
-            .await;
-        let tollgate = "tollgate.v1.Tollgate";
-        assert_eq!(status(&reporter, tollgate).await, ServingStatus::Serving);
-
-        let (sender, metrics) = watch::channel(RaftMetrics::new_initial(1));
-        let watcher = tokio::spawn(report_not_serving_on_raft_failure(
-            reporter.clone(),
-            metrics,
-        ));
-        let mut failed = RaftMetrics::new_initial(1);
-        failed.running_state = Err(Fatal::Panicked);
-        sender.send(failed).unwrap();
-        watcher.await.unwrap();
-
-        assert_eq!(status(&reporter, tollgate).await, ServingStatus::NotServing);
-        assert_eq!(status(&reporter, "").await, ServingStatus::NotServing);
+        for expected in [ServingStatus::NotServing, ServingStatus::Serving] {
+            set_health(&reporter, expected).await;
+            for service in ["", "tollgate.v1.Tollgate"] {
+                let expected = WireStatus::from(expected);
+                assert_eq!(status(&reporter, service).await, expected, "{service:?}");
+            }
+        }
     }
 }
