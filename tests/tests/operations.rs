@@ -24,11 +24,6 @@ use tollgate_server::tls::NodeTls;
 /// with room for a loaded machine. A guard against hanging, not a wait for a race.
 const QUORUM_LOSS_WAIT: Duration = Duration::from_secs(15);
 
-/// One test of this file at a time: they open many short connections (health polls), and
-/// each outgoing connection takes an ephemeral port that a cluster starting beside it may
-/// have just picked as free, failing its bind.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
@@ -103,13 +98,11 @@ async fn survivor_of_two_stopped_nodes_is_not_healthy(keep_leader: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_left_alone_fails_its_health_check() {
-    let _serial = SERIAL.lock().await;
     survivor_of_two_stopped_nodes_is_not_healthy(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_left_alone_fails_its_health_check() {
-    let _serial = SERIAL.lock().await;
     survivor_of_two_stopped_nodes_is_not_healthy(false).await;
 }
 
@@ -119,7 +112,6 @@ fn member_ids(members: &[v1::Member]) -> Vec<(u64, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_takes_out_learners_and_voters_but_never_the_quorum() {
-    let _serial = SERIAL.lock().await;
     let mut test = TestCluster::start(3).await;
     let new = test.cluster.add_node(4).await.unwrap();
     test.client
@@ -172,7 +164,6 @@ async fn remove_takes_out_learners_and_voters_but_never_the_quorum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_voter_cannot_be_removed() {
-    let _serial = SERIAL.lock().await;
     let test = TestCluster::start(1).await;
     let refused = test.client.remove_node(1).await.unwrap_err();
     assert!(
@@ -190,7 +181,6 @@ fn silent_addr() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_that_does_not_answer_is_not_added() {
-    let _serial = SERIAL.lock().await;
     let mut test = TestCluster::start(3).await;
     let leader = test.cluster.leader(LEADER_WAIT).await.unwrap();
     let leader_addr = test.cluster.addr(leader).unwrap();
@@ -243,7 +233,6 @@ async fn wait_leading(node: &RunningNode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_data_refuses_peers_that_contradict_it() {
-    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let client: SocketAddr = silent_addr().parse().unwrap();
     let peer: SocketAddr = silent_addr().parse().unwrap();
@@ -286,7 +275,6 @@ async fn a_node_with_data_refuses_peers_that_contradict_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_admin_removes_a_node() {
-    let _serial = SERIAL.lock().await;
     let test = TestCluster::with_auth(1).await;
     test.client.put_tenant("acme", None).await.unwrap();
     let (_, tenant_admin) =
@@ -305,7 +293,6 @@ async fn only_an_admin_removes_a_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_is_probed_over_tls_when_the_cluster_uses_it() {
-    let _serial = SERIAL.lock().await;
     let ca = Ca::generate().expect("CA");
     let node_tls = |id: u64| {
         let issued = ca.node(id, "localhost").expect("node certificate");
