@@ -47,6 +47,37 @@ pub enum FingerprintError {
 /// # Ok::<(), tollgate_client::FingerprintError>(())
 /// ```
 pub fn fingerprint(tool: &str, args: &Value) -> Result<String, FingerprintError> {
+    fingerprint_ignoring(tool, args, &[])
+}
+
+/// [`fingerprint`] of `args` without its top-level arguments named in `ignore`: the ones that
+/// change on every call of a loop (a timestamp, a page counter, a request id), so a loop that
+/// varies only them is still seen repeating. Names absent from `args` are ignored too, and
+/// the result is the same as the fingerprint of `args` with those keys removed.
+///
+/// ```
+/// use serde_json::json;
+/// use tollgate_client::fingerprint_ignoring;
+/// let page_1 = fingerprint_ignoring("search", &json!({"q": "news", "page": 1}), &["page"])?;
+/// let page_2 = fingerprint_ignoring("search", &json!({"q": "news", "page": 2}), &["page"])?;
+/// assert_eq!(page_1, page_2);
+/// # Ok::<(), tollgate_client::FingerprintError>(())
+/// ```
+pub fn fingerprint_ignoring(
+    tool: &str,
+    args: &Value,
+    ignore: &[&str],
+) -> Result<String, FingerprintError> {
+    let kept;
+    let args = match args {
+        Value::Object(map) if ignore.iter().any(|name| map.contains_key(*name)) => {
+            let mut map = map.clone();
+            map.retain(|key, _| !ignore.contains(&key.as_str()));
+            kept = Value::Object(map);
+            &kept
+        }
+        other => other,
+    };
     let canonical = canonical_json(args)?;
     let mut hasher = Sha256::new();
     hasher.update(tool.as_bytes());
@@ -231,8 +262,12 @@ mod tests {
         for vector in &vectors {
             let tool = vector["tool"].as_str().unwrap();
             let expected = vector["fingerprint"].as_str().unwrap();
+            let ignore: Vec<&str> = vector["ignore"]
+                .as_array()
+                .map(|names| names.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
             assert_eq!(
-                fingerprint(tool, &vector["args"]).unwrap(),
+                fingerprint_ignoring(tool, &vector["args"], &ignore).unwrap(),
                 expected,
                 "{vector}"
             );

@@ -78,4 +78,15 @@ def test_cross_language_vectors() -> None:
     vectors = json.loads(VECTORS.read_text(encoding="utf-8"))
     assert len(vectors) >= 12
     for vector in vectors:
-        assert tollgate.fingerprint(vector["tool"], vector["args"]) == vector["fingerprint"], vector
+        got = tollgate.fingerprint(vector["tool"], vector["args"], vector.get("ignore", ()))
+        assert got == vector["fingerprint"], vector
+
+
+def test_ignored_arguments_make_a_varying_loop_repeat() -> None:
+    pages = {tollgate.fingerprint("search", {"q": "news", "page": n}, ["page"]) for n in range(5)}
+    assert pages == {tollgate.fingerprint("search", {"q": "news"})}
+    # Only the named arguments: another query is another call.
+    other = tollgate.fingerprint("search", {"q": "sports", "page": 1}, ["page"])
+    assert other not in pages
+    with pytest.raises(TypeError):
+        tollgate.fingerprint("search", {"q": "news"}, "page")

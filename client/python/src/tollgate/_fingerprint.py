@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -29,10 +29,19 @@ _ESCAPES = {
 }
 
 
-def fingerprint(tool: str, args: Mapping[str, Any]) -> str:
-    """Lowercase hex of the first 16 bytes of SHA-256(tool, newline, canonical JSON of args)."""
+def fingerprint(tool: str, args: Mapping[str, Any], ignore: Iterable[str] = ()) -> str:
+    """Lowercase hex of the first 16 bytes of SHA-256(tool, newline, canonical JSON of args).
+
+    `ignore` names top-level arguments left out: the ones that change on every call of a
+    loop (a timestamp, a page counter, a request id), so a loop that varies only them is
+    still seen repeating. The same as the fingerprint of `args` without those keys."""
     if not isinstance(tool, str):
         raise TypeError("tool must be a str")
+    if isinstance(ignore, str):
+        raise TypeError("ignore must be a collection of names, not one string")
+    skip = set(ignore)
+    if skip and isinstance(args, Mapping):
+        args = {key: value for key, value in args.items() if key not in skip}
     out: list[str] = []
     _write(args, out, 0)
     digest = hashlib.sha256(tool.encode("utf-8") + b"\n" + "".join(out).encode("utf-8"))
