@@ -10,7 +10,7 @@ use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::call::{propose, read_linearizable, rejection_status};
-use super::convert::{self, applied};
+use super::convert;
 use super::keys_service;
 use super::prices_service;
 use crate::auth::Caller;
@@ -28,9 +28,7 @@ pub struct AdminService {
 }
 
 fn admin_response(result: &crate::raft::proposer::AppliedOutcome) -> Response<pb::AdminResponse> {
-    Response::new(pb::AdminResponse {
-        applied: Some(applied(result)),
-    })
+    Response::new(convert::admin_response(result))
 }
 
 /// The query's filter, authorised: a tenant admin reads its own tenant's records only (an

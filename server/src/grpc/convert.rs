@@ -137,6 +137,13 @@ pub fn applied(value: &AppliedOutcome) -> pb::Applied {
     }
 }
 
+/// The answer to an admin command: where it was applied.
+pub fn admin_response(value: &AppliedOutcome) -> pb::AdminResponse {
+    pb::AdminResponse {
+        applied: Some(applied(value)),
+    }
+}
+
 pub fn dimension(value: i32) -> Result<Dimension, Status> {
     match pb::Dimension::try_from(value) {
         Ok(pb::Dimension::Tokens) => Ok(Dimension::Tokens),

@@ -149,7 +149,5 @@ pub(super) async fn revoke_key(
     };
     let result = propose(node, command, "revoke_key").await?;
     tracing::info!(%key_id, "API key revoked");
-    Ok(pb::AdminResponse {
-        applied: Some(applied(&result)),
-    })
+    Ok(convert::admin_response(&result))
 }

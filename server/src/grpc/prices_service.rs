@@ -6,7 +6,7 @@ use tollgate_proto::v1 as pb;
 use tonic::Status;
 
 use super::call::{propose, read_linearizable, rejection_status};
-use super::convert::{self, applied};
+use super::convert;
 use crate::auth::Caller;
 use crate::node::Node;
 use tollgate_ledger::Command;
@@ -26,9 +26,7 @@ pub(super) async fn put_price(
         price,
     };
     let result = propose(node, command, "put_price").await?;
-    Ok(pb::AdminResponse {
-        applied: Some(applied(&result)),
-    })
+    Ok(convert::admin_response(&result))
 }
 
 pub(super) async fn delete_price(
@@ -44,9 +42,7 @@ pub(super) async fn delete_price(
         model: convert::model(&request.model)?,
     };
     let result = propose(node, command, "delete_price").await?;
-    Ok(pb::AdminResponse {
-        applied: Some(applied(&result)),
-    })
+    Ok(convert::admin_response(&result))
 }
 
 pub(super) async fn list_prices(
