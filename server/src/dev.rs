@@ -49,7 +49,7 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     prepare_data_dir(&args.data_dir, args.keep_data)?;
-    crate::metrics::install_exporter(args.metrics_listen)?;
+    crate::http::spawn(args.metrics_listen).await?;
     let mut options = LocalClusterOptions::new(DEV_NODES, args.data_dir.clone());
     options.base_port = Some(args.port);
     let cluster = LocalCluster::start(options).await?;

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod grpc;
+pub mod http;
 pub mod local_cluster;
 pub mod metrics;
 pub mod node;

@@ -1,27 +1,54 @@
 //! Prometheus metrics through the `metrics` crate. Labels are bounded: operation, outcome,
 //! reason and node id; never a tenant, agent or tool (unbounded sets).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::node::Node;
 
 /// How often the Raft gauges are sampled.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Serves `/metrics` on `addr`. One exporter per process.
-pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+/// The process's recorder, rendered by the HTTP listener's `/metrics`.
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// How often histograms drop samples older than their window (the exporter needs a caller).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide recorder once; later calls are no-ops. Needs a Tokio runtime.
+pub fn install_recorder() -> anyhow::Result<()> {
+    if HANDLE.get().is_some() {
+        return Ok(());
+    }
+    let handle = PrometheusBuilder::new()
         .set_buckets(&[
             0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
         ])
         .context("metrics buckets")?
-        .install()
-        .with_context(|| format!("starting metrics endpoint on {addr}"))
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let upkeep = handle.clone();
+    if HANDLE.set(handle).is_ok() {
+        tokio::spawn(async move {
+            let mut timer = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                timer.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The Prometheus text exposition of every metric of this process.
+pub fn render() -> String {
+    HANDLE
+        .get()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
 }
 
 /// Samples term, leader, commit and apply index, and reservations in flight, per node.

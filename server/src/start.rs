@@ -349,7 +349,7 @@ async fn tick(node: Arc<Node>, interval: Duration, mut stopped: watch::Receiver<
 /// `tollgate serve`: one node until SIGINT or SIGTERM, with its Prometheus endpoint.
 pub async fn serve_until_signal(config: crate::config::ServeConfig) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_listen {
-        crate::metrics::install_exporter(addr)?;
+        crate::http::spawn(addr).await?;
     }
     if let Some(warning) = config.insecure_warning() {
         tracing::warn!("{warning}");
