@@ -12,10 +12,12 @@ of reservations in flight, and how a provider's token counts become a commit.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Generic, TypeVar
 
 import tollgate
@@ -29,6 +31,8 @@ OPEN_MAX_DEFAULT = 1024
 LLM_TOKENS_DEFAULT = 4_000
 # Seconds a hook's reservation lives before the cluster settles it at its estimate.
 TTL_DEFAULT = 120.0
+logger = logging.getLogger(__name__)
+
 # The price table's catch-all entry: a tenant with it prices every model.
 PRICE_FALLBACK = "*"
 
@@ -221,3 +225,74 @@ class OpenTable(Generic[K, V]):
                 f"{self._open_max} reservations are open in this hook (open_max): calls "
                 "that started and never ended; refusing the next call"
             )
+
+
+class _OpenCalls(Generic[K, V]):
+    """What every hook knows of its calls in flight: the table and how to name and settle one
+    of them. A call that started and never reported an end may have spent, so a hook that
+    closes settles it at its estimate, flagged abandoned (never releases it)."""
+
+    _open: OpenTable[K, V]
+
+    @property
+    def open_count(self) -> int:
+        """Reservations of calls that started and have not ended."""
+        return len(self._open)
+
+    def _tool_of(self, open_: V) -> str:
+        raise NotImplementedError
+
+    def _drain_abandoned(self) -> list[V]:
+        drained = self._open.drain()
+        for open_ in drained:
+            logger.warning("settling the open reservation of %r as abandoned", self._tool_of(open_))
+        return drained
+
+
+S = TypeVar("S")
+
+
+class SettlesOnExit(_OpenCalls[K, V]):
+    """`with hook:` settles the calls still open when the block ends (sync hooks)."""
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.settle_open()
+
+    def settle_open(self) -> None:
+        """Settles every reservation still open at its estimate, flagged abandoned."""
+        for open_ in self._drain_abandoned():
+            self._abandon(open_)
+
+    def _abandon(self, open_: V) -> None:
+        raise NotImplementedError
+
+
+class AsyncSettlesOnExit(_OpenCalls[K, V]):
+    """`async with hook:` settles the calls still open when the block ends (async hooks)."""
+
+    async def __aenter__(self: S) -> S:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.settle_open()
+
+    async def settle_open(self) -> None:
+        """Settles every reservation still open at its estimate, flagged abandoned."""
+        for open_ in self._drain_abandoned():
+            await self._abandon(open_)
+
+    async def _abandon(self, open_: V) -> None:
+        raise NotImplementedError

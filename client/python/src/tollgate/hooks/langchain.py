@@ -24,14 +24,12 @@ import logging
 from collections.abc import Collection, Mapping
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
-from typing_extensions import Self
 
 import tollgate
 from tollgate.hooks import (
@@ -40,8 +38,10 @@ from tollgate.hooks import (
     TOOL_COST_DEFAULT,
     TTL_DEFAULT,
     Actual,
+    AsyncSettlesOnExit,
     Estimate,
     OpenTable,
+    SettlesOnExit,
     TokenCounts,
     grant_text,
     llm_actual,
@@ -144,7 +144,7 @@ class _Policy:
         return llm_actual(_token_counts(response), model, self.priced_models, call.estimate)
 
 
-class TollgateCallbackHandler(BaseCallbackHandler):
+class TollgateCallbackHandler(SettlesOnExit[UUID, _Open], BaseCallbackHandler):
     """Guards the LLM and tool calls of a LangChain or LangGraph run (sync client).
 
     - `llm_tokens`, `llm_cost_usd`: what an LLM call is reserved at. It is committed at the
@@ -187,27 +187,11 @@ class TollgateCallbackHandler(BaseCallbackHandler):
         )
         self._open: OpenTable[UUID, _Open] = OpenTable(open_max)
 
-    def __enter__(self) -> Self:
-        return self
+    def _tool_of(self, open_: _Open) -> str:
+        return open_.call.tool
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.settle_open()
-
-    @property
-    def open_count(self) -> int:
-        """Reservations of calls that started and have not ended."""
-        return len(self._open)
-
-    def settle_open(self) -> None:
-        """Settles every reservation still open at its estimate, flagged abandoned."""
-        for open_ in self._open.drain():
-            logger.warning("settling the open reservation of %r as abandoned", open_.call.tool)
-            _close(open_)
+    def _abandon(self, open_: _Open) -> None:
+        _close(open_)
 
     def on_chat_model_start(
         self,
@@ -286,7 +270,7 @@ class TollgateCallbackHandler(BaseCallbackHandler):
             raise
 
 
-class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
+class AsyncTollgateCallbackHandler(AsyncSettlesOnExit[UUID, _AsyncOpen], AsyncCallbackHandler):
     """`TollgateCallbackHandler` for async runs (`ainvoke`, `astream`), on an AsyncClient."""
 
     raise_error = True
@@ -320,27 +304,11 @@ class AsyncTollgateCallbackHandler(AsyncCallbackHandler):
         )
         self._open: OpenTable[UUID, _AsyncOpen] = OpenTable(open_max)
 
-    async def __aenter__(self) -> Self:
-        return self
+    def _tool_of(self, open_: _AsyncOpen) -> str:
+        return open_.call.tool
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.settle_open()
-
-    @property
-    def open_count(self) -> int:
-        """Reservations of calls that started and have not ended."""
-        return len(self._open)
-
-    async def settle_open(self) -> None:
-        """Settles every reservation still open at its estimate, flagged abandoned."""
-        for open_ in self._open.drain():
-            logger.warning("settling the open reservation of %r as abandoned", open_.call.tool)
-            await _aclose(open_)
+    async def _abandon(self, open_: _AsyncOpen) -> None:
+        await _aclose(open_)
 
     async def on_chat_model_start(
         self,

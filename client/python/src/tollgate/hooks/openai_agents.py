@@ -22,7 +22,6 @@ import logging
 from collections.abc import Collection, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from agents import (
@@ -35,7 +34,6 @@ from agents import (
 )
 from agents.items import TResponseInputItem
 from agents.tool_context import ToolContext
-from typing_extensions import Self
 
 import tollgate
 from tollgate.hooks import (
@@ -44,6 +42,7 @@ from tollgate.hooks import (
     TOOL_COST_DEFAULT,
     TTL_DEFAULT,
     Actual,
+    AsyncSettlesOnExit,
     Estimate,
     OpenReservationsFull,
     OpenTable,
@@ -85,7 +84,7 @@ class _Open:
     anchor: object
 
 
-class TollgateRunHooks(RunHooks[Any]):
+class TollgateRunHooks(AsyncSettlesOnExit[tuple[object, ...], _Open], RunHooks[Any]):
     """Reserves before every LLM and local tool call of a run, commits after it.
 
     - `agent`: the Tollgate agent; None: the SDK agent's `name` (each agent of a handoff then
@@ -127,28 +126,11 @@ class TollgateRunHooks(RunHooks[Any]):
         self._ttl = ttl
         self._open: OpenTable[tuple[object, ...], _Open] = OpenTable(open_max)
 
-    async def __aenter__(self) -> Self:
-        return self
+    def _tool_of(self, open_: _Open) -> str:
+        return open_.tool
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.settle_open()
-
-    @property
-    def open_count(self) -> int:
-        """Reservations of calls that started and have not ended."""
-        return len(self._open)
-
-    async def settle_open(self) -> None:
-        """Settles every reservation still open at its estimate, flagged abandoned: their
-        calls started and never reported an end, so they may have spent."""
-        for open_ in self._open.drain():
-            logger.warning("settling the open reservation of %r as abandoned", open_.tool)
-            await _close(open_)
+    async def _abandon(self, open_: _Open) -> None:
+        await _close(open_)
 
     async def on_llm_start(
         self,
