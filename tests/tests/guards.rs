@@ -15,19 +15,12 @@ use tollgate_client::{
 /// How long a background settlement may take to show; only reached if something is broken.
 const SETTLE_WAIT: Duration = Duration::from_secs(20);
 
-fn budget(id: &str, dimension: v1::Dimension, amount: u64) -> v1::Limit {
-    v1::Limit {
-        dimension: dimension.into(),
-        ..common::tokens_budget(id, amount)
-    }
-}
-
 /// A tenant with lifetime token and cost budgets far above what the tests spend.
 async fn tenant(client: &Client, name: &str) {
     client.put_tenant(name, None).await.unwrap();
     for limit in [
-        budget("tokens", v1::Dimension::Tokens, 1_000_000),
-        budget("cost", v1::Dimension::Cost, 1_000_000_000),
+        common::budget("tokens", v1::Dimension::Tokens, 1_000_000),
+        common::budget("cost", v1::Dimension::Cost, 1_000_000_000),
     ] {
         client.put_limit(name, limit).await.unwrap();
     }

@@ -19,13 +19,6 @@ fn gpt4o() -> v1::Price {
     }
 }
 
-fn budget(id: &str, dimension: v1::Dimension, amount: u64) -> v1::Limit {
-    v1::Limit {
-        dimension: dimension.into(),
-        ..common::tokens_budget(id, amount)
-    }
-}
-
 fn usage(model: &str, input: u64, output: u64, cached: u64) -> Option<v1::Usage> {
     Some(v1::Usage {
         model: model.into(),
@@ -98,7 +91,7 @@ async fn acme(client: &tollgate_client::Client) {
         ("usd", v1::Dimension::Cost),
     ] {
         client
-            .put_limit("acme", budget(id, dimension, 1_000_000_000))
+            .put_limit("acme", common::budget(id, dimension, 1_000_000_000))
             .await
             .unwrap();
     }

@@ -101,6 +101,14 @@ pub fn tokens_budget(id: &str, amount: u64) -> v1::Limit {
     }
 }
 
+/// A lifetime budget of `amount` on `dimension`, scoped to the tenant.
+pub fn budget(id: &str, dimension: v1::Dimension, amount: u64) -> v1::Limit {
+    v1::Limit {
+        dimension: dimension.into(),
+        ..tokens_budget(id, amount)
+    }
+}
+
 /// A tenant with one lifetime token budget over the whole tenant.
 pub async fn tenant_with_budget(client: &Client, tenant: &str, tokens: u64) {
     client.put_tenant(tenant, None).await.expect("put tenant");
