@@ -178,3 +178,40 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.addr)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{new_bootstrap_key, Auth, KeyIndex};
+
+    async fn status_of(authenticator: &Authenticator, key: Option<&str>) -> StatusCode {
+        let mut headers = HeaderMap::new();
+        if let Some(key) = key {
+            let value = format!("Bearer {key}").parse().unwrap();
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        metrics(State(authenticator.clone()), headers)
+            .await
+            .status()
+    }
+
+    #[tokio::test]
+    async fn metrics_need_the_admin_key_when_authentication_is_on() {
+        let admin_key = new_bootstrap_key();
+        let on = Authenticator {
+            auth: Auth::with_bootstrap_key(&admin_key).unwrap(),
+            keys: Arc::new(KeyIndex::default()),
+        };
+        assert_eq!(status_of(&on, None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status_of(&on, Some("wrong")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(status_of(&on, Some(&admin_key)).await, StatusCode::OK);
+        let off = Authenticator {
+            auth: Auth::default(),
+            keys: Arc::new(KeyIndex::default()),
+        };
+        assert_eq!(status_of(&off, None).await, StatusCode::OK);
+    }
+}

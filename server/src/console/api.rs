@@ -71,7 +71,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A tenant or agent name from the page: bounded, printable, never empty.
-fn name<'a>(what: &str, value: &'a str) -> Result<&'a str, ApiError> {
+pub(super) fn check_name<'a>(what: &str, value: &'a str) -> Result<&'a str, ApiError> {
     if value.is_empty() || value.len() > ID_BYTES_MAX {
         return Err(ApiError::bad_request(format!(
             "{what} must be 1 to {ID_BYTES_MAX} (ID_BYTES_MAX) bytes, not {}",
@@ -89,7 +89,7 @@ fn name<'a>(what: &str, value: &'a str) -> Result<&'a str, ApiError> {
 fn optional_name<'a>(what: &str, value: &'a Option<String>) -> Result<Option<&'a str>, ApiError> {
     match value.as_deref() {
         None | Some("") => Ok(None),
-        Some(value) => name(what, value).map(Some),
+        Some(value) => check_name(what, value).map(Some),
     }
 }
 
@@ -190,7 +190,7 @@ pub async fn tenant(
 ) -> ApiResult<TenantView> {
     let session = session(&console, &headers, &uri)?;
     let params = query(params)?;
-    let tenant = name("tenant", &params.tenant)?;
+    let tenant = check_name("tenant", &params.tenant)?;
     let agent = optional_name("agent", &params.agent)?;
     let client = &session.client;
     let agent_usage = async {
@@ -299,7 +299,7 @@ pub async fn freeze(
     let session = session(&console, &headers, &uri)?;
     let Json(body) =
         body.map_err(|e| ApiError::bad_request(format!("bad body: {}", e.body_text())))?;
-    let tenant = name("tenant", &body.tenant)?;
+    let tenant = check_name("tenant", &body.tenant)?;
     let agent = optional_name("agent", &body.agent)?;
     let applied = if body.frozen {
         session.client.freeze(tenant, agent).await?

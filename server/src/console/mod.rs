@@ -5,6 +5,8 @@
 //! cluster's services decide what the key may see. Nothing here reads the ledger directly.
 
 mod api;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use axum::extract::DefaultBodyLimit;
