@@ -17,12 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # The Python client's test cluster: `tollgate serve` processes on free loopback ports.
 sys.path.insert(0, str(REPO_ROOT / "client" / "python" / "tests"))
 
-from cluster import Cluster, free_port  # noqa: E402
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-
-import tollgate  # noqa: E402
-from tollgate._pb import tollgate_pb2 as pb  # noqa: E402
+import tollgate
+from cluster import Cluster, free_port
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from tollgate._pb import tollgate_pb2 as pb
 
 # Where the screenshot artifact goes.
 ARTIFACTS = REPO_ROOT / "target" / "console"
@@ -55,7 +54,9 @@ class ConsoleCluster(Cluster):
         request = pb.CreateKeyRequest(request_id=new_request_id(), tenant=tenant, role=role)
         return str(self.admin("CreateKey", request).api_key)
 
-    def daily_budget(self, tenant: str, limit_id: str, scope: pb.Scope, dim: int, amount: int) -> None:
+    def daily_budget(
+        self, tenant: str, limit_id: str, scope: pb.Scope, dim: int, amount: int
+    ) -> None:
         limit = pb.Limit(id=limit_id, scope=scope, dimension=dim)
         limit.budget.CopyFrom(pb.Budget(window=pb.WINDOW_DAY, amount=amount))
         request = pb.PutLimitRequest(request_id=new_request_id(), tenant=tenant, limit=limit)
@@ -79,7 +80,9 @@ def load_example(cluster: ConsoleCluster) -> None:
     cluster.daily_budget("globex", "globex-daily-cost", tenant, pb.DIMENSION_COST, 9_000_000)
     with cluster.client() as client:
         for _ in range(3):
-            with client.reserve("acme", "support-bot", "llm:gpt-4o", tokens=2_000, cost_usd="0.03") as r:
+            with client.reserve(
+                "acme", "support-bot", "llm:gpt-4o", tokens=2_000, cost_usd="0.03"
+            ) as r:
                 r.commit(tokens=1_500, cost_usd="0.0225")
         for _ in range(6):
             try:

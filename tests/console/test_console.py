@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import tollgate
 from conftest import ConsoleCluster
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
-
-import tollgate
 from tollgate._pb import tollgate_pb2 as pb
 
 T = TypeVar("T")
@@ -34,7 +34,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = PAGE_W
     while time.monotonic() < deadline:
         try:
             last = probe()
-        except Exception as error:  # the DOM is redrawn under us: try again
+        except WebDriverException as error:  # the DOM is redrawn under us: try again
             last = error
         if last is not None and last is not False and not isinstance(last, Exception):
             return last
@@ -111,7 +111,11 @@ def test_the_listener_serves_https_and_wants_keys(cluster: ConsoleCluster) -> No
         ("/ui/api/tenant?tenant=acme&x=" + "y" * 3000, None, "URI_BYTES_MAX"),
         ("/ui/api/freeze", b"{not json", "bad body"),
         ("/ui/api/freeze", b'{"tenant": "acme"}', "frozen"),
-        ("/ui/api/freeze", json.dumps({"tenant": "acme", "frozen": True, "pad": "z" * 5000}).encode(), "bad body"),
+        (
+            "/ui/api/freeze",
+            json.dumps({"tenant": "acme", "frozen": True, "pad": "z" * 5000}).encode(),
+            "bad body",
+        ),
     ],
 )
 def test_bad_input_is_a_400_that_says_why(
@@ -136,23 +140,30 @@ def test_the_admin_sees_the_cluster_and_the_numbers_the_api_reports(
     sign_in(browser, cluster, cluster.admin_key)
     rows = wait_for(
         "three nodes in the cluster table",
-        lambda: len(rows) == 3 and rows if (rows := browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")) else None,
+        lambda: (
+            len(rows) == 3 and rows
+            if (rows := browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr"))
+            else None
+        ),
     )
     roles = sorted(row.find_elements(By.TAG_NAME, "td")[2].text for row in rows)
     assert roles == ["follower", "follower", "leader"]
     assert wait_for("a banner-free page", lambda: not _shown(browser, "banner") or None)
     for limit_id in ("tenant-daily-cost", "batch-bot-daily-cost"):
         expected = api_used(cluster, "acme", limit_id)
-        wait_for(f"{limit_id} at {expected}", lambda: bar_used(browser, limit_id) == expected)
+        wait_for(
+            f"{limit_id} at {expected}",
+            lambda limit_id=limit_id, expected=expected: bar_used(browser, limit_id) == expected,
+        )
     refusals = browser.find_element(By.ID, "refusals").text
     assert "trip" in refusals and "batch-bot-daily-cost" in refusals
 
 
 def test_a_bar_moves_after_a_commit(browser: webdriver.Chrome, cluster: ConsoleCluster) -> None:
     before = wait_for("the tenant bar", lambda: bar_used(browser, "tenant-daily-cost"))
-    with cluster.client() as client:
-        with client.reserve("acme", "support-bot", "llm:gpt-4o", cost_usd="0.40") as r:
-            r.commit(tokens=900, cost_usd="0.25")
+    client = cluster.client()
+    with client, client.reserve("acme", "support-bot", "llm:gpt-4o", cost_usd="0.40") as r:
+        r.commit(tokens=900, cost_usd="0.25")
     after = before + 250_000
     wait_for(f"the tenant bar at {after}", lambda: bar_used(browser, "tenant-daily-cost") == after)
     assert api_used(cluster, "acme", "tenant-daily-cost") == after
@@ -164,25 +175,38 @@ def test_freezing_an_agent_on_the_page_denies_its_next_reservation(
     agent = browser.find_element(By.ID, "agent")
     agent.clear()
     agent.send_keys("support-bot\n")
-    wait_for("the agent's state", lambda: "may reserve" in browser.find_element(By.ID, "agent-state").text)
+    wait_for(
+        "the agent's state",
+        lambda: "may reserve" in browser.find_element(By.ID, "agent-state").text,
+    )
     browser.find_element(By.ID, "freeze-agent").click()
     dialog = wait_for("the confirmation", lambda: _shown(browser, "confirm"))
     assert "Freeze agent support-bot of acme" in dialog.text
     browser.find_element(By.ID, "confirm-yes").click()
-    wait_for("the freeze applied", lambda: "Frozen" in browser.find_element(By.ID, "action-result").text)
+    wait_for(
+        "the freeze applied", lambda: "Frozen" in browser.find_element(By.ID, "action-result").text
+    )
     with cluster.client() as client, pytest.raises(tollgate.Frozen):
         client.reserve("acme", "support-bot", "llm:gpt-4o", tokens=100)
-    wait_for("the frozen state", lambda: "frozen" in browser.find_element(By.ID, "agent-status").text)
+    wait_for(
+        "the frozen state", lambda: "frozen" in browser.find_element(By.ID, "agent-status").text
+    )
     wait_for("the denial listed", lambda: "frozen" in browser.find_element(By.ID, "refusals").text)
     with cluster.client() as client:
         held = client.reserve("acme", "planner-bot", "llm:gpt-4o", tokens=4_000, cost_usd="0.05")
-        wait_for("a reservation in flight", lambda: "planner-bot" in browser.find_element(By.ID, "reservations").text)
+        wait_for(
+            "a reservation in flight",
+            lambda: "planner-bot" in browser.find_element(By.ID, "reservations").text,
+        )
         browser.save_screenshot(str(artifacts / "console.png"))
         held.release()
     browser.find_element(By.ID, "unfreeze-agent").click()
     wait_for("the confirmation", lambda: _shown(browser, "confirm"))
     browser.find_element(By.ID, "confirm-yes").click()
-    wait_for("the agent unfrozen", lambda: "may reserve" in browser.find_element(By.ID, "agent-state").text)
+    wait_for(
+        "the agent unfrozen",
+        lambda: "may reserve" in browser.find_element(By.ID, "agent-state").text,
+    )
 
 
 def test_cancelling_the_confirmation_freezes_nothing(
@@ -191,9 +215,8 @@ def test_cancelling_the_confirmation_freezes_nothing(
     browser.find_element(By.ID, "freeze-tenant").click()
     wait_for("the confirmation", lambda: _shown(browser, "confirm"))
     browser.find_element(By.ID, "confirm-no").click()
-    with cluster.client() as client:
-        with client.reserve("acme", "support-bot", "search") as r:
-            r.release()
+    with cluster.client() as client, client.reserve("acme", "support-bot", "search") as r:
+        r.release()
 
 
 def test_a_tenant_key_sees_only_its_own_tenant(
