@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use tollgate_ledger::{Command, KeySpec, Ledger, Outcome, RequestId, Role, TenantId};
 
 use super::api;
-use super::view::{event_kind, set_lag, NodeView, Whoami};
+use super::view::{event_kind, set_lag, short_event, NodeView, Whoami};
 use super::{ApiError, Console};
 use crate::auth::{new_bootstrap_key, new_key, Auth, Authenticator, KeyIndex};
 use crate::http::HttpConfig;
@@ -202,4 +202,27 @@ fn lag_is_counted_from_the_highest_commit_and_skips_the_unreachable() {
     set_lag(&mut nodes);
     let lags: Vec<u64> = nodes.iter().map(|n| n.lag).collect();
     assert_eq!(lags, [0, 3, 0]);
+}
+
+#[test]
+fn audit_events_are_shown_without_the_fields_that_say_nothing() {
+    let cases = [
+        (
+            r#"{"commit":{"abandoned":false,"late":false,"overrun":true,"price":null}}"#,
+            "commit(overrun=true)",
+        ),
+        (
+            r#"{"commit":{"abandoned":false,"late":false,"overrun":false,"price":null}}"#,
+            "commit",
+        ),
+        (r#""grant""#, "grant"),
+        (
+            r#"{"deny":{"frozen":{"agent":"bot"}}}"#,
+            "deny(frozen(agent(bot)))",
+        ),
+        ("not json", "not json"),
+    ];
+    for (event, shown) in cases {
+        assert_eq!(short_event(event), shown, "{event}");
+    }
 }

@@ -223,10 +223,43 @@ impl AuditView {
             agent: record.agent.clone(),
             tool: record.tool.clone(),
             kind: event_kind(&record.event_json),
-            event: describe_event(&record.event_json),
+            event: short_event(&record.event_json),
             tokens: amounts.tokens,
             cost_text: amount_text(i32::from(v1::Dimension::Cost), amounts.cost_micros),
         }
+    }
+}
+
+/// An audit event in one short line, without the fields that say nothing (false, null,
+/// empty): `{"commit":{"late":false,"overrun":true}}` → `commit(overrun=true)`.
+pub fn short_event(event_json: &str) -> String {
+    match serde_json::from_str::<Value>(event_json) {
+        Ok(value) => describe_event(&prune(value).to_string()),
+        Err(_) => describe_event(event_json),
+    }
+}
+
+fn prune(value: Value) -> Value {
+    let Value::Object(map) = value else {
+        return value;
+    };
+    let says_nothing = |v: &Value| match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    };
+    let kept: serde_json::Map<String, Value> = map
+        .into_iter()
+        .map(|(key, field)| (key, prune(field)))
+        .filter(|(_, field)| !says_nothing(field))
+        .collect();
+    // A variant left with no fields is its name alone.
+    match kept.iter().next() {
+        Some((variant, Value::Object(fields))) if kept.len() == 1 && fields.is_empty() => {
+            Value::String(variant.clone())
+        }
+        _ => Value::Object(kept),
     }
 }
 
