@@ -124,6 +124,8 @@ def browser() -> Iterator[webdriver.Chrome]:
         "--ignore-certificate-errors",
     ):
         options.add_argument(argument)
+    # The page's console messages, so a test can see script errors and blocked content.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     try:

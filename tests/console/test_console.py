@@ -234,3 +234,13 @@ def test_a_tenant_key_sees_only_its_own_tenant(
     assert fetch(cluster, "/ui/api/cluster", key)[0] == 403
     body = json.dumps({"tenant": "globex", "frozen": True}).encode()
     assert fetch(cluster, "/ui/api/freeze", key, body)[0] == 403
+
+
+def test_the_page_raised_no_script_error_and_broke_no_policy(browser: webdriver.Chrome) -> None:
+    messages = [entry["message"] for entry in browser.get_log("browser")]
+    # The log is read: the wrong key's 401 is in it.
+    assert any("401" in m for m in messages), messages
+    broken = [
+        m for m in messages if "Uncaught" in m or "Content Security Policy" in m or "Refused" in m
+    ]
+    assert broken == [], broken

@@ -24,6 +24,11 @@ pub const BODY_BYTES_MAX: usize = 4 * 1024;
 /// Longest request target (path and query) the console's JSON calls accept.
 pub const URI_BYTES_MAX: usize = 2 * 1024;
 
+/// The page runs only its own script and style, talks only to its own node, and is never
+/// framed (so no other site can overlay the kill switch).
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
+
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const CONSOLE_JS: &str = include_str!("assets/console.js");
 const CONSOLE_CSS: &str = include_str!("assets/console.css");
@@ -84,6 +89,7 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         ],
         body,
     )
