@@ -236,6 +236,32 @@ def test_a_tenant_key_sees_only_its_own_tenant(
     assert fetch(cluster, "/ui/api/freeze", key, body)[0] == 403
 
 
+def test_a_node_that_stops_answering_is_shown_unreachable(
+    browser: webdriver.Chrome, cluster: ConsoleCluster
+) -> None:
+    sign_in(browser, cluster, cluster.admin_key)
+    cell = "#nodes tbody tr[data-node='3'] td:nth-child(3)"
+    wait_for("node 3 up", lambda: browser.find_element(By.CSS_SELECTOR, cell).text != "")
+    cluster.kill(3)
+    try:
+        wait_for(
+            "node 3 unreachable",
+            lambda: browser.find_element(By.CSS_SELECTOR, cell).text == "unreachable",
+        )
+        roles = [
+            e.text
+            for e in browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr td:nth-child(3)")
+        ]
+        assert roles.count("unreachable") == 1, roles
+    finally:
+        cluster.restart()
+    wait_for(
+        "node 3 back",
+        lambda: browser.find_element(By.CSS_SELECTOR, cell).text in ("leader", "follower"),
+        timeout_s=30.0,
+    )
+
+
 def test_the_page_raised_no_script_error_and_broke_no_policy(browser: webdriver.Chrome) -> None:
     messages = [entry["message"] for entry in browser.get_log("browser")]
     # The log is read: the wrong key's 401 is in it.
