@@ -22,6 +22,9 @@ FUZZ_CASES="${FUZZ_CASES:-20000}" cargo test -q -p tollgate-tests --test fuzz --
 echo "== the Python client and its framework hooks against real clusters (a venv in target/py-venv)"
 scripts/python-tests.sh
 
+echo "== the web console (/ui) in headless Chromium (installs chromium with apt-get if missing)"
+scripts/console-test.sh
+
 echo "== runaway scenarios against an embedded three-node cluster"
 # Two seeds in CI; more on demand: cargo run -p tollgate-sim -- run simulator/scenarios/*.toml --seeds 20
 cargo run -q -p tollgate-sim --locked -- run simulator/scenarios/*.toml --seeds "${TOLLGATE_SIM_SEEDS:-2}"

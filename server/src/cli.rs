@@ -11,7 +11,7 @@ mod money;
 mod ops;
 mod parse;
 mod prices;
-mod render;
+pub(crate) mod render;
 mod tenants;
 
 use std::time::Duration;

@@ -69,7 +69,9 @@ pub struct ServeArgs {
     /// Where the Raft log and snapshots live.
     #[arg(long, env = "TOLLGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the Prometheus metrics endpoint (`/metrics`).
+    /// Address of the node's HTTP listener: Prometheus metrics (`/metrics`) and the web
+    /// console (`/ui`). HTTPS with the node's certificate when it has TLS; with an admin key,
+    /// `/metrics` needs it and the console needs a key.
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// A file holding the bootstrap admin key (32 to 256 printable ASCII bytes; `tollgate

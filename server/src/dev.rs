@@ -36,7 +36,8 @@ pub struct DevArgs {
     /// 100 above (7101-7103 by default).
     #[arg(long, default_value_t = DEV_PORT_DEFAULT)]
     pub port: u16,
-    /// Prometheus metrics of the three nodes (one endpoint for the process).
+    /// The HTTP listener of the three nodes (one for the process): the web console at /ui
+    /// and Prometheus metrics at /metrics.
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub metrics_listen: SocketAddr,
     /// Skip the demo; just load the example tenants and serve.
@@ -49,10 +50,13 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     prepare_data_dir(&args.data_dir, args.keep_data)?;
-    crate::http::spawn(args.metrics_listen).await?;
     let mut options = LocalClusterOptions::new(DEV_NODES, args.data_dir.clone());
     options.base_port = Some(args.port);
     let cluster = LocalCluster::start(options).await?;
+    if let Err(error) = spawn_http(&cluster, args.metrics_listen).await {
+        cluster.shutdown().await;
+        return Err(error);
+    }
     for id in cluster.ids() {
         if let Some(node) = cluster.node(id) {
             crate::metrics::spawn_raft_gauges(node.clone());
@@ -68,7 +72,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .filter_map(|id| cluster.peer_addr(*id))
         .collect();
     println!(
-        "tollgate dev: 3 nodes on {} (peers on {}; data in {}, metrics on http://{}/metrics)",
+        "tollgate dev: 3 nodes on {} (peers on {}; data in {}; console on http://{}/ui, metrics on /metrics)",
         endpoints.join(", "),
         peers.join(", "),
         args.data_dir.display(),
@@ -90,6 +94,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         crate::start::shutdown_signal().await;
     }
     cluster.shutdown().await;
+    Ok(())
+}
+
+/// One HTTP listener (`/metrics`, `/ui`) for the three nodes; the console reaches the
+/// cluster through their client listeners (authentication is off in dev).
+async fn spawn_http(cluster: &LocalCluster, addr: SocketAddr) -> anyhow::Result<()> {
+    let first = cluster
+        .ids()
+        .first()
+        .and_then(|id| cluster.node(*id).cloned());
+    let node = first.context("the dev cluster has no node")?;
+    let http = crate::http::HttpConfig {
+        addr,
+        tls: None,
+        authenticator: node.authenticator(),
+        endpoints: cluster.endpoints(),
+    };
+    crate::http::spawn(http).await?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod grpc;
 pub mod http;

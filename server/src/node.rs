@@ -105,6 +105,14 @@ impl Node {
             .map(|node| node.addr.clone())
     }
 
+    /// The authentication of this node's client services, for the HTTP listener's routes.
+    pub fn authenticator(&self) -> crate::auth::Authenticator {
+        crate::auth::Authenticator {
+            auth: self.auth.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }

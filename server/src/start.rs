@@ -348,9 +348,6 @@ async fn tick(node: Arc<Node>, interval: Duration, mut stopped: watch::Receiver<
 
 /// `tollgate serve`: one node until SIGINT or SIGTERM, with its Prometheus endpoint.
 pub async fn serve_until_signal(config: crate::config::ServeConfig) -> anyhow::Result<()> {
-    if let Some(addr) = config.metrics_listen {
-        crate::http::spawn(addr).await?;
-    }
     if let Some(warning) = config.insecure_warning() {
         tracing::warn!("{warning}");
     }
@@ -359,8 +356,23 @@ pub async fn serve_until_signal(config: crate::config::ServeConfig) -> anyhow::R
             "--insecure: authentication is OFF, every caller is an admin (fine for dev, never for production)"
         );
     }
+    let tls = config.node.tls.clone();
     let running = RunningNode::start(config.node).await?;
     crate::metrics::spawn_raft_gauges(running.node.clone());
+    if let Some(addr) = config.metrics_listen {
+        // After the start: the console authenticates with the node's keys and dials its
+        // client listener. A taken port still fails the start.
+        let http = crate::http::HttpConfig {
+            addr,
+            tls,
+            authenticator: running.node.authenticator(),
+            endpoints: vec![running.node.addr.clone()],
+        };
+        if let Err(error) = crate::http::spawn(http).await {
+            running.shutdown().await;
+            return Err(error);
+        }
+    }
     let failure = crate::raft::failure::raft_failure(running.node.raft.metrics());
     tokio::select! {
         () = shutdown_signal() => {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use tokio_rustls::rustls;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
@@ -198,6 +199,36 @@ impl NodeTls {
     /// cluster CA when one is presented.
     pub fn client_server(&self) -> ServerTlsConfig {
         self.peer_server().client_auth_optional(true)
+    }
+
+    /// The HTTP listener (`/metrics`, `/ui`): HTTPS with the node's certificate, HTTP/1.1,
+    /// no client certificate (browsers and Prometheus authenticate with a bearer key).
+    pub fn https_server(&self) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .context("the certificate file, for HTTPS")?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&self.key_pem).context("the key file, for HTTPS")?;
+        // ring, as tonic's `tls-ring` uses for the gRPC listeners (aws-lc, with its
+        // post-quantum key exchange, is not built); the same suites as those listeners.
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("HTTPS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .context("the HTTPS certificate and key")?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(std::sync::Arc::new(config))
+    }
+
+    /// How this node's own processes dial the cluster's client listeners (the console):
+    /// the cluster CA, no client certificate (the client listener does not require one).
+    pub fn client_config(&self) -> tollgate_client::TlsConfig {
+        tollgate_client::TlsConfig::new(self.ca_pem.clone())
     }
 
     /// Dialing a peer: the peer's certificate must come from the cluster CA and name the

@@ -148,7 +148,7 @@ pub fn amount_text(dimension: i32, amount: u64) -> String {
 }
 
 /// A signed amount of `dimension` (what remains after an overrun is negative).
-fn signed_amount_text(dimension: i32, amount: i64) -> String {
+pub fn signed_amount_text(dimension: i32, amount: i64) -> String {
     if is_cost(dimension) {
         format_micros_signed(amount)
     } else {
