@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// from the command line.
     #[arg(long, env = "TOLLGATE_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,
+    /// Export a trace span of each client RPC to this OTLP/gRPC collector
+    /// (`http://collector:4317`); no traces when unset.
+    #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// A TOML file with the same settings (keys as the flags, with underscores).
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -99,6 +103,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     admin_key_file: Option<PathBuf>,
+    otlp_endpoint: Option<String>,
 }
 
 /// Settings beyond the node itself.
@@ -108,6 +113,8 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// `--insecure`: serving without TLS was asked for.
     pub insecure: bool,
+    /// Where trace spans go (OTLP over gRPC); `None`: no traces.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServeConfig {
@@ -260,6 +267,7 @@ impl ServeArgs {
             node,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             insecure,
+            otlp_endpoint: (self.otlp_endpoint.or(file.otlp_endpoint)).filter(|e| !e.is_empty()),
         };
         config.check_secure()?;
         // Credentials after TLS: an operator missing both hears of TLS first, then of keys.
