@@ -93,6 +93,7 @@ mod pool;
 mod prices;
 mod reservation;
 mod tollgate;
+mod trace;
 mod types;
 
 pub use admin::{AuditExport, AUDIT_QUERY_RECORDS_MAX};
