@@ -182,10 +182,7 @@ pub fn record_status(span: &Span, status: &Status) {
     }
     span.set_attribute("tollgate.outcome", "error");
     span.set_attribute("tollgate.reason", format!("{:?}", status.code()));
-    span.set_attribute(
-        "rpc.grpc.status_code",
-        i64::from(i32::from(status.code())),
-    );
+    span.set_attribute("rpc.grpc.status_code", i64::from(i32::from(status.code())));
     span.set_status(opentelemetry::trace::Status::error(
         bounded(status.message()).to_owned(),
     ));

@@ -355,10 +355,7 @@ async fn list_reservations(
 
 /// Runs one RPC's (or batch operation's) work inside `span`, and records a refusal on it.
 /// With traces off the span is disabled and the work runs as it is.
-async fn traced<T>(
-    span: Span,
-    work: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
+async fn traced<T>(span: Span, work: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
     if span.is_disabled() {
         return work.await;
     }
@@ -413,7 +410,12 @@ fn op_span(op: &'static str, names: &[(&'static str, &str)]) -> Span {
 
 impl TollgateService {
     /// The span of an RPC of this service, described by `names`.
-    fn span<T>(&self, method: &'static str, request: &Request<T>, names: &[(&'static str, &str)]) -> Span {
+    fn span<T>(
+        &self,
+        method: &'static str,
+        request: &Request<T>,
+        names: &[(&'static str, &str)],
+    ) -> Span {
         let span = traces::rpc_span(method, request.metadata(), self.node.id);
         traces::describe(&span, names);
         span
