@@ -31,8 +31,9 @@ pub const RPC_TARGET: &str = "tollgate::rpc";
 pub const EXPORT_QUEUE_SPANS_MAX: usize = 4096;
 /// Spans in one export request.
 pub const EXPORT_BATCH_SPANS_MAX: usize = 512;
-/// How often the queue is exported unless `OTEL_BSP_SCHEDULE_DELAY` says otherwise.
-pub const EXPORT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
+/// Longest wait for the collector to take one export: beyond it the batch is dropped, so a
+/// collector that is down holds a stopping node this long at most.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest string attribute: names come from requests and are validated after the span
 /// starts, so a span never carries more than this of one.
 pub const ATTRIBUTE_BYTES_MAX: usize = 256;
@@ -52,22 +53,22 @@ pub struct Traces {
 
 impl Traces {
     /// Exports to `endpoint` (OTLP over gRPC, `http://collector:4317`) every `interval`
-    /// (`None`: [`EXPORT_INTERVAL_DEFAULT`], or `OTEL_BSP_SCHEDULE_DELAY`). Must run inside
+    /// (`None`: the SDK's 5 s, or `OTEL_BSP_SCHEDULE_DELAY` in ms). Must run inside
     /// a Tokio runtime, which carries the exporter's connection. Connects lazily: a
     /// collector that is down is retried at each export, it does not stop the node.
     pub fn start(endpoint: &str, interval: Option<Duration>) -> anyhow::Result<Traces> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
             .build()
             .with_context(|| format!("building the OTLP exporter for {endpoint}"))?;
+        // The SDK's defaults, retuned by the OTEL_BSP_* variables, under our bounds.
         let mut batch = BatchConfigBuilder::default()
             .with_max_queue_size(EXPORT_QUEUE_SPANS_MAX)
             .with_max_export_batch_size(EXPORT_BATCH_SPANS_MAX);
         if let Some(interval) = interval {
             batch = batch.with_scheduled_delay(interval);
-        } else if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
-            batch = batch.with_scheduled_delay(EXPORT_INTERVAL_DEFAULT);
         }
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(batch.build())
