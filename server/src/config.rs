@@ -289,6 +289,30 @@ mod tests {
     }
 
     #[test]
+    fn otlp_endpoint_comes_from_the_flag_else_the_file_else_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "otlp_endpoint = \"http://collector:4317\"\n").unwrap();
+        let resolve = |config: Option<PathBuf>, flag: Option<&str>| {
+            ServeArgs {
+                insecure: true,
+                config,
+                otlp_endpoint: flag.map(str::to_owned),
+                ..args(dir.path())
+            }
+            .resolve()
+            .unwrap()
+            .otlp_endpoint
+        };
+        assert_eq!(resolve(None, None), None);
+        assert_eq!(resolve(None, Some("")), None, "an empty variable is off");
+        let from_file = resolve(Some(file.clone()), None);
+        assert_eq!(from_file.as_deref(), Some("http://collector:4317"));
+        let from_flag = resolve(Some(file), Some("http://other:4317"));
+        assert_eq!(from_flag.as_deref(), Some("http://other:4317"));
+    }
+
+    #[test]
     fn serve_refuses_without_tls_unless_insecure() {
         let dir = tempfile::tempdir().unwrap();
         let error = args(dir.path()).resolve().unwrap_err().to_string();
