@@ -7,18 +7,23 @@
 //! collector that is down drops spans, it never slows or fails a decision.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::future::{BoxFuture, Either};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
+use tonic::codegen::http;
+use tonic::codegen::Service;
 use tonic::metadata::{KeyRef, MetadataMap};
+use tonic::server::NamedService;
 use tonic::Status;
-use tracing::Span;
+use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::Filter;
@@ -125,7 +130,7 @@ impl Extractor for MetadataExtractor<'_> {
 /// The span of one RPC named `method` (`tollgate.v1.Tollgate/Reserve`) on node `node_id`,
 /// child of the caller's span when `metadata` carries valid trace context; a malformed
 /// `traceparent` is ignored and the span is a root. A disabled span when traces are off.
-pub fn rpc_span(method: &'static str, metadata: &MetadataMap, node_id: u64) -> Span {
+pub fn rpc_span(method: &str, metadata: &MetadataMap, node_id: u64) -> Span {
     if !enabled() {
         return Span::none();
     }
@@ -152,6 +157,63 @@ pub fn batch_op_span(op: &'static str) -> Span {
         return Span::none();
     }
     tracing::info_span!(target: RPC_TARGET, "batch op", otel.name = op, rpc.system = "grpc")
+}
+
+/// Gives every RPC of the wrapped service a span named by its path, described by nothing
+/// but its node and, for a refusal, its status: for the Admin and Cluster services, whose
+/// requests name no single tenant, agent and tool.
+#[derive(Clone)]
+pub struct Traced<S> {
+    inner: S,
+    node_id: u64,
+}
+
+impl<S> Traced<S> {
+    pub fn new(inner: S, node_id: u64) -> Self {
+        Traced { inner, node_id }
+    }
+}
+
+impl<S: NamedService> NamedService for Traced<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> Service<http::Request<B>> for Traced<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    R: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, BoxFuture<'static, Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !enabled() {
+            return Either::Left(self.inner.call(request));
+        }
+        let path = request.uri().path().trim_start_matches('/');
+        let metadata = MetadataMap::from_headers(request.headers().clone());
+        let span = rpc_span(path, &metadata, self.node_id);
+        let answer = self.inner.call(request).instrument(span.clone());
+        Either::Right(Box::pin(async move {
+            let answer = answer.await;
+            // A handler's refusal is a trailers-only response: its status is in the headers.
+            if let Ok(response) = &answer {
+                if let Some(status) = Status::from_header_map(response.headers()) {
+                    if status.code() != tonic::Code::Ok {
+                        record_status(&span, &status);
+                    }
+                }
+            }
+            answer
+        }))
+    }
 }
 
 /// Sets the request's names on `span`: `tollgate.<name>` for each non-empty value, cut to

@@ -160,6 +160,7 @@ async fn rpc_spans_reach_the_collector_as_children_of_the_callers_span() {
     granted_reserve_is_a_child_of_the_client_span(&test, &collector).await;
     denied_reserve_records_the_reason(&test, &collector).await;
     malformed_traceparent_starts_a_root_span(&test, &collector).await;
+    admin_rpcs_have_a_span_named_by_their_path(&test, &collector).await;
 
     test.cluster.shutdown().await;
     tokio::task::spawn_blocking(move || traces.shutdown())
@@ -259,6 +260,21 @@ async fn malformed_traceparent_starts_a_root_span(test: &TestCluster, collector:
         .await;
     assert!(span.parent_span_id.is_empty(), "a root span: {span:?}");
     assert_eq!(span.trace_id.len(), 16);
+}
+
+async fn admin_rpcs_have_a_span_named_by_their_path(test: &TestCluster, collector: &Collector) {
+    let trace_hex = "5b8aa5a2d2c872e8321cf37308d69df2";
+    let span_hex = "051581bf3cb55c13";
+    test.client
+        .put_tenant("globex", None)
+        .with_context(caller_context(trace_hex, span_hex))
+        .await
+        .expect("tenant put");
+    let span = collector
+        .span(&hex(trace_hex), "tollgate.v1.Admin/PutTenant")
+        .await;
+    assert_eq!(span.parent_span_id, hex(span_hex));
+    assert!(attributes(&span).contains_key("tollgate.node_id"));
 }
 
 fn hex(text: &str) -> Vec<u8> {
