@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{tenant_with_budget, TestCluster};
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::trace::{
     FutureExt as _, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
@@ -24,8 +25,12 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tollgate_client::{v1, Error, ReserveRequest};
 use tollgate_server::traces::Traces;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
 /// How long the test waits for a span to be exported (every 100 ms here).
 const EXPORT_WAIT: Duration = Duration::from_secs(20);
@@ -152,7 +157,7 @@ async fn rpc_spans_reach_the_collector_as_children_of_the_callers_span() {
     let endpoint = collector.start().await;
     let traces = Traces::start(&endpoint, Some(Duration::from_millis(100))).unwrap();
     tracing_subscriber::registry()
-        .with(vec![traces.layer()])
+        .with(vec![traces.layer(), agent_layer()])
         .init();
     let test = TestCluster::start(3).await;
     tenant_with_budget(&test.client, "acme", 1_000).await;
@@ -161,6 +166,7 @@ async fn rpc_spans_reach_the_collector_as_children_of_the_callers_span() {
     denied_reserve_records_the_reason(&test, &collector).await;
     malformed_traceparent_starts_a_root_span(&test, &collector).await;
     admin_rpcs_have_a_span_named_by_their_path(&test, &collector).await;
+    a_tracing_span_of_the_caller_is_the_parent(&test, &collector).await;
 
     test.cluster.shutdown().await;
     tokio::task::spawn_blocking(move || traces.shutdown())
@@ -275,6 +281,44 @@ async fn admin_rpcs_have_a_span_named_by_their_path(test: &TestCluster, collecto
         .await;
     assert_eq!(span.parent_span_id, hex(span_hex));
     assert!(attributes(&span).contains_key("tollgate.node_id"));
+}
+
+/// The `tracing` target of the calling application's spans in this test.
+const AGENT_TARGET: &str = "agent";
+
+/// The calling application's own tracing-opentelemetry layer: its spans get OpenTelemetry
+/// ids (sampled, exported nowhere).
+fn agent_layer() -> Box<dyn Layer<Registry> + Send + Sync> {
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("agent"))
+        .with_filter(filter_fn(|metadata| metadata.target() == AGENT_TARGET))
+        .boxed()
+}
+
+/// The Rust client's usual case: the call runs inside a `tracing` span of the application,
+/// and the node's span of the RPC is that span's child.
+async fn a_tracing_span_of_the_caller_is_the_parent(test: &TestCluster, collector: &Collector) {
+    let step = tracing::info_span!(target: AGENT_TARGET, "agent step");
+    let caller = step.context().span().span_context().clone();
+    assert!(
+        caller.is_sampled(),
+        "the agent's span has OpenTelemetry ids"
+    );
+    let request = ReserveRequest::new("acme", "research-bot", "search").tokens(1);
+    let reservation = test
+        .client
+        .reserve(request)
+        .instrument(step)
+        .await
+        .expect("granted");
+    reservation.release().await.expect("released");
+    let trace_id = caller.trace_id().to_bytes();
+    let span = collector
+        .span(&trace_id, "tollgate.v1.Tollgate/Reserve")
+        .await;
+    assert_eq!(span.parent_span_id, caller.span_id().to_bytes());
+    assert_eq!(attributes(&span)["tollgate.agent"], "research-bot");
 }
 
 fn hex(text: &str) -> Vec<u8> {
