@@ -15,7 +15,8 @@ use crate::error::Error;
 /// A channel that adds `authorization: Bearer <token>` to every request.
 pub type AuthChannel = InterceptedService<Channel, Auth>;
 
-/// Adds the configured bearer token to each request.
+/// Adds the configured bearer token to each request, and the caller's trace context with the
+/// `otel` feature (the interceptor runs in the calling task, inside its span).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Auth {
     header: Option<AsciiMetadataValue>,
@@ -41,6 +42,7 @@ impl Interceptor for Auth {
                 .metadata_mut()
                 .insert("authorization", header.clone());
         }
+        crate::trace::inject(request.metadata_mut());
         Ok(request)
     }
 }

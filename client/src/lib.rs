@@ -74,6 +74,11 @@
 //! }
 //! ```
 //!
+//! With the cargo feature `otel`, each RPC carries the W3C trace context of the calling code
+//! (the current `tracing` span under tracing-opentelemetry, else the attached
+//! `opentelemetry::Context`), so a node that exports traces makes its span a child of yours;
+//! a call inside a sampled trace then leaves as its own RPC rather than in a `Batch`.
+//!
 //! Everything else (the Admin and Cluster services, or any RPC with this client's
 //! leader-following and retry policy) goes through [`Client::call`], [`Client::call_node`]
 //! and the typed wrappers built on them.
@@ -93,6 +98,7 @@ mod pool;
 mod prices;
 mod reservation;
 mod tollgate;
+mod trace;
 mod types;
 
 pub use admin::{AuditExport, AUDIT_QUERY_RECORDS_MAX};

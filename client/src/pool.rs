@@ -64,14 +64,15 @@ impl Rpc {
     }
 
     /// One reserve, commit, release or record: in the node's next `Batch` when this attempt
-    /// coalesces, else its unary RPC. Either way the answer is the unary call's.
+    /// coalesces, else its unary RPC. Either way the answer is the unary call's. A call inside
+    /// a sampled trace (feature `otel`) is always unary: it carries its own trace context.
     pub(crate) async fn send<R: Coalesced>(
         &self,
         request: R,
     ) -> Result<Response<R::Response>, Status> {
         match &self.coalescer {
-            Some(coalescer) => coalescer.submit(request).await,
-            None => request.unary(self.tollgate()).await,
+            Some(coalescer) if !crate::trace::sampled() => coalescer.submit(request).await,
+            _ => request.unary(self.tollgate()).await,
         }
     }
 }

@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// from the command line.
     #[arg(long, env = "TOLLGATE_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,
+    /// Export a trace span of each client RPC to this OTLP/gRPC collector
+    /// (`http://collector:4317`); no traces when unset.
+    #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// A TOML file with the same settings (keys as the flags, with underscores).
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -101,6 +105,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     admin_key_file: Option<PathBuf>,
+    otlp_endpoint: Option<String>,
 }
 
 /// Settings beyond the node itself.
@@ -110,6 +115,8 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// `--insecure`: serving without TLS was asked for.
     pub insecure: bool,
+    /// Where trace spans go (OTLP over gRPC); `None`: no traces.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServeConfig {
@@ -262,6 +269,7 @@ impl ServeArgs {
             node,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             insecure,
+            otlp_endpoint: (self.otlp_endpoint.or(file.otlp_endpoint)).filter(|e| !e.is_empty()),
         };
         config.check_secure()?;
         // Credentials after TLS: an operator missing both hears of TLS first, then of keys.
@@ -280,6 +288,30 @@ mod tests {
             data_dir: Some(dir.join("data")),
             ..ServeArgs::default()
         }
+    }
+
+    #[test]
+    fn otlp_endpoint_comes_from_the_flag_else_the_file_else_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "otlp_endpoint = \"http://collector:4317\"\n").unwrap();
+        let resolve = |config: Option<PathBuf>, flag: Option<&str>| {
+            ServeArgs {
+                insecure: true,
+                config,
+                otlp_endpoint: flag.map(str::to_owned),
+                ..args(dir.path())
+            }
+            .resolve()
+            .unwrap()
+            .otlp_endpoint
+        };
+        assert_eq!(resolve(None, None), None);
+        assert_eq!(resolve(None, Some("")), None, "an empty variable is off");
+        let from_file = resolve(Some(file.clone()), None);
+        assert_eq!(from_file.as_deref(), Some("http://collector:4317"));
+        let from_flag = resolve(Some(file), Some("http://other:4317"));
+        assert_eq!(from_flag.as_deref(), Some("http://other:4317"));
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct DevArgs {
     /// Exit after the demo instead of serving until Ctrl-C.
     #[arg(long)]
     pub exit_after_demo: bool,
+    /// Export a trace span of each client RPC to this OTLP/gRPC collector
+    /// (`http://127.0.0.1:4317`).
+    #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {

@@ -14,3 +14,4 @@ pub mod node;
 pub mod raft;
 pub mod start;
 pub mod tls;
+pub mod traces;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tollgate_server::cli::{self, OpsCommand, Target};
 use tollgate_server::config::ServeArgs;
 use tollgate_server::dev::{self, DevArgs};
+use tollgate_server::traces::{self, Traces};
 
 #[derive(Parser)]
 #[command(
@@ -41,20 +42,38 @@ enum Command {
     Ops(OpsCommand),
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr, and RPC spans to the OTLP collector at `otlp_endpoint` when one is set:
+/// the returned [`Traces`] flushes them at exit.
+fn init_logging(otlp_endpoint: Option<&str>) -> anyhow::Result<Option<Traces>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter, Layer};
     let filter = EnvFilter::try_from_env("TOLLGATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,chunked_wal=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,chunked_wal=warn"))
+        .add_directive(format!("{}=off", traces::RPC_TARGET).parse()?);
     let json = std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|f| f == "json");
     // Colour codes only for a person at a terminal: files, pipes and `docker logs` get text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    let log = match json {
+        true => log.json().with_filter(filter).boxed(),
+        false => log.with_filter(filter).boxed(),
+    };
+    let traces = otlp_endpoint
+        .map(|endpoint| Traces::start(endpoint, None))
+        .transpose()?;
+    let mut layers = vec![log];
+    layers.extend(traces.as_ref().map(Traces::layer));
+    tracing_subscriber::registry().with(layers).init();
+    Ok(traces)
+}
+
+/// Sends the spans still queued before the process ends.
+async fn flush_traces(traces: Option<Traces>) {
+    if let Some(traces) = traces {
+        // The flush blocks its thread until the collector answers: not a runtime worker.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     }
 }
 
@@ -100,13 +119,18 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            init_logging();
+            let config = args.resolve()?;
+            let traces = init_logging(config.otlp_endpoint.as_deref())?;
             crash_on_panic();
-            tollgate_server::start::serve_until_signal(args.resolve()?).await
+            let served = tollgate_server::start::serve_until_signal(config).await;
+            flush_traces(traces).await;
+            served
         }
         Command::Dev(args) => {
-            init_logging();
-            dev::run(args).await
+            let traces = init_logging(args.otlp_endpoint.as_deref())?;
+            let ran = dev::run(args).await;
+            flush_traces(traces).await;
+            ran
         }
         Command::Health { addr } => cli::health(&cli.target, &addr).await,
         Command::Certs(command) => cli::certs::run(command),

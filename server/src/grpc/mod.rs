@@ -27,6 +27,7 @@ use tonic_health::ServingStatus;
 use crate::auth::Authenticator;
 use crate::node::Node;
 use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
+use crate::traces::Traced;
 
 /// Largest client or admin request a node decodes: ids are at most 128 bytes, so a reserve is
 /// well under 1 KiB; anything near this bound is garbage or an attack. The Tollgate service
@@ -177,13 +178,16 @@ pub async fn serve_clients(
         pb::admin_server::AdminServer::new(admin_service::AdminService { node: node.clone() })
             .max_decoding_message_size(REQUEST_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
-    let admin = InterceptedService::new(admin, authenticator.clone());
+    let admin = Traced::new(
+        InterceptedService::new(admin, authenticator.clone()),
+        node.id,
+    );
     let cluster = pb::cluster_server::ClusterServer::new(cluster_service::ClusterService {
         node: node.clone(),
     })
     .max_decoding_message_size(REQUEST_BYTES_MAX)
     .max_encoding_message_size(RESPONSE_BYTES_MAX);
-    let cluster = InterceptedService::new(cluster, authenticator);
+    let cluster = Traced::new(InterceptedService::new(cluster, authenticator), node.id);
     let result = server
         .add_service(health)
         .add_service(reflection)

@@ -5,18 +5,21 @@
 //! map the outcome to the response or a status. A batch runs those functions concurrently so
 //! its operations land in the same Raft entries, and answers each on its own.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use futures::future::join_all;
 use tollgate_proto::v1 as pb;
 use tollgate_proto::{BATCH_OPS_MAX, LEADER_METADATA_KEY};
 use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span};
 
 use super::call::{propose, read_linearizable, rejection_status};
 use super::convert::{self, applied};
 use crate::auth::Caller;
 use crate::node::Node;
 use crate::raft::state_machine::read_applied;
+use crate::traces;
 use tollgate_ledger::{Amounts, Command, DenyReason, Outcome, ReservationId};
 /// Most reservations one ListReservations call returns.
 pub const RESERVATIONS_LISTED_MAX: usize = 10_000;
@@ -29,7 +32,8 @@ fn unexpected(outcome: &Outcome) -> Status {
     Status::internal(format!("unexpected ledger outcome {outcome:?}"))
 }
 
-/// Counts decisions by operation, outcome and reason: a bounded label set (no tenant).
+/// Counts decisions by operation, outcome and reason: a bounded label set (no tenant). The
+/// current RPC's span, when traces are on, records the same outcome and reason.
 fn count_decision(op: &'static str, outcome: &Outcome) {
     let (result, reason) = match outcome {
         Outcome::Granted { .. } => ("granted", "none"),
@@ -44,6 +48,7 @@ fn count_decision(op: &'static str, outcome: &Outcome) {
         Outcome::Done => ("done", "none"),
         Outcome::Rejected(_) => ("rejected", "none"),
     };
+    traces::record_decision(result, reason);
     metrics::counter!("tollgate_decisions_total", "op" => op, "outcome" => result, "reason" => reason)
         .increment(1);
 }
@@ -226,10 +231,30 @@ async fn batch_op(node: &Node, caller: &Caller, op: pb::BatchOp) -> pb::BatchRes
     use pb::batch_op::Op;
     use pb::batch_result::Result as Answer;
     let answer = match op.op {
-        Some(Op::Reserve(request)) => reserve(node, caller, request).await.map(Answer::Reserve),
-        Some(Op::Commit(request)) => commit(node, caller, request).await.map(Answer::Commit),
-        Some(Op::Release(request)) => release(node, caller, request).await.map(Answer::Release),
-        Some(Op::Record(request)) => record(node, caller, request).await.map(Answer::Record),
+        Some(Op::Reserve(request)) => {
+            let span = op_span("reserve", &reserve_names(&request));
+            traced(span, reserve(node, caller, request))
+                .await
+                .map(Answer::Reserve)
+        }
+        Some(Op::Commit(request)) => {
+            let span = op_span("commit", &commit_names(&request));
+            traced(span, commit(node, caller, request))
+                .await
+                .map(Answer::Commit)
+        }
+        Some(Op::Release(request)) => {
+            let span = op_span("release", &release_names(&request));
+            traced(span, release(node, caller, request))
+                .await
+                .map(Answer::Release)
+        }
+        Some(Op::Record(request)) => {
+            let span = op_span("record", &record_names(&request));
+            traced(span, record(node, caller, request))
+                .await
+                .map(Answer::Record)
+        }
         None => Err(convert::invalid(
             "batch operation is empty: expected one of reserve, commit, release, record",
         )),
@@ -253,126 +278,265 @@ fn batch_error(status: &Status) -> pb::BatchError {
     }
 }
 
+/// Every operation is started before any is awaited, so all of them reach the proposer's
+/// queue together and share its next entries.
+async fn batch(
+    node: &Node,
+    caller: &Caller,
+    request: pb::BatchRequest,
+) -> Result<pb::BatchResponse, Status> {
+    check_batch_len(request.ops.len())?;
+    metrics::histogram!("tollgate_batch_ops").record(request.ops.len() as f64);
+    let results = join_all(request.ops.into_iter().map(|op| batch_op(node, caller, op))).await;
+    debug_assert!(results.len() <= BATCH_OPS_MAX);
+    Ok(pb::BatchResponse { results })
+}
+
+async fn get_usage(
+    node: &Node,
+    caller: &Caller,
+    request: pb::UsageRequest,
+) -> Result<pb::UsageResponse, Status> {
+    let tenant = convert::tenant(&request.tenant)?;
+    let agent = convert::optional_agent(&request.agent)?;
+    caller.for_reader(&tenant, agent.as_ref())?;
+    let tool = convert::optional_tool(&request.tool)?;
+    read_linearizable(node, caller, |applied| {
+        let ledger = &applied.ledger;
+        let usage = ledger
+            .usage(&tenant, agent.as_ref(), tool.as_ref())
+            .map_err(|r| rejection_status(&r))?;
+        let mut response = pb::UsageResponse {
+            usage: usage.iter().map(convert::usage_to_pb).collect(),
+            ..Default::default()
+        };
+        // The tenant exists (usage answered); an agent that never called has no status
+        // of its own yet: not frozen, not tripped.
+        if let Some(Ok(status)) = agent.as_ref().map(|a| ledger.agent_status(&tenant, a)) {
+            response.agent_frozen = status.frozen;
+            response.agent_tripped = status.tripped.map(|(cause, until_ms)| pb::Tripped {
+                cause: Some(convert::trip_cause_to_pb(&cause)),
+                until_ms,
+            });
+        }
+        Ok(response)
+    })
+    .await
+}
+
+async fn list_reservations(
+    node: &Node,
+    caller: &Caller,
+    request: pb::ListReservationsRequest,
+) -> Result<pb::ListReservationsResponse, Status> {
+    let tenant = convert::tenant(&request.tenant)?;
+    let agent = convert::optional_agent(&request.agent)?;
+    caller.for_reader(&tenant, agent.as_ref())?;
+    let limit = match request.limit {
+        0 => RESERVATIONS_LISTED_MAX,
+        n => usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(RESERVATIONS_LISTED_MAX),
+    };
+    let reservations = read_linearizable(node, caller, |applied| {
+        applied
+            .ledger
+            .reservations(&tenant, agent.as_ref(), limit)
+            .map_err(|r| rejection_status(&r))
+    })
+    .await?;
+    Ok(pb::ListReservationsResponse {
+        reservations: reservations
+            .iter()
+            .map(convert::reservation_to_pb)
+            .collect(),
+    })
+}
+
+/// Runs one RPC's (or batch operation's) work inside `span`, and records a refusal on it.
+/// With traces off the span is disabled and the work runs as it is.
+async fn traced<T>(span: Span, work: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    if span.is_disabled() {
+        return work.await;
+    }
+    let result = work.instrument(span.clone()).await;
+    if let Err(status) = &result {
+        traces::record_status(&span, status);
+    }
+    result
+}
+
+/// A span's attributes: the names a request carries, as the client sent them.
+type Names<'a, const N: usize> = [(&'static str, &'a str); N];
+
+fn reserve_names(request: &pb::ReserveRequest) -> Names<'_, 4> {
+    [
+        ("tollgate.tenant", &request.tenant),
+        ("tollgate.agent", &request.agent),
+        ("tollgate.tool", &request.tool),
+        ("tollgate.request_id", &request.request_id),
+    ]
+}
+
+fn record_names(request: &pb::RecordRequest) -> Names<'_, 4> {
+    [
+        ("tollgate.tenant", &request.tenant),
+        ("tollgate.agent", &request.agent),
+        ("tollgate.tool", &request.tool),
+        ("tollgate.request_id", &request.request_id),
+    ]
+}
+
+fn commit_names(request: &pb::CommitRequest) -> Names<'_, 2> {
+    [
+        ("tollgate.tenant", &request.tenant),
+        ("tollgate.request_id", &request.request_id),
+    ]
+}
+
+fn release_names(request: &pb::ReleaseRequest) -> Names<'_, 2> {
+    [
+        ("tollgate.tenant", &request.tenant),
+        ("tollgate.request_id", &request.request_id),
+    ]
+}
+
+/// A batch operation's span, described by its request's names.
+fn op_span(op: &'static str, names: &[(&'static str, &str)]) -> Span {
+    let span = traces::batch_op_span(op);
+    traces::describe(&span, names);
+    span
+}
+
+impl TollgateService {
+    /// The span of an RPC of this service, described by `names`.
+    fn span<T>(
+        &self,
+        method: &'static str,
+        request: &Request<T>,
+        names: &[(&'static str, &str)],
+    ) -> Span {
+        let span = traces::rpc_span(method, request.metadata(), self.node.id);
+        traces::describe(&span, names);
+        span
+    }
+}
+
 #[tonic::async_trait]
 impl pb::tollgate_server::Tollgate for TollgateService {
     async fn reserve(
         &self,
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        reserve(&self.node, &caller, request.into_inner())
-            .await
-            .map(Response::new)
+        let span = self.span(
+            "tollgate.v1.Tollgate/Reserve",
+            &request,
+            &reserve_names(request.get_ref()),
+        );
+        traced(span, async move {
+            let caller = Caller::of(&request)?.clone();
+            reserve(&self.node, &caller, request.into_inner()).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn commit(
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        commit(&self.node, &caller, request.into_inner())
-            .await
-            .map(Response::new)
+        let span = self.span(
+            "tollgate.v1.Tollgate/Commit",
+            &request,
+            &commit_names(request.get_ref()),
+        );
+        traced(span, async move {
+            let caller = Caller::of(&request)?.clone();
+            commit(&self.node, &caller, request.into_inner()).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn release(
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        release(&self.node, &caller, request.into_inner())
-            .await
-            .map(Response::new)
+        let span = self.span(
+            "tollgate.v1.Tollgate/Release",
+            &request,
+            &release_names(request.get_ref()),
+        );
+        traced(span, async move {
+            let caller = Caller::of(&request)?.clone();
+            release(&self.node, &caller, request.into_inner()).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn record(
         &self,
         request: Request<pb::RecordRequest>,
     ) -> Result<Response<pb::RecordResponse>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        record(&self.node, &caller, request.into_inner())
-            .await
-            .map(Response::new)
+        let span = self.span(
+            "tollgate.v1.Tollgate/Record",
+            &request,
+            &record_names(request.get_ref()),
+        );
+        traced(span, async move {
+            let caller = Caller::of(&request)?.clone();
+            record(&self.node, &caller, request.into_inner()).await
+        })
+        .await
+        .map(Response::new)
     }
 
-    /// Every operation is started before any is awaited, so all of them reach the proposer's
-    /// queue together and share its next entries.
     async fn batch(
         &self,
         request: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        let request = request.into_inner();
-        check_batch_len(request.ops.len())?;
-        metrics::histogram!("tollgate_batch_ops").record(request.ops.len() as f64);
-        let node = &*self.node;
-        let caller = &caller;
-        let results = join_all(request.ops.into_iter().map(|op| batch_op(node, caller, op))).await;
-        debug_assert!(results.len() <= BATCH_OPS_MAX);
-        Ok(Response::new(pb::BatchResponse { results }))
+        let span = self.span("tollgate.v1.Tollgate/Batch", &request, &[]);
+        traced(span, async move {
+            let caller = Caller::of(&request)?.clone();
+            batch(&self.node, &caller, request.into_inner()).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn get_usage(
         &self,
         request: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        let request = request.into_inner();
-        let tenant = convert::tenant(&request.tenant)?;
-        let agent = convert::optional_agent(&request.agent)?;
-        caller.for_reader(&tenant, agent.as_ref())?;
-        let tool = convert::optional_tool(&request.tool)?;
-        let response = read_linearizable(&self.node, &caller, |applied| {
-            let ledger = &applied.ledger;
-            let usage = ledger
-                .usage(&tenant, agent.as_ref(), tool.as_ref())
-                .map_err(|r| rejection_status(&r))?;
-            let mut response = pb::UsageResponse {
-                usage: usage.iter().map(convert::usage_to_pb).collect(),
-                ..Default::default()
-            };
-            // The tenant exists (usage answered); an agent that never called has no status
-            // of its own yet: not frozen, not tripped.
-            if let Some(Ok(status)) = agent.as_ref().map(|a| ledger.agent_status(&tenant, a)) {
-                response.agent_frozen = status.frozen;
-                response.agent_tripped = status.tripped.map(|(cause, until_ms)| pb::Tripped {
-                    cause: Some(convert::trip_cause_to_pb(&cause)),
-                    until_ms,
-                });
-            }
-            Ok(response)
+        let names = [
+            ("tollgate.tenant", request.get_ref().tenant.as_str()),
+            ("tollgate.agent", &request.get_ref().agent),
+            ("tollgate.tool", &request.get_ref().tool),
+        ];
+        let span = self.span("tollgate.v1.Tollgate/GetUsage", &request, &names);
+        traced(span, async move {
+            let caller = Caller::of(&request)?.clone();
+            get_usage(&self.node, &caller, request.into_inner()).await
         })
-        .await?;
-        Ok(Response::new(response))
+        .await
+        .map(Response::new)
     }
 
     async fn list_reservations(
         &self,
         request: Request<pb::ListReservationsRequest>,
     ) -> Result<Response<pb::ListReservationsResponse>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        let request = request.into_inner();
-        let tenant = convert::tenant(&request.tenant)?;
-        let agent = convert::optional_agent(&request.agent)?;
-        caller.for_reader(&tenant, agent.as_ref())?;
-        let limit = match request.limit {
-            0 => RESERVATIONS_LISTED_MAX,
-            n => usize::try_from(n)
-                .unwrap_or(usize::MAX)
-                .min(RESERVATIONS_LISTED_MAX),
-        };
-        let reservations = read_linearizable(&self.node, &caller, |applied| {
-            applied
-                .ledger
-                .reservations(&tenant, agent.as_ref(), limit)
-                .map_err(|r| rejection_status(&r))
+        let names = [
+            ("tollgate.tenant", request.get_ref().tenant.as_str()),
+            ("tollgate.agent", &request.get_ref().agent),
+        ];
+        let span = self.span("tollgate.v1.Tollgate/ListReservations", &request, &names);
+        traced(span, async move {
+            let caller = Caller::of(&request)?.clone();
+            list_reservations(&self.node, &caller, request.into_inner()).await
         })
-        .await?;
-        Ok(Response::new(pb::ListReservationsResponse {
-            reservations: reservations
-                .iter()
-                .map(convert::reservation_to_pb)
-                .collect(),
-        }))
+        .await
+        .map(Response::new)
     }
 }

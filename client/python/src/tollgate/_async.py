@@ -28,6 +28,7 @@ from ._errors import NotCalled, TollgateError, Unavailable
 from ._held import Held
 from ._pb import tollgate_pb2 as pb
 from ._pb import tollgate_pb2_grpc as pb_grpc
+from ._trace import in_sampled_trace, with_trace_context
 from ._types import Amounts, Committed, FailOpen, LimitUsage, Money, Tls, Usage
 
 P = ParamSpec("P")
@@ -371,11 +372,13 @@ class AsyncClient(ClientBase):
         """One attempt at `addr`: batched with concurrent operations when coalescing."""
         _, stub, coalescer = self._node(addr)
         try:
-            if self._coalesce and method in COALESCED:
+            # A call inside a sampled trace leaves on its own, carrying its trace context.
+            if self._coalesce and method in COALESCED and not in_sampled_trace():
                 answer = coalescer.submit(method, request)
                 # Giving up on the answer must not cancel the batch other calls share.
                 return await asyncio.wait_for(asyncio.shield(answer), timeout)
-            return await getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
+            metadata = with_trace_context(self._metadata)
+            return await getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             hint = leader_hint(error.trailing_metadata(), error.initial_metadata())
             raise OpFailed(error.code(), error.details() or "", hint) from None

@@ -27,6 +27,7 @@ from ._errors import NotCalled, TollgateError, Unavailable
 from ._held import Held
 from ._pb import tollgate_pb2 as pb
 from ._pb import tollgate_pb2_grpc as pb_grpc
+from ._trace import with_trace_context
 from ._types import Committed, FailOpen, LimitUsage, Money, Tls, Usage
 
 P = ParamSpec("P")
@@ -313,7 +314,8 @@ class Client(ClientBase):
                 addr, timeout = run.next_attempt()
                 rpc = getattr(self._stub(addr), method)
                 try:
-                    response = rpc(request, timeout=timeout, metadata=self._metadata)
+                    metadata = with_trace_context(self._metadata)
+                    response = rpc(request, timeout=timeout, metadata=metadata)
                 except grpc.RpcError as error:
                     call = cast(grpc.Call, error)
                     hint = leader_hint(call.trailing_metadata(), call.initial_metadata())
