@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::auth::Auth;
+use crate::metrics::tenants::{METRICS_TENANTS_DEFAULT, METRICS_TENANTS_MAX};
 use crate::node::NodeConfig;
 use crate::raft::{Member, NodeId};
 use crate::tls::{NodeTls, TlsPaths};
@@ -72,6 +73,10 @@ pub struct ServeArgs {
     /// Address of the Prometheus metrics endpoint (`/metrics`).
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How many tenants the leader exports limit gauges for (those closest to a limit);
+    /// 0 turns them off [default: 50, at most 1000].
+    #[arg(long, env = "TOLLGATE_METRICS_TENANTS_MAX")]
+    pub metrics_tenants_max: Option<usize>,
     /// A file holding the bootstrap admin key (32 to 256 printable ASCII bytes; `tollgate
     /// key generate` makes one). The key itself may come from `TOLLGATE_ADMIN_KEY`, never
     /// from the command line.
@@ -98,6 +103,7 @@ struct FileConfig {
     insecure: Option<bool>,
     data_dir: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
+    metrics_tenants_max: Option<usize>,
     admin_key_file: Option<PathBuf>,
 }
 
@@ -106,6 +112,8 @@ struct FileConfig {
 pub struct ServeConfig {
     pub node: NodeConfig,
     pub metrics_listen: Option<SocketAddr>,
+    /// Tenants the leader exports limit gauges for (see `metrics::tenants`).
+    pub metrics_tenants_max: usize,
     /// `--insecure`: serving without TLS was asked for.
     pub insecure: bool,
 }
@@ -256,9 +264,20 @@ impl ServeArgs {
         node.peer_advertise = self.peer_advertise.or(file.peer_advertise);
         node.peers = peers;
         node.tls = tls;
+        let metrics_tenants_max = self
+            .metrics_tenants_max
+            .or(file.metrics_tenants_max)
+            .unwrap_or(METRICS_TENANTS_DEFAULT);
+        if metrics_tenants_max > METRICS_TENANTS_MAX {
+            bail!(
+                "--metrics-tenants-max is {metrics_tenants_max}, more than METRICS_TENANTS_MAX \
+                 ({METRICS_TENANTS_MAX}): each tenant brings five series per limit"
+            );
+        }
         let mut config = ServeConfig {
             node,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            metrics_tenants_max,
             insecure,
         };
         config.check_secure()?;

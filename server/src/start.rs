@@ -361,6 +361,7 @@ pub async fn serve_until_signal(config: crate::config::ServeConfig) -> anyhow::R
     }
     let running = RunningNode::start(config.node).await?;
     crate::metrics::spawn_raft_gauges(running.node.clone());
+    crate::metrics::tenants::spawn_tenant_gauges(running.node.clone(), config.metrics_tenants_max);
     let failure = crate::raft::failure::raft_failure(running.node.raft.metrics());
     tokio::select! {
         () = shutdown_signal() => {

@@ -29,7 +29,8 @@ fn unexpected(outcome: &Outcome) -> Status {
     Status::internal(format!("unexpected ledger outcome {outcome:?}"))
 }
 
-/// Counts decisions by operation, outcome and reason: a bounded label set (no tenant).
+/// Counts decisions by operation, outcome and reason, and denials by limit: bounded label
+/// sets (no tenant).
 fn count_decision(op: &'static str, outcome: &Outcome) {
     let (result, reason) = match outcome {
         Outcome::Granted { .. } => ("granted", "none"),
@@ -46,6 +47,9 @@ fn count_decision(op: &'static str, outcome: &Outcome) {
     };
     metrics::counter!("tollgate_decisions_total", "op" => op, "outcome" => result, "reason" => reason)
         .increment(1);
+    if let Outcome::Denied(reason) = outcome {
+        crate::metrics::count_denial(reason);
+    }
 }
 
 /// Validates the batch as a whole: at least one operation, at most [`BATCH_OPS_MAX`].
@@ -304,7 +308,7 @@ impl pb::tollgate_server::Tollgate for TollgateService {
         let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
         check_batch_len(request.ops.len())?;
-        metrics::histogram!("tollgate_batch_ops").record(request.ops.len() as f64);
+        metrics::histogram!("tollgate_batch_operations").record(request.ops.len() as f64);
         let node = &*self.node;
         let caller = &caller;
         let results = join_all(request.ops.into_iter().map(|op| batch_op(node, caller, op))).await;
