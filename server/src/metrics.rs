@@ -134,10 +134,19 @@ fn describe() {
 fn describe_raft() {
     let gauges = [
         ("tollgate_raft_term", "The node's current Raft term."),
-        ("tollgate_raft_leader_id", "The leader the node knows of; 0 if none."),
+        (
+            "tollgate_raft_leader_id",
+            "The leader the node knows of; 0 if none.",
+        ),
         ("tollgate_raft_is_leader", "1 on the leader, 0 elsewhere."),
-        ("tollgate_raft_commit_index", "The node's committed log index."),
-        ("tollgate_raft_applied_index", "The node's last applied log index."),
+        (
+            "tollgate_raft_commit_index",
+            "The node's committed log index.",
+        ),
+        (
+            "tollgate_raft_applied_index",
+            "The node's last applied log index.",
+        ),
         ("tollgate_raft_last_log_index", "The node's last log index."),
         (
             "tollgate_raft_apply_lag_entries",
@@ -261,7 +270,10 @@ pub fn spawn_raft_gauges(node: Arc<Node>) {
             let apply_lag = committed.saturating_sub(sample.applied);
             metrics::gauge!("tollgate_raft_apply_lag_entries", &labels).set(apply_lag as f64);
             for (follower, lag) in sample.follower_lags {
-                let labels = [("node", node.id.to_string()), ("follower", follower.to_string())];
+                let labels = [
+                    ("node", node.id.to_string()),
+                    ("follower", follower.to_string()),
+                ];
                 metrics::gauge!("tollgate_raft_follower_lag_entries", &labels).set(lag as f64);
             }
             metrics::gauge!("tollgate_reservations_in_flight", &labels).set(in_flight as f64);
@@ -274,7 +286,8 @@ pub fn spawn_raft_gauges(node: Arc<Node>) {
 fn spawn_leader_changes(node: Arc<Node>) {
     let mut server = node.raft.server_metrics();
     tokio::spawn(async move {
-        let changes = metrics::counter!("tollgate_raft_leader_changes_total", "node" => node.id.to_string());
+        let changes =
+            metrics::counter!("tollgate_raft_leader_changes_total", "node" => node.id.to_string());
         // Zero is a sample too: a node that never saw a change still has the series.
         changes.increment(0);
         let mut leader = server.borrow_and_update().current_leader;

@@ -73,8 +73,7 @@ pub fn spawn_tenant_gauges(node: Arc<Node>, tenants_max: usize) {
                 continue;
             }
             let sampling = node.clone();
-            let sampled =
-                tokio::task::spawn_blocking(move || sample(&sampling, tenants_max)).await;
+            let sampled = tokio::task::spawn_blocking(move || sample(&sampling, tenants_max)).await;
             match sampled {
                 Ok(rows) => emit(&rows),
                 Err(error) => tracing::warn!(%error, "sampling the tenant gauges"),
@@ -97,7 +96,9 @@ fn score(rows: &[LimitUsage]) -> Score {
         })
         .max()
         .unwrap_or(0);
-    let used = rows.iter().fold(0u64, |sum, row| sum.saturating_add(row.used));
+    let used = rows
+        .iter()
+        .fold(0u64, |sum, row| sum.saturating_add(row.used));
     (ratio_ppm, used)
 }
 

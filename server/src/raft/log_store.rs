@@ -224,7 +224,8 @@ impl LogStore {
         let (sender, synced) = oneshot::channel();
         let sent = {
             let mut log = self.lock();
-            write(&mut log).and_then(|()| log.flush(true, Some(Flushed::new(Notify::Waiter(sender)))))
+            write(&mut log)
+                .and_then(|()| log.flush(true, Some(Flushed::new(Notify::Waiter(sender)))))
         };
         let result = match sent {
             Ok(()) => synced
