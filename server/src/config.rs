@@ -300,6 +300,25 @@ mod tests {
     }
 
     #[test]
+    fn metrics_tenants_max_defaults_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let insecure = ServeArgs {
+            insecure: true,
+            ..args(dir.path())
+        };
+        let config = insecure.clone().resolve().unwrap();
+        assert_eq!(config.metrics_tenants_max, METRICS_TENANTS_DEFAULT);
+        let error = ServeArgs {
+            metrics_tenants_max: Some(METRICS_TENANTS_MAX + 1),
+            ..insecure
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("METRICS_TENANTS_MAX"), "{error}");
+    }
+
+    #[test]
     fn serve_refuses_without_tls_unless_insecure() {
         let dir = tempfile::tempdir().unwrap();
         let error = args(dir.path()).resolve().unwrap_err().to_string();

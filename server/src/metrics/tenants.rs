@@ -115,15 +115,23 @@ fn sample(node: &Node, tenants_max: usize) -> Vec<(TenantId, Vec<LimitUsage>)> {
             }
         }
     }
-    if scored.len() > tenants_max {
-        scored.select_nth_unstable_by(tenants_max, |a, b| b.0.cmp(&a.0));
-        scored.truncate(tenants_max);
-    }
+    let top = top(scored, tenants_max);
     let applied = read_applied(&node.applied);
-    scored
-        .into_iter()
-        .filter_map(|(_, tenant)| usage(&applied.ledger, &tenant).map(|rows| (tenant, rows)))
+    top.into_iter()
+        .filter_map(|tenant| usage(&applied.ledger, &tenant).map(|rows| (tenant, rows)))
         .collect()
+}
+
+/// The `n` tenants of highest score, highest first; ties by tenant id, so the set is stable
+/// from one pass to the next.
+fn top(mut scored: Vec<(Score, TenantId)>, n: usize) -> Vec<TenantId> {
+    let order = |a: &(Score, TenantId), b: &(Score, TenantId)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+    if scored.len() > n {
+        scored.select_nth_unstable_by(n, order);
+        scored.truncate(n);
+    }
+    scored.sort_unstable_by(order);
+    scored.into_iter().map(|(_, tenant)| tenant).collect()
 }
 
 /// The rows `GetUsage` reports for the tenant without an agent; None if it is gone.
@@ -191,5 +199,57 @@ fn kind_name(kind: &LimitKind) -> &'static str {
         LimitKind::Budget { .. } => "budget",
         LimitKind::Rate { .. } => "rate",
         LimitKind::Concurrency { .. } => "concurrency",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_ledger::{LimitId, LimitSpec, Window};
+
+    fn row(amount: u64, used: u64, held: u64) -> LimitUsage {
+        LimitUsage {
+            limit: LimitSpec {
+                id: LimitId::new("budget").unwrap(),
+                scope: Scope::Tenant,
+                dimension: Dimension::Tokens,
+                kind: LimitKind::Budget {
+                    window: Window::Lifetime,
+                    amount,
+                },
+            },
+            agent: None,
+            used,
+            held,
+            remaining: amount as i64 - used as i64 - held as i64,
+            window_start_ms: None,
+        }
+    }
+
+    fn tenant(name: &str) -> TenantId {
+        TenantId::new(name).unwrap()
+    }
+
+    #[test]
+    fn tenants_closest_to_a_limit_rank_first_whatever_their_size() {
+        let small_nearly_spent = score(&[row(100, 85, 5)]);
+        let large_barely_used = score(&[row(1_000_000, 100_000, 0)]);
+        let idle = score(&[]);
+        assert_eq!(small_nearly_spent.0, 900_000, "90 % taken, held included");
+        let scored = vec![
+            (large_barely_used, tenant("large")),
+            (idle, tenant("idle")),
+            (small_nearly_spent, tenant("small")),
+        ];
+        assert_eq!(top(scored.clone(), 2), [tenant("small"), tenant("large")]);
+        assert_eq!(top(scored.clone(), 5).len(), 3);
+        assert!(top(scored, 0).is_empty());
+    }
+
+    #[test]
+    fn an_overrun_or_a_zero_limit_keeps_the_ratio_defined() {
+        assert_eq!(used_ratio(&row(100, 150, 0)), 1.5);
+        assert_eq!(used_ratio(&row(0, 0, 0)), 1.0);
+        assert_eq!(score(&[row(0, 0, 0)]).0, 1_000_000);
     }
 }
