@@ -190,18 +190,21 @@ pub fn count_denial(reason: &DenyReason) {
     static BY_LIMIT: OnceLock<Mutex<HashMap<Box<str>, Counter>>> = OnceLock::new();
     let by_limit = BY_LIMIT.get_or_init(Mutex::default);
     let mut by_limit = by_limit.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(counter) = by_limit.get(limit_id) {
+    let label = match by_limit.contains_key(limit_id) || by_limit.len() < DENIAL_LIMIT_LABELS_MAX {
+        true => limit_id,
+        false => "other",
+    };
+    if let Some(counter) = by_limit.get(label) {
         counter.increment(1);
         return;
     }
-    let label: Box<str> = match by_limit.len() < DENIAL_LIMIT_LABELS_MAX {
-        true => limit_id.into(),
-        false => "other".into(),
-    };
-    let counter = by_limit.entry(label.clone()).or_insert_with(|| {
-        metrics::counter!("tollgate_denials_total", "limit" => label.to_string(), "reason" => "limit")
-    });
+    let counter = metrics::counter!("tollgate_denials_total", "limit" => label.to_owned(), "reason" => "limit");
     counter.increment(1);
+    by_limit.insert(label.into(), counter);
+    debug_assert!(
+        by_limit.len() <= DENIAL_LIMIT_LABELS_MAX + 1,
+        "the ids and \"other\""
+    );
 }
 
 /// One sample of a node's Raft state.
