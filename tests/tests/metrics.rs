@@ -1,6 +1,7 @@
 //! `/metrics` after load through a real three-node cluster: every family described, the
 //! tenant gauges equal to what `GetUsage` reports, denials counted by the denying limit, and
-//! every metric the Grafana dashboard and the alert rules query present in the scrape.
+//! every metric the Grafana dashboard and the alert rules query present in the scrape; and
+//! the tenant gauges bounded to the top N, a tenant that drops out leaving the scrape.
 //!
 //! The HTTP listener and the recorder are process-wide, so this binary has one cluster test.
 
@@ -19,6 +20,8 @@ const SCRAPE_WAIT: Duration = Duration::from_secs(30);
 
 const TENANT: &str = "metered";
 const BUDGET_TOKENS: u64 = 1_000;
+/// `--metrics-tenants-max` of the test's nodes.
+const TENANTS_SAMPLED: usize = 4;
 
 /// One scrape: HELP and TYPE per family, and every sample with its labels.
 #[derive(Default)]
@@ -256,6 +259,49 @@ async fn assert_gauges_match_usage(addr: SocketAddr, client: &Client) {
     }
 }
 
+/// Tenants that each take a larger share of a limit than [`TENANT`] does.
+async fn tenants_nearer_their_limits(client: &Client, count: usize) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for i in 0..count {
+        let name = format!("nearly-spent-{i:02}");
+        tenant_with_budget(client, &name, 10).await;
+        client
+            .record(&name, "bot", "llm", Amounts::new(9, 0, 1))
+            .await
+            .expect("recorded");
+        names.insert(name);
+    }
+    names
+}
+
+/// The tenants that have tenant gauges in a scrape.
+fn tenants_in(scrape: &Scrape) -> BTreeSet<String> {
+    scrape
+        .samples
+        .iter()
+        .filter(|(name, _, _)| name == "tollgate_tenant_limit_used")
+        .filter_map(|(_, labels, _)| labels.get("tenant").cloned())
+        .collect()
+}
+
+/// Polls until the gauges cover exactly `expected`: the top N, every other series gone.
+async fn assert_tenants_become(addr: SocketAddr, expected: &BTreeSet<String>) {
+    // The idle timeout, then a sampling pass and an upkeep round.
+    let deadline =
+        tokio::time::Instant::now() + tollgate_server::metrics::GAUGE_IDLE_TIMEOUT + SCRAPE_WAIT;
+    loop {
+        let seen = tenants_in(&scrape(addr).await);
+        if &seen == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tenant gauges cover {seen:?}, not the top {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Polls the scrape until every name the deploy files query is there, then returns it.
 async fn scrape_with_every_queried_name(addr: SocketAddr) -> Scrape {
     let queried: BTreeSet<String> = deploy_exprs()
@@ -302,7 +348,7 @@ async fn metrics_describe_every_family_match_usage_and_cover_the_deploy_files() 
     for id in test.cluster.ids() {
         let node = test.cluster.node(id).expect("node").clone();
         tollgate_server::metrics::spawn_raft_gauges(node.clone());
-        tollgate_server::metrics::tenants::spawn_tenant_gauges(node, 10);
+        tollgate_server::metrics::tenants::spawn_tenant_gauges(node, TENANTS_SAMPLED);
     }
     test.cluster.leader(LEADER_WAIT).await.expect("a leader");
     let (denied, _held) = load(&test.client).await;
@@ -330,4 +376,8 @@ async fn metrics_describe_every_family_match_usage_and_cover_the_deploy_files() 
         1.0,
         "one leader among three nodes"
     );
+
+    // Tenants nearer their limits push TENANT out of the top N, and its series leave.
+    let nearer = tenants_nearer_their_limits(&test.client, TENANTS_SAMPLED).await;
+    assert_tenants_become(addr, &nearer).await;
 }
