@@ -361,7 +361,13 @@ pub async fn serve_until_signal(config: crate::config::ServeConfig) -> anyhow::R
     }
     let running = RunningNode::start(config.node).await?;
     crate::metrics::spawn_raft_gauges(running.node.clone());
-    crate::metrics::tenants::spawn_tenant_gauges(running.node.clone(), config.metrics_tenants_max);
+    if config.metrics_listen.is_some() {
+        // A pass over the ledger that no one would scrape is not worth its CPU.
+        crate::metrics::tenants::spawn_tenant_gauges(
+            running.node.clone(),
+            config.metrics_tenants_max,
+        );
+    }
     let failure = crate::raft::failure::raft_failure(running.node.raft.metrics());
     tokio::select! {
         () = shutdown_signal() => {
