@@ -32,8 +32,8 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// no longer leader. Several sampling intervals, so a slow pass never drops a live series.
 pub const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Latency histograms' buckets, in seconds: from a quarter millisecond (one fsync on a good
-/// disk) to a second (an election).
+/// Latency histograms' buckets, in seconds: from a tenth of a millisecond (one fsync on a
+/// good disk) to a second (an election).
 const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
@@ -42,6 +42,10 @@ const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
 const BATCH_BUCKETS_OPERATIONS: [f64; 11] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
+const _: () = assert!(
+    tollgate_proto::BATCH_OPS_MAX == 1024,
+    "the last batch bucket"
+);
 
 /// Distinct limit ids the denials counter labels; a denial by any further id is counted
 /// under `limit="other"`. Limit ids are chosen per tenant, so their union is unbounded.
