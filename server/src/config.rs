@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::auth::Auth;
+use crate::metrics::tenants::{METRICS_TENANTS_DEFAULT, METRICS_TENANTS_MAX};
 use crate::node::NodeConfig;
 use crate::raft::{Member, NodeId};
 use crate::tls::{NodeTls, TlsPaths};
@@ -74,6 +75,10 @@ pub struct ServeArgs {
     /// `/metrics` needs it and the console needs a key.
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How many tenants the leader exports limit gauges for (those closest to a limit);
+    /// 0 turns them off [default: 50, at most 1000].
+    #[arg(long, env = "TOLLGATE_METRICS_TENANTS_MAX")]
+    pub metrics_tenants_max: Option<usize>,
     /// A file holding the bootstrap admin key (32 to 256 printable ASCII bytes; `tollgate
     /// key generate` makes one). The key itself may come from `TOLLGATE_ADMIN_KEY`, never
     /// from the command line.
@@ -104,6 +109,7 @@ struct FileConfig {
     insecure: Option<bool>,
     data_dir: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
+    metrics_tenants_max: Option<usize>,
     admin_key_file: Option<PathBuf>,
     otlp_endpoint: Option<String>,
 }
@@ -113,6 +119,8 @@ struct FileConfig {
 pub struct ServeConfig {
     pub node: NodeConfig,
     pub metrics_listen: Option<SocketAddr>,
+    /// Tenants the leader exports limit gauges for (see `metrics::tenants`).
+    pub metrics_tenants_max: usize,
     /// `--insecure`: serving without TLS was asked for.
     pub insecure: bool,
     /// Where trace spans go (OTLP over gRPC); `None`: no traces.
@@ -265,9 +273,20 @@ impl ServeArgs {
         node.peer_advertise = self.peer_advertise.or(file.peer_advertise);
         node.peers = peers;
         node.tls = tls;
+        let metrics_tenants_max = self
+            .metrics_tenants_max
+            .or(file.metrics_tenants_max)
+            .unwrap_or(METRICS_TENANTS_DEFAULT);
+        if metrics_tenants_max > METRICS_TENANTS_MAX {
+            bail!(
+                "--metrics-tenants-max is {metrics_tenants_max}, more than METRICS_TENANTS_MAX \
+                 ({METRICS_TENANTS_MAX}): each tenant brings five series per limit"
+            );
+        }
         let mut config = ServeConfig {
             node,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            metrics_tenants_max,
             insecure,
             otlp_endpoint: (self.otlp_endpoint.or(file.otlp_endpoint)).filter(|e| !e.is_empty()),
         };
@@ -312,6 +331,25 @@ mod tests {
         assert_eq!(from_file.as_deref(), Some("http://collector:4317"));
         let from_flag = resolve(Some(file), Some("http://other:4317"));
         assert_eq!(from_flag.as_deref(), Some("http://other:4317"));
+    }
+
+    #[test]
+    fn metrics_tenants_max_defaults_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let insecure = ServeArgs {
+            insecure: true,
+            ..args(dir.path())
+        };
+        let config = insecure.clone().resolve().unwrap();
+        assert_eq!(config.metrics_tenants_max, METRICS_TENANTS_DEFAULT);
+        let error = ServeArgs {
+            metrics_tenants_max: Some(METRICS_TENANTS_MAX + 1),
+            ..insecure
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("METRICS_TENANTS_MAX"), "{error}");
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for id in cluster.ids() {
         if let Some(node) = cluster.node(id) {
             crate::metrics::spawn_raft_gauges(node.clone());
+            crate::metrics::tenants::spawn_tenant_gauges(
+                node.clone(),
+                crate::metrics::tenants::METRICS_TENANTS_DEFAULT,
+            );
         }
     }
     let endpoints = cluster.endpoints();

@@ -372,6 +372,12 @@ pub async fn serve_until_signal(config: crate::config::ServeConfig) -> anyhow::R
             running.shutdown().await;
             return Err(error);
         }
+        // Only with a listener: a pass over the ledger that no one would scrape is not
+        // worth its CPU.
+        crate::metrics::tenants::spawn_tenant_gauges(
+            running.node.clone(),
+            config.metrics_tenants_max,
+        );
     }
     let failure = crate::raft::failure::raft_failure(running.node.raft.metrics());
     tokio::select! {

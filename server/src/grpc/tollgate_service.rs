@@ -32,8 +32,9 @@ fn unexpected(outcome: &Outcome) -> Status {
     Status::internal(format!("unexpected ledger outcome {outcome:?}"))
 }
 
-/// Counts decisions by operation, outcome and reason: a bounded label set (no tenant). The
-/// current RPC's span, when traces are on, records the same outcome and reason.
+/// Counts decisions by operation, outcome and reason, and denials by limit: bounded label
+/// sets (no tenant). The current RPC's span, when traces are on, records the same outcome
+/// and reason.
 fn count_decision(op: &'static str, outcome: &Outcome) {
     let (result, reason) = match outcome {
         Outcome::Granted { .. } => ("granted", "none"),
@@ -51,6 +52,9 @@ fn count_decision(op: &'static str, outcome: &Outcome) {
     traces::record_decision(result, reason);
     metrics::counter!("tollgate_decisions_total", "op" => op, "outcome" => result, "reason" => reason)
         .increment(1);
+    if let Outcome::Denied(reason) = outcome {
+        crate::metrics::count_denial(reason);
+    }
 }
 
 /// Validates the batch as a whole: at least one operation, at most [`BATCH_OPS_MAX`].
@@ -286,7 +290,7 @@ async fn batch(
     request: pb::BatchRequest,
 ) -> Result<pb::BatchResponse, Status> {
     check_batch_len(request.ops.len())?;
-    metrics::histogram!("tollgate_batch_ops").record(request.ops.len() as f64);
+    metrics::histogram!("tollgate_batch_operations").record(request.ops.len() as f64);
     let results = join_all(request.ops.into_iter().map(|op| batch_op(node, caller, op))).await;
     debug_assert!(results.len() <= BATCH_OPS_MAX);
     Ok(pb::BatchResponse { results })

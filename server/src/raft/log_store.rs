@@ -16,7 +16,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -146,19 +146,35 @@ impl<T: DeserializeOwned> Decode for Stored<T> {
     }
 }
 
-/// Who is told when a write is on disk.
-pub enum Flushed {
+/// Who is told when a write is on disk, and when the write was handed to the flush thread.
+pub struct Flushed {
+    notify: Notify,
+    requested: Instant,
+}
+
+enum Notify {
     /// openraft, for appended entries.
     Raft(LogFlushed<TypeConfig>),
     /// A task of ours waiting for its write (vote, truncation, purge).
     Waiter(oneshot::Sender<io::Result<()>>),
 }
 
+impl Flushed {
+    fn new(notify: Notify) -> Flushed {
+        Flushed {
+            notify,
+            requested: Instant::now(),
+        }
+    }
+}
+
 impl raft_log::Callback for Flushed {
+    /// Runs on the flush thread once the write is synced (or failed).
     fn send(self, result: Result<(), io::Error>) {
-        match self {
-            Flushed::Raft(callback) => callback.log_io_completed(result),
-            Flushed::Waiter(sender) => {
+        metrics::histogram!("tollgate_raft_log_sync_seconds").record(self.requested.elapsed());
+        match self.notify {
+            Notify::Raft(callback) => callback.log_io_completed(result),
+            Notify::Waiter(sender) => {
                 let _ = sender.send(result);
             }
         }
@@ -208,7 +224,8 @@ impl LogStore {
         let (sender, synced) = oneshot::channel();
         let sent = {
             let mut log = self.lock();
-            write(&mut log).and_then(|()| log.flush(true, Some(Flushed::Waiter(sender))))
+            write(&mut log)
+                .and_then(|()| log.flush(true, Some(Flushed::new(Notify::Waiter(sender)))))
         };
         let result = match sent {
             Ok(()) => synced
@@ -348,7 +365,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 rows.into_iter()
                     .filter(|(log_id, _)| purged.is_none_or(|purged| log_id.0.index > purged)),
             )?;
-            log.flush(true, Some(Flushed::Raft(callback)))
+            log.flush(true, Some(Flushed::new(Notify::Raft(callback))))
         });
         result.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
     }
