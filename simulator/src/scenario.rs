@@ -309,6 +309,10 @@ pub enum FingerprintMode {
     Same,
     /// Different arguments every call.
     Unique,
+    /// The same arguments but a page counter that grows with every call (a loop paging
+    /// through results it never uses), fingerprinted as a worker would: with the client's
+    /// `fingerprint_ignoring`, the page left out.
+    PageCounter,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
