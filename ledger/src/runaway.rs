@@ -113,7 +113,8 @@ struct Velocity {
 /// Per-agent runaway state, boxed behind an Option so quiet agents pay 8 bytes for it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Runaway {
-    pub trip: Option<Trip>,
+    /// Boxed: most agents never trip, and every agent with spend carries this state.
+    pub trip: Option<Box<Trip>>,
     /// The bucket length the fingerprints were counted in; another policy starts over.
     repeat_bucket_ms: u64,
     fingerprints: Vec<FingerprintWindow>,
@@ -154,7 +155,7 @@ impl Runaway {
     /// The trip in force at `now_ms`, if any.
     pub fn trip_at(&self, now_ms: u64) -> Option<&Trip> {
         self.trip
-            .as_ref()
+            .as_deref()
             .filter(|t| t.until_ms.is_none_or(|until| now_ms < until))
     }
 
@@ -245,10 +246,10 @@ impl Runaway {
             Some(cause) => {
                 let until_ms = (policy.trip_cooldown_ms > 0)
                     .then(|| now_ms.saturating_add(policy.trip_cooldown_ms));
-                self.trip = Some(Trip {
+                self.trip = Some(Box::new(Trip {
                     cause: cause.clone(),
                     until_ms,
-                });
+                }));
                 Verdict::Tripped {
                     cause,
                     until_ms,
