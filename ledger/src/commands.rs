@@ -795,6 +795,8 @@ impl Ledger {
         };
         if let Some(reservation) = self.end_in_flight(key, now_ms, ending) {
             self.unref_agent(t, reservation.agent);
+            let spent = (&reservation.estimate, &settled.actual);
+            self.note_overrun((t, reservation.agent), spent, now_ms);
             return Outcome::Committed {
                 reservation_id,
                 overrun: settled.actual.exceeds(&reservation.estimate),
@@ -806,6 +808,20 @@ impl Ledger {
             return self.commit_late(now_ms, request_id, (t, tenant_id), reservation_id, settled);
         }
         self.unknown_reservation(t, reservation_id.0)
+    }
+
+    /// Counts a commit's overrun toward the agent's velocity.
+    fn note_overrun(&mut self, (t, agent): (u32, u32), spent: (&Amounts, &Amounts), now_ms: u64) {
+        let Some(tenant) = self.tenants.get_mut(t) else {
+            return;
+        };
+        let Tenant { policy, agents, .. } = tenant;
+        if let Some(runaway) = agents
+            .get_mut(agent)
+            .and_then(|agent| agent.runaway.as_deref_mut())
+        {
+            runaway.note_overrun(policy, spent, now_ms);
+        }
     }
 
     /// A commit of an expired reservation, still remembered: trues its expiry charge (or
@@ -851,6 +867,13 @@ impl Ledger {
             },
         );
         let overrun = actual.exceeds(&estimate);
+        if let Some(runaway) = tenant
+            .agents
+            .get_mut(reservation.agent)
+            .and_then(|agent| agent.runaway.as_deref_mut())
+        {
+            runaway.note_overrun(&tenant.policy, (&estimate, actual), now_ms);
+        }
         self.audit.append(
             now_ms,
             Fact {

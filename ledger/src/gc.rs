@@ -13,9 +13,9 @@
 //! - Each counter of a limit in force is as good as fresh: a budget holds nothing and its
 //!   committed spend is of a past window (or zero), a rate's bucket is empty, a concurrency
 //!   counter is zero.
-//! - Its runaway state has run out under any policy: every repetition window has ended
-//!   (`RUNAWAY_WINDOW_MS_MAX` <= `AGENT_IDLE_MS`), and its velocity average is zero or
-//!   decayed to zero.
+//! - Its runaway state has run out under any policy: no fingerprint sighting counts any
+//!   more, and its velocity average is zero or decayed to zero (`VELOCITY_DECAY_WINDOWS_MAX`
+//!   windows of its length after its last spend).
 //!
 //! Ticks drive it, in ledger time: each tick visits at most `AGENT_GC_VISITS_PER_TICK` agent
 //! slots, from a cursor (in the snapshot) that walks tenants and their agents in index
@@ -26,9 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::limits::{self, LimitEntry};
-use super::runaway::VELOCITY_DECAY_WINDOWS_MAX;
 use super::state::Agent;
-use super::validate::RUNAWAY_WINDOW_MS_MAX;
 use super::Ledger;
 
 /// How long an agent must go unused before it may be removed: one day of ledger time.
@@ -36,13 +34,6 @@ pub const AGENT_IDLE_MS: u64 = 86_400_000;
 /// Agent slots one tick visits: a full sweep of `AGENTS_MAX` agents takes about half an
 /// hour of one-second ticks, and a tick stays cheap.
 pub const AGENT_GC_VISITS_PER_TICK: usize = 1_024;
-
-// A fingerprint's repetition window has ended by the time an agent may be removed.
-const _: () = assert!(RUNAWAY_WINDOW_MS_MAX <= AGENT_IDLE_MS);
-
-/// After this long unused, an agent's velocity average has decayed to zero under any
-/// policy (more than `VELOCITY_DECAY_WINDOWS_MAX` windows of the longest length).
-const VELOCITY_FORGOTTEN_MS: u64 = (VELOCITY_DECAY_WINDOWS_MAX + 2) * RUNAWAY_WINDOW_MS_MAX;
 
 /// Where the next tick's sweep starts: (tenant index, agent slot).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +49,9 @@ pub fn collectable(agent: &Agent, limits: &[LimitEntry], now_ms: u64) -> bool {
         return false;
     }
     let runaway_inert = agent.runaway.as_deref().is_none_or(|runaway| {
-        runaway.trip.is_none() && (runaway.velocity_is_zero() || idle_ms >= VELOCITY_FORGOTTEN_MS)
+        runaway.trip.is_none()
+            && runaway.repetition_forgotten(now_ms)
+            && runaway.velocity_forgotten(now_ms)
     });
     runaway_inert
         && agent.counters.iter().all(|c| {

@@ -1,21 +1,32 @@
 //! Runaway detection: stop a looping agent early, before hard caps stop it late.
 //!
-//! Repetition: the same fingerprint `repeat_max` times within `repeat_window_ms` of its
-//! first sighting (a tumbling window per fingerprint, anchored at the first sighting).
+//! Repetition: the same fingerprint `repeat_max` times within a window of `repeat_window_ms`
+//! that slides with the ledger's time. Each fingerprint counts its sightings in
+//! `REPEAT_BUCKETS` buckets of a sixteenth of the window each (rounded up), plus the bucket
+//! in progress: a sighting counts for the whole window and about a sixteenth longer (17
+//! buckets at most), so a loop is never missed and memory per fingerprint is fixed.
 //! Velocity: spend in the current epoch-aligned window of `velocity_window_ms` above
 //! `velocity_factor` times the agent's recent average per window (an integer EWMA with
-//! weight 1/2^`VELOCITY_EWMA_SHIFT`) and above `velocity_floor`. A new agent has an average
-//! of 0, so only the floor protects its first window. State is created lazily, only for
-//! agents that send fingerprints, tenants with velocity on, or agents that tripped.
+//! weight 1/2^`VELOCITY_EWMA_SHIFT`) and above `velocity_floor`. Spend is what the agent is
+//! charged: each granted estimate, the overrun of a commit above its estimate, each record.
+//! A new agent has an average of 0, so only the floor protects its first window. State is
+//! created lazily, only for agents that send fingerprints, tenants with velocity on, or
+//! agents that tripped.
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{Amounts, TenantPolicy, TripCause};
 
-/// Distinct fingerprints tracked per agent; beyond it the one seen first is forgotten. A
-/// runaway repeats one fingerprint, which therefore stays tracked.
+/// Distinct fingerprints tracked per agent (and so at most this many times the tenant's
+/// agent quota per tenant); beyond it the one seen least recently is forgotten. A runaway
+/// repeats one fingerprint, which therefore stays tracked.
 pub const FINGERPRINTS_PER_AGENT_MAX: usize = 16;
+/// Buckets a repetition window is cut into: the window slides in steps of a sixteenth, and
+/// a fingerprint's counts take `REPEAT_BUCKETS + 1` u16 (34 bytes).
+pub const REPEAT_BUCKETS: u64 = 16;
+/// The buckets kept: the window's sixteen and the one in progress.
+const REPEAT_SLOTS: usize = REPEAT_BUCKETS as usize + 1;
 /// EWMA weight of the newest window: 1/2^3 = 1/8.
 pub const VELOCITY_EWMA_SHIFT: u32 = 3;
 /// Empty windows decayed one by one after a quiet spell; after more, the average is 0
@@ -29,16 +40,71 @@ pub struct Trip {
     pub until_ms: Option<u64>,
 }
 
+/// One fingerprint's sightings in the sliding repetition window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct FingerprintCount {
+struct FingerprintWindow {
     /// xxh3 of the fingerprint: 8 bytes instead of up to `ID_BYTES_MAX`.
     hash: u64,
-    first_seen_ms: u64,
-    count: u32,
+    /// The newest bucket sighted (ledger time / bucket length).
+    newest_bucket: u64,
+    /// Sightings per bucket, bucket `b` at slot `b % REPEAT_SLOTS`.
+    counts: [u16; REPEAT_SLOTS],
+}
+
+impl FingerprintWindow {
+    fn new(hash: u64, bucket: u64) -> Self {
+        Self {
+            hash,
+            newest_bucket: bucket,
+            counts: [0; REPEAT_SLOTS],
+        }
+    }
+
+    /// Counts a sighting in `bucket`; returns the sightings within the window.
+    fn sight(&mut self, bucket: u64) -> u32 {
+        self.slide_to(bucket);
+        // Ledger time does not go back; were it to, the sighting counts as the newest.
+        let slot = slot(self.newest_bucket.max(bucket));
+        self.counts[slot] = self.counts[slot].saturating_add(1);
+        self.counts.iter().map(|&c| u32::from(c)).sum()
+    }
+
+    /// Empties the buckets that have left the window by `bucket`.
+    fn slide_to(&mut self, bucket: u64) {
+        if bucket <= self.newest_bucket {
+            return;
+        }
+        let gap = bucket - self.newest_bucket;
+        if gap >= REPEAT_SLOTS as u64 {
+            self.counts = [0; REPEAT_SLOTS];
+        } else {
+            for b in self.newest_bucket + 1..=bucket {
+                self.counts[slot(b)] = 0;
+            }
+        }
+        self.newest_bucket = bucket;
+    }
+
+    /// Whether every sighting has left the window by `bucket`.
+    fn expired_by(&self, bucket: u64) -> bool {
+        bucket.saturating_sub(self.newest_bucket) >= REPEAT_SLOTS as u64
+    }
+}
+
+fn slot(bucket: u64) -> usize {
+    (bucket % REPEAT_SLOTS as u64) as usize
+}
+
+/// The length of one repetition bucket: a sixteenth of the window, rounded up, so that the
+/// sixteen buckets before the one in progress cover at least the window.
+fn repeat_bucket_ms(window_ms: u64) -> u64 {
+    window_ms.div_ceil(REPEAT_BUCKETS).max(1)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Velocity {
+    /// The window length the average is per.
+    window_ms: u64,
     window_start_ms: u64,
     spent: u64,
     average: u64,
@@ -47,8 +113,11 @@ struct Velocity {
 /// Per-agent runaway state, boxed behind an Option so quiet agents pay 8 bytes for it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Runaway {
-    pub trip: Option<Trip>,
-    fingerprints: Vec<FingerprintCount>,
+    /// Boxed: most agents never trip, and every agent with spend carries this state.
+    pub trip: Option<Box<Trip>>,
+    /// The bucket length the fingerprints were counted in; another policy starts over.
+    repeat_bucket_ms: u64,
+    fingerprints: Vec<FingerprintWindow>,
     velocity: Velocity,
 }
 
@@ -71,15 +140,22 @@ impl Runaway {
         self.velocity.spent = 0;
     }
 
-    /// Whether the velocity state holds no spend and no average (as a fresh agent's).
-    pub fn velocity_is_zero(&self) -> bool {
-        self.velocity.average == 0 && self.velocity.spent == 0
+    /// Whether the velocity state decides as a fresh agent's would at `now_ms`, under any
+    /// policy: it holds nothing, or its average has decayed to zero by the time its window
+    /// rolls (a window of another length starts over anyway).
+    pub fn velocity_forgotten(&self, now_ms: u64) -> bool {
+        let v = &self.velocity;
+        let decayed_ms = v
+            .window_ms
+            .saturating_mul(VELOCITY_DECAY_WINDOWS_MAX + 2)
+            .saturating_add(v.window_start_ms);
+        (v.average == 0 && v.spent == 0) || now_ms >= decayed_ms
     }
 
     /// The trip in force at `now_ms`, if any.
     pub fn trip_at(&self, now_ms: u64) -> Option<&Trip> {
         self.trip
-            .as_ref()
+            .as_deref()
             .filter(|t| t.until_ms.is_none_or(|until| now_ms < until))
     }
 
@@ -87,21 +163,28 @@ impl Runaway {
         let window_ms = window_ms.max(1);
         let start = now_ms - now_ms % window_ms;
         let v = &mut self.velocity;
+        if window_ms != v.window_ms || start < v.window_start_ms {
+            // An average per window of another length means nothing under this one, and
+            // ledger time does not go back: start over, as a fresh agent.
+            *v = Velocity {
+                window_ms,
+                window_start_ms: start,
+                ..Velocity::default()
+            };
+            return;
+        }
         if start == v.window_start_ms {
             return;
         }
-        if start > v.window_start_ms {
-            let windows = (start - v.window_start_ms) / window_ms;
-            v.average = ewma(v.average, v.spent);
-            if windows > VELOCITY_DECAY_WINDOWS_MAX {
-                v.average = 0;
-            } else {
-                for _ in 1..windows {
-                    v.average = ewma(v.average, 0);
-                }
+        let windows = (start - v.window_start_ms) / window_ms;
+        v.average = ewma(v.average, v.spent);
+        if windows > VELOCITY_DECAY_WINDOWS_MAX {
+            v.average = 0;
+        } else {
+            for _ in 1..windows {
+                v.average = ewma(v.average, 0);
             }
         }
-        // A policy change of the window length may move the start backwards: start over.
         v.window_start_ms = start;
         v.spent = 0;
     }
@@ -111,9 +194,29 @@ impl Runaway {
         if policy.velocity_factor == 0 {
             return;
         }
+        self.add_spend(policy, amounts.get(policy.velocity_dimension), now_ms);
+    }
+
+    fn add_spend(&mut self, policy: &TenantPolicy, spend: u64, now_ms: u64) {
         self.roll_velocity(policy.velocity_window_ms, now_ms);
-        let spend = amounts.get(policy.velocity_dimension);
         self.velocity.spent = self.velocity.spent.saturating_add(spend);
+    }
+
+    /// Counts what a commit charged above its estimate (the estimate itself was counted
+    /// when it was granted) toward velocity.
+    pub fn note_overrun(
+        &mut self,
+        policy: &TenantPolicy,
+        (estimate, actual): (&Amounts, &Amounts),
+        now_ms: u64,
+    ) {
+        let dimension = policy.velocity_dimension;
+        let overrun = actual
+            .get(dimension)
+            .saturating_sub(estimate.get(dimension));
+        if policy.velocity_factor > 0 && overrun > 0 {
+            self.add_spend(policy, overrun, now_ms);
+        }
     }
 
     /// Decides a reserve: still tripped, trips now, or clear. Counts the fingerprint.
@@ -143,10 +246,10 @@ impl Runaway {
             Some(cause) => {
                 let until_ms = (policy.trip_cooldown_ms > 0)
                     .then(|| now_ms.saturating_add(policy.trip_cooldown_ms));
-                self.trip = Some(Trip {
+                self.trip = Some(Box::new(Trip {
                     cause: cause.clone(),
                     until_ms,
-                });
+                }));
                 Verdict::Tripped {
                     cause,
                     until_ms,
@@ -164,37 +267,43 @@ impl Runaway {
     ) -> Option<TripCause> {
         let fingerprint = fingerprint.filter(|_| policy.repeat_max > 0)?;
         let hash = xxh3_64(fingerprint.as_bytes());
-        let window_ms = policy.repeat_window_ms;
-        let count = match self.fingerprints.iter_mut().find(|f| f.hash == hash) {
-            Some(f) => {
-                if now_ms < f.first_seen_ms.saturating_add(window_ms) {
-                    f.count = f.count.saturating_add(1);
-                } else {
-                    f.first_seen_ms = now_ms;
-                    f.count = 1;
-                }
-                f.count
+        let bucket_ms = repeat_bucket_ms(policy.repeat_window_ms);
+        if bucket_ms != self.repeat_bucket_ms {
+            // Counts in buckets of another length cannot be compared: start over.
+            self.fingerprints.clear();
+            self.repeat_bucket_ms = bucket_ms;
+        }
+        let bucket = now_ms / bucket_ms;
+        let index = match self.fingerprints.iter().position(|f| f.hash == hash) {
+            Some(index) => index,
+            None if self.fingerprints.len() < FINGERPRINTS_PER_AGENT_MAX => {
+                self.fingerprints.push(FingerprintWindow::new(hash, bucket));
+                self.fingerprints.len() - 1
             }
             None => {
-                let fresh = FingerprintCount {
-                    hash,
-                    first_seen_ms: now_ms,
-                    count: 1,
-                };
-                if self.fingerprints.len() < FINGERPRINTS_PER_AGENT_MAX {
-                    self.fingerprints.push(fresh);
-                } else if let Some(oldest) =
-                    self.fingerprints.iter_mut().min_by_key(|f| f.first_seen_ms)
-                {
-                    *oldest = fresh;
-                }
-                1
+                let stalest = self
+                    .fingerprints
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, f)| f.newest_bucket)
+                    .map_or(0, |(index, _)| index);
+                self.fingerprints[stalest] = FingerprintWindow::new(hash, bucket);
+                stalest
             }
         };
+        debug_assert!(self.fingerprints.len() <= FINGERPRINTS_PER_AGENT_MAX);
+        let count = self.fingerprints[index].sight(bucket);
         (count >= policy.repeat_max).then(|| TripCause::Repetition {
             fingerprint: fingerprint.to_string(),
             count,
         })
+    }
+
+    /// Whether no fingerprint sighting counts any more at `now_ms`, under any policy: one
+    /// with another window starts over anyway.
+    pub fn repetition_forgotten(&self, now_ms: u64) -> bool {
+        let bucket = now_ms / self.repeat_bucket_ms.max(1);
+        self.fingerprints.iter().all(|f| f.expired_by(bucket))
     }
 
     fn check_velocity(
@@ -229,4 +338,79 @@ fn ewma(average: u64, sample: u64) -> u64 {
 /// Whether runaway state is worth creating for this reserve.
 pub fn tracks(policy: &TenantPolicy, fingerprint: Option<&str>) -> bool {
     policy.velocity_factor > 0 || (policy.repeat_max > 0 && fingerprint.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The sliding window against its promise, for any sighting times: the same fingerprint
+    /// `repeat_max` times within the window always trips it, and fewer within the window and
+    /// about a sixteenth more (17 buckets) never do.
+    fn check_window(window_ms: u64, repeat_max: u32, gaps_ms: &[u64]) {
+        let policy = TenantPolicy {
+            repeat_max,
+            repeat_window_ms: window_ms,
+            ..TenantPolicy::default()
+        };
+        let bucket_ms = repeat_bucket_ms(window_ms);
+        let mut runaway = Runaway::default();
+        let mut sightings: Vec<u64> = Vec::new();
+        let mut now_ms = 1_710_072_000_000u64;
+        for gap_ms in gaps_ms {
+            now_ms += gap_ms;
+            sightings.push(now_ms);
+            let within = |span_ms: u64| {
+                let count = sightings.iter().filter(|&&s| now_ms - s < span_ms).count();
+                u32::try_from(count).unwrap()
+            };
+            let tripped = runaway
+                .check_repetition(&policy, Some("same"), now_ms)
+                .is_some();
+            if within(window_ms) >= repeat_max {
+                assert!(tripped, "{repeat_max} sightings within {window_ms} ms");
+            }
+            // A sighting counts until its bucket is 17 buckets old.
+            if within(bucket_ms * (REPEAT_BUCKETS + 1)) < repeat_max {
+                assert!(!tripped, "tripped on fewer than {repeat_max} sightings");
+            }
+            if tripped {
+                // As after an operator's reset: start counting again.
+                runaway.reset();
+                sightings.clear();
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::tests::proptest_cases()))]
+        #[test]
+        fn the_sliding_window_trips_on_every_loop_and_nothing_slower(
+            window_ms in prop_oneof![1u64..100, 1u64..2_000_000],
+            repeat_max in 2u32..12,
+            gaps_ms in proptest::collection::vec(prop_oneof![0u64..20, 0u64..300_000], 1..80),
+        ) {
+            check_window(window_ms, repeat_max, &gaps_ms);
+        }
+    }
+
+    #[test]
+    fn tracked_fingerprints_stay_bounded_and_the_repeated_one_stays_tracked() {
+        let policy = TenantPolicy::default();
+        let mut runaway = Runaway::default();
+        let mut tripped = false;
+        for n in 0..200u64 {
+            let now_ms = n * 1_000;
+            let other = format!("other-{n}");
+            assert!(runaway
+                .check_repetition(&policy, Some(&other), now_ms)
+                .is_none());
+            tripped |= runaway
+                .check_repetition(&policy, Some("loop"), now_ms)
+                .is_some();
+            assert!(runaway.fingerprints.len() <= FINGERPRINTS_PER_AGENT_MAX);
+        }
+        assert!(tripped);
+    }
 }

@@ -1267,9 +1267,10 @@ fn repetition_trips_the_agent_until_an_operator_resets_it() {
 
 #[test]
 fn repetition_outside_the_window_does_not_trip() {
+    // Buckets of 1 s: a sighting counts for the 16 s window and at most 1 s longer.
     let mut h = Harness::with_policy(TenantPolicy {
         repeat_max: 2,
-        repeat_window_ms: 1_000,
+        repeat_window_ms: 16_000,
         ..TenantPolicy::default()
     });
     for _ in 0..5 {
@@ -1277,8 +1278,115 @@ fn repetition_outside_the_window_does_not_trip() {
             reserve_fingerprint(&mut h, "bot", "same"),
             Outcome::Granted { .. }
         ));
-        h.advance(1_000);
+        h.advance(17_000);
     }
+}
+
+/// What the default repetition policy answers to the same fingerprint every `every_ms`:
+/// the repeat (1-based) that trips the agent, or None within `repeats`.
+fn default_repetition_trips_at(every_ms: u64, repeats: u32) -> Option<u32> {
+    let mut h = Harness::new();
+    for n in 1..=repeats {
+        if let Outcome::Denied(DenyReason::Tripped { .. }) =
+            reserve_fingerprint(&mut h, "bot", "search:q=same")
+        {
+            return Some(n);
+        }
+        h.advance(every_ms);
+    }
+    None
+}
+
+#[test]
+fn by_default_a_loop_trips_at_its_fifth_repeat_and_a_slow_poll_never() {
+    let cases = [
+        // A loop every 4 s, or every 2 minutes: 5 within 10 minutes.
+        (4_000, 50, Some(REPEAT_MAX_DEFAULT)),
+        (120_000, 50, Some(REPEAT_MAX_DEFAULT)),
+        // Every 3 minutes: at most 4 within any 10 minutes, for hours.
+        (180_000, 200, None),
+    ];
+    for (every_ms, repeats, expected) in cases {
+        assert_eq!(
+            default_repetition_trips_at(every_ms, repeats),
+            expected,
+            "a repeat every {every_ms} ms"
+        );
+    }
+}
+
+#[test]
+fn the_repetition_window_slides_so_old_sightings_expire_and_recent_ones_count() {
+    let mut h = Harness::new();
+    // Four sightings a minute apart: under the default of 5 in 10 minutes.
+    for _ in 0..4 {
+        assert!(matches!(
+            reserve_fingerprint(&mut h, "bot", "same"),
+            Outcome::Granted { .. }
+        ));
+        h.advance(60_000);
+    }
+    // Eleven minutes after the first, it has left the window; the three others have not.
+    h.advance(420_000);
+    assert!(matches!(
+        reserve_fingerprint(&mut h, "bot", "same"),
+        Outcome::Granted { .. }
+    ));
+    // A window anchored at the first sighting would have started over and counted 2 here.
+    h.advance(1_000);
+    assert!(matches!(
+        reserve_fingerprint(&mut h, "bot", "same"),
+        Outcome::Denied(DenyReason::Tripped {
+            cause: TripCause::Repetition { count: 5, .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn by_default_velocity_counts_overruns_and_records_and_spares_a_steady_agent() {
+    let dollars = |n: u64| cost(n * 1_000_000);
+    let mut h = Harness::new();
+    h.at(utc_ms(2024, 3, 10, 12, 0, 0, 0));
+    // A new agent may spend up to the floor in its first minute.
+    let r = h.reserve_ok("steady", dollars(4));
+    h.commit(r, dollars(5));
+    h.record("steady", dollars(4));
+    // A $1 estimate committed at $12 and a record: the overrun counts, not the estimate.
+    let r = h.reserve_ok("overrun", dollars(1));
+    h.commit(r, dollars(12));
+    assert!(matches!(
+        h.reserve("overrun", cost(1)),
+        Outcome::Denied(DenyReason::Tripped {
+            cause: TripCause::Velocity { spent, .. },
+            ..
+        }) if spent == 12_000_001
+    ));
+    h.record("recorder", dollars(11));
+    assert!(matches!(
+        h.reserve("recorder", cost(1)),
+        Outcome::Denied(DenyReason::Tripped {
+            cause: TripCause::Velocity { .. },
+            ..
+        })
+    ));
+    // $9 a minute for half an hour: an average of ~$9, never 10 times it.
+    for _ in 0..30 {
+        h.advance(60_000);
+        let r = h.reserve_ok("steady", dollars(4));
+        h.commit(r, dollars(5));
+        h.record("steady", dollars(4));
+    }
+    // Then $40 in a minute is still within its own pace; $100 is not.
+    h.advance(60_000);
+    h.reserve_ok("steady", dollars(40));
+    assert!(matches!(
+        h.reserve("steady", dollars(60)),
+        Outcome::Denied(DenyReason::Tripped {
+            cause: TripCause::Velocity { .. },
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -1674,7 +1782,11 @@ fn limits_per_tenant_are_bounded() {
 
 #[test]
 fn extreme_amounts_saturate_without_panicking() {
-    let mut h = Harness::new();
+    // Velocity on, with a floor the first reserve of everything stays within.
+    let mut h = Harness::with_policy(TenantPolicy {
+        velocity_floor: AMOUNT_MAX,
+        ..TenantPolicy::default()
+    });
     h.put_limit(
         "spend",
         Scope::Tenant,
@@ -2223,7 +2335,8 @@ fn status_class(rejection: &Rejection) -> u8 {
 /// their last use and vacant slots (format 6), and again with API keys (format 7); answers
 /// and chain head did not. Everything changed once more on purpose when commits and records
 /// began to answer the cost charged and to audit the price, `abandoned` and `offline`
-/// (format 8).
+/// (format 8), and when repetition began to count in a sliding window, velocity to count
+/// overruns, and the history to set every runaway setting itself, velocity on (format 9).
 #[test]
 fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
     let mut ledger = Ledger::new();
@@ -2257,6 +2370,11 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                 ExpiryPolicy::Charge
             },
             repeat_max: 3,
+            repeat_window_ms: 60_000,
+            velocity_factor: 4,
+            velocity_window_ms: 60_000,
+            velocity_dimension: Dimension::Cost,
+            velocity_floor: 8_000,
             ..TenantPolicy::default()
         };
         let specs = [
@@ -2444,22 +2562,22 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
         })
         .collect();
     let decided = xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&decided).unwrap());
-    assert_eq!(decided, 0x5b04_16e5_3d2f_eaec);
     let outcomes = xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&outcomes).unwrap());
     let head = ledger.chain_head();
     let snapshot = xxhash_rust::xxh3::xxh3_64(&ledger.snapshot());
     println!(
-        "outcomes {outcomes:#018x} head {} {} snapshot {snapshot:#018x}",
+        "decided {decided:#018x} outcomes {outcomes:#018x} head {} {} snapshot {snapshot:#018x}",
         head.seq,
         hex::encode(head.hash)
     );
-    assert_eq!(outcomes, 0x9d82_a02c_60ae_52ed);
+    assert_eq!(decided, 0x4f52_8ba5_8f8e_6a21);
+    assert_eq!(outcomes, 0x7f4c_2752_6577_b0b2);
     assert_eq!(
         (head.seq, hex::encode(head.hash).as_str()),
         (
-            2293,
-            "7998e8498b0db8c0c3659cd482fbde843e7109883157ee6edd0edd50dce86197"
+            2251,
+            "45633683b5c752b972fe2346c666e8563b2c94d94bd3aa5917fc3e0712ade105"
         )
     );
-    assert_eq!(snapshot, 0x75e6_d83d_c7bf_78fe);
+    assert_eq!(snapshot, 0x75ee_9e7a_9c0b_2c47);
 }

@@ -297,16 +297,29 @@ pub enum ExpiryPolicy {
     Release,
 }
 
+/// Default repetition: the same fingerprint 5 times within 10 minutes trips the agent. A
+/// loop repeats within seconds; a tool polled every few minutes never reaches it.
+pub const REPEAT_MAX_DEFAULT: u32 = 5;
+pub const REPEAT_WINDOW_MS_DEFAULT: u64 = 600_000;
+/// Default velocity: spend in one minute more than 10 times the agent's own average per
+/// minute, and more than the floor, trips it.
+pub const VELOCITY_FACTOR_DEFAULT: u32 = 10;
+pub const VELOCITY_WINDOW_MS_DEFAULT: u64 = 60_000;
+/// $10 of cost in a minute: what an agent with no history may spend before velocity
+/// judges it (and the least spend per minute that ever trips).
+pub const VELOCITY_FLOOR_DEFAULT: u64 = 10_000_000;
+
 /// A tenant's settings for expiry and runaway detection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TenantPolicy {
     pub expiry: ExpiryPolicy,
-    /// Trip an agent when the same fingerprint is reserved this many times within
-    /// `repeat_window_ms`. 0 turns repetition detection off.
+    /// Trip an agent when the same fingerprint is reserved this many times within the
+    /// last `repeat_window_ms` (a sliding window). 0 turns repetition detection off.
     pub repeat_max: u32,
     pub repeat_window_ms: u64,
     /// Trip an agent when its spend in `velocity_window_ms` exceeds `velocity_factor` times
-    /// its own recent average per window and also `velocity_floor`. 0 turns it off.
+    /// its own recent average per window and also `velocity_floor`; spend is what it is
+    /// charged (estimates granted, overruns committed, records). 0 turns it off.
     pub velocity_factor: u32,
     pub velocity_window_ms: u64,
     pub velocity_dimension: Dimension,
@@ -322,12 +335,12 @@ impl Default for TenantPolicy {
     fn default() -> Self {
         Self {
             expiry: ExpiryPolicy::Charge,
-            repeat_max: 20,
-            repeat_window_ms: 60_000,
-            velocity_factor: 0,
-            velocity_window_ms: 60_000,
+            repeat_max: REPEAT_MAX_DEFAULT,
+            repeat_window_ms: REPEAT_WINDOW_MS_DEFAULT,
+            velocity_factor: VELOCITY_FACTOR_DEFAULT,
+            velocity_window_ms: VELOCITY_WINDOW_MS_DEFAULT,
             velocity_dimension: Dimension::Cost,
-            velocity_floor: 1_000_000,
+            velocity_floor: VELOCITY_FLOOR_DEFAULT,
             trip_cooldown_ms: 0,
             quotas: crate::TenantQuotas::default(),
         }

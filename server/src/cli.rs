@@ -342,7 +342,7 @@ mod tests {
         };
         let policy = policy.to_wire().unwrap().unwrap();
         assert_eq!(policy.repeat_window_ms, 30_000);
-        assert_eq!(policy.repeat_max, 20);
+        assert_eq!(policy.repeat_max, 5);
     }
 
     #[test]

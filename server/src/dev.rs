@@ -197,11 +197,11 @@ async fn load_examples(client: &Client) -> anyhow::Result<()> {
     let policy = v1::TenantPolicy {
         expiry: v1::ExpiryPolicy::Charge.into(),
         repeat_max: 5,
-        repeat_window_ms: 60_000,
-        velocity_factor: 0,
+        repeat_window_ms: 600_000,
+        velocity_factor: 10,
         velocity_window_ms: 60_000,
         velocity_dimension: Cost.into(),
-        velocity_floor: 1_000_000,
+        velocity_floor: 10_000_000,
         trip_cooldown_ms: 0,
         quotas: None,
     };

@@ -431,26 +431,28 @@ fn calls_per_worker(
     fanout_pending: &BTreeMap<String, u64>,
     step: u64,
 ) -> Vec<u64> {
-    let mut agent_calls: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut made: BTreeMap<&str, u64> = BTreeMap::new();
+    // Keyed by spec and name: two specs may give one agent two patterns (e.g. phases).
+    let mut agent_calls: BTreeMap<(usize, &str), u64> = BTreeMap::new();
+    let mut made: BTreeMap<(usize, &str), u64> = BTreeMap::new();
     for worker in workers {
         let spec = &scenario.agents[worker.agent];
-        agent_calls.entry(&worker.name).or_insert_with(|| {
+        let name = (worker.agent, worker.name.as_str());
+        agent_calls.entry(name).or_insert_with(|| {
             base_calls(spec, step)
                 .saturating_add(fanout_pending.get(&worker.name).copied().unwrap_or(0))
         });
-        *made.entry(&worker.name).or_default() += worker.calls_made;
+        *made.entry(name).or_default() += worker.calls_made;
     }
-    let mut index_in_agent: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut index_in_agent: BTreeMap<(usize, &str), u64> = BTreeMap::new();
     workers
         .iter()
         .map(|worker| {
             let spec = &scenario.agents[worker.agent];
-            let name = worker.name.as_str();
+            let name = (worker.agent, worker.name.as_str());
             let position = index_in_agent.entry(name).or_default();
-            let total = agent_calls[name]
+            let total = agent_calls[&name]
                 .min(crate::scenario::CALLS_PER_STEP_MAX)
-                .min(spec.calls_max.saturating_sub(made[name]));
+                .min(spec.calls_max.saturating_sub(made[&name]));
             // Round robin: worker i takes calls i, i + workers, ...
             let calls = total / spec.workers + u64::from(*position < total % spec.workers);
             *position += 1;
@@ -514,14 +516,14 @@ fn will_call_again(
     if fanout_pending.values().any(|n| *n > 0) || workers.iter().any(|w| !w.running.is_empty()) {
         return true;
     }
-    let mut made: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut made: BTreeMap<(usize, &str), u64> = BTreeMap::new();
     for worker in workers {
-        *made.entry(&worker.name).or_default() += worker.calls_made;
+        *made.entry((worker.agent, &worker.name)).or_default() += worker.calls_made;
     }
     workers.iter().any(|worker| {
         let spec = &scenario.agents[worker.agent];
         !worker.gave_up
-            && made[worker.name.as_str()] < spec.calls_max
+            && made[&(worker.agent, worker.name.as_str())] < spec.calls_max
             && next_due(spec, step).is_some_and(|due| due < scenario.steps)
     })
 }
@@ -746,6 +748,10 @@ impl ReserveCall {
             FingerprintMode::None => None,
             FingerprintMode::Same => Some(format!("{}:{}:same-args", worker.name, spec.tool)),
             FingerprintMode::Unique => Some(format!("{:016x}", worker.rng.random::<u64>())),
+            FingerprintMode::PageCounter => {
+                let args = serde_json::json!({"query": "same", "page": worker.calls_made});
+                tollgate_client::fingerprint_ignoring(&spec.tool, &args, &["page"]).ok()
+            }
         };
         let request_id = new_request_id(&mut worker.rng);
         let op = Op::Reserve {

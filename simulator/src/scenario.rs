@@ -59,24 +59,41 @@ pub struct TenantSpec {
     /// `charge` (default) or `release`.
     #[serde(default)]
     pub expiry: Expiry,
-    #[serde(default)]
+    /// Runaway detection: each setting left out is the ledger's default (see the SPEC).
+    #[serde(default = "default_repeat_max")]
     pub repeat_max: u32,
-    #[serde(default = "default_window_ms")]
+    #[serde(default = "default_repeat_window_ms")]
     pub repeat_window_ms: u64,
-    #[serde(default)]
+    #[serde(default = "default_velocity_factor")]
     pub velocity_factor: u32,
-    #[serde(default = "default_window_ms")]
+    #[serde(default = "default_velocity_window_ms")]
     pub velocity_window_ms: u64,
     #[serde(default = "default_velocity_dimension")]
     pub velocity_dimension: DimensionToml,
-    #[serde(default)]
+    #[serde(default = "default_velocity_floor")]
     pub velocity_floor: u64,
     #[serde(default)]
     pub trip_cooldown_ms: u64,
 }
 
-fn default_window_ms() -> u64 {
-    60_000
+fn default_repeat_max() -> u32 {
+    tollgate_ledger::REPEAT_MAX_DEFAULT
+}
+
+fn default_repeat_window_ms() -> u64 {
+    tollgate_ledger::REPEAT_WINDOW_MS_DEFAULT
+}
+
+fn default_velocity_factor() -> u32 {
+    tollgate_ledger::VELOCITY_FACTOR_DEFAULT
+}
+
+fn default_velocity_window_ms() -> u64 {
+    tollgate_ledger::VELOCITY_WINDOW_MS_DEFAULT
+}
+
+fn default_velocity_floor() -> u64 {
+    tollgate_ledger::VELOCITY_FLOOR_DEFAULT
 }
 
 fn default_velocity_dimension() -> DimensionToml {
@@ -292,6 +309,10 @@ pub enum FingerprintMode {
     Same,
     /// Different arguments every call.
     Unique,
+    /// The same arguments but a page counter that grows with every call (a loop paging
+    /// through results it never uses), fingerprinted as a worker would: with the client's
+    /// `fingerprint_ignoring`, the page left out.
+    PageCounter,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -342,14 +342,14 @@ pub struct TenantPolicyArgs {
     #[arg(long, value_enum)]
     pub expiry: Option<ExpiryArg>,
     /// Trip an agent after the same fingerprint N times within --repeat-window; 0 turns
-    /// repetition detection off [default: 20].
+    /// repetition detection off [default: 5].
     #[arg(long, value_name = "N")]
     pub repeat_max: Option<u32>,
-    /// Window of repetition detection [default: 60s].
+    /// Window of repetition detection, sliding with time [default: 10m].
     #[arg(long = "repeat-window", value_name = "DURATION", value_parser = parse_duration_ms)]
     pub repeat_window_ms: Option<u64>,
     /// Trip an agent whose spend in --velocity-window exceeds N times its recent rate;
-    /// 0 turns velocity detection off [default: 0].
+    /// 0 turns velocity detection off [default: 10].
     #[arg(long, value_name = "N")]
     pub velocity_factor: Option<u32>,
     /// Window of velocity detection [default: 60s].
@@ -359,7 +359,7 @@ pub struct TenantPolicyArgs {
     #[arg(long, value_enum)]
     pub velocity_dimension: Option<SpendDimensionArg>,
     /// Spend in one window below which velocity never trips: for cost money (1usd, $0.50)
-    /// or bare micro-units, else a count [default: $1.00 of cost].
+    /// or bare micro-units, else a count [default: $10.00 of cost].
     #[arg(long, value_name = "AMOUNT", value_parser = parse_amount)]
     pub velocity_floor: Option<AmountArg>,
     /// How long a trip lasts; 0s: until an operator runs reset-trip [default: 0s].
@@ -706,12 +706,12 @@ mod tests {
             policy,
             v1::TenantPolicy {
                 expiry: v1::ExpiryPolicy::Release.into(),
-                repeat_max: 20,
-                repeat_window_ms: 60_000,
-                velocity_factor: 0,
+                repeat_max: 5,
+                repeat_window_ms: 600_000,
+                velocity_factor: 10,
                 velocity_window_ms: 60_000,
                 velocity_dimension: v1::Dimension::Cost.into(),
-                velocity_floor: 1_000_000,
+                velocity_floor: 10_000_000,
                 trip_cooldown_ms: 0,
                 quotas: Some(crate::grpc::convert::quotas_to_pb(
                     &tollgate_ledger::TenantQuotas::default()
