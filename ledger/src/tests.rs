@@ -114,6 +114,7 @@ impl Harness {
                 scope,
                 dimension,
                 kind,
+                thresholds: Default::default(),
             },
         };
         assert_eq!(self.apply(&cmd), Outcome::Done);
@@ -1571,6 +1572,7 @@ fn invalid_input_is_rejected_and_changes_nothing_not_even_time() {
                 scope: Scope::Tenant,
                 dimension,
                 kind,
+                thresholds: Default::default(),
             },
         });
     }
@@ -1648,6 +1650,7 @@ fn limits_per_tenant_are_bounded() {
             scope: Scope::Tenant,
             dimension: Dimension::Calls,
             kind: budget(Window::Day, 1),
+            thresholds: Default::default(),
         },
     });
     match out {
@@ -1879,6 +1882,7 @@ fn every_decision_is_an_audit_record() {
             AuditEvent::KeyCreate(_) => "key-create",
             AuditEvent::KeyRotate(_) => "key-rotate",
             AuditEvent::KeyRevoke(_) => "key-revoke",
+            AuditEvent::ThresholdCrossed(_) => "threshold-crossed",
         })
         .collect();
     assert_eq!(
@@ -1889,6 +1893,7 @@ fn every_decision_is_an_audit_record() {
             "grant",
             "deny-limit",
             "commit-overrun",
+            "threshold-crossed",
             "grant",
             "release",
             "grant",
@@ -2223,7 +2228,9 @@ fn status_class(rejection: &Rejection) -> u8 {
 /// their last use and vacant slots (format 6), and again with API keys (format 7); answers
 /// and chain head did not. Everything changed once more on purpose when commits and records
 /// began to answer the cost charged and to audit the price, `abandoned` and `offline`
-/// (format 8).
+/// (format 8). The chain head and snapshot changed on purpose once more when budgets
+/// gained soft thresholds (format 9): the history's budgets carry the default ones, so
+/// their crossings are new audit records; answers did not change.
 #[test]
 fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
     let mut ledger = Ledger::new();
@@ -2324,6 +2331,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                         scope,
                         dimension,
                         kind,
+                        thresholds: Default::default(),
                     },
                 },
             ));
@@ -2457,9 +2465,9 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
     assert_eq!(
         (head.seq, hex::encode(head.hash).as_str()),
         (
-            2293,
-            "7998e8498b0db8c0c3659cd482fbde843e7109883157ee6edd0edd50dce86197"
+            2306,
+            "5be191cd6b7e317c9a4cbba19038e9af5d1567799eec2fd79f673d30e553a4fe"
         )
     );
-    assert_eq!(snapshot, 0x75e6_d83d_c7bf_78fe);
+    assert_eq!(snapshot, 0xeafd_7e6e_9c99_e6f1);
 }
