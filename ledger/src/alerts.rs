@@ -161,7 +161,50 @@ impl Crossings {
     }
 }
 
+/// Crossings applied and not yet taken, counted by threshold: a fixed array, so a ledger
+/// whose owner never takes them (a test, the simulator) grows nothing. Not state: a clone,
+/// a restored snapshot and equality ignore it.
+#[derive(Debug)]
+pub(super) struct CrossingCounts([u32; 100]);
+
+impl Default for CrossingCounts {
+    fn default() -> Self {
+        CrossingCounts([0; 100])
+    }
+}
+
+impl Clone for CrossingCounts {
+    fn clone(&self) -> Self {
+        CrossingCounts::default()
+    }
+}
+
+impl PartialEq for CrossingCounts {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl CrossingCounts {
+    pub fn count(&mut self, event: &AuditEvent) {
+        if let AuditEvent::ThresholdCrossed(c) = event {
+            if let Some(n) = self.0.get_mut(usize::from(c.threshold_percent)) {
+                *n = n.saturating_add(1);
+            }
+        }
+    }
+}
+
 impl Ledger {
+    /// Takes the crossings applied since the last call, as (threshold percent, count): what
+    /// a node counts in its metrics. Allocates nothing when there are none.
+    pub fn take_threshold_crossings(&mut self) -> impl Iterator<Item = (u8, u32)> + '_ {
+        (1u8..100).filter_map(|percent| {
+            let n = std::mem::take(&mut self.crossings_applied.0[usize::from(percent)]);
+            (n > 0).then_some((percent, n))
+        })
+    }
+
     /// `AlertsDelivered`: moves the delivery cursor forward, never back nor past the head.
     pub(super) fn alerts_delivered(&mut self, up_to_seq: u64) -> Outcome {
         let head = self.audit.head().seq;

@@ -782,6 +782,7 @@ impl Ledger {
         let crossed = crossings.facts(&fact);
         self.audit.append(at_ms, fact);
         for fact in crossed {
+            self.crossings_applied.count(&fact.event);
             self.audit.append(at_ms, fact);
         }
         Some(reservation)
@@ -874,6 +875,7 @@ impl Ledger {
         let crossed = crossings.facts(&fact);
         self.audit.append(now_ms, fact);
         for fact in crossed {
+            self.crossings_applied.count(&fact.event);
             self.audit.append(now_ms, fact);
         }
         Outcome::Committed {
@@ -955,6 +957,7 @@ impl Ledger {
         let crossed = crossings.facts(&fact);
         self.audit.append(now_ms, fact);
         for fact in crossed {
+            self.crossings_applied.count(&fact.event);
             self.audit.append(now_ms, fact);
         }
         Outcome::Recorded {

@@ -220,6 +220,9 @@ pub struct Ledger {
     /// Encoding buffer for the payload hashes of commands postcard encodes.
     #[serde(skip)]
     scratch: Scratch,
+    /// Threshold crossings applied since the node last took them (for its metrics).
+    #[serde(skip)]
+    crossings_applied: alerts::CrossingCounts,
     /// Tests only: bounds and switches a test may change.
     #[cfg(test)]
     #[serde(skip)]

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::alerts::AlertWebhook;
 use crate::auth::Auth;
 use crate::node::NodeConfig;
 use crate::raft::{Member, NodeId};
@@ -77,6 +78,18 @@ pub struct ServeArgs {
     /// from the command line.
     #[arg(long, env = "TOLLGATE_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,
+    /// Where the leader POSTs each soft-threshold crossing (signed JSON, retried until a
+    /// 2xx). https, or http to loopback (anywhere with --insecure).
+    #[arg(long, env = "TOLLGATE_ALERT_WEBHOOK", value_name = "URL")]
+    pub alert_webhook: Option<String>,
+    /// A file holding the webhook's signing secret (16 to 1024 bytes); required with
+    /// --alert-webhook.
+    #[arg(long, env = "TOLLGATE_ALERT_WEBHOOK_SECRET_FILE", value_name = "PATH")]
+    pub alert_webhook_secret_file: Option<PathBuf>,
+    /// The roots (PEM) an https webhook's certificate must chain to, e.g. the system's
+    /// /etc/ssl/certs/ca-certificates.crt.
+    #[arg(long, env = "TOLLGATE_ALERT_WEBHOOK_CA_FILE", value_name = "PATH")]
+    pub alert_webhook_ca_file: Option<PathBuf>,
     /// A TOML file with the same settings (keys as the flags, with underscores).
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -99,6 +112,9 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     admin_key_file: Option<PathBuf>,
+    alert_webhook: Option<String>,
+    alert_webhook_secret_file: Option<PathBuf>,
+    alert_webhook_ca_file: Option<PathBuf>,
 }
 
 /// Settings beyond the node itself.
@@ -218,6 +234,38 @@ fn resolve_auth(key_file: Option<PathBuf>, insecure: bool) -> anyhow::Result<Aut
     }
 }
 
+/// The alert webhook, its secret read from its file: a URL without a secret, or a secret
+/// without a URL, is a mistake worth refusing to start for.
+fn resolve_alerts(
+    url: Option<String>,
+    secret_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    insecure: bool,
+) -> anyhow::Result<Option<AlertWebhook>> {
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    match (url, secret_file) {
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!(
+            "--alert-webhook needs --alert-webhook-secret-file (TOLLGATE_ALERT_WEBHOOK_SECRET_FILE)"
+        ),
+        (None, Some(_)) => bail!("--alert-webhook-secret-file without --alert-webhook"),
+        (Some(url), Some(secret_file)) => {
+            let secret = read(&secret_file, "alert webhook secret")?;
+            let ca = ca_file
+                .map(|path| read(&path, "alert webhook CA file"))
+                .transpose()?;
+            Ok(Some(AlertWebhook::new(
+                &url,
+                &secret,
+                ca.as_deref(),
+                insecure,
+            )?))
+        }
+    }
+}
+
 impl ServeArgs {
     /// The node's settings from flags, environment and file, checked (`check_secure`
     /// included): an error names what is wrong or missing.
@@ -256,6 +304,14 @@ impl ServeArgs {
         node.peer_advertise = self.peer_advertise.or(file.peer_advertise);
         node.peers = peers;
         node.tls = tls;
+        node.alerts = resolve_alerts(
+            self.alert_webhook.or(file.alert_webhook.take()),
+            self.alert_webhook_secret_file
+                .or(file.alert_webhook_secret_file.take()),
+            self.alert_webhook_ca_file
+                .or(file.alert_webhook_ca_file.take()),
+            insecure,
+        )?;
         let mut config = ServeConfig {
             node,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
