@@ -151,6 +151,10 @@ fn each_threshold_is_crossed_once_when_committed_spend_reaches_it() {
         [50, 80, 95],
         "past the cap: 95 once, nothing more"
     );
+    // What a node counts in its metrics, taken once.
+    let taken: Vec<(u8, u32)> = a.ledger.take_threshold_crossings().collect();
+    assert_eq!(taken, [(50, 1), (80, 1), (95, 1)]);
+    assert_eq!(a.ledger.take_threshold_crossings().count(), 0);
 }
 
 #[test]

@@ -39,8 +39,9 @@ pub const RETRY_WAIT_MIN: Duration = Duration::from_millis(250);
 pub const RETRY_WAIT_MAX: Duration = Duration::from_secs(60);
 /// How often a node that is not the leader, or has nothing to send, looks again.
 const IDLE_POLL: Duration = Duration::from_millis(200);
-/// Audit records looked at per read of the ledger: bounds how long the read lock is held.
-const SCAN_RECORDS_MAX: u64 = 4_096;
+/// Audit records looked at per read of the ledger: bounds how long the read lock, which
+/// the state machine's apply waits for, is held (about a microsecond a record).
+const SCAN_RECORDS_MAX: u64 = 1_024;
 /// With nothing to deliver, the cursor is still moved this far ahead, so a new leader
 /// does not scan records that hold no crossing again.
 const CURSOR_STEP_RECORDS: u64 = 65_536;
@@ -207,8 +208,13 @@ pub async fn deliver(node: Arc<Node>, webhook: AlertWebhook, mut stopped: watch:
                 if up_to_seq.saturating_sub(cursor) >= CURSOR_STEP_RECORDS {
                     propose_cursor(&node, up_to_seq).await;
                 }
-                if caught_up && pause(IDLE_POLL, &mut stopped).await {
-                    return;
+                if caught_up {
+                    if pause(IDLE_POLL, &mut stopped).await {
+                        return;
+                    }
+                } else {
+                    // Catching up scans chunk after chunk: let the runtime's other tasks in.
+                    tokio::task::yield_now().await;
                 }
             }
         }

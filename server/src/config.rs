@@ -337,6 +337,38 @@ mod tests {
     }
 
     #[test]
+    fn an_alert_webhook_needs_its_secret_and_the_secret_its_webhook() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("alert.secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let with = |url: Option<&str>, secret_file: Option<&std::path::Path>| ServeArgs {
+            insecure: true,
+            alert_webhook: url.map(str::to_owned),
+            alert_webhook_secret_file: secret_file.map(|p| p.to_path_buf()),
+            ..args(dir.path())
+        };
+        assert!(with(None, None).resolve().unwrap().node.alerts.is_none());
+        let config = with(Some("http://127.0.0.1:9000/hook"), Some(&secret));
+        assert!(config.resolve().unwrap().node.alerts.is_some());
+        for (url, secret_file, named) in [
+            (
+                Some("http://127.0.0.1:9000/hook"),
+                None,
+                "--alert-webhook-secret-file",
+            ),
+            (None, Some(secret.as_path()), "without --alert-webhook"),
+            (
+                Some("ftp://127.0.0.1/"),
+                Some(secret.as_path()),
+                "neither http nor https",
+            ),
+        ] {
+            let error = with(url, secret_file).resolve().unwrap_err().to_string();
+            assert!(error.contains(named), "{named} in {error}");
+        }
+    }
+
+    #[test]
     fn serve_refuses_without_tls_unless_insecure() {
         let dir = tempfile::tempdir().unwrap();
         let error = args(dir.path()).resolve().unwrap_err().to_string();

@@ -236,7 +236,9 @@ pub fn limit_json(limit: &v1::Limit) -> Value {
     };
     if let (Some(object), Value::Object(kind)) = (value.as_object_mut(), kind) {
         object.extend(kind);
-        object.insert("thresholds".into(), json!(thresholds_of(limit)));
+        if matches!(limit.kind, Some(Kind::Budget(_))) {
+            object.insert("thresholds".into(), json!(thresholds_of(limit)));
+        }
     }
     add_usd(&mut value, limit.dimension, &["amount", "burst"]);
     value
