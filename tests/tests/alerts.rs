@@ -28,6 +28,8 @@ struct Received {
     attempts: u32,
     /// Answer 500 to this many attempts first.
     fail_first: u32,
+    /// Answer 500 to every attempt while set.
+    refusing: bool,
     acknowledged: Vec<(String, serde_json::Value)>,
 }
 
@@ -36,7 +38,7 @@ type Receiver = Arc<Mutex<Received>>;
 async fn hook(State(received): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let mut received = received.lock().unwrap();
     received.attempts += 1;
-    if received.attempts <= received.fail_first {
+    if received.attempts <= received.fail_first || received.refusing {
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
     let signature = headers
@@ -182,4 +184,52 @@ async fn crossings_reach_the_webhook_signed_and_retried_and_stay_in_the_audit_tr
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_delivers_what_the_old_one_could_not() {
+    let (addr, received) = start_receiver(0).await;
+    received.lock().unwrap().refusing = true;
+    let webhook = AlertWebhook::new(&format!("http://{addr}/hook"), SECRET, None, false)
+        .expect("a loopback webhook");
+    let mut test = TestCluster::start_with(3, |options| options.alerts = Some(webhook)).await;
+    test.client.put_tenant("acme", None).await.expect("tenant");
+    test.client
+        .put_limit("acme", tokens_budget("tokens", 1_000))
+        .await
+        .expect("limit");
+    record_tokens(&test, 600).await; // 60 %: 50 crossed
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while received.lock().unwrap().attempts == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt to deliver"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old_leader = test
+        .cluster
+        .leader(common::LEADER_WAIT)
+        .await
+        .expect("leader");
+    test.cluster.stop(old_leader).await;
+    received.lock().unwrap().refusing = false;
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while acknowledged(&received).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new leader did not deliver within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let percents: Vec<u64> = acknowledged(&received).iter().map(|(p, _)| *p).collect();
+    assert_eq!(percents, [50]);
+    let new_leader = test
+        .cluster
+        .leader(common::LEADER_WAIT)
+        .await
+        .expect("leader");
+    assert_ne!(new_leader, old_leader);
 }
