@@ -175,6 +175,7 @@ fn spec(id: &str, scope: Scope, dimension: Dimension, kind: LimitKind) -> LimitS
         scope,
         dimension,
         kind,
+        thresholds: Default::default(),
     }
 }
 

@@ -82,6 +82,60 @@ pub enum AuditEvent {
     PricePut(crate::PriceEntry),
     /// A model's price was removed.
     PriceDelete(crate::ModelId),
+    /// Committed spend of a budget reached one of its soft thresholds (`alerts.rs`).
+    ThresholdCrossed(crate::ThresholdCrossing),
+}
+
+impl AuditEvent {
+    /// Every event's name, as `name` gives it.
+    pub const NAMES: [&'static str; 19] = [
+        "grant",
+        "deny",
+        "commit",
+        "release",
+        "expire",
+        "record",
+        "tenant_put",
+        "limit_put",
+        "limit_delete",
+        "freeze",
+        "unfreeze",
+        "trip",
+        "trip_reset",
+        "key_create",
+        "key_rotate",
+        "key_revoke",
+        "price_put",
+        "price_delete",
+        "threshold_crossed",
+    ];
+
+    /// The event's name in the export (`"grant"`, `"threshold_crossed"`, ...), what an
+    /// audit query filters on.
+    pub fn name(&self) -> &'static str {
+        let index = match self {
+            AuditEvent::Grant => 0,
+            AuditEvent::Deny(_) => 1,
+            AuditEvent::Commit { .. } => 2,
+            AuditEvent::Release => 3,
+            AuditEvent::Expire { .. } => 4,
+            AuditEvent::Record { .. } => 5,
+            AuditEvent::TenantPut => 6,
+            AuditEvent::LimitPut(_) => 7,
+            AuditEvent::LimitDelete(_) => 8,
+            AuditEvent::Freeze => 9,
+            AuditEvent::Unfreeze => 10,
+            AuditEvent::Trip(_) => 11,
+            AuditEvent::TripReset => 12,
+            AuditEvent::KeyCreate(_) => 13,
+            AuditEvent::KeyRotate(_) => 14,
+            AuditEvent::KeyRevoke(_) => 15,
+            AuditEvent::PricePut(_) => 16,
+            AuditEvent::PriceDelete(_) => 17,
+            AuditEvent::ThresholdCrossed(_) => 18,
+        };
+        Self::NAMES[index]
+    }
 }
 
 /// A decision as written in the audit trail.
@@ -109,12 +163,16 @@ pub enum AuditEvent {
 ///   "name"}}` (`role`: `"admin"`, `"tenant_admin"`, `"worker"`), `{"key_rotate": "key id"}`,
 ///   `{"key_revoke": "key id"}`, `{"price_put": {"model", "price": {"input_micros",
 ///   "output_micros", "cached_input_micros", "per_tokens"}, "version"}}`,
-///   `{"price_delete": "model"}`. A `price` is null or `{"model", "version"}`: the
+///   `{"price_delete": "model"}`, `{"threshold_crossed": {"limit_id", "scope",
+///   "dimension", "threshold_percent", "used", "limit", "window_start_ms"}}` (a budget's
+///   committed spend `used` reached `threshold_percent` % of `limit` in the window starting
+///   at `window_start_ms`, null for a lifetime budget). A `price` is null or `{"model", "version"}`: the
 ///   price-table entry a cost was derived from. A `reason` is `{"limit":
 ///   {"limit_id", "scope", "dimension", "remaining", "retry_after_ms"}}`, `{"frozen":
 ///   {"agent"}}` or `{"tripped": {"cause", "until_ms"}}`; a `cause` is `{"repetition":
 ///   {"fingerprint", "count"}}` or `{"velocity": {"spent", "baseline"}}`; a `limit` is
-///   `{"id", "scope", "dimension", "kind"}`, with `scope` one of `"tenant"`,
+///   `{"id", "scope", "dimension", "kind", "thresholds"}` (`thresholds`: the soft
+///   thresholds in ascending percent; absent in older exports), with `scope` one of `"tenant"`,
 ///   `"each_agent"`, `{"agent": name}`, `{"tool_per_agent": tool}`, `{"tool_tenant":
 ///   tool}`; `dimension` one of `"tokens"`, `"cost"`, `"calls"`, `"concurrency"`; `kind`
 ///   one of `{"budget": {"window", "amount"}}` (`window`: `"lifetime"`, `"hour"`, `"day"`,
@@ -684,6 +742,7 @@ impl AuditLog {
         self.records
             .range(start..self.records.len())
             .take_while(|r| filter.to_ms.is_none_or(|to| r.at_ms <= to))
+            .take_while(|r| filter.to_seq.is_none_or(|to| r.seq <= to))
             .filter(|r| tenant_key.is_none_or(|k| k == r.tenant_key))
             .filter(|r| agent_key.is_none_or(|k| k == r.agent_key))
             .filter_map(|r| {
@@ -692,6 +751,7 @@ impl AuditLog {
             })
             .filter(|r| filter.tenant.is_none() || r.tenant == filter.tenant)
             .filter(|r| filter.agent.is_none() || r.agent == filter.agent)
+            .filter(|r| filter.event.as_ref().is_none_or(|e| e == r.event.name()))
             .take(limit)
             .collect()
     }
@@ -966,10 +1026,28 @@ mod tests {
                         window: crate::Window::Day,
                         amount: 5,
                     },
+                    thresholds: Default::default(),
                 }),
                 concat!(
                     r#"{"limit_put":{"id":"tpm","scope":{"tool_per_agent":"llm"},"#,
-                    r#""dimension":"tokens","kind":{"budget":{"window":"day","amount":5}}}}"#
+                    r#""dimension":"tokens","kind":{"budget":{"window":"day","amount":5}},"#,
+                    r#""thresholds":[50,80,95]}}"#
+                ),
+            ),
+            (
+                AuditEvent::ThresholdCrossed(crate::ThresholdCrossing {
+                    limit_id: LimitId::new("daily").unwrap(),
+                    scope: crate::Scope::Tenant,
+                    dimension: crate::Dimension::Cost,
+                    threshold_percent: 80,
+                    used: 800,
+                    limit: 1_000,
+                    window_start_ms: Some(86_400_000),
+                }),
+                concat!(
+                    r#"{"threshold_crossed":{"limit_id":"daily","scope":"tenant","#,
+                    r#""dimension":"cost","threshold_percent":80,"used":800,"limit":1000,"#,
+                    r#""window_start_ms":86400000}}"#
                 ),
             ),
             (
@@ -983,7 +1061,15 @@ mod tests {
         for (event, json) in cases {
             assert_eq!(serde_json::to_string(&event).unwrap(), json);
             assert_eq!(serde_json::from_str::<AuditEvent>(json).unwrap(), event);
+            let name = format!("\"{}\"", event.name());
+            assert!(json.trim_start_matches('{').starts_with(&name), "{json}");
         }
+        // A limit of an export from before thresholds reads with the default ones.
+        let older = r#"{"limit_put":{"id":"tpm","scope":"tenant","dimension":"tokens","kind":{"concurrency":{"max":1}}}}"#;
+        let Ok(AuditEvent::LimitPut(spec)) = serde_json::from_str::<AuditEvent>(older) else {
+            panic!("an older limit_put does not read");
+        };
+        assert_eq!(spec.thresholds, crate::Thresholds::default());
     }
 
     /// Exports written before the schema was snake_case and had `time` still verify.

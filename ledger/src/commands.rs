@@ -5,6 +5,7 @@
 
 use smallvec::SmallVec;
 
+use super::alerts::Crossings;
 use super::audit::{AuditEvent, Fact};
 use super::limits::{self, is_per_agent, AgentCounter, Counter, Verdict};
 use super::runaway;
@@ -370,6 +371,7 @@ impl Ledger {
                 self.collect_idle_agents(now_ms);
                 Outcome::Done
             }
+            (Command::AlertsDelivered { up_to_seq }, _, _) => self.alerts_delivered(*up_to_seq),
             (
                 Command::PutTenant {
                     request_id,
@@ -534,6 +536,7 @@ impl Ledger {
             | Command::Record { .. }
             | Command::PutTenant { .. }
             | Command::Tick
+            | Command::AlertsDelivered { .. }
             | Command::CreateKey { .. }
             | Command::RotateKey { .. }
             | Command::RevokeKey { .. } => Outcome::Done,
@@ -755,26 +758,33 @@ impl Ledger {
         tenant.in_flight = tenant.in_flight.saturating_sub(1);
         let estimate = reservation.estimate;
         let charge = ending.charge(&estimate);
+        let mut crossings = Crossings::default();
         for_each_hold(
             tenant,
             reservation.agent,
             &reservation.holds,
             |spec, counter| {
                 limits::settle(spec, counter, &estimate, charge.as_ref(), at_ms);
+                if charge.is_some() {
+                    crossings.note(spec, counter, at_ms);
+                }
             },
         );
-        self.audit.append(
-            at_ms,
-            Fact {
-                tenant: Some(&tenant.id),
-                agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
-                tool: Some(&reservation.tool),
-                request_id: ending.request_id(),
-                reservation_id: Some(ReservationId(id)),
-                event: ending.event(&estimate),
-                amounts: ending.amounts(&estimate),
-            },
-        );
+        let fact = Fact {
+            tenant: Some(&tenant.id),
+            agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
+            tool: Some(&reservation.tool),
+            request_id: ending.request_id(),
+            reservation_id: Some(ReservationId(id)),
+            event: ending.event(&estimate),
+            amounts: ending.amounts(&estimate),
+        };
+        let crossed = crossings.facts(&fact);
+        self.audit.append(at_ms, fact);
+        for fact in crossed {
+            self.crossings_applied.count(&fact.event);
+            self.audit.append(at_ms, fact);
+        }
         Some(reservation)
     }
 
@@ -847,6 +857,7 @@ impl Ledger {
         };
         let reservation = tombstone.reservation;
         let estimate = reservation.estimate;
+        let mut crossings = Crossings::default();
         for_each_hold(
             tenant,
             reservation.agent,
@@ -864,6 +875,7 @@ impl Ledger {
                 } else {
                     limits::charge(spec, counter, actual, now_ms);
                 }
+                crossings.note(spec, counter, now_ms);
             },
         );
         let overrun = actual.exceeds(&estimate);
@@ -874,18 +886,21 @@ impl Ledger {
         {
             runaway.note_overrun(&tenant.policy, (&estimate, actual), now_ms);
         }
-        self.audit.append(
-            now_ms,
-            Fact {
-                tenant: Some(&tenant.id),
-                agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
-                tool: Some(&reservation.tool),
-                request_id: Some(request_id),
-                reservation_id: Some(reservation_id),
-                event: settled.event(overrun, true),
-                amounts: *actual,
-            },
-        );
+        let fact = Fact {
+            tenant: Some(&tenant.id),
+            agent: tenant.agents.get(reservation.agent).map(|a| &a.id),
+            tool: Some(&reservation.tool),
+            request_id: Some(request_id),
+            reservation_id: Some(reservation_id),
+            event: settled.event(overrun, true),
+            amounts: *actual,
+        };
+        let crossed = crossings.facts(&fact);
+        self.audit.append(now_ms, fact);
+        for fact in crossed {
+            self.crossings_applied.count(&fact.event);
+            self.audit.append(now_ms, fact);
+        }
         Outcome::Committed {
             reservation_id,
             overrun,
@@ -938,8 +953,10 @@ impl Ledger {
                 tenant.agents.push(Agent::new(agent_id.clone(), now_ms))
             }
         };
+        let mut crossings = Crossings::default();
         for_each_applicable(tenant, (agent_index, agent_id), tool, |spec, counter| {
             limits::charge(spec, counter, actual, now_ms);
+            crossings.note(spec, counter, now_ms);
         });
         let policy = &tenant.policy;
         if let Some(agent) = tenant.agents.get_mut(agent_index) {
@@ -951,18 +968,21 @@ impl Ledger {
                     .note_spend(policy, actual, now_ms);
             }
         }
-        self.audit.append(
-            now_ms,
-            Fact {
-                tenant: Some(tenant_id),
-                agent: Some(agent_id),
-                tool: Some(tool),
-                request_id: Some(request_id),
-                reservation_id: None,
-                event,
-                amounts: *actual,
-            },
-        );
+        let fact = Fact {
+            tenant: Some(tenant_id),
+            agent: Some(agent_id),
+            tool: Some(tool),
+            request_id: Some(request_id),
+            reservation_id: None,
+            event,
+            amounts: *actual,
+        };
+        let crossed = crossings.facts(&fact);
+        self.audit.append(now_ms, fact);
+        for fact in crossed {
+            self.crossings_applied.count(&fact.event);
+            self.audit.append(now_ms, fact);
+        }
         Outcome::Recorded {
             cost_micros: actual.cost_micros,
         }

@@ -76,6 +76,9 @@ impl Ledger {
         ensure(self.agents_total <= AGENTS_MAX, || {
             "more than AGENTS_MAX agents".into()
         })?;
+        ensure(self.alerts_delivered_seq <= self.audit.head().seq, || {
+            "alerts delivered past the audit chain's head".into()
+        })?;
         for tenant in self.tenants.iter() {
             let tenant_id = &tenant.id;
             ensure(tenant.agents.len() <= AGENTS_PER_TENANT_MAX, || {

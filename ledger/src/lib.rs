@@ -38,6 +38,7 @@
 //!   concurrency max); any other change starts it afresh, and holds on the old one lapse.
 #![forbid(unsafe_code)]
 
+mod alerts;
 mod audit;
 mod commands;
 mod dedup;
@@ -59,6 +60,8 @@ mod validate;
 mod window;
 
 #[cfg(test)]
+mod alert_tests;
+#[cfg(test)]
 mod price_tests;
 #[cfg(test)]
 mod proptests;
@@ -67,6 +70,9 @@ mod quota_tests;
 #[cfg(test)]
 mod tests;
 
+pub use alerts::{
+    ThresholdCrossing, Thresholds, THRESHOLDS_DEFAULT_PERCENT, THRESHOLDS_PER_LIMIT_MAX,
+};
 pub use audit::{
     verify_chain, AuditError, AuditEvent, AuditRecord, AUDIT_QUERY_RECORDS_MAX,
     AUDIT_RECORDS_RETAINED_MAX, GENESIS_PREV_HASH,
@@ -164,6 +170,10 @@ pub struct AuditFilter {
     pub to_ms: Option<u64>,
     /// Only records with a larger sequence number (for paging).
     pub after_seq: Option<u64>,
+    /// Only records with a sequence number at most this (bounds the records looked at).
+    pub to_seq: Option<u64>,
+    /// Only records of this event, named as in the export (`AuditEvent::name`).
+    pub event: Option<String>,
     pub limit: usize,
 }
 
@@ -195,6 +205,9 @@ pub struct Ledger {
     gc_cursor: gc::GcCursor,
     /// API keys (see `keys.rs`).
     keys: Keys,
+    /// The audit sequence up to which every `ThresholdCrossed` record was delivered to the
+    /// alert webhook (`alerts.rs`).
+    alerts_delivered_seq: u64,
     /// Derived indexes and counts, rebuilt on restore.
     #[serde(skip)]
     by_expiry: BTreeSet<(u64, ReservationKey)>,
@@ -209,6 +222,9 @@ pub struct Ledger {
     /// Encoding buffer for the payload hashes of commands postcard encodes.
     #[serde(skip)]
     scratch: Scratch,
+    /// Threshold crossings applied since the node last took them (for its metrics).
+    #[serde(skip)]
+    crossings_applied: alerts::CrossingCounts,
     /// Tests only: bounds and switches a test may change.
     #[cfg(test)]
     #[serde(skip)]

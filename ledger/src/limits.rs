@@ -19,10 +19,12 @@ pub const LIMITS_PER_TENANT_MAX: usize = 64;
 pub enum Counter {
     /// `committed` belongs to the window starting at `window_start_ms`; `held` is the sum of
     /// the estimates of reservations in flight and carries over window boundaries.
+    /// `alerted_percent`: the highest soft threshold crossed in this window (0: none).
     Budget {
         window_start_ms: u64,
         committed: u64,
         held: u64,
+        alerted_percent: u8,
     },
     Rate {
         tat: Tat,
@@ -39,6 +41,7 @@ impl Counter {
                 window_start_ms: 0,
                 committed: 0,
                 held: 0,
+                alerted_percent: 0,
             },
             LimitKind::Rate { .. } => Counter::Rate {
                 tat: Tat::default(),
@@ -225,6 +228,7 @@ pub fn evaluate(
                 window_start_ms,
                 committed,
                 held,
+                ..
             },
         ) => {
             let committed =
@@ -287,6 +291,7 @@ fn normalize(spec: &LimitSpec, counter: &mut Counter, now_ms: u64) {
         Counter::Budget {
             window_start_ms,
             committed,
+            alerted_percent,
             ..
         },
     ) = (spec.kind, counter)
@@ -295,6 +300,7 @@ fn normalize(spec: &LimitSpec, counter: &mut Counter, now_ms: u64) {
         if *window_start_ms != start {
             *window_start_ms = start;
             *committed = 0;
+            *alerted_percent = 0;
         }
     }
 }
@@ -427,6 +433,7 @@ pub fn inert(spec: &LimitSpec, counter: &Counter, now_ms: u64) -> bool {
                 window_start_ms,
                 committed,
                 held,
+                ..
             },
         ) => held == 0 && (committed == 0 || window_start_ms != window_start_at(window, now_ms)),
         (LimitKind::Rate { .. }, Counter::Rate { tat }) => {
@@ -456,6 +463,7 @@ pub fn usage(
                 window_start_ms,
                 committed,
                 held,
+                ..
             },
         ) => {
             let start = window_start_at(window, now_ms);

@@ -61,6 +61,7 @@ impl Priced {
                         window: Window::Lifetime,
                         amount: 1_000_000_000,
                     },
+                    thresholds: Default::default(),
                 },
             };
             assert_eq!(h.apply(&limit), Outcome::Done);

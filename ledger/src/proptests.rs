@@ -160,6 +160,7 @@ fn limit_template(template: usize) -> LimitSpec {
         scope,
         dimension,
         kind,
+        thresholds: Default::default(),
     }
 }
 
@@ -380,6 +381,7 @@ impl Run {
                         period_ms: 0,
                         burst: 0,
                     },
+                    thresholds: Default::default(),
                 },
             },
         }

@@ -82,6 +82,7 @@ impl Tenants {
                     window: Window::Day,
                     amount: 1_000_000,
                 },
+                thresholds: Default::default(),
             },
         };
         self.apply(&cmd)
@@ -436,6 +437,7 @@ fn agents_whose_state_matters_are_never_collected() {
                 window: Window::Lifetime,
                 amount: 1_000,
             },
+            thresholds: Default::default(),
         },
     };
     assert_eq!(h.apply(&lifetime), Outcome::Done);

@@ -13,9 +13,11 @@ use super::Ledger;
 /// counter; reservations and tombstones are keyed by (tenant, id)). 6: tenant policies
 /// carry quotas (`TenantQuotas`); agents may be removed (vacant slots, `last_used_ms`,
 /// the GC cursor).
-/// 7: API keys, and the key commands and audit events. 9: repetition counts each fingerprint
-/// in the buckets of a sliding window.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 9;
+/// 7: API keys, and the key commands and audit events. 8: commits and records answer the
+/// cost charged and audit the price. 9: repetition counts each fingerprint in the buckets of
+/// a sliding window. 10: soft thresholds: limits carry them, budget counters remember the
+/// highest crossed, `ThresholdCrossed` records, and the alert cursor.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 10;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8;

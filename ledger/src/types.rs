@@ -285,6 +285,10 @@ pub struct LimitSpec {
     pub scope: Scope,
     pub dimension: Dimension,
     pub kind: LimitKind,
+    /// Soft thresholds (budgets only): crossing one is audited, never denied. Absent from
+    /// an older export: the defaults.
+    #[serde(default)]
+    pub thresholds: crate::Thresholds,
 }
 
 /// What happens to a reservation that outlives its TTL.
@@ -456,6 +460,10 @@ pub enum Command {
         tenant: Option<TenantId>,
         key_id: crate::KeyId,
     },
+    /// The leader's alert sender had every `ThresholdCrossed` record up to this audit
+    /// sequence acknowledged by the webhook: the replicated cursor a new leader resumes
+    /// from. Not a decision, so not audited; it never moves back nor past the chain head.
+    AlertsDelivered { up_to_seq: u64 },
 }
 
 /// Why a reservation was denied.

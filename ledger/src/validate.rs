@@ -81,7 +81,7 @@ impl Command {
                 agent.as_ref().map_or(Ok(()), |a| a.validate())
             }
             Command::ResetTrip { agent, .. } => agent.validate(),
-            Command::Tick => Ok(()),
+            Command::Tick | Command::AlertsDelivered { .. } => Ok(()),
             Command::CreateKey { tenant, key, .. } => {
                 super::keys::validate_spec(tenant.as_ref(), key)
             }
@@ -109,7 +109,7 @@ impl Command {
             | Command::CreateKey { request_id, .. }
             | Command::RotateKey { request_id, .. }
             | Command::RevokeKey { request_id, .. } => Some(request_id),
-            Command::Tick => None,
+            Command::Tick | Command::AlertsDelivered { .. } => None,
         }
     }
 
@@ -131,7 +131,7 @@ impl Command {
             Command::CreateKey { tenant, .. }
             | Command::RotateKey { tenant, .. }
             | Command::RevokeKey { tenant, .. } => tenant.as_ref(),
-            Command::Tick => None,
+            Command::Tick | Command::AlertsDelivered { .. } => None,
         }
     }
 }
@@ -193,6 +193,9 @@ impl LimitSpec {
     /// 1..=RATE_PERIOD_MS_MAX, and concurrency limits exactly on `Dimension::Concurrency`.
     pub fn validate(&self) -> Result<(), InvalidInput> {
         self.id.validate()?;
+        if let Err(InvalidInput(why)) = self.thresholds.validate() {
+            return fail(format!("limit {}: {why}", self.id));
+        }
         match &self.scope {
             Scope::Tenant | Scope::EachAgent => {}
             Scope::Agent(agent) => agent.validate()?,

@@ -33,6 +33,7 @@ fn a_day_of_spend_exports_a_verifiable_trail_and_survives_a_snapshot() {
                     window: Window::Day,
                     amount: 5_000_000,
                 },
+                thresholds: Default::default(),
             },
         },
     ];

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::alerts::AlertWebhook;
 use crate::auth::Auth;
 use crate::metrics::tenants::{METRICS_TENANTS_DEFAULT, METRICS_TENANTS_MAX};
 use crate::node::NodeConfig;
@@ -88,6 +89,18 @@ pub struct ServeArgs {
     /// (`http://collector:4317`); no traces when unset.
     #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Where the leader POSTs each soft-threshold crossing (signed JSON, retried until a
+    /// 2xx). https, or http to loopback (anywhere with --insecure).
+    #[arg(long, env = "TOLLGATE_ALERT_WEBHOOK", value_name = "URL")]
+    pub alert_webhook: Option<String>,
+    /// A file holding the webhook's signing secret (16 to 1024 bytes); required with
+    /// --alert-webhook.
+    #[arg(long, env = "TOLLGATE_ALERT_WEBHOOK_SECRET_FILE", value_name = "PATH")]
+    pub alert_webhook_secret_file: Option<PathBuf>,
+    /// The roots (PEM) an https webhook's certificate must chain to, e.g. the system's
+    /// /etc/ssl/certs/ca-certificates.crt.
+    #[arg(long, env = "TOLLGATE_ALERT_WEBHOOK_CA_FILE", value_name = "PATH")]
+    pub alert_webhook_ca_file: Option<PathBuf>,
     /// A TOML file with the same settings (keys as the flags, with underscores).
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -112,6 +125,9 @@ struct FileConfig {
     metrics_tenants_max: Option<usize>,
     admin_key_file: Option<PathBuf>,
     otlp_endpoint: Option<String>,
+    alert_webhook: Option<String>,
+    alert_webhook_secret_file: Option<PathBuf>,
+    alert_webhook_ca_file: Option<PathBuf>,
 }
 
 /// Settings beyond the node itself.
@@ -235,6 +251,38 @@ fn resolve_auth(key_file: Option<PathBuf>, insecure: bool) -> anyhow::Result<Aut
     }
 }
 
+/// The alert webhook, its secret read from its file: a URL without a secret, or a secret
+/// without a URL, is a mistake worth refusing to start for.
+fn resolve_alerts(
+    url: Option<String>,
+    secret_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    insecure: bool,
+) -> anyhow::Result<Option<AlertWebhook>> {
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    match (url, secret_file) {
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!(
+            "--alert-webhook needs --alert-webhook-secret-file (TOLLGATE_ALERT_WEBHOOK_SECRET_FILE)"
+        ),
+        (None, Some(_)) => bail!("--alert-webhook-secret-file without --alert-webhook"),
+        (Some(url), Some(secret_file)) => {
+            let secret = read(&secret_file, "alert webhook secret")?;
+            let ca = ca_file
+                .map(|path| read(&path, "alert webhook CA file"))
+                .transpose()?;
+            Ok(Some(AlertWebhook::new(
+                &url,
+                &secret,
+                ca.as_deref(),
+                insecure,
+            )?))
+        }
+    }
+}
+
 impl ServeArgs {
     /// The node's settings from flags, environment and file, checked (`check_secure`
     /// included): an error names what is wrong or missing.
@@ -283,6 +331,14 @@ impl ServeArgs {
                  ({METRICS_TENANTS_MAX}): each tenant brings five series per limit"
             );
         }
+        node.alerts = resolve_alerts(
+            self.alert_webhook.or(file.alert_webhook.take()),
+            self.alert_webhook_secret_file
+                .or(file.alert_webhook_secret_file.take()),
+            self.alert_webhook_ca_file
+                .or(file.alert_webhook_ca_file.take()),
+            insecure,
+        )?;
         let mut config = ServeConfig {
             node,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
@@ -350,6 +406,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("METRICS_TENANTS_MAX"), "{error}");
+    }
+
+    #[test]
+    fn an_alert_webhook_needs_its_secret_and_the_secret_its_webhook() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("alert.secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let with = |url: Option<&str>, secret_file: Option<&std::path::Path>| ServeArgs {
+            insecure: true,
+            alert_webhook: url.map(str::to_owned),
+            alert_webhook_secret_file: secret_file.map(|p| p.to_path_buf()),
+            ..args(dir.path())
+        };
+        assert!(with(None, None).resolve().unwrap().node.alerts.is_none());
+        let config = with(Some("http://127.0.0.1:9000/hook"), Some(&secret));
+        assert!(config.resolve().unwrap().node.alerts.is_some());
+        for (url, secret_file, named) in [
+            (
+                Some("http://127.0.0.1:9000/hook"),
+                None,
+                "--alert-webhook-secret-file",
+            ),
+            (None, Some(secret.as_path()), "without --alert-webhook"),
+            (
+                Some("ftp://127.0.0.1/"),
+                Some(secret.as_path()),
+                "neither http nor https",
+            ),
+        ] {
+            let error = with(url, secret_file).resolve().unwrap_err().to_string();
+            assert!(error.contains(named), "{named} in {error}");
+        }
     }
 
     #[test]

@@ -180,6 +180,7 @@ fn limit(
         scope: Some(v1::Scope { scope: Some(scope) }),
         dimension: dimension.into(),
         kind: Some(kind),
+        thresholds: None,
     }
 }
 

@@ -42,6 +42,8 @@ pub struct LocalClusterOptions {
     pub auth: Auth,
     /// Shared by the nodes: isolate one to cut it off from the others.
     pub partition: Partition,
+    /// Every node's alert webhook.
+    pub alerts: Option<crate::alerts::AlertWebhook>,
 }
 
 impl LocalClusterOptions {
@@ -59,6 +61,7 @@ impl LocalClusterOptions {
             tick_interval: defaults.tick_interval,
             auth: Auth::default(),
             partition: Partition::default(),
+            alerts: None,
         }
     }
 }
@@ -156,6 +159,7 @@ impl LocalCluster {
         config.auth = self.options.auth.clone();
         config.partition = self.options.partition.clone();
         config.tick_interval = self.options.tick_interval;
+        config.alerts = self.options.alerts.clone();
         if self.options.fast_elections {
             config.heartbeat_interval = Duration::from_millis(50);
             config.election_timeout_min = Duration::from_millis(200);

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node of a cluster.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a three-node cluster on 127.0.0.1:7001-7003 with example tenants, and a demo.
     Dev(DevArgs),
     /// Exit 0 if the node at --addr answers gRPC health checks as serving (for containers).

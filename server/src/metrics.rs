@@ -112,6 +112,11 @@ fn describe() {
         "Denied reservations by the denying limit id (limit=\"none\" when frozen or tripped) and reason."
     );
     describe_counter!(
+        "tollgate_threshold_crossings_total",
+        Unit::Count,
+        "Soft-threshold crossings of budgets applied, by threshold percent; every replica counts the same ones."
+    );
+    describe_counter!(
         "tollgate_clock_jumps_clamped_total",
         Unit::Count,
         "Times the leader's clock went backwards and the command time was held still instead."

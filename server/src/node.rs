@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use crate::alerts::AlertWebhook;
 use crate::auth::{Auth, KeyIndex};
 use crate::clock::Clock;
 use crate::raft::network::Partition;
@@ -49,6 +50,8 @@ pub struct NodeConfig {
     /// Entries kept in the log behind a snapshot, so that a briefly lagging follower catches
     /// up from the log rather than by a whole snapshot.
     pub log_entries_kept_after_snapshot: u64,
+    /// Where the leader sends soft-threshold alerts; None: they are only audited.
+    pub alerts: Option<AlertWebhook>,
 }
 
 impl NodeConfig {
@@ -73,6 +76,7 @@ impl NodeConfig {
             snapshot_after_entries: 50_000,
             log_entries_kept_after_snapshot: 1_000,
             partition: Partition::default(),
+            alerts: None,
         }
     }
 }

@@ -103,13 +103,22 @@ impl RunningNode {
             tls.is_some(),
             stopped.clone(),
         );
-        let ticker = tokio::spawn(tick(node.clone(), config.tick_interval, stopped));
+        let mut tasks = vec![tokio::spawn(clients), tokio::spawn(peers)];
+        if let Some(webhook) = config.alerts.clone() {
+            let alerts = crate::alerts::deliver(node.clone(), webhook, stopped.clone());
+            tasks.push(tokio::spawn(alerts));
+        }
+        tasks.push(tokio::spawn(tick(
+            node.clone(),
+            config.tick_interval,
+            stopped,
+        )));
         let mut running = Self {
             node,
             addr,
             peer_addr,
             stop,
-            tasks: vec![tokio::spawn(clients), tokio::spawn(peers), ticker],
+            tasks,
         };
         if !initialised {
             running.bootstrap(&config, member);

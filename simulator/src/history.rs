@@ -320,6 +320,8 @@ enum Kind {
     Trip,
     Admin,
     Expire,
+    /// A charge's consequence: one request may cross several thresholds, so never indexed.
+    Threshold,
 }
 
 impl Kind {
@@ -342,6 +344,7 @@ impl Kind {
             | AuditEvent::KeyRevoke(_)
             | AuditEvent::PricePut(_)
             | AuditEvent::PriceDelete(_) => Kind::Admin,
+            AuditEvent::ThresholdCrossed(_) => Kind::Threshold,
         }
     }
 
@@ -354,6 +357,7 @@ impl Kind {
             Kind::Trip => "trip",
             Kind::Admin => "admin",
             Kind::Expire => "expire",
+            Kind::Threshold => "threshold crossing",
         }
     }
 }
@@ -398,6 +402,7 @@ fn event_name(event: &AuditEvent) -> &'static str {
         AuditEvent::KeyRevoke(_) => "key revoke",
         AuditEvent::PricePut(_) => "price put",
         AuditEvent::PriceDelete(_) => "price delete",
+        AuditEvent::ThresholdCrossed(_) => "threshold crossed",
     }
 }
 
@@ -666,6 +671,9 @@ fn index_by_request<'a>(
             continue;
         };
         let kind = Kind::of(&record.event);
+        if kind == Kind::Threshold {
+            continue;
+        }
         let key = (tenant.as_str(), request_id.as_str(), kind);
         if let Some(first) = by_request.get(&key) {
             violations.push(format!(

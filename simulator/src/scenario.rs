@@ -181,6 +181,8 @@ pub struct LimitSpecToml {
     pub period_ms: Option<u64>,
     pub burst: Option<u64>,
     pub max: Option<u64>,
+    /// A budget's soft thresholds in percent; absent: 50, 80, 95; empty: none.
+    pub thresholds: Option<Vec<u32>>,
 }
 
 /// A limit's kind, with exactly the fields it needs.
@@ -271,6 +273,10 @@ impl LimitSpecToml {
             scope: Some(v1::Scope { scope: Some(scope) }),
             dimension: self.dimension.wire().into(),
             kind: Some(kind),
+            thresholds: self
+                .thresholds
+                .clone()
+                .map(|percent| v1::AlertThresholds { percent }),
         })
     }
 }

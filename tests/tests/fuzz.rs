@@ -186,6 +186,9 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
             period_ms: 1_000,
             burst: 10,
         })),
+        thresholds: Some(pb::AlertThresholds {
+            percent: vec![50, 80],
+        }),
     };
     let audit = pb::AuditQueryRequest {
         tenant: "acme".into(),
@@ -194,6 +197,7 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
         to_ms: Some(u64::MAX),
         after_seq: Some(1),
         limit: 10,
+        event: "threshold_crossed".into(),
     };
     let freeze = pb::FreezeRequest {
         request_id: "f-1".into(),
@@ -520,6 +524,7 @@ fn limit(id: &str, scope: Scope, dimension: Dimension, kind: LimitKind) -> Limit
         scope,
         dimension,
         kind,
+        thresholds: Default::default(),
     }
 }
 

@@ -30,6 +30,10 @@ pub struct AuditFilterArgs {
     /// Up to this time.
     #[arg(long = "to", value_name = "TIME", value_parser = parse_time_ms)]
     pub to_ms: Option<u64>,
+    /// Only records of this event, named as in the export: threshold_crossed, commit,
+    /// deny, trip, ...
+    #[arg(long, value_name = "NAME")]
+    pub event: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +95,7 @@ fn wire_query(
         to_ms: filter.to_ms,
         after_seq,
         limit,
+        event: filter.event.unwrap_or_default(),
     }
 }
 

@@ -175,7 +175,7 @@ fn add_usd(object: &mut Value, dimension: i32, keys: &[&str]) {
 }
 
 pub fn limits_table(limits: &[v1::Limit]) -> Table {
-    let mut table = Table::new(&["ID", "SCOPE", "DIMENSION", "KIND", "AMOUNT"]);
+    let mut table = Table::new(&["ID", "SCOPE", "DIMENSION", "KIND", "AMOUNT", "THRESHOLDS"]);
     for limit in limits {
         let (kind, amount) = limit_kind(limit);
         table.row(vec![
@@ -184,9 +184,34 @@ pub fn limits_table(limits: &[v1::Limit]) -> Table {
             dimension_name(limit.dimension),
             kind,
             or_dash(amount.map(|amount| amount_text(limit.dimension, amount))),
+            thresholds_text(limit),
         ]);
     }
     table
+}
+
+/// A budget's soft thresholds as `50,80,95 %`, `off`, or a dash for other kinds.
+fn thresholds_text(limit: &v1::Limit) -> String {
+    if !matches!(limit.kind, Some(v1::limit::Kind::Budget(_))) {
+        return "-".into();
+    }
+    let percents = thresholds_of(limit);
+    if percents.is_empty() {
+        return "off".into();
+    }
+    let list: Vec<String> = percents.iter().map(u32::to_string).collect();
+    format!("{} %", list.join(","))
+}
+
+/// The limit's thresholds; absent on the wire means the defaults.
+fn thresholds_of(limit: &v1::Limit) -> Vec<u32> {
+    match &limit.thresholds {
+        Some(t) => t.percent.clone(),
+        None => tollgate_ledger::THRESHOLDS_DEFAULT_PERCENT
+            .iter()
+            .map(|&p| u32::from(p))
+            .collect(),
+    }
 }
 
 pub fn limit_json(limit: &v1::Limit) -> Value {
@@ -211,6 +236,9 @@ pub fn limit_json(limit: &v1::Limit) -> Value {
     };
     if let (Some(object), Value::Object(kind)) = (value.as_object_mut(), kind) {
         object.extend(kind);
+        if matches!(limit.kind, Some(Kind::Budget(_))) {
+            object.insert("thresholds".into(), json!(thresholds_of(limit)));
+        }
     }
     add_usd(&mut value, limit.dimension, &["amount", "burst"]);
     value
@@ -595,6 +623,7 @@ mod tests {
             scope: Some(super::super::parse::parse_scope("tool:llm:gpt-x").unwrap()),
             dimension: v1::Dimension::Tokens.into(),
             kind: Some(kind),
+            thresholds: None,
         };
         let rate = limit(Kind::Rate(v1::Rate {
             amount: 100_000,
@@ -688,6 +717,7 @@ mod tests {
                 window: v1::Window::Day.into(),
                 amount: 50_000_000,
             })),
+            thresholds: None,
         };
         let usage = v1::LimitUsage {
             limit: Some(limit.clone()),

@@ -54,6 +54,10 @@ pub enum LimitCommand {
         dimension: Option<DimensionArg>,
         #[command(flatten)]
         kind: LimitKindArgs,
+        /// Soft thresholds of a budget, in percent: `50,80,95` (the default), or `off`.
+        /// Committed spend crossing one is audited (`threshold_crossed`) and alerted.
+        #[arg(long, value_name = "PERCENTS", value_parser = parse_thresholds)]
+        thresholds: Option<tollgate_client::v1::AlertThresholds>,
     },
     /// Remove a limit.
     Delete {
@@ -68,6 +72,20 @@ pub enum LimitCommand {
         #[arg(long)]
         tenant: String,
     },
+}
+
+/// `--thresholds`: percents separated by commas, or `off` for none. The cluster checks
+/// the values (1 to 99, ascending, at most 8).
+fn parse_thresholds(text: &str) -> Result<tollgate_client::v1::AlertThresholds, String> {
+    let percent = match text.trim() {
+        "off" | "none" => Vec::new(),
+        text => text
+            .split(',')
+            .map(|p| p.trim().trim_end_matches('%').parse::<u32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("{text:?} is not percents like 50,80,95 (or off)"))?,
+    };
+    Ok(tollgate_client::v1::AlertThresholds { percent })
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +159,7 @@ pub async fn limit(ops: &Ops, command: LimitCommand) -> anyhow::Result<()> {
             scope,
             dimension,
             kind,
+            thresholds,
         } => {
             // clap checked which flags go together; what needs the dimension is checked
             // here, before anything is sent.
@@ -150,6 +169,7 @@ pub async fn limit(ops: &Ops, command: LimitCommand) -> anyhow::Result<()> {
                 scope: Some(scope),
                 dimension: dimension.into(),
                 kind: Some(kind),
+                thresholds,
             };
             let applied = ops.client.put_limit(&tenant, limit).await.map_err(|e| {
                 ops.failed(

@@ -15,7 +15,7 @@ use super::keys_service;
 use super::prices_service;
 use crate::auth::Caller;
 use crate::node::Node;
-use tollgate_ledger::{AuditFilter, AuditRecord, Command};
+use tollgate_ledger::{AuditEvent, AuditFilter, AuditRecord, Command};
 
 /// Most audit records one QueryAudit call returns; page with `after_seq` for more.
 pub const AUDIT_PAGE_RECORDS_MAX: usize = 10_000;
@@ -57,8 +57,24 @@ fn audit_filter(
         from_ms: request.from_ms,
         to_ms: request.to_ms,
         after_seq: request.after_seq,
+        to_seq: None,
+        event: audit_event(&request.event)?,
         limit,
     })
+}
+
+/// An audit query's event filter: empty is every event, else one of the export's names.
+fn audit_event(name: &str) -> Result<Option<String>, Status> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if !AuditEvent::NAMES.contains(&name) {
+        return Err(convert::invalid(format!(
+            "event {name:?} is not an audit event; one of {}",
+            AuditEvent::NAMES.join(", ")
+        )));
+    }
+    Ok(Some(name.to_owned()))
 }
 
 pub fn audit_record_to_pb(record: &AuditRecord) -> pb::AuditRecord {

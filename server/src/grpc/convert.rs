@@ -8,8 +8,8 @@ use crate::raft::proposer::AppliedOutcome;
 use tollgate_ledger::{
     AgentId, Amounts, ApiKey, DenyReason, Dimension, ExpiryPolicy, KeyId, LimitId, LimitKind,
     LimitSpec, LimitUsage, ModelId, Price, PriceEntry, RequestId, ReservationView, Role, Scope,
-    TenantId, TenantPolicy, TenantQuotas, ToolId, TripCause, Usage, Window, KEY_AGENTS_MAX,
-    PER_TOKENS_DEFAULT,
+    TenantId, TenantPolicy, TenantQuotas, Thresholds, ToolId, TripCause, Usage, Window,
+    KEY_AGENTS_MAX, PER_TOKENS_DEFAULT,
 };
 
 pub fn invalid(message: impl Into<String>) -> Status {
@@ -241,6 +241,10 @@ pub fn limit(value: Option<pb::Limit>) -> Result<LimitSpec, Status> {
         scope: scope(value.scope)?,
         dimension: dimension(value.dimension)?,
         kind,
+        thresholds: match value.thresholds {
+            None => Thresholds::default(),
+            Some(t) => Thresholds::new(t.percent).map_err(|e| invalid(e.0))?,
+        },
     })
 }
 
@@ -267,6 +271,14 @@ pub fn limit_to_pb(value: &LimitSpec) -> pb::Limit {
         scope: Some(scope_to_pb(&value.scope)),
         dimension: dimension_to_pb(value.dimension),
         kind: Some(kind),
+        thresholds: Some(pb::AlertThresholds {
+            percent: value
+                .thresholds
+                .percents()
+                .iter()
+                .map(|&p| u32::from(p))
+                .collect(),
+        }),
     }
 }
 

@@ -218,6 +218,7 @@ mod tests {
                     window: Window::Lifetime,
                     amount,
                 },
+                thresholds: Default::default(),
             },
             agent: None,
             used,

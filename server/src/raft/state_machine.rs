@@ -407,6 +407,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             answer
                         })
                         .collect();
+                    crate::alerts::count_crossings(applied.ledger.take_threshold_crossings());
                     BatchOutcome { outcomes }
                 }
                 EntryPayload::Membership(membership) => {

@@ -80,6 +80,7 @@ fn ledger_growth(agents: u64, one_agent: bool) -> anyhow::Result<i64> {
                     window: Window::Lifetime,
                     amount: systems::BUDGET_AMOUNT,
                 },
+                thresholds: Default::default(),
             },
         },
     ];

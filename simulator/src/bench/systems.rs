@@ -235,6 +235,7 @@ async fn setup_tollgate(
             window: v1::Window::Lifetime.into(),
             amount: BUDGET_AMOUNT,
         })),
+        thresholds: None,
     };
     client
         .put_limit(TENANT, limit)

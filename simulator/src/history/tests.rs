@@ -55,6 +55,7 @@ impl Trail {
                 window: Window::Lifetime,
                 amount: AMOUNT,
             },
+            thresholds: Default::default(),
         };
         self.push(AuditEvent::LimitPut(spec), Some("setup-limit"), None, 0)
             .amounts = Amounts::default();

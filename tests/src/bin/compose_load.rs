@@ -152,6 +152,7 @@ fn budget_limit(id: &str, dimension: v1::Dimension, amount: u64) -> v1::Limit {
             window: v1::Window::Lifetime.into(),
             amount,
         })),
+        thresholds: None,
     }
 }
 
@@ -181,6 +182,7 @@ fn limits() -> Vec<(&'static str, v1::Limit)> {
             kind: Some(v1::limit::Kind::Concurrency(v1::Concurrency {
                 max: CONCURRENCY_PER_AGENT_MAX,
             })),
+            thresholds: None,
         },
     ));
     limits

@@ -98,6 +98,7 @@ pub fn tokens_budget(id: &str, amount: u64) -> v1::Limit {
             window: v1::Window::Lifetime.into(),
             amount,
         })),
+        thresholds: None,
     }
 }
 

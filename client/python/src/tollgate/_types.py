@@ -247,6 +247,9 @@ class LimitUsage:
     remaining: int
     # Start of the current budget window, unix seconds; None for lifetime budgets and rates.
     window_start: float | None
+    # The limit's soft thresholds in percent of a budget: crossing one by committed spend is
+    # audited ("threshold_crossed") and alerted, never denied. Empty: none.
+    thresholds: tuple[int, ...] = (50, 80, 95)
 
 
 def finite_seconds(name: str, value: float) -> float:

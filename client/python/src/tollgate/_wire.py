@@ -239,6 +239,17 @@ def limit_usages(response: pb.UsageResponse) -> list[LimitUsage]:
                 held=u.held,
                 remaining=u.remaining,
                 window_start=window,
+                thresholds=limit_thresholds(u.limit),
             )
         )
     return rows
+
+
+# A limit without thresholds on the wire has the cluster's defaults.
+THRESHOLDS_DEFAULT_PERCENT = (50, 80, 95)
+
+
+def limit_thresholds(limit: pb.Limit) -> tuple[int, ...]:
+    if not limit.HasField("thresholds"):
+        return THRESHOLDS_DEFAULT_PERCENT
+    return tuple(limit.thresholds.percent)
