@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::audit::{AuditEvent, Fact};
+use super::audit::{AuditEvent, AuditLog, Fact};
 use super::limits::Counter;
 use super::window::window_start_ms;
 use super::{
@@ -158,6 +158,26 @@ impl Crossings {
             event: AuditEvent::ThresholdCrossed(crossing),
             amounts: Amounts::default(),
         })
+    }
+}
+
+impl Crossings {
+    /// Appends a charge's own record, then the records of the crossings it caused, and
+    /// counts them for the metric: the one way every charge (commit, late commit, expiry,
+    /// record) reaches the audit trail. Takes the fields, not the ledger, because `cause`
+    /// borrows the tenant.
+    pub(super) fn append_with_cause(
+        self,
+        (audit, applied): (&mut AuditLog, &mut CrossingCounts),
+        at_ms: u64,
+        cause: Fact<'_>,
+    ) {
+        let crossed = self.facts(&cause);
+        audit.append(at_ms, cause);
+        for fact in crossed {
+            applied.count(&fact.event);
+            audit.append(at_ms, fact);
+        }
     }
 }
 

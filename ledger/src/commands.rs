@@ -779,12 +779,7 @@ impl Ledger {
             event: ending.event(&estimate),
             amounts: ending.amounts(&estimate),
         };
-        let crossed = crossings.facts(&fact);
-        self.audit.append(at_ms, fact);
-        for fact in crossed {
-            self.crossings_applied.count(&fact.event);
-            self.audit.append(at_ms, fact);
-        }
+        crossings.append_with_cause((&mut self.audit, &mut self.crossings_applied), at_ms, fact);
         Some(reservation)
     }
 
@@ -895,12 +890,7 @@ impl Ledger {
             event: settled.event(overrun, true),
             amounts: *actual,
         };
-        let crossed = crossings.facts(&fact);
-        self.audit.append(now_ms, fact);
-        for fact in crossed {
-            self.crossings_applied.count(&fact.event);
-            self.audit.append(now_ms, fact);
-        }
+        crossings.append_with_cause((&mut self.audit, &mut self.crossings_applied), now_ms, fact);
         Outcome::Committed {
             reservation_id,
             overrun,
@@ -977,12 +967,7 @@ impl Ledger {
             event,
             amounts: *actual,
         };
-        let crossed = crossings.facts(&fact);
-        self.audit.append(now_ms, fact);
-        for fact in crossed {
-            self.crossings_applied.count(&fact.event);
-            self.audit.append(now_ms, fact);
-        }
+        crossings.append_with_cause((&mut self.audit, &mut self.crossings_applied), now_ms, fact);
         Outcome::Recorded {
             cost_micros: actual.cost_micros,
         }

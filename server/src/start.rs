@@ -50,6 +50,28 @@ async fn open_storage(config: &NodeConfig) -> anyhow::Result<(LogStore, StateMac
     Ok((log_store, state_machine))
 }
 
+/// The Raft core over the node's storage, dialing peers with the node's TLS.
+async fn start_raft(
+    config: &NodeConfig,
+    log_store: LogStore,
+    state_machine: StateMachine,
+) -> anyhow::Result<Raft> {
+    let network = NetworkFactory {
+        from: config.id,
+        partition: config.partition.clone(),
+        tls: config.tls.as_ref().map(NodeTls::dialer),
+    };
+    Raft::new(
+        config.id,
+        Arc::new(raft_config(config)?),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")
+}
+
 impl RunningNode {
     pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
         let (log_store, state_machine) = open_storage(&config).await?;
@@ -65,21 +87,7 @@ impl RunningNode {
         let (addr, peer_addr) = (listener.local_addr()?, peer_listener.local_addr()?);
         let member = own_member(&config, addr, peer_addr);
 
-        let raft_config = raft_config(&config)?;
-        let network = NetworkFactory {
-            from: config.id,
-            partition: config.partition.clone(),
-            tls: tls.map(NodeTls::dialer),
-        };
-        let raft = Raft::new(
-            config.id,
-            Arc::new(raft_config),
-            network,
-            log_store,
-            state_machine,
-        )
-        .await
-        .context("starting raft")?;
+        let raft = start_raft(&config, log_store, state_machine).await?;
         let initialised = stored_cluster_or_stop(&raft, &config.peers).await?;
 
         let proposer = Proposer::start(raft.clone(), config.clock.clone(), applied.clone());
