@@ -17,7 +17,7 @@ use serde::Serialize;
 use tollgate_client::{Amounts, Client, ClientConfig};
 use tollgate_ledger::{
     AgentId, Amounts as LedgerAmounts, Command, Dimension, Ledger, LimitId, LimitKind, LimitSpec,
-    RequestId, Scope, TenantId, TenantPolicy, ToolId, Window,
+    RequestId, Scope, TenantId, ToolId, Window,
 };
 use tollgate_server::local_cluster::LocalCluster;
 
@@ -67,7 +67,7 @@ fn ledger_growth(agents: u64, one_agent: bool) -> anyhow::Result<i64> {
         Command::PutTenant {
             request_id: id(RequestId::new("setup-tenant"))?,
             tenant: tenant.clone(),
-            policy: TenantPolicy::default(),
+            policy: systems::bench_policy(),
         },
         Command::PutLimit {
             request_id: id(RequestId::new("setup-limit"))?,

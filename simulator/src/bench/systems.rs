@@ -203,22 +203,30 @@ pub async fn connect(
     Ok(drivers)
 }
 
-/// Creates the tenant and its budget (Tollgate), or clears the keys (peers).
-/// The bench tenant and its one budget. A load test is one tenant at the cluster's peak: it
-/// may hold the whole exactly-once table and the whole proposal queue.
-async fn setup_tollgate(
-    client: &tollgate_client::Client,
-    workload: Workload,
-) -> anyhow::Result<()> {
+/// The bench tenant's policy: the default one (runaway detection included) with every quota
+/// at its maximum, so the load, not a quota, is what is measured.
+pub fn bench_policy() -> tollgate_ledger::TenantPolicy {
     let quotas = tollgate_ledger::TenantQuotas {
+        agents: tollgate_ledger::AGENTS_PER_TENANT_MAX as u64,
         answers: tollgate_ledger::ANSWERS_PER_TENANT_MAX as u64,
         proposals_queued: tollgate_ledger::PROPOSALS_QUEUED_PER_TENANT_MAX as u64,
         ..Default::default()
     };
-    let policy = tollgate_server::grpc::convert::policy_to_pb(&tollgate_ledger::TenantPolicy {
+    tollgate_ledger::TenantPolicy {
         quotas,
         ..Default::default()
-    });
+    }
+}
+
+/// Creates the tenant and its budget (Tollgate), or clears the keys (peers).
+/// The bench tenant and its one budget. A load test is one tenant at the cluster's peak: it
+/// may hold the whole exactly-once table and the whole proposal queue, and as many agents as
+/// one tenant may have (the snapshot scenario loads a million).
+async fn setup_tollgate(
+    client: &tollgate_client::Client,
+    workload: Workload,
+) -> anyhow::Result<()> {
+    let policy = tollgate_server::grpc::convert::policy_to_pb(&bench_policy());
     client
         .put_tenant(TENANT, Some(policy))
         .await
