@@ -74,29 +74,26 @@ impl Collector {
 
     /// Waits for the span named `name` in trace `trace_id`, polling until [`EXPORT_WAIT`].
     async fn span(&self, trace_id: &[u8], name: &str) -> Span {
-        let deadline = tokio::time::Instant::now() + EXPORT_WAIT;
-        loop {
-            let found = self
-                .spans
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|span| span.trace_id == trace_id && span.name == name)
-                .cloned();
-            if let Some(span) = found {
-                return span;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no span {name} in trace {trace_id:02x?} within {EXPORT_WAIT:?}; got {:#?}",
-                self.spans.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("span {name} in trace {trace_id:02x?}");
+        self.first_span(&what, |span| span.trace_id == trace_id && span.name == name)
+            .await
     }
 
     /// Waits for the span named `name` whose `tollgate.request_id` is `request_id`.
     async fn span_of_request(&self, name: &str, request_id: &str) -> Span {
+        let what = format!("span {name} for request {request_id}");
+        self.first_span(&what, |span| {
+            span.name == name
+                && attributes(span)
+                    .get("tollgate.request_id")
+                    .map(String::as_str)
+                    == Some(request_id)
+        })
+        .await
+    }
+
+    /// The first exported span that `wanted` accepts, polling until [`EXPORT_WAIT`].
+    async fn first_span(&self, what: &str, wanted: impl Fn(&Span) -> bool) -> Span {
         let deadline = tokio::time::Instant::now() + EXPORT_WAIT;
         loop {
             let found = self
@@ -104,20 +101,15 @@ impl Collector {
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|span| {
-                    span.name == name
-                        && attributes(span)
-                            .get("tollgate.request_id")
-                            .map(String::as_str)
-                            == Some(request_id)
-                })
+                .find(|s| wanted(s))
                 .cloned();
             if let Some(span) = found {
                 return span;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no span {name} for request {request_id} within {EXPORT_WAIT:?}"
+                "no {what} within {EXPORT_WAIT:?}; got {:#?}",
+                self.spans.lock().unwrap()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
