@@ -251,9 +251,12 @@ impl pb::cluster_server::Cluster for ClusterService {
             .with_raft_state(|state| state.committed)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let (chain_head, stats) = {
+        // One read of the state machine gives the applied index and the chain head together:
+        // openraft's metrics would pair a later index with this head on a node catching up.
+        let (applied_index, chain_head, stats) = {
             let applied = read_applied(&self.node.applied);
-            (applied.ledger.chain_head(), applied.ledger.stats())
+            let index = applied.last_applied.map_or(0, |id| id.index);
+            (index, applied.ledger.chain_head(), applied.ledger.stats())
         };
         let quorum = quorum(&self.node.raft).await;
         let metrics = self.node.raft.metrics().borrow().clone();
@@ -266,7 +269,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             leader_id: metrics.current_leader,
             leader_addr: self.node.leader_addr().unwrap_or_default(),
             commit_index: committed.map_or(0, |id| id.index),
-            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            applied_index,
             last_log_index: metrics.last_log_index.unwrap_or(0),
             members: members_to_pb(metrics.membership_config.membership()),
             chain_head_seq: chain_head.seq,
