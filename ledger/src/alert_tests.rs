@@ -66,6 +66,7 @@ impl Alerts {
             actual: cost(micros),
             usage: None,
             offline: false,
+            session: None,
         };
         assert!(matches!(self.apply(&cmd), Outcome::Recorded { .. }));
     }
@@ -84,6 +85,7 @@ impl Alerts {
             ttl_ms,
             fingerprint: None,
             usage: None,
+            session: None,
         };
         match self.apply(&cmd) {
             Outcome::Granted { reservation_id, .. } => Some(reservation_id),

@@ -12,9 +12,11 @@ use super::runaway;
 use super::state::{Agent, Reservation, ReservationKey, Tenant, Tombstone};
 use super::{
     AgentId, Amounts, Bound, Command, DenyReason, ExpiryPolicy, Ledger, LimitId, LimitKind,
-    LimitSpec, Outcome, PriceRef, Rejection, Remaining, RequestId, ReservationId, Scope, TenantId,
-    TenantPolicy, ToolId, Usage,
+    LimitSpec, Outcome, PriceRef, Rejection, Remaining, RequestId, ReservationId, Scope, SessionId,
+    TenantId, TenantPolicy, ToolId, Usage,
 };
+use crate::sessions::Session;
+use std::collections::BTreeMap;
 
 /// Most tenants the ledger holds.
 pub const TENANTS_MAX: usize = 100_000;
@@ -112,6 +114,7 @@ pub(super) struct ReserveRequest<'a> {
     pub estimate: &'a Amounts,
     pub ttl_ms: u64,
     pub fingerprint: Option<&'a str>,
+    pub session: Option<&'a SessionId>,
 }
 
 impl<'a> ReserveRequest<'a> {
@@ -144,21 +147,43 @@ fn worse_denial(candidate: (bool, &Verdict), current: (bool, &Verdict)) -> bool 
     }
 }
 
+/// The session a call counts in: the one it names, if its tenant counts sessions.
+fn session_mut<'t>(
+    sessions: &'t mut BTreeMap<SessionId, Session>,
+    session: Option<&SessionId>,
+) -> Option<&'t mut Session> {
+    sessions.get_mut(session?)
+}
+
 /// Applies `f` to the counter of each limit the reservation still holds (limits deleted
 /// or reset since are skipped: their counters started afresh without this hold).
 fn for_each_hold(
     tenant: &mut Tenant,
-    agent: u32,
+    (agent, session): (u32, Option<&SessionId>),
     holds: &[u64],
     mut f: impl FnMut(&LimitSpec, &mut Counter),
 ) {
-    let Tenant { limits, agents, .. } = tenant;
+    let Tenant {
+        limits,
+        agents,
+        sessions,
+        ..
+    } = tenant;
     let mut agent = agents.get_mut(agent);
+    let mut session = session_mut(sessions, session);
     for &generation in holds {
         let Some(entry) = limits.iter_mut().find(|l| l.generation == generation) else {
             continue;
         };
-        if is_per_agent(&entry.spec.scope) {
+        if entry.spec.scope == Scope::EachSession {
+            let counter = session.as_deref_mut().and_then(|s| {
+                let index = s.counters.iter().position(|c| c.generation == generation)?;
+                Some(&mut s.counters[index].counter)
+            });
+            if let Some(counter) = counter {
+                f(&entry.spec, counter);
+            }
+        } else if is_per_agent(&entry.spec.scope) {
             let Some(agent) = agent.as_deref_mut() else {
                 continue;
             };
@@ -177,18 +202,32 @@ fn for_each_hold(
 fn for_each_applicable(
     tenant: &mut Tenant,
     (agent_index, agent_id): (u32, &AgentId),
-    tool: &ToolId,
+    (tool, session): (&ToolId, Option<&SessionId>),
     mut f: impl FnMut(&LimitSpec, &mut Counter),
 ) {
-    let Tenant { limits, agents, .. } = tenant;
+    let Tenant {
+        limits,
+        agents,
+        sessions,
+        ..
+    } = tenant;
     let Some(agent) = agents.get_mut(agent_index) else {
         return;
     };
-    let applicable = limits::applicable(limits, agent_id, Some(tool));
+    let mut session = session_mut(sessions, session);
+    let applicable = limits::applicable(limits, agent_id, Some(tool), session.is_some());
     make_counter_room(agent, limits, &applicable);
+    if let Some(session) = session.as_deref_mut() {
+        session.forget_stale_counters(limits);
+    }
     for index in applicable.iter() {
         let entry = &mut limits[index];
-        let counter = if is_per_agent(&entry.spec.scope) {
+        let counter = if entry.spec.scope == Scope::EachSession {
+            match session.as_deref_mut() {
+                Some(session) => session.counter_mut(entry.generation, &entry.spec),
+                None => continue,
+            }
+        } else if is_per_agent(&entry.spec.scope) {
             agent_counter(agent, entry.generation, &entry.spec)
         } else {
             &mut entry.counter
@@ -308,7 +347,7 @@ impl<'a> Ending<'a> {
 /// does not (`worse_denial`); changes nothing.
 fn evaluate_limits(
     limits: &[limits::LimitEntry],
-    agent: &Agent,
+    (agent, session): (&Agent, Option<&Session>),
     applicable: &limits::Applicable,
     estimate: &Amounts,
     now_ms: u64,
@@ -318,7 +357,9 @@ fn evaluate_limits(
     let mut tightest: Option<(usize, i64)> = None;
     for index in applicable.iter() {
         let entry = &limits[index];
-        let counter = if is_per_agent(&entry.spec.scope) {
+        let counter = if entry.spec.scope == Scope::EachSession {
+            session.and_then(|s| s.counter(entry.generation))
+        } else if is_per_agent(&entry.spec.scope) {
             agent
                 .counter_index(entry.generation)
                 .map(|i| &agent.counters[i].counter)
@@ -369,6 +410,7 @@ impl Ledger {
         match (cmd, tenant, cmd.tenant()) {
             (Command::Tick, _, _) => {
                 self.collect_idle_agents(now_ms);
+                self.forget_idle_sessions(now_ms);
                 Outcome::Done
             }
             (Command::AlertsDelivered { up_to_seq }, _, _) => self.alerts_delivered(*up_to_seq),
@@ -413,6 +455,7 @@ impl Ledger {
                 ttl_ms,
                 fingerprint,
                 usage,
+                session,
             } => {
                 let estimate = match self.priced(t, estimate, usage.as_ref()) {
                     Ok((estimate, _)) => estimate,
@@ -426,6 +469,7 @@ impl Ledger {
                     estimate: &estimate,
                     ttl_ms: *ttl_ms,
                     fingerprint: fingerprint.as_deref(),
+                    session: session.as_ref(),
                 };
                 self.reserve(now_ms, t, &request)
             }
@@ -473,6 +517,7 @@ impl Ledger {
             actual,
             usage,
             offline,
+            session,
             ..
         } = cmd
         else {
@@ -488,7 +533,7 @@ impl Ledger {
                     now_ms,
                     request_id,
                     (t, tenant_id),
-                    (agent, tool),
+                    (agent, tool, session.as_ref()),
                     (actual, event),
                 )
             }
@@ -578,8 +623,11 @@ impl Ledger {
         let Some(agent) = tenant.agents.get(agent_index) else {
             return unknown_agent(r.tenant, r.agent);
         };
-        let applicable = limits::applicable(&tenant.limits, r.agent, Some(r.tool));
-        match evaluate_limits(&tenant.limits, agent, &applicable, r.estimate, now_ms) {
+        let session = r.session.and_then(|s| tenant.sessions.get(s));
+        let applicable =
+            limits::applicable(&tenant.limits, r.agent, Some(r.tool), session.is_some());
+        let subject = (agent, session);
+        match evaluate_limits(&tenant.limits, subject, &applicable, r.estimate, now_ms) {
             Ok(tightest) => self.hold(now_ms, (t, agent_index), &applicable, r, tightest),
             Err(reason) => self.deny(now_ms, r, reason),
         }
@@ -609,6 +657,12 @@ impl Ledger {
                 return Err(rejected);
             }
         }
+        if let Some(rejected) = self.open_session(now_ms, t, r.session) {
+            return Err(rejected);
+        }
+        let Some(tenant) = self.tenants.get_mut(t) else {
+            return Err(unknown_tenant(r.tenant));
+        };
         // From here on every path is a decision, recorded in the audit trail.
         if tenant.frozen {
             return Err(self.deny(now_ms, r, DenyReason::Frozen { agent: None }));
@@ -666,16 +720,26 @@ impl Ledger {
             agents,
             in_flight,
             reservations_issued,
+            sessions,
             ..
         } = tenant;
         let Some(agent) = agents.get_mut(agent_index) else {
             return unknown_agent(r.tenant, r.agent);
         };
         make_counter_room(agent, limits, applicable);
+        let mut session = session_mut(sessions, r.session);
+        if let Some(session) = session.as_deref_mut() {
+            session.forget_stale_counters(limits);
+        }
         let mut holds = SmallVec::new();
         for index in applicable.iter() {
             let entry = &mut limits[index];
-            let counter = if is_per_agent(&entry.spec.scope) {
+            let counter = if entry.spec.scope == Scope::EachSession {
+                match session.as_deref_mut() {
+                    Some(session) => session.counter_mut(entry.generation, &entry.spec),
+                    None => continue,
+                }
+            } else if is_per_agent(&entry.spec.scope) {
                 agent_counter(agent, entry.generation, &entry.spec)
             } else {
                 &mut entry.counter
@@ -703,6 +767,7 @@ impl Ledger {
                 granted_at_ms: now_ms,
                 expires_at_ms,
                 holds,
+                session: session.is_some().then(|| r.session.cloned()).flatten(),
             },
         );
         let reservation_id = ReservationId(id);
@@ -761,7 +826,7 @@ impl Ledger {
         let mut crossings = Crossings::default();
         for_each_hold(
             tenant,
-            reservation.agent,
+            (reservation.agent, reservation.session.as_ref()),
             &reservation.holds,
             |spec, counter| {
                 limits::settle(spec, counter, &estimate, charge.as_ref(), at_ms);
@@ -855,7 +920,7 @@ impl Ledger {
         let mut crossings = Crossings::default();
         for_each_hold(
             tenant,
-            reservation.agent,
+            (reservation.agent, reservation.session.as_ref()),
             &reservation.holds,
             |spec, counter| {
                 if tombstone.charged {
@@ -926,10 +991,13 @@ impl Ledger {
         now_ms: u64,
         request_id: &RequestId,
         (t, tenant_id): (u32, &TenantId),
-        (agent_id, tool): (&AgentId, &ToolId),
+        (agent_id, tool, session): (&AgentId, &ToolId, Option<&SessionId>),
         (actual, event): (Amounts, AuditEvent),
     ) -> Outcome {
         let actual = &actual;
+        if let Some(rejected) = self.open_session(now_ms, t, session) {
+            return rejected;
+        }
         let Some(tenant) = self.tenants.get_mut(t) else {
             return unknown_tenant(tenant_id);
         };
@@ -944,10 +1012,15 @@ impl Ledger {
             }
         };
         let mut crossings = Crossings::default();
-        for_each_applicable(tenant, (agent_index, agent_id), tool, |spec, counter| {
-            limits::charge(spec, counter, actual, now_ms);
-            crossings.note(spec, counter, now_ms);
-        });
+        for_each_applicable(
+            tenant,
+            (agent_index, agent_id),
+            (tool, session),
+            |spec, counter| {
+                limits::charge(spec, counter, actual, now_ms);
+                crossings.note(spec, counter, now_ms);
+            },
+        );
         let policy = &tenant.policy;
         if let Some(agent) = tenant.agents.get_mut(agent_index) {
             agent.last_used_ms = now_ms;

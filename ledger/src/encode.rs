@@ -13,7 +13,7 @@
 
 use serde::Serialize;
 
-use super::{Amounts, Command, Dimension, Outcome};
+use super::{Amounts, Command, Dimension, Outcome, SessionId};
 
 /// Room of a hot-path encoding, on the stack. A command, answer or audit body with ids of
 /// a few dozen bytes (UUIDs, names) fits; a longer one (ids may have `ID_BYTES_MAX` bytes)
@@ -240,6 +240,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             ttl_ms,
             fingerprint,
             usage: None,
+            session,
         } => {
             w.byte(0);
             w.str(request_id.as_bytes());
@@ -250,6 +251,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             w.varint(*ttl_ms);
             w.opt_str(fingerprint.as_deref().map(str::as_bytes));
             w.byte(0);
+            w.opt_str(session.as_ref().map(SessionId::as_bytes));
         }
         Command::Commit {
             request_id,
@@ -285,6 +287,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             actual,
             usage: None,
             offline,
+            session,
         } => {
             w.byte(3);
             w.str(request_id.as_bytes());
@@ -294,6 +297,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             w.amounts(actual);
             w.byte(0);
             w.byte(u8::from(*offline));
+            w.opt_str(session.as_ref().map(SessionId::as_bytes));
         }
         _ => return false,
     }
@@ -431,6 +435,7 @@ mod tests {
                         ttl_ms,
                         fingerprint,
                         usage: None,
+                        session: None,
                     }
                 }),
             (
@@ -463,6 +468,7 @@ mod tests {
                     actual,
                     usage: None,
                     offline: false,
+                    session: None,
                 }
             }),
             (id(), id()).prop_map(|(q, t)| Command::PutTenant {

@@ -10,7 +10,7 @@ use super::commands::{
 use super::dedup::DEDUP_ENTRIES_MAX;
 use super::limits::{is_per_agent, Counter, LIMITS_PER_TENANT_MAX};
 use super::state::Tenant;
-use super::{Ledger, LimitKind, TenantId};
+use super::{Ledger, LimitKind, Scope, SessionId, TenantId};
 
 /// Above this many reservations or agents, debug builds skip the full check after each
 /// command (it is O(state)); property tests stay far below it.
@@ -49,7 +49,9 @@ impl Ledger {
             check_limits_are_sorted_with_unique_generations(tenant)?;
             self.check_tenant_indexes_its_own_reservations(t, tenant)?;
             self.check_holds_sum_the_reservations(t, tenant)?;
+            self.check_session_holds(t, tenant)?;
         }
+        self.check_sessions_are_counted()?;
         self.answers.check(self.tenants.len())?;
         self.check_keys()?;
         self.audit.check()
@@ -187,6 +189,17 @@ impl Ledger {
         Ok(())
     }
 
+    /// The session count is the number of sessions of all tenants, within its bounds.
+    fn check_sessions_are_counted(&self) -> Result<(), String> {
+        let total: usize = self.tenants.iter().map(|t| t.sessions.len()).sum();
+        ensure(total == self.sessions_total, || {
+            format!("sessions counted {} but {total} exist", self.sessions_total)
+        })?;
+        ensure(total <= crate::SESSIONS_MAX, || {
+            format!("{total} sessions, above SESSIONS_MAX")
+        })
+    }
+
     /// The agent count is the number of agents of all tenants.
     fn check_agents_are_counted(&self) -> Result<(), String> {
         let agents_total: usize = self.tenants.iter().map(|t| t.agents.len()).sum();
@@ -245,7 +258,7 @@ impl Ledger {
         let expected = self.holds_of(t, tenant);
         let tenant_id = &tenant.id;
         for entry in &tenant.limits {
-            if is_per_agent(&entry.spec.scope) {
+            if is_per_agent(&entry.spec.scope) || entry.spec.scope == Scope::EachSession {
                 continue;
             }
             let subject = (entry.generation, None);
@@ -297,6 +310,9 @@ impl Ledger {
                 let Some(entry) = tenant.limits.iter().find(|l| l.generation == generation) else {
                     continue;
                 };
+                if entry.spec.scope == Scope::EachSession {
+                    continue;
+                }
                 let subject = is_per_agent(&entry.spec.scope).then_some(r.agent);
                 let sum = expected.entry((generation, subject)).or_default();
                 sum.0 += u128::from(r.estimate.get(entry.spec.dimension));
@@ -304,6 +320,51 @@ impl Ledger {
             }
         }
         expected
+    }
+
+    /// Each session's counters hold what the reservations in flight in it hold, and every
+    /// reservation in a session refers to a session the tenant remembers.
+    fn check_session_holds(&self, t: u32, tenant: &Tenant) -> Result<(), String> {
+        let mut expected: HashMap<(u64, &SessionId), (u128, u64)> = HashMap::new();
+        for id in self.in_flight_of(t) {
+            let Some(r) = self.reservations.get(&(t, id)) else {
+                continue;
+            };
+            let Some(session) = &r.session else {
+                continue;
+            };
+            ensure(tenant.sessions.contains_key(session), || {
+                format!("reservation r{id} refers to forgotten session {session}")
+            })?;
+            for &generation in r.holds.iter() {
+                let entry = tenant.limits.iter().find(|l| l.generation == generation);
+                let Some(entry) = entry.filter(|e| e.spec.scope == Scope::EachSession) else {
+                    continue;
+                };
+                let sum = expected.entry((generation, session)).or_default();
+                sum.0 += u128::from(r.estimate.get(entry.spec.dimension));
+                sum.1 += 1;
+            }
+        }
+        for (name, session) in &tenant.sessions {
+            for c in &session.counters {
+                let Some(entry) = tenant.limits.iter().find(|l| l.generation == c.generation)
+                else {
+                    continue;
+                };
+                let sums = expected.remove(&(c.generation, name)).unwrap_or_default();
+                let mut one = Holds::new();
+                one.insert((c.generation, None), sums);
+                let subject = (c.generation, None);
+                check_counter(&tenant.id, &one, subject, &entry.spec.kind, &c.counter)?;
+            }
+        }
+        ensure(expected.is_empty(), || {
+            format!(
+                "tenant {}: a session holds a limit without a counter",
+                tenant.id
+            )
+        })
     }
 }
 

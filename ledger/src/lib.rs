@@ -53,6 +53,7 @@ mod prices;
 mod quotas;
 mod rate;
 mod runaway;
+mod sessions;
 mod snapshot;
 mod state;
 mod types;
@@ -67,6 +68,8 @@ mod price_tests;
 mod proptests;
 #[cfg(test)]
 mod quota_tests;
+#[cfg(test)]
+mod session_tests;
 #[cfg(test)]
 mod tests;
 
@@ -102,10 +105,15 @@ pub use quotas::{
 pub use runaway::{
     FINGERPRINTS_PER_AGENT_MAX, REPEAT_BUCKETS, VELOCITY_DECAY_WINDOWS_MAX, VELOCITY_EWMA_SHIFT,
 };
+pub use sessions::{
+    SESSIONS_MAX, SESSIONS_PER_TENANT_MAX, SESSIONS_QUOTA_DEFAULT, SESSION_GC_VISITS_PER_TICK,
+    SESSION_IDLE_MS,
+};
 pub use snapshot::{SnapshotError, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC};
 pub use types::*;
 pub use validate::{
-    RUNAWAY_WINDOW_MS_MAX, TRIP_COOLDOWN_MS_MAX, VELOCITY_FACTOR_MAX, VELOCITY_WINDOW_MS_MIN,
+    RUNAWAY_WINDOW_MS_MAX, SESSION_DURATION_MS_MAX, TRIP_COOLDOWN_MS_MAX, VELOCITY_FACTOR_MAX,
+    VELOCITY_WINDOW_MS_MIN,
 };
 
 use std::collections::BTreeSet;
@@ -208,6 +216,8 @@ pub struct Ledger {
     /// The audit sequence up to which every `ThresholdCrossed` record was delivered to the
     /// alert webhook (`alerts.rs`).
     alerts_delivered_seq: u64,
+    /// Where the next sweep of idle sessions starts (`sessions.rs`).
+    session_cursor: sessions::SessionCursor,
     /// Derived indexes and counts, rebuilt on restore.
     #[serde(skip)]
     by_expiry: BTreeSet<(u64, ReservationKey)>,
@@ -219,6 +229,9 @@ pub struct Ledger {
     in_flight: BTreeSet<ReservationKey>,
     #[serde(skip)]
     agents_total: usize,
+    /// Sessions over all tenants; derived, rebuilt on restore.
+    #[serde(skip)]
+    sessions_total: usize,
     /// Encoding buffer for the payload hashes of commands postcard encodes.
     #[serde(skip)]
     scratch: Scratch,
@@ -361,7 +374,7 @@ impl Ledger {
             }
         };
         let rows = match agent {
-            Some(agent_id) => limits::applicable(&t.limits, agent_id, tool)
+            Some(agent_id) => limits::applicable(&t.limits, agent_id, tool, false)
                 .iter()
                 .map(|index| {
                     let entry = &t.limits[index];
@@ -382,6 +395,36 @@ impl Ledger {
                 })
                 .collect(),
         };
+        Ok(rows)
+    }
+
+    /// Usage of the tenant's `EachSession` limits by `session`: fresh counters for a
+    /// session that has not called (or was forgotten).
+    pub fn session_usage(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+    ) -> Result<Vec<LimitUsage>, Rejection> {
+        let t = self.tenant(tenant)?;
+        let state = t.sessions.get(session);
+        let rows = t
+            .limits
+            .iter()
+            .filter(|entry| entry.spec.scope == Scope::EachSession)
+            .map(|entry| {
+                let counter = state.and_then(|s| s.counter(entry.generation));
+                let (used, held, remaining, window_start_ms) =
+                    limits::usage(&entry.spec, counter, self.now_ms);
+                LimitUsage {
+                    limit: entry.spec.clone(),
+                    agent: None,
+                    used,
+                    held,
+                    remaining,
+                    window_start_ms,
+                }
+            })
+            .collect();
         Ok(rows)
     }
 

@@ -32,6 +32,10 @@ pub enum Counter {
     Concurrency {
         in_flight: u64,
     },
+    /// When the subject's first call was held or charged (0: never).
+    Duration {
+        started_ms: u64,
+    },
 }
 
 impl Counter {
@@ -47,6 +51,7 @@ impl Counter {
                 tat: Tat::default(),
             },
             LimitKind::Concurrency { .. } => Counter::Concurrency { in_flight: 0 },
+            LimitKind::Duration { .. } => Counter::Duration { started_ms: 0 },
         }
     }
 
@@ -58,6 +63,7 @@ impl Counter {
             (Counter::Budget { .. }, LimitKind::Budget { .. })
                 | (Counter::Rate { .. }, LimitKind::Rate { .. })
                 | (Counter::Concurrency { .. }, LimitKind::Concurrency { .. })
+                | (Counter::Duration { .. }, LimitKind::Duration { .. })
         )
     }
 }
@@ -95,6 +101,7 @@ fn kind_class(kind: &LimitKind) -> u8 {
         LimitKind::Budget { .. } => 0,
         LimitKind::Rate { .. } => 1,
         LimitKind::Concurrency { .. } => 2,
+        LimitKind::Duration { .. } => 3,
     }
 }
 
@@ -119,7 +126,8 @@ pub fn keeps_counters(old: &LimitSpec, new: &LimitSpec) -> bool {
                 ..
             },
         ) => a == b && p == q,
-        (LimitKind::Concurrency { .. }, LimitKind::Concurrency { .. }) => true,
+        (LimitKind::Concurrency { .. }, LimitKind::Concurrency { .. })
+        | (LimitKind::Duration { .. }, LimitKind::Duration { .. }) => true,
         _ => false,
     }
 }
@@ -138,8 +146,14 @@ impl Applicable {
 }
 
 /// The limits that apply to `agent` calling `tool`, in limit-id order. `tool: None` means
-/// any tool (for usage queries): every tool limit is included.
-pub fn applicable(limits: &[LimitEntry], agent: &AgentId, tool: Option<&ToolId>) -> Applicable {
+/// any tool (for usage queries): every tool limit is included. `EachSession` limits apply
+/// only to a call `in_session`.
+pub fn applicable(
+    limits: &[LimitEntry],
+    agent: &AgentId,
+    tool: Option<&ToolId>,
+    in_session: bool,
+) -> Applicable {
     debug_assert!(limits.len() <= LIMITS_PER_TENANT_MAX);
     let has_agent_override = limits
         .iter()
@@ -162,6 +176,7 @@ pub fn applicable(limits: &[LimitEntry], agent: &AgentId, tool: Option<&ToolId>)
             }
             Scope::Agent(a) => a == agent,
             Scope::ToolPerAgent(t) | Scope::ToolTenant(t) => tool.is_none_or(|tool| t == tool),
+            Scope::EachSession => in_session,
         };
         if applies {
             // index < LIMITS_PER_TENANT_MAX = 64, so it fits a u8.
@@ -264,7 +279,34 @@ pub fn evaluate(
                 retry_after_ms: None,
             }
         }
+        (LimitKind::Duration { ms }, Counter::Duration { started_ms }) => {
+            duration_verdict(ms, started_ms, now_ms)
+        }
         _ => unreachable_verdict(),
+    }
+}
+
+/// A duration limit's verdict: remaining is the time left, in ms; a subject that has not
+/// started has all of it.
+fn duration_verdict(ms: u64, started_ms: u64, now_ms: u64) -> Verdict {
+    let elapsed = if started_ms == 0 {
+        0
+    } else {
+        now_ms.saturating_sub(started_ms)
+    };
+    let remaining = i128::from(ms) - i128::from(elapsed);
+    Verdict {
+        fits: remaining > 0,
+        remaining_now: clamp_i64(remaining),
+        remaining_after: clamp_i64(remaining),
+        retry_after_ms: None,
+    }
+}
+
+/// Starts a duration counter at its subject's first held or charged call.
+fn start(started_ms: &mut u64, now_ms: u64) {
+    if *started_ms == 0 {
+        *started_ms = now_ms.max(1);
     }
 }
 
@@ -317,6 +359,7 @@ pub fn hold(spec: &LimitSpec, counter: &mut Counter, estimate: &Amounts, now_ms:
             }
         }
         Counter::Concurrency { in_flight } => *in_flight = in_flight.saturating_add(1),
+        Counter::Duration { started_ms } => start(started_ms, now_ms),
     }
 }
 
@@ -359,6 +402,7 @@ pub fn settle(
             debug_assert!(*in_flight >= 1, "concurrency in flight below a reservation");
             *in_flight = in_flight.saturating_sub(1);
         }
+        Counter::Duration { .. } => {}
     }
 }
 
@@ -375,6 +419,7 @@ pub fn charge(spec: &LimitSpec, counter: &mut Counter, actual: &Amounts, now_ms:
         }
         // Concurrency counts reservations in flight; spend without one occupies no slot.
         Counter::Concurrency { .. } => {}
+        Counter::Duration { started_ms } => start(started_ms, now_ms),
     }
 }
 
@@ -417,7 +462,7 @@ pub fn true_up(
                 tat.set(value);
             }
         }
-        Counter::Concurrency { .. } => {}
+        Counter::Concurrency { .. } | Counter::Duration { .. } => {}
     }
 }
 
@@ -440,6 +485,7 @@ pub fn inert(spec: &LimitSpec, counter: &Counter, now_ms: u64) -> bool {
             gcra(&spec.kind).is_some_and(|g| g.level_units(tat.get(), now_ms) == 0)
         }
         (LimitKind::Concurrency { .. }, Counter::Concurrency { in_flight }) => in_flight == 0,
+        (LimitKind::Duration { .. }, Counter::Duration { started_ms }) => started_ms == 0,
         _ => false,
     }
 }
@@ -479,6 +525,14 @@ pub fn usage(
         (LimitKind::Concurrency { .. }, Counter::Concurrency { in_flight }) => {
             (in_flight, 0, verdict.remaining_now, None)
         }
+        (LimitKind::Duration { .. }, Counter::Duration { started_ms }) => {
+            let elapsed = if started_ms == 0 {
+                0
+            } else {
+                now_ms.saturating_sub(started_ms)
+            };
+            (elapsed, 0, verdict.remaining_now, None)
+        }
         _ => (0, 0, verdict.remaining_now, None),
     }
 }
@@ -489,6 +543,7 @@ pub fn capacity(kind: &LimitKind) -> u64 {
         LimitKind::Budget { amount, .. } => amount,
         LimitKind::Rate { burst, .. } => burst,
         LimitKind::Concurrency { max } => max,
+        LimitKind::Duration { ms } => ms,
     }
     .max(1)
 }

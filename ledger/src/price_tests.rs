@@ -98,6 +98,7 @@ impl Priced {
             ttl_ms: 60_000,
             fingerprint: None,
             usage,
+            session: None,
         };
         match self.apply(&cmd) {
             Outcome::Granted { reservation_id, .. } => reservation_id,
@@ -301,6 +302,7 @@ fn a_record_with_usage_is_priced_and_audited_with_its_price() {
         },
         usage: Some(usage("gpt-4o", 400, 0, 0)),
         offline: false,
+        session: None,
     };
     assert_eq!(h.apply(&cmd), Outcome::Recorded { cost_micros: 1_000 });
     assert_eq!(h.spent(), [(1_000, 0), (400, 0)]);

@@ -302,6 +302,7 @@ impl Run {
             ttl_ms,
             fingerprint: None,
             usage: None,
+            session: None,
         };
         let huge = "h".repeat(10 * ID_BYTES_MAX);
         let max = Amounts {
@@ -368,6 +369,7 @@ impl Run {
                 actual: Amounts::default(),
                 usage: None,
                 offline: false,
+                session: None,
             },
             _ => Command::PutLimit {
                 request_id: self.next_request(),
@@ -409,6 +411,7 @@ impl Run {
                 ttl_ms,
                 fingerprint: fingerprint.map(|f| format!("fp{f}")),
                 usage: None,
+                session: None,
             },
             Op::Commit { t, id, actual } => Command::Commit {
                 request_id: self.next_request(),
@@ -436,6 +439,7 @@ impl Run {
                 actual,
                 usage: None,
                 offline: false,
+                session: None,
             },
             Op::PutLimit { t, template } => Command::PutLimit {
                 request_id: self.next_request(),

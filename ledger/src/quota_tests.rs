@@ -54,6 +54,7 @@ impl Tenants {
             ttl_ms: 60_000,
             fingerprint: None,
             usage: None,
+            session: None,
         }
     }
 
@@ -66,6 +67,7 @@ impl Tenants {
             actual: cost(1),
             usage: None,
             offline: false,
+            session: None,
         };
         self.apply(&cmd)
     }
@@ -248,6 +250,7 @@ fn the_global_answers_bound_refuses_rather_than_evicts() {
             actual: cost(1),
             usage: None,
             offline: false,
+            session: None,
         };
         match h.apply(&cmd) {
             Outcome::Recorded { .. } => remembered.push(cmd),

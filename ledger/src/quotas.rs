@@ -60,6 +60,8 @@ pub struct TenantQuotas {
     pub answers: u64,
     /// Commands waiting in a node's proposal queue (`PROPOSALS_QUEUED_PER_TENANT_MAX`).
     pub proposals_queued: u64,
+    /// Sessions remembered (`SESSIONS_PER_TENANT_MAX` at most).
+    pub sessions: u64,
 }
 
 impl Default for TenantQuotas {
@@ -72,13 +74,14 @@ impl Default for TenantQuotas {
             reservations_in_flight: RESERVATIONS_IN_FLIGHT_QUOTA_DEFAULT,
             answers: ANSWERS_QUOTA_DEFAULT,
             proposals_queued: PROPOSALS_QUEUED_QUOTA_DEFAULT,
+            sessions: crate::SESSIONS_QUOTA_DEFAULT,
         }
     }
 }
 
 impl TenantQuotas {
     /// Every quota with its bound and wire name, in the order of the fields.
-    pub fn each(&self) -> [(&'static str, u64, Bound); 7] {
+    pub fn each(&self) -> [(&'static str, u64, Bound); 8] {
         [
             ("agents", self.agents, Bound::AgentsPerTenant),
             ("tools", self.tools, Bound::ToolsPerTenant),
@@ -95,6 +98,7 @@ impl TenantQuotas {
                 self.proposals_queued,
                 Bound::ProposalsQueuedPerTenant,
             ),
+            ("sessions", self.sessions, Bound::SessionsPerTenant),
         ]
     }
 
@@ -126,6 +130,7 @@ mod tests {
             "keys" => &mut q.keys,
             "reservations_in_flight" => &mut q.reservations_in_flight,
             "answers" => &mut q.answers,
+            "sessions" => &mut q.sessions,
             _ => &mut q.proposals_queued,
         };
         *field = value;

@@ -37,6 +37,9 @@ pub struct Tenant {
     pub prices: Vec<crate::PriceEntry>,
     /// The last price-table version issued in this tenant (see `PriceEntry::version`).
     pub price_version: u64,
+    /// Sessions remembered, by name (`sessions.rs`); sorted, so every replica sweeps them
+    /// in the same order.
+    pub sessions: std::collections::BTreeMap<crate::SessionId, crate::sessions::Session>,
     /// How many of the ledger's reservations in flight are this tenant's (they are listed
     /// in `Ledger::in_flight`); derived, rebuilt on restore.
     #[serde(skip)]
@@ -55,6 +58,7 @@ impl Tenant {
             agents: Interned::default(),
             prices: Vec::new(),
             price_version: 0,
+            sessions: std::collections::BTreeMap::new(),
             in_flight: 0,
         }
     }
@@ -145,6 +149,8 @@ pub struct Reservation {
     /// first `HOLDS_INLINE` live inside the reservation (no allocation per grant).
     #[serde(with = "inline_seq")]
     pub holds: SmallVec<[u64; HOLDS_INLINE]>,
+    /// The session it was reserved in, whose `EachSession` limits it holds.
+    pub session: Option<crate::SessionId>,
 }
 
 /// An expired reservation, kept for a while so a late commit trues the expiry up or down

@@ -130,6 +130,7 @@ impl Harness {
             ttl_ms,
             fingerprint: None,
             usage: None,
+            session: None,
         }
     }
 
@@ -183,6 +184,7 @@ impl Harness {
             actual,
             usage: None,
             offline: false,
+            session: None,
         };
         self.apply(&cmd)
     }
@@ -2476,6 +2478,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                 ttl_ms: 100 + next(20_000),
                 fingerprint: (next(4) == 0).then(|| format!("fp-{}", next(3))),
                 usage: None,
+                session: None,
             },
             8..=11 if !granted.is_empty() => {
                 let (t, id) = granted.swap_remove(next(granted.len() as u64) as usize);
@@ -2504,6 +2507,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                 actual: amounts,
                 usage: None,
                 offline: false,
+                session: None,
             },
             15 if !sent.is_empty() => {
                 // A retry, sometimes with another payload.
@@ -2588,5 +2592,5 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
             "4d794bc4105d81fc89a3c8762eb81e8f3e2edbc0a9c3dfe0436d3e5afdd5deb3"
         )
     );
-    assert_eq!(snapshot, 0x73a3_9c71_a34d_78ac);
+    assert_eq!(snapshot, 0x60e6_70fb_5036_ce6a);
 }

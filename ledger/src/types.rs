@@ -95,6 +95,12 @@ id_type!(
     /// Client-chosen id of a mutating request; a retry with the same id has no second effect.
     RequestId
 );
+id_type!(
+    /// One run of an agent on one task, named by the client (`ticket-4711`): every worker
+    /// that serves the task passes the same name, so limits of scope `EachSession` see the
+    /// whole run however it was spread or restarted.
+    SessionId
+);
 
 /// Ids are printable ASCII without spaces, 1 to `ID_BYTES_MAX` bytes: they appear in logs,
 /// metrics labels and audit exports, where control characters would do harm.
@@ -256,6 +262,9 @@ pub enum LimitKind {
     /// At most `max` reservations in flight.
     #[serde(alias = "Concurrency")]
     Concurrency { max: u64 },
+    /// Calls only within `ms` of the subject's first call (scope `EachSession` only; its
+    /// dimension is `Calls`).
+    Duration { ms: u64 },
 }
 
 /// Where a limit attaches. A call is made by (tenant, agent, tool).
@@ -277,6 +286,10 @@ pub enum Scope {
     /// A tool, summed over the whole tenant.
     #[serde(alias = "ToolTenant")]
     ToolTenant(ToolId),
+    /// Every session of the tenant, each separately; applies only to calls that name a
+    /// session. A session is created on its first call and forgotten `SESSION_IDLE_MS`
+    /// after its last.
+    EachSession,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -366,6 +379,8 @@ pub enum Command {
         fingerprint: Option<String>,
         /// The estimate's cost derived from the tenant's price table.
         usage: Option<crate::Usage>,
+        /// The session (one run of the agent on one task) the call belongs to.
+        session: Option<SessionId>,
     },
     Commit {
         request_id: RequestId,
@@ -393,6 +408,8 @@ pub enum Command {
         usage: Option<crate::Usage>,
         /// Granted by a client failing open while the cluster was unreachable.
         offline: bool,
+        /// The session (one run of the agent on one task) the call belongs to.
+        session: Option<SessionId>,
     },
     /// Creates the tenant or changes its policy.
     PutTenant {
@@ -673,6 +690,9 @@ pub enum Bound {
     ProposalsQueuedPerTenant,
     /// Entries of one tenant's price table.
     PricesPerTenant,
+    /// Sessions remembered over all tenants.
+    Sessions,
+    SessionsPerTenant,
 }
 
 impl Bound {
@@ -692,6 +712,8 @@ impl Bound {
             Bound::AnswersPerTenant => "ANSWERS_PER_TENANT_MAX",
             Bound::ProposalsQueuedPerTenant => "PROPOSALS_QUEUED_PER_TENANT_MAX",
             Bound::PricesPerTenant => "PRICES_PER_TENANT_MAX",
+            Bound::Sessions => "SESSIONS_MAX",
+            Bound::SessionsPerTenant => "SESSIONS_PER_TENANT_MAX",
         }
     }
 
@@ -711,6 +733,8 @@ impl Bound {
             Bound::AnswersPerTenant => crate::ANSWERS_PER_TENANT_MAX,
             Bound::ProposalsQueuedPerTenant => crate::PROPOSALS_QUEUED_PER_TENANT_MAX,
             Bound::PricesPerTenant => crate::PRICES_PER_TENANT_MAX,
+            Bound::Sessions => crate::SESSIONS_MAX,
+            Bound::SessionsPerTenant => crate::SESSIONS_PER_TENANT_MAX,
         };
         max as u64
     }
@@ -742,6 +766,11 @@ impl Bound {
                 Some("--quota-proposals-queued"),
             ),
             Bound::PricesPerTenant => ("price entries", None),
+            Bound::Sessions => ("sessions", None),
+            Bound::SessionsPerTenant => (
+                "sessions (a session is forgotten SESSION_IDLE_MS after its last call)",
+                Some("--quota-sessions"),
+            ),
         }
     }
 

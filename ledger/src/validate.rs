@@ -5,7 +5,7 @@
 use super::types::validate_id;
 use super::{
     Amounts, Command, Dimension, InvalidInput, LimitKind, LimitSpec, RequestId, Scope, TenantId,
-    TenantPolicy, Usage, AMOUNT_MAX, RATE_PERIOD_MS_MAX, TTL_MS_MAX, TTL_MS_MIN,
+    TenantPolicy, Usage, Window, AMOUNT_MAX, RATE_PERIOD_MS_MAX, TTL_MS_MAX, TTL_MS_MIN,
 };
 
 /// Longest repetition or velocity window a policy may use: one day. Runaway detection is
@@ -17,6 +17,9 @@ pub const VELOCITY_WINDOW_MS_MIN: u64 = 1_000;
 pub const VELOCITY_FACTOR_MAX: u32 = 10_000;
 /// Longest trip cool-down: 30 days; longer is "reset only" (0).
 pub const TRIP_COOLDOWN_MS_MAX: u64 = 30 * 86_400_000;
+/// Longest session duration a limit may allow: one week. A run longer than that is not
+/// one task.
+pub const SESSION_DURATION_MS_MAX: u64 = 7 * 86_400_000;
 
 fn fail<T>(message: String) -> Result<T, InvalidInput> {
     Err(InvalidInput(message))
@@ -39,8 +42,10 @@ impl Command {
                 ttl_ms,
                 fingerprint,
                 usage,
+                session,
                 ..
             } => {
+                session.as_ref().map_or(Ok(()), |s| s.validate())?;
                 agent.validate()?;
                 tool.validate()?;
                 estimate.validate("estimate")?;
@@ -62,8 +67,10 @@ impl Command {
                 tool,
                 actual,
                 usage,
+                session,
                 ..
             } => {
+                session.as_ref().map_or(Ok(()), |s| s.validate())?;
                 agent.validate()?;
                 tool.validate()?;
                 actual.validate("actual")?;
@@ -197,10 +204,11 @@ impl LimitSpec {
             return fail(format!("limit {}: {why}", self.id));
         }
         match &self.scope {
-            Scope::Tenant | Scope::EachAgent => {}
+            Scope::Tenant | Scope::EachAgent | Scope::EachSession => {}
             Scope::Agent(agent) => agent.validate()?,
             Scope::ToolPerAgent(tool) | Scope::ToolTenant(tool) => tool.validate()?,
         }
+        self.validate_session_rules()?;
         let is_concurrency_kind = matches!(self.kind, LimitKind::Concurrency { .. });
         if is_concurrency_kind != (self.dimension == Dimension::Concurrency) {
             return fail(format!(
@@ -225,7 +233,44 @@ impl LimitSpec {
                 Ok(())
             }
             LimitKind::Concurrency { max } => check_amount("concurrency max", max),
+            LimitKind::Duration { ms } => self.validate_duration(ms),
         }
+    }
+
+    /// Session limits: a duration only on sessions, counting calls; a session's budget
+    /// lasts as long as the session.
+    fn validate_session_rules(&self) -> Result<(), InvalidInput> {
+        let is_duration = matches!(self.kind, LimitKind::Duration { .. });
+        if is_duration && self.scope != Scope::EachSession {
+            return fail(format!(
+                "limit {}: duration limits attach only to scope each_session",
+                self.id
+            ));
+        }
+        let windowed =
+            matches!(self.kind, LimitKind::Budget { window, .. } if window != Window::Lifetime);
+        if windowed && self.scope == Scope::EachSession {
+            return fail(format!(
+                "limit {}: a session's budget lasts the session: its window must be lifetime",
+                self.id
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_duration(&self, ms: u64) -> Result<(), InvalidInput> {
+        if self.dimension != Dimension::Calls {
+            return fail(format!(
+                "limit {}: duration limits count Dimension::Calls",
+                self.id
+            ));
+        }
+        if !(1..=SESSION_DURATION_MS_MAX).contains(&ms) {
+            return fail(format!(
+                "duration ms is {ms}; it must be within 1 and SESSION_DURATION_MS_MAX ({SESSION_DURATION_MS_MAX})"
+            ));
+        }
+        Ok(())
     }
 }
 
