@@ -37,7 +37,15 @@ pub struct Reservation {
     settled: bool,
     /// The agent and tool of a local reservation, for the Record that reports its spend
     /// (boxed: cluster reservations, the common case, carry only the pointer).
-    offline_call: Option<Box<(String, String)>>,
+    offline_call: Option<Box<OfflineCall>>,
+}
+
+/// The call a local reservation stands for, as the Record that reports it names it.
+#[derive(Debug)]
+struct OfflineCall {
+    agent: String,
+    tool: String,
+    session: Option<String>,
 }
 
 /// What a [`Reservation`] is, without the power to settle it: what
@@ -96,6 +104,14 @@ impl Reservation {
         }
     }
 
+    /// Names the session of a local reservation, for the Record that reports its spend.
+    pub(crate) fn in_session(mut self, session: Option<String>) -> Self {
+        if let Some(call) = self.offline_call.as_deref_mut() {
+            call.session = session;
+        }
+        self
+    }
+
     pub(crate) fn local(
         client: Client,
         (tenant, agent, tool): (String, String, String),
@@ -120,7 +136,11 @@ impl Reservation {
             tightest: None,
             origin: Origin::Local,
             settled: false,
-            offline_call: Some(Box::new((agent, tool))),
+            offline_call: Some(Box::new(OfflineCall {
+                agent,
+                tool,
+                session: None,
+            })),
         }
     }
 
@@ -251,7 +271,11 @@ impl Reservation {
     /// reports it to the cluster once it answers again; with usage, the cluster prices it.
     fn settle_locally(&self, actual: Amounts, usage: Option<Usage>) -> Result<CommitInfo, Error> {
         if let (Some(local), Some(call)) = (&self.client.shared.local, &self.offline_call) {
-            let (agent, tool) = &**call;
+            let OfflineCall {
+                agent,
+                tool,
+                session,
+            } = &**call;
             let reported = match usage {
                 Some(_) => Amounts {
                     tokens: 0,
@@ -268,6 +292,7 @@ impl Reservation {
                 actual: Some(reported.into()),
                 usage: usage.map(Into::into),
                 offline: true,
+                session: session.clone().unwrap_or_default(),
             };
             local.settle(self.estimate, actual, report);
             self.client.report_offline_spend();

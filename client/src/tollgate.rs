@@ -115,7 +115,8 @@ impl Client {
             request_id,
             estimate,
             request.ttl,
-        ))
+        )
+        .in_session(request.session))
     }
 
     /// Commits `actual` spend for a reservation known only by id (the guard's
@@ -247,6 +248,28 @@ impl Client {
             actual: Some(actual.into()),
             usage: None,
             offline: false,
+            session: String::new(),
+        };
+        Ok(self.send_record(wire).await?.applied)
+    }
+
+    /// [`record`](Self::record) of a call made in `session` (one run of the agent on one
+    /// task): the tenant's `each-session` limits count it.
+    pub async fn record_in_session(
+        &self,
+        session: &str,
+        (tenant, agent, tool): (&str, &str, &str),
+        actual: Amounts,
+    ) -> Result<Applied, Error> {
+        let wire = v1::RecordRequest {
+            request_id: new_request_id(),
+            tenant: tenant.to_owned(),
+            agent: agent.to_owned(),
+            tool: tool.to_owned(),
+            actual: Some(actual.into()),
+            usage: None,
+            offline: false,
+            session: session.to_owned(),
         };
         Ok(self.send_record(wire).await?.applied)
     }
@@ -268,6 +291,7 @@ impl Client {
             actual: None,
             usage: Some(usage.into()),
             offline: false,
+            session: String::new(),
         };
         self.send_record(wire).await
     }
@@ -335,7 +359,27 @@ impl Client {
             tenant: tenant.to_owned(),
             agent: agent.unwrap_or_default().to_owned(),
             tool: tool.unwrap_or_default().to_owned(),
+            session: String::new(),
         };
+        self.get_usage(wire).await
+    }
+
+    /// Usage and remaining of the tenant's `each-session` limits as `session` has used
+    /// them (fresh for a session that never called). Linearizable.
+    pub async fn session_usage(
+        &self,
+        tenant: &str,
+        session: &str,
+    ) -> Result<v1::UsageResponse, Error> {
+        let wire = v1::UsageRequest {
+            tenant: tenant.to_owned(),
+            session: session.to_owned(),
+            ..Default::default()
+        };
+        self.get_usage(wire).await
+    }
+
+    async fn get_usage(&self, wire: v1::UsageRequest) -> Result<v1::UsageResponse, Error> {
         self.call(|rpc| {
             let wire = wire.clone();
             async move { rpc.tollgate().get_usage(wire).await }

@@ -219,7 +219,7 @@ impl fmt::Display for Dimension {
 }
 
 /// A limit's scope as people write it: `tenant`, `each-agent`, `agent:NAME`,
-/// `tool-per-agent:TOOL`, `tool-tenant:TOOL`.
+/// `tool-per-agent:TOOL`, `tool-tenant:TOOL`, `each-session`.
 pub fn scope_to_string(scope: Option<&v1::Scope>) -> String {
     use v1::scope::Scope;
     match scope.and_then(|s| s.scope.as_ref()) {
@@ -228,6 +228,7 @@ pub fn scope_to_string(scope: Option<&v1::Scope>) -> String {
         Some(Scope::Agent(agent)) => format!("agent:{agent}"),
         Some(Scope::ToolPerAgent(tool)) => format!("tool-per-agent:{tool}"),
         Some(Scope::ToolTenant(tool)) => format!("tool-tenant:{tool}"),
+        Some(Scope::EachSession(_)) => "each-session".into(),
         None => "unknown-scope".into(),
     }
 }
@@ -311,6 +312,8 @@ pub struct ReserveRequest {
     pub fingerprint: Option<String>,
     /// An estimate by model and tokens, priced by the cluster, instead of a cost.
     pub usage: Option<Usage>,
+    /// The session (one run of the agent on one task) the call belongs to.
+    pub session: Option<String>,
 }
 
 impl ReserveRequest {
@@ -332,6 +335,7 @@ impl ReserveRequest {
             ttl: TTL_DEFAULT,
             fingerprint: None,
             usage: None,
+            session: None,
         }
     }
 
@@ -371,6 +375,14 @@ impl ReserveRequest {
         self
     }
 
+    /// Names the session (one run of the agent on one task, e.g. a ticket id) the call
+    /// belongs to: every worker of the task passes the same name, and the tenant's
+    /// `each-session` limits count the whole run.
+    pub fn session(mut self, session: impl Into<String>) -> Self {
+        self.session = Some(session.into());
+        self
+    }
+
     /// Estimates by model and tokens instead of a cost (which must then stay 0): the
     /// cluster prices `usage` with the tenant's price table, `output_tokens` being the call's
     /// maximum. Unless [`tokens`](Self::tokens) is set, the estimate's tokens are the
@@ -402,6 +414,7 @@ impl ReserveRequest {
             ttl_ms: duration_ms(self.ttl),
             fingerprint: self.fingerprint.clone().unwrap_or_default(),
             usage: self.usage.clone().map(Into::into),
+            session: self.session.clone().unwrap_or_default(),
         }
     }
 }

@@ -222,6 +222,7 @@ fn build(agents_per_tenant: usize, clock: &mut Clock) -> Ledger {
                 },
                 usage: None,
                 offline: false,
+                session: None,
             };
             assert!(matches!(ledger.apply(at, &cmd), Outcome::Recorded { .. }));
         }
@@ -383,6 +384,7 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
             ttl_ms: 60_000,
             fingerprint: None,
             usage: None,
+            session: None,
         },
     ) {
         Outcome::Granted { reservation_id, .. } => reservation_id.0,
@@ -403,6 +405,7 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
                 ttl_ms: 60_000,
                 fingerprint: None,
                 usage: None,
+                session: None,
             };
             let commit = Command::Commit {
                 request_id: clock.request(),

@@ -264,8 +264,10 @@ fn an_idle_session_is_forgotten_and_a_busy_one_is_kept() {
 /// naming the quota, and the refusal creates nothing: no agent, no audit record.
 #[test]
 fn the_session_quota_refuses_a_new_session_and_changes_nothing() {
-    let mut quotas = TenantQuotas::default();
-    quotas.sessions = 2;
+    let quotas = TenantQuotas {
+        sessions: 2,
+        ..TenantQuotas::default()
+    };
     let mut h = Sessions::new(quotas, &[session_budget(1_000)]);
     assert!(matches!(
         h.reserve("a", Some("s1"), 1),
@@ -301,8 +303,10 @@ fn the_session_quota_refuses_a_new_session_and_changes_nothing() {
 /// Without an `EachSession` limit, session names are not remembered: no quota applies.
 #[test]
 fn sessions_are_kept_only_where_a_limit_counts_them() {
-    let mut quotas = TenantQuotas::default();
-    quotas.sessions = 1;
+    let quotas = TenantQuotas {
+        sessions: 1,
+        ..TenantQuotas::default()
+    };
     let mut h = Sessions::new(quotas, &[]);
     for i in 0..5 {
         let name = format!("s{i}");

@@ -69,6 +69,9 @@ pub enum OpsCommand {
         /// Only the limits that apply to this tool.
         #[arg(long)]
         tool: Option<String>,
+        /// Adds the tenant's each-session limits as this session has used them.
+        #[arg(long)]
+        session: Option<String>,
     },
     /// Reservations in flight, oldest first.
     Reservations {
@@ -139,7 +142,11 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
             tenant,
             agent,
             tool,
-        } => tenants::usage(&ops, &tenant, agent.as_deref(), tool.as_deref()).await,
+            session,
+        } => {
+            let filters = (agent.as_deref(), tool.as_deref(), session.as_deref());
+            tenants::usage(&ops, &tenant, filters).await
+        }
         OpsCommand::Reservations {
             tenant,
             agent,
@@ -222,6 +229,8 @@ mod tests {
         command: Top,
     }
 
+    // Parsed once per test; the size of a variant costs nothing here.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Debug, Subcommand)]
     enum Top {
         Health,

@@ -772,6 +772,7 @@ impl ReserveCall {
             ttl_ms: spec.ttl_ms,
             fingerprint: fingerprint.clone().unwrap_or_default(),
             usage: None,
+            session: String::new(),
         };
         ReserveCall {
             estimate,

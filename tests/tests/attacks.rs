@@ -77,6 +77,7 @@ fn charge(victim: &str, tokens: u64) -> Batch {
             },
             usage: None,
             offline: false,
+            session: None,
         }],
     }
 }

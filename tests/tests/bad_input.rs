@@ -36,6 +36,7 @@ fn reserve(
         ttl_ms,
         fingerprint: String::new(),
         usage: None,
+        session: String::new(),
     }
 }
 
@@ -419,6 +420,7 @@ async fn a_batch_answers_each_operation_and_a_bad_one_fails_alone() {
         }),
         usage: None,
         offline: false,
+        session: String::new(),
     };
     let results = tollgate
         .batch(batch_of(vec![

@@ -163,6 +163,7 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
         ttl_ms: 60_000,
         fingerprint: "f".into(),
         usage: None,
+        session: "task-1".into(),
     };
     let commit = pb::CommitRequest {
         request_id: "c-1".into(),
@@ -236,6 +237,7 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
                 actual: None,
                 usage: commit.usage.clone(),
                 offline: false,
+                session: "task-1".into(),
             }
             .encode_to_vec(),
         ),
@@ -245,6 +247,7 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
                 tenant: "acme".into(),
                 agent: "agent".into(),
                 tool: "llm".into(),
+                session: String::new(),
             }
             .encode_to_vec(),
         ),
@@ -594,6 +597,7 @@ fn seed_commands() -> Vec<Command> {
             ttl_ms: 1_000,
             fingerprint: Some("same".into()),
             usage: None,
+            session: None,
         });
     }
     commands.extend([
@@ -618,6 +622,7 @@ fn seed_commands() -> Vec<Command> {
             actual: spend,
             usage: None,
             offline: false,
+            session: None,
         },
         Command::Freeze {
             request_id: id("f"),

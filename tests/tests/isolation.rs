@@ -174,6 +174,7 @@ fn reserve_request(tenant: &str, agent: &str) -> v1::ReserveRequest {
         ttl_ms: TTL_MS,
         fingerprint: String::new(),
         usage: None,
+        session: String::new(),
     }
 }
 
@@ -310,6 +311,7 @@ impl Fixture {
                     actual: amounts(1),
                     usage: None,
                     offline: false,
+                    session: String::new(),
                 };
                 code(tollgate.record(req!(record)).await)
             }
@@ -331,6 +333,7 @@ impl Fixture {
                     tenant: tenant.into(),
                     agent: X.into(),
                     tool: String::new(),
+                    session: String::new(),
                 };
                 code(tollgate.get_usage(req!(usage)).await)
             }

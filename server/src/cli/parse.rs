@@ -139,11 +139,13 @@ pub fn parse_query_limit(text: &str) -> Result<u32, String> {
 }
 
 /// Parses a limit's scope: `tenant`, `each-agent`, `agent:NAME`, `tool:NAME` (per agent;
-/// also spelled `tool-per-agent:NAME`) or `tool-tenant:NAME` (summed over the tenant).
+/// also spelled `tool-per-agent:NAME`), `tool-tenant:NAME` (summed over the tenant) or
+/// `each-session`.
 /// Only the first `:` separates, so tools like `llm:gpt-x` need no quoting.
 pub fn parse_scope(text: &str) -> Result<v1::Scope, String> {
     use v1::scope::Scope;
-    let help = "write tenant, each-agent, agent:NAME, tool:NAME (per agent) or tool-tenant:NAME";
+    let help = "write tenant, each-agent, agent:NAME, tool:NAME (per agent), tool-tenant:NAME \
+                or each-session";
     let named = |name: &str| {
         if name.is_empty() {
             Err(format!(
@@ -156,6 +158,7 @@ pub fn parse_scope(text: &str) -> Result<v1::Scope, String> {
     let scope = match text.split_once(':') {
         None if text == "tenant" => Scope::Tenant(v1::Empty {}),
         None if text == "each-agent" => Scope::EachAgent(v1::Empty {}),
+        None if text == "each-session" => Scope::EachSession(v1::Empty {}),
         Some(("agent", name)) => Scope::Agent(named(name)?),
         Some(("tool" | "tool-per-agent", name)) => Scope::ToolPerAgent(named(name)?),
         Some(("tool-tenant", name)) => Scope::ToolTenant(named(name)?),
@@ -251,7 +254,7 @@ pub struct LimitKindArgs {
     #[arg(long, value_name = "AMOUNT", group = "kind", value_parser = parse_amount)]
     pub budget: Option<AmountArg>,
     /// The budget's window [default: lifetime].
-    #[arg(long, value_enum, conflicts_with_all = ["rate", "concurrency"])]
+    #[arg(long, value_enum, conflicts_with_all = ["rate", "concurrency", "duration_ms"])]
     pub window: Option<WindowArg>,
     /// Rate: AMOUNT per --per, smoothed, with a --burst. AMOUNT as for --budget.
     #[arg(long, value_name = "AMOUNT", group = "kind", requires = "per_ms", value_parser = parse_amount)]
@@ -260,7 +263,7 @@ pub struct LimitKindArgs {
     #[arg(
         long = "per",
         value_name = "DURATION",
-        conflicts_with_all = ["budget", "concurrency"],
+        conflicts_with_all = ["budget", "concurrency", "duration_ms"],
         value_parser = parse_period_ms
     )]
     pub per_ms: Option<u64>,
@@ -276,6 +279,10 @@ pub struct LimitKindArgs {
     /// Concurrency: at most N reservations in flight.
     #[arg(long, value_name = "N", group = "kind")]
     pub concurrency: Option<u64>,
+    /// Duration (scope each-session): calls only within DURATION of the session's first,
+    /// e.g. 10m, 1h.
+    #[arg(long = "duration", value_name = "DURATION", group = "kind", value_parser = parse_period_ms)]
+    pub duration_ms: Option<u64>,
 }
 
 impl LimitKindArgs {
@@ -286,6 +293,14 @@ impl LimitKindArgs {
         dimension: Option<DimensionArg>,
     ) -> Result<(v1::limit::Kind, v1::Dimension), String> {
         use v1::limit::Kind;
+        if let Some(ms) = self.duration_ms {
+            return match dimension {
+                None | Some(DimensionArg::Calls) => {
+                    Ok((Kind::Duration(v1::Duration { ms }), v1::Dimension::Calls))
+                }
+                Some(_) => Err("--duration limits count calls; drop --dimension".into()),
+            };
+        }
         let dimension = limit_dimension(self.concurrency.is_some(), dimension)?;
         let is_cost = dimension == v1::Dimension::Cost;
         let kind = if let Some(max) = self.concurrency {
@@ -306,7 +321,7 @@ impl LimitKindArgs {
         } else {
             return Err(
                 "give one of --budget AMOUNT, --rate AMOUNT --per DURATION, \
-                        --concurrency N"
+                        --concurrency N, --duration DURATION"
                     .into(),
             );
         };
@@ -395,6 +410,9 @@ pub struct TenantQuotasArgs {
     /// Most commands waiting in a node's proposal queue [default: 2048].
     #[arg(long, value_name = "N")]
     pub quota_proposals_queued: Option<u32>,
+    /// Most sessions remembered (each forgotten 2 h after its last call) [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub quota_sessions: Option<u32>,
 }
 
 impl TenantQuotasArgs {
@@ -411,6 +429,7 @@ impl TenantQuotasArgs {
             ),
             (self.quota_answers, &mut quotas.answers),
             (self.quota_proposals_queued, &mut quotas.proposals_queued),
+            (self.quota_sessions, &mut quotas.sessions),
         ];
         for (flag, quota) in flags {
             if let Some(value) = flag {

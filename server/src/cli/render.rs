@@ -130,6 +130,10 @@ pub fn limit_kind(limit: &v1::Limit) -> (String, Option<u64>) {
             Some(rate.amount),
         ),
         Some(Kind::Concurrency(concurrency)) => ("concurrency".into(), Some(concurrency.max)),
+        Some(Kind::Duration(duration)) => (
+            format!("duration {}", format_duration_ms(duration.ms)),
+            None,
+        ),
         None => ("unknown kind".into(), None),
     }
 }
@@ -232,6 +236,7 @@ pub fn limit_json(limit: &v1::Limit) -> Value {
         Some(Kind::Concurrency(concurrency)) => {
             json!({ "kind": "concurrency", "max": concurrency.max })
         }
+        Some(Kind::Duration(duration)) => json!({ "kind": "duration", "ms": duration.ms }),
         None => json!({ "kind": Value::Null }),
     };
     if let (Some(object), Value::Object(kind)) = (value.as_object_mut(), kind) {
@@ -276,14 +281,15 @@ pub fn policy_fields(policy: &v1::TenantPolicy) -> Vec<(&'static str, String)> {
         |q| {
             format!(
                 "{} agents, {} tools, {} limits, {} keys, {} reservations in flight, \
-                 {} remembered answers, {} queued proposals",
+                 {} remembered answers, {} queued proposals, {} sessions",
                 q.agents,
                 q.tools,
                 q.limits,
                 q.keys,
                 q.reservations_in_flight,
                 q.answers,
-                q.proposals_queued
+                q.proposals_queued,
+                q.sessions
             )
         },
     );
@@ -314,6 +320,7 @@ pub fn policy_json(policy: &v1::TenantPolicy) -> Value {
             "reservations_in_flight": q.reservations_in_flight,
             "answers": q.answers,
             "proposals_queued": q.proposals_queued,
+            "sessions": q.sessions,
         })),
     });
     add_usd(&mut value, policy.velocity_dimension, &["velocity_floor"]);

@@ -241,14 +241,18 @@ pub async fn reset_trip(ops: &Ops, tenant: &str, agent: &str) -> anyhow::Result<
 pub async fn usage(
     ops: &Ops,
     tenant: &str,
-    agent: Option<&str>,
-    tool: Option<&str>,
+    (agent, tool, session): (Option<&str>, Option<&str>, Option<&str>),
 ) -> anyhow::Result<()> {
-    let response = ops
+    let failed = |e| ops.failed(format!("could not get the usage of tenant {tenant:?}"), e);
+    let mut response = ops
         .client
         .usage(tenant, agent, tool)
         .await
-        .map_err(|e| ops.failed(format!("could not get the usage of tenant {tenant:?}"), e))?;
+        .map_err(failed)?;
+    if let Some(session) = session {
+        let rows = ops.client.session_usage(tenant, session).await;
+        response.usage.extend(rows.map_err(failed)?.usage);
+    }
     if ops.json {
         let mut value = json!({
             "tenant": tenant,

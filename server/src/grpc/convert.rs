@@ -8,7 +8,7 @@ use crate::raft::proposer::AppliedOutcome;
 use tollgate_ledger::{
     AgentId, Amounts, ApiKey, DenyReason, Dimension, ExpiryPolicy, KeyId, LimitId, LimitKind,
     LimitSpec, LimitUsage, ModelId, Price, PriceEntry, RequestId, ReservationView, Role, Scope,
-    TenantId, TenantPolicy, TenantQuotas, Thresholds, ToolId, TripCause, Usage, Window,
+    SessionId, TenantId, TenantPolicy, TenantQuotas, Thresholds, ToolId, TripCause, Usage, Window,
     KEY_AGENTS_MAX, PER_TOKENS_DEFAULT,
 };
 
@@ -43,6 +43,16 @@ pub fn optional_tool(value: &str) -> Result<Option<ToolId>, Status> {
     } else {
         tool(value).map(Some)
     }
+}
+
+/// A session name; empty means the call belongs to no session.
+pub fn optional_session(value: &str) -> Result<Option<SessionId>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    SessionId::new(value)
+        .map(Some)
+        .map_err(|e| invalid(format!("session: {e}")))
 }
 
 pub fn request_id(value: &str) -> Result<RequestId, Status> {
@@ -198,6 +208,7 @@ pub fn scope(value: Option<pb::Scope>) -> Result<Scope, Status> {
         Some(S::Agent(name)) => Ok(Scope::Agent(agent(&name)?)),
         Some(S::ToolPerAgent(name)) => Ok(Scope::ToolPerAgent(tool(&name)?)),
         Some(S::ToolTenant(name)) => Ok(Scope::ToolTenant(tool(&name)?)),
+        Some(S::EachSession(_)) => Ok(Scope::EachSession),
         None => Err(invalid("limit scope is missing")),
     }
 }
@@ -210,6 +221,7 @@ pub fn scope_to_pb(value: &Scope) -> pb::Scope {
         Scope::Agent(name) => S::Agent(name.to_string()),
         Scope::ToolPerAgent(name) => S::ToolPerAgent(name.to_string()),
         Scope::ToolTenant(name) => S::ToolTenant(name.to_string()),
+        Scope::EachSession => S::EachSession(pb::Empty {}),
     };
     pb::Scope { scope: Some(scope) }
 }
@@ -230,9 +242,10 @@ pub fn limit(value: Option<pb::Limit>) -> Result<LimitSpec, Status> {
         Some(Kind::Concurrency(concurrency)) => LimitKind::Concurrency {
             max: concurrency.max,
         },
+        Some(Kind::Duration(duration)) => LimitKind::Duration { ms: duration.ms },
         None => {
             return Err(invalid(
-                "limit kind (budget, rate or concurrency) is missing",
+                "limit kind (budget, rate, concurrency or duration) is missing",
             ))
         }
     };
@@ -265,6 +278,7 @@ pub fn limit_to_pb(value: &LimitSpec) -> pb::Limit {
             burst,
         }),
         LimitKind::Concurrency { max } => Kind::Concurrency(pb::Concurrency { max }),
+        LimitKind::Duration { ms } => Kind::Duration(pb::Duration { ms }),
     };
     pb::Limit {
         id: value.id.to_string(),
@@ -333,6 +347,7 @@ pub fn quotas(value: Option<pb::TenantQuotas>) -> TenantQuotas {
         ),
         answers: or(value.answers, defaults.answers),
         proposals_queued: or(value.proposals_queued, defaults.proposals_queued),
+        sessions: or(value.sessions, defaults.sessions),
     }
 }
 
@@ -345,6 +360,7 @@ pub fn quotas_to_pb(value: &TenantQuotas) -> pb::TenantQuotas {
         reservations_in_flight: value.reservations_in_flight,
         answers: value.answers,
         proposals_queued: value.proposals_queued,
+        sessions: value.sessions,
     }
 }
 

@@ -88,6 +88,7 @@ async fn reserve(
         ttl_ms: request.ttl_ms,
         fingerprint: (!request.fingerprint.is_empty()).then_some(request.fingerprint),
         usage,
+        session: convert::optional_session(&request.session)?,
     };
     let result = propose(node, command, "reserve").await?;
     count_decision("reserve", &result.outcome);
@@ -195,6 +196,7 @@ async fn record(
         actual: convert::spent(request.actual, &usage, "actual")?,
         usage,
         offline: request.offline,
+        session: convert::optional_session(&request.session)?,
     };
     let result = propose(node, command, "record").await?;
     count_decision("record", &result.outcome);
@@ -305,11 +307,16 @@ async fn get_usage(
     let agent = convert::optional_agent(&request.agent)?;
     caller.for_reader(&tenant, agent.as_ref())?;
     let tool = convert::optional_tool(&request.tool)?;
+    let session = convert::optional_session(&request.session)?;
     read_linearizable(node, caller, |applied| {
         let ledger = &applied.ledger;
-        let usage = ledger
+        let mut usage = ledger
             .usage(&tenant, agent.as_ref(), tool.as_ref())
             .map_err(|r| rejection_status(&r))?;
+        if let Some(session) = &session {
+            let rows = ledger.session_usage(&tenant, session);
+            usage.extend(rows.map_err(|r| rejection_status(&r))?);
+        }
         let mut response = pb::UsageResponse {
             usage: usage.iter().map(convert::usage_to_pb).collect(),
             ..Default::default()

@@ -166,6 +166,7 @@ fn capacity(kind: &LimitKind) -> u64 {
         LimitKind::Budget { amount, .. } => amount,
         LimitKind::Rate { burst, .. } => burst,
         LimitKind::Concurrency { max } => max,
+        LimitKind::Duration { ms } => ms,
     }
 }
 
@@ -183,6 +184,7 @@ fn scope_name(scope: &Scope) -> &'static str {
         Scope::Agent(_) => "agent",
         Scope::ToolPerAgent(_) => "tool_per_agent",
         Scope::ToolTenant(_) => "tool_tenant",
+        Scope::EachSession => "each_session",
     }
 }
 
@@ -200,6 +202,7 @@ fn kind_name(kind: &LimitKind) -> &'static str {
         LimitKind::Budget { .. } => "budget",
         LimitKind::Rate { .. } => "rate",
         LimitKind::Concurrency { .. } => "concurrency",
+        LimitKind::Duration { .. } => "duration",
     }
 }
 

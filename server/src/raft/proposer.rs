@@ -359,6 +359,7 @@ mod tests {
             ttl_ms: 60_000,
             fingerprint: None,
             usage: None,
+            session: None,
         }
     }
 

@@ -564,6 +564,7 @@ mod tests {
                     },
                     usage: None,
                     offline: false,
+                    session: None,
                 },
             );
         }

@@ -102,6 +102,7 @@ fn ledger_growth(agents: u64, one_agent: bool) -> anyhow::Result<i64> {
                 calls: systems::ACTUAL.calls,
             },
             usage: None,
+            session: None,
             offline: false,
         };
         // Records a millisecond apart: all within the dedup window, as in a busy minute.

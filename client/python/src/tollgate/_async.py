@@ -190,6 +190,7 @@ class AsyncClient(ClientBase):
         input_tokens: int | None = None,
         max_output_tokens: int | None = None,
         request_id: str | None = None,
+        session: str | None = None,
     ) -> PendingReservation:
         """Reserves the estimate (see Client.reserve); await the result or `async with` it.
         Arguments are checked here, before anything is sent."""
@@ -207,6 +208,7 @@ class AsyncClient(ClientBase):
             model=model,
             input_tokens=input_tokens,
             max_output_tokens=max_output_tokens,
+            session=session,
         )
 
         async def send() -> AsyncReservation:
@@ -231,22 +233,27 @@ class AsyncClient(ClientBase):
         calls: int = 1,
         usage: Usage | None = None,
         request_id: str | None = None,
+        session: str | None = None,
     ) -> int:
         """Charges spend that happened without a reservation (see Client.record)."""
         wire_amounts, wire_usage, _ = _wire.actual(
             tokens=tokens, cost_usd=cost_usd, cost_micros=cost_micros, calls=calls, usage=usage
         )
         request = _wire.record_request(
-            request_id or new_request_id(), tenant, agent, tool, wire_amounts, wire_usage
+            request_id or new_request_id(), tenant, agent, tool, wire_amounts, wire_usage, session
         )
         response = await self._call("Record", request)
         return int(response.cost_micros or (0 if wire_usage else wire_amounts.cost_micros))
 
     async def usage(
-        self, tenant: str, agent: str | None = None, tool: str | None = None
+        self,
+        tenant: str,
+        agent: str | None = None,
+        tool: str | None = None,
+        session: str | None = None,
     ) -> list[LimitUsage]:
         """Usage and remaining of every limit that applies."""
-        response = await self._call("GetUsage", _wire.usage_request(tenant, agent, tool))
+        response = await self._call("GetUsage", _wire.usage_request(tenant, agent, tool, session))
         return _wire.limit_usages(response)
 
     def guard(

@@ -158,6 +158,7 @@ class Client(ClientBase):
         input_tokens: int | None = None,
         max_output_tokens: int | None = None,
         request_id: str | None = None,
+        session: str | None = None,
     ) -> Reservation:
         """Reserves the estimate against every limit that applies, or raises Denied, Frozen,
         Tripped; Unavailable when the cluster cannot be reached (unless failing open)."""
@@ -175,6 +176,7 @@ class Client(ClientBase):
             model=model,
             input_tokens=input_tokens,
             max_output_tokens=max_output_tokens,
+            session=session,
         )
         try:
             response = self._call("Reserve", checked.request)
@@ -195,6 +197,7 @@ class Client(ClientBase):
         calls: int = 1,
         usage: Usage | None = None,
         request_id: str | None = None,
+        session: str | None = None,
     ) -> int:
         """Charges spend that happened without a reservation; never denied. Returns the cost
         charged in micro-units (derived from `usage` when given)."""
@@ -202,16 +205,20 @@ class Client(ClientBase):
             tokens=tokens, cost_usd=cost_usd, cost_micros=cost_micros, calls=calls, usage=usage
         )
         request = _wire.record_request(
-            request_id or new_request_id(), tenant, agent, tool, wire_amounts, wire_usage
+            request_id or new_request_id(), tenant, agent, tool, wire_amounts, wire_usage, session
         )
         response = self._call("Record", request)
         return int(response.cost_micros or (0 if wire_usage else wire_amounts.cost_micros))
 
     def usage(
-        self, tenant: str, agent: str | None = None, tool: str | None = None
+        self,
+        tenant: str,
+        agent: str | None = None,
+        tool: str | None = None,
+        session: str | None = None,
     ) -> list[LimitUsage]:
         """Usage and remaining of every limit that applies (linearizable: the leader answers)."""
-        response = self._call("GetUsage", _wire.usage_request(tenant, agent, tool))
+        response = self._call("GetUsage", _wire.usage_request(tenant, agent, tool, session))
         return _wire.limit_usages(response)
 
     def guard(

@@ -45,6 +45,8 @@ def scope_name(scope: pb.Scope) -> str:
         return f"tool-per-agent:{scope.tool_per_agent}"
     if kind == "tool_tenant":
         return f"tool-tenant:{scope.tool_tenant}"
+    if kind == "each_session":
+        return "each-session"
     return "unknown-scope"
 
 
@@ -84,6 +86,7 @@ def reserve(
     model: str | None,
     input_tokens: int | None,
     max_output_tokens: int | None,
+    session: str | None = None,
 ) -> Reserve:
     cost = cost_micros_of(cost_usd, cost_micros)
     estimate = Amounts(count("tokens", tokens), cost, count("calls", calls))
@@ -98,6 +101,8 @@ def reserve(
     )
     if fingerprint is not None:
         request.fingerprint = check_id("fingerprint", fingerprint)
+    if session is not None:
+        request.session = check_id("session", session)
     if model is not None:
         if cost:
             raise InvalidRequest("give a cost or a model to price the estimate, not both")
@@ -204,6 +209,7 @@ def record_request(
     tool: str,
     wire_amounts: pb.Amounts,
     wire_usage: pb.Usage | None,
+    session: str | None = None,
 ) -> pb.RecordRequest:
     request = pb.RecordRequest(
         request_id=check_id("request_id", request_id),
@@ -212,16 +218,21 @@ def record_request(
         tool=check_id("tool", tool),
         actual=wire_amounts,
     )
+    if session is not None:
+        request.session = check_id("session", session)
     if wire_usage is not None:
         request.usage.CopyFrom(wire_usage)
     return request
 
 
-def usage_request(tenant: str, agent: str | None, tool: str | None) -> pb.UsageRequest:
+def usage_request(
+    tenant: str, agent: str | None, tool: str | None, session: str | None = None
+) -> pb.UsageRequest:
     return pb.UsageRequest(
         tenant=check_id("tenant", tenant),
         agent="" if agent is None else check_id("agent", agent),
         tool="" if tool is None else check_id("tool", tool),
+        session="" if session is None else check_id("session", session),
     )
 
 
