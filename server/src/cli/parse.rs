@@ -613,6 +613,7 @@ mod tests {
         let scope = |text: &str| parse_scope(text).map(|s| s.scope.unwrap());
         assert_eq!(scope("tenant"), Ok(Scope::Tenant(v1::Empty {})));
         assert_eq!(scope("each-agent"), Ok(Scope::EachAgent(v1::Empty {})));
+        assert_eq!(scope("each-session"), Ok(Scope::EachSession(v1::Empty {})));
         assert_eq!(scope("agent:bot"), Ok(Scope::Agent("bot".into())));
         assert_eq!(
             scope("tool:search"),
@@ -641,6 +642,7 @@ mod tests {
             "agent:a",
             "tool-per-agent:t",
             "tool-tenant:t",
+            "each-session",
         ] {
             let scope = parse_scope(text).unwrap();
             assert_eq!(tollgate_client::scope_to_string(Some(&scope)), text);
@@ -697,6 +699,16 @@ mod tests {
         assert!(LimitKindArgs::default()
             .to_wire(Some(DimensionArg::Cost))
             .is_err());
+        let duration = LimitKindArgs {
+            duration_ms: Some(1_800_000),
+            ..LimitKindArgs::default()
+        };
+        let half_hour = Kind::Duration(v1::Duration { ms: 1_800_000 });
+        assert_eq!(
+            duration.to_wire(None),
+            Ok((half_hour, v1::Dimension::Calls))
+        );
+        assert!(duration.to_wire(Some(DimensionArg::Cost)).is_err());
     }
 
     #[test]
