@@ -382,6 +382,7 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
             estimate,
             ttl_ms: 60_000,
             fingerprint: None,
+            shape: None,
             usage: None,
         },
     ) {
@@ -402,6 +403,7 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
                 estimate,
                 ttl_ms: 60_000,
                 fingerprint: None,
+                shape: None,
                 usage: None,
             };
             let commit = Command::Commit {

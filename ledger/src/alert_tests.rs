@@ -83,6 +83,7 @@ impl Alerts {
             estimate: cost(micros),
             ttl_ms,
             fingerprint: None,
+            shape: None,
             usage: None,
         };
         match self.apply(&cmd) {

@@ -239,6 +239,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             estimate,
             ttl_ms,
             fingerprint,
+            shape,
             usage: None,
         } => {
             w.byte(0);
@@ -249,6 +250,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             w.amounts(estimate);
             w.varint(*ttl_ms);
             w.opt_str(fingerprint.as_deref().map(str::as_bytes));
+            w.opt_str(shape.as_deref().map(str::as_bytes));
             w.byte(0);
         }
         Command::Commit {
@@ -419,9 +421,10 @@ mod tests {
                 id(),
                 amounts_strategy(),
                 any::<u64>(),
+                proptest::option::of(id()),
                 proptest::option::of(id())
             )
-                .prop_map(|(q, t, a, tool, estimate, ttl_ms, fingerprint)| {
+                .prop_map(|(q, t, a, tool, estimate, ttl_ms, fingerprint, shape)| {
                     Command::Reserve {
                         request_id: RequestId::new(q).unwrap(),
                         tenant: TenantId::new(t).unwrap(),
@@ -430,6 +433,7 @@ mod tests {
                         estimate,
                         ttl_ms,
                         fingerprint,
+                        shape,
                         usage: None,
                     }
                 }),

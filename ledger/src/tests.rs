@@ -129,6 +129,7 @@ impl Harness {
             estimate,
             ttl_ms,
             fingerprint: None,
+            shape: None,
             usage: None,
         }
     }
@@ -2475,6 +2476,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                 estimate: amounts,
                 ttl_ms: 100 + next(20_000),
                 fingerprint: (next(4) == 0).then(|| format!("fp-{}", next(3))),
+                shape: None,
                 usage: None,
             },
             8..=11 if !granted.is_empty() => {
@@ -2588,5 +2590,5 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
             "4d794bc4105d81fc89a3c8762eb81e8f3e2edbc0a9c3dfe0436d3e5afdd5deb3"
         )
     );
-    assert_eq!(snapshot, 0x73a3_9c71_a34d_78ac);
+    assert_eq!(snapshot, 0x84b4_d27f_2b98_4ca9);
 }

@@ -593,6 +593,7 @@ fn seed_commands() -> Vec<Command> {
             estimate: spend,
             ttl_ms: 1_000,
             fingerprint: Some("same".into()),
+            shape: None,
             usage: None,
         });
     }
