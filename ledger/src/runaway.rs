@@ -524,4 +524,43 @@ mod tests {
         }
         assert!(tripped);
     }
+
+    #[test]
+    fn tracked_shapes_stay_bounded_and_the_looping_shape_stays_tracked() {
+        let policy = TenantPolicy::default();
+        let floor = policy.shape_floor;
+        let mut runaway = Runaway::default();
+        let mut tripped = None;
+        for n in 1..=floor + 1 {
+            // A new shape every call crowds the tracked ones; the loop's is seen last each
+            // time, so it is never the one forgotten.
+            let other = format!("one-off-{n}");
+            assert!(runaway.check_shape(&policy, Some(&other), n).is_none());
+            if let Some(cause) = runaway.check_shape(&policy, Some("loop"), n) {
+                tripped = Some((n, cause));
+                break;
+            }
+            assert!(runaway.shapes.len() <= SHAPES_PER_AGENT_MAX);
+        }
+        assert_eq!(runaway.shapes.len(), SHAPES_PER_AGENT_MAX);
+        let cause = TripCause::ShapeVelocity {
+            shape: "loop".into(),
+            calls: floor + 1,
+            baseline: 0,
+        };
+        assert_eq!(tripped, Some((floor + 1, cause)));
+    }
+
+    #[test]
+    fn shape_state_is_forgotten_only_once_its_average_has_decayed() {
+        let policy = TenantPolicy::default();
+        let window_ms = policy.velocity_window_ms;
+        let mut runaway = Runaway::default();
+        assert!(runaway.velocity_forgotten(0));
+        assert!(runaway.check_shape(&policy, Some("s"), 0).is_none());
+        assert!(!runaway.velocity_forgotten(window_ms));
+        let decayed_ms = window_ms * (VELOCITY_DECAY_WINDOWS_MAX + 2);
+        assert!(!runaway.velocity_forgotten(decayed_ms - 1));
+        assert!(runaway.velocity_forgotten(decayed_ms));
+    }
 }
