@@ -81,6 +81,7 @@ def reserve(
     calls: int,
     ttl: float,
     fingerprint: str | None,
+    shape: str | None,
     model: str | None,
     input_tokens: int | None,
     max_output_tokens: int | None,
@@ -98,6 +99,8 @@ def reserve(
     )
     if fingerprint is not None:
         request.fingerprint = check_id("fingerprint", fingerprint)
+    if shape is not None:
+        request.shape = check_id("shape", shape)
     if model is not None:
         if cost:
             raise InvalidRequest("give a cost or a model to price the estimate, not both")
@@ -144,6 +147,12 @@ def decide(response: pb.ReserveResponse) -> Granted:
         elif cause == "velocity":
             v = tripped.cause.velocity
             detail = f"velocity: spent {v.spent} against a recent baseline of {v.baseline}"
+        elif cause == "shape_velocity":
+            s = tripped.cause.shape_velocity
+            detail = (
+                f"shape velocity: argument shape {s.shape!r} called {s.calls} times"
+                f" against a recent baseline of {s.baseline}"
+            )
         else:
             detail = "unknown cause"
         until = seconds_from_ms(tripped.until_ms) if tripped.HasField("until_ms") else None
