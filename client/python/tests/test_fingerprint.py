@@ -78,7 +78,7 @@ def test_what_json_cannot_say_is_an_error(args: Any, error: type[Exception]) -> 
         tollgate.fingerprint_shape("tool", args)
 
 
-SHAPES = [
+SHAPES: list[tuple[Any, str]] = [
     ({}, "{}"),
     ([], "[]"),
     (None, '"null"'),

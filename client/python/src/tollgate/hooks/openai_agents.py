@@ -259,9 +259,7 @@ def _tool_key(context: RunContextWrapper[Any], tool: Tool) -> tuple[object, ...]
     return ("tool", id(context), id(tool))
 
 
-def _fingerprints(
-    tool: str, context: RunContextWrapper[Any]
-) -> tuple[str | None, str | None]:
+def _fingerprints(tool: str, context: RunContextWrapper[Any]) -> tuple[str | None, str | None]:
     """The call's fingerprint and shape from its JSON arguments, when the hook sees them
     (function tools); None when they are not a JSON object the fingerprint can take."""
     if not isinstance(context, ToolContext):
