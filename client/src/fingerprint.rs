@@ -339,7 +339,10 @@ mod tests {
                 json!({"q": "news", "page": 2, "on": true, "x": null}),
                 r#"{"on":"bool","page":"number","q":"string","x":"null"}"#,
             ),
-            (json!([3, "a", 1.5, "b", null]), r#"["null","number","string"]"#),
+            (
+                json!([3, "a", 1.5, "b", null]),
+                r#"["null","number","string"]"#,
+            ),
             (
                 json!([{"b": 1}, {"a": 1}, {"b": 2}]),
                 r#"[{"a":"number"},{"b":"number"}]"#,
@@ -358,9 +361,15 @@ mod tests {
         for _ in 0..FINGERPRINT_DEPTH_MAX {
             deep = json!([deep]);
         }
-        assert!(fingerprint_shape("t", &deep).is_ok(), "exactly at the bound");
+        assert!(
+            fingerprint_shape("t", &deep).is_ok(),
+            "exactly at the bound"
+        );
         let deeper = json!({ "k": deep });
-        assert_eq!(fingerprint_shape("t", &deeper), Err(FingerprintError::TooDeep));
+        assert_eq!(
+            fingerprint_shape("t", &deeper),
+            Err(FingerprintError::TooDeep)
+        );
     }
 
     #[test]

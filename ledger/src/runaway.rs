@@ -166,8 +166,7 @@ impl Velocity {
 
     /// Whether `total` is above `factor` times the average and above `floor`.
     fn above(&self, factor: u32, floor: u64) -> bool {
-        let over_average =
-            u128::from(self.total) > u128::from(factor) * u128::from(self.average);
+        let over_average = u128::from(self.total) > u128::from(factor) * u128::from(self.average);
         over_average && self.total > floor
     }
 }

@@ -1527,7 +1527,10 @@ fn a_steady_agent_at_a_high_constant_rate_is_not_tripped_once_it_has_a_baseline(
     assert_eq!(shape_calls_trip_at(&mut h, "crawler", "page", 400), None);
     h.advance(60_000);
     // And the same minute's pace that would trip a new agent at once spares it.
-    assert_eq!(shape_calls_trip_at(&mut h, "newcomer", "page", 400), Some(51));
+    assert_eq!(
+        shape_calls_trip_at(&mut h, "newcomer", "page", 400),
+        Some(51)
+    );
     // Far above 10 times its average (now above 50): it trips.
     let tripped_at = shape_calls_trip_at(&mut h, "crawler", "page", 5_000).unwrap();
     assert!((500..2_000).contains(&tripped_at), "{tripped_at}");

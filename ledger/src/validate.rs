@@ -53,9 +53,7 @@ impl Command {
                 if let Some(fingerprint) = fingerprint {
                     validate_id("fingerprint", fingerprint)?;
                 }
-                shape
-                    .as_ref()
-                    .map_or(Ok(()), |s| validate_id("shape", s))
+                shape.as_ref().map_or(Ok(()), |s| validate_id("shape", s))
             }
             Command::Commit {
                 actual,

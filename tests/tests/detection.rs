@@ -182,7 +182,9 @@ async fn by_default_a_loop_that_changes_a_page_every_call_is_tripped_by_its_shap
     let cause = velocity_trip_in_one_window(client, "pager", |agent| async move {
         for page in 0..SHAPE_FLOOR_DEFAULT {
             match client.reserve(search_page(&agent, page)).await {
-                Ok(reservation) => reservation.release().await.expect("release"),
+                Ok(reservation) => {
+                    reservation.release().await.expect("release");
+                }
                 Err(error) => return Err(format!("page {page} refused: {error}")),
             }
         }
@@ -205,7 +207,9 @@ async fn by_default_a_loop_that_changes_a_page_every_call_is_tripped_by_its_shap
         .await
         .expect("audit query");
     assert!(
-        records.iter().any(|r| r.event_json.contains("shape_velocity")),
+        records
+            .iter()
+            .any(|r| r.event_json.contains("shape_velocity")),
         "no shape_velocity trip in the audit trail"
     );
     // A well-behaved agent of the same tenant, paging slowly through the same tool, is served.

@@ -163,6 +163,7 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
         ttl_ms: 60_000,
         fingerprint: "f".into(),
         usage: None,
+        shape: String::new(),
     };
     let commit = pb::CommitRequest {
         request_id: "c-1".into(),

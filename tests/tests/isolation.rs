@@ -174,6 +174,7 @@ fn reserve_request(tenant: &str, agent: &str) -> v1::ReserveRequest {
         ttl_ms: TTL_MS,
         fingerprint: String::new(),
         usage: None,
+        shape: String::new(),
     }
 }
 

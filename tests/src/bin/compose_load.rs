@@ -421,6 +421,7 @@ impl Worker {
                     ttl_ms: *ttl_ms,
                     fingerprint: String::new(),
                     usage: None,
+                    shape: String::new(),
                 };
                 send_reserve(client, wire).await
             }
