@@ -2,6 +2,9 @@
 //! hash of the tool and a canonical form of its arguments, so the same call made twice
 //! hashes the same whatever the key order or number formatting. The Python client computes
 //! the same bytes; `fingerprint_vectors.json` at the crate root holds the shared vectors.
+//! The shape (`fingerprint_shape`) hashes the arguments' keys and value types instead, for
+//! shape velocity: a loop that changes a value on every call keeps its shape;
+//! `shape_vectors.json` holds its shared vectors.
 //! This module never panics on its input and never recurses without a bound.
 
 use std::fmt::Write as _;
@@ -78,7 +81,36 @@ pub fn fingerprint_ignoring(
         }
         other => other,
     };
-    let canonical = canonical_json(args)?;
+    Ok(digest_hex(tool, &canonical_json(args)?))
+}
+
+/// The shape of a call of `tool` with `args`, for
+/// [`ReserveRequest::shape`](crate::ReserveRequest::shape): lowercase hex of the first 16
+/// bytes of SHA-256(`tool` + `"\n"` + canonical JSON of the shape of `args`). Calls that
+/// differ only in values (a page number, a timestamp, a reworded query) have one shape, so
+/// the cluster can see a loop that a [`fingerprint`] misses.
+///
+/// The shape of an object is the object of the same keys with the shape of each value; of
+/// an array, the array of its items' distinct shapes, sorted by the code points of their
+/// canonical JSON; of `null`, a boolean, a number and a string, the JSON strings `"null"`,
+/// `"bool"`, `"number"` and `"string"`. It is written as canonical JSON (see [`fingerprint`]);
+/// the same numbers are refused, with the same depth bound.
+///
+/// ```
+/// use serde_json::json;
+/// use tollgate_client::fingerprint_shape;
+/// let page_1 = fingerprint_shape("search", &json!({"q": "news", "page": 1}))?;
+/// let page_2 = fingerprint_shape("search", &json!({"q": "weather", "page": 2.5}))?;
+/// assert_eq!(page_1, page_2);
+/// assert_ne!(page_1, fingerprint_shape("search", &json!({"q": "news"}))?);
+/// # Ok::<(), tollgate_client::FingerprintError>(())
+/// ```
+pub fn fingerprint_shape(tool: &str, args: &Value) -> Result<String, FingerprintError> {
+    Ok(digest_hex(tool, &shape_json(args, 0)?))
+}
+
+/// Lowercase hex of the first `FINGERPRINT_BYTES` of SHA-256(`tool`, newline, `canonical`).
+fn digest_hex(tool: &str, canonical: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(tool.as_bytes());
     hasher.update(b"\n");
@@ -89,7 +121,49 @@ pub fn fingerprint_ignoring(
         let _ = write!(hex, "{byte:02x}");
     }
     debug_assert_eq!(hex.len(), FINGERPRINT_BYTES * 2);
-    Ok(hex)
+    hex
+}
+
+/// The canonical JSON of the shape of `value` (see [`fingerprint_shape`]).
+fn shape_json(value: &Value, depth: usize) -> Result<String, FingerprintError> {
+    let shape = match value {
+        Value::Null => r#""null""#.to_owned(),
+        Value::Bool(_) => r#""bool""#.to_owned(),
+        Value::Number(number) => {
+            // Refused as the fingerprint refuses it, so the two agree on what is an argument.
+            write_number(&mut String::new(), number)?;
+            r#""number""#.to_owned()
+        }
+        Value::String(_) => r#""string""#.to_owned(),
+        Value::Array(items) => {
+            let depth = nested(depth)?;
+            let mut shapes = items
+                .iter()
+                .map(|item| shape_json(item, depth))
+                .collect::<Result<Vec<_>, _>>()?;
+            // Byte order of UTF-8 is code point order.
+            shapes.sort_unstable();
+            shapes.dedup();
+            format!("[{}]", shapes.join(","))
+        }
+        Value::Object(map) => {
+            let depth = nested(depth)?;
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
+            let mut out = String::from("{");
+            for (index, (key, item)) in entries.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_string(&mut out, key);
+                out.push(':');
+                out.push_str(&shape_json(item, depth)?);
+            }
+            out.push('}');
+            out
+        }
+    };
+    Ok(shape)
 }
 
 /// The canonical JSON of `value`: what is hashed after the tool and a newline.
@@ -252,6 +326,68 @@ mod tests {
         assert!(fingerprint("t", &deep).is_ok(), "exactly at the bound");
         let deeper = json!({ "k": deep });
         assert_eq!(fingerprint("t", &deeper), Err(FingerprintError::TooDeep));
+    }
+
+    /// Each case: arguments and the canonical JSON of their shape, by hand from the rules.
+    #[test]
+    fn shape_json_follows_the_rules() {
+        let cases: [(Value, &str); 8] = [
+            (json!({}), "{}"),
+            (json!([]), "[]"),
+            (json!(null), r#""null""#),
+            (
+                json!({"q": "news", "page": 2, "on": true, "x": null}),
+                r#"{"on":"bool","page":"number","q":"string","x":"null"}"#,
+            ),
+            (
+                json!([3, "a", 1.5, "b", null]),
+                r#"["null","number","string"]"#,
+            ),
+            (
+                json!([{"b": 1}, {"a": 1}, {"b": 2}]),
+                r#"[{"a":"number"},{"b":"number"}]"#,
+            ),
+            (json!([[1], [], ["x"]]), r#"[["number"],["string"],[]]"#),
+            (json!({"é\"": [1]}), r#"{"é\"":["number"]}"#),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(shape_json(&value, 0).unwrap(), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn shape_nesting_past_the_bound_is_an_error_like_the_fingerprint() {
+        let mut deep = json!(1);
+        for _ in 0..FINGERPRINT_DEPTH_MAX {
+            deep = json!([deep]);
+        }
+        assert!(
+            fingerprint_shape("t", &deep).is_ok(),
+            "exactly at the bound"
+        );
+        let deeper = json!({ "k": deep });
+        assert_eq!(
+            fingerprint_shape("t", &deeper),
+            Err(FingerprintError::TooDeep)
+        );
+    }
+
+    #[test]
+    fn shape_vectors_shared_with_the_python_client_hold() {
+        let text = include_str!("../shape_vectors.json");
+        let vectors: Vec<Value> = serde_json::from_str(text).unwrap();
+        assert!(vectors.len() >= 10, "{} vectors", vectors.len());
+        for vector in &vectors {
+            let tool = vector["tool"].as_str().unwrap();
+            let expected = vector["shape"].as_str().unwrap();
+            let shape = fingerprint_shape(tool, &vector["args"]).unwrap();
+            assert_eq!(shape, expected, "{vector}");
+            assert_eq!(
+                digest_hex(tool, vector["canonical"].as_str().unwrap()),
+                expected,
+                "{vector}"
+            );
+        }
     }
 
     #[test]

@@ -112,7 +112,9 @@ pub use config::{
     PEM_FILE_BYTES_MAX, PROBE_INTERVAL_DEFAULT,
 };
 pub use error::{is_retryable, Error};
-pub use fingerprint::{fingerprint, fingerprint_ignoring, FingerprintError, FINGERPRINT_DEPTH_MAX};
+pub use fingerprint::{
+    fingerprint, fingerprint_ignoring, fingerprint_shape, FingerprintError, FINGERPRINT_DEPTH_MAX,
+};
 pub use guarded::{CallError, GuardError};
 pub use local::OFFLINE_REPORTS_MAX;
 pub use pool::{Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};

@@ -425,6 +425,12 @@ fn describe_trip(cause: Option<&v1::TripCause>) -> String {
                 v.spent, v.baseline
             )
         }
+        Some(Cause::ShapeVelocity(s)) => {
+            format!(
+                "shape velocity: argument shape {:?} called {} times against a recent baseline of {}",
+                s.shape, s.calls, s.baseline
+            )
+        }
         None => "unknown cause".into(),
     }
 }

@@ -310,6 +310,9 @@ pub struct ReserveRequest {
     pub ttl: Duration,
     /// Hash of tool + normalised arguments, for repetition (runaway) detection.
     pub fingerprint: Option<String>,
+    /// Hash of tool + the shape of the arguments (keys and value types), for shape velocity
+    /// (runaway) detection: see [`fingerprint_shape`](crate::fingerprint_shape).
+    pub shape: Option<String>,
     /// An estimate by model and tokens, priced by the cluster, instead of a cost.
     pub usage: Option<Usage>,
     /// The session (one run of the agent on one task) the call belongs to.
@@ -334,6 +337,7 @@ impl ReserveRequest {
             },
             ttl: TTL_DEFAULT,
             fingerprint: None,
+            shape: None,
             usage: None,
             session: None,
         }
@@ -383,6 +387,13 @@ impl ReserveRequest {
         self
     }
 
+    /// Sets the argument shape used for shape velocity detection, e.g. from
+    /// [`fingerprint_shape`](crate::fingerprint_shape).
+    pub fn shape(mut self, shape: impl Into<String>) -> Self {
+        self.shape = Some(shape.into());
+        self
+    }
+
     /// Estimates by model and tokens instead of a cost (which must then stay 0): the
     /// cluster prices `usage` with the tenant's price table, `output_tokens` being the call's
     /// maximum. Unless [`tokens`](Self::tokens) is set, the estimate's tokens are the
@@ -415,6 +426,7 @@ impl ReserveRequest {
             fingerprint: self.fingerprint.clone().unwrap_or_default(),
             usage: self.usage.clone().map(Into::into),
             session: self.session.clone().unwrap_or_default(),
+            shape: self.shape.clone().unwrap_or_default(),
         }
     }
 }
@@ -455,6 +467,7 @@ mod tests {
         assert_eq!(request.estimate, Amounts::new(0, 0, 1));
         assert_eq!(request.ttl, TTL_DEFAULT);
         let wire = request.tokens(5).fingerprint("f").to_wire("id-1");
+        assert_eq!(wire.shape, "");
         assert_eq!(wire.request_id, "id-1");
         assert_eq!(
             wire.estimate,
@@ -467,6 +480,10 @@ mod tests {
         assert_eq!(wire.ttl_ms, 60_000);
         assert_eq!(wire.fingerprint, "f");
         assert_eq!(wire.usage, None);
+        let wire = ReserveRequest::new("acme", "bot", "search")
+            .shape("s")
+            .to_wire("id-2");
+        assert_eq!(wire.shape, "s");
     }
 
     #[test]

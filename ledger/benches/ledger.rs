@@ -383,6 +383,7 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
             estimate,
             ttl_ms: 60_000,
             fingerprint: None,
+            shape: None,
             usage: None,
             session: None,
         },
@@ -404,6 +405,7 @@ fn pair_commands(ledger: &mut Ledger, clock: &mut Clock, pairs: usize) -> Vec<Co
                 estimate,
                 ttl_ms: 60_000,
                 fingerprint: None,
+                shape: None,
                 usage: None,
                 session: None,
             };

@@ -84,6 +84,7 @@ impl Alerts {
             estimate: cost(micros),
             ttl_ms,
             fingerprint: None,
+            shape: None,
             usage: None,
             session: None,
         };

@@ -170,7 +170,8 @@ impl AuditEvent {
 ///   price-table entry a cost was derived from. A `reason` is `{"limit":
 ///   {"limit_id", "scope", "dimension", "remaining", "retry_after_ms"}}`, `{"frozen":
 ///   {"agent"}}` or `{"tripped": {"cause", "until_ms"}}`; a `cause` is `{"repetition":
-///   {"fingerprint", "count"}}` or `{"velocity": {"spent", "baseline"}}`; a `limit` is
+///   {"fingerprint", "count"}}`, `{"velocity": {"spent", "baseline"}}` or
+///   `{"shape_velocity": {"shape", "calls", "baseline"}}`; a `limit` is
 ///   `{"id", "scope", "dimension", "kind", "thresholds"}` (`thresholds`: the soft
 ///   thresholds in ascending percent; absent in older exports), with `scope` one of `"tenant"`,
 ///   `"each_agent"`, `{"agent": name}`, `{"tool_per_agent": tool}`, `{"tool_tenant":
@@ -1056,6 +1057,14 @@ mod tests {
                     baseline: 1,
                 }),
                 r#"{"trip":{"velocity":{"spent":9,"baseline":1}}}"#,
+            ),
+            (
+                AuditEvent::Trip(TripCause::ShapeVelocity {
+                    shape: "5e1f".into(),
+                    calls: 61,
+                    baseline: 0,
+                }),
+                r#"{"trip":{"shape_velocity":{"shape":"5e1f","calls":61,"baseline":0}}}"#,
             ),
         ];
         for (event, json) in cases {

@@ -115,6 +115,7 @@ pub(super) struct ReserveRequest<'a> {
     pub ttl_ms: u64,
     pub fingerprint: Option<&'a str>,
     pub session: Option<&'a SessionId>,
+    pub shape: Option<&'a str>,
 }
 
 impl<'a> ReserveRequest<'a> {
@@ -454,6 +455,7 @@ impl Ledger {
                 estimate,
                 ttl_ms,
                 fingerprint,
+                shape,
                 usage,
                 session,
             } => {
@@ -470,6 +472,7 @@ impl Ledger {
                     ttl_ms: *ttl_ms,
                     fingerprint: fingerprint.as_deref(),
                     session: session.as_ref(),
+                    shape: shape.as_deref(),
                 };
                 self.reserve(now_ms, t, &request)
             }
@@ -683,13 +686,18 @@ impl Ledger {
             let agent = Some(r.agent.clone());
             return Err(self.deny(now_ms, r, DenyReason::Frozen { agent }));
         }
-        if agent.runaway.is_some() || runaway::tracks(policy, r.fingerprint) {
+        let call = runaway::Call {
+            fingerprint: r.fingerprint,
+            shape: r.shape,
+            estimate: r.estimate,
+        };
+        if agent.runaway.is_some() || runaway::tracks(policy, &call) {
             let state = agent.runaway.get_or_insert_with(Default::default);
             if let runaway::Verdict::Tripped {
                 cause,
                 until_ms,
                 new,
-            } = state.check(policy, r.fingerprint, r.estimate, now_ms)
+            } = state.check(policy, &call, now_ms)
             {
                 if new {
                     self.audit
@@ -1024,7 +1032,7 @@ impl Ledger {
         let policy = &tenant.policy;
         if let Some(agent) = tenant.agents.get_mut(agent_index) {
             agent.last_used_ms = now_ms;
-            if agent.runaway.is_some() || runaway::tracks(policy, None) {
+            if agent.runaway.is_some() || policy.velocity_factor > 0 {
                 agent
                     .runaway
                     .get_or_insert_with(Default::default)

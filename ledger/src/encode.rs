@@ -239,6 +239,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             estimate,
             ttl_ms,
             fingerprint,
+            shape,
             usage: None,
             session,
         } => {
@@ -250,6 +251,7 @@ pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
             w.amounts(estimate);
             w.varint(*ttl_ms);
             w.opt_str(fingerprint.as_deref().map(str::as_bytes));
+            w.opt_str(shape.as_deref().map(str::as_bytes));
             w.byte(0);
             w.opt_str(session.as_ref().map(SessionId::as_bytes));
         }
@@ -423,9 +425,10 @@ mod tests {
                 id(),
                 amounts_strategy(),
                 any::<u64>(),
+                proptest::option::of(id()),
                 proptest::option::of(id())
             )
-                .prop_map(|(q, t, a, tool, estimate, ttl_ms, fingerprint)| {
+                .prop_map(|(q, t, a, tool, estimate, ttl_ms, fingerprint, shape)| {
                     Command::Reserve {
                         request_id: RequestId::new(q).unwrap(),
                         tenant: TenantId::new(t).unwrap(),
@@ -434,6 +437,7 @@ mod tests {
                         estimate,
                         ttl_ms,
                         fingerprint,
+                        shape,
                         usage: None,
                         session: None,
                     }

@@ -14,8 +14,10 @@
 //!   committed spend is of a past window (or zero), a rate's bucket is empty, a concurrency
 //!   counter is zero.
 //! - Its runaway state has run out under any policy: no fingerprint sighting counts any
-//!   more, and its velocity average is zero or decayed to zero (`VELOCITY_DECAY_WINDOWS_MAX`
-//!   windows of its length after its last spend).
+//!   more, and its velocity average and each of its shapes' averages is zero or decayed to
+//!   zero (`VELOCITY_DECAY_WINDOWS_MAX` windows of its length after its last spend or call).
+//!   A shape still tracked then is the least recently seen, so it is forgotten first, as
+//!   an empty slot of a fresh agent would be filled first.
 //!
 //! Ticks drive it, in ledger time: each tick visits at most `AGENT_GC_VISITS_PER_TICK` agent
 //! slots, from a cursor (in the snapshot) that walks tenants and their agents in index

@@ -97,6 +97,7 @@ impl Priced {
             estimate,
             ttl_ms: 60_000,
             fingerprint: None,
+            shape: None,
             usage,
             session: None,
         };

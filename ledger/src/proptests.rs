@@ -26,6 +26,7 @@ enum Op {
         estimate: Amounts,
         ttl_ms: u64,
         fingerprint: Option<u8>,
+        shape: Option<u8>,
     },
     Commit {
         t: usize,
@@ -189,14 +190,16 @@ fn op(hostile_weight: u32) -> impl Strategy<Value = Op> {
             amounts(),
             prop_oneof![100u64..3_000, Just(TTL_MS_MAX)],
             proptest::option::of(0u8..2),
+            proptest::option::of(0u8..2),
         )
-            .prop_map(|(t, a, tool, estimate, ttl_ms, fingerprint)| Op::Reserve {
+            .prop_map(|(t, a, tool, estimate, ttl_ms, fingerprint, shape)| Op::Reserve {
                 t,
                 a,
                 tool,
                 estimate,
                 ttl_ms,
-                fingerprint
+                fingerprint,
+                shape,
             }),
         5 => (0..2usize, 0u64..14, amounts()).prop_map(|(t, id, actual)| Op::Commit { t, id, actual }),
         2 => (0..2usize, 0u64..14).prop_map(|(t, id)| Op::Release { t, id }),
@@ -231,6 +234,7 @@ fn policy(release: bool, runaway: bool) -> TenantPolicy {
         velocity_window_ms: 2_000,
         velocity_dimension: Dimension::Tokens,
         velocity_floor: 60,
+        shape_floor: if runaway { 4 } else { 0 },
         trip_cooldown_ms: if runaway { 4_000 } else { 0 },
         quotas: Default::default(),
     }
@@ -301,6 +305,7 @@ impl Run {
             estimate,
             ttl_ms,
             fingerprint: None,
+            shape: None,
             usage: None,
             session: None,
         };
@@ -402,6 +407,7 @@ impl Run {
                 estimate,
                 ttl_ms,
                 fingerprint,
+                shape,
             } => Command::Reserve {
                 request_id: self.next_request(),
                 tenant: tenant(TENANTS[t]),
@@ -410,6 +416,7 @@ impl Run {
                 estimate,
                 ttl_ms,
                 fingerprint: fingerprint.map(|f| format!("fp{f}")),
+                shape: shape.map(|s| format!("shape{s}")),
                 usage: None,
                 session: None,
             },

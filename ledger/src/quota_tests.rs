@@ -53,6 +53,7 @@ impl Tenants {
             estimate: cost(10),
             ttl_ms: 60_000,
             fingerprint: None,
+            shape: None,
             usage: None,
             session: None,
         }

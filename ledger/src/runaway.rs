@@ -9,9 +9,13 @@
 //! `velocity_factor` times the agent's recent average per window (an integer EWMA with
 //! weight 1/2^`VELOCITY_EWMA_SHIFT`) and above `velocity_floor`. Spend is what the agent is
 //! charged: each granted estimate, the overrun of a commit above its estimate, each record.
-//! A new agent has an average of 0, so only the floor protects its first window. State is
-//! created lazily, only for agents that send fingerprints, tenants with velocity on, or
-//! agents that tripped.
+//! A new agent has an average of 0, so only the floor protects its first window.
+//! Shape velocity: the calls of one argument shape (a hash of the tool and the arguments'
+//! keys and value types, which a loop keeps while it changes a value on every call) in the
+//! same window above `velocity_factor` times that shape's own average calls per window and
+//! above `shape_floor`; the same windows and EWMA as velocity. Each reserve that carries a
+//! shape is one call of it. State is created lazily, only for agents that send fingerprints
+//! or shapes, tenants with velocity on, or agents that tripped.
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -32,6 +36,11 @@ pub const VELOCITY_EWMA_SHIFT: u32 = 3;
 /// Empty windows decayed one by one after a quiet spell; after more, the average is 0
 /// ((7/8)^64 < 0.02%).
 pub const VELOCITY_DECAY_WINDOWS_MAX: u64 = 64;
+/// Distinct argument shapes tracked per agent; beyond it the one seen least recently is
+/// forgotten. An agent calls few tools, each with few shapes, and a runaway repeats one
+/// shape, which therefore stays tracked. A shape takes 48 bytes, so shape state stays under
+/// 400 bytes per agent whatever it sends.
+pub const SHAPES_PER_AGENT_MAX: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trip {
@@ -101,13 +110,75 @@ fn repeat_bucket_ms(window_ms: u64) -> u64 {
     window_ms.div_ceil(REPEAT_BUCKETS).max(1)
 }
 
+/// A count in the current epoch-aligned window and the EWMA of the counts of past windows:
+/// the agent's spend (velocity) or the calls of one shape (shape velocity).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Velocity {
     /// The window length the average is per.
     window_ms: u64,
     window_start_ms: u64,
-    spent: u64,
+    /// Counted in the window that starts at `window_start_ms`.
+    total: u64,
     average: u64,
+}
+
+impl Velocity {
+    /// Moves to the window holding `now_ms`, folding the windows that ended into the average.
+    fn roll(&mut self, window_ms: u64, now_ms: u64) {
+        let window_ms = window_ms.max(1);
+        let start = now_ms - now_ms % window_ms;
+        if window_ms != self.window_ms || start < self.window_start_ms {
+            // An average per window of another length means nothing under this one, and
+            // ledger time does not go back: start over, as a fresh agent.
+            *self = Velocity {
+                window_ms,
+                window_start_ms: start,
+                ..Velocity::default()
+            };
+            return;
+        }
+        if start == self.window_start_ms {
+            return;
+        }
+        let windows = (start - self.window_start_ms) / window_ms;
+        self.average = ewma(self.average, self.total);
+        if windows > VELOCITY_DECAY_WINDOWS_MAX {
+            self.average = 0;
+        } else {
+            for _ in 1..windows {
+                self.average = ewma(self.average, 0);
+            }
+        }
+        self.window_start_ms = start;
+        self.total = 0;
+    }
+
+    /// Whether this decides as a fresh count would at `now_ms`, under any policy: it holds
+    /// nothing, or its average has decayed to zero by the time its window rolls (a window of
+    /// another length starts over anyway).
+    fn forgotten(&self, now_ms: u64) -> bool {
+        let decayed_ms = self
+            .window_ms
+            .saturating_mul(VELOCITY_DECAY_WINDOWS_MAX + 2)
+            .saturating_add(self.window_start_ms);
+        (self.average == 0 && self.total == 0) || now_ms >= decayed_ms
+    }
+
+    /// Whether `total` is above `factor` times the average and above `floor`.
+    fn above(&self, factor: u32, floor: u64) -> bool {
+        let over_average = u128::from(self.total) > u128::from(factor) * u128::from(self.average);
+        over_average && self.total > floor
+    }
+}
+
+/// One argument shape's calls per velocity window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ShapeCalls {
+    /// xxh3 of the shape: 8 bytes instead of up to `ID_BYTES_MAX`.
+    hash: u64,
+    /// The latest call, to forget the shape seen least recently.
+    seen_ms: u64,
+    calls: Velocity,
 }
 
 /// Per-agent runaway state, boxed behind an Option so quiet agents pay 8 bytes for it.
@@ -119,6 +190,8 @@ pub struct Runaway {
     repeat_bucket_ms: u64,
     fingerprints: Vec<FingerprintWindow>,
     velocity: Velocity,
+    /// At most `SHAPES_PER_AGENT_MAX`.
+    shapes: Vec<ShapeCalls>,
 }
 
 pub enum Verdict {
@@ -137,19 +210,18 @@ impl Runaway {
     pub fn reset(&mut self) {
         self.trip = None;
         self.fingerprints.clear();
-        self.velocity.spent = 0;
+        self.velocity.total = 0;
+        // Each shape keeps its average, as the spend does: the agent's history still says
+        // what is normal for it.
+        for shape in &mut self.shapes {
+            shape.calls.total = 0;
+        }
     }
 
-    /// Whether the velocity state decides as a fresh agent's would at `now_ms`, under any
-    /// policy: it holds nothing, or its average has decayed to zero by the time its window
-    /// rolls (a window of another length starts over anyway).
+    /// Whether the velocity and shape velocity state decides as a fresh agent's would at
+    /// `now_ms`, under any policy (see `Velocity::forgotten`).
     pub fn velocity_forgotten(&self, now_ms: u64) -> bool {
-        let v = &self.velocity;
-        let decayed_ms = v
-            .window_ms
-            .saturating_mul(VELOCITY_DECAY_WINDOWS_MAX + 2)
-            .saturating_add(v.window_start_ms);
-        (v.average == 0 && v.spent == 0) || now_ms >= decayed_ms
+        self.velocity.forgotten(now_ms) && self.shapes.iter().all(|s| s.calls.forgotten(now_ms))
     }
 
     /// The trip in force at `now_ms`, if any.
@@ -157,36 +229,6 @@ impl Runaway {
         self.trip
             .as_deref()
             .filter(|t| t.until_ms.is_none_or(|until| now_ms < until))
-    }
-
-    fn roll_velocity(&mut self, window_ms: u64, now_ms: u64) {
-        let window_ms = window_ms.max(1);
-        let start = now_ms - now_ms % window_ms;
-        let v = &mut self.velocity;
-        if window_ms != v.window_ms || start < v.window_start_ms {
-            // An average per window of another length means nothing under this one, and
-            // ledger time does not go back: start over, as a fresh agent.
-            *v = Velocity {
-                window_ms,
-                window_start_ms: start,
-                ..Velocity::default()
-            };
-            return;
-        }
-        if start == v.window_start_ms {
-            return;
-        }
-        let windows = (start - v.window_start_ms) / window_ms;
-        v.average = ewma(v.average, v.spent);
-        if windows > VELOCITY_DECAY_WINDOWS_MAX {
-            v.average = 0;
-        } else {
-            for _ in 1..windows {
-                v.average = ewma(v.average, 0);
-            }
-        }
-        v.window_start_ms = start;
-        v.spent = 0;
     }
 
     /// Counts the spend of a granted reserve or a record toward velocity.
@@ -198,8 +240,8 @@ impl Runaway {
     }
 
     fn add_spend(&mut self, policy: &TenantPolicy, spend: u64, now_ms: u64) {
-        self.roll_velocity(policy.velocity_window_ms, now_ms);
-        self.velocity.spent = self.velocity.spent.saturating_add(spend);
+        self.velocity.roll(policy.velocity_window_ms, now_ms);
+        self.velocity.total = self.velocity.total.saturating_add(spend);
     }
 
     /// Counts what a commit charged above its estimate (the estimate itself was counted
@@ -219,14 +261,9 @@ impl Runaway {
         }
     }
 
-    /// Decides a reserve: still tripped, trips now, or clear. Counts the fingerprint.
-    pub fn check(
-        &mut self,
-        policy: &TenantPolicy,
-        fingerprint: Option<&str>,
-        estimate: &Amounts,
-        now_ms: u64,
-    ) -> Verdict {
+    /// Decides a reserve: still tripped, trips now, or clear. Counts the fingerprint and the
+    /// shape.
+    pub fn check(&mut self, policy: &TenantPolicy, call: &Call<'_>, now_ms: u64) -> Verdict {
         if let Some(trip) = &self.trip {
             if trip.until_ms.is_none_or(|until| now_ms < until) {
                 return Verdict::Tripped {
@@ -239,8 +276,9 @@ impl Runaway {
             self.reset();
         }
         let cause = self
-            .check_repetition(policy, fingerprint, now_ms)
-            .or_else(|| self.check_velocity(policy, estimate, now_ms));
+            .check_repetition(policy, call.fingerprint, now_ms)
+            .or_else(|| self.check_velocity(policy, call.estimate, now_ms))
+            .or_else(|| self.check_shape(policy, call.shape, now_ms));
         match cause {
             None => Verdict::Clear,
             Some(cause) => {
@@ -315,16 +353,74 @@ impl Runaway {
         if policy.velocity_factor == 0 {
             return None;
         }
-        self.roll_velocity(policy.velocity_window_ms, now_ms);
-        let spent = self
-            .velocity
-            .spent
-            .saturating_add(estimate.get(policy.velocity_dimension));
-        let baseline = self.velocity.average;
-        let over_average =
-            u128::from(spent) > u128::from(policy.velocity_factor) * u128::from(baseline);
-        (over_average && spent > policy.velocity_floor)
-            .then_some(TripCause::Velocity { spent, baseline })
+        self.velocity.roll(policy.velocity_window_ms, now_ms);
+        // Judged with the estimate, which is counted only once granted (`note_spend`).
+        let with_estimate = Velocity {
+            total: self
+                .velocity
+                .total
+                .saturating_add(estimate.get(policy.velocity_dimension)),
+            ..self.velocity
+        };
+        with_estimate
+            .above(policy.velocity_factor, policy.velocity_floor)
+            .then_some(TripCause::Velocity {
+                spent: with_estimate.total,
+                baseline: with_estimate.average,
+            })
+    }
+
+    /// Counts one call of `shape` and judges its calls in the window against its average.
+    fn check_shape(
+        &mut self,
+        policy: &TenantPolicy,
+        shape: Option<&str>,
+        now_ms: u64,
+    ) -> Option<TripCause> {
+        let shape = shape.filter(|_| shape_on(policy))?;
+        let index = self.shape_slot(xxh3_64(shape.as_bytes()), now_ms);
+        let entry = &mut self.shapes[index];
+        entry.seen_ms = entry.seen_ms.max(now_ms);
+        entry.calls.roll(policy.velocity_window_ms, now_ms);
+        entry.calls.total = entry.calls.total.saturating_add(1);
+        let calls = entry.calls;
+        calls
+            .above(policy.velocity_factor, policy.shape_floor)
+            .then(|| TripCause::ShapeVelocity {
+                shape: shape.to_string(),
+                calls: calls.total,
+                baseline: calls.average,
+            })
+    }
+
+    /// The index of the shape hashed `hash`, tracked from now on if it was not: in place of
+    /// the one seen least recently once `SHAPES_PER_AGENT_MAX` are.
+    fn shape_slot(&mut self, hash: u64, now_ms: u64) -> usize {
+        let fresh = ShapeCalls {
+            hash,
+            seen_ms: now_ms,
+            calls: Velocity::default(),
+        };
+        let index = match self.shapes.iter().position(|s| s.hash == hash) {
+            Some(index) => index,
+            None if self.shapes.len() < SHAPES_PER_AGENT_MAX => {
+                self.shapes.push(fresh);
+                self.shapes.len() - 1
+            }
+            None => {
+                let stalest = self
+                    .shapes
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| s.seen_ms)
+                    .map_or(0, |(index, _)| index);
+                self.shapes[stalest] = fresh;
+                stalest
+            }
+        };
+        debug_assert!(self.shapes.len() <= SHAPES_PER_AGENT_MAX);
+        debug_assert_eq!(self.shapes[index].hash, hash);
+        index
     }
 }
 
@@ -335,9 +431,23 @@ fn ewma(average: u64, sample: u64) -> u64 {
     u64::try_from(next).unwrap_or(u64::MAX)
 }
 
+/// What runaway detection looks at in a reserve.
+pub struct Call<'a> {
+    pub fingerprint: Option<&'a str>,
+    pub shape: Option<&'a str>,
+    pub estimate: &'a Amounts,
+}
+
+/// Whether shape velocity is on: a velocity factor and a shape floor.
+fn shape_on(policy: &TenantPolicy) -> bool {
+    policy.velocity_factor > 0 && policy.shape_floor > 0
+}
+
 /// Whether runaway state is worth creating for this reserve.
-pub fn tracks(policy: &TenantPolicy, fingerprint: Option<&str>) -> bool {
-    policy.velocity_factor > 0 || (policy.repeat_max > 0 && fingerprint.is_some())
+pub fn tracks(policy: &TenantPolicy, call: &Call<'_>) -> bool {
+    policy.velocity_factor > 0
+        || (policy.repeat_max > 0 && call.fingerprint.is_some())
+        || (shape_on(policy) && call.shape.is_some())
 }
 
 #[cfg(test)]
@@ -412,5 +522,44 @@ mod tests {
             assert!(runaway.fingerprints.len() <= FINGERPRINTS_PER_AGENT_MAX);
         }
         assert!(tripped);
+    }
+
+    #[test]
+    fn tracked_shapes_stay_bounded_and_the_looping_shape_stays_tracked() {
+        let policy = TenantPolicy::default();
+        let floor = policy.shape_floor;
+        let mut runaway = Runaway::default();
+        let mut tripped = None;
+        for n in 1..=floor + 1 {
+            // A new shape every call crowds the tracked ones; the loop's is seen last each
+            // time, so it is never the one forgotten.
+            let other = format!("one-off-{n}");
+            assert!(runaway.check_shape(&policy, Some(&other), n).is_none());
+            if let Some(cause) = runaway.check_shape(&policy, Some("loop"), n) {
+                tripped = Some((n, cause));
+                break;
+            }
+            assert!(runaway.shapes.len() <= SHAPES_PER_AGENT_MAX);
+        }
+        assert_eq!(runaway.shapes.len(), SHAPES_PER_AGENT_MAX);
+        let cause = TripCause::ShapeVelocity {
+            shape: "loop".into(),
+            calls: floor + 1,
+            baseline: 0,
+        };
+        assert_eq!(tripped, Some((floor + 1, cause)));
+    }
+
+    #[test]
+    fn shape_state_is_forgotten_only_once_its_average_has_decayed() {
+        let policy = TenantPolicy::default();
+        let window_ms = policy.velocity_window_ms;
+        let mut runaway = Runaway::default();
+        assert!(runaway.velocity_forgotten(0));
+        assert!(runaway.check_shape(&policy, Some("s"), 0).is_none());
+        assert!(!runaway.velocity_forgotten(window_ms));
+        let decayed_ms = window_ms * (VELOCITY_DECAY_WINDOWS_MAX + 2);
+        assert!(!runaway.velocity_forgotten(decayed_ms - 1));
+        assert!(runaway.velocity_forgotten(decayed_ms));
     }
 }

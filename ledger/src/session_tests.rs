@@ -77,6 +77,7 @@ impl Sessions {
             estimate: cost(micros),
             ttl_ms: 60_000,
             fingerprint: None,
+            shape: None,
             usage: None,
             session: session.map(|s| SessionId::new(s).unwrap()),
         };

@@ -16,9 +16,11 @@ use super::Ledger;
 /// 7: API keys, and the key commands and audit events. 8: commits and records answer the
 /// cost charged and audit the price. 9: repetition counts each fingerprint in the buckets of
 /// a sliding window. 10: soft thresholds: limits carry them, budget counters remember the
-/// highest crossed, `ThresholdCrossed` records, and the alert cursor. 11: sessions (tenants,
-/// reservations and the reserve and record commands carry them; duration limits).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 11;
+/// highest crossed, `ThresholdCrossed` records, and the alert cursor. 11: shape velocity:
+/// reserves carry a shape, policies a shape floor, agents the calls per window of their
+/// shapes, and trips a `ShapeVelocity` cause. 12: sessions (tenants, reservations and the
+/// reserve and record commands carry them; duration limits).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 12;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8;

@@ -129,6 +129,7 @@ impl Harness {
             estimate,
             ttl_ms,
             fingerprint: None,
+            shape: None,
             usage: None,
             session: None,
         }
@@ -1441,6 +1442,133 @@ fn velocity_far_above_the_agents_recent_average_trips_it_until_the_cooldown() {
     h.reserve_ok("fresh-2", cost(1_000));
 }
 
+fn reserve_shape(h: &mut Harness, who: &str, shape: &str) -> Outcome {
+    let mut cmd = h.reserve_cmd(who, "search", cost(1), 60_000);
+    if let Command::Reserve { shape: s, .. } = &mut cmd {
+        *s = Some(shape.to_string());
+    }
+    h.apply(&cmd)
+}
+
+/// Calls `shape` `calls` times at the same instant; the 1-based call that tripped, if any.
+fn shape_calls_trip_at(h: &mut Harness, who: &str, shape: &str, calls: u64) -> Option<u64> {
+    (1..=calls).find(|_| {
+        matches!(
+            reserve_shape(h, who, shape),
+            Outcome::Denied(DenyReason::Tripped { .. })
+        )
+    })
+}
+
+/// The default policy but for the shape floor.
+fn shape_policy(shape_floor: u64) -> TenantPolicy {
+    TenantPolicy {
+        shape_floor,
+        // Spend velocity would trip these loops too; the shape must, on its own.
+        velocity_floor: AMOUNT_MAX,
+        repeat_max: 0,
+        ..TenantPolicy::default()
+    }
+}
+
+#[test]
+fn shape_velocity_trips_on_the_first_call_above_the_floor_and_names_the_shape() {
+    let mut h = Harness::with_policy(shape_policy(SHAPE_FLOOR_DEFAULT));
+    h.at(utc_ms(2024, 3, 10, 12, 0, 0, 0));
+    for _ in 0..SHAPE_FLOOR_DEFAULT {
+        assert!(matches!(
+            reserve_shape(&mut h, "bot", "page-loop"),
+            Outcome::Granted { .. }
+        ));
+    }
+    let cause = TripCause::ShapeVelocity {
+        shape: "page-loop".into(),
+        calls: SHAPE_FLOOR_DEFAULT + 1,
+        baseline: 0,
+    };
+    let tripped = Outcome::Denied(DenyReason::Tripped {
+        cause: cause.clone(),
+        until_ms: None,
+    });
+    assert_eq!(reserve_shape(&mut h, "bot", "page-loop"), tripped);
+    // The whole agent is stopped, not the shape; its neighbour is not.
+    assert_eq!(h.reserve("bot", cost(1)), tripped);
+    h.reserve_ok("peer", cost(1));
+    assert!(h.events().contains(&AuditEvent::Trip(cause)));
+}
+
+#[test]
+fn shape_velocity_judges_each_shape_by_its_own_count() {
+    let mut h = Harness::with_policy(shape_policy(SHAPE_FLOOR_DEFAULT));
+    h.at(utc_ms(2024, 3, 10, 12, 0, 0, 0));
+    // 60 calls of each of two shapes in one minute: neither is above the floor.
+    for _ in 0..SHAPE_FLOOR_DEFAULT {
+        for shape in ["search", "fetch"] {
+            assert!(matches!(
+                reserve_shape(&mut h, "bot", shape),
+                Outcome::Granted { .. }
+            ));
+        }
+    }
+    assert_eq!(shape_calls_trip_at(&mut h, "bot", "fetch", 1), Some(1));
+}
+
+#[test]
+fn a_steady_agent_at_a_high_constant_rate_is_not_tripped_once_it_has_a_baseline() {
+    let mut h = Harness::with_policy(TenantPolicy {
+        shape_floor: 50,
+        ..shape_policy(0)
+    });
+    h.at(utc_ms(2024, 3, 10, 12, 0, 0, 0));
+    // 50 a minute (the floor) for an hour builds an average near 50.
+    for _ in 0..60 {
+        assert_eq!(shape_calls_trip_at(&mut h, "crawler", "page", 50), None);
+        h.advance(60_000);
+    }
+    // Then 400 a minute, 8 times its pace, is still under 10 times it.
+    assert_eq!(shape_calls_trip_at(&mut h, "crawler", "page", 400), None);
+    h.advance(60_000);
+    // And the same minute's pace that would trip a new agent at once spares it.
+    assert_eq!(
+        shape_calls_trip_at(&mut h, "newcomer", "page", 400),
+        Some(51)
+    );
+    // Far above 10 times its average (now above 50): it trips.
+    let tripped_at = shape_calls_trip_at(&mut h, "crawler", "page", 5_000).unwrap();
+    assert!((500..2_000).contains(&tripped_at), "{tripped_at}");
+}
+
+#[test]
+fn the_shape_floor_protects_a_new_agent_in_its_first_window() {
+    let mut h = Harness::with_policy(shape_policy(200));
+    h.at(utc_ms(2024, 3, 10, 12, 0, 0, 0));
+    assert_eq!(shape_calls_trip_at(&mut h, "new", "page", 200), None);
+    assert_eq!(shape_calls_trip_at(&mut h, "new", "page", 1), Some(1));
+    // In the next window the average is an eighth of 200: 10 times it is 250, above the
+    // floor, so the floor no longer decides alone.
+    h.advance(60_000);
+    assert_eq!(shape_calls_trip_at(&mut h, "other", "page", 200), None);
+}
+
+#[test]
+fn shape_velocity_is_off_with_a_zero_floor_or_a_zero_factor() {
+    for policy in [
+        shape_policy(0),
+        TenantPolicy {
+            velocity_factor: 0,
+            ..shape_policy(SHAPE_FLOOR_DEFAULT)
+        },
+    ] {
+        let mut h = Harness::with_policy(policy);
+        assert_eq!(shape_calls_trip_at(&mut h, "bot", "page", 1_000), None);
+    }
+    // Without a shape on the reserve, nothing is counted either.
+    let mut h = Harness::with_policy(shape_policy(1));
+    for _ in 0..10 {
+        h.reserve_ok("bot", cost(1));
+    }
+}
+
 // ---- exactly once --------------------------------------------------------------------
 
 #[test]
@@ -1641,6 +1769,11 @@ fn invalid_input_is_rejected_and_changes_nothing_not_even_time() {
                 *fingerprint = Some(String::new());
             }
         }),
+        with(&|c| {
+            if let Command::Reserve { shape, .. } = c {
+                *shape = Some("s".repeat(ID_BYTES_MAX + 1));
+            }
+        }),
     ];
     let bad_limits = [
         (Dimension::Tokens, LimitKind::Concurrency { max: 1 }),
@@ -1701,6 +1834,10 @@ fn invalid_input_is_rejected_and_changes_nothing_not_even_time() {
         },
         TenantPolicy {
             trip_cooldown_ms: u64::MAX,
+            ..TenantPolicy::default()
+        },
+        TenantPolicy {
+            shape_floor: SHAPE_FLOOR_MAX + 1,
             ..TenantPolicy::default()
         },
     ] {
@@ -2477,6 +2614,7 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
                 estimate: amounts,
                 ttl_ms: 100 + next(20_000),
                 fingerprint: (next(4) == 0).then(|| format!("fp-{}", next(3))),
+                shape: None,
                 usage: None,
                 session: None,
             },
@@ -2592,5 +2730,5 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
             "4d794bc4105d81fc89a3c8762eb81e8f3e2edbc0a9c3dfe0436d3e5afdd5deb3"
         )
     );
-    assert_eq!(snapshot, 0x60e6_70fb_5036_ce6a);
+    assert_eq!(snapshot, 0x3857_d501_d1df_0fe4);
 }

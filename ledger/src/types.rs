@@ -325,6 +325,10 @@ pub const VELOCITY_WINDOW_MS_DEFAULT: u64 = 60_000;
 /// $10 of cost in a minute: what an agent with no history may spend before velocity
 /// judges it (and the least spend per minute that ever trips).
 pub const VELOCITY_FLOOR_DEFAULT: u64 = 10_000_000;
+/// Default shape floor: 60 calls of one (tool, argument shape) in a velocity window (one a
+/// second in the default minute) is what an agent with no history may make before shape
+/// velocity judges it, and the fewest calls per window that ever trip.
+pub const SHAPE_FLOOR_DEFAULT: u64 = 60;
 
 /// A tenant's settings for expiry and runaway detection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -341,6 +345,10 @@ pub struct TenantPolicy {
     pub velocity_window_ms: u64,
     pub velocity_dimension: Dimension,
     pub velocity_floor: u64,
+    /// Trip an agent when its calls of one (tool, argument shape) in `velocity_window_ms`
+    /// exceed `velocity_factor` times that shape's own recent average per window and also
+    /// `shape_floor`. 0 (or a `velocity_factor` of 0) turns it off.
+    pub shape_floor: u64,
     /// A tripped agent is let through again after this long; 0 means only an operator's
     /// reset does.
     pub trip_cooldown_ms: u64,
@@ -358,6 +366,7 @@ impl Default for TenantPolicy {
             velocity_window_ms: VELOCITY_WINDOW_MS_DEFAULT,
             velocity_dimension: Dimension::Cost,
             velocity_floor: VELOCITY_FLOOR_DEFAULT,
+            shape_floor: SHAPE_FLOOR_DEFAULT,
             trip_cooldown_ms: 0,
             quotas: crate::TenantQuotas::default(),
         }
@@ -377,6 +386,9 @@ pub enum Command {
         ttl_ms: u64,
         /// A hash of tool + normalised arguments, for repetition detection.
         fingerprint: Option<String>,
+        /// A hash of tool + the shape of the arguments (their keys and value types), for
+        /// shape velocity: a loop that changes a value on every call keeps its shape.
+        shape: Option<String>,
         /// The estimate's cost derived from the tenant's price table.
         usage: Option<crate::Usage>,
         /// The session (one run of the agent on one task) the call belongs to.
@@ -519,6 +531,13 @@ pub enum TripCause {
     /// Spend `spent` in the velocity window against a recent average of `baseline`.
     #[serde(alias = "Velocity")]
     Velocity { spent: u64, baseline: u64 },
+    /// `calls` of one argument shape in the velocity window against that shape's recent
+    /// average of `baseline` calls per window.
+    ShapeVelocity {
+        shape: String,
+        calls: u64,
+        baseline: u64,
+    },
 }
 
 /// What remains of one limit, from the caller's point of view.

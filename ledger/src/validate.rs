@@ -15,6 +15,9 @@ pub const RUNAWAY_WINDOW_MS_MAX: u64 = 86_400_000;
 pub const VELOCITY_WINDOW_MS_MIN: u64 = 1_000;
 /// Largest velocity factor: beyond 10_000x the detector would never fire.
 pub const VELOCITY_FACTOR_MAX: u32 = 10_000;
+/// Highest shape floor: more calls of one shape than one agent can make in the longest
+/// window; a higher floor would never let shape velocity fire (0 turns it off).
+pub const SHAPE_FLOOR_MAX: u64 = 100_000_000;
 /// Longest trip cool-down: 30 days; longer is "reset only" (0).
 pub const TRIP_COOLDOWN_MS_MAX: u64 = 30 * 86_400_000;
 /// Longest session duration a limit may allow: one week. A run longer than that is not
@@ -41,6 +44,7 @@ impl Command {
                 estimate,
                 ttl_ms,
                 fingerprint,
+                shape,
                 usage,
                 session,
                 ..
@@ -51,9 +55,10 @@ impl Command {
                 estimate.validate("estimate")?;
                 validate_usage("estimate", estimate, usage.as_ref())?;
                 validate_ttl(*ttl_ms)?;
-                fingerprint
-                    .as_ref()
-                    .map_or(Ok(()), |f| validate_id("fingerprint", f))
+                if let Some(fingerprint) = fingerprint {
+                    validate_id("fingerprint", fingerprint)?;
+                }
+                shape.as_ref().map_or(Ok(()), |s| validate_id("shape", s))
             }
             Command::Commit {
                 actual,
@@ -309,6 +314,12 @@ impl TenantPolicy {
             return fail(format!(
                 "velocity_floor is {}, above AMOUNT_MAX ({AMOUNT_MAX})",
                 self.velocity_floor
+            ));
+        }
+        if self.shape_floor > SHAPE_FLOOR_MAX {
+            return fail(format!(
+                "shape_floor is {}, above SHAPE_FLOOR_MAX ({SHAPE_FLOOR_MAX}); use 0 to turn shape velocity off",
+                self.shape_floor
             ));
         }
         if self.trip_cooldown_ms > TRIP_COOLDOWN_MS_MAX {

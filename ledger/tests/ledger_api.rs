@@ -56,6 +56,7 @@ fn a_day_of_spend_exports_a_verifiable_trail_and_survives_a_snapshot() {
             },
             ttl_ms: 30_000,
             fingerprint: None,
+            shape: None,
             usage: None,
             session: None,
         };

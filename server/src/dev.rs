@@ -205,6 +205,7 @@ async fn load_examples(client: &Client) -> anyhow::Result<()> {
         velocity_floor: 10_000_000,
         trip_cooldown_ms: 0,
         quotas: None,
+        shape_floor: tollgate_ledger::SHAPE_FLOOR_DEFAULT,
     };
     client.put_tenant("acme", Some(policy)).await?;
     let empty = v1::Empty {};

@@ -575,6 +575,7 @@ async fn setup(scenario: &Scenario, io: &Io) -> anyhow::Result<()> {
             velocity_floor: tenant.velocity_floor,
             trip_cooldown_ms: tenant.trip_cooldown_ms,
             quotas: None,
+            shape_floor: tollgate_ledger::SHAPE_FLOOR_DEFAULT,
         };
         io.client
             .put_tenant(&io.tenant(&tenant.name), Some(policy))
@@ -773,6 +774,7 @@ impl ReserveCall {
             fingerprint: fingerprint.clone().unwrap_or_default(),
             usage: None,
             session: String::new(),
+            shape: String::new(),
         };
         ReserveCall {
             estimate,

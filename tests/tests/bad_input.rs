@@ -37,6 +37,7 @@ fn reserve(
         fingerprint: String::new(),
         usage: None,
         session: String::new(),
+        shape: String::new(),
     }
 }
 
@@ -134,11 +135,22 @@ async fn each_bad_input_gets_its_status_and_changes_nothing() {
             reserve("r-6", "initech", "bot", 1, 1_000),
             Code::NotFound,
         ),
+        (
+            "oversized shape",
+            v1::ReserveRequest {
+                shape: long_id.clone(),
+                ..reserve("r-7", "acme", "bot", 1, 1_000)
+            },
+            Code::InvalidArgument,
+        ),
     ];
     for (what, request, code) in cases {
         let status = tollgate.reserve(request).await.expect_err(what);
         assert_eq!(status.code(), code, "{what}: {status:?}");
         assert!(!status.message().is_empty(), "{what}: the error says why");
+        if what == "oversized shape" {
+            assert!(status.message().contains("shape"), "{status:?}");
+        }
     }
 
     let commit = |request_id: &str, tenant: &str, reservation_id: u64| v1::CommitRequest {

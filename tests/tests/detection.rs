@@ -1,13 +1,19 @@
 //! Runaway detection as a worker meets it over gRPC, with a tenant's default policy: a loop
 //! trips its agent at the fifth repeat, and velocity counts what an agent is charged
 //! (overruns at commit and records, not only estimates) against a floor for a new agent,
-//! while the tenant's other agents are still served.
+//! and shape velocity trips a loop that changes an argument on every call, while the
+//! tenant's other agents are still served.
 
 mod common;
 
 use common::TestCluster;
-use tollgate_client::{fingerprint_ignoring, v1, Amounts, Client, Error, ReserveRequest};
-use tollgate_ledger::{REPEAT_MAX_DEFAULT, VELOCITY_FLOOR_DEFAULT, VELOCITY_WINDOW_MS_DEFAULT};
+use tollgate_client::{
+    fingerprint, fingerprint_ignoring, fingerprint_shape, v1, Amounts, Client, Error,
+    ReserveRequest,
+};
+use tollgate_ledger::{
+    REPEAT_MAX_DEFAULT, SHAPE_FLOOR_DEFAULT, VELOCITY_FLOOR_DEFAULT, VELOCITY_WINDOW_MS_DEFAULT,
+};
 
 const TENANT: &str = "acme";
 const DOLLAR: u64 = 1_000_000;
@@ -153,4 +159,65 @@ async fn by_default_velocity_counts_overruns_and_records_against_a_new_agents_fl
         .release()
         .await
         .expect("release");
+}
+
+/// A search for `page` as a worker sends it: its fingerprint (each page its own) and shape.
+fn search_page(agent: &str, page: u64) -> ReserveRequest {
+    let args = serde_json::json!({"query": "latest news", "page": page});
+    let request = ReserveRequest::new(TENANT, agent, "search").cost_micros(1_000);
+    request
+        .fingerprint(fingerprint("search", &args).expect("fingerprint"))
+        .shape(fingerprint_shape("search", &args).expect("shape"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_loop_that_changes_a_page_every_call_is_tripped_by_its_shape() {
+    let test = TestCluster::start(3).await;
+    let client = &test.client;
+    default_tenant(client).await;
+    let policy = client.get_tenant(TENANT).await.expect("get tenant").policy;
+    assert_eq!(policy.expect("policy").shape_floor, SHAPE_FLOOR_DEFAULT);
+    // No fingerprint repeats, and the spend is far under the velocity floor: only the
+    // shape, called more than the floor in one window, gives the loop away.
+    let cause = velocity_trip_in_one_window(client, "pager", |agent| async move {
+        for page in 0..SHAPE_FLOOR_DEFAULT {
+            match client.reserve(search_page(&agent, page)).await {
+                Ok(reservation) => {
+                    reservation.release().await.expect("release");
+                }
+                Err(error) => return Err(format!("page {page} refused: {error}")),
+            }
+        }
+        trip_cause(client, search_page(&agent, SHAPE_FLOOR_DEFAULT)).await
+    })
+    .await;
+    let shape = fingerprint_shape("search", &serde_json::json!({"query": "", "page": 0}));
+    assert!(cause.starts_with("shape velocity"), "{cause}");
+    assert!(cause.contains(&shape.expect("shape")), "{cause}");
+    assert!(
+        cause.contains(&format!("called {} times", SHAPE_FLOOR_DEFAULT + 1)),
+        "{cause}"
+    );
+    // The audit trail names the cause.
+    let records = client
+        .query_audit(v1::AuditQueryRequest {
+            tenant: TENANT.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit query");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.event_json.contains("shape_velocity")),
+        "no shape_velocity trip in the audit trail"
+    );
+    // A well-behaved agent of the same tenant, paging slowly through the same tool, is served.
+    for page in 0..3 {
+        let reservation = client
+            .reserve(search_page("reader", page))
+            .await
+            .expect("served");
+        reservation.release().await.expect("release");
+    }
 }

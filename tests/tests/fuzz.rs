@@ -164,6 +164,7 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
         fingerprint: "f".into(),
         usage: None,
         session: "task-1".into(),
+        shape: String::new(),
     };
     let commit = pb::CommitRequest {
         request_id: "c-1".into(),
@@ -596,6 +597,7 @@ fn seed_commands() -> Vec<Command> {
             estimate: spend,
             ttl_ms: 1_000,
             fingerprint: Some("same".into()),
+            shape: None,
             usage: None,
             session: None,
         });

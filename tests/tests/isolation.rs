@@ -175,6 +175,7 @@ fn reserve_request(tenant: &str, agent: &str) -> v1::ReserveRequest {
         fingerprint: String::new(),
         usage: None,
         session: String::new(),
+        shape: String::new(),
     }
 }
 

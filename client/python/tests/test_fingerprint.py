@@ -1,5 +1,6 @@
-"""fingerprint() gives the Rust client's output: hand-checked canonical JSON cases here, and
-the cross-language vectors in client/fingerprint_vectors.json when that file exists."""
+"""fingerprint() and fingerprint_shape() give the Rust client's output: hand-checked
+canonical JSON cases here, and the cross-language vectors in client/fingerprint_vectors.json
+and client/shape_vectors.json."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any
 import pytest
 
 import tollgate
-from tollgate._fingerprint import canonical_json
+from tollgate._fingerprint import _shape, canonical_json
 
 VECTORS = Path(__file__).resolve().parents[2] / "fingerprint_vectors.json"
+SHAPE_VECTORS = Path(__file__).resolve().parents[2] / "shape_vectors.json"
 
 CANONICAL = [
     ({}, "{}"),
@@ -72,6 +74,44 @@ def test_fingerprint_is_the_truncated_sha256_of_tool_newline_json() -> None:
 def test_what_json_cannot_say_is_an_error(args: Any, error: type[Exception]) -> None:
     with pytest.raises(error):
         tollgate.fingerprint("tool", args)
+    with pytest.raises(error):
+        tollgate.fingerprint_shape("tool", args)
+
+
+SHAPES: list[tuple[Any, str]] = [
+    ({}, "{}"),
+    ([], "[]"),
+    (None, '"null"'),
+    (
+        {"q": "news", "page": 2, "on": True, "x": None},
+        '{"on":"bool","page":"number","q":"string","x":"null"}',
+    ),
+    ([3, "a", 1.5, "b", None], '["null","number","string"]'),
+    ([{"b": 1}, {"a": 1}, {"b": 2}], '[{"a":"number"},{"b":"number"}]'),
+    (([1], [], ["x"]), '[["number"],["string"],[]]'),
+    ({'é"': [1]}, '{"é\\"":["number"]}'),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), SHAPES)
+def test_shape_json(value: Any, expected: str) -> None:
+    assert _shape(value, 0) == expected
+
+
+def test_shape_cross_language_vectors() -> None:
+    vectors = json.loads(SHAPE_VECTORS.read_text(encoding="utf-8"))
+    assert len(vectors) >= 10
+    for vector in vectors:
+        assert tollgate.fingerprint_shape(vector["tool"], vector["args"]) == vector["shape"], vector
+        canonical = f"{vector['tool']}\n{vector['canonical']}".encode()
+        assert hashlib.sha256(canonical).hexdigest()[:32] == vector["shape"], vector
+
+
+def test_a_loop_that_varies_a_value_keeps_its_shape() -> None:
+    shapes = {tollgate.fingerprint_shape("search", {"q": f"news {n}", "page": n}) for n in range(5)}
+    assert len(shapes) == 1
+    assert tollgate.fingerprint_shape("search", {"q": "news"}) not in shapes
+    assert tollgate.fingerprint_shape("fetch", {"q": "news", "page": 1}) not in shapes
 
 
 def test_cross_language_vectors() -> None:

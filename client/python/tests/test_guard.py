@@ -165,6 +165,40 @@ def test_the_same_call_repeated_trips_the_agent(cluster: Cluster, client: tollga
     client.reserve(tenant=tenant, agent="worker", tool="search", fingerprint=other).release()
 
 
+def test_the_same_call_with_a_new_value_each_time_trips_the_agent_by_its_shape(
+    cluster: Cluster, client: tollgate.Client
+) -> None:
+    # A day's window, so it does not roll mid-test; spend velocity and repetition stay out.
+    tenant = cluster.put_tenant(
+        repeat_max=0,
+        velocity_window_ms=86_400_000,
+        velocity_floor=1_000_000_000_000,
+        shape_floor=3,
+    )
+
+    def reserve(agent: str, page: int) -> tollgate.Reservation:
+        args = {"q": "news", "page": page}
+        return client.reserve(
+            tenant=tenant,
+            agent=agent,
+            tool="search",
+            fingerprint=tollgate.fingerprint("search", args),
+            shape=tollgate.fingerprint_shape("search", args),
+        )
+
+    for page in range(3):
+        reserve("pager", page).release()
+    with pytest.raises(tollgate.Tripped) as tripped:
+        reserve("pager", 3)
+    assert tripped.value.cause == "shape_velocity"
+    assert tollgate.fingerprint_shape("search", {"q": "", "page": 0}) in str(tripped.value)
+    reserve("worker", 0).release()
+    with pytest.raises(tollgate.InvalidRequest):
+        client.reserve(tenant=tenant, agent="worker", tool="search", shape="")
+    with pytest.raises(tollgate.InvalidRequest):
+        client.reserve(tenant=tenant, agent="worker", tool="search", shape="s" * 1_000)
+
+
 def test_a_retry_with_the_same_request_id_is_one_charge(
     cluster: Cluster, tenant: str, client: tollgate.Client
 ) -> None:

@@ -180,6 +180,17 @@ def repeating_tenant(cluster: Cluster) -> str:
     )
 
 
+def shape_tenant(cluster: Cluster) -> str:
+    """A tenant whose agents trip on the third call of one argument shape in a window (a
+    day, so the window does not roll mid-test), and on nothing else."""
+    return cluster.put_tenant(
+        repeat_max=0,
+        velocity_window_ms=86_400_000,
+        velocity_floor=1_000_000_000_000,
+        shape_floor=2,
+    )
+
+
 def abandoned_tokens(cluster: Cluster, tenant: str) -> list[int]:
     """The tokens of every commit the audit trail flags abandoned."""
     tokens = []
@@ -360,6 +371,24 @@ def test_a_repeated_tool_call_trips_the_agent_by_its_fingerprint(
     # The third search with the same arguments trips the agent; LLM calls carry no fingerprint.
     assert (model.calls, search.runs) == (3, 2)
     assert tripped.value.cause == "repetition"
+
+
+def test_a_tool_called_with_a_new_page_each_time_trips_the_agent_by_its_shape(
+    cluster: Cluster, client: tollgate.Client
+) -> None:
+    tenant = shape_tenant(cluster)
+    model, search = looping_model(), SearchTool()
+    handler = TollgateCallbackHandler(client, tenant=tenant, agent=AGENT)
+
+    with pytest.raises(tollgate.Tripped) as tripped:
+        run(agent_graph(model, [search.tool]), handler)
+
+    # Every search has other arguments (no fingerprint repeats) but the same shape; the
+    # third is refused. LLM calls carry no shape.
+    assert (model.calls, search.runs) == (3, 2)
+    assert tripped.value.cause == "shape_velocity"
+    shape = tollgate.fingerprint_shape("search", {"query": "any"})
+    assert shape in str(tripped.value)
 
 
 def test_a_failed_llm_call_is_settled_at_its_estimate(

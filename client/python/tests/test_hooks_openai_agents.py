@@ -166,6 +166,17 @@ def repeating_tenant(cluster: Cluster) -> str:
     )
 
 
+def shape_tenant(cluster: Cluster) -> str:
+    """A tenant whose agents trip on the third call of one argument shape in a window (a
+    day, so the window does not roll mid-test), and on nothing else."""
+    return cluster.put_tenant(
+        repeat_max=0,
+        velocity_window_ms=86_400_000,
+        velocity_floor=1_000_000_000_000,
+        shape_floor=2,
+    )
+
+
 def abandoned_tokens(cluster: Cluster, tenant: str) -> list[int]:
     """The tokens of every commit the audit trail flags abandoned."""
     tokens = []
@@ -312,6 +323,25 @@ async def test_a_repeated_tool_call_trips_the_agent_by_its_fingerprint(
     tripped = stopped.value.error
     assert isinstance(tripped, tollgate.Tripped)
     assert tripped.cause == "repetition"
+
+
+async def test_a_tool_called_with_a_new_page_each_time_trips_the_agent_by_its_shape(
+    cluster: Cluster, client: tollgate.AsyncClient
+) -> None:
+    tenant = shape_tenant(cluster)
+    model, search = looping_model(reported(10, 5)), SearchTool()
+    agent = Agent(name=AGENT, model=model, tools=[search.tool])
+
+    with pytest.raises(TollgateStopped) as stopped:
+        async with TollgateRunHooks(client, tenant=tenant) as hooks:
+            await Runner.run(agent, "find the news", hooks=hooks, max_turns=MAX_TURNS)
+
+    # Every search has other arguments (no fingerprint repeats) but the same shape; the
+    # third is refused. LLM calls carry no shape.
+    assert (model.calls, search.runs) == (3, 2)
+    tripped = stopped.value.error
+    assert isinstance(tripped, tollgate.Tripped)
+    assert tripped.cause == "shape_velocity"
 
 
 async def test_a_run_that_aborts_mid_call_settles_the_open_reservation_at_its_estimate(

@@ -377,6 +377,11 @@ pub struct TenantPolicyArgs {
     /// or bare micro-units, else a count [default: $10.00 of cost].
     #[arg(long, value_name = "AMOUNT", value_parser = parse_amount)]
     pub velocity_floor: Option<AmountArg>,
+    /// Trip an agent whose calls of one argument shape in --velocity-window exceed
+    /// --velocity-factor times that shape's recent rate and N; 0 turns shape velocity off
+    /// [default: 60].
+    #[arg(long, value_name = "N")]
+    pub shape_floor: Option<u64>,
     /// How long a trip lasts; 0s: until an operator runs reset-trip [default: 0s].
     #[arg(long = "trip-cooldown", value_name = "DURATION", value_parser = parse_duration_ms)]
     pub trip_cooldown_ms: Option<u64>,
@@ -466,6 +471,7 @@ impl TenantPolicyArgs {
         policy.repeat_window_ms = self.repeat_window_ms.unwrap_or(policy.repeat_window_ms);
         policy.velocity_factor = self.velocity_factor.unwrap_or(policy.velocity_factor);
         policy.velocity_window_ms = self.velocity_window_ms.unwrap_or(policy.velocity_window_ms);
+        policy.shape_floor = self.shape_floor.unwrap_or(policy.shape_floor);
         policy.trip_cooldown_ms = self.trip_cooldown_ms.unwrap_or(policy.trip_cooldown_ms);
         self.quotas
             .set(policy.quotas.get_or_insert_with(Default::default));
@@ -747,6 +753,7 @@ mod tests {
                 quotas: Some(crate::grpc::convert::quotas_to_pb(
                     &tollgate_ledger::TenantQuotas::default()
                 )),
+                shape_floor: tollgate_ledger::SHAPE_FLOOR_DEFAULT,
             }
         );
         let quotas = TenantPolicyArgs {
@@ -767,12 +774,14 @@ mod tests {
             velocity_factor: Some(8),
             velocity_dimension: Some(SpendDimensionArg::Tokens),
             trip_cooldown_ms: Some(300_000),
+            shape_floor: Some(0),
             ..TenantPolicyArgs::default()
         }
         .to_wire()
         .unwrap()
         .unwrap();
         assert_eq!(velocity.velocity_factor, 8);
+        assert_eq!(velocity.shape_floor, 0);
         assert_eq!(
             velocity.velocity_dimension,
             i32::from(v1::Dimension::Tokens)

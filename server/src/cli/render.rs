@@ -271,6 +271,16 @@ pub fn policy_fields(policy: &v1::TenantPolicy) -> Vec<(&'static str, String)> {
             amount_text(policy.velocity_dimension, policy.velocity_floor)
         )
     };
+    let shape_velocity = if policy.velocity_factor == 0 || policy.shape_floor == 0 {
+        "off".to_owned()
+    } else {
+        format!(
+            "trip at {}x the recent calls of one argument shape within {} (not below {} calls)",
+            policy.velocity_factor,
+            format_duration_ms(policy.velocity_window_ms),
+            policy.shape_floor
+        )
+    };
     let cooldown = if policy.trip_cooldown_ms == 0 {
         "none: a trip lasts until reset-trip".to_owned()
     } else {
@@ -297,6 +307,7 @@ pub fn policy_fields(policy: &v1::TenantPolicy) -> Vec<(&'static str, String)> {
         ("expiry", expiry_name(policy.expiry)),
         ("repetition", repetition),
         ("velocity", velocity),
+        ("shape velocity", shape_velocity),
         ("trip cool-down", cooldown),
         ("quotas", quotas),
     ]
@@ -311,6 +322,7 @@ pub fn policy_json(policy: &v1::TenantPolicy) -> Value {
         "velocity_window_ms": policy.velocity_window_ms,
         "velocity_dimension": dimension_name(policy.velocity_dimension),
         "velocity_floor": policy.velocity_floor,
+        "shape_floor": policy.shape_floor,
         "trip_cooldown_ms": policy.trip_cooldown_ms,
         "quotas": policy.quotas.as_ref().map(|q| json!({
             "agents": q.agents,
@@ -344,6 +356,10 @@ pub fn describe_trip(tripped: &v1::Tripped) -> String {
             "velocity: spent {} against a recent baseline of {}",
             v.spent, v.baseline
         ),
+        Some(Cause::ShapeVelocity(s)) => format!(
+            "shape velocity: argument shape {:?} called {} times against a recent baseline of {}",
+            s.shape, s.calls, s.baseline
+        ),
         None => "unknown cause".into(),
     };
     match tripped.until_ms {
@@ -361,6 +377,9 @@ pub fn tripped_json(tripped: &v1::Tripped) -> Value {
         Some(Cause::Velocity(v)) => {
             json!({ "velocity": { "spent": v.spent, "baseline": v.baseline } })
         }
+        Some(Cause::ShapeVelocity(s)) => json!({
+            "shape_velocity": { "shape": s.shape, "calls": s.calls, "baseline": s.baseline }
+        }),
         None => Value::Null,
     };
     json!({ "cause": cause, "until_ms": tripped.until_ms })
@@ -711,6 +730,26 @@ mod tests {
         assert_eq!(
             tripped_json(&tripped),
             json!({"cause": {"repetition": {"fingerprint": "ab12", "count": 20}}, "until_ms": null})
+        );
+        let tripped = v1::Tripped {
+            cause: Some(v1::TripCause {
+                cause: Some(v1::trip_cause::Cause::ShapeVelocity(v1::ShapeVelocity {
+                    shape: "5e1f".into(),
+                    calls: 61,
+                    baseline: 0,
+                })),
+            }),
+            until_ms: None,
+        };
+        assert_eq!(
+            describe_trip(&tripped),
+            "shape velocity: argument shape \"5e1f\" called 61 times against a recent baseline \
+             of 0; until an operator runs reset-trip"
+        );
+        assert_eq!(
+            tripped_json(&tripped),
+            json!({"cause": {"shape_velocity": {"shape": "5e1f", "calls": 61, "baseline": 0}},
+                   "until_ms": null})
         );
     }
 

@@ -323,6 +323,7 @@ pub fn policy(value: Option<pb::TenantPolicy>) -> Result<TenantPolicy, Status> {
         velocity_window_ms: value.velocity_window_ms,
         velocity_dimension,
         velocity_floor: value.velocity_floor,
+        shape_floor: value.shape_floor,
         trip_cooldown_ms: value.trip_cooldown_ms,
         quotas: quotas(value.quotas),
     })
@@ -379,6 +380,7 @@ pub fn policy_to_pb(value: &TenantPolicy) -> pb::TenantPolicy {
         velocity_floor: value.velocity_floor,
         trip_cooldown_ms: value.trip_cooldown_ms,
         quotas: Some(quotas_to_pb(&value.quotas)),
+        shape_floor: value.shape_floor,
     }
 }
 
@@ -391,6 +393,15 @@ pub fn trip_cause_to_pb(value: &TripCause) -> pb::TripCause {
         }),
         TripCause::Velocity { spent, baseline } => Cause::Velocity(pb::Velocity {
             spent: *spent,
+            baseline: *baseline,
+        }),
+        TripCause::ShapeVelocity {
+            shape,
+            calls,
+            baseline,
+        } => Cause::ShapeVelocity(pb::ShapeVelocity {
+            shape: shape.clone(),
+            calls: *calls,
             baseline: *baseline,
         }),
     };

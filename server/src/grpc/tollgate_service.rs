@@ -87,6 +87,7 @@ async fn reserve(
         estimate: convert::spent(request.estimate, &usage, "estimate")?,
         ttl_ms: request.ttl_ms,
         fingerprint: (!request.fingerprint.is_empty()).then_some(request.fingerprint),
+        shape: (!request.shape.is_empty()).then_some(request.shape),
         usage,
         session: convert::optional_session(&request.session)?,
     };

@@ -358,6 +358,7 @@ mod tests {
             estimate: tollgate_ledger::Amounts::default(),
             ttl_ms: 60_000,
             fingerprint: None,
+            shape: None,
             usage: None,
             session: None,
         }

@@ -422,6 +422,7 @@ impl Worker {
                     fingerprint: String::new(),
                     usage: None,
                     session: String::new(),
+                    shape: String::new(),
                 };
                 send_reserve(client, wire).await
             }

@@ -21,7 +21,7 @@ from ._errors import (
     Tripped,
     Unavailable,
 )
-from ._fingerprint import fingerprint
+from ._fingerprint import fingerprint, fingerprint_shape
 from ._sync import Client, Reservation
 from ._types import Committed, FailOpen, LimitUsage, Remaining, Tls, Usage
 
@@ -50,4 +50,5 @@ __all__ = [
     "Unavailable",
     "Usage",
     "fingerprint",
+    "fingerprint_shape",
 ]

@@ -53,7 +53,7 @@ class Tripped(TollgateError):
     """Runaway detection tripped the agent."""
 
     def __init__(self, cause: str, until: float | None, detail: str) -> None:
-        # "repetition" or "velocity".
+        # "repetition", "velocity" or "shape_velocity".
         self.cause = cause
         # When the cool-down ends, unix seconds; None: only an operator's reset helps.
         self.until = until

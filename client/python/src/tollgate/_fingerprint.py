@@ -1,6 +1,8 @@
 """fingerprint(tool, args): the hash of a call's tool and normalised arguments that the
 cluster counts for repetition detection. Byte for byte the Rust client's: canonical JSON
-(sorted keys, no whitespace, minimal escapes, floats in shortest exponent form)."""
+(sorted keys, no whitespace, minimal escapes, floats in shortest exponent form).
+fingerprint_shape(tool, args): the hash of the tool and the arguments' keys and value types,
+for shape velocity: a loop that changes a value on every call keeps its shape."""
 
 from __future__ import annotations
 
@@ -44,7 +46,25 @@ def fingerprint(tool: str, args: Mapping[str, Any], ignore: Iterable[str] = ()) 
         args = {key: value for key, value in args.items() if key not in skip}
     out: list[str] = []
     _write(args, out, 0)
-    digest = hashlib.sha256(tool.encode("utf-8") + b"\n" + "".join(out).encode("utf-8"))
+    return _digest(tool, "".join(out))
+
+
+def fingerprint_shape(tool: str, args: Mapping[str, Any]) -> str:
+    """Lowercase hex of the first 16 bytes of SHA-256(tool, newline, canonical JSON of the
+    shape of args): calls that differ only in values (a page number, a timestamp, a
+    reworded query) have one shape.
+
+    The shape of an object is the object of the same keys with the shape of each value; of
+    a list, the list of its items' distinct shapes, sorted by the code points of their
+    canonical JSON; of None, a bool, a number and a str, the JSON strings "null", "bool",
+    "number" and "string". The same values are refused as by `fingerprint`."""
+    if not isinstance(tool, str):
+        raise TypeError("tool must be a str")
+    return _digest(tool, _shape(args, 0))
+
+
+def _digest(tool: str, canonical: str) -> str:
+    digest = hashlib.sha256(tool.encode("utf-8") + b"\n" + canonical.encode("utf-8"))
     return digest.digest()[:16].hex()
 
 
@@ -84,6 +104,33 @@ def _write(value: Any, out: list[str], depth: int) -> None:
         raise TypeError(
             f"{type(value).__name__} is not JSON: use dict, list, str, int, float, bool or None"
         )
+
+
+def _shape(value: Any, depth: int) -> str:
+    """The canonical JSON of the shape of `value`; checks what `_write` checks."""
+    if depth > _DEPTH_MAX:
+        raise ValueError(f"arguments nested deeper than {_DEPTH_MAX} levels")
+    if value is None:
+        return '"null"'
+    if value is True or value is False:
+        return '"bool"'
+    if isinstance(value, (int, float)):
+        _write(value, [], depth)
+        return '"number"'
+    if isinstance(value, str):
+        return '"string"'
+    if isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str):
+                raise TypeError(f"object keys must be str, got {type(key).__name__}")
+        items = (f"{_string(key)}:{_shape(value[key], depth + 1)}" for key in sorted(value))
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, (list, tuple)):
+        # Sorting str by code point is the Rust side's byte order of UTF-8.
+        return "[" + ",".join(sorted({_shape(item, depth + 1) for item in value})) + "]"
+    raise TypeError(
+        f"{type(value).__name__} is not JSON: use dict, list, str, int, float, bool or None"
+    )
 
 
 def _object(value: Mapping[Any, Any], out: list[str], depth: int) -> None:

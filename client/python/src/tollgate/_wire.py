@@ -83,6 +83,7 @@ def reserve(
     calls: int,
     ttl: float,
     fingerprint: str | None,
+    shape: str | None,
     model: str | None,
     input_tokens: int | None,
     max_output_tokens: int | None,
@@ -103,6 +104,8 @@ def reserve(
         request.fingerprint = check_id("fingerprint", fingerprint)
     if session is not None:
         request.session = check_id("session", session)
+    if shape is not None:
+        request.shape = check_id("shape", shape)
     if model is not None:
         if cost:
             raise InvalidRequest("give a cost or a model to price the estimate, not both")
@@ -149,6 +152,12 @@ def decide(response: pb.ReserveResponse) -> Granted:
         elif cause == "velocity":
             v = tripped.cause.velocity
             detail = f"velocity: spent {v.spent} against a recent baseline of {v.baseline}"
+        elif cause == "shape_velocity":
+            s = tripped.cause.shape_velocity
+            detail = (
+                f"shape velocity: argument shape {s.shape!r} called {s.calls} times"
+                f" against a recent baseline of {s.baseline}"
+            )
         else:
             detail = "unknown cause"
         until = seconds_from_ms(tripped.until_ms) if tripped.HasField("until_ms") else None

@@ -62,6 +62,7 @@ class _Call:
     model: str | None
     estimate: Estimate
     fingerprint: str | None = None
+    shape: str | None = None
 
 
 @dataclass
@@ -120,11 +121,13 @@ class _Policy:
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         name = str(name)
         estimate = self.tool_costs.get(name, self.default_tool_cost)
+        fingerprint, shape = _fingerprints(name, inputs)
         return _Call(
             tool=name,
             model=None,
             estimate=estimate,
-            fingerprint=_fingerprint(name, inputs),
+            fingerprint=fingerprint,
+            shape=shape,
         )
 
     def reserve_args(self, call: _Call) -> dict[str, Any]:
@@ -137,6 +140,7 @@ class _Policy:
             "calls": call.estimate.calls,
             "ttl": self.ttl,
             "fingerprint": call.fingerprint,
+            "shape": call.shape,
         }
 
     def llm_actual(self, call: _Call, response: LLMResult) -> Actual:
@@ -153,7 +157,8 @@ class TollgateCallbackHandler(SettlesOnExit[UUID, _Open], BaseCallbackHandler):
       table has a fallback price); otherwise at `llm_cost_usd`.
     - `model`: the model's name when the chat model does not report `ls_model_name`.
     - `tool_costs`: a tool's `Estimate` by name; `default_tool_cost` for the others.
-    - Tool calls carry `tollgate.fingerprint(tool, inputs)`, for repetition detection.
+    - Tool calls carry `tollgate.fingerprint(tool, inputs)`, for repetition detection, and
+      `tollgate.fingerprint_shape(tool, inputs)`, for shape velocity.
     """
 
     raise_error = True
@@ -430,15 +435,15 @@ def _token_counts(response: LLMResult) -> TokenCounts | None:
     )
 
 
-def _fingerprint(tool: str, inputs: Any) -> str | None:
-    """The call's fingerprint from its arguments, when LangChain passes them as a mapping the
-    fingerprint can take."""
+def _fingerprints(tool: str, inputs: Any) -> tuple[str | None, str | None]:
+    """The call's fingerprint and shape from its arguments, when LangChain passes them as a
+    mapping the fingerprint can take."""
     if not isinstance(inputs, Mapping):
-        return None
+        return None, None
     try:
-        return tollgate.fingerprint(tool, inputs)
+        return tollgate.fingerprint(tool, inputs), tollgate.fingerprint_shape(tool, inputs)
     except (TypeError, ValueError):
-        return None
+        return None, None
 
 
 def _commit(open_: _Open, actual: Actual) -> None:

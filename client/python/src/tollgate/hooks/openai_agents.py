@@ -97,7 +97,8 @@ class TollgateRunHooks(AsyncSettlesOnExit[tuple[object, ...], _Open], RunHooks[A
       without a `model` attribute, or the run config's default).
     - `tool_costs`: a tool's `Estimate` by its name, reserved and committed (a tool reports no
       usage); `default_tool_cost` for the others (one call, nothing else).
-    - Tool calls carry `tollgate.fingerprint(tool, arguments)`, for repetition detection.
+    - Tool calls carry `tollgate.fingerprint(tool, arguments)`, for repetition detection, and
+      `tollgate.fingerprint_shape(tool, arguments)`, for shape velocity.
     """
 
     def __init__(
@@ -171,7 +172,7 @@ class TollgateRunHooks(AsyncSettlesOnExit[tuple[object, ...], _Open], RunHooks[A
     ) -> None:
         name = _tool_name(tool)
         estimate = self._tool_costs.get(name, self._default_tool_cost)
-        fingerprint = _fingerprint(name, context)
+        fingerprint, shape = _fingerprints(name, context)
         await self._reserve(
             _tool_key(context, tool),
             (context, tool),
@@ -180,6 +181,7 @@ class TollgateRunHooks(AsyncSettlesOnExit[tuple[object, ...], _Open], RunHooks[A
             estimate,
             None,
             fingerprint,
+            shape,
         )
 
     async def on_tool_end(
@@ -204,6 +206,7 @@ class TollgateRunHooks(AsyncSettlesOnExit[tuple[object, ...], _Open], RunHooks[A
         estimate: Estimate,
         model: str | None,
         fingerprint: str | None = None,
+        shape: str | None = None,
     ) -> None:
         """Reserves `estimate` for a call about to start; raises `TollgateStopped` when the
         call may not run."""
@@ -220,6 +223,7 @@ class TollgateRunHooks(AsyncSettlesOnExit[tuple[object, ...], _Open], RunHooks[A
                     calls=estimate.calls,
                     ttl=self._ttl,
                     fingerprint=fingerprint,
+                    shape=shape,
                 )
             )
         except (tollgate.TollgateError, OpenReservationsFull) as error:
@@ -255,21 +259,21 @@ def _tool_key(context: RunContextWrapper[Any], tool: Tool) -> tuple[object, ...]
     return ("tool", id(context), id(tool))
 
 
-def _fingerprint(tool: str, context: RunContextWrapper[Any]) -> str | None:
-    """The call's fingerprint from its JSON arguments, when the hook sees them (function
-    tools); None when they are not a JSON object the fingerprint can take."""
+def _fingerprints(tool: str, context: RunContextWrapper[Any]) -> tuple[str | None, str | None]:
+    """The call's fingerprint and shape from its JSON arguments, when the hook sees them
+    (function tools); None when they are not a JSON object the fingerprint can take."""
     if not isinstance(context, ToolContext):
-        return None
+        return None, None
     try:
         args = json.loads(context.tool_arguments or "{}")
     except (ValueError, RecursionError):
-        return None
+        return None, None
     if not isinstance(args, dict):
-        return None
+        return None, None
     try:
-        return tollgate.fingerprint(tool, args)
+        return tollgate.fingerprint(tool, args), tollgate.fingerprint_shape(tool, args)
     except (TypeError, ValueError):
-        return None
+        return None, None
 
 
 async def _commit(open_: _Open, actual: Actual) -> None:
