@@ -102,6 +102,8 @@ pub struct Check {
 #[derive(Clone, Debug, Serialize)]
 pub struct ScenarioResult {
     pub scenario: String,
+    /// What the scenario proves: `detection`, `limit` or `alert`.
+    pub proves: String,
     pub path: String,
     pub seed: u64,
     pub passed: bool,
@@ -554,7 +556,11 @@ fn trips(tenant: &str, run: &RunOutput) -> Vec<TripMark> {
         .filter_map(|r| match &r.event {
             AuditEvent::Trip(cause) => Some(TripMark {
                 t_ms: r.at_ms.saturating_sub(run.start_ms),
-                agent: r.agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+                agent: r
+                    .agent
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 cause: trip_cause(cause).into(),
             }),
             _ => None,
@@ -596,6 +602,7 @@ pub fn evaluate(
     let passed = checks.iter().all(|c| c.ok != Some(false));
     ScenarioResult {
         scenario: scenario.name.clone(),
+        proves: scenario.proves.label().into(),
         path: path.into(),
         seed,
         passed,
@@ -727,9 +734,7 @@ fn reason_matches(wanted: &str, reason: &str) -> bool {
 fn check_cut_off_by(f: &Facts<'_>) -> Option<Check> {
     let wanted = f.expect.cutoff_by.as_ref()?;
     let cutoffs = &f.metrics.cutoffs;
-    let wrong = cutoffs
-        .iter()
-        .find(|c| !reason_matches(wanted, &c.reason));
+    let wrong = cutoffs.iter().find(|c| !reason_matches(wanted, &c.reason));
     let detail = match (cutoffs.is_empty(), wrong) {
         (true, _) => format!("expected {wanted}, got no cutoff"),
         (false, Some(c)) => format!("expected {wanted}, {} was cut off by {}", c.agent, c.reason),
@@ -740,7 +745,11 @@ fn check_cut_off_by(f: &Facts<'_>) -> Option<Check> {
                 .take(4)
                 .collect();
             let more = cutoffs.len().saturating_sub(4);
-            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
             format!("expected {wanted}: {}{more}", reasons.join(", "))
         }
     };
@@ -769,11 +778,7 @@ fn check_spend_at_cutoff_exact(f: &Facts<'_>) -> Option<Check> {
         "spend at cutoff (exact)",
         Some(spend == Some(want)),
         match spend {
-            Some(s) => format!(
-                "{} (exactly {})",
-                fmt_amount(dim, s),
-                fmt_amount(dim, want)
-            ),
+            Some(s) => format!("{} (exactly {})", fmt_amount(dim, s), fmt_amount(dim, want)),
             None => "no cutoff".into(),
         },
     ))

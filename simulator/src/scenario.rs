@@ -561,8 +561,35 @@ impl Scenario {
             Proves::Alert if self.expect.alert_before_pct.is_none() => {
                 bail!("proves = alert needs expect.alert_before_pct")
             }
+            _ if by == "tripped:repetition" => self.validate_repeats_expected(),
             _ => Ok(()),
         }
+    }
+
+    /// A repetition trip must be expected within the configured count: at most
+    /// `repeat_max - 2` grants between a runaway's first repeat and its trip.
+    fn validate_repeats_expected(&self) -> anyhow::Result<()> {
+        let expected = self
+            .expect
+            .calls_after_first_repeat
+            .or(self.expect.calls_after_first_repeat_max)
+            .context(
+                "expect.cutoff_by = tripped:repetition needs expect.calls_after_first_repeat",
+            )?;
+        for agent in self.agents.iter().filter(|a| a.role == Role::Runaway) {
+            let Some(tenant) = self.tenants.iter().find(|t| t.name == agent.tenant) else {
+                continue;
+            };
+            let allowed = u64::from(tenant.repeat_max.saturating_sub(2));
+            if expected > allowed {
+                bail!(
+                    "expect.calls_after_first_repeat {expected} is more than tenant {}'s repeat_max {} allows ({allowed})",
+                    tenant.name,
+                    tenant.repeat_max
+                );
+            }
+        }
+        Ok(())
     }
 
     fn validate_timing(&self) -> anyhow::Result<()> {
