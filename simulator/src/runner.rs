@@ -65,7 +65,6 @@ pub struct CallNote {
     /// The reserve's request id: its decision's place in the audit trail.
     pub request_id: String,
     pub invoked_ms: u64,
-    pub log_index: u64,
     pub outcome: CallOutcome,
 }
 
@@ -700,7 +699,6 @@ async fn worker_step(
             fingerprint: call.fingerprint,
             request_id: call.request_id,
             invoked_ms: answer.first_invoked_ms,
-            log_index: answer.log_index,
             outcome: answer.outcome,
         });
         let Some(reservation_id) = answer.reservation else {
@@ -800,7 +798,6 @@ struct ReserveAnswer {
     first_invoked_ms: u64,
     outcome: CallOutcome,
     reservation: Option<u64>,
-    log_index: u64,
 }
 
 /// Sends the reserve, and again with the same request id while the answer is ambiguous
@@ -827,7 +824,6 @@ async fn reserve_with_retries(io: &Io, client_id: u64, call: &ReserveCall) -> Re
                 None,
             ),
         };
-        let log_index = result.log_index().unwrap_or(0);
         let ambiguous = matches!(result, OpResult::Ambiguous { .. });
         io.recorder.record(Event {
             client: client_id,
@@ -842,7 +838,6 @@ async fn reserve_with_retries(io: &Io, client_id: u64, call: &ReserveCall) -> Re
                 first_invoked_ms,
                 outcome,
                 reservation,
-                log_index,
             };
         }
     }
