@@ -61,7 +61,8 @@ struct TimeAxis {
 impl TimeAxis {
     fn of(span_ms: f64) -> Self {
         let (unit_ms, unit) = match span_ms {
-            s if s < 120_000.0 => (1_000.0, "s"),
+            s if s < 1_000.0 => (1.0, "ms"),
+            s if s < 300_000.0 => (1_000.0, "s"),
             s if s < 7_200_000.0 => (60_000.0, "min"),
             _ => (3_600_000.0, "h"),
         };
@@ -130,7 +131,7 @@ impl Plot {
     }
 }
 
-/// The chart of one run as an SVG document.
+/// The chart of one run as an SVG document; the time axis covers `span_ms` and every point.
 pub fn svg(result: &ScenarioResult, span_ms: u64) -> String {
     let m = &result.metrics;
     let plot = Plot::of(m, span_ms);
@@ -521,6 +522,8 @@ mod tests {
         );
         let minutes = TimeAxis::of(12.0 * 60_000.0);
         assert_eq!((minutes.unit, minutes.step), ("min", 5.0));
+        let burst = TimeAxis::of(170.0);
+        assert_eq!(burst.label(150.0), "150 ms");
     }
 
     #[test]
