@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use tollgate_ledger::{AuditEvent, AuditRecord, DenyReason, Dimension};
+use tollgate_ledger::{AuditEvent, AuditRecord, DenyReason, Dimension, TripCause};
 
 use crate::history::{self, BudgetSpec, CheckReport, FinalUsage};
 use crate::runner::{CallNote, CallOutcome, RunOutput};
@@ -23,11 +23,39 @@ pub struct Point {
 pub struct Cutoff {
     /// Simulated ms since step 0.
     pub t_ms: u64,
+    /// Its place in the audit trail.
+    pub seq: u64,
     pub agent: String,
-    /// `tripped`, `frozen`, or `limit ID`.
+    /// `tripped:repetition`, `tripped:velocity`, `frozen`, or `limit ID`.
     pub reason: String,
     /// committed + held of the primary budget just before the denial.
     pub spend: u64,
+}
+
+/// A soft threshold of the primary budget crossed (an alert).
+#[derive(Clone, Debug, Serialize)]
+pub struct Alert {
+    pub t_ms: u64,
+    pub seq: u64,
+    pub threshold_percent: u8,
+    /// Committed spend in the window once the charge was made.
+    pub used: u64,
+}
+
+/// An agent tripped by runaway detection.
+#[derive(Clone, Debug, Serialize)]
+pub struct TripMark {
+    pub t_ms: u64,
+    pub agent: String,
+    /// `repetition` or `velocity`.
+    pub cause: String,
+}
+
+/// A fault the run injected.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultMark {
+    pub t_ms: u64,
+    pub kind: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -36,10 +64,14 @@ pub struct Metrics {
     pub budget_dimension: String,
     pub budget_amount: u64,
     pub cutoff: Option<Cutoff>,
+    /// Each runaway agent's first denial, in audit order.
+    pub cutoffs: Vec<Cutoff>,
     /// Simulated ms from a runaway's first call to the cutoff.
     pub time_to_cutoff_ms: Option<u64>,
     /// Grants a runaway got from its first repeated fingerprint until it tripped.
     pub calls_after_first_repeat: Option<u64>,
+    /// The same per runaway agent that repeated a fingerprint.
+    pub calls_after_first_repeat_by_agent: BTreeMap<String, u64>,
     pub runaway_calls: u64,
     pub runaway_grants: u64,
     pub well_behaved_calls: u64,
@@ -50,6 +82,12 @@ pub struct Metrics {
     /// Committed spend of the primary budget (current window) at the end.
     pub spend_final: u64,
     pub timeline: Vec<Point>,
+    /// Each agent's cumulative committed spend of the primary budget's dimension:
+    /// (simulated ms since step 0, spend) after each change.
+    pub agent_spend: BTreeMap<String, Vec<(u64, u64)>>,
+    pub alerts: Vec<Alert>,
+    pub trips: Vec<TripMark>,
+    pub faults: Vec<FaultMark>,
 }
 
 /// One expectation and how it fared.
@@ -64,6 +102,8 @@ pub struct Check {
 #[derive(Clone, Debug, Serialize)]
 pub struct ScenarioResult {
     pub scenario: String,
+    /// What the scenario proves: `detection`, `limit` or `alert`.
+    pub proves: String,
     pub path: String,
     pub seed: u64,
     pub passed: bool,
@@ -82,6 +122,9 @@ struct Replay {
     committed_by_window: BTreeMap<u64, u64>,
     /// Grants that took committed + held above the amount: (seq, total).
     overspends: Vec<(u64, u64)>,
+    /// Each agent's cumulative committed spend after each change: (point time, spend).
+    agent_spend: BTreeMap<String, Vec<(u64, u64)>>,
+    alerts: Vec<Alert>,
 }
 
 /// The budget a replay follows.
@@ -173,12 +216,27 @@ fn replay(audit: &[AuditRecord], budget: &BudgetKey<'_>, start_ms: u64) -> Repla
     let mut holds = Holds::default();
     let mut window = 0;
     let mut out = Replay::default();
+    let mut agents = AgentSpend::default();
     for record in budget_records(audit, budget) {
+        let t_ms = record.at_ms.saturating_sub(start_ms);
+        if let AuditEvent::ThresholdCrossed(c) = &record.event {
+            if c.limit_id.as_str() == budget.limit_id {
+                out.alerts.push(Alert {
+                    t_ms,
+                    seq: record.seq,
+                    threshold_percent: c.threshold_percent,
+                    used: c.used,
+                });
+            }
+            continue;
+        }
         window = window.max(budget.window_of(record.at_ms));
         let committed = out.committed_by_window.entry(window).or_default();
+        let before = *committed;
         if !holds.apply(record, budget.dimension, committed) {
             continue;
         }
+        agents.note(record, (before, *committed), t_ms, &mut out.agent_spend);
         let total = committed.saturating_add(holds.held_sum);
         if record.event == AuditEvent::Grant && total > budget.amount {
             out.overspends.push((record.seq, total));
@@ -186,7 +244,7 @@ fn replay(audit: &[AuditRecord], budget: &BudgetKey<'_>, start_ms: u64) -> Repla
         out.points.push((
             record.seq,
             Point {
-                t_ms: record.at_ms.saturating_sub(start_ms),
+                t_ms,
                 committed: *committed,
                 held: holds.held_sum,
             },
@@ -195,11 +253,68 @@ fn replay(audit: &[AuditRecord], budget: &BudgetKey<'_>, start_ms: u64) -> Repla
     out
 }
 
+/// Whose spend each change of the budget is: reservations by the agent that was granted them.
+#[derive(Default)]
+struct AgentSpend {
+    agent_of: HashMap<u64, String>,
+    total: BTreeMap<String, u64>,
+}
+
+impl AgentSpend {
+    /// After `record` took the window's committed spend from `before` to `after`.
+    fn note(
+        &mut self,
+        record: &AuditRecord,
+        (before, after): (u64, u64),
+        t_ms: u64,
+        series: &mut BTreeMap<String, Vec<(u64, u64)>>,
+    ) {
+        let named = record.agent.as_ref().map(ToString::to_string);
+        let id = record.reservation_id.map(|r| r.0);
+        let agent = match (&record.event, id) {
+            (AuditEvent::Grant, Some(id)) => {
+                if let Some(name) = &named {
+                    if self.agent_of.len() < AGENT_RESERVATIONS_MAX {
+                        self.agent_of.insert(id, name.clone());
+                    }
+                }
+                named
+            }
+            (_, Some(id)) => self.agent_of.get(&id).cloned().or(named),
+            _ => named,
+        };
+        let Some(agent) = agent else {
+            return;
+        };
+        if before == after && series.contains_key(&agent) {
+            return;
+        }
+        let total = self.total.entry(agent.clone()).or_default();
+        *total = total.saturating_add(after).saturating_sub(before);
+        let points = series.entry(agent).or_default();
+        if points.len() < SERIES_POINTS_MAX {
+            points.push((t_ms, *total));
+        }
+    }
+}
+
+/// Reservations whose agent a replay remembers (a scenario makes at most `CALLS_MAX`).
+const AGENT_RESERVATIONS_MAX: usize = 1 << 16;
+/// Points kept per agent's series (one per change of its spend).
+const SERIES_POINTS_MAX: usize = 1 << 16;
+
+fn trip_cause(cause: &TripCause) -> &'static str {
+    match cause {
+        TripCause::Repetition { .. } => "repetition",
+        TripCause::Velocity { .. } => "velocity",
+    }
+}
+
 fn deny_reason(reason: &DenyReason) -> String {
     match reason {
         DenyReason::Limit { limit_id, .. } => format!("limit {limit_id}"),
         DenyReason::Frozen { .. } => "frozen".into(),
-        DenyReason::Tripped { .. } => "tripped".into(),
+        DenyReason::Tripped { cause, .. } => format!("tripped:{}", trip_cause(cause)),
     }
 }
 
@@ -212,14 +327,22 @@ struct Repeats<'a> {
     tripped: bool,
 }
 
-/// Grants between a runaway's first repeated fingerprint and its trip, in log order; the
-/// largest over runaway agents. None when no runaway repeated a fingerprint.
-fn calls_after_first_repeat(notes: &[CallNote]) -> Option<u64> {
-    let mut ordered: Vec<&CallNote> = notes
+/// Grants between a runaway's first repeated fingerprint and its trip, in the order the
+/// cluster decided them (audit order: calls decided in one log entry share its index), for
+/// each runaway agent that repeated one.
+fn calls_after_first_repeat(notes: &[CallNote], audit: &[AuditRecord]) -> BTreeMap<String, u64> {
+    let decided: HashMap<&str, u64> = audit
         .iter()
-        .filter(|n| n.role == Role::Runaway && n.log_index > 0)
+        .filter(|r| matches!(r.event, AuditEvent::Grant | AuditEvent::Deny(_)))
+        .filter_map(|r| Some((r.request_id.as_ref()?.as_str(), r.seq)))
         .collect();
-    ordered.sort_by_key(|n| (n.log_index, n.invoked_ms));
+    let mut ordered: Vec<(u64, &CallNote)> = notes
+        .iter()
+        .filter(|n| n.role == Role::Runaway)
+        .filter_map(|n| Some((*decided.get(n.request_id.as_str())?, n)))
+        .collect();
+    ordered.sort_by_key(|(seq, _)| *seq);
+    let ordered = ordered.into_iter().map(|(_, n)| n);
     let mut per_agent: BTreeMap<&str, Repeats<'_>> = BTreeMap::new();
     for note in ordered {
         let agent = per_agent.entry(&note.agent).or_default();
@@ -243,9 +366,9 @@ fn calls_after_first_repeat(notes: &[CallNote]) -> Option<u64> {
         }
     }
     per_agent
-        .values()
-        .filter_map(|a| a.grants_after_repeat)
-        .max()
+        .into_iter()
+        .filter_map(|(agent, a)| Some((agent.to_owned(), a.grants_after_repeat?)))
+        .collect()
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
@@ -290,6 +413,8 @@ impl<'a> Primary<'a> {
 struct Runaways<'a> {
     first_call: Option<&'a AuditRecord>,
     cutoff: Option<&'a AuditRecord>,
+    /// Each runaway agent's first denial, in audit order.
+    cutoffs: Vec<&'a AuditRecord>,
     /// Whether a runaway was granted again after the cutoff.
     served_again: bool,
 }
@@ -318,9 +443,19 @@ impl<'a> Runaways<'a> {
                 .iter()
                 .any(|r| r.seq > c.seq && is_runaway(r) && r.event == AuditEvent::Grant)
         });
+        let mut cutoffs: Vec<&AuditRecord> = Vec::new();
+        for record in audit
+            .iter()
+            .filter(|r| is_runaway(r) && matches!(r.event, AuditEvent::Deny(_)))
+        {
+            if !cutoffs.iter().any(|c| c.agent == record.agent) {
+                cutoffs.push(record);
+            }
+        }
         Runaways {
             first_call,
             cutoff,
+            cutoffs,
             served_again,
         }
     }
@@ -336,6 +471,7 @@ fn cutoff(record: &AuditRecord, rep: &Replay, start_ms: u64) -> Cutoff {
         .map_or(0, |(_, p)| p.committed + p.held);
     Cutoff {
         t_ms: record.at_ms.saturating_sub(start_ms),
+        seq: record.seq,
         agent: record
             .agent
             .as_ref()
@@ -355,6 +491,7 @@ fn metrics(
     runaways: &Runaways<'_>,
     run: &RunOutput,
 ) -> Metrics {
+    let repeats = calls_after_first_repeat(&run.notes, &run.audit);
     let count = |role: Role, granted_only: bool| {
         run.notes
             .iter()
@@ -370,7 +507,13 @@ fn metrics(
             _ => None,
         },
         cutoff: runaways.cutoff.map(|r| cutoff(r, rep, run.start_ms)),
-        calls_after_first_repeat: calls_after_first_repeat(&run.notes),
+        cutoffs: runaways
+            .cutoffs
+            .iter()
+            .map(|r| cutoff(r, rep, run.start_ms))
+            .collect(),
+        calls_after_first_repeat: repeats.values().copied().max(),
+        calls_after_first_repeat_by_agent: repeats,
         runaway_calls: count(Role::Runaway, false),
         runaway_grants: count(Role::Runaway, true),
         well_behaved_calls: count(Role::WellBehaved, false),
@@ -388,7 +531,41 @@ fn metrics(
             .unwrap_or(0),
         spend_final: rep.points.last().map_or(0, |(_, p)| p.committed),
         timeline: rep.points.iter().map(|(_, p)| p.clone()).collect(),
+        agent_spend: rep.agent_spend.clone(),
+        alerts: rep.alerts.clone(),
+        trips: trips(primary.key.tenant, run),
+        faults: run
+            .faults
+            .iter()
+            .map(|(t_ms, kind)| FaultMark {
+                t_ms: *t_ms,
+                kind: serde_json::to_value(kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("{kind:?}")),
+            })
+            .collect(),
     }
+}
+
+/// Every trip of the budget's tenant, in audit order.
+fn trips(tenant: &str, run: &RunOutput) -> Vec<TripMark> {
+    run.audit
+        .iter()
+        .filter(|r| r.tenant.as_ref().is_some_and(|t| t.as_str() == tenant))
+        .filter_map(|r| match &r.event {
+            AuditEvent::Trip(cause) => Some(TripMark {
+                t_ms: r.at_ms.saturating_sub(run.start_ms),
+                agent: r
+                    .agent
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                cause: trip_cause(cause).into(),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Computes the metrics and checks every expectation of the scenario.
@@ -425,6 +602,7 @@ pub fn evaluate(
     let passed = checks.iter().all(|c| c.ok != Some(false));
     ScenarioResult {
         scenario: scenario.name.clone(),
+        proves: scenario.proves.label().into(),
         path: path.into(),
         seed,
         passed,
@@ -498,15 +676,23 @@ struct Facts<'a> {
 
 /// One check per expectation, in the order they are reported; each is None when the
 /// scenario does not set its expectation.
-const EXPECTATIONS: [fn(&Facts<'_>) -> Option<Check>; 9] = [
+const EXPECTATIONS: [fn(&Facts<'_>) -> Option<Check>; 17] = [
     check_cut_off,
     check_cut_off_by,
+    check_runaways_cut_off,
     check_spend_at_cutoff,
+    check_spend_at_cutoff_exact,
     check_calls_after_first_repeat,
+    check_calls_after_first_repeat_exact,
     check_time_to_cutoff,
     check_well_behaved_served,
     check_runaway_grants,
+    check_runaway_grants_exact,
     check_expired_charged,
+    check_expired_charged_exact,
+    check_spend_final,
+    check_alert_before,
+    check_thresholds_crossed,
     check_served_again,
 ];
 
@@ -534,20 +720,170 @@ fn check_cut_off(f: &Facts<'_>) -> Option<Check> {
     ))
 }
 
+/// Whether a denial's reason is what `cutoff_by` names (`tripped` matches either cause).
+fn reason_matches(wanted: &str, reason: &str) -> bool {
+    match wanted {
+        "tripped" => reason.starts_with("tripped:"),
+        "frozen" => reason == "frozen",
+        w if w.starts_with("tripped:") => reason == w,
+        limit => reason.strip_prefix("limit ") == Some(limit),
+    }
+}
+
+/// Every runaway agent that was denied was first denied for the expected reason.
 fn check_cut_off_by(f: &Facts<'_>) -> Option<Check> {
-    let by = f.expect.cutoff_by.as_ref()?;
-    let reason = f.metrics.cutoff.as_ref().map(|c| c.reason.clone());
-    let wanted = match by.as_str() {
-        "tripped" | "frozen" => by.clone(),
-        limit => format!("limit {limit}"),
+    let wanted = f.expect.cutoff_by.as_ref()?;
+    let cutoffs = &f.metrics.cutoffs;
+    let wrong = cutoffs.iter().find(|c| !reason_matches(wanted, &c.reason));
+    let detail = match (cutoffs.is_empty(), wrong) {
+        (true, _) => format!("expected {wanted}, got no cutoff"),
+        (false, Some(c)) => format!("expected {wanted}, {} was cut off by {}", c.agent, c.reason),
+        (false, None) => {
+            let reasons: Vec<String> = cutoffs
+                .iter()
+                .map(|c| format!("{}: {}", c.agent, c.reason))
+                .take(4)
+                .collect();
+            let more = cutoffs.len().saturating_sub(4);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!("expected {wanted}: {}{more}", reasons.join(", "))
+        }
     };
     Some(Check::new(
         "cut off by",
-        Some(reason.as_deref() == Some(wanted.as_str())),
+        Some(!cutoffs.is_empty() && wrong.is_none()),
+        detail,
+    ))
+}
+
+fn check_runaways_cut_off(f: &Facts<'_>) -> Option<Check> {
+    let want = f.expect.runaways_cut_off?;
+    let got = f.metrics.cutoffs.len() as u64;
+    Some(Check::new(
+        "runaways cut off",
+        Some(got == want),
+        format!("{got} runaway agent(s) denied (exactly {want})"),
+    ))
+}
+
+fn check_spend_at_cutoff_exact(f: &Facts<'_>) -> Option<Check> {
+    let want = f.expect.spend_at_cutoff?;
+    let spend = f.metrics.cutoff.as_ref().map(|c| c.spend);
+    let dim = &f.metrics.budget_dimension;
+    Some(Check::new(
+        "spend at cutoff (exact)",
+        Some(spend == Some(want)),
+        match spend {
+            Some(s) => format!("{} (exactly {})", fmt_amount(dim, s), fmt_amount(dim, want)),
+            None => "no cutoff".into(),
+        },
+    ))
+}
+
+fn check_calls_after_first_repeat_exact(f: &Facts<'_>) -> Option<Check> {
+    let want = f.expect.calls_after_first_repeat?;
+    let by_agent = &f.metrics.calls_after_first_repeat_by_agent;
+    let ok = !by_agent.is_empty() && by_agent.values().all(|n| *n == want);
+    let got: Vec<String> = by_agent
+        .iter()
+        .take(8)
+        .map(|(agent, n)| format!("{agent}: {n}"))
+        .collect();
+    Some(Check::new(
+        "calls after first repeat (exact)",
+        Some(ok),
+        if by_agent.is_empty() {
+            "no runaway repeated a fingerprint".into()
+        } else {
+            format!(
+                "granted between the first repeat and the trip: {} (exactly {want} each)",
+                got.join(", ")
+            )
+        },
+    ))
+}
+
+fn check_runaway_grants_exact(f: &Facts<'_>) -> Option<Check> {
+    let want = f.expect.runaway_grants?;
+    let m = f.metrics;
+    Some(Check::new(
+        "runaway grants (exact)",
+        Some(m.runaway_grants == want),
         format!(
-            "expected {wanted}, got {}",
-            reason.unwrap_or_else(|| "no cutoff".into())
+            "{} granted of {} calls (exactly {want})",
+            m.runaway_grants, m.runaway_calls
         ),
+    ))
+}
+
+fn check_expired_charged_exact(f: &Facts<'_>) -> Option<Check> {
+    let want = f.expect.expired_charged?;
+    let charged = f.metrics.expired_charged;
+    Some(Check::new(
+        "expired and charged (exact)",
+        f.time_controlled.then_some(charged == want),
+        format!("{charged} reservation(s) expired and were charged (exactly {want})"),
+    ))
+}
+
+fn check_spend_final(f: &Facts<'_>) -> Option<Check> {
+    let want = f.expect.spend_final?;
+    let got = f.metrics.spend_final;
+    let dim = &f.metrics.budget_dimension;
+    Some(Check::new(
+        "spend at the end",
+        Some(got == want),
+        format!(
+            "{} committed to {} (exactly {})",
+            fmt_amount(dim, got),
+            f.metrics.budget_id,
+            fmt_amount(dim, want)
+        ),
+    ))
+}
+
+/// The budget's first alert came before the cutoff, while committed spend was still below
+/// `alert_before_pct` of it.
+fn check_alert_before(f: &Facts<'_>) -> Option<Check> {
+    let max = f.expect.alert_before_pct?;
+    let m = f.metrics;
+    let first = m.alerts.first();
+    let cutoff_seq = m.cutoff.as_ref().map_or(u64::MAX, |c| c.seq);
+    let ok = first.is_some_and(|a| {
+        a.seq < cutoff_seq && u128::from(a.used) * 100 < u128::from(max) * u128::from(f.amount)
+    });
+    Some(Check::new(
+        "alert before",
+        Some(ok),
+        match first {
+            Some(a) => format!(
+                "first alert: {}% crossed at {} with {:.1}% committed{} (below {max}% and before the cutoff)",
+                a.threshold_percent,
+                fmt_ms(a.t_ms),
+                pct(a.used, f.amount),
+                if a.seq < cutoff_seq { ", before the cutoff" } else { ", after the cutoff" }
+            ),
+            None => "no threshold of the budget was crossed".into(),
+        },
+    ))
+}
+
+fn check_thresholds_crossed(f: &Facts<'_>) -> Option<Check> {
+    let want = f.expect.thresholds_crossed.as_ref()?;
+    let got: Vec<u32> = f
+        .metrics
+        .alerts
+        .iter()
+        .map(|a| u32::from(a.threshold_percent))
+        .collect();
+    Some(Check::new(
+        "thresholds crossed",
+        Some(&got == want),
+        format!("{got:?} (exactly {want:?})"),
     ))
 }
 

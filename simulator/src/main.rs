@@ -175,7 +175,10 @@ async fn run_one(
     );
     if let Some(dir) = &args.chart {
         let path = dir.join(format!("{}-seed{seed}.svg", scenario.name));
-        std::fs::write(&path, chart::svg(&result, scenario.span_ms()))
+        // The time the run took, not the scenario's span: a run ends once every agent is
+        // done, and the chart is about what happened.
+        let run_ms = output.end_ms.saturating_sub(output.start_ms);
+        std::fs::write(&path, chart::svg(&result, run_ms))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(dir) = &args.history {

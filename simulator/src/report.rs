@@ -13,10 +13,12 @@ pub fn table(results: &[ScenarioResult]) -> String {
         ("scenario", Left),
         ("seed", Right),
         ("outcome", Left),
+        ("proves", Left),
         ("spend at cutoff / budget", Left),
         ("calls after 1st repeat", Right),
         ("time to cutoff", Right),
         ("cut off by", Left),
+        ("alerts", Left),
         ("well-behaved served", Left),
         ("history", Left),
     ]);
@@ -32,11 +34,13 @@ fn row(r: &ScenarioResult) -> Vec<String> {
         r.scenario.clone(),
         r.seed.to_string(),
         if r.passed { "PASS" } else { "FAIL" }.into(),
+        r.proves.clone(),
         spend_at_cutoff(m),
         m.calls_after_first_repeat
             .map_or("-".into(), |n| n.to_string()),
         m.time_to_cutoff_ms.map_or("-".into(), fmt_ms),
-        m.cutoff.as_ref().map_or("-".into(), |c| c.reason.clone()),
+        cut_off_by(m),
+        alerts(m),
         well_behaved_served(m),
         history(r),
     ]
@@ -53,6 +57,34 @@ fn spend_at_cutoff(m: &Metrics) -> String {
         ),
         None => format!("no cutoff / {}", fmt_amount(dim, m.budget_amount)),
     }
+}
+
+/// The first cutoff's reason, and how many runaway agents were cut off when more than one.
+fn cut_off_by(m: &Metrics) -> String {
+    let Some(first) = &m.cutoff else {
+        return "-".into();
+    };
+    match m.cutoffs.len() {
+        0 | 1 => first.reason.clone(),
+        n if m.cutoffs.iter().all(|c| c.reason == first.reason) => {
+            format!("{} ({n} agents)", first.reason)
+        }
+        n => format!("{} and others ({n} agents)", first.reason),
+    }
+}
+
+/// The soft thresholds of the budget crossed, in order, with the first one's time.
+fn alerts(m: &Metrics) -> String {
+    let Some(first) = m.alerts.first() else {
+        return "-".into();
+    };
+    let crossed: Vec<String> = m
+        .alerts
+        .iter()
+        .take(8)
+        .map(|a| format!("{}%", a.threshold_percent))
+        .collect();
+    format!("{} (first at {})", crossed.join(" "), fmt_ms(first.t_ms))
 }
 
 fn well_behaved_served(m: &Metrics) -> String {

@@ -62,8 +62,9 @@ pub struct CallNote {
     pub agent: String,
     pub role: Role,
     pub fingerprint: Option<String>,
+    /// The reserve's request id: its decision's place in the audit trail.
+    pub request_id: String,
     pub invoked_ms: u64,
-    pub log_index: u64,
     pub outcome: CallOutcome,
 }
 
@@ -82,6 +83,8 @@ pub struct RunOutput {
     /// The tenant name prefix used on the cluster (empty on the embedded one).
     pub tenant_prefix: String,
     pub audit_chain_error: Option<String>,
+    /// The faults injected, each with the simulated ms since step 0 at which it was.
+    pub faults: Vec<(u64, FaultKind)>,
 }
 
 /// Where the scenario runs.
@@ -275,7 +278,7 @@ async fn drive(scenario: &Scenario, seed: u64, cluster: &mut Cluster) -> anyhow:
     let mut workers = spawn_workers(scenario, seed);
     let faults = schedule_faults(scenario, &mut rng);
     let notes = Notes::default();
-    run_steps(
+    let injected = run_steps(
         scenario,
         cluster,
         &io,
@@ -311,6 +314,10 @@ async fn drive(scenario: &Scenario, seed: u64, cluster: &mut Cluster) -> anyhow:
         time_controlled,
         tenant_prefix: io.tenant_prefix.clone(),
         audit_chain_error,
+        faults: injected
+            .into_iter()
+            .map(|(at_ms, kind)| (at_ms.saturating_sub(start_ms), kind))
+            .collect(),
     })
 }
 
@@ -361,7 +368,8 @@ fn schedule_faults(scenario: &Scenario, rng: &mut StdRng) -> Vec<(u64, FaultKind
     faults
 }
 
-/// Step by step: the faults due, every worker's calls, then the clock moves on.
+/// Step by step: the faults due, every worker's calls, then the clock moves on. Returns the
+/// faults injected, each with the cluster's time at which it was.
 async fn run_steps(
     scenario: &Scenario,
     cluster: &mut Cluster,
@@ -370,10 +378,12 @@ async fn run_steps(
     faults: &[(u64, FaultKind)],
     notes: &Notes,
     rng: &mut StdRng,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(u64, FaultKind)>> {
     let mut fanout_pending: BTreeMap<String, u64> = BTreeMap::new();
+    let mut injected = Vec::new();
     for step in 0..scenario.steps {
         for (_, kind) in faults.iter().filter(|(at, _)| *at == step) {
+            injected.push((cluster.now_ms(), *kind));
             cluster.fault(*kind).await?;
         }
         fanout_pending = run_step(scenario, io, workers, &fanout_pending, step, notes).await?;
@@ -385,7 +395,7 @@ async fn run_steps(
             cluster.clock.advance_ms(scenario.step_ms * pct / 100);
         }
     }
-    Ok(())
+    Ok(injected)
 }
 
 /// All workers' calls of one step, concurrently; returns the fan-out sub-calls each agent
@@ -688,8 +698,8 @@ async fn worker_step(
             agent: worker.name.clone(),
             role: worker.role,
             fingerprint: call.fingerprint,
+            request_id: call.request_id,
             invoked_ms: answer.first_invoked_ms,
-            log_index: answer.log_index,
             outcome: answer.outcome,
         });
         let Some(reservation_id) = answer.reservation else {
@@ -791,7 +801,6 @@ struct ReserveAnswer {
     first_invoked_ms: u64,
     outcome: CallOutcome,
     reservation: Option<u64>,
-    log_index: u64,
 }
 
 /// Sends the reserve, and again with the same request id while the answer is ambiguous
@@ -818,7 +827,6 @@ async fn reserve_with_retries(io: &Io, client_id: u64, call: &ReserveCall) -> Re
                 None,
             ),
         };
-        let log_index = result.log_index().unwrap_or(0);
         let ambiguous = matches!(result, OpResult::Ambiguous { .. });
         io.recorder.record(Event {
             client: client_id,
@@ -833,7 +841,6 @@ async fn reserve_with_retries(io: &Io, client_id: u64, call: &ReserveCall) -> Re
                 first_invoked_ms,
                 outcome,
                 reservation,
-                log_index,
             };
         }
     }

@@ -28,6 +28,9 @@ pub struct Scenario {
     pub name: String,
     /// One line for people: what this reproduces.
     pub description: String,
+    /// What the run proves: that detection stops a runaway, that a limit is exact, or that
+    /// an alert warns of a leak no detector can see before a budget stops it.
+    pub proves: Proves,
     /// Simulated time per step, milliseconds.
     pub step_ms: u64,
     pub steps: u64,
@@ -50,6 +53,31 @@ pub struct Scenario {
 
 fn default_start_of_day_ms() -> u64 {
     1_000
+}
+
+/// What a scenario proves, which decides what must cut its runaway off.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proves {
+    /// A runaway is tripped by runaway detection (repetition or velocity) before any hard
+    /// limit: `expect.cutoff_by` names a trip.
+    Detection,
+    /// A hard limit holds exactly (a boundary, a window, an overrun): `expect.cutoff_by`
+    /// names the limit.
+    Limit,
+    /// Spend that looks like normal work: a soft-threshold alert fires well before a budget
+    /// stops it (`expect.alert_before_pct`).
+    Alert,
+}
+
+impl Proves {
+    pub fn label(self) -> &'static str {
+        match self {
+            Proves::Detection => "detection",
+            Proves::Limit => "limit",
+            Proves::Alert => "alert",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -438,22 +466,41 @@ pub struct Expect {
     /// A runaway agent must be denied at some point.
     #[serde(default)]
     pub cutoff: bool,
-    /// What must cut it off first: `tripped`, `frozen`, or the id of a limit.
+    /// What must cut off every runaway agent that is denied: `tripped` (any cause),
+    /// `tripped:repetition`, `tripped:velocity`, `frozen`, or the id of a limit.
     pub cutoff_by: Option<String>,
+    /// Runaway agents denied at least once, exactly.
+    pub runaways_cut_off: Option<u64>,
+    /// committed + held of `budget` when the runaway is first denied, exactly (where the
+    /// run is deterministic).
+    pub spend_at_cutoff: Option<u64>,
     /// committed + held of `budget` when the runaway is first denied, at most this percent
     /// of the budget (above 100 only where overruns are expected).
     pub spend_at_cutoff_max_pct: Option<u64>,
     /// Reserve calls a runaway gets granted between its first repeated fingerprint and its
     /// trip, at most.
     pub calls_after_first_repeat_max: Option<u64>,
+    /// The same, exactly, for every runaway agent that repeated a fingerprint.
+    pub calls_after_first_repeat: Option<u64>,
     /// Simulated milliseconds from the runaway's first call to its cutoff, at most.
     pub time_to_cutoff_max_ms: Option<u64>,
     /// Well-behaved agents' reserve calls granted, at least this percent.
     pub well_behaved_served_min_pct: Option<u64>,
     /// Reserve calls granted to runaways over the whole run, at most.
     pub runaway_grants_max: Option<u64>,
+    /// The same, exactly.
+    pub runaway_grants: Option<u64>,
     /// Reservations that expired and were charged, at least.
     pub expired_charged_min: Option<u64>,
+    /// The same, exactly.
+    pub expired_charged: Option<u64>,
+    /// Committed spend of `budget` at the end (current window), exactly.
+    pub spend_final: Option<u64>,
+    /// A soft-threshold crossing of `budget` is in the audit trail before the cutoff, at
+    /// committed spend below this percent of it.
+    pub alert_before_pct: Option<u64>,
+    /// The thresholds of `budget` crossed over the run, in order, exactly.
+    pub thresholds_crossed: Option<Vec<u32>>,
     /// A runaway is granted again after its first cutoff (a new window).
     #[serde(default)]
     pub served_again_after_cutoff: bool,
@@ -489,6 +536,58 @@ impl Scenario {
         self.validate_agents()?;
         if !self.agents.iter().any(|a| a.role == Role::Runaway) && self.expect.cutoff {
             bail!("expect.cutoff is set but no agent has role runaway");
+        }
+        self.validate_proves()
+    }
+
+    /// The expectations say honestly what the scenario proves: a detection scenario
+    /// expects a trip, a limit scenario a limit, an alert scenario an early alert.
+    fn validate_proves(&self) -> anyhow::Result<()> {
+        let by = self.expect.cutoff_by.as_deref().unwrap_or("");
+        let tripped = by == "tripped" || by.starts_with("tripped:");
+        if let Some(cause) = by.strip_prefix("tripped:") {
+            if cause != "repetition" && cause != "velocity" {
+                bail!("expect.cutoff_by {by:?}: a trip's cause is repetition or velocity");
+            }
+        }
+        let is_limit = self.limits.iter().any(|l| l.id == by);
+        match self.proves {
+            Proves::Detection if !tripped => {
+                bail!("proves = detection needs expect.cutoff_by = tripped[:repetition|:velocity]")
+            }
+            Proves::Limit if !is_limit => {
+                bail!("proves = limit needs expect.cutoff_by naming one of the scenario's limits")
+            }
+            Proves::Alert if self.expect.alert_before_pct.is_none() => {
+                bail!("proves = alert needs expect.alert_before_pct")
+            }
+            _ if by == "tripped:repetition" => self.validate_repeats_expected(),
+            _ => Ok(()),
+        }
+    }
+
+    /// A repetition trip must be expected within the configured count: at most
+    /// `repeat_max - 2` grants between a runaway's first repeat and its trip.
+    fn validate_repeats_expected(&self) -> anyhow::Result<()> {
+        let expected = self
+            .expect
+            .calls_after_first_repeat
+            .or(self.expect.calls_after_first_repeat_max)
+            .context(
+                "expect.cutoff_by = tripped:repetition needs expect.calls_after_first_repeat",
+            )?;
+        for agent in self.agents.iter().filter(|a| a.role == Role::Runaway) {
+            let Some(tenant) = self.tenants.iter().find(|t| t.name == agent.tenant) else {
+                continue;
+            };
+            let allowed = u64::from(tenant.repeat_max.saturating_sub(2));
+            if expected > allowed {
+                bail!(
+                    "expect.calls_after_first_repeat {expected} is more than tenant {}'s repeat_max {} allows ({allowed})",
+                    tenant.name,
+                    tenant.repeat_max
+                );
+            }
         }
         Ok(())
     }

@@ -22,8 +22,8 @@ fn scenario_files() -> Vec<PathBuf> {
 fn every_shipped_scenario_parses_validates_and_says_what_it_is_written_from() {
     let files = scenario_files();
     assert!(
-        files.len() >= 11,
-        "the simulator ships at least 11 runaway scenarios: {files:?}"
+        files.len() >= 15,
+        "the simulator ships at least 15 runaway scenarios: {files:?}"
     );
     for path in files {
         let loaded = scenario::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
@@ -52,4 +52,51 @@ async fn a_burst_at_the_budget_boundary_is_granted_exactly_what_fits() {
         result.history.violations
     );
     assert_eq!(result.metrics.runaway_grants, 5, "$0.50 left, $0.10 each");
+}
+
+/// The recursive loop's file with `old` replaced by `new`, parsed and validated.
+fn recursive_loop_with(old: &str, new: &str) -> anyhow::Result<scenario::Scenario> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/01-recursive-loop.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    assert_eq!(text.matches(old).count(), 1, "{old}");
+    let parsed: scenario::Scenario = toml::from_str(&text.replace(old, new))?;
+    parsed.validate()?;
+    Ok(parsed)
+}
+
+#[test]
+fn a_scenario_must_expect_the_cutoff_it_says_it_proves() {
+    recursive_loop_with("proves", "proves").expect("the shipped file validates");
+    let limit = recursive_loop_with(r#"proves = "detection""#, r#"proves = "limit""#)
+        .expect_err("a limit scenario cut off by a trip");
+    assert!(limit.to_string().contains("proves = limit"), "{limit:#}");
+    let detection = recursive_loop_with(
+        r#"cutoff_by = "tripped:repetition""#,
+        r#"cutoff_by = "monthly-cost""#,
+    )
+    .expect_err("a detection scenario cut off by a limit");
+    assert!(
+        detection.to_string().contains("proves = detection"),
+        "{detection:#}"
+    );
+    let cause = recursive_loop_with(
+        r#"cutoff_by = "tripped:repetition""#,
+        r#"cutoff_by = "tripped:boredom""#,
+    )
+    .expect_err("an unknown trip cause");
+    assert!(
+        cause.to_string().contains("repetition or velocity"),
+        "{cause:#}"
+    );
+}
+
+#[test]
+fn a_repetition_trip_must_be_expected_within_the_configured_count() {
+    // The tenant's default repeat_max is 5: at most 3 grants after the first repeat.
+    let error = recursive_loop_with(
+        "calls_after_first_repeat = 3",
+        "calls_after_first_repeat = 4",
+    )
+    .expect_err("more grants than the repetition count allows");
+    assert!(error.to_string().contains("repeat_max 5"), "{error:#}");
 }
