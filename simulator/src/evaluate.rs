@@ -26,7 +26,8 @@ pub struct Cutoff {
     /// Its place in the audit trail.
     pub seq: u64,
     pub agent: String,
-    /// `tripped:repetition`, `tripped:velocity`, `frozen`, or `limit ID`.
+    /// `tripped:repetition`, `tripped:velocity`, `tripped:shape-velocity`, `frozen`, or
+    /// `limit ID`.
     pub reason: String,
     /// committed + held of the primary budget just before the denial.
     pub spend: u64,
@@ -307,6 +308,7 @@ fn trip_cause(cause: &TripCause) -> &'static str {
     match cause {
         TripCause::Repetition { .. } => "repetition",
         TripCause::Velocity { .. } => "velocity",
+        TripCause::ShapeVelocity { .. } => "shape-velocity",
     }
 }
 

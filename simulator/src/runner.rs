@@ -783,7 +783,7 @@ impl ReserveCall {
             ttl_ms: spec.ttl_ms,
             fingerprint: fingerprint.clone().unwrap_or_default(),
             usage: None,
-            session: String::new(),
+            session: spec.session.clone().unwrap_or_default(),
             shape: String::new(),
         };
         ReserveCall {

@@ -269,11 +269,12 @@ impl LimitSpecToml {
         let scope = match self.scope.split_once(':') {
             None if self.scope == "tenant" => Scope::Tenant(v1::Empty {}),
             None if self.scope == "each-agent" => Scope::EachAgent(v1::Empty {}),
+            None if self.scope == "each-session" => Scope::EachSession(v1::Empty {}),
             Some(("agent", name)) => Scope::Agent(name.into()),
             Some(("tool-per-agent", tool)) => Scope::ToolPerAgent(tool.into()),
             Some(("tool-tenant", tool)) => Scope::ToolTenant(tool.into()),
             _ => bail!(
-                "limit {}: scope {:?} is not one of tenant, each-agent, agent:NAME, tool-per-agent:TOOL, tool-tenant:TOOL",
+                "limit {}: scope {:?} is not one of tenant, each-agent, agent:NAME, tool-per-agent:TOOL, tool-tenant:TOOL, each-session",
                 self.id,
                 self.scope
             ),
@@ -406,6 +407,10 @@ pub struct AgentSpec {
     /// after that prove nothing more and cost CI time.
     #[serde(default)]
     pub give_up_after_denials: u64,
+    /// The session (one run of a task) every call of this agent names: agents that name
+    /// the same one share the tenant's `each-session` limits.
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 fn one() -> u64 {
@@ -467,7 +472,8 @@ pub struct Expect {
     #[serde(default)]
     pub cutoff: bool,
     /// What must cut off every runaway agent that is denied: `tripped` (any cause),
-    /// `tripped:repetition`, `tripped:velocity`, `frozen`, or the id of a limit.
+    /// `tripped:repetition`, `tripped:velocity`, `tripped:shape-velocity`, `frozen`, or
+    /// the id of a limit.
     pub cutoff_by: Option<String>,
     /// Runaway agents denied at least once, exactly.
     pub runaways_cut_off: Option<u64>,
@@ -546,8 +552,11 @@ impl Scenario {
         let by = self.expect.cutoff_by.as_deref().unwrap_or("");
         let tripped = by == "tripped" || by.starts_with("tripped:");
         if let Some(cause) = by.strip_prefix("tripped:") {
-            if cause != "repetition" && cause != "velocity" {
-                bail!("expect.cutoff_by {by:?}: a trip's cause is repetition or velocity");
+            if !["repetition", "velocity", "shape-velocity"].contains(&cause) {
+                bail!(
+                    "expect.cutoff_by {by:?}: a trip's cause is repetition, velocity or \
+                     shape-velocity"
+                );
             }
         }
         let is_limit = self.limits.iter().any(|l| l.id == by);

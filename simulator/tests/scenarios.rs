@@ -85,7 +85,9 @@ fn a_scenario_must_expect_the_cutoff_it_says_it_proves() {
     )
     .expect_err("an unknown trip cause");
     assert!(
-        cause.to_string().contains("repetition or velocity"),
+        cause
+            .to_string()
+            .contains("repetition, velocity or shape-velocity"),
         "{cause:#}"
     );
 }
