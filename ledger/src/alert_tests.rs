@@ -127,6 +127,18 @@ impl Alerts {
             .collect()
     }
 
+    /// What a usage query says the budget has crossed in its current window.
+    fn alerted_percent(&self) -> u8 {
+        let mut ledger = self.ledger.clone();
+        // Usage reads the ledger's time: move it to the harness's clock first.
+        let _ = ledger.apply(self.now_ms, &Command::Tick);
+        let rows = ledger.usage(&tenant("acme"), None, None).unwrap();
+        rows.iter()
+            .find(|row| row.limit.id.as_str() == "spend")
+            .map(|row| row.alerted_percent)
+            .unwrap()
+    }
+
     fn percents(&self) -> Vec<u8> {
         self.crossings().into_iter().map(|c| c.0).collect()
     }
@@ -204,9 +216,16 @@ fn a_window_that_rolls_re_arms_every_threshold() {
     let day = T0_MS - T0_MS % DAY_MS;
     a.record("bot", 850);
     a.record("bot", 10);
+    assert_eq!(a.alerted_percent(), 80, "usage reports the highest crossed");
     a.now_ms += DAY_MS;
+    assert_eq!(
+        a.alerted_percent(),
+        0,
+        "a new window has crossed nothing yet"
+    );
     a.record("bot", 400);
     a.record("bot", 100);
+    assert_eq!(a.alerted_percent(), 50);
     let windows: Vec<(u8, Option<u64>)> = a.crossings().iter().map(|c| (c.0, c.2)).collect();
     assert_eq!(
         windows,

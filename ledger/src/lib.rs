@@ -143,6 +143,30 @@ pub struct LimitUsage {
     pub remaining: i64,
     /// Start of the current calendar window, for windowed budgets.
     pub window_start_ms: Option<u64>,
+    /// The highest soft threshold (percent) committed spend has crossed in the current
+    /// window; 0: none (and always 0 for rates and concurrency).
+    pub alerted_percent: u8,
+}
+
+impl LimitUsage {
+    /// The usage of `entry` by the subject whose counter is `counter` (None: fresh).
+    fn of(
+        entry: &limits::LimitEntry,
+        agent: Option<&AgentId>,
+        counter: Option<&limits::Counter>,
+        now_ms: u64,
+    ) -> Self {
+        let (used, held, remaining, window_start_ms) = limits::usage(&entry.spec, counter, now_ms);
+        LimitUsage {
+            limit: entry.spec.clone(),
+            agent: agent.cloned(),
+            used,
+            held,
+            remaining,
+            window_start_ms,
+            alerted_percent: counter.map_or(0, |c| limits::alerted(&entry.spec, c, now_ms)),
+        }
+    }
 }
 
 /// A reservation in flight.
@@ -363,16 +387,7 @@ impl Ledger {
                 }),
                 None => Some(&entry.counter),
             };
-            let (used, held, remaining, window_start_ms) =
-                limits::usage(&entry.spec, counter, self.now_ms);
-            LimitUsage {
-                limit: entry.spec.clone(),
-                agent: agent_id.cloned(),
-                used,
-                held,
-                remaining,
-                window_start_ms,
-            }
+            LimitUsage::of(entry, agent_id, counter, self.now_ms)
         };
         let rows = match agent {
             Some(agent_id) => limits::applicable(&t.limits, agent_id, tool, false)
@@ -414,16 +429,7 @@ impl Ledger {
             .filter(|entry| entry.spec.scope == Scope::EachSession)
             .map(|entry| {
                 let counter = state.and_then(|s| s.counter(entry.generation));
-                let (used, held, remaining, window_start_ms) =
-                    limits::usage(&entry.spec, counter, self.now_ms);
-                LimitUsage {
-                    limit: entry.spec.clone(),
-                    agent: None,
-                    used,
-                    held,
-                    remaining,
-                    window_start_ms,
-                }
+                LimitUsage::of(entry, None, counter, self.now_ms)
             })
             .collect();
         Ok(rows)

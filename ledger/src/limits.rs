@@ -537,6 +537,22 @@ pub fn usage(
     }
 }
 
+/// The highest soft threshold a budget's committed spend has crossed in the current window
+/// (0: none, or not a budget).
+pub fn alerted(spec: &LimitSpec, counter: &Counter, now_ms: u64) -> u8 {
+    match (spec.kind, *counter) {
+        (
+            LimitKind::Budget { window, .. },
+            Counter::Budget {
+                window_start_ms,
+                alerted_percent,
+                ..
+            },
+        ) if window_start_ms == window_start_at(window, now_ms) => alerted_percent,
+        _ => 0,
+    }
+}
+
 /// The cap a limit's remaining is measured against, for picking the tightest limit.
 pub fn capacity(kind: &LimitKind) -> u64 {
     match *kind {

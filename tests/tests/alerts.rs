@@ -123,6 +123,10 @@ async fn crossings_reach_the_webhook_signed_and_retried_and_stay_in_the_audit_tr
     record_tokens(&test, 499).await; // 49.9 %: nothing
     record_tokens(&test, 1).await; // 50 %
     record_tokens(&test, 350).await; // 85 %: 80 crossed, 95 not
+                                     // A worker sees it too, before any denial: usage names the highest threshold crossed.
+    let usage = test.client.usage("acme", None, None).await.expect("usage");
+    let alerted: Vec<u32> = usage.usage.iter().map(|row| row.alerted_percent).collect();
+    assert_eq!(alerted, [80]);
 
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while acknowledged(&received).len() < 2 {

@@ -1,5 +1,6 @@
-"""Sessions from Python: workers of one task name the same session and share its budget;
-a call past it is denied naming the session limit; another session is served."""
+"""Sessions and alerts from Python: workers of one task name the same session and share its
+budget, a call past it is denied naming the session limit, another session is served; and
+usage names the highest soft threshold a budget has crossed."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def test_a_bad_session_name_is_refused(cluster: Cluster, tenant: str) -> None:
     with tollgate.Client(cluster.addrs) as client:
         with pytest.raises(tollgate.InvalidRequest):
             client.reserve(tenant, "bot", "llm", cost_micros=1, session="has space")
+
+
+def test_usage_names_the_highest_threshold_crossed(cluster: Cluster, tenant: str) -> None:
+    scope = pb.Scope(tenant=pb.Empty())
+    cluster.put_limit(tenant, "spend", scope, pb.DIMENSION_COST, budget=1_000)
+    with tollgate.Client(cluster.addrs) as client:
+        client.record(tenant, "bot", "llm", cost_micros=499)
+        assert [r.alerted_percent for r in client.usage(tenant)] == [0]
+        client.record(tenant, "bot", "llm", cost_micros=351)
+        assert [r.alerted_percent for r in client.usage(tenant)] == [80]

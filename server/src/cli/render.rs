@@ -395,6 +395,7 @@ pub fn usage_table(usage: &[v1::LimitUsage]) -> Table {
         "USED",
         "HELD",
         "REMAINING",
+        "ALERTED",
         "WINDOW-START",
     ]);
     for row in usage {
@@ -409,6 +410,7 @@ pub fn usage_table(usage: &[v1::LimitUsage]) -> Table {
             amount_text(limit.dimension, row.used),
             amount_text(limit.dimension, row.held),
             signed_amount_text(limit.dimension, row.remaining),
+            or_dash((row.alerted_percent > 0).then(|| format!("{}%", row.alerted_percent))),
             or_dash(row.window_start_ms.map(format_time_ms)),
         ]);
     }
@@ -422,6 +424,7 @@ pub fn usage_json(row: &v1::LimitUsage) -> Value {
         "used": row.used,
         "held": row.held,
         "remaining": row.remaining,
+        "alerted_percent": row.alerted_percent,
         "window_start_ms": row.window_start_ms,
     });
     let dimension = row.limit.as_ref().map_or(0, |limit| limit.dimension);

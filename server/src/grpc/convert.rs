@@ -446,6 +446,7 @@ pub fn usage_to_pb(value: &LimitUsage) -> pb::LimitUsage {
         held: value.held,
         remaining: value.remaining,
         window_start_ms: value.window_start_ms,
+        alerted_percent: u32::from(value.alerted_percent),
     }
 }
 

@@ -228,6 +228,7 @@ mod tests {
             held,
             remaining: amount as i64 - used as i64 - held as i64,
             window_start_ms: None,
+            alerted_percent: 0,
         }
     }
 

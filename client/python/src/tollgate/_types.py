@@ -250,6 +250,9 @@ class LimitUsage:
     # The limit's soft thresholds in percent of a budget: crossing one by committed spend is
     # audited ("threshold_crossed") and alerted, never denied. Empty: none.
     thresholds: tuple[int, ...] = (50, 80, 95)
+    # The highest of them committed spend has crossed in the current window (0: none): a
+    # worker may switch to a cheaper model before the budget denies.
+    alerted_percent: int = 0
 
 
 def finite_seconds(name: str, value: float) -> float:

@@ -260,6 +260,7 @@ def limit_usages(response: pb.UsageResponse) -> list[LimitUsage]:
                 remaining=u.remaining,
                 window_start=window,
                 thresholds=limit_thresholds(u.limit),
+                alerted_percent=u.alerted_percent,
             )
         )
     return rows
