@@ -215,25 +215,43 @@ fn for_each_applicable(
     let Some(agent) = agents.get_mut(agent_index) else {
         return;
     };
-    let mut session = session_mut(sessions, session);
+    let session = session_mut(sessions, session);
     let applicable = limits::applicable(limits, agent_id, Some(tool), session.is_some());
-    make_counter_room(agent, limits, &applicable);
+    for_each_counter(limits, (agent, session), &applicable, |spec, _, counter| {
+        f(spec, counter)
+    });
+}
+
+/// Applies `f` to the counter of every limit in `applicable` for a call of `agent` in
+/// `session`: the tenant's, the agent's or the session's, created on first use (an
+/// `EachSession` limit is skipped for a call in no session).
+fn for_each_counter(
+    limits: &mut [limits::LimitEntry],
+    (agent, mut session): (&mut Agent, Option<&mut Session>),
+    applicable: &limits::Applicable,
+    mut f: impl FnMut(&LimitSpec, u64, &mut Counter),
+) {
+    make_counter_room(agent, limits, applicable);
     if let Some(session) = session.as_deref_mut() {
         session.forget_stale_counters(limits);
     }
     for index in applicable.iter() {
-        let entry = &mut limits[index];
-        let counter = if entry.spec.scope == Scope::EachSession {
+        let limits::LimitEntry {
+            spec,
+            generation,
+            counter: tenant_counter,
+        } = &mut limits[index];
+        let counter = if spec.scope == Scope::EachSession {
             match session.as_deref_mut() {
-                Some(session) => session.counter_mut(entry.generation, &entry.spec),
+                Some(session) => session.counter_mut(*generation, spec),
                 None => continue,
             }
-        } else if is_per_agent(&entry.spec.scope) {
-            agent_counter(agent, entry.generation, &entry.spec)
+        } else if is_per_agent(&spec.scope) {
+            agent_counter(agent, *generation, spec)
         } else {
-            &mut entry.counter
+            tenant_counter
         };
-        f(&entry.spec, counter);
+        f(spec, *generation, counter);
     }
 }
 
@@ -734,27 +752,18 @@ impl Ledger {
         let Some(agent) = agents.get_mut(agent_index) else {
             return unknown_agent(r.tenant, r.agent);
         };
-        make_counter_room(agent, limits, applicable);
-        let mut session = session_mut(sessions, r.session);
-        if let Some(session) = session.as_deref_mut() {
-            session.forget_stale_counters(limits);
-        }
+        let session = session_mut(sessions, r.session);
+        let in_session = session.is_some();
         let mut holds = SmallVec::new();
-        for index in applicable.iter() {
-            let entry = &mut limits[index];
-            let counter = if entry.spec.scope == Scope::EachSession {
-                match session.as_deref_mut() {
-                    Some(session) => session.counter_mut(entry.generation, &entry.spec),
-                    None => continue,
-                }
-            } else if is_per_agent(&entry.spec.scope) {
-                agent_counter(agent, entry.generation, &entry.spec)
-            } else {
-                &mut entry.counter
-            };
-            limits::hold(&entry.spec, counter, r.estimate, now_ms);
-            holds.push(entry.generation);
-        }
+        for_each_counter(
+            limits,
+            (agent, session),
+            applicable,
+            |spec, generation, counter| {
+                limits::hold(spec, counter, r.estimate, now_ms);
+                holds.push(generation);
+            },
+        );
         if let Some(state) = agent.runaway.as_deref_mut() {
             state.note_spend(policy, r.estimate, now_ms);
         }
@@ -775,7 +784,7 @@ impl Ledger {
                 granted_at_ms: now_ms,
                 expires_at_ms,
                 holds,
-                session: session.is_some().then(|| r.session.cloned()).flatten(),
+                session: in_session.then(|| r.session.cloned()).flatten(),
             },
         );
         let reservation_id = ReservationId(id);

@@ -227,34 +227,45 @@ pub fn outcome(w: &mut Writer<'_>, outcome: &Outcome) -> bool {
     true
 }
 
+/// Writes postcard's bytes of a reserve without usage, as `command` does.
+fn reserve(w: &mut Writer<'_>, cmd: &Command) {
+    let Command::Reserve {
+        request_id,
+        tenant,
+        agent,
+        tool,
+        estimate,
+        ttl_ms,
+        fingerprint,
+        shape,
+        usage: None,
+        session,
+    } = cmd
+    else {
+        debug_assert!(
+            false,
+            "reserve() is called with reserves without usage only"
+        );
+        return;
+    };
+    w.byte(0);
+    w.str(request_id.as_bytes());
+    w.str(tenant.as_bytes());
+    w.str(agent.as_bytes());
+    w.str(tool.as_bytes());
+    w.amounts(estimate);
+    w.varint(*ttl_ms);
+    w.opt_str(fingerprint.as_deref().map(str::as_bytes));
+    w.opt_str(shape.as_deref().map(str::as_bytes));
+    w.byte(0);
+    w.opt_str(session.as_ref().map(SessionId::as_bytes));
+}
+
 /// Writes postcard's bytes of `cmd`; false (nothing written) for the commands left to
 /// postcard: all but reserve, commit, release and record.
 pub fn command(w: &mut Writer<'_>, cmd: &Command) -> bool {
     match cmd {
-        Command::Reserve {
-            request_id,
-            tenant,
-            agent,
-            tool,
-            estimate,
-            ttl_ms,
-            fingerprint,
-            shape,
-            usage: None,
-            session,
-        } => {
-            w.byte(0);
-            w.str(request_id.as_bytes());
-            w.str(tenant.as_bytes());
-            w.str(agent.as_bytes());
-            w.str(tool.as_bytes());
-            w.amounts(estimate);
-            w.varint(*ttl_ms);
-            w.opt_str(fingerprint.as_deref().map(str::as_bytes));
-            w.opt_str(shape.as_deref().map(str::as_bytes));
-            w.byte(0);
-            w.opt_str(session.as_ref().map(SessionId::as_bytes));
-        }
+        Command::Reserve { usage: None, .. } => reserve(w, cmd),
         Command::Commit {
             request_id,
             tenant,

@@ -29,6 +29,33 @@ fn fail<T>(message: String) -> Result<T, InvalidInput> {
 }
 
 impl Command {
+    fn validate_reserve(&self) -> Result<(), InvalidInput> {
+        let Command::Reserve {
+            agent,
+            tool,
+            estimate,
+            ttl_ms,
+            fingerprint,
+            shape,
+            usage,
+            session,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        session.as_ref().map_or(Ok(()), |s| s.validate())?;
+        agent.validate()?;
+        tool.validate()?;
+        estimate.validate("estimate")?;
+        validate_usage("estimate", estimate, usage.as_ref())?;
+        validate_ttl(*ttl_ms)?;
+        if let Some(fingerprint) = fingerprint {
+            validate_id("fingerprint", fingerprint)?;
+        }
+        shape.as_ref().map_or(Ok(()), |s| validate_id("shape", s))
+    }
+
     /// Checks ids, amounts, TTL, limits and policies; looks at nothing but the command.
     pub fn validate(&self) -> Result<(), InvalidInput> {
         if let Some(request_id) = self.request_id() {
@@ -38,28 +65,7 @@ impl Command {
             tenant.validate()?;
         }
         match self {
-            Command::Reserve {
-                agent,
-                tool,
-                estimate,
-                ttl_ms,
-                fingerprint,
-                shape,
-                usage,
-                session,
-                ..
-            } => {
-                session.as_ref().map_or(Ok(()), |s| s.validate())?;
-                agent.validate()?;
-                tool.validate()?;
-                estimate.validate("estimate")?;
-                validate_usage("estimate", estimate, usage.as_ref())?;
-                validate_ttl(*ttl_ms)?;
-                if let Some(fingerprint) = fingerprint {
-                    validate_id("fingerprint", fingerprint)?;
-                }
-                shape.as_ref().map_or(Ok(()), |s| validate_id("shape", s))
-            }
+            Command::Reserve { .. } => self.validate_reserve(),
             Command::Commit {
                 actual,
                 usage,
