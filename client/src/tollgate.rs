@@ -240,16 +240,7 @@ impl Client {
         tool: &str,
         actual: Amounts,
     ) -> Result<Applied, Error> {
-        let wire = v1::RecordRequest {
-            request_id,
-            tenant: tenant.to_owned(),
-            agent: agent.to_owned(),
-            tool: tool.to_owned(),
-            actual: Some(actual.into()),
-            usage: None,
-            offline: false,
-            session: String::new(),
-        };
+        let wire = record_wire(request_id, (tenant, agent, tool), Some(actual), None);
         Ok(self.send_record(wire).await?.applied)
     }
 
@@ -261,15 +252,10 @@ impl Client {
         (tenant, agent, tool): (&str, &str, &str),
         actual: Amounts,
     ) -> Result<Applied, Error> {
+        let call = (tenant, agent, tool);
         let wire = v1::RecordRequest {
-            request_id: new_request_id(),
-            tenant: tenant.to_owned(),
-            agent: agent.to_owned(),
-            tool: tool.to_owned(),
-            actual: Some(actual.into()),
-            usage: None,
-            offline: false,
             session: session.to_owned(),
+            ..record_wire(new_request_id(), call, Some(actual), None)
         };
         Ok(self.send_record(wire).await?.applied)
     }
@@ -283,16 +269,7 @@ impl Client {
         tool: &str,
         usage: Usage,
     ) -> Result<Recorded, Error> {
-        let wire = v1::RecordRequest {
-            request_id: new_request_id(),
-            tenant: tenant.to_owned(),
-            agent: agent.to_owned(),
-            tool: tool.to_owned(),
-            actual: None,
-            usage: Some(usage.into()),
-            offline: false,
-            session: String::new(),
-        };
+        let wire = record_wire(new_request_id(), (tenant, agent, tool), None, Some(usage));
         self.send_record(wire).await
     }
 
@@ -432,5 +409,24 @@ fn describe_trip(cause: Option<&v1::TripCause>) -> String {
             )
         }
         None => "unknown cause".into(),
+    }
+}
+
+/// A Record of a call of `agent` on `tool`, in no session, reported online.
+fn record_wire(
+    request_id: String,
+    (tenant, agent, tool): (&str, &str, &str),
+    actual: Option<Amounts>,
+    usage: Option<Usage>,
+) -> v1::RecordRequest {
+    v1::RecordRequest {
+        request_id,
+        tenant: tenant.to_owned(),
+        agent: agent.to_owned(),
+        tool: tool.to_owned(),
+        actual: actual.map(Into::into),
+        usage: usage.map(Into::into),
+        offline: false,
+        session: String::new(),
     }
 }

@@ -100,6 +100,32 @@ impl FingerprintWindow {
     }
 }
 
+/// The index of the entry `found` picks in `entries`; else `fresh` goes in, pushed while
+/// fewer than `max` are kept, else in place of the entry whose `last_seen` is oldest.
+fn slot_for<T>(
+    entries: &mut Vec<T>,
+    max: usize,
+    (found, last_seen): (impl Fn(&T) -> bool, impl Fn(&T) -> u64),
+    fresh: T,
+) -> usize {
+    if let Some(index) = entries.iter().position(found) {
+        return index;
+    }
+    if entries.len() < max {
+        entries.push(fresh);
+        return entries.len() - 1;
+    }
+    let stalest = entries
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, e)| last_seen(e))
+        .map_or(0, |(index, _)| index);
+    if let Some(slot) = entries.get_mut(stalest) {
+        *slot = fresh;
+    }
+    stalest
+}
+
 fn slot(bucket: u64) -> usize {
     (bucket % REPEAT_SLOTS as u64) as usize
 }
@@ -312,23 +338,12 @@ impl Runaway {
             self.repeat_bucket_ms = bucket_ms;
         }
         let bucket = now_ms / bucket_ms;
-        let index = match self.fingerprints.iter().position(|f| f.hash == hash) {
-            Some(index) => index,
-            None if self.fingerprints.len() < FINGERPRINTS_PER_AGENT_MAX => {
-                self.fingerprints.push(FingerprintWindow::new(hash, bucket));
-                self.fingerprints.len() - 1
-            }
-            None => {
-                let stalest = self
-                    .fingerprints
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, f)| f.newest_bucket)
-                    .map_or(0, |(index, _)| index);
-                self.fingerprints[stalest] = FingerprintWindow::new(hash, bucket);
-                stalest
-            }
-        };
+        let index = slot_for(
+            &mut self.fingerprints,
+            FINGERPRINTS_PER_AGENT_MAX,
+            (|f| f.hash == hash, |f| f.newest_bucket),
+            FingerprintWindow::new(hash, bucket),
+        );
         debug_assert!(self.fingerprints.len() <= FINGERPRINTS_PER_AGENT_MAX);
         let count = self.fingerprints[index].sight(bucket);
         (count >= policy.repeat_max).then(|| TripCause::Repetition {
@@ -401,23 +416,12 @@ impl Runaway {
             seen_ms: now_ms,
             calls: Velocity::default(),
         };
-        let index = match self.shapes.iter().position(|s| s.hash == hash) {
-            Some(index) => index,
-            None if self.shapes.len() < SHAPES_PER_AGENT_MAX => {
-                self.shapes.push(fresh);
-                self.shapes.len() - 1
-            }
-            None => {
-                let stalest = self
-                    .shapes
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, s)| s.seen_ms)
-                    .map_or(0, |(index, _)| index);
-                self.shapes[stalest] = fresh;
-                stalest
-            }
-        };
+        let index = slot_for(
+            &mut self.shapes,
+            SHAPES_PER_AGENT_MAX,
+            (|s| s.hash == hash, |s| s.seen_ms),
+            fresh,
+        );
         debug_assert!(self.shapes.len() <= SHAPES_PER_AGENT_MAX);
         debug_assert_eq!(self.shapes[index].hash, hash);
         index
