@@ -115,6 +115,20 @@ fn applied() -> Option<v1::Applied> {
 
 #[tonic::async_trait]
 impl Tollgate for Node {
+    async fn lease(
+        &self,
+        _request: Request<v1::LeaseRequest>,
+    ) -> Result<Response<v1::LeaseResponse>, Status> {
+        Err(Status::unimplemented("this fake node grants no leases"))
+    }
+
+    async fn settle(
+        &self,
+        _request: Request<v1::SettleRequest>,
+    ) -> Result<Response<v1::SettleResponse>, Status> {
+        Err(Status::unimplemented("this fake node grants no leases"))
+    }
+
     async fn reserve(
         &self,
         request: Request<v1::ReserveRequest>,

@@ -84,11 +84,22 @@ pub enum AuditEvent {
     PriceDelete(crate::ModelId),
     /// Committed spend of a budget reached one of its soft thresholds (`alerts.rs`).
     ThresholdCrossed(crate::ThresholdCrossing),
+    /// A lease was granted or renewed: the amounts are the slice it now holds.
+    LeaseGrant,
+    /// One call its holder decided inside a lease, reported by a settle: the amounts are
+    /// the actual. `charged`: false when the lease had expired and its whole slice had
+    /// already been charged.
+    LeaseCall { overrun: bool, charged: bool },
+    /// A lease's unused rest was given back and the lease ended; `recalled`: the ledger had
+    /// asked for it (a denial it caused, a freeze, a trip, a limit change).
+    LeaseReturn { recalled: bool },
+    /// A lease was not settled in time: its whole slice (the amounts) was charged.
+    LeaseExpire,
 }
 
 impl AuditEvent {
     /// Every event's name, as `name` gives it.
-    pub const NAMES: [&'static str; 19] = [
+    pub const NAMES: [&'static str; 23] = [
         "grant",
         "deny",
         "commit",
@@ -108,6 +119,10 @@ impl AuditEvent {
         "price_put",
         "price_delete",
         "threshold_crossed",
+        "lease_grant",
+        "lease_call",
+        "lease_return",
+        "lease_expire",
     ];
 
     /// The event's name in the export (`"grant"`, `"threshold_crossed"`, ...), what an
@@ -133,6 +148,10 @@ impl AuditEvent {
             AuditEvent::PricePut(_) => 16,
             AuditEvent::PriceDelete(_) => 17,
             AuditEvent::ThresholdCrossed(_) => 18,
+            AuditEvent::LeaseGrant => 19,
+            AuditEvent::LeaseCall { .. } => 20,
+            AuditEvent::LeaseReturn { .. } => 21,
+            AuditEvent::LeaseExpire => 22,
         };
         Self::NAMES[index]
     }

@@ -520,6 +520,9 @@ impl Ledger {
                 ..
             } => self.release(now_ms, request_id, t, *reservation_id),
             Command::Record { .. } => self.record_priced(now_ms, cmd, (t, tenant_id)),
+            Command::Lease { .. } | Command::Settle { .. } => {
+                self.execute_lease(now_ms, cmd, (t, tenant_id))
+            }
             _ => self.execute_tenant_admin(now_ms, cmd, (t, tenant_id)),
         }
     }
@@ -605,7 +608,9 @@ impl Ledger {
             | Command::AlertsDelivered { .. }
             | Command::CreateKey { .. }
             | Command::RotateKey { .. }
-            | Command::RevokeKey { .. } => Outcome::Done,
+            | Command::RevokeKey { .. }
+            | Command::Lease { .. }
+            | Command::Settle { .. } => Outcome::Done,
         }
     }
 

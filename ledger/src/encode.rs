@@ -180,7 +180,7 @@ fn dimension(d: Dimension) -> u8 {
 }
 
 /// Writes postcard's bytes of `outcome`; false (nothing written) for the outcomes left to
-/// postcard: denials and rejections.
+/// postcard: denials, rejections and the answers about leases.
 pub fn outcome(w: &mut Writer<'_>, outcome: &Outcome) -> bool {
     match outcome {
         Outcome::Granted {
@@ -222,7 +222,11 @@ pub fn outcome(w: &mut Writer<'_>, outcome: &Outcome) -> bool {
             w.varint(*cost_micros);
         }
         Outcome::Done => w.byte(5),
-        Outcome::Denied(_) | Outcome::Rejected(_) => return false,
+        Outcome::Denied(_)
+        | Outcome::Rejected(_)
+        | Outcome::Leased(_)
+        | Outcome::LeaseRefused(_)
+        | Outcome::Settled { .. } => return false,
     }
     true
 }

@@ -46,6 +46,7 @@ mod encode;
 mod gc;
 mod invariants;
 mod keys;
+mod leases;
 mod limits;
 mod names;
 mod prefetch;

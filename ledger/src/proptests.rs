@@ -237,6 +237,7 @@ fn policy(release: bool, runaway: bool) -> TenantPolicy {
         shape_floor: if runaway { 4 } else { 0 },
         trip_cooldown_ms: if runaway { 4_000 } else { 0 },
         quotas: Default::default(),
+        leases: false,
     }
 }
 

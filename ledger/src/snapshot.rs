@@ -19,8 +19,9 @@ use super::Ledger;
 /// highest crossed, `ThresholdCrossed` records, and the alert cursor. 11: shape velocity:
 /// reserves carry a shape, policies a shape floor, agents the calls per window of their
 /// shapes, and trips a `ShapeVelocity` cause. 12: sessions (tenants, reservations and the
-/// reserve and record commands carry them; duration limits).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 12;
+/// reserve and record commands carry them; duration limits). 13: leases (policies say
+/// whether a tenant's clients may hold them; the ledger holds them).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 13;
 /// The first bytes of every ledger snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TGLEDGER";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8;

@@ -2134,6 +2134,10 @@ fn every_decision_is_an_audit_record() {
             AuditEvent::KeyRotate(_) => "key-rotate",
             AuditEvent::KeyRevoke(_) => "key-revoke",
             AuditEvent::ThresholdCrossed(_) => "threshold-crossed",
+            AuditEvent::LeaseGrant => "lease-grant",
+            AuditEvent::LeaseCall { .. } => "lease-call",
+            AuditEvent::LeaseReturn { .. } => "lease-return",
+            AuditEvent::LeaseExpire => "lease-expire",
         })
         .collect();
     assert_eq!(
@@ -2730,5 +2734,5 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
             "4d794bc4105d81fc89a3c8762eb81e8f3e2edbc0a9c3dfe0436d3e5afdd5deb3"
         )
     );
-    assert_eq!(snapshot, 0x3857_d501_d1df_0fe4);
+    assert_eq!(snapshot, 0x5960_2518_68c7_dbd8);
 }

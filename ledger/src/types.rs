@@ -354,6 +354,8 @@ pub struct TenantPolicy {
     pub trip_cooldown_ms: u64,
     /// How much of each shared bound the tenant may hold.
     pub quotas: crate::TenantQuotas,
+    /// Clients may hold leases: slices of the tenant's limits they decide calls in.
+    pub leases: bool,
 }
 
 impl Default for TenantPolicy {
@@ -369,6 +371,7 @@ impl Default for TenantPolicy {
             shape_floor: SHAPE_FLOOR_DEFAULT,
             trip_cooldown_ms: 0,
             quotas: crate::TenantQuotas::default(),
+            leases: false,
         }
     }
 }
@@ -493,6 +496,81 @@ pub enum Command {
     /// sequence acknowledged by the webhook: the replicated cursor a new leader resumes
     /// from. Not a decision, so not audited; it never moves back nor past the chain head.
     AlertsDelivered { up_to_seq: u64 },
+    /// Asks for a lease: a slice of every limit that applies to (tenant, agent, tool), held
+    /// for one client process, inside which it decides calls itself (`leases.rs`).
+    Lease {
+        request_id: RequestId,
+        tenant: TenantId,
+        agent: AgentId,
+        tool: ToolId,
+        /// The slice asked for; at most a fair share of what is left is granted.
+        want: Amounts,
+        /// Concurrency slots: the client's calls in flight at once inside the slice.
+        units: u32,
+        /// The smallest slice worth having (one call's estimate); less is refused.
+        floor: Amounts,
+        ttl_ms: u64,
+    },
+    /// Reports the calls a lease's holder decided since its last settle, charges them, and
+    /// resizes the lease to `want` (renewing it), or ends it (`want` zero and `units` 0).
+    Settle {
+        request_id: RequestId,
+        tenant: TenantId,
+        lease_id: ReservationId,
+        calls: Vec<LeaseCall>,
+        want: Amounts,
+        units: u32,
+        ttl_ms: u64,
+    },
+}
+
+/// Default lease TTL: long enough that a settle every quarter of it is cheap, short enough
+/// that a recalled or crashed client's slice comes back within seconds.
+pub const LEASE_TTL_MS_DEFAULT: u64 = 2_000;
+/// Shortest and longest lease TTL.
+pub const LEASE_TTL_MS_MIN: u64 = 500;
+pub const LEASE_TTL_MS_MAX: u64 = 60_000;
+/// The cluster reclaims an unsettled lease this long after its TTL: the slack for clock
+/// drift and message delay (docs/SPEC.md, "Leases").
+pub const LEASE_GRACE_MS: u64 = 500;
+/// The client stops granting from a lease this long before its TTL ends.
+pub const LEASE_MARGIN_MS: u64 = 200;
+/// Most calls one Settle reports.
+pub const LEASE_SETTLE_CALLS_MAX: usize = 10_000;
+/// Most concurrency slots one lease holds.
+pub const LEASE_UNITS_MAX: u32 = 1_024;
+
+/// One call a lease's holder decided itself, as its Settle reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseCall {
+    pub request_id: RequestId,
+    pub estimate: Amounts,
+    pub actual: Amounts,
+    pub fingerprint: Option<String>,
+    pub shape: Option<String>,
+}
+
+/// A lease as it stands: what it holds, and when the ledger reclaims it if unsettled.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseTerms {
+    pub lease_id: ReservationId,
+    pub slice: Amounts,
+    pub units: u32,
+    pub expires_at_ms: u64,
+}
+
+/// Why no lease was granted; the client then reserves per call, which decides and audits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseRefusal {
+    /// The tenant's policy has no leases.
+    Off,
+    /// The tenant or the agent is frozen.
+    Frozen,
+    /// The agent is tripped.
+    Tripped,
+    /// A fair share of what is left is below the floor.
+    Room,
 }
 
 /// Why a reservation was denied.
@@ -577,6 +655,17 @@ pub enum Outcome {
     /// An admin command or a tick took effect.
     Done,
     Rejected(Rejection),
+    Leased(LeaseTerms),
+    LeaseRefused(LeaseRefusal),
+    /// `lease`: the lease goes on as it now stands, None: it ended (returned, recalled or
+    /// expired). `expired`: its whole slice had been charged at expiry, so the calls were
+    /// audited but not charged again.
+    Settled {
+        lease: Option<LeaseTerms>,
+        recalled: bool,
+        expired: bool,
+        charged_calls: u32,
+    },
 }
 
 /// A command that could not take effect, in the ledger's words; it changed nothing.

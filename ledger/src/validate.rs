@@ -5,7 +5,8 @@
 use super::types::validate_id;
 use super::{
     Amounts, Command, Dimension, InvalidInput, LimitKind, LimitSpec, RequestId, Scope, TenantId,
-    TenantPolicy, Usage, Window, AMOUNT_MAX, RATE_PERIOD_MS_MAX, TTL_MS_MAX, TTL_MS_MIN,
+    TenantPolicy, Usage, Window, AMOUNT_MAX, LEASE_SETTLE_CALLS_MAX, LEASE_TTL_MS_MAX,
+    LEASE_TTL_MS_MIN, LEASE_UNITS_MAX, RATE_PERIOD_MS_MAX, TTL_MS_MAX, TTL_MS_MIN,
 };
 
 /// Longest repetition or velocity window a policy may use: one day. Runaway detection is
@@ -56,6 +57,49 @@ impl Command {
         shape.as_ref().map_or(Ok(()), |s| validate_id("shape", s))
     }
 
+    fn validate_lease(&self) -> Result<(), InvalidInput> {
+        let (want, units, ttl_ms) = match self {
+            Command::Lease {
+                agent,
+                tool,
+                want,
+                units,
+                floor,
+                ttl_ms,
+                ..
+            } => {
+                agent.validate()?;
+                tool.validate()?;
+                floor.validate("floor")?;
+                (want, units, ttl_ms)
+            }
+            Command::Settle {
+                calls,
+                want,
+                units,
+                ttl_ms,
+                ..
+            } => {
+                validate_lease_calls(calls)?;
+                (want, units, ttl_ms)
+            }
+            _ => return Ok(()),
+        };
+        want.validate("want")?;
+        if *units > LEASE_UNITS_MAX {
+            return fail(format!(
+                "units is {units}; at most LEASE_UNITS_MAX ({LEASE_UNITS_MAX})"
+            ));
+        }
+        if *ttl_ms != 0 && !(LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX).contains(ttl_ms) {
+            return fail(format!(
+                "ttl_ms is {ttl_ms}; 0 (the default, LEASE_TTL_MS_DEFAULT) or within \
+                 LEASE_TTL_MS_MIN ({LEASE_TTL_MS_MIN}) and LEASE_TTL_MS_MAX ({LEASE_TTL_MS_MAX})"
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks ids, amounts, TTL, limits and policies; looks at nothing but the command.
     pub fn validate(&self) -> Result<(), InvalidInput> {
         if let Some(request_id) = self.request_id() {
@@ -100,6 +144,7 @@ impl Command {
             }
             Command::ResetTrip { agent, .. } => agent.validate(),
             Command::Tick | Command::AlertsDelivered { .. } => Ok(()),
+            Command::Lease { .. } | Command::Settle { .. } => self.validate_lease(),
             Command::CreateKey { tenant, key, .. } => {
                 super::keys::validate_spec(tenant.as_ref(), key)
             }
@@ -126,7 +171,9 @@ impl Command {
             | Command::DeletePrice { request_id, .. }
             | Command::CreateKey { request_id, .. }
             | Command::RotateKey { request_id, .. }
-            | Command::RevokeKey { request_id, .. } => Some(request_id),
+            | Command::RevokeKey { request_id, .. }
+            | Command::Lease { request_id, .. }
+            | Command::Settle { request_id, .. } => Some(request_id),
             Command::Tick | Command::AlertsDelivered { .. } => None,
         }
     }
@@ -145,13 +192,36 @@ impl Command {
             | Command::Unfreeze { tenant, .. }
             | Command::ResetTrip { tenant, .. }
             | Command::PutPrice { tenant, .. }
-            | Command::DeletePrice { tenant, .. } => Some(tenant),
+            | Command::DeletePrice { tenant, .. }
+            | Command::Lease { tenant, .. }
+            | Command::Settle { tenant, .. } => Some(tenant),
             Command::CreateKey { tenant, .. }
             | Command::RotateKey { tenant, .. }
             | Command::RevokeKey { tenant, .. } => tenant.as_ref(),
             Command::Tick | Command::AlertsDelivered { .. } => None,
         }
     }
+}
+
+fn validate_lease_calls(calls: &[crate::LeaseCall]) -> Result<(), InvalidInput> {
+    if calls.len() > LEASE_SETTLE_CALLS_MAX {
+        return fail(format!(
+            "a settle reports {} calls; at most LEASE_SETTLE_CALLS_MAX ({LEASE_SETTLE_CALLS_MAX})",
+            calls.len()
+        ));
+    }
+    for call in calls {
+        call.request_id.validate()?;
+        call.estimate.validate("estimate")?;
+        call.actual.validate("actual")?;
+        if let Some(fingerprint) = &call.fingerprint {
+            validate_id("fingerprint", fingerprint)?;
+        }
+        if let Some(shape) = &call.shape {
+            validate_id("shape", shape)?;
+        }
+    }
+    Ok(())
 }
 
 fn validate_ttl(ttl_ms: u64) -> Result<(), InvalidInput> {

@@ -206,6 +206,7 @@ async fn load_examples(client: &Client) -> anyhow::Result<()> {
         trip_cooldown_ms: 0,
         quotas: None,
         shape_floor: tollgate_ledger::SHAPE_FLOOR_DEFAULT,
+        leases: false,
     };
     client.put_tenant("acme", Some(policy)).await?;
     let empty = v1::Empty {};

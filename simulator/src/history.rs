@@ -322,6 +322,11 @@ enum Kind {
     Expire,
     /// A charge's consequence: one request may cross several thresholds, so never indexed.
     Threshold,
+    /// A lease granted, renewed, returned or expired: one settle may renew a lease and
+    /// return another's rest, so never indexed.
+    Lease,
+    /// One call decided inside a lease, reported by a settle.
+    LeaseCall,
 }
 
 impl Kind {
@@ -345,6 +350,10 @@ impl Kind {
             | AuditEvent::PricePut(_)
             | AuditEvent::PriceDelete(_) => Kind::Admin,
             AuditEvent::ThresholdCrossed(_) => Kind::Threshold,
+            AuditEvent::LeaseGrant | AuditEvent::LeaseReturn { .. } | AuditEvent::LeaseExpire => {
+                Kind::Lease
+            }
+            AuditEvent::LeaseCall { .. } => Kind::LeaseCall,
         }
     }
 
@@ -358,6 +367,8 @@ impl Kind {
             Kind::Admin => "admin",
             Kind::Expire => "expire",
             Kind::Threshold => "threshold crossing",
+            Kind::Lease => "lease",
+            Kind::LeaseCall => "call in a lease",
         }
     }
 }
@@ -403,6 +414,10 @@ fn event_name(event: &AuditEvent) -> &'static str {
         AuditEvent::PricePut(_) => "price put",
         AuditEvent::PriceDelete(_) => "price delete",
         AuditEvent::ThresholdCrossed(_) => "threshold crossed",
+        AuditEvent::LeaseGrant => "lease grant",
+        AuditEvent::LeaseCall { .. } => "call in a lease",
+        AuditEvent::LeaseReturn { .. } => "lease return",
+        AuditEvent::LeaseExpire => "lease expiry",
     }
 }
 
@@ -671,7 +686,7 @@ fn index_by_request<'a>(
             continue;
         };
         let kind = Kind::of(&record.event);
-        if kind == Kind::Threshold {
+        if matches!(kind, Kind::Threshold | Kind::Lease) {
             continue;
         }
         let key = (tenant.as_str(), request_id.as_str(), kind);

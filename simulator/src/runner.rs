@@ -586,6 +586,7 @@ async fn setup(scenario: &Scenario, io: &Io) -> anyhow::Result<()> {
             trip_cooldown_ms: tenant.trip_cooldown_ms,
             quotas: None,
             shape_floor: tollgate_ledger::SHAPE_FLOOR_DEFAULT,
+            leases: false,
         };
         io.client
             .put_tenant(&io.tenant(&tenant.name), Some(policy))

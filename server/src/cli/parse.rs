@@ -754,6 +754,7 @@ mod tests {
                     &tollgate_ledger::TenantQuotas::default()
                 )),
                 shape_floor: tollgate_ledger::SHAPE_FLOOR_DEFAULT,
+                leases: false,
             }
         );
         let quotas = TenantPolicyArgs {

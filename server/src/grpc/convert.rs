@@ -326,6 +326,7 @@ pub fn policy(value: Option<pb::TenantPolicy>) -> Result<TenantPolicy, Status> {
         shape_floor: value.shape_floor,
         trip_cooldown_ms: value.trip_cooldown_ms,
         quotas: quotas(value.quotas),
+        leases: value.leases,
     })
 }
 
@@ -381,6 +382,7 @@ pub fn policy_to_pb(value: &TenantPolicy) -> pb::TenantPolicy {
         trip_cooldown_ms: value.trip_cooldown_ms,
         quotas: Some(quotas_to_pb(&value.quotas)),
         shape_floor: value.shape_floor,
+        leases: value.leases,
     }
 }
 

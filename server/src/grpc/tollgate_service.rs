@@ -48,6 +48,9 @@ fn count_decision(op: &'static str, outcome: &Outcome) {
         Outcome::Recorded { .. } => ("recorded", "none"),
         Outcome::Done => ("done", "none"),
         Outcome::Rejected(_) => ("rejected", "none"),
+        Outcome::Leased(_) => ("leased", "none"),
+        Outcome::LeaseRefused(_) => ("lease_refused", "none"),
+        Outcome::Settled { .. } => ("settled", "none"),
     };
     traces::record_decision(result, reason);
     metrics::counter!("tollgate_decisions_total", "op" => op, "outcome" => result, "reason" => reason)
@@ -436,6 +439,20 @@ impl TollgateService {
 
 #[tonic::async_trait]
 impl pb::tollgate_server::Tollgate for TollgateService {
+    async fn lease(
+        &self,
+        _request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
+        Err(Status::unimplemented("leases are not served yet"))
+    }
+
+    async fn settle(
+        &self,
+        _request: Request<pb::SettleRequest>,
+    ) -> Result<Response<pb::SettleResponse>, Status> {
+        Err(Status::unimplemented("leases are not served yet"))
+    }
+
     async fn reserve(
         &self,
         request: Request<pb::ReserveRequest>,
