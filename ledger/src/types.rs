@@ -557,6 +557,9 @@ pub struct LeaseTerms {
     pub slice: Amounts,
     pub units: u32,
     pub expires_at_ms: u64,
+    /// The tenant's repetition policy, which the client applies to its local grants.
+    pub repeat_max: u32,
+    pub repeat_window_ms: u64,
 }
 
 /// Why no lease was granted; the client then reserves per call, which decides and audits.
