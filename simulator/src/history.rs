@@ -140,6 +140,10 @@ pub enum OpResult {
     Rejected { code: String, message: String },
     /// Timed out or unavailable: it may or may not have taken effect.
     Ambiguous { error: String },
+    /// Decided by the client inside lease `lease_id`, without the cluster: a reserve granted,
+    /// or its commit or release. The cluster hears of the call at the lease's next settle,
+    /// or never, if the client dies first (the lease's expiry then charges the whole slice).
+    Local { lease_id: u64 },
 }
 
 impl OpResult {
@@ -150,14 +154,17 @@ impl OpResult {
             OpResult::Granted { log_index, .. }
             | OpResult::Denied { log_index, .. }
             | OpResult::Done { log_index } => (log_index > 0).then_some(log_index),
-            OpResult::Rejected { .. } | OpResult::Ambiguous { .. } => None,
+            OpResult::Rejected { .. } | OpResult::Ambiguous { .. } | OpResult::Local { .. } => None,
         }
     }
 
     pub fn is_acknowledged(&self) -> bool {
         matches!(
             self,
-            OpResult::Granted { .. } | OpResult::Denied { .. } | OpResult::Done { .. }
+            OpResult::Granted { .. }
+                | OpResult::Denied { .. }
+                | OpResult::Done { .. }
+                | OpResult::Local { .. }
         )
     }
 }
@@ -456,9 +463,10 @@ pub fn check(
     };
     for event in events {
         match event.result {
-            OpResult::Granted { .. } | OpResult::Denied { .. } | OpResult::Done { .. } => {
-                report.acknowledged += 1
-            }
+            OpResult::Granted { .. }
+            | OpResult::Denied { .. }
+            | OpResult::Done { .. }
+            | OpResult::Local { .. } => report.acknowledged += 1,
             OpResult::Rejected { .. } => report.rejected += 1,
             OpResult::Ambiguous { .. } => report.ambiguous += 1,
         }
@@ -494,8 +502,9 @@ struct Expired {
 }
 
 /// Replays the audit trail through a reference model of one tenant-wide lifetime budget:
-/// held per reservation, committed as a sum. Only a grant may not take committed + held
-/// above the amount; commits above their estimate, records and expiry charges may.
+/// held per reservation and per lease, committed as a sum. Only a grant (of a reservation,
+/// or of a lease or its top-up) may not take committed + held above the amount; commits
+/// above their estimate, records, a lease's calls beyond its slice and expiry charges may.
 ///
 /// If the trail holds the limit's `LimitPut`, reservations granted before it do not count
 /// (the ledger does not charge a limit that was added while they were in flight), and a
@@ -524,6 +533,7 @@ fn check_budget(
         held_sum: 0,
         committed: 0,
         expired: HashMap::new(),
+        leases: HashMap::new(),
     };
     for record in audit.iter().filter(mine) {
         model.apply(record, violations);
@@ -548,6 +558,8 @@ struct BudgetModel<'a> {
     held_sum: u64,
     committed: u64,
     expired: HashMap<u64, Expired>,
+    /// What each live lease holds of this budget's dimension.
+    leases: HashMap<u64, u64>,
 }
 
 impl BudgetModel<'_> {
@@ -577,7 +589,63 @@ impl BudgetModel<'_> {
             (AuditEvent::Record { .. }, _) if self.active => {
                 self.committed = self.committed.saturating_add(self.dim(&record.amounts));
             }
+            (AuditEvent::LeaseGrant, Some(id)) if self.active => {
+                self.lease_grant(record, id, violations)
+            }
+            (AuditEvent::LeaseCall { charged: true, .. }, Some(id)) => self.lease_call(record, id),
+            (AuditEvent::LeaseReturn { .. }, Some(id)) => self.end_lease(id, false),
+            (AuditEvent::LeaseExpire, Some(id)) => self.end_lease(id, true),
             _ => {}
+        }
+    }
+
+    /// A lease granted or renewed: its record carries the slice it now holds, so the hold
+    /// moves to that; growing it is a grant and must fit.
+    fn lease_grant(&mut self, record: &AuditRecord, id: u64, violations: &mut Violations) {
+        let slice = self.dim(&record.amounts);
+        let before = self.leases.insert(id, slice);
+        if before.is_none() && (self.held.contains_key(&id) || self.expired.contains_key(&id)) {
+            violations.push(format!(
+                "{}: lease id {id} is also a reservation id; ids must be unique for the life of the cluster",
+                describe(record)
+            ));
+        }
+        let before = before.unwrap_or(0);
+        self.held_sum = self.held_sum.saturating_sub(before).saturating_add(slice);
+        let total = self.committed.saturating_add(self.held_sum);
+        if slice > before && total > self.amount {
+            violations.push(format!(
+                "{}: OVERSPEND BY LEASE at {}: committed {} + held {} = {total} exceeds the amount by {}; a lease may only hold what fits (SPEC guarantee 1)",
+                self.name,
+                describe(record),
+                self.committed,
+                self.held_sum,
+                total - self.amount
+            ));
+        }
+    }
+
+    /// One call of a lease, charged: it uses up the lease's hold first, the rest is an
+    /// overrun charged on top. A lease granted before the limit existed is not ours.
+    fn lease_call(&mut self, record: &AuditRecord, id: u64) {
+        let actual = self.dim(&record.amounts);
+        let Some(held) = self.leases.get_mut(&id) else {
+            return;
+        };
+        let used = actual.min(*held);
+        *held -= used;
+        self.held_sum = self.held_sum.saturating_sub(used);
+        self.committed = self.committed.saturating_add(actual);
+    }
+
+    /// A lease ended: its rest given back (a return) or charged (an expiry).
+    fn end_lease(&mut self, id: u64, charged: bool) {
+        let Some(held) = self.leases.remove(&id) else {
+            return;
+        };
+        self.held_sum = self.held_sum.saturating_sub(held);
+        if charged {
+            self.committed = self.committed.saturating_add(held);
         }
     }
 
@@ -726,7 +794,10 @@ fn check_answers(
             event.completed_ms
         );
         match (&event.result, record) {
-            (OpResult::Ambiguous { .. }, _) => continue,
+            // A call decided in a lease is audited at the lease's settle under the reserve's
+            // request id (`lease_call`), or covered by the lease's expiry if the client died;
+            // the budget replay holds the lease to its slice either way.
+            (OpResult::Ambiguous { .. } | OpResult::Local { .. }, _) => continue,
             (OpResult::Rejected { code, message }, Some(record)) => {
                 violations.push(format!(
                     "{who} was rejected ({code}: {message}) yet took effect: {}; a rejection must change nothing",

@@ -471,3 +471,75 @@ fn histories_round_trip_through_json_lines() {
     assert_eq!(load_jsonl(&path).unwrap(), events);
     assert_eq!(recorder.into_events(), events);
 }
+
+impl Trail {
+    fn lease_grant(&mut self, request: &str, lease: u64, slice: u64) {
+        self.push(AuditEvent::LeaseGrant, Some(request), Some(lease), slice);
+    }
+
+    fn lease_call(&mut self, request: &str, lease: u64, actual: u64, charged: bool) {
+        let event = AuditEvent::LeaseCall {
+            overrun: false,
+            charged,
+        };
+        self.push(event, Some(request), Some(lease), actual);
+    }
+}
+
+/// After the consistent run (600 committed, 300 held): a lease of 50, renewed to 80 after
+/// two calls of 10 (the budget is then exactly full), then one more call decided locally
+/// whose client dies: the expiry charges what the lease still held.
+fn leased() -> (Vec<Event>, Trail) {
+    let (mut events, mut trail) = consistent();
+    trail.lease_grant("lease-1", 10, 50); // held 350
+    trail.lease_call("call-1", 10, 10, true); // committed 610, held 340
+    trail.lease_call("call-2", 10, 10, true); // committed 620, held 330
+    trail.lease_grant("settle-1", 10, 80); // renewed: held 380, total 1000
+    trail.push(AuditEvent::LeaseExpire, None, Some(10), 80); // committed 700, held 300
+    for request in ["call-1", "call-2", "call-3"] {
+        events.push(reserve(
+            5,
+            request,
+            10,
+            (50, 50),
+            OpResult::Local { lease_id: 10 },
+        ));
+    }
+    (events, trail)
+}
+
+#[test]
+fn leases_hold_their_slice_and_calls_and_expiry_charge_it() {
+    let (events, trail) = leased();
+    let report = run(&events, &trail, &usage(700, 300));
+    assert!(report.is_ok(), "{:#?}", report.violations);
+    assert_eq!(report.acknowledged, 10, "local grants are acknowledged");
+}
+
+#[test]
+fn a_lease_grant_over_the_budget_is_overspend() {
+    let (events, mut trail) = leased();
+    // 700 committed + 300 held + 100 = 1100 > 1000.
+    trail.lease_grant("lease-2", 11, 100);
+    let report = run(&events, &trail, &usage(700, 400));
+    assert_one_violation(&report, "OVERSPEND BY LEASE");
+    assert!(report.violations[0].contains("exceeds the amount by 100"));
+}
+
+#[test]
+fn a_returned_lease_holds_nothing_and_a_late_call_charges_nothing() {
+    let (events, mut trail) = consistent();
+    trail.lease_grant("lease-1", 10, 100);
+    trail.lease_call("call-1", 10, 30, true);
+    trail.push(
+        AuditEvent::LeaseReturn { recalled: true },
+        Some("settle-1"),
+        Some(10),
+        70,
+    );
+    trail.lease_call("call-2", 10, 30, false);
+    let report = run(&events, &trail, &usage(630, 300));
+    assert!(report.is_ok(), "{:#?}", report.violations);
+    let report = run(&events, &trail, &usage(630, 370));
+    assert_one_violation(&report, "a hold leaked or vanished");
+}
