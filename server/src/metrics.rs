@@ -104,7 +104,12 @@ fn describe() {
     describe_counter!(
         "tollgate_decisions_total",
         Unit::Count,
-        "Answers to reserve, commit, release and record, by operation, outcome and reason."
+        "Answers to reserve, commit, release, record, lease and settle, by operation, outcome and reason."
+    );
+    describe_counter!(
+        "tollgate_lease_calls_charged_total",
+        Unit::Count,
+        "Calls decided inside leases and charged by their settles."
     );
     describe_counter!(
         "tollgate_denials_total",
@@ -168,6 +173,10 @@ fn describe_raft() {
         (
             "tollgate_reservations_in_flight",
             "Reservations held and not yet committed, released or expired.",
+        ),
+        (
+            "tollgate_leases_live",
+            "Leases held and not yet returned or expired.",
         ),
     ];
     for (name, help) in gauges {
