@@ -185,6 +185,26 @@ impl Holds {
                 }
             }
             AuditEvent::Record { .. } => *committed += spent,
+            AuditEvent::LeaseGrant => {
+                let before = self.held.insert(id, spent).unwrap_or(0);
+                self.held_sum = self.held_sum - before + spent;
+            }
+            AuditEvent::LeaseCall { charged: true, .. } => {
+                if let Some(held) = self.held.get_mut(&id) {
+                    let used = spent.min(*held);
+                    *held -= used;
+                    self.held_sum -= used;
+                    *committed += spent;
+                }
+            }
+            AuditEvent::LeaseReturn { .. } | AuditEvent::LeaseExpire => {
+                if let Some(held) = self.held.remove(&id) {
+                    self.held_sum -= held;
+                    if record.event == AuditEvent::LeaseExpire {
+                        *committed += held;
+                    }
+                }
+            }
             _ => return false,
         }
         true
@@ -239,7 +259,8 @@ fn replay(audit: &[AuditRecord], budget: &BudgetKey<'_>, start_ms: u64) -> Repla
         }
         agents.note(record, (before, *committed), t_ms, &mut out.agent_spend);
         let total = committed.saturating_add(holds.held_sum);
-        if record.event == AuditEvent::Grant && total > budget.amount {
+        let grant = matches!(record.event, AuditEvent::Grant | AuditEvent::LeaseGrant);
+        if grant && total > budget.amount {
             out.overspends.push((record.seq, total));
         }
         out.points.push((
@@ -273,7 +294,7 @@ impl AgentSpend {
         let named = record.agent.as_ref().map(ToString::to_string);
         let id = record.reservation_id.map(|r| r.0);
         let agent = match (&record.event, id) {
-            (AuditEvent::Grant, Some(id)) => {
+            (AuditEvent::Grant | AuditEvent::LeaseGrant, Some(id)) => {
                 if let Some(name) = &named {
                     if self.agent_of.len() < AGENT_RESERVATIONS_MAX {
                         self.agent_of.insert(id, name.clone());

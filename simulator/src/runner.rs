@@ -21,6 +21,8 @@ use tollgate_server::clock::Clock;
 use tollgate_server::local_cluster::{LocalCluster, LocalClusterOptions};
 
 use crate::history::{Event, Op, OpResult, Recorder};
+
+mod leased;
 use crate::scenario::{AgentSpec, Expiry, FaultKind, FingerprintMode, Role, Scenario};
 
 /// The embedded cluster's tick: expiries and window resets happen on the next entry, so a
@@ -217,6 +219,9 @@ struct Io {
     clock: Clock,
     recorder: Recorder,
     tenant_prefix: String,
+    /// The scenario's tenants whose policy lends leases: their agents reserve through the
+    /// client's own `reserve`, which decides inside a lease when it can.
+    leased: std::sync::Arc<Vec<String>>,
 }
 
 impl Io {
@@ -268,6 +273,14 @@ async fn drive(scenario: &Scenario, seed: u64, cluster: &mut Cluster) -> anyhow:
         clock: cluster.clock.clone(),
         recorder: Recorder::new(),
         tenant_prefix,
+        leased: std::sync::Arc::new(
+            scenario
+                .tenants
+                .iter()
+                .filter(|t| t.leases)
+                .map(|t| t.name.clone())
+                .collect(),
+        ),
     };
     setup(scenario, &io).await?;
     if time_controlled {
@@ -480,6 +493,11 @@ async fn finish_running_calls(scenario: &Scenario, io: &Io, workers: &mut [Worke
             commit(io, &spec, worker, reservation_id, estimate).await;
         }
     }
+    if !io.leased.is_empty() {
+        // Settles every call decided in a lease and gives the rest back, so the trail and
+        // usage read next hold all of them.
+        io.client.return_leases().await;
+    }
 }
 
 /// Each tenant-wide limit's usage at the end, by (tenant, limit id).
@@ -586,7 +604,7 @@ async fn setup(scenario: &Scenario, io: &Io) -> anyhow::Result<()> {
             trip_cooldown_ms: tenant.trip_cooldown_ms,
             quotas: None,
             shape_floor: tollgate_ledger::SHAPE_FLOOR_DEFAULT,
-            leases: false,
+            leases: tenant.leases,
         };
         io.client
             .put_tenant(&io.tenant(&tenant.name), Some(policy))
@@ -694,6 +712,10 @@ async fn worker_step(
         }
         worker.calls_made += 1;
         let call = ReserveCall::new(io, spec, worker);
+        if io.leased.contains(&spec.tenant) {
+            granted += u64::from(leased::call(io, spec, worker, call, notes).await);
+            continue;
+        }
         let answer = reserve_with_retries(io, worker.id, &call).await;
         lock(notes).push(CallNote {
             agent: worker.name.clone(),

@@ -102,6 +102,10 @@ pub struct TenantSpec {
     pub velocity_floor: u64,
     #[serde(default)]
     pub trip_cooldown_ms: u64,
+    /// Clients may hold leases: the tenant's agents then call through the client's own
+    /// reserve, which decides calls inside a lease (docs/SPEC.md, "Budget leases").
+    #[serde(default)]
+    pub leases: bool,
 }
 
 fn default_repeat_max() -> u32 {
@@ -540,6 +544,7 @@ impl Scenario {
         self.validate_limits()?;
         self.validate_budget()?;
         self.validate_agents()?;
+        self.validate_leases()?;
         if !self.agents.iter().any(|a| a.role == Role::Runaway) && self.expect.cutoff {
             bail!("expect.cutoff is set but no agent has role runaway");
         }
@@ -595,6 +600,26 @@ impl Scenario {
                     "expect.calls_after_first_repeat {expected} is more than tenant {}'s repeat_max {} allows ({allowed})",
                     tenant.name,
                     tenant.repeat_max
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A leased agent commits each call as soon as it is granted: the client decides it
+    /// inside the lease, so calls that span steps (and sessions, which leases never carry)
+    /// are refused rather than silently run per call.
+    fn validate_leases(&self) -> anyhow::Result<()> {
+        for agent in &self.agents {
+            let leased = self
+                .tenants
+                .iter()
+                .any(|t| t.name == agent.tenant && t.leases);
+            if leased && (agent.call_steps > 0 || agent.session.is_some()) {
+                bail!(
+                    "agent {} of leased tenant {} has call_steps or a session; leased agents commit each call at once and carry no session",
+                    agent.name,
+                    agent.tenant
                 );
             }
         }

@@ -92,7 +92,7 @@ pub enum OpError {
 
 /// A granted reservation, to be committed.
 pub enum Held {
-    Tollgate(Reservation),
+    Tollgate(Box<Reservation>),
     Etcd { budget: String, reservation: String },
     Redis { budget: String, reservation: String },
 }
@@ -304,7 +304,7 @@ impl Driver {
                     .estimate(ESTIMATE)
                     .ttl(TTL);
                 match client.reserve(request).await {
-                    Ok(reservation) => Ok(Held::Tollgate(reservation)),
+                    Ok(reservation) => Ok(Held::Tollgate(Box::new(reservation))),
                     Err(Error::Denied { .. }) => Err(OpError::Denied),
                     Err(error) => Err(OpError::Failed(error.to_string())),
                 }

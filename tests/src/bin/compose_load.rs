@@ -18,7 +18,9 @@ use clap::{Parser, Subcommand};
 use rand::Rng;
 use tollgate_client::v1;
 use tollgate_client::v1::reserve_response::Decision;
-use tollgate_client::{new_request_id, Amounts, Client, ClientConfig, Error};
+use tollgate_client::{
+    new_request_id, Amounts, Client, ClientConfig, Error, ReservationInfo, ReserveRequest,
+};
 use tollgate_ledger::Dimension;
 use tollgate_sim::history::{BudgetSpec, Event, Op, OpResult};
 
@@ -26,11 +28,16 @@ use tollgate_sim::history::{BudgetSpec, Event, Op, OpResult};
 /// operations a second of two busy cores, `t-tight` runs out within seconds and spends the
 /// rest of the run at its limit, `t-mid` runs out during the second half of a three-minute
 /// run, `t-wide` never: grants race a budget's edge in every phase of the fault schedule.
-const TENANT_BUDGETS_COST_MICROS: [(&str, u64); 3] = [
+const TENANT_BUDGETS_COST_MICROS: [(&str, u64); 4] = [
     ("t-tight", 3_000_000),
     ("t-mid", 30_000_000),
     ("t-wide", 1_000_000_000_000),
+    (LEASED_TENANT, 30_000_000),
 ];
+/// The tenant whose policy lends leases: its calls go through `Client::reserve`, which
+/// decides them inside leases (killed clients leave their slices to expire, charged), and
+/// its budget runs out mid-run, so leases shrink, are refused and recalled under faults.
+const LEASED_TENANT: &str = "t-leased";
 /// Id of each tenant's budget limit.
 const BUDGET_LIMIT_ID: &str = "cost-lifetime";
 /// A second budget, on tokens, for `t-mid`: a reservation must fit both.
@@ -156,6 +163,24 @@ fn budget_limit(id: &str, dimension: v1::Dimension, amount: u64) -> v1::Limit {
     }
 }
 
+/// The default policy (as `put_tenant` with none gives), with leases on.
+fn leased_policy() -> v1::TenantPolicy {
+    let d = tollgate_ledger::TenantPolicy::default();
+    v1::TenantPolicy {
+        expiry: v1::ExpiryPolicy::Charge.into(),
+        repeat_max: d.repeat_max,
+        repeat_window_ms: d.repeat_window_ms,
+        velocity_factor: d.velocity_factor,
+        velocity_window_ms: d.velocity_window_ms,
+        velocity_dimension: v1::Dimension::Cost.into(),
+        velocity_floor: d.velocity_floor,
+        trip_cooldown_ms: d.trip_cooldown_ms,
+        quotas: None,
+        shape_floor: d.shape_floor,
+        leases: true,
+    }
+}
+
 /// Every limit of the test, by tenant.
 fn limits() -> Vec<(&'static str, v1::Limit)> {
     let mut limits: Vec<(&'static str, v1::Limit)> = TENANT_BUDGETS_COST_MICROS
@@ -241,8 +266,9 @@ async fn setup(endpoints: &[String], budgets: &Path, tenant_keys: &Path) -> anyh
     let admin = client(endpoints, &admin_key)?;
     let started = Instant::now();
     for (tenant, _) in TENANT_BUDGETS_COST_MICROS {
+        let policy = (tenant == LEASED_TENANT).then(leased_policy);
         until_ok(&format!("put tenant {tenant}"), started, || {
-            admin.put_tenant(tenant, None)
+            admin.put_tenant(tenant, policy)
         })
         .await?;
     }
@@ -471,6 +497,10 @@ impl Worker {
         // Drawn up front: the thread-local rng must not live across an await.
         let call = Call::draw(self.tenants.len());
         let (tenant, client) = &self.tenants[call.tenant_index];
+        if tenant == LEASED_TENANT && !call.is_record {
+            self.leased_step(client, tenant, &call).await;
+            return;
+        }
         if call.is_record {
             self.perform(client, call.record(tenant)).await;
             return;
@@ -489,6 +519,86 @@ impl Worker {
             self.perform(client, op).await;
         }
     }
+}
+
+impl Worker {
+    /// One call of the leased tenant, through `Client::reserve`: decided inside a lease
+    /// when the client can (the history says `local`), per call otherwise. An abandoned
+    /// call is a dropped guard, settled at its estimate.
+    async fn leased_step(&self, client: &Client, tenant: &str, call: &Call) {
+        let op = call.reserve(tenant);
+        let request_id = new_request_id();
+        let request = ReserveRequest::new(tenant, call.agent, call.tool)
+            .estimate(client_amounts(op.amounts()))
+            .ttl(Duration::from_millis(RESERVATION_TTL_MS));
+        let invoked_ms = now_ms();
+        let answer = client.reserve_with_id(request_id.clone(), request).await;
+        let result = match &answer {
+            Ok(reservation) => match reservation.info() {
+                ReservationInfo {
+                    lease_id: Some(lease_id),
+                    ..
+                } => OpResult::Local { lease_id },
+                info => OpResult::Granted {
+                    reservation_id: info.reservation_id.unwrap_or_default(),
+                    log_index: reservation.applied().map_or(0, |a| a.log_index),
+                },
+            },
+            Err(Error::Denied { limit_id, .. }) => OpResult::Denied {
+                reason: format!("limit {limit_id}"),
+                log_index: 0,
+            },
+            Err(error) => failed(error),
+        };
+        self.log.write(&Event {
+            client: self.client_id,
+            request_id,
+            op,
+            invoked_ms,
+            completed_ms: now_ms().max(invoked_ms),
+            result,
+        });
+        let Ok(reservation) = answer else {
+            tokio::time::sleep(DENIED_PAUSE).await;
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(call.call_ms)).await;
+        let info = reservation.info();
+        let Some(op) = call.settle(tenant, info.lease_id.or(info.reservation_id).unwrap_or(0))
+        else {
+            drop(reservation);
+            return;
+        };
+        let request_id = new_request_id();
+        let invoked_ms = now_ms();
+        let settled = match &op {
+            Op::Commit { .. } => reservation
+                .commit_with_id(request_id.clone(), client_amounts(op.amounts()))
+                .await
+                .map(|c| c.applied.map_or(0, |a| a.log_index)),
+            _ => reservation
+                .release_with_id(request_id.clone())
+                .await
+                .map(|a| a.map_or(0, |a| a.log_index)),
+        };
+        let result = match (settled, info.lease_id) {
+            (Ok(_), Some(lease_id)) => OpResult::Local { lease_id },
+            (settled, None) => done(settled),
+            (Err(error), _) => failed(&error),
+        };
+        self.log.write(&Event {
+            client: self.client_id,
+            request_id,
+            op,
+            invoked_ms,
+            completed_ms: now_ms().max(invoked_ms),
+            result,
+        });
+    }
+}
+
+fn client_amounts(a: tollgate_ledger::Amounts) -> Amounts {
+    Amounts::new(a.tokens, a.cost_micros, a.calls)
 }
 
 /// A reserve through the raw call, not `Client::reserve`: a denial's log index matters to
@@ -621,6 +731,10 @@ async fn run(
     }
     for task in tasks {
         task.await.context("worker panicked")?;
+    }
+    // Settles every call decided in a lease and gives the rest back.
+    for (_, client) in &tenant_clients {
+        client.return_leases().await;
     }
     eprintln!("client {client_id}: done");
     Ok(())
