@@ -84,8 +84,9 @@ struct Share {
     units: u32,
     /// Whether some concurrency limit applies (a lease then needs at least one unit).
     concurrency: bool,
-    /// (limit index, generation, fair share of its dimension or of its slots).
-    fair: SmallVec<[(usize, u64, u64); 8]>,
+    /// (limit index, generation, fair share of its dimension or of its slots; None:
+    /// overdrawn).
+    fair: SmallVec<[(usize, u64, Option<u64>); 8]>,
 }
 
 /// The fair share of the limits at `indexes` for a lease of `agent` asking `want` and
@@ -129,15 +130,16 @@ fn share(
             holders
         };
         let room = limits::lease_room(&entry.spec, counter, own.unwrap_or((&zero, 0)), now_ms);
-        let fair = room / (u64::from(others) + 1);
+        let fair = room.map(|room| room / (u64::from(others) + 1));
         match entry.spec.kind {
             LimitKind::Concurrency { .. } => {
                 out.concurrency = true;
-                out.units = out.units.min(u32::try_from(fair).unwrap_or(u32::MAX));
+                let fair = fair.map_or(0, |fair| u32::try_from(fair).unwrap_or(u32::MAX));
+                out.units = out.units.min(fair);
             }
             LimitKind::Budget { .. } | LimitKind::Rate { .. } => {
                 let d = entry.spec.dimension;
-                let capped = out.slice.get(d).min(fair);
+                let capped = out.slice.get(d).min(fair.unwrap_or(0));
                 set(&mut out.slice, d, capped);
             }
             LimitKind::Duration { .. } => continue,
@@ -240,9 +242,10 @@ impl Ledger {
             .iter()
             .filter(|&&(index, _, fair)| {
                 let spec = &tenant.limits[index].spec;
-                match spec.kind {
-                    LimitKind::Concurrency { .. } => fair == 0,
-                    _ => fair < ask.floor.get(spec.dimension),
+                match (spec.kind, fair) {
+                    (_, None) | (LimitKind::Concurrency { .. }, Some(0)) => true,
+                    (LimitKind::Concurrency { .. }, Some(_)) => false,
+                    (_, Some(fair)) => fair < ask.floor.get(spec.dimension),
                 }
             })
             .map(|&(index, generation, _)| {
@@ -434,10 +437,12 @@ impl Ledger {
                 charged_calls,
             };
         }
-        let Some(terms) = self.renew_lease(now_ms, key, &mut lease, s) else {
+        let terms = self.renew_lease(now_ms, key, &mut lease, s);
+        self.leases.insert(key, lease);
+        let Some(terms) = terms else {
+            debug_assert!(false, "a live lease of an unknown tenant or agent");
             return unknown_tenant(tenant_id);
         };
-        self.leases.insert(key, lease);
         Outcome::Settled {
             lease: Some(terms),
             recalled: false,
