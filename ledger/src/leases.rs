@@ -28,9 +28,9 @@ use super::limits::{self, is_per_agent};
 use super::runaway;
 use super::state::{Agent, Lease, LeaseTombstone, ReservationKey, Tenant};
 use super::{
-    AgentId, Amounts, Command, Dimension, LeaseCall, LeaseRefusal, LeaseTerms, Ledger, LimitId,
-    LimitKind, Outcome, RequestId, ReservationId, TenantId, ToolId, EXPIRED_TOMBSTONES_MAX,
-    LEASE_GRACE_MS, LEASE_TTL_MS_DEFAULT,
+    AgentId, Amounts, Command, Dimension, LeaseCall, LeaseRefusal, LeaseTerms, LeaseView, Ledger,
+    LimitId, LimitKind, Outcome, RequestId, ReservationId, TenantId, ToolId,
+    EXPIRED_TOMBSTONES_MAX, LEASE_GRACE_MS, LEASE_TTL_MS_DEFAULT, RESERVATIONS_QUERY_MAX,
 };
 
 /// The dimensions a slice has (concurrency is counted in units).
@@ -213,6 +213,48 @@ impl Ledger {
             Some(agent) => t.agent(agent).map_or(0, |a| a.leases),
         };
         count as usize
+    }
+
+    /// Live leases of the tenant (and agent), oldest first, at most `limit` (0 or above
+    /// `RESERVATIONS_QUERY_MAX` means `RESERVATIONS_QUERY_MAX`).
+    pub fn leases(
+        &self,
+        tenant: &TenantId,
+        agent: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<LeaseView>, super::Rejection> {
+        let t = self.tenant(tenant)?;
+        let t_index = self.tenants.find(tenant.as_bytes()).unwrap_or(u32::MAX);
+        let limit = match limit {
+            0 => RESERVATIONS_QUERY_MAX,
+            n => n.min(RESERVATIONS_QUERY_MAX),
+        };
+        let agent = match agent {
+            Some(agent) => match t.agents.find(agent.as_bytes()) {
+                Some(index) => Some(index),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        Ok(self
+            .leases_of
+            .range((t_index, 0)..=(t_index, u64::MAX))
+            .filter_map(|key| Some((key.1, self.leases.get(key)?)))
+            .filter(|(_, lease)| agent.is_none_or(|a| a == lease.agent))
+            .take(limit)
+            .filter_map(|(id, lease)| Some((id, lease, t.agents.get(lease.agent)?)))
+            .map(|(id, lease, a)| LeaseView {
+                lease_id: ReservationId(id),
+                tenant: t.id.clone(),
+                agent: a.id.clone(),
+                tool: lease.tool.clone(),
+                slice: lease.slice,
+                units: lease.units,
+                granted_at_ms: lease.granted_at_ms,
+                expires_at_ms: lease.expires_at_ms,
+                recalled: lease.recalled,
+            })
+            .collect())
     }
 
     /// A lease ask: refused (off, frozen, tripped, too little room), or granted a fair
