@@ -715,3 +715,49 @@ fn leases_and_their_tombstones_survive_a_snapshot() {
     let call = h.call(tok(1), tok(1));
     renewed(&h.settle(live.lease_id, vec![call], tok(100), 1));
 }
+
+#[test]
+fn a_per_call_denial_recalls_only_the_leases_holding_that_counter() {
+    let mut h = H::new();
+    h.limit("tokens", Scope::EachAgent, Dimension::Tokens, budget(100));
+    let a = h.lease_ok("a", tok(80), 1);
+    let b = h.lease_ok("b", tok(80), 1);
+    // a's own counter has 20 left: a reserve of 50 is denied by it, and a's lease, which
+    // holds that counter, is recalled; b's counter is another one.
+    assert_eq!(
+        h.reserve("a", tok(50)),
+        Outcome::Denied(DenyReason::Limit {
+            limit_id: limit_id("tokens"),
+            scope: Scope::EachAgent,
+            dimension: Dimension::Tokens,
+            remaining: 20,
+            retry_after_ms: None,
+        })
+    );
+    let listed = h.ledger.leases(&h.tenant, None, 0).unwrap();
+    let recalled: Vec<bool> = listed.iter().map(|l| l.recalled).collect();
+    assert_eq!(recalled, vec![true, false]);
+    assert_eq!(
+        ended(&h.settle(a.lease_id, vec![], tok(80), 1)),
+        (true, false)
+    );
+    renewed(&h.settle(b.lease_id, vec![], tok(80), 1));
+    assert!(matches!(h.reserve("a", tok(50)), Outcome::Granted { .. }));
+}
+
+#[test]
+fn a_lease_asks_its_own_ttl_and_is_reclaimed_its_grace_after() {
+    let mut h = H::new();
+    let mut cmd = h.lease_cmd("bot", tok(10), 1, tok(1));
+    if let Command::Lease { ttl_ms, .. } = &mut cmd {
+        *ttl_ms = 10_000;
+    }
+    let Outcome::Leased(terms) = h.apply(&cmd) else {
+        panic!("expected a lease");
+    };
+    assert_eq!(terms.expires_at_ms, h.now_ms + 10_000 + LEASE_GRACE_MS);
+    h.tick(10_000 + LEASE_GRACE_MS - 1);
+    assert_eq!(h.ledger.leases_on(&h.tenant, None), 1);
+    h.tick(1);
+    assert_eq!(h.ledger.leases_on(&h.tenant, None), 0);
+}

@@ -36,6 +36,12 @@
 //!   while it was in flight are not charged by it.
 //! - Changing a limit keeps its counters if only its cap changes (budget amount, rate burst,
 //!   concurrency max); any other change starts it afresh, and holds on the old one lapse.
+//! - Leases (`leases.rs`) are held like reservations, with ids from the same per-tenant
+//!   counter, count toward the bounds on reservations in flight, and expire in the same
+//!   sweep, in one (expires_at, tenant, id) order with them. An expired lease is charged its
+//!   whole slice whatever the expiry policy, and remembered `EXPIRED_RETENTION_MS` for a
+//!   late settle, which charges nothing again. Lease refusals are not audited: they hold
+//!   nothing, and the client then reserves per call, which is.
 #![forbid(unsafe_code)]
 
 mod alerts;
