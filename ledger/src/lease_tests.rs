@@ -761,3 +761,22 @@ fn a_lease_asks_its_own_ttl_and_is_reclaimed_its_grace_after() {
     h.tick(1);
     assert_eq!(h.ledger.leases_on(&h.tenant, None), 0);
 }
+
+#[test]
+fn a_lease_counts_toward_the_reservations_in_flight_quota() {
+    let mut policy = leases_on();
+    policy.quotas.reservations_in_flight = 2;
+    let mut h = H::with_policy(policy);
+    let lease = h.lease_ok("bot", tok(10), 1);
+    assert!(matches!(h.reserve("bot", tok(1)), Outcome::Granted { .. }));
+    let quota_reached = Outcome::Rejected(Rejection::BoundReached {
+        bound: Bound::ReservationsInFlightPerTenant,
+        max: 2,
+        tenant: h.tenant.clone(),
+    });
+    assert_eq!(h.reserve("bot", tok(1)), quota_reached);
+    assert_eq!(h.lease("bot", tok(10), 1, tok(1)), quota_reached);
+    // Returned, it frees its place.
+    ended(&h.settle(lease.lease_id, vec![], Amounts::default(), 0));
+    assert!(matches!(h.reserve("bot", tok(1)), Outcome::Granted { .. }));
+}
