@@ -260,8 +260,8 @@ fn raft_sample(node: &Node) -> RaftSample {
     }
 }
 
-/// Samples term, leader, commit and apply index, lags, and reservations in flight, per node;
-/// counts leader changes as they happen.
+/// Samples term, leader, commit and apply index, lags, reservations in flight and live
+/// leases, per node; counts leader changes as they happen.
 pub fn spawn_raft_gauges(node: Arc<Node>) {
     spawn_leader_changes(node.clone());
     tokio::spawn(async move {
@@ -281,6 +281,7 @@ pub fn spawn_raft_gauges(node: Arc<Node>) {
                 .ledger
                 .stats()
                 .reservations_in_flight;
+            let leases = node.leases_live();
             let leader = u8::from(sample.is_leader);
             metrics::gauge!("tollgate_raft_term", &labels).set(sample.term as f64);
             metrics::gauge!("tollgate_raft_leader_id", &labels).set(sample.leader as f64);
@@ -298,6 +299,7 @@ pub fn spawn_raft_gauges(node: Arc<Node>) {
                 metrics::gauge!("tollgate_raft_follower_lag_entries", &labels).set(lag as f64);
             }
             metrics::gauge!("tollgate_reservations_in_flight", &labels).set(in_flight as f64);
+            metrics::gauge!("tollgate_leases_live", &labels).set(leases as f64);
         }
     });
 }
