@@ -249,6 +249,23 @@ fn a_lease_holds_its_slice_like_a_reservation_and_is_audited() {
     assert_eq!(h.ledger.leases_on(&h.tenant, None), 1);
     assert_eq!(h.ledger.leases_on(&h.tenant, Some(&agent("bot"))), 1);
     assert_eq!(h.ledger.leases_on(&h.tenant, Some(&agent("other"))), 0);
+    let listed = h.ledger.leases(&h.tenant, Some(&agent("bot")), 0).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].lease_id,
+            listed[0].slice,
+            listed[0].units,
+            listed[0].recalled
+        ),
+        (terms.lease_id, tok(100), 2, false)
+    );
+    assert!(h
+        .ledger
+        .leases(&h.tenant, Some(&agent("other")), 0)
+        .unwrap()
+        .is_empty());
+    assert_eq!(h.ledger.stats().leases, 1);
     // Lease and reservation ids come from one counter: they never collide.
     let Outcome::Granted { reservation_id, .. } = h.reserve("bot", tok(1)) else {
         panic!("expected a grant");
@@ -697,4 +714,69 @@ fn leases_and_their_tombstones_survive_a_snapshot() {
     h.ledger = restored;
     let call = h.call(tok(1), tok(1));
     renewed(&h.settle(live.lease_id, vec![call], tok(100), 1));
+}
+
+#[test]
+fn a_per_call_denial_recalls_only_the_leases_holding_that_counter() {
+    let mut h = H::new();
+    h.limit("tokens", Scope::EachAgent, Dimension::Tokens, budget(100));
+    let a = h.lease_ok("a", tok(80), 1);
+    let b = h.lease_ok("b", tok(80), 1);
+    // a's own counter has 20 left: a reserve of 50 is denied by it, and a's lease, which
+    // holds that counter, is recalled; b's counter is another one.
+    assert_eq!(
+        h.reserve("a", tok(50)),
+        Outcome::Denied(DenyReason::Limit {
+            limit_id: limit_id("tokens"),
+            scope: Scope::EachAgent,
+            dimension: Dimension::Tokens,
+            remaining: 20,
+            retry_after_ms: None,
+        })
+    );
+    let listed = h.ledger.leases(&h.tenant, None, 0).unwrap();
+    let recalled: Vec<bool> = listed.iter().map(|l| l.recalled).collect();
+    assert_eq!(recalled, vec![true, false]);
+    assert_eq!(
+        ended(&h.settle(a.lease_id, vec![], tok(80), 1)),
+        (true, false)
+    );
+    renewed(&h.settle(b.lease_id, vec![], tok(80), 1));
+    assert!(matches!(h.reserve("a", tok(50)), Outcome::Granted { .. }));
+}
+
+#[test]
+fn a_lease_asks_its_own_ttl_and_is_reclaimed_its_grace_after() {
+    let mut h = H::new();
+    let mut cmd = h.lease_cmd("bot", tok(10), 1, tok(1));
+    if let Command::Lease { ttl_ms, .. } = &mut cmd {
+        *ttl_ms = 10_000;
+    }
+    let Outcome::Leased(terms) = h.apply(&cmd) else {
+        panic!("expected a lease");
+    };
+    assert_eq!(terms.expires_at_ms, h.now_ms + 10_000 + LEASE_GRACE_MS);
+    h.tick(10_000 + LEASE_GRACE_MS - 1);
+    assert_eq!(h.ledger.leases_on(&h.tenant, None), 1);
+    h.tick(1);
+    assert_eq!(h.ledger.leases_on(&h.tenant, None), 0);
+}
+
+#[test]
+fn a_lease_counts_toward_the_reservations_in_flight_quota() {
+    let mut policy = leases_on();
+    policy.quotas.reservations_in_flight = 2;
+    let mut h = H::with_policy(policy);
+    let lease = h.lease_ok("bot", tok(10), 1);
+    assert!(matches!(h.reserve("bot", tok(1)), Outcome::Granted { .. }));
+    let quota_reached = Outcome::Rejected(Rejection::BoundReached {
+        bound: Bound::ReservationsInFlightPerTenant,
+        max: 2,
+        tenant: h.tenant.clone(),
+    });
+    assert_eq!(h.reserve("bot", tok(1)), quota_reached);
+    assert_eq!(h.lease("bot", tok(10), 1, tok(1)), quota_reached);
+    // Returned, it frees its place.
+    ended(&h.settle(lease.lease_id, vec![], Amounts::default(), 0));
+    assert!(matches!(h.reserve("bot", tok(1)), Outcome::Granted { .. }));
 }
