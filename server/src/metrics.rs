@@ -277,11 +277,10 @@ pub fn spawn_raft_gauges(node: Arc<Node>) {
             let Ok(committed) = committed else {
                 return; // raft stopped
             };
-            let in_flight = crate::raft::state_machine::read_applied(&node.applied)
+            let stats = crate::raft::state_machine::read_applied(&node.applied)
                 .ledger
-                .stats()
-                .reservations_in_flight;
-            let leases = node.leases_live();
+                .stats();
+            let (in_flight, leases) = (stats.reservations_in_flight, stats.leases);
             let leader = u8::from(sample.is_leader);
             metrics::gauge!("tollgate_raft_term", &labels).set(sample.term as f64);
             metrics::gauge!("tollgate_raft_leader_id", &labels).set(sample.leader as f64);
