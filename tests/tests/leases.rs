@@ -7,6 +7,7 @@
 mod common;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{create_key, tokens_budget, used_tokens, TestCluster, LEADER_WAIT};
@@ -355,8 +356,9 @@ async fn hold_and_settle(test: &TestCluster, lease_id: u64) -> bool {
     panic!("the lease was still on after 100 settles");
 }
 
-/// Freeze answers once no lease on the tenant is out: after the expiry of a lease nobody
-/// settles, and, when the holder settles every 200 ms, right after its recall.
+/// Freeze answers once no lease on its scope is out: after the expiry of a lease nobody
+/// settles, and, when the holder settles every 200 ms, right after its recall. An agent's
+/// freeze waits for that agent's leases only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn freeze_answers_once_no_lease_on_the_tenant_is_out() {
     let test = TestCluster::start(3).await;
@@ -406,7 +408,45 @@ async fn freeze_answers_once_no_lease_on_the_tenant_is_out() {
         1,
         "no second expiry"
     );
+    test.client.unfreeze(TENANT, None).await.expect("unfreeze");
+
+    // Freezing one agent waits for its lease only: another agent's, kept alive by its
+    // holder, stays out.
+    let other = granted(&test, lease_request("bot-3", 1_000, "lease-3")).await;
+    let frozen = granted(&test, lease_request("bot-2", 1_000, "lease-4")).await;
+    let stop = AtomicBool::new(false);
+    let kept = keep_alive(&test, other.lease_id, &stop);
+    let agent_frozen = async {
+        freeze(&test, Some("bot-2"), "freeze-3").await;
+        let answered_ms = now_ms();
+        let usage = used_tokens(&test.client, TENANT).await;
+        stop.store(true, Ordering::Relaxed);
+        (answered_ms, usage)
+    };
+    let (still_on, (answered_ms, usage)) = tokio::join!(kept, agent_frozen);
+    assert!(still_on, "the other agent's lease was not recalled");
+    assert!(
+        frozen.expires_at_ms <= answered_ms,
+        "answered before the expiry"
+    );
+    assert_eq!(usage, (2_000, 1_000), "bot-2's slice charged, bot-3's held");
     test.cluster.shutdown().await;
+}
+
+/// Settles the lease every 200 ms, keeping it as it is, until `stop`; returns whether it
+/// was still on then.
+async fn keep_alive(test: &TestCluster, lease_id: u64, stop: &AtomicBool) -> bool {
+    for round in 0..100 {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let request = settle_request(lease_id, &format!("keep-{round}"), 1_000);
+        if settle(test, request).await.expect("settle").lease.is_none() {
+            return false;
+        }
+    }
+    panic!("never told to stop");
 }
 
 /// Bad input is refused and changes nothing: too many units, too many calls, a settle
