@@ -135,7 +135,15 @@ async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
         OpsCommand::Status { quorum } => cluster::status(&target, quorum).await,
         OpsCommand::Tenant(command) => tenants::tenant(&ops, command).await,
         OpsCommand::Limit(command) => tenants::limit(&ops, command).await,
-        OpsCommand::Freeze(args) => tenants::freeze(&ops, args, true).await,
+        OpsCommand::Freeze(args) => {
+            // Answered once no lease on the scope is out: give it the time that takes.
+            let wait = crate::grpc::FREEZE_LEASES_WAIT;
+            let ops = Ops {
+                client: target.patient_client(wait)?,
+                ..ops
+            };
+            tenants::freeze(&ops, args, true).await
+        }
         OpsCommand::Unfreeze(args) => tenants::freeze(&ops, args, false).await,
         OpsCommand::ResetTrip { tenant, agent } => tenants::reset_trip(&ops, &tenant, &agent).await,
         OpsCommand::Usage {

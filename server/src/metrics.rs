@@ -260,8 +260,8 @@ fn raft_sample(node: &Node) -> RaftSample {
     }
 }
 
-/// Samples term, leader, commit and apply index, lags, and reservations in flight, per node;
-/// counts leader changes as they happen.
+/// Samples term, leader, commit and apply index, lags, reservations in flight and live
+/// leases, per node; counts leader changes as they happen.
 pub fn spawn_raft_gauges(node: Arc<Node>) {
     spawn_leader_changes(node.clone());
     tokio::spawn(async move {
@@ -277,10 +277,10 @@ pub fn spawn_raft_gauges(node: Arc<Node>) {
             let Ok(committed) = committed else {
                 return; // raft stopped
             };
-            let in_flight = crate::raft::state_machine::read_applied(&node.applied)
+            let stats = crate::raft::state_machine::read_applied(&node.applied)
                 .ledger
-                .stats()
-                .reservations_in_flight;
+                .stats();
+            let (in_flight, leases) = (stats.reservations_in_flight, stats.leases);
             let leader = u8::from(sample.is_leader);
             metrics::gauge!("tollgate_raft_term", &labels).set(sample.term as f64);
             metrics::gauge!("tollgate_raft_leader_id", &labels).set(sample.leader as f64);
@@ -298,6 +298,7 @@ pub fn spawn_raft_gauges(node: Arc<Node>) {
                 metrics::gauge!("tollgate_raft_follower_lag_entries", &labels).set(lag as f64);
             }
             metrics::gauge!("tollgate_reservations_in_flight", &labels).set(in_flight as f64);
+            metrics::gauge!("tollgate_leases_live", &labels).set(leases as f64);
         }
     });
 }

@@ -14,9 +14,15 @@ use crate::auth::{Auth, KeyIndex};
 use crate::clock::Clock;
 use crate::raft::network::Partition;
 use crate::raft::proposer::Proposer;
-use crate::raft::state_machine::SharedApplied;
+use crate::raft::state_machine::{read_applied, SharedApplied};
 use crate::raft::{Member, NodeId, Raft};
 use crate::tls::NodeTls;
+
+/// Longest time between two ticks while the ledger holds live leases, whatever
+/// `tick_interval` says: an unsettled lease is reclaimed (its slice charged, its freeze
+/// answered) within this of its expiry. Leases last seconds, so a second-long tick would
+/// be a large share of their life.
+pub const LEASE_TICK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How a node runs; built from flags, environment and a TOML file by `config`.
 #[derive(Clone, Debug)]
@@ -115,6 +121,11 @@ impl Node {
             auth: self.auth.clone(),
             keys: self.keys.clone(),
         }
+    }
+
+    /// Live leases in the applied ledger, over every tenant (a counter: one read).
+    pub fn leases_live(&self) -> u64 {
+        read_applied(&self.applied).ledger.stats().leases
     }
 
     pub fn is_leader(&self) -> bool {

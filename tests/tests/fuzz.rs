@@ -263,6 +263,39 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("/tollgate.v1.Tollgate/Batch", batch.encode_to_vec()),
         (
+            "/tollgate.v1.Tollgate/Lease",
+            pb::LeaseRequest {
+                request_id: "e-1".into(),
+                tenant: "acme".into(),
+                agent: "agent".into(),
+                tool: "llm".into(),
+                want: reserve.estimate,
+                units: 4,
+                floor: reserve.estimate,
+                ttl_ms: 2_000,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "/tollgate.v1.Tollgate/Settle",
+            pb::SettleRequest {
+                request_id: "s-1".into(),
+                tenant: "acme".into(),
+                lease_id: 2,
+                calls: vec![pb::LeaseCall {
+                    request_id: "c-1".into(),
+                    estimate: reserve.estimate,
+                    actual: reserve.estimate,
+                    fingerprint: "fp".into(),
+                    shape: "sh".into(),
+                }],
+                want: reserve.estimate,
+                units: 1,
+                ttl_ms: 0,
+            }
+            .encode_to_vec(),
+        ),
+        (
             "/tollgate.v1.Admin/PutTenant",
             pb::PutTenantRequest {
                 request_id: "t-1".into(),

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
@@ -121,6 +122,15 @@ impl Target {
 
     pub(super) fn client(&self) -> anyhow::Result<Client> {
         Client::new(self.client_config()?).context("check --cluster (or TOLLGATE_CLUSTER)")
+    }
+
+    /// A client whose calls may take `wait` to be answered (a freeze waits for the leases
+    /// on its scope to end), without being cut short and retried meanwhile.
+    pub(super) fn patient_client(&self, wait: Duration) -> anyhow::Result<Client> {
+        let mut config = self.client_config()?;
+        config.attempt_timeout = config.attempt_timeout.saturating_add(wait);
+        config.deadline = config.deadline.saturating_add(wait);
+        Client::new(config).context("check --cluster (or TOLLGATE_CLUSTER)")
     }
 
     /// The connection flags to repeat in a suggested command: the cluster this command

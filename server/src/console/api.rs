@@ -41,6 +41,16 @@ struct Session {
 }
 
 fn session(console: &Console, headers: &HeaderMap, uri: &Uri) -> Result<Session, ApiError> {
+    session_on(&console.client, console, headers, uri)
+}
+
+/// A session whose calls go through `client` (one of the console's).
+fn session_on(
+    client: &Client,
+    console: &Console,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Session, ApiError> {
     let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > URI_BYTES_MAX {
         return Err(ApiError::bad_request(format!(
@@ -55,8 +65,7 @@ fn session(console: &Console, headers: &HeaderMap, uri: &Uri) -> Result<Session,
     } else {
         None
     };
-    let client = console
-        .client
+    let client = client
         .with_token(token)
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     Ok(Session { caller, client })
@@ -296,7 +305,7 @@ pub async fn freeze(
     uri: Uri,
     body: Result<Json<FreezeBody>, JsonRejection>,
 ) -> ApiResult<serde_json::Value> {
-    let session = session(&console, &headers, &uri)?;
+    let session = session_on(&console.patient, &console, &headers, &uri)?;
     let Json(body) =
         body.map_err(|e| ApiError::bad_request(format!("bad body: {}", e.body_text())))?;
     let tenant = check_name("tenant", &body.tenant)?;

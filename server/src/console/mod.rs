@@ -40,17 +40,26 @@ pub struct Console {
     /// Dials this process's node(s); each request uses it with the caller's key
     /// (`Client::with_token` shares its connections and remembered leader).
     client: Client,
+    /// The same, for a freeze: its answer may take up to `FREEZE_LEASES_WAIT` (it waits
+    /// for the leases on its scope to end), so its attempts are not cut short before.
+    patient: Client,
 }
 
 impl Console {
     pub fn new(config: &HttpConfig) -> anyhow::Result<Self> {
         let mut client_config = ClientConfig::new(config.endpoints.clone());
         client_config.tls = config.tls.as_ref().map(crate::tls::NodeTls::client_config);
-        let client = Client::new(client_config)
+        let client = Client::new(client_config.clone())
+            .map_err(|e| anyhow::anyhow!("the console's cluster client: {e}"))?;
+        let wait = crate::grpc::FREEZE_LEASES_WAIT;
+        client_config.attempt_timeout = client_config.attempt_timeout.saturating_add(wait);
+        client_config.deadline = client_config.deadline.saturating_add(wait);
+        let patient = Client::new(client_config)
             .map_err(|e| anyhow::anyhow!("the console's cluster client: {e}"))?;
         Ok(Self {
             authenticator: config.authenticator.clone(),
             client,
+            patient,
         })
     }
 }

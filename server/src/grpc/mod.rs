@@ -12,6 +12,8 @@ pub mod quorum;
 mod raft_service;
 mod tollgate_service;
 
+pub use admin_service::FREEZE_LEASES_WAIT;
+
 use std::sync::Arc;
 use std::time::Duration;
 

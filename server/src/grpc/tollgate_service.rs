@@ -239,7 +239,8 @@ async fn record(
 }
 
 /// A lease ask: for the caller's tenant, and for one of its agents if the key is limited to
-/// some. A refusal is an answer (`refused`), not an error.
+/// some (such a key is refused OFF for now). A refusal is an answer (`refused`), not an
+/// error.
 async fn lease(
     node: &Node,
     caller: &Caller,
@@ -250,6 +251,18 @@ async fn lease(
     caller.for_worker(&tenant, Some(&agent))?;
     let ttl_ms = request.ttl_ms;
     let command = convert::lease(request)?;
+    if caller.agent_limited() {
+        // Such a key could not settle the lease (see `settle`): it goes per call, where
+        // every call is checked against its agents.
+        let refused = Outcome::LeaseRefused(LeaseRefusal::Off);
+        count_decision("lease", &refused);
+        return Ok(pb::LeaseResponse {
+            decision: Some(pb::lease_response::Decision::Refused(
+                pb::LeaseRefusal::Off.into(),
+            )),
+            applied: None,
+        });
+    }
     let result = propose(node, command, "lease").await?;
     count_decision("lease", &result.outcome);
     let decision = match &result.outcome {
@@ -267,9 +280,7 @@ async fn lease(
     })
 }
 
-/// A settle: charges the calls reported and renews, resizes or ends the lease. An
-/// agent-limited key may settle only its agents' leases, as it may commit only their
-/// reservations.
+/// A settle: charges the calls reported and renews, resizes or ends the lease.
 async fn settle(
     node: &Node,
     caller: &Caller,
@@ -277,7 +288,14 @@ async fn settle(
 ) -> Result<pb::SettleResponse, Status> {
     let tenant = convert::tenant(&request.tenant)?;
     caller.for_worker(&tenant, None)?;
-    check_reservation_agent(node, caller, &tenant, request.lease_id)?;
+    if caller.agent_limited() {
+        // The ledger does not tell which agent holds a lease, so such a key could settle
+        // (and end, or charge) another agent's; it is never granted one (see `lease`).
+        return Err(Status::permission_denied(
+            "a key limited to agents holds no leases (its lease asks are refused OFF); \
+             reserve per call, or settle with a key for the whole tenant",
+        ));
+    }
     let ttl_ms = request.ttl_ms;
     let command = convert::settle(request)?;
     let result = propose(node, command, "settle").await?;
