@@ -356,8 +356,9 @@ impl Ledger {
         self.keys.by_id.get(key_id).is_some_and(ApiKey::is_live)
     }
 
-    /// The agent that holds (or held, if it expired recently) the tenant's reservation:
-    /// what an agent-limited key is checked against before a commit or release.
+    /// The agent that holds (or held, if it expired recently) the tenant's reservation or
+    /// lease (their ids are counted together): what an agent-limited key is checked against
+    /// before a commit, release or settle.
     pub fn reservation_agent(
         &self,
         tenant: &TenantId,
@@ -365,9 +366,14 @@ impl Ledger {
     ) -> Option<AgentId> {
         let t = self.tenants.find(tenant.as_bytes())?;
         let key = (t, reservation_id.0);
-        let agent = match self.reservations.get(&key) {
-            Some(r) => r.agent,
-            None => self.tombstones.get(&key)?.reservation.agent,
+        let agent = if let Some(r) = self.reservations.get(&key) {
+            r.agent
+        } else if let Some(gone) = self.tombstones.get(&key) {
+            gone.reservation.agent
+        } else if let Some(lease) = self.leases.get(&key) {
+            lease.agent
+        } else {
+            self.lease_tombstones.get(&key)?.lease.agent
         };
         self.tenants.get(t)?.agents.get(agent).map(|a| a.id.clone())
     }

@@ -103,7 +103,7 @@ pub struct TenantSpec {
     #[serde(default)]
     pub trip_cooldown_ms: u64,
     /// Clients may hold leases: the tenant's agents then call through the client's own
-    /// reserve, which decides calls inside a lease (docs/SPEC.md, "Budget leases").
+    /// reserve, which decides calls inside a lease (docs/SPEC.md, "Leases").
     #[serde(default)]
     pub leases: bool,
 }

@@ -450,7 +450,8 @@ async fn keep_alive(test: &TestCluster, lease_id: u64, stop: &AtomicBool) -> boo
 }
 
 /// Bad input is refused and changes nothing: too many units, too many calls, a settle
-/// over the decoder's bound, another tenant's lease, a key limited to other agents.
+/// over the decoder's bound, another tenant's lease, a key limited to other agents (which
+/// may lease and settle for its own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_lease_input_is_refused_and_changes_nothing() {
     let test = TestCluster::with_auth(3).await;
@@ -521,18 +522,8 @@ async fn bad_lease_input_is_refused_and_changes_nothing() {
         .expect_err("not globex's lease");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
-    // A key limited to agents goes per call: refused OFF for its agent, denied for another.
-    let answer = lease_as(
-        &test,
-        Some(&bot_only),
-        lease_request("bot", 1_000, "lease-bot"),
-    )
-    .await
-    .expect("an answer");
-    assert_eq!(
-        answer.decision,
-        Some(Decision::Refused(v1::LeaseRefusal::Off.into()))
-    );
+    // A key limited to agents leases and settles only for its agents.
+    let (_, eve_only) = create_key(&test.client, Some(TENANT), v1::KeyRole::Worker, &["eve"]).await;
     let status = lease_as(
         &test,
         Some(&bot_only),
@@ -543,19 +534,34 @@ async fn bad_lease_input_is_refused_and_changes_nothing() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let status = settle_as(
         &test,
-        Some(&bot_only),
-        settle_request(terms.lease_id, "settle-bot", 0),
+        Some(&eve_only),
+        settle_request(terms.lease_id, "settle-eve", 0),
     )
     .await
-    .expect_err("it holds no lease");
+    .expect_err("bot's lease, not eve's");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     assert_eq!(used_tokens(&test.client, TENANT).await, unchanged);
     assert!(audit(&test, "lease_call").await.is_empty());
-    let returned = settle_as(&test, acme, settle_request(terms.lease_id, "return", 0))
-        .await
-        .expect("its holder returns it");
+    let returned = settle_as(
+        &test,
+        Some(&bot_only),
+        settle_request(terms.lease_id, "return", 0),
+    )
+    .await
+    .expect("a key of bot returns bot's lease");
     assert!(returned.lease.is_none());
     assert_eq!(used_tokens(&test.client, TENANT).await, (0, 0));
+    let granted = lease_as(
+        &test,
+        Some(&bot_only),
+        lease_request("bot", 1_000, "lease-bot"),
+    )
+    .await
+    .expect("an answer");
+    assert!(
+        matches!(granted.decision, Some(Decision::Granted(_))),
+        "a key of bot leases for bot: {granted:?}"
+    );
     test.cluster.shutdown().await;
 }

@@ -239,8 +239,7 @@ async fn record(
 }
 
 /// A lease ask: for the caller's tenant, and for one of its agents if the key is limited to
-/// some (such a key is refused OFF for now). A refusal is an answer (`refused`), not an
-/// error.
+/// some. A refusal is an answer (`refused`), not an error.
 async fn lease(
     node: &Node,
     caller: &Caller,
@@ -251,18 +250,6 @@ async fn lease(
     caller.for_worker(&tenant, Some(&agent))?;
     let ttl_ms = request.ttl_ms;
     let command = convert::lease(request)?;
-    if caller.agent_limited() {
-        // Such a key could not settle the lease (see `settle`): it goes per call, where
-        // every call is checked against its agents.
-        let refused = Outcome::LeaseRefused(LeaseRefusal::Off);
-        count_decision("lease", &refused);
-        return Ok(pb::LeaseResponse {
-            decision: Some(pb::lease_response::Decision::Refused(
-                pb::LeaseRefusal::Off.into(),
-            )),
-            applied: None,
-        });
-    }
     let result = propose(node, command, "lease").await?;
     count_decision("lease", &result.outcome);
     let decision = match &result.outcome {
@@ -288,14 +275,7 @@ async fn settle(
 ) -> Result<pb::SettleResponse, Status> {
     let tenant = convert::tenant(&request.tenant)?;
     caller.for_worker(&tenant, None)?;
-    if caller.agent_limited() {
-        // The ledger does not tell which agent holds a lease, so such a key could settle
-        // (and end, or charge) another agent's; it is never granted one (see `lease`).
-        return Err(Status::permission_denied(
-            "a key limited to agents holds no leases (its lease asks are refused OFF); \
-             reserve per call, or settle with a key for the whole tenant",
-        ));
-    }
+    check_reservation_agent(node, caller, &tenant, request.lease_id)?;
     let ttl_ms = request.ttl_ms;
     let command = convert::settle(request)?;
     let result = propose(node, command, "settle").await?;
@@ -319,8 +299,9 @@ async fn settle(
     }
 }
 
-/// An agent-limited key may commit or release only its agents' reservations. A reservation
-/// this node does not know is left to the ledger, which answers as for any unknown id.
+/// An agent-limited key may commit, release or settle only its agents' reservations and
+/// leases. An id this node does not know is left to the ledger, which answers as for any
+/// unknown id.
 fn check_reservation_agent(
     node: &Node,
     caller: &Caller,
