@@ -808,6 +808,38 @@ mod tests {
         }
     }
 
+    /// The first record an archive run reads continues the archive, or the run fails:
+    /// naming the dropped seqs when the cluster no longer holds them.
+    #[test]
+    fn an_archive_run_never_skips_a_gap() {
+        let records = chain(6);
+        let end = ChainHead {
+            seq: 2,
+            hash: records[1].hash,
+        };
+        let dir = Path::new("unused");
+        let archiver = Archiver::new(dir, 10, Some(end));
+        archiver.check_continues(&records[2]).unwrap();
+        let gap = archiver
+            .check_continues(&records[4])
+            .unwrap_err()
+            .to_string();
+        assert!(gap.contains("records 3..=4 were dropped"), "{gap}");
+        let other = Archiver::new(
+            dir,
+            10,
+            Some(ChainHead {
+                seq: 2,
+                hash: [1; 32],
+            }),
+        );
+        let error = other.check_continues(&records[2]).unwrap_err().to_string();
+        assert!(error.contains("does not continue the archive"), "{error}");
+        Archiver::new(dir, 10, None)
+            .check_continues(&records[4])
+            .unwrap();
+    }
+
     #[test]
     fn audit_records_render_as_a_table() {
         let record = v1::AuditRecord {
