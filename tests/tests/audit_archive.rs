@@ -7,8 +7,11 @@ mod common;
 use std::path::Path;
 
 use clap::Parser;
-use common::{create_key, tenant_with_budget, TestCluster, ADMIN_KEY, LEADER_WAIT};
+use common::{
+    converged_statuses, create_key, tenant_with_budget, TestCluster, ADMIN_KEY, LEADER_WAIT,
+};
 use tollgate_client::{v1, Amounts, Client, ReserveRequest};
+use tollgate_server::archive::archive_step;
 use tollgate_server::cli::archive::{read_manifests, segment_stem, verify_archive};
 use tollgate_server::cli::{self, AuditCommand, OpsCommand, Target};
 
@@ -199,5 +202,50 @@ async fn audit_queries_filter_by_tool_and_only_an_admin_archives_the_trail() {
         .expect_err("a tenant admin cannot archive the whole trail");
     assert!(format!("{error:#}").contains("denied"), "{error:#}");
     assert!(read_manifests(&dir).unwrap().is_empty());
+    test.cluster.shutdown().await;
+}
+
+/// Every node archives the chain it applied: identical copies, each verifying to the
+/// cluster's head, and a later step resumes where the last ended. With
+/// `--audit-archive-dir` (here `audit_archive_dir`) each node archives into its own directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_archives_an_identical_copy_of_the_chain() {
+    let work = tempfile::tempdir().unwrap();
+    let continuous = work.path().join("continuous");
+    let option = continuous.clone();
+    let test = TestCluster::start_with(3, |options| options.audit_archive_dir = Some(option)).await;
+    tenant_with_budget(&test.client, "acme", 1_000_000).await;
+    traffic(&test.client, "llm", 4).await;
+    let statuses = converged_statuses(&test.cluster, &test.client).await;
+    let head = (
+        statuses[0].chain_head_seq,
+        statuses[0].chain_head_hash.clone(),
+    );
+    for id in test.cluster.ids() {
+        let node = test.cluster.node(id).expect("running");
+        let dir = work.path().join(format!("step-{id}"));
+        assert_eq!(archive_step(node, &dir, 5).expect("archived"), head.0);
+        let verified = verify_archive(&dir, None).expect("verifies");
+        assert_eq!((verified.head.seq, verified.head.hash.to_vec()), head);
+    }
+
+    traffic(&test.client, "llm", 3).await;
+    let statuses = converged_statuses(&test.cluster, &test.client).await;
+    let node = test.cluster.node(test.cluster.ids()[0]).expect("running");
+    let dir = work.path().join(format!("step-{}", test.cluster.ids()[0]));
+    let archived = archive_step(node, &dir, 5).expect("resumed");
+    assert_eq!(archived, statuses[0].chain_head_seq - head.0);
+    let verified = verify_archive(&dir, None).expect("verifies");
+    assert_eq!(verified.head.seq, statuses[0].chain_head_seq);
+
+    // The option's task ran its first step at start: each node has its own directory.
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    for id in test.cluster.ids() {
+        let own = continuous.join(format!("node-{id}"));
+        while !own.is_dir() {
+            assert!(tokio::time::Instant::now() < deadline, "{own:?} never made");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     test.cluster.shutdown().await;
 }

@@ -474,6 +474,31 @@ fn verify_segment(dir: &Path, manifest: &Manifest, walker: &mut ChainWalker) -> 
     Ok(())
 }
 
+/// The first record read past an archive's `end` continues it: never a silent gap.
+pub fn check_continues(end: Option<ChainHead>, record: &AuditRecord) -> anyhow::Result<()> {
+    let Some(end) = end else { return Ok(()) };
+    let next = end.seq.saturating_add(1);
+    if record.seq > next {
+        bail!(
+            "gap: the archive ends at seq {}, but the cluster's oldest retained record is \
+             seq {}: records {next}..={} were dropped from memory before being archived",
+            end.seq,
+            record.seq,
+            record.seq - 1
+        );
+    }
+    if record.seq != next || record.prev_hash != end.hash {
+        bail!(
+            "the cluster's record seq {} does not continue the archive (ends at {}:{}): \
+             an archive of another cluster?",
+            record.seq,
+            end.seq,
+            hex::encode(end.hash)
+        );
+    }
+    Ok(())
+}
+
 /// Where an archive ends: the last sealed segment's last seq and hash, None when empty.
 pub fn archive_end(manifests: &[Manifest]) -> anyhow::Result<Option<ChainHead>> {
     let Some(last) = manifests.last() else {

@@ -479,27 +479,7 @@ impl<'a> Archiver<'a> {
 
     /// The first exported record continues the archive: never a silent gap.
     fn check_continues(&self, record: &AuditRecord) -> anyhow::Result<()> {
-        let Some(end) = self.end else { return Ok(()) };
-        let next = end.seq.saturating_add(1);
-        if record.seq > next {
-            bail!(
-                "gap: the archive ends at seq {}, but the cluster's oldest retained record is \
-                 seq {}: records {next}..={} were dropped from memory before being archived",
-                end.seq,
-                record.seq,
-                record.seq - 1
-            );
-        }
-        if record.seq != next || record.prev_hash != end.hash {
-            bail!(
-                "the cluster's record seq {} does not continue the archive (ends at {}:{}): \
-                 an archive of another cluster?",
-                record.seq,
-                end.seq,
-                hex::encode(end.hash)
-            );
-        }
-        Ok(())
+        segments::check_continues(self.end, record)
     }
 
     fn seal(&mut self) -> anyhow::Result<()> {
