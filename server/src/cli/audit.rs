@@ -821,6 +821,19 @@ mod tests {
     }
 
     #[test]
+    fn the_tool_filter_goes_on_the_wire() {
+        #[derive(clap::Parser)]
+        struct Query {
+            #[command(flatten)]
+            filter: AuditFilterArgs,
+        }
+        let parsed = <Query as clap::Parser>::try_parse_from(["q", "--tool", "web-search"]);
+        let request = wire_query(parsed.unwrap().filter, None, 10);
+        assert_eq!(request.tool, "web-search");
+        assert_eq!(wire_query(AuditFilterArgs::default(), None, 10).tool, "");
+    }
+
+    #[test]
     fn audit_records_render_as_a_table() {
         let record = v1::AuditRecord {
             seq: 7,
