@@ -772,6 +772,7 @@ impl AuditLog {
             .filter(|r| filter.tenant.is_none() || r.tenant == filter.tenant)
             .filter(|r| filter.agent.is_none() || r.agent == filter.agent)
             .filter(|r| filter.event.as_ref().is_none_or(|e| e == r.event.name()))
+            .filter(|r| filter.tool.is_none() || r.tool == filter.tool)
             .take(limit)
             .collect()
     }

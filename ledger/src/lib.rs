@@ -235,6 +235,8 @@ pub struct AuditFilter {
     pub to_seq: Option<u64>,
     /// Only records of this event, named as in the export (`AuditEvent::name`).
     pub event: Option<String>,
+    /// Only records of this tool.
+    pub tool: Option<ToolId>,
     pub limit: usize,
 }
 

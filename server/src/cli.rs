@@ -3,6 +3,7 @@
 //! (`--json`) for scripts. Decides nothing: the cluster validates and answers, this module
 //! only parses flags, calls and prints.
 
+pub mod archive;
 mod audit;
 pub mod certs;
 mod cluster;
@@ -117,8 +118,16 @@ pub async fn run(target: Target, command: OpsCommand) -> anyhow::Result<()> {
 
 async fn dispatch(target: Target, command: OpsCommand) -> anyhow::Result<()> {
     // Offline: needs no cluster, so a missing or bad --cluster must not stop it.
-    if let OpsCommand::Audit(AuditCommand::Verify { file: Some(file) }) = &command {
-        return audit::verify_file(target.json, file);
+    if let OpsCommand::Audit(AuditCommand::Verify {
+        file,
+        archive,
+        expect_head,
+    }) = &command
+    {
+        if file.is_some() || archive.is_some() || expect_head.is_some() {
+            let (file, archive) = (file.as_deref(), archive.as_deref());
+            return audit::verify_offline(target.json, file, archive, expect_head.clone());
+        }
     }
     if let OpsCommand::Key(KeyCommand::Generate) = &command {
         return keys::generate();

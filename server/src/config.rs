@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// /etc/ssl/certs/ca-certificates.crt.
     #[arg(long, env = "TOLLGATE_ALERT_WEBHOOK_CA_FILE", value_name = "PATH")]
     pub alert_webhook_ca_file: Option<PathBuf>,
+    /// Archive the audit trail continuously into sealed segments in this directory (as
+    /// `tollgate audit archive` writes them): every node its own copy, on its own disk.
+    #[arg(long, env = "TOLLGATE_AUDIT_ARCHIVE_DIR", value_name = "DIR")]
+    pub audit_archive_dir: Option<PathBuf>,
     /// A TOML file with the same settings (keys as the flags, with underscores).
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -128,6 +132,7 @@ struct FileConfig {
     alert_webhook: Option<String>,
     alert_webhook_secret_file: Option<PathBuf>,
     alert_webhook_ca_file: Option<PathBuf>,
+    audit_archive_dir: Option<PathBuf>,
 }
 
 /// Settings beyond the node itself.
@@ -339,6 +344,7 @@ impl ServeArgs {
                 .or(file.alert_webhook_ca_file.take()),
             insecure,
         )?;
+        node.audit_archive_dir = self.audit_archive_dir.or(file.audit_archive_dir.take());
         let mut config = ServeConfig {
             node,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),

@@ -1,6 +1,7 @@
 //! A Tollgate node: `raft` orders, replicates and persists; `grpc` translates; the ledger
 //! (`tollgate-ledger`) decides.
 pub mod alerts;
+pub mod archive;
 pub mod auth;
 pub mod cli;
 pub mod clock;

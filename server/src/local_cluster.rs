@@ -44,6 +44,8 @@ pub struct LocalClusterOptions {
     pub partition: Partition,
     /// Every node's alert webhook.
     pub alerts: Option<crate::alerts::AlertWebhook>,
+    /// Each node archives its audit trail into `<this>/node-<id>` (`--audit-archive-dir`).
+    pub audit_archive_dir: Option<PathBuf>,
 }
 
 impl LocalClusterOptions {
@@ -62,6 +64,7 @@ impl LocalClusterOptions {
             auth: Auth::default(),
             partition: Partition::default(),
             alerts: None,
+            audit_archive_dir: None,
         }
     }
 }
@@ -160,6 +163,8 @@ impl LocalCluster {
         config.partition = self.options.partition.clone();
         config.tick_interval = self.options.tick_interval;
         config.alerts = self.options.alerts.clone();
+        config.audit_archive_dir =
+            (self.options.audit_archive_dir.as_ref()).map(|dir| dir.join(format!("node-{id}")));
         if self.options.fast_elections {
             config.heartbeat_interval = Duration::from_millis(50);
             config.election_timeout_min = Duration::from_millis(200);

@@ -58,6 +58,9 @@ pub struct NodeConfig {
     pub log_entries_kept_after_snapshot: u64,
     /// Where the leader sends soft-threshold alerts; None: they are only audited.
     pub alerts: Option<AlertWebhook>,
+    /// Where this node archives the audit trail continuously (`crate::archive`); None: no
+    /// archiving but `tollgate audit archive`.
+    pub audit_archive_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -83,6 +86,7 @@ impl NodeConfig {
             log_entries_kept_after_snapshot: 1_000,
             partition: Partition::default(),
             alerts: None,
+            audit_archive_dir: None,
         }
     }
 }

@@ -116,6 +116,10 @@ impl RunningNode {
             let alerts = crate::alerts::deliver(node.clone(), webhook, stopped.clone());
             tasks.push(tokio::spawn(alerts));
         }
+        if let Some(dir) = config.audit_archive_dir.clone() {
+            let archive = crate::archive::archive_continuously(node.clone(), dir, stopped.clone());
+            tasks.push(tokio::spawn(archive));
+        }
         tasks.push(tokio::spawn(tick(
             node.clone(),
             config.tick_interval,

@@ -200,6 +200,7 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
         after_seq: Some(1),
         limit: 10,
         event: "threshold_crossed".into(),
+        tool: "llm".into(),
     };
     let freeze = pb::FreezeRequest {
         request_id: "f-1".into(),

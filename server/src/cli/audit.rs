@@ -11,6 +11,10 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use tollgate_client::{v1, AuditExport};
 
+use super::archive::{
+    self as segments, parse_expect_head, ChainWalker, ExpectHead, SegmentWriter,
+    SEGMENT_RECORDS_DEFAULT,
+};
 use super::money::decimal_micros;
 use super::ops::{out, out_json, Ops, ROWS_DEFAULT};
 use super::parse::{parse_query_limit, parse_time_ms};
@@ -34,6 +38,9 @@ pub struct AuditFilterArgs {
     /// deny, trip, ...
     #[arg(long, value_name = "NAME")]
     pub event: Option<String>,
+    /// Only records of this tool.
+    #[arg(long)]
+    pub tool: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,11 +65,30 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<std::path::PathBuf>,
     },
-    /// Check the hash chain: the cluster's (on the leader), or an exported file's.
+    /// Check the hash chain: the cluster's (on the leader), an exported file's or an
+    /// archive's (offline).
     Verify {
         /// A JSON-lines file written by `audit export` (unfiltered by tenant and agent).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "archive")]
         file: Option<std::path::PathBuf>,
+        /// A directory written by `audit archive`: every segment and the chain across them.
+        #[arg(long, value_name = "DIR")]
+        archive: Option<std::path::PathBuf>,
+        /// With --file or --archive: the chain must hold this record, SEQ:HASH as
+        /// `tollgate status` shows the chain head (HASH: 12 to 64 hex digits).
+        #[arg(long, value_name = "SEQ:HASH", value_parser = parse_expect_head)]
+        expect_head: Option<ExpectHead>,
+    },
+    /// Append the cluster's retained records to sealed segment files in DIR, from where
+    /// the archive ends (the first run: the oldest retained record). Admin key only.
+    Archive {
+        /// The archive directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        to: std::path::PathBuf,
+        /// Records per segment file.
+        #[arg(long, value_name = "N", default_value_t = SEGMENT_RECORDS_DEFAULT,
+              value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        segment_records: u64,
     },
 }
 
@@ -78,8 +104,20 @@ pub async fn audit(ops: &Ops, command: AuditCommand) -> anyhow::Result<()> {
             limit,
         } => query(ops, filter, after_seq, limit).await,
         AuditCommand::Export { filter, out } => export(ops, filter, out.as_deref()).await,
-        AuditCommand::Verify { file: Some(file) } => verify_file(ops.json, &file),
-        AuditCommand::Verify { file: None } => verify_cluster(ops).await,
+        AuditCommand::Verify {
+            file: None,
+            archive: None,
+            expect_head: None,
+        } => verify_cluster(ops).await,
+        AuditCommand::Verify {
+            file,
+            archive,
+            expect_head,
+        } => verify_offline(ops.json, file.as_deref(), archive.as_deref(), expect_head),
+        AuditCommand::Archive {
+            to,
+            segment_records,
+        } => archive_to(ops, &to, segment_records).await,
     }
 }
 
@@ -96,6 +134,7 @@ fn wire_query(
         after_seq,
         limit,
         event: filter.event.unwrap_or_default(),
+        tool: filter.tool.unwrap_or_default(),
     }
 }
 
@@ -280,17 +319,233 @@ async fn verify_cluster(ops: &Ops) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `audit verify --file` or `--archive`: offline, no cluster needed.
+pub fn verify_offline(
+    json: bool,
+    file: Option<&Path>,
+    archive: Option<&Path>,
+    expect: Option<ExpectHead>,
+) -> anyhow::Result<()> {
+    match (file, archive) {
+        (Some(file), _) => verify_file(json, file, expect),
+        (None, Some(dir)) => verify_archive_dir(json, dir, expect),
+        (None, None) => Err(super::UsageError(
+            "--expect-head needs --file or --archive (the chain it checks)".into(),
+        )
+        .into()),
+    }
+}
+
+fn verify_archive_dir(json: bool, dir: &Path, expect: Option<ExpectHead>) -> anyhow::Result<()> {
+    let verified = match segments::verify_archive(dir, expect) {
+        Ok(verified) => verified,
+        Err(error) => {
+            if json {
+                out_json(&json!({ "ok": false, "error": format!("{error:#}") }))?;
+            }
+            bail!(
+                "{}: audit archive does not verify: {error:#}",
+                dir.display()
+            );
+        }
+    };
+    let hash = hex::encode(verified.head.hash);
+    if json {
+        return out_json(&json!({
+            "ok": true,
+            "segments": verified.segments,
+            "records_checked": verified.records,
+            "first_seq": verified.first_seq,
+            "head_seq": verified.head.seq,
+            "head_hash": hash,
+        }));
+    }
+    out(&render::render_fields(&[
+        ("audit archive", format!("intact ({})", dir.display())),
+        ("segments", verified.segments.to_string()),
+        ("records checked", verified.records.to_string()),
+        (
+            "seq range",
+            format!("{}..={}", verified.first_seq, verified.head.seq),
+        ),
+        ("head", format!("{}:{hash}", verified.head.seq)),
+    ]))
+}
+
+/// `audit archive --to DIR`: appends what the cluster retains past the archive's end.
+async fn archive_to(ops: &Ops, dir: &Path, segment_records: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let manifests = segments::read_manifests(dir)?;
+    for name in segments::remove_unsealed(dir, &manifests)? {
+        eprintln!("removed {name}: never sealed (an interrupted archive run)");
+    }
+    let end = segments::archive_end(&manifests)?;
+    let head = cluster_head(ops).await?;
+    let after = end.map_or(0, |end| end.seq);
+    if head < after {
+        bail!(
+            "the archive in {} ends at seq {after}, past the cluster's chain head {head}: \
+             an archive of another cluster?",
+            dir.display()
+        );
+    }
+    let query = v1::AuditQueryRequest {
+        after_seq: end.map(|end| end.seq),
+        // The export stops at the head read above, though the log grows meanwhile.
+        limit: u32::try_from(head - after).unwrap_or(u32::MAX),
+        ..v1::AuditQueryRequest::default()
+    };
+    if head == after {
+        return report_archived(ops, dir, &[], end);
+    }
+    let mut stream = ops
+        .client
+        .export_audit(query)
+        .await
+        .map_err(|e| ops.failed("could not start the audit export", e))?;
+    let mut archiver = Archiver::new(dir, segment_records, end);
+    let result = archiver.copy(ops, &mut stream, head).await;
+    let sealed = archiver.finish(result)?;
+    report_archived(ops, dir, &sealed, end)
+}
+
+/// The chain head of the first node of --cluster that answers: where this archive run
+/// stops (the export is at least as new, since it starts after this).
+async fn cluster_head(ops: &Ops) -> anyhow::Result<u64> {
+    let mut last_error = None;
+    for addr in &ops.client.config().endpoints {
+        match ops.client.status(addr).await {
+            Ok(status) => return Ok(status.chain_head_seq),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    match last_error {
+        Some(error) => Err(ops.failed("could not read the cluster's chain head", error)),
+        None => bail!("no cluster node to ask (--cluster is empty)"),
+    }
+}
+
+/// Copies the export into segments, checking every record's hash and link on the way.
+struct Archiver<'a> {
+    dir: &'a Path,
+    segment_records: u64,
+    walker: ChainWalker,
+    /// Where the archive ends: the first record must continue it.
+    end: Option<ChainHead>,
+    segment: Option<SegmentWriter>,
+    sealed: Vec<segments::Manifest>,
+}
+
+impl<'a> Archiver<'a> {
+    fn new(dir: &'a Path, segment_records: u64, end: Option<ChainHead>) -> Self {
+        Self {
+            dir,
+            segment_records,
+            walker: ChainWalker::new(None),
+            end,
+            segment: None,
+            sealed: Vec::new(),
+        }
+    }
+
+    async fn copy(&mut self, ops: &Ops, stream: &mut AuditExport, head: u64) -> anyhow::Result<()> {
+        while let Some(wire) = stream
+            .next()
+            .await
+            .map_err(|e| ops.failed("audit export interrupted", e))?
+        {
+            let record = segments::parse_record(&wire.json)
+                .with_context(|| format!("audit record seq {}", wire.seq))?;
+            if self.walker.records == 0 {
+                self.check_continues(&record)?;
+            }
+            let seq = record.seq;
+            self.walker.push(record.clone())?;
+            if self.segment.is_none() {
+                self.segment = Some(SegmentWriter::create(self.dir)?);
+            }
+            if let Some(segment) = self.segment.as_mut() {
+                segment.append(&record, &wire.json)?;
+                if segment.records >= self.segment_records {
+                    self.seal()?;
+                }
+            }
+            if seq >= head {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first exported record continues the archive: never a silent gap.
+    fn check_continues(&self, record: &AuditRecord) -> anyhow::Result<()> {
+        segments::check_continues(self.end, record)
+    }
+
+    fn seal(&mut self) -> anyhow::Result<()> {
+        if let Some(segment) = self.segment.take() {
+            // Verified before sealing: a sealed segment never holds a broken chain.
+            self.walker.finish()?;
+            self.sealed.push(segment.seal()?);
+        }
+        Ok(())
+    }
+
+    /// Seals what was copied (also after a failure: what was read verifies), then reports.
+    fn finish(mut self, result: anyhow::Result<()>) -> anyhow::Result<Vec<segments::Manifest>> {
+        let sealed = if self.walker.records > 0 {
+            self.seal()
+        } else {
+            Ok(())
+        };
+        result.and(sealed)?;
+        Ok(self.sealed)
+    }
+}
+
+fn report_archived(
+    ops: &Ops,
+    dir: &Path,
+    sealed: &[segments::Manifest],
+    before: Option<ChainHead>,
+) -> anyhow::Result<()> {
+    let records: u64 = sealed.iter().map(|m| m.records).sum();
+    let head = sealed
+        .last()
+        .map(|m| format!("{}:{}", m.last_seq, m.last_hash))
+        .or(before.map(|h| format!("{}:{}", h.seq, hex::encode(h.hash))))
+        .unwrap_or_else(|| "-".into());
+    if ops.json {
+        return out_json(&json!({
+            "ok": true,
+            "dir": dir.display().to_string(),
+            "segments_sealed": sealed.iter().map(|m| &m.segment).collect::<Vec<_>>(),
+            "records_archived": records,
+            "archive_head": head,
+        }));
+    }
+    out(&render::render_fields(&[
+        ("audit archive", dir.display().to_string()),
+        ("segments sealed", sealed.len().to_string()),
+        ("records archived", records.to_string()),
+        ("archive head", head),
+    ]))
+}
+
 /// What a file verification found.
 #[derive(Debug, PartialEq, Eq)]
 struct FileVerified {
     records: u64,
     first_seq: u64,
     head: ChainHead,
+    /// The hash of the record at the expected head's seq, if asked for and present.
+    expect_seen: Option<[u8; 32]>,
 }
 
-pub fn verify_file(json: bool, path: &Path) -> anyhow::Result<()> {
+pub fn verify_file(json: bool, path: &Path, expect: Option<ExpectHead>) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
-    let verified = match verify_lines(BufReader::new(file), &path.display().to_string()) {
+    let name = path.display().to_string();
+    let verified = match verify_lines(BufReader::new(file), &name, expect.as_ref()) {
         Ok(verified) => verified,
         Err(VerifyFileError::Chain(error)) => {
             let seq = broken_seq(&error);
@@ -308,6 +563,15 @@ pub fn verify_file(json: bool, path: &Path) -> anyhow::Result<()> {
         }
         Err(VerifyFileError::Input(error)) => return Err(error),
     };
+    if let Some(expect) = &expect {
+        segments::check_expected(
+            expect,
+            verified.expect_seen,
+            Some(verified.first_seq),
+            verified.head,
+        )
+        .with_context(|| format!("{name}: audit chain intact, but"))?;
+    }
     let hash = hex::encode(verified.head.hash);
     if json {
         return out_json(&json!({
@@ -351,7 +615,12 @@ enum VerifyFileError {
 
 /// Parses JSON lines (blank lines skipped) into audit records and verifies the chain in
 /// overlapping chunks of [`VERIFY_CHUNK_RECORDS`].
-fn verify_lines(reader: impl BufRead, name: &str) -> Result<FileVerified, VerifyFileError> {
+fn verify_lines(
+    reader: impl BufRead,
+    name: &str,
+    expect: Option<&ExpectHead>,
+) -> Result<FileVerified, VerifyFileError> {
+    let mut expect_seen = None;
     let mut chunk: Vec<AuditRecord> = Vec::with_capacity(VERIFY_CHUNK_RECORDS);
     let mut records: u64 = 0;
     let mut first_seq: Option<u64> = None;
@@ -372,6 +641,9 @@ fn verify_lines(reader: impl BufRead, name: &str) -> Result<FileVerified, Verify
             })
             .map_err(VerifyFileError::Input)?;
         first_seq.get_or_insert(record.seq);
+        if expect.is_some_and(|e| e.seq == record.seq) {
+            expect_seen = Some(record.hash);
+        }
         records += 1;
         chunk.push(record);
         if chunk.len() == VERIFY_CHUNK_RECORDS {
@@ -392,6 +664,7 @@ fn verify_lines(reader: impl BufRead, name: &str) -> Result<FileVerified, Verify
         records,
         first_seq,
         head,
+        expect_seen,
     })
 }
 
@@ -434,7 +707,7 @@ mod tests {
     #[test]
     fn an_unaltered_export_verifies_with_its_head() {
         let records = chain(5);
-        let verified = verify_lines(lines(&records).as_bytes(), "export.jsonl").unwrap();
+        let verified = verify_lines(lines(&records).as_bytes(), "export.jsonl", None).unwrap();
         assert_eq!(
             verified,
             FileVerified {
@@ -444,6 +717,7 @@ mod tests {
                     seq: 5,
                     hash: records[4].hash
                 },
+                expect_seen: None,
             }
         );
     }
@@ -452,14 +726,14 @@ mod tests {
     fn chunks_overlap_so_a_break_at_a_chunk_boundary_is_found() {
         let count = VERIFY_CHUNK_RECORDS as u64 * 2 + 1;
         let mut records = chain(count);
-        let verified = verify_lines(lines(&records).as_bytes(), "f").unwrap();
+        let verified = verify_lines(lines(&records).as_bytes(), "f", None).unwrap();
         assert_eq!(verified.head.seq, count);
         assert_eq!(verified.records, count);
         // The first record of the second chunk no longer links to the last of the first.
         let boundary = VERIFY_CHUNK_RECORDS;
         records[boundary].prev_hash = [7; 32];
         records[boundary].hash = records[boundary].compute_hash();
-        match verify_lines(lines(&records).as_bytes(), "f") {
+        match verify_lines(lines(&records).as_bytes(), "f", None) {
             Err(VerifyFileError::Chain(error)) => {
                 assert_eq!(broken_seq(&error), boundary as u64 + 1)
             }
@@ -471,7 +745,7 @@ mod tests {
     fn an_altered_record_is_reported_with_its_seq() {
         let mut records = chain(4);
         records[2].amounts.cost_micros = 1;
-        match verify_lines(lines(&records).as_bytes(), "f") {
+        match verify_lines(lines(&records).as_bytes(), "f", None) {
             Err(VerifyFileError::Chain(error)) => assert_eq!(broken_seq(&error), 3),
             other => panic!("{other:?}"),
         }
@@ -482,7 +756,7 @@ mod tests {
         let records = chain(5);
         let filtered = [records[0].clone(), records[2].clone()];
         assert!(matches!(
-            verify_lines(lines(&filtered).as_bytes(), "f"),
+            verify_lines(lines(&filtered).as_bytes(), "f", None),
             Err(VerifyFileError::Chain(AuditError::SeqGap { seq: 3, .. }))
         ));
     }
@@ -490,23 +764,73 @@ mod tests {
     #[test]
     fn a_single_record_and_a_tail_verify_but_garbage_and_nothing_do_not() {
         let records = chain(3);
-        let tail = verify_lines(lines(&records[1..]).as_bytes(), "f").unwrap();
+        let tail = verify_lines(lines(&records[1..]).as_bytes(), "f", None).unwrap();
         assert_eq!((tail.first_seq, tail.head.seq), (2, 3));
-        let one = verify_lines(lines(&records[2..]).as_bytes(), "f").unwrap();
+        let one = verify_lines(lines(&records[2..]).as_bytes(), "f", None).unwrap();
         assert_eq!(one.head.seq, 3);
         let with_blank = format!("\n{}\n", lines(&records));
-        assert_eq!(verify_lines(with_blank.as_bytes(), "f").unwrap().records, 3);
+        assert_eq!(
+            verify_lines(with_blank.as_bytes(), "f", None)
+                .unwrap()
+                .records,
+            3
+        );
         assert!(matches!(
-            verify_lines("".as_bytes(), "f"),
+            verify_lines("".as_bytes(), "f", None),
             Err(VerifyFileError::Input(_))
         ));
-        let garbage = verify_lines("{\"seq\": 1}\n".as_bytes(), "f.jsonl").unwrap_err();
+        let garbage = verify_lines("{\"seq\": 1}\n".as_bytes(), "f.jsonl", None).unwrap_err();
         match garbage {
             VerifyFileError::Input(error) => {
                 assert!(error.to_string().contains("f.jsonl line 1"), "{error}")
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The first record an archive run reads continues the archive, or the run fails:
+    /// naming the dropped seqs when the cluster no longer holds them.
+    #[test]
+    fn an_archive_run_never_skips_a_gap() {
+        let records = chain(6);
+        let end = ChainHead {
+            seq: 2,
+            hash: records[1].hash,
+        };
+        let dir = Path::new("unused");
+        let archiver = Archiver::new(dir, 10, Some(end));
+        archiver.check_continues(&records[2]).unwrap();
+        let gap = archiver
+            .check_continues(&records[4])
+            .unwrap_err()
+            .to_string();
+        assert!(gap.contains("records 3..=4 were dropped"), "{gap}");
+        let other = Archiver::new(
+            dir,
+            10,
+            Some(ChainHead {
+                seq: 2,
+                hash: [1; 32],
+            }),
+        );
+        let error = other.check_continues(&records[2]).unwrap_err().to_string();
+        assert!(error.contains("does not continue the archive"), "{error}");
+        Archiver::new(dir, 10, None)
+            .check_continues(&records[4])
+            .unwrap();
+    }
+
+    #[test]
+    fn the_tool_filter_goes_on_the_wire() {
+        #[derive(clap::Parser)]
+        struct Query {
+            #[command(flatten)]
+            filter: AuditFilterArgs,
+        }
+        let parsed = <Query as clap::Parser>::try_parse_from(["q", "--tool", "web-search"]);
+        let request = wire_query(parsed.unwrap().filter, None, 10);
+        assert_eq!(request.tool, "web-search");
+        assert_eq!(wire_query(AuditFilterArgs::default(), None, 10).tool, "");
     }
 
     #[test]

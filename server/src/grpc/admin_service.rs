@@ -110,6 +110,7 @@ fn audit_filter(
         after_seq: request.after_seq,
         to_seq: None,
         event: audit_event(&request.event)?,
+        tool: convert::optional_tool(&request.tool)?,
         limit,
     })
 }
