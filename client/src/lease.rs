@@ -342,7 +342,9 @@ impl SlotState {
         self.outstanding = add_sub(self.outstanding, actual, estimate);
         self.in_flight = self.in_flight.saturating_sub(1);
         self.calls.push(call);
-        if self.calls.len() >= LEASE_SETTLE_CALLS_MAX {
+        // Early enough that the background settle empties the report before a grant must
+        // wait for it.
+        if self.calls.len() >= LEASE_SETTLE_CALLS_MAX / 4 {
             self.settle_wanted = true;
         }
         Completed::Kept

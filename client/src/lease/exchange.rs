@@ -21,7 +21,7 @@ use crate::types::{new_request_id, Amounts, ReserveRequest};
 
 /// Shortest pause between two rounds of the background task, so a slot whose settle keeps
 /// failing is retried at this pace rather than in a busy loop.
-const TASK_ROUND_MIN: Duration = Duration::from_millis(20);
+const TASK_ROUND_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between two rounds: how soon the task notices its client is gone.
 const TASK_ROUND_MAX: Duration = Duration::from_secs(1);
 
@@ -208,9 +208,12 @@ impl Client {
                 (settle_wire(slot, report, units), now)
             }
         };
-        lane.pending = Some((wire.clone(), sent));
+        // Kept before sending: a caller cancelled mid-settle leaves it to be resent.
+        let (wire, sent) = &*lane.pending.insert((wire, sent));
+        let sent = *sent;
         let deadline = slot.state().deadline().unwrap_or(sent);
         let bound = deadline.max(Instant::now() + self.shared.config.attempt_timeout);
+        let (lease_id, calls) = (wire.lease_id, wire.calls.len());
         let answer = timeout_at(
             bound,
             self.call(|rpc| {
@@ -228,7 +231,7 @@ impl Client {
             Ok(answer) => {
                 lane.pending = None;
                 if answer.expired {
-                    tracing::warn!(tenant = %slot.tenant, lease_id = wire.lease_id, "lease expired before its settle; the cluster charged its whole slice");
+                    tracing::warn!(tenant = %slot.tenant, lease_id, "lease expired before its settle; the cluster charged its whole slice");
                 }
                 slot.state().settled(&answer, sent, Instant::now())
             }
@@ -241,7 +244,7 @@ impl Client {
                 // says the lease is not there to settle. Either way it is over here.
                 lane.pending = None;
                 let expired = matches!(error, Error::Unavailable { .. });
-                tracing::warn!(%error, tenant = %slot.tenant, lease_id = wire.lease_id, calls = wire.calls.len(), "settling a lease failed; it stops granting");
+                tracing::warn!(%error, tenant = %slot.tenant, lease_id, calls, "settling a lease failed; it stops granting");
                 slot.state().end(expired)
             }
         };

@@ -1,0 +1,189 @@
+//! Time of one reserve+commit pair decided locally inside a lease: what `Client::reserve`
+//! and `Reservation::commit` cost when the slot of (tenant, agent, tool) holds a slice. A
+//! fake node in the same process grants one large lease and renews it on every settle, so
+//! the time includes the settles the client makes (the report's bound is reached every
+//! `LEASE_SETTLE_CALLS_MAX` calls) but no ledger work.
+//!
+//! Prints, per round, ns per pair and heap allocations per pair (the request's three
+//! strings, the request id, the tenant handed to the reservation), then the median. The last
+//! line is the result: `lease reserve+commit: <N> ns/pair (<A> allocations/pair)`.
+//!
+//! Run: `cargo bench -p tollgate-client --bench lease` (`PAIRS=n` to change the round size).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use tollgate_client::v1;
+use tollgate_client::v1::tollgate_server::{Tollgate, TollgateServer};
+use tollgate_client::{Amounts, Client, ClientConfig, ReserveRequest};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+const PAIRS_DEFAULT: u64 = 200_000;
+const ROUNDS: usize = 7;
+/// A slice no bench run can spend: the pairs never wait for a refill.
+const SLICE: u64 = 1_000_000_000_000;
+
+/// Counts allocations (all threads: the background settle's count too, which is the point).
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Grants every lease ask a huge slice and renews it on every settle.
+struct Node;
+
+fn terms(lease_id: u64, units: u32) -> v1::LeaseTerms {
+    v1::LeaseTerms {
+        lease_id,
+        slice: Some(Amounts::new(SLICE, SLICE, SLICE).into()),
+        units,
+        expires_at_ms: 0,
+        ttl_ms: 2_000,
+        repeat_max: 0,
+        repeat_window_ms: 0,
+    }
+}
+
+fn absent<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("not in this bench"))
+}
+
+#[tonic::async_trait]
+impl Tollgate for Node {
+    async fn lease(
+        &self,
+        request: Request<v1::LeaseRequest>,
+    ) -> Result<Response<v1::LeaseResponse>, Status> {
+        let units = request.into_inner().units;
+        Ok(Response::new(v1::LeaseResponse {
+            decision: Some(v1::lease_response::Decision::Granted(terms(1, units))),
+            applied: None,
+        }))
+    }
+    async fn settle(
+        &self,
+        request: Request<v1::SettleRequest>,
+    ) -> Result<Response<v1::SettleResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(v1::SettleResponse {
+            lease: Some(terms(request.lease_id, request.units)),
+            charged_calls: u32::try_from(request.calls.len()).unwrap_or(u32::MAX),
+            ..Default::default()
+        }))
+    }
+    async fn reserve(
+        &self,
+        _: Request<v1::ReserveRequest>,
+    ) -> Result<Response<v1::ReserveResponse>, Status> {
+        absent()
+    }
+    async fn commit(
+        &self,
+        _: Request<v1::CommitRequest>,
+    ) -> Result<Response<v1::CommitResponse>, Status> {
+        absent()
+    }
+    async fn release(
+        &self,
+        _: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        absent()
+    }
+    async fn record(
+        &self,
+        _: Request<v1::RecordRequest>,
+    ) -> Result<Response<v1::RecordResponse>, Status> {
+        absent()
+    }
+    async fn batch(
+        &self,
+        _: Request<v1::BatchRequest>,
+    ) -> Result<Response<v1::BatchResponse>, Status> {
+        absent()
+    }
+    async fn get_usage(
+        &self,
+        _: Request<v1::UsageRequest>,
+    ) -> Result<Response<v1::UsageResponse>, Status> {
+        absent()
+    }
+    async fn list_reservations(
+        &self,
+        _: Request<v1::ListReservationsRequest>,
+    ) -> Result<Response<v1::ListReservationsResponse>, Status> {
+        absent()
+    }
+}
+
+/// `pairs` reserve+commit pairs; returns (ns/pair, allocations/pair) and checks each was
+/// decided locally.
+async fn round(client: &Client, pairs: u64) -> (f64, f64) {
+    let allocations = ALLOCATIONS.load(Relaxed);
+    let start = Instant::now();
+    for _ in 0..pairs {
+        let request = ReserveRequest::new("acme", "bot", "search").tokens(10);
+        let reservation = client.reserve(request).await.expect("granted");
+        assert!(reservation.lease_id().is_some(), "decided locally");
+        reservation
+            .commit(Amounts::new(7, 0, 1))
+            .await
+            .expect("committed");
+    }
+    let elapsed = start.elapsed().as_nanos() as f64;
+    let allocated = (ALLOCATIONS.load(Relaxed) - allocations) as f64;
+    (elapsed / pairs as f64, allocated / pairs as f64)
+}
+
+fn main() {
+    let pairs = std::env::var("PAIRS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(PAIRS_DEFAULT);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TollgateServer::new(Node))
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        );
+        let client = Client::new(ClientConfig::new([addr])).expect("client");
+        // Warm-up: the lease ask, the connection, the slot's buffers.
+        round(&client, pairs / 10 + 1).await;
+        let mut times = Vec::with_capacity(ROUNDS);
+        let mut allocations = 0.0;
+        for r in 0..ROUNDS {
+            let (ns, allocated) = round(&client, pairs).await;
+            println!("round {r}: {ns:.0} ns/pair, {allocated:.2} allocations/pair");
+            times.push(ns);
+            allocations = allocated;
+        }
+        client.return_leases().await;
+        times.sort_by(f64::total_cmp);
+        let median = times[ROUNDS / 2];
+        println!("lease reserve+commit: {median:.0} ns/pair ({allocations:.2} allocations/pair)");
+    });
+}
