@@ -27,7 +27,7 @@ fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Strin
 impl Ledger {
     pub(super) fn debug_check_invariants(&self) {
         if cfg!(debug_assertions)
-            && self.reservations.len() <= DEBUG_CHECK_STATE_MAX
+            && self.reservations.len() + self.leases.len() <= DEBUG_CHECK_STATE_MAX
             && self.agents_total <= DEBUG_CHECK_STATE_MAX
         {
             if let Err(broken) = self.check_invariants() {

@@ -249,6 +249,23 @@ fn a_lease_holds_its_slice_like_a_reservation_and_is_audited() {
     assert_eq!(h.ledger.leases_on(&h.tenant, None), 1);
     assert_eq!(h.ledger.leases_on(&h.tenant, Some(&agent("bot"))), 1);
     assert_eq!(h.ledger.leases_on(&h.tenant, Some(&agent("other"))), 0);
+    let listed = h.ledger.leases(&h.tenant, Some(&agent("bot")), 0).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].lease_id,
+            listed[0].slice,
+            listed[0].units,
+            listed[0].recalled
+        ),
+        (terms.lease_id, tok(100), 2, false)
+    );
+    assert!(h
+        .ledger
+        .leases(&h.tenant, Some(&agent("other")), 0)
+        .unwrap()
+        .is_empty());
+    assert_eq!(h.ledger.stats().leases, 1);
     // Lease and reservation ids come from one counter: they never collide.
     let Outcome::Granted { reservation_id, .. } = h.reserve("bot", tok(1)) else {
         panic!("expected a grant");

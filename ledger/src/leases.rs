@@ -28,9 +28,9 @@ use super::limits::{self, is_per_agent};
 use super::runaway;
 use super::state::{Agent, Lease, LeaseTombstone, ReservationKey, Tenant};
 use super::{
-    AgentId, Amounts, Command, Dimension, LeaseCall, LeaseRefusal, LeaseTerms, Ledger, LimitId,
-    LimitKind, Outcome, RequestId, ReservationId, TenantId, ToolId, EXPIRED_TOMBSTONES_MAX,
-    LEASE_GRACE_MS, LEASE_TTL_MS_DEFAULT,
+    AgentId, Amounts, Command, Dimension, LeaseCall, LeaseRefusal, LeaseTerms, LeaseView, Ledger,
+    LimitId, LimitKind, Outcome, RequestId, ReservationId, TenantId, ToolId,
+    EXPIRED_TOMBSTONES_MAX, LEASE_GRACE_MS, LEASE_TTL_MS_DEFAULT, RESERVATIONS_QUERY_MAX,
 };
 
 /// The dimensions a slice has (concurrency is counted in units).
@@ -84,8 +84,9 @@ struct Share {
     units: u32,
     /// Whether some concurrency limit applies (a lease then needs at least one unit).
     concurrency: bool,
-    /// (limit index, generation, fair share of its dimension or of its slots).
-    fair: SmallVec<[(usize, u64, u64); 8]>,
+    /// (limit index, generation, fair share of its dimension or of its slots; None:
+    /// overdrawn).
+    fair: SmallVec<[(usize, u64, Option<u64>); 8]>,
 }
 
 /// The fair share of the limits at `indexes` for a lease of `agent` asking `want` and
@@ -129,15 +130,16 @@ fn share(
             holders
         };
         let room = limits::lease_room(&entry.spec, counter, own.unwrap_or((&zero, 0)), now_ms);
-        let fair = room / (u64::from(others) + 1);
+        let fair = room.map(|room| room / (u64::from(others) + 1));
         match entry.spec.kind {
             LimitKind::Concurrency { .. } => {
                 out.concurrency = true;
-                out.units = out.units.min(u32::try_from(fair).unwrap_or(u32::MAX));
+                let fair = fair.map_or(0, |fair| u32::try_from(fair).unwrap_or(u32::MAX));
+                out.units = out.units.min(fair);
             }
             LimitKind::Budget { .. } | LimitKind::Rate { .. } => {
                 let d = entry.spec.dimension;
-                let capped = out.slice.get(d).min(fair);
+                let capped = out.slice.get(d).min(fair.unwrap_or(0));
                 set(&mut out.slice, d, capped);
             }
             LimitKind::Duration { .. } => continue,
@@ -213,6 +215,48 @@ impl Ledger {
         count as usize
     }
 
+    /// Live leases of the tenant (and agent), oldest first, at most `limit` (0 or above
+    /// `RESERVATIONS_QUERY_MAX` means `RESERVATIONS_QUERY_MAX`).
+    pub fn leases(
+        &self,
+        tenant: &TenantId,
+        agent: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<LeaseView>, super::Rejection> {
+        let t = self.tenant(tenant)?;
+        let t_index = self.tenants.find(tenant.as_bytes()).unwrap_or(u32::MAX);
+        let limit = match limit {
+            0 => RESERVATIONS_QUERY_MAX,
+            n => n.min(RESERVATIONS_QUERY_MAX),
+        };
+        let agent = match agent {
+            Some(agent) => match t.agents.find(agent.as_bytes()) {
+                Some(index) => Some(index),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        Ok(self
+            .leases_of
+            .range((t_index, 0)..=(t_index, u64::MAX))
+            .filter_map(|key| Some((key.1, self.leases.get(key)?)))
+            .filter(|(_, lease)| agent.is_none_or(|a| a == lease.agent))
+            .take(limit)
+            .filter_map(|(id, lease)| Some((id, lease, t.agents.get(lease.agent)?)))
+            .map(|(id, lease, a)| LeaseView {
+                lease_id: ReservationId(id),
+                tenant: t.id.clone(),
+                agent: a.id.clone(),
+                tool: lease.tool.clone(),
+                slice: lease.slice,
+                units: lease.units,
+                granted_at_ms: lease.granted_at_ms,
+                expires_at_ms: lease.expires_at_ms,
+                recalled: lease.recalled,
+            })
+            .collect())
+    }
+
     /// A lease ask: refused (off, frozen, tripped, too little room), or granted a fair
     /// share of every limit that applies.
     fn lease(&mut self, now_ms: u64, (t, tenant_id): (u32, &TenantId), ask: &Ask<'_>) -> Outcome {
@@ -240,9 +284,10 @@ impl Ledger {
             .iter()
             .filter(|&&(index, _, fair)| {
                 let spec = &tenant.limits[index].spec;
-                match spec.kind {
-                    LimitKind::Concurrency { .. } => fair == 0,
-                    _ => fair < ask.floor.get(spec.dimension),
+                match (spec.kind, fair) {
+                    (_, None) | (LimitKind::Concurrency { .. }, Some(0)) => true,
+                    (LimitKind::Concurrency { .. }, Some(_)) => false,
+                    (_, Some(fair)) => fair < ask.floor.get(spec.dimension),
                 }
             })
             .map(|&(index, generation, _)| {
@@ -434,10 +479,12 @@ impl Ledger {
                 charged_calls,
             };
         }
-        let Some(terms) = self.renew_lease(now_ms, key, &mut lease, s) else {
+        let terms = self.renew_lease(now_ms, key, &mut lease, s);
+        self.leases.insert(key, lease);
+        let Some(terms) = terms else {
+            debug_assert!(false, "a live lease of an unknown tenant or agent");
             return unknown_tenant(tenant_id);
         };
-        self.leases.insert(key, lease);
         Outcome::Settled {
             lease: Some(terms),
             recalled: false,

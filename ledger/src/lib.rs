@@ -175,6 +175,22 @@ impl LimitUsage {
     }
 }
 
+/// A live lease, as `Ledger::leases` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseView {
+    pub lease_id: ReservationId,
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub tool: ToolId,
+    /// What it still holds of each dimension.
+    pub slice: Amounts,
+    pub units: u32,
+    pub granted_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// The ledger asked for it back; its next settle ends it.
+    pub recalled: bool,
+}
+
 /// A reservation in flight.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationView {
@@ -221,6 +237,9 @@ pub struct LedgerStats {
     pub tenants: u64,
     pub agents: u64,
     pub reservations_in_flight: u64,
+    /// Live leases (each also counts toward the bounds on reservations in flight).
+    #[serde(default)]
+    pub leases: u64,
     pub dedup_entries: u64,
     pub audit_records_retained: u64,
 }
@@ -593,6 +612,7 @@ impl Ledger {
             tenants: self.tenants.len() as u64,
             agents: self.agents_total as u64,
             reservations_in_flight: self.reservations.len() as u64,
+            leases: self.leases.len() as u64,
             dedup_entries: self.answers.len() as u64,
             audit_records_retained: self.audit.len() as u64,
         }

@@ -529,20 +529,21 @@ pub fn expire_slice(
 
 /// What a lease could take of this limit now: a budget's amount less committed and held,
 /// a rate's burst capacity left, a concurrency limit's free slots; `own` (the slice and
-/// units the asking lease already holds) counts as free. Never negative.
+/// units the asking lease already holds) counts as free. None: overdrawn (overruns took it
+/// below zero), where a reservation of nothing would be denied too.
 pub fn lease_room(
     spec: &LimitSpec,
     counter: Option<&Counter>,
     (own, own_units): (&Amounts, u32),
     now_ms: u64,
-) -> u64 {
+) -> Option<u64> {
     let remaining = evaluate(spec, counter, &Amounts::default(), now_ms).remaining_now;
     let own = match spec.kind {
         LimitKind::Concurrency { .. } => u64::from(own_units),
         _ => own.get(spec.dimension),
     };
     let room = i128::from(remaining) + i128::from(own);
-    u64::try_from(room.max(0)).unwrap_or(u64::MAX)
+    u64::try_from(room).ok()
 }
 
 /// Charges spend that was not held: a record, or a late commit after a releasing expiry.

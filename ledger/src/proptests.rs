@@ -65,6 +65,24 @@ enum Op {
         release: bool,
         runaway: bool,
     },
+    /// Asks for a lease.
+    Lease {
+        t: usize,
+        a: usize,
+        tool: usize,
+        want: Amounts,
+        units: u32,
+        floor: Amounts,
+    },
+    /// Settles lease `id` (a live, ended, expired or unknown one) with these calls
+    /// (estimate, actual, fingerprint).
+    Settle {
+        t: usize,
+        id: u64,
+        calls: Vec<(Amounts, Amounts, Option<u8>)>,
+        want: Amounts,
+        units: u32,
+    },
     /// Sends an earlier command again, unchanged.
     Retry(usize),
     /// Sends one of a few hostile commands.
@@ -180,6 +198,14 @@ fn amounts() -> impl Strategy<Value = Amounts> {
     ]
 }
 
+fn small_amounts() -> impl Strategy<Value = Amounts> {
+    (0u64..20, 0u64..30, 0u64..2).prop_map(|(tokens, cost_micros, calls)| Amounts {
+        tokens,
+        cost_micros,
+        calls,
+    })
+}
+
 fn op(hostile_weight: u32) -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u64..3_000).prop_map(Op::Advance),
@@ -212,6 +238,16 @@ fn op(hostile_weight: u32) -> impl Strategy<Value = Op> {
         1 => (0..2usize, 0..3usize).prop_map(|(t, a)| Op::ResetTrip { t, a }),
         1 => (0..2usize, any::<bool>(), any::<bool>())
             .prop_map(|(t, release, runaway)| Op::PutTenant { t, release, runaway }),
+        3 => (0..2usize, 0..3usize, 0..2usize, amounts(), 0u32..3, small_amounts())
+            .prop_map(|(t, a, tool, want, units, floor)| Op::Lease { t, a, tool, want, units, floor }),
+        3 => (
+            0..2usize,
+            0u64..14,
+            proptest::collection::vec((small_amounts(), amounts(), proptest::option::of(0u8..2)), 0..4),
+            amounts(),
+            0u32..3,
+        )
+            .prop_map(|(t, id, calls, want, units)| Op::Settle { t, id, calls, want, units }),
         2 => any::<usize>().prop_map(Op::Retry),
         hostile_weight => (0..10usize).prop_map(Op::Hostile),
     ]
@@ -237,7 +273,7 @@ fn policy(release: bool, runaway: bool) -> TenantPolicy {
         shape_floor: if runaway { 4 } else { 0 },
         trip_cooldown_ms: if runaway { 4_000 } else { 0 },
         quotas: Default::default(),
-        leases: false,
+        leases: true,
     }
 }
 
@@ -491,6 +527,50 @@ impl Run {
                 tenant: tenant(TENANTS[t]),
                 policy: policy(release, runaway),
             },
+            Op::Lease {
+                t,
+                a,
+                tool: w,
+                want,
+                units,
+                floor,
+            } => Command::Lease {
+                request_id: self.next_request(),
+                tenant: tenant(TENANTS[t]),
+                agent: agent(AGENTS[a]),
+                tool: tool(TOOLS[w]),
+                want,
+                units,
+                floor,
+                ttl_ms: 0,
+            },
+            Op::Settle {
+                t,
+                id,
+                ref calls,
+                want,
+                units,
+            } => {
+                let calls = calls
+                    .iter()
+                    .map(|&(estimate, actual, fingerprint)| LeaseCall {
+                        request_id: self.next_request(),
+                        estimate,
+                        actual,
+                        fingerprint: fingerprint.map(|f| format!("fp{f}")),
+                        shape: None,
+                    })
+                    .collect();
+                Command::Settle {
+                    request_id: self.next_request(),
+                    tenant: tenant(TENANTS[t]),
+                    lease_id: ReservationId(id),
+                    calls,
+                    want,
+                    units,
+                    ttl_ms: 0,
+                }
+            }
             Op::Retry(k) => {
                 if self.sent.is_empty() {
                     return None;
@@ -530,9 +610,17 @@ impl Run {
         match check {
             // A retry returns the first grant without granting again; skip it.
             Check::BudgetsHold if first.is_none() => {
+                // A reserve's grant, or a lease's (a settle that renews is a grant too, but
+                // may follow overrunning calls, charged in full).
                 if let (
-                    Outcome::Granted { .. },
+                    Outcome::Granted { .. } | Outcome::Leased(_),
                     Command::Reserve {
+                        tenant,
+                        agent,
+                        tool,
+                        ..
+                    }
+                    | Command::Lease {
                         tenant,
                         agent,
                         tool,
@@ -612,6 +700,9 @@ fn reservation_lives(ledger: &Ledger) -> Lives {
         let Some(id) = record.reservation_id else {
             continue;
         };
+        if is_lease_event(&record.event) {
+            continue;
+        }
         let life = lives.entry((record.tenant.clone(), id)).or_default();
         match record.event {
             AuditEvent::Grant => life.0 += 1,
@@ -621,6 +712,40 @@ fn reservation_lives(ledger: &Ledger) -> Lives {
             AuditEvent::Expire { .. } => life.1.push("expire"),
             ref other => panic!("record of reservation {id} with event {other:?}"),
         }
+    }
+    lives
+}
+
+fn is_lease_event(event: &AuditEvent) -> bool {
+    matches!(
+        event,
+        AuditEvent::LeaseGrant
+            | AuditEvent::LeaseCall { .. }
+            | AuditEvent::LeaseReturn { .. }
+            | AuditEvent::LeaseExpire
+    )
+}
+
+/// Each lease's records in order: "grant" (a grant or renewal), "call" (a call charged),
+/// "late-call" (a call reported after its expiry), "return", "expire".
+fn lease_lives(ledger: &Ledger) -> HashMap<(Option<TenantId>, ReservationId), Vec<&'static str>> {
+    let mut lives: HashMap<_, Vec<&'static str>> = HashMap::new();
+    for record in ledger.audit(&AuditFilter::default()) {
+        let Some(id) = record.reservation_id else {
+            continue;
+        };
+        let step = match record.event {
+            AuditEvent::LeaseGrant => "grant",
+            AuditEvent::LeaseCall { charged: true, .. } => "call",
+            AuditEvent::LeaseCall { charged: false, .. } => "late-call",
+            AuditEvent::LeaseReturn { .. } => "return",
+            AuditEvent::LeaseExpire => "expire",
+            _ => continue,
+        };
+        lives
+            .entry((record.tenant.clone(), id))
+            .or_default()
+            .push(step);
     }
     lives
 }
@@ -702,6 +827,16 @@ proptest! {
                 prop_assert_eq!(&ends, &vec!["expire", "late-commit"], "{} ended as {:?}", id, ends);
             }
         }
+        // Every lease is granted first and ends exactly once, returned or expired; after
+        // its end only calls reported late (not charged) follow.
+        for ((tenant, id), life) in lease_lives(&run.ledger) {
+            let id = format!("{tenant:?} {id}");
+            prop_assert_eq!(life.first(), Some(&"grant"), "{} lived {:?}", id, life);
+            let ends: Vec<usize> = (0..life.len()).filter(|&i| matches!(life[i], "return" | "expire")).collect();
+            prop_assert_eq!(ends.len(), 1, "{} lived {:?}", id, life);
+            prop_assert!(life[ends[0] + 1..].iter().all(|s| *s == "late-call"), "{} lived {:?}", id, life);
+            prop_assert!(life[..ends[0]].iter().all(|s| *s != "late-call"), "{} lived {:?}", id, life);
+        }
     }
 
     /// Snapshot then restore gives an equal ledger, the same bytes and the same chain head,
@@ -761,5 +896,429 @@ proptest! {
         prop_assert_eq!(run.ledger.verify_audit(), Ok(run.ledger.chain_head()));
         let records = run.ledger.audit(&AuditFilter::default());
         prop_assert_eq!(verify_chain(&records), Ok(run.ledger.chain_head()));
+    }
+}
+
+// ---- leases held by client processes ---------------------------------------------------
+
+/// What one client process does with its leases, as the Rust client would: it grants
+/// calls locally inside a lease's slice until its local deadline, reports them at its
+/// settles, and may crash (its lease is then never settled again and expires).
+#[derive(Clone, Debug)]
+enum ClientOp {
+    Advance(u64),
+    Ask {
+        a: usize,
+        want: Amounts,
+        units: u32,
+    },
+    /// A call inside lease `k` (of those the client holds): `under` of its estimate unspent.
+    Call {
+        k: usize,
+        estimate: Amounts,
+        under: u64,
+        fingerprint: Option<u8>,
+    },
+    Settle {
+        k: usize,
+        want: Amounts,
+        units: u32,
+    },
+    Crash {
+        k: usize,
+    },
+    /// A per-call reserve, committed at once at most its estimate.
+    Reserve {
+        a: usize,
+        estimate: Amounts,
+        under: u64,
+    },
+    Freeze {
+        a: Option<usize>,
+        frozen: bool,
+    },
+    /// The same limit put again: changes no counter, recalls every lease.
+    PutLimitAgain,
+}
+
+fn client_amounts() -> impl Strategy<Value = Amounts> {
+    (0u64..40, 0u64..40).prop_map(|(tokens, cost_micros)| Amounts {
+        tokens,
+        cost_micros,
+        calls: 1,
+    })
+}
+
+fn client_op() -> impl Strategy<Value = ClientOp> {
+    prop_oneof![
+        2 => (0u64..1_500).prop_map(ClientOp::Advance),
+        3 => (0..3usize, client_amounts(), 0u32..3).prop_map(|(a, want, units)| ClientOp::Ask {
+            a,
+            want: Amounts { tokens: want.tokens * 5, cost_micros: want.cost_micros * 5, calls: 8 },
+            units,
+        }),
+        8 => (any::<usize>(), client_amounts(), 0u64..10, proptest::option::of(0u8..2)).prop_map(
+            |(k, estimate, under, fingerprint)| ClientOp::Call { k, estimate, under, fingerprint }
+        ),
+        3 => (any::<usize>(), client_amounts(), 0u32..3).prop_map(|(k, want, units)| {
+            ClientOp::Settle {
+                k,
+                want: Amounts { tokens: want.tokens * 5, cost_micros: want.cost_micros * 5, calls: 8 },
+                units,
+            }
+        }),
+        1 => any::<usize>().prop_map(|k| ClientOp::Crash { k }),
+        2 => (0..3usize, client_amounts(), 0u64..10)
+            .prop_map(|(a, estimate, under)| ClientOp::Reserve { a, estimate, under }),
+        1 => (proptest::option::of(0..3usize), any::<bool>())
+            .prop_map(|(a, frozen)| ClientOp::Freeze { a, frozen }),
+        1 => Just(ClientOp::PutLimitAgain),
+    ]
+}
+
+/// A lease as its client holds it.
+struct Held {
+    id: ReservationId,
+    /// What the client may still grant from.
+    remaining: Amounts,
+    /// The client stops granting here: receipt + TTL - margin.
+    deadline_ms: u64,
+    /// Calls decided since the last acknowledged settle.
+    pending: Vec<LeaseCall>,
+}
+
+/// One tenant with leases on, its clients, and what they spent.
+struct Clients {
+    run: Run,
+    held: Vec<Held>,
+    /// Tokens of every call made (inside leases, reported or not, and per call).
+    spent: u128,
+    /// Tokens of every call reported by a settle, and of every per-call commit.
+    reported: u128,
+}
+
+/// The limits the client runs meet: a lifetime tenant budget whose committed spend only
+/// grows (what the checks compare), an hourly per-agent budget, a cost budget, a rate and
+/// a concurrency limit.
+fn client_limits() -> Vec<LimitSpec> {
+    let spec = |id: &str, scope, dimension, kind| LimitSpec {
+        id: limit_id(id),
+        scope,
+        dimension,
+        kind,
+        thresholds: Default::default(),
+    };
+    vec![
+        spec(
+            "life",
+            Scope::Tenant,
+            Dimension::Tokens,
+            LimitKind::Budget {
+                window: Window::Lifetime,
+                amount: 500,
+            },
+        ),
+        spec(
+            "hourly",
+            Scope::EachAgent,
+            Dimension::Tokens,
+            LimitKind::Budget {
+                window: Window::Hour,
+                amount: 400,
+            },
+        ),
+        spec(
+            "cost",
+            Scope::ToolTenant(tool("llm")),
+            Dimension::Cost,
+            LimitKind::Budget {
+                window: Window::Day,
+                amount: 900,
+            },
+        ),
+        spec(
+            "rate",
+            Scope::EachAgent,
+            Dimension::Calls,
+            LimitKind::Rate {
+                amount: 5,
+                period_ms: 1_000,
+                burst: 20,
+            },
+        ),
+        spec(
+            "slots",
+            Scope::EachAgent,
+            Dimension::Concurrency,
+            LimitKind::Concurrency { max: 3 },
+        ),
+    ]
+}
+
+fn under(amounts: &Amounts, by: u64) -> Amounts {
+    Amounts {
+        tokens: amounts.tokens.saturating_sub(by),
+        cost_micros: amounts.cost_micros.saturating_sub(by),
+        calls: amounts.calls,
+    }
+}
+
+impl Clients {
+    fn new() -> Self {
+        let mut run = Run::new();
+        // Runaway detection on, so reported calls trip agents.
+        let cmd = Command::PutTenant {
+            request_id: run.next_request(),
+            tenant: tenant("t0"),
+            policy: policy(false, true),
+        };
+        run.send(cmd, Check::None);
+        for limit in client_limits() {
+            let cmd = Command::PutLimit {
+                request_id: run.next_request(),
+                tenant: tenant("t0"),
+                limit,
+            };
+            run.send(cmd, Check::None);
+        }
+        Clients {
+            run,
+            held: Vec::new(),
+            spent: 0,
+            reported: 0,
+        }
+    }
+
+    fn send(&mut self, cmd: Command) -> Outcome {
+        self.run.send(cmd, Check::None)
+    }
+
+    fn step(&mut self, op: &ClientOp) {
+        match *op {
+            ClientOp::Advance(ms) => {
+                self.run.now_ms += ms;
+                self.send(Command::Tick);
+            }
+            ClientOp::Ask { a, want, units } => self.ask(a, want, units),
+            ClientOp::Call {
+                k,
+                estimate,
+                under: by,
+                ref fingerprint,
+            } => {
+                let now_ms = self.run.now_ms;
+                let request_id = self.run.next_request();
+                let Some(lease) = self.pick(k) else { return };
+                let fits = !estimate.exceeds(&lease.remaining) && now_ms < lease.deadline_ms;
+                if fits {
+                    let actual = under(&estimate, by);
+                    lease.remaining.tokens -= actual.tokens;
+                    lease.remaining.cost_micros -= actual.cost_micros;
+                    lease.remaining.calls -= actual.calls;
+                    lease.pending.push(LeaseCall {
+                        request_id,
+                        estimate,
+                        actual,
+                        fingerprint: fingerprint.map(|f| format!("fp{f}")),
+                        shape: None,
+                    });
+                    self.spent += u128::from(actual.tokens);
+                }
+            }
+            ClientOp::Settle { k, want, units } => self.settle(k, want, units),
+            ClientOp::Crash { k } => {
+                if !self.held.is_empty() {
+                    let k = k % self.held.len();
+                    self.held.swap_remove(k);
+                }
+            }
+            ClientOp::Reserve {
+                a,
+                estimate,
+                under: by,
+            } => self.reserve(a, estimate, by),
+            ClientOp::Freeze { a, frozen } => {
+                let request_id = self.run.next_request();
+                let (tenant, agent) = (tenant("t0"), a.map(|a| agent(AGENTS[a])));
+                let cmd = if frozen {
+                    Command::Freeze {
+                        request_id,
+                        tenant,
+                        agent,
+                    }
+                } else {
+                    Command::Unfreeze {
+                        request_id,
+                        tenant,
+                        agent,
+                    }
+                };
+                self.send(cmd);
+            }
+            ClientOp::PutLimitAgain => {
+                let limit = client_limits().swap_remove(0);
+                let cmd = Command::PutLimit {
+                    request_id: self.run.next_request(),
+                    tenant: tenant("t0"),
+                    limit,
+                };
+                self.send(cmd);
+            }
+        }
+    }
+
+    fn pick(&mut self, k: usize) -> Option<&mut Held> {
+        let len = self.held.len();
+        (len > 0).then(|| &mut self.held[k % len])
+    }
+
+    fn ask(&mut self, a: usize, want: Amounts, units: u32) {
+        let cmd = Command::Lease {
+            request_id: self.run.next_request(),
+            tenant: tenant("t0"),
+            agent: agent(AGENTS[a]),
+            tool: tool("llm"),
+            want,
+            units,
+            floor: Amounts {
+                tokens: 1,
+                cost_micros: 1,
+                calls: 1,
+            },
+            ttl_ms: 0,
+        };
+        if let Outcome::Leased(terms) = self.send(cmd) {
+            self.held.push(Held {
+                id: terms.lease_id,
+                remaining: terms.slice,
+                deadline_ms: self.run.now_ms + LEASE_TTL_MS_DEFAULT - LEASE_MARGIN_MS,
+                pending: Vec::new(),
+            });
+        }
+    }
+
+    fn settle(&mut self, k: usize, want: Amounts, units: u32) {
+        if self.held.is_empty() {
+            return;
+        }
+        let k = k % self.held.len();
+        let request_id = self.run.next_request();
+        let lease = &mut self.held[k];
+        let calls = std::mem::take(&mut lease.pending);
+        let reported: u128 = calls.iter().map(|c| u128::from(c.actual.tokens)).sum();
+        let cmd = Command::Settle {
+            request_id,
+            tenant: tenant("t0"),
+            lease_id: lease.id,
+            calls,
+            want,
+            units,
+            ttl_ms: 0,
+        };
+        let outcome = self.send(cmd);
+        self.reported += reported;
+        match outcome {
+            Outcome::Settled {
+                lease: Some(terms), ..
+            } => {
+                let lease = &mut self.held[k];
+                lease.remaining = terms.slice;
+                lease.deadline_ms = self.run.now_ms + LEASE_TTL_MS_DEFAULT - LEASE_MARGIN_MS;
+            }
+            Outcome::Settled { lease: None, .. } => {
+                self.held.swap_remove(k);
+            }
+            other => panic!("a settle of a lease its client holds answered {other:?}"),
+        }
+    }
+
+    fn reserve(&mut self, a: usize, estimate: Amounts, by: u64) {
+        let cmd = Command::Reserve {
+            request_id: self.run.next_request(),
+            tenant: tenant("t0"),
+            agent: agent(AGENTS[a]),
+            tool: tool("llm"),
+            estimate,
+            ttl_ms: 1_000,
+            fingerprint: None,
+            shape: None,
+            usage: None,
+            session: None,
+        };
+        if let Outcome::Granted { reservation_id, .. } = self.send(cmd) {
+            let actual = under(&estimate, by);
+            let cmd = Command::Commit {
+                request_id: self.run.next_request(),
+                tenant: tenant("t0"),
+                reservation_id,
+                actual,
+                abandoned: false,
+                usage: None,
+            };
+            if let Outcome::Committed { .. } = self.send(cmd) {
+                self.spent += u128::from(actual.tokens);
+                self.reported += u128::from(actual.tokens);
+            }
+        }
+    }
+
+    /// Committed spend of the lifetime budget: every charge of the tenant in tokens.
+    fn charged(&self) -> u128 {
+        let usage = self.run.ledger.usage(&tenant("t0"), None, None).unwrap();
+        let life = usage
+            .iter()
+            .find(|u| u.limit.id.as_str() == "life")
+            .unwrap();
+        u128::from(life.used)
+    }
+
+    /// No call's actual exceeded its estimate nor its lease's slice, so every budget holds:
+    /// committed + held <= amount, for the tenant and each agent; and everything reported
+    /// was charged.
+    fn check(&self) {
+        let t = tenant("t0");
+        let mut rows = self.run.ledger.usage(&t, None, None).unwrap();
+        for who in AGENTS {
+            rows.extend(self.run.ledger.usage(&t, Some(&agent(who)), None).unwrap());
+        }
+        for u in rows {
+            if let LimitKind::Budget { amount, .. } = u.limit.kind {
+                assert!(
+                    u128::from(u.used) + u128::from(u.held) <= u128::from(amount),
+                    "{} past its budget: {u:?}",
+                    u.limit.id
+                );
+            }
+        }
+        assert!(
+            self.charged() >= self.reported,
+            "charged {} < reported {}",
+            self.charged(),
+            self.reported
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(proptest_cases()))]
+
+    /// Leases held by clients that call inside their slices, settle, and crash: every
+    /// budget holds at every step, everything reported is charged (a call reported after
+    /// its lease expired was paid for by the expiry), and once every lease has ended, the
+    /// ledger charged at least everything the clients spent, reported or not.
+    #[test]
+    fn leases_keep_every_budget_and_charge_every_call_whatever_the_clients_do(
+        ops in proptest::collection::vec(client_op(), 1..OPS_MAX * 2)
+    ) {
+        let mut clients = Clients::new();
+        for op in &ops {
+            clients.step(op);
+            clients.check();
+        }
+        clients.run.now_ms += LEASE_TTL_MS_MAX + LEASE_GRACE_MS;
+        clients.send(Command::Tick);
+        prop_assert_eq!(clients.run.ledger.leases_on(&tenant("t0"), None), 0);
+        prop_assert!(clients.charged() >= clients.spent, "charged {} < spent {}", clients.charged(), clients.spent);
+        clients.check();
     }
 }
