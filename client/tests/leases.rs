@@ -1,8 +1,8 @@
 //! The client's lease path against an in-process fake ledger that grants leases from one
 //! tenant token budget: local grants and commits, settles that report every call once
 //! (also when an answer is lost and the settle is resent), the end of a budget, the
-//! repetition guard, and tenants without leases. No real cluster: the end-to-end tests
-//! against one live in `tests/tests/leases.rs`.
+//! repetition guard, and tenants without leases. The same against a real cluster:
+//! `leases_cluster.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -36,6 +36,20 @@ pub(crate) enum Leased {
     Unavailable(ReserveRequest, String),
 }
 
+/// Most grant decisions one reserve makes before it goes per call (each after waiting for
+/// an exchange).
+const GRANT_TRIES_MAX: u32 = 8;
+
+/// How waiting for the lane ended.
+enum Waited {
+    /// This caller asked or settled.
+    Own,
+    /// Another exchange was answered meanwhile (or the lease ended): decide again.
+    Other,
+    /// The lease's deadline passed first.
+    TimedOut,
+}
+
 /// What a caller waits on the lane for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Exchange {
@@ -55,7 +69,10 @@ impl Client {
         };
         self.ensure_lease_task();
         let fingerprint = request.fingerprint.as_deref().map(fingerprint_key);
-        for round in 0..2 {
+        // One exchange of its own at most; exchanges of others it waited for (a background
+        // settle) do not count, up to a bound.
+        let mut own = false;
+        for _ in 0..GRANT_TRIES_MAX {
             let (decision, seen, wake) = {
                 let mut state = slot.state();
                 let decision = state.grant(request.estimate, fingerprint, Instant::now());
@@ -84,48 +101,52 @@ impl Client {
                         .await;
                     return Leased::PerCall(request);
                 }
-                _ if round > 0 => return Leased::PerCall(request),
+                _ if own => return Leased::PerCall(request),
                 Grant::Ask => Exchange::Ask,
                 Grant::Settle => Exchange::Settle,
             };
-            if let Err(reason) = self.exchange(&slot, seen, exchange, request.estimate).await {
-                return Leased::Unavailable(request, reason);
+            match self.exchange(&slot, seen, exchange, request.estimate).await {
+                Ok(Waited::Own) => own = true,
+                Ok(Waited::Other) => {}
+                Ok(Waited::TimedOut) => return Leased::PerCall(request),
+                Err(reason) => return Leased::Unavailable(request, reason),
             }
         }
         Leased::PerCall(request)
     }
 
     /// Waits for the slot's lane (bounded by the lease's deadline) and, unless another
-    /// exchange was answered meanwhile, asks for a lease or settles. `Err` only when a
-    /// lease ask could not reach the cluster.
+    /// exchange was answered meanwhile, asks for a lease or settles; says which. `Err` only
+    /// when a lease ask could not reach the cluster.
     async fn exchange(
         &self,
         slot: &Arc<Slot>,
         seen: u64,
         exchange: Exchange,
         estimate: Amounts,
-    ) -> Result<(), String> {
+    ) -> Result<Waited, String> {
         let bound = slot
             .state()
             .deadline()
             .unwrap_or_else(|| Instant::now() + self.shared.config.deadline);
         let Ok(mut lane) = timeout_at(bound, Arc::clone(&slot.lane).lock_owned()).await else {
-            return Ok(());
+            return Ok(Waited::TimedOut);
         };
         let has_lease = {
             let state = slot.state();
             if state.exchanges() != seen {
-                return Ok(());
+                return Ok(Waited::Other);
             }
             state.has_lease()
         };
         match (exchange, has_lease) {
-            (Exchange::Ask, false) => self.ask(slot, estimate).await,
+            (Exchange::Ask, false) => self.ask(slot, estimate).await.map(|()| Waited::Own),
             (_, true) => {
                 self.settle_slot(slot, &mut lane, false).await;
-                Ok(())
+                Ok(Waited::Own)
             }
-            (Exchange::Settle, false) => Ok(()),
+            // The lease ended while this call waited: it asks anew next.
+            (Exchange::Settle, false) => Ok(Waited::Other),
         }
     }
 
