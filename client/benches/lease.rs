@@ -4,10 +4,12 @@
 //! the time includes the settles the client makes (the report's bound is reached every
 //! `LEASE_SETTLE_CALLS_MAX` calls) but no ledger work.
 //!
-//! Prints, per round, ns per pair, heap allocations per pair (all threads: the request's
+//! Prints, per round, ns per pair (wall, and CPU of the calling thread, which a loaded host
+//! does not inflate; the background settles run on other threads), heap allocations per pair (all threads: the request's
 //! three strings, the request id, and the settles' share, in the client and in the fake
 //! node) and how many pairs went per call, then the median. The last
-//! line is the result: `lease reserve+commit: <N> ns/pair (<A> allocations/pair)`.
+//! line is the result: `lease reserve+commit: <W> ns/pair wall, <C> ns/pair CPU (<A>
+//! allocations/pair)`.
 //!
 //! Run: `cargo bench -p tollgate-client --bench lease` (`PAIRS=n` to change the round size).
 
@@ -142,10 +144,26 @@ impl Tollgate for Node {
     }
 }
 
-/// `pairs` reserve+commit pairs; returns (ns/pair, allocations/pair, pairs per call).
-async fn round(client: &Client, pairs: u64) -> (f64, f64, u64) {
+/// CPU time this thread has run, ns (Linux: `/proc/thread-self/schedstat`); `None`
+/// elsewhere. On a shared host wall time counts other processes' turns; this does not.
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
+/// What one round measured, per pair.
+struct Round {
+    wall_ns: f64,
+    cpu_ns: Option<f64>,
+    allocations: f64,
+    per_call: u64,
+}
+
+/// `pairs` reserve+commit pairs, timed.
+async fn round(client: &Client, pairs: u64) -> Round {
     let mut per_call = 0;
     let allocations = ALLOCATIONS.load(Relaxed);
+    let cpu = thread_cpu_ns();
     let start = Instant::now();
     for _ in 0..pairs {
         let request = ReserveRequest::new("acme", "bot", "search").tokens(10);
@@ -157,8 +175,17 @@ async fn round(client: &Client, pairs: u64) -> (f64, f64, u64) {
             .expect("committed");
     }
     let elapsed = start.elapsed().as_nanos() as f64;
+    let cpu = cpu
+        .zip(thread_cpu_ns())
+        .map(|(from, to)| (to - from) as f64);
     let allocated = (ALLOCATIONS.load(Relaxed) - allocations) as f64;
-    (elapsed / pairs as f64, allocated / pairs as f64, per_call)
+    let pairs = pairs as f64;
+    Round {
+        wall_ns: elapsed / pairs,
+        cpu_ns: cpu.map(|cpu| cpu / pairs),
+        allocations: allocated / pairs,
+        per_call,
+    }
 }
 
 fn main() {
@@ -180,21 +207,38 @@ fn main() {
                 .serve_with_incoming(TcpIncoming::from(listener)),
         );
         let client = Client::new(ClientConfig::new([addr])).expect("client");
+        let request = || ReserveRequest::new("acme", "bot", "search");
+        println!(
+            "sizes: reserve future {} B, Reservation {} B, ReserveRequest {} B",
+            std::mem::size_of_val(&client.reserve(request())),
+            std::mem::size_of::<tollgate_client::Reservation>(),
+            std::mem::size_of::<ReserveRequest>(),
+        );
         // Warm-up: the lease ask, the connection, the slot's buffers.
         round(&client, pairs / 10 + 1).await;
-        let mut times = Vec::with_capacity(ROUNDS);
+        let (mut walls, mut cpus) = (Vec::new(), Vec::new());
         let mut allocations = 0.0;
         for r in 0..ROUNDS {
-            let (ns, allocated, per_call) = round(&client, pairs).await;
+            let round = round(&client, pairs).await;
+            let cpu = round.cpu_ns.map_or("-".into(), |ns| format!("{ns:.0}"));
             println!(
-                "round {r}: {ns:.0} ns/pair, {allocated:.2} allocations/pair, {per_call} of {pairs} per call"
+                "round {r}: {:.0} ns/pair wall, {cpu} ns/pair on the calling thread's CPU, \
+                 {:.2} allocations/pair, {} of {pairs} per call",
+                round.wall_ns, round.allocations, round.per_call
             );
-            times.push(ns);
-            allocations = allocated;
+            walls.push(round.wall_ns);
+            cpus.extend(round.cpu_ns);
+            allocations = round.allocations;
         }
         client.return_leases().await;
-        times.sort_by(f64::total_cmp);
-        let median = times[ROUNDS / 2];
-        println!("lease reserve+commit: {median:.0} ns/pair ({allocations:.2} allocations/pair)");
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        let wall = median(walls).unwrap_or_default();
+        let cpu = median(cpus).map_or("-".into(), |ns| format!("{ns:.0}"));
+        println!(
+            "lease reserve+commit: {wall:.0} ns/pair wall, {cpu} ns/pair CPU ({allocations:.2} allocations/pair)"
+        );
     });
 }

@@ -387,7 +387,9 @@ impl SlotState {
     /// return the lease); `None` without a lease.
     pub(crate) fn take_report(&mut self, returning: bool, now: Instant) -> Option<Report> {
         let held = self.lease.as_ref()?;
-        let calls = std::mem::take(&mut self.calls);
+        // The next report will likely be as long: keep pushes from regrowing it.
+        let capacity = self.calls.len();
+        let calls = std::mem::replace(&mut self.calls, Vec::with_capacity(capacity));
         let taken = calls.iter().fold(Amounts::ZERO, |sum, call| {
             saturating_add(sum, call.actual.map(Amounts::from).unwrap_or_default())
         });

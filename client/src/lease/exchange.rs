@@ -72,10 +72,11 @@ impl Client {
         // One exchange of its own at most; exchanges of others it waited for (a background
         // settle) do not count, up to a bound.
         let mut own = false;
+        let mut now = now;
         for _ in 0..GRANT_TRIES_MAX {
             let (decision, seen, wake) = {
                 let mut state = slot.state();
-                let decision = state.grant(request.estimate, fingerprint, Instant::now());
+                let decision = state.grant(request.estimate, fingerprint, now);
                 (decision, state.exchanges(), state.wants_settle())
             };
             if wake {
@@ -96,16 +97,19 @@ impl Client {
                 Grant::PerCall => return Leased::PerCall(request),
                 Grant::SettleThenPerCall => {
                     // The cluster must have seen the earlier repetitions before this one.
-                    let _ = self
-                        .exchange(&slot, seen, Exchange::Settle, request.estimate)
-                        .await;
+                    let settle = self.exchange(&slot, seen, Exchange::Settle, request.estimate);
+                    let _ = Box::pin(settle).await;
                     return Leased::PerCall(request);
                 }
                 _ if own => return Leased::PerCall(request),
                 Grant::Ask => Exchange::Ask,
                 Grant::Settle => Exchange::Settle,
             };
-            match self.exchange(&slot, seen, exchange, request.estimate).await {
+            // Boxed: the exchange's future is large, and a local grant should not move it.
+            let waited = Box::pin(self.exchange(&slot, seen, exchange, request.estimate));
+            let waited = waited.await;
+            now = Instant::now();
+            match waited {
                 Ok(Waited::Own) => own = true,
                 Ok(Waited::Other) => {}
                 Ok(Waited::TimedOut) => return Leased::PerCall(request),
