@@ -342,7 +342,9 @@ impl SlotState {
         self.outstanding = add_sub(self.outstanding, actual, estimate);
         self.in_flight = self.in_flight.saturating_sub(1);
         self.calls.push(call);
-        if self.calls.len() >= LEASE_SETTLE_CALLS_MAX {
+        // Early enough that the background settle empties the report before a grant must
+        // wait for it.
+        if self.calls.len() >= LEASE_SETTLE_CALLS_MAX / 4 {
             self.settle_wanted = true;
         }
         Completed::Kept
@@ -385,7 +387,9 @@ impl SlotState {
     /// return the lease); `None` without a lease.
     pub(crate) fn take_report(&mut self, returning: bool, now: Instant) -> Option<Report> {
         let held = self.lease.as_ref()?;
-        let calls = std::mem::take(&mut self.calls);
+        // The next report will likely be as long: keep pushes from regrowing it.
+        let capacity = self.calls.len();
+        let calls = std::mem::replace(&mut self.calls, Vec::with_capacity(capacity));
         let taken = calls.iter().fold(Amounts::ZERO, |sum, call| {
             saturating_add(sum, call.actual.map(Amounts::from).unwrap_or_default())
         });

@@ -74,6 +74,15 @@
 //! }
 //! ```
 //!
+//! For tenants whose policy allows leases, the client holds a slice of every limit that
+//! applies to each (tenant, agent, tool) it calls and decides reserves inside it locally,
+//! without a round trip (about half a microsecond of CPU per reserve and commit); a
+//! background task reports the calls and renews the slice every half second or so
+//! ([`ClientConfig::leases`], on by default; calls naming a session or a usage always go
+//! per call). Call
+//! [`Client::return_leases`] before the process exits: a lease left behind is charged whole
+//! when it expires, the safe side for a client that may have spent it.
+//!
 //! With the cargo feature `otel`, each RPC carries the W3C trace context of the calling code
 //! (the current `tracing` span under tracing-opentelemetry, else the attached
 //! `opentelemetry::Context`), so a node that exports traces makes its span a child of yours;

@@ -270,8 +270,14 @@ impl Reservation {
     /// If this fails (e.g. the cluster stays unreachable past the deadline) the hold is
     /// *not* released: it expires and is charged at its estimate, because the call did
     /// happen.
-    pub async fn commit(self, actual: Amounts) -> Result<CommitInfo, Error> {
-        self.commit_with_id(new_request_id(), actual).await
+    pub async fn commit(mut self, actual: Amounts) -> Result<CommitInfo, Error> {
+        if let Origin::Lease { lease_id } = self.origin {
+            // Decided locally: no request id to make, nothing to send.
+            self.settled = true;
+            return Ok(self.settle_in_lease(lease_id, actual));
+        }
+        // Boxed: the per-call future is large, and a local commit should not carry it.
+        Box::pin(self.commit_with_id(new_request_id(), actual)).await
     }
 
     /// [`commit`](Self::commit) with a caller-chosen request id (for replaying histories).

@@ -46,7 +46,8 @@ impl Client {
         } else {
             request
         };
-        self.reserve_with_id(new_request_id(), request).await
+        // Boxed: the per-call future is large, and a local grant should not carry it.
+        Box::pin(self.reserve_with_id(new_request_id(), request)).await
     }
 
     /// [`reserve`](Self::reserve) with a caller-chosen request id: sending the same id

@@ -21,7 +21,7 @@ use crate::types::{new_request_id, Amounts, ReserveRequest};
 
 /// Shortest pause between two rounds of the background task, so a slot whose settle keeps
 /// failing is retried at this pace rather than in a busy loop.
-const TASK_ROUND_MIN: Duration = Duration::from_millis(20);
+const TASK_ROUND_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between two rounds: how soon the task notices its client is gone.
 const TASK_ROUND_MAX: Duration = Duration::from_secs(1);
 
@@ -34,6 +34,20 @@ pub(crate) enum Leased {
     /// The cluster could not be reached to ask for a lease: what a per-call reserve
     /// would have met too, without spending the deadline twice.
     Unavailable(ReserveRequest, String),
+}
+
+/// Most grant decisions one reserve makes before it goes per call (each after waiting for
+/// an exchange).
+const GRANT_TRIES_MAX: u32 = 8;
+
+/// How waiting for the lane ended.
+enum Waited {
+    /// This caller asked or settled.
+    Own,
+    /// Another exchange was answered meanwhile (or the lease ended): decide again.
+    Other,
+    /// The lease's deadline passed first.
+    TimedOut,
 }
 
 /// What a caller waits on the lane for.
@@ -55,10 +69,14 @@ impl Client {
         };
         self.ensure_lease_task();
         let fingerprint = request.fingerprint.as_deref().map(fingerprint_key);
-        for round in 0..2 {
+        // One exchange of its own at most; exchanges of others it waited for (a background
+        // settle) do not count, up to a bound.
+        let mut own = false;
+        let mut now = now;
+        for _ in 0..GRANT_TRIES_MAX {
             let (decision, seen, wake) = {
                 let mut state = slot.state();
-                let decision = state.grant(request.estimate, fingerprint, Instant::now());
+                let decision = state.grant(request.estimate, fingerprint, now);
                 (decision, state.exchanges(), state.wants_settle())
             };
             if wake {
@@ -79,53 +97,60 @@ impl Client {
                 Grant::PerCall => return Leased::PerCall(request),
                 Grant::SettleThenPerCall => {
                     // The cluster must have seen the earlier repetitions before this one.
-                    let _ = self
-                        .exchange(&slot, seen, Exchange::Settle, request.estimate)
-                        .await;
+                    let settle = self.exchange(&slot, seen, Exchange::Settle, request.estimate);
+                    let _ = Box::pin(settle).await;
                     return Leased::PerCall(request);
                 }
-                _ if round > 0 => return Leased::PerCall(request),
+                _ if own => return Leased::PerCall(request),
                 Grant::Ask => Exchange::Ask,
                 Grant::Settle => Exchange::Settle,
             };
-            if let Err(reason) = self.exchange(&slot, seen, exchange, request.estimate).await {
-                return Leased::Unavailable(request, reason);
+            // Boxed: the exchange's future is large, and a local grant should not move it.
+            let waited = Box::pin(self.exchange(&slot, seen, exchange, request.estimate));
+            let waited = waited.await;
+            now = Instant::now();
+            match waited {
+                Ok(Waited::Own) => own = true,
+                Ok(Waited::Other) => {}
+                Ok(Waited::TimedOut) => return Leased::PerCall(request),
+                Err(reason) => return Leased::Unavailable(request, reason),
             }
         }
         Leased::PerCall(request)
     }
 
     /// Waits for the slot's lane (bounded by the lease's deadline) and, unless another
-    /// exchange was answered meanwhile, asks for a lease or settles. `Err` only when a
-    /// lease ask could not reach the cluster.
+    /// exchange was answered meanwhile, asks for a lease or settles; says which. `Err` only
+    /// when a lease ask could not reach the cluster.
     async fn exchange(
         &self,
         slot: &Arc<Slot>,
         seen: u64,
         exchange: Exchange,
         estimate: Amounts,
-    ) -> Result<(), String> {
+    ) -> Result<Waited, String> {
         let bound = slot
             .state()
             .deadline()
             .unwrap_or_else(|| Instant::now() + self.shared.config.deadline);
         let Ok(mut lane) = timeout_at(bound, Arc::clone(&slot.lane).lock_owned()).await else {
-            return Ok(());
+            return Ok(Waited::TimedOut);
         };
         let has_lease = {
             let state = slot.state();
             if state.exchanges() != seen {
-                return Ok(());
+                return Ok(Waited::Other);
             }
             state.has_lease()
         };
         match (exchange, has_lease) {
-            (Exchange::Ask, false) => self.ask(slot, estimate).await,
+            (Exchange::Ask, false) => self.ask(slot, estimate).await.map(|()| Waited::Own),
             (_, true) => {
                 self.settle_slot(slot, &mut lane, false).await;
-                Ok(())
+                Ok(Waited::Own)
             }
-            (Exchange::Settle, false) => Ok(()),
+            // The lease ended while this call waited: it asks anew next.
+            (Exchange::Settle, false) => Ok(Waited::Other),
         }
     }
 
@@ -208,9 +233,12 @@ impl Client {
                 (settle_wire(slot, report, units), now)
             }
         };
-        lane.pending = Some((wire.clone(), sent));
+        // Kept before sending: a caller cancelled mid-settle leaves it to be resent.
+        let (wire, sent) = &*lane.pending.insert((wire, sent));
+        let sent = *sent;
         let deadline = slot.state().deadline().unwrap_or(sent);
         let bound = deadline.max(Instant::now() + self.shared.config.attempt_timeout);
+        let (lease_id, calls) = (wire.lease_id, wire.calls.len());
         let answer = timeout_at(
             bound,
             self.call(|rpc| {
@@ -228,7 +256,7 @@ impl Client {
             Ok(answer) => {
                 lane.pending = None;
                 if answer.expired {
-                    tracing::warn!(tenant = %slot.tenant, lease_id = wire.lease_id, "lease expired before its settle; the cluster charged its whole slice");
+                    tracing::warn!(tenant = %slot.tenant, lease_id, "lease expired before its settle; the cluster charged its whole slice");
                 }
                 slot.state().settled(&answer, sent, Instant::now())
             }
@@ -241,7 +269,7 @@ impl Client {
                 // says the lease is not there to settle. Either way it is over here.
                 lane.pending = None;
                 let expired = matches!(error, Error::Unavailable { .. });
-                tracing::warn!(%error, tenant = %slot.tenant, lease_id = wire.lease_id, calls = wire.calls.len(), "settling a lease failed; it stops granting");
+                tracing::warn!(%error, tenant = %slot.tenant, lease_id, calls, "settling a lease failed; it stops granting");
                 slot.state().end(expired)
             }
         };
