@@ -26,8 +26,9 @@ use crate::types::{duration_ms, Amounts};
 /// Most (tenant, agent, tool) keys one client (and its clones) holds leases for; calls of
 /// further keys go per call.
 pub const LEASES_PER_CLIENT_MAX: usize = 1_024;
-/// The client stops granting from a lease this long before `receipt + ttl`, so a clock
-/// running fast cannot grant from a slice the cluster has reclaimed.
+/// The client stops granting from a lease this long before `sent + ttl` (its first send of
+/// the exchange, never after the cluster's grant), so a clock running somewhat slow cannot
+/// grant from a slice the cluster has reclaimed (docs/SPEC.md, "Leases", states the bound).
 pub const LEASE_MARGIN_MS: u64 = 200;
 /// Most completed calls one slot keeps unreported; at the bound it settles before granting.
 pub const LEASE_SETTLE_CALLS_MAX: usize = 10_000;
@@ -244,6 +245,10 @@ pub(crate) struct Report {
     pub(crate) calls: Vec<v1::LeaseCall>,
     pub(crate) want: Amounts,
     pub(crate) lease_id: u64,
+    /// What this client may still spend from the lease until it reads the answer: the
+    /// cluster never shrinks the lease below it nor ends it while it is not zero.
+    pub(crate) keep: Amounts,
+    pub(crate) keep_units: u32,
 }
 
 impl SlotState {
@@ -386,7 +391,18 @@ impl SlotState {
     /// Takes the completed calls into a report asking for `want` from now on (zero to
     /// return the lease); `None` without a lease.
     pub(crate) fn take_report(&mut self, returning: bool, now: Instant) -> Option<Report> {
-        let held = self.lease.as_ref()?;
+        let held = self.lease.as_mut()?;
+        if returning {
+            // Nothing more is granted from a lease being given back.
+            held.recalled = true;
+        }
+        let (ttl, recalled, remaining, units) = (
+            held.terms.ttl,
+            held.recalled,
+            held.remaining,
+            held.terms.units,
+        );
+        let lease_id = held.terms.lease_id;
         // The next report will likely be as long: keep pushes from regrowing it.
         let capacity = self.calls.len();
         let calls = std::mem::replace(&mut self.calls, Vec::with_capacity(capacity));
@@ -397,10 +413,12 @@ impl SlotState {
         let want = if returning {
             Amounts::ZERO
         } else {
-            clamp_amounts(saturating_add(
-                self.outstanding,
-                self.free_wanted(held.terms.ttl, now),
-            ))
+            clamp_amounts(saturating_add(self.outstanding, self.free_wanted(ttl, now)))
+        };
+        let (keep, keep_units) = if recalled {
+            (self.outstanding, self.in_flight)
+        } else {
+            (saturating_add(self.outstanding, remaining), units)
         };
         self.demand = Amounts::ZERO;
         self.demand_since = now;
@@ -408,7 +426,9 @@ impl SlotState {
         Some(Report {
             calls,
             want,
-            lease_id: held.terms.lease_id,
+            lease_id,
+            keep: clamp_amounts(keep),
+            keep_units: keep_units.min(LEASE_UNITS_MAX),
         })
     }
 
@@ -755,6 +775,8 @@ pub(crate) fn settle_wire(slot: &Slot, report: Report, units: u32) -> v1::Settle
         want: Some(report.want.into()),
         units,
         ttl_ms: duration_ms(Duration::ZERO),
+        keep: Some(report.keep.into()),
+        keep_units: report.keep_units,
     }
 }
 

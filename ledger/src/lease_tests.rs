@@ -142,6 +142,8 @@ impl H {
             want,
             units,
             ttl_ms: 0,
+            keep: Amounts::default(),
+            keep_units: 0,
         }
     }
 
@@ -691,6 +693,8 @@ fn another_tenants_lease_is_unknown_to_a_tenant() {
         want: Amounts::default(),
         units: 0,
         ttl_ms: 0,
+        keep: Amounts::default(),
+        keep_units: 0,
     };
     assert_eq!(
         h.apply(&cmd),
@@ -779,4 +783,69 @@ fn a_lease_counts_toward_the_reservations_in_flight_quota() {
     // Returned, it frees its place.
     ended(&h.settle(lease.lease_id, vec![], Amounts::default(), 0));
     assert!(matches!(h.reserve("bot", tok(1)), Outcome::Granted { .. }));
+}
+
+#[test]
+fn a_lease_never_shrinks_below_what_its_holder_may_still_spend_nor_ends_under_it() {
+    let mut h = H::new();
+    h.limit("tokens", Scope::Tenant, Dimension::Tokens, budget(1_000));
+    let a = h.lease_ok("a", tok(600), 2);
+    // Another lease takes half of the rest: a's fair share of what is left is now small.
+    h.lease_ok("b", tok(600), 1);
+    // The holder has 500 out in calls and may still grant the rest of its 600.
+    let mut cmd = h.settle_cmd(a.lease_id, vec![], tok(50), 1);
+    if let Command::Settle {
+        keep, keep_units, ..
+    } = &mut cmd
+    {
+        *keep = tok(600);
+        *keep_units = 2;
+    }
+    let terms = renewed(&h.apply(&cmd));
+    assert_eq!(
+        (terms.slice, terms.units),
+        (tok(600), 2),
+        "never below keep"
+    );
+    // A freeze recalls it: with 300 of calls still out, it shrinks to them and lives on,
+    // unrenewed, rather than leaving those calls outside any hold.
+    h.admin(|request_id, tenant| Command::Freeze {
+        request_id,
+        tenant,
+        agent: None,
+    });
+    let expires_at_ms = terms.expires_at_ms;
+    h.tick(100);
+    let mut cmd = h.settle_cmd(a.lease_id, vec![], tok(600), 2);
+    if let Command::Settle {
+        keep, keep_units, ..
+    } = &mut cmd
+    {
+        *keep = tok(300);
+        *keep_units = 1;
+    }
+    match h.apply(&cmd) {
+        Outcome::Settled {
+            lease: Some(kept),
+            recalled: true,
+            ..
+        } => {
+            assert_eq!((kept.slice, kept.units), (tok(300), 1));
+            assert_eq!(
+                kept.expires_at_ms, expires_at_ms,
+                "a recalled lease is not renewed"
+            );
+        }
+        other => panic!("expected the lease kept for its calls, got {other:?}"),
+    }
+    assert_eq!(h.ledger.leases_on(&h.tenant, Some(&agent("a"))), 1);
+    // Its calls reported, nothing left out: it ends, charged exactly their actuals.
+    let done = h.call(tok(300), tok(250));
+    assert_eq!(
+        ended(&h.settle(a.lease_id, vec![done], tok(0), 0)),
+        (true, false)
+    );
+    assert_eq!(h.ledger.leases_on(&h.tenant, Some(&agent("a"))), 0);
+    let u = h.usage("a", "tokens");
+    assert_eq!(u.used, 250);
 }

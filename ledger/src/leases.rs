@@ -74,6 +74,8 @@ struct SettleAsk<'a> {
     want: &'a Amounts,
     units: u32,
     ttl_ms: u64,
+    keep: &'a Amounts,
+    keep_units: u32,
 }
 
 /// What a lease may hold of some limits: the slice and units granted (at most what was
@@ -186,6 +188,8 @@ impl Ledger {
                 want,
                 units,
                 ttl_ms,
+                keep,
+                keep_units,
                 ..
             } => {
                 let ask = SettleAsk {
@@ -195,6 +199,8 @@ impl Ledger {
                     want,
                     units: *units,
                     ttl_ms: *ttl_ms,
+                    keep,
+                    keep_units: *keep_units,
                 };
                 self.settle(now_ms, (t, tenant_id), &ask)
             }
@@ -447,6 +453,30 @@ fn terms(id: u64, lease: &Lease, policy: &super::TenantPolicy) -> LeaseTerms {
     }
 }
 
+/// What a settle's holder may still spend from its lease, within what the lease holds after
+/// the reported calls: the floor of any resize, and what keeps the lease alive.
+struct Kept {
+    slice: Amounts,
+    units: u32,
+}
+
+impl Kept {
+    fn of(lease: &Lease, s: &SettleAsk<'_>) -> Kept {
+        let mut slice = Amounts::default();
+        for d in DIMENSIONS {
+            set(&mut slice, d, s.keep.get(d).min(lease.slice.get(d)));
+        }
+        Kept {
+            slice,
+            units: s.keep_units.min(lease.units),
+        }
+    }
+
+    fn is_nothing(&self) -> bool {
+        self.slice == Amounts::default() && self.units == 0
+    }
+}
+
 impl Ledger {
     /// A settle: charges the calls, then resizes and renews the lease, or ends it. A lease
     /// that expired (and is still remembered) had its whole slice charged: its calls are
@@ -470,7 +500,21 @@ impl Ledger {
             self.recall_where(t, |other| other.agent == lease.agent);
             lease.recalled = true;
         }
+        let kept = Kept::of(&lease, s);
         if let Some(recalled) = self.lease_ending(now_ms, &lease, s) {
+            if !kept.is_nothing() {
+                // Calls the holder decided are still to be reported: the lease shrinks to
+                // them and lives on, unrenewed, until they are (or it expires, charged).
+                lease.recalled |= recalled;
+                let terms = self.resize_lease(now_ms, key, &mut lease, (kept.slice, kept.units), s);
+                self.leases.insert(key, lease);
+                return Outcome::Settled {
+                    lease: terms,
+                    recalled,
+                    expired: false,
+                    charged_calls,
+                };
+            }
             self.end_lease(now_ms, key, &lease, s.request_id, recalled);
             return Outcome::Settled {
                 lease: None,
@@ -479,7 +523,7 @@ impl Ledger {
                 charged_calls,
             };
         }
-        let terms = self.renew_lease(now_ms, key, &mut lease, s);
+        let terms = self.renew_lease(now_ms, key, &mut lease, s, &kept);
         self.leases.insert(key, lease);
         let Some(terms) = terms else {
             debug_assert!(false, "a live lease of an unknown tenant or agent");
@@ -588,8 +632,9 @@ impl Ledger {
         key: ReservationKey,
         lease: &mut Lease,
         s: &SettleAsk<'_>,
+        kept: &Kept,
     ) -> Option<LeaseTerms> {
-        let tenant = self.tenants.get_mut(key.0)?;
+        let tenant = self.tenants.get(key.0)?;
         let share = {
             let agent = tenant.agents.get(lease.agent)?;
             let indexes = lease.holds.iter().filter_map(|&generation| {
@@ -601,14 +646,41 @@ impl Ledger {
             let own = Some((&lease.slice, lease.units));
             share(tenant, agent, indexes, (s.want, s.units), own, now_ms)
         };
+        let mut slice = share.slice;
+        for d in DIMENSIONS {
+            let at_least = slice.get(d).max(kept.slice.get(d));
+            set(&mut slice, d, at_least);
+        }
+        let units = share.units.max(kept.units);
+        lease.expires_at_ms = {
+            self.leases_by_expiry.remove(&(lease.expires_at_ms, key));
+            let at = expiry_at(now_ms, s.ttl_ms);
+            self.leases_by_expiry.insert((at, key));
+            at
+        };
+        lease.renewed_at_ms = now_ms;
+        self.resize_lease(now_ms, key, lease, (slice, units), s)
+    }
+
+    /// Moves the lease's holds to `slice` and `units` (a top-up fits every limit: it is
+    /// within a fair share, or not above what it held) and audits the new slice.
+    fn resize_lease(
+        &mut self,
+        now_ms: u64,
+        key: ReservationKey,
+        lease: &mut Lease,
+        (slice, units): (Amounts, u32),
+        s: &SettleAsk<'_>,
+    ) -> Option<LeaseTerms> {
+        let tenant = self.tenants.get_mut(key.0)?;
         let (mut grow, mut shrink) = (Amounts::default(), Amounts::default());
         for d in DIMENSIONS {
-            let (now, next) = (lease.slice.get(d), share.slice.get(d));
+            let (now, next) = (lease.slice.get(d), slice.get(d));
             set(&mut grow, d, next.saturating_sub(now));
             set(&mut shrink, d, now.saturating_sub(next));
         }
-        let grow_units = share.units.saturating_sub(lease.units);
-        let shrink_units = lease.units.saturating_sub(share.units);
+        let grow_units = units.saturating_sub(lease.units);
+        let shrink_units = lease.units.saturating_sub(units);
         for_each_hold(
             tenant,
             (lease.agent, None),
@@ -618,12 +690,8 @@ impl Ledger {
                 limits::hold_slice(spec, counter, &grow, grow_units, now_ms);
             },
         );
-        lease.slice = share.slice;
-        lease.units = share.units;
-        lease.renewed_at_ms = now_ms;
-        self.leases_by_expiry.remove(&(lease.expires_at_ms, key));
-        lease.expires_at_ms = expiry_at(now_ms, s.ttl_ms);
-        self.leases_by_expiry.insert((lease.expires_at_ms, key));
+        lease.slice = slice;
+        lease.units = units;
         let terms = terms(key.1, lease, &tenant.policy);
         self.audit.append(
             now_ms,

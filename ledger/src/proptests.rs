@@ -569,6 +569,8 @@ impl Run {
                     want,
                     units,
                     ttl_ms: 0,
+                    keep: Amounts::default(),
+                    keep_units: 0,
                 }
             }
             Op::Retry(k) => {
@@ -1214,6 +1216,8 @@ impl Clients {
             want,
             units,
             ttl_ms: 0,
+            keep: Amounts::default(),
+            keep_units: 0,
         };
         let outcome = self.send(cmd);
         self.reported += reported;

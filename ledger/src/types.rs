@@ -521,6 +521,13 @@ pub enum Command {
         want: Amounts,
         units: u32,
         ttl_ms: u64,
+        /// What the holder may still spend from the lease before it hears back: calls in
+        /// flight and reported later, and (unless it stops granting) the rest of its slice.
+        /// The lease never shrinks below it (within what it holds), nor ends while it is
+        /// not zero, so no call the holder decided is left outside the hold.
+        keep: Amounts,
+        /// Concurrency slots the holder may still use, likewise.
+        keep_units: u32,
     },
 }
 

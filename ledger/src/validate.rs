@@ -78,9 +78,17 @@ impl Command {
                 want,
                 units,
                 ttl_ms,
+                keep,
+                keep_units,
                 ..
             } => {
                 validate_lease_calls(calls)?;
+                keep.validate("keep")?;
+                if *keep_units > LEASE_UNITS_MAX {
+                    return fail(format!(
+                        "keep_units is {keep_units}; at most LEASE_UNITS_MAX ({LEASE_UNITS_MAX})"
+                    ));
+                }
                 (want, units, ttl_ms)
             }
             _ => return Ok(()),

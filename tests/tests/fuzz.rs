@@ -293,6 +293,8 @@ fn client_requests() -> Vec<(&'static str, Vec<u8>)> {
                 want: reserve.estimate,
                 units: 1,
                 ttl_ms: 0,
+                keep: reserve.estimate,
+                keep_units: 1,
             }
             .encode_to_vec(),
         ),

@@ -142,6 +142,8 @@ fn settle_request(lease_id: u64, request_id: &str, want: u64) -> v1::SettleReque
         want: tokens(want),
         units: u32::from(want > 0),
         ttl_ms: 0,
+        keep: None,
+        keep_units: 0,
     }
 }
 

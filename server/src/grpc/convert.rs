@@ -610,6 +610,8 @@ pub fn settle(request: pb::SettleRequest) -> Result<Command, Status> {
         want: slice(request.want, "want")?,
         units: request.units,
         ttl_ms: request.ttl_ms,
+        keep: slice(request.keep, "keep")?,
+        keep_units: request.keep_units,
     })
 }
 
