@@ -13,6 +13,7 @@ use crate::breaker::{Admit, Breaker};
 use crate::channel::{leader_hint, Auth};
 use crate::config::{normalise_endpoint, ClientConfig, FailMode, TlsConfig};
 use crate::error::{is_connect_failure, is_retryable, Error};
+use crate::lease::LeaseBook;
 use crate::local::LocalCap;
 use crate::pool::{Pool, Rpc};
 
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) config: ClientConfig,
     pub(crate) pool: Pool,
     pub(crate) local: Option<LocalCap>,
+    /// Budget leases held by this client and its clones.
+    pub(crate) leases: Arc<LeaseBook>,
     breaker: Breaker,
 }
 
@@ -78,10 +81,21 @@ impl Client {
                 config,
                 pool,
                 local,
+                leases: Arc::new(LeaseBook::new()),
                 breaker,
             }),
             auth,
         })
+    }
+
+    /// A client of `shared` sending `auth`.
+    pub(crate) fn from_parts(shared: Arc<Shared>, auth: Auth) -> Client {
+        Client { shared, auth }
+    }
+
+    /// The credentials this client sends.
+    pub(crate) fn auth(&self) -> &Auth {
+        &self.auth
     }
 
     /// The same client (connections, leader, fail-open allowance) sending another token,

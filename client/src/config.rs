@@ -60,6 +60,17 @@ pub struct ClientConfig {
     /// TLS to the nodes; `None` speaks clear text (`http://`, dev clusters only). With TLS,
     /// endpoints and leader hints without a scheme are dialed as `https://`.
     pub tls: Option<TlsConfig>,
+    /// Decide calls locally inside budget leases when the tenant allows them (default
+    /// `true`): a reserve naming no session and no usage is granted from a slice of its
+    /// (tenant, agent, tool) that this client holds, without a network round trip, and
+    /// reported in the background. Tenants without leases are served per call (the client
+    /// asks again every [`LEASE_OFF_MEMORY`](crate::LEASE_OFF_MEMORY)). Off: every call
+    /// goes per call.
+    pub leases: bool,
+    /// Calls this client may have in flight at once inside one lease (its concurrency
+    /// units), 1 to [`LEASE_UNITS_MAX`](crate::LEASE_UNITS_MAX); default
+    /// [`LEASE_UNITS_DEFAULT`](crate::LEASE_UNITS_DEFAULT).
+    pub lease_units: u32,
 }
 
 /// Largest PEM file [`TlsConfig::from_files`] reads.
@@ -171,7 +182,7 @@ impl TlsConfig {
 impl ClientConfig {
     /// A config for these endpoints with the defaults: no token, 5 s deadline, 1 s per
     /// attempt, 20..500 ms backoff, a probe every 500 ms while the cluster refuses
-    /// connections, fail closed, coalescing on.
+    /// connections, fail closed, coalescing on, leases on with 64 units.
     pub fn new<I, S>(endpoints: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -187,6 +198,8 @@ impl ClientConfig {
             fail_mode: FailMode::Closed,
             coalesce: true,
             tls: None,
+            leases: true,
+            lease_units: crate::lease::LEASE_UNITS_DEFAULT,
         }
     }
 
@@ -213,6 +226,13 @@ impl ClientConfig {
             return Err(Error::Invalid(format!(
                 "backoff must satisfy 0 < initial ({:?}) <= max ({:?})",
                 self.backoff.initial, self.backoff.max
+            )));
+        }
+        if !(1..=crate::lease::LEASE_UNITS_MAX).contains(&self.lease_units) {
+            return Err(Error::Invalid(format!(
+                "lease_units is {}; it must be 1 to {} (LEASE_UNITS_MAX)",
+                self.lease_units,
+                crate::lease::LEASE_UNITS_MAX
             )));
         }
         let mut endpoints: Vec<String> = Vec::with_capacity(self.endpoints.len());

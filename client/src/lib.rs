@@ -93,6 +93,7 @@ mod config;
 mod error;
 mod fingerprint;
 mod guarded;
+mod lease;
 mod local;
 mod pool;
 mod prices;
@@ -116,6 +117,10 @@ pub use fingerprint::{
     fingerprint, fingerprint_ignoring, fingerprint_shape, FingerprintError, FINGERPRINT_DEPTH_MAX,
 };
 pub use guarded::{CallError, GuardError};
+pub use lease::{
+    LEASES_PER_CLIENT_MAX, LEASE_ASK_INTERVAL, LEASE_MARGIN_MS, LEASE_OFF_MEMORY,
+    LEASE_SETTLE_CALLS_MAX, LEASE_SLICE_CALLS_MAX, LEASE_UNITS_DEFAULT, LEASE_UNITS_MAX,
+};
 pub use local::OFFLINE_REPORTS_MAX;
 pub use pool::{Rpc, CHANNELS_MAX, COALESCERS_PER_CHANNEL_MAX};
 pub use reservation::{Reservation, ReservationInfo};

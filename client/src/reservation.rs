@@ -8,8 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tollgate_proto::v1;
 
+use std::sync::Arc;
+
 use crate::client::Client;
 use crate::error::Error;
+use crate::lease::{clamp_amounts, Slot};
 use crate::types::{
     duration_ms, new_request_id, Amounts, Applied, CommitInfo, Remaining, Spend, Usage,
 };
@@ -38,6 +41,16 @@ pub struct Reservation {
     /// The agent and tool of a local reservation, for the Record that reports its spend
     /// (boxed: cluster reservations, the common case, carry only the pointer).
     offline_call: Option<Box<OfflineCall>>,
+    /// The slot of a reservation granted from a lease, and what its report names.
+    lease: Option<LeaseHold>,
+}
+
+/// What a reservation granted from a lease needs to settle itself in its slot.
+#[derive(Debug)]
+struct LeaseHold {
+    slot: Arc<Slot>,
+    fingerprint: Option<String>,
+    shape: Option<String>,
 }
 
 /// The call a local reservation stands for, as the Record that reports it names it.
@@ -66,6 +79,9 @@ pub struct ReservationInfo {
     pub tightest: Option<Remaining>,
     /// Granted locally while failing open.
     pub local: bool,
+    /// The lease it was granted from, decided by this client without a round trip; `None`
+    /// for a reservation granted by the cluster per call (or failing open).
+    pub lease_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +93,9 @@ enum Origin {
     },
     /// Granted by this process while failing open; the cluster never heard of it.
     Local,
+    /// Granted by this process from a lease the cluster holds for it; settled in its slot
+    /// and reported with the lease's next settle.
+    Lease { lease_id: u64 },
 }
 
 impl Reservation {
@@ -101,6 +120,32 @@ impl Reservation {
             },
             settled: false,
             offline_call: None,
+            lease: None,
+        }
+    }
+
+    /// A reservation granted from the lease `lease_id` of `slot`, expiring with it.
+    pub(crate) fn leased(
+        client: Client,
+        request: crate::types::ReserveRequest,
+        (lease_id, expires_at_ms): (u64, u64),
+        slot: Arc<Slot>,
+    ) -> Reservation {
+        Reservation {
+            client,
+            tenant: request.tenant,
+            request_id: new_request_id(),
+            estimate: request.estimate,
+            expires_at_ms,
+            tightest: None,
+            origin: Origin::Lease { lease_id },
+            settled: false,
+            offline_call: None,
+            lease: Some(LeaseHold {
+                slot,
+                fingerprint: request.fingerprint,
+                shape: request.shape,
+            }),
         }
     }
 
@@ -141,6 +186,7 @@ impl Reservation {
                 tool,
                 session: None,
             })),
+            lease: None,
         }
     }
 
@@ -148,7 +194,16 @@ impl Reservation {
     pub fn reservation_id(&self) -> Option<u64> {
         match self.origin {
             Origin::Cluster { reservation_id, .. } => Some(reservation_id),
-            Origin::Local => None,
+            Origin::Local | Origin::Lease { .. } => None,
+        }
+    }
+
+    /// The lease this reservation was granted from (locally, without a round trip);
+    /// `None` for one the cluster granted per call, or a fail-open one.
+    pub fn lease_id(&self) -> Option<u64> {
+        match self.origin {
+            Origin::Lease { lease_id } => Some(lease_id),
+            Origin::Cluster { .. } | Origin::Local => None,
         }
     }
 
@@ -170,11 +225,12 @@ impl Reservation {
         self.tightest.as_ref()
     }
 
-    /// Where the grant was applied in the Raft log; `None` for a local reservation.
+    /// Where the grant was applied in the Raft log; `None` for a local reservation or one
+    /// granted from a lease.
     pub fn applied(&self) -> Option<Applied> {
         match self.origin {
             Origin::Cluster { applied, .. } => Some(applied),
-            Origin::Local => None,
+            Origin::Local | Origin::Lease { .. } => None,
         }
     }
 
@@ -204,6 +260,7 @@ impl Reservation {
             expires_at_ms: self.expires_at_ms,
             tightest: self.tightest.clone(),
             local: self.is_local(),
+            lease_id: self.lease_id(),
         }
     }
 
@@ -218,6 +275,8 @@ impl Reservation {
     }
 
     /// [`commit`](Self::commit) with a caller-chosen request id (for replaying histories).
+    /// A reservation granted from a lease is reported under its own request id, and the
+    /// commit returns at once: the lease's next settle carries it.
     pub async fn commit_with_id(
         mut self,
         request_id: String,
@@ -231,6 +290,30 @@ impl Reservation {
                     .await
             }
             Origin::Local => self.settle_locally(actual, None),
+            Origin::Lease { lease_id } => Ok(self.settle_in_lease(lease_id, actual)),
+        }
+    }
+
+    /// Records a call granted from a lease in its slot: no network; the lease's next settle
+    /// reports it (request id, estimate, actual, fingerprint, shape).
+    fn settle_in_lease(&mut self, lease_id: u64, actual: Amounts) -> CommitInfo {
+        let actual = clamp_amounts(actual);
+        if let Some(hold) = self.lease.take() {
+            let call = v1::LeaseCall {
+                request_id: std::mem::take(&mut self.request_id),
+                estimate: Some(self.estimate.into()),
+                actual: Some(actual.into()),
+                fingerprint: hold.fingerprint.unwrap_or_default(),
+                shape: hold.shape.unwrap_or_default(),
+            };
+            self.client
+                .lease_call_done(&hold.slot, lease_id, self.estimate, call);
+        }
+        CommitInfo {
+            overrun: !actual.fits_within(self.estimate),
+            late: false,
+            cost_micros: actual.cost_micros,
+            applied: None,
         }
     }
 
@@ -239,7 +322,8 @@ impl Reservation {
     /// [`commit`](Self::commit), a failure leaves the hold to expire at its estimate.
     ///
     /// A local (fail-open) reservation has no price table at hand: it counts the usage's
-    /// tokens and the estimate's cost and calls.
+    /// tokens and the estimate's cost and calls. One granted from a lease gives its estimate
+    /// back to the lease and records the usage with the cluster, which prices it.
     pub async fn commit_usage(self, usage: Usage) -> Result<CommitInfo, Error> {
         self.commit_spend(Spend::Usage(usage)).await
     }
@@ -264,7 +348,36 @@ impl Reservation {
                 };
                 self.settle_locally(actual, Some(usage))
             }
+            Origin::Lease { lease_id } => self.commit_usage_from_lease(lease_id, usage).await,
         }
+    }
+
+    /// Usage needs the tenant's price table: the lease takes the estimate back and the
+    /// cluster records the usage (always charged), priced.
+    async fn commit_usage_from_lease(
+        &mut self,
+        lease_id: u64,
+        usage: Usage,
+    ) -> Result<CommitInfo, Error> {
+        let Some(hold) = self.lease.take() else {
+            return Err(Error::Internal(
+                "a lease reservation without its slot".into(),
+            ));
+        };
+        hold.slot.state().release(lease_id, self.estimate);
+        let tokens = usage.tokens();
+        let (agent, tool) = (hold.slot.agent.clone(), hold.slot.tool.clone());
+        let recorded = self
+            .client
+            .record_usage(&self.tenant, &agent, &tool, usage)
+            .await?;
+        Ok(CommitInfo {
+            overrun: tokens > self.estimate.tokens
+                || recorded.cost_micros > self.estimate.cost_micros,
+            late: false,
+            cost_micros: recorded.cost_micros,
+            applied: Some(recorded.applied),
+        })
     }
 
     /// Counts what a local reservation spent and queues the Record (flagged offline) that
@@ -316,6 +429,7 @@ impl Reservation {
                     .await
             }
             Origin::Local => self.settle_locally(self.estimate, None),
+            Origin::Lease { lease_id } => Ok(self.settle_in_lease(lease_id, self.estimate)),
         }
     }
 
@@ -342,14 +456,24 @@ impl Reservation {
                 }
                 Ok(None)
             }
+            Origin::Lease { lease_id } => {
+                if let Some(hold) = self.lease.take() {
+                    hold.slot.state().release(lease_id, self.estimate);
+                }
+                Ok(None)
+            }
         }
     }
 
     /// Walks away without a word, as a worker that died would: unlike a drop, nothing is
     /// sent; the hold expires and the tenant's expiry policy applies (charged at the estimate
-    /// by default). For simulators and tests. Returns the reservation id.
+    /// by default). For simulators and tests. Returns the reservation id. One granted from
+    /// a lease is counted at its estimate in its slot, as the lease's expiry would.
     pub fn abandon(mut self) -> Option<u64> {
         self.settled = true;
+        if let Origin::Lease { lease_id } = self.origin {
+            self.settle_in_lease(lease_id, self.estimate);
+        }
         self.reservation_id()
     }
 }
@@ -364,6 +488,11 @@ impl Drop for Reservation {
             // happened. Reported like any local spend.
             Origin::Local => {
                 let _ = self.settle_locally(self.estimate, None);
+                return;
+            }
+            // Abandoned: spent at its estimate, recorded in the slot like any commit.
+            Origin::Lease { lease_id } => {
+                self.settle_in_lease(lease_id, self.estimate);
                 return;
             }
             Origin::Cluster { reservation_id, .. } => reservation_id,

@@ -10,6 +10,7 @@ use tollgate_proto::v1::trip_cause::Cause;
 
 use crate::client::Client;
 use crate::error::Error;
+use crate::lease::{leasable, Leased};
 use crate::reservation::Reservation;
 use crate::types::{
     new_request_id, scope_to_string, Amounts, Applied, CommitInfo, Dimension, Recorded,
@@ -26,12 +27,31 @@ impl Client {
     /// [`Error::Denied`] (with `retry_after` for rate limits), [`Error::Frozen`] or
     /// [`Error::Tripped`]. When the cluster cannot be reached within the deadline this
     /// returns [`Error::Unavailable`], or a local reservation if the client fails open.
+    ///
+    /// With [`ClientConfig::leases`](crate::ClientConfig::leases) (the default) and a tenant
+    /// that allows leases, a request naming no session and no usage is granted locally from
+    /// the slice of (tenant, agent, tool) this client holds, when it fits: no network round
+    /// trip, and the commit is reported in the background
+    /// ([`Reservation::lease_id`] says so). Anything a lease cannot decide (a slice too
+    /// short, a hot fingerprint, a tenant without leases) goes per call as before.
     pub async fn reserve(&self, request: ReserveRequest) -> Result<Reservation, Error> {
+        let request = if self.shared.config.leases && leasable(&request) {
+            match self.reserve_leased(request).await {
+                Leased::Granted(reservation) => return Ok(reservation),
+                Leased::PerCall(request) => request,
+                Leased::Unavailable(request, reason) => {
+                    return self.fail_open(request, new_request_id(), reason)
+                }
+            }
+        } else {
+            request
+        };
         self.reserve_with_id(new_request_id(), request).await
     }
 
     /// [`reserve`](Self::reserve) with a caller-chosen request id: sending the same id
     /// again returns the first answer (for replaying histories and cross-process retries).
+    /// Always per call: a local grant could not promise that answer.
     pub async fn reserve_with_id(
         &self,
         request_id: String,

@@ -35,7 +35,7 @@ pub const EXPIRED_RETENTION_MS: u64 = 3_600_000;
 /// Most expired reservations remembered; beyond it the oldest is forgotten first.
 pub const EXPIRED_TOMBSTONES_MAX: usize = 1_000_000;
 
-fn rejected(rejection: Rejection) -> Outcome {
+pub(super) fn rejected(rejection: Rejection) -> Outcome {
     Outcome::Rejected(rejection)
 }
 
@@ -52,13 +52,13 @@ fn unknown_agent(tenant: &TenantId, agent: &AgentId) -> Outcome {
     })
 }
 
-fn bound_reached(bound: Bound, tenant: &TenantId) -> Outcome {
+pub(super) fn bound_reached(bound: Bound, tenant: &TenantId) -> Outcome {
     rejected(Rejection::bound_reached(bound, tenant))
 }
 
 /// Checks the agent bounds before a new agent of `tenant` is created: the ledger's, then
 /// the tenant's quota. Neither evicts anything: the new agent is refused.
-fn agent_room(agents_total: usize, tenant: &Tenant) -> Option<Outcome> {
+pub(super) fn agent_room(agents_total: usize, tenant: &Tenant) -> Option<Outcome> {
     if agents_total >= AGENTS_MAX {
         return Some(bound_reached(Bound::Agents, &tenant.id));
     }
@@ -158,7 +158,7 @@ fn session_mut<'t>(
 
 /// Applies `f` to the counter of each limit the reservation still holds (limits deleted
 /// or reset since are skipped: their counters started afresh without this hold).
-fn for_each_hold(
+pub(super) fn for_each_hold(
     tenant: &mut Tenant,
     (agent, session): (u32, Option<&SessionId>),
     holds: &[u64],
@@ -225,7 +225,7 @@ fn for_each_applicable(
 /// Applies `f` to the counter of every limit in `applicable` for a call of `agent` in
 /// `session`: the tenant's, the agent's or the session's, created on first use (an
 /// `EachSession` limit is skipped for a call in no session).
-fn for_each_counter(
+pub(super) fn for_each_counter(
     limits: &mut [limits::LimitEntry],
     (agent, mut session): (&mut Agent, Option<&mut Session>),
     applicable: &limits::Applicable,
@@ -655,7 +655,12 @@ impl Ledger {
         let subject = (agent, session);
         match evaluate_limits(&tenant.limits, subject, &applicable, r.estimate, now_ms) {
             Ok(tightest) => self.hold(now_ms, (t, agent_index), &applicable, r, tightest),
-            Err(reason) => self.deny(now_ms, r, reason),
+            Err(reason) => {
+                if let DenyReason::Limit { limit_id, .. } = &reason {
+                    self.recall_leases_holding(t, agent_index, limit_id);
+                }
+                self.deny(now_ms, r, reason)
+            }
         }
     }
 
@@ -663,20 +668,12 @@ impl Ledger {
     /// and the agent's freeze and runaway detection (denials, audited). Creates the agent on
     /// its first reserve. Ok: the agent's index; Err: the answer already decided.
     fn admit(&mut self, now_ms: u64, t: u32, r: &ReserveRequest<'_>) -> Result<u32, Outcome> {
+        if let Some(rejected) = self.in_flight_room(t, r.tenant) {
+            return Err(rejected);
+        }
         let Some(tenant) = self.tenants.get_mut(t) else {
             return Err(unknown_tenant(r.tenant));
         };
-        if self.reservations.len() >= RESERVATIONS_IN_FLIGHT_MAX {
-            return Err(bound_reached(Bound::ReservationsInFlight, r.tenant));
-        }
-        let quota = tenant.policy.quotas.reservations_in_flight;
-        if u64::from(tenant.in_flight) >= quota {
-            return Err(rejected(Rejection::quota_reached(
-                Bound::ReservationsInFlightPerTenant,
-                quota,
-                r.tenant,
-            )));
-        }
         let existing = tenant.agents.find(r.agent.as_bytes());
         if existing.is_none() {
             if let Some(rejected) = agent_room(self.agents_total, tenant) {
@@ -725,11 +722,32 @@ impl Ledger {
                 if new {
                     self.audit
                         .append(now_ms, r.fact(AuditEvent::Trip(cause.clone())));
+                    self.recall_leases(t, Some(agent_index));
                 }
                 return Err(self.deny(now_ms, r, DenyReason::Tripped { cause, until_ms }));
             }
         }
         Ok(agent_index)
+    }
+
+    /// The bounds on reservations in flight, a lease counting as one: the ledger's, then the
+    /// tenant's quota. None: room for one more.
+    pub(super) fn in_flight_room(&self, t: u32, tenant_id: &TenantId) -> Option<Outcome> {
+        let Some(tenant) = self.tenants.get(t) else {
+            return Some(unknown_tenant(tenant_id));
+        };
+        if self.reservations.len().saturating_add(self.leases.len()) >= RESERVATIONS_IN_FLIGHT_MAX {
+            return Some(bound_reached(Bound::ReservationsInFlight, tenant_id));
+        }
+        let quota = tenant.policy.quotas.reservations_in_flight;
+        if u64::from(tenant.in_flight) + u64::from(tenant.leases) >= quota {
+            return Some(rejected(Rejection::quota_reached(
+                Bound::ReservationsInFlightPerTenant,
+                quota,
+                tenant_id,
+            )));
+        }
+        None
     }
 
     /// Granted: holds the estimate against every applicable limit and puts the reservation
@@ -812,7 +830,7 @@ impl Ledger {
     /// Neither in flight nor remembered in tenant `t`: ended if the tenant was issued that
     /// id, else never issued. Only the tenant's own counter decides, so another tenant's
     /// reservation of the same number answers exactly as a number nobody was given.
-    fn unknown_reservation(&self, t: u32, id: u64) -> Outcome {
+    pub(super) fn unknown_reservation(&self, t: u32, id: u64) -> Outcome {
         let reservation = ReservationId(id);
         let issued = self
             .tenants
@@ -1152,7 +1170,7 @@ impl Ledger {
     }
 
     /// A reservation or tombstone of agent `agent` of tenant `t` is gone.
-    fn unref_agent(&mut self, t: u32, agent: u32) {
+    pub(super) fn unref_agent(&mut self, t: u32, agent: u32) {
         let agent = self
             .tenants
             .get_mut(t)
@@ -1172,7 +1190,13 @@ impl Ledger {
         policy: &TenantPolicy,
     ) -> Outcome {
         match tenant.and_then(|t| self.tenants.get_mut(t)) {
-            Some(tenant) => tenant.policy = policy.clone(),
+            Some(existing) => {
+                existing.policy = policy.clone();
+                // Leases carry terms of the old policy (and may be off now).
+                if let Some(t) = tenant {
+                    self.recall_leases(t, None);
+                }
+            }
             None => {
                 if self.tenants.len() >= TENANTS_MAX {
                     return bound_reached(Bound::Tenants, tenant_id);
@@ -1224,6 +1248,8 @@ impl Ledger {
                 );
             }
         }
+        // Leases were sized against the old limits.
+        self.recall_leases(t, None);
         self.audit.append(
             now_ms,
             Fact::tenant(tenant_id, request_id, AuditEvent::LimitPut(spec.clone())),
@@ -1248,6 +1274,7 @@ impl Ledger {
             });
         };
         tenant.limits.remove(index);
+        self.recall_leases(t, None);
         self.audit.append(
             now_ms,
             Fact::tenant(
@@ -1271,12 +1298,20 @@ impl Ledger {
             return unknown_tenant(tenant_id);
         };
         match agent_id {
-            None => tenant.frozen = frozen,
+            None => {
+                tenant.frozen = frozen;
+                if frozen {
+                    self.recall_leases(t, None);
+                }
+            }
             Some(agent_id) => match tenant.agents.find(agent_id.as_bytes()) {
                 Some(index) => {
                     if let Some(agent) = tenant.agents.get_mut(index) {
                         agent.frozen = frozen;
                         agent.last_used_ms = now_ms;
+                    }
+                    if frozen {
+                        self.recall_leases(t, Some(index));
                     }
                 }
                 None if !frozen => {

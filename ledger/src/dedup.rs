@@ -499,12 +499,15 @@ impl Ledger {
     }
 
     /// Whether a new request (not a retry) may have its answer remembered: None if so, else
-    /// the refusal. Reserves and records start new work: they are refused at the tenant's
+    /// the refusal. Reserves, records and lease asks start new work: they are refused at the tenant's
     /// quota and once all but `DEDUP_ENTRIES_RESERVED` answers are taken. Every other
     /// command is refused only at `DEDUP_ENTRIES_MAX`. Nothing is evicted for room.
     pub(super) fn answer_room(&self, cmd: &Command, tenant: Option<u32>) -> Option<Outcome> {
         let tenant_id = cmd.tenant()?;
-        let starts_work = matches!(cmd, Command::Reserve { .. } | Command::Record { .. });
+        let starts_work = matches!(
+            cmd,
+            Command::Reserve { .. } | Command::Record { .. } | Command::Lease { .. }
+        );
         let total = self.answers.len();
         let entries_max = self.answers_max();
         let global_max = if starts_work {

@@ -45,6 +45,8 @@ impl Ledger {
         self.check_agents_are_counted()?;
         self.check_agent_refs_are_counted()?;
         self.check_in_flight_is_counted()?;
+        self.check_leases_are_indexed_and_counted()?;
+        self.check_lease_tombstones_are_indexed()?;
         for (t, tenant) in (0u32..).zip(self.tenants.iter()) {
             check_limits_are_sorted_with_unique_generations(tenant)?;
             self.check_tenant_indexes_its_own_reservations(t, tenant)?;
@@ -66,8 +68,12 @@ impl Ledger {
             "a tenant's slot is vacant; tenants are never removed".into()
         })?;
         ensure(
-            self.reservations.len() <= RESERVATIONS_IN_FLIGHT_MAX,
-            || "more than RESERVATIONS_IN_FLIGHT_MAX reservations".into(),
+            self.reservations.len() + self.leases.len() <= RESERVATIONS_IN_FLIGHT_MAX,
+            || "more than RESERVATIONS_IN_FLIGHT_MAX reservations and leases".into(),
+        )?;
+        ensure(
+            self.lease_tombstones.len() <= EXPIRED_TOMBSTONES_MAX,
+            || "more than EXPIRED_TOMBSTONES_MAX lease tombstones".into(),
         )?;
         ensure(self.tombstones.len() <= EXPIRED_TOMBSTONES_MAX, || {
             "more than EXPIRED_TOMBSTONES_MAX tombstones".into()
@@ -87,7 +93,8 @@ impl Ledger {
                 format!("tenant {tenant_id} has more than AGENTS_PER_TENANT_MAX agents")
             })?;
             ensure(
-                tenant.in_flight as usize <= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX,
+                tenant.in_flight as usize + tenant.leases as usize
+                    <= RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX,
                 || format!("tenant {tenant_id} has too many reservations in flight"),
             )?;
             ensure(tenant.limits.len() <= LIMITS_PER_TENANT_MAX, || {
@@ -175,6 +182,10 @@ impl Ledger {
         for r in held.chain(self.tombstones.values().map(|t| &t.reservation)) {
             *refs.entry((r.tenant, r.agent)).or_default() += 1;
         }
+        let leases = self.leases.values();
+        for l in leases.chain(self.lease_tombstones.values().map(|t| &t.lease)) {
+            *refs.entry((l.tenant, l.agent)).or_default() += 1;
+        }
         for (t, tenant) in (0u32..).zip(self.tenants.iter()) {
             for (a, agent) in tenant.agents.iter_indexed() {
                 let counted = refs.get(&(t, a)).copied().unwrap_or(0);
@@ -185,6 +196,82 @@ impl Ledger {
                     )
                 })?;
             }
+        }
+        Ok(())
+    }
+
+    /// Every live lease was issued by its own tenant (its id not also a reservation's), has
+    /// not expired, is of a known agent, is in the expiry and tenant indexes, and each
+    /// tenant's and agent's count of live leases is what exists.
+    fn check_leases_are_indexed_and_counted(&self) -> Result<(), String> {
+        ensure(self.leases_by_expiry.len() == self.leases.len(), || {
+            "lease expiry index and leases differ in size".into()
+        })?;
+        ensure(self.leases_of.len() == self.leases.len(), || {
+            "lease tenant index and leases differ in size".into()
+        })?;
+        let mut counts: HashMap<(u32, Option<u32>), u32> = HashMap::new();
+        for (&key, lease) in &self.leases {
+            let (t, id) = key;
+            let tenant = self
+                .tenants
+                .get(t)
+                .filter(|tenant| lease.tenant == t && id >= 1 && id <= tenant.reservations_issued)
+                .ok_or_else(|| format!("lease r{id} of tenant #{t} was never issued by it"))?;
+            ensure(tenant.agents.get(lease.agent).is_some(), || {
+                format!("lease r{id} of unknown agent #{}", lease.agent)
+            })?;
+            ensure(!self.reservations.contains_key(&key), || {
+                format!("r{id} is both a reservation and a lease")
+            })?;
+            ensure(
+                self.leases_by_expiry.contains(&(lease.expires_at_ms, key))
+                    && lease.expires_at_ms > self.now_ms,
+                || format!("lease r{id} missing from the expiry index, or overdue"),
+            )?;
+            ensure(self.leases_of.contains(&key), || {
+                format!("lease r{id} missing from its tenant's index")
+            })?;
+            *counts.entry((t, None)).or_default() += 1;
+            *counts.entry((t, Some(lease.agent))).or_default() += 1;
+        }
+        for (t, tenant) in (0u32..).zip(self.tenants.iter()) {
+            let counted = counts.get(&(t, None)).copied().unwrap_or(0);
+            ensure(tenant.leases == counted, || {
+                format!(
+                    "tenant {} counts {} leases, {counted} exist",
+                    tenant.id, tenant.leases
+                )
+            })?;
+            for (a, agent) in tenant.agents.iter_indexed() {
+                let counted = counts.get(&(t, Some(a))).copied().unwrap_or(0);
+                ensure(agent.leases == counted, || {
+                    format!(
+                        "agent {} counts {} leases, {counted} exist",
+                        agent.id, agent.leases
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every expired lease remembered is of its own tenant, in its index, and not live.
+    fn check_lease_tombstones_are_indexed(&self) -> Result<(), String> {
+        ensure(
+            self.lease_tombstones_by_time.len() == self.lease_tombstones.len(),
+            || "lease tombstone index and lease tombstones differ in size".into(),
+        )?;
+        for (&key, tombstone) in &self.lease_tombstones {
+            let (t, id) = key;
+            ensure(
+                tombstone.lease.tenant == t
+                    && self
+                        .lease_tombstones_by_time
+                        .contains(&(tombstone.expired_at_ms, key))
+                    && !self.leases.contains_key(&key),
+                || format!("lease tombstone r{id} of tenant #{t} is misplaced"),
+            )?;
         }
         Ok(())
     }
@@ -317,6 +404,21 @@ impl Ledger {
                 let sum = expected.entry((generation, subject)).or_default();
                 sum.0 += u128::from(r.estimate.get(entry.spec.dimension));
                 sum.1 += 1;
+            }
+        }
+        // A lease holds its slice on each budget and `units` slots of each concurrency limit.
+        for key in self.leases_of.range((t, 0)..=(t, u64::MAX)) {
+            let Some(lease) = self.leases.get(key) else {
+                continue;
+            };
+            for &generation in lease.holds.iter() {
+                let Some(entry) = tenant.limits.iter().find(|l| l.generation == generation) else {
+                    continue;
+                };
+                let subject = is_per_agent(&entry.spec.scope).then_some(lease.agent);
+                let sum = expected.entry((generation, subject)).or_default();
+                sum.0 += u128::from(lease.slice.get(entry.spec.dimension));
+                sum.1 += u64::from(lease.units);
             }
         }
         expected

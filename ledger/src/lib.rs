@@ -64,6 +64,8 @@ mod window;
 #[cfg(test)]
 mod alert_tests;
 #[cfg(test)]
+mod lease_tests;
+#[cfg(test)]
 mod price_tests;
 #[cfg(test)]
 mod proptests;
@@ -124,7 +126,10 @@ use serde::{Deserialize, Serialize};
 
 use audit::AuditLog;
 use names::Interned;
-use state::{sorted_map, FastMap, Reservation, ReservationKey, Scratch, Tenant, Tombstone};
+use state::{
+    sorted_map, FastMap, Lease, LeaseTombstone, Reservation, ReservationKey, Scratch, Tenant,
+    Tombstone,
+};
 
 /// Most reservations one `reservations` query returns.
 pub const RESERVATIONS_QUERY_MAX: usize = 10_000;
@@ -244,6 +249,13 @@ pub struct Ledger {
     alerts_delivered_seq: u64,
     /// Where the next sweep of idle sessions starts (`sessions.rs`).
     session_cursor: sessions::SessionCursor,
+    /// Live leases (`leases.rs`), keyed like reservations: their ids come from the same
+    /// per-tenant counter.
+    #[serde(with = "sorted_map")]
+    leases: FastMap<ReservationKey, Lease>,
+    /// Expired leases remembered for late settles.
+    #[serde(with = "sorted_map")]
+    lease_tombstones: FastMap<ReservationKey, LeaseTombstone>,
     /// Derived indexes and counts, rebuilt on restore.
     #[serde(skip)]
     by_expiry: BTreeSet<(u64, ReservationKey)>,
@@ -253,6 +265,13 @@ pub struct Ledger {
     /// set that stays small and warm (a set per tenant was a cache miss per grant).
     #[serde(skip)]
     in_flight: BTreeSet<ReservationKey>,
+    #[serde(skip)]
+    leases_by_expiry: BTreeSet<(u64, ReservationKey)>,
+    #[serde(skip)]
+    lease_tombstones_by_time: BTreeSet<(u64, ReservationKey)>,
+    /// (tenant, id) of every live lease, for the tenant's leases in id order.
+    #[serde(skip)]
+    leases_of: BTreeSet<ReservationKey>,
     #[serde(skip)]
     agents_total: usize,
     /// Sessions over all tenants; derived, rebuilt on restore.
@@ -337,17 +356,38 @@ impl Ledger {
     /// Moves time to `now_ms`: expiries first, then forgetting tombstones and answers that
     /// have outlived their retention.
     fn advance(&mut self, now_ms: u64) {
-        while let Some(&(expires_at_ms, key)) = self.by_expiry.first() {
+        // Reservations and leases expire in one (expires_at, tenant, id) order: their ids
+        // come from one counter per tenant, so no two share a key.
+        loop {
+            let reservation = self.by_expiry.first().copied();
+            let lease = self.leases_by_expiry.first().copied();
+            let (next, is_lease) = match (reservation, lease) {
+                (Some(r), Some(l)) if l < r => (l, true),
+                (Some(r), _) => (r, false),
+                (None, Some(l)) => (l, true),
+                (None, None) => break,
+            };
+            let (expires_at_ms, key) = next;
             if expires_at_ms > now_ms {
                 break;
             }
-            self.expire(key, expires_at_ms);
+            if is_lease {
+                self.expire_lease(key, expires_at_ms);
+            } else {
+                self.expire(key, expires_at_ms);
+            }
         }
         while let Some(&(expired_at_ms, _)) = self.tombstones_by_time.first() {
             if expired_at_ms.saturating_add(EXPIRED_RETENTION_MS) > now_ms {
                 break;
             }
             self.forget_oldest_tombstone();
+        }
+        while let Some(&(expired_at_ms, _)) = self.lease_tombstones_by_time.first() {
+            if expired_at_ms.saturating_add(EXPIRED_RETENTION_MS) > now_ms {
+                break;
+            }
+            self.forget_oldest_lease_tombstone();
         }
         self.forget_requests_before(now_ms);
         self.now_ms = now_ms;

@@ -406,6 +406,145 @@ pub fn settle(
     }
 }
 
+/// Adds to a lease's hold on this limit: `slice` more of its dimension (a budget holds it, a
+/// rate takes it from the bucket now) and `units` more concurrency slots.
+pub fn hold_slice(
+    spec: &LimitSpec,
+    counter: &mut Counter,
+    slice: &Amounts,
+    units: u32,
+    now_ms: u64,
+) {
+    normalize(spec, counter, now_ms);
+    let amount = slice.get(spec.dimension);
+    match counter {
+        Counter::Budget { held, .. } => *held = held.saturating_add(amount),
+        Counter::Rate { tat } => {
+            if let Some(g) = gcra(&spec.kind) {
+                tat.set(g.charge(tat.get(), now_ms, amount));
+            }
+        }
+        Counter::Concurrency { in_flight } => {
+            *in_flight = in_flight.saturating_add(u64::from(units));
+        }
+        // Leases never name a session, so they never hold a duration limit.
+        Counter::Duration { .. } => {}
+    }
+}
+
+/// Gives back part of a lease's hold, unused: `slice` of its dimension (a budget releases
+/// it, a rate refunds it to the bucket) and `units` concurrency slots.
+pub fn shrink_slice(
+    spec: &LimitSpec,
+    counter: &mut Counter,
+    slice: &Amounts,
+    units: u32,
+    now_ms: u64,
+) {
+    normalize(spec, counter, now_ms);
+    let amount = slice.get(spec.dimension);
+    match counter {
+        Counter::Budget { held, .. } => {
+            debug_assert!(*held >= amount, "budget held below a lease's hold");
+            *held = held.saturating_sub(amount);
+        }
+        Counter::Rate { tat } => {
+            if let Some(g) = gcra(&spec.kind) {
+                tat.set(g.refund(tat.get(), now_ms, amount));
+            }
+        }
+        Counter::Concurrency { in_flight } => {
+            debug_assert!(
+                *in_flight >= u64::from(units),
+                "concurrency below a lease's units"
+            );
+            *in_flight = in_flight.saturating_sub(u64::from(units));
+        }
+        Counter::Duration { .. } => {}
+    }
+}
+
+/// Charges one call decided inside a lease that still holds `held` of this limit's
+/// dimension: the part of its actual within `held` moves from held to committed (a rate
+/// took it at grant), the part above is charged directly (an overrun).
+pub fn consume_slice(
+    spec: &LimitSpec,
+    counter: &mut Counter,
+    held_by_lease: u64,
+    actual: &Amounts,
+    now_ms: u64,
+) {
+    normalize(spec, counter, now_ms);
+    let amount = actual.get(spec.dimension);
+    match counter {
+        Counter::Budget {
+            committed, held, ..
+        } => {
+            let moved = amount.min(held_by_lease);
+            debug_assert!(*held >= moved, "budget held below a lease's hold");
+            *held = held.saturating_sub(moved);
+            *committed = committed.saturating_add(amount);
+        }
+        Counter::Rate { tat } => {
+            let overrun = amount.saturating_sub(held_by_lease);
+            if let (Some(g), true) = (gcra(&spec.kind), overrun > 0) {
+                tat.set(g.charge(tat.get(), now_ms, overrun));
+            }
+        }
+        // A call inside a lease runs in one of the lease's units.
+        Counter::Concurrency { .. } | Counter::Duration { .. } => {}
+    }
+}
+
+/// Ends an unsettled lease: its whole held `slice` is charged (its holder may have spent it
+/// all), its `units` slots are freed.
+pub fn expire_slice(
+    spec: &LimitSpec,
+    counter: &mut Counter,
+    slice: &Amounts,
+    units: u32,
+    now_ms: u64,
+) {
+    normalize(spec, counter, now_ms);
+    let amount = slice.get(spec.dimension);
+    match counter {
+        Counter::Budget {
+            committed, held, ..
+        } => {
+            debug_assert!(*held >= amount, "budget held below a lease's hold");
+            *held = held.saturating_sub(amount);
+            *committed = committed.saturating_add(amount);
+        }
+        // The bucket was charged the slice at grant: it stays charged.
+        Counter::Rate { .. } | Counter::Duration { .. } => {}
+        Counter::Concurrency { in_flight } => {
+            debug_assert!(
+                *in_flight >= u64::from(units),
+                "concurrency below a lease's units"
+            );
+            *in_flight = in_flight.saturating_sub(u64::from(units));
+        }
+    }
+}
+
+/// What a lease could take of this limit now: a budget's amount less committed and held,
+/// a rate's burst capacity left, a concurrency limit's free slots; `own` (the slice and
+/// units the asking lease already holds) counts as free. Never negative.
+pub fn lease_room(
+    spec: &LimitSpec,
+    counter: Option<&Counter>,
+    (own, own_units): (&Amounts, u32),
+    now_ms: u64,
+) -> u64 {
+    let remaining = evaluate(spec, counter, &Amounts::default(), now_ms).remaining_now;
+    let own = match spec.kind {
+        LimitKind::Concurrency { .. } => u64::from(own_units),
+        _ => own.get(spec.dimension),
+    };
+    let room = i128::from(remaining) + i128::from(own);
+    u64::try_from(room.max(0)).unwrap_or(u64::MAX)
+}
+
 /// Charges spend that was not held: a record, or a late commit after a releasing expiry.
 pub fn charge(spec: &LimitSpec, counter: &mut Counter, actual: &Amounts, now_ms: u64) {
     normalize(spec, counter, now_ms);

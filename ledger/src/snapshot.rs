@@ -139,6 +139,10 @@ impl Ledger {
         }
         for tenant in self.tenants.iter_mut() {
             tenant.in_flight = 0;
+            tenant.leases = 0;
+            for agent in tenant.agents.iter_mut() {
+                agent.leases = 0;
+            }
         }
         self.in_flight.clear();
         for &(t, id) in self.reservations.keys() {
@@ -149,12 +153,42 @@ impl Ledger {
             tenant.in_flight = tenant.in_flight.saturating_add(1);
             self.in_flight.insert((t, id));
         }
+        self.rebuild_lease_indexes()?;
         self.agents_total = self.tenants.iter().map(|t| t.agents.len()).sum();
         self.sessions_total = self.tenants.iter().map(|t| t.sessions.len()).sum();
         self.count_agent_refs()
     }
 
-    /// Counts the reservations and tombstones that refer to each agent (`Agent::refs`).
+    /// The lease indexes and each tenant's and agent's count of live leases.
+    fn rebuild_lease_indexes(&mut self) -> Result<(), String> {
+        self.leases_by_expiry = self
+            .leases
+            .iter()
+            .map(|(&key, l)| (l.expires_at_ms, key))
+            .collect();
+        self.lease_tombstones_by_time = self
+            .lease_tombstones
+            .iter()
+            .map(|(&key, t)| (t.expired_at_ms, key))
+            .collect();
+        self.leases_of = self.leases.keys().copied().collect();
+        for (&(t, id), lease) in &self.leases {
+            let tenant = self
+                .tenants
+                .get_mut(t)
+                .ok_or_else(|| format!("lease r{id} of unknown tenant #{t}"))?;
+            tenant.leases = tenant.leases.saturating_add(1);
+            let agent = tenant
+                .agents
+                .get_mut(lease.agent)
+                .ok_or_else(|| format!("lease r{id} of unknown agent #{}", lease.agent))?;
+            agent.leases = agent.leases.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    /// Counts the reservations, leases and their tombstones that refer to each agent
+    /// (`Agent::refs`).
     fn count_agent_refs(&mut self) -> Result<(), String> {
         for tenant in self.tenants.iter_mut() {
             for agent in tenant.agents.iter_mut() {
@@ -163,12 +197,18 @@ impl Ledger {
         }
         let held = self.reservations.values();
         let expired = self.tombstones.values().map(|t| &t.reservation);
-        for r in held.chain(expired) {
+        let reservations = held.chain(expired).map(|r| (r.tenant, r.agent));
+        let leases = self.leases.values().map(|l| (l.tenant, l.agent));
+        let expired_leases = self
+            .lease_tombstones
+            .values()
+            .map(|t| (t.lease.tenant, t.lease.agent));
+        for (t, a) in reservations.chain(leases).chain(expired_leases) {
             let agent = self
                 .tenants
-                .get_mut(r.tenant)
-                .and_then(|t| t.agents.get_mut(r.agent))
-                .ok_or_else(|| format!("a reservation of unknown agent #{}", r.agent))?;
+                .get_mut(t)
+                .and_then(|t| t.agents.get_mut(a))
+                .ok_or_else(|| format!("a reservation or lease of unknown agent #{a}"))?;
             agent.refs = agent.refs.saturating_add(1);
         }
         Ok(())

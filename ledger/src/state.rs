@@ -44,6 +44,9 @@ pub struct Tenant {
     /// in `Ledger::in_flight`); derived, rebuilt on restore.
     #[serde(skip)]
     pub in_flight: u32,
+    /// How many of the ledger's live leases are this tenant's; derived, rebuilt on restore.
+    #[serde(skip)]
+    pub leases: u32,
 }
 
 impl Tenant {
@@ -60,6 +63,7 @@ impl Tenant {
             price_version: 0,
             sessions: std::collections::BTreeMap::new(),
             in_flight: 0,
+            leases: 0,
         }
     }
 
@@ -102,6 +106,9 @@ pub struct Agent {
     /// rebuilt on restore. Agent GC removes only agents with none.
     #[serde(skip)]
     pub refs: u32,
+    /// Live leases of this agent; derived, rebuilt on restore.
+    #[serde(skip)]
+    pub leases: u32,
 }
 
 impl Agent {
@@ -113,6 +120,7 @@ impl Agent {
             frozen: false,
             last_used_ms: now_ms,
             refs: 0,
+            leases: 0,
         }
     }
 
@@ -161,6 +169,42 @@ pub struct Tombstone {
     pub expired_at_ms: u64,
     /// The expiry charged the estimate (policy `Charge`); else it released the hold.
     pub charged: bool,
+}
+
+/// A live lease: a slice of every limit that applies to (agent, tool), held for one client
+/// process like a reservation's estimate (same counters, same generations), so committed +
+/// held stays within every budget whatever the client does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Index of the tenant in `Ledger::tenants`.
+    pub tenant: u32,
+    /// Index of the agent in its tenant's `agents`.
+    pub agent: u32,
+    pub tool: ToolId,
+    /// What the lease still holds of each dimension: held on every budget of that dimension
+    /// in `holds`, taken from every rate's bucket. A dimension no limit holds is the
+    /// holder's to spend as asked.
+    pub slice: Amounts,
+    /// Concurrency slots held on every concurrency limit in `holds`.
+    pub units: u32,
+    /// Generations of the limits held; a limit since deleted or reset is skipped.
+    #[serde(with = "inline_seq")]
+    pub holds: SmallVec<[u64; HOLDS_INLINE]>,
+    pub granted_at_ms: u64,
+    /// The last settle that renewed it (the grant before any).
+    pub renewed_at_ms: u64,
+    /// Unsettled by then, its whole slice is charged (`LEASE_GRACE_MS` after its TTL).
+    pub expires_at_ms: u64,
+    /// The ledger wants the slice back: the next settle returns the rest and ends it.
+    pub recalled: bool,
+}
+
+/// An expired lease, kept for `EXPIRED_RETENTION_MS` so that a late settle is told its
+/// calls were already paid for (the whole slice was charged) instead of "never issued".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTombstone {
+    pub lease: Lease,
+    pub expired_at_ms: u64,
 }
 
 /// A run of bytes in a `Ring<u8>`, serialized as a sequence of bytes without copying them

@@ -2734,5 +2734,5 @@ fn a_fixed_history_gives_the_same_answers_chain_head_and_snapshot_as_before() {
             "4d794bc4105d81fc89a3c8762eb81e8f3e2edbc0a9c3dfe0436d3e5afdd5deb3"
         )
     );
-    assert_eq!(snapshot, 0x5960_2518_68c7_dbd8);
+    assert_eq!(snapshot, 0xc0dc_85bf_cda0_4611);
 }

@@ -104,7 +104,12 @@ fn describe() {
     describe_counter!(
         "tollgate_decisions_total",
         Unit::Count,
-        "Answers to reserve, commit, release and record, by operation, outcome and reason."
+        "Answers to reserve, commit, release, record, lease and settle, by operation, outcome and reason."
+    );
+    describe_counter!(
+        "tollgate_lease_calls_charged_total",
+        Unit::Count,
+        "Calls decided inside leases and charged by their settles."
     );
     describe_counter!(
         "tollgate_denials_total",
@@ -168,6 +173,10 @@ fn describe_raft() {
         (
             "tollgate_reservations_in_flight",
             "Reservations held and not yet committed, released or expired.",
+        ),
+        (
+            "tollgate_leases_live",
+            "Leases held and not yet returned or expired.",
         ),
     ];
     for (name, help) in gauges {
@@ -251,8 +260,8 @@ fn raft_sample(node: &Node) -> RaftSample {
     }
 }
 
-/// Samples term, leader, commit and apply index, lags, and reservations in flight, per node;
-/// counts leader changes as they happen.
+/// Samples term, leader, commit and apply index, lags, reservations in flight and live
+/// leases, per node; counts leader changes as they happen.
 pub fn spawn_raft_gauges(node: Arc<Node>) {
     spawn_leader_changes(node.clone());
     tokio::spawn(async move {
@@ -272,6 +281,7 @@ pub fn spawn_raft_gauges(node: Arc<Node>) {
                 .ledger
                 .stats()
                 .reservations_in_flight;
+            let leases = node.leases_live();
             let leader = u8::from(sample.is_leader);
             metrics::gauge!("tollgate_raft_term", &labels).set(sample.term as f64);
             metrics::gauge!("tollgate_raft_leader_id", &labels).set(sample.leader as f64);
@@ -289,6 +299,7 @@ pub fn spawn_raft_gauges(node: Arc<Node>) {
                 metrics::gauge!("tollgate_raft_follower_lag_entries", &labels).set(lag as f64);
             }
             metrics::gauge!("tollgate_reservations_in_flight", &labels).set(in_flight as f64);
+            metrics::gauge!("tollgate_leases_live", &labels).set(leases as f64);
         }
     });
 }

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tollgate_ledger::Command;
 
 use crate::grpc;
-use crate::node::{Node, NodeConfig};
+use crate::node::{Node, NodeConfig, LEASE_TICK_INTERVAL};
 use crate::raft::log_store::{check_data_format, LogStore};
 use crate::raft::network::{NetworkFactory, RAFT_MESSAGE_BYTES_MAX};
 use crate::raft::proposer::Proposer;
@@ -347,18 +347,31 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// The leader's heartbeat in the log: drives expiry and window resets when no one calls.
+/// Every `interval`, and at least every [`LEASE_TICK_INTERVAL`] while the ledger holds live
+/// leases, so that an unsettled one is reclaimed soon after its expiry; never faster
+/// without leases. Whether there are any is looked at every `LEASE_TICK_INTERVAL` (a read
+/// of the applied state, no proposal).
 async fn tick(node: Arc<Node>, interval: Duration, mut stopped: watch::Receiver<bool>) {
-    let mut timer = tokio::time::interval(interval);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
     loop {
+        let regular = last + interval;
+        let look = (tokio::time::Instant::now() + LEASE_TICK_INTERVAL).min(regular);
         tokio::select! {
-            _ = timer.tick() => {}
+            _ = tokio::time::sleep_until(look) => {}
             _ = stopped.changed() => return,
         }
-        if node.is_leader() {
-            if let Err(error) = node.proposer.propose(Command::Tick).await {
-                tracing::debug!(node = node.id, %error, "tick not applied");
-            }
+        let now = tokio::time::Instant::now();
+        if !node.is_leader() {
+            last = now;
+            continue;
+        }
+        let due = now >= regular || (now >= last + LEASE_TICK_INTERVAL && node.leases_live() > 0);
+        if !due {
+            continue;
+        }
+        last = now;
+        if let Err(error) = node.proposer.propose(Command::Tick).await {
+            tracing::debug!(node = node.id, %error, "tick not applied");
         }
     }
 }

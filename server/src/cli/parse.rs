@@ -240,6 +240,13 @@ pub enum ExpiryArg {
     Release,
 }
 
+/// A switch given as `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOffArg {
+    On,
+    Off,
+}
+
 /// The kind of a limit: exactly one of --budget, --rate, --concurrency (clap's group
 /// `kind`), each option only with its kind, so clap reports a wrong combination as a usage
 /// error before anything runs. Options conflict with the other kinds rather than require
@@ -385,6 +392,10 @@ pub struct TenantPolicyArgs {
     /// How long a trip lasts; 0s: until an operator runs reset-trip [default: 0s].
     #[arg(long = "trip-cooldown", value_name = "DURATION", value_parser = parse_duration_ms)]
     pub trip_cooldown_ms: Option<u64>,
+    /// Let clients hold budget leases: slices of the tenant's limits inside which they
+    /// decide calls locally, reported by settles (docs/SPEC.md, "Leases") [default: off].
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub leases: Option<OnOffArg>,
     #[command(flatten)]
     pub quotas: TenantQuotasArgs,
 }
@@ -473,6 +484,9 @@ impl TenantPolicyArgs {
         policy.velocity_window_ms = self.velocity_window_ms.unwrap_or(policy.velocity_window_ms);
         policy.shape_floor = self.shape_floor.unwrap_or(policy.shape_floor);
         policy.trip_cooldown_ms = self.trip_cooldown_ms.unwrap_or(policy.trip_cooldown_ms);
+        if let Some(leases) = self.leases {
+            policy.leases = leases == OnOffArg::On;
+        }
         self.quotas
             .set(policy.quotas.get_or_insert_with(Default::default));
         Ok(Some(policy))
@@ -789,6 +803,20 @@ mod tests {
         );
         assert_eq!(velocity.trip_cooldown_ms, 300_000);
         assert_eq!(velocity.expiry, i32::from(v1::ExpiryPolicy::Charge));
+        assert!(!velocity.leases, "leases are off unless asked for");
+        let leases = |flag| {
+            TenantPolicyArgs {
+                leases: Some(flag),
+                ..TenantPolicyArgs::default()
+            }
+            .to_wire()
+            .unwrap()
+            .unwrap()
+        };
+        let on = leases(OnOffArg::On);
+        assert!(on.leases);
+        assert_eq!(on.repeat_max, 5, "the other fields keep their defaults");
+        assert!(!leases(OnOffArg::Off).leases);
     }
 
     #[test]

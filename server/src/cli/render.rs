@@ -309,8 +309,16 @@ pub fn policy_fields(policy: &v1::TenantPolicy) -> Vec<(&'static str, String)> {
         ("velocity", velocity),
         ("shape velocity", shape_velocity),
         ("trip cool-down", cooldown),
+        ("leases", leases_text(policy.leases).to_owned()),
         ("quotas", quotas),
     ]
+}
+
+fn leases_text(leases: bool) -> &'static str {
+    match leases {
+        true => "on: clients may decide calls locally inside budget leases",
+        false => "off: every call goes to the cluster",
+    }
 }
 
 pub fn policy_json(policy: &v1::TenantPolicy) -> Value {
@@ -324,6 +332,7 @@ pub fn policy_json(policy: &v1::TenantPolicy) -> Value {
         "velocity_floor": policy.velocity_floor,
         "shape_floor": policy.shape_floor,
         "trip_cooldown_ms": policy.trip_cooldown_ms,
+        "leases": policy.leases,
         "quotas": policy.quotas.as_ref().map(|q| json!({
             "agents": q.agents,
             "tools": q.tools,
@@ -635,6 +644,26 @@ mod tests {
     fn fields_align_their_values() {
         let text = render_fields(&[("expiry", "charge".into()), ("velocity", "off".into())]);
         assert_eq!(text, "expiry    charge\nvelocity  off\n");
+    }
+
+    /// `tenant get` shows whether clients may hold leases, in words and in JSON.
+    #[test]
+    fn policies_say_whether_leases_are_on() {
+        let mut policy = crate::grpc::convert::policy_to_pb(&tollgate_ledger::TenantPolicy {
+            leases: true,
+            ..Default::default()
+        });
+        let shown = |policy: &v1::TenantPolicy| {
+            policy_fields(policy)
+                .into_iter()
+                .find(|(key, _)| *key == "leases")
+                .map(|(_, value)| value)
+        };
+        assert!(shown(&policy).unwrap().starts_with("on"));
+        assert_eq!(policy_json(&policy)["leases"], json!(true));
+        policy.leases = false;
+        assert!(shown(&policy).unwrap().starts_with("off"));
+        assert_eq!(policy_json(&policy)["leases"], json!(false));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_stream::Stream;
 use tollgate_proto::v1 as pb;
@@ -14,14 +15,64 @@ use super::convert;
 use super::keys_service;
 use super::prices_service;
 use crate::auth::Caller;
-use crate::node::Node;
-use tollgate_ledger::{AuditEvent, AuditFilter, AuditRecord, Command};
+use crate::node::{Node, LEASE_TICK_INTERVAL};
+use crate::raft::state_machine::read_applied;
+use tollgate_ledger::{
+    AgentId, AuditEvent, AuditFilter, AuditRecord, Command, TenantId, LEASE_GRACE_MS,
+    LEASE_TTL_MS_MAX,
+};
 
 /// Most audit records one QueryAudit call returns; page with `after_seq` for more.
 pub const AUDIT_PAGE_RECORDS_MAX: usize = 10_000;
 /// Records read from the ledger per step of an export stream, so that the read lock is held
 /// briefly however large the export.
 const AUDIT_EXPORT_CHUNK_RECORDS: usize = 1_000;
+
+/// Longest a Freeze waits for the leases on its scope to end once it has applied: a lease
+/// renewed just before the freeze lives at most its TTL and grace, and is reclaimed by one
+/// of the next ticks; a second tick covers the entry carrying the first.
+pub const FREEZE_LEASES_WAIT: Duration = Duration::from_millis(LEASE_TTL_MS_MAX + LEASE_GRACE_MS)
+    .saturating_add(LEASE_TICK_INTERVAL)
+    .saturating_add(LEASE_TICK_INTERVAL);
+/// How often the wait looks again when no entry is applied meanwhile (openraft's metrics
+/// change with every applied entry, and wake it sooner).
+const FREEZE_LEASES_POLL: Duration = Duration::from_millis(50);
+
+/// Waits until the applied ledger holds no lease on the scope (returned, recalled and
+/// settled, or expired), so that a Freeze answers only once no client can still grant
+/// calls from a slice of it. Past [`FREEZE_LEASES_WAIT`], DEADLINE_EXCEEDED: the freeze
+/// stands, but some lease outlived every bound.
+async fn wait_for_leases_to_end(
+    node: &Node,
+    tenant: &TenantId,
+    agent: Option<&AgentId>,
+) -> Result<(), Status> {
+    let mut applied = node.raft.metrics();
+    let ended = async {
+        loop {
+            if read_applied(&node.applied).ledger.leases_on(tenant, agent) == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep(FREEZE_LEASES_POLL) => {}
+            }
+        }
+    };
+    tokio::time::timeout(FREEZE_LEASES_WAIT, ended)
+        .await
+        .map_err(|_| {
+            let scope = match agent {
+                Some(agent) => format!("agent {agent} of tenant {tenant}"),
+                None => format!("tenant {tenant}"),
+            };
+            Status::deadline_exceeded(format!(
+                "{scope} is frozen, but leases on it are still out after {} ms \
+                 (FREEZE_LEASES_WAIT): clients holding them may still grant calls",
+                FREEZE_LEASES_WAIT.as_millis()
+            ))
+        })
+}
 
 pub struct AdminService {
     pub node: Arc<Node>,
@@ -239,6 +290,9 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    /// Answers once the freeze holds everywhere: after it applied, and after every lease
+    /// on its scope ended (recalled by the freeze, so its holder settles it within a
+    /// quarter of its TTL, or reclaimed at its expiry).
     async fn freeze(
         &self,
         request: Request<pb::FreezeRequest>,
@@ -247,14 +301,15 @@ impl pb::admin_server::Admin for AdminService {
         let request = request.into_inner();
         let tenant = convert::tenant(&request.tenant)?;
         caller.for_tenant_admin(&tenant)?;
+        let agent = convert::optional_agent(&request.agent)?;
         let command = Command::Freeze {
             request_id: convert::request_id(&request.request_id)?,
-            tenant,
-            agent: convert::optional_agent(&request.agent)?,
+            tenant: tenant.clone(),
+            agent: agent.clone(),
         };
-        Ok(admin_response(
-            &propose(&self.node, command, "freeze").await?,
-        ))
+        let applied = propose(&self.node, command, "freeze").await?;
+        wait_for_leases_to_end(&self.node, &tenant, agent.as_ref()).await?;
+        Ok(admin_response(&applied))
     }
 
     async fn unfreeze(

@@ -6,10 +6,11 @@ use tonic::Status;
 
 use crate::raft::proposer::AppliedOutcome;
 use tollgate_ledger::{
-    AgentId, Amounts, ApiKey, DenyReason, Dimension, ExpiryPolicy, KeyId, LimitId, LimitKind,
-    LimitSpec, LimitUsage, ModelId, Price, PriceEntry, RequestId, ReservationView, Role, Scope,
-    SessionId, TenantId, TenantPolicy, TenantQuotas, Thresholds, ToolId, TripCause, Usage, Window,
-    KEY_AGENTS_MAX, PER_TOKENS_DEFAULT,
+    AgentId, Amounts, ApiKey, Command, DenyReason, Dimension, ExpiryPolicy, KeyId, LeaseCall,
+    LeaseRefusal, LeaseTerms, LimitId, LimitKind, LimitSpec, LimitUsage, ModelId, Price,
+    PriceEntry, RequestId, ReservationId, ReservationView, Role, Scope, SessionId, TenantId,
+    TenantPolicy, TenantQuotas, Thresholds, ToolId, TripCause, Usage, Window, KEY_AGENTS_MAX,
+    LEASE_SETTLE_CALLS_MAX, LEASE_TTL_MS_DEFAULT, PER_TOKENS_DEFAULT,
 };
 
 pub fn invalid(message: impl Into<String>) -> Status {
@@ -523,5 +524,211 @@ pub fn price_to_pb(entry: &PriceEntry) -> pb::Price {
         cached_input_micros: Some(entry.price.cached_input_micros),
         per_tokens: entry.price.per_tokens,
         version: entry.version,
+    }
+}
+
+/// A slice's amounts (a lease's `want` or `floor`): `calls` absent is 0 here, since a slice
+/// that says nothing about calls asks for none, unlike a single call's estimate.
+pub fn slice(value: Option<pb::Amounts>, what: &str) -> Result<Amounts, Status> {
+    let value = value.unwrap_or_default();
+    let amounts = Amounts {
+        tokens: value.tokens,
+        cost_micros: value.cost_micros,
+        calls: value.calls.unwrap_or(0),
+    };
+    amounts.validate(what).map_err(|e| invalid(e.0))?;
+    Ok(amounts)
+}
+
+/// Whether `a` is at most `b` in every dimension.
+fn within(a: &Amounts, b: &Amounts) -> bool {
+    a.tokens <= b.tokens && a.cost_micros <= b.cost_micros && a.calls <= b.calls
+}
+
+/// A lease ask. It must ask for something, and its floor must fit in what it asks for: a
+/// floor above the want could never be granted.
+pub fn lease(request: pb::LeaseRequest) -> Result<Command, Status> {
+    let want = slice(request.want, "want")?;
+    let floor = slice(request.floor, "floor")?;
+    if want == Amounts::default() && request.units == 0 {
+        return Err(invalid(
+            "want is zero and units is 0: a lease asks for a slice or concurrency slots",
+        ));
+    }
+    if !within(&floor, &want) {
+        return Err(invalid(format!(
+            "floor {floor:?} is above want {want:?} in some dimension: it could never be granted"
+        )));
+    }
+    Ok(Command::Lease {
+        request_id: request_id(&request.request_id)?,
+        tenant: tenant(&request.tenant)?,
+        agent: agent(&request.agent)?,
+        tool: tool(&request.tool)?,
+        want,
+        units: request.units,
+        floor,
+        ttl_ms: request.ttl_ms,
+    })
+}
+
+/// One call a lease's holder reports; `calls` absent is 1 in its estimate and actual, as
+/// for a reserve or a record.
+fn lease_call(index: usize, call: pb::LeaseCall) -> Result<LeaseCall, Status> {
+    let field = |name: &str| format!("calls[{index}].{name}");
+    let id = RequestId::new(&call.request_id)
+        .map_err(|e| invalid(format!("{}: {e}", field("request_id"))))?;
+    Ok(LeaseCall {
+        request_id: id,
+        estimate: amounts(call.estimate, &field("estimate"))?,
+        actual: amounts(call.actual, &field("actual"))?,
+        fingerprint: (!call.fingerprint.is_empty()).then_some(call.fingerprint),
+        shape: (!call.shape.is_empty()).then_some(call.shape),
+    })
+}
+
+/// A settle: at most `LEASE_SETTLE_CALLS_MAX` calls, counted before any is converted.
+pub fn settle(request: pb::SettleRequest) -> Result<Command, Status> {
+    if request.calls.len() > LEASE_SETTLE_CALLS_MAX {
+        return Err(invalid(format!(
+            "a settle reports {} calls; at most LEASE_SETTLE_CALLS_MAX ({LEASE_SETTLE_CALLS_MAX}): \
+             settle more often; nothing was done",
+            request.calls.len()
+        )));
+    }
+    let calls = request
+        .calls
+        .into_iter()
+        .enumerate()
+        .map(|(index, call)| lease_call(index, call))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Command::Settle {
+        request_id: request_id(&request.request_id)?,
+        tenant: tenant(&request.tenant)?,
+        lease_id: ReservationId(request.lease_id),
+        calls,
+        want: slice(request.want, "want")?,
+        units: request.units,
+        ttl_ms: request.ttl_ms,
+    })
+}
+
+/// A lease as the wire tells it; `ttl_ms` is the one asked for (0: the default).
+pub fn lease_terms_to_pb(terms: &LeaseTerms, ttl_ms: u64) -> pb::LeaseTerms {
+    pb::LeaseTerms {
+        lease_id: terms.lease_id.0,
+        slice: Some(amounts_to_pb(&terms.slice)),
+        units: terms.units,
+        expires_at_ms: terms.expires_at_ms,
+        ttl_ms: match ttl_ms {
+            0 => LEASE_TTL_MS_DEFAULT,
+            ttl_ms => ttl_ms,
+        },
+        repeat_max: terms.repeat_max,
+        repeat_window_ms: terms.repeat_window_ms,
+    }
+}
+
+pub fn lease_refusal_to_pb(refusal: LeaseRefusal) -> pb::LeaseRefusal {
+    match refusal {
+        LeaseRefusal::Off => pb::LeaseRefusal::Off,
+        LeaseRefusal::Frozen => pb::LeaseRefusal::Frozen,
+        LeaseRefusal::Tripped => pb::LeaseRefusal::Tripped,
+        LeaseRefusal::Room => pb::LeaseRefusal::Room,
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    fn tokens(tokens: u64, calls: Option<u64>) -> Option<pb::Amounts> {
+        Some(pb::Amounts {
+            tokens,
+            cost_micros: 0,
+            calls,
+        })
+    }
+
+    fn call(id: &str) -> pb::LeaseCall {
+        pb::LeaseCall {
+            request_id: id.into(),
+            estimate: tokens(10, None),
+            actual: tokens(7, None),
+            ..Default::default()
+        }
+    }
+
+    fn settle_request(calls: Vec<pb::LeaseCall>) -> pb::SettleRequest {
+        pb::SettleRequest {
+            request_id: "s-1".into(),
+            tenant: "acme".into(),
+            lease_id: 3,
+            calls,
+            ..Default::default()
+        }
+    }
+
+    fn message(result: Result<Command, Status>) -> String {
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        status.message().to_owned()
+    }
+
+    /// A slice without calls asks for none; a call without calls is one call.
+    #[test]
+    fn calls_absent_are_none_in_a_slice_and_one_in_a_call() {
+        let request = pb::LeaseRequest {
+            request_id: "l-1".into(),
+            tenant: "acme".into(),
+            agent: "bot".into(),
+            tool: "llm".into(),
+            want: tokens(800, None),
+            floor: tokens(100, None),
+            units: 4,
+            ttl_ms: 0,
+        };
+        let Command::Lease { want, floor, .. } = lease(request).unwrap() else {
+            panic!("a lease");
+        };
+        assert_eq!((want.calls, floor.calls), (0, 0));
+        let Command::Settle { calls, want, .. } =
+            settle(settle_request(vec![call("c-1")])).unwrap()
+        else {
+            panic!("a settle");
+        };
+        assert_eq!((calls[0].estimate.calls, calls[0].actual.calls), (1, 1));
+        assert_eq!(calls[0].actual.tokens, 7);
+        assert_eq!(calls[0].fingerprint, None);
+        assert_eq!(want, Amounts::default());
+    }
+
+    #[test]
+    fn a_lease_that_asks_for_nothing_or_a_floor_above_its_want_is_refused() {
+        let mut request = pb::LeaseRequest {
+            request_id: "l-1".into(),
+            tenant: "acme".into(),
+            agent: "bot".into(),
+            tool: "llm".into(),
+            ..Default::default()
+        };
+        assert!(message(lease(request.clone())).contains("asks for a slice"));
+        request.want = tokens(100, None);
+        request.floor = tokens(101, None);
+        assert!(message(lease(request)).contains("floor"));
+    }
+
+    #[test]
+    fn a_settle_past_the_calls_bound_or_with_a_bad_call_names_it() {
+        let calls = vec![call("c"); LEASE_SETTLE_CALLS_MAX + 1];
+        assert!(message(settle(settle_request(calls))).contains("LEASE_SETTLE_CALLS_MAX"));
+        let mut bad = call("c-2");
+        bad.actual = None;
+        let text = message(settle(settle_request(vec![call("c-1"), bad])));
+        assert!(text.contains("calls[1].actual"), "{text}");
+        let mut bad = call("");
+        bad.fingerprint = "f".into();
+        let text = message(settle(settle_request(vec![bad])));
+        assert!(text.contains("calls[0].request_id"), "{text}");
     }
 }

@@ -1,9 +1,10 @@
 //! `tollgate.v1.Tollgate`: what agent workers call, with their tenant's credentials.
 //!
-//! Each mutating operation (reserve, commit, release, record) is one function here, shared by
-//! its unary RPC and by `Batch`: convert, authorise for the operation's tenant, propose, and
-//! map the outcome to the response or a status. A batch runs those functions concurrently so
-//! its operations land in the same Raft entries, and answers each on its own.
+//! Each mutating operation (reserve, commit, release, record, lease, settle) is one function
+//! here: convert, authorise for the operation's tenant, propose, and map the outcome to the
+//! response or a status. The first four are shared by their unary RPC and by `Batch`, which
+//! runs them concurrently so its operations land in the same Raft entries, and answers each
+//! on its own.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::auth::Caller;
 use crate::node::Node;
 use crate::raft::state_machine::read_applied;
 use crate::traces;
-use tollgate_ledger::{Amounts, Command, DenyReason, Outcome, ReservationId};
+use tollgate_ledger::{Amounts, Command, DenyReason, LeaseRefusal, Outcome, ReservationId};
 /// Most reservations one ListReservations call returns.
 pub const RESERVATIONS_LISTED_MAX: usize = 10_000;
 
@@ -49,14 +50,38 @@ fn count_decision(op: &'static str, outcome: &Outcome) {
         Outcome::Done => ("done", "none"),
         Outcome::Rejected(_) => ("rejected", "none"),
         Outcome::Leased(_) => ("leased", "none"),
-        Outcome::LeaseRefused(_) => ("lease_refused", "none"),
-        Outcome::Settled { .. } => ("settled", "none"),
+        Outcome::LeaseRefused(refusal) => ("lease_refused", lease_refusal_reason(*refusal)),
+        Outcome::Settled { .. } => ("settled", settled_reason(outcome)),
     };
     traces::record_decision(result, reason);
     metrics::counter!("tollgate_decisions_total", "op" => op, "outcome" => result, "reason" => reason)
         .increment(1);
-    if let Outcome::Denied(reason) = outcome {
-        crate::metrics::count_denial(reason);
+    match outcome {
+        Outcome::Denied(reason) => crate::metrics::count_denial(reason),
+        Outcome::Settled { charged_calls, .. } => {
+            metrics::counter!("tollgate_lease_calls_charged_total")
+                .increment(u64::from(*charged_calls));
+        }
+        _ => {}
+    }
+}
+
+fn lease_refusal_reason(refusal: LeaseRefusal) -> &'static str {
+    match refusal {
+        LeaseRefusal::Off => "off",
+        LeaseRefusal::Frozen => "frozen",
+        LeaseRefusal::Tripped => "tripped",
+        LeaseRefusal::Room => "room",
+    }
+}
+
+/// How a settle left its lease: renewed, or ended by expiry, a recall or its holder.
+fn settled_reason(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Settled { expired: true, .. } => "expired",
+        Outcome::Settled { recalled: true, .. } => "recalled",
+        Outcome::Settled { lease: Some(_), .. } => "renewed",
+        _ => "ended",
     }
 }
 
@@ -210,6 +235,87 @@ async fn record(
             applied: Some(applied(&result)),
         }),
         ref other => Err(unexpected(other)),
+    }
+}
+
+/// A lease ask: for the caller's tenant, and for one of its agents if the key is limited to
+/// some (such a key is refused OFF for now). A refusal is an answer (`refused`), not an
+/// error.
+async fn lease(
+    node: &Node,
+    caller: &Caller,
+    request: pb::LeaseRequest,
+) -> Result<pb::LeaseResponse, Status> {
+    let tenant = convert::tenant(&request.tenant)?;
+    let agent = convert::agent(&request.agent)?;
+    caller.for_worker(&tenant, Some(&agent))?;
+    let ttl_ms = request.ttl_ms;
+    let command = convert::lease(request)?;
+    if caller.agent_limited() {
+        // Such a key could not settle the lease (see `settle`): it goes per call, where
+        // every call is checked against its agents.
+        let refused = Outcome::LeaseRefused(LeaseRefusal::Off);
+        count_decision("lease", &refused);
+        return Ok(pb::LeaseResponse {
+            decision: Some(pb::lease_response::Decision::Refused(
+                pb::LeaseRefusal::Off.into(),
+            )),
+            applied: None,
+        });
+    }
+    let result = propose(node, command, "lease").await?;
+    count_decision("lease", &result.outcome);
+    let decision = match &result.outcome {
+        Outcome::Leased(terms) => {
+            pb::lease_response::Decision::Granted(convert::lease_terms_to_pb(terms, ttl_ms))
+        }
+        Outcome::LeaseRefused(refusal) => {
+            pb::lease_response::Decision::Refused(convert::lease_refusal_to_pb(*refusal).into())
+        }
+        other => return Err(unexpected(other)),
+    };
+    Ok(pb::LeaseResponse {
+        decision: Some(decision),
+        applied: Some(applied(&result)),
+    })
+}
+
+/// A settle: charges the calls reported and renews, resizes or ends the lease.
+async fn settle(
+    node: &Node,
+    caller: &Caller,
+    request: pb::SettleRequest,
+) -> Result<pb::SettleResponse, Status> {
+    let tenant = convert::tenant(&request.tenant)?;
+    caller.for_worker(&tenant, None)?;
+    if caller.agent_limited() {
+        // The ledger does not tell which agent holds a lease, so such a key could settle
+        // (and end, or charge) another agent's; it is never granted one (see `lease`).
+        return Err(Status::permission_denied(
+            "a key limited to agents holds no leases (its lease asks are refused OFF); \
+             reserve per call, or settle with a key for the whole tenant",
+        ));
+    }
+    let ttl_ms = request.ttl_ms;
+    let command = convert::settle(request)?;
+    let result = propose(node, command, "settle").await?;
+    count_decision("settle", &result.outcome);
+    match &result.outcome {
+        Outcome::Settled {
+            lease,
+            recalled,
+            expired,
+            charged_calls,
+        } => Ok(pb::SettleResponse {
+            lease: lease
+                .as_ref()
+                .map(|terms| convert::lease_terms_to_pb(terms, ttl_ms)),
+            recalled: *recalled,
+            expired: *expired,
+            charged_calls: *charged_calls,
+            applied: Some(applied(&result)),
+        }),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -416,6 +522,22 @@ fn release_names(request: &pb::ReleaseRequest) -> Names<'_, 2> {
     ]
 }
 
+fn lease_names(request: &pb::LeaseRequest) -> Names<'_, 4> {
+    [
+        ("tollgate.tenant", &request.tenant),
+        ("tollgate.agent", &request.agent),
+        ("tollgate.tool", &request.tool),
+        ("tollgate.request_id", &request.request_id),
+    ]
+}
+
+fn settle_names(request: &pb::SettleRequest) -> Names<'_, 2> {
+    [
+        ("tollgate.tenant", &request.tenant),
+        ("tollgate.request_id", &request.request_id),
+    ]
+}
+
 /// A batch operation's span, described by its request's names.
 fn op_span(op: &'static str, names: &[(&'static str, &str)]) -> Span {
     let span = traces::batch_op_span(op);
@@ -441,16 +563,36 @@ impl TollgateService {
 impl pb::tollgate_server::Tollgate for TollgateService {
     async fn lease(
         &self,
-        _request: Request<pb::LeaseRequest>,
+        request: Request<pb::LeaseRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
-        Err(Status::unimplemented("leases are not served yet"))
+        let span = self.span(
+            "tollgate.v1.Tollgate/Lease",
+            &request,
+            &lease_names(request.get_ref()),
+        );
+        traced(span, async move {
+            let caller = Caller::of(&request)?.clone();
+            lease(&self.node, &caller, request.into_inner()).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn settle(
         &self,
-        _request: Request<pb::SettleRequest>,
+        request: Request<pb::SettleRequest>,
     ) -> Result<Response<pb::SettleResponse>, Status> {
-        Err(Status::unimplemented("leases are not served yet"))
+        let span = self.span(
+            "tollgate.v1.Tollgate/Settle",
+            &request,
+            &settle_names(request.get_ref()),
+        );
+        traced(span, async move {
+            let caller = Caller::of(&request)?.clone();
+            settle(&self.node, &caller, request.into_inner()).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn reserve(
