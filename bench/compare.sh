@@ -5,11 +5,16 @@
 #     transactions on the budget key;
 #   - Redis: one server (Debian's redis-server, no persistence), reserve and commit as Lua.
 # The same client process (tollgate-sim bench) drives each with the same workload at
-# concurrency 1, 16, 64 and 256 (hot budget), and 64 on the spread workload. Prints a table
-# and, last, `ratio vs etcd: X, vs redis: Y` (Tollgate pairs/s over the peer's, hot, 64).
+# concurrency 1, 16, 64 and 256 (hot budget), and 64 on the spread workload. Then the hot
+# budget sized to run out half-way (a short calibration run each), 64 clients in 8 client
+# processes, for Tollgate per call, Tollgate with budget leases, and Redis+Lua. Prints a
+# table of each, a table of what each system guarantees, and, last,
+# `ratio vs etcd: X, vs redis: Y, leases vs redis: Z, overspend: N` (X, Y: Tollgate per
+# call pairs/s over the peer's, hot, 64 clients, one process; Z: leases pairs/s before
+# exhaustion over Redis's, same 8-process run; N: the leases run's overspend, cost µ).
 #
-#   bench/compare.sh            # ~4 minutes
-#   bench/compare.sh --quick    # ~1.5 minutes, shorter runs
+#   bench/compare.sh            # ~6 minutes
+#   bench/compare.sh --quick    # ~2.5 minutes, shorter runs
 # Every process it starts is stopped on exit (trap), and its data directories removed.
 set -euo pipefail
 
@@ -20,7 +25,7 @@ CONCURRENCY="1,16,64,256"
 for arg in "$@"; do
   case "$arg" in
     --quick) DURATION=3; WARMUP=0.5 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --quick)" >&2; exit 2 ;;
   esac
 done
@@ -130,6 +135,20 @@ bench() { # system endpoints pids workload clients out
     --clients "$5" --duration "$DURATION" --warmup "$WARMUP" --json "$6"
 }
 
+budget_bench() { # system endpoints pids out extra-args...
+  log "$1 ${*:5}: hot budget running out, 64 clients in 8 processes, ${DURATION} s"
+  "$SIM" bench --system "$1" --cluster "$2" --server-pids "$3" --workload hot \
+    --clients 64 --processes 8 --connections 1 --budget-runs-out \
+    --duration "$DURATION" --warmup "$WARMUP" --json "$4" "${@:5}"
+}
+
+# The edge first, on fresh clusters: every system's budget runs out half-way.
+budget_bench tollgate "$TG_ENDPOINTS" "$(join "${TG_PIDS[@]}")" "$WORK/budget-percall.json" \
+  --label tollgate-percall
+budget_bench tollgate "$TG_ENDPOINTS" "$(join "${TG_PIDS[@]}")" "$WORK/budget-leases.json" \
+  --leases
+budget_bench redis "127.0.0.1:$REDIS_PORT" "$(join "${REDIS_PIDS[@]}")" "$WORK/budget-redis.json"
+
 bench tollgate "$TG_ENDPOINTS" "$(join "${TG_PIDS[@]}")" hot "$CONCURRENCY" "$WORK/tollgate-hot.json"
 bench etcd "$ETCD_LEADER" "$(join "${ETCD_PIDS[@]}")" hot "$CONCURRENCY" "$WORK/etcd-hot.json"
 bench redis "127.0.0.1:$REDIS_PORT" "$(join "${REDIS_PIDS[@]}")" hot "$CONCURRENCY" "$WORK/redis-hot.json"
@@ -137,4 +156,6 @@ bench tollgate "$TG_ENDPOINTS" "$(join "${TG_PIDS[@]}")" spread 64 "$WORK/tollga
 bench etcd "$ETCD_LEADER" "$(join "${ETCD_PIDS[@]}")" spread 64 "$WORK/etcd-spread.json"
 bench redis "127.0.0.1:$REDIS_PORT" "$(join "${REDIS_PIDS[@]}")" spread 64 "$WORK/redis-spread.json"
 
-python3 "$ROOT/bench/table.py" "$WORK"/{tollgate,etcd,redis}-{hot,spread}.json
+log "load: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores shared with other work)"
+python3 "$ROOT/bench/table.py" "$WORK"/{tollgate,etcd,redis}-{hot,spread}.json \
+  "$WORK"/budget-{percall,leases,redis}.json

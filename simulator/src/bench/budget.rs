@@ -11,7 +11,8 @@
 //!   cross-checked against the audit trail (the charged amounts of the tenant's
 //!   `commit`, `record`, `lease_call` (charged), `expire` (charged) and `lease_expire`
 //!   records must add up to committed). `client_overspend` is the clients' own count:
-//!   every pair they completed (warm-up included) times its actual, minus the limit.
+//!   every pair they completed (warm-up included) times its actual, minus the limit; and
+//!   `charged_minus_client` compares what the ledger charged with what the clients spent.
 //! - **False denials**: a denial by the budget at time t is false if it happened more than
 //!   one lease TTL (2 s) before `T_ref`, where `T_ref` is the last successful reserve
 //!   (a grant that late proves the ledger had room, which no lease may withhold for more
@@ -64,6 +65,10 @@ pub struct BudgetFigures {
     /// how far that is above the limit.
     pub client_spend: u64,
     pub client_overspend: u64,
+    /// committed - client_spend (cost µ): above 0, slices charged whole at expiry or
+    /// estimates of abandoned calls; below 0, calls the clients completed that the ledger
+    /// never charged (spend it cannot see, which would be overspend at the edge).
+    pub charged_minus_client: Option<i64>,
     /// Tollgate: the charged amounts of the tenant's audit records (cost µ), whether every
     /// record of the run was still retained, and whether they add up to `committed`.
     pub audit_charged: Option<u64>,
@@ -273,6 +278,8 @@ pub async fn figures(
     };
     figures.settle_wait_s = started.elapsed().as_secs_f64();
     figures.committed = Some(committed);
+    figures.charged_minus_client =
+        Some(i64::try_from(i128::from(committed) - i128::from(client_spend)).unwrap_or(i64::MIN));
     figures.held = Some(held);
     let spent = committed.saturating_add(held);
     figures.overspend = Some(spent.saturating_sub(account.budget));

@@ -466,8 +466,9 @@ pub async fn run_part(
     window: Window,
     due_times: Vec<Option<DueTimes>>,
 ) -> WorkerStats {
+    let drivers = Arc::new(drivers);
     let plan = WorkerPlan {
-        drivers: Arc::new(drivers),
+        drivers: Arc::clone(&drivers),
         workload: spec.workload,
         agents: spec.agents,
         account: Arc::new(spec.account.clone()),
@@ -490,6 +491,9 @@ pub async fn run_part(
                 total.error_last = Some(format!("a bench worker panicked: {error}"));
             }
         }
+    }
+    for driver in drivers.iter() {
+        driver.finish().await;
     }
     total
 }
@@ -581,6 +585,10 @@ impl BenchWorker {
                 rng.random_range(0..self.plan.agents),
             );
             self.pair(&key, intended, intended >= measure_from).await;
+            // A pair decided inside a lease never waits on the network, so nothing would
+            // hand the thread to the other clients and the lease's background settles: an
+            // application does between calls, so the loop does too.
+            tokio::task::yield_now().await;
         }
     }
 

@@ -324,6 +324,14 @@ pub async fn setup(driver: &Driver, workload: Workload, account: &Account) -> an
 }
 
 impl Driver {
+    /// After a run: a Tollgate client gives its leases back (reports the calls decided
+    /// inside them and returns the rest), as a process does before it exits.
+    pub async fn finish(&self) {
+        if let Driver::Tollgate(client) = self {
+            client.return_leases().await;
+        }
+    }
+
     pub async fn reserve(
         &self,
         workload: Workload,
