@@ -3,10 +3,13 @@ Tollgate per call's pairs/s over each peer's (hot workload, 64 clients, one proc
 leases run's pairs/s before exhaustion over Redis's (hot budget running out, 64 clients in 8
 processes), and the leases run's overspend."""
 import json
+import os
 import sys
 
 rows = []
 for path in sys.argv[1:]:
+    if not os.path.exists(path):  # a run that failed (compare.sh said so)
+        continue
     with open(path) as f:
         rows.extend(json.load(f))
 plain = [r for r in rows if r.get("budget") is None]
@@ -36,9 +39,9 @@ print("latencies in ms; cpu: CPU us per pair, client process and server processe
 if edge:
     print()
     print("hot budget running out half-way, 64 clients in 8 client processes:")
-    header = ("system", "pairs/s", "exh at s", "overspend", "audit", "false den", "denials",
-              "res p50", "res p99", "raft ent/s", "srv cores", "errors")
-    print("%-16s %9s %8s %9s %10s %9s %8s %8s %8s %10s %9s %6s" % header)
+    header = ("system", "pairs/s", "exh at s", "overspend", "chg-cli", "audit", "false den",
+              "denials", "res p50", "res p99", "raft ent/s", "srv cores", "errors")
+    print("%-16s %9s %8s %9s %9s %10s %9s %8s %8s %8s %10s %9s %6s" % header)
     for r in edge:
         b = r["budget"]
         if b["audit_matches"] is None:
@@ -47,16 +50,17 @@ if edge:
             audit = "incomplete"
         else:
             audit = "matches" if b["audit_matches"] else "DIFFERS"
-        print("%-16s %9.0f %8s %9s %10s %9d %8d %8s %8s %10s %9s %6d" % (
+        print("%-16s %9.0f %8s %9s %9s %10s %9d %8d %8s %8s %10s %9s %6d" % (
             r["label"], b["pairs_s_before_exhaustion"], opt(b["exhausted_at_s"], "%.2f"),
-            opt(b["overspend"], "%d"), audit, b["false_denials"], b["denials"],
+            opt(b["overspend"], "%d"), opt(b.get("charged_minus_client"), "%d"), audit, b["false_denials"], b["denials"],
             ms(r["reserve"]["p50_us"]), ms(r["reserve"]["p99_us"]),
             opt(r["raft_entries_s"], "%.0f"), opt(r["cpu_servers_cores"], "%.2f"),
             r["errors"]))
     print("pairs/s: before the budget ran out (first denial); exh at: seconds into the "
           "measured window;")
-    print("overspend: committed + held - limit after the run (cost us), audit: the charged "
-          "audit records add up;")
+    print("overspend: committed + held - limit after the run (cost us); chg-cli: committed "
+          "minus the clients' own spend;")
+    print("audit: the charged audit records add up to committed;")
     print("false den: denials more than one lease TTL before the last grant; res: reserve "
           "as the caller sees it (ms)")
 
