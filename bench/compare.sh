@@ -5,11 +5,16 @@
 #     transactions on the budget key;
 #   - Redis: one server (Debian's redis-server, no persistence), reserve and commit as Lua.
 # The same client process (tollgate-sim bench) drives each with the same workload at
-# concurrency 1, 16, 64 and 256 (hot budget), and 64 on the spread workload. Prints a table
-# and, last, `ratio vs etcd: X, vs redis: Y` (Tollgate pairs/s over the peer's, hot, 64).
+# concurrency 1, 16, 64 and 256 (hot budget), and 64 on the spread workload. Then the hot
+# budget sized to run out half-way (a short calibration run each), 64 clients in 8 client
+# processes, for Tollgate per call, Tollgate with budget leases, and Redis+Lua. Prints a
+# table of each, a table of what each system guarantees, and, last,
+# `ratio vs etcd: X, vs redis: Y, leases vs redis: Z, overspend: N` (X, Y: Tollgate per
+# call pairs/s over the peer's, hot, 64 clients, one process; Z: leases pairs/s before
+# exhaustion over Redis's, same 8-process run; N: the leases run's overspend, cost µ).
 #
-#   bench/compare.sh            # ~4 minutes
-#   bench/compare.sh --quick    # ~1.5 minutes, shorter runs
+#   bench/compare.sh            # ~6 minutes
+#   bench/compare.sh --quick    # ~2.5 minutes, shorter runs
 # Every process it starts is stopped on exit (trap), and its data directories removed.
 set -euo pipefail
 
@@ -20,13 +25,14 @@ CONCURRENCY="1,16,64,256"
 for arg in "$@"; do
   case "$arg" in
     --quick) DURATION=3; WARMUP=0.5 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --quick)" >&2; exit 2 ;;
   esac
 done
 
 # Loopback ports; data on the same disk as the work tree (never a tmpfs: fsync must cost).
 TG_PORTS=(17101 17102 17103)
+TG_PEER_PORTS=(17111 17112 17113)
 ETCD_CLIENT_PORTS=(17201 17202 17203)
 ETCD_PEER_PORTS=(17211 17212 17213)
 REDIS_PORT=17301
@@ -70,15 +76,22 @@ log "building tollgate and tollgate-sim (release)"
 TOLLGATE="$ROOT/target/release/tollgate"
 SIM="$ROOT/target/release/tollgate-sim"
 
+# Clear text on loopback, authentication on (the admin key): --insecure is what a node
+# without TLS needs to start.
 log "starting Tollgate (3 nodes, authentication on)"
 "$TOLLGATE" key generate >"$WORK/admin.key"
 export TOLLGATE_API_KEY_FILE="$WORK/admin.key"
-TG_PEERS="1=127.0.0.1:${TG_PORTS[0]},2=127.0.0.1:${TG_PORTS[1]},3=127.0.0.1:${TG_PORTS[2]}"
+TG_PEERS=""
+for i in 0 1 2; do
+  TG_PEERS+="$((i + 1))=127.0.0.1:${TG_PORTS[$i]}/127.0.0.1:${TG_PEER_PORTS[$i]},"
+done
+TG_PEERS="${TG_PEERS%,}"
 TG_PIDS=()
 for i in 0 1 2; do
   id=$((i + 1))
   RUST_LOG=warn "$TOLLGATE" serve --id "$id" --listen "127.0.0.1:${TG_PORTS[$i]}" \
-    --peers "$TG_PEERS" --data-dir "$WORK/tollgate-$id" --admin-key-file "$WORK/admin.key" \
+    --peer-listen "127.0.0.1:${TG_PEER_PORTS[$i]}" --peers "$TG_PEERS" --insecure \
+    --data-dir "$WORK/tollgate-$id" --admin-key-file "$WORK/admin.key" \
     >"$WORK/tollgate-$id.log" 2>&1 &
   PIDS+=($!); TG_PIDS+=($!)
 done
@@ -130,6 +143,13 @@ bench() { # system endpoints pids workload clients out
     --clients "$5" --duration "$DURATION" --warmup "$WARMUP" --json "$6"
 }
 
+budget_bench() { # system endpoints pids out extra-args...
+  log "$1 ${*:5}: hot budget running out, 64 clients in 8 processes, ${DURATION} s"
+  "$SIM" bench --system "$1" --cluster "$2" --server-pids "$3" --workload hot \
+    --clients 64 --processes 8 --connections 1 --budget-runs-out \
+    --duration "$DURATION" --warmup "$WARMUP" --json "$4" "${@:5}"
+}
+
 bench tollgate "$TG_ENDPOINTS" "$(join "${TG_PIDS[@]}")" hot "$CONCURRENCY" "$WORK/tollgate-hot.json"
 bench etcd "$ETCD_LEADER" "$(join "${ETCD_PIDS[@]}")" hot "$CONCURRENCY" "$WORK/etcd-hot.json"
 bench redis "127.0.0.1:$REDIS_PORT" "$(join "${REDIS_PIDS[@]}")" hot "$CONCURRENCY" "$WORK/redis-hot.json"
@@ -137,4 +157,20 @@ bench tollgate "$TG_ENDPOINTS" "$(join "${TG_PIDS[@]}")" spread 64 "$WORK/tollga
 bench etcd "$ETCD_LEADER" "$(join "${ETCD_PIDS[@]}")" spread 64 "$WORK/etcd-spread.json"
 bench redis "127.0.0.1:$REDIS_PORT" "$(join "${REDIS_PIDS[@]}")" spread 64 "$WORK/redis-spread.json"
 
-python3 "$ROOT/bench/table.py" "$WORK"/{tollgate,etcd,redis}-{hot,spread}.json
+# Then the edge: every system's budget runs out half-way. Leases last: a cluster it
+# overloads does not spoil the runs before it.
+# A run that fails is reported and left out of the table, not the end of the comparison.
+budget_bench tollgate "$TG_ENDPOINTS" "$(join "${TG_PIDS[@]}")" "$WORK/budget-percall.json" \
+  --label tollgate-percall || log "the per-call budget run failed"
+budget_bench redis "127.0.0.1:$REDIS_PORT" "$(join "${REDIS_PIDS[@]}")" \
+  "$WORK/budget-redis.json" || log "the Redis budget run failed"
+budget_bench tollgate "$TG_ENDPOINTS" "$(join "${TG_PIDS[@]}")" "$WORK/budget-leases.json" \
+  --leases || log "the leases budget run failed"
+
+log "load: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores shared with other work)"
+# The runs' JSON outlives the work directory, for what the tables leave out (errors, the
+# clients' own spend).
+mkdir -p "$ROOT/target/bench-compare-last"
+cp "$WORK"/*.json "$ROOT/target/bench-compare-last/"
+python3 "$ROOT/bench/table.py" "$WORK"/{tollgate,etcd,redis}-{hot,spread}.json \
+  "$WORK"/budget-{percall,leases,redis}.json

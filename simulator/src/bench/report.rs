@@ -54,6 +54,57 @@ pub fn table(results: &[RunResult]) -> String {
     out
 }
 
+/// Budget runs: what happened at the edge, one row per run that had a budget.
+pub fn budget_table(results: &[RunResult]) -> String {
+    use crate::table::Align::{Left, Right};
+    let mut table = crate::table::new(&[
+        ("system", Left),
+        ("clients", Right),
+        ("procs", Right),
+        ("pairs/s to exh", Right),
+        ("exhausted s", Right),
+        ("overspend µ", Right),
+        ("audit", Left),
+        ("false den", Right),
+        ("denials", Right),
+        ("res p50", Right),
+        ("res p99", Right),
+        ("raft ent/s", Right),
+        ("srv cores", Right),
+    ]);
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map(|v| format!("{v:.digits$}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for r in results {
+        let Some(b) = &r.budget else { continue };
+        let audit = match (b.audit_matches, b.audit_complete) {
+            (Some(true), Some(true)) => "matches",
+            (Some(false), Some(true)) => "DIFFERS",
+            (Some(_), _) => "incomplete",
+            (None, _) => "-",
+        };
+        table.add_row(vec![
+            r.label.clone(),
+            r.clients.to_string(),
+            r.processes.to_string(),
+            format!("{:.0}", b.pairs_s_before_exhaustion),
+            opt(b.exhausted_at_s, 2),
+            b.overspend
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "-".into()),
+            audit.into(),
+            b.false_denials.to_string(),
+            b.denials.to_string(),
+            ms(r.reserve.p50_us),
+            ms(r.reserve.p99_us),
+            opt(r.raft_entries_s, 0),
+            opt(r.cpu_servers_cores, 2),
+        ]);
+    }
+    crate::table::render(&table)
+}
+
 fn row(r: &RunResult) -> Vec<String> {
     vec![
         r.label.clone(),
@@ -111,6 +162,11 @@ mod tests {
             cpu_client_us_per_pair: 27.84,
             cpu_servers_us_per_pair: servers,
             cpu_scope: "client only (no --server-pids given)".into(),
+            processes: 1,
+            leases: false,
+            cpu_servers_cores: None,
+            raft_entries_s: None,
+            budget: None,
         }
     }
 

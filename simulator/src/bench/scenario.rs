@@ -67,7 +67,7 @@ fn ledger_growth(agents: u64, one_agent: bool) -> anyhow::Result<i64> {
         Command::PutTenant {
             request_id: id(RequestId::new("setup-tenant"))?,
             tenant: tenant.clone(),
-            policy: systems::bench_policy(),
+            policy: systems::bench_policy(false),
         },
         Command::PutLimit {
             request_id: id(RequestId::new("setup-limit"))?,
@@ -157,7 +157,12 @@ async fn load_agents(
     config.deadline = Duration::from_secs(60);
     let client = Client::new(config)?;
     let driver = systems::Driver::Tollgate(client.clone());
-    systems::setup(&driver, systems::Workload::Spread).await?;
+    systems::setup(
+        &driver,
+        systems::Workload::Spread,
+        &systems::Account::unlimited(),
+    )
+    .await?;
 
     eprintln!("loading {agents} agents (one record each, {LOADERS} loaders)...");
     let rss_before = stats::rss_self_bytes();

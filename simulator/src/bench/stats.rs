@@ -36,6 +36,24 @@ impl Latency {
         let _ = self.0.add(&other.0);
     }
 
+    /// The recorded values as (value, count) pairs: how a child process hands its histogram
+    /// to the parent (see `procs.rs`).
+    pub fn to_counts(&self) -> Vec<(u64, u64)> {
+        self.0
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+
+    /// A histogram from `to_counts`' pairs; values are clamped into the bounds.
+    pub fn from_counts(counts: &[(u64, u64)]) -> Latency {
+        let mut latency = Latency::default();
+        for &(value, count) in counts {
+            let _ = latency.0.record_n(value.clamp(1, LATENCY_US_MAX), count);
+        }
+        latency
+    }
+
     pub fn summary(&self) -> LatencySummary {
         let h = &self.0;
         LatencySummary {
@@ -75,6 +93,106 @@ pub struct WorkerStats {
     /// etcd: compare-and-swap attempts that lost the race and were retried.
     pub conflicts: u64,
     pub error_last: Option<String>,
+    /// Budget runs (`--budget`, `--budget-runs-out`): when pairs completed and denials
+    /// happened, from the run's start (warm-up included); None otherwise.
+    pub timeline: Option<Timeline>,
+}
+
+/// Most buckets of a timeline: bounds memory per worker whatever the run's length.
+pub const TIMELINE_BUCKETS_MAX: usize = 2_000;
+/// Narrowest timeline bucket, in microseconds.
+pub const TIMELINE_BUCKET_US_MIN: u64 = 10_000;
+
+/// Pairs completed and budget denials per time bucket since the run's start, and the first
+/// denial and last grant exactly: what "before exhaustion" and "false denial" are computed
+/// from. Every process counts from the same wall-clock start, so timelines merge.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Timeline {
+    pub bucket_us: u64,
+    pub pairs: Vec<u64>,
+    pub denials: Vec<u64>,
+    /// Every pair completed, warm-up included (what the clients spent).
+    pub pairs_all: u64,
+    pub first_denial_us: Option<u64>,
+    pub last_grant_us: Option<u64>,
+}
+
+impl Timeline {
+    /// A timeline covering `span_us` with buckets at least `TIMELINE_BUCKET_US_MIN` wide.
+    pub fn new(span_us: u64) -> Timeline {
+        let bucket_us = span_us
+            .div_ceil(TIMELINE_BUCKETS_MAX as u64)
+            .max(TIMELINE_BUCKET_US_MIN);
+        let buckets = (span_us / bucket_us + 1).min(TIMELINE_BUCKETS_MAX as u64 + 1) as usize;
+        Timeline {
+            bucket_us,
+            pairs: vec![0; buckets],
+            denials: vec![0; buckets],
+            pairs_all: 0,
+            first_denial_us: None,
+            last_grant_us: None,
+        }
+    }
+
+    fn bucket(&self, at_us: u64) -> usize {
+        ((at_us / self.bucket_us) as usize).min(self.pairs.len().saturating_sub(1))
+    }
+
+    pub fn pair(&mut self, granted_us: u64, done_us: u64) {
+        let bucket = self.bucket(done_us);
+        self.pairs[bucket] += 1;
+        self.pairs_all += 1;
+        self.last_grant_us = self.last_grant_us.max(Some(granted_us));
+    }
+
+    pub fn denial(&mut self, at_us: u64) {
+        let bucket = self.bucket(at_us);
+        self.denials[bucket] += 1;
+        self.first_denial_us = Some(self.first_denial_us.map_or(at_us, |t| t.min(at_us)));
+    }
+
+    /// Adds another timeline of the same shape (same run); a different shape is a bug in
+    /// the harness and is refused.
+    pub fn merge(&mut self, other: &Timeline) -> Result<(), String> {
+        if other.bucket_us != self.bucket_us || other.pairs.len() != self.pairs.len() {
+            return Err("timelines of different shapes".into());
+        }
+        for (a, b) in self.pairs.iter_mut().zip(&other.pairs) {
+            *a += b;
+        }
+        for (a, b) in self.denials.iter_mut().zip(&other.denials) {
+            *a += b;
+        }
+        self.pairs_all += other.pairs_all;
+        self.first_denial_us = match (self.first_denial_us, other.first_denial_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_grant_us = self.last_grant_us.max(other.last_grant_us);
+        Ok(())
+    }
+
+    /// Pairs completed in the whole buckets between `from_us` and `until_us`, and the time
+    /// those buckets cover (bucket resolution: a rate is the one over the other).
+    pub fn pairs_between(&self, from_us: u64, until_us: u64) -> (u64, u64) {
+        let first = from_us.div_ceil(self.bucket_us) as usize;
+        let end = ((until_us / self.bucket_us) as usize).min(self.pairs.len());
+        if end <= first {
+            return (0, 0);
+        }
+        let pairs = self.pairs[first..end].iter().sum();
+        (pairs, (end - first) as u64 * self.bucket_us)
+    }
+
+    /// Denials in buckets that end before `until_us`.
+    pub fn denials_before(&self, until_us: u64) -> u64 {
+        self.denials
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| (i as u64 + 1) * self.bucket_us <= until_us)
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 impl WorkerStats {
@@ -88,6 +206,16 @@ impl WorkerStats {
         self.conflicts += other.conflicts;
         if other.error_last.is_some() {
             self.error_last = other.error_last;
+        }
+        match (&mut self.timeline, other.timeline) {
+            (Some(mine), Some(theirs)) => {
+                if let Err(error) = mine.merge(&theirs) {
+                    self.errors += 1;
+                    self.error_last = Some(error);
+                }
+            }
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
         }
     }
 }

@@ -3,8 +3,9 @@
 //! transactions on the budget key; Redis as Lua scripts (what LiteLLM-style gateways do).
 //!
 //! Every system sees the same workload: a reserve of `ESTIMATE` against one budget, then a
-//! commit of `ACTUAL`. Budgets are sized so nothing is ever denied: the run measures the
-//! cost of the decision, not of the denial path.
+//! commit of `ACTUAL`. Budgets are sized so nothing is ever denied (the run measures the
+//! cost of the decision), unless a run sizes the hot budget to run out (`--budget`,
+//! `--budget-runs-out`): then every system denies a reserve that would not fit.
 
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub const ACTUAL: Amounts = Amounts {
     cost_micros: 900,
     calls: 1,
 };
+/// The id of the bench budget (Tollgate).
+pub const BUDGET_LIMIT_ID: &str = "budget";
 /// Every budget's cap (cost µ): 10^15, the ledger's largest amount; at 10^3 per reserve no
 /// run comes near it.
 pub const BUDGET_AMOUNT: u64 = 1_000_000_000_000_000;
@@ -38,7 +41,9 @@ pub const CAS_ATTEMPTS_MAX: u32 = 10_000;
 /// A client's deadline per operation.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum System {
     Tollgate,
@@ -46,13 +51,35 @@ pub enum System {
     Redis,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// One tenant, one budget, every client on it.
     Hot,
     /// Agents drawn at random from `--agents`, each with its own budget.
     Spread,
+}
+
+/// The tenant a run charges and its budget's cap (cost µ).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Account {
+    pub tenant: String,
+    pub budget: u64,
+    /// Tollgate: the tenant's policy turns budget leases on.
+    pub leases: bool,
+}
+
+impl Account {
+    /// The default: tenant `bench`, a budget no run comes near, leases off.
+    pub fn unlimited() -> Account {
+        Account {
+            tenant: TENANT.to_owned(),
+            budget: BUDGET_AMOUNT,
+            leases: false,
+        }
+    }
 }
 
 /// Which budget a pair charges.
@@ -76,23 +103,29 @@ impl Key {
     }
 
     /// The peers' key of the budget this pair charges.
-    fn budget(&self, workload: Workload) -> String {
+    fn budget(&self, workload: Workload, tenant: &str) -> String {
         match workload {
-            Workload::Hot => format!("budget/{TENANT}"),
-            Workload::Spread => format!("budget/{TENANT}/{}", self.agent),
+            Workload::Hot => format!("budget/{tenant}"),
+            Workload::Spread => format!("budget/{tenant}/{}", self.agent),
         }
     }
 }
 
 /// How an operation failed.
 pub enum OpError {
-    Denied,
+    /// `by_budget`: the bench budget said no (not another limit, a freeze or a trip).
+    Denied {
+        by_budget: bool,
+    },
     Failed(String),
 }
 
 /// A granted reservation, to be committed.
+// It lives on one worker's stack for one pair; boxing the large variant would add an
+// allocation to every pair the benchmark measures.
+#[allow(clippy::large_enum_variant)]
 pub enum Held {
-    Tollgate(Box<Reservation>),
+    Tollgate(Reservation),
     Etcd { budget: String, reservation: String },
     Redis { budget: String, reservation: String },
 }
@@ -205,15 +238,19 @@ pub async fn connect(
 
 /// The bench tenant's policy: the default one (runaway detection included) with every quota
 /// at its maximum, so the load, not a quota, is what is measured.
-pub fn bench_policy() -> tollgate_ledger::TenantPolicy {
+pub fn bench_policy(leases: bool) -> tollgate_ledger::TenantPolicy {
     let quotas = tollgate_ledger::TenantQuotas {
         agents: tollgate_ledger::AGENTS_PER_TENANT_MAX as u64,
         answers: tollgate_ledger::ANSWERS_PER_TENANT_MAX as u64,
         proposals_queued: tollgate_ledger::PROPOSALS_QUEUED_PER_TENANT_MAX as u64,
         ..Default::default()
     };
+    // Velocity off: the bench measures throughput at one agent's peak, which velocity
+    // detection would rightly call a runaway; Redis and etcd detect nothing either.
     tollgate_ledger::TenantPolicy {
         quotas,
+        leases,
+        velocity_factor: 0,
         ..Default::default()
     }
 }
@@ -225,10 +262,12 @@ pub fn bench_policy() -> tollgate_ledger::TenantPolicy {
 async fn setup_tollgate(
     client: &tollgate_client::Client,
     workload: Workload,
+    account: &Account,
 ) -> anyhow::Result<()> {
-    let policy = tollgate_server::grpc::convert::policy_to_pb(&bench_policy());
+    let policy = tollgate_server::grpc::convert::policy_to_pb(&bench_policy(account.leases));
+    let tenant = account.tenant.as_str();
     client
-        .put_tenant(TENANT, Some(policy))
+        .put_tenant(tenant, Some(policy))
         .await
         .context("creating the bench tenant")?;
     let scope = match workload {
@@ -236,25 +275,25 @@ async fn setup_tollgate(
         Workload::Spread => v1::scope::Scope::EachAgent(v1::Empty {}),
     };
     let limit = v1::Limit {
-        id: "budget".into(),
+        id: BUDGET_LIMIT_ID.into(),
         scope: Some(v1::Scope { scope: Some(scope) }),
         dimension: v1::Dimension::Cost.into(),
         kind: Some(v1::limit::Kind::Budget(v1::Budget {
             window: v1::Window::Lifetime.into(),
-            amount: BUDGET_AMOUNT,
+            amount: account.budget,
         })),
         thresholds: None,
     };
     client
-        .put_limit(TENANT, limit)
+        .put_limit(tenant, limit)
         .await
         .context("setting the bench budget")?;
     Ok(())
 }
 
-pub async fn setup(driver: &Driver, workload: Workload) -> anyhow::Result<()> {
+pub async fn setup(driver: &Driver, workload: Workload, account: &Account) -> anyhow::Result<()> {
     match driver {
-        Driver::Tollgate(client) => setup_tollgate(client, workload).await?,
+        Driver::Tollgate(client) => setup_tollgate(client, workload, account).await?,
         Driver::Etcd(kv) => {
             // Start from empty budgets: a missing key reads as zero.
             let mut kv = kv.clone();
@@ -291,32 +330,45 @@ pub async fn setup(driver: &Driver, workload: Workload) -> anyhow::Result<()> {
 }
 
 impl Driver {
+    /// After a run: a Tollgate client gives its leases back (reports the calls decided
+    /// inside them and returns the rest), as a process does before it exits.
+    pub async fn finish(&self) {
+        if let Driver::Tollgate(client) = self {
+            client.return_leases().await;
+        }
+    }
+
     pub async fn reserve(
         &self,
         workload: Workload,
         worker: usize,
         state: &mut WorkerState,
+        account: &Account,
         key: &Key,
     ) -> Result<Held, OpError> {
+        let budget_amount = account.budget;
         match self {
             Driver::Tollgate(client) => {
-                let request = ReserveRequest::new(TENANT, key.agent.as_str(), "llm:bench")
-                    .estimate(ESTIMATE)
-                    .ttl(TTL);
+                let request =
+                    ReserveRequest::new(account.tenant.as_str(), key.agent.as_str(), "llm:bench")
+                        .estimate(ESTIMATE)
+                        .ttl(TTL);
                 match client.reserve(request).await {
-                    Ok(reservation) => Ok(Held::Tollgate(Box::new(reservation))),
-                    Err(Error::Denied { .. }) => Err(OpError::Denied),
+                    Ok(reservation) => Ok(Held::Tollgate(reservation)),
+                    Err(Error::Denied { limit_id, .. }) => Err(OpError::Denied {
+                        by_budget: limit_id == BUDGET_LIMIT_ID,
+                    }),
                     Err(error) => Err(OpError::Failed(error.to_string())),
                 }
             }
             Driver::Etcd(kv) => {
                 state.seq += 1;
-                let budget = key.budget(workload);
+                let budget = key.budget(workload, &account.tenant);
                 let reservation = format!("res/{worker}/{}", state.seq);
                 let estimate = ESTIMATE.cost_micros;
                 let put_reservation = put(&reservation, estimate.to_string().into_bytes());
                 let granted = etcd_cas(kv, state, &budget, |value| {
-                    if value.held + value.used + estimate > BUDGET_AMOUNT {
+                    if value.held + value.used + estimate > budget_amount {
                         return None;
                     }
                     let next = Budget {
@@ -327,7 +379,7 @@ impl Driver {
                 })
                 .await?;
                 if !granted {
-                    return Err(OpError::Denied);
+                    return Err(OpError::Denied { by_budget: true });
                 }
                 Ok(Held::Etcd {
                     budget,
@@ -336,20 +388,20 @@ impl Driver {
             }
             Driver::Redis(connection) => {
                 state.seq += 1;
-                let budget = key.budget(workload);
+                let budget = key.budget(workload, &account.tenant);
                 let reservation = format!("res/{worker}/{}", state.seq);
                 let mut connection = connection.clone();
                 let granted: i64 = redis_script(REDIS_RESERVE)
                     .key(&budget)
                     .key(&reservation)
                     .arg(ESTIMATE.cost_micros)
-                    .arg(BUDGET_AMOUNT)
+                    .arg(budget_amount)
                     .arg(TTL.as_millis() as u64)
                     .invoke_async(&mut connection)
                     .await
                     .map_err(|e| OpError::Failed(e.to_string()))?;
                 if granted != 1 {
-                    return Err(OpError::Denied);
+                    return Err(OpError::Denied { by_budget: true });
                 }
                 Ok(Held::Redis {
                     budget,
@@ -418,6 +470,22 @@ impl Driver {
             _ => Err(OpError::Failed("a hold of another system".into())),
         }
     }
+}
+
+/// Redis's view of a hot budget after a run: (held, used) cost µ.
+pub async fn redis_budget(driver: &Driver, tenant: &str) -> anyhow::Result<(u64, u64)> {
+    let Driver::Redis(connection) = driver else {
+        bail!("not a Redis driver");
+    };
+    let mut connection = connection.clone();
+    let (held, used): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        .arg(format!("budget/{tenant}"))
+        .arg("held")
+        .arg("used")
+        .query_async(&mut connection)
+        .await
+        .context("reading the budget from redis")?;
+    Ok((held.unwrap_or(0), used.unwrap_or(0)))
 }
 
 /// A script handle per call: `redis::Script` hashes its source once, then each invocation
