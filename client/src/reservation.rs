@@ -127,14 +127,14 @@ impl Reservation {
     /// A reservation granted from the lease `lease_id` of `slot`, expiring with it.
     pub(crate) fn leased(
         client: Client,
-        request: crate::types::ReserveRequest,
+        (request, request_id): (crate::types::ReserveRequest, String),
         (lease_id, expires_at_ms): (u64, u64),
         slot: Arc<Slot>,
     ) -> Reservation {
         Reservation {
             client,
             tenant: request.tenant,
-            request_id: new_request_id(),
+            request_id,
             estimate: request.estimate,
             expires_at_ms,
             tightest: None,

@@ -35,19 +35,33 @@ impl Client {
     /// ([`Reservation::lease_id`] says so). Anything a lease cannot decide (a slice too
     /// short, a hot fingerprint, a tenant without leases) goes per call as before.
     pub async fn reserve(&self, request: ReserveRequest) -> Result<Reservation, Error> {
+        self.reserve_with_call_id(new_request_id(), request).await
+    }
+
+    /// [`reserve`](Self::reserve), leases included, with a caller-chosen request id for the
+    /// call wherever it is decided: the audit record of a call granted in a lease (at its
+    /// settle) or of a per-call decision carries it. Unlike
+    /// [`reserve_with_id`](Self::reserve_with_id), sending the same id again after a grant
+    /// in a lease is a second call, not a retry: for callers that never resend a grant
+    /// (replaying histories, simulators), and that need every decision's id.
+    pub async fn reserve_with_call_id(
+        &self,
+        request_id: String,
+        request: ReserveRequest,
+    ) -> Result<Reservation, Error> {
         let request = if self.shared.config.leases && leasable(&request) {
-            match self.reserve_leased(request).await {
+            match self.reserve_leased(request, &request_id).await {
                 Leased::Granted(reservation) => return Ok(reservation),
                 Leased::PerCall(request) => request,
                 Leased::Unavailable(request, reason) => {
-                    return self.fail_open(request, new_request_id(), reason)
+                    return self.fail_open(request, request_id, reason)
                 }
             }
         } else {
             request
         };
         // Boxed: the per-call future is large, and a local grant should not carry it.
-        Box::pin(self.reserve_with_id(new_request_id(), request)).await
+        Box::pin(self.reserve_with_id(request_id, request)).await
     }
 
     /// [`reserve`](Self::reserve) with a caller-chosen request id: sending the same id

@@ -60,7 +60,7 @@ enum Exchange {
 impl Client {
     /// The lease path of `reserve`: a local grant when the slot of (tenant, agent, tool)
     /// can give one, after asking for a lease or settling when that can help.
-    pub(crate) async fn reserve_leased(&self, request: ReserveRequest) -> Leased {
+    pub(crate) async fn reserve_leased(&self, request: ReserveRequest, request_id: &str) -> Leased {
         let book = &self.shared.leases;
         let now = Instant::now();
         let key = (&*request.tenant, &*request.agent, &*request.tool);
@@ -89,7 +89,7 @@ impl Client {
                 } => {
                     return Leased::Granted(Reservation::leased(
                         self.clone(),
-                        request,
+                        (request, request_id.to_owned()),
                         (lease_id, expires_at_ms),
                         slot,
                     ))

@@ -22,7 +22,7 @@ pub(super) async fn call(
     let request = reserve_request(io, spec, worker, &call);
     let answer = io
         .client
-        .reserve_with_id(call.request_id.clone(), request)
+        .reserve_with_call_id(call.request_id.clone(), request)
         .await;
     let completed_ms = io.clock.now_ms().max(invoked_ms);
     let (result, outcome) = match &answer {

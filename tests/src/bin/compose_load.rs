@@ -532,7 +532,9 @@ impl Worker {
             .estimate(client_amounts(op.amounts()))
             .ttl(Duration::from_millis(RESERVATION_TTL_MS));
         let invoked_ms = now_ms();
-        let answer = client.reserve_with_id(request_id.clone(), request).await;
+        let answer = client
+            .reserve_with_call_id(request_id.clone(), request)
+            .await;
         let result = match &answer {
             Ok(reservation) => match reservation.info() {
                 ReservationInfo {
