@@ -19,27 +19,9 @@ const TENANT: &str = "acme";
 /// Longer than a lease's TTL + grace + a tick: a dead holder's slice is back by then.
 const RECLAIM_WAIT: Duration = Duration::from_secs(20);
 
-/// The default policy, with leases on.
-fn leased_policy() -> v1::TenantPolicy {
-    let d = tollgate_ledger::TenantPolicy::default();
-    v1::TenantPolicy {
-        expiry: v1::ExpiryPolicy::Charge.into(),
-        repeat_max: d.repeat_max,
-        repeat_window_ms: d.repeat_window_ms,
-        velocity_factor: d.velocity_factor,
-        velocity_window_ms: d.velocity_window_ms,
-        velocity_dimension: v1::Dimension::Cost.into(),
-        velocity_floor: d.velocity_floor,
-        trip_cooldown_ms: d.trip_cooldown_ms,
-        quotas: None,
-        shape_floor: d.shape_floor,
-        leases: true,
-    }
-}
-
 async fn leased_tenant(client: &Client, tokens: u64) {
     client
-        .put_tenant(TENANT, Some(leased_policy()))
+        .put_tenant(TENANT, Some(tollgate_tests::leased_policy()))
         .await
         .unwrap();
     client

@@ -163,24 +163,6 @@ fn budget_limit(id: &str, dimension: v1::Dimension, amount: u64) -> v1::Limit {
     }
 }
 
-/// The default policy (as `put_tenant` with none gives), with leases on.
-fn leased_policy() -> v1::TenantPolicy {
-    let d = tollgate_ledger::TenantPolicy::default();
-    v1::TenantPolicy {
-        expiry: v1::ExpiryPolicy::Charge.into(),
-        repeat_max: d.repeat_max,
-        repeat_window_ms: d.repeat_window_ms,
-        velocity_factor: d.velocity_factor,
-        velocity_window_ms: d.velocity_window_ms,
-        velocity_dimension: v1::Dimension::Cost.into(),
-        velocity_floor: d.velocity_floor,
-        trip_cooldown_ms: d.trip_cooldown_ms,
-        quotas: None,
-        shape_floor: d.shape_floor,
-        leases: true,
-    }
-}
-
 /// Every limit of the test, by tenant.
 fn limits() -> Vec<(&'static str, v1::Limit)> {
     let mut limits: Vec<(&'static str, v1::Limit)> = TENANT_BUDGETS_COST_MICROS
@@ -266,7 +248,7 @@ async fn setup(endpoints: &[String], budgets: &Path, tenant_keys: &Path) -> anyh
     let admin = client(endpoints, &admin_key)?;
     let started = Instant::now();
     for (tenant, _) in TENANT_BUDGETS_COST_MICROS {
-        let policy = (tenant == LEASED_TENANT).then(leased_policy);
+        let policy = (tenant == LEASED_TENANT).then(tollgate_tests::leased_policy);
         until_ok(&format!("put tenant {tenant}"), started, || {
             admin.put_tenant(tenant, policy)
         })
