@@ -514,12 +514,12 @@ pub fn archive_end(manifests: &[Manifest]) -> anyhow::Result<Option<ChainHead>> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use tollgate_ledger::{Amounts, AuditEvent};
 
     /// A valid chain of records `from..=to`, linked to `prev` (seq `from - 1`'s hash).
-    fn chain(from: u64, to: u64, mut prev: [u8; 32]) -> Vec<AuditRecord> {
+    pub(in crate::cli) fn chain(from: u64, to: u64, mut prev: [u8; 32]) -> Vec<AuditRecord> {
         let mut records = Vec::new();
         for seq in from..=to {
             let mut record = AuditRecord {

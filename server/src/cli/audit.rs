@@ -671,30 +671,11 @@ fn verify_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_ledger::{Amounts, AuditEvent, GENESIS_PREV_HASH};
+    use tollgate_ledger::GENESIS_PREV_HASH;
 
     /// A valid chain of `count` records from seq 1, as `audit export` would write it.
     fn chain(count: u64) -> Vec<AuditRecord> {
-        let mut records: Vec<AuditRecord> = Vec::new();
-        for seq in 1..=count {
-            let prev_hash = records.last().map_or(GENESIS_PREV_HASH, |r| r.hash);
-            let mut record = AuditRecord {
-                seq,
-                at_ms: 1_714_564_800_000 + seq,
-                tenant: None,
-                agent: None,
-                tool: None,
-                request_id: None,
-                reservation_id: None,
-                event: AuditEvent::Freeze,
-                amounts: Amounts::default(),
-                prev_hash,
-                hash: [0; 32],
-            };
-            record.hash = record.compute_hash();
-            records.push(record);
-        }
-        records
+        crate::cli::archive::tests::chain(1, count, GENESIS_PREV_HASH)
     }
 
     fn lines(records: &[AuditRecord]) -> String {
