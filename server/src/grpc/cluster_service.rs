@@ -277,6 +277,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             reservations_in_flight: stats.reservations_in_flight,
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
             quorum: quorum.reachable(),
+            ..Default::default()
         }))
     }
 
