@@ -1,0 +1,392 @@
+//! The same audit-trail workload on fjall (LSM) and redb (B-tree), to choose the store's engine.
+//!
+//! Appends N audit-like records (postcard bytes of real `AuditRecord`s, sequential u64 keys)
+//! with one (tenant, at_ms, seq) index entry and one remembered answer each, in write batches
+//! of `BATCH` without fsync; then looks up answers that miss (a new request id, the common
+//! case) and that hit; then measures disk bytes per record after a flush; then drops the
+//! oldest half (whole time buckets, as retention does) and measures the disk again.
+//!
+//! `cargo bench -p tollgate-store --bench engines` (N: `TRAIL_BENCH_RECORDS`, default 400000).
+
+use std::path::Path;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use tollgate_ledger::{
+    AgentId, Amounts, AuditEvent, AuditRecord, RequestId, ReservationId, TenantId, ToolId,
+};
+
+/// Records per write batch: what one applied Raft entry batch yields at load.
+const BATCH: usize = 500;
+/// Time buckets the trail is split into; retention drops whole buckets.
+const BUCKETS: usize = 8;
+const LOOKUPS: usize = 100_000;
+
+struct Workload {
+    /// (seq, tenant, at_ms, record bytes)
+    records: Vec<(u64, Vec<u8>, u64, Vec<u8>)>,
+    /// (key, value) of the answer each record's request left.
+    answers: Vec<(Vec<u8>, Vec<u8>)>,
+    misses: Vec<Vec<u8>>,
+}
+
+fn request_key(rng: &mut impl Rng, tenant: &str) -> Vec<u8> {
+    let len = rng.random_range(16..=36);
+    let mut key = tenant.as_bytes().to_vec();
+    key.push(0);
+    key.extend((0..len).map(|_| rng.random_range(b'a'..=b'z')));
+    key
+}
+
+fn workload(n: usize) -> Workload {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut records = Vec::with_capacity(n);
+    let mut answers = Vec::with_capacity(n);
+    let mut prev_hash = [0u8; 32];
+    for i in 0..n {
+        let seq = i as u64 + 1;
+        let tenant = format!("tenant-{}", rng.random_range(0..50));
+        let key = request_key(&mut rng, &tenant);
+        let mut record = AuditRecord {
+            seq,
+            at_ms: 1_800_000_000_000 + seq * 2,
+            tenant: TenantId::new(tenant.clone()).ok(),
+            agent: AgentId::new(format!("agent-{}", rng.random_range(0..500))).ok(),
+            tool: ToolId::new("llm:gpt-5-mini").ok(),
+            request_id: RequestId::new(String::from_utf8_lossy(&key[tenant.len() + 1..])).ok(),
+            reservation_id: Some(ReservationId(rng.random())),
+            event: AuditEvent::Grant,
+            amounts: Amounts {
+                tokens: rng.random_range(100..10_000),
+                cost_micros: rng.random_range(100..100_000),
+                calls: 1,
+            },
+            prev_hash,
+            hash: [0; 32],
+        };
+        record.hash = record.compute_hash();
+        prev_hash = record.hash;
+        let bytes = postcard::to_allocvec(&record).unwrap_or_default();
+        let mut value = rng.random::<u128>().to_be_bytes().to_vec();
+        value.extend_from_slice(&record.at_ms.to_be_bytes());
+        value.extend_from_slice(&seq.to_be_bytes());
+        value.extend((0..28).map(|_| rng.random::<u8>() & 0x0f));
+        records.push((seq, tenant.into_bytes(), record.at_ms, bytes));
+        answers.push((key, value));
+    }
+    let misses = (0..LOOKUPS)
+        .map(|_| request_key(&mut rng, "tenant-1"))
+        .collect();
+    Workload {
+        records,
+        answers,
+        misses,
+    }
+}
+
+fn index_key(tenant: &[u8], at_ms: u64, seq: u64) -> Vec<u8> {
+    let mut key = tenant.to_vec();
+    key.push(0);
+    key.extend_from_slice(&at_ms.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// What one engine must do; both run exactly the same calls.
+trait Engine {
+    fn name(&self) -> &'static str;
+    fn write(
+        &mut self,
+        bucket: usize,
+        records: &[(u64, Vec<u8>, u64, Vec<u8>)],
+        answers: &[(Vec<u8>, Vec<u8>)],
+    );
+    /// Looks the key up in every live bucket, newest first.
+    fn answer(&self, key: &[u8]) -> bool;
+    fn flush(&mut self);
+    fn drop_bucket(&mut self, bucket: usize);
+    /// Whatever the engine needs to give freed space back (nothing, or a compaction).
+    fn reclaim(&mut self);
+    /// Disk bytes that do not grow with the data (fjall's preallocated journal).
+    fn fixed_bytes(&self) -> u64;
+}
+
+struct Fjall {
+    db: fjall::Database,
+    records: Vec<Option<fjall::Keyspace>>,
+    answers: Vec<Option<fjall::Keyspace>>,
+}
+
+impl Fjall {
+    fn open(dir: &Path) -> Fjall {
+        let db = fjall::Database::builder(dir).open().expect("open fjall");
+        let ks = |name: String| {
+            db.keyspace(&name, fjall::KeyspaceCreateOptions::default)
+                .ok()
+        };
+        let records = (0..BUCKETS).map(|b| ks(format!("records-{b}"))).collect();
+        let answers = (0..BUCKETS).map(|b| ks(format!("answers-{b}"))).collect();
+        Fjall {
+            db,
+            records,
+            answers,
+        }
+    }
+}
+
+impl Engine for Fjall {
+    fn name(&self) -> &'static str {
+        "fjall"
+    }
+
+    fn write(
+        &mut self,
+        bucket: usize,
+        records: &[(u64, Vec<u8>, u64, Vec<u8>)],
+        answers: &[(Vec<u8>, Vec<u8>)],
+    ) {
+        let (Some(Some(r)), Some(Some(a))) = (self.records.get(bucket), self.answers.get(bucket))
+        else {
+            return;
+        };
+        let mut batch = self.db.batch();
+        for (seq, tenant, at_ms, bytes) in records {
+            let mut key = vec![0u8];
+            key.extend_from_slice(&seq.to_be_bytes());
+            batch.insert(r, key, bytes.as_slice());
+            let mut index = vec![1u8];
+            index.extend(index_key(tenant, *at_ms, *seq));
+            batch.insert(r, index, []);
+        }
+        for (key, value) in answers {
+            batch.insert(a, key.as_slice(), value.as_slice());
+        }
+        batch.commit().expect("fjall batch");
+    }
+
+    fn answer(&self, key: &[u8]) -> bool {
+        self.answers
+            .iter()
+            .rev()
+            .flatten()
+            .any(|a| a.get(key).ok().flatten().is_some())
+    }
+
+    fn flush(&mut self) {
+        for ks in self.records.iter().chain(self.answers.iter()).flatten() {
+            let _ = ks.rotate_memtable_and_wait();
+        }
+        let _ = self.db.persist(fjall::PersistMode::SyncAll);
+    }
+
+    fn drop_bucket(&mut self, bucket: usize) {
+        for list in [&mut self.records, &mut self.answers] {
+            if let Some(ks) = list.get_mut(bucket).and_then(Option::take) {
+                let _ = self.db.delete_keyspace(ks);
+            }
+        }
+    }
+
+    fn reclaim(&mut self) {
+        self.flush();
+    }
+
+    fn fixed_bytes(&self) -> u64 {
+        self.db.journal_disk_space().unwrap_or(0)
+    }
+}
+
+const REDB_RECORDS: [&str; BUCKETS] = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7"];
+const REDB_ANSWERS: [&str; BUCKETS] = ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7"];
+
+type Table<'a> = redb::TableDefinition<'a, &'static [u8], &'static [u8]>;
+
+struct Redb {
+    db: redb::Database,
+    live: Vec<bool>,
+}
+
+impl Engine for Redb {
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+
+    fn write(
+        &mut self,
+        bucket: usize,
+        records: &[(u64, Vec<u8>, u64, Vec<u8>)],
+        answers: &[(Vec<u8>, Vec<u8>)],
+    ) {
+        let mut tx = self.db.begin_write().expect("redb tx");
+        let _ = tx.set_durability(redb::Durability::None);
+        {
+            let mut r = tx
+                .open_table(Table::new(REDB_RECORDS[bucket]))
+                .expect("table");
+            for (seq, tenant, at_ms, bytes) in records {
+                let mut key = vec![0u8];
+                key.extend_from_slice(&seq.to_be_bytes());
+                r.insert(key.as_slice(), bytes.as_slice()).expect("insert");
+                let mut index = vec![1u8];
+                index.extend(index_key(tenant, *at_ms, *seq));
+                r.insert(index.as_slice(), &[][..]).expect("insert");
+            }
+            let mut a = tx
+                .open_table(Table::new(REDB_ANSWERS[bucket]))
+                .expect("table");
+            for (key, value) in answers {
+                a.insert(key.as_slice(), value.as_slice()).expect("insert");
+            }
+        }
+        tx.commit().expect("redb commit");
+    }
+
+    fn answer(&self, key: &[u8]) -> bool {
+        use redb::{ReadableDatabase, ReadableTable};
+        let Ok(tx) = self.db.begin_read() else {
+            return false;
+        };
+        (0..BUCKETS).rev().filter(|b| self.live[*b]).any(|b| {
+            tx.open_table(Table::new(REDB_ANSWERS[b]))
+                .ok()
+                .is_some_and(|t| matches!(t.get(key), Ok(Some(_))))
+        })
+    }
+
+    fn flush(&mut self) {
+        // An empty commit with immediate durability makes the earlier ones durable.
+        if let Ok(tx) = self.db.begin_write() {
+            let _ = tx.commit();
+        }
+    }
+
+    fn drop_bucket(&mut self, bucket: usize) {
+        self.live[bucket] = false;
+        if let Ok(tx) = self.db.begin_write() {
+            let _ = tx.delete_table(Table::new(REDB_RECORDS[bucket]));
+            let _ = tx.delete_table(Table::new(REDB_ANSWERS[bucket]));
+            let _ = tx.commit();
+        }
+    }
+
+    fn reclaim(&mut self) {
+        while let Ok(true) = self.db.compact(redb::CompactionMode::default()) {}
+    }
+
+    fn fixed_bytes(&self) -> u64 {
+        0
+    }
+}
+
+struct Figures {
+    records_per_s: f64,
+    miss_ns: f64,
+    hit_ns: f64,
+    bytes_per_record: f64,
+    fixed_bytes: u64,
+    full_bytes: u64,
+    after_drop_bytes: u64,
+    after_reclaim_bytes: u64,
+}
+
+fn run(engine: &mut dyn Engine, w: &Workload, dir: &Path) -> Figures {
+    let n = w.records.len();
+    let per_bucket = n.div_ceil(BUCKETS);
+    let started = Instant::now();
+    for (i, (records, answers)) in w
+        .records
+        .chunks(BATCH)
+        .zip(w.answers.chunks(BATCH))
+        .enumerate()
+    {
+        engine.write(i * BATCH / per_bucket, records, answers);
+    }
+    let records_per_s = n as f64 / started.elapsed().as_secs_f64();
+    engine.flush();
+    let fixed_bytes = engine.fixed_bytes();
+    let full_bytes = dir_bytes(dir);
+    let lookup_ns = |keys: &mut dyn Iterator<Item = &Vec<u8>>, expect: bool| {
+        let started = Instant::now();
+        let mut count = 0u32;
+        for key in keys {
+            assert_eq!(engine.answer(key), expect, "{} lookup", engine.name());
+            count += 1;
+        }
+        started.elapsed().as_nanos() as f64 / f64::from(count.max(1))
+    };
+    let miss_ns = lookup_ns(&mut w.misses.iter(), false);
+    let step = (n / LOOKUPS).max(1);
+    let hit_ns = lookup_ns(&mut w.answers.iter().step_by(step).map(|(k, _)| k), true);
+    for bucket in 0..BUCKETS / 2 {
+        engine.drop_bucket(bucket);
+    }
+    engine.flush();
+    let after_drop_bytes = dir_bytes(dir);
+    engine.reclaim();
+    Figures {
+        records_per_s,
+        miss_ns,
+        hit_ns,
+        bytes_per_record: full_bytes.saturating_sub(fixed_bytes) as f64 / n as f64,
+        fixed_bytes,
+        full_bytes,
+        after_drop_bytes,
+        after_reclaim_bytes: dir_bytes(dir),
+    }
+}
+
+fn main() {
+    let n = std::env::var("TRAIL_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400_000usize);
+    let w = workload(n);
+    let record_bytes: usize = w.records.iter().map(|r| r.3.len()).sum();
+    println!(
+        "{n} records, {:.0} B of postcard each, batches of {BATCH}, {BUCKETS} buckets",
+        record_bytes as f64 / n as f64
+    );
+    let fjall_dir = tempfile::tempdir().expect("tempdir");
+    let mut fjall = Fjall::open(fjall_dir.path());
+    let f = run(&mut fjall, &w, fjall_dir.path());
+    drop(fjall);
+    let redb_dir = tempfile::tempdir().expect("tempdir");
+    let path = redb_dir.path().join("trail.redb");
+    let db = redb::Database::create(&path).expect("open redb");
+    let mut redb = Redb {
+        db,
+        live: vec![true; BUCKETS],
+    };
+    let r = run(&mut redb, &w, redb_dir.path());
+    for (name, x) in [("fjall", &f), ("redb", &r)] {
+        println!(
+            "{name:5}: {:>9.0} records/s  miss {:>6.0} ns  hit {:>6.0} ns  {:>5.1} B/record on disk (+ {} B fixed)",
+            x.records_per_s, x.miss_ns, x.hit_ns, x.bytes_per_record, x.fixed_bytes
+        );
+        println!(
+            "       disk: full {} B, oldest half dropped {} B, after reclaim {} B",
+            x.full_bytes, x.after_drop_bytes, x.after_reclaim_bytes
+        );
+    }
+    println!(
+        "fjall/redb: writes {:.2}x, miss {:.2}x, hit {:.2}x, bytes {:.2}x",
+        f.records_per_s / r.records_per_s,
+        f.miss_ns / r.miss_ns,
+        f.hit_ns / r.hit_ns,
+        f.bytes_per_record / r.bytes_per_record
+    );
+}
