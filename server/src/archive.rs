@@ -20,12 +20,11 @@ use crate::cli::archive::{
     SEGMENT_RECORDS_DEFAULT,
 };
 use crate::node::Node;
-use crate::raft::state_machine::read_applied;
 
 /// How often the node archives what was applied since: the newest records are at most this
 /// old in the archive, and a segment holds at most this long's records.
 pub const ARCHIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// Records read from the ledger at once, so the read lock is held briefly.
+/// Records read from the trail on disk at once.
 const PAGE_RECORDS: usize = 1_000;
 
 /// Archives every [`ARCHIVE_INTERVAL`] until the node stops. A failure (a gap: records
@@ -66,7 +65,8 @@ pub fn archive_step(node: &Node, dir: &Path, segment_records: u64) -> anyhow::Re
     let manifests = read_manifests(dir)?;
     remove_unsealed(dir, &manifests)?;
     let end = archive_end(&manifests)?;
-    let head = read_applied(&node.applied).ledger.chain_head().seq;
+    // What the trail on disk holds: the ledger's memory may have let older records go.
+    let head = node.trail.store().state().last_seq.unwrap_or(0);
     let mut cursor = end.map_or(0, |end| end.seq);
     let mut walker = ChainWalker::new(None);
     let mut segment: Option<SegmentWriter> = None;
@@ -77,7 +77,7 @@ pub fn archive_step(node: &Node, dir: &Path, segment_records: u64) -> anyhow::Re
             limit: PAGE_RECORDS,
             ..AuditFilter::default()
         };
-        let page = read_applied(&node.applied).ledger.audit(&filter);
+        let page = node.trail.store().query(&filter)?;
         let Some(last) = page.last() else { break };
         cursor = last.seq;
         for record in page {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -105,6 +106,20 @@ pub struct ServeArgs {
     /// `tollgate audit archive` writes them): every node its own copy, on its own disk.
     #[arg(long, env = "TOLLGATE_AUDIT_ARCHIVE_DIR", value_name = "DIR")]
     pub audit_archive_dir: Option<PathBuf>,
+    /// How long the audit trail on disk keeps records (e.g. `7d`, `30d`).
+    #[arg(long, env = "TOLLGATE_AUDIT_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub audit_retention: Option<Duration>,
+    /// Most disk the audit trail takes (e.g. `16GiB`); beyond, the oldest records are
+    /// purged even if younger than the retention (logged, and shown by `tollgate status`).
+    #[arg(long, env = "TOLLGATE_AUDIT_MAX_BYTES", value_name = "SIZE", value_parser = parse_bytes)]
+    pub audit_max_bytes: Option<u64>,
+    /// How long a retry gets its first answer back (e.g. `24h`). Give every node the same.
+    #[arg(long, env = "TOLLGATE_ANSWER_HORIZON", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub answer_horizon: Option<Duration>,
+    /// Most disk the remembered answers take; beyond, the oldest are forgotten and the
+    /// horizon shortens (logged, and shown by `tollgate status`).
+    #[arg(long, env = "TOLLGATE_ANSWERS_MAX_BYTES", value_name = "SIZE", value_parser = parse_bytes)]
+    pub answers_max_bytes: Option<u64>,
     /// A TOML file with the same settings (keys as the flags, with underscores).
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -133,6 +148,10 @@ struct FileConfig {
     alert_webhook_secret_file: Option<PathBuf>,
     alert_webhook_ca_file: Option<PathBuf>,
     audit_archive_dir: Option<PathBuf>,
+    audit_retention: Option<String>,
+    audit_max_bytes: Option<String>,
+    answer_horizon: Option<String>,
+    answers_max_bytes: Option<String>,
 }
 
 /// Settings beyond the node itself.
@@ -293,6 +312,12 @@ impl ServeArgs {
     /// included): an error names what is wrong or missing.
     pub fn resolve(self) -> anyhow::Result<ServeConfig> {
         let mut file = read_file(self.config.as_ref())?;
+        let trail_file = FileTrail {
+            audit_retention: file.audit_retention.take(),
+            audit_max_bytes: file.audit_max_bytes.take(),
+            answer_horizon: file.answer_horizon.take(),
+            answers_max_bytes: file.answers_max_bytes.take(),
+        };
         let Some(id) = self.id.or(file.id) else {
             bail!("node id missing: --id, TOLLGATE_ID or `id` in the config file");
         };
@@ -345,6 +370,13 @@ impl ServeArgs {
             insecure,
         )?;
         node.audit_archive_dir = self.audit_archive_dir.or(file.audit_archive_dir.take());
+        let trail_flags = TrailFlags {
+            audit_retention: self.audit_retention,
+            audit_max_bytes: self.audit_max_bytes,
+            answer_horizon: self.answer_horizon,
+            answers_max_bytes: self.answers_max_bytes,
+        };
+        resolve_trail(&mut node.trail, &trail_flags, trail_file)?;
         let mut config = ServeConfig {
             node,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
@@ -610,4 +642,99 @@ mod key_tests {
         let missing = args(Some(dir.path().join("absent")), false).resolve();
         assert!(missing.is_err());
     }
+}
+
+/// The trail's flags, as given.
+struct TrailFlags {
+    audit_retention: Option<Duration>,
+    audit_max_bytes: Option<u64>,
+    answer_horizon: Option<Duration>,
+    answers_max_bytes: Option<u64>,
+}
+
+/// The trail's settings in the config file, as written.
+struct FileTrail {
+    audit_retention: Option<String>,
+    audit_max_bytes: Option<String>,
+    answer_horizon: Option<String>,
+    answers_max_bytes: Option<String>,
+}
+
+/// The trail's retention and horizon: flags first, then the file, else the defaults.
+fn resolve_trail(
+    trail: &mut tollgate_store::StoreConfig,
+    flags: &TrailFlags,
+    file: FileTrail,
+) -> anyhow::Result<()> {
+    let TrailFlags {
+        audit_retention,
+        audit_max_bytes,
+        answer_horizon,
+        answers_max_bytes,
+    } = flags;
+    let file_bytes = |value: Option<String>, key: &str| {
+        value
+            .map(|v| parse_bytes(&v).map_err(|e| anyhow::anyhow!("{key} in the config file: {e}")))
+            .transpose()
+    };
+    let file_duration = |value: Option<String>, key: &str| {
+        value
+            .map(|v| {
+                humantime::parse_duration(&v)
+                    .map_err(|e| anyhow::anyhow!("{key} in the config file: {e}"))
+            })
+            .transpose()
+    };
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let retention_file = file_duration(file.audit_retention, "audit_retention")?;
+    if let Some(d) = audit_retention.or(retention_file) {
+        trail.audit_retention_ms = ms(d);
+    }
+    let horizon_file = file_duration(file.answer_horizon, "answer_horizon")?;
+    if let Some(d) = answer_horizon.or(horizon_file) {
+        trail.answer_horizon_ms = ms(d);
+    }
+    let audit_file = file_bytes(file.audit_max_bytes, "audit_max_bytes")?;
+    if let Some(bytes) = audit_max_bytes.or(audit_file) {
+        trail.audit_max_bytes = bytes;
+    }
+    let answers_file = file_bytes(file.answers_max_bytes, "answers_max_bytes")?;
+    if let Some(bytes) = answers_max_bytes.or(answers_file) {
+        trail.answers_max_bytes = bytes;
+    }
+    if trail.answer_horizon_ms < tollgate_ledger::DEDUP_WINDOW_MS {
+        bail!(
+            "--answer-horizon must be at least the ledger's memory of answers ({} s)",
+            tollgate_ledger::DEDUP_WINDOW_MS / 1_000
+        );
+    }
+    Ok(())
+}
+
+/// A size: a number of bytes, or with `KiB`, `MiB`, `GiB` or `TiB` (`16GiB`).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 16GiB"))?;
+    number
+        .checked_mul(1u64 << shift)
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("{text:?} is zero or too large"))
 }

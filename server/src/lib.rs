@@ -17,3 +17,4 @@ pub mod raft;
 pub mod start;
 pub mod tls;
 pub mod traces;
+pub mod trail;

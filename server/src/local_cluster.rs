@@ -46,6 +46,8 @@ pub struct LocalClusterOptions {
     pub alerts: Option<crate::alerts::AlertWebhook>,
     /// Each node archives its audit trail into `<this>/node-<id>` (`--audit-archive-dir`).
     pub audit_archive_dir: Option<PathBuf>,
+    /// Every node's trail retention and exactly-once horizon (the directory is each node's).
+    pub trail: tollgate_store::StoreConfig,
 }
 
 impl LocalClusterOptions {
@@ -65,6 +67,7 @@ impl LocalClusterOptions {
             partition: Partition::default(),
             alerts: None,
             audit_archive_dir: None,
+            trail: defaults.trail,
         }
     }
 }
@@ -163,6 +166,7 @@ impl LocalCluster {
         config.partition = self.options.partition.clone();
         config.tick_interval = self.options.tick_interval;
         config.alerts = self.options.alerts.clone();
+        config.trail = self.options.trail.clone();
         config.audit_archive_dir =
             (self.options.audit_archive_dir.as_ref()).map(|dir| dir.join(format!("node-{id}")));
         if self.options.fast_elections {

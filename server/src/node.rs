@@ -61,6 +61,9 @@ pub struct NodeConfig {
     /// Where this node archives the audit trail continuously (`crate::archive`); None: no
     /// archiving but `tollgate audit archive`.
     pub audit_archive_dir: Option<PathBuf>,
+    /// Retention of the audit trail on disk and the exactly-once horizon (`crate::trail`);
+    /// its `dir` is always `<data_dir>/trail`.
+    pub trail: tollgate_store::StoreConfig,
 }
 
 impl NodeConfig {
@@ -87,6 +90,7 @@ impl NodeConfig {
             partition: Partition::default(),
             alerts: None,
             audit_archive_dir: None,
+            trail: tollgate_store::StoreConfig::default(),
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct Node {
     pub addr: String,
     pub raft: Raft,
     pub applied: SharedApplied,
+    /// The audit trail and the remembered answers on disk.
+    pub trail: crate::trail::Trail,
     pub proposer: Proposer,
     pub auth: Auth,
     /// The live API keys, kept by the state machine; read by the authenticator.

@@ -41,12 +41,18 @@ async fn open_storage(config: &NodeConfig) -> anyhow::Result<(LogStore, StateMac
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     check_data_format(&config.data_dir)?;
     let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
-    // Restoring a large snapshot takes seconds of CPU: off the async runtime, which other
-    // nodes of a local cluster share.
+    // Restoring a large snapshot and opening the trail take seconds: off the async runtime,
+    // which other nodes of a local cluster share.
     let dir = config.data_dir.clone();
-    let state_machine = tokio::task::spawn_blocking(move || StateMachine::open(&dir))
-        .await
-        .context("opening the state machine")??;
+    let mut trail_config = config.trail.clone();
+    trail_config.dir = dir.join("trail");
+    let state_machine = tokio::task::spawn_blocking(move || {
+        let trail = crate::trail::Trail::open(trail_config)
+            .with_context(|| format!("opening the audit trail in {}", dir.display()))?;
+        StateMachine::open(&dir, trail)
+    })
+    .await
+    .context("opening the state machine")??;
     Ok((log_store, state_machine))
 }
 
@@ -77,6 +83,7 @@ impl RunningNode {
         let (log_store, state_machine) = open_storage(&config).await?;
         let applied = state_machine.shared();
         let keys = state_machine.keys();
+        let trail = state_machine.trail().clone();
 
         let tls = config.tls.as_ref();
         let client_server = crate::grpc::server(tls.map(NodeTls::client_server))
@@ -90,12 +97,18 @@ impl RunningNode {
         let raft = start_raft(&config, log_store, state_machine).await?;
         let initialised = stored_cluster_or_stop(&raft, &config.peers).await?;
 
-        let proposer = Proposer::start(raft.clone(), config.clock.clone(), applied.clone());
+        let proposer = Proposer::start(
+            raft.clone(),
+            config.clock.clone(),
+            applied.clone(),
+            trail.clone(),
+        );
         let node = Arc::new(Node {
             id: config.id,
             addr: member.addr.clone(),
             raft: raft.clone(),
             applied,
+            trail,
             proposer,
             auth: config.auth.clone(),
             keys,
@@ -120,6 +133,10 @@ impl RunningNode {
             let archive = crate::archive::archive_continuously(node.clone(), dir, stopped.clone());
             tasks.push(tokio::spawn(archive));
         }
+        let purge = crate::trail::purge_continuously(node.clone(), stopped.clone());
+        tasks.push(tokio::spawn(purge));
+        let copy = crate::trail::copy::copy_continuously(node.clone(), stopped.clone());
+        tasks.push(tokio::spawn(copy));
         tasks.push(tokio::spawn(tick(
             node.clone(),
             config.tick_interval,

@@ -298,6 +298,8 @@ async fn verify_cluster(ops: &Ops) -> anyhow::Result<()> {
             "ok": response.ok,
             "error": Some(&response.error).filter(|e| !e.is_empty()),
             "records_checked": response.records_checked,
+            "first_seq": response.first_seq,
+            "anchor": hex::encode(&response.anchor),
             "head_seq": response.head_seq,
             "head_hash": hash,
         }))?;
@@ -310,8 +312,13 @@ async fn verify_cluster(ops: &Ops) -> anyhow::Result<()> {
     }
     if !ops.json {
         out(&render::render_fields(&[
-            ("audit chain", "intact (verified on the leader)".into()),
+            (
+                "audit chain",
+                "intact from its anchor (verified on the leader's disk)".into(),
+            ),
             ("records checked", response.records_checked.to_string()),
+            ("first seq", response.first_seq.to_string()),
+            ("anchor", hex::encode(&response.anchor)),
             ("head seq", response.head_seq.to_string()),
             ("head hash", hash),
         ]))?;

@@ -244,6 +244,10 @@ fn status_text(answers: &[NodeAnswer]) -> String {
             members.join(", ")
         ));
     }
+    let trails: Vec<String> = answered.map(render::trail_line).collect();
+    if !trails.is_empty() {
+        text.push_str(&format!("\naudit trail on disk:\n{}\n", trails.join("\n")));
+    }
     if !notes.is_empty() {
         text.push('\n');
         text.push_str(&notes);

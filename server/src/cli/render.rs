@@ -524,7 +524,73 @@ pub fn status_json(asked_addr: &str, status: &v1::StatusResponse) -> Value {
         "chain_head_hash": hex::encode(&status.chain_head_hash),
         "reservations_in_flight": status.reservations_in_flight,
         "members": status.members.iter().map(member_json).collect::<Vec<_>>(),
+        "trail": {
+            "first_seq": status.trail_first_seq,
+            "last_seq": status.trail_last_seq,
+            "anchor": hex::encode(&status.trail_anchor),
+            "missing": status.trail_missing.iter().map(|r| json!([r.from, r.to])).collect::<Vec<_>>(),
+            "bytes": status.trail_bytes,
+            "retention_ms": status.audit_retention_ms,
+            "retention_configured_ms": status.audit_retention_configured_ms,
+        },
+        "answers": {
+            "horizon_ms": status.answer_horizon_ms,
+            "horizon_configured_ms": status.answer_horizon_configured_ms,
+            "bytes": status.answers_bytes,
+            "copying": status.answers_copying,
+        },
     })
+}
+
+/// A node's trail on disk in one line: its records, the anchor the oldest links to, what it
+/// is missing, its size, and the retention and exactly-once horizon in force (with the
+/// configured one where a size bound cut it short).
+pub fn trail_line(status: &v1::StatusResponse) -> String {
+    let in_force = |ms: u64, configured: u64| {
+        let shown = humantime::format_duration(std::time::Duration::from_secs(ms / 1_000));
+        if ms < configured {
+            let configured = std::time::Duration::from_secs(configured / 1_000);
+            format!(
+                "{shown} (cut by size from {})",
+                humantime::format_duration(configured)
+            )
+        } else {
+            shown.to_string()
+        }
+    };
+    let missing = if status.trail_missing.is_empty() {
+        "none".to_owned()
+    } else {
+        let ranges: Vec<String> = (status.trail_missing.iter())
+            .map(|r| format!("{}..={}", r.from, r.to))
+            .collect();
+        ranges.join(", ")
+    };
+    format!(
+        "node {}: records {}..={}, anchor {}, missing {missing}, {} MiB; retention {}; \
+         answers {} MiB, exactly-once horizon {}",
+        status.node_id,
+        status.trail_first_seq,
+        status.trail_last_seq,
+        chain_head_short(
+            status.trail_first_seq.saturating_sub(1),
+            &status.trail_anchor
+        ),
+        status.trail_bytes >> 20,
+        in_force(
+            status.audit_retention_ms,
+            status.audit_retention_configured_ms
+        ),
+        status.answers_bytes >> 20,
+        in_force(
+            status.answer_horizon_ms,
+            status.answer_horizon_configured_ms
+        ),
+    ) + if status.answers_copying {
+        " (copying answers from a peer)"
+    } else {
+        ""
+    }
 }
 
 /// An audit event (the ledger's `AuditEvent` as JSON) in one short line:

@@ -27,6 +27,8 @@ pub const AUDIT_PAGE_RECORDS_MAX: usize = 10_000;
 /// Records read from the ledger per step of an export stream, so that the read lock is held
 /// briefly however large the export.
 const AUDIT_EXPORT_CHUNK_RECORDS: usize = 1_000;
+/// Longest a trail read waits for the writer to store what was applied before it.
+const TRAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Longest a Freeze waits for the leases on its scope to end once it has applied: a lease
 /// renewed just before the freeze lives at most its TTL and grace, and is reclaimed by one
@@ -355,10 +357,12 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::AuditQueryResponse>, Status> {
         let caller = Caller::of(&request)?.clone();
         let filter = audit_filter(&caller, request.get_ref(), AUDIT_PAGE_RECORDS_MAX)?;
-        let records = read_linearizable(&self.node, &caller, |applied| {
-            Ok(applied.ledger.audit(&filter))
-        })
-        .await?;
+        trail_barrier(&self.node, &caller).await?;
+        let trail = self.node.trail.clone();
+        let records = tokio::task::spawn_blocking(move || trail.store().query(&filter))
+            .await
+            .map_err(|e| Status::internal(format!("audit query: {e}")))?
+            .map_err(|e| store_status(&e))?;
         Ok(Response::new(pb::AuditQueryResponse {
             records: records.iter().map(audit_record_to_pb).collect(),
         }))
@@ -375,21 +379,19 @@ impl pb::admin_server::Admin for AdminService {
         let mut remaining = filter.limit;
         // The barrier is taken once, before the first record: the export is at least as new as
         // the call, and pages after it follow the log as it grows.
-        read_linearizable(&self.node, &caller, |_| Ok(())).await?;
-        let node = self.node.clone();
+        trail_barrier(&self.node, &caller).await?;
+        let trail = self.node.trail.clone();
         let stream = async_stream_records(move || {
             if remaining == 0 {
-                return Vec::new();
+                return Ok(Vec::new());
             }
             filter.limit = remaining.min(AUDIT_EXPORT_CHUNK_RECORDS);
-            let page = crate::raft::state_machine::read_applied(&node.applied)
-                .ledger
-                .audit(&filter);
+            let page = trail.store().query(&filter).map_err(|e| store_status(&e))?;
             remaining = remaining.saturating_sub(page.len());
             if let Some(last) = page.last() {
                 filter.after_seq = Some(last.seq);
             }
-            page
+            Ok(page)
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -400,25 +402,31 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::AuditVerifyResponse>, Status> {
         let caller = Caller::of(&request)?.clone();
         caller.for_admin()?;
-        let response = read_linearizable(&self.node, &caller, |applied| {
-            let checked = applied.ledger.stats().audit_records_retained;
-            Ok(match applied.ledger.verify_audit() {
-                Ok(head) => pb::AuditVerifyResponse {
-                    ok: true,
-                    error: String::new(),
-                    head_seq: head.seq,
-                    head_hash: head.hash.to_vec(),
-                    records_checked: checked,
-                },
-                Err(error) => pb::AuditVerifyResponse {
-                    ok: false,
-                    error: error.to_string(),
-                    records_checked: checked,
-                    ..Default::default()
-                },
-            })
+        trail_barrier(&self.node, &caller).await?;
+        let trail = self.node.trail.clone();
+        let response = tokio::task::spawn_blocking(move || {
+            let state = trail.store().state();
+            let first_seq = state.first_seq.unwrap_or(0);
+            let checked = state.last_seq.map_or(0, |last| last + 1 - first_seq.max(1));
+            let verified = trail.store().verify();
+            let mut response = pb::AuditVerifyResponse {
+                records_checked: checked,
+                first_seq,
+                anchor: state.anchor.to_vec(),
+                ..Default::default()
+            };
+            match verified {
+                Ok(head) => {
+                    response.ok = true;
+                    response.head_seq = head.seq;
+                    response.head_hash = head.hash.to_vec();
+                }
+                Err(error) => response.error = error.to_string(),
+            }
+            response
         })
-        .await?;
+        .await
+        .map_err(|e| Status::internal(format!("audit verify: {e}")))?;
         Ok(Response::new(response))
     }
 
@@ -466,21 +474,52 @@ impl pb::admin_server::Admin for AdminService {
 /// Streams pages from `next_page` until an empty one; the bounded channel makes a slow reader
 /// slow the reading down instead of piling records up in memory.
 fn async_stream_records(
-    mut next_page: impl FnMut() -> Vec<AuditRecord> + Send + 'static,
+    mut next_page: impl FnMut() -> Result<Vec<AuditRecord>, Status> + Send + 'static,
 ) -> impl Stream<Item = Result<pb::AuditRecord, Status>> + Send {
     let (sender, receiver) = tokio::sync::mpsc::channel(AUDIT_EXPORT_CHUNK_RECORDS);
-    tokio::spawn(async move {
-        loop {
-            let page = next_page();
-            if page.is_empty() {
+    // Pages are read from the disk: on a blocking thread, which waits for the reader.
+    tokio::task::spawn_blocking(move || loop {
+        let page = match next_page() {
+            Ok(page) if page.is_empty() => return,
+            Ok(page) => page,
+            Err(status) => {
+                let _ = sender.blocking_send(Err(status));
                 return;
             }
-            for record in page {
-                if sender.send(Ok(audit_record_to_pb(&record))).await.is_err() {
-                    return; // the reader went away
-                }
+        };
+        for record in page {
+            if sender
+                .blocking_send(Ok(audit_record_to_pb(&record)))
+                .is_err()
+            {
+                return; // the reader went away
             }
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+/// Waits until what was applied before this call is in the trail on disk: the read index,
+/// then the writer. A trail read after it sees every decision acknowledged before.
+async fn trail_barrier(node: &Node, caller: &Caller) -> Result<(), Status> {
+    let head = read_linearizable(node, caller, |applied| Ok(applied.ledger.chain_head())).await?;
+    if node.trail.written_through(head.seq, TRAIL_WAIT).await {
+        Ok(())
+    } else {
+        Err(Status::unavailable(format!(
+            "the audit trail on disk has not reached seq {} within {TRAIL_WAIT:?}; retry",
+            head.seq
+        )))
+    }
+}
+
+/// A store's failure as the caller sees it: a missing range is a precondition (this node
+/// has not copied it yet, or it was never written), never an empty answer.
+fn store_status(error: &tollgate_store::StoreError) -> Status {
+    match error {
+        tollgate_store::StoreError::Missing { .. } => Status::failed_precondition(format!(
+            "{error}; `tollgate status` shows the missing ranges of each node"
+        )),
+        other => Status::internal(format!("audit trail: {other}")),
+    }
 }

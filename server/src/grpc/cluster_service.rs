@@ -261,6 +261,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         let quorum = quorum(&self.node.raft).await;
         let metrics = self.node.raft.metrics().borrow().clone();
         let role = role_of(metrics.state, quorum);
+        let trail = self.node.trail.store().state();
+        let config = self.node.trail.config();
         Ok(Response::new(pb::StatusResponse {
             node_id: self.node.id,
             addr: self.node.addr.clone(),
@@ -277,7 +279,19 @@ impl pb::cluster_server::Cluster for ClusterService {
             reservations_in_flight: stats.reservations_in_flight,
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
             quorum: quorum.reachable(),
-            ..Default::default()
+            trail_first_seq: trail.first_seq.unwrap_or(0),
+            trail_last_seq: trail.last_seq.unwrap_or(0),
+            trail_anchor: trail.anchor.to_vec(),
+            trail_missing: (trail.missing.iter())
+                .map(|&(from, to)| pb::SeqRange { from, to })
+                .collect(),
+            trail_bytes: trail.audit_bytes,
+            audit_retention_ms: trail.audit_retention_in_force_ms,
+            audit_retention_configured_ms: config.audit_retention_ms,
+            answer_horizon_ms: trail.answer_horizon_in_force_ms,
+            answer_horizon_configured_ms: config.answer_horizon_ms,
+            answers_bytes: trail.answers_bytes,
+            answers_copying: self.node.trail.answers_copying(),
         }))
     }
 

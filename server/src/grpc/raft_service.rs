@@ -14,6 +14,7 @@ use crate::node::Node;
 use crate::raft::guard::{self, Local};
 use crate::raft::NodeId;
 use crate::tls::{identity_of, CertIdentity};
+use crate::trail::copy;
 
 pub struct RaftService {
     pub node: Arc<Node>,
@@ -102,5 +103,19 @@ impl pb::raft_server::Raft for RaftService {
         let message = decode(request)?;
         guard::check_snapshot(&message, &local, peer)?;
         encode(&self.node.raft.install_snapshot(message).await)
+    }
+
+    async fn copy_trail(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        let local = self.local();
+        self.peer_node(&request, &local)?;
+        let ask: copy::CopyAsk = decode(request)?;
+        let store = self.node.trail.store().clone();
+        let page = tokio::task::spawn_blocking(move || copy::serve(&store, ask))
+            .await
+            .map_err(|e| Status::internal(format!("copying the trail: {e}")))?;
+        encode(&page)
     }
 }

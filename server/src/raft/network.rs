@@ -153,7 +153,7 @@ impl PeerConnection {
 
 /// A lazily connected channel to the peer listener at `addr` (`host:port`), over TLS when
 /// `tls` is set.
-fn peer_channel(
+pub(crate) fn peer_channel(
     addr: &str,
     tls: Option<ClientTlsConfig>,
 ) -> Result<Channel, tonic::transport::Error> {

@@ -115,12 +115,21 @@ impl Drop for Handle {
 #[derive(Clone)]
 pub struct Proposer {
     handle: Arc<Handle>,
+    raft: Raft,
+    clock: Clock,
+    /// Answers remembered on disk, beyond the ledger's memory (`crate::trail::remembered`).
+    trail: crate::trail::Trail,
 }
 
 impl Proposer {
     /// Starts the batching task; it ends when every `Proposer` clone is dropped. `applied`
     /// is read for each tenant's quota of queued commands.
-    pub fn start(raft: Raft, clock: Clock, applied: SharedApplied) -> Self {
+    pub fn start(
+        raft: Raft,
+        clock: Clock,
+        applied: SharedApplied,
+        trail: crate::trail::Trail,
+    ) -> Self {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 proposals: FairQueue::new(QUEUE_COMMANDS_MAX),
@@ -130,17 +139,69 @@ impl Proposer {
             closed: AtomicBool::new(false),
             applied,
         });
-        tokio::spawn(run(raft, clock, shared.clone()));
+        tokio::spawn(run(raft.clone(), clock.clone(), shared.clone()));
         Self {
             handle: Arc::new(Handle(shared)),
+            raft,
+            clock,
+            trail,
         }
     }
 
     pub async fn propose(&self, command: Command) -> Result<AppliedOutcome, ProposeError> {
+        if let Some(answered) = self.remembered(&command).await? {
+            return Ok(answered);
+        }
         let answer = enqueue(&self.handle.0, command)?;
         answer
             .await
             .unwrap_or_else(|_| Err(ProposeError::Raft("node is shutting down".into())))
+    }
+}
+
+impl Proposer {
+    /// The first answer to a retry the store remembers beyond the ledger's memory, found
+    /// without proposing. Only once this leader has applied every entry committed before its
+    /// term (its own first entry, blank): before that, a miss could be an answer not yet
+    /// applied here, so it first waits for the read index. A miss is then safe to propose:
+    /// an answer newer than what was applied is within the ledger's memory, which dedups it.
+    async fn remembered(&self, command: &Command) -> Result<Option<AppliedOutcome>, ProposeError> {
+        if command.request_id().is_none() || command.tenant().is_none() {
+            return Ok(None);
+        }
+        let (term, leader, id) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.current_term, metrics.current_leader, metrics.id)
+        };
+        if leader != Some(id) {
+            return Err(ProposeError::NotLeader { leader });
+        }
+        let caught_up = self.handle.0.applied.read().map(|a| a.blank_term >= term);
+        if !caught_up.unwrap_or(false) {
+            self.raft.ensure_linearizable().await.map_err(|e| match e {
+                RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
+                    ProposeError::NotLeader {
+                        leader: f.leader_id,
+                    }
+                }
+                other => ProposeError::Raft(other.to_string()),
+            })?;
+        }
+        let now_ms = self.clock.now_ms();
+        let found = crate::trail::remembered(&self.trail, command, now_ms);
+        if found.is_none() && self.trail.answers_copying() {
+            // Not found may mean not copied yet: executing it could charge a retry twice.
+            return Err(ProposeError::Raft(
+                "this node is still copying remembered answers from its peers; retry".into(),
+            ));
+        }
+        Ok(found.map(|(outcome, log_index)| AppliedOutcome {
+            outcome,
+            log_index,
+            term,
+            at_ms: now_ms,
+        }))
     }
 }
 

@@ -24,6 +24,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::{BatchOutcome, Member, NodeId, TypeConfig};
 use crate::auth::KeyIndex;
+use crate::trail::Trail;
 use tollgate_ledger::{Command, KeyId, Ledger, Outcome, SnapshotError};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -34,6 +35,12 @@ pub struct Applied {
     pub ledger: Ledger,
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, Member>,
+    /// The term of the last blank entry applied: a leader has applied every entry committed
+    /// before its term once this is its term (its first entry is blank), so what its store
+    /// does not remember was never answered (`crate::trail::remembered`).
+    pub blank_term: u64,
+    /// The newest audit record handed to the trail's writer.
+    pub trail_seq: u64,
 }
 
 impl Default for Applied {
@@ -42,6 +49,8 @@ impl Default for Applied {
             ledger: Ledger::new(),
             last_applied: None,
             membership: StoredMembership::default(),
+            blank_term: 0,
+            trail_seq: 0,
         }
     }
 }
@@ -145,6 +154,8 @@ pub struct StateMachine {
     /// The live API keys, for authentication; follows every key command and snapshot.
     keys: Arc<KeyIndex>,
     dir: PathBuf,
+    /// The audit records and answers on disk, written after every apply.
+    trail: Trail,
     /// The last log id of the snapshot in `snapshot.bin`; held while the file is replaced,
     /// so a build that finishes after a newer install never puts an older snapshot back.
     persisted: Arc<Mutex<Option<LogId<NodeId>>>>,
@@ -153,7 +164,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine in `dir`, restoring the ledger from the newest snapshot there.
     /// CPU-bound for a large snapshot: call it off the async runtime.
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+    pub fn open(dir: &Path, trail: Trail) -> anyhow::Result<Self> {
         sweep_temp_files(dir).map_err(|e| {
             anyhow::anyhow!("sweeping snapshot temp files in {}: {e}", dir.display())
         })?;
@@ -178,10 +189,12 @@ impl StateMachine {
         let persisted = applied.last_applied;
         let keys = Arc::new(KeyIndex::default());
         keys.rebuild(&applied.ledger);
+        catch_up_trail(&mut applied, &trail);
         Ok(Self {
             applied: Arc::new(RwLock::new(applied)),
             keys,
             dir: dir.to_path_buf(),
+            trail,
             persisted: Arc::new(Mutex::new(persisted)),
         })
     }
@@ -320,6 +333,64 @@ fn key_changed<'a>(command: &'a Command, outcome: &Outcome) -> Option<&'a KeyId>
     }
 }
 
+/// Hands the trail what the ledger holds beyond the store: after a restart, nothing (the
+/// store was flushed before the snapshot was written); after a snapshot was installed, or
+/// with a lost store, the records the ledger still holds in memory. Anything older is then
+/// a missing range of the store, which it reports and a peer fills.
+fn catch_up_trail(applied: &mut Applied, trail: &Trail) {
+    let stored = trail.store().state().last_seq.unwrap_or(0);
+    let head = applied.ledger.chain_head().seq;
+    if stored < head {
+        let records = crate::trail::records_after(&applied.ledger, stored);
+        trail.write(records, Vec::new());
+        trail.start_copying_answers();
+    }
+    applied.trail_seq = head;
+}
+
+impl StateMachine {
+    /// Applies one batch's commands in order; the answers to remember on disk go to `answers`.
+    fn apply_batch(
+        &self,
+        ledger: &mut Ledger,
+        batch: &super::Batch,
+        index: u64,
+        answers: &mut Vec<tollgate_store::AnswerRow>,
+    ) -> BatchOutcome {
+        let commands = &batch.commands;
+        let mut scratch = Vec::new();
+        let outcomes = commands
+            .iter()
+            .enumerate()
+            .map(|(i, command)| {
+                // The cache misses of the next commands overlap this one's.
+                ledger.prefetch_upcoming(commands.get(i + 1..).unwrap_or_default());
+                let answer = ledger.apply_at(batch.at_ms, index, command);
+                if let Some(key_id) = key_changed(command, &answer.0) {
+                    self.keys.refresh(ledger, key_id);
+                }
+                let (outcome, position) = (&answer.0, answer.1);
+                let at_ms = ledger.now_ms();
+                answers.extend(crate::trail::answer_row(
+                    &mut scratch,
+                    command,
+                    outcome,
+                    position,
+                    index,
+                    at_ms,
+                ));
+                answer
+            })
+            .collect();
+        crate::alerts::count_crossings(ledger.take_threshold_crossings());
+        BatchOutcome { outcomes }
+    }
+
+    pub fn trail(&self) -> &Trail {
+        &self.trail
+    }
+}
+
 pub fn read_applied(applied: &SharedApplied) -> std::sync::RwLockReadGuard<'_, Applied> {
     read_lock(applied)
 }
@@ -349,7 +420,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let bytes = encode_envelope(&meta, &applied.ledger);
                 (meta, bytes)
             };
-            let written = this.persist(meta.last_log_id, &bytes).map(|()| bytes);
+            // Once the snapshot is written the log before it may go, and with it the only
+            // way to write these records again: the store must hold them durably first.
+            let written = this
+                .trail
+                .flush()
+                .map_err(std::io::Error::other)
+                .and_then(|()| this.persist(meta.last_log_id, &bytes))
+                .map(|()| bytes);
             (meta, written)
         })
         .await
@@ -387,29 +465,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut applied = write_lock(&self.applied);
         let mut responses = Vec::new();
+        let mut answers = Vec::new();
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
-                EntryPayload::Blank => BatchOutcome::default(),
-                EntryPayload::Normal(batch) => {
-                    let commands = &batch.commands;
-                    let outcomes = commands
-                        .iter()
-                        .enumerate()
-                        .map(|(i, command)| {
-                            let ledger = &mut applied.ledger;
-                            // The cache misses of the next commands overlap this one's.
-                            ledger.prefetch_upcoming(commands.get(i + 1..).unwrap_or_default());
-                            let answer = ledger.apply_at(batch.at_ms, entry.log_id.index, command);
-                            if let Some(key_id) = key_changed(command, &answer.0) {
-                                self.keys.refresh(ledger, key_id);
-                            }
-                            answer
-                        })
-                        .collect();
-                    crate::alerts::count_crossings(applied.ledger.take_threshold_crossings());
-                    BatchOutcome { outcomes }
+                EntryPayload::Blank => {
+                    applied.blank_term = entry.log_id.leader_id.term;
+                    BatchOutcome::default()
                 }
+                EntryPayload::Normal(batch) => self.apply_batch(
+                    &mut applied.ledger,
+                    &batch,
+                    entry.log_id.index,
+                    &mut answers,
+                ),
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                     BatchOutcome::default()
@@ -417,6 +486,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             responses.push(outcome);
         }
+        let records = crate::trail::records_after(&applied.ledger, applied.trail_seq);
+        applied.trail_seq = applied.ledger.chain_head().seq;
+        drop(applied);
+        self.trail.write(records, answers);
         Ok(responses)
     }
 
@@ -488,7 +561,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.membership = meta.last_membership.clone();
             // Under the ledger's lock, so no apply runs between the ledger and its keys.
             self.keys.rebuild(&ledger);
-            std::mem::replace(&mut applied.ledger, ledger)
+            let replaced = std::mem::replace(&mut applied.ledger, ledger);
+            catch_up_trail(&mut applied, &self.trail);
+            replaced
         };
         // Freeing a large ledger takes a while: not under the lock, not on the runtime.
         tokio::task::spawn_blocking(move || drop(replaced));
@@ -572,8 +647,17 @@ mod tests {
     }
 
     /// A state machine in a fresh directory holding `ledger` at `meta`, not yet persisted.
+    /// A state machine in `dir`, with its trail in `dir/trail`.
+    fn open_machine(dir: &Path) -> anyhow::Result<StateMachine> {
+        let trail = Trail::open(tollgate_store::StoreConfig {
+            dir: dir.join("trail"),
+            ..Default::default()
+        })?;
+        StateMachine::open(dir, trail)
+    }
+
     fn machine(dir: &Path, ledger: Ledger, meta: &SnapshotMeta<NodeId, Member>) -> StateMachine {
-        let sm = StateMachine::open(dir).unwrap();
+        let sm = open_machine(dir).unwrap();
         {
             let mut applied = write_lock(&sm.applied);
             applied.ledger = ledger;
@@ -584,11 +668,16 @@ mod tests {
     }
 
     fn assert_no_temporary_files(dir: &Path) {
-        let names: Vec<_> = std::fs::read_dir(dir)
+        let mut names: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
-            .map(|entry| entry.unwrap().file_name())
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, [SNAPSHOT_FILE], "temporary files left behind");
+        names.sort();
+        assert_eq!(
+            names,
+            [SNAPSHOT_FILE, "trail"],
+            "temporary files left behind"
+        );
     }
 
     fn snapshot_data(bytes: Vec<u8>) -> Box<Cursor<Vec<u8>>> {
@@ -680,7 +769,7 @@ mod tests {
             std::fs::write(dir.path().join(name), b"half a snapshot").unwrap();
         }
 
-        let reopened = StateMachine::open(dir.path()).unwrap();
+        let reopened = open_machine(dir.path()).unwrap();
         assert_eq!(
             read_lock(&reopened.applied).last_applied,
             meta(10).last_log_id
@@ -692,7 +781,7 @@ mod tests {
         names.sort();
         let mut expected: Vec<_> = kept
             .iter()
-            .chain(&[SNAPSHOT_FILE])
+            .chain(&[SNAPSHOT_FILE, "trail"])
             .map(|n| n.to_string())
             .collect();
         expected.sort();
@@ -710,7 +799,7 @@ mod tests {
         assert_eq!(sent.snapshot.get_ref(), built.snapshot.get_ref());
 
         let follower_dir = tempfile::tempdir().unwrap();
-        let mut follower = StateMachine::open(follower_dir.path()).unwrap();
+        let mut follower = open_machine(follower_dir.path()).unwrap();
         assert!(follower.get_current_snapshot().await.unwrap().is_none());
         follower
             .install_snapshot(&sent.meta, sent.snapshot)
@@ -725,7 +814,7 @@ mod tests {
         }
         drop(follower);
 
-        let mut reopened = StateMachine::open(follower_dir.path()).unwrap();
+        let mut reopened = open_machine(follower_dir.path()).unwrap();
         assert_eq!(read_lock(&reopened.applied).ledger, expected);
         let (last, membership) = reopened.applied_state().await.unwrap();
         assert_eq!(last, meta(60).last_log_id);
@@ -771,7 +860,7 @@ mod tests {
     #[tokio::test]
     async fn an_older_snapshot_never_replaces_a_newer_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut node = StateMachine::open(dir.path()).unwrap();
+        let mut node = open_machine(dir.path()).unwrap();
         node.install_snapshot(
             &meta(40),
             snapshot_data(encode_envelope(&meta(40), &ledger(4))),
@@ -828,7 +917,7 @@ mod tests {
         assert_eq!(leader_ledger.apply(AT_MS + 11, &revoke), Outcome::Done);
 
         let dir = tempfile::tempdir().unwrap();
-        let mut follower = StateMachine::open(dir.path()).unwrap();
+        let mut follower = open_machine(dir.path()).unwrap();
         let auth = Auth::with_bootstrap_key(&crate::auth::new_bootstrap_key()).unwrap();
         let mut authenticator = Authenticator {
             auth: auth.clone(),
@@ -847,7 +936,7 @@ mod tests {
         assert!(!admits(&mut authenticator, &revoked.api_key));
         drop(follower);
 
-        let reopened = StateMachine::open(dir.path()).unwrap();
+        let reopened = open_machine(dir.path()).unwrap();
         let mut authenticator = Authenticator {
             auth,
             keys: reopened.keys(),

@@ -1,0 +1,382 @@
+//! The node's side of the trail on disk (`tollgate_store`): every audit record and every
+//! remembered answer the ledger produces, written in log order by one writer thread, so the
+//! apply path only hands them over; the purge by age and size; and the exactly-once lookup
+//! beyond the ledger's memory that the leader does before proposing.
+//!
+//! Every node writes, not only the leader: every replica applies the same log, so every
+//! store holds the same records and answers, and whichever node leads next serves them.
+//! Writes are not fsynced one by one: the Raft log is what makes a decision durable, and a
+//! restart re-applies the log after the snapshot, which rewrites the same records. So the
+//! store is made durable (`Trail::flush`) before a snapshot lets the log go.
+
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tollgate_ledger::{
+    AuditFilter, AuditRecord, Command, Ledger, Outcome, AUDIT_QUERY_RECORDS_MAX,
+};
+use tollgate_store::{Answer, AnswerRow, Store, StoreConfig, StoreError};
+
+pub mod copy;
+
+/// Batches of applied records and answers waiting for the writer. Apply blocks when it is
+/// full, so a slow disk slows the node down instead of growing memory without bound.
+const QUEUE_MESSAGES_MAX: usize = 64;
+/// Present while answers are still to be copied from a peer.
+const ANSWERS_COPYING_FILE: &str = "ANSWERS-COPYING";
+/// How often the store is purged by age and size.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the writer thread is asked to do, in order.
+enum Message {
+    Write {
+        records: Vec<AuditRecord>,
+        answers: Vec<AnswerRow>,
+    },
+    /// Everything before it written and fsynced: the result goes back on the channel.
+    Flush(SyncSender<Result<(), String>>),
+}
+
+/// The writer thread's queue; the last handle's drop closes it and waits for the thread to
+/// drain it, so the store is closed when the node is (a restart reopens it at once).
+struct Writer {
+    queue: Option<SyncSender<Message>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn send(&self, message: Message) -> Result<(), &'static str> {
+        let queue = self.queue.as_ref().ok_or("the trail writer has stopped")?;
+        queue
+            .send(message)
+            .map_err(|_| "the trail writer has stopped")
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The handle the state machine and the services share.
+#[derive(Clone)]
+pub struct Trail {
+    store: Store,
+    writer: Arc<Writer>,
+    /// The highest audit seq the writer has stored (or skipped over, see `Trail::write`).
+    written: watch::Receiver<u64>,
+    config: Arc<StoreConfig>,
+    /// Answers are still to be copied from a peer (`copy`): kept as a file in the store's
+    /// directory, so a restart goes on copying.
+    answers_copying: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Trail {
+    /// Opens the store and starts its writer. Blocking (the store replays its journal).
+    pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
+        let store = Store::open(config.clone())?;
+        let written_seq = store.state().last_seq.unwrap_or(0);
+        let copying = config.dir.join(ANSWERS_COPYING_FILE).exists();
+        let (written_tx, written) = watch::channel(written_seq);
+        let (queue, inbox) = sync_channel(QUEUE_MESSAGES_MAX);
+        let writer_store = store.clone();
+        let thread = std::thread::Builder::new()
+            .name("trail-writer".into())
+            .spawn(move || write_loop(&writer_store, &inbox, &written_tx))
+            .map_err(|e| StoreError::Engine(format!("starting the trail writer: {e}")))?;
+        Ok(Self {
+            store,
+            writer: Arc::new(Writer {
+                queue: Some(queue),
+                thread: Some(thread),
+            }),
+            written,
+            config: Arc::new(config),
+            answers_copying: Arc::new(std::sync::atomic::AtomicBool::new(copying)),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Hands records and answers to the writer, in log order. Blocks while the queue is full.
+    pub fn write(&self, records: Vec<AuditRecord>, answers: Vec<AnswerRow>) {
+        if records.is_empty() && answers.is_empty() {
+            return;
+        }
+        if let Err(error) = self.writer.send(Message::Write { records, answers }) {
+            tracing::error!("{error}: records are not stored");
+        }
+    }
+
+    /// Whether answers older than this node's ledger are still to be copied from a peer.
+    pub fn answers_copying(&self) -> bool {
+        self.answers_copying
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Notes that the ledger holds history this store never saw (it came by snapshot): the
+    /// answers of that history are to be copied from a peer. Blocking.
+    pub fn start_copying_answers(&self) {
+        let marker = self.config.dir.join(ANSWERS_COPYING_FILE);
+        if let Err(error) = std::fs::write(&marker, b"") {
+            tracing::error!(file = %marker.display(), "noting answers to copy: {error}");
+        }
+        self.answers_copying
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Every answer was copied (and is made durable first).
+    pub fn answers_copied(&self) -> Result<(), String> {
+        self.flush()?;
+        self.store.persist().map_err(|e| e.to_string())?;
+        let marker = self.config.dir.join(ANSWERS_COPYING_FILE);
+        match std::fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", marker.display())),
+        }
+        self.answers_copying
+            .store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits until everything handed over so far is written and fsynced. Blocking.
+    pub fn flush(&self) -> Result<(), String> {
+        let (done, result) = sync_channel(1);
+        self.writer.send(Message::Flush(done))?;
+        result
+            .recv()
+            .unwrap_or_else(|_| Err("the trail writer has stopped".to_string()))
+    }
+
+    /// Waits until the writer has stored the records up to `seq` (a query must see what was
+    /// applied before it), or `timeout` passes.
+    pub async fn written_through(&self, seq: u64, timeout: Duration) -> bool {
+        let mut written = self.written.clone();
+        let reached = tokio::time::timeout(timeout, written.wait_for(|written| *written >= seq))
+            .await
+            .is_ok_and(|waited| waited.is_ok());
+        reached
+    }
+}
+
+/// The writer: takes every waiting batch at once, so a busy node writes large batches.
+fn write_loop(store: &Store, inbox: &Receiver<Message>, written: &watch::Sender<u64>) {
+    loop {
+        let first = match inbox.recv_timeout(Duration::from_secs(1)) {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let (mut records, mut answers) = (Vec::new(), Vec::new());
+        let mut flush = None;
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Write {
+                    records: more_records,
+                    answers: more_answers,
+                } => {
+                    records.extend(more_records);
+                    answers.extend(more_answers);
+                }
+                Message::Flush(done) => {
+                    flush = Some(done);
+                    break;
+                }
+            }
+            next = match inbox.try_recv() {
+                Ok(message) => Some(message),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+            };
+        }
+        store_batch(store, &records, &answers, written);
+        if let Some(done) = flush {
+            let _ = done.send(store.persist().map_err(|e| e.to_string()));
+        }
+    }
+}
+
+/// Writes one batch. A failure is logged and counted; the records it held then show as a
+/// missing range in the store's state (the next write starts past them), never silently.
+fn store_batch(
+    store: &Store,
+    records: &[AuditRecord],
+    answers: &[AnswerRow],
+    written: &watch::Sender<u64>,
+) {
+    if records.is_empty() && answers.is_empty() {
+        return;
+    }
+    if let Err(error) = store.write(records, answers) {
+        metrics::counter!("tollgate_trail_write_errors_total").increment(1);
+        tracing::error!(records = records.len(), "writing the audit trail: {error}");
+    }
+    if let Some(last) = records.last() {
+        written.send_if_modified(|seq| {
+            let moved = last.seq > *seq;
+            *seq = (*seq).max(last.seq);
+            moved
+        });
+    }
+}
+
+/// The records the ledger appended after `after_seq`, oldest first: what an apply hands to
+/// the writer. Paged, since one entry may append many (a lease's settle).
+pub fn records_after(ledger: &Ledger, after_seq: u64) -> Vec<AuditRecord> {
+    let mut records = Vec::new();
+    let mut after = after_seq;
+    loop {
+        let page = ledger.audit(&AuditFilter {
+            after_seq: Some(after),
+            limit: AUDIT_QUERY_RECORDS_MAX,
+            ..AuditFilter::default()
+        });
+        let Some(last) = page.last() else {
+            return records;
+        };
+        after = last.seq;
+        let full = page.len() >= AUDIT_QUERY_RECORDS_MAX;
+        records.extend(page);
+        if !full {
+            return records;
+        }
+    }
+}
+
+/// The answer to remember on disk for `command`, if the ledger remembers it: a first answer
+/// (not a retry's) to a command with a tenant and a request id, that is not a rejection.
+pub fn answer_row(
+    scratch: &mut Vec<u8>,
+    command: &Command,
+    outcome: &Outcome,
+    position: u64,
+    entry_index: u64,
+    at_ms: u64,
+) -> Option<AnswerRow> {
+    let (tenant, request_id) = (command.tenant()?, command.request_id()?);
+    if position != entry_index || matches!(outcome, Outcome::Rejected(_)) {
+        return None;
+    }
+    Some(AnswerRow {
+        tenant: tenant.clone(),
+        request_id: request_id.clone(),
+        answer: Answer {
+            payload: tollgate_ledger::payload_hash(scratch, command),
+            at_ms,
+            position,
+            // Serializing plain data into a Vec has no failure mode but allocation.
+            outcome: postcard::to_allocvec(outcome).unwrap_or_default(),
+        },
+    })
+}
+
+/// What the leader answers, without proposing, to a retry the ledger no longer remembers
+/// but the store does: the first outcome and where it was given; or the refusal of a reused
+/// id (another payload). None: not remembered, so the command is proposed.
+pub fn remembered(trail: &Trail, command: &Command, now_ms: u64) -> Option<(Outcome, u64)> {
+    let (tenant, request_id) = (command.tenant()?, command.request_id()?);
+    let unreadable = || {
+        Outcome::Rejected(tollgate_ledger::Rejection::AnswerUnreadable {
+            request_id: request_id.clone(),
+        })
+    };
+    // A store that cannot be read refuses the retry: executing it again could charge twice.
+    let answer = match trail.store().answer(tenant, request_id, now_ms) {
+        Ok(answer) => answer?,
+        Err(error) => {
+            tracing::error!("reading a remembered answer: {error}");
+            return Some((unreadable(), 0));
+        }
+    };
+    let mut scratch = Vec::new();
+    if tollgate_ledger::payload_hash(&mut scratch, command) != answer.payload {
+        let reused = tollgate_ledger::Rejection::RequestIdReused {
+            tenant: tenant.clone(),
+            request_id: request_id.clone(),
+            first_at_ms: answer.at_ms,
+        };
+        return Some((Outcome::Rejected(reused), answer.position));
+    }
+    // An answer that does not decode is refused, never executed again as if new.
+    let outcome = postcard::from_bytes::<Outcome>(&answer.outcome).unwrap_or_else(|error| {
+        tracing::error!("a remembered answer does not decode: {error}");
+        unreadable()
+    });
+    Some((outcome, answer.position))
+}
+
+/// Purges the store by age and size every [`PURGE_INTERVAL`] until the node stops, against
+/// the ledger's time (the log's, so a moved clock moves retention too). A size bound that
+/// cuts retention or the exactly-once horizon short is logged each time it does, and shown
+/// by the gauges and `tollgate status`.
+pub async fn purge_continuously(node: Arc<crate::node::Node>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let now_ms = crate::raft::state_machine::read_applied(&node.applied)
+            .ledger
+            .now_ms();
+        let trail = node.trail.clone();
+        match tokio::task::spawn_blocking(move || purge_once(&trail, now_ms)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!("purging the audit trail: {error}"),
+            Err(join) => tracing::error!("purging the audit trail: {join}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PURGE_INTERVAL) => {}
+            _ = stopped.changed() => return,
+        }
+        if *stopped.borrow() {
+            return;
+        }
+    }
+}
+
+fn purge_once(trail: &Trail, now_ms: u64) -> Result<(), StoreError> {
+    let report = trail.store().purge(now_ms)?;
+    let state = trail.store().state();
+    let config = trail.config();
+    if report.size_forced_records {
+        tracing::warn!(
+            retention_ms = state.audit_retention_in_force_ms,
+            configured_ms = config.audit_retention_ms,
+            max_bytes = config.audit_max_bytes,
+            "the audit trail's size bound purged records younger than the retention"
+        );
+    }
+    if report.size_forced_answers {
+        tracing::warn!(
+            horizon_ms = state.answer_horizon_in_force_ms,
+            configured_ms = config.answer_horizon_ms,
+            max_bytes = config.answers_max_bytes,
+            "the size bound of remembered answers shortened the exactly-once horizon: \
+             a retry older than horizon_ms is now a new request"
+        );
+    }
+    metrics::gauge!("tollgate_trail_bytes").set(state.audit_bytes as f64);
+    metrics::gauge!("tollgate_answers_bytes").set(state.answers_bytes as f64);
+    metrics::gauge!("tollgate_audit_retention_seconds")
+        .set(state.audit_retention_in_force_ms as f64 / 1_000.0);
+    metrics::gauge!("tollgate_answer_horizon_seconds")
+        .set(state.answer_horizon_in_force_ms as f64 / 1_000.0);
+    let missing: u64 = state
+        .missing
+        .iter()
+        .map(|(from, to)| to.saturating_sub(*from).saturating_add(1))
+        .sum();
+    metrics::gauge!("tollgate_trail_missing_records").set(missing as f64);
+    metrics::counter!("tollgate_trail_records_purged_total").increment(report.records_purged);
+    metrics::counter!("tollgate_answers_purged_total").increment(report.answers_purged);
+    Ok(())
+}
