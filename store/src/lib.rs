@@ -53,9 +53,10 @@ pub struct StoreConfig {
     /// Answers older than this are purged and never returned: 24 hours.
     pub answer_horizon_ms: u64,
     /// Beyond this many bytes on disk the oldest answers are purged (and the horizon in
-    /// force shortens). An answer with a typical outcome takes about 60 bytes on disk
-    /// (`cargo bench -p tollgate-store --bench engines`), so 2,000 answers a second for 24
-    /// hours is about 10 GiB; the default, 24 GiB, leaves room for larger outcomes.
+    /// force shortens). An answer (a 16-36 byte request id, a ~60 byte value) takes about
+    /// 95 bytes on disk (`cargo bench -p tollgate-store --bench engines`), so 2,000 answers
+    /// a second for 24 hours is about 15 GiB; the default, 24 GiB, leaves half again as much
+    /// for longer ids and outcomes.
     pub answers_max_bytes: u64,
 }
 
@@ -294,11 +295,18 @@ impl Inner {
         records: bool,
         id: u64,
     ) -> Result<fjall::Keyspace, StoreError> {
-        Ok(self.db.keyspace(
-            &bucket_name(records, id),
-            fjall::KeyspaceCreateOptions::default,
-        )?)
+        Ok(self
+            .db
+            .keyspace(&bucket_name(records, id), bucket_options)?)
     }
+}
+
+/// Memtables of 8 MiB (fjall's default is 64): inserting into a memtable is a skiplist
+/// search whose cost grows with its size, and the apply path inserts several keys a record.
+const BUCKET_MEMTABLE_BYTES: u64 = 8 << 20;
+
+fn bucket_options() -> fjall::KeyspaceCreateOptions {
+    fjall::KeyspaceCreateOptions::default().max_memtable_size(BUCKET_MEMTABLE_BYTES)
 }
 
 fn open_buckets(
@@ -313,7 +321,7 @@ fn open_buckets(
             if !db.keyspace_exists(&name) {
                 return Err(StoreError::Corrupt(format!("bucket {name} is gone")));
             }
-            Ok(db.keyspace(&name, fjall::KeyspaceCreateOptions::default)?)
+            Ok(db.keyspace(&name, bucket_options)?)
         })
         .collect()
 }

@@ -233,7 +233,18 @@ fn retention_by_size_purges_the_oldest_and_keeps_disk_below_the_bound() {
     let records = chain(1, GENESIS_PREV_HASH, 20_000, 1, 8);
     write_all(&store, &records);
     assert!(store.state().audit_bytes > max_bytes);
+    let folders = || {
+        std::fs::read_dir(dir.path().join("trail").join("keyspaces"))
+            .unwrap()
+            .count()
+    };
+    let folders_before = folders();
     let report = store.purge(records.last().unwrap().at_ms).unwrap();
+    // The files of the purged buckets are gone, not merely marked: one folder is left for
+    // each kept bucket, the catalog and the engine's own.
+    let kept_buckets = store.inner.catalog().records.len();
+    assert!(folders_before > kept_buckets + 2);
+    assert_eq!(folders(), kept_buckets + 2);
     assert!(report.size_forced_records);
     assert!(report.records_purged > 0);
     let state = store.state();
