@@ -595,3 +595,43 @@ fn answers_page_through_every_answer_once() {
     assert_eq!(got, want);
     assert!(store.answers_page(Some(b"short"), 10).is_err());
 }
+
+#[test]
+fn readers_run_beside_the_writer_and_the_purge() {
+    fn shared<T: Send + Sync + Clone>(_: &T) {}
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, |c| c.audit_retention_ms = 16_000);
+    shared(&store);
+    let records = chain(1, GENESIS_PREV_HASH, 4_000, 10, 13);
+    let rows: Vec<AnswerRow> = records
+        .iter()
+        .map(|r| answer_row("t1", &format!("q{}", r.seq), r.at_ms))
+        .collect();
+    store.write(&records[..100], &rows[..100]).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut reads = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                let page = store.query(&AuditFilter {
+                    tenant: Some(TenantId::new("t1").unwrap()),
+                    limit: 50,
+                    ..AuditFilter::default()
+                });
+                assert!(page.is_ok(), "{page:?}");
+                let row = &rows[50];
+                assert!(store
+                    .answer(&row.tenant, &row.request_id, row.answer.at_ms)
+                    .is_ok());
+                reads += 1;
+            }
+        });
+        for (batch, answers) in records[100..].chunks(100).zip(rows[100..].chunks(100)) {
+            store.write(batch, answers).unwrap();
+            store.purge(batch[0].at_ms).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap();
+    });
+    assert_eq!(store.verify().unwrap().hash, records[3_999].hash);
+}
