@@ -295,18 +295,11 @@ impl Inner {
         records: bool,
         id: u64,
     ) -> Result<fjall::Keyspace, StoreError> {
-        Ok(self
-            .db
-            .keyspace(&bucket_name(records, id), bucket_options)?)
+        Ok(self.db.keyspace(
+            &bucket_name(records, id),
+            fjall::KeyspaceCreateOptions::default,
+        )?)
     }
-}
-
-/// Memtables of 8 MiB (fjall's default is 64): inserting into a memtable is a skiplist
-/// search whose cost grows with its size, and the apply path inserts several keys a record.
-const BUCKET_MEMTABLE_BYTES: u64 = 8 << 20;
-
-fn bucket_options() -> fjall::KeyspaceCreateOptions {
-    fjall::KeyspaceCreateOptions::default().max_memtable_size(BUCKET_MEMTABLE_BYTES)
 }
 
 fn open_buckets(
@@ -321,7 +314,7 @@ fn open_buckets(
             if !db.keyspace_exists(&name) {
                 return Err(StoreError::Corrupt(format!("bucket {name} is gone")));
             }
-            Ok(db.keyspace(&name, bucket_options)?)
+            Ok(db.keyspace(&name, fjall::KeyspaceCreateOptions::default)?)
         })
         .collect()
 }
