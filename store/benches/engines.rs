@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use tollgate_ledger::{
     AgentId, Amounts, AuditEvent, AuditRecord, RequestId, ReservationId, TenantId, ToolId,
 };
+use tollgate_store::{Answer, AnswerRow, Store, StoreConfig};
 
 /// Records per write batch: what one applied Raft entry batch yields at load.
 const BATCH: usize = 500;
@@ -28,6 +29,9 @@ struct Workload {
     /// (key, value) of the answer each record's request left.
     answers: Vec<(Vec<u8>, Vec<u8>)>,
     misses: Vec<Vec<u8>>,
+    /// The same records and answers as the store takes them.
+    audit: Vec<AuditRecord>,
+    rows: Vec<AnswerRow>,
 }
 
 fn request_key(rng: &mut impl Rng, tenant: &str) -> Vec<u8> {
@@ -42,6 +46,8 @@ fn workload(n: usize) -> Workload {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut records = Vec::with_capacity(n);
     let mut answers = Vec::with_capacity(n);
+    let mut audit = Vec::with_capacity(n);
+    let mut rows = Vec::with_capacity(n);
     let mut prev_hash = [0u8; 32];
     for i in 0..n {
         let seq = i as u64 + 1;
@@ -71,8 +77,21 @@ fn workload(n: usize) -> Workload {
         value.extend_from_slice(&record.at_ms.to_be_bytes());
         value.extend_from_slice(&seq.to_be_bytes());
         value.extend((0..28).map(|_| rng.random::<u8>() & 0x0f));
+        if let (Some(tenant), Some(request_id)) = (&record.tenant, &record.request_id) {
+            rows.push(AnswerRow {
+                tenant: tenant.clone(),
+                request_id: request_id.clone(),
+                answer: Answer {
+                    payload: rng.random(),
+                    at_ms: record.at_ms,
+                    position: seq,
+                    outcome: value[32..].to_vec(),
+                },
+            });
+        }
         records.push((seq, tenant.into_bytes(), record.at_ms, bytes));
         answers.push((key, value));
+        audit.push(record);
     }
     let misses = (0..LOOKUPS)
         .map(|_| request_key(&mut rng, "tenant-1"))
@@ -81,6 +100,8 @@ fn workload(n: usize) -> Workload {
         records,
         answers,
         misses,
+        audit,
+        rows,
     }
 }
 
@@ -123,6 +144,8 @@ trait Engine {
     fn reclaim(&mut self);
     /// Disk bytes that do not grow with the data (fjall's preallocated journal).
     fn fixed_bytes(&self) -> u64;
+    /// Disk bytes of the records with their index, and of the answers, if told apart.
+    fn split_bytes(&self) -> Option<(u64, u64)>;
 }
 
 struct Fjall {
@@ -208,6 +231,12 @@ impl Engine for Fjall {
     fn fixed_bytes(&self) -> u64 {
         self.db.journal_disk_space().unwrap_or(0)
     }
+
+    fn split_bytes(&self) -> Option<(u64, u64)> {
+        let sum =
+            |list: &[Option<fjall::Keyspace>]| list.iter().flatten().map(|k| k.disk_space()).sum();
+        Some((sum(&self.records), sum(&self.answers)))
+    }
 }
 
 const REDB_RECORDS: [&str; BUCKETS] = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7"];
@@ -290,6 +319,10 @@ impl Engine for Redb {
     fn fixed_bytes(&self) -> u64 {
         0
     }
+
+    fn split_bytes(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 struct Figures {
@@ -299,6 +332,7 @@ struct Figures {
     bytes_per_record: f64,
     fixed_bytes: u64,
     full_bytes: u64,
+    split_bytes: Option<(u64, u64)>,
     after_drop_bytes: u64,
     after_reclaim_bytes: u64,
 }
@@ -318,6 +352,7 @@ fn run(engine: &mut dyn Engine, w: &Workload, dir: &Path) -> Figures {
     let records_per_s = n as f64 / started.elapsed().as_secs_f64();
     engine.flush();
     let fixed_bytes = engine.fixed_bytes();
+    let split_bytes = engine.split_bytes();
     let full_bytes = dir_bytes(dir);
     let lookup_ns = |keys: &mut dyn Iterator<Item = &Vec<u8>>, expect: bool| {
         let started = Instant::now();
@@ -341,12 +376,52 @@ fn run(engine: &mut dyn Engine, w: &Workload, dir: &Path) -> Figures {
         records_per_s,
         miss_ns,
         hit_ns,
-        bytes_per_record: full_bytes.saturating_sub(fixed_bytes) as f64 / n as f64,
+        // Tables where the engine tells them apart (its journal is truncated only later).
+        bytes_per_record: split_bytes.map_or(full_bytes.saturating_sub(fixed_bytes), |(r, a)| r + a)
+            as f64
+            / n as f64,
         fixed_bytes,
         full_bytes,
+        split_bytes,
         after_drop_bytes,
         after_reclaim_bytes: dir_bytes(dir),
     }
+}
+
+/// The chosen engine behind the store's own API: records, both indexes and answers.
+fn run_store(w: &Workload) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig {
+        dir: dir.path().join("trail"),
+        ..StoreConfig::default()
+    };
+    let store = Store::open(config).expect("open the store");
+    let started = Instant::now();
+    for (records, rows) in w.audit.chunks(BATCH).zip(w.rows.chunks(BATCH)) {
+        store.write(records, rows).expect("store write");
+    }
+    let records_per_s = w.audit.len() as f64 / started.elapsed().as_secs_f64();
+    let now_ms = w.audit.last().map_or(0, |r| r.at_ms);
+    let tenant = TenantId::new("tenant-1").expect("tenant");
+    let started = Instant::now();
+    for key in &w.misses {
+        let id = RequestId::new(String::from_utf8_lossy(&key[9..])).expect("request id");
+        assert!(store.answer(&tenant, &id, now_ms).ok().flatten().is_none());
+    }
+    let miss_ns = started.elapsed().as_nanos() as f64 / w.misses.len().max(1) as f64;
+    let step = (w.rows.len() / LOOKUPS).max(1);
+    let started = Instant::now();
+    let mut hits = 0u32;
+    for row in w.rows.iter().step_by(step) {
+        assert!(store
+            .answer(&row.tenant, &row.request_id, now_ms)
+            .ok()
+            .flatten()
+            .is_some());
+        hits += 1;
+    }
+    let hit_ns = started.elapsed().as_nanos() as f64 / f64::from(hits.max(1));
+    println!("store: {records_per_s:>9.0} records/s  miss {miss_ns:>6.0} ns  hit {hit_ns:>6.0} ns  (records with both indexes, answers; one bucket each)");
 }
 
 fn main() {
@@ -360,6 +435,10 @@ fn main() {
         "{n} records, {:.0} B of postcard each, batches of {BATCH}, {BUCKETS} buckets",
         record_bytes as f64 / n as f64
     );
+    run_store(&w);
+    if std::env::var("TRAIL_BENCH_STORE_ONLY").is_ok() {
+        return;
+    }
     let fjall_dir = tempfile::tempdir().expect("tempdir");
     let mut fjall = Fjall::open(fjall_dir.path());
     let f = run(&mut fjall, &w, fjall_dir.path());
@@ -381,6 +460,13 @@ fn main() {
             "       disk: full {} B, oldest half dropped {} B, after reclaim {} B",
             x.full_bytes, x.after_drop_bytes, x.after_reclaim_bytes
         );
+        if let Some((records, answers)) = x.split_bytes {
+            println!(
+                "       records with their index {:.1} B/record, answers {:.1} B/answer",
+                records as f64 / n as f64,
+                answers as f64 / n as f64
+            );
+        }
     }
     println!(
         "fjall/redb: writes {:.2}x, miss {:.2}x, hit {:.2}x, bytes {:.2}x",

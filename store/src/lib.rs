@@ -53,9 +53,10 @@ pub struct StoreConfig {
     /// Answers older than this are purged and never returned: 24 hours.
     pub answer_horizon_ms: u64,
     /// Beyond this many bytes on disk the oldest answers are purged (and the horizon in
-    /// force shortens). An answer with a typical outcome takes about 60 bytes on disk
-    /// (`cargo bench -p tollgate-store --bench engines`), so 2,000 answers a second for 24
-    /// hours is about 10 GiB; the default, 24 GiB, leaves room for larger outcomes.
+    /// force shortens). An answer (a 16-36 byte request id, a ~60 byte value) takes about
+    /// 95 bytes on disk (`cargo bench -p tollgate-store --bench engines`), so 2,000 answers
+    /// a second for 24 hours is about 15 GiB; the default, 24 GiB, leaves half again as much
+    /// for longer ids and outcomes.
     pub answers_max_bytes: u64,
 }
 

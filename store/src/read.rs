@@ -67,6 +67,29 @@ pub(crate) fn bucket_bytes(meta: &BucketMeta, ks: &fjall::Keyspace) -> u64 {
     }
 }
 
+/// The first seq in `lo..=hi` of this bucket whose record is at or after `from_ms`, by
+/// binary search (time never runs backwards along the chain), so a query from a time does
+/// not read the whole bucket up to it.
+fn seek_time(ks: &fjall::Keyspace, lo: u64, hi: u64, from_ms: u64) -> Result<u64, StoreError> {
+    let (mut lo, mut hi) = (lo, hi);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        // The first stored record at or after `mid` (a bucket may hold a gap).
+        let Some(item) = ks.range(record_key(mid)..=record_key(hi)).next() else {
+            hi = mid;
+            continue;
+        };
+        let (key, value) = item.into_inner()?;
+        let seq = index_seq(&key)?;
+        if decode_record(seq, &value)?.at_ms < from_ms {
+            lo = seq.saturating_add(1);
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
 impl Catalog {
     pub(crate) fn record(&self, seq: u64) -> Result<Option<AuditRecord>, StoreError> {
         let Some(index) = self.bucket_index(seq) else {
@@ -85,7 +108,14 @@ impl Catalog {
         b: Bounds,
         out: &mut Vec<AuditRecord>,
     ) -> Result<(), StoreError> {
-        for item in ks.range(record_key(b.lo_seq)..=record_key(b.hi_seq)) {
+        let start = match b.from_ms {
+            0 => b.lo_seq,
+            from_ms => seek_time(ks, b.lo_seq, b.hi_seq, from_ms)?,
+        };
+        if start > b.hi_seq {
+            return Ok(());
+        }
+        for item in ks.range(record_key(start)..=record_key(b.hi_seq)) {
             let (key, value) = item.into_inner()?;
             let record = decode_record(index_seq(&key)?, &value)?;
             if record.at_ms > b.to_ms {

@@ -233,7 +233,18 @@ fn retention_by_size_purges_the_oldest_and_keeps_disk_below_the_bound() {
     let records = chain(1, GENESIS_PREV_HASH, 20_000, 1, 8);
     write_all(&store, &records);
     assert!(store.state().audit_bytes > max_bytes);
+    let folders = || {
+        std::fs::read_dir(dir.path().join("trail").join("keyspaces"))
+            .unwrap()
+            .count()
+    };
+    let folders_before = folders();
     let report = store.purge(records.last().unwrap().at_ms).unwrap();
+    // The files of the purged buckets are gone, not merely marked: one folder is left for
+    // each kept bucket, the catalog and the engine's own.
+    let kept_buckets = store.inner.catalog().records.len();
+    assert!(folders_before > kept_buckets + 2);
+    assert_eq!(folders(), kept_buckets + 2);
     assert!(report.size_forced_records);
     assert!(report.records_purged > 0);
     let state = store.state();
@@ -583,4 +594,44 @@ fn answers_page_through_every_answer_once() {
     got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(got, want);
     assert!(store.answers_page(Some(b"short"), 10).is_err());
+}
+
+#[test]
+fn readers_run_beside_the_writer_and_the_purge() {
+    fn shared<T: Send + Sync + Clone>(_: &T) {}
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, |c| c.audit_retention_ms = 16_000);
+    shared(&store);
+    let records = chain(1, GENESIS_PREV_HASH, 4_000, 10, 13);
+    let rows: Vec<AnswerRow> = records
+        .iter()
+        .map(|r| answer_row("t1", &format!("q{}", r.seq), r.at_ms))
+        .collect();
+    store.write(&records[..100], &rows[..100]).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut reads = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                let page = store.query(&AuditFilter {
+                    tenant: Some(TenantId::new("t1").unwrap()),
+                    limit: 50,
+                    ..AuditFilter::default()
+                });
+                assert!(page.is_ok(), "{page:?}");
+                let row = &rows[50];
+                assert!(store
+                    .answer(&row.tenant, &row.request_id, row.answer.at_ms)
+                    .is_ok());
+                reads += 1;
+            }
+        });
+        for (batch, answers) in records[100..].chunks(100).zip(rows[100..].chunks(100)) {
+            store.write(batch, answers).unwrap();
+            store.purge(batch[0].at_ms).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap();
+    });
+    assert_eq!(store.verify().unwrap().hash, records[3_999].hash);
 }
