@@ -9,6 +9,7 @@
 //! restart re-applies the log after the snapshot, which rewrites the same records. So the
 //! store is made durable (`Trail::flush`) before a snapshot lets the log go.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +75,12 @@ pub struct Trail {
     config: Arc<StoreConfig>,
     /// Answers are still to be copied from a peer (`copy`): kept as a file in the store's
     /// directory, so a restart goes on copying.
-    answers_copying: Arc<std::sync::atomic::AtomicBool>,
+    answers_copying: Arc<AtomicBool>,
+    /// The term of the last blank entry applied: a leader has applied every entry committed
+    /// before its term once this is its term (its first entry is blank), so what its store
+    /// does not remember was never answered (`remembered`). Outside the ledger's lock, so
+    /// the leader reads it without waiting for an apply.
+    blank_term: Arc<AtomicU64>,
 }
 
 impl Trail {
@@ -98,7 +104,8 @@ impl Trail {
             }),
             written,
             config: Arc::new(config),
-            answers_copying: Arc::new(std::sync::atomic::AtomicBool::new(copying)),
+            answers_copying: Arc::new(AtomicBool::new(copying)),
+            blank_term: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -120,10 +127,19 @@ impl Trail {
         }
     }
 
+    /// Notes that the blank entry of `term`'s leader was applied.
+    pub fn applied_blank(&self, term: u64) {
+        (self.blank_term).fetch_max(term, Ordering::AcqRel);
+    }
+
+    /// Whether every entry committed before `term` was applied here.
+    pub fn applied_before(&self, term: u64) -> bool {
+        self.blank_term.load(Ordering::Acquire) >= term
+    }
+
     /// Whether answers older than this node's ledger are still to be copied from a peer.
     pub fn answers_copying(&self) -> bool {
-        self.answers_copying
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.answers_copying.load(Ordering::Acquire)
     }
 
     /// Notes that the ledger holds history this store never saw (it came by snapshot): the
@@ -133,8 +149,7 @@ impl Trail {
         if let Err(error) = std::fs::write(&marker, b"") {
             tracing::error!(file = %marker.display(), "noting answers to copy: {error}");
         }
-        self.answers_copying
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.answers_copying.store(true, Ordering::Release);
     }
 
     /// Every answer was copied (and is made durable first).
@@ -147,8 +162,7 @@ impl Trail {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", marker.display())),
         }
-        self.answers_copying
-            .store(false, std::sync::atomic::Ordering::Release);
+        self.answers_copying.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -343,7 +357,9 @@ pub async fn purge_continuously(node: Arc<crate::node::Node>, mut stopped: watch
     }
 }
 
-fn purge_once(trail: &Trail, now_ms: u64) -> Result<(), StoreError> {
+/// One purge by age and size, with its log lines and gauges: what [`purge_continuously`]
+/// does every [`PURGE_INTERVAL`].
+pub fn purge_once(trail: &Trail, now_ms: u64) -> Result<(), StoreError> {
     let report = trail.store().purge(now_ms)?;
     let state = trail.store().state();
     let config = trail.config();

@@ -177,8 +177,7 @@ impl Proposer {
         if leader != Some(id) {
             return Err(ProposeError::NotLeader { leader });
         }
-        let caught_up = self.handle.0.applied.read().map(|a| a.blank_term >= term);
-        if !caught_up.unwrap_or(false) {
+        if !self.trail.applied_before(term) {
             self.raft.ensure_linearizable().await.map_err(|e| match e {
                 RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
                     ProposeError::NotLeader {

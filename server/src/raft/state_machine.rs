@@ -35,10 +35,6 @@ pub struct Applied {
     pub ledger: Ledger,
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, Member>,
-    /// The term of the last blank entry applied: a leader has applied every entry committed
-    /// before its term once this is its term (its first entry is blank), so what its store
-    /// does not remember was never answered (`crate::trail::remembered`).
-    pub blank_term: u64,
     /// The newest audit record handed to the trail's writer.
     pub trail_seq: u64,
 }
@@ -49,7 +45,6 @@ impl Default for Applied {
             ledger: Ledger::new(),
             last_applied: None,
             membership: StoredMembership::default(),
-            blank_term: 0,
             trail_seq: 0,
         }
     }
@@ -470,7 +465,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
                 EntryPayload::Blank => {
-                    applied.blank_term = entry.log_id.leader_id.term;
+                    self.trail.applied_blank(entry.log_id.leader_id.term);
                     BatchOutcome::default()
                 }
                 EntryPayload::Normal(batch) => self.apply_batch(
