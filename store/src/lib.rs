@@ -257,6 +257,13 @@ impl Store {
         self.inner.fill(records)
     }
 
+    /// Gives up the missing records before `seq`, which no peer keeps any longer (their
+    /// retention purged them): as if purged here. The trail then starts at the oldest
+    /// record stored, whose prev_hash is the anchor.
+    pub fn purged_by_peers(&self, seq: u64) -> Result<(), StoreError> {
+        self.inner.purged_by_peers(seq)
+    }
+
     /// Up to `max` (at most `ANSWERS_PAGE_MAX`) answers in key order after the cursor
     /// `after`, and the cursor of the next page (None: no more).
     pub fn answers_page(

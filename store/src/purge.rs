@@ -94,6 +94,22 @@ impl Inner {
         Ok(report)
     }
 
+    /// Records before `seq` that this store misses and no peer keeps any longer (their
+    /// retention purged them): they leave the missing ranges as if purged here, so the
+    /// trail starts at the oldest record copied, whose prev_hash is the anchor.
+    pub(crate) fn purged_by_peers(&self, seq: u64) -> Result<(), StoreError> {
+        let _writer = self.writer();
+        let mut txn = Txn::new(self);
+        let before = seq.saturating_sub(1);
+        let meta = &mut txn.cat.meta;
+        if meta.missing.iter().all(|&(from, _)| from > before) {
+            return Ok(());
+        }
+        remove_range(&mut meta.missing, 0, before);
+        meta.purged_to = meta.purged_to.max(before);
+        txn.commit()
+    }
+
     /// After dropping record buckets up to `newest`: the anchor is the prev_hash of the
     /// oldest kept record, or the hash of the newest dropped one if none is kept.
     fn move_anchor(

@@ -190,6 +190,29 @@ fn a_gap_is_never_silent_and_a_fill_closes_it() {
 }
 
 #[test]
+fn a_store_that_starts_mid_chain_gives_up_what_no_peer_keeps_and_verifies_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, |_| {});
+    let records = chain(1, GENESIS_PREV_HASH, 100, 10, 6);
+    // A node joined by snapshot: its ledger held records 71.. in memory.
+    store.write(&records[70..], &[]).unwrap();
+    assert_eq!(store.state().missing, vec![(1, 70)]);
+    // The peers' retention kept 41.. only: 1..=40 are given up, 41..=70 copied.
+    store.purged_by_peers(41).unwrap();
+    assert_eq!(store.state().missing, vec![(41, 70)]);
+    store.fill(&records[40..70]).unwrap();
+    let state = store.state();
+    assert!(state.missing.is_empty());
+    assert_eq!(state.first_seq, Some(41));
+    assert_eq!(state.anchor, records[39].hash);
+    assert_eq!(everything(&store).unwrap(), records[40..]);
+    assert_eq!(store.verify().unwrap().hash, records[99].hash);
+    // Giving up what is not missing changes nothing.
+    store.purged_by_peers(60).unwrap();
+    assert_eq!(store.state().first_seq, Some(41));
+}
+
+#[test]
 fn retention_by_age_purges_old_records_and_the_rest_still_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let retention_ms = 16_000;

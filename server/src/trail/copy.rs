@@ -48,7 +48,11 @@ pub struct WireAnswer {
 /// field), answers with the cursor of the next page.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum CopyPage {
-    Records(String),
+    /// `first_seq`: the oldest record the peer keeps (older ones its retention purged).
+    Records {
+        json: String,
+        first_seq: Option<u64>,
+    },
     Answers {
         rows: Vec<WireAnswer>,
         next: Option<Vec<u8>>,
@@ -67,9 +71,9 @@ pub fn serve(store: &Store, ask: CopyAsk) -> Result<CopyPage, String> {
                     ..AuditFilter::default()
                 })
                 .map_err(|e| e.to_string())?;
-            serde_json::to_string(&records)
-                .map(CopyPage::Records)
-                .map_err(|e| e.to_string())
+            let first_seq = store.state().first_seq;
+            let json = serde_json::to_string(&records).map_err(|e| e.to_string())?;
+            Ok(CopyPage::Records { json, first_seq })
         }
         CopyAsk::Answers { after } => {
             let (rows, next) = store
@@ -151,35 +155,54 @@ async fn copy_once(node: &Node) -> Result<(), String> {
 /// Every missing range, then every answer, from one peer.
 async fn copy_from(trail: &Trail, client: &mut PeerClient) -> Result<(), String> {
     for (from, to) in trail.store().state().missing {
-        let mut after_seq = from.saturating_sub(1);
-        while after_seq < to {
-            let page = ask(
-                client,
-                CopyAsk::Records {
-                    after_seq,
-                    to_seq: to,
-                },
-            )
-            .await?;
-            let CopyPage::Records(json) = page else {
-                return Err("the peer answered records with answers".into());
-            };
-            let records: Vec<AuditRecord> =
-                serde_json::from_str(&json).map_err(|e| format!("records: {e}"))?;
-            let Some(last) = records.last().map(|r| r.seq) else {
-                return Err(format!("the peer has no records after seq {after_seq}"));
-            };
-            let store = trail.store().clone();
-            tokio::task::spawn_blocking(move || store.fill(&records))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("records from seq {}: {e}", after_seq + 1))?;
-            after_seq = last;
-        }
+        copy_range(trail, client, from, to).await?;
         tracing::info!(from, to, "missing audit records copied from a peer");
     }
     if trail.answers_copying() {
         copy_answers(trail, client).await?;
+    }
+    Ok(())
+}
+
+/// The records `from..=to`, page by page. Those the peer's retention already purged are
+/// given up as purged here too: no node keeps them (an archive may).
+async fn copy_range(
+    trail: &Trail,
+    client: &mut PeerClient,
+    from: u64,
+    to: u64,
+) -> Result<(), String> {
+    let mut after_seq = from.saturating_sub(1);
+    while after_seq < to {
+        let page = ask(
+            client,
+            CopyAsk::Records {
+                after_seq,
+                to_seq: to,
+            },
+        )
+        .await?;
+        let CopyPage::Records { json, first_seq } = page else {
+            return Err("the peer answered records with answers".into());
+        };
+        let records: Vec<AuditRecord> =
+            serde_json::from_str(&json).map_err(|e| format!("records: {e}"))?;
+        let store = trail.store().clone();
+        let purged_to = first_seq.filter(|first| *first > after_seq + 1);
+        let last = records.last().map(|r| r.seq);
+        if last.is_none() && purged_to.is_none_or(|first| first <= to) {
+            return Err(format!("the peer has no records after seq {after_seq}"));
+        }
+        tokio::task::spawn_blocking(move || {
+            if let Some(first) = purged_to {
+                store.purged_by_peers(first)?;
+            }
+            store.fill(&records)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("records from seq {}: {e}", after_seq + 1))?;
+        after_seq = last.unwrap_or(to);
     }
     Ok(())
 }
