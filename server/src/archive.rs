@@ -6,7 +6,8 @@
 //! replica applies the same chain, so the copies are identical; no leadership hand-over can
 //! leave two writers on one directory or a gap between two leaders' archives, and the archive
 //! goes on while any node is up. The cost is one copy per node; give each node its own
-//! directory, never a shared one.
+//! directory, never a shared one. The node's trail is not purged while its archive is not
+//! current (`Trail::purge_after_archive`): no record leaves the disk unarchived.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,14 +41,22 @@ pub async fn archive_continuously(
         let step = tokio::task::spawn_blocking(move || {
             archive_step(&step_node, &step_dir, SEGMENT_RECORDS_DEFAULT)
         });
-        match step.await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(records)) => tracing::debug!(records, dir = %dir.display(), "audit archived"),
-            Ok(Err(error)) => {
-                tracing::error!(dir = %dir.display(), "audit archive failed: {error:#}")
+        let ok = match step.await {
+            Ok(Ok(0)) => true,
+            Ok(Ok(records)) => {
+                tracing::debug!(records, dir = %dir.display(), "audit archived");
+                true
             }
-            Err(join) => tracing::error!(dir = %dir.display(), "audit archive task: {join}"),
-        }
+            Ok(Err(error)) => {
+                tracing::error!(dir = %dir.display(), "audit archive failed: {error:#}");
+                false
+            }
+            Err(join) => {
+                tracing::error!(dir = %dir.display(), "audit archive task: {join}");
+                false
+            }
+        };
+        node.trail.archive_step_done(ok);
         tokio::select! {
             _ = tokio::time::sleep(ARCHIVE_INTERVAL) => {}
             _ = stopped.changed() => return,

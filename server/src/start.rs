@@ -130,6 +130,7 @@ impl RunningNode {
             tasks.push(tokio::spawn(alerts));
         }
         if let Some(dir) = config.audit_archive_dir.clone() {
+            node.trail.purge_after_archive();
             let archive = crate::archive::archive_continuously(node.clone(), dir, stopped.clone());
             tasks.push(tokio::spawn(archive));
         }

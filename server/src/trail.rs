@@ -81,6 +81,9 @@ pub struct Trail {
     /// does not remember was never answered (`remembered`). Outside the ledger's lock, so
     /// the leader reads it without waiting for an apply.
     blank_term: Arc<AtomicU64>,
+    /// With `--audit-archive-dir`: whether the archive's last step succeeded; the purge waits
+    /// for it, so no record leaves the disk before it is archived. Unset without an archive.
+    archived: Arc<std::sync::OnceLock<AtomicBool>>,
 }
 
 impl Trail {
@@ -106,6 +109,7 @@ impl Trail {
             config: Arc::new(config),
             answers_copying: Arc::new(AtomicBool::new(copying)),
             blank_term: Arc::new(AtomicU64::new(0)),
+            archived: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
@@ -125,6 +129,24 @@ impl Trail {
         if let Err(error) = self.writer.send(Message::Write { records, answers }) {
             tracing::error!("{error}: records are not stored");
         }
+    }
+
+    /// Makes the purge wait for the continuous archive (`crate::archive`): until its first
+    /// step succeeds, and whenever its last step failed.
+    pub fn purge_after_archive(&self) {
+        let _ = self.archived.set(AtomicBool::new(false));
+    }
+
+    /// The archive's step succeeded (or failed): what the purge waits on.
+    pub fn archive_step_done(&self, ok: bool) {
+        if let Some(archived) = self.archived.get() {
+            archived.store(ok, Ordering::Release);
+        }
+    }
+
+    /// Whether records may be purged: always without an archive, else once it is current.
+    fn purge_allowed(&self) -> bool {
+        (self.archived.get()).is_none_or(|archived| archived.load(Ordering::Acquire))
     }
 
     /// Notes that the blank entry of `term`'s leader was applied.
@@ -360,6 +382,13 @@ pub async fn purge_continuously(node: Arc<crate::node::Node>, mut stopped: watch
 /// One purge by age and size, with its log lines and gauges: what [`purge_continuously`]
 /// does every [`PURGE_INTERVAL`].
 pub fn purge_once(trail: &Trail, now_ms: u64) -> Result<(), StoreError> {
+    if !trail.purge_allowed() {
+        tracing::warn!(
+            "the audit trail is not purged while its archive is not current (see the archive's \
+             errors): it may grow past --audit-max-bytes"
+        );
+        return Ok(());
+    }
     let report = trail.store().purge(now_ms)?;
     let state = trail.store().state();
     let config = trail.config();
