@@ -825,7 +825,12 @@ fn damaged_snapshot_and_log_files_never_panic_a_starting_node() {
             reseal(&mut bytes);
         }
         std::fs::write(dir.path().join("snapshot.bin"), &bytes).expect("write");
-        let _ = tollgate_server::raft::state_machine::StateMachine::open(dir.path());
+        let trail = tollgate_server::trail::Trail::open(tollgate_store::StoreConfig {
+            dir: dir.path().join("trail"),
+            ..Default::default()
+        })
+        .expect("an empty trail opens");
+        let _ = tollgate_server::raft::state_machine::StateMachine::open(dir.path(), trail);
         let copy = dir.path().join("raft-log");
         std::fs::create_dir(&copy).expect("dir");
         let damaged = file.index(logs.len());

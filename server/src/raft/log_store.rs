@@ -49,8 +49,9 @@ const REPLAY_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// The encoding of what a data directory holds (log entries, vote, snapshots), written in
 /// `DATA_FORMAT_FILE` when the directory is first used. 2: members carry a peer address
 /// (`raft::Member`); a log of format 1 would not decode, or decode wrongly, so it is refused.
-/// 3: reserves and records carry a session.
-pub const DATA_FORMAT_VERSION: u32 = 3;
+/// 3: reserves and records carry a session. 4: the audit trail and the remembered answers
+/// live in `trail/`; a directory without it would miss them silently, so it is refused.
+pub const DATA_FORMAT_VERSION: u32 = 4;
 /// The file in a node's data directory that names its format.
 pub const DATA_FORMAT_FILE: &str = "FORMAT";
 
