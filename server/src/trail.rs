@@ -257,8 +257,11 @@ fn store_batch(
         return;
     }
     if let Err(error) = store.write(records, answers) {
+        // Not marked written: a query waiting for these records fails (UNAVAILABLE) rather
+        // than ending before them; the next write leaves them as a missing range.
         metrics::counter!("tollgate_trail_write_errors_total").increment(1);
         tracing::error!(records = records.len(), "writing the audit trail: {error}");
+        return;
     }
     if let Some(last) = records.last() {
         written.send_if_modified(|seq| {

@@ -395,7 +395,7 @@ fn run_store(w: &Workload) {
         dir: dir.path().join("trail"),
         ..StoreConfig::default()
     };
-    let store = Store::open(config).expect("open the store");
+    let store = Store::open(config.clone()).expect("open the store");
     let started = Instant::now();
     for (records, rows) in w.audit.chunks(BATCH).zip(w.rows.chunks(BATCH)) {
         store.write(records, rows).expect("store write");
@@ -422,6 +422,48 @@ fn run_store(w: &Workload) {
     }
     let hit_ns = started.elapsed().as_nanos() as f64 / f64::from(hits.max(1));
     println!("store: {records_per_s:>9.0} records/s  miss {miss_ns:>6.0} ns  hit {hit_ns:>6.0} ns  (records with both indexes, answers; one bucket each)");
+    drop(store);
+    // In a fresh process: this one's heap keeps what the first store freed, which would
+    // hide what a reopened store takes.
+    let child = std::process::Command::new(std::env::current_exe().expect("this bench"))
+        .env("TRAIL_BENCH_RESIDENT_DIR", &config.dir)
+        .env("TRAIL_BENCH_RECORDS", w.rows.len().to_string())
+        .output()
+        .expect("the resident-memory child runs");
+    print!("{}", String::from_utf8_lossy(&child.stdout));
+    eprint!("{}", String::from_utf8_lossy(&child.stderr));
+}
+
+/// What the store keeps in memory for what it holds: the resident set a reopened store adds
+/// once it has answered look-ups (filters, indexes and cached blocks it loaded), per answer.
+fn resident_after_reopen(w: &Workload, config: &StoreConfig) {
+    let now_ms = w.audit.last().map_or(0, |r| r.at_ms);
+    let before = resident_bytes();
+    let store = Store::open(config.clone()).expect("reopen the store");
+    let tenant = TenantId::new("tenant-1").expect("tenant");
+    for key in &w.misses {
+        let id = RequestId::new(String::from_utf8_lossy(&key[9..])).expect("request id");
+        let _ = store.answer(&tenant, &id, now_ms);
+    }
+    let step = (w.rows.len() / LOOKUPS).max(1);
+    for row in w.rows.iter().step_by(step) {
+        let _ = store.answer(&row.tenant, &row.request_id, now_ms);
+    }
+    let added = resident_bytes().saturating_sub(before);
+    println!(
+        "store: {added} B resident after a reopen and {} look-ups: {:.1} B per remembered answer",
+        w.misses.len() + w.rows.len() / step,
+        added as f64 / w.rows.len().max(1) as f64
+    );
+}
+
+/// This process's resident set (Linux; 0 elsewhere).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = (statm.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
 }
 
 fn main() {
@@ -430,6 +472,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(400_000usize);
     let w = workload(n);
+    if let Some(dir) = std::env::var_os("TRAIL_BENCH_RESIDENT_DIR") {
+        let config = StoreConfig {
+            dir: dir.into(),
+            ..StoreConfig::default()
+        };
+        return resident_after_reopen(&w, &config);
+    }
     let record_bytes: usize = w.records.iter().map(|r| r.3.len()).sum();
     println!(
         "{n} records, {:.0} B of postcard each, batches of {BATCH}, {BUCKETS} buckets",
