@@ -10,7 +10,7 @@
 //! store is made durable (`Trail::flush`) before a snapshot lets the log go.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -233,10 +233,7 @@ fn write_loop(store: &Store, inbox: &Receiver<Message>, written: &watch::Sender<
                     break;
                 }
             }
-            next = match inbox.try_recv() {
-                Ok(message) => Some(message),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-            };
+            next = inbox.try_recv().ok();
         }
         store_batch(store, &records, &answers, written);
         if let Some(done) = flush {
