@@ -312,12 +312,7 @@ impl ServeArgs {
     /// included): an error names what is wrong or missing.
     pub fn resolve(self) -> anyhow::Result<ServeConfig> {
         let mut file = read_file(self.config.as_ref())?;
-        let trail_file = FileTrail {
-            audit_retention: file.audit_retention.take(),
-            audit_max_bytes: file.audit_max_bytes.take(),
-            answer_horizon: file.answer_horizon.take(),
-            answers_max_bytes: file.answers_max_bytes.take(),
-        };
+        let (trail_flags, trail_file) = (TrailFlags::of(&self), FileTrail::take(&mut file));
         let Some(id) = self.id.or(file.id) else {
             bail!("node id missing: --id, TOLLGATE_ID or `id` in the config file");
         };
@@ -370,12 +365,6 @@ impl ServeArgs {
             insecure,
         )?;
         node.audit_archive_dir = self.audit_archive_dir.or(file.audit_archive_dir.take());
-        let trail_flags = TrailFlags {
-            audit_retention: self.audit_retention,
-            audit_max_bytes: self.audit_max_bytes,
-            answer_horizon: self.answer_horizon,
-            answers_max_bytes: self.answers_max_bytes,
-        };
         resolve_trail(&mut node.trail, &trail_flags, trail_file)?;
         let mut config = ServeConfig {
             node,
@@ -425,6 +414,55 @@ mod tests {
         assert_eq!(from_file.as_deref(), Some("http://collector:4317"));
         let from_flag = resolve(Some(file), Some("http://other:4317"));
         assert_eq!(from_flag.as_deref(), Some("http://other:4317"));
+    }
+
+    #[test]
+    fn trail_settings_come_from_the_flags_else_the_file_else_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "audit_retention = \"30d\"\nanswers_max_bytes = \"2GiB\"\nanswer_horizon = \"48h\"\n",
+        )
+        .unwrap();
+        let base = ServeArgs {
+            insecure: true,
+            ..args(dir.path())
+        };
+        let defaults = base.clone().resolve().unwrap().node.trail;
+        assert_eq!(defaults, tollgate_store::StoreConfig::default());
+        let trail = ServeArgs {
+            config: Some(file),
+            answer_horizon: Some(Duration::from_secs(36 * 3_600)),
+            audit_max_bytes: Some(parse_bytes("8GiB").unwrap()),
+            ..base.clone()
+        }
+        .resolve()
+        .unwrap()
+        .node
+        .trail;
+        assert_eq!(trail.audit_retention_ms, 30 * 86_400_000, "from the file");
+        assert_eq!(trail.answers_max_bytes, 2 << 30, "from the file");
+        assert_eq!(trail.answer_horizon_ms, 36 * 3_600_000, "the flag wins");
+        assert_eq!(trail.audit_max_bytes, 8 << 30, "the flag");
+        let short = ServeArgs {
+            answer_horizon: Some(Duration::from_secs(60)),
+            ..base
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(short.contains("--answer-horizon"), "{short}");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_bad_ones_are_named() {
+        assert_eq!(parse_bytes("16GiB"), Ok(16 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in ["", "0", "GiB", "12GB", "-1GiB", "99999999999TiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} is refused");
+        }
     }
 
     #[test]
@@ -658,6 +696,28 @@ struct FileTrail {
     audit_max_bytes: Option<String>,
     answer_horizon: Option<String>,
     answers_max_bytes: Option<String>,
+}
+
+impl FileTrail {
+    fn take(file: &mut FileConfig) -> Self {
+        Self {
+            audit_retention: file.audit_retention.take(),
+            audit_max_bytes: file.audit_max_bytes.take(),
+            answer_horizon: file.answer_horizon.take(),
+            answers_max_bytes: file.answers_max_bytes.take(),
+        }
+    }
+}
+
+impl TrailFlags {
+    fn of(flags: &ServeArgs) -> Self {
+        Self {
+            audit_retention: flags.audit_retention,
+            audit_max_bytes: flags.audit_max_bytes,
+            answer_horizon: flags.answer_horizon,
+            answers_max_bytes: flags.answers_max_bytes,
+        }
+    }
 }
 
 /// The trail's retention and horizon: flags first, then the file, else the defaults.
