@@ -277,6 +277,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             reservations_in_flight: stats.reservations_in_flight,
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
             quorum: quorum.reachable(),
+            // The trail's fields stay zero until the node keeps a trail on disk.
+            ..Default::default()
         }))
     }
 
