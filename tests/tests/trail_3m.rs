@@ -44,7 +44,8 @@ const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
 /// Longest any convergence may take (a learner copying millions of records included).
 const CATCH_UP_WAIT: Duration = Duration::from_secs(180);
 
-const FIRST_TENANT: &str = "t0";
+/// A tenant of its own, so that its usage moves only with the first record and its retries.
+const FIRST_TENANT: &str = "first";
 const FIRST_ID: &str = "first-record";
 const FIRST_SPEND: Amounts = Amounts::new(7, 0, 1);
 const TOOL: &str = "llm:gpt-x";
@@ -147,6 +148,7 @@ async fn first_record(client: &Client) -> First {
     for driver in 0..DRIVERS {
         tenant_with_budget(client, &format!("t{driver}"), tollgate_ledger::AMOUNT_MAX).await;
     }
+    tenant_with_budget(client, FIRST_TENANT, tollgate_ledger::AMOUNT_MAX).await;
     let applied = client
         .record_with_id(FIRST_ID.into(), FIRST_TENANT, "a0", TOOL, FIRST_SPEND)
         .await
