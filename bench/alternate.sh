@@ -86,8 +86,9 @@ log "new: the work tree at $(git -C "$ROOT" log -1 --format='%h %s')$(git -C "$R
 log "building new (release)"
 build "$ROOT" "$ALT/new"
 
-# One run: a fresh cluster of `which`'s build, the bench, then the figures. Prints
-# `pairs/s` and, for the new build, `bytes-of-trail decisions` on stdout's second line.
+# One run: a fresh cluster of `which`'s build, the bench, then the figures. Writes
+# `pairs/s` to $WORK/figures and, for the new build, `bytes-of-trail decisions` on its
+# second line. Runs in this shell (not a subshell), so the exit trap knows its servers.
 run() { # which index
   local bin="$ALT/$1" dir="$WORK/$1-$2" peers="" id
   mkdir -p "$dir"
@@ -114,7 +115,7 @@ run() { # which index
     --duration "$DURATION" --warmup "$WARMUP" --label "tollgate-$1" \
     --json "$dir/result.json" >"$dir/bench.out" 2>"$dir/bench.err" \
     || { cat "$dir/bench.err" >&2; return 1; }
-  jq -r '.[0].throughput_pairs_s' "$dir/result.json"
+  jq -r '.[0].throughput_pairs_s' "$dir/result.json" >"$WORK/figures"
   if [[ "$1" == new ]]; then
     local head trail_bytes
     head="$("$bin/tollgate" status --cluster "$endpoints" --api-key-file "$dir/admin.key" \
@@ -124,7 +125,7 @@ run() { # which index
     else
       trail_bytes=-1
     fi
-    echo "$trail_bytes $head"
+    echo "$trail_bytes $head" >>"$WORK/figures"
   fi
   stop_cluster
   rm -rf "$dir"
@@ -136,7 +137,8 @@ TRAIL_FIGURES=()
 for k in $(seq 1 "$RUNS"); do
   for which in old new; do
     log "run $k/$RUNS: $which, hot, $CLIENTS clients per call, ${DURATION} s"
-    mapfile -t out < <(run "$which" "$k")
+    run "$which" "$k"
+    mapfile -t out <"$WORK/figures"
     [[ ${#out[@]} -ge 1 ]] || { echo "run $which $k gave no figures" >&2; exit 1; }
     printf '%s run %d: %.0f pairs/s\n' "$which" "$k" "${out[0]}"
     if [[ "$which" == old ]]; then OLD_RATES+=("${out[0]}"); else NEW_RATES+=("${out[0]}"); fi
