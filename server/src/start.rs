@@ -318,6 +318,12 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
         install_snapshot_timeout: 30_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
         max_in_snapshot_log_to_keep: config.log_entries_kept_after_snapshot,
+        // openraft 0.9 gives one AppendEntries `heartbeat_interval` (100 ms) to be
+        // serialized, sent, fsynced and answered, and sends the same range again when it
+        // times out: at its default of 300 entries of up to BATCH_COMMANDS_MAX commands
+        // (~14 MB) a follower that fell behind under load never catches up. Eight entries
+        // (~400 KB) fit the interval on a loaded debug build.
+        max_payload_entries: 8,
         ..Default::default()
     }
     .validate()
