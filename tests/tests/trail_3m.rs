@@ -74,6 +74,8 @@ struct First {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "about 8 minutes on two cores; run it with: \
+            cargo test -p tollgate-tests --test trail_3m -- --ignored --nocapture"]
 async fn three_million_decisions_keep_their_trail_and_first_answers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut findings = Findings::default();
@@ -115,7 +117,7 @@ async fn three_million_decisions_keep_their_trail_and_first_answers() {
     eprintln!("phase (c) checks: {:.1} s", phase.elapsed().as_secs_f64());
 
     phase = Instant::now();
-    join_by_snapshot(&mut cluster, &client, &mut findings).await;
+    join_by_snapshot(&mut cluster, &client, &first, &mut findings).await;
     eprintln!("phase (d) learner: {:.1} s", phase.elapsed().as_secs_f64());
 
     cluster.shutdown().await;
@@ -465,7 +467,12 @@ async fn restart_all(cluster: &mut LocalCluster) {
 
 /// A fourth node joins as a learner; the leader's log was purged behind its snapshots, so
 /// it can only catch up by installing one. Once it has, its own trail holds every record.
-async fn join_by_snapshot(cluster: &mut LocalCluster, client: &Client, findings: &mut Findings) {
+async fn join_by_snapshot(
+    cluster: &mut LocalCluster,
+    client: &Client,
+    first: &First,
+    findings: &mut Findings,
+) {
     snapshot_and_purge(cluster).await;
     let leader = leader_status(cluster, client).await;
     let member = cluster.add_node(4).await.expect("node 4 starts");
@@ -484,6 +491,48 @@ async fn join_by_snapshot(cluster: &mut LocalCluster, client: &Client, findings:
         )
     });
     learner_trail_is_whole(client, &member.addr, &leader, findings).await;
+    learner_remembers_the_first_answer(cluster, first, &leader, findings).await;
+}
+
+/// In the learner's own store: once it has copied the answers from a peer, the first
+/// record's answer is there, at its first position, and the trail verifies to the head.
+async fn learner_remembers_the_first_answer(
+    cluster: &LocalCluster,
+    first: &First,
+    leader: &v1::StatusResponse,
+    findings: &mut Findings,
+) {
+    let learner = cluster.node(4).expect("node 4 runs").clone();
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    while learner.trail.answers_copying() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    findings.check(!learner.trail.answers_copying(), || {
+        "the learner is still copying answers".into()
+    });
+    let tenant = tollgate_ledger::TenantId::new(FIRST_TENANT).expect("tenant id");
+    let request = tollgate_ledger::RequestId::new(FIRST_ID).expect("request id");
+    let store = learner.trail.store().clone();
+    let now_ms = cluster.clock().now_ms();
+    let answer = store.answer(&tenant, &request, now_ms);
+    findings.check(
+        matches!(&answer, Ok(Some(a)) if a.position == first.applied.log_index),
+        || format!("the learner's answer to the first record: {answer:?}"),
+    );
+    let verified = tokio::task::spawn_blocking(move || store.verify())
+        .await
+        .expect("verify runs");
+    findings.check(
+        verified
+            .as_ref()
+            .is_ok_and(|head| head.seq == leader.chain_head_seq),
+        || {
+            format!(
+                "the learner's trail verifies to {verified:?}, the head is {}",
+                leader.chain_head_seq
+            )
+        },
+    );
 }
 
 /// The leader takes a snapshot of all it applied and purges its log up to it.
