@@ -6,18 +6,19 @@
 # clients per call (hot budget, no leases). Old, new, old, new, old, new: alternating
 # spreads drift of a shared machine (other work, thermal, page cache) over both builds.
 # Prints each run's pairs/s, then `new vs old: X.XX (median of 3 each)`, and the new build's
-# disk bytes per decision (du of a node's `trail` directory over the leader's audit head:
-# every decision writes one audit record).
+# trail bytes per decision (the leader's records and answers as its store counts them, over
+# its audit head: every decision writes one audit record; a run this short never leaves the
+# open bucket, counted before compression, so this is an upper bound).
 #
 #   bench/alternate.sh            # old = HEAD~1; ~3 minutes of runs after the builds
 #   bench/alternate.sh 3          # old = HEAD~3
 #   bench/alternate.sh v1.2       # old = any revision
 #   bench/alternate.sh 1 --duration 2 --warmup 0.5 --runs 1   # a quick check
 #
-# The builds share target/alternate/target (dependencies are compiled once, and the work
-# tree's own target/ stays free for other builds); each binary is copied out under
-# target/alternate/ as soon as it is built). Every process started here is stopped on exit,
-# and each run's data directory removed once measured.
+# Each side builds in its own target/alternate/target-{old,new} (the work tree's target/
+# stays free for other builds; a rerun rebuilds only what changed); each binary is copied
+# out under target/alternate/ as soon as it is built. Every process started here is stopped
+# on exit, and each run's data directory removed once measured.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -73,9 +74,12 @@ wait_port() { # host port seconds
 }
 
 build() { # source-dir out-dir
-  (cd "$1" && CARGO_TARGET_DIR="$ALT/target" cargo build --release -q \
+  # A target dir for each side: cargo names a workspace member's artifacts by its path
+  # inside the workspace, so the two checkouts' crates would overwrite each other's.
+  local target="$ALT/target-$(basename "$2")"
+  (cd "$1" && CARGO_TARGET_DIR="$target" cargo build --release -q \
     -p tollgate-server -p tollgate-sim)
-  cp "$ALT/target/release/tollgate" "$ALT/target/release/tollgate-sim" "$2/"
+  cp "$target/release/tollgate" "$target/release/tollgate-sim" "$2/"
 }
 
 log "old: $(git -C "$ROOT" log -1 --format='%h %s' "$OLD_REV")"
@@ -90,8 +94,9 @@ log "new: the work tree at $(git -C "$ROOT" log -1 --format='%h %s')$(git -C "$R
 log "building new (release)"
 build "$ROOT" "$ALT/new"
 
-# One run: a fresh cluster of `which`'s build, the bench, then the figures. Prints
-# `pairs/s` and, for the new build, `bytes-of-trail decisions` on stdout's second line.
+# One run: a fresh cluster of `which`'s build, the bench, then the figures. Writes
+# `pairs/s` to $WORK/figures and, for the new build, `bytes-of-trail decisions` on its
+# second line. Runs in this shell (not a subshell), so the exit trap knows its servers.
 run() { # which index
   local bin="$ALT/$1" dir="$WORK/$1-$2" peers="" id
   mkdir -p "$dir"
@@ -118,17 +123,15 @@ run() { # which index
     --duration "$DURATION" --warmup "$WARMUP" --label "tollgate-$1" \
     --json "$dir/result.json" >"$dir/bench.out" 2>"$dir/bench.err" \
     || { cat "$dir/bench.err" >&2; return 1; }
-  jq -r '.[0].throughput_pairs_s' "$dir/result.json"
+  jq -r '.[0].throughput_pairs_s' "$dir/result.json" >"$WORK/figures"
   if [[ "$1" == new ]]; then
-    local head trail_bytes
-    head="$("$bin/tollgate" status --cluster "$endpoints" --api-key-file "$dir/admin.key" \
-      --json | jq '[.. | objects | .chain_head_seq? // empty] | max')"
-    if [[ -d "$dir/node-1/trail" ]]; then
-      trail_bytes="$(du -sb "$dir/node-1/trail" | cut -f1)"
-    else
-      trail_bytes=-1
-    fi
-    echo "$trail_bytes $head"
+    local status head trail_bytes
+    status="$("$bin/tollgate" status --cluster "$endpoints" --api-key-file "$dir/admin.key" \
+      --json)"
+    head="$(jq '[.. | objects | .chain_head_seq? // empty] | max' <<<"$status")"
+    trail_bytes="$(jq '[.[] | select(.role == "leader") | (.trail.bytes // -1) + (.answers.bytes // 0)]
+      | first // -1' <<<"$status")"
+    echo "$trail_bytes $head" >>"$WORK/figures"
   fi
   stop_cluster
   rm -rf "$dir"
@@ -140,7 +143,8 @@ TRAIL_FIGURES=()
 for k in $(seq 1 "$RUNS"); do
   for which in old new; do
     log "run $k/$RUNS: $which, hot, $CLIENTS clients per call, ${DURATION} s"
-    mapfile -t out < <(run "$which" "$k")
+    run "$which" "$k"
+    mapfile -t out <"$WORK/figures"
     [[ ${#out[@]} -ge 1 ]] || { echo "run $which $k gave no figures" >&2; exit 1; }
     printf '%s run %d: %.0f pairs/s\n' "$which" "$k" "${out[0]}"
     if [[ "$which" == old ]]; then OLD_RATES+=("${out[0]}"); else NEW_RATES+=("${out[0]}"); fi
@@ -155,10 +159,10 @@ NEW_MEDIAN="$(median "${NEW_RATES[@]}")"
 for figures in "${TRAIL_FIGURES[@]}"; do
   read -r bytes decisions <<<"$figures"
   if [[ "$bytes" -lt 0 ]]; then
-    echo "new build: no trail directory in the data dir (this build keeps no trail on disk)"
+    echo "new build: its status shows no trail (this build keeps no trail on disk)"
   elif [[ "$decisions" -gt 0 ]]; then
     awk -v b="$bytes" -v d="$decisions" \
-      'BEGIN { printf "new build: trail %d bytes for %d decisions: %.1f bytes per decision\n", b, d, b / d }'
+      'BEGIN { printf "new build: trail %d bytes for %d decisions: %.1f bytes per decision (upper bound)\n", b, d, b / d }'
   fi
 done
 log "load: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores shared with other work)"
