@@ -6,8 +6,9 @@
 //! Every node writes, not only the leader: every replica applies the same log, so every
 //! store holds the same records and answers, and whichever node leads next serves them.
 //! Writes are not fsynced one by one: the Raft log is what makes a decision durable, and a
-//! restart re-applies the log after the snapshot, which rewrites the same records. So the
-//! store is made durable (`Trail::flush`) before a snapshot lets the log go.
+//! restart re-applies the log after the snapshot, which recomputes the same records (those
+//! the store lost are written again). So the store is made durable (`Trail::flush`) before a
+//! snapshot lets the log go.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tollgate_ledger::{
-    AuditFilter, AuditRecord, Command, Ledger, Outcome, AUDIT_QUERY_RECORDS_MAX,
+    AuditFilter, AuditRecord, Command, Ledger, Outcome, AUDIT_QUERY_RECORDS_MAX, DEDUP_WINDOW_MS,
 };
 use tollgate_store::{Answer, AnswerRow, Store, StoreConfig, StoreError};
 
@@ -27,14 +28,21 @@ pub mod copy;
 const QUEUE_MESSAGES_MAX: usize = 64;
 /// Present while answers are still to be copied from a peer.
 const ANSWERS_COPYING_FILE: &str = "ANSWERS-COPYING";
+/// Margin, within the ledger's memory of answers, for a retry to reach the log after the
+/// leader looked it up: a leader's entries are stamped seconds apart at most.
+const RETRY_MARGIN_MS: u64 = 60_000;
 /// How often the store is purged by age and size.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What the writer thread is asked to do, in order.
 enum Message {
+    /// `number`: how many writes were handed over, this one included; `at_ms`: the ledger's
+    /// time when they were applied.
     Write {
         records: Vec<AuditRecord>,
         answers: Vec<AnswerRow>,
+        number: u64,
+        at_ms: u64,
     },
     /// Everything before it written and fsynced: the result goes back on the channel.
     Flush(SyncSender<Result<(), String>>),
@@ -72,6 +80,11 @@ pub struct Trail {
     writer: Arc<Writer>,
     /// The highest audit seq the writer has stored (or skipped over, see `Trail::write`).
     written: watch::Receiver<u64>,
+    /// Writes handed over so far, and (from the writer) the writes done with the ledger time
+    /// of the last: the leader's look-up waits for what the ledger may have forgotten
+    /// (`Trail::caught_up`).
+    handed: Arc<AtomicU64>,
+    done: watch::Receiver<(u64, u64)>,
     config: Arc<StoreConfig>,
     /// Answers are still to be copied from a peer (`copy`): kept as a file in the store's
     /// directory, so a restart goes on copying.
@@ -93,11 +106,12 @@ impl Trail {
         let written_seq = store.state().last_seq.unwrap_or(0);
         let copying = config.dir.join(ANSWERS_COPYING_FILE).exists();
         let (written_tx, written) = watch::channel(written_seq);
+        let (done_tx, done) = watch::channel((0, 0));
         let (queue, inbox) = sync_channel(QUEUE_MESSAGES_MAX);
         let writer_store = store.clone();
         let thread = std::thread::Builder::new()
             .name("trail-writer".into())
-            .spawn(move || write_loop(&writer_store, &inbox, &written_tx))
+            .spawn(move || write_loop(&writer_store, &inbox, &written_tx, &done_tx))
             .map_err(|e| StoreError::Engine(format!("starting the trail writer: {e}")))?;
         Ok(Self {
             store,
@@ -106,6 +120,8 @@ impl Trail {
                 thread: Some(thread),
             }),
             written,
+            handed: Arc::new(AtomicU64::new(0)),
+            done,
             config: Arc::new(config),
             answers_copying: Arc::new(AtomicBool::new(copying)),
             blank_term: Arc::new(AtomicU64::new(0)),
@@ -122,11 +138,18 @@ impl Trail {
     }
 
     /// Hands records and answers to the writer, in log order. Blocks while the queue is full.
-    pub fn write(&self, records: Vec<AuditRecord>, answers: Vec<AnswerRow>) {
+    pub fn write(&self, records: Vec<AuditRecord>, answers: Vec<AnswerRow>, at_ms: u64) {
         if records.is_empty() && answers.is_empty() {
             return;
         }
-        if let Err(error) = self.writer.send(Message::Write { records, answers }) {
+        let number = self.handed.fetch_add(1, Ordering::AcqRel) + 1;
+        let message = Message::Write {
+            records,
+            answers,
+            number,
+            at_ms,
+        };
+        if let Err(error) = self.writer.send(message) {
             tracing::error!("{error}: records are not stored");
         }
     }
@@ -197,6 +220,24 @@ impl Trail {
             .unwrap_or_else(|_| Err("the trail writer has stopped".to_string()))
     }
 
+    /// Whether a look-up at `now_ms` sees every answer the ledger may no longer remember:
+    /// true at once if the writer is done, or behind by less than the ledger's memory less
+    /// a margin for the retry's own way to the log (what it has not stored yet is then still
+    /// remembered by the ledger); else once what was handed before this call is stored, or
+    /// false after `timeout`.
+    pub async fn caught_up(&self, now_ms: u64, timeout: Duration) -> bool {
+        let handed = self.handed.load(Ordering::Acquire);
+        let (done, done_at_ms) = *self.done.borrow();
+        let remembered_until = done_at_ms.saturating_add(DEDUP_WINDOW_MS - RETRY_MARGIN_MS);
+        if done >= handed || remembered_until > now_ms {
+            return true;
+        }
+        let mut watch = self.done.clone();
+        tokio::time::timeout(timeout, watch.wait_for(|(done, _)| *done >= handed))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
+    }
+
     /// Waits until the writer has stored the records up to `seq` (a query must see what was
     /// applied before it), or `timeout` passes.
     pub async fn written_through(&self, seq: u64, timeout: Duration) -> bool {
@@ -209,7 +250,12 @@ impl Trail {
 }
 
 /// The writer: takes every waiting batch at once, so a busy node writes large batches.
-fn write_loop(store: &Store, inbox: &Receiver<Message>, written: &watch::Sender<u64>) {
+fn write_loop(
+    store: &Store,
+    inbox: &Receiver<Message>,
+    written: &watch::Sender<u64>,
+    done: &watch::Sender<(u64, u64)>,
+) {
     loop {
         let first = match inbox.recv_timeout(Duration::from_secs(1)) {
             Ok(message) => message,
@@ -217,16 +263,19 @@ fn write_loop(store: &Store, inbox: &Receiver<Message>, written: &watch::Sender<
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let (mut records, mut answers) = (Vec::new(), Vec::new());
-        let mut flush = None;
+        let (mut flush, mut last) = (None, None);
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
                 Message::Write {
                     records: more_records,
                     answers: more_answers,
+                    number,
+                    at_ms,
                 } => {
                     records.extend(more_records);
                     answers.extend(more_answers);
+                    last = Some((number, at_ms));
                 }
                 Message::Flush(done) => {
                     flush = Some(done);
@@ -236,6 +285,11 @@ fn write_loop(store: &Store, inbox: &Receiver<Message>, written: &watch::Sender<
             next = inbox.try_recv().ok();
         }
         store_batch(store, &records, &answers, written);
+        // Counted even when the write failed (logged and counted there): a look-up must not
+        // wait for ever on a broken disk.
+        if let Some(last) = last {
+            done.send_replace(last);
+        }
         if let Some(done) = flush {
             let _ = done.send(store.persist().map_err(|e| e.to_string()));
         }

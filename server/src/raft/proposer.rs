@@ -25,6 +25,8 @@ use tollgate_ledger::{
 /// Commands waiting to be proposed; a full queue answers "overloaded" at once rather than
 /// letting latency grow without bound.
 pub const QUEUE_COMMANDS_MAX: usize = 16_384;
+/// Longest a look-up of a remembered answer waits for the trail's writer.
+const TRAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Commands in one Raft entry.
 pub const BATCH_COMMANDS_MAX: usize = 1_024;
 // A client's full `Tollgate.Batch` fits one entry, and a tenant's default quota of queued
@@ -188,6 +190,12 @@ impl Proposer {
             })?;
         }
         let now_ms = self.clock.now_ms();
+        // Answers applied but not yet on disk must still be in the ledger's memory.
+        if !self.trail.caught_up(now_ms, TRAIL_WAIT).await {
+            return Err(ProposeError::Raft(
+                "the trail on disk is behind what was applied; retry".into(),
+            ));
+        }
         let found = crate::trail::remembered(&self.trail, command, now_ms);
         if found.is_none() && self.trail.answers_copying() {
             // Not found may mean not copied yet: executing it could charge a retry twice.

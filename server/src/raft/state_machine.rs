@@ -332,15 +332,20 @@ fn key_changed<'a>(command: &'a Command, outcome: &Outcome) -> Option<&'a KeyId>
 /// store was flushed before the snapshot was written); after a snapshot was installed, or
 /// with a lost store, the records the ledger still holds in memory. Anything older is then
 /// a missing range of the store, which it reports and a peer fills.
+///
+/// After a restart the store may also hold records past the snapshot, written before the
+/// stop: the log's replay recomputes exactly those (the ledger is deterministic), so they
+/// are not handed over again; checking each against the disk made a restart read back every
+/// record of the replay.
 fn catch_up_trail(applied: &mut Applied, trail: &Trail) {
     let stored = trail.store().state().last_seq.unwrap_or(0);
     let head = applied.ledger.chain_head().seq;
     if stored < head {
         let records = crate::trail::records_after(&applied.ledger, stored);
-        trail.write(records, Vec::new());
+        trail.write(records, Vec::new(), applied.ledger.now_ms());
         trail.start_copying_answers();
     }
-    applied.trail_seq = head;
+    applied.trail_seq = head.max(stored);
 }
 
 impl StateMachine {
@@ -482,9 +487,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             responses.push(outcome);
         }
         let records = crate::trail::records_after(&applied.ledger, applied.trail_seq);
-        applied.trail_seq = applied.ledger.chain_head().seq;
+        applied.trail_seq = applied.trail_seq.max(applied.ledger.chain_head().seq);
+        let at_ms = applied.ledger.now_ms();
         drop(applied);
-        self.trail.write(records, answers);
+        self.trail.write(records, answers, at_ms);
         Ok(responses)
     }
 
