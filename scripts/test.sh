@@ -3,6 +3,9 @@
 # One `cargo build` of the workspace serves every step after it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A clean build is not helped by incremental caches, which would take gigabytes of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | tail -1 | awk '{print "disk free at the start: " $4}'
 
 echo "== format and lints"
 cargo fmt --all -- --check
