@@ -12,7 +12,8 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use tollgate_ledger::{AuditError, RequestId, TenantId};
 
@@ -161,6 +162,43 @@ pub(crate) struct Inner {
     writer: Mutex<()>,
     /// The catalog readers see; swapped whole after each commit.
     catalog: RwLock<Arc<Catalog>>,
+    /// Last, so it is dropped after every handle on the engine's files.
+    closed: SignalOnDrop,
+}
+
+/// Tells [`StoreClosed`] waiters, when dropped, that the store's files are closed.
+struct SignalOnDrop(Arc<(Mutex<bool>, Condvar)>);
+
+impl Drop for SignalOnDrop {
+    fn drop(&mut self) {
+        let (closed, changed) = &*self.0;
+        *closed.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        changed.notify_all();
+    }
+}
+
+/// Waits for a store to close: the engine locks its directory until the last clone of the
+/// [`Store`] is dropped, so a restart in the same process must wait for that.
+pub struct StoreClosed(Arc<(Mutex<bool>, Condvar)>);
+
+impl StoreClosed {
+    /// Whether the store closed within `timeout`. Blocking.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let (closed, changed) = &*self.0;
+        let deadline = Instant::now() + timeout;
+        let mut done = closed.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            done = changed
+                .wait_timeout(done, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
 }
 
 /// The trail on disk; cheap to clone, usable from many threads.
@@ -199,6 +237,7 @@ impl Store {
                 records,
                 answers,
             })),
+            closed: SignalOnDrop(Arc::default()),
         };
         Ok(Store {
             inner: Arc::new(inner),
@@ -212,6 +251,11 @@ impl Store {
     /// beyond last+1 leaves a missing range, recorded in the catalog and reported by `state`.
     pub fn write(&self, records: &[AuditRecord], answers: &[AnswerRow]) -> Result<(), StoreError> {
         self.inner.write(records, answers)
+    }
+
+    /// What tells when this store (every clone of it) is closed.
+    pub fn closed(&self) -> StoreClosed {
+        StoreClosed(self.inner.closed.0.clone())
     }
 
     /// Fsyncs everything written so far.

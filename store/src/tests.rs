@@ -406,6 +406,31 @@ fn a_reopened_store_keeps_what_was_persisted() {
 }
 
 #[test]
+fn a_store_can_be_opened_again_once_its_last_clone_closed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, |_| {});
+    let clone = store.clone();
+    let closed = store.closed();
+    drop(store);
+    assert!(
+        !closed.wait(std::time::Duration::ZERO),
+        "a clone still holds it"
+    );
+    let config = StoreConfig {
+        dir: dir.path().join("trail"),
+        ..StoreConfig::default()
+    };
+    assert!(matches!(
+        Store::open(config.clone()),
+        Err(StoreError::Engine(_))
+    ));
+    let waiter = std::thread::spawn(move || closed.wait(std::time::Duration::from_secs(60)));
+    drop(clone);
+    assert!(waiter.join().unwrap(), "closed once the last clone dropped");
+    Store::open(config).expect("the directory is free again");
+}
+
+#[test]
 fn bad_bytes_on_disk_are_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir, |_| {});
