@@ -85,7 +85,6 @@ pub struct Trail {
     /// (`Trail::caught_up`).
     handed: Arc<AtomicU64>,
     done: watch::Receiver<(u64, u64)>,
-    config: Arc<StoreConfig>,
     /// Answers are still to be copied from a peer (`copy`): kept as a file in the store's
     /// directory, so a restart goes on copying.
     answers_copying: Arc<AtomicBool>,
@@ -102,9 +101,9 @@ pub struct Trail {
 impl Trail {
     /// Opens the store and starts its writer. Blocking (the store replays its journal).
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
-        let store = Store::open(config.clone())?;
+        let store = Store::open(config)?;
         let written_seq = store.state().last_seq.unwrap_or(0);
-        let copying = config.dir.join(ANSWERS_COPYING_FILE).exists();
+        let copying = store.config().dir.join(ANSWERS_COPYING_FILE).exists();
         let (written_tx, written) = watch::channel(written_seq);
         let (done_tx, done) = watch::channel((0, 0));
         let (queue, inbox) = sync_channel(QUEUE_MESSAGES_MAX);
@@ -122,7 +121,6 @@ impl Trail {
             written,
             handed: Arc::new(AtomicU64::new(0)),
             done,
-            config: Arc::new(config),
             answers_copying: Arc::new(AtomicBool::new(copying)),
             blank_term: Arc::new(AtomicU64::new(0)),
             archived: Arc::new(std::sync::OnceLock::new()),
@@ -134,7 +132,7 @@ impl Trail {
     }
 
     pub fn config(&self) -> &StoreConfig {
-        &self.config
+        self.store.config()
     }
 
     /// Hands records and answers to the writer, in log order. Blocks while the queue is full.
@@ -190,18 +188,17 @@ impl Trail {
     /// Notes that the ledger holds history this store never saw (it came by snapshot): the
     /// answers of that history are to be copied from a peer. Blocking.
     pub fn start_copying_answers(&self) {
-        let marker = self.config.dir.join(ANSWERS_COPYING_FILE);
+        let marker = self.config().dir.join(ANSWERS_COPYING_FILE);
         if let Err(error) = std::fs::write(&marker, b"") {
             tracing::error!(file = %marker.display(), "noting answers to copy: {error}");
         }
         self.answers_copying.store(true, Ordering::Release);
     }
 
-    /// Every answer was copied (and is made durable first).
+    /// Every answer was copied (and is made durable first: `flush` fsyncs).
     pub fn answers_copied(&self) -> Result<(), String> {
         self.flush()?;
-        self.store.persist().map_err(|e| e.to_string())?;
-        let marker = self.config.dir.join(ANSWERS_COPYING_FILE);
+        let marker = self.config().dir.join(ANSWERS_COPYING_FILE);
         match std::fs::remove_file(&marker) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -253,6 +253,11 @@ impl Store {
         self.inner.write(records, answers)
     }
 
+    /// What it was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
     /// What tells when this store (every clone of it) is closed.
     pub fn closed(&self) -> StoreClosed {
         StoreClosed(self.inner.closed.0.clone())
