@@ -74,7 +74,7 @@ struct First {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about 8 minutes on two cores; run it with: \
+#[ignore = "about 17 minutes on two cores; run it with: \
             cargo test -p tollgate-tests --test trail_3m -- --ignored --nocapture"]
 async fn three_million_decisions_keep_their_trail_and_first_answers() {
     let dir = tempfile::tempdir().expect("temp dir");
