@@ -19,6 +19,8 @@ use crate::tls::NodeTls;
 
 /// Most nodes a local cluster runs: enough for five voters and a learner or two.
 pub const LOCAL_NODES_MAX: u64 = 7;
+/// How long `stop` waits for a stopped node's tasks to let its trail's store go.
+const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// With a `base_port`, node N's peer listener is on `base_port + PEER_PORT_OFFSET + N - 1`
 /// (7101.. beside the client ports 7001..).
 pub const PEER_PORT_OFFSET: u16 = 100;
@@ -225,10 +227,21 @@ impl LocalCluster {
     }
 
     /// Stops a node as a crash would, from the cluster's point of view: it stops answering.
-    /// Its data stays, so `restart` brings it back with what it had acknowledged.
+    /// Its data stays, so `restart` brings it back with what it had acknowledged. Waits for
+    /// its trail's store to close: the store locks its directory until its last handle
+    /// drops, which the node's tasks do only once shutdown has aborted them.
     pub async fn stop(&mut self, id: NodeId) {
         if let Some(running) = self.running.remove(&id) {
+            let closed = running.node.trail.store().closed();
             running.shutdown().await;
+            let waited =
+                tokio::task::spawn_blocking(move || closed.wait(STORE_CLOSE_TIMEOUT)).await;
+            if !matches!(waited, Ok(true)) {
+                tracing::warn!(
+                    node = id,
+                    "the audit trail's store is still open {STORE_CLOSE_TIMEOUT:?} after stopping"
+                );
+            }
         }
     }
 

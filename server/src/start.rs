@@ -25,8 +25,6 @@ use crate::tls::NodeTls;
 /// Largest snapshot chunk sent to a peer: a quarter of `RAFT_MESSAGE_BYTES_MAX`, leaving
 /// room for the chunk's metadata and encoding.
 const SNAPSHOT_CHUNK_BYTES: u64 = (RAFT_MESSAGE_BYTES_MAX / 4) as u64;
-/// How long a stopping node waits for its tasks to let the trail's store go.
-const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A started node; dropping it does not stop it, `shutdown` does.
 pub struct RunningNode {
@@ -183,30 +181,15 @@ impl RunningNode {
         self.peer_addr
     }
 
-    /// Stops serving and stops Raft; the data directory can be opened again afterwards, in
-    /// this process too: this waits for the trail's store to close.
+    /// Stops serving and stops Raft; the data directory can be opened again afterwards.
     pub async fn shutdown(self) {
-        let Self {
-            node, stop, tasks, ..
-        } = self;
-        let _ = stop.send(true);
-        if let Err(error) = node.raft.shutdown().await {
-            tracing::warn!(node = node.id, %error, "raft shutdown");
+        let _ = self.stop.send(true);
+        if let Err(error) = self.node.raft.shutdown().await {
+            tracing::warn!(node = self.node.id, %error, "raft shutdown");
         }
-        for task in tasks {
+        for task in self.tasks {
             task.abort();
             let _ = task.await;
-        }
-        let (id, closed) = (node.id, node.trail.store().closed());
-        drop(node);
-        // The store closes when the last task holding the node lets it go, which the
-        // aborts above only start.
-        let waited = tokio::task::spawn_blocking(move || closed.wait(STORE_CLOSE_TIMEOUT)).await;
-        if !matches!(waited, Ok(true)) {
-            tracing::warn!(
-                node = id,
-                "the audit trail's store is still open {STORE_CLOSE_TIMEOUT:?} after shutdown"
-            );
         }
     }
 }
