@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tollgate_ledger::{AuditError, RequestId, TenantId};
 
@@ -185,19 +185,11 @@ impl StoreClosed {
     /// Whether the store closed within `timeout`. Blocking.
     pub fn wait(&self, timeout: Duration) -> bool {
         let (closed, changed) = &*self.0;
-        let deadline = Instant::now() + timeout;
-        let mut done = closed.lock().unwrap_or_else(|e| e.into_inner());
-        while !*done {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            done = changed
-                .wait_timeout(done, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        let guard = closed.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, _) = changed
+            .wait_timeout_while(guard, timeout, |done| !*done)
+            .unwrap_or_else(|e| e.into_inner());
+        *done
     }
 }
 
