@@ -7,6 +7,11 @@
 //! oldest half (whole time buckets, as retention does) and measures the disk again.
 //!
 //! `cargo bench -p tollgate-store --bench engines` (N: `TRAIL_BENCH_RECORDS`, default 400000).
+//!
+//! With `TRAIL_BENCH_STORE_ONLY=1`, only the store, at N and 3N answers (each its own store),
+//! and the resident memory a reopened store adds per answer it holds: the slope between the
+//! two sizes, with memtables flushed to tables before each reopen (their replay from the
+//! journal is a cost that does not grow with the answers), and the fixed rest.
 
 use std::path::Path;
 use std::time::Instant;
@@ -388,31 +393,27 @@ fn run(engine: &mut dyn Engine, w: &Workload, dir: &Path) -> Figures {
     }
 }
 
-/// The chosen engine behind the store's own API: records, both indexes and answers.
-fn run_store(w: &Workload) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = StoreConfig {
-        dir: dir.path().join("trail"),
-        ..StoreConfig::default()
-    };
+/// The chosen engine behind the store's own API: records, both indexes and answers. Prints
+/// the write rate and look-up times; closes the store before returning.
+fn fill_store(audit: &[AuditRecord], rows: &[AnswerRow], misses: &[Vec<u8>], config: &StoreConfig) {
     let store = Store::open(config.clone()).expect("open the store");
     let started = Instant::now();
-    for (records, rows) in w.audit.chunks(BATCH).zip(w.rows.chunks(BATCH)) {
+    for (records, rows) in audit.chunks(BATCH).zip(rows.chunks(BATCH)) {
         store.write(records, rows).expect("store write");
     }
-    let records_per_s = w.audit.len() as f64 / started.elapsed().as_secs_f64();
-    let now_ms = w.audit.last().map_or(0, |r| r.at_ms);
+    let records_per_s = audit.len() as f64 / started.elapsed().as_secs_f64();
+    let now_ms = audit.last().map_or(0, |r| r.at_ms);
     let tenant = TenantId::new("tenant-1").expect("tenant");
     let started = Instant::now();
-    for key in &w.misses {
+    for key in misses {
         let id = RequestId::new(String::from_utf8_lossy(&key[9..])).expect("request id");
         assert!(store.answer(&tenant, &id, now_ms).ok().flatten().is_none());
     }
-    let miss_ns = started.elapsed().as_nanos() as f64 / w.misses.len().max(1) as f64;
-    let step = (w.rows.len() / LOOKUPS).max(1);
+    let miss_ns = started.elapsed().as_nanos() as f64 / misses.len().max(1) as f64;
+    let step = (rows.len() / LOOKUPS).max(1);
     let started = Instant::now();
     let mut hits = 0u32;
-    for row in w.rows.iter().step_by(step) {
+    for row in rows.iter().step_by(step) {
         assert!(store
             .answer(&row.tenant, &row.request_id, now_ms)
             .ok()
@@ -422,39 +423,190 @@ fn run_store(w: &Workload) {
     }
     let hit_ns = started.elapsed().as_nanos() as f64 / f64::from(hits.max(1));
     println!("store: {records_per_s:>9.0} records/s  miss {miss_ns:>6.0} ns  hit {hit_ns:>6.0} ns  (records with both indexes, answers; one bucket each)");
+    let closed = store.closed();
     drop(store);
-    // In a fresh process: this one's heap keeps what the first store freed, which would
-    // hide what a reopened store takes.
-    let child = std::process::Command::new(std::env::current_exe().expect("this bench"))
-        .env("TRAIL_BENCH_RESIDENT_DIR", &config.dir)
-        .env("TRAIL_BENCH_RECORDS", w.rows.len().to_string())
-        .output()
-        .expect("the resident-memory child runs");
-    print!("{}", String::from_utf8_lossy(&child.stdout));
-    eprint!("{}", String::from_utf8_lossy(&child.stderr));
+    assert!(
+        closed.wait(std::time::Duration::from_secs(60)),
+        "store closed"
+    );
 }
 
-/// What the store keeps in memory for what it holds: the resident set a reopened store adds
-/// once it has answered look-ups (filters, indexes and cached blocks it loaded), per answer.
-fn resident_after_reopen(w: &Workload, config: &StoreConfig) {
-    let now_ms = w.audit.last().map_or(0, |r| r.at_ms);
+/// The look-ups the resident-memory child makes, as lines of `tenant request-id` after a
+/// first line with `now_ms`: the same misses at every size, and `LOOKUPS` hits spread over
+/// the answers. In a file, so the child need not build the workload (whose heap would blur
+/// what the store takes).
+fn write_lookups(path: &Path, audit: &[AuditRecord], rows: &[AnswerRow], misses: &[Vec<u8>]) {
+    let now_ms = audit.last().map_or(0, |r| r.at_ms);
+    let mut text = format!("{now_ms}\n");
+    for key in misses {
+        text.push_str(&format!(
+            "tenant-1 {}\n",
+            String::from_utf8_lossy(&key[9..])
+        ));
+    }
+    let step = (rows.len() / LOOKUPS).max(1);
+    for row in rows.iter().step_by(step) {
+        let (tenant, id) = (row.tenant.as_bytes(), row.request_id.as_bytes());
+        let line = format!(
+            "{} {}\n",
+            String::from_utf8_lossy(tenant),
+            String::from_utf8_lossy(id)
+        );
+        text.push_str(&line);
+    }
+    std::fs::write(path, text).expect("write the look-ups");
+}
+
+/// Flushes every keyspace's memtable to tables and fsyncs, with fjall directly (the store
+/// seals only buckets it stopped writing to): a reopen then replays nothing from the
+/// journal into memtables, a cost of up to `max_journaling_size` (512 MiB) that does not
+/// depend on how many answers the store holds.
+fn flush_to_tables(dir: &Path) {
+    let db = fjall::Database::builder(dir).open().expect("open fjall");
+    for name in db.list_keyspace_names() {
+        let ks = db
+            .keyspace(&name, fjall::KeyspaceCreateOptions::default)
+            .expect("keyspace");
+        ks.rotate_memtable_and_wait().expect("flush the memtable");
+    }
+    db.persist(fjall::PersistMode::SyncAll).expect("persist");
+}
+
+/// What a reopened store took in a fresh process: resident bytes added, look-ups made, and
+/// where its tables are and what they pin.
+struct Resident {
+    added: u64,
+    lookups: u64,
+    tables: String,
+}
+
+/// Runs `resident_after_reopen` in a fresh process: this one's heap keeps what the stores it
+/// wrote freed, which would hide what a reopened store takes.
+fn resident_in_child(dir: &Path, lookups: &Path) -> Option<Resident> {
+    let child = std::process::Command::new(std::env::current_exe().expect("this bench"))
+        .env("TRAIL_BENCH_RESIDENT_DIR", dir)
+        .env("TRAIL_BENCH_LOOKUPS", lookups)
+        .output()
+        .expect("the resident-memory child runs");
+    eprint!("{}", String::from_utf8_lossy(&child.stderr));
+    let out = String::from_utf8_lossy(&child.stdout);
+    let line = out.lines().find_map(|l| l.strip_prefix("resident "))?;
+    let mut fields = line.splitn(3, ' ');
+    Some(Resident {
+        added: fields.next()?.parse().ok()?,
+        lookups: fields.next()?.parse().ok()?,
+        tables: fields.next().unwrap_or_default().to_string(),
+    })
+}
+
+/// The store as the server runs it, reopened as after a restart (the journal replayed).
+fn run_store(w: &Workload) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig {
+        dir: dir.path().join("trail"),
+        ..StoreConfig::default()
+    };
+    fill_store(&w.audit, &w.rows, &w.misses, &config);
+    let lookups = dir.path().join("lookups");
+    write_lookups(&lookups, &w.audit, &w.rows, &w.misses);
+    if let Some(r) = resident_in_child(&config.dir, &lookups) {
+        println!(
+            "store: {} B resident after a reopen and {} look-ups: {:.1} B per remembered answer",
+            r.added,
+            r.lookups,
+            r.added as f64 / w.rows.len().max(1) as f64
+        );
+    }
+}
+
+/// The marginal memory cost of an answer: the resident set a reopened store adds, at `n`
+/// and `3 n` answers (each its own store and process, the same look-ups, memtables flushed
+/// to tables first so the journal's replay is not counted), and the slope between them.
+fn store_slope(w: &Workload, n: usize) {
+    let mut points = Vec::new();
+    for size in [n, w.rows.len()] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StoreConfig {
+            dir: dir.path().join("trail"),
+            ..StoreConfig::default()
+        };
+        let (audit, rows) = (&w.audit[..size], &w.rows[..size]);
+        fill_store(audit, rows, &w.misses, &config);
+        flush_to_tables(&config.dir);
+        let lookups = dir.path().join("lookups");
+        write_lookups(&lookups, audit, rows, &w.misses);
+        let Some(r) = resident_in_child(&config.dir, &lookups) else {
+            println!("store: {size} answers: the resident-memory child printed nothing");
+            return;
+        };
+        println!(
+            "store: {size} answers, memtables flushed: {} B resident after a reopen and {} look-ups; {}",
+            r.added, r.lookups, r.tables
+        );
+        points.push((size as f64, r.added as f64));
+    }
+    if let [(n1, r1), (n2, r2)] = points[..] {
+        let slope = (r2 - r1) / (n2 - n1);
+        println!(
+            "store: {slope:.1} B resident per remembered answer (slope between {n1} and {n2} answers), {:.0} B fixed",
+            r1 - slope * n1
+        );
+    }
+}
+
+/// In the child: the resident set a reopened store adds once it has answered look-ups
+/// (filters, indexes and cached blocks it loaded, and whatever the journal replays), then
+/// where the store's tables are and what they pin, seen from fjall once the store is closed.
+fn resident_after_reopen(config: &StoreConfig, lookups: &Path) {
+    let text = std::fs::read_to_string(lookups).expect("read the look-ups");
+    let mut lines = text.lines();
+    let now_ms: u64 = lines.next().and_then(|l| l.parse().ok()).expect("now_ms");
+    let ids: Vec<(TenantId, RequestId)> = lines
+        .filter_map(|l| l.split_once(' '))
+        .map(|(t, r)| {
+            (
+                TenantId::new(t).expect("tenant"),
+                RequestId::new(r).expect("id"),
+            )
+        })
+        .collect();
     let before = resident_bytes();
     let store = Store::open(config.clone()).expect("reopen the store");
-    let tenant = TenantId::new("tenant-1").expect("tenant");
-    for key in &w.misses {
-        let id = RequestId::new(String::from_utf8_lossy(&key[9..])).expect("request id");
-        let _ = store.answer(&tenant, &id, now_ms);
-    }
-    let step = (w.rows.len() / LOOKUPS).max(1);
-    for row in w.rows.iter().step_by(step) {
-        let _ = store.answer(&row.tenant, &row.request_id, now_ms);
+    for (tenant, id) in &ids {
+        let _ = store.answer(tenant, id, now_ms);
     }
     let added = resident_bytes().saturating_sub(before);
+    let closed = store.closed();
+    drop(store);
+    closed.wait(std::time::Duration::from_secs(60));
     println!(
-        "store: {added} B resident after a reopen and {} look-ups: {:.1} B per remembered answer",
-        w.misses.len() + w.rows.len() / step,
-        added as f64 / w.rows.len().max(1) as f64
+        "resident {added} {} {}",
+        ids.len(),
+        table_stats(&config.dir)
     );
+}
+
+/// Tables per level, and the filter and index bytes fjall holds in memory for as long as
+/// the tables are open (pinned: L0 filters, L0-L1 indexes, top-level indexes of partitioned
+/// tables) against all filter bytes (the unpinned ones go through the block cache).
+fn table_stats(dir: &Path) -> String {
+    use fjall::AbstractTree;
+    let Ok(db) = fjall::Database::builder(dir).open() else {
+        return "tables: fjall did not reopen".into();
+    };
+    let (mut levels, mut pinned_filters, mut pinned_indexes, mut filters) = ([0; 7], 0, 0, 0);
+    for name in db.list_keyspace_names() {
+        let Ok(ks) = db.keyspace(&name, fjall::KeyspaceCreateOptions::default) else {
+            continue;
+        };
+        for (level, count) in levels.iter_mut().enumerate() {
+            *count += ks.tree.level_table_count(level).unwrap_or(0);
+        }
+        pinned_filters += ks.tree.pinned_filter_size();
+        pinned_indexes += ks.tree.pinned_block_index_size();
+        filters += ks.tree.filter_size();
+    }
+    format!("tables per level {levels:?}, pinned filters {pinned_filters} B and indexes {pinned_indexes} B, all filters {filters} B")
 }
 
 /// This process's resident set (Linux; 0 elsewhere).
@@ -467,27 +619,31 @@ fn resident_bytes() -> u64 {
 }
 
 fn main() {
-    let n = std::env::var("TRAIL_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400_000usize);
-    let w = workload(n);
     if let Some(dir) = std::env::var_os("TRAIL_BENCH_RESIDENT_DIR") {
         let config = StoreConfig {
             dir: dir.into(),
             ..StoreConfig::default()
         };
-        return resident_after_reopen(&w, &config);
+        let lookups = std::env::var_os("TRAIL_BENCH_LOOKUPS").expect("TRAIL_BENCH_LOOKUPS");
+        return resident_after_reopen(&config, Path::new(&lookups));
     }
+    let n = std::env::var("TRAIL_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400_000usize);
+    let store_only = std::env::var("TRAIL_BENCH_STORE_ONLY").is_ok();
+    // Store only: the resident memory's slope, between n answers and three times as many.
+    let w = workload(if store_only { 3 * n } else { n });
     let record_bytes: usize = w.records.iter().map(|r| r.3.len()).sum();
     println!(
-        "{n} records, {:.0} B of postcard each, batches of {BATCH}, {BUCKETS} buckets",
-        record_bytes as f64 / n as f64
+        "{} records, {:.0} B of postcard each, batches of {BATCH}, {BUCKETS} buckets",
+        w.records.len(),
+        record_bytes as f64 / w.records.len().max(1) as f64
     );
-    run_store(&w);
-    if std::env::var("TRAIL_BENCH_STORE_ONLY").is_ok() {
-        return;
+    if store_only {
+        return store_slope(&w, n);
     }
+    run_store(&w);
     let fjall_dir = tempfile::tempdir().expect("tempdir");
     let mut fjall = Fjall::open(fjall_dir.path());
     let f = run(&mut fjall, &w, fjall_dir.path());
