@@ -62,16 +62,8 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT INT TERM
-
-log() { printf '== %s\n' "$*" >&2; }
-
-wait_port() { # host port seconds
-  local deadline=$((SECONDS + $3))
-  until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
-    ((SECONDS < deadline)) || { echo "nothing listens on $1:$2" >&2; return 1; }
-    sleep 0.1
-  done
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 build() { # source-dir out-dir
   # A target dir for each side: cargo names a workspace member's artifacts by its path
@@ -98,35 +90,18 @@ build "$ROOT" "$ALT/new"
 # `pairs/s` to $WORK/figures and, for the new build, `bytes-of-trail decisions` on its
 # second line. Runs in this shell (not a subshell), so the exit trap knows its servers.
 run() { # which index
-  local bin="$ALT/$1" dir="$WORK/$1-$2" peers="" id
-  mkdir -p "$dir"
-  "$bin/tollgate" key generate >"$dir/admin.key"
-  for i in 0 1 2; do
-    peers+="$((i + 1))=127.0.0.1:${TG_PORTS[$i]}/127.0.0.1:${TG_PEER_PORTS[$i]},"
-  done
-  peers="${peers%,}"
-  local server_pids=()
-  for i in 0 1 2; do
-    id=$((i + 1))
-    RUST_LOG=warn "$bin/tollgate" serve --id "$id" --listen "127.0.0.1:${TG_PORTS[$i]}" \
-      --peer-listen "127.0.0.1:${TG_PEER_PORTS[$i]}" --peers "$peers" --insecure \
-      --data-dir "$dir/node-$id" --admin-key-file "$dir/admin.key" \
-      >"$dir/node-$id.log" 2>&1 &
-    PIDS+=($!); server_pids+=($!)
-  done
-  for port in "${TG_PORTS[@]}"; do wait_port 127.0.0.1 "$port" 30; done
-  local endpoints pids
-  endpoints="$(printf '127.0.0.1:%s,' "${TG_PORTS[@]}")"; endpoints="${endpoints%,}"
-  pids="$(IFS=,; echo "${server_pids[*]}")"
+  local bin="$ALT/$1" dir="$WORK/$1-$2" pids
+  start_tollgate "$bin/tollgate" "$dir"
+  pids="$(IFS=,; echo "${TG_PIDS[*]}")"
   TOLLGATE_API_KEY_FILE="$dir/admin.key" "$bin/tollgate-sim" bench --system tollgate \
-    --cluster "$endpoints" --server-pids "$pids" --workload hot --clients "$CLIENTS" \
+    --cluster "$TG_ENDPOINTS" --server-pids "$pids" --workload hot --clients "$CLIENTS" \
     --duration "$DURATION" --warmup "$WARMUP" --label "tollgate-$1" \
     --json "$dir/result.json" >"$dir/bench.out" 2>"$dir/bench.err" \
     || { cat "$dir/bench.err" >&2; return 1; }
   jq -r '.[0].throughput_pairs_s' "$dir/result.json" >"$WORK/figures"
   if [[ "$1" == new ]]; then
     local status head trail_bytes
-    status="$("$bin/tollgate" status --cluster "$endpoints" --api-key-file "$dir/admin.key" \
+    status="$("$bin/tollgate" status --cluster "$TG_ENDPOINTS" --api-key-file "$dir/admin.key" \
       --json)"
     head="$(jq '[.. | objects | .chain_head_seq? // empty] | max' <<<"$status")"
     trail_bytes="$(jq '[.[] | select(.role == "leader") | (.trail.bytes // -1) + (.answers.bytes // 0)]

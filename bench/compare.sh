@@ -47,8 +47,8 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT INT TERM
-
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 install_if_missing() {
   local missing=()
@@ -62,39 +62,15 @@ install_if_missing() {
   fi
 }
 
-wait_port() { # host port seconds
-  local deadline=$((SECONDS + $3))
-  until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
-    ((SECONDS < deadline)) || { echo "nothing listens on $1:$2" >&2; return 1; }
-    sleep 0.1
-  done
-}
-
 install_if_missing
 log "building tollgate and tollgate-sim (release)"
 (cd "$ROOT" && cargo build --release -q -p tollgate-server -p tollgate-sim)
 TOLLGATE="$ROOT/target/release/tollgate"
 SIM="$ROOT/target/release/tollgate-sim"
 
-# Clear text on loopback, authentication on (the admin key): --insecure is what a node
-# without TLS needs to start.
 log "starting Tollgate (3 nodes, authentication on)"
-"$TOLLGATE" key generate >"$WORK/admin.key"
-export TOLLGATE_API_KEY_FILE="$WORK/admin.key"
-TG_PEERS=""
-for i in 0 1 2; do
-  TG_PEERS+="$((i + 1))=127.0.0.1:${TG_PORTS[$i]}/127.0.0.1:${TG_PEER_PORTS[$i]},"
-done
-TG_PEERS="${TG_PEERS%,}"
-TG_PIDS=()
-for i in 0 1 2; do
-  id=$((i + 1))
-  RUST_LOG=warn "$TOLLGATE" serve --id "$id" --listen "127.0.0.1:${TG_PORTS[$i]}" \
-    --peer-listen "127.0.0.1:${TG_PEER_PORTS[$i]}" --peers "$TG_PEERS" --insecure \
-    --data-dir "$WORK/tollgate-$id" --admin-key-file "$WORK/admin.key" \
-    >"$WORK/tollgate-$id.log" 2>&1 &
-  PIDS+=($!); TG_PIDS+=($!)
-done
+start_tollgate "$TOLLGATE" "$WORK/tollgate"
+export TOLLGATE_API_KEY_FILE="$WORK/tollgate/admin.key"
 
 log "starting etcd (3 nodes)"
 ETCD_CLUSTER="e1=http://127.0.0.1:${ETCD_PEER_PORTS[0]},e2=http://127.0.0.1:${ETCD_PEER_PORTS[1]},e3=http://127.0.0.1:${ETCD_PEER_PORTS[2]}"
@@ -118,7 +94,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$WORK/redis" --daemonize no >"$WORK/redis.log" 2>&1 &
 PIDS+=($!); REDIS_PIDS=($!)
 
-for port in "${TG_PORTS[@]}" "${ETCD_CLIENT_PORTS[@]}" "$REDIS_PORT"; do
+for port in "${ETCD_CLIENT_PORTS[@]}" "$REDIS_PORT"; do
   wait_port 127.0.0.1 "$port" 30
 done
 ETCD_ENDPOINTS="$(printf '127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}")"
@@ -135,7 +111,6 @@ done
 log "etcd leader: $ETCD_LEADER"
 
 join() { local IFS=,; echo "$*"; }
-TG_ENDPOINTS="$(printf '127.0.0.1:%s,' "${TG_PORTS[@]}")"; TG_ENDPOINTS="${TG_ENDPOINTS%,}"
 
 bench() { # system endpoints pids workload clients out
   log "$1: $4 workload, clients $5, ${DURATION} s each"
