@@ -6,7 +6,7 @@
 //! 2, since ledger snapshot format 4: format 1 hashed `prev_hash` a second time in front of
 //! the body, which made a typical record three SHA-256 blocks instead of two.) Memory keeps
 //! the newest `AUDIT_RECORDS_RETAINED_MAX` records; older ones are dropped from memory (the
-//! raft layer may export them first) but the chain continues.
+//! node's trail on disk keeps them) but the chain continues.
 
 use serde::de::Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -619,6 +619,11 @@ impl AuditLog {
         self.records.len()
     }
 
+    /// The seq of the oldest record still in memory (None: none yet).
+    pub fn first_seq(&self) -> Option<u64> {
+        self.records.front().map(|r| r.seq)
+    }
+
     /// The range of the record's body in `bodies`.
     fn body_range(&self, record: &StoredRecord) -> Option<std::ops::Range<usize>> {
         let start = usize::try_from(record.body_at.checked_sub(self.bodies_dropped)?).ok()?;
@@ -849,6 +854,7 @@ struct StoredOut<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct StoredIn {
     seq: u64,
     at_ms: u64,
@@ -884,11 +890,8 @@ impl Serialize for AuditLog {
 impl<'de> Deserialize<'de> for AuditLog {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (records, head): (Vec<StoredIn>, ChainHead) = Deserialize::deserialize(d)?;
-        if records.len() > AUDIT_RECORDS_RETAINED_MAX {
-            return Err(D::Error::custom(
-                "more audit records than AUDIT_RECORDS_RETAINED_MAX",
-            ));
-        }
+        // A snapshot may hold more records than this build keeps in memory (it was written
+        // by a build that kept more): `push` drops the oldest, as it does on append.
         let mut log = AuditLog {
             head,
             ..AuditLog::default()
@@ -902,7 +905,7 @@ impl<'de> Deserialize<'de> for AuditLog {
                 tenant_key: r.tenant_key,
                 agent_key: r.agent_key,
                 hash: r.hash,
-                body_at: log.bodies.len() as u64,
+                body_at: log.bodies_dropped + log.bodies.len() as u64,
                 body_len,
             };
             log.push(record, &r.body);
@@ -944,6 +947,40 @@ mod tests {
 
     fn id() -> impl Strategy<Value = String> {
         "[!-~]{1,128}"
+    }
+
+    /// The records of a log as its snapshot carries them.
+    fn wire(log: &AuditLog) -> (Vec<StoredIn>, ChainHead) {
+        postcard::from_bytes(&postcard::to_allocvec(log).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_holding_more_records_than_memory_keeps_the_newest() {
+        let tenant = TenantId::new("t").unwrap();
+        let request_id = RequestId::new("r").unwrap();
+        let mut log = AuditLog::default();
+        let extra = 3;
+        let mut older = Vec::new();
+        for at_ms in 0..(AUDIT_RECORDS_RETAINED_MAX + extra) as u64 {
+            log.append(
+                at_ms,
+                Fact::tenant(&tenant, &request_id, AuditEvent::Freeze),
+            );
+            if at_ms + 1 == extra as u64 {
+                older = wire(&log).0;
+            }
+        }
+        // What a build that kept more records in memory wrote: the oldest ones too.
+        let (newest, head) = wire(&log);
+        older.extend(newest);
+        let bytes = postcard::to_allocvec(&(older, head)).unwrap();
+
+        let read: AuditLog = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(read.len(), AUDIT_RECORDS_RETAINED_MAX);
+        assert_eq!(read.first_seq(), Some(extra as u64 + 1));
+        assert_eq!(read.head(), log.head());
+        assert_eq!(read.verify(), Ok(log.head()));
+        assert!(read == log);
     }
 
     fn event() -> impl Strategy<Value = AuditEvent> {
