@@ -619,11 +619,6 @@ impl AuditLog {
         self.records.len()
     }
 
-    /// The seq of the oldest record still in memory (None: none yet).
-    pub fn first_seq(&self) -> Option<u64> {
-        self.records.front().map(|r| r.seq)
-    }
-
     /// The range of the record's body in `bodies`.
     fn body_range(&self, record: &StoredRecord) -> Option<std::ops::Range<usize>> {
         let start = usize::try_from(record.body_at.checked_sub(self.bodies_dropped)?).ok()?;
@@ -977,7 +972,7 @@ mod tests {
 
         let read: AuditLog = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(read.len(), AUDIT_RECORDS_RETAINED_MAX);
-        assert_eq!(read.first_seq(), Some(extra as u64 + 1));
+        assert_eq!(read.records.front().map(|r| r.seq), Some(extra as u64 + 1));
         assert_eq!(read.head(), log.head());
         assert_eq!(read.verify(), Ok(log.head()));
         assert!(read == log);

@@ -39,6 +39,9 @@ pub const RECORD_BUCKETS_PER_RETENTION: u64 = 16;
 /// checks one bloom filter per bucket, so few buckets keep misses cheap.
 pub const ANSWER_BUCKETS_PER_HORIZON: u64 = 8;
 
+/// Most journal fjall keeps before it flushes memtables to tables: what a restart replays.
+/// fjall's default (512 MiB) made a node restarting on a full store replay for seconds.
+const JOURNAL_BYTES_MAX: u64 = 128 << 20;
 const DAY_MS: u64 = 86_400_000;
 const GIB: u64 = 1 << 30;
 
@@ -203,7 +206,9 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| StoreError::Engine(format!("creating {}: {e}", config.dir.display())))?;
-        let db = fjall::Database::builder(&config.dir).open()?;
+        let db = fjall::Database::builder(&config.dir)
+            .max_journaling_size(JOURNAL_BYTES_MAX)
+            .open()?;
         let meta_ks = db.keyspace("meta", fjall::KeyspaceCreateOptions::default)?;
         let mut meta = match meta_ks.get(META_KEY)? {
             Some(bytes) => Meta::decode(&bytes)?,

@@ -7,8 +7,11 @@
 //!    `Record` each); the process's resident memory per agent per replica.
 //! 3. Snapshot built on the leader (triggered, timed until openraft reports it).
 //! 4. A fourth, empty node added as a learner: timed until it has installed the snapshot and
-//!    caught up with the leader.
-//! 5. That node restarted on its data directory: timed until it has caught up again.
+//!    caught up with the leader, then until its trail on disk holds every record and
+//!    remembered answer the leader's does (copied from its peers where the snapshot's
+//!    ledger does not reach).
+//! 5. That node restarted on its data directory, its full store included: timed until it
+//!    has caught up again.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +52,12 @@ pub struct SnapshotResult {
     pub snapshot_build_s: f64,
     pub snapshot_install_s: f64,
     pub snapshot_build_and_install_s: f64,
+    /// From the learner's addition until its trail on disk is complete.
+    pub trail_complete_s: f64,
+    /// The leader's trail on disk: records with their indexes, and remembered answers.
+    pub trail_records: u64,
+    pub trail_bytes: u64,
+    pub answers_bytes: u64,
     pub restart_s: f64,
 }
 
@@ -261,6 +270,23 @@ async fn install_on_new_node(
         .context("the new node did not catch up")?;
     result.snapshot_install_s = started.elapsed().as_secs_f64();
     result.snapshot_build_and_install_s = result.snapshot_build_s + result.snapshot_install_s;
+    let leader_trail = cluster.node(leader).context("leader gone")?.trail.clone();
+    let wanted = leader_trail.store().state();
+    wait_for(|| {
+        cluster.node(NEW_NODE).is_some_and(|node| {
+            let state = node.trail.store().state();
+            state.missing.is_empty()
+                && state.first_seq == wanted.first_seq
+                && state.last_seq >= wanted.last_seq
+                && !node.trail.answers_copying()
+        })
+    })
+    .await
+    .context("the new node's trail was not completed from its peers")?;
+    result.trail_complete_s = started.elapsed().as_secs_f64();
+    result.trail_records = wanted.last_seq.unwrap_or(0) - wanted.first_seq.unwrap_or(1) + 1;
+    result.trail_bytes = wanted.audit_bytes;
+    result.answers_bytes = wanted.answers_bytes;
     Ok(())
 }
 
@@ -294,6 +320,8 @@ fn render(r: &SnapshotResult) -> String {
          snapshot build                           {:.2} s\n\
          snapshot transfer + install (new node)   {:.2} s\n\
          build + install                          {:.2} s   goal <= 10 s: {}\n\
+         its trail complete (records, answers)    {:.2} s\n\
+         leader's trail on disk                   {} records: {:.1} MB, answers {:.1} MB\n\
          restart of that node until caught up     {:.2} s   goal <= 5 s: {}",
         r.agents,
         r.ledger_bytes_per_agent,
@@ -307,6 +335,10 @@ fn render(r: &SnapshotResult) -> String {
         r.snapshot_install_s,
         r.snapshot_build_and_install_s,
         check(r.snapshot_build_and_install_s <= 10.0),
+        r.trail_complete_s,
+        r.trail_records,
+        r.trail_bytes as f64 / 1e6,
+        r.answers_bytes as f64 / 1e6,
         r.restart_s,
         check(r.restart_s <= 5.0),
     )
