@@ -284,7 +284,8 @@ async fn install_on_new_node(
     .await
     .context("the new node's trail was not completed from its peers")?;
     result.trail_complete_s = started.elapsed().as_secs_f64();
-    result.trail_records = wanted.last_seq.unwrap_or(0) - wanted.first_seq.unwrap_or(1) + 1;
+    let (first, last) = (wanted.first_seq.unwrap_or(1), wanted.last_seq.unwrap_or(0));
+    result.trail_records = last.saturating_add(1).saturating_sub(first);
     result.trail_bytes = wanted.audit_bytes;
     result.answers_bytes = wanted.answers_bytes;
     Ok(())
