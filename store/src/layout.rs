@@ -153,10 +153,15 @@ pub(crate) fn decode_record(seq: u64, bytes: &[u8]) -> Result<AuditRecord, Store
 
 pub(crate) fn answer_key(tenant: &TenantId, request_id: &RequestId) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + tenant.as_bytes().len() + request_id.as_bytes().len());
-    key.push(u8::try_from(tenant.as_bytes().len()).unwrap_or(u8::MAX));
-    key.extend_from_slice(tenant.as_bytes());
-    key.extend_from_slice(request_id.as_bytes());
+    put_answer_key(&mut key, tenant, request_id);
     key
+}
+
+/// Appends the answer key of (tenant, request id) to `out`.
+pub(crate) fn put_answer_key(out: &mut Vec<u8>, tenant: &TenantId, request_id: &RequestId) {
+    out.push(u8::try_from(tenant.as_bytes().len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(tenant.as_bytes());
+    out.extend_from_slice(request_id.as_bytes());
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,14 +172,16 @@ struct AnswerValue<'a> {
     outcome: &'a [u8],
 }
 
-pub(crate) fn encode_answer(answer: &Answer) -> Vec<u8> {
+/// Appends the encoded answer to `out`.
+pub(crate) fn encode_answer_into(out: &mut Vec<u8>, answer: &Answer) {
     let value = AnswerValue {
         payload: answer.payload,
         at_ms: answer.at_ms,
         position: answer.position,
         outcome: &answer.outcome,
     };
-    postcard::to_allocvec(&value).unwrap_or_default()
+    // Serializing plain data into a Vec has no failure mode but allocation.
+    let _ = postcard::to_io(&value, out);
 }
 
 pub(crate) fn decode_answer(bytes: &[u8]) -> Result<Answer, StoreError> {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tollgate_ledger::{AuditError, RequestId, TenantId};
 
 mod layout;
+mod pending;
 mod purge;
 mod read;
 mod write;
@@ -165,6 +166,8 @@ pub(crate) struct Inner {
     writer: Mutex<()>,
     /// The catalog readers see; swapped whole after each commit.
     catalog: RwLock<Arc<Catalog>>,
+    /// Answers committed but not yet in their bucket's tables (`pending`).
+    pending: Mutex<pending::Pending>,
     /// Last, so it is dropped after every handle on the engine's files.
     closed: SignalOnDrop,
 }
@@ -234,6 +237,7 @@ impl Store {
                 records,
                 answers,
             })),
+            pending: Mutex::default(),
             closed: SignalOnDrop(Arc::default()),
         };
         Ok(Store {
@@ -260,8 +264,13 @@ impl Store {
         StoreClosed(self.inner.closed.0.clone())
     }
 
-    /// Fsyncs everything written so far.
+    /// Writes the answers still held in memory to their tables, and fsyncs everything
+    /// written so far.
     pub fn persist(&self) -> Result<(), StoreError> {
+        {
+            let _writer = self.inner.writer();
+            self.inner.ingest_pending()?;
+        }
         Ok(self.inner.db.persist(fjall::PersistMode::SyncAll)?)
     }
 
@@ -272,7 +281,21 @@ impl Store {
         request_id: &RequestId,
         now_ms: u64,
     ) -> Result<Option<Answer>, StoreError> {
-        self.inner.answer(tenant, request_id, now_ms)
+        self.inner.answer(tenant, request_id, now_ms, u64::MAX)
+    }
+
+    /// Like [`Store::answer`], but looks only at answers given at or before `given_by_ms`:
+    /// the caller remembers younger ones itself (the ledger's memory), so answers held in
+    /// memory and buckets wholly younger are not searched, and a new request id (the
+    /// common case) costs no search of the newest answers.
+    pub fn answer_given_by(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        now_ms: u64,
+        given_by_ms: u64,
+    ) -> Result<Option<Answer>, StoreError> {
+        self.inner.answer(tenant, request_id, now_ms, given_by_ms)
     }
 
     /// Records matching the filter, oldest first, with the semantics of the ledger's

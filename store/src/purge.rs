@@ -51,6 +51,9 @@ fn choose(
 impl Inner {
     pub(crate) fn purge(&self, now_ms: u64) -> Result<PurgeReport, StoreError> {
         let _writer = self.writer();
+        // Pending answers of a bucket about to go would go with it; others get their size
+        // on disk known before it is weighed.
+        self.ingest_pending()?;
         let mut txn = Txn::new(self);
         let config = &self.config;
         let cat = &mut txn.cat;

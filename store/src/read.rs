@@ -196,17 +196,25 @@ impl Inner {
         tenant: &TenantId,
         request_id: &RequestId,
         now_ms: u64,
+        given_by_ms: u64,
     ) -> Result<Option<Answer>, StoreError> {
         let cat = self.catalog();
         let horizon_ms = cat.meta.horizon_in_force_ms;
         let key = answer_key(tenant, request_id);
+        let young = |answer: &Answer| now_ms.saturating_sub(answer.at_ms) < horizon_ms;
+        if let Some(answer) = self.pending_answer(&key, given_by_ms)? {
+            return Ok(young(&answer).then_some(answer));
+        }
         for (meta, ks) in cat.meta.answers.iter().zip(&cat.answers).rev() {
             if now_ms.saturating_sub(meta.last_at_ms) >= horizon_ms {
                 break; // this bucket and every older one are past the horizon
             }
+            if meta.first_at_ms > given_by_ms {
+                continue;
+            }
             if let Some(bytes) = ks.get(&key)? {
                 let answer = decode_answer(&bytes)?;
-                return Ok((now_ms.saturating_sub(answer.at_ms) < horizon_ms).then_some(answer));
+                return Ok(young(&answer).then_some(answer));
             }
         }
         Ok(None)
@@ -304,6 +312,10 @@ impl Inner {
         max: usize,
     ) -> Result<(Vec<AnswerRow>, Option<Vec<u8>>), StoreError> {
         let max = max.min(ANSWERS_PAGE_MAX);
+        if !self.pending().is_empty() {
+            let _writer = self.writer();
+            self.ingest_pending()?;
+        }
         let (after_id, after_key) = match after {
             None => (0, None),
             Some(cursor) => {

@@ -337,6 +337,46 @@ fn answers_are_found_within_the_horizon_and_not_after() {
 }
 
 #[test]
+fn a_look_up_of_answers_given_by_a_time_finds_those_and_may_skip_younger_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // Buckets of 100 s: the first is ingested when the second starts, whose answers are
+    // still held in memory.
+    let store = open(&dir, |c| c.answer_horizon_ms = 800_000);
+    let rows: Vec<AnswerRow> = (0..2_000u64)
+        .map(|i| answer_row("t1", &format!("req-{i}"), T0_MS + i * 100))
+        .collect();
+    for batch in rows.chunks(100) {
+        store.write(&[], batch).unwrap();
+    }
+    let now = T0_MS + 200_000;
+    let given_by = T0_MS + 50_000;
+    let (old, young) = (&rows[10], &rows[1_999]);
+    for row in [old, young] {
+        let found = store.answer(&row.tenant, &row.request_id, now).unwrap();
+        assert_eq!(found.as_ref(), Some(&row.answer), "{}", row.request_id);
+    }
+    let found = store.answer_given_by(&old.tenant, &old.request_id, now, given_by);
+    assert_eq!(found.unwrap().as_ref(), Some(&old.answer));
+    let skipped = store.answer_given_by(&young.tenant, &young.request_id, now, given_by);
+    assert_eq!(
+        skipped.unwrap(),
+        None,
+        "the bucket and the memory of younger answers"
+    );
+    // A replay after a restart hands answers again: they are written once.
+    store.write(&[], &rows[1_990..]).unwrap();
+    store.persist().unwrap();
+    let found = store.answer(&young.tenant, &young.request_id, now).unwrap();
+    assert_eq!(found.as_ref(), Some(&young.answer));
+    let skipped = store.answer_given_by(&young.tenant, &young.request_id, now, given_by);
+    assert_eq!(
+        skipped.unwrap(),
+        None,
+        "a bucket wholly younger is not searched"
+    );
+}
+
+#[test]
 fn a_size_forced_answer_purge_shortens_the_horizon_in_force() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir, |c| c.answers_max_bytes = 100_000);
@@ -380,8 +420,10 @@ fn a_reopened_store_keeps_what_was_persisted() {
     let before = {
         let store = open(&dir, |c| c.audit_retention_ms = 25_000);
         write_all(&store, &records[..1_000]);
-        store.write(&records[1_010..], &rows).unwrap();
+        store.write(&records[1_010..], &rows[..25]).unwrap();
         store.purge(records[2_999].at_ms).unwrap();
+        // Held in memory until the persist writes them to their tables.
+        store.write(&[], &rows[25..]).unwrap();
         store.persist().unwrap();
         store.state()
     };
@@ -402,6 +444,27 @@ fn a_reopened_store_keeps_what_was_persisted() {
             .answer(&row.tenant, &row.request_id, row.answer.at_ms + 1)
             .unwrap();
         assert_eq!(found.as_ref(), Some(&row.answer));
+    }
+}
+
+#[test]
+fn answers_held_in_memory_stay_within_their_bound_and_are_found_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, |_| {});
+    let rows: Vec<AnswerRow> = (0..400_000u64)
+        .map(|i| answer_row("t1", &format!("request-{i:032x}"), T0_MS + i / 100))
+        .collect();
+    for batch in rows.chunks(1_000) {
+        store.write(&[], batch).unwrap();
+        assert!(store.inner.pending().bytes_held() < crate::pending::PENDING_BYTES_MAX);
+    }
+    assert!(store.state().answers_bytes > 0);
+    let on_disk = store.inner.catalog().answers[0].disk_space();
+    assert!(on_disk > 0, "the bound sent answers to their tables");
+    let now = T0_MS + 3_000;
+    for row in rows.iter().step_by(997) {
+        let found = store.answer(&row.tenant, &row.request_id, now).unwrap();
+        assert_eq!(found.as_ref(), Some(&row.answer), "{}", row.request_id);
     }
 }
 
@@ -438,6 +501,7 @@ fn bad_bytes_on_disk_are_an_error_not_a_panic() {
     store
         .write(&records, &[answer_row("t1", "r1", T0_MS)])
         .unwrap();
+    store.persist().unwrap();
     let cat = store.inner.catalog();
     cat.records[0]
         .insert(crate::layout::record_key(50), b"\x07garbage".as_slice())
