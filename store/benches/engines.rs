@@ -401,6 +401,8 @@ fn fill_store(audit: &[AuditRecord], rows: &[AnswerRow], misses: &[Vec<u8>], con
     for (records, rows) in audit.chunks(BATCH).zip(rows.chunks(BATCH)) {
         store.write(records, rows).expect("store write");
     }
+    // Answers held in memory go to their tables: what the look-ups below should find.
+    store.persist().expect("persist");
     let records_per_s = audit.len() as f64 / started.elapsed().as_secs_f64();
     let now_ms = audit.last().map_or(0, |r| r.at_ms);
     let tenant = TenantId::new("tenant-1").expect("tenant");

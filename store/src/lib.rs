@@ -168,6 +168,9 @@ pub(crate) struct Inner {
     catalog: RwLock<Arc<Catalog>>,
     /// Answers committed but not yet in their bucket's tables (`pending`).
     pending: Mutex<pending::Pending>,
+    /// When the oldest of them was given (u64::MAX: none), readable without the lock, which
+    /// an ingestion holds for a while: the leader's look-ups skip them without waiting.
+    pending_oldest_ms: std::sync::atomic::AtomicU64,
     /// Last, so it is dropped after every handle on the engine's files.
     closed: SignalOnDrop,
 }
@@ -238,6 +241,7 @@ impl Store {
                 answers,
             })),
             pending: Mutex::default(),
+            pending_oldest_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             closed: SignalOnDrop(Arc::default()),
         };
         Ok(Store {

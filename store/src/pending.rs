@@ -8,6 +8,7 @@
 //! last snapshot, handing the same answers over again; `persist` (which a snapshot waits
 //! for before the log may go) ingests first.
 
+use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 
 use crate::layout::{decode_answer, encode_answer_into, put_answer_key};
@@ -39,8 +40,6 @@ pub(crate) struct Pending {
     /// The bucket of the first answer, and whether another bucket's came since.
     first_bucket: Option<u64>,
     spans_buckets: bool,
-    /// When the oldest answer here was given.
-    oldest_at_ms: u64,
 }
 
 impl Pending {
@@ -59,10 +58,6 @@ impl Pending {
             self.bytes.truncate(at);
             return;
         };
-        if self.rows.is_empty() {
-            self.oldest_at_ms = row.answer.at_ms;
-        }
-        self.oldest_at_ms = self.oldest_at_ms.min(row.answer.at_ms);
         let first = *self.first_bucket.get_or_insert(bucket);
         self.spans_buckets |= first != bucket;
         self.rows.push(Row {
@@ -110,19 +105,32 @@ impl Inner {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Holds `rows`, committed to their `buckets`, until they are ingested; true if it is
+    /// time to ingest (`Pending::full`).
+    pub(crate) fn hold(&self, rows: &[AnswerRow], buckets: &[u64]) -> bool {
+        let mut pending = self.pending();
+        for (row, &bucket) in rows.iter().zip(buckets) {
+            pending.push(bucket, row);
+        }
+        if let Some(oldest) = rows.iter().map(|row| row.answer.at_ms).min() {
+            self.pending_oldest_ms.fetch_min(oldest, Ordering::AcqRel);
+        }
+        pending.full()
+    }
+
     /// `key`'s answer, if it is pending, unless every pending answer was given after
     /// `given_by_ms` (see `Store::answer_given_by`). A scan, newest first: the leader's
-    /// look-ups skip what is pending (the purge, every 30 s, ingests it, far more often
-    /// than the ledger forgets), so only other readers come here.
+    /// look-ups skip what is pending (the purge ingests it every 30 s, far more often than
+    /// the ledger forgets), so only other readers come here.
     pub(crate) fn pending_answer(
         &self,
         key: &[u8],
         given_by_ms: u64,
     ) -> Result<Option<Answer>, StoreError> {
-        let pending = self.pending();
-        if pending.is_empty() || pending.oldest_at_ms > given_by_ms {
+        if self.pending_oldest_ms.load(Ordering::Acquire) > given_by_ms {
             return Ok(None);
         }
+        let pending = self.pending();
         match pending
             .rows
             .iter()
@@ -172,6 +180,7 @@ impl Inner {
             start = end;
         }
         pending.clear();
+        self.pending_oldest_ms.store(u64::MAX, Ordering::Release);
         Ok(())
     }
 }

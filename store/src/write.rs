@@ -258,14 +258,7 @@ impl Inner {
             .map(|row| txn.put_answer(row))
             .collect::<Result<Vec<u64>, StoreError>>()?;
         txn.commit()?;
-        let full = {
-            let mut pending = self.pending();
-            for (row, bucket) in answers.iter().zip(buckets) {
-                pending.push(bucket, row);
-            }
-            pending.full()
-        };
-        if full {
+        if self.hold(answers, &buckets) {
             self.ingest_pending()?;
         }
         Ok(())
