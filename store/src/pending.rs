@@ -18,8 +18,9 @@ use crate::{Answer, AnswerRow, Inner, StoreError};
 /// memtable held before, so the tables ingested are as large as those it flushed, and
 /// compaction does no more work per answer.
 pub(crate) const PENDING_BYTES_MAX: usize = 32 << 20;
-/// While ingesting fails (a failing disk), writes fail past this many bytes held.
-pub(crate) const PENDING_BYTES_HARD_MAX: usize = 4 * PENDING_BYTES_MAX;
+/// The most one answer takes: its key (two ids and a byte) and its value (an outcome of at
+/// most 4 KiB, a hash, two integers and lengths).
+pub(crate) const ROW_BYTES_MAX: usize = 8 << 10;
 
 /// One pending answer: its key and then its encoded value in `Pending::bytes`.
 #[derive(Clone, Copy)]
@@ -44,6 +45,11 @@ pub(crate) struct Pending {
 
 impl Pending {
     pub(crate) fn push(&mut self, bucket: u64, row: &AnswerRow) {
+        if self.bytes.capacity() == 0 {
+            // Room for the bound and the one answer that crosses it, at once: the buffer is
+            // never copied to grow, and never holds more.
+            self.bytes.reserve_exact(PENDING_BYTES_MAX + ROW_BYTES_MAX);
+        }
         let at = self.bytes.len();
         put_answer_key(&mut self.bytes, &row.tenant, &row.request_id);
         let key_len = self.bytes.len() - at;
@@ -54,7 +60,7 @@ impl Pending {
             u16::try_from(key_len),
             u32::try_from(value_len),
         ) else {
-            // Beyond what the writer lets in (`PENDING_BYTES_HARD_MAX`).
+            // Beyond the bound, which the writer never lets the buffer pass.
             self.bytes.truncate(at);
             return;
         };
@@ -95,8 +101,10 @@ impl Pending {
         self.spans_buckets = false;
     }
 
-    pub(crate) fn bytes_held(&self) -> usize {
-        self.bytes.len()
+    /// Bytes held, and the buffer's capacity.
+    #[cfg(test)]
+    pub(crate) fn bytes_held(&self) -> (usize, usize) {
+        (self.bytes.len(), self.bytes.capacity())
     }
 }
 
@@ -105,17 +113,18 @@ impl Inner {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Holds `rows`, committed to their `buckets`, until they are ingested; true if it is
-    /// time to ingest (`Pending::full`).
-    pub(crate) fn hold(&self, rows: &[AnswerRow], buckets: &[u64]) -> bool {
+    /// Holds answers committed to their buckets, from `rows`, until they are ingested or it
+    /// is time to ingest (`Pending::full`): then true, and the rest stays in `rows`.
+    pub(crate) fn hold<'r>(&self, rows: &mut impl Iterator<Item = (&'r AnswerRow, u64)>) -> bool {
         let mut pending = self.pending();
-        for (row, &bucket) in rows.iter().zip(buckets) {
+        while !pending.full() {
+            let Some((row, bucket)) = rows.next() else {
+                return false;
+            };
             pending.push(bucket, row);
+            (self.pending_oldest_ms).fetch_min(row.answer.at_ms, Ordering::AcqRel);
         }
-        if let Some(oldest) = rows.iter().map(|row| row.answer.at_ms).min() {
-            self.pending_oldest_ms.fetch_min(oldest, Ordering::AcqRel);
-        }
-        pending.full()
+        true
     }
 
     /// `key`'s answer, if it is pending, unless every pending answer was given after

@@ -456,8 +456,14 @@ fn answers_held_in_memory_stay_within_their_bound_and_are_found_from_disk() {
         .collect();
     for batch in rows.chunks(1_000) {
         store.write(&[], batch).unwrap();
-        assert!(store.inner.pending().bytes_held() < crate::pending::PENDING_BYTES_MAX);
+        let (held, capacity) = store.inner.pending().bytes_held();
+        assert!(held < crate::pending::PENDING_BYTES_MAX);
+        assert!(capacity <= crate::pending::PENDING_BYTES_MAX + crate::pending::ROW_BYTES_MAX);
     }
+    // One write of more than the bound at once: held and ingested in turn.
+    store.write(&[], &rows).unwrap();
+    let (_, capacity) = store.inner.pending().bytes_held();
+    assert!(capacity <= crate::pending::PENDING_BYTES_MAX + crate::pending::ROW_BYTES_MAX);
     assert!(store.state().answers_bytes > 0);
     let on_disk = store.inner.catalog().answers[0].disk_space();
     assert!(on_disk > 0, "the bound sent answers to their tables");

@@ -8,7 +8,6 @@ use crate::layout::{
     add_range, agent_prefix, decode_record, encode_record, index_key, record_key, remove_range,
     tenant_prefix, BucketMeta, META_KEY,
 };
-use crate::pending::PENDING_BYTES_HARD_MAX;
 use crate::{
     AnswerRow, Catalog, Inner, StoreError, ANSWER_BUCKETS_PER_HORIZON, MISSING_RANGES_MAX,
     RECORD_BUCKETS_PER_RETENTION,
@@ -245,11 +244,6 @@ impl Inner {
                 )));
             }
         }
-        if self.pending().bytes_held() >= PENDING_BYTES_HARD_MAX {
-            // Ingesting keeps failing: the write fails too (and is counted as failing)
-            // rather than memory growing without bound.
-            self.ingest_pending()?;
-        }
         for record in records {
             txn.put_record(record)?;
         }
@@ -258,7 +252,10 @@ impl Inner {
             .map(|row| txn.put_answer(row))
             .collect::<Result<Vec<u64>, StoreError>>()?;
         txn.commit()?;
-        if self.hold(answers, &buckets) {
+        // Held up to their bound, then ingested. If ingesting fails (a failing disk), the
+        // write fails with the answers not held yet, rather than memory growing.
+        let mut rows = answers.iter().zip(buckets);
+        while self.hold(&mut rows) {
             self.ingest_pending()?;
         }
         Ok(())
