@@ -1,8 +1,8 @@
 //! Answers on their way to disk. Their keys (tenant, request id) arrive in random order,
 //! and inserting each into the engine's memtable (a concurrent skip list, behind the
-//! journal) was most of what the trail cost a busy node. So answers are held here, in key
-//! order, and written to their bucket as sorted tables (fjall's ingestion), which bypasses
-//! the memtable and the journal.
+//! journal) would be most of what the trail costs a busy node. So answers are held here as
+//! they come, and written to their bucket sorted, as tables (fjall's ingestion), which
+//! bypasses the memtable and the journal.
 //!
 //! Nothing here needs to be durable: the Raft log is, and a restart re-applies it from the
 //! last snapshot, handing the same answers over again; `persist` (which a snapshot waits
@@ -14,9 +14,9 @@ use std::sync::MutexGuard;
 use crate::layout::{decode_answer, encode_answer_into, put_answer_key};
 use crate::{Answer, AnswerRow, Inner, StoreError};
 
-/// Answer bytes (keys and values) held before they are ingested: about what the engine's
-/// memtable held before, so the tables ingested are as large as those it flushed, and
-/// compaction does no more work per answer.
+/// Answer bytes (keys and values) held before they are ingested: half the engine's default
+/// memtable (64 MiB), so the tables ingested are about as large as those a memtable flush
+/// writes, and compaction does no more work per answer.
 pub(crate) const PENDING_BYTES_MAX: usize = 32 << 20;
 /// The most one answer takes: its key (two ids and a byte) and its value (an outcome of at
 /// most 4 KiB, a hash, two integers and lengths).

@@ -205,6 +205,13 @@ async fn audit_queries_filter_by_tool_and_only_an_admin_archives_the_trail() {
     test.cluster.shutdown().await;
 }
 
+/// Waits until `node`'s trail on disk holds the records through `seq`: a step archives
+/// what the disk holds, and the trail's writer runs a little behind the apply.
+async fn stored_through(node: &tollgate_server::node::Node, seq: u64) {
+    let stored = node.trail.written_through(seq, LEADER_WAIT).await;
+    assert!(stored, "the trail on disk never held seq {seq}");
+}
+
 /// Every node archives the chain it applied: identical copies, each verifying to the
 /// cluster's head, and a later step resumes where the last ended. With
 /// `--audit-archive-dir` (here `audit_archive_dir`) each node archives into its own directory.
@@ -223,6 +230,7 @@ async fn every_node_archives_an_identical_copy_of_the_chain() {
     );
     for id in test.cluster.ids() {
         let node = test.cluster.node(id).expect("running");
+        stored_through(node, head.0).await;
         let dir = work.path().join(format!("step-{id}"));
         assert_eq!(archive_step(node, &dir, 5).expect("archived"), head.0);
         let verified = verify_archive(&dir, None).expect("verifies");
@@ -233,6 +241,7 @@ async fn every_node_archives_an_identical_copy_of_the_chain() {
     let statuses = converged_statuses(&test.cluster, &test.client).await;
     let node = test.cluster.node(test.cluster.ids()[0]).expect("running");
     let dir = work.path().join(format!("step-{}", test.cluster.ids()[0]));
+    stored_through(node, statuses[0].chain_head_seq).await;
     let archived = archive_step(node, &dir, 5).expect("resumed");
     assert_eq!(archived, statuses[0].chain_head_seq - head.0);
     let verified = verify_archive(&dir, None).expect("verifies");
