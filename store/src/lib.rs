@@ -271,10 +271,7 @@ impl Store {
     /// Writes the answers still held in memory to their tables, and fsyncs everything
     /// written so far.
     pub fn persist(&self) -> Result<(), StoreError> {
-        {
-            let _writer = self.inner.writer();
-            self.inner.ingest_pending()?;
-        }
+        self.inner.ingest_held()?;
         Ok(self.inner.db.persist(fjall::PersistMode::SyncAll)?)
     }
 

@@ -38,9 +38,6 @@ struct Row {
 pub(crate) struct Pending {
     rows: Vec<Row>,
     bytes: Vec<u8>,
-    /// The bucket of the first answer, and whether another bucket's came since.
-    first_bucket: Option<u64>,
-    spans_buckets: bool,
 }
 
 impl Pending {
@@ -64,8 +61,6 @@ impl Pending {
             self.bytes.truncate(at);
             return;
         };
-        let first = *self.first_bucket.get_or_insert(bucket);
-        self.spans_buckets |= first != bucket;
         self.rows.push(Row {
             bucket,
             at,
@@ -85,9 +80,14 @@ impl Pending {
     }
 
     /// Whether the answers should go to disk now: at the byte bound, or once they span
-    /// two buckets (the older was sealed, and its size on disk should become known).
+    /// two buckets (the older was sealed, and its size on disk should become known). An
+    /// answer goes to the newest bucket or to a new one after it, so the first and the
+    /// last held tell.
     pub(crate) fn full(&self) -> bool {
-        self.bytes.len() >= PENDING_BYTES_MAX || self.spans_buckets
+        let spans_buckets = (self.rows.first())
+            .zip(self.rows.last())
+            .is_some_and(|(first, last)| first.bucket != last.bucket);
+        self.bytes.len() >= PENDING_BYTES_MAX || spans_buckets
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -97,8 +97,6 @@ impl Pending {
     fn clear(&mut self) {
         self.rows.clear();
         self.bytes.clear();
-        self.first_bucket = None;
-        self.spans_buckets = false;
     }
 
     /// Bytes held, and the buffer's capacity.
@@ -113,18 +111,28 @@ impl Inner {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes the writer's turn and ingests what is held: for callers that do not hold it.
+    pub(crate) fn ingest_held(&self) -> Result<(), StoreError> {
+        let _writer = self.writer();
+        self.ingest_pending()
+    }
+
     /// Holds answers committed to their buckets, from `rows`, until they are ingested or it
     /// is time to ingest (`Pending::full`): then true, and the rest stays in `rows`.
     pub(crate) fn hold<'r>(&self, rows: &mut impl Iterator<Item = (&'r AnswerRow, u64)>) -> bool {
         let mut pending = self.pending();
-        while !pending.full() {
+        let mut oldest_ms = u64::MAX;
+        let mut full = pending.full();
+        while !full {
             let Some((row, bucket)) = rows.next() else {
-                return false;
+                break;
             };
             pending.push(bucket, row);
-            (self.pending_oldest_ms).fetch_min(row.answer.at_ms, Ordering::AcqRel);
+            oldest_ms = oldest_ms.min(row.answer.at_ms);
+            full = pending.full();
         }
-        true
+        (self.pending_oldest_ms).fetch_min(oldest_ms, Ordering::AcqRel);
+        full
     }
 
     /// `key`'s answer, if it is pending, unless every pending answer was given after

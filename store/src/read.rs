@@ -313,8 +313,7 @@ impl Inner {
     ) -> Result<(Vec<AnswerRow>, Option<Vec<u8>>), StoreError> {
         let max = max.min(ANSWERS_PAGE_MAX);
         if !self.pending().is_empty() {
-            let _writer = self.writer();
-            self.ingest_pending()?;
+            self.ingest_held()?;
         }
         let (after_id, after_key) = match after {
             None => (0, None),
