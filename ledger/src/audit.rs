@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::audit_batch::AuditBatch;
 use super::encode;
 use super::state::{RingBytes, Scratch};
 use super::{
@@ -694,6 +695,18 @@ impl AuditLog {
         seq
     }
 
+    /// Appends the retained records after `after_seq` to `out`, in their binary form,
+    /// copied from their bodies.
+    pub fn encode_after(&self, after_seq: u64, out: &mut AuditBatch) {
+        let start = self.records.partition_point(|r| r.seq <= after_seq);
+        for record in self.records.range(start..self.records.len()) {
+            if let Some(range) = self.body_range(record) {
+                let body = self.bodies.slices(range);
+                out.push_body(record.seq, record.at_ms, body, &record.hash);
+            }
+        }
+    }
+
     /// Re-hashes the retained records from the oldest one's `prev_hash` and checks that the
     /// result is the chain head.
     pub fn verify(&self) -> Result<ChainHead, AuditError> {
@@ -947,6 +960,34 @@ mod tests {
     /// The records of a log as its snapshot carries them.
     fn wire(log: &AuditLog) -> (Vec<StoredIn>, ChainHead) {
         postcard::from_bytes(&postcard::to_allocvec(log).unwrap()).unwrap()
+    }
+
+    /// Bodies that a ring holds in two chunks are encoded whole.
+    #[test]
+    fn records_whose_bodies_span_chunks_are_encoded_whole() {
+        let tenant = TenantId::new("t".repeat(100)).unwrap();
+        let request_id = RequestId::new("r".repeat(100)).unwrap();
+        let mut log = AuditLog::default();
+        for at_ms in 0..5_000 {
+            log.append(
+                at_ms,
+                Fact::tenant(&tenant, &request_id, AuditEvent::Freeze),
+            );
+        }
+        let mut batch = AuditBatch::default();
+        log.encode_after(0, &mut batch);
+        let mut records = Vec::new();
+        while records.len() < 5_000 {
+            let filter = AuditFilter {
+                after_seq: records.last().map(|r: &AuditRecord| r.seq),
+                ..Default::default()
+            };
+            records.extend(log.query(&filter));
+        }
+        assert_eq!(batch.len(), records.len());
+        for (encoded, record) in batch.iter().zip(&records) {
+            assert_eq!(encoded.bytes, postcard::to_allocvec(record).unwrap());
+        }
     }
 
     #[test]
@@ -1226,6 +1267,47 @@ mod tests {
             let mut spill = vec![7];
             let bytes = body_bytes(&mut stack, &mut spill, &body);
             prop_assert_eq!(bytes, &postcard::to_allocvec(&body).unwrap()[..]);
+        }
+
+        /// The binary form handed to the store is postcard's encoding of the record, and
+        /// its ids and link read back from it.
+        #[test]
+        fn encoded_records_are_postcards_of_records(
+            facts in proptest::collection::vec(
+                (proptest::option::of(id()), proptest::option::of(id()), event(), any::<u64>()),
+                1..24,
+            ),
+            start_ms in any::<u64>(),
+            after in 0u64..24,
+        ) {
+            let request_id = RequestId::new("r").unwrap();
+            let mut log = AuditLog::default();
+            for (i, (tenant, agent, event, tokens)) in facts.iter().enumerate() {
+                let tenant = tenant.clone().map(|t| TenantId::new(t).unwrap());
+                let agent = agent.clone().map(|a| AgentId::new(a).unwrap());
+                let fact = Fact {
+                    tenant: tenant.as_ref(),
+                    agent: agent.as_ref(),
+                    tool: None,
+                    request_id: Some(&request_id),
+                    reservation_id: Some(ReservationId(i as u64)),
+                    event: event.clone(),
+                    amounts: Amounts { tokens: *tokens, cost_micros: 1, calls: 1 },
+                };
+                log.append(start_ms.saturating_add(i as u64), fact);
+            }
+            let mut batch = AuditBatch::default();
+            log.encode_after(after, &mut batch);
+            let records = log.query(&AuditFilter { after_seq: Some(after), ..Default::default() });
+            prop_assert_eq!(batch.len(), records.len());
+            for (encoded, record) in batch.iter().zip(&records) {
+                prop_assert_eq!(encoded.bytes, &postcard::to_allocvec(record).unwrap()[..]);
+                prop_assert_eq!((encoded.seq, encoded.at_ms), (record.seq, record.at_ms));
+                let ids = (record.tenant.as_ref().map(|t| t.as_str()), record.agent.as_ref().map(|a| a.as_str()));
+                prop_assert_eq!(encoded.ids(), Some(ids));
+                prop_assert_eq!(encoded.prev_hash(), Some(record.prev_hash));
+                prop_assert_eq!(&encoded.decode().unwrap(), record);
+            }
         }
     }
 }

@@ -46,6 +46,7 @@
 
 mod alerts;
 mod audit;
+mod audit_batch;
 mod commands;
 mod dedup;
 mod encode;
@@ -89,6 +90,7 @@ pub use audit::{
     verify_chain, AuditError, AuditEvent, AuditRecord, AUDIT_QUERY_RECORDS_MAX,
     AUDIT_RECORDS_RETAINED_MAX, GENESIS_PREV_HASH,
 };
+pub use audit_batch::{AuditBatch, EncodedRecord};
 pub use commands::{
     AGENTS_MAX, AGENTS_PER_TENANT_MAX, EXPIRED_RETENTION_MS, EXPIRED_TOMBSTONES_MAX,
     RESERVATIONS_IN_FLIGHT_MAX, RESERVATIONS_IN_FLIGHT_PER_TENANT_MAX, TENANTS_MAX,
@@ -608,6 +610,12 @@ impl Ledger {
 
     pub fn chain_head(&self) -> ChainHead {
         self.audit.head()
+    }
+
+    /// Appends the retained records after `after_seq` to `out`, in their binary form
+    /// (`AuditBatch`): what the apply path hands to the trail on disk.
+    pub fn audit_encoded_after(&self, after_seq: u64, out: &mut AuditBatch) {
+        self.audit.encode_after(after_seq, out)
     }
 
     /// Re-hashes the retained records, starting from the oldest one's `prev_hash`.

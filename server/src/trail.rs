@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tollgate_ledger::{
-    AuditFilter, AuditRecord, Command, Ledger, Outcome, AUDIT_QUERY_RECORDS_MAX, DEDUP_WINDOW_MS,
-};
+use tollgate_ledger::{AuditBatch, Command, Ledger, Outcome, DEDUP_WINDOW_MS};
 use tollgate_store::{Answer, AnswerRow, Store, StoreConfig, StoreError};
 
 pub mod copy;
@@ -45,7 +43,7 @@ enum Message {
     /// `number`: how many writes were handed over, this one included; `at_ms`: the ledger's
     /// time when they were applied.
     Write {
-        records: Vec<AuditRecord>,
+        records: AuditBatch,
         answers: Vec<AnswerRow>,
         number: u64,
         at_ms: u64,
@@ -142,7 +140,7 @@ impl Trail {
     }
 
     /// Hands records and answers to the writer, in log order. Blocks while the queue is full.
-    pub fn write(&self, records: Vec<AuditRecord>, answers: Vec<AnswerRow>, at_ms: u64) {
+    pub fn write(&self, records: AuditBatch, answers: Vec<AnswerRow>, at_ms: u64) {
         if records.is_empty() && answers.is_empty() {
             return;
         }
@@ -291,7 +289,7 @@ fn write_loop(
                     number,
                     at_ms,
                 } => {
-                    records.extend(more_records);
+                    records.push(more_records);
                     answers.extend(more_answers);
                     last = Some((number, at_ms));
                 }
@@ -318,50 +316,36 @@ fn write_loop(
 /// missing range in the store's state (the next write starts past them), never silently.
 fn store_batch(
     store: &Store,
-    records: &[AuditRecord],
+    records: &[AuditBatch],
     answers: &[AnswerRow],
     written: &watch::Sender<u64>,
 ) {
-    if records.is_empty() && answers.is_empty() {
+    if records.iter().all(AuditBatch::is_empty) && answers.is_empty() {
         return;
     }
-    if let Err(error) = store.write(records, answers) {
+    if let Err(error) = store.write_batches(records, answers) {
         // Not marked written: a query waiting for these records fails (UNAVAILABLE) rather
         // than ending before them; the next write leaves them as a missing range.
         metrics::counter!("tollgate_trail_write_errors_total").increment(1);
-        tracing::error!(records = records.len(), "writing the audit trail: {error}");
+        let records: usize = records.iter().map(AuditBatch::len).sum();
+        tracing::error!(records, "writing the audit trail: {error}");
         return;
     }
-    if let Some(last) = records.last() {
+    if let Some(last) = records.iter().rev().find_map(AuditBatch::last_seq) {
         written.send_if_modified(|seq| {
-            let moved = last.seq > *seq;
-            *seq = (*seq).max(last.seq);
+            let moved = last > *seq;
+            *seq = (*seq).max(last);
             moved
         });
     }
 }
 
-/// The records the ledger appended after `after_seq`, oldest first: what an apply hands to
-/// the writer. Paged, since one entry may append many (a lease's settle).
-pub fn records_after(ledger: &Ledger, after_seq: u64) -> Vec<AuditRecord> {
-    let mut records = Vec::new();
-    let mut after = after_seq;
-    loop {
-        let page = ledger.audit(&AuditFilter {
-            after_seq: Some(after),
-            limit: AUDIT_QUERY_RECORDS_MAX,
-            ..AuditFilter::default()
-        });
-        let Some(last) = page.last() else {
-            return records;
-        };
-        after = last.seq;
-        let full = page.len() >= AUDIT_QUERY_RECORDS_MAX;
-        records.extend(page);
-        if !full {
-            return records;
-        }
-    }
+/// The records the ledger appended after `after_seq`, oldest first, in their binary form:
+/// what an apply hands to the writer.
+pub fn records_after(ledger: &Ledger, after_seq: u64) -> AuditBatch {
+    let mut records = AuditBatch::default();
+    ledger.audit_encoded_after(after_seq, &mut records);
+    records
 }
 
 /// The answer to remember on disk for `command`, if the ledger remembers it: a first answer

@@ -3,7 +3,7 @@
 //! not parse is `StoreError::Corrupt`.
 
 use serde::{Deserialize, Serialize};
-use tollgate_ledger::{AgentId, AuditRecord, RequestId, TenantId};
+use tollgate_ledger::{AuditRecord, RequestId, TenantId};
 
 use crate::{Answer, AnswerRow, StoreError};
 
@@ -103,15 +103,15 @@ fn push_ids(key: &mut Vec<u8>, tag: u8, ids: &[&[u8]]) {
     }
 }
 
-pub(crate) fn tenant_prefix(tenant: &TenantId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(2 + tenant.as_bytes().len() + 16);
-    push_ids(&mut key, TAG_TENANT, &[tenant.as_bytes()]);
+pub(crate) fn tenant_prefix(tenant: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + tenant.len() + 16);
+    push_ids(&mut key, TAG_TENANT, &[tenant]);
     key
 }
 
-pub(crate) fn agent_prefix(tenant: &TenantId, agent: &AgentId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(3 + tenant.as_bytes().len() + agent.as_bytes().len() + 16);
-    push_ids(&mut key, TAG_AGENT, &[tenant.as_bytes(), agent.as_bytes()]);
+pub(crate) fn agent_prefix(tenant: &[u8], agent: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + tenant.len() + agent.len() + 16);
+    push_ids(&mut key, TAG_AGENT, &[tenant, agent]);
     key
 }
 
@@ -124,6 +124,14 @@ pub(crate) fn index_key(prefix: &[u8], at_ms: u64, seq: u64) -> Vec<u8> {
     key
 }
 
+/// `index_key` of the ids' prefix, into `out` (cleared first).
+pub(crate) fn put_index_key(out: &mut Vec<u8>, tag: u8, ids: &[&[u8]], at_ms: u64, seq: u64) {
+    out.clear();
+    push_ids(out, tag, ids);
+    out.extend_from_slice(&at_ms.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+}
+
 /// The seq at the end of an index key.
 pub(crate) fn index_seq(key: &[u8]) -> Result<u64, StoreError> {
     key.len()
@@ -132,11 +140,6 @@ pub(crate) fn index_seq(key: &[u8]) -> Result<u64, StoreError> {
         .and_then(|tail| <[u8; 8]>::try_from(tail).ok())
         .map(u64::from_be_bytes)
         .ok_or_else(|| StoreError::Corrupt("an index key is too short".into()))
-}
-
-pub(crate) fn encode_record(record: &AuditRecord) -> Vec<u8> {
-    // Postcard into a Vec cannot fail for a record (no maps, no unsized lengths).
-    postcard::to_allocvec(record).unwrap_or_default()
 }
 
 pub(crate) fn decode_record(seq: u64, bytes: &[u8]) -> Result<AuditRecord, StoreError> {

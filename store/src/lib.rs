@@ -27,7 +27,7 @@ mod write;
 mod tests;
 
 pub use layout::MISSING_RANGES_MAX;
-pub use tollgate_ledger::{AuditFilter, AuditRecord, ChainHead};
+pub use tollgate_ledger::{AuditBatch, AuditFilter, AuditRecord, ChainHead};
 
 use layout::{bucket_name, Meta, FORMAT, META_KEY};
 
@@ -166,8 +166,10 @@ pub(crate) struct Inner {
     writer: Mutex<()>,
     /// The catalog readers see; swapped whole after each commit.
     catalog: RwLock<Arc<Catalog>>,
-    /// Answers committed but not yet in their bucket's tables (`pending`).
-    pending: Mutex<pending::Pending>,
+    /// Answers, and records with their index keys, counted in the catalog but not yet in
+    /// their bucket's tables (`pending`).
+    answers_held: Mutex<pending::Pending>,
+    records_held: Mutex<pending::Pending>,
     /// When the oldest of them was given (u64::MAX: none), readable without the lock, which
     /// an ingestion holds for a while: the leader's look-ups skip them without waiting.
     pending_oldest_ms: std::sync::atomic::AtomicU64,
@@ -240,7 +242,8 @@ impl Store {
                 records,
                 answers,
             })),
-            pending: Mutex::default(),
+            answers_held: Mutex::new(pending::Pending::with_room()),
+            records_held: Mutex::new(pending::Pending::with_room()),
             pending_oldest_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             closed: SignalOnDrop(Arc::default()),
         };
@@ -255,6 +258,20 @@ impl Store {
     /// replay after a restart recomputes the same records); another is `Diverged`. A record
     /// beyond last+1 leaves a missing range, recorded in the catalog and reported by `state`.
     pub fn write(&self, records: &[AuditRecord], answers: &[AnswerRow]) -> Result<(), StoreError> {
+        let mut batch = AuditBatch::default();
+        for record in records {
+            batch.push(record);
+        }
+        self.inner.write(std::slice::from_ref(&batch), answers)
+    }
+
+    /// [`Store::write`] of records in their binary form, as the ledger hands them over
+    /// (batches in order): nothing is decoded or encoded again.
+    pub fn write_batches(
+        &self,
+        records: &[AuditBatch],
+        answers: &[AnswerRow],
+    ) -> Result<(), StoreError> {
         self.inner.write(records, answers)
     }
 
@@ -268,8 +285,8 @@ impl Store {
         StoreClosed(self.inner.closed.0.clone())
     }
 
-    /// Writes the answers still held in memory to their tables, and fsyncs everything
-    /// written so far.
+    /// Writes the records and answers still held in memory to their tables, and fsyncs
+    /// everything written so far.
     pub fn persist(&self) -> Result<(), StoreError> {
         self.inner.ingest_held()?;
         Ok(self.inner.db.persist(fjall::PersistMode::SyncAll)?)

@@ -51,9 +51,10 @@ fn choose(
 impl Inner {
     pub(crate) fn purge(&self, now_ms: u64) -> Result<PurgeReport, StoreError> {
         let _writer = self.writer();
-        // Pending answers of a bucket about to go would go with it; others get their size
-        // on disk known before it is weighed.
-        self.ingest_pending()?;
+        // Held rows of a bucket about to go would go with it; others get their size on
+        // disk known before it is weighed. And the catalog written below must name no
+        // record that is not in the tables.
+        self.ingest_all()?;
         let mut txn = Txn::new(self);
         let config = &self.config;
         let cat = &mut txn.cat;
@@ -102,6 +103,7 @@ impl Inner {
     /// trail starts at the oldest record copied, whose prev_hash is the anchor.
     pub(crate) fn purged_by_peers(&self, seq: u64) -> Result<(), StoreError> {
         let _writer = self.writer();
+        self.ingest_all()?;
         let mut txn = Txn::new(self);
         let before = seq.saturating_sub(1);
         let meta = &mut txn.cat.meta;

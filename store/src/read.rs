@@ -220,7 +220,16 @@ impl Inner {
         Ok(None)
     }
 
+    /// Ingests the held records, if any, so that readers find every record in the tables.
+    fn ingest_records_for_readers(&self) -> Result<(), StoreError> {
+        if self.records_held().is_empty() {
+            return Ok(());
+        }
+        self.ingest_held()
+    }
+
     pub(crate) fn query(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        self.ingest_records_for_readers()?;
         let cat = self.catalog();
         let mut b = Bounds::of(f);
         let mut out = Vec::new();
@@ -228,8 +237,8 @@ impl Inner {
             return Ok(out);
         }
         let prefix = match (&f.tenant, &f.agent) {
-            (Some(tenant), Some(agent)) => Some(agent_prefix(tenant, agent)),
-            (Some(tenant), None) => Some(tenant_prefix(tenant)),
+            (Some(tenant), Some(agent)) => Some(agent_prefix(tenant.as_bytes(), agent.as_bytes())),
+            (Some(tenant), None) => Some(tenant_prefix(tenant.as_bytes())),
             _ => None,
         };
         if let (Some(_), Some(after)) = (&prefix, f.after_seq) {
@@ -258,6 +267,7 @@ impl Inner {
     }
 
     pub(crate) fn verify(&self) -> Result<ChainHead, StoreError> {
+        self.ingest_records_for_readers()?;
         let cat = self.catalog();
         let meta = &cat.meta;
         let gap = |from: u64, to: u64| match meta.missing.iter().find(|m| m.0 <= to && m.1 >= from)
@@ -312,7 +322,7 @@ impl Inner {
         max: usize,
     ) -> Result<(Vec<AnswerRow>, Option<Vec<u8>>), StoreError> {
         let max = max.min(ANSWERS_PAGE_MAX);
-        if !self.pending().is_empty() {
+        if !self.answers_held().is_empty() {
             self.ingest_held()?;
         }
         let (after_id, after_key) = match after {

@@ -448,6 +448,40 @@ fn a_reopened_store_keeps_what_was_persisted() {
 }
 
 #[test]
+fn records_held_in_memory_are_read_and_a_stop_without_persist_claims_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = chain(1, GENESIS_PREV_HASH, 160_000, 1, 12);
+    {
+        let store = open(&dir, |_| {});
+        // One write of more than the bound at once: held and ingested in turn.
+        store.write(&records[..150_000], &[]).unwrap();
+        let (held, capacity) = store.inner.records_held().bytes_held();
+        assert!(held < crate::pending::PENDING_BYTES_MAX);
+        assert!(capacity <= crate::pending::PENDING_BYTES_MAX + crate::pending::ROW_BYTES_MAX);
+        // Readers see held records.
+        let filter = AuditFilter {
+            after_seq: Some(149_990),
+            ..AuditFilter::default()
+        };
+        assert_eq!(store.query(&filter).unwrap(), records[149_990..150_000]);
+        // Held, then lost with the process: the catalog on disk must not claim them.
+        store.write(&records[150_000..], &[]).unwrap();
+        assert_eq!(store.state().last_seq, Some(160_000));
+    }
+    let store = open(&dir, |_| {});
+    assert_eq!(store.state().last_seq, Some(150_000));
+    // What a restart's replay hands over again.
+    store.write(&records[150_000..], &[]).unwrap();
+    assert_eq!(store.verify().unwrap().hash, records[159_999].hash);
+    let filter = AuditFilter {
+        after_seq: Some(149_995),
+        limit: 10,
+        ..AuditFilter::default()
+    };
+    assert_eq!(store.query(&filter).unwrap(), records[149_995..150_005]);
+}
+
+#[test]
 fn answers_held_in_memory_stay_within_their_bound_and_are_found_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir, |_| {});
@@ -456,13 +490,13 @@ fn answers_held_in_memory_stay_within_their_bound_and_are_found_from_disk() {
         .collect();
     for batch in rows.chunks(1_000) {
         store.write(&[], batch).unwrap();
-        let (held, capacity) = store.inner.pending().bytes_held();
+        let (held, capacity) = store.inner.answers_held().bytes_held();
         assert!(held < crate::pending::PENDING_BYTES_MAX);
         assert!(capacity <= crate::pending::PENDING_BYTES_MAX + crate::pending::ROW_BYTES_MAX);
     }
     // One write of more than the bound at once: held and ingested in turn.
     store.write(&[], &rows).unwrap();
-    let (_, capacity) = store.inner.pending().bytes_held();
+    let (_, capacity) = store.inner.answers_held().bytes_held();
     assert!(capacity <= crate::pending::PENDING_BYTES_MAX + crate::pending::ROW_BYTES_MAX);
     assert!(store.state().answers_bytes > 0);
     let on_disk = store.inner.catalog().answers[0].disk_space();
@@ -539,7 +573,8 @@ fn bad_bytes_on_disk_are_an_error_not_a_panic() {
         .meta
         .insert(crate::layout::META_KEY, b"\x01\x02".as_slice())
         .unwrap();
-    store.persist().unwrap();
+    // Not `persist`, which writes the catalog anew.
+    store.inner.db.persist(fjall::PersistMode::SyncAll).unwrap();
     drop((cat, store));
     let reopened = Store::open(StoreConfig {
         dir: dir.path().join("trail"),

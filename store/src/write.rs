@@ -1,13 +1,15 @@
 //! Writing: applied batches (`write`) and a peer's backfill of a missing range (`fill`).
 //! Each builds the next catalog beside the one readers see, commits it with the data in one
-//! atomic batch, and only then swaps it in.
+//! atomic batch (or, while records are held, the data alone: `pending`), and only then
+//! swaps it in. Appended records are held; a backfill goes through the memtable.
 
-use tollgate_ledger::{verify_chain, AuditError, AuditRecord};
+use tollgate_ledger::{verify_chain, AuditBatch, AuditError, AuditRecord, EncodedRecord};
 
 use crate::layout::{
-    add_range, agent_prefix, decode_record, encode_record, index_key, record_key, remove_range,
-    tenant_prefix, BucketMeta, META_KEY,
+    add_range, decode_record, put_index_key, record_key, remove_range, BucketMeta, META_KEY,
+    TAG_AGENT, TAG_TENANT,
 };
+use crate::pending::Pending;
 use crate::{
     AnswerRow, Catalog, Inner, StoreError, ANSWER_BUCKETS_PER_HORIZON, MISSING_RANGES_MAX,
     RECORD_BUCKETS_PER_RETENTION,
@@ -21,22 +23,38 @@ pub(crate) struct Txn<'a> {
     /// Buckets that stopped being written to: flushed after the commit, so their size on
     /// disk is known and the journal can let their data go.
     seal: Vec<fjall::Keyspace>,
+    /// The held records (locked for the whole write), and where this write started
+    /// holding: a write that fails lets go of what it held.
+    held: std::sync::MutexGuard<'a, Pending>,
+    mark: (usize, usize),
+    /// An index key in the making.
+    key: Vec<u8>,
 }
 
 impl<'a> Txn<'a> {
     pub(crate) fn new(inner: &'a Inner) -> Txn<'a> {
+        let held = inner.records_held();
         Txn {
             inner,
             cat: (*inner.catalog()).clone(),
             batch: inner.db.batch(),
             seal: Vec::new(),
+            mark: held.mark(),
+            held,
+            key: Vec::new(),
         }
     }
 
     pub(crate) fn commit(mut self) -> Result<(), StoreError> {
-        self.batch
-            .insert(&self.inner.meta, META_KEY, self.cat.meta.encode());
-        self.batch.commit()?;
+        // The catalog on disk names no record that is not in the tables: while records are
+        // held, it is written once they are ingested (`Inner::ingest_all`).
+        if self.held.is_empty() {
+            let meta = self.cat.meta.encode();
+            self.batch.insert(&self.inner.meta, META_KEY, meta);
+        }
+        if !self.batch.is_empty() {
+            self.batch.commit()?;
+        }
         self.inner.set_catalog(self.cat);
         for ks in self.seal {
             ks.rotate_memtable()?;
@@ -53,12 +71,11 @@ impl<'a> Txn<'a> {
     }
 
     /// A record from the log: appended, or checked against what is stored.
-    fn put_record(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
+    fn put_record(&mut self, record: EncodedRecord<'_>) -> Result<(), StoreError> {
         let seq = record.seq;
         if seq == 0 {
             return Err(StoreError::Refused("an audit record with seq 0".into()));
         }
-        let bytes = encode_record(record);
         let last = self.cat.meta.last_seq;
         if seq > last {
             if seq > last.saturating_add(1) {
@@ -69,10 +86,10 @@ impl<'a> Txn<'a> {
             }
             let index = self.append_bucket(record.at_ms)?;
             self.cat.meta.last_seq = seq;
-            return self.insert_record(index, record, &bytes);
+            return self.insert_record(index, record, true);
         }
         if self.is_missing(seq) {
-            return self.backfill_record(record, &bytes);
+            return self.backfill_record(record);
         }
         if seq <= self.cat.meta.purged_to {
             // A replay of what retention already let go.
@@ -80,7 +97,7 @@ impl<'a> Txn<'a> {
         }
         let stored = self.stored_bytes(seq)?;
         match stored {
-            Some(stored) if stored == bytes => Ok(()),
+            Some(stored) if *stored == *record.bytes => Ok(()),
             Some(_) => Err(StoreError::Diverged { seq }),
             None => Err(StoreError::Corrupt(format!(
                 "audit record seq {seq} is neither stored, purged nor missing"
@@ -89,17 +106,13 @@ impl<'a> Txn<'a> {
     }
 
     /// A record of a missing range, into the bucket its seq belongs to.
-    pub(crate) fn backfill_record(
-        &mut self,
-        record: &AuditRecord,
-        bytes: &[u8],
-    ) -> Result<(), StoreError> {
+    pub(crate) fn backfill_record(&mut self, record: EncodedRecord<'_>) -> Result<(), StoreError> {
         remove_range(&mut self.cat.meta.missing, record.seq, record.seq);
         let index = match self.cat.bucket_index(record.seq) {
             Some(index) => index,
             None => self.new_bucket(true, record.at_ms)?,
         };
-        self.insert_record(index, record, bytes)
+        self.insert_record(index, record, false)
     }
 
     pub(crate) fn stored_bytes(&self, seq: u64) -> Result<Option<fjall::Slice>, StoreError> {
@@ -109,28 +122,40 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// Puts a record and its index keys into bucket `index`: held (`hold`), or into the
+    /// batch.
     fn insert_record(
         &mut self,
         index: usize,
-        record: &AuditRecord,
-        bytes: &[u8],
+        record: EncodedRecord<'_>,
+        hold: bool,
     ) -> Result<(), StoreError> {
+        let (seq, at_ms) = (record.seq, record.at_ms);
+        let corrupt = || StoreError::Refused(format!("audit record seq {seq} does not parse"));
+        let (tenant, agent) = record.ids().ok_or_else(corrupt)?;
+        let prev_hash = record.prev_hash().ok_or_else(corrupt)?;
         let oldest = self.cat.meta.records.first().map(|b| b.first_seq);
-        if oldest.is_none_or(|oldest| record.seq <= oldest) {
-            self.cat.meta.anchor = record.prev_hash;
+        if oldest.is_none_or(|oldest| seq <= oldest) {
+            self.cat.meta.anchor = prev_hash;
         }
-        let ks = &self.cat.records[index];
-        let mut raw = 9 + bytes.len();
-        self.batch.insert(ks, record_key(record.seq), bytes);
-        if let Some(tenant) = &record.tenant {
-            let key = index_key(&tenant_prefix(tenant), record.at_ms, record.seq);
+        let mut raw = 9 + record.bytes.len();
+        self.put(index, hold, &record_key(seq), record.bytes);
+        if let Some(tenant) = tenant.map(str::as_bytes) {
+            let mut key = std::mem::take(&mut self.key);
+            put_index_key(&mut key, TAG_TENANT, &[tenant], at_ms, seq);
+            self.put(index, hold, &key, &[]);
             raw += key.len();
-            self.batch.insert(ks, key, []);
-            if let Some(agent) = &record.agent {
-                let key = index_key(&agent_prefix(tenant, agent), record.at_ms, record.seq);
+            if let Some(agent) = agent.map(str::as_bytes) {
+                put_index_key(&mut key, TAG_AGENT, &[tenant, agent], at_ms, seq);
+                self.put(index, hold, &key, &[]);
                 raw += key.len();
-                self.batch.insert(ks, key, []);
             }
+            self.key = key;
+        }
+        if hold && self.held.full() {
+            // Within a write: the catalog on disk is written once every record is ingested.
+            self.inner.ingest(&mut self.held, &self.cat, true)?;
+            self.mark = (0, 0);
         }
         let b = &mut self.cat.meta.records[index];
         b.first_seq = b.first_seq.min(record.seq);
@@ -140,6 +165,14 @@ impl<'a> Txn<'a> {
         b.raw_bytes = b.raw_bytes.saturating_add(raw as u64);
         b.count = b.count.saturating_add(1);
         Ok(())
+    }
+
+    fn put(&mut self, index: usize, hold: bool, key: &[u8], value: &[u8]) {
+        if hold {
+            self.held.push(self.cat.meta.records[index].id, key, value);
+        } else {
+            self.batch.insert(&self.cat.records[index], key, value);
+        }
     }
 
     /// The newest record bucket, or a new one once it spans its share of the retention
@@ -231,32 +264,46 @@ impl Catalog {
 impl Inner {
     pub(crate) fn write(
         &self,
-        records: &[AuditRecord],
+        records: &[AuditBatch],
         answers: &[AnswerRow],
     ) -> Result<(), StoreError> {
         let _writer = self.writer();
-        let mut txn = Txn::new(self);
-        for pair in records.windows(2) {
-            if pair[0].seq >= pair[1].seq {
+        let records = || records.iter().flat_map(AuditBatch::iter);
+        for (before, after) in records().zip(records().skip(1)) {
+            if before.seq >= after.seq {
                 return Err(StoreError::Refused(format!(
                     "audit records out of order: seq {} then {}",
-                    pair[0].seq, pair[1].seq
+                    before.seq, after.seq
                 )));
             }
         }
-        for record in records {
-            txn.put_record(record)?;
+        let last_seq = self.catalog().meta.last_seq;
+        if records().next().is_some_and(|first| first.seq <= last_seq) {
+            // A replay (checked against what is stored) or a backfill (beside it), which
+            // also writes the catalog: what is held goes to the tables first.
+            self.ingest_all()?;
         }
-        let buckets = answers
-            .iter()
-            .map(|row| txn.put_answer(row))
-            .collect::<Result<Vec<u64>, StoreError>>()?;
+        let mut txn = Txn::new(self);
+        let put = |txn: &mut Txn<'_>| -> Result<Vec<u64>, StoreError> {
+            for record in records() {
+                txn.put_record(record)?;
+            }
+            answers.iter().map(|row| txn.put_answer(row)).collect()
+        };
+        let buckets = match put(&mut txn) {
+            Ok(buckets) => buckets,
+            Err(error) => {
+                let mark = txn.mark;
+                txn.held.truncate(mark);
+                return Err(error);
+            }
+        };
         txn.commit()?;
         // Held up to their bound, then ingested. If ingesting fails (a failing disk), the
         // write fails with the answers not held yet, rather than memory growing.
         let mut rows = answers.iter().zip(buckets);
         while self.hold(&mut rows) {
-            self.ingest_pending()?;
+            self.ingest_answers()?;
         }
         Ok(())
     }
@@ -267,6 +314,8 @@ impl Inner {
             return Ok(());
         };
         verify_chain(records).map_err(StoreError::Chain)?;
+        // The neighbours are read from the tables, and the catalog is written.
+        self.ingest_all()?;
         let mut txn = Txn::new(self);
         if let Some(r) = records.iter().find(|r| !txn.is_missing(r.seq)) {
             return Err(StoreError::Refused(format!(
@@ -293,8 +342,12 @@ impl Inner {
                 }));
             }
         }
+        let mut batch = AuditBatch::default();
         for record in records {
-            txn.backfill_record(record, &encode_record(record))?;
+            batch.push(record);
+        }
+        for record in batch.iter() {
+            txn.backfill_record(record)?;
         }
         txn.commit()
     }
