@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tollgate_ledger::{AuditBatch, Command, Ledger, Outcome, DEDUP_WINDOW_MS};
-use tollgate_store::{Answer, AnswerRow, Store, StoreConfig, StoreError};
+use tollgate_store::{AnswerBatch, AnswerRef, Store, StoreConfig, StoreError};
 
 pub mod copy;
 
@@ -44,7 +44,7 @@ enum Message {
     /// time when they were applied.
     Write {
         records: AuditBatch,
-        answers: Vec<AnswerRow>,
+        answers: AnswerBatch,
         number: u64,
         at_ms: u64,
     },
@@ -140,7 +140,7 @@ impl Trail {
     }
 
     /// Hands records and answers to the writer, in log order. Blocks while the queue is full.
-    pub fn write(&self, records: AuditBatch, answers: Vec<AnswerRow>, at_ms: u64) {
+    pub fn write(&self, records: AuditBatch, answers: AnswerBatch, at_ms: u64) {
         if records.is_empty() && answers.is_empty() {
             return;
         }
@@ -290,7 +290,7 @@ fn write_loop(
                     at_ms,
                 } => {
                     records.push(more_records);
-                    answers.extend(more_answers);
+                    answers.push(more_answers);
                     last = Some((number, at_ms));
                 }
                 Message::Flush(done) => {
@@ -317,10 +317,10 @@ fn write_loop(
 fn store_batch(
     store: &Store,
     records: &[AuditBatch],
-    answers: &[AnswerRow],
+    answers: &[AnswerBatch],
     written: &watch::Sender<u64>,
 ) {
-    if records.iter().all(AuditBatch::is_empty) && answers.is_empty() {
+    if records.iter().all(AuditBatch::is_empty) && answers.iter().all(AnswerBatch::is_empty) {
         return;
     }
     if let Err(error) = store.write_batches(records, answers) {
@@ -348,31 +348,43 @@ pub fn records_after(ledger: &Ledger, after_seq: u64) -> AuditBatch {
     records
 }
 
-/// The answer to remember on disk for `command`, if the ledger remembers it: a first answer
-/// (not a retry's) to a command with a tenant and a request id, that is not a rejection.
-pub fn answer_row(
-    scratch: &mut Vec<u8>,
-    command: &Command,
-    outcome: &Outcome,
-    position: u64,
-    entry_index: u64,
-    at_ms: u64,
-) -> Option<AnswerRow> {
-    let (tenant, request_id) = (command.tenant()?, command.request_id()?);
-    if position != entry_index || matches!(outcome, Outcome::Rejected(_)) {
-        return None;
-    }
-    Some(AnswerRow {
-        tenant: tenant.clone(),
-        request_id: request_id.clone(),
-        answer: Answer {
-            payload: tollgate_ledger::payload_hash(scratch, command),
+/// The first answers of an apply, to remember on disk, in their binary form, with the
+/// buffers that build them (kept across the apply's commands).
+#[derive(Default)]
+pub struct FirstAnswers {
+    pub batch: AnswerBatch,
+    payload: Vec<u8>,
+    outcome: Vec<u8>,
+}
+
+impl FirstAnswers {
+    /// Adds the answer to `command` if the ledger remembers it: a first answer (not a
+    /// retry's) to a command with a tenant and a request id, that is not a rejection.
+    pub fn add(
+        &mut self,
+        command: &Command,
+        outcome: &Outcome,
+        position: u64,
+        entry_index: u64,
+        at_ms: u64,
+    ) {
+        let (Some(tenant), Some(request_id)) = (command.tenant(), command.request_id()) else {
+            return;
+        };
+        if position != entry_index || matches!(outcome, Outcome::Rejected(_)) {
+            return;
+        }
+        self.outcome.clear();
+        // Serializing plain data into a Vec has no failure mode but allocation.
+        let _ = postcard::to_io(outcome, &mut self.outcome);
+        let answer = AnswerRef {
+            payload: tollgate_ledger::payload_hash(&mut self.payload, command),
             at_ms,
             position,
-            // Serializing plain data into a Vec has no failure mode but allocation.
-            outcome: postcard::to_allocvec(outcome).unwrap_or_default(),
-        },
-    })
+            outcome: &self.outcome,
+        };
+        self.batch.push(tenant, request_id, answer);
+    }
 }
 
 /// What the leader answers, without proposing, to a retry the ledger no longer remembers

@@ -167,28 +167,23 @@ pub(crate) fn put_answer_key(out: &mut Vec<u8>, tenant: &TenantId, request_id: &
     out.extend_from_slice(request_id.as_bytes());
 }
 
-#[derive(Serialize, Deserialize)]
-struct AnswerValue<'a> {
-    payload: u128,
-    at_ms: u64,
-    position: u64,
-    outcome: &'a [u8],
+/// An answer with its outcome borrowed (already encoded), as it is stored.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct AnswerRef<'a> {
+    pub payload: u128,
+    pub at_ms: u64,
+    pub position: u64,
+    pub outcome: &'a [u8],
 }
 
 /// Appends the encoded answer to `out`.
-pub(crate) fn encode_answer_into(out: &mut Vec<u8>, answer: &Answer) {
-    let value = AnswerValue {
-        payload: answer.payload,
-        at_ms: answer.at_ms,
-        position: answer.position,
-        outcome: &answer.outcome,
-    };
+pub(crate) fn encode_answer_into(out: &mut Vec<u8>, answer: &AnswerRef<'_>) {
     // Serializing plain data into a Vec has no failure mode but allocation.
-    let _ = postcard::to_io(&value, out);
+    let _ = postcard::to_io(answer, out);
 }
 
 pub(crate) fn decode_answer(bytes: &[u8]) -> Result<Answer, StoreError> {
-    let v: AnswerValue<'_> = postcard::from_bytes(bytes)
+    let v: AnswerRef<'_> = postcard::from_bytes(bytes)
         .map_err(|e| StoreError::Corrupt(format!("remembered answer: {e}")))?;
     Ok(Answer {
         payload: v.payload,

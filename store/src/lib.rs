@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tollgate_ledger::{AuditError, RequestId, TenantId};
 
+mod answers;
 mod layout;
 mod pending;
 mod purge;
@@ -26,7 +27,8 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-pub use layout::MISSING_RANGES_MAX;
+pub use answers::AnswerBatch;
+pub use layout::{AnswerRef, MISSING_RANGES_MAX};
 pub use tollgate_ledger::{AuditBatch, AuditFilter, AuditRecord, ChainHead};
 
 use layout::{bucket_name, Meta, FORMAT, META_KEY};
@@ -262,7 +264,14 @@ impl Store {
         for record in records {
             batch.push(record);
         }
-        self.inner.write(std::slice::from_ref(&batch), answers)
+        let mut answer_batch = AnswerBatch::default();
+        for row in answers {
+            answer_batch.push_row(row);
+        }
+        self.inner.write(
+            std::slice::from_ref(&batch),
+            std::slice::from_ref(&answer_batch),
+        )
     }
 
     /// [`Store::write`] of records in their binary form, as the ledger hands them over
@@ -270,7 +279,7 @@ impl Store {
     pub fn write_batches(
         &self,
         records: &[AuditBatch],
-        answers: &[AnswerRow],
+        answers: &[AnswerBatch],
     ) -> Result<(), StoreError> {
         self.inner.write(records, answers)
     }

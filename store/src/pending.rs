@@ -14,8 +14,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 
-use crate::layout::{decode_answer, encode_answer_into, put_answer_key, META_KEY};
-use crate::{Answer, AnswerRow, Catalog, Inner, StoreError};
+use crate::answers::EncodedAnswer;
+use crate::layout::{decode_answer, META_KEY};
+use crate::{Answer, Catalog, Inner, StoreError};
 
 /// Bytes (keys and values) of answers, and of records, held before they are ingested: half
 /// the engine's default memtable (64 MiB), so the tables ingested are about as large as
@@ -64,34 +65,11 @@ impl Pending {
         Pending { rows, bytes }
     }
 
-    pub(crate) fn push_answer(&mut self, bucket: u64, row: &AnswerRow) {
-        self.push_with(
-            bucket,
-            |bytes| put_answer_key(bytes, &row.tenant, &row.request_id),
-            |bytes| encode_answer_into(bytes, &row.answer),
-        );
-    }
-
     pub(crate) fn push(&mut self, bucket: u64, key: &[u8], value: &[u8]) {
-        self.push_with(
-            bucket,
-            |bytes| bytes.extend_from_slice(key),
-            |bytes| bytes.extend_from_slice(value),
-        );
-    }
-
-    /// Appends the key and then the value the two functions write.
-    fn push_with(
-        &mut self,
-        bucket: u64,
-        key: impl FnOnce(&mut Vec<u8>),
-        value: impl FnOnce(&mut Vec<u8>),
-    ) {
         let at = self.bytes.len();
-        key(&mut self.bytes);
-        let key_len = self.bytes.len() - at;
-        value(&mut self.bytes);
-        let value_len = self.bytes.len() - at - key_len;
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+        let (key_len, value_len) = (key.len(), value.len());
         let (Ok(at), Ok(key_len), Ok(value_len)) = (
             u32::try_from(at),
             u16::try_from(key_len),
@@ -193,16 +171,19 @@ impl Inner {
 
     /// Holds answers committed to their buckets, from `rows`, until they are ingested or it
     /// is time to ingest (`Pending::full`): then true, and the rest stays in `rows`.
-    pub(crate) fn hold<'r>(&self, rows: &mut impl Iterator<Item = (&'r AnswerRow, u64)>) -> bool {
+    pub(crate) fn hold<'r>(
+        &self,
+        answers: &mut impl Iterator<Item = (EncodedAnswer<'r>, u64)>,
+    ) -> bool {
         let mut pending = self.answers_held();
         let mut oldest_ms = u64::MAX;
         let mut full = pending.full();
         while !full {
-            let Some((row, bucket)) = rows.next() else {
+            let Some((answer, bucket)) = answers.next() else {
                 break;
             };
-            pending.push_answer(bucket, row);
-            oldest_ms = oldest_ms.min(row.answer.at_ms);
+            pending.push(bucket, answer.key, answer.value);
+            oldest_ms = oldest_ms.min(answer.at_ms);
             full = pending.full();
         }
         (self.pending_oldest_ms).fetch_min(oldest_ms, Ordering::AcqRel);

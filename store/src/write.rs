@@ -5,13 +5,14 @@
 
 use tollgate_ledger::{verify_chain, AuditBatch, AuditError, AuditRecord, EncodedRecord};
 
+use crate::answers::EncodedAnswer;
 use crate::layout::{
     add_range, decode_record, put_index_key, record_key, remove_range, BucketMeta, META_KEY,
     TAG_AGENT, TAG_TENANT,
 };
 use crate::pending::Pending;
 use crate::{
-    AnswerRow, Catalog, Inner, StoreError, ANSWER_BUCKETS_PER_HORIZON, MISSING_RANGES_MAX,
+    AnswerBatch, Catalog, Inner, StoreError, ANSWER_BUCKETS_PER_HORIZON, MISSING_RANGES_MAX,
     RECORD_BUCKETS_PER_RETENTION,
 };
 
@@ -233,16 +234,14 @@ impl<'a> Txn<'a> {
 
     /// Counts an answer in its bucket, whose id it returns: the answer itself is held in
     /// memory once the batch is committed (`pending`).
-    fn put_answer(&mut self, row: &AnswerRow) -> Result<u64, StoreError> {
-        let index = self.append_answer_bucket(row.answer.at_ms)?;
-        let key = 1 + row.tenant.as_bytes().len() + row.request_id.as_bytes().len();
-        // The answer's encoding but for its outcome's length prefix (a byte or two).
-        let value = 16 + 10 + 10 + 2 + row.answer.outcome.len();
-        let raw = (key + value) as u64;
+    fn put_answer(&mut self, answer: EncodedAnswer<'_>) -> Result<u64, StoreError> {
+        let at_ms = answer.at_ms;
+        let index = self.append_answer_bucket(at_ms)?;
+        let raw = (answer.key.len() + answer.value.len()) as u64;
         let b = &mut self.cat.meta.answers[index];
         let id = b.id;
-        b.first_at_ms = b.first_at_ms.min(row.answer.at_ms);
-        b.last_at_ms = b.last_at_ms.max(row.answer.at_ms);
+        b.first_at_ms = b.first_at_ms.min(at_ms);
+        b.last_at_ms = b.last_at_ms.max(at_ms);
         b.raw_bytes = b.raw_bytes.saturating_add(raw);
         b.count = b.count.saturating_add(1);
         Ok(id)
@@ -265,9 +264,10 @@ impl Inner {
     pub(crate) fn write(
         &self,
         records: &[AuditBatch],
-        answers: &[AnswerRow],
+        answers: &[AnswerBatch],
     ) -> Result<(), StoreError> {
         let _writer = self.writer();
+        let answers = || answers.iter().flat_map(AnswerBatch::iter);
         let records = || records.iter().flat_map(AuditBatch::iter);
         for (before, after) in records().zip(records().skip(1)) {
             if before.seq >= after.seq {
@@ -288,7 +288,7 @@ impl Inner {
             for record in records() {
                 txn.put_record(record)?;
             }
-            answers.iter().map(|row| txn.put_answer(row)).collect()
+            answers().map(|answer| txn.put_answer(answer)).collect()
         };
         let buckets = match put(&mut txn) {
             Ok(buckets) => buckets,
@@ -301,8 +301,8 @@ impl Inner {
         txn.commit()?;
         // Held up to their bound, then ingested. If ingesting fails (a failing disk), the
         // write fails with the answers not held yet, rather than memory growing.
-        let mut rows = answers.iter().zip(buckets);
-        while self.hold(&mut rows) {
+        let mut held = answers().zip(buckets);
+        while self.hold(&mut held) {
             self.ingest_answers()?;
         }
         Ok(())

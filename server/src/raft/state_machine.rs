@@ -26,6 +26,7 @@ use super::{BatchOutcome, Member, NodeId, TypeConfig};
 use crate::auth::KeyIndex;
 use crate::trail::Trail;
 use tollgate_ledger::{Command, KeyId, Ledger, Outcome, SnapshotError};
+use tollgate_store::AnswerBatch;
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
@@ -342,7 +343,7 @@ fn catch_up_trail(applied: &mut Applied, trail: &Trail) {
     let head = applied.ledger.chain_head().seq;
     if stored < head {
         let records = crate::trail::records_after(&applied.ledger, stored);
-        trail.write(records, Vec::new(), applied.ledger.now_ms());
+        trail.write(records, AnswerBatch::default(), applied.ledger.now_ms());
         trail.start_copying_answers();
     }
     applied.trail_seq = head.max(stored);
@@ -355,10 +356,9 @@ impl StateMachine {
         ledger: &mut Ledger,
         batch: &super::Batch,
         index: u64,
-        answers: &mut Vec<tollgate_store::AnswerRow>,
+        answers: &mut crate::trail::FirstAnswers,
     ) -> BatchOutcome {
         let commands = &batch.commands;
-        let mut scratch = Vec::new();
         let outcomes = commands
             .iter()
             .enumerate()
@@ -371,14 +371,7 @@ impl StateMachine {
                 }
                 let (outcome, position) = (&answer.0, answer.1);
                 let at_ms = ledger.now_ms();
-                answers.extend(crate::trail::answer_row(
-                    &mut scratch,
-                    command,
-                    outcome,
-                    position,
-                    index,
-                    at_ms,
-                ));
+                answers.add(command, outcome, position, index, at_ms);
                 answer
             })
             .collect();
@@ -465,7 +458,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut applied = write_lock(&self.applied);
         let mut responses = Vec::new();
-        let mut answers = Vec::new();
+        let mut answers = crate::trail::FirstAnswers::default();
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
@@ -490,7 +483,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         applied.trail_seq = applied.trail_seq.max(applied.ledger.chain_head().seq);
         let at_ms = applied.ledger.now_ms();
         drop(applied);
-        self.trail.write(records, answers, at_ms);
+        self.trail.write(records, answers.batch, at_ms);
         Ok(responses)
     }
 
