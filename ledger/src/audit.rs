@@ -22,8 +22,11 @@ use super::{
 };
 use tollgate_cacheline::Ring;
 
-/// Audit records kept in memory (a ring): at ~300 bytes each, about 300 MB at most.
-pub const AUDIT_RECORDS_RETAINED_MAX: usize = 1_000_000;
+/// Audit records kept in memory (a ring): at ~300 bytes each, about 30 MB at most, and as
+/// much in every snapshot. Every node's trail on disk keeps them all; memory serves what an
+/// apply hands to that trail, a node's catch-up after a snapshot, and the alert sender when
+/// it keeps up (it reads the trail on disk when it fell behind).
+pub const AUDIT_RECORDS_RETAINED_MAX: usize = 100_000;
 /// Most records one audit query returns; page with `AuditFilter::after_seq`.
 pub const AUDIT_QUERY_RECORDS_MAX: usize = 10_000;
 /// The hash the first record of the trail links to.
@@ -618,6 +621,11 @@ impl AuditLog {
 
     pub fn len(&self) -> usize {
         self.records.len()
+    }
+
+    /// The seq of the oldest record kept in memory (None: none).
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.records.front().map(|r| r.seq)
     }
 
     /// The range of the record's body in `bodies`.

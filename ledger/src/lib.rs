@@ -612,6 +612,11 @@ impl Ledger {
         self.audit.head()
     }
 
+    /// The seq of the oldest audit record still in memory (None: none).
+    pub fn audit_oldest_seq(&self) -> Option<u64> {
+        self.audit.oldest_seq()
+    }
+
     /// Appends the retained records after `after_seq` to `out`, in their binary form
     /// (`AuditBatch`): what the apply path hands to the trail on disk.
     pub fn audit_encoded_after(&self, after_seq: u64, out: &mut AuditBatch) {

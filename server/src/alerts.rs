@@ -45,6 +45,11 @@ const SCAN_RECORDS_MAX: u64 = 1_024;
 /// With nothing to deliver, the cursor is still moved this far ahead, so a new leader
 /// does not scan records that hold no crossing again.
 const CURSOR_STEP_RECORDS: u64 = 65_536;
+/// Audit records looked at per read of the trail on disk, which holds no lock the apply
+/// waits for.
+const DISK_SCAN_RECORDS_MAX: u64 = 65_536;
+/// How long the sender waits for the trail on disk to hold what it is to read there.
+const TRAIL_WAIT: Duration = Duration::from_secs(1);
 
 /// Where and how alerts are sent; checked when the node's configuration is read.
 #[derive(Clone)]
@@ -150,32 +155,82 @@ pub fn count_crossings(crossings: impl Iterator<Item = (u8, u32)>) {
     }
 }
 
-/// What the ledger holds for the sender: the next crossing after `from`, or how far it
+/// What the trail holds for the sender: the next crossing after `from`, or how far it
 /// looked without finding one.
 enum Next {
     Crossing(Box<AuditRecord>),
     Scanned { up_to_seq: u64, cursor: u64 },
 }
 
-fn next_crossing(node: &Node, scanned: u64) -> Next {
+/// Records to scan that left the ledger's memory (the sender fell behind, say while the
+/// webhook was down): they are read from the trail on disk.
+struct OnDisk {
+    filter: AuditFilter,
+    up_to_seq: u64,
+    cursor: u64,
+}
+
+fn next_crossing(node: &Node, scanned: u64) -> Result<Next, Box<OnDisk>> {
     let applied = read_applied(&node.applied);
     let ledger = &applied.ledger;
     let cursor = ledger.alerts_delivered_seq();
     let from = scanned.max(cursor);
     let to = from.saturating_add(SCAN_RECORDS_MAX);
-    let filter = AuditFilter {
+    let mut filter = AuditFilter {
         after_seq: Some(from),
         to_seq: Some(to),
         event: Some("threshold_crossed".into()),
         limit: 1,
         ..AuditFilter::default()
     };
-    match ledger.audit(&filter).into_iter().next() {
+    if let Some(oldest) = (ledger.audit_oldest_seq()).filter(|&oldest| oldest > from + 1) {
+        let up_to_seq = from.saturating_add(DISK_SCAN_RECORDS_MAX).min(oldest - 1);
+        filter.to_seq = Some(up_to_seq);
+        return Err(Box::new(OnDisk {
+            filter,
+            up_to_seq,
+            cursor,
+        }));
+    }
+    Ok(match ledger.audit(&filter).into_iter().next() {
         Some(record) => Next::Crossing(Box::new(record)),
         None => Next::Scanned {
             up_to_seq: to.min(ledger.chain_head().seq),
             cursor,
         },
+    })
+}
+
+/// The next crossing, from memory or from the trail on disk; None when the trail cannot
+/// be read now (logged): the sender tries again later, and never skips a record.
+async fn find_next(node: &Node, scanned: u64) -> Option<Next> {
+    let on_disk = match next_crossing(node, scanned) {
+        Ok(next) => return Some(next),
+        Err(on_disk) => on_disk,
+    };
+    let OnDisk {
+        filter,
+        up_to_seq,
+        cursor,
+    } = *on_disk;
+    if !node.trail.written_through(up_to_seq, TRAIL_WAIT).await {
+        return None;
+    }
+    let trail = node.trail.clone();
+    let found = tokio::task::spawn_blocking(move || trail.store().query(&filter)).await;
+    match found {
+        Ok(Ok(records)) => Some(match records.into_iter().next() {
+            Some(record) => Next::Crossing(Box::new(record)),
+            None => Next::Scanned { up_to_seq, cursor },
+        }),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "alerts: reading the audit trail on disk");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "alerts: reading the audit trail on disk");
+            None
+        }
     }
 }
 
@@ -191,7 +246,13 @@ pub async fn deliver(node: Arc<Node>, webhook: AlertWebhook, mut stopped: watch:
             }
             continue;
         }
-        match next_crossing(&node, scanned) {
+        let Some(next) = find_next(&node, scanned).await else {
+            if pause(IDLE_POLL, &mut stopped).await {
+                return;
+            }
+            continue;
+        };
+        match next {
             Next::Crossing(record) => {
                 let Some(seq) =
                     send_until_acknowledged(&node, &webhook, &record, &mut stopped).await

@@ -108,6 +108,12 @@ impl Pending {
         self.bytes.len() >= PENDING_BYTES_MAX || spans_buckets
     }
 
+    /// Of held records: the seq of the first (its first row is its record key).
+    pub(crate) fn first_seq(&self) -> Option<u64> {
+        let key = self.key(self.rows.first()?);
+        crate::layout::index_seq(key).ok()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }

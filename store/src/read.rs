@@ -220,16 +220,17 @@ impl Inner {
         Ok(None)
     }
 
-    /// Ingests the held records, if any, so that readers find every record in the tables.
-    fn ingest_records_for_readers(&self) -> Result<(), StoreError> {
-        if self.records_held().is_empty() {
+    /// Ingests the held records if a reader of records up to `hi_seq` would need them, so
+    /// that it finds every record in the tables. Held records follow every ingested one.
+    fn ingest_records_for_readers(&self, hi_seq: u64) -> Result<(), StoreError> {
+        if (self.records_held().first_seq()).is_none_or(|first| first > hi_seq) {
             return Ok(());
         }
         self.ingest_held()
     }
 
     pub(crate) fn query(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        self.ingest_records_for_readers()?;
+        self.ingest_records_for_readers(Bounds::of(f).hi_seq)?;
         let cat = self.catalog();
         let mut b = Bounds::of(f);
         let mut out = Vec::new();
@@ -267,7 +268,7 @@ impl Inner {
     }
 
     pub(crate) fn verify(&self) -> Result<ChainHead, StoreError> {
-        self.ingest_records_for_readers()?;
+        self.ingest_records_for_readers(u64::MAX)?;
         let cat = self.catalog();
         let meta = &cat.meta;
         let gap = |from: u64, to: u64| match meta.missing.iter().find(|m| m.0 <= to && m.1 >= from)

@@ -237,3 +237,122 @@ async fn a_new_leader_delivers_what_the_old_one_could_not() {
         .expect("leader");
     assert_ne!(new_leader, old_leader);
 }
+
+/// Records enough to push everything before them out of the ledger's memory, in full
+/// `Batch` calls of one tenant to the leader; what a call did not apply is sent again (same
+/// ids: exactly once).
+async fn flood(test: &TestCluster, records: usize) {
+    test.client.put_tenant("flood", None).await.expect("tenant");
+    let batch = tollgate_proto::BATCH_OPS_MAX;
+    for first in (0..records).step_by(batch) {
+        let mut ops: Vec<v1::BatchOp> = (first..first + batch).map(flood_op).collect();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !ops.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "records not applied"
+            );
+            let leader = test
+                .cluster
+                .leader(common::LEADER_WAIT)
+                .await
+                .expect("leader");
+            let addr = test.cluster.addr(leader).expect("leader's address");
+            let request = v1::BatchRequest { ops: ops.clone() };
+            let answer = test
+                .client
+                .call_node(&addr, |rpc| {
+                    let request = request.clone();
+                    async move { rpc.tollgate().batch(request).await }
+                })
+                .await;
+            ops = match answer {
+                Ok(response) => (ops.into_iter().zip(response.results))
+                    .filter(|(_, r)| !matches!(r.result, Some(v1::batch_result::Result::Record(_))))
+                    .map(|(op, _)| op)
+                    .collect(),
+                Err(_) => ops,
+            };
+            if !ops.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn flood_op(n: usize) -> v1::BatchOp {
+    v1::BatchOp {
+        op: Some(v1::batch_op::Op::Record(v1::RecordRequest {
+            request_id: format!("flood-{n}"),
+            tenant: "flood".into(),
+            // Over 512 agents, as in a real cluster of this size: below that, a debug
+            // build's ledger checks every invariant (O(state)) after each command.
+            agent: format!("a{}", n % 1_024),
+            tool: "llm".into(),
+            actual: Some(v1::Amounts {
+                tokens: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossings_that_left_the_ledgers_memory_are_delivered_from_the_trail_on_disk() {
+    let (addr, received) = start_receiver(0).await;
+    received.lock().unwrap().refusing = true;
+    let webhook = AlertWebhook::new(&format!("http://{addr}/hook"), SECRET, None, false)
+        .expect("a loopback webhook");
+    // Elections at their default pace: full batches on a debug build outlast the fast ones.
+    let test = TestCluster::start_with(3, |options| {
+        options.alerts = Some(webhook);
+        options.fast_elections = false;
+    })
+    .await;
+    test.client.put_tenant("acme", None).await.expect("tenant");
+    test.client
+        .put_limit("acme", tokens_budget("tokens", 1_000))
+        .await
+        .expect("limit");
+    record_tokens(&test, 600).await; // 50 % crossed: retried while the webhook refuses
+    record_tokens(&test, 300).await; // 90 %: 80 crossed, not looked at meanwhile
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while received.lock().unwrap().attempts == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let retained = tollgate_ledger::AUDIT_RECORDS_RETAINED_MAX;
+    flood(&test, retained + tollgate_proto::BATCH_OPS_MAX).await;
+    received.lock().unwrap().refusing = false;
+
+    // The sender's retries back off while refused: up to a minute between two.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acknowledged(&received).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not delivered: {:?}",
+            acknowledged(&received)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = acknowledged(&received);
+    let percents: Vec<u64> = delivered.iter().map(|(percent, _)| *percent).collect();
+    assert_eq!(percents, [50, 80], "every crossing, once");
+    let leader = test
+        .cluster
+        .leader(common::LEADER_WAIT)
+        .await
+        .expect("leader");
+    let node = test.cluster.node(leader).expect("leader node").clone();
+    let oldest = tollgate_server::raft::state_machine::read_applied(&node.applied)
+        .ledger
+        .audit_oldest_seq()
+        .expect("records in memory");
+    let (_, seq_80) = delivered.last().copied().unwrap();
+    assert!(
+        seq_80 < oldest,
+        "the 80 % crossing ({seq_80}) had left memory ({oldest})"
+    );
+}
