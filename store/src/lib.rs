@@ -244,8 +244,8 @@ impl Store {
                 records,
                 answers,
             })),
-            answers_held: Mutex::new(pending::Pending::with_room()),
-            records_held: Mutex::new(pending::Pending::with_room()),
+            answers_held: Mutex::default(),
+            records_held: Mutex::default(),
             pending_oldest_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             closed: SignalOnDrop(Arc::default()),
         };

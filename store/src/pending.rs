@@ -39,6 +39,7 @@ struct Row {
 /// Keys and values counted in the catalog but not yet in their bucket's tables, in the
 /// order they came: appending costs no search and no allocation once the buffers have grown
 /// (they are kept across ingestions); the sort is done once, by the ingestion.
+#[derive(Default)]
 pub(crate) struct Pending {
     rows: Vec<Row>,
     bytes: Vec<u8>,
@@ -49,23 +50,24 @@ pub(crate) struct Pending {
 const ROWS_RESERVED: usize = PENDING_BYTES_MAX / 128;
 
 impl Pending {
-    /// Room for the bound and the one row that crosses it, reserved and written once: the
-    /// buffer is never copied to grow, never holds more, and its memory is committed when
-    /// the store opens rather than page by page under load (each page's first touch costs
-    /// a fault and a clearing, which was most of what holding cost a node's first minutes).
-    pub(crate) fn with_room() -> Pending {
-        let mut bytes = Vec::with_capacity(PENDING_BYTES_MAX + ROW_BYTES_MAX);
-        // Written with a byte that is not zero: an allocation asked for zeroed is mapped
-        // lazily, page by page, which is what this avoids.
-        bytes.resize(bytes.capacity(), 0xa5);
-        bytes.clear();
-        let mut rows = Vec::with_capacity(ROWS_RESERVED);
-        rows.resize(ROWS_RESERVED, Row::default());
-        rows.clear();
-        Pending { rows, bytes }
+    /// Room for the bound and the one row that crosses it, reserved and written once, at
+    /// the first row: the buffer is never copied to grow, never holds more, and its memory
+    /// is committed then rather than page by page under load (each page's first touch
+    /// costs a fault and a clearing, which was most of what holding cost a node's first
+    /// minutes). A store that is never written to (a tool's, a test's) costs nothing.
+    fn make_room(&mut self) {
+        // Written with a byte that is not zero (an allocation asked for zeroed is mapped
+        // lazily, page by page), by `vec!`, which fills bytes with one memset.
+        self.bytes = vec![0xa5; PENDING_BYTES_MAX + ROW_BYTES_MAX];
+        self.bytes.clear();
+        self.rows = vec![Row::default(); ROWS_RESERVED];
+        self.rows.clear();
     }
 
     pub(crate) fn push(&mut self, bucket: u64, key: &[u8], value: &[u8]) {
+        if self.bytes.capacity() == 0 {
+            self.make_room();
+        }
         let at = self.bytes.len();
         self.bytes.extend_from_slice(key);
         self.bytes.extend_from_slice(value);
